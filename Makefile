@@ -1,0 +1,50 @@
+# Every target bootstraps the .venv it needs from pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_SRC := proto/turnstore/v1/turnstore.proto
+GEN_DIR := client
+
+.PHONY: run test check proto proto-check lint typecheck clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: start the daemon on ./turnstore-data, listening on 127.0.0.1:7070
+run: $(STAMP)
+	$(BIN)/turnstore serve
+
+## test: the whole test suite against real daemons
+test: $(STAMP)
+	$(BIN)/pytest
+
+## check: lint, type-check, and fail when the generated code is stale
+check: $(STAMP) proto-check lint typecheck
+
+lint: $(STAMP)
+	$(BIN)/ruff check client server tests
+	$(BIN)/ruff format --check client server tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy client/turnstore server/turnstore tests
+
+## proto: regenerate the Python code and .pyi stubs from proto/
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I proto \
+		--python_out=$(GEN_DIR) --pyi_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) \
+		$(PROTO_SRC)
+
+proto-check: $(STAMP)
+	@tmp=$$(mktemp -d) && \
+	$(BIN)/python -m grpc_tools.protoc -I proto \
+		--python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTO_SRC) && \
+	for f in $$(cd $$tmp && find . -type f); do \
+		cmp -s $$tmp/$$f $(GEN_DIR)/$$f || { echo "stale generated code: $(GEN_DIR)/$$f (run make proto)"; rm -rf $$tmp; exit 1; }; \
+	done; rm -rf $$tmp; echo "generated code is up to date"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

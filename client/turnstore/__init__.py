@@ -1,0 +1,70 @@
+"""turnstore: a durable storage daemon for AI agent event streams and snapshots.
+
+The public API of the Python client::
+
+    from turnstore import AgentEventEnvelope, TurnstoreClient
+
+    async with TurnstoreClient("127.0.0.1:7070") as client:
+        await client.events.append("thread-1", 1, AgentEventEnvelope.new({"type": "text_delta"}))
+
+``turnstore.testing`` holds in-memory stores with the same contracts;
+``turnstore.server`` (installed with the ``server`` extra) is the daemon.
+"""
+
+from pkgutil import extend_path
+
+# The daemon's package `turnstore.server` may live in another source root.
+__path__ = extend_path(__path__, __name__)
+
+from turnstore.client import (
+    GrpcEventStore,
+    GrpcHistoryStore,
+    StoredEvent,
+    TurnstoreClient,
+)
+from turnstore.errors import (
+    DeadlineExceededError,
+    EventFormatError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    ServerError,
+    SnapshotFormatError,
+    StorageFullError,
+    ThreadClearedError,
+    TurnAlreadyFinishedError,
+    TurnFinishedError,
+    TurnstoreError,
+    UnavailableError,
+)
+from turnstore.models import (
+    AgentEventEnvelope,
+    ConversationSnapshot,
+    StoredTurnEvents,
+)
+from turnstore.protocols import EventStore, HistoryStore
+
+__all__ = [
+    "AgentEventEnvelope",
+    "ConversationSnapshot",
+    "DeadlineExceededError",
+    "EventFormatError",
+    "EventStore",
+    "FailedPreconditionError",
+    "GrpcEventStore",
+    "GrpcHistoryStore",
+    "HistoryStore",
+    "InvalidArgumentError",
+    "ResourceExhaustedError",
+    "ServerError",
+    "SnapshotFormatError",
+    "StorageFullError",
+    "StoredEvent",
+    "StoredTurnEvents",
+    "ThreadClearedError",
+    "TurnAlreadyFinishedError",
+    "TurnFinishedError",
+    "TurnstoreClient",
+    "TurnstoreError",
+    "UnavailableError",
+]

@@ -1,0 +1,110 @@
+"""The ``turnstore`` command line.
+
+``turnstore serve`` runs the daemon; it needs the ``server`` extra
+(``pip install 'turnstore[server]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from turnstore.client import DEFAULT_TARGET
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Parse ``123``, ``64MiB``, ``16G`` (binary units) into bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512MiB or 16GiB)")
+    unit = (match.group(2) or "")[:1].lower()
+    return int(match.group(1)) * _UNITS[unit]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="turnstore", description="A durable store for AI agent event streams."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run the daemon",
+        description="Run the turnstore daemon until SIGTERM or SIGINT.",
+    )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("turnstore-data"),
+        help="directory of the LMDB database (default: ./turnstore-data)",
+    )
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR",
+        help=f"HOST:PORT or unix:PATH; repeatable (default: {DEFAULT_TARGET})",
+    )
+    serve.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow listen addresses that are not loopback (no access control yet)",
+    )
+    serve.add_argument(
+        "--max-db-size",
+        type=parse_size,
+        default="16GiB",
+        help="ceiling of the database size; writes past it fail (default: 16GiB)",
+    )
+    serve.add_argument(
+        "--log-format", choices=("auto", "json", "console"), default="auto", help="log output"
+    )
+    serve.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from turnstore.server.app import ServerConfig, serve
+        from turnstore.server.engine import EngineConfig
+        from turnstore.server.errors import DataDirLockedError
+        from turnstore.server.logs import configure_logging
+    except ImportError as error:
+        print(
+            f"turnstore serve needs the server extra: pip install 'turnstore[server]' ({error})",
+            file=sys.stderr,
+        )
+        return 2
+    import structlog
+
+    configure_logging(args.log_format, args.log_level)
+    log = structlog.get_logger("turnstore")
+    try:
+        engine_config = EngineConfig(
+            data_dir=args.data_dir.resolve(),
+            initial_map_bytes=min(64 << 20, args.max_db_size),
+            max_map_bytes=args.max_db_size,
+        )
+        config = ServerConfig(
+            engine=engine_config,
+            listen=tuple(args.listen or (DEFAULT_TARGET,)),
+            allow_remote=args.allow_remote,
+        )
+        asyncio.run(serve(config))
+    except (DataDirLockedError, ValueError, RuntimeError, OSError) as error:
+        log.error("cannot_serve", error=str(error))
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover

@@ -1,0 +1,66 @@
+"""The exceptions the client raises, under one base class.
+
+Errors that come from a call keep the ``grpc.aio.AioRpcError`` as their
+``__cause__``. :func:`turnstore._status.error_from_rpc` is the one place that
+maps status codes (and the daemon's ``turnstore-error`` reason) to these
+classes. The in-memory stores of :mod:`turnstore.testing` raise the same
+classes for the same situations.
+"""
+
+from __future__ import annotations
+
+
+class TurnstoreError(Exception):
+    """Base class of every error turnstore's client raises."""
+
+
+class InvalidArgumentError(TurnstoreError, ValueError):
+    """The request was malformed or over a limit; the message names which."""
+
+
+class FailedPreconditionError(TurnstoreError):
+    """The request conflicts with the stored state."""
+
+
+class TurnFinishedError(FailedPreconditionError):
+    """An append targeted a turn that is already finished."""
+
+
+class TurnAlreadyFinishedError(FailedPreconditionError):
+    """A turn was finished a second time."""
+
+
+class ThreadClearedError(TurnstoreError):
+    """The thread was cleared while a streaming read of it was in progress."""
+
+
+class ResourceExhaustedError(TurnstoreError):
+    """A size limit was hit (a message too large for the channel, for example)."""
+
+
+class StorageFullError(ResourceExhaustedError):
+    """The daemon's database reached its size ceiling; nothing was written."""
+
+
+class UnavailableError(TurnstoreError):
+    """The daemon could not be reached, or is shutting down.
+
+    A write that fails this way was not acknowledged; it may still have been
+    committed if the daemon stopped while finishing it.
+    """
+
+
+class DeadlineExceededError(TurnstoreError):
+    """The call did not complete before its deadline; it may still take effect."""
+
+
+class ServerError(TurnstoreError):
+    """Any other failure reported by the daemon (see the message and cause)."""
+
+
+class SnapshotFormatError(TurnstoreError, ValueError):
+    """A conversation snapshot is not a valid version-1 snapshot."""
+
+
+class EventFormatError(TurnstoreError, ValueError):
+    """An event envelope cannot be represented (bad JSON, unknown encoding)."""

@@ -1,0 +1,168 @@
+"""The data types of the two store contracts, with their JSON forms.
+
+These mirror the Rust crates' types (see ``shared/CONTRACT.md``):
+:class:`AgentEventEnvelope` (flat JSON: the event's fields beside the
+envelope's), :class:`StoredTurnEvents`, and :class:`ConversationSnapshot`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from turnstore.errors import EventFormatError, SnapshotFormatError
+
+ENVELOPE_KEYS: Final = ("event_id", "sequence", "timestamp")
+_MAX_U64: Final = (1 << 64) - 1
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class AgentEventEnvelope:
+    """One agent event with its envelope header.
+
+    ``event`` is the tagged event as a dict whose ``"type"`` key names its
+    kind (``"text_delta"``, ...); its other keys are the event's fields.
+    ``sequence`` is the agent's own counter and is not unique. Construction
+    raises :class:`~turnstore.errors.EventFormatError` when ``event`` has no
+    string ``"type"``, when ``event`` uses an envelope key (which the flat
+    JSON form could not tell apart), or when ``sequence`` is not a u64.
+    """
+
+    event_id: str
+    sequence: int
+    timestamp: str
+    event: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        event_type = self.event.get("type") if isinstance(self.event, dict) else None
+        if not isinstance(event_type, str) or not event_type:
+            raise EventFormatError('event must be a dict with a non-empty string "type"')
+        clashing = [key for key in ENVELOPE_KEYS if key in self.event]
+        if clashing:
+            raise EventFormatError(f"event must not hold envelope keys {clashing}")
+        if (
+            not isinstance(self.sequence, int)
+            or isinstance(self.sequence, bool)
+            or not 0 <= self.sequence <= _MAX_U64
+        ):
+            raise EventFormatError("sequence must be an integer between 0 and 2**64-1")
+
+    @property
+    def type(self) -> str:
+        """The event's kind, its ``"type"`` key."""
+        return str(self.event["type"])
+
+    @classmethod
+    def new(cls, event: dict[str, Any], sequence: int = 0) -> AgentEventEnvelope:
+        """An envelope with a fresh UUID v4 and the current UTC time."""
+        return cls(str(uuid.uuid4()), sequence, _now_rfc3339(), dict(event))
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The flat JSON object: envelope keys first, then the event's keys."""
+        return {
+            "event_id": self.event_id,
+            "sequence": self.sequence,
+            "timestamp": self.timestamp,
+            **self.event,
+        }
+
+    def to_json(self) -> str:
+        """The flat JSON text of :meth:`to_json_dict`."""
+        return json.dumps(self.to_json_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> AgentEventEnvelope:
+        """Parse the flat JSON object; raises EventFormatError when malformed."""
+        if not isinstance(data, dict):
+            raise EventFormatError("an envelope must be a JSON object")
+        missing = [key for key in (*ENVELOPE_KEYS, "type") if key not in data]
+        if missing:
+            raise EventFormatError(f"envelope is missing {missing}")
+        event_id, sequence, timestamp = (data[key] for key in ENVELOPE_KEYS)
+        if not isinstance(event_id, str) or not isinstance(timestamp, str):
+            raise EventFormatError("event_id and timestamp must be strings")
+        event = {key: value for key, value in data.items() if key not in ENVELOPE_KEYS}
+        return cls(event_id, sequence, timestamp, event)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> AgentEventEnvelope:
+        """Parse flat JSON text; raises EventFormatError when malformed."""
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise EventFormatError(f"envelope is not valid JSON: {error}") from error
+        return cls.from_json_dict(data)
+
+
+@dataclass(frozen=True)
+class StoredTurnEvents:
+    """One stored turn: its number, its events in append order, its flag."""
+
+    turn: int
+    events: list[AgentEventEnvelope] = field(default_factory=list)
+    finished: bool = False
+
+
+SNAPSHOT_VERSION: Final = 1
+
+
+@dataclass(frozen=True)
+class ConversationSnapshot:
+    """A whole conversation: opaque JSON messages and their pinned flags.
+
+    Raises :class:`~turnstore.errors.SnapshotFormatError` unless ``version``
+    is 1 and ``messages`` and ``pinned`` have the same length, as the
+    original reader does.
+    """
+
+    messages: list[Any]
+    pinned: list[bool]
+    version: int = SNAPSHOT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != SNAPSHOT_VERSION:
+            raise SnapshotFormatError(
+                f"unsupported snapshot version {self.version!r} (only {SNAPSHOT_VERSION} is)"
+            )
+        if not isinstance(self.messages, list) or not isinstance(self.pinned, list):
+            raise SnapshotFormatError("messages and pinned must be lists")
+        if len(self.messages) != len(self.pinned):
+            raise SnapshotFormatError(
+                f"messages has {len(self.messages)} items but pinned has {len(self.pinned)}"
+            )
+        if not all(isinstance(flag, bool) for flag in self.pinned):
+            raise SnapshotFormatError("pinned must hold only booleans")
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON object ``{"version": 1, "messages": [...], "pinned": [...]}``."""
+        return {"version": self.version, "messages": self.messages, "pinned": self.pinned}
+
+    def to_json(self) -> str:
+        """The JSON text of :meth:`to_json_dict`."""
+        return json.dumps(self.to_json_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> ConversationSnapshot:
+        """Parse and validate the JSON object; raises SnapshotFormatError."""
+        if not isinstance(data, dict):
+            raise SnapshotFormatError("a snapshot must be a JSON object")
+        try:
+            return cls(data["messages"], data["pinned"], data["version"])
+        except KeyError as error:
+            raise SnapshotFormatError(f"snapshot is missing {error.args[0]!r}") from error
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ConversationSnapshot:
+        """Parse and validate JSON text; raises SnapshotFormatError."""
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise SnapshotFormatError(f"snapshot is not valid JSON: {error}") from error
+        return cls.from_json_dict(data)

@@ -1,0 +1,195 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EventOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_ORDER_UNSPECIFIED: _ClassVar[EventOrder]
+    EVENT_ORDER_COMMIT: _ClassVar[EventOrder]
+    EVENT_ORDER_TURN: _ClassVar[EventOrder]
+EVENT_ORDER_UNSPECIFIED: EventOrder
+EVENT_ORDER_COMMIT: EventOrder
+EVENT_ORDER_TURN: EventOrder
+
+class EventEnvelope(_message.Message):
+    __slots__ = ("event_id", "sequence", "timestamp", "type", "body", "content_type")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    sequence: int
+    timestamp: str
+    type: str
+    body: bytes
+    content_type: str
+    def __init__(self, event_id: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp: _Optional[str] = ..., type: _Optional[str] = ..., body: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+
+class StoredEvent(_message.Message):
+    __slots__ = ("position", "turn", "stored_at_unix_nanos", "envelope")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    STORED_AT_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    turn: int
+    stored_at_unix_nanos: int
+    envelope: EventEnvelope
+    def __init__(self, position: _Optional[int] = ..., turn: _Optional[int] = ..., stored_at_unix_nanos: _Optional[int] = ..., envelope: _Optional[_Union[EventEnvelope, _Mapping]] = ...) -> None: ...
+
+class Turn(_message.Message):
+    __slots__ = ("turn", "finished", "events")
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    turn: int
+    finished: bool
+    events: _containers.RepeatedCompositeFieldContainer[StoredEvent]
+    def __init__(self, turn: _Optional[int] = ..., finished: _Optional[bool] = ..., events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ...) -> None: ...
+
+class AppendRequest(_message.Message):
+    __slots__ = ("thread_id", "turn", "events")
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    thread_id: str
+    turn: int
+    events: _containers.RepeatedCompositeFieldContainer[EventEnvelope]
+    def __init__(self, thread_id: _Optional[str] = ..., turn: _Optional[int] = ..., events: _Optional[_Iterable[_Union[EventEnvelope, _Mapping]]] = ...) -> None: ...
+
+class AppendResponse(_message.Message):
+    __slots__ = ("positions",)
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, positions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class FinishTurnRequest(_message.Message):
+    __slots__ = ("thread_id", "turn")
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    thread_id: str
+    turn: int
+    def __init__(self, thread_id: _Optional[str] = ..., turn: _Optional[int] = ...) -> None: ...
+
+class FinishTurnResponse(_message.Message):
+    __slots__ = ("event_count",)
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    event_count: int
+    def __init__(self, event_count: _Optional[int] = ...) -> None: ...
+
+class GetTurnRequest(_message.Message):
+    __slots__ = ("thread_id", "turn")
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    thread_id: str
+    turn: int
+    def __init__(self, thread_id: _Optional[str] = ..., turn: _Optional[int] = ...) -> None: ...
+
+class GetTurnResponse(_message.Message):
+    __slots__ = ("found", "turn")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    turn: Turn
+    def __init__(self, found: _Optional[bool] = ..., turn: _Optional[_Union[Turn, _Mapping]] = ...) -> None: ...
+
+class ListTurnsRequest(_message.Message):
+    __slots__ = ("thread_id",)
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    thread_id: str
+    def __init__(self, thread_id: _Optional[str] = ...) -> None: ...
+
+class ListTurnsResponse(_message.Message):
+    __slots__ = ("turn",)
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    turn: Turn
+    def __init__(self, turn: _Optional[_Union[Turn, _Mapping]] = ...) -> None: ...
+
+class ReadEventsRequest(_message.Message):
+    __slots__ = ("thread_id", "offset", "order")
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    thread_id: str
+    offset: int
+    order: EventOrder
+    def __init__(self, thread_id: _Optional[str] = ..., offset: _Optional[int] = ..., order: _Optional[_Union[EventOrder, str]] = ...) -> None: ...
+
+class ReadEventsResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[StoredEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ...) -> None: ...
+
+class EventCountRequest(_message.Message):
+    __slots__ = ("thread_id",)
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    thread_id: str
+    def __init__(self, thread_id: _Optional[str] = ...) -> None: ...
+
+class EventCountResponse(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class ClearRequest(_message.Message):
+    __slots__ = ("thread_id",)
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    thread_id: str
+    def __init__(self, thread_id: _Optional[str] = ...) -> None: ...
+
+class ClearResponse(_message.Message):
+    __slots__ = ("removed_events",)
+    REMOVED_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    removed_events: int
+    def __init__(self, removed_events: _Optional[int] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ("version", "content_type", "data", "saved_at_unix_nanos")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SAVED_AT_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    content_type: str
+    data: bytes
+    saved_at_unix_nanos: int
+    def __init__(self, version: _Optional[int] = ..., content_type: _Optional[str] = ..., data: _Optional[bytes] = ..., saved_at_unix_nanos: _Optional[int] = ...) -> None: ...
+
+class SaveRequest(_message.Message):
+    __slots__ = ("key", "data", "content_type")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    data: bytes
+    content_type: str
+    def __init__(self, key: _Optional[str] = ..., data: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+
+class SaveResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class LoadRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class LoadResponse(_message.Message):
+    __slots__ = ("found", "snapshot")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    snapshot: Snapshot
+    def __init__(self, found: _Optional[bool] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...

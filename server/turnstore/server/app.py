@@ -1,0 +1,136 @@
+"""Build the gRPC server, and run it until a signal.
+
+:func:`build_server` makes a ready-to-start server bound to its addresses
+(tests bind port 0 and read the real port back); :func:`serve` opens the
+engine, runs the server until SIGTERM or SIGINT, then shuts down in order:
+stop accepting calls, let in-flight calls finish (cancelling them after the
+grace period), commit queued writes, close LMDB, release the directory lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import structlog
+
+from turnstore.client import DEFAULT_TARGET as DEFAULT_LISTEN
+from turnstore.server.engine import MIB, Engine, EngineConfig
+from turnstore.server.service import EventStoreService, HistoryStoreService
+from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
+
+log = structlog.get_logger("turnstore")
+
+DEFAULT_DATA_DIR = Path("turnstore-data")
+# Large enough for a maximal snapshot or append plus framing.
+MAX_MESSAGE_BYTES = 64 * MIB
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What the daemon serves and where.
+
+    ``listen`` holds ``HOST:PORT`` or ``unix:PATH`` addresses. Addresses that
+    are not loopback are refused unless ``allow_remote`` is set.
+    """
+
+    engine: EngineConfig
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    allow_remote: bool = False
+    grace_seconds: float = 5.0
+    read_threads: int = 4
+
+
+@dataclass
+class BuiltServer:
+    """A bound, not yet started server and the addresses it is bound to."""
+
+    server: grpc.aio.Server
+    addresses: list[str] = field(default_factory=list)
+    executor: ThreadPoolExecutor | None = None
+
+
+def check_listen_address(address: str, allow_remote: bool) -> None:
+    """Raise ValueError for a malformed address or a non-loopback one."""
+    if address.startswith("unix:"):
+        if len(address) <= len("unix:"):
+            raise ValueError(f"listen address {address!r} names no socket path")
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"listen address {address!r} is not HOST:PORT or unix:PATH")
+    host = host.strip("[]")
+    if allow_remote or host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"listen address {address!r} is not loopback; turnstore has no access "
+            "control yet, so pass --allow-remote to serve beyond this host on purpose"
+        )
+
+
+def build_server(config: ServerConfig, engine: Engine) -> BuiltServer:
+    """A server with both services over ``engine``, bound to every address.
+
+    Raises ValueError for an unacceptable address and RuntimeError when an
+    address cannot be bound. Must be called with an event loop running.
+    """
+    for address in config.listen:
+        check_listen_address(address, config.allow_remote)
+    executor = ThreadPoolExecutor(config.read_threads, thread_name_prefix="turnstore-read")
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_EventStoreServicer_to_server(EventStoreService(engine, executor), server)
+    pb_grpc.add_HistoryStoreServicer_to_server(HistoryStoreService(engine, executor), server)
+    built = BuiltServer(server, executor=executor)
+    for address in config.listen:
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise RuntimeError(f"cannot listen on {address!r}: {error}") from error
+        if address.startswith("unix:"):
+            built.addresses.append(address)
+        else:
+            host = address.rpartition(":")[0]
+            built.addresses.append(f"{host}:{port}")
+    return built
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run the daemon until SIGTERM or SIGINT, then shut down in order."""
+    engine = Engine.open(config.engine)
+    try:
+        built = build_server(config, engine)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await built.server.start()
+        log.info(
+            "serving",
+            data_dir=str(config.engine.data_dir),
+            listen=built.addresses,
+            max_map_bytes=config.engine.max_map_bytes,
+        )
+        await stop.wait()
+        log.info("stopping", grace_seconds=config.grace_seconds)
+        await built.server.stop(config.grace_seconds)
+        if built.executor is not None:
+            built.executor.shutdown(wait=True)
+    finally:
+        engine.close()
+    log.info("stopped")

@@ -1,0 +1,73 @@
+"""Exceptions raised by the storage engine.
+
+The engine knows nothing of gRPC. Each exception carries a stable ``reason``
+string; the service layer maps each class to a status code in one table
+(:data:`turnstore.server.service.STATUS_BY_ERROR`) and sends ``reason`` to the
+client in the ``turnstore-error`` trailing metadata key.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+    reason = "internal"
+
+
+class InvalidArgumentError(EngineError):
+    """Input is malformed or over a limit; the message names field and limit."""
+
+    reason = "invalid_argument"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class TurnFinishedError(EngineError):
+    """An append targeted a turn whose close barrier is already recorded."""
+
+    reason = "turn_finished"
+
+    def __init__(self, turn: int) -> None:
+        super().__init__(f"cannot append to finished turn {turn}")
+        self.turn = turn
+
+
+class TurnAlreadyFinishedError(EngineError):
+    """A turn was finished a second time."""
+
+    reason = "turn_already_finished"
+
+    def __init__(self, turn: int) -> None:
+        super().__init__(f"turn {turn} is already finished")
+        self.turn = turn
+
+
+class ThreadClearedError(EngineError):
+    """The thread was cleared while a multi-part read of it was in progress."""
+
+    reason = "thread_cleared"
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(f"thread {thread_id!r} was cleared during the read")
+        self.thread_id = thread_id
+
+
+class StorageFullError(EngineError):
+    """The database reached its configured size ceiling; nothing was written."""
+
+    reason = "storage_full"
+
+
+class DataDirLockedError(EngineError):
+    """Another process holds the data directory."""
+
+    reason = "data_dir_locked"
+
+
+class EngineClosedError(EngineError):
+    """The engine is closed or closing and takes no more work."""
+
+    reason = "shutting_down"

@@ -1,0 +1,89 @@
+"""The on-disk layout: every LMDB named database turnstore uses, in one place.
+
+All integers are unsigned 64-bit big-endian (so byte order is numeric order)
+unless stated otherwise. A *thread number* is a small integer given to a thread
+id when the thread is first written; keys use it instead of the (up to 511
+byte) thread id, and a cleared thread gets a new number on its next write, so
+nothing of its old life can be read back by mistake.
+
+``meta``
+    key: ASCII name -> value: u64.
+    ``schema_version``: the layout version below (currently 1).
+    ``next_thread_number``: the number the next new thread gets.
+    ``next_conversation_number``: likewise for conversation keys.
+
+``threads``
+    key: thread id (UTF-8) -> value: thread_number u64 | next_position u64.
+    ``next_position`` is also the thread's event count, as positions are
+    gap-free from 0.
+
+``turns``
+    key: thread_number u64 | turn u64
+    -> value: finished u8 | event_count u64 | last_position u64.
+    ``last_position`` is meaningless while ``event_count`` is 0.
+
+``events``
+    key: thread_number u64 | position u64 -> value: a ``StoredEvent`` message
+    of ``proto/turnstore/v1/turnstore.proto`` in protobuf wire format, built by
+    :mod:`turnstore.server.records`. Storing the wire form lets reads hand
+    records to clients without decoding and re-encoding them.
+
+``turn_events``
+    key: thread_number u64 | turn u64 | position u64 -> value: empty.
+    The index of each turn's events in append order.
+
+``conversations``
+    key: conversation key (UTF-8)
+    -> value: conversation_number u64 | latest_version u64.
+
+``snapshots``
+    key: conversation_number u64 | version u64
+    -> value: saved_at_unix_nanos i64 | content_type_length u16 |
+    content_type (UTF-8) | data.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+SCHEMA_VERSION: Final = 1
+
+META: Final = b"meta"
+THREADS: Final = b"threads"
+TURNS: Final = b"turns"
+EVENTS: Final = b"events"
+TURN_EVENTS: Final = b"turn_events"
+CONVERSATIONS: Final = b"conversations"
+SNAPSHOTS: Final = b"snapshots"
+
+ALL_DATABASES: Final = (
+    META,
+    THREADS,
+    TURNS,
+    EVENTS,
+    TURN_EVENTS,
+    CONVERSATIONS,
+    SNAPSHOTS,
+)
+
+META_SCHEMA_VERSION: Final = b"schema_version"
+META_NEXT_THREAD_NUMBER: Final = b"next_thread_number"
+META_NEXT_CONVERSATION_NUMBER: Final = b"next_conversation_number"
+
+U64: Final = struct.Struct(">Q")
+PAIR: Final = struct.Struct(">QQ")
+TRIPLE: Final = struct.Struct(">QQQ")
+TURN_VALUE: Final = struct.Struct(">BQQ")
+SNAPSHOT_HEADER: Final = struct.Struct(">qH")
+
+
+def pack_turn(finished: bool, event_count: int, last_position: int) -> bytes:
+    """Encode a ``turns`` value."""
+    return TURN_VALUE.pack(1 if finished else 0, event_count, last_position)
+
+
+def unpack_turn(value: bytes) -> tuple[bool, int, int]:
+    """Decode a ``turns`` value into (finished, event_count, last_position)."""
+    finished, count, last = TURN_VALUE.unpack(value)
+    return bool(finished), count, last

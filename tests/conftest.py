@@ -1,0 +1,64 @@
+"""Shared fixtures: a real daemon per test session, and the stores under test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import Daemon
+from turnstore import EventStore, HistoryStore, TurnstoreClient
+from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One ``turnstore serve`` subprocess shared by the session's tests."""
+    process = Daemon(tmp_path_factory.mktemp("shared-daemon") / "data")
+    process.start()
+    yield process
+    assert process.stop() == 0, process.log_lines
+
+
+@pytest.fixture
+async def client(daemon: Daemon) -> AsyncIterator[TurnstoreClient]:
+    """A client of the shared daemon."""
+    async with TurnstoreClient(daemon.target) as connected:
+        yield connected
+
+
+@pytest.fixture
+def thread_id() -> str:
+    """A thread id no other test uses."""
+    return f"thread-{uuid.uuid4()}"
+
+
+@pytest.fixture(params=["memory", "daemon"])
+async def event_store(request: pytest.FixtureRequest, daemon: Daemon) -> AsyncIterator[EventStore]:
+    """Each EventStore implementation in turn."""
+    if request.param == "memory":
+        yield InMemoryEventStore()
+        return
+    async with TurnstoreClient(daemon.target) as connected:
+        yield connected.events
+
+
+@pytest.fixture(params=["memory", "daemon"])
+async def history_factory(
+    request: pytest.FixtureRequest, daemon: Daemon
+) -> AsyncIterator[Callable[[str], HistoryStore]]:
+    """A factory of HistoryStores bound to a key, for each implementation."""
+    if request.param == "memory":
+        stores: dict[str, InMemoryHistoryStore] = {}
+        yield lambda key: stores.setdefault(key, InMemoryHistoryStore())
+        return
+    async with TurnstoreClient(daemon.target) as connected:
+        yield connected.history
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A fresh data directory."""
+    return tmp_path / "data"

@@ -1,0 +1,116 @@
+"""Run the real ``turnstore serve`` in a subprocess, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+STARTUP_TIMEOUT = 60.0
+
+
+class Daemon:
+    """One ``turnstore serve`` process on a data directory.
+
+    ``start`` returns once the daemon has logged that it is serving (the
+    first log line), and fills ``addresses`` from that line. Every log line
+    is kept in ``log_lines``; the process's stderr is drained continuously so
+    the daemon never blocks on logging.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        listen: list[str] | None = None,
+        extra_args: list[str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        if listen is None:
+            socket_dir = tempfile.mkdtemp(prefix="ts-sock-")
+            listen = [f"unix:{socket_dir}/turnstore.sock"]
+        self.listen = listen
+        self.extra_args = extra_args or []
+        self.cwd = cwd
+        self.process: subprocess.Popen[str] | None = None
+        self.log_lines: list[str] = []
+        self.addresses: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+
+    @property
+    def target(self) -> str:
+        """The first bound address, as a client target."""
+        return self.addresses[0]
+
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "turnstore", "serve", "--log-format", "json"]
+        if self.data_dir is not None:
+            args += ["--data-dir", str(self.data_dir)]
+        for address in self.listen:
+            args += ["--listen", address]
+        return args + self.extra_args
+
+    def start(self) -> dict[str, Any]:
+        """Start and wait for the first log line; return it parsed.
+
+        Raises RuntimeError with the log when the daemon exits or logs
+        something other than ``serving`` first.
+        """
+        self._lines = queue.Queue()
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.cwd,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        threading.Thread(target=self._drain, args=(self.process,), daemon=True).start()
+        first = self.next_log(STARTUP_TIMEOUT)
+        if first is None or first.get("event") != "serving":
+            self.process.wait(timeout=30)
+            raise RuntimeError(f"daemon did not start: {self.log_lines}")
+        self.addresses = list(first["listen"])
+        return first
+
+    def _drain(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            self.log_lines.append(line.rstrip("\n"))
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def next_log(self, timeout: float) -> dict[str, Any] | None:
+        """The next JSON log line, or None when the process closed stderr."""
+        line = self._lines.get(timeout=timeout)
+        if line is None:
+            return None
+        try:
+            parsed: dict[str, Any] = json.loads(line)
+        except ValueError:
+            return {"event": "unparsed", "line": line}
+        return parsed
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Send ``sig`` and wait for exit; return the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> int:
+        """SIGKILL the daemon (no shutdown at all) and reap it."""
+        return self.stop(signal.SIGKILL)
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        """Wait for the daemon to exit by itself."""
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)

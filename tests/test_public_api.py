@@ -1,0 +1,90 @@
+"""The public API of the `turnstore` package, pinned, and the README example."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import turnstore
+from tests.daemon import Daemon
+from turnstore import EventStore, GrpcEventStore, GrpcHistoryStore, HistoryStore
+from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
+
+README = Path(__file__).parent.parent / "README.md"
+
+PUBLIC_NAMES = [
+    "AgentEventEnvelope",
+    "ConversationSnapshot",
+    "DeadlineExceededError",
+    "EventFormatError",
+    "EventStore",
+    "FailedPreconditionError",
+    "GrpcEventStore",
+    "GrpcHistoryStore",
+    "HistoryStore",
+    "InvalidArgumentError",
+    "ResourceExhaustedError",
+    "ServerError",
+    "SnapshotFormatError",
+    "StorageFullError",
+    "StoredEvent",
+    "StoredTurnEvents",
+    "ThreadClearedError",
+    "TurnAlreadyFinishedError",
+    "TurnFinishedError",
+    "TurnstoreClient",
+    "TurnstoreError",
+    "UnavailableError",
+]
+
+
+def test_public_names_are_pinned() -> None:
+    assert sorted(turnstore.__all__) == PUBLIC_NAMES
+    for name in PUBLIC_NAMES:
+        assert getattr(turnstore, name) is not None
+
+
+def test_every_error_derives_from_the_base() -> None:
+    errors = [getattr(turnstore, n) for n in PUBLIC_NAMES if n.endswith("Error")]
+    assert all(issubclass(cls, turnstore.TurnstoreError) for cls in errors)
+
+
+def _methods(cls: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(member)
+        for name, member in vars(cls).items()
+        if not name.startswith("_") and callable(member)
+    }
+
+
+def test_implementations_match_the_protocols_signatures() -> None:
+    for protocol, implementations in (
+        (EventStore, (InMemoryEventStore, GrpcEventStore)),
+        (HistoryStore, (InMemoryHistoryStore, GrpcHistoryStore)),
+    ):
+        wanted = _methods(protocol)
+        assert wanted, protocol
+        for implementation in implementations:
+            have = _methods(implementation)
+            for name, signature in wanted.items():
+                assert str(have[name]) == str(signature), (implementation, name)
+                assert inspect.iscoroutinefunction(getattr(implementation, name))
+
+
+def test_the_readme_example_runs_against_a_daemon(daemon: Daemon) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    assert len(blocks) == 1
+    code = blocks[0].replace('"127.0.0.1:7070"', repr(daemon.target))
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Hello!" in result.stdout.splitlines()
+    assert "stored at position 2" in result.stdout
+    assert (
+        "ConversationSnapshot(messages=[{'role': 'user'}], pinned=[False], version=1)"
+        in result.stdout
+    )
