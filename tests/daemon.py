@@ -73,7 +73,9 @@ class Daemon:
             cwd=self.cwd,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        threading.Thread(target=self._drain, args=(self.process,), daemon=True).start()
+        # Each process gets its own queue: a previous process's reader may
+        # still be delivering its end-of-stream.
+        threading.Thread(target=self._drain, args=(self.process, self._lines), daemon=True).start()
         first = self.next_log(STARTUP_TIMEOUT)
         if first is None or first.get("event") != "serving":
             self.process.wait(timeout=30)
@@ -81,12 +83,12 @@ class Daemon:
         self.addresses = list(first["listen"])
         return first
 
-    def _drain(self, process: subprocess.Popen[str]) -> None:
+    def _drain(self, process: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
         assert process.stderr is not None
         for line in process.stderr:
             self.log_lines.append(line.rstrip("\n"))
-            self._lines.put(line)
-        self._lines.put(None)
+            lines.put(line)
+        lines.put(None)
 
     def next_log(self, timeout: float) -> dict[str, Any] | None:
         """The next JSON log line, or None when the process closed stderr."""
