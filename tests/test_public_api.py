@@ -17,8 +17,10 @@ README = Path(__file__).parent.parent / "README.md"
 
 PUBLIC_NAMES = [
     "AgentEventEnvelope",
+    "CaughtUp",
     "ConversationSnapshot",
     "DeadlineExceededError",
+    "EventAppender",
     "EventFormatError",
     "EventStore",
     "FailedPreconditionError",
@@ -26,14 +28,18 @@ PUBLIC_NAMES = [
     "GrpcHistoryStore",
     "HistoryStore",
     "InvalidArgumentError",
+    "Replay",
+    "ReplayItem",
     "ResourceExhaustedError",
     "ServerError",
     "SnapshotFormatError",
     "StorageFullError",
     "StoredEvent",
     "StoredTurnEvents",
+    "ThreadCleared",
     "ThreadClearedError",
     "TurnAlreadyFinishedError",
+    "TurnFinished",
     "TurnFinishedError",
     "TurnstoreClient",
     "TurnstoreError",
@@ -49,6 +55,7 @@ def test_public_names_are_pinned() -> None:
 
 def test_every_error_derives_from_the_base() -> None:
     errors = [getattr(turnstore, n) for n in PUBLIC_NAMES if n.endswith("Error")]
+    assert len(errors) == 13
     assert all(issubclass(cls, turnstore.TurnstoreError) for cls in errors)
 
 

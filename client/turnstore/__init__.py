@@ -43,11 +43,21 @@ from turnstore.models import (
     StoredTurnEvents,
 )
 from turnstore.protocols import EventStore, HistoryStore
+from turnstore.streams import (
+    CaughtUp,
+    EventAppender,
+    Replay,
+    ReplayItem,
+    ThreadCleared,
+    TurnFinished,
+)
 
 __all__ = [
     "AgentEventEnvelope",
+    "CaughtUp",
     "ConversationSnapshot",
     "DeadlineExceededError",
+    "EventAppender",
     "EventFormatError",
     "EventStore",
     "FailedPreconditionError",
@@ -55,14 +65,18 @@ __all__ = [
     "GrpcHistoryStore",
     "HistoryStore",
     "InvalidArgumentError",
+    "Replay",
+    "ReplayItem",
     "ResourceExhaustedError",
     "ServerError",
     "SnapshotFormatError",
     "StorageFullError",
     "StoredEvent",
     "StoredTurnEvents",
+    "ThreadCleared",
     "ThreadClearedError",
     "TurnAlreadyFinishedError",
+    "TurnFinished",
     "TurnFinishedError",
     "TurnstoreClient",
     "TurnstoreError",

@@ -31,16 +31,30 @@ _BY_CODE: Final[dict[grpc.StatusCode, type[errors.TurnstoreError]]] = {
 }
 
 
-def error_from_rpc(error: grpc.aio.AioRpcError) -> errors.TurnstoreError:
-    """The turnstore exception for a failed call (not raised; the caller raises it).
+def error_from_status(
+    code: grpc.StatusCode, reason: str | None, message: str
+) -> errors.TurnstoreError:
+    """The turnstore exception for a status (not raised; the caller raises it).
 
-    The daemon's reason metadata wins over the status code; an unknown code
-    gives :class:`~turnstore.errors.ServerError`. The message is the daemon's.
+    The daemon's reason wins over the status code; an unknown code gives
+    :class:`~turnstore.errors.ServerError`. The message is the daemon's.
     """
+    cls = _BY_REASON.get(reason or "") or _BY_CODE.get(code, errors.ServerError)
+    return cls(message or code.name)
+
+
+def error_from_rpc(error: grpc.aio.AioRpcError) -> errors.TurnstoreError:
+    """The turnstore exception for a failed call, from its status and metadata."""
     reason = None
     for key, value in error.trailing_metadata() or ():
         if key == ERROR_METADATA_KEY:
             reason = value if isinstance(value, str) else value.decode()
-    cls = _BY_REASON.get(reason or "") or _BY_CODE.get(error.code(), errors.ServerError)
-    details = error.details() or error.code().name
-    return cls(details)
+    return error_from_status(error.code(), reason, error.details() or "")
+
+
+_CODES_BY_NUMBER: Final = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def error_from_item(code: int, reason: str, message: str) -> errors.TurnstoreError:
+    """The turnstore exception for a rejected AppendStream item."""
+    return error_from_status(_CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN), reason, message)

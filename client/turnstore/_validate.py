@@ -11,10 +11,10 @@ def check_thread_id(thread_id: str) -> None:
         raise InvalidArgumentError("thread_id: must be a non-empty string")
 
 
-def check_turn(turn: int) -> None:
-    """Raise InvalidArgumentError for a turn outside 0..2**64-1."""
+def check_turn(turn: int, name: str = "turn") -> None:
+    """Raise InvalidArgumentError for a value outside 0..2**64-1 (a turn by default)."""
     if not isinstance(turn, int) or isinstance(turn, bool) or not 0 <= turn < 1 << 64:
-        raise InvalidArgumentError("turn: must be an integer between 0 and 2**64-1")
+        raise InvalidArgumentError(f"{name}: must be an integer between 0 and 2**64-1")
 
 
 def check_offset(offset: int) -> None:

@@ -10,17 +10,18 @@ subclass whose ``__cause__`` is the gRPC error.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
 import grpc
 
+from turnstore._convert import JSON, StoredEvent, envelope_from_proto, envelope_to_proto
 from turnstore._status import error_from_rpc
 from turnstore._validate import check_offset, check_thread_id, check_turn
-from turnstore.errors import EventFormatError, SnapshotFormatError, UnavailableError
+from turnstore.errors import SnapshotFormatError, UnavailableError
 from turnstore.models import AgentEventEnvelope, ConversationSnapshot, StoredTurnEvents
+from turnstore.streams import EventAppender, Replay, replay_request
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
@@ -28,7 +29,6 @@ __all__ = ["GrpcEventStore", "GrpcHistoryStore", "StoredEvent", "TurnstoreClient
 
 T = TypeVar("T")
 
-JSON: Final = "application/json"
 DEFAULT_TARGET: Final = "127.0.0.1:7070"
 # Matches the daemon's limit, so large turns and snapshots come through.
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
@@ -47,68 +47,6 @@ async def _stream(call: Any) -> AsyncIterator[Any]:
             yield message
     except grpc.aio.AioRpcError as error:
         raise error_from_rpc(error) from error
-
-
-def envelope_to_proto(envelope: AgentEventEnvelope) -> pb.EventEnvelope:
-    """The wire form of an envelope: header fields typed, the rest as a JSON body."""
-    body = {key: value for key, value in envelope.event.items() if key != "type"}
-    try:
-        encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as error:
-        raise EventFormatError(f"event is not JSON-serialisable: {error}") from error
-    return pb.EventEnvelope(
-        event_id=envelope.event_id,
-        sequence=envelope.sequence,
-        timestamp=envelope.timestamp,
-        type=envelope.type,
-        body=encoded,
-        content_type=JSON,
-    )
-
-
-def envelope_from_proto(message: pb.EventEnvelope) -> AgentEventEnvelope:
-    """The envelope of a wire message; raises EventFormatError for a non-JSON body."""
-    if message.content_type not in ("", JSON):
-        raise EventFormatError(
-            f"event {message.event_id!r} is encoded as {message.content_type!r}; "
-            "this client reads only application/json"
-        )
-    try:
-        body = json.loads(message.body) if message.body else {}
-    except ValueError as error:
-        raise EventFormatError(f"event {message.event_id!r} has invalid JSON: {error}") from error
-    if not isinstance(body, dict):
-        raise EventFormatError(f"event {message.event_id!r} body is not a JSON object")
-    return AgentEventEnvelope(
-        message.event_id, message.sequence, message.timestamp, {"type": message.type, **body}
-    )
-
-
-class StoredEvent:
-    """An envelope as stored: with its position, turn and commit time."""
-
-    __slots__ = ("envelope", "position", "stored_at_unix_nanos", "turn")
-
-    def __init__(
-        self, position: int, turn: int, stored_at_unix_nanos: int, envelope: AgentEventEnvelope
-    ) -> None:
-        self.position = position
-        self.turn = turn
-        self.stored_at_unix_nanos = stored_at_unix_nanos
-        self.envelope = envelope
-
-    @classmethod
-    def from_proto(cls, message: pb.StoredEvent) -> StoredEvent:
-        """Decode a wire ``StoredEvent``."""
-        return cls(
-            message.position,
-            message.turn,
-            message.stored_at_unix_nanos,
-            envelope_from_proto(message.envelope),
-        )
-
-    def __repr__(self) -> str:
-        return f"StoredEvent(position={self.position}, turn={self.turn}, {self.envelope!r})"
 
 
 class GrpcEventStore:
@@ -219,6 +157,48 @@ class GrpcEventStore:
         async for message in _stream(self._stub.ReadEvents(request, timeout=self._timeout)):
             for event in message.events:
                 yield StoredEvent.from_proto(event)
+
+    def replay(
+        self,
+        thread_id: str,
+        after: int | None = None,
+        *,
+        follow: bool = False,
+        from_turn: int | None = None,
+        to_turn: int | None = None,
+        event_types: Sequence[str] | None = None,
+        until_turn_finished: int | None = None,
+        epoch: int | None = None,
+        timeout: float | None = None,
+        max_events_per_message: int = 0,
+    ) -> Replay:
+        """Replay a thread after position ``after`` (None: from the start).
+
+        Yields stored events in position order with the markers
+        ``TurnFinished``, ``CaughtUp`` (once) and ``ThreadCleared``. Without
+        ``follow`` it ends once caught up; with it, it goes on with every new
+        commit until ``until_turn_finished`` is finished, the thread is
+        cleared, ``timeout`` passes (DeadlineExceededError) or it is closed.
+        ``from_turn``/``to_turn`` bound the turns and ``event_types`` the
+        types of events yielded. To resume, pass the previous replay's
+        ``last_position`` as ``after`` and its ``epoch`` as ``epoch``.
+        """
+        request = replay_request(
+            thread_id,
+            after,
+            follow=follow,
+            from_turn=from_turn,
+            to_turn=to_turn,
+            event_types=event_types,
+            until_turn_finished=until_turn_finished,
+            epoch=epoch,
+            max_events_per_message=max_events_per_message,
+        )
+        return Replay(self._stub.Replay(request, timeout=timeout), after, epoch)
+
+    def appender(self) -> EventAppender:
+        """Open a streaming appender (an ``AppendStream``); use it as ``async with``."""
+        return EventAppender(self._stub)
 
 
 class GrpcHistoryStore:

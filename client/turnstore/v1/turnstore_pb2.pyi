@@ -193,3 +193,99 @@ class LoadResponse(_message.Message):
     found: bool
     snapshot: Snapshot
     def __init__(self, found: _Optional[bool] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
+
+class ReplayRequest(_message.Message):
+    __slots__ = ("thread_id", "after_position", "from_turn", "to_turn", "event_types", "follow", "until_turn_finished", "max_events_per_message", "thread_epoch")
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_POSITION_FIELD_NUMBER: _ClassVar[int]
+    FROM_TURN_FIELD_NUMBER: _ClassVar[int]
+    TO_TURN_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPES_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_TURN_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    THREAD_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    thread_id: str
+    after_position: int
+    from_turn: int
+    to_turn: int
+    event_types: _containers.RepeatedScalarFieldContainer[str]
+    follow: bool
+    until_turn_finished: int
+    max_events_per_message: int
+    thread_epoch: int
+    def __init__(self, thread_id: _Optional[str] = ..., after_position: _Optional[int] = ..., from_turn: _Optional[int] = ..., to_turn: _Optional[int] = ..., event_types: _Optional[_Iterable[str]] = ..., follow: _Optional[bool] = ..., until_turn_finished: _Optional[int] = ..., max_events_per_message: _Optional[int] = ..., thread_epoch: _Optional[int] = ...) -> None: ...
+
+class TurnFinished(_message.Message):
+    __slots__ = ("turn", "event_count", "last_position")
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAST_POSITION_FIELD_NUMBER: _ClassVar[int]
+    turn: int
+    event_count: int
+    last_position: int
+    def __init__(self, turn: _Optional[int] = ..., event_count: _Optional[int] = ..., last_position: _Optional[int] = ...) -> None: ...
+
+class ReplayResponse(_message.Message):
+    __slots__ = ("events", "finished_turns", "caught_up", "thread_cleared", "next_position", "thread_epoch")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_TURNS_FIELD_NUMBER: _ClassVar[int]
+    CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
+    THREAD_CLEARED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_POSITION_FIELD_NUMBER: _ClassVar[int]
+    THREAD_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[StoredEvent]
+    finished_turns: _containers.RepeatedCompositeFieldContainer[TurnFinished]
+    caught_up: bool
+    thread_cleared: bool
+    next_position: int
+    thread_epoch: int
+    def __init__(self, events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ..., finished_turns: _Optional[_Iterable[_Union[TurnFinished, _Mapping]]] = ..., caught_up: _Optional[bool] = ..., thread_cleared: _Optional[bool] = ..., next_position: _Optional[int] = ..., thread_epoch: _Optional[int] = ...) -> None: ...
+
+class AppendStreamRequest(_message.Message):
+    __slots__ = ("request_id", "thread_id", "turn", "events", "finish_turn")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_TURN_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    thread_id: str
+    turn: int
+    events: _containers.RepeatedCompositeFieldContainer[EventEnvelope]
+    finish_turn: bool
+    def __init__(self, request_id: _Optional[int] = ..., thread_id: _Optional[str] = ..., turn: _Optional[int] = ..., events: _Optional[_Iterable[_Union[EventEnvelope, _Mapping]]] = ..., finish_turn: _Optional[bool] = ...) -> None: ...
+
+class ItemError(_message.Message):
+    __slots__ = ("code", "reason", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    reason: str
+    message: str
+    def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class AppendStreamResponse(_message.Message):
+    __slots__ = ("request_id", "positions", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    error: ItemError
+    def __init__(self, request_id: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class GetStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStatsResponse(_message.Message):
+    __slots__ = ("live_followers", "open_replays", "map_size_bytes")
+    LIVE_FOLLOWERS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_REPLAYS_FIELD_NUMBER: _ClassVar[int]
+    MAP_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    live_followers: int
+    open_replays: int
+    map_size_bytes: int
+    def __init__(self, live_followers: _Optional[int] = ..., open_replays: _Optional[int] = ..., map_size_bytes: _Optional[int] = ...) -> None: ...

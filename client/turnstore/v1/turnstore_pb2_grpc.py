@@ -75,6 +75,16 @@ class EventStoreStub:
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.ClearRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ClearResponse.FromString,
                 _registered_method=True)
+        self.Replay = channel.unary_stream(
+                '/turnstore.v1.EventStore/Replay',
+                request_serializer=turnstore_dot_v1_dot_turnstore__pb2.ReplayRequest.SerializeToString,
+                response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ReplayResponse.FromString,
+                _registered_method=True)
+        self.AppendStream = channel.stream_stream(
+                '/turnstore.v1.EventStore/AppendStream',
+                request_serializer=turnstore_dot_v1_dot_turnstore__pb2.AppendStreamRequest.SerializeToString,
+                response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.AppendStreamResponse.FromString,
+                _registered_method=True)
 
 
 class EventStoreServicer:
@@ -154,6 +164,41 @@ class EventStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Replay(self, request, context):
+        """Replays a thread as a stream: catches up from storage after a cursor,
+        then, when `follow` is set, streams every event as it is committed.
+
+        The stream carries, in order: events (in position order, many per
+        message), markers for finished turns, one `caught_up` marker when the
+        replay has reached the end of what was stored, and a `thread_cleared`
+        marker (after which the stream ends) if the thread is cleared under it.
+        A reader that reconnects with `after_position` set to the last position
+        it received gets every later event exactly once, with no gap.
+
+        The stream ends (status OK) when not following and caught up, when the
+        turn named in `until_turn_finished` is finished, or when the thread is
+        cleared; a follower also ends when the client cancels or its deadline
+        passes. Followers are woken by commits and read from storage at their
+        own pace: a slow reader never makes the daemon buffer for it.
+        Errors: INVALID_ARGUMENT for a bad thread id or an empty turn range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendStream(self, request_iterator, context):
+        """Appends over one long-lived bidirectional stream. Each request is one
+        item (events for one thread and turn, optionally finishing the turn);
+        each is acknowledged, in the order sent, only after it is durably
+        committed. Items are independent and pipelined: a rejected item (a
+        finished turn, a bad argument) is reported in its own acknowledgement,
+        nothing of it is stored, and the stream goes on with the next item.
+        The stream fails as a whole only for transport errors or a shutdown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +236,16 @@ def add_EventStoreServicer_to_server(servicer, server):
                     servicer.Clear,
                     request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ClearRequest.FromString,
                     response_serializer=turnstore_dot_v1_dot_turnstore__pb2.ClearResponse.SerializeToString,
+            ),
+            'Replay': grpc.unary_stream_rpc_method_handler(
+                    servicer.Replay,
+                    request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ReplayRequest.FromString,
+                    response_serializer=turnstore_dot_v1_dot_turnstore__pb2.ReplayResponse.SerializeToString,
+            ),
+            'AppendStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AppendStream,
+                    request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.AppendStreamRequest.FromString,
+                    response_serializer=turnstore_dot_v1_dot_turnstore__pb2.AppendStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +443,136 @@ class EventStore:
             '/turnstore.v1.EventStore/Clear',
             turnstore_dot_v1_dot_turnstore__pb2.ClearRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.ClearResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Replay(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/turnstore.v1.EventStore/Replay',
+            turnstore_dot_v1_dot_turnstore__pb2.ReplayRequest.SerializeToString,
+            turnstore_dot_v1_dot_turnstore__pb2.ReplayResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/turnstore.v1.EventStore/AppendStream',
+            turnstore_dot_v1_dot_turnstore__pb2.AppendStreamRequest.SerializeToString,
+            turnstore_dot_v1_dot_turnstore__pb2.AppendStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AdminStub:
+    """Operational information about the daemon.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetStats = channel.unary_unary(
+                '/turnstore.v1.Admin/GetStats',
+                request_serializer=turnstore_dot_v1_dot_turnstore__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Operational information about the daemon.
+    """
+
+    def GetStats(self, request, context):
+        """Returns current counters of the daemon.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.GetStatsRequest.FromString,
+                    response_serializer=turnstore_dot_v1_dot_turnstore__pb2.GetStatsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'turnstore.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('turnstore.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Operational information about the daemon.
+    """
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnstore.v1.Admin/GetStats',
+            turnstore_dot_v1_dot_turnstore__pb2.GetStatsRequest.SerializeToString,
+            turnstore_dot_v1_dot_turnstore__pb2.GetStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

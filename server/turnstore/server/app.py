@@ -21,7 +21,8 @@ import structlog
 
 from turnstore.client import DEFAULT_TARGET as DEFAULT_LISTEN
 from turnstore.server.engine import MIB, Engine, EngineConfig
-from turnstore.server.service import EventStoreService, HistoryStoreService
+from turnstore.server.followers import Followers
+from turnstore.server.service import AdminService, EventStoreService, HistoryStoreService
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("turnstore")
@@ -51,8 +52,15 @@ class BuiltServer:
     """A bound, not yet started server and the addresses it is bound to."""
 
     server: grpc.aio.Server
+    followers: Followers
+    executor: ThreadPoolExecutor
     addresses: list[str] = field(default_factory=list)
-    executor: ThreadPoolExecutor | None = None
+
+    async def stop(self, grace_seconds: float) -> None:
+        """End followers, stop the server (in-flight calls get the grace period)."""
+        self.followers.close()
+        await self.server.stop(grace_seconds)
+        self.executor.shutdown(wait=True)
 
 
 def check_listen_address(address: str, allow_remote: bool) -> None:
@@ -94,9 +102,13 @@ def build_server(config: ServerConfig, engine: Engine) -> BuiltServer:
             ("grpc.so_reuseport", 0),
         ]
     )
-    pb_grpc.add_EventStoreServicer_to_server(EventStoreService(engine, executor), server)
-    pb_grpc.add_HistoryStoreServicer_to_server(HistoryStoreService(engine, executor), server)
-    built = BuiltServer(server, executor=executor)
+    followers = Followers(asyncio.get_running_loop())
+    engine.add_commit_listener(followers.notify)
+    parts = (engine, executor, followers)
+    pb_grpc.add_EventStoreServicer_to_server(EventStoreService(*parts), server)
+    pb_grpc.add_HistoryStoreServicer_to_server(HistoryStoreService(*parts), server)
+    pb_grpc.add_AdminServicer_to_server(AdminService(*parts), server)
+    built = BuiltServer(server, followers, executor)
     for address in config.listen:
         try:
             port = server.add_insecure_port(address)
@@ -128,9 +140,7 @@ async def serve(config: ServerConfig) -> None:
         )
         await stop.wait()
         log.info("stopping", grace_seconds=config.grace_seconds)
-        await built.server.stop(config.grace_seconds)
-        if built.executor is not None:
-            built.executor.shutdown(wait=True)
+        await built.stop(config.grace_seconds)
     finally:
         engine.close()
     log.info("stopped")

@@ -197,8 +197,12 @@ class _ResizeGate:
 class _Write:
     """One queued write: a function applied inside the shared transaction."""
 
+    thread_id: str | None
     apply: Callable[[lmdb.Transaction, int], Any]
     future: Future[Any]
+
+
+CommitListener = Callable[[set[str]], None]
 
 
 class Engine:
@@ -220,6 +224,7 @@ class Engine:
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()
+        self._listeners: list[CommitListener] = []
         self._writer = threading.Thread(target=self._write_loop, name="turnstore-writer")
         self._writer.start()
 
@@ -326,26 +331,42 @@ class Engine:
 
     # -- writes ------------------------------------------------------------
 
-    def _submit(self, apply: Callable[[lmdb.Transaction, int], T]) -> Future[T]:
+    def _submit(
+        self, thread_id: str | None, apply: Callable[[lmdb.Transaction, int], T]
+    ) -> Future[T]:
         future: Future[T] = Future()
         with self._close_lock:
             if self._closed:
                 future.set_exception(EngineClosedError("the engine is closed"))
                 return future
-            self._queue.put(_Write(apply, future))
+            self._queue.put(_Write(thread_id, apply, future))
         return future
 
-    def append(self, thread_id: str, turn: int, events: Sequence[NewEvent]) -> Future[list[int]]:
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Call ``listener`` after every commit with the ids of the threads it changed.
+
+        It runs on the writer thread after the commit is durable and the
+        writes' futures are resolved, so it must be quick and must not block
+        (hand the work to another thread or event loop). Its exceptions are
+        ignored.
+        """
+        self._listeners.append(listener)
+
+    def append(
+        self, thread_id: str, turn: int, events: Sequence[NewEvent], finish: bool = False
+    ) -> Future[list[int]]:
         """Append events, in order, to the end of one turn, atomically.
 
         Creates the thread and the turn as needed. Resolves to the positions
-        given to the events. Fails with TurnFinishedError when the turn is
-        finished, and with InvalidArgumentError (raised at once, not through
-        the future) for an empty batch or input over a limit.
+        given to the events. With ``finish``, the turn is also finished in the
+        same commit (``events`` may then be empty). Fails with
+        TurnFinishedError when the turn is finished (TurnAlreadyFinishedError
+        for a bare finish), and with InvalidArgumentError (raised at once,
+        not through the future) for an empty batch or input over a limit.
         """
         key = self._thread_key(thread_id)
         self._check_turn(turn)
-        if not events:
+        if not events and not finish:
             raise InvalidArgumentError("events", "must hold at least one event")
         if len(events) > self.limits.max_events_per_append:
             raise InvalidArgumentError(
@@ -364,30 +385,9 @@ class Engine:
         envelopes = [event.envelope for event in events]
 
         def apply(txn: lmdb.Transaction, now_ns: int) -> list[int]:
-            number, next_position = self._thread_for_write(txn, key)
-            turn_key = schema.PAIR.pack(number, turn)
-            turn_value = _get(txn, turn_key, self._dbs[schema.TURNS])
-            count = 0
-            if turn_value is not None:
-                finished, count, _ = schema.unpack_turn(turn_value)
-                if finished:
-                    raise TurnFinishedError(turn)
-            positions = list(range(next_position, next_position + len(envelopes)))
-            events_db = self._dbs[schema.EVENTS]
-            index_db = self._dbs[schema.TURN_EVENTS]
-            for position, envelope in zip(positions, envelopes, strict=True):
-                record = records.encode_stored_event(position, turn, now_ns, envelope)
-                txn.put(schema.PAIR.pack(number, position), record, db=events_db)
-                txn.put(schema.TRIPLE.pack(number, turn, position), b"", db=index_db)
-            txn.put(
-                turn_key,
-                schema.pack_turn(False, count + len(positions), positions[-1]),
-                db=self._dbs[schema.TURNS],
-            )
-            txn.put(key, schema.PAIR.pack(number, positions[-1] + 1), db=self._dbs[schema.THREADS])
-            return positions
+            return self._write_turn(txn, key, turn, envelopes, finish, now_ns)
 
-        return self._submit(apply)
+        return self._submit(thread_id, apply)
 
     def finish_turn(self, thread_id: str, turn: int) -> Future[int]:
         """Record a turn's close barrier; resolves to the turn's event count.
@@ -399,19 +399,66 @@ class Engine:
         self._check_turn(turn)
 
         def apply(txn: lmdb.Transaction, now_ns: int) -> int:
-            number, next_position = self._thread_for_write(txn, key)
-            turn_key = schema.PAIR.pack(number, turn)
-            turn_value = _get(txn, turn_key, self._dbs[schema.TURNS])
-            count, last = 0, 0
-            if turn_value is not None:
-                finished, count, last = schema.unpack_turn(turn_value)
-                if finished:
-                    raise TurnAlreadyFinishedError(turn)
-            txn.put(turn_key, schema.pack_turn(True, count, last), db=self._dbs[schema.TURNS])
-            txn.put(key, schema.PAIR.pack(number, next_position), db=self._dbs[schema.THREADS])
-            return count
+            self._write_turn(txn, key, turn, [], True, now_ns)
+            value = _get(txn, key, self._dbs[schema.THREADS])
+            assert value is not None
+            number = schema.TRIPLE.unpack(value)[0]
+            turn_value = _get(txn, schema.PAIR.pack(number, turn), self._dbs[schema.TURNS])
+            assert turn_value is not None
+            return schema.unpack_turn(turn_value)[1]
 
-        return self._submit(apply)
+        return self._submit(thread_id, apply)
+
+    def _write_turn(
+        self,
+        txn: lmdb.Transaction,
+        key: bytes,
+        turn: int,
+        envelopes: list[bytes],
+        finish: bool,
+        now_ns: int,
+    ) -> list[int]:
+        """Append ``envelopes`` to a turn, then finish it if asked; return positions.
+
+        Checks the turn's state before writing anything.
+        """
+        value = _get(txn, key, self._dbs[schema.THREADS])
+        if value is not None:
+            number, next_position, next_finish = schema.TRIPLE.unpack(value)
+        else:
+            number = self._next_number(txn, schema.META_NEXT_THREAD_NUMBER)
+            next_position = next_finish = 0
+        turn_key = schema.PAIR.pack(number, turn)
+        turn_value = _get(txn, turn_key, self._dbs[schema.TURNS])
+        count, last = 0, 0
+        if turn_value is not None:
+            finished, count, last = schema.unpack_turn(turn_value)
+            if finished:
+                raise TurnFinishedError(turn) if envelopes else TurnAlreadyFinishedError(turn)
+        positions = list(range(next_position, next_position + len(envelopes)))
+        events_db = self._dbs[schema.EVENTS]
+        index_db = self._dbs[schema.TURN_EVENTS]
+        for position, envelope in zip(positions, envelopes, strict=True):
+            record = records.encode_stored_event(position, turn, now_ns, envelope)
+            txn.put(schema.PAIR.pack(number, position), record, db=events_db)
+            txn.put(schema.TRIPLE.pack(number, turn, position), b"", db=index_db)
+        if positions:
+            count, last, next_position = count + len(positions), positions[-1], positions[-1] + 1
+        if finish:
+            finish_value = schema.QUAD.pack(turn, next_position, count, last)
+            txn.put(
+                schema.PAIR.pack(number, next_finish),
+                finish_value,
+                db=self._dbs[schema.TURN_FINISHES],
+            )
+            next_finish += 1
+        txn.put(turn_key, schema.pack_turn(finish, count, last), db=self._dbs[schema.TURNS])
+        txn.put(
+            key,
+            schema.TRIPLE.pack(number, next_position, next_finish),
+            db=self._dbs[schema.THREADS],
+        )
+        return positions
 
     def clear(self, thread_id: str) -> Future[int]:
         """Remove a thread entirely; resolves to the number of events removed.
@@ -425,14 +472,14 @@ class Engine:
             value = _get(txn, key, self._dbs[schema.THREADS])
             if value is None:
                 return 0
-            number, next_position = schema.PAIR.unpack(value)
+            number, next_position, _ = schema.TRIPLE.unpack(value)
             prefix = schema.U64.pack(number)
-            for name in (schema.EVENTS, schema.TURN_EVENTS, schema.TURNS):
+            for name in (schema.EVENTS, schema.TURN_EVENTS, schema.TURNS, schema.TURN_FINISHES):
                 _delete_prefix(txn, self._dbs[name], prefix)
             txn.delete(key, db=self._dbs[schema.THREADS])
             return int(next_position)
 
-        return self._submit(apply)
+        return self._submit(thread_id, apply)
 
     def save_snapshot(self, key: str, data: bytes, content_type: str) -> Future[int]:
         """Store a snapshot under a key as a full overwrite; resolves to its version.
@@ -471,15 +518,7 @@ class Engine:
             txn.put(encoded_key, schema.PAIR.pack(number, version), db=conversations)
             return version
 
-        return self._submit(apply)
-
-    def _thread_for_write(self, txn: lmdb.Transaction, key: bytes) -> tuple[int, int]:
-        """The thread's (number, next position), numbering a new thread."""
-        value = _get(txn, key, self._dbs[schema.THREADS])
-        if value is not None:
-            number, next_position = schema.PAIR.unpack(value)
-            return number, next_position
-        return self._next_number(txn, schema.META_NEXT_THREAD_NUMBER), 0
+        return self._submit(None, apply)
 
     def _next_number(self, txn: lmdb.Transaction, counter: bytes) -> int:
         meta = self._dbs[schema.META]
@@ -534,11 +573,18 @@ class Engine:
                 for write in batch:
                     write.future.set_exception(error)
                 return
+            changed: set[str] = set()
             for write, (ok, result) in zip(batch, outcomes, strict=True):
                 if ok:
                     write.future.set_result(result)
+                    if write.thread_id is not None:
+                        changed.add(write.thread_id)
                 else:
                     write.future.set_exception(result)
+            if changed:
+                for listener in self._listeners:
+                    with contextlib.suppress(Exception):
+                        listener(changed)
             return
 
     def _grow_map(self) -> bool:
@@ -564,7 +610,7 @@ class Engine:
             value = _get(txn, key, self._dbs[schema.THREADS])
         if value is None:
             return ThreadView(thread_id, None, 0)
-        number, next_position = schema.PAIR.unpack(value)
+        number, next_position, _ = schema.TRIPLE.unpack(value)
         return ThreadView(thread_id, number, next_position)
 
     def event_count(self, thread_id: str) -> int:
@@ -579,7 +625,7 @@ class Engine:
             value = _get(txn, key, self._dbs[schema.THREADS])
             if value is None:
                 return None
-            number, _ = schema.PAIR.unpack(value)
+            number = schema.TRIPLE.unpack(value)[0]
             turn_value = _get(txn, schema.PAIR.pack(number, turn), self._dbs[schema.TURNS])
             if turn_value is None:
                 return None
@@ -634,7 +680,7 @@ class Engine:
         value = _get(
             txn, view.thread_id.encode("utf-8", "surrogatepass"), self._dbs[schema.THREADS]
         )
-        if value is None or schema.PAIR.unpack(value)[0] != view.thread_number:
+        if value is None or schema.TRIPLE.unpack(value)[0] != view.thread_number:
             raise ThreadClearedError(view.thread_id)
         return view.thread_number
 
@@ -730,6 +776,84 @@ class Engine:
                         return chunks, TurnCursor(turn=turn, after_position=last)
             return chunks, None
 
+    def replay_step(
+        self,
+        thread_id: str,
+        expected_number: int | None,
+        start_position: int,
+        finish_seq: int | None,
+        max_events: int,
+        watched_turn: int | None = None,
+    ) -> ReplayStep:
+        """One step of a replay: the next events and the finishes they pass.
+
+        ``expected_number`` is the thread number seen so far (None: none
+        yet); a different or missing number now means the thread was
+        cleared. ``finish_seq`` None starts at the first finish whose
+        frontier is at or after ``start_position``. With ``watched_turn``,
+        reports whether that turn is finished now.
+        """
+        key = self._thread_key(thread_id)
+        with self._read() as txn:
+            value = _get(txn, key, self._dbs[schema.THREADS])
+            if value is None:
+                if expected_number is not None:
+                    return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
+                return ReplayStep(None, [], start_position, [], 0, True)
+            number, end_position, finish_count = schema.TRIPLE.unpack(value)
+            if expected_number is not None and number != expected_number:
+                return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
+            # Finishes pending from here, up to the furthest frontier this
+            # step could reach; frontiers never decrease along the sequence.
+            reach = min(end_position, start_position + max_events)
+            pending: list[tuple[int, FinishRecord]] = []
+            resume_seq = finish_count
+            skipping = finish_seq is None
+            first_seq = finish_seq or 0
+            with txn.cursor(db=self._dbs[schema.TURN_FINISHES]) as cursor:
+                if first_seq < finish_count and cursor.set_range(
+                    schema.PAIR.pack(number, first_seq)
+                ):
+                    for finish_key, finish_value in _pairs(cursor):
+                        got_number, seq = schema.PAIR.unpack(finish_key)
+                        if got_number != number:
+                            break
+                        turn, frontier, count, last = schema.QUAD.unpack(finish_value)
+                        if skipping and frontier < start_position:
+                            continue
+                        skipping = False
+                        if frontier > reach or len(pending) >= max_events:
+                            resume_seq = seq
+                            break
+                        record = FinishRecord(turn, count, last if count else None, frontier)
+                        pending.append((seq, record))
+            # Events stop at the first pending finish, so that a step's events
+            # all precede its finishes.
+            stop = min(reach, pending[0][1].frontier) if pending else reach
+            events: list[bytes] = []
+            if start_position < stop:
+                with txn.cursor(db=self._dbs[schema.EVENTS]) as cursor:
+                    if cursor.set_range(schema.PAIR.pack(number, start_position)):
+                        for event_key, event_record in _pairs(cursor):
+                            got_number, position = schema.PAIR.unpack(event_key)
+                            if got_number != number or position >= stop:
+                                break
+                            events.append(event_record)
+            next_position = start_position + len(events)
+            finishes = [record for _, record in pending if record.frontier <= next_position]
+            if len(finishes) < len(pending):
+                resume_seq = pending[len(finishes)][0]
+            watched = False
+            if watched_turn is not None:
+                turn_value = _get(
+                    txn, schema.PAIR.pack(number, watched_turn), self._dbs[schema.TURNS]
+                )
+                watched = turn_value is not None and schema.unpack_turn(turn_value)[0]
+            at_end = next_position >= end_position and resume_seq >= finish_count
+            return ReplayStep(
+                number, events, next_position, finishes, resume_seq, at_end, False, watched
+            )
+
     def load_snapshot(self, key: str) -> StoredSnapshot | None:
         """The latest snapshot under a key, or None if it was never saved."""
         encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
@@ -777,3 +901,38 @@ def _delete_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> None:
         while _bytes(cursor.key()).startswith(prefix):
             if not cursor.delete():
                 break
+
+
+@dataclass(frozen=True)
+class FinishRecord:
+    """A turn's finish as a replay reports it.
+
+    ``frontier`` is the thread's event count at the finish: every event below
+    it came before the finish, every event at or above it after.
+    """
+
+    turn: int
+    event_count: int
+    last_position: int | None
+    frontier: int
+
+
+@dataclass(frozen=True)
+class ReplayStep:
+    """What one :meth:`Engine.replay_step` read found.
+
+    ``events`` are the records at positions ``[start, next_position)``, in
+    order. ``finishes`` are the finishes from the requested sequence number
+    on whose frontier is at most ``next_position``. ``at_end`` says that both
+    were read to the end of what is stored. ``cleared`` says the thread is not
+    the one with the expected number any more (nothing else is set then).
+    """
+
+    thread_number: int | None
+    events: list[bytes]
+    next_position: int
+    finishes: list[FinishRecord]
+    next_finish_seq: int
+    at_end: bool
+    cleared: bool = False
+    watched_turn_finished: bool = False

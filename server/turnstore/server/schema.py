@@ -13,9 +13,10 @@ nothing of its old life can be read back by mistake.
     ``next_conversation_number``: likewise for conversation keys.
 
 ``threads``
-    key: thread id (UTF-8) -> value: thread_number u64 | next_position u64.
+    key: thread id (UTF-8)
+    -> value: thread_number u64 | next_position u64 | next_finish_seq u64.
     ``next_position`` is also the thread's event count, as positions are
-    gap-free from 0.
+    gap-free from 0; ``next_finish_seq`` counts the thread's finished turns.
 
 ``turns``
     key: thread_number u64 | turn u64
@@ -27,6 +28,15 @@ nothing of its old life can be read back by mistake.
     of ``proto/turnstore/v1/turnstore.proto`` in protobuf wire format, built by
     :mod:`turnstore.server.records`. Storing the wire form lets reads hand
     records to clients without decoding and re-encoding them.
+
+``turn_finishes``
+    key: thread_number u64 | finish_seq u64
+    -> value: turn u64 | frontier u64 | event_count u64 | last_position u64.
+    The thread's turn finishes in the order they were committed. ``frontier``
+    is the thread's event count when the turn was finished: the finish comes
+    after every event below it and before every event at or above it, which
+    is how replays place finish markers among events and resume after a
+    position.
 
 ``turn_events``
     key: thread_number u64 | turn u64 | position u64 -> value: empty.
@@ -54,6 +64,7 @@ THREADS: Final = b"threads"
 TURNS: Final = b"turns"
 EVENTS: Final = b"events"
 TURN_EVENTS: Final = b"turn_events"
+TURN_FINISHES: Final = b"turn_finishes"
 CONVERSATIONS: Final = b"conversations"
 SNAPSHOTS: Final = b"snapshots"
 
@@ -63,6 +74,7 @@ ALL_DATABASES: Final = (
     TURNS,
     EVENTS,
     TURN_EVENTS,
+    TURN_FINISHES,
     CONVERSATIONS,
     SNAPSHOTS,
 )
@@ -74,6 +86,7 @@ META_NEXT_CONVERSATION_NUMBER: Final = b"next_conversation_number"
 U64: Final = struct.Struct(">Q")
 PAIR: Final = struct.Struct(">QQ")
 TRIPLE: Final = struct.Struct(">QQQ")
+QUAD: Final = struct.Struct(">QQQQ")
 TURN_VALUE: Final = struct.Struct(">BQQ")
 SNAPSHOT_HEADER: Final = struct.Struct(">qH")
 

@@ -17,7 +17,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 import grpc
 import structlog
 
-from turnstore.server.engine import Engine, NewEvent, TurnChunk, TurnCursor
+from turnstore.server.engine import Engine, NewEvent, ReplayStep, TurnChunk, TurnCursor
 from turnstore.server.errors import (
     DataDirLockedError,
     EngineClosedError,
@@ -28,6 +28,7 @@ from turnstore.server.errors import (
     TurnAlreadyFinishedError,
     TurnFinishedError,
 )
+from turnstore.server.followers import Followers
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
@@ -57,6 +58,10 @@ MAX_TIMESTAMP_BYTES: Final = 64
 MAX_CONTENT_TYPE_BYTES: Final = 128
 # Events or turn pieces per streamed message.
 EVENTS_PER_MESSAGE: Final = 512
+MAX_EVENTS_PER_MESSAGE: Final = 4096
+MAX_EVENT_TYPE_FILTERS: Final = 64
+# AppendStream items accepted but not yet acknowledged, per stream.
+APPEND_STREAM_WINDOW: Final = 1024
 
 
 def status_for(error: EngineError) -> grpc.StatusCode:
@@ -138,10 +143,27 @@ def _turn_message(chunk: TurnChunk) -> pb.Turn:
     return pb.Turn(turn=chunk.turn, finished=chunk.finished, events=_stored_events(chunk.events))
 
 
+def _new_events(envelopes: Any) -> list[NewEvent]:
+    """Check and encode request envelopes for the engine."""
+    events = []
+    for index, envelope in enumerate(envelopes):
+        _check_header(index, envelope)
+        if not envelope.content_type:
+            envelope.content_type = JSON
+        events.append(NewEvent(envelope.event_id, envelope.SerializeToString()))
+    return events
+
+
+def _item_error(error: EngineError) -> pb.ItemError:
+    code = status_for(error)
+    return pb.ItemError(code=code.value[0], reason=error.reason, message=str(error))
+
+
 class _Base:
-    def __init__(self, engine: Engine, executor: Executor) -> None:
+    def __init__(self, engine: Engine, executor: Executor, followers: Followers) -> None:
         self._engine = engine
         self._executor = executor
+        self._followers = followers
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking engine read on the thread pool."""
@@ -156,12 +178,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
     async def Append(
         self, request: pb.AppendRequest, context: grpc.aio.ServicerContext
     ) -> pb.AppendResponse:
-        events = []
-        for index, envelope in enumerate(request.events):
-            _check_header(index, envelope)
-            if not envelope.content_type:
-                envelope.content_type = JSON
-            events.append(NewEvent(envelope.event_id, envelope.SerializeToString()))
+        events = _new_events(request.events)
         future = self._engine.append(request.thread_id, request.turn, events)
         positions = await asyncio.wrap_future(future)
         return pb.AppendResponse(positions=positions)
@@ -235,6 +252,149 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
     ) -> pb.ClearResponse:
         removed = await asyncio.wrap_future(self._engine.clear(request.thread_id))
         return pb.ClearResponse(removed_events=removed)
+
+    @_streaming
+    async def Replay(
+        self, request: pb.ReplayRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ReplayResponse]:
+        from_turn = request.from_turn if request.HasField("from_turn") else 0
+        to_turn = request.to_turn if request.HasField("to_turn") else (1 << 64) - 1
+        if from_turn > to_turn:
+            raise InvalidArgumentError("from_turn", f"{from_turn} is after to_turn {to_turn}")
+        if len(request.event_types) > MAX_EVENT_TYPE_FILTERS:
+            raise InvalidArgumentError(
+                "event_types", f"holds {len(request.event_types)}, over the limit of 64"
+            )
+        types = frozenset(request.event_types)
+        per_message = min(
+            request.max_events_per_message or EVENTS_PER_MESSAGE, MAX_EVENTS_PER_MESSAGE
+        )
+        until = request.until_turn_finished if request.HasField("until_turn_finished") else None
+        position = request.after_position + 1 if request.HasField("after_position") else 0
+        number: int | None = request.thread_epoch or None
+        finish_seq: int | None = None
+        caught_up = False
+        with self._followers.replay(request.thread_id, request.follow) as wake:
+            while True:
+                if wake is not None:
+                    wake.clear()
+                step: ReplayStep = await self._run(
+                    self._engine.replay_step,
+                    request.thread_id,
+                    number,
+                    position,
+                    finish_seq,
+                    per_message,
+                    until,
+                )
+                if step.cleared:
+                    yield pb.ReplayResponse(
+                        thread_cleared=True, next_position=position, thread_epoch=number or 0
+                    )
+                    return
+                number, position, finish_seq = (
+                    step.thread_number,
+                    step.next_position,
+                    step.next_finish_seq,
+                )
+                response = pb.ReplayResponse(next_position=position, thread_epoch=number or 0)
+                for record in step.events:
+                    event = pb.StoredEvent.FromString(record)
+                    if from_turn <= event.turn <= to_turn and (
+                        not types or event.envelope.type in types
+                    ):
+                        response.events.append(event)
+                done = False
+                for finish in step.finishes:
+                    if from_turn <= finish.turn <= to_turn:
+                        response.finished_turns.append(
+                            pb.TurnFinished(
+                                turn=finish.turn,
+                                event_count=finish.event_count,
+                                last_position=finish.last_position,
+                            )
+                        )
+                    done = done or finish.turn == until
+                if step.at_end and not caught_up:
+                    response.caught_up = caught_up = True
+                if response.events or response.finished_turns or response.caught_up:
+                    yield response
+                if done or (step.at_end and (wake is None or step.watched_turn_finished)):
+                    return
+                if step.at_end:
+                    assert wake is not None
+                    if self._followers.closing:
+                        raise EngineClosedError("the daemon is shutting down")
+                    await self._followers.wait(wake)
+                    if self._followers.closing:
+                        raise EngineClosedError("the daemon is shutting down")
+
+    @_streaming
+    async def AppendStream(
+        self,
+        request_iterator: AsyncIterator[pb.AppendStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.AppendStreamResponse]:
+        # Requests are submitted as they arrive (so they share commits) and
+        # acknowledged in order; the bounded queue stops reading requests
+        # when too many await their commit.
+        pending: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue(APPEND_STREAM_WINDOW)
+
+        async def submit_all() -> None:
+            async for item in request_iterator:
+                try:
+                    future = self._engine.append(
+                        item.thread_id,
+                        item.turn,
+                        _new_events(item.events),
+                        finish=item.finish_turn,
+                    )
+                    await pending.put((item.request_id, asyncio.wrap_future(future)))
+                except EngineError as error:
+                    await pending.put((item.request_id, error))
+            await pending.put(None)
+
+        submitter = asyncio.create_task(submit_all())
+        try:
+            while True:
+                if submitter.done():
+                    submitter.result()  # raises what broke the request stream
+                    entry = await pending.get()
+                else:
+                    getter = asyncio.ensure_future(pending.get())
+                    await asyncio.wait({getter, submitter}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        continue
+                    entry = getter.result()
+                if entry is None:
+                    return
+                request_id, outcome = entry
+                if isinstance(outcome, asyncio.Future):
+                    try:
+                        positions = await outcome
+                    except EngineError as error:
+                        outcome = error
+                    else:
+                        yield pb.AppendStreamResponse(request_id=request_id, positions=positions)
+                        continue
+                yield pb.AppendStreamResponse(request_id=request_id, error=_item_error(outcome))
+        finally:
+            submitter.cancel()
+
+
+class AdminService(_Base, pb_grpc.AdminServicer):
+    """``turnstore.v1.Admin``: counters of the daemon."""
+
+    @_unary
+    async def GetStats(
+        self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStatsResponse:
+        return pb.GetStatsResponse(
+            live_followers=self._followers.waiting,
+            open_replays=self._followers.open_replays,
+            map_size_bytes=self._engine.map_size,
+        )
 
 
 class HistoryStoreService(_Base, pb_grpc.HistoryStoreServicer):

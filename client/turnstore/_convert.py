@@ -1,0 +1,74 @@
+"""Conversions between the client's types and the wire messages."""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+from turnstore.errors import EventFormatError
+from turnstore.models import AgentEventEnvelope
+from turnstore.v1 import turnstore_pb2 as pb
+
+JSON: Final = "application/json"
+
+
+def envelope_to_proto(envelope: AgentEventEnvelope) -> pb.EventEnvelope:
+    """The wire form of an envelope: header fields typed, the rest as a JSON body."""
+    body = {key: value for key, value in envelope.event.items() if key != "type"}
+    try:
+        encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as error:
+        raise EventFormatError(f"event is not JSON-serialisable: {error}") from error
+    return pb.EventEnvelope(
+        event_id=envelope.event_id,
+        sequence=envelope.sequence,
+        timestamp=envelope.timestamp,
+        type=envelope.type,
+        body=encoded,
+        content_type=JSON,
+    )
+
+
+def envelope_from_proto(message: pb.EventEnvelope) -> AgentEventEnvelope:
+    """The envelope of a wire message; raises EventFormatError for a non-JSON body."""
+    if message.content_type not in ("", JSON):
+        raise EventFormatError(
+            f"event {message.event_id!r} is encoded as {message.content_type!r}; "
+            "this client reads only application/json"
+        )
+    try:
+        body = json.loads(message.body) if message.body else {}
+    except ValueError as error:
+        raise EventFormatError(f"event {message.event_id!r} has invalid JSON: {error}") from error
+    if not isinstance(body, dict):
+        raise EventFormatError(f"event {message.event_id!r} body is not a JSON object")
+    return AgentEventEnvelope(
+        message.event_id, message.sequence, message.timestamp, {"type": message.type, **body}
+    )
+
+
+class StoredEvent:
+    """An envelope as stored: with its position, turn and commit time."""
+
+    __slots__ = ("envelope", "position", "stored_at_unix_nanos", "turn")
+
+    def __init__(
+        self, position: int, turn: int, stored_at_unix_nanos: int, envelope: AgentEventEnvelope
+    ) -> None:
+        self.position = position
+        self.turn = turn
+        self.stored_at_unix_nanos = stored_at_unix_nanos
+        self.envelope = envelope
+
+    @classmethod
+    def from_proto(cls, message: pb.StoredEvent) -> StoredEvent:
+        """Decode a wire ``StoredEvent``."""
+        return cls(
+            message.position,
+            message.turn,
+            message.stored_at_unix_nanos,
+            envelope_from_proto(message.envelope),
+        )
+
+    def __repr__(self) -> str:
+        return f"StoredEvent(position={self.position}, turn={self.turn}, {self.envelope!r})"

@@ -1,0 +1,288 @@
+"""Streaming replay and streaming appends over the EventStore service.
+
+:class:`Replay` is an async iterator of :data:`ReplayItem`\\ s: stored events
+and the markers of the replay stream. :class:`EventAppender` keeps one
+``AppendStream`` open and pipelines appends over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from turnstore._convert import StoredEvent, envelope_to_proto
+from turnstore._status import error_from_item, error_from_rpc
+from turnstore._validate import check_thread_id, check_turn
+from turnstore.errors import InvalidArgumentError, TurnstoreError, UnavailableError
+from turnstore.models import AgentEventEnvelope
+from turnstore.v1 import turnstore_pb2 as pb
+from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
+
+__all__ = [
+    "CaughtUp",
+    "EventAppender",
+    "Replay",
+    "ReplayItem",
+    "ThreadCleared",
+    "TurnFinished",
+]
+
+
+@dataclass(frozen=True)
+class TurnFinished:
+    """Marker: ``turn`` was finished, holding ``event_count`` events.
+
+    ``last_position`` is the position of its last event (None for an empty
+    turn). It comes after every event of the turn.
+    """
+
+    turn: int
+    event_count: int
+    last_position: int | None
+
+
+@dataclass(frozen=True)
+class CaughtUp:
+    """Marker, sent once: everything stored when the replay caught up was delivered.
+
+    ``next_position`` is the position the next event will get.
+    """
+
+    next_position: int
+
+
+@dataclass(frozen=True)
+class ThreadCleared:
+    """Marker: the thread was cleared under the replay; the replay ends."""
+
+    next_position: int
+
+
+ReplayItem = StoredEvent | TurnFinished | CaughtUp | ThreadCleared
+
+
+class Replay:
+    """One replay of a thread: ``async for item in replay``, or ``async with``.
+
+    It yields :class:`StoredEvent`\\ s in position order and the markers
+    :class:`TurnFinished`, :class:`CaughtUp` and :class:`ThreadCleared`.
+    ``last_position`` is the position of the last event yielded (None
+    before any) and ``epoch`` the thread's epoch: pass both to
+    ``GrpcEventStore.replay(after=..., epoch=...)`` to resume after a
+    disconnect with nothing missed and nothing repeated. Errors are
+    :class:`~turnstore.errors.TurnstoreError`\\ s; leaving ``async with`` (or
+    :meth:`aclose`) cancels the stream.
+    """
+
+    def __init__(self, call: Any, after: int | None, epoch: int | None) -> None:
+        self._call = call
+        self.last_position = after
+        self.epoch = epoch
+
+    def __aiter__(self) -> AsyncIterator[ReplayItem]:
+        return self._items()
+
+    async def _items(self) -> AsyncIterator[ReplayItem]:
+        try:
+            async for message in self._call:
+                if message.thread_epoch:
+                    self.epoch = message.thread_epoch
+                for event in message.events:
+                    stored = StoredEvent.from_proto(event)
+                    self.last_position = stored.position
+                    yield stored
+                for finished in message.finished_turns:
+                    last = finished.last_position if finished.HasField("last_position") else None
+                    yield TurnFinished(finished.turn, finished.event_count, last)
+                if message.caught_up:
+                    yield CaughtUp(message.next_position)
+                if message.thread_cleared:
+                    yield ThreadCleared(message.next_position)
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from error
+
+    async def aclose(self) -> None:
+        """Cancel the stream. Idempotent."""
+        self._call.cancel()
+
+    async def __aenter__(self) -> Replay:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def replay_request(
+    thread_id: str,
+    after: int | None,
+    *,
+    follow: bool,
+    from_turn: int | None,
+    to_turn: int | None,
+    event_types: Sequence[str] | None,
+    until_turn_finished: int | None,
+    epoch: int | None,
+    max_events_per_message: int,
+) -> pb.ReplayRequest:
+    """Check replay arguments and build the request."""
+    check_thread_id(thread_id)
+    for name, value in (
+        ("after", after),
+        ("from_turn", from_turn),
+        ("to_turn", to_turn),
+        ("until_turn_finished", until_turn_finished),
+        ("epoch", epoch),
+    ):
+        if value is not None:
+            check_turn(value, name)
+    if isinstance(event_types, str):
+        raise InvalidArgumentError("event_types: must be a sequence of strings, not a string")
+    request = pb.ReplayRequest(
+        thread_id=thread_id,
+        follow=follow,
+        event_types=list(event_types or ()),
+        thread_epoch=epoch or 0,
+        max_events_per_message=max_events_per_message,
+    )
+    if after is not None:
+        request.after_position = after
+    if from_turn is not None:
+        request.from_turn = from_turn
+    if to_turn is not None:
+        request.to_turn = to_turn
+    if until_turn_finished is not None:
+        request.until_turn_finished = until_turn_finished
+    return request
+
+
+class EventAppender:
+    """Appends pipelined over one ``AppendStream``; use as ``async with``.
+
+    :meth:`submit` sends an item and returns at once with a future of its
+    positions; :meth:`append` and :meth:`finish_turn` wait for their own
+    acknowledgement. Acknowledgements arrive in the order sent, each after a
+    durable commit. A rejected item fails only its own future (with
+    ``TurnFinishedError``, ``InvalidArgumentError``, ...); the stream goes
+    on. If the stream breaks, every pending future fails with
+    ``UnavailableError`` (or the stream's error), and so does every later
+    call. Leaving ``async with`` waits for all acknowledgements.
+    """
+
+    def __init__(self, stub: pb_grpc.EventStoreStub) -> None:
+        self._call = stub.AppendStream()
+        self._pending: collections.deque[asyncio.Future[list[int]]] = collections.deque()
+        self._write_lock = asyncio.Lock()
+        self._next_id = 0
+        self._broken: TurnstoreError | None = None
+        self._reader = asyncio.ensure_future(self._read_acks())
+
+    async def _read_acks(self) -> None:
+        try:
+            async for response in self._call:
+                future = self._pending.popleft()
+                if future.done():
+                    continue
+                if response.HasField("error"):
+                    error = response.error
+                    future.set_exception(error_from_item(error.code, error.reason, error.message))
+                else:
+                    future.set_result(list(response.positions))
+            failure: TurnstoreError = UnavailableError("the append stream ended")
+        except grpc.aio.AioRpcError as error:
+            failure = error_from_rpc(error)
+        except asyncio.CancelledError:
+            failure = UnavailableError("the append stream was closed")
+        self._broken = failure
+        while self._pending:
+            future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(failure)
+
+    async def submit(
+        self,
+        thread_id: str,
+        turn: int,
+        envelopes: Sequence[AgentEventEnvelope],
+        *,
+        finish: bool = False,
+    ) -> asyncio.Future[list[int]]:
+        """Send one item; return a future of its events' positions.
+
+        ``envelopes`` are appended atomically to ``turn``; with ``finish`` the
+        turn is then finished in the same commit (``envelopes`` may then be
+        empty). Raises at once for invalid arguments or a broken stream.
+        """
+        check_thread_id(thread_id)
+        check_turn(turn)
+        if not envelopes and not finish:
+            raise InvalidArgumentError("events: must hold at least one event")
+        if self._broken is not None:
+            raise self._broken
+        request = pb.AppendStreamRequest(
+            thread_id=thread_id,
+            turn=turn,
+            events=[envelope_to_proto(envelope) for envelope in envelopes],
+            finish_turn=finish,
+        )
+        async with self._write_lock:
+            if self._broken is not None:
+                raise self._broken
+            request.request_id = self._next_id
+            self._next_id += 1
+            future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+            self._pending.append(future)
+            try:
+                await self._call.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
+                self._pending.remove(future)
+                raise UnavailableError(f"the append stream is broken: {error}") from error
+        return future
+
+    async def append(self, thread_id: str, turn: int, envelope: AgentEventEnvelope) -> int:
+        """Append one envelope and wait for its durable acknowledgement."""
+        return (await (await self.submit(thread_id, turn, [envelope])))[0]
+
+    async def finish_turn(self, thread_id: str, turn: int) -> None:
+        """Finish ``turn`` after every item sent before, and wait for it."""
+        await (await self.submit(thread_id, turn, [], finish=True))
+
+    async def flush(self) -> None:
+        """Wait until every item sent so far is acknowledged or rejected."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Half-close the stream after waiting for every acknowledgement."""
+        await self.flush()
+        async with self._write_lock:
+            if self._broken is None:
+                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    await self._call.done_writing()
+        await self._reader
+
+    async def __aenter__(self) -> EventAppender:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            await self.close()
+        else:
+            self._call.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
