@@ -1,19 +1,24 @@
 """The ``turnstore`` command line.
 
 ``turnstore serve`` runs the daemon; it needs the ``server`` extra
-(``pip install 'turnstore[server]'``).
+(``pip install 'turnstore[server]'``). ``turnstore tail`` prints a thread's
+events as they arrive and needs only the client.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from turnstore.client import DEFAULT_TARGET
+from turnstore.client import DEFAULT_TARGET, StoredEvent, TurnstoreClient
+from turnstore.errors import TurnstoreError
+from turnstore.streams import CaughtUp, ReplayItem, TurnFinished
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -65,6 +70,28 @@ def _parser() -> argparse.ArgumentParser:
         "--log-format", choices=("auto", "json", "console"), default="auto", help="log output"
     )
     serve.add_argument("--log-level", default="info", help="debug, info, warning or error")
+
+    tail = commands.add_parser(
+        "tail",
+        help="print a thread's events as they arrive",
+        description=(
+            "Print a thread's events: one JSON object a line when piped, readable "
+            "lines on a terminal. Markers (turn finished, caught up, cleared) are "
+            "printed too. Ends when caught up unless --follow is given."
+        ),
+    )
+    tail.add_argument("thread", help="the thread id")
+    tail.add_argument("--after", type=int, default=None, help="start after this position")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    tail.add_argument(
+        "--target", default=DEFAULT_TARGET, help=f"daemon address (default: {DEFAULT_TARGET})"
+    )
+    tail.add_argument(
+        "--format",
+        choices=("auto", "json", "text"),
+        default="auto",
+        help="output format; auto is text on a terminal, JSON lines otherwise",
+    )
     return parser
 
 
@@ -102,9 +129,49 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _format_item(item: ReplayItem, as_json: bool) -> str:
+    if isinstance(item, StoredEvent):
+        if as_json:
+            record = {"position": item.position, "turn": item.turn}
+            record.update(item.envelope.to_json_dict())
+            return json.dumps(record, ensure_ascii=False)
+        fields = {k: v for k, v in item.envelope.event.items() if k != "type"}
+        body = json.dumps(fields, ensure_ascii=False)
+        return f"#{item.position} turn {item.turn} {item.envelope.type} {body}"
+    if isinstance(item, TurnFinished):
+        if as_json:
+            return json.dumps({"marker": "turn_finished", **dataclasses.asdict(item)})
+        return f"-- turn {item.turn} finished ({item.event_count} events)"
+    if isinstance(item, CaughtUp):
+        if as_json:
+            return json.dumps({"marker": "caught_up", **dataclasses.asdict(item)})
+        return f"-- caught up (next position {item.next_position})"
+    if as_json:
+        return json.dumps({"marker": "thread_cleared", **dataclasses.asdict(item)})
+    return "-- the thread was cleared"
+
+
+async def _tail(args: argparse.Namespace) -> int:
+    as_json = args.format == "json" or (args.format == "auto" and not sys.stdout.isatty())
+    async with TurnstoreClient(args.target, timeout=None) as client:
+        replay = client.events.replay(args.thread, args.after, follow=args.follow)
+        async with replay:
+            async for item in replay:
+                print(_format_item(item, as_json), flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "tail":
+        try:
+            return asyncio.run(_tail(args))
+        except TurnstoreError as error:
+            print(f"turnstore tail: {type(error).__name__}: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
