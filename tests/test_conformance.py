@@ -15,6 +15,7 @@ import pytest
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,
+    EventIdConflictError,
     EventStore,
     HistoryStore,
     InvalidArgumentError,
@@ -276,3 +277,38 @@ async def test_keys_are_independent(history_factory: Callable[[str], HistoryStor
     await history_factory(key).save(snapshot("a"))
     assert await history_factory(f"{key}-b").load() is None
     assert await history_factory(key).load() == snapshot("a")
+
+
+async def test_appending_the_same_event_id_again_returns_its_position(
+    event_store: EventStore, thread_id: str
+) -> None:
+    envelope = delta("once")
+    first = await event_store.append(thread_id, 1, envelope)
+    await event_store.append(thread_id, 1, delta("other"))
+    assert await event_store.append(thread_id, 1, envelope) == first
+    await event_store.finish_turn(thread_id, 1)
+    # A retry of an append that committed before the finish still succeeds.
+    assert await event_store.append(thread_id, 1, envelope) == first
+    assert deltas(await event_store.get_events(thread_id)) == ["once", "other"]
+    assert await event_store.event_count(thread_id) == 2
+
+
+async def test_an_event_id_stored_in_another_turn_conflicts(
+    event_store: EventStore, thread_id: str
+) -> None:
+    envelope = delta("a")
+    await event_store.append(thread_id, 1, envelope)
+    with pytest.raises(EventIdConflictError, match="already stored in turn 1"):
+        await event_store.append(thread_id, 2, envelope)
+    assert await event_store.event_count(thread_id) == 1
+
+
+async def test_event_ids_are_per_thread_and_forgotten_by_clear(
+    event_store: EventStore, thread_id: str
+) -> None:
+    envelope = delta("a")
+    assert await event_store.append(thread_id, 1, envelope) == 0
+    assert await event_store.append(f"{thread_id}-2", 5, envelope) == 0
+    await event_store.append(thread_id, 1, delta("b"))
+    await event_store.clear(thread_id)
+    assert await event_store.append(thread_id, 3, envelope) == 0

@@ -22,6 +22,7 @@ PUBLIC_NAMES = [
     "DeadlineExceededError",
     "EventAppender",
     "EventFormatError",
+    "EventIdConflictError",
     "EventStore",
     "FailedPreconditionError",
     "GrpcEventStore",
@@ -31,8 +32,10 @@ PUBLIC_NAMES = [
     "Replay",
     "ReplayItem",
     "ResourceExhaustedError",
+    "RetryPolicy",
     "ServerError",
     "SnapshotFormatError",
+    "SnapshotVersionInfo",
     "StorageFullError",
     "StoredEvent",
     "StoredTurnEvents",
@@ -44,6 +47,8 @@ PUBLIC_NAMES = [
     "TurnstoreClient",
     "TurnstoreError",
     "UnavailableError",
+    "VersionConflictError",
+    "VersionedSnapshot",
 ]
 
 
@@ -55,7 +60,7 @@ def test_public_names_are_pinned() -> None:
 
 def test_every_error_derives_from_the_base() -> None:
     errors = [getattr(turnstore, n) for n in PUBLIC_NAMES if n.endswith("Error")]
-    assert len(errors) == 13
+    assert len(errors) == 15
     assert all(issubclass(cls, turnstore.TurnstoreError) for cls in errors)
 
 

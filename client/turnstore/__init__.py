@@ -19,12 +19,16 @@ __path__ = extend_path(__path__, __name__)
 from turnstore.client import (
     GrpcEventStore,
     GrpcHistoryStore,
+    RetryPolicy,
+    SnapshotVersionInfo,
     StoredEvent,
     TurnstoreClient,
+    VersionedSnapshot,
 )
 from turnstore.errors import (
     DeadlineExceededError,
     EventFormatError,
+    EventIdConflictError,
     FailedPreconditionError,
     InvalidArgumentError,
     ResourceExhaustedError,
@@ -36,6 +40,7 @@ from turnstore.errors import (
     TurnFinishedError,
     TurnstoreError,
     UnavailableError,
+    VersionConflictError,
 )
 from turnstore.models import (
     AgentEventEnvelope,
@@ -59,6 +64,7 @@ __all__ = [
     "DeadlineExceededError",
     "EventAppender",
     "EventFormatError",
+    "EventIdConflictError",
     "EventStore",
     "FailedPreconditionError",
     "GrpcEventStore",
@@ -68,8 +74,10 @@ __all__ = [
     "Replay",
     "ReplayItem",
     "ResourceExhaustedError",
+    "RetryPolicy",
     "ServerError",
     "SnapshotFormatError",
+    "SnapshotVersionInfo",
     "StorageFullError",
     "StoredEvent",
     "StoredTurnEvents",
@@ -81,4 +89,6 @@ __all__ = [
     "TurnstoreClient",
     "TurnstoreError",
     "UnavailableError",
+    "VersionConflictError",
+    "VersionedSnapshot",
 ]

@@ -9,11 +9,14 @@ import grpc
 from turnstore import errors
 
 ERROR_METADATA_KEY: Final = "turnstore-error"
+CURRENT_VERSION_METADATA_KEY: Final = "turnstore-current-version"
 
 _BY_REASON: Final[dict[str, type[errors.TurnstoreError]]] = {
     "invalid_argument": errors.InvalidArgumentError,
     "turn_finished": errors.TurnFinishedError,
     "turn_already_finished": errors.TurnAlreadyFinishedError,
+    "event_id_conflict": errors.EventIdConflictError,
+    "version_conflict": errors.VersionConflictError,
     "thread_cleared": errors.ThreadClearedError,
     "storage_full": errors.StorageFullError,
     "shutting_down": errors.UnavailableError,
@@ -45,11 +48,17 @@ def error_from_status(
 
 def error_from_rpc(error: grpc.aio.AioRpcError) -> errors.TurnstoreError:
     """The turnstore exception for a failed call, from its status and metadata."""
-    reason = None
-    for key, value in error.trailing_metadata() or ():
-        if key == ERROR_METADATA_KEY:
-            reason = value if isinstance(value, str) else value.decode()
-    return error_from_status(error.code(), reason, error.details() or "")
+    metadata = {
+        key: value if isinstance(value, str) else value.decode()
+        for key, value in error.trailing_metadata() or ()
+    }
+    mapped = error_from_status(
+        error.code(), metadata.get(ERROR_METADATA_KEY), error.details() or ""
+    )
+    current = metadata.get(CURRENT_VERSION_METADATA_KEY, "")
+    if isinstance(mapped, errors.VersionConflictError) and current.isdigit():
+        mapped.current_version = int(current)
+    return mapped
 
 
 _CODES_BY_NUMBER: Final = {code.value[0]: code for code in grpc.StatusCode}

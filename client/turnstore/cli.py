@@ -66,6 +66,39 @@ def _parser() -> argparse.ArgumentParser:
         default="16GiB",
         help="ceiling of the database size; writes past it fail (default: 16GiB)",
     )
+    limits = serve.add_argument_group(
+        "limits", "each enforced with INVALID_ARGUMENT naming the field and the limit"
+    )
+    limits.add_argument(
+        "--max-thread-id-bytes", type=int, default=256, help="UTF-8 bytes (max 511; default 256)"
+    )
+    limits.add_argument(
+        "--max-key-bytes",
+        type=int,
+        default=256,
+        help="conversation key UTF-8 bytes (max 511; default 256)",
+    )
+    limits.add_argument(
+        "--max-event-bytes",
+        type=parse_size,
+        default="1MiB",
+        help="one encoded event envelope (default 1MiB)",
+    )
+    limits.add_argument(
+        "--max-events-per-append", type=int, default=10_000, help="events per call (default 10000)"
+    )
+    limits.add_argument(
+        "--max-snapshot-bytes",
+        type=parse_size,
+        default="32MiB",
+        help="one snapshot (default 32MiB)",
+    )
+    serve.add_argument(
+        "--snapshot-versions",
+        type=int,
+        default=4,
+        help="snapshot versions kept per conversation key, the latest included (default 4)",
+    )
     serve.add_argument(
         "--log-format", choices=("auto", "json", "console"), default="auto", help="log output"
     )
@@ -98,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     try:
         from turnstore.server.app import ServerConfig, serve
-        from turnstore.server.engine import EngineConfig
+        from turnstore.server.engine import EngineConfig, Limits
         from turnstore.server.errors import DataDirLockedError
         from turnstore.server.logs import configure_logging
     except ImportError as error:
@@ -116,6 +149,14 @@ def _serve(args: argparse.Namespace) -> int:
             data_dir=args.data_dir.resolve(),
             initial_map_bytes=min(64 << 20, args.max_db_size),
             max_map_bytes=args.max_db_size,
+            limits=Limits(
+                max_thread_id_bytes=args.max_thread_id_bytes,
+                max_key_bytes=args.max_key_bytes,
+                max_event_bytes=args.max_event_bytes,
+                max_events_per_append=args.max_events_per_append,
+                max_snapshot_bytes=args.max_snapshot_bytes,
+            ),
+            snapshot_versions_kept=args.snapshot_versions,
         )
         config = ServerConfig(
             engine=engine_config,

@@ -10,7 +10,9 @@ subclass whose ``__cause__`` is the gRPC error.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -19,13 +21,21 @@ import grpc
 from turnstore._convert import JSON, StoredEvent, envelope_from_proto, envelope_to_proto
 from turnstore._status import error_from_rpc
 from turnstore._validate import check_offset, check_thread_id, check_turn
-from turnstore.errors import SnapshotFormatError, UnavailableError
+from turnstore.errors import SnapshotFormatError, TurnAlreadyFinishedError, UnavailableError
 from turnstore.models import AgentEventEnvelope, ConversationSnapshot, StoredTurnEvents
 from turnstore.streams import EventAppender, Replay, replay_request
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
-__all__ = ["GrpcEventStore", "GrpcHistoryStore", "StoredEvent", "TurnstoreClient"]
+__all__ = [
+    "GrpcEventStore",
+    "GrpcHistoryStore",
+    "RetryPolicy",
+    "SnapshotVersionInfo",
+    "StoredEvent",
+    "TurnstoreClient",
+    "VersionedSnapshot",
+]
 
 T = TypeVar("T")
 
@@ -34,11 +44,42 @@ DEFAULT_TARGET: Final = "127.0.0.1:7070"
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 
 
-async def _call(make_call: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await make_call()
-    except grpc.aio.AioRpcError as error:
-        raise error_from_rpc(error) from error
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How calls that fail with UnavailableError are retried.
+
+    ``attempts`` counts the first try; delays double from ``initial_backoff``
+    up to ``max_backoff`` seconds, each with up to 50% random jitter. Retries
+    are safe because appends are idempotent by event id; a save with an
+    expected version and streaming reads in progress are never retried.
+    """
+
+    attempts: int = 6
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+
+    def delays(self) -> list[float]:
+        """The pauses before the second, third, ... attempt."""
+        return [
+            min(self.initial_backoff * 2**n, self.max_backoff) * (1 + random.random() / 2)
+            for n in range(max(self.attempts - 1, 0))
+        ]
+
+
+NO_RETRY: Final = RetryPolicy(attempts=1)
+
+
+async def _call(make_call: Callable[[], Awaitable[T]], retry: RetryPolicy = NO_RETRY) -> T:
+    """Run a call, mapping gRPC errors; retry it while the daemon is unavailable."""
+    for delay in [*retry.delays(), None]:
+        try:
+            return await make_call()
+        except grpc.aio.AioRpcError as error:
+            mapped = error_from_rpc(error)
+            if delay is None or not isinstance(mapped, UnavailableError):
+                raise mapped from error
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _stream(call: Any) -> AsyncIterator[Any]:
@@ -56,9 +97,12 @@ class GrpcEventStore:
     the daemon has durably committed it.
     """
 
-    def __init__(self, stub: pb_grpc.EventStoreStub, timeout: float | None) -> None:
+    def __init__(
+        self, stub: pb_grpc.EventStoreStub, timeout: float | None, retry: RetryPolicy
+    ) -> None:
         self._stub = stub
         self._timeout = timeout
+        self._retry = retry
 
     async def append(self, thread_id: str, turn: int, envelope: AgentEventEnvelope) -> int:
         """Store ``envelope`` at the end of ``turn``; return its position in the thread."""
@@ -77,7 +121,9 @@ class GrpcEventStore:
         request = pb.AppendRequest(
             thread_id=thread_id, turn=turn, events=[envelope_to_proto(e) for e in envelopes]
         )
-        response = await _call(lambda: self._stub.Append(request, timeout=self._timeout))
+        response = await _call(
+            lambda: self._stub.Append(request, timeout=self._timeout), self._retry
+        )
         return list(response.positions)
 
     async def finish_turn(self, thread_id: str, turn: int) -> None:
@@ -85,14 +131,30 @@ class GrpcEventStore:
         check_thread_id(thread_id)
         check_turn(turn)
         request = pb.FinishTurnRequest(thread_id=thread_id, turn=turn)
-        await _call(lambda: self._stub.FinishTurn(request, timeout=self._timeout))
+        try:
+            await _call(lambda: self._stub.FinishTurn(request, timeout=self._timeout))
+        except UnavailableError:
+            # The finish may have committed before the daemon went away, so a
+            # retry that finds the turn finished is this call's own success.
+            for delay in self._retry.delays():
+                await asyncio.sleep(delay)
+                try:
+                    await _call(lambda: self._stub.FinishTurn(request, timeout=self._timeout))
+                    return
+                except UnavailableError:
+                    continue
+                except TurnAlreadyFinishedError:
+                    return
+            raise
 
     async def get_turn(self, thread_id: str, turn: int) -> StoredTurnEvents | None:
         """The turn, or None for an unknown thread or turn."""
         check_thread_id(thread_id)
         check_turn(turn)
         request = pb.GetTurnRequest(thread_id=thread_id, turn=turn)
-        response = await _call(lambda: self._stub.GetTurn(request, timeout=self._timeout))
+        response = await _call(
+            lambda: self._stub.GetTurn(request, timeout=self._timeout), self._retry
+        )
         if not response.found:
             return None
         return StoredTurnEvents(
@@ -104,9 +166,12 @@ class GrpcEventStore:
     async def get_turns(self, thread_id: str) -> list[StoredTurnEvents]:
         """Every turn in ascending turn order; empty for an unknown thread."""
         check_thread_id(thread_id)
+        return await _call(lambda: self._list_turns(thread_id), self._retry)
+
+    async def _list_turns(self, thread_id: str) -> list[StoredTurnEvents]:
         turns: list[StoredTurnEvents] = []
         call = self._stub.ListTurns(pb.ListTurnsRequest(thread_id=thread_id), timeout=self._timeout)
-        async for message in _stream(call):
+        async for message in call:
             piece = message.turn
             events = [envelope_from_proto(event.envelope) for event in piece.events]
             if turns and turns[-1].turn == piece.turn:
@@ -119,7 +184,7 @@ class GrpcEventStore:
         """Remove everything of the thread; a no-op for an unknown thread."""
         check_thread_id(thread_id)
         request = pb.ClearRequest(thread_id=thread_id)
-        await _call(lambda: self._stub.Clear(request, timeout=self._timeout))
+        await _call(lambda: self._stub.Clear(request, timeout=self._timeout), self._retry)
 
     async def get_events(self, thread_id: str) -> list[AgentEventEnvelope]:
         """All envelopes, turn by turn in ascending order, each turn in append order."""
@@ -129,7 +194,9 @@ class GrpcEventStore:
         """The number of envelopes in the thread (0 for an unknown thread)."""
         check_thread_id(thread_id)
         request = pb.EventCountRequest(thread_id=thread_id)
-        response = await _call(lambda: self._stub.EventCount(request, timeout=self._timeout))
+        response = await _call(
+            lambda: self._stub.EventCount(request, timeout=self._timeout), self._retry
+        )
         return int(response.count)
 
     async def get_events_since(self, thread_id: str, offset: int) -> list[AgentEventEnvelope]:
@@ -201,28 +268,71 @@ class GrpcEventStore:
         return EventAppender(self._stub)
 
 
+@dataclass(frozen=True)
+class VersionedSnapshot:
+    """A loaded snapshot with its version (pass it as ``expected_version``)."""
+
+    snapshot: ConversationSnapshot
+    version: int
+    saved_at_unix_nanos: int
+
+
+@dataclass(frozen=True)
+class SnapshotVersionInfo:
+    """One kept version of a key, without its data."""
+
+    version: int
+    saved_at_unix_nanos: int
+    size_bytes: int
+    content_type: str
+
+
 class GrpcHistoryStore:
     """:class:`~turnstore.protocols.HistoryStore` for one conversation key.
 
     Obtain it as ``client.history(key)``. Snapshots are stored as their JSON
-    text with content type ``application/json``.
+    text with content type ``application/json``. Beyond the contract's
+    ``save`` and ``load``, it offers optimistic concurrency
+    (:meth:`save_versioned` with ``expected_version``), the kept versions
+    (:meth:`list_versions`, :meth:`load_versioned` of one) and :meth:`delete`.
     """
 
-    def __init__(self, stub: pb_grpc.HistoryStoreStub, key: str, timeout: float | None) -> None:
+    def __init__(
+        self,
+        stub: pb_grpc.HistoryStoreStub,
+        key: str,
+        timeout: float | None,
+        retry: RetryPolicy,
+    ) -> None:
         if not isinstance(key, str) or not key:
             raise ValueError("a conversation key must be a non-empty string")
         self._stub = stub
         self.key = key
         self._timeout = timeout
+        self._retry = retry
 
     async def save(self, snapshot: ConversationSnapshot) -> None:
         """Store ``snapshot`` as a full overwrite of the previous one, durably."""
         await self.save_versioned(snapshot)
 
-    async def save_versioned(self, snapshot: ConversationSnapshot) -> int:
-        """Like :meth:`save`, returning the new version (1 for the first save)."""
+    async def save_versioned(
+        self, snapshot: ConversationSnapshot, expected_version: int | None = None
+    ) -> int:
+        """Like :meth:`save`, returning the new version (1 for the first save).
+
+        With ``expected_version`` (the version last loaded; 0 for "nothing is
+        stored"), the save happens only if the key is still at that version,
+        else VersionConflictError (with ``current_version``) is raised and
+        nothing changes. Such a save is not retried on UnavailableError, as
+        its first attempt may have committed.
+        """
         request = pb.SaveRequest(key=self.key, data=snapshot.to_json().encode(), content_type=JSON)
-        response = await _call(lambda: self._stub.Save(request, timeout=self._timeout))
+        retry = self._retry
+        if expected_version is not None:
+            check_turn(expected_version, "expected_version")
+            request.expected_version = expected_version
+            retry = NO_RETRY
+        response = await _call(lambda: self._stub.Save(request, timeout=self._timeout), retry)
         return int(response.version)
 
     async def load(self) -> ConversationSnapshot | None:
@@ -231,15 +341,52 @@ class GrpcHistoryStore:
         Raises SnapshotFormatError when the stored data is not a valid
         version-1 snapshot (written by another client, for example).
         """
+        loaded = await self.load_versioned()
+        return None if loaded is None else loaded.snapshot
+
+    async def load_versioned(self, version: int | None = None) -> VersionedSnapshot | None:
+        """The latest snapshot (or the kept ``version``) with its version.
+
+        None when nothing is stored, the key was deleted, or that version is
+        no longer kept.
+        """
         request = pb.LoadRequest(key=self.key)
-        response = await _call(lambda: self._stub.Load(request, timeout=self._timeout))
+        if version is not None:
+            check_turn(version, "version")
+            request.version = version
+        response = await _call(lambda: self._stub.Load(request, timeout=self._timeout), self._retry)
         if not response.found:
             return None
-        if response.snapshot.content_type not in ("", JSON):
+        stored = response.snapshot
+        if stored.content_type not in ("", JSON):
             raise SnapshotFormatError(
-                f"snapshot of {self.key!r} is {response.snapshot.content_type!r}, not JSON"
+                f"snapshot of {self.key!r} is {stored.content_type!r}, not JSON"
             )
-        return ConversationSnapshot.from_json(response.snapshot.data)
+        return VersionedSnapshot(
+            ConversationSnapshot.from_json(stored.data), stored.version, stored.saved_at_unix_nanos
+        )
+
+    async def list_versions(self) -> list[SnapshotVersionInfo]:
+        """The kept versions, newest first; empty for an unknown or deleted key."""
+        request = pb.ListVersionsRequest(key=self.key)
+        response = await _call(
+            lambda: self._stub.ListVersions(request, timeout=self._timeout), self._retry
+        )
+        return [
+            SnapshotVersionInfo(v.version, v.saved_at_unix_nanos, v.size_bytes, v.content_type)
+            for v in response.versions
+        ]
+
+    async def delete(self) -> int:
+        """Delete every kept version; return how many. A no-op for an unknown key.
+
+        Versions do not restart: the next save gets a higher version.
+        """
+        request = pb.DeleteRequest(key=self.key)
+        response = await _call(
+            lambda: self._stub.Delete(request, timeout=self._timeout), self._retry
+        )
+        return int(response.removed_versions)
 
 
 class TurnstoreClient:
@@ -247,8 +394,9 @@ class TurnstoreClient:
 
     ``target`` is ``HOST:PORT`` or ``unix:PATH``. ``timeout`` is the
     deadline in seconds of each unary call and of each whole streaming read
-    (None: no deadline). Construct it inside a running event loop. Calls
-    made while the daemon is unreachable raise UnavailableError.
+    (None: no deadline). Calls that fail with UnavailableError are retried
+    by ``retry`` (default: 6 attempts over about 3 to 5 s), then raise it.
+    Construct it inside a running event loop.
     """
 
     def __init__(
@@ -256,22 +404,31 @@ class TurnstoreClient:
         target: str = DEFAULT_TARGET,
         *,
         timeout: float | None = 30.0,
+        retry: RetryPolicy | None = None,
         options: list[tuple[str, Any]] | None = None,
     ) -> None:
         self.target = target
         channel_options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # A sidecar restarts in well under a second: reconnect quickly,
+            # and keep this channel's connection state to itself, not shared
+            # (with its back-off) by every channel to the same target.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.use_local_subchannel_pool", 1),
             *(options or []),
         ]
         self._channel = grpc.aio.insecure_channel(target, options=channel_options)
         self._timeout = timeout
-        self.events = GrpcEventStore(pb_grpc.EventStoreStub(self._channel), timeout)
+        self._retry = retry or RetryPolicy()
+        self.events = GrpcEventStore(pb_grpc.EventStoreStub(self._channel), timeout, self._retry)
         self._history_stub = pb_grpc.HistoryStoreStub(self._channel)
 
     def history(self, key: str) -> GrpcHistoryStore:
         """A HistoryStore bound to the conversation ``key`` (non-empty)."""
-        return GrpcHistoryStore(self._history_stub, key, self._timeout)
+        return GrpcHistoryStore(self._history_stub, key, self._timeout, self._retry)
 
     async def wait_ready(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Wait until the channel connects; raise UnavailableError after ``timeout``."""

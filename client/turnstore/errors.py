@@ -30,6 +30,22 @@ class TurnAlreadyFinishedError(FailedPreconditionError):
     """A turn was finished a second time."""
 
 
+class EventIdConflictError(FailedPreconditionError):
+    """An event id is already stored in another turn of the thread."""
+
+
+class VersionConflictError(FailedPreconditionError):
+    """A snapshot save expected another version; nothing was saved.
+
+    ``current_version`` is the key's version at the time (0: none stored),
+    or None if the daemon did not say.
+    """
+
+    def __init__(self, message: str, current_version: int | None = None) -> None:
+        super().__init__(message)
+        self.current_version = current_version
+
+
 class ThreadClearedError(TurnstoreError):
     """The thread was cleared while a streaming read of it was in progress."""
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from turnstore._validate import check_offset, check_thread_id, check_turn
 from turnstore.errors import (
+    EventIdConflictError,
     TurnAlreadyFinishedError,
     TurnFinishedError,
 )
@@ -30,11 +31,17 @@ class _Turn:
 class _Thread:
     turns: dict[int, _Turn] = field(default_factory=dict)
     next_position: int = 0
+    # event_id -> (position, turn): appends are idempotent by event id.
+    event_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class InMemoryEventStore:
     """An :class:`~turnstore.protocols.EventStore` in a dict.
 
+    Like the daemon, appends are idempotent by event id: appending an
+    envelope whose ``event_id`` is already in the same turn returns its
+    original position (even after the turn was finished) and stores nothing;
+    an ``event_id`` already in another turn raises EventIdConflictError.
     Returned turns and envelopes are copies: mutating them does not change
     the store.
     """
@@ -47,10 +54,20 @@ class InMemoryEventStore:
         check_thread_id(thread_id)
         check_turn(turn)
         thread = self._threads.setdefault(thread_id, _Thread())
+        known = thread.event_ids.get(envelope.event_id)
+        if known is not None:
+            position, known_turn = known
+            if known_turn != turn:
+                raise EventIdConflictError(
+                    f"event_id {envelope.event_id!r} is already stored in turn "
+                    f"{known_turn} at position {position}"
+                )
+            return position
         stored = thread.turns.get(turn)
         if stored is not None and stored.finished:
             raise TurnFinishedError(f"cannot append to finished turn {turn}")
         thread.turns.setdefault(turn, _Turn()).events.append(copy.deepcopy(envelope))
+        thread.event_ids[envelope.event_id] = (thread.next_position, turn)
         thread.next_position += 1
         return thread.next_position - 1
 

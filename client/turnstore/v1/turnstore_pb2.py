@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cturnstore/v1/turnstore.proto\x12\x0cturnstore.v1\"x\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\ttimestamp\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x06 \x01(\t\"z\n\x0bStoredEvent\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x0c\n\x04turn\x18\x02 \x01(\x04\x12\x1c\n\x14stored_at_unix_nanos\x18\x03 \x01(\x03\x12-\n\x08\x65nvelope\x18\x04 \x01(\x0b\x32\x1b.turnstore.v1.EventEnvelope\"Q\n\x04Turn\x12\x0c\n\x04turn\x18\x01 \x01(\x04\x12\x10\n\x08\x66inished\x18\x02 \x01(\x08\x12)\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x19.turnstore.v1.StoredEvent\"]\n\rAppendRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x0c\n\x04turn\x18\x02 \x01(\x04\x12+\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x1b.turnstore.v1.EventEnvelope\"#\n\x0e\x41ppendResponse\x12\x11\n\tpositions\x18\x01 \x03(\x04\"4\n\x11\x46inishTurnRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x0c\n\x04turn\x18\x02 \x01(\x04\")\n\x12\x46inishTurnResponse\x12\x13\n\x0b\x65vent_count\x18\x01 \x01(\x04\"1\n\x0eGetTurnRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x0c\n\x04turn\x18\x02 \x01(\x04\"B\n\x0fGetTurnResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12 \n\x04turn\x18\x02 \x01(\x0b\x32\x12.turnstore.v1.Turn\"%\n\x10ListTurnsRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"5\n\x11ListTurnsResponse\x12 \n\x04turn\x18\x01 \x01(\x0b\x32\x12.turnstore.v1.Turn\"_\n\x11ReadEventsRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\'\n\x05order\x18\x03 \x01(\x0e\x32\x18.turnstore.v1.EventOrder\"?\n\x12ReadEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.turnstore.v1.StoredEvent\"&\n\x11\x45ventCountRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"#\n\x12\x45ventCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"!\n\x0c\x43learRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"\'\n\rClearResponse\x12\x16\n\x0eremoved_events\x18\x01 \x01(\x04\"\\\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x1b\n\x13saved_at_unix_nanos\x18\x04 \x01(\x03\">\n\x0bSaveRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"\x1f\n\x0cSaveResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\"\x1a\n\x0bLoadRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"G\n\x0cLoadResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12(\n\x08snapshot\x18\x02 \x01(\x0b\x32\x16.turnstore.v1.Snapshot\"\xaf\x02\n\rReplayRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_position\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\tfrom_turn\x18\x03 \x01(\x04H\x01\x88\x01\x01\x12\x14\n\x07to_turn\x18\x04 \x01(\x04H\x02\x88\x01\x01\x12\x13\n\x0b\x65vent_types\x18\x05 \x03(\t\x12\x0e\n\x06\x66ollow\x18\x06 \x01(\x08\x12 \n\x13until_turn_finished\x18\x07 \x01(\x04H\x03\x88\x01\x01\x12\x1e\n\x16max_events_per_message\x18\x08 \x01(\r\x12\x14\n\x0cthread_epoch\x18\t \x01(\x04\x42\x11\n\x0f_after_positionB\x0c\n\n_from_turnB\n\n\x08_to_turnB\x16\n\x14_until_turn_finished\"_\n\x0cTurnFinished\x12\x0c\n\x04turn\x18\x01 \x01(\x04\x12\x13\n\x0b\x65vent_count\x18\x02 \x01(\x04\x12\x1a\n\rlast_position\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x10\n\x0e_last_position\"\xc7\x01\n\x0eReplayResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.turnstore.v1.StoredEvent\x12\x32\n\x0e\x66inished_turns\x18\x02 \x03(\x0b\x32\x1a.turnstore.v1.TurnFinished\x12\x11\n\tcaught_up\x18\x03 \x01(\x08\x12\x16\n\x0ethread_cleared\x18\x04 \x01(\x08\x12\x15\n\rnext_position\x18\x05 \x01(\x04\x12\x14\n\x0cthread_epoch\x18\x06 \x01(\x04\"\x8c\x01\n\x13\x41ppendStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0c\n\x04turn\x18\x03 \x01(\x04\x12+\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x1b.turnstore.v1.EventEnvelope\x12\x13\n\x0b\x66inish_turn\x18\x05 \x01(\x08\":\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"e\n\x14\x41ppendStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x11\n\tpositions\x18\x02 \x03(\x04\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.turnstore.v1.ItemError\"\x11\n\x0fGetStatsRequest\"X\n\x10GetStatsResponse\x12\x16\n\x0elive_followers\x18\x01 \x01(\x04\x12\x14\n\x0copen_replays\x18\x02 \x01(\x04\x12\x16\n\x0emap_size_bytes\x18\x03 \x01(\x04*W\n\nEventOrder\x12\x1b\n\x17\x45VENT_ORDER_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_ORDER_COMMIT\x10\x01\x12\x14\n\x10\x45VENT_ORDER_TURN\x10\x02\x32\xc2\x05\n\nEventStore\x12\x43\n\x06\x41ppend\x12\x1b.turnstore.v1.AppendRequest\x1a\x1c.turnstore.v1.AppendResponse\x12O\n\nFinishTurn\x12\x1f.turnstore.v1.FinishTurnRequest\x1a .turnstore.v1.FinishTurnResponse\x12\x46\n\x07GetTurn\x12\x1c.turnstore.v1.GetTurnRequest\x1a\x1d.turnstore.v1.GetTurnResponse\x12N\n\tListTurns\x12\x1e.turnstore.v1.ListTurnsRequest\x1a\x1f.turnstore.v1.ListTurnsResponse0\x01\x12Q\n\nReadEvents\x12\x1f.turnstore.v1.ReadEventsRequest\x1a .turnstore.v1.ReadEventsResponse0\x01\x12O\n\nEventCount\x12\x1f.turnstore.v1.EventCountRequest\x1a .turnstore.v1.EventCountResponse\x12@\n\x05\x43lear\x12\x1a.turnstore.v1.ClearRequest\x1a\x1b.turnstore.v1.ClearResponse\x12\x45\n\x06Replay\x12\x1b.turnstore.v1.ReplayRequest\x1a\x1c.turnstore.v1.ReplayResponse0\x01\x12Y\n\x0c\x41ppendStream\x12!.turnstore.v1.AppendStreamRequest\x1a\".turnstore.v1.AppendStreamResponse(\x01\x30\x01\x32R\n\x05\x41\x64min\x12I\n\x08GetStats\x12\x1d.turnstore.v1.GetStatsRequest\x1a\x1e.turnstore.v1.GetStatsResponse2\x8c\x01\n\x0cHistoryStore\x12=\n\x04Save\x12\x19.turnstore.v1.SaveRequest\x1a\x1a.turnstore.v1.SaveResponse\x12=\n\x04Load\x12\x19.turnstore.v1.LoadRequest\x1a\x1a.turnstore.v1.LoadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cturnstore/v1/turnstore.proto\x12\x0cturnstore.v1\"x\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\ttimestamp\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x06 \x01(\t\"z\n\x0bStoredEvent\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x0c\n\x04turn\x18\x02 \x01(\x04\x12\x1c\n\x14stored_at_unix_nanos\x18\x03 \x01(\x03\x12-\n\x08\x65nvelope\x18\x04 \x01(\x0b\x32\x1b.turnstore.v1.EventEnvelope\"Q\n\x04Turn\x12\x0c\n\x04turn\x18\x01 \x01(\x04\x12\x10\n\x08\x66inished\x18\x02 \x01(\x08\x12)\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x19.turnstore.v1.StoredEvent\"]\n\rAppendRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x0c\n\x04turn\x18\x02 \x01(\x04\x12+\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x1b.turnstore.v1.EventEnvelope\"#\n\x0e\x41ppendResponse\x12\x11\n\tpositions\x18\x01 \x03(\x04\"4\n\x11\x46inishTurnRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x0c\n\x04turn\x18\x02 \x01(\x04\")\n\x12\x46inishTurnResponse\x12\x13\n\x0b\x65vent_count\x18\x01 \x01(\x04\"1\n\x0eGetTurnRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x0c\n\x04turn\x18\x02 \x01(\x04\"B\n\x0fGetTurnResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12 \n\x04turn\x18\x02 \x01(\x0b\x32\x12.turnstore.v1.Turn\"%\n\x10ListTurnsRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"5\n\x11ListTurnsResponse\x12 \n\x04turn\x18\x01 \x01(\x0b\x32\x12.turnstore.v1.Turn\"_\n\x11ReadEventsRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\'\n\x05order\x18\x03 \x01(\x0e\x32\x18.turnstore.v1.EventOrder\"?\n\x12ReadEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.turnstore.v1.StoredEvent\"&\n\x11\x45ventCountRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"#\n\x12\x45ventCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"!\n\x0c\x43learRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"\'\n\rClearResponse\x12\x16\n\x0eremoved_events\x18\x01 \x01(\x04\"\\\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x1b\n\x13saved_at_unix_nanos\x18\x04 \x01(\x03\"r\n\x0bSaveRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"\x1f\n\x0cSaveResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\"<\n\x0bLoadRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\n\n\x08_version\"G\n\x0cLoadResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12(\n\x08snapshot\x18\x02 \x01(\x0b\x32\x16.turnstore.v1.Snapshot\"\xaf\x02\n\rReplayRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_position\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\tfrom_turn\x18\x03 \x01(\x04H\x01\x88\x01\x01\x12\x14\n\x07to_turn\x18\x04 \x01(\x04H\x02\x88\x01\x01\x12\x13\n\x0b\x65vent_types\x18\x05 \x03(\t\x12\x0e\n\x06\x66ollow\x18\x06 \x01(\x08\x12 \n\x13until_turn_finished\x18\x07 \x01(\x04H\x03\x88\x01\x01\x12\x1e\n\x16max_events_per_message\x18\x08 \x01(\r\x12\x14\n\x0cthread_epoch\x18\t \x01(\x04\x42\x11\n\x0f_after_positionB\x0c\n\n_from_turnB\n\n\x08_to_turnB\x16\n\x14_until_turn_finished\"_\n\x0cTurnFinished\x12\x0c\n\x04turn\x18\x01 \x01(\x04\x12\x13\n\x0b\x65vent_count\x18\x02 \x01(\x04\x12\x1a\n\rlast_position\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x10\n\x0e_last_position\"\xc7\x01\n\x0eReplayResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.turnstore.v1.StoredEvent\x12\x32\n\x0e\x66inished_turns\x18\x02 \x03(\x0b\x32\x1a.turnstore.v1.TurnFinished\x12\x11\n\tcaught_up\x18\x03 \x01(\x08\x12\x16\n\x0ethread_cleared\x18\x04 \x01(\x08\x12\x15\n\rnext_position\x18\x05 \x01(\x04\x12\x14\n\x0cthread_epoch\x18\x06 \x01(\x04\"\x8c\x01\n\x13\x41ppendStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0c\n\x04turn\x18\x03 \x01(\x04\x12+\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x1b.turnstore.v1.EventEnvelope\x12\x13\n\x0b\x66inish_turn\x18\x05 \x01(\x08\":\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"e\n\x14\x41ppendStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x11\n\tpositions\x18\x02 \x03(\x04\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.turnstore.v1.ItemError\"\x11\n\x0fGetStatsRequest\"X\n\x10GetStatsResponse\x12\x16\n\x0elive_followers\x18\x01 \x01(\x04\x12\x14\n\x0copen_replays\x18\x02 \x01(\x04\x12\x16\n\x0emap_size_bytes\x18\x03 \x01(\x04\"\"\n\x13ListVersionsRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"i\n\x0fSnapshotVersion\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x1b\n\x13saved_at_unix_nanos\x18\x02 \x01(\x03\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\"G\n\x14ListVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.turnstore.v1.SnapshotVersion\"\x1c\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"*\n\x0e\x44\x65leteResponse\x12\x18\n\x10removed_versions\x18\x01 \x01(\x04*W\n\nEventOrder\x12\x1b\n\x17\x45VENT_ORDER_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_ORDER_COMMIT\x10\x01\x12\x14\n\x10\x45VENT_ORDER_TURN\x10\x02\x32\xc2\x05\n\nEventStore\x12\x43\n\x06\x41ppend\x12\x1b.turnstore.v1.AppendRequest\x1a\x1c.turnstore.v1.AppendResponse\x12O\n\nFinishTurn\x12\x1f.turnstore.v1.FinishTurnRequest\x1a .turnstore.v1.FinishTurnResponse\x12\x46\n\x07GetTurn\x12\x1c.turnstore.v1.GetTurnRequest\x1a\x1d.turnstore.v1.GetTurnResponse\x12N\n\tListTurns\x12\x1e.turnstore.v1.ListTurnsRequest\x1a\x1f.turnstore.v1.ListTurnsResponse0\x01\x12Q\n\nReadEvents\x12\x1f.turnstore.v1.ReadEventsRequest\x1a .turnstore.v1.ReadEventsResponse0\x01\x12O\n\nEventCount\x12\x1f.turnstore.v1.EventCountRequest\x1a .turnstore.v1.EventCountResponse\x12@\n\x05\x43lear\x12\x1a.turnstore.v1.ClearRequest\x1a\x1b.turnstore.v1.ClearResponse\x12\x45\n\x06Replay\x12\x1b.turnstore.v1.ReplayRequest\x1a\x1c.turnstore.v1.ReplayResponse0\x01\x12Y\n\x0c\x41ppendStream\x12!.turnstore.v1.AppendStreamRequest\x1a\".turnstore.v1.AppendStreamResponse(\x01\x30\x01\x32R\n\x05\x41\x64min\x12I\n\x08GetStats\x12\x1d.turnstore.v1.GetStatsRequest\x1a\x1e.turnstore.v1.GetStatsResponse2\xa8\x02\n\x0cHistoryStore\x12=\n\x04Save\x12\x19.turnstore.v1.SaveRequest\x1a\x1a.turnstore.v1.SaveResponse\x12=\n\x04Load\x12\x19.turnstore.v1.LoadRequest\x1a\x1a.turnstore.v1.LoadResponse\x12U\n\x0cListVersions\x12!.turnstore.v1.ListVersionsRequest\x1a\".turnstore.v1.ListVersionsResponse\x12\x43\n\x06\x44\x65lete\x12\x1b.turnstore.v1.DeleteRequest\x1a\x1c.turnstore.v1.DeleteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'turnstore.v1.turnstore_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTORDER']._serialized_start=2444
-  _globals['_EVENTORDER']._serialized_end=2531
+  _globals['_EVENTORDER']._serialized_start=2820
+  _globals['_EVENTORDER']._serialized_end=2907
   _globals['_EVENTENVELOPE']._serialized_start=46
   _globals['_EVENTENVELOPE']._serialized_end=166
   _globals['_STOREDEVENT']._serialized_start=168
@@ -70,33 +70,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOT']._serialized_start=1132
   _globals['_SNAPSHOT']._serialized_end=1224
   _globals['_SAVEREQUEST']._serialized_start=1226
-  _globals['_SAVEREQUEST']._serialized_end=1288
-  _globals['_SAVERESPONSE']._serialized_start=1290
-  _globals['_SAVERESPONSE']._serialized_end=1321
-  _globals['_LOADREQUEST']._serialized_start=1323
-  _globals['_LOADREQUEST']._serialized_end=1349
-  _globals['_LOADRESPONSE']._serialized_start=1351
-  _globals['_LOADRESPONSE']._serialized_end=1422
-  _globals['_REPLAYREQUEST']._serialized_start=1425
-  _globals['_REPLAYREQUEST']._serialized_end=1728
-  _globals['_TURNFINISHED']._serialized_start=1730
-  _globals['_TURNFINISHED']._serialized_end=1825
-  _globals['_REPLAYRESPONSE']._serialized_start=1828
-  _globals['_REPLAYRESPONSE']._serialized_end=2027
-  _globals['_APPENDSTREAMREQUEST']._serialized_start=2030
-  _globals['_APPENDSTREAMREQUEST']._serialized_end=2170
-  _globals['_ITEMERROR']._serialized_start=2172
-  _globals['_ITEMERROR']._serialized_end=2230
-  _globals['_APPENDSTREAMRESPONSE']._serialized_start=2232
-  _globals['_APPENDSTREAMRESPONSE']._serialized_end=2333
-  _globals['_GETSTATSREQUEST']._serialized_start=2335
-  _globals['_GETSTATSREQUEST']._serialized_end=2352
-  _globals['_GETSTATSRESPONSE']._serialized_start=2354
-  _globals['_GETSTATSRESPONSE']._serialized_end=2442
-  _globals['_EVENTSTORE']._serialized_start=2534
-  _globals['_EVENTSTORE']._serialized_end=3240
-  _globals['_ADMIN']._serialized_start=3242
-  _globals['_ADMIN']._serialized_end=3324
-  _globals['_HISTORYSTORE']._serialized_start=3327
-  _globals['_HISTORYSTORE']._serialized_end=3467
+  _globals['_SAVEREQUEST']._serialized_end=1340
+  _globals['_SAVERESPONSE']._serialized_start=1342
+  _globals['_SAVERESPONSE']._serialized_end=1373
+  _globals['_LOADREQUEST']._serialized_start=1375
+  _globals['_LOADREQUEST']._serialized_end=1435
+  _globals['_LOADRESPONSE']._serialized_start=1437
+  _globals['_LOADRESPONSE']._serialized_end=1508
+  _globals['_REPLAYREQUEST']._serialized_start=1511
+  _globals['_REPLAYREQUEST']._serialized_end=1814
+  _globals['_TURNFINISHED']._serialized_start=1816
+  _globals['_TURNFINISHED']._serialized_end=1911
+  _globals['_REPLAYRESPONSE']._serialized_start=1914
+  _globals['_REPLAYRESPONSE']._serialized_end=2113
+  _globals['_APPENDSTREAMREQUEST']._serialized_start=2116
+  _globals['_APPENDSTREAMREQUEST']._serialized_end=2256
+  _globals['_ITEMERROR']._serialized_start=2258
+  _globals['_ITEMERROR']._serialized_end=2316
+  _globals['_APPENDSTREAMRESPONSE']._serialized_start=2318
+  _globals['_APPENDSTREAMRESPONSE']._serialized_end=2419
+  _globals['_GETSTATSREQUEST']._serialized_start=2421
+  _globals['_GETSTATSREQUEST']._serialized_end=2438
+  _globals['_GETSTATSRESPONSE']._serialized_start=2440
+  _globals['_GETSTATSRESPONSE']._serialized_end=2528
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=2530
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=2564
+  _globals['_SNAPSHOTVERSION']._serialized_start=2566
+  _globals['_SNAPSHOTVERSION']._serialized_end=2671
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=2673
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=2744
+  _globals['_DELETEREQUEST']._serialized_start=2746
+  _globals['_DELETEREQUEST']._serialized_end=2774
+  _globals['_DELETERESPONSE']._serialized_start=2776
+  _globals['_DELETERESPONSE']._serialized_end=2818
+  _globals['_EVENTSTORE']._serialized_start=2910
+  _globals['_EVENTSTORE']._serialized_end=3616
+  _globals['_ADMIN']._serialized_start=3618
+  _globals['_ADMIN']._serialized_end=3700
+  _globals['_HISTORYSTORE']._serialized_start=3703
+  _globals['_HISTORYSTORE']._serialized_end=3999
 # @@protoc_insertion_point(module_scope)

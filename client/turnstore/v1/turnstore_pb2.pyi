@@ -165,14 +165,16 @@ class Snapshot(_message.Message):
     def __init__(self, version: _Optional[int] = ..., content_type: _Optional[str] = ..., data: _Optional[bytes] = ..., saved_at_unix_nanos: _Optional[int] = ...) -> None: ...
 
 class SaveRequest(_message.Message):
-    __slots__ = ("key", "data", "content_type")
+    __slots__ = ("key", "data", "content_type", "expected_version")
     KEY_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     key: str
     data: bytes
     content_type: str
-    def __init__(self, key: _Optional[str] = ..., data: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+    expected_version: int
+    def __init__(self, key: _Optional[str] = ..., data: _Optional[bytes] = ..., content_type: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
 
 class SaveResponse(_message.Message):
     __slots__ = ("version",)
@@ -181,10 +183,12 @@ class SaveResponse(_message.Message):
     def __init__(self, version: _Optional[int] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
-    __slots__ = ("key",)
+    __slots__ = ("key", "version")
     KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     key: str
-    def __init__(self, key: _Optional[str] = ...) -> None: ...
+    version: int
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class LoadResponse(_message.Message):
     __slots__ = ("found", "snapshot")
@@ -289,3 +293,39 @@ class GetStatsResponse(_message.Message):
     open_replays: int
     map_size_bytes: int
     def __init__(self, live_followers: _Optional[int] = ..., open_replays: _Optional[int] = ..., map_size_bytes: _Optional[int] = ...) -> None: ...
+
+class ListVersionsRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class SnapshotVersion(_message.Message):
+    __slots__ = ("version", "saved_at_unix_nanos", "size_bytes", "content_type")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SAVED_AT_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    saved_at_unix_nanos: int
+    size_bytes: int
+    content_type: str
+    def __init__(self, version: _Optional[int] = ..., saved_at_unix_nanos: _Optional[int] = ..., size_bytes: _Optional[int] = ..., content_type: _Optional[str] = ...) -> None: ...
+
+class ListVersionsResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[SnapshotVersion]
+    def __init__(self, versions: _Optional[_Iterable[_Union[SnapshotVersion, _Mapping]]] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("removed_versions",)
+    REMOVED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    removed_versions: int
+    def __init__(self, removed_versions: _Optional[int] = ...) -> None: ...

@@ -100,6 +100,13 @@ class EventStoreServicer:
         """Appends one or more envelopes to the end of one turn, atomically: either
         all are durably stored, or none is. Creates the thread and the turn when
         they do not exist yet. Acknowledged only after the commit is fsynced.
+
+        Idempotent by event id: within a thread an event_id is stored once. An
+        envelope whose event_id is already stored in the same turn is not stored
+        again; its original position is returned (also after a restart, and also
+        when the turn was finished since), so a retry after a lost
+        acknowledgement never duplicates. Errors: FAILED_PRECONDITION
+        "event_id_conflict" when the event_id is stored in another turn.
         Errors: FAILED_PRECONDITION "turn_finished" when the turn is finished;
         INVALID_ARGUMENT for an empty batch, an empty or oversized thread id,
         event id, type or body.
@@ -604,6 +611,16 @@ class HistoryStoreStub:
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.LoadRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.LoadResponse.FromString,
                 _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/turnstore.v1.HistoryStore/ListVersions',
+                request_serializer=turnstore_dot_v1_dot_turnstore__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/turnstore.v1.HistoryStore/Delete',
+                request_serializer=turnstore_dot_v1_dot_turnstore__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.DeleteResponse.FromString,
+                _registered_method=True)
 
 
 class HistoryStoreServicer:
@@ -612,16 +629,37 @@ class HistoryStoreServicer:
 
     def Save(self, request, context):
         """Stores a snapshot under a key as a full overwrite, durably, and returns
-        its version: 1 for the first save of a key, then one more for each save.
-        Errors: INVALID_ARGUMENT for an empty or oversized key or data.
+        its version: 1 for the first save of a key, then one more for each save
+        (deleting a key does not restart its versions). With `expected_version`
+        set, the save happens only if it equals the key's current version (0: no
+        snapshot stored), so two writers never silently overwrite each other.
+        Errors: INVALID_ARGUMENT for an empty or oversized key or data;
+        FAILED_PRECONDITION "version_conflict" when expected_version differs
+        (nothing is changed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Load(self, request, context):
-        """Returns the latest snapshot saved under a key. A key never saved is not
-        an error: the response has `found` false.
+        """Returns the latest snapshot saved under a key, or a given kept version.
+        A key never saved, deleted, or a version no longer kept is not an error:
+        the response has `found` false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVersions(self, request, context):
+        """Lists the versions kept for a key (the daemon keeps the newest few,
+        configurable), newest first. Empty for an unknown or deleted key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Deletes every kept version of a key. Succeeds for an unknown key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -639,6 +677,16 @@ def add_HistoryStoreServicer_to_server(servicer, server):
                     servicer.Load,
                     request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.LoadRequest.FromString,
                     response_serializer=turnstore_dot_v1_dot_turnstore__pb2.LoadResponse.SerializeToString,
+            ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ListVersionsRequest.FromString,
+                    response_serializer=turnstore_dot_v1_dot_turnstore__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.DeleteRequest.FromString,
+                    response_serializer=turnstore_dot_v1_dot_turnstore__pb2.DeleteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -696,6 +744,60 @@ class HistoryStore:
             '/turnstore.v1.HistoryStore/Load',
             turnstore_dot_v1_dot_turnstore__pb2.LoadRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.LoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnstore.v1.HistoryStore/ListVersions',
+            turnstore_dot_v1_dot_turnstore__pb2.ListVersionsRequest.SerializeToString,
+            turnstore_dot_v1_dot_turnstore__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnstore.v1.HistoryStore/Delete',
+            turnstore_dot_v1_dot_turnstore__pb2.DeleteRequest.SerializeToString,
+            turnstore_dot_v1_dot_turnstore__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

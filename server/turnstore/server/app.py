@@ -20,7 +20,7 @@ import grpc
 import structlog
 
 from turnstore.client import DEFAULT_TARGET as DEFAULT_LISTEN
-from turnstore.server.engine import MIB, Engine, EngineConfig
+from turnstore.server.engine import Engine, EngineConfig
 from turnstore.server.followers import Followers
 from turnstore.server.service import AdminService, EventStoreService, HistoryStoreService
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
@@ -28,8 +28,6 @@ from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 log = structlog.get_logger("turnstore")
 
 DEFAULT_DATA_DIR = Path("turnstore-data")
-# Large enough for a maximal snapshot or append plus framing.
-MAX_MESSAGE_BYTES = 64 * MIB
 
 
 @dataclass(frozen=True)
@@ -95,10 +93,11 @@ def build_server(config: ServerConfig, engine: Engine) -> BuiltServer:
     for address in config.listen:
         check_listen_address(address, config.allow_remote)
     executor = ThreadPoolExecutor(config.read_threads, thread_name_prefix="turnstore-read")
+    max_message = config.engine.limits.max_message_bytes
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
             ("grpc.so_reuseport", 0),
         ]
     )

@@ -36,11 +36,13 @@ from turnstore.server.errors import (
     DataDirLockedError,
     EngineClosedError,
     EngineError,
+    EventIdConflictError,
     InvalidArgumentError,
     StorageFullError,
     ThreadClearedError,
     TurnAlreadyFinishedError,
     TurnFinishedError,
+    VersionConflictError,
 )
 
 T = TypeVar("T")
@@ -69,6 +71,18 @@ class Limits:
             value = getattr(self, name)
             if not 1 <= value <= LMDB_MAX_KEY_BYTES:
                 raise ValueError(f"{name} must be between 1 and {LMDB_MAX_KEY_BYTES}")
+        # Event id index keys are an 8-byte thread number and the id.
+        if not 1 <= self.max_event_id_bytes <= LMDB_MAX_KEY_BYTES - 8:
+            raise ValueError(f"max_event_id_bytes must be between 1 and {LMDB_MAX_KEY_BYTES - 8}")
+        for name in ("max_event_bytes", "max_events_per_append", "max_snapshot_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest gRPC message these limits admit, with room for framing."""
+        largest_append = self.max_event_bytes * min(self.max_events_per_append, 64)
+        return max(64 * MIB, self.max_snapshot_bytes + MIB, largest_append + MIB)
 
 
 @dataclass(frozen=True)
@@ -88,8 +102,8 @@ class EngineConfig:
     # How many writes one transaction (and one fsync) may carry at most.
     max_writes_per_commit: int = 1024
     max_readers: int = 256
-    # Whether to keep this many snapshot versions per key (the latest included).
-    snapshot_versions_kept: int = 1
+    # How many snapshot versions to keep per key (the latest included).
+    snapshot_versions_kept: int = 4
 
     def __post_init__(self) -> None:
         if self.initial_map_bytes <= 0 or self.max_map_bytes < self.initial_map_bytes:
@@ -359,10 +373,14 @@ class Engine:
 
         Creates the thread and the turn as needed. Resolves to the positions
         given to the events. With ``finish``, the turn is also finished in the
-        same commit (``events`` may then be empty). Fails with
-        TurnFinishedError when the turn is finished (TurnAlreadyFinishedError
-        for a bare finish), and with InvalidArgumentError (raised at once,
-        not through the future) for an empty batch or input over a limit.
+        same commit (``events`` may then be empty). Idempotent by event id:
+        an event whose id is already stored in this turn keeps its original
+        position and is not stored again, even if the turn was finished
+        since. Fails with TurnFinishedError when the turn is finished and an
+        event is new (TurnAlreadyFinishedError for a bare finish),
+        EventIdConflictError when an id is stored in another turn, and
+        InvalidArgumentError (raised at once, not through the future) for an
+        empty batch or input over a limit.
         """
         key = self._thread_key(thread_id)
         self._check_turn(turn)
@@ -382,10 +400,12 @@ class Engine:
                     f"is {len(event.envelope)} bytes encoded, over the limit of "
                     f"{self.limits.max_event_bytes}",
                 )
-        envelopes = [event.envelope for event in events]
+        encoded = [
+            (event.event_id.encode("utf-8", "surrogatepass"), event.envelope) for event in events
+        ]
 
         def apply(txn: lmdb.Transaction, now_ns: int) -> list[int]:
-            return self._write_turn(txn, key, turn, envelopes, finish, now_ns)
+            return self._write_turn(txn, key, turn, encoded, finish, now_ns)
 
         return self._submit(thread_id, apply)
 
@@ -414,13 +434,15 @@ class Engine:
         txn: lmdb.Transaction,
         key: bytes,
         turn: int,
-        envelopes: list[bytes],
+        events: list[tuple[bytes, bytes]],
         finish: bool,
         now_ns: int,
     ) -> list[int]:
-        """Append ``envelopes`` to a turn, then finish it if asked; return positions.
+        """Append ``events`` (id, envelope) to a turn, then finish it if asked.
 
-        Checks the turn's state before writing anything.
+        Returns each event's position. An event whose id is already stored in
+        this turn is not stored again: its original position is returned.
+        Checks everything before writing anything.
         """
         value = _get(txn, key, self._dbs[schema.THREADS])
         if value is not None:
@@ -428,22 +450,46 @@ class Engine:
         else:
             number = self._next_number(txn, schema.META_NEXT_THREAD_NUMBER)
             next_position = next_finish = 0
+        ids_db = self._dbs[schema.EVENT_IDS]
+        prefix = schema.U64.pack(number)
+        positions: list[int] = []
+        new: list[tuple[bytes, bytes, int]] = []
+        batch_ids: dict[bytes, int] = {}
+        for event_id, envelope in events:
+            known = batch_ids.get(event_id)
+            if known is None:
+                stored = _get(txn, prefix + event_id, ids_db)
+                if stored is not None:
+                    known, stored_turn = schema.PAIR.unpack(stored)
+                    if stored_turn != turn:
+                        raise EventIdConflictError(event_id.decode(), stored_turn, known)
+            if known is None:
+                known = next_position + len(new)
+                batch_ids[event_id] = known
+                new.append((event_id, envelope, known))
+            positions.append(known)
         turn_key = schema.PAIR.pack(number, turn)
         turn_value = _get(txn, turn_key, self._dbs[schema.TURNS])
         count, last = 0, 0
         if turn_value is not None:
             finished, count, last = schema.unpack_turn(turn_value)
             if finished:
-                raise TurnFinishedError(turn) if envelopes else TurnAlreadyFinishedError(turn)
-        positions = list(range(next_position, next_position + len(envelopes)))
+                if new:
+                    raise TurnFinishedError(turn)
+                if finish and not events:
+                    raise TurnAlreadyFinishedError(turn)
+                return positions  # a retry of events stored before the finish
+        if not new and not finish:
+            return positions  # a retry: every event is already stored
         events_db = self._dbs[schema.EVENTS]
         index_db = self._dbs[schema.TURN_EVENTS]
-        for position, envelope in zip(positions, envelopes, strict=True):
+        for event_id, envelope, position in new:
             record = records.encode_stored_event(position, turn, now_ns, envelope)
             txn.put(schema.PAIR.pack(number, position), record, db=events_db)
             txn.put(schema.TRIPLE.pack(number, turn, position), b"", db=index_db)
-        if positions:
-            count, last, next_position = count + len(positions), positions[-1], positions[-1] + 1
+            txn.put(prefix + event_id, schema.PAIR.pack(position, turn), db=ids_db)
+        if new:
+            count, last, next_position = count + len(new), new[-1][2], new[-1][2] + 1
         if finish:
             finish_value = schema.QUAD.pack(turn, next_position, count, last)
             txn.put(
@@ -474,18 +520,29 @@ class Engine:
                 return 0
             number, next_position, _ = schema.TRIPLE.unpack(value)
             prefix = schema.U64.pack(number)
-            for name in (schema.EVENTS, schema.TURN_EVENTS, schema.TURNS, schema.TURN_FINISHES):
+            for name in (
+                schema.EVENTS,
+                schema.TURN_EVENTS,
+                schema.TURNS,
+                schema.TURN_FINISHES,
+                schema.EVENT_IDS,
+            ):
                 _delete_prefix(txn, self._dbs[name], prefix)
             txn.delete(key, db=self._dbs[schema.THREADS])
             return int(next_position)
 
         return self._submit(thread_id, apply)
 
-    def save_snapshot(self, key: str, data: bytes, content_type: str) -> Future[int]:
+    def save_snapshot(
+        self, key: str, data: bytes, content_type: str, expected_version: int | None = None
+    ) -> Future[int]:
         """Store a snapshot under a key as a full overwrite; resolves to its version.
 
-        Versions start at 1 and grow by one per save of the key. Only the
-        newest ``snapshot_versions_kept`` versions are kept.
+        Versions start at 1 and grow by one per save of the key; a delete does
+        not restart them. With ``expected_version``, fails with
+        VersionConflictError unless it equals the current version (0 when no
+        snapshot is stored). Only the newest ``snapshot_versions_kept``
+        versions are kept.
         """
         encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
         if len(data) > self.limits.max_snapshot_bytes:
@@ -504,10 +561,13 @@ class Engine:
             snapshots = self._dbs[schema.SNAPSHOTS]
             value = _get(txn, encoded_key, conversations)
             if value is None:
-                number = self._next_number(txn, schema.META_NEXT_CONVERSATION_NUMBER)
-                latest = 0
+                number, latest, current = 0, 0, 0
             else:
-                number, latest = schema.PAIR.unpack(value)
+                number, latest, current = schema.TRIPLE.unpack(value)
+            if expected_version is not None and expected_version != current:
+                raise VersionConflictError(key, expected_version, current)
+            if value is None:
+                number = self._next_number(txn, schema.META_NEXT_CONVERSATION_NUMBER)
             version = latest + 1
             header = schema.SNAPSHOT_HEADER.pack(now_ns, len(content_type_bytes))
             txn.put(
@@ -515,8 +575,28 @@ class Engine:
             )
             if version > kept:
                 txn.delete(schema.PAIR.pack(number, version - kept), db=snapshots)
-            txn.put(encoded_key, schema.PAIR.pack(number, version), db=conversations)
+            txn.put(encoded_key, schema.TRIPLE.pack(number, version, version), db=conversations)
             return version
+
+        return self._submit(None, apply)
+
+    def delete_snapshots(self, key: str) -> Future[int]:
+        """Delete every kept version of a key; resolves to how many there were.
+
+        Succeeds (with 0) for an unknown key. The key's version counter is
+        kept, so the next save gets a higher version than any before.
+        """
+        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+
+        def apply(txn: lmdb.Transaction, now_ns: int) -> int:
+            conversations = self._dbs[schema.CONVERSATIONS]
+            value = _get(txn, encoded_key, conversations)
+            if value is None:
+                return 0
+            number, latest, _ = schema.TRIPLE.unpack(value)
+            removed = _delete_prefix(txn, self._dbs[schema.SNAPSHOTS], schema.U64.pack(number))
+            txn.put(encoded_key, schema.TRIPLE.pack(number, latest, 0), db=conversations)
+            return removed
 
         return self._submit(None, apply)
 
@@ -854,23 +934,56 @@ class Engine:
                 number, events, next_position, finishes, resume_seq, at_end, False, watched
             )
 
-    def load_snapshot(self, key: str) -> StoredSnapshot | None:
-        """The latest snapshot under a key, or None if it was never saved."""
+    def load_snapshot(self, key: str, version: int | None = None) -> StoredSnapshot | None:
+        """The latest snapshot under a key, or the given kept version.
+
+        None when the key was never saved, was deleted, or the version is not
+        kept.
+        """
         encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        if version is not None:
+            self._check_turn(version)
         with self._read() as txn:
             value = _get(txn, encoded_key, self._dbs[schema.CONVERSATIONS])
             if value is None:
                 return None
-            number, version = schema.PAIR.unpack(value)
-            record = _get(txn, schema.PAIR.pack(number, version), self._dbs[schema.SNAPSHOTS])
-        if record is None:  # pragma: no cover - the two are written together
+            number, _, current = schema.TRIPLE.unpack(value)
+            wanted = current if version is None else version
+            if not wanted:
+                return None
+            record = _get(txn, schema.PAIR.pack(number, wanted), self._dbs[schema.SNAPSHOTS])
+        if record is None:
             return None
-        saved_at, content_type_length = schema.SNAPSHOT_HEADER.unpack_from(record)
-        start = schema.SNAPSHOT_HEADER.size
-        content_type = record[start : start + content_type_length].decode("utf-8")
-        return StoredSnapshot(
-            version, content_type, record[start + content_type_length :], saved_at
-        )
+        return _decode_snapshot(wanted, record)
+
+    def list_snapshot_versions(self, key: str) -> list[StoredSnapshot]:
+        """The kept versions of a key, newest first, with their data.
+
+        Empty for an unknown or deleted key.
+        """
+        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        out: list[StoredSnapshot] = []
+        with self._read() as txn:
+            value = _get(txn, encoded_key, self._dbs[schema.CONVERSATIONS])
+            if value is None:
+                return out
+            prefix = schema.U64.pack(schema.TRIPLE.unpack(value)[0])
+            with txn.cursor(db=self._dbs[schema.SNAPSHOTS]) as cursor:
+                if cursor.set_range(prefix):
+                    for snapshot_key, record in _pairs(cursor):
+                        if not snapshot_key.startswith(prefix):
+                            break
+                        version = schema.PAIR.unpack(snapshot_key)[1]
+                        out.append(_decode_snapshot(version, record))
+        out.reverse()
+        return out
+
+
+def _decode_snapshot(version: int, record: bytes) -> StoredSnapshot:
+    saved_at, content_type_length = schema.SNAPSHOT_HEADER.unpack_from(record)
+    start = schema.SNAPSHOT_HEADER.size
+    content_type = record[start : start + content_type_length].decode("utf-8")
+    return StoredSnapshot(version, content_type, record[start + content_type_length :], saved_at)
 
 
 def _bytes(value: bytes | memoryview) -> bytes:
@@ -893,14 +1006,17 @@ def _keys(cursor: lmdb.Cursor) -> Iterator[bytes]:
         yield _bytes(key)
 
 
-def _delete_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> None:
-    """Delete every key that starts with ``prefix``."""
+def _delete_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> int:
+    """Delete every key that starts with ``prefix``; return how many."""
+    removed = 0
     with txn.cursor(db=db) as cursor:
         if not cursor.set_range(prefix):
-            return
+            return removed
         while _bytes(cursor.key()).startswith(prefix):
             if not cursor.delete():
                 break
+            removed += 1
+    return removed
 
 
 @dataclass(frozen=True)

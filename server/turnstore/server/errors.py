@@ -45,6 +45,31 @@ class TurnAlreadyFinishedError(EngineError):
         self.turn = turn
 
 
+class EventIdConflictError(EngineError):
+    """An event id is already stored in another turn of the thread."""
+
+    reason = "event_id_conflict"
+
+    def __init__(self, event_id: str, turn: int, position: int) -> None:
+        super().__init__(
+            f"event_id {event_id!r} is already stored in turn {turn} at position {position}"
+        )
+        self.event_id = event_id
+
+
+class VersionConflictError(EngineError):
+    """A save expected another version than the key's current one."""
+
+    reason = "version_conflict"
+
+    def __init__(self, key: str, expected: int, current: int) -> None:
+        super().__init__(
+            f"snapshot {key!r} is at version {current}, not the expected {expected}; "
+            "nothing was saved"
+        )
+        self.current_version = current
+
+
 class ThreadClearedError(EngineError):
     """The thread was cleared while a multi-part read of it was in progress."""
 

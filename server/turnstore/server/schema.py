@@ -42,9 +42,16 @@ nothing of its old life can be read back by mistake.
     key: thread_number u64 | turn u64 | position u64 -> value: empty.
     The index of each turn's events in append order.
 
+``event_ids``
+    key: thread_number u64 | event_id (UTF-8) -> value: position u64 | turn u64.
+    Makes appends idempotent: an event id is stored once per thread.
+
 ``conversations``
     key: conversation key (UTF-8)
-    -> value: conversation_number u64 | latest_version u64.
+    -> value: conversation_number u64 | latest_version u64 | current_version u64.
+    ``latest_version`` is the last version ever given (versions never restart,
+    not even after a delete); ``current_version`` is the version a load
+    returns, 0 once the key is deleted.
 
 ``snapshots``
     key: conversation_number u64 | version u64
@@ -65,6 +72,7 @@ TURNS: Final = b"turns"
 EVENTS: Final = b"events"
 TURN_EVENTS: Final = b"turn_events"
 TURN_FINISHES: Final = b"turn_finishes"
+EVENT_IDS: Final = b"event_ids"
 CONVERSATIONS: Final = b"conversations"
 SNAPSHOTS: Final = b"snapshots"
 
@@ -75,6 +83,7 @@ ALL_DATABASES: Final = (
     EVENTS,
     TURN_EVENTS,
     TURN_FINISHES,
+    EVENT_IDS,
     CONVERSATIONS,
     SNAPSHOTS,
 )

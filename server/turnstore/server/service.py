@@ -22,11 +22,13 @@ from turnstore.server.errors import (
     DataDirLockedError,
     EngineClosedError,
     EngineError,
+    EventIdConflictError,
     InvalidArgumentError,
     StorageFullError,
     ThreadClearedError,
     TurnAlreadyFinishedError,
     TurnFinishedError,
+    VersionConflictError,
 )
 from turnstore.server.followers import Followers
 from turnstore.v1 import turnstore_pb2 as pb
@@ -38,6 +40,7 @@ T = TypeVar("T")
 log = structlog.get_logger("turnstore.service")
 
 ERROR_METADATA_KEY: Final = "turnstore-error"
+CURRENT_VERSION_METADATA_KEY: Final = "turnstore-current-version"
 JSON: Final = "application/json"
 
 # Engine exception -> status code. Looked up along the exception's MRO.
@@ -45,6 +48,8 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
     TurnFinishedError: grpc.StatusCode.FAILED_PRECONDITION,
     TurnAlreadyFinishedError: grpc.StatusCode.FAILED_PRECONDITION,
+    EventIdConflictError: grpc.StatusCode.FAILED_PRECONDITION,
+    VersionConflictError: grpc.StatusCode.FAILED_PRECONDITION,
     ThreadClearedError: grpc.StatusCode.ABORTED,
     StorageFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
@@ -79,7 +84,10 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> Non
         log.exception("internal_error", error=repr(error))
         code, reason = grpc.StatusCode.INTERNAL, "internal"
         message = "internal error; the daemon log has the details"
-    await context.abort(code, message, trailing_metadata=((ERROR_METADATA_KEY, reason),))
+    metadata: tuple[tuple[str, str], ...] = ((ERROR_METADATA_KEY, reason),)
+    if isinstance(error, VersionConflictError):
+        metadata += ((CURRENT_VERSION_METADATA_KEY, str(error.current_version)),)
+    await context.abort(code, message, trailing_metadata=metadata)
 
 
 def _unary(
@@ -409,7 +417,8 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServicer):
             raise InvalidArgumentError(
                 "content_type", f"is over the limit of {MAX_CONTENT_TYPE_BYTES} bytes"
             )
-        future = self._engine.save_snapshot(request.key, request.data, content_type)
+        expected = request.expected_version if request.HasField("expected_version") else None
+        future = self._engine.save_snapshot(request.key, request.data, content_type, expected)
         version = await asyncio.wrap_future(future)
         return pb.SaveResponse(version=version)
 
@@ -417,7 +426,8 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServicer):
     async def Load(
         self, request: pb.LoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.LoadResponse:
-        stored = await self._run(self._engine.load_snapshot, request.key)
+        version = request.version if request.HasField("version") else None
+        stored = await self._run(self._engine.load_snapshot, request.key, version)
         if stored is None:
             return pb.LoadResponse(found=False)
         snapshot = pb.Snapshot(
@@ -427,3 +437,27 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServicer):
             saved_at_unix_nanos=stored.saved_at_ns,
         )
         return pb.LoadResponse(found=True, snapshot=snapshot)
+
+    @_unary
+    async def ListVersions(
+        self, request: pb.ListVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListVersionsResponse:
+        kept = await self._run(self._engine.list_snapshot_versions, request.key)
+        return pb.ListVersionsResponse(
+            versions=[
+                pb.SnapshotVersion(
+                    version=stored.version,
+                    saved_at_unix_nanos=stored.saved_at_ns,
+                    size_bytes=len(stored.data),
+                    content_type=stored.content_type,
+                )
+                for stored in kept
+            ]
+        )
+
+    @_unary
+    async def Delete(
+        self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteResponse:
+        removed = await asyncio.wrap_future(self._engine.delete_snapshots(request.key))
+        return pb.DeleteResponse(removed_versions=removed)
