@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from turnstore.server import engine as engine_module
+from turnstore.server import records
 from turnstore.server.engine import (
     MIB,
     Engine,
@@ -39,7 +40,7 @@ def envelope(text: str, size: int = 0) -> NewEvent:
 
 
 def body_of(record: bytes) -> str:
-    body: bytes = pb.StoredEvent.FromString(record).envelope.body
+    body: bytes = pb.StoredEvent.FromString(records.unframe(record)).envelope.body
     return body.decode()
 
 
@@ -68,7 +69,10 @@ def test_records_decode_as_stored_event_messages(engine: Engine) -> None:
     assert positions == [0, 1]
     chunk = engine.get_turn("t", 2**40)
     assert chunk is not None
-    decoded = [pb.StoredEvent.FromString(record) for record in chunk.events]
+    decoded = [pb.StoredEvent.FromString(records.unframe(value)) for value in chunk.events]
+    # Joined, the stored values are a ReadEventsResponse as sent on the wire.
+    wire = pb.ReadEventsResponse.FromString(b"".join(chunk.events))
+    assert list(wire.events) == decoded
     assert [(e.position, e.turn, e.envelope.body) for e in decoded] == [
         (0, 2**40, b"a"),
         (1, 2**40, b"b"),

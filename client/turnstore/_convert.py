@@ -48,27 +48,44 @@ def envelope_from_proto(message: pb.EventEnvelope) -> AgentEventEnvelope:
 
 
 class StoredEvent:
-    """An envelope as stored: with its position, turn and commit time."""
+    """An envelope as stored: with its position, turn and commit time.
 
-    __slots__ = ("envelope", "position", "stored_at_unix_nanos", "turn")
+    Decoding the envelope (its JSON body) is deferred until ``envelope`` is
+    first read, so a reader that only counts, filters by position or turn, or
+    forwards ``message`` pays no per-event JSON cost. ``envelope`` raises
+    EventFormatError for a body this client cannot decode.
+    """
+
+    __slots__ = ("_envelope", "message", "position", "stored_at_unix_nanos", "turn")
 
     def __init__(
-        self, position: int, turn: int, stored_at_unix_nanos: int, envelope: AgentEventEnvelope
+        self,
+        position: int,
+        turn: int,
+        stored_at_unix_nanos: int,
+        envelope: AgentEventEnvelope | None = None,
+        message: pb.StoredEvent | None = None,
     ) -> None:
+        if envelope is None and message is None:
+            raise ValueError("a StoredEvent needs an envelope or a message")
         self.position = position
         self.turn = turn
         self.stored_at_unix_nanos = stored_at_unix_nanos
-        self.envelope = envelope
+        self._envelope = envelope
+        self.message = message
 
     @classmethod
     def from_proto(cls, message: pb.StoredEvent) -> StoredEvent:
-        """Decode a wire ``StoredEvent``."""
-        return cls(
-            message.position,
-            message.turn,
-            message.stored_at_unix_nanos,
-            envelope_from_proto(message.envelope),
-        )
+        """Wrap a wire ``StoredEvent``; its envelope is decoded on first use."""
+        return cls(message.position, message.turn, message.stored_at_unix_nanos, None, message)
+
+    @property
+    def envelope(self) -> AgentEventEnvelope:
+        """The agent's envelope (decoded from the message on first access)."""
+        if self._envelope is None:
+            assert self.message is not None
+            self._envelope = envelope_from_proto(self.message.envelope)
+        return self._envelope
 
     def __repr__(self) -> str:
         return f"StoredEvent(position={self.position}, turn={self.turn}, {self.envelope!r})"

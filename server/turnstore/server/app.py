@@ -22,8 +22,12 @@ import structlog
 from turnstore.client import DEFAULT_TARGET as DEFAULT_LISTEN
 from turnstore.server.engine import Engine, EngineConfig
 from turnstore.server.followers import Followers
-from turnstore.server.service import AdminService, EventStoreService, HistoryStoreService
-from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
+from turnstore.server.service import (
+    AdminService,
+    EventStoreService,
+    HistoryStoreService,
+    add_service,
+)
 
 log = structlog.get_logger("turnstore")
 
@@ -104,9 +108,9 @@ def build_server(config: ServerConfig, engine: Engine) -> BuiltServer:
     followers = Followers(asyncio.get_running_loop())
     engine.add_commit_listener(followers.notify)
     parts = (engine, executor, followers)
-    pb_grpc.add_EventStoreServicer_to_server(EventStoreService(*parts), server)
-    pb_grpc.add_HistoryStoreServicer_to_server(HistoryStoreService(*parts), server)
-    pb_grpc.add_AdminServicer_to_server(AdminService(*parts), server)
+    add_service(server, "EventStore", EventStoreService(*parts))
+    add_service(server, "HistoryStore", HistoryStoreService(*parts))
+    add_service(server, "Admin", AdminService(*parts))
     built = BuiltServer(server, followers, executor)
     for address in config.listen:
         try:

@@ -392,17 +392,17 @@ class Engine:
                 f"holds {len(events)} events, over the limit of "
                 f"{self.limits.max_events_per_append} per append",
             )
-        for index, event in enumerate(events):
-            self._utf8(f"events[{index}].event_id", event.event_id, self.limits.max_event_id_bytes)
-            if len(event.envelope) > self.limits.max_event_bytes:
-                raise InvalidArgumentError(
-                    f"events[{index}]",
-                    f"is {len(event.envelope)} bytes encoded, over the limit of "
-                    f"{self.limits.max_event_bytes}",
-                )
         encoded = [
             (event.event_id.encode("utf-8", "surrogatepass"), event.envelope) for event in events
         ]
+        max_id, max_event = self.limits.max_event_id_bytes, self.limits.max_event_bytes
+        for index, (event_id, envelope) in enumerate(encoded):
+            if not event_id or len(event_id) > max_id or len(envelope) > max_event:
+                self._utf8(f"events[{index}].event_id", events[index].event_id, max_id)
+                raise InvalidArgumentError(
+                    f"events[{index}]",
+                    f"is {len(envelope)} bytes encoded, over the limit of {max_event}",
+                )
 
         def apply(txn: lmdb.Transaction, now_ns: int) -> list[int]:
             return self._write_turn(txn, key, turn, encoded, finish, now_ns)
@@ -481,14 +481,18 @@ class Engine:
                 return positions  # a retry of events stored before the finish
         if not new and not finish:
             return positions  # a retry: every event is already stored
-        events_db = self._dbs[schema.EVENTS]
-        index_db = self._dbs[schema.TURN_EVENTS]
-        for event_id, envelope, position in new:
-            record = records.encode_stored_event(position, turn, now_ns, envelope)
-            txn.put(schema.PAIR.pack(number, position), record, db=events_db)
-            txn.put(schema.TRIPLE.pack(number, turn, position), b"", db=index_db)
-            txn.put(prefix + event_id, schema.PAIR.pack(position, turn), db=ids_db)
         if new:
+            first = new[0][2]
+            values = records.encode_batch(first, turn, now_ns, [item[1] for item in new])
+            pair, triple = schema.PAIR.pack, schema.TRIPLE.pack
+            with txn.cursor(db=self._dbs[schema.EVENTS]) as cursor:
+                cursor.putmulti(
+                    zip([pair(number, first + n) for n in range(len(new))], values, strict=True)
+                )
+            with txn.cursor(db=self._dbs[schema.TURN_EVENTS]) as cursor:
+                cursor.putmulti([(triple(number, turn, first + n), b"") for n in range(len(new))])
+            with txn.cursor(db=ids_db) as cursor:
+                cursor.putmulti([(prefix + item[0], pair(item[2], turn)) for item in new])
             count, last, next_position = count + len(new), new[-1][2], new[-1][2] + 1
         if finish:
             finish_value = schema.QUAD.pack(turn, next_position, count, last)

@@ -25,9 +25,10 @@ nothing of its old life can be read back by mistake.
 
 ``events``
     key: thread_number u64 | position u64 -> value: a ``StoredEvent`` message
-    of ``proto/turnstore/v1/turnstore.proto`` in protobuf wire format, built by
-    :mod:`turnstore.server.records`. Storing the wire form lets reads hand
-    records to clients without decoding and re-encoding them.
+    of ``proto/turnstore/v1/turnstore.proto`` framed as field 1 of the stream
+    responses (tag, length, message), built by :mod:`turnstore.server.records`.
+    Storing the wire form lets reads answer with the stored bytes joined,
+    without decoding and re-encoding any event.
 
 ``turn_finishes``
     key: thread_number u64 | finish_seq u64

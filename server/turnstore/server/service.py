@@ -17,6 +17,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 import grpc
 import structlog
 
+from turnstore.server import records
 from turnstore.server.engine import Engine, NewEvent, ReplayStep, TurnChunk, TurnCursor
 from turnstore.server.errors import (
     DataDirLockedError,
@@ -129,6 +130,15 @@ def _streaming(
 
 
 def _check_header(index: int, envelope: pb.EventEnvelope) -> None:
+    # Fast path: a UTF-8 character is at most 4 bytes, so short fields fit.
+    event_type, timestamp, content_type = envelope.type, envelope.timestamp, envelope.content_type
+    if (
+        event_type
+        and len(event_type) * 4 <= MAX_TYPE_BYTES
+        and len(timestamp) * 4 <= MAX_TIMESTAMP_BYTES
+        and len(content_type) * 4 <= MAX_CONTENT_TYPE_BYTES
+    ):
+        return
     for name, value, limit, required in (
         ("type", envelope.type, MAX_TYPE_BYTES, True),
         ("timestamp", envelope.timestamp, MAX_TIMESTAMP_BYTES, False),
@@ -143,12 +153,46 @@ def _check_header(index: int, envelope: pb.EventEnvelope) -> None:
             )
 
 
-def _stored_events(records: list[bytes]) -> list[pb.StoredEvent]:
-    return [pb.StoredEvent.FromString(record) for record in records]
-
-
 def _turn_message(chunk: TurnChunk) -> pb.Turn:
-    return pb.Turn(turn=chunk.turn, finished=chunk.finished, events=_stored_events(chunk.events))
+    # Stored values are framed as field 1; Turn.events is field 3.
+    turn: pb.Turn = pb.Turn.FromString(b"".join(records.retag(value, 3) for value in chunk.events))
+    turn.turn = chunk.turn
+    turn.finished = chunk.finished
+    return turn
+
+
+def _serialize(message: Any) -> bytes:
+    """Serialize a response, passing pre-encoded bytes through unchanged."""
+    if isinstance(message, bytes):
+        return message
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def add_service(server: grpc.aio.Server, service_name: str, servicer: object) -> None:
+    """Register every method of ``turnstore.v1.<service_name>`` on ``servicer``.
+
+    Unlike the generated ``add_*Servicer_to_server``, handlers may yield or
+    return response bytes already in wire form (the stored event records).
+    """
+    service = pb.DESCRIPTOR.services_by_name[service_name]
+    handlers = {}
+    for method in service.methods:
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        request_class = getattr(pb, method.input_type.name)
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=request_class.FromString,
+            response_serializer=_serialize,
+        )
+    generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
+    server.add_generic_rpc_handlers((generic,))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def _new_events(envelopes: Any) -> list[NewEvent]:
@@ -223,7 +267,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
     @_streaming
     async def ReadEvents(
         self, request: pb.ReadEventsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ReadEventsResponse]:
+    ) -> AsyncIterator[pb.ReadEventsResponse | bytes]:
         view = await self._run(self._engine.view, request.thread_id)
         if request.order == pb.EVENT_ORDER_TURN:
             cursor = await self._run(self._engine.turn_cursor_at_offset, view, request.offset)
@@ -231,21 +275,21 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
                 chunks, cursor = await self._run(
                     self._engine.read_turn_order, view, cursor, EVENTS_PER_MESSAGE, False
                 )
-                records = [record for chunk in chunks for record in chunk.events]
-                if records:
-                    yield pb.ReadEventsResponse(events=_stored_events(records))
+                values = [value for chunk in chunks for value in chunk.events]
+                if values:
+                    yield b"".join(values)
             return
         if request.order not in (pb.EVENT_ORDER_UNSPECIFIED, pb.EVENT_ORDER_COMMIT):
             raise InvalidArgumentError("order", f"unknown order {request.order}")
         position = request.offset
         while True:
-            records = await self._run(
+            values = await self._run(
                 self._engine.read_commit_order, view, position, EVENTS_PER_MESSAGE
             )
-            if not records:
+            if not values:
                 return
-            position += len(records)
-            yield pb.ReadEventsResponse(events=_stored_events(records))
+            position += len(values)
+            yield b"".join(values)
 
     @_unary
     async def EventCount(
@@ -264,7 +308,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
     @_streaming
     async def Replay(
         self, request: pb.ReplayRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ReplayResponse]:
+    ) -> AsyncIterator[pb.ReplayResponse | bytes]:
         from_turn = request.from_turn if request.HasField("from_turn") else 0
         to_turn = request.to_turn if request.HasField("to_turn") else (1 << 64) - 1
         if from_turn > to_turn:
@@ -274,6 +318,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
                 "event_types", f"holds {len(request.event_types)}, over the limit of 64"
             )
         types = frozenset(request.event_types)
+        filtered = bool(types) or request.HasField("from_turn") or request.HasField("to_turn")
         per_message = min(
             request.max_events_per_message or EVENTS_PER_MESSAGE, MAX_EVENTS_PER_MESSAGE
         )
@@ -306,12 +351,16 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
                     step.next_finish_seq,
                 )
                 response = pb.ReplayResponse(next_position=position, thread_epoch=number or 0)
-                for record in step.events:
-                    event = pb.StoredEvent.FromString(record)
-                    if from_turn <= event.turn <= to_turn and (
-                        not types or event.envelope.type in types
-                    ):
-                        response.events.append(event)
+                if filtered:
+                    kept = []
+                    for value in step.events:
+                        event = pb.StoredEvent.FromString(records.unframe(value))
+                        if from_turn <= event.turn <= to_turn and (
+                            not types or event.envelope.type in types
+                        ):
+                            kept.append(value)
+                else:
+                    kept = step.events
                 done = False
                 for finish in step.finishes:
                     if from_turn <= finish.turn <= to_turn:
@@ -325,8 +374,9 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
                     done = done or finish.turn == until
                 if step.at_end and not caught_up:
                     response.caught_up = caught_up = True
-                if response.events or response.finished_turns or response.caught_up:
-                    yield response
+                if kept or response.finished_turns or response.caught_up:
+                    # The stored values are `events` entries: send them as they are.
+                    yield b"".join(kept) + response.SerializeToString()
                 if done or (step.at_end and (wake is None or step.watched_turn_finished)):
                     return
                 if step.at_end:
