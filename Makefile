@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/turnstore/v1/turnstore.proto
 GEN_DIR := client
 
-.PHONY: run test check proto proto-check lint typecheck clean
+.PHONY: run test soak check proto proto-check lint typecheck clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,15 +22,25 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+## soak: the crash-safety loop of tests/test_crash.py, with 200 SIGKILLs
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak --kills 200
+
+## bench: turnstore vs Redis Streams vs raw LMDB (~4 min; installs redis-server if
+## missing); prints a table, writes bench/results/. Smoke run: python -m bench.run --quick
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.run
+
 ## check: lint, type-check, and fail when the generated code is stale
 check: $(STAMP) proto-check lint typecheck
 
 lint: $(STAMP)
-	$(BIN)/ruff check client server tests
-	$(BIN)/ruff format --check client server tests
+	$(BIN)/ruff check client server tests examples
+	$(BIN)/ruff format --check client server tests examples
 
 typecheck: $(STAMP)
-	$(BIN)/mypy client/turnstore server/turnstore tests
+	$(BIN)/mypy client/turnstore server/turnstore tests examples
 
 ## proto: regenerate the Python code and .pyi stubs from proto/
 proto: $(STAMP)

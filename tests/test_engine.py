@@ -17,6 +17,7 @@ from turnstore.server.engine import (
     EngineConfig,
     Limits,
     NewEvent,
+    ReadBudget,
     TurnCursor,
 )
 from turnstore.server.errors import (
@@ -89,7 +90,9 @@ def test_turn_order_reads_resume_inside_a_turn(engine: Engine) -> None:
     seen: list[tuple[int, bool, list[str]]] = []
     cursor: TurnCursor | None = TurnCursor()
     while cursor is not None:
-        chunks, cursor = engine.read_turn_order(view, cursor, 3, include_empty=True)
+        chunks, cursor = engine.read_turn_order(
+            view, cursor, ReadBudget(3, MIB), include_empty=True
+        )
         seen += [(c.turn, c.finished, [body_of(r) for r in c.events]) for c in chunks]
     assert seen == [
         (1, False, ["1.0", "1.1", "1.2"]),
@@ -105,8 +108,12 @@ def test_reads_are_bounded_by_their_view(engine: Engine) -> None:
     engine.append("t", 1, [envelope("before")]).result()
     view = engine.view("t")
     engine.append("t", 1, [envelope("after")]).result()
-    assert [body_of(r) for r in engine.read_commit_order(view, 0, 100)] == ["before"]
-    chunks, _ = engine.read_turn_order(view, TurnCursor(), 100, include_empty=False)
+    assert [body_of(r) for r in engine.read_commit_order(view, 0, ReadBudget(100, MIB))] == [
+        "before"
+    ]
+    chunks, _ = engine.read_turn_order(
+        view, TurnCursor(), ReadBudget(100, MIB), include_empty=False
+    )
     assert [[body_of(r) for r in c.events] for c in chunks] == [["before"]]
 
 
@@ -116,7 +123,7 @@ def test_a_read_of_a_cleared_thread_aborts(engine: Engine) -> None:
     engine.clear("t").result()
     engine.append("t", 1, [envelope("reborn")]).result()
     with pytest.raises(ThreadClearedError):
-        engine.read_commit_order(view, 0, 10)
+        engine.read_commit_order(view, 0, ReadBudget(10, MIB))
 
 
 def test_a_rejected_write_in_a_batch_leaves_the_others_committed(engine: Engine) -> None:
@@ -224,3 +231,16 @@ def test_snapshot_versions_grow_and_old_ones_are_dropped(data_dir: Path) -> None
         assert engine.load_snapshot("other") is None
     finally:
         engine.close()
+
+
+def test_reads_stop_at_their_byte_budget(engine: Engine) -> None:
+    for index in range(10):
+        engine.append("t", 1, [envelope(f"{index}.", 1000)]).result()
+    view = engine.view("t")
+    first = engine.read_commit_order(view, 0, ReadBudget(100, 2500))
+    assert [body_of(v)[:2] for v in first] == ["0.", "1.", "2."]
+    chunks, cursor = engine.read_turn_order(view, TurnCursor(), ReadBudget(100, 2500), False)
+    assert [len(c.events) for c in chunks] == [3]
+    assert cursor is not None and cursor.after_position == 2
+    step = engine.replay_step("t", None, 0, None, 100, None, 2500)
+    assert len(step.events) == 3 and step.next_position == 3 and not step.at_end

@@ -19,14 +19,17 @@ def envelope_to_proto(envelope: AgentEventEnvelope) -> pb.EventEnvelope:
         encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     except (TypeError, ValueError) as error:
         raise EventFormatError(f"event is not JSON-serialisable: {error}") from error
-    return pb.EventEnvelope(
-        event_id=envelope.event_id,
-        sequence=envelope.sequence,
-        timestamp=envelope.timestamp,
-        type=envelope.type,
-        body=encoded,
-        content_type=JSON,
-    )
+    try:
+        return pb.EventEnvelope(
+            event_id=envelope.event_id,
+            sequence=envelope.sequence,
+            timestamp=envelope.timestamp,
+            type=envelope.type,
+            body=encoded,
+            content_type=JSON,
+        )
+    except (TypeError, ValueError) as error:  # lone surrogates, non-str ids
+        raise EventFormatError(f"envelope cannot be encoded: {error}") from error
 
 
 def envelope_from_proto(message: pb.EventEnvelope) -> AgentEventEnvelope:

@@ -5,10 +5,19 @@ from __future__ import annotations
 from turnstore.errors import InvalidArgumentError
 
 
+def check_text(value: str, name: str) -> None:
+    """Raise InvalidArgumentError unless ``value`` is a non-empty, UTF-8-encodable str."""
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentError(f"{name}: must be a non-empty string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidArgumentError(f"{name}: is not valid Unicode ({error.reason})") from error
+
+
 def check_thread_id(thread_id: str) -> None:
-    """Raise InvalidArgumentError for an empty or non-string thread id."""
-    if not isinstance(thread_id, str) or not thread_id:
-        raise InvalidArgumentError("thread_id: must be a non-empty string")
+    """Raise InvalidArgumentError for an empty, non-string or unencodable thread id."""
+    check_text(thread_id, "thread_id")
 
 
 def check_turn(turn: int, name: str = "turn") -> None:
@@ -18,6 +27,5 @@ def check_turn(turn: int, name: str = "turn") -> None:
 
 
 def check_offset(offset: int) -> None:
-    """Raise InvalidArgumentError for a negative or non-integer offset."""
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise InvalidArgumentError("offset: must be a non-negative integer")
+    """Raise InvalidArgumentError for an offset outside 0..2**64-1."""
+    check_turn(offset, "offset")

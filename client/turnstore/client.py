@@ -20,7 +20,7 @@ import grpc
 
 from turnstore._convert import JSON, StoredEvent, envelope_from_proto, envelope_to_proto
 from turnstore._status import error_from_rpc
-from turnstore._validate import check_offset, check_thread_id, check_turn
+from turnstore._validate import check_offset, check_text, check_thread_id, check_turn
 from turnstore.errors import SnapshotFormatError, TurnAlreadyFinishedError, UnavailableError
 from turnstore.models import AgentEventEnvelope, ConversationSnapshot, StoredTurnEvents
 from turnstore.streams import EventAppender, Replay, replay_request
@@ -304,8 +304,7 @@ class GrpcHistoryStore:
         timeout: float | None,
         retry: RetryPolicy,
     ) -> None:
-        if not isinstance(key, str) or not key:
-            raise ValueError("a conversation key must be a non-empty string")
+        check_text(key, "key")
         self._stub = stub
         self.key = key
         self._timeout = timeout
@@ -326,7 +325,11 @@ class GrpcHistoryStore:
         nothing changes. Such a save is not retried on UnavailableError, as
         its first attempt may have committed.
         """
-        request = pb.SaveRequest(key=self.key, data=snapshot.to_json().encode(), content_type=JSON)
+        try:
+            data = snapshot.to_json().encode()
+        except (TypeError, ValueError) as error:
+            raise SnapshotFormatError(f"snapshot cannot be encoded as JSON: {error}") from error
+        request = pb.SaveRequest(key=self.key, data=data, content_type=JSON)
         retry = self._retry
         if expected_version is not None:
             check_turn(expected_version, "expected_version")

@@ -200,7 +200,9 @@ class EventStoreServicer:
         committed. Items are independent and pipelined: a rejected item (a
         finished turn, a bad argument) is reported in its own acknowledgement,
         nothing of it is stored, and the stream goes on with the next item.
-        The stream fails as a whole only for transport errors or a shutdown.
+        An item that cannot be decoded is rejected the same way (INVALID_ARGUMENT),
+        its acknowledgement carrying request_id 0. The stream fails as a whole
+        only for transport errors or a shutdown.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

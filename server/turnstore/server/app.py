@@ -20,6 +20,7 @@ import grpc
 import structlog
 
 from turnstore.client import DEFAULT_TARGET as DEFAULT_LISTEN
+from turnstore.server.acks import AckPump
 from turnstore.server.engine import Engine, EngineConfig
 from turnstore.server.followers import Followers
 from turnstore.server.service import (
@@ -107,7 +108,7 @@ def build_server(config: ServerConfig, engine: Engine) -> BuiltServer:
     )
     followers = Followers(asyncio.get_running_loop())
     engine.add_commit_listener(followers.notify)
-    parts = (engine, executor, followers)
+    parts = (engine, executor, followers, AckPump(asyncio.get_running_loop()))
     add_service(server, "EventStore", EventStoreService(*parts))
     add_service(server, "HistoryStore", HistoryStoreService(*parts))
     add_service(server, "Admin", AdminService(*parts))

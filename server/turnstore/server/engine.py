@@ -167,6 +167,32 @@ class TurnCursor:
     skip: int = 0
 
 
+class ReadBudget:
+    """How much one read may return: a number of events and of bytes.
+
+    A read takes at least one event, and stops once either limit is reached,
+    so a message built from it stays near ``max_bytes`` even when events are
+    large.
+    """
+
+    __slots__ = ("bytes_left", "events_left")
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self.events_left = max_events
+        self.bytes_left = max_bytes
+
+    def spend(self, value: bytes) -> bool:
+        """Count one value; True once the budget is used up."""
+        self.events_left -= 1
+        self.bytes_left -= len(value)
+        return self.spent
+
+    @property
+    def spent(self) -> bool:
+        """Whether either limit is reached."""
+        return self.events_left <= 0 or self.bytes_left <= 0
+
+
 class _ResizeGate:
     """Lets many readers in at once, or the map resizer alone.
 
@@ -724,7 +750,7 @@ class Engine:
         turn: int,
         after_position: int,
         end_position: int,
-        budget: int | None,
+        budget: ReadBudget | None,
         skip: int = 0,
     ) -> tuple[list[bytes], int]:
         """Records of one turn after a position and before an end, in append order.
@@ -753,8 +779,8 @@ class Engine:
                 record = _get(txn, schema.PAIR.pack(number, position), events_db)
                 if record is not None:
                     out.append(record)
-                if budget is not None and len(out) >= budget:
-                    break
+                    if budget is not None and budget.spend(record):
+                        break
         return out, last
 
     def _check_view(self, txn: lmdb.Transaction, view: ThreadView) -> int | None:
@@ -769,9 +795,9 @@ class Engine:
         return view.thread_number
 
     def read_commit_order(
-        self, view: ThreadView, start_position: int, max_events: int
+        self, view: ThreadView, start_position: int, budget: ReadBudget
     ) -> list[bytes]:
-        """Up to ``max_events`` records from ``start_position`` on, below the view's end.
+        """Records from ``start_position`` on, below the view's end, within ``budget``.
 
         An empty list means the read reached the view's end.
         Raises ThreadClearedError if the thread was cleared after the view.
@@ -781,15 +807,16 @@ class Engine:
             if number is None or start_position >= view.end_position:
                 return []
             out: list[bytes] = []
-            stop = min(view.end_position, start_position + max_events)
             with txn.cursor(db=self._dbs[schema.EVENTS]) as cursor:
                 if not cursor.set_range(schema.PAIR.pack(number, start_position)):
                     return out
                 for key, value in _pairs(cursor):
                     got_number, position = schema.PAIR.unpack(key)
-                    if got_number != number or position >= stop:
+                    if got_number != number or position >= view.end_position:
                         break
                     out.append(value)
+                    if budget.spend(value):
+                        break
             return out
 
     def turn_cursor_at_offset(self, view: ThreadView, offset: int) -> TurnCursor | None:
@@ -817,9 +844,9 @@ class Engine:
             return None
 
     def read_turn_order(
-        self, view: ThreadView, cursor: TurnCursor, max_events: int, include_empty: bool
+        self, view: ThreadView, cursor: TurnCursor, budget: ReadBudget, include_empty: bool
     ) -> tuple[list[TurnChunk], TurnCursor | None]:
-        """Turn-ordered records from ``cursor`` on, at most about ``max_events``.
+        """Turn-ordered records from ``cursor`` on, within ``budget``.
 
         Returns the chunks read (a turn may be split across calls) and the
         cursor to continue from, or None when the view is exhausted. With
@@ -831,7 +858,6 @@ class Engine:
             number = self._check_view(txn, view)
             if number is None:
                 return chunks, None
-            budget = max_events
             prefix = schema.U64.pack(number)
             with txn.cursor(db=self._dbs[schema.TURNS]) as turns:
                 if not turns.set_range(schema.PAIR.pack(number, cursor.turn)):
@@ -855,8 +881,7 @@ class Engine:
                     fresh = after < 0 and not (resuming and cursor.skip)
                     if events or (include_empty and fresh):
                         chunks.append(TurnChunk(turn, finished, events))
-                    budget -= len(events)
-                    if budget <= 0:
+                    if budget.spent:
                         return chunks, TurnCursor(turn=turn, after_position=last)
             return chunks, None
 
@@ -868,6 +893,7 @@ class Engine:
         finish_seq: int | None,
         max_events: int,
         watched_turn: int | None = None,
+        max_bytes: int = 4 * MIB,
     ) -> ReplayStep:
         """One step of a replay: the next events and the finishes they pass.
 
@@ -875,7 +901,9 @@ class Engine:
         yet); a different or missing number now means the thread was
         cleared. ``finish_seq`` None starts at the first finish whose
         frontier is at or after ``start_position``. With ``watched_turn``,
-        reports whether that turn is finished now.
+        reports whether that turn is finished now. It returns at most
+        ``max_events`` events and stops after the one that reaches
+        ``max_bytes``.
         """
         key = self._thread_key(thread_id)
         with self._read() as txn:
@@ -923,6 +951,9 @@ class Engine:
                             if got_number != number or position >= stop:
                                 break
                             events.append(event_record)
+                            max_bytes -= len(event_record)
+                            if max_bytes <= 0:
+                                break
             next_position = start_position + len(events)
             finishes = [record for _, record in pending if record.frontier <= next_position]
             if len(finishes) < len(pending):

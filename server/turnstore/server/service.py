@@ -18,7 +18,8 @@ import grpc
 import structlog
 
 from turnstore.server import records
-from turnstore.server.engine import Engine, NewEvent, ReplayStep, TurnChunk, TurnCursor
+from turnstore.server.acks import AckPump
+from turnstore.server.engine import Engine, NewEvent, ReadBudget, ReplayStep, TurnChunk, TurnCursor
 from turnstore.server.errors import (
     DataDirLockedError,
     EngineClosedError,
@@ -65,6 +66,10 @@ MAX_CONTENT_TYPE_BYTES: Final = 128
 # Events or turn pieces per streamed message.
 EVENTS_PER_MESSAGE: Final = 512
 MAX_EVENTS_PER_MESSAGE: Final = 4096
+# Event bytes per streamed message: a message stops growing past this, so even
+# a thread of maximal events streams within the gRPC message limit.
+BYTES_PER_MESSAGE: Final = 4 * 1024 * 1024
+MAX_POSITION: Final = (1 << 63) - 1
 MAX_EVENT_TYPE_FILTERS: Final = 64
 # AppendStream items accepted but not yet acknowledged, per stream.
 APPEND_STREAM_WINDOW: Final = 1024
@@ -91,6 +96,33 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> Non
     await context.abort(code, message, trailing_metadata=metadata)
 
 
+class UndecodableRequest:
+    """Stands for a request message that failed to decode.
+
+    gRPC answers UNKNOWN when a deserializer raises, so the deserializers
+    return this instead and the handlers answer INVALID_ARGUMENT.
+    """
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+    def error(self) -> InvalidArgumentError:
+        """The error to answer with."""
+        return InvalidArgumentError("request", f"cannot be decoded: {self.problem}")
+
+
+def _deserializer(request_class: Any) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return request_class.FromString(data)
+        except Exception as error:  # DecodeError, bad UTF-8, ...
+            return UndecodableRequest(str(error) or type(error).__name__)
+
+    return deserialize
+
+
 def _unary(
     method: Callable[..., Awaitable[T]],
 ) -> Callable[..., Awaitable[T]]:
@@ -99,6 +131,8 @@ def _unary(
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
+            if isinstance(request, UndecodableRequest):
+                raise request.error()
             return await method(self, request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
@@ -119,6 +153,8 @@ def _streaming(
         self: Any, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[T]:
         try:
+            if isinstance(request, UndecodableRequest):
+                raise request.error()
             async for item in method(self, request, context):
                 yield item
         except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -187,12 +223,16 @@ def add_service(server: grpc.aio.Server, service_name: str, servicer: object) ->
         request_class = getattr(pb, method.input_type.name)
         handlers[method.name] = make(
             getattr(servicer, method.name),
-            request_deserializer=request_class.FromString,
+            request_deserializer=_deserializer(request_class),
             response_serializer=_serialize,
         )
     generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
     server.add_generic_rpc_handlers((generic,))
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _budget() -> ReadBudget:
+    return ReadBudget(EVENTS_PER_MESSAGE, BYTES_PER_MESSAGE)
 
 
 def _new_events(envelopes: Any) -> list[NewEvent]:
@@ -212,10 +252,13 @@ def _item_error(error: EngineError) -> pb.ItemError:
 
 
 class _Base:
-    def __init__(self, engine: Engine, executor: Executor, followers: Followers) -> None:
+    def __init__(
+        self, engine: Engine, executor: Executor, followers: Followers, acks: AckPump
+    ) -> None:
         self._engine = engine
         self._executor = executor
         self._followers = followers
+        self._acks = acks
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking engine read on the thread pool."""
@@ -232,14 +275,14 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
     ) -> pb.AppendResponse:
         events = _new_events(request.events)
         future = self._engine.append(request.thread_id, request.turn, events)
-        positions = await asyncio.wrap_future(future)
+        positions = await self._acks.wait(future)
         return pb.AppendResponse(positions=positions)
 
     @_unary
     async def FinishTurn(
         self, request: pb.FinishTurnRequest, context: grpc.aio.ServicerContext
     ) -> pb.FinishTurnResponse:
-        count = await asyncio.wrap_future(self._engine.finish_turn(request.thread_id, request.turn))
+        count = await self._acks.wait(self._engine.finish_turn(request.thread_id, request.turn))
         return pb.FinishTurnResponse(event_count=count)
 
     @_unary
@@ -259,7 +302,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
         cursor: TurnCursor | None = TurnCursor()
         while cursor is not None:
             chunks, cursor = await self._run(
-                self._engine.read_turn_order, view, cursor, EVENTS_PER_MESSAGE, True
+                self._engine.read_turn_order, view, cursor, _budget(), True
             )
             for chunk in chunks:
                 yield pb.ListTurnsResponse(turn=_turn_message(chunk))
@@ -273,7 +316,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
             cursor = await self._run(self._engine.turn_cursor_at_offset, view, request.offset)
             while cursor is not None:
                 chunks, cursor = await self._run(
-                    self._engine.read_turn_order, view, cursor, EVENTS_PER_MESSAGE, False
+                    self._engine.read_turn_order, view, cursor, _budget(), False
                 )
                 values = [value for chunk in chunks for value in chunk.events]
                 if values:
@@ -283,9 +326,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
             raise InvalidArgumentError("order", f"unknown order {request.order}")
         position = request.offset
         while True:
-            values = await self._run(
-                self._engine.read_commit_order, view, position, EVENTS_PER_MESSAGE
-            )
+            values = await self._run(self._engine.read_commit_order, view, position, _budget())
             if not values:
                 return
             position += len(values)
@@ -302,7 +343,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
     async def Clear(
         self, request: pb.ClearRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClearResponse:
-        removed = await asyncio.wrap_future(self._engine.clear(request.thread_id))
+        removed = await self._acks.wait(self._engine.clear(request.thread_id))
         return pb.ClearResponse(removed_events=removed)
 
     @_streaming
@@ -323,6 +364,8 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
             request.max_events_per_message or EVENTS_PER_MESSAGE, MAX_EVENTS_PER_MESSAGE
         )
         until = request.until_turn_finished if request.HasField("until_turn_finished") else None
+        if request.HasField("after_position") and request.after_position > MAX_POSITION:
+            raise InvalidArgumentError("after_position", f"must be at most {MAX_POSITION}")
         position = request.after_position + 1 if request.HasField("after_position") else 0
         number: int | None = request.thread_epoch or None
         finish_seq: int | None = None
@@ -339,6 +382,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
                     finish_seq,
                     per_message,
                     until,
+                    BYTES_PER_MESSAGE,
                 )
                 if step.cleared:
                     yield pb.ReplayResponse(
@@ -400,6 +444,9 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
 
         async def submit_all() -> None:
             async for item in request_iterator:
+                if isinstance(item, UndecodableRequest):
+                    await pending.put((0, item.error()))
+                    continue
                 try:
                     future = self._engine.append(
                         item.thread_id,
@@ -407,7 +454,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
                         _new_events(item.events),
                         finish=item.finish_turn,
                     )
-                    await pending.put((item.request_id, asyncio.wrap_future(future)))
+                    await pending.put((item.request_id, self._acks.wait(future)))
                 except EngineError as error:
                     await pending.put((item.request_id, error))
             await pending.put(None)
@@ -469,7 +516,7 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServicer):
             )
         expected = request.expected_version if request.HasField("expected_version") else None
         future = self._engine.save_snapshot(request.key, request.data, content_type, expected)
-        version = await asyncio.wrap_future(future)
+        version = await self._acks.wait(future)
         return pb.SaveResponse(version=version)
 
     @_unary
@@ -509,5 +556,5 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServicer):
     async def Delete(
         self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteResponse:
-        removed = await asyncio.wrap_future(self._engine.delete_snapshots(request.key))
+        removed = await self._acks.wait(self._engine.delete_snapshots(request.key))
         return pb.DeleteResponse(removed_versions=removed)
