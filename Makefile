@@ -27,10 +27,10 @@ soak: $(STAMP)
 	$(BIN)/python -m tests.soak --kills 200
 
 ## bench: turnstore vs Redis Streams vs raw LMDB (~4 min; installs redis-server if
-## missing); prints a table, writes bench/results/. Smoke run: python -m bench.run --quick
+## missing); prints a table, writes bench/results/. BENCH_ARGS=--quick: a smoke run
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## check: lint, type-check, and fail when the generated code is stale
 check: $(STAMP) proto-check lint typecheck

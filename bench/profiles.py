@@ -1,0 +1,53 @@
+"""How much work one run does: the full profile and the ``--quick`` one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and durations of every scenario of a run.
+
+    Timed loops run ``warmup`` seconds unmeasured, then ``duration`` seconds
+    measured. ``replay_sizes`` are the events in the small and the large
+    replayed thread (and Redis stream, and LMDB scan).
+    """
+
+    name: str
+    duration: float
+    warmup: float
+    replay_sizes: tuple[int, int]
+    live_tail_events: int
+    snapshot_duration: float
+    snapshot_min_ops: int
+    concurrencies: tuple[int, ...] = (1, 16, 64)
+    stream_items: tuple[tuple[int, int], ...] = ((100, 32), (1, 512))
+    load_events_per_item: int = 1000
+    snapshot_sizes: tuple[int, ...] = (4 * 1024, 400 * 1024, 4 * 1024 * 1024)
+    redis_pipeline: int = 100
+    xrange_page: int = 1000
+    lmdb_puts_per_txn: tuple[int, ...] = (1, 100, 1000)
+    client_timeout: float = 900.0
+
+
+FULL = Profile(
+    name="full",
+    duration=5.0,
+    warmup=1.0,
+    replay_sizes=(100_000, 1_000_000),
+    live_tail_events=2000,
+    snapshot_duration=2.0,
+    snapshot_min_ops=5,
+)
+
+QUICK = Profile(
+    name="quick",
+    duration=0.5,
+    warmup=0.1,
+    replay_sizes=(10_000, 100_000),
+    live_tail_events=200,
+    snapshot_duration=0.3,
+    snapshot_min_ops=3,
+    client_timeout=120.0,
+)
