@@ -75,7 +75,7 @@ async def noop(target: str, concurrencies: list[int], duration: float, warmup: f
     """``Admin/GetStats`` calls, ``concurrency`` in flight: the cost of a trivial RPC."""
     channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
     try:
-        stub = pb_grpc.AdminStub(channel)
+        stub = pb_grpc.AdminServiceStub(channel)
         request = pb.GetStatsRequest()
 
         def make_calls(concurrency: int) -> list[Call]:
@@ -173,7 +173,7 @@ async def _stored_event_bytes(target: str, thread: str) -> float:
     """The mean encoded size of a StoredEvent of ``thread``, from its first 64 events."""
     channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
     try:
-        call = pb_grpc.EventStoreStub(channel).Replay(
+        call = pb_grpc.EventStoreServiceStub(channel).Replay(
             pb.ReplayRequest(thread_id=thread, max_events_per_message=64)
         )
         async for message in call:
@@ -222,7 +222,7 @@ async def replay_raw(target: str, thread: str, expected: int) -> Result:
     mean_bytes = await _stored_event_bytes(target, thread)
     channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
     try:
-        stub = pb_grpc.EventStoreStub(channel)
+        stub = pb_grpc.EventStoreServiceStub(channel)
         request = pb.ReplayRequest(thread_id=thread, max_events_per_message=RAW_EVENTS_PER_MESSAGE)
         count = messages = 0
         started = time.perf_counter()

@@ -288,7 +288,7 @@ class CrashLoop:
             for thread in self.threads:
                 await self._check_thread(client, thread)
             async with grpc.aio.insecure_channel(self.daemon.target) as channel:
-                stub = pb_grpc.HistoryStoreStub(channel)
+                stub = pb_grpc.HistoryStoreServiceStub(channel)
                 for key in self.keys:
                     await self._check_key(stub, key)
 
@@ -354,7 +354,7 @@ class CrashLoop:
             if one is None or not one.finished:
                 raise self.fail(f"{name}: GetTurn {number} is {one!r} after an acknowledged finish")
 
-    async def _check_key(self, stub: pb_grpc.HistoryStoreStub, model: KeyModel) -> None:
+    async def _check_key(self, stub: pb_grpc.HistoryStoreServiceStub, model: KeyModel) -> None:
         response = await stub.Load(pb.LoadRequest(key=model.key), timeout=CALL_TIMEOUT)
         if not response.found:
             if model.acked:

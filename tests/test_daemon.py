@@ -119,7 +119,7 @@ BAD_APPENDS = [
 async def test_bad_appends_get_invalid_argument_naming_the_problem(
     raw_channel: grpc.aio.Channel, request_: pb.AppendRequest, named: str
 ) -> None:
-    stub = pb_grpc.EventStoreStub(raw_channel)
+    stub = pb_grpc.EventStoreServiceStub(raw_channel)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.Append(request_)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -131,8 +131,8 @@ async def test_bad_appends_get_invalid_argument_naming_the_problem(
 
 
 async def test_bad_reads_and_saves_get_invalid_argument(raw_channel: grpc.aio.Channel) -> None:
-    events = pb_grpc.EventStoreStub(raw_channel)
-    history = pb_grpc.HistoryStoreStub(raw_channel)
+    events = pb_grpc.EventStoreServiceStub(raw_channel)
+    history = pb_grpc.HistoryStoreServiceStub(raw_channel)
     calls = [
         events.GetTurn(pb.GetTurnRequest(thread_id="")),
         events.EventCount(pb.EventCountRequest(thread_id="")),

@@ -125,24 +125,24 @@ class Rpc:
 RPCS: Final = {
     rpc.method: rpc
     for rpc in [
-        Rpc("EventStore", "Append", pb.AppendRequest, pb.AppendResponse),
-        Rpc("EventStore", "FinishTurn", pb.FinishTurnRequest, pb.FinishTurnResponse),
-        Rpc("EventStore", "GetTurn", pb.GetTurnRequest, pb.GetTurnResponse),
-        Rpc("EventStore", "ListTurns", pb.ListTurnsRequest, pb.ListTurnsResponse, True),
-        Rpc("EventStore", "ReadEvents", pb.ReadEventsRequest, pb.ReadEventsResponse, True),
-        Rpc("EventStore", "EventCount", pb.EventCountRequest, pb.EventCountResponse),
-        Rpc("EventStore", "Clear", pb.ClearRequest, pb.ClearResponse),
-        Rpc("HistoryStore", "Save", pb.SaveRequest, pb.SaveResponse),
-        Rpc("HistoryStore", "Load", pb.LoadRequest, pb.LoadResponse),
+        Rpc("EventStoreService", "Append", pb.AppendRequest, pb.AppendResponse),
+        Rpc("EventStoreService", "FinishTurn", pb.FinishTurnRequest, pb.FinishTurnResponse),
+        Rpc("EventStoreService", "GetTurn", pb.GetTurnRequest, pb.GetTurnResponse),
+        Rpc("EventStoreService", "ListTurns", pb.ListTurnsRequest, pb.ListTurnsResponse, True),
+        Rpc("EventStoreService", "ReadEvents", pb.ReadEventsRequest, pb.ReadEventsResponse, True),
+        Rpc("EventStoreService", "EventCount", pb.EventCountRequest, pb.EventCountResponse),
+        Rpc("EventStoreService", "Clear", pb.ClearRequest, pb.ClearResponse),
+        Rpc("HistoryStoreService", "Save", pb.SaveRequest, pb.SaveResponse),
+        Rpc("HistoryStoreService", "Load", pb.LoadRequest, pb.LoadResponse),
     ]
 }
 
 # Added with replay streaming; kept apart so that a fault of one does not hide the rest.
-REPLAY: Final = Rpc("EventStore", "Replay", pb.ReplayRequest, pb.ReplayResponse, True)
+REPLAY: Final = Rpc("EventStoreService", "Replay", pb.ReplayRequest, pb.ReplayResponse, True)
 APPEND_STREAM: Final = Rpc(
-    "EventStore", "AppendStream", pb.AppendStreamRequest, pb.AppendStreamResponse, True
+    "EventStoreService", "AppendStream", pb.AppendStreamRequest, pb.AppendStreamResponse, True
 )
-GET_STATS: Final = Rpc("Admin", "GetStats", pb.GetStatsRequest, pb.GetStatsResponse)
+GET_STATS: Final = Rpc("AdminService", "GetStats", pb.GetStatsRequest, pb.GetStatsResponse)
 MAX_EVENT_TYPE_FILTERS: Final = 64
 
 
@@ -384,7 +384,7 @@ class Checker:
             code, _, details = await self.wire.send(op.rpc, op.body)
             self.expect(op, code, INVALID, details)
             return code
-        if op.rpc.service == "HistoryStore":
+        if op.rpc.service == "HistoryStoreService":
             return await self.history(op, request)
         if op.rpc is GET_STATS:
             code, responses, details = await self.wire.send(op.rpc, op.body)

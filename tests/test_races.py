@@ -124,7 +124,10 @@ MAX_APPENDS: Final = 2000
 
 
 async def finish_race(
-    connected: list[TurnstoreClient], raw: pb_grpc.EventStoreStub, finish_after: int, appenders: int
+    connected: list[TurnstoreClient],
+    raw: pb_grpc.EventStoreServiceStub,
+    finish_after: int,
+    appenders: int,
 ) -> None:
     """Appenders append to one turn until refused; the finish goes out mid-stream."""
     thread_id = f"finish-race-{uuid.uuid4()}"
@@ -181,7 +184,7 @@ async def test_appends_racing_a_finish_are_stored_or_refused_never_both(daemon: 
         clients(daemon) as connected,
         grpc.aio.insecure_channel(daemon.target) as channel,
     ):
-        raw = pb_grpc.EventStoreStub(channel)
+        raw = pb_grpc.EventStoreServiceStub(channel)
         for finish_after, appenders in FINISH_RACES:
             await finish_race(connected, raw, finish_after, appenders)
 
@@ -340,7 +343,9 @@ async def test_a_clear_aborts_a_streaming_read_in_progress(daemon: Daemon, threa
             await client.events.append_many(
                 thread_id, 1 + start // 4000, [event(0, start + k, pad=2000) for k in range(1000)]
             )
-        call = pb_grpc.EventStoreStub(channel).ListTurns(pb.ListTurnsRequest(thread_id=thread_id))
+        call = pb_grpc.EventStoreServiceStub(channel).ListTurns(
+            pb.ListTurnsRequest(thread_id=thread_id)
+        )
         pieces = call.__aiter__()
         piece = await anext(pieces)
         assert piece.turn.turn == 1

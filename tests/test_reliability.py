@@ -33,13 +33,13 @@ async def test_a_retried_append_returns_the_original_positions_after_a_crash(
     daemon.start()
     batch = pb.AppendRequest(thread_id="t", turn=1, events=[envelope("a"), envelope("b")])
     async with grpc.aio.insecure_channel(daemon.target) as channel:
-        stub = pb_grpc.EventStoreStub(channel)
+        stub = pb_grpc.EventStoreServiceStub(channel)
         await stub.Append(pb.AppendRequest(thread_id="t", turn=1, events=[envelope("first")]))
         assert list((await stub.Append(batch)).positions) == [1, 2]
     daemon.kill()
     daemon.start()
     async with grpc.aio.insecure_channel(daemon.target) as channel:
-        stub = pb_grpc.EventStoreStub(channel)
+        stub = pb_grpc.EventStoreServiceStub(channel)
         # The acknowledgement was lost; the agent retries after the restart.
         assert list((await stub.Append(batch)).positions) == [1, 2]
         await stub.FinishTurn(pb.FinishTurnRequest(thread_id="t", turn=1))

@@ -48,7 +48,7 @@ def positions(items: list[ReplayItem]) -> list[int]:
 
 async def stats(target: str) -> pb.GetStatsResponse:
     async with grpc.aio.insecure_channel(target) as channel:
-        response: pb.GetStatsResponse = await pb_grpc.AdminStub(channel).GetStats(
+        response: pb.GetStatsResponse = await pb_grpc.AdminServiceStub(channel).GetStats(
             pb.GetStatsRequest()
         )
         return response
@@ -353,7 +353,7 @@ async def test_append_stream_acknowledges_in_order_and_reports_rejections(
 async def test_append_stream_rejects_bad_items_and_goes_on(
     raw_channel: grpc.aio.Channel, thread_id: str
 ) -> None:
-    stub = pb_grpc.EventStoreStub(raw_channel)
+    stub = pb_grpc.EventStoreServiceStub(raw_channel)
     good = pb.EventEnvelope(event_id="e", type="x")
     requests = [
         pb.AppendStreamRequest(request_id=7, thread_id="", turn=1, events=[good]),

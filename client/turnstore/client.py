@@ -98,7 +98,7 @@ class GrpcEventStore:
     """
 
     def __init__(
-        self, stub: pb_grpc.EventStoreStub, timeout: float | None, retry: RetryPolicy
+        self, stub: pb_grpc.EventStoreServiceStub, timeout: float | None, retry: RetryPolicy
     ) -> None:
         self._stub = stub
         self._timeout = timeout
@@ -299,7 +299,7 @@ class GrpcHistoryStore:
 
     def __init__(
         self,
-        stub: pb_grpc.HistoryStoreStub,
+        stub: pb_grpc.HistoryStoreServiceStub,
         key: str,
         timeout: float | None,
         retry: RetryPolicy,
@@ -426,8 +426,10 @@ class TurnstoreClient:
         self._channel = grpc.aio.insecure_channel(target, options=channel_options)
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
-        self.events = GrpcEventStore(pb_grpc.EventStoreStub(self._channel), timeout, self._retry)
-        self._history_stub = pb_grpc.HistoryStoreStub(self._channel)
+        self.events = GrpcEventStore(
+            pb_grpc.EventStoreServiceStub(self._channel), timeout, self._retry
+        )
+        self._history_stub = pb_grpc.HistoryStoreServiceStub(self._channel)
 
     def history(self, key: str) -> GrpcHistoryStore:
         """A HistoryStore bound to the conversation ``key`` (non-empty)."""

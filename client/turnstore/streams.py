@@ -180,7 +180,7 @@ class EventAppender:
     call. Leaving ``async with`` waits for all acknowledgements.
     """
 
-    def __init__(self, stub: pb_grpc.EventStoreStub) -> None:
+    def __init__(self, stub: pb_grpc.EventStoreServiceStub) -> None:
         self._call = stub.AppendStream()
         self._pending: collections.deque[asyncio.Future[list[int]]] = collections.deque()
         self._write_lock = asyncio.Lock()

@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class EventStoreStub:
+class EventStoreServiceStub:
     """Per-thread, turn-scoped event streams (the `EventStore` contract).
 
     A thread is identified by any non-empty UTF-8 string. Within a thread,
@@ -41,53 +41,53 @@ class EventStoreStub:
             channel: A grpc.Channel.
         """
         self.Append = channel.unary_unary(
-                '/turnstore.v1.EventStore/Append',
+                '/turnstore.v1.EventStoreService/Append',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.AppendRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.AppendResponse.FromString,
                 _registered_method=True)
         self.FinishTurn = channel.unary_unary(
-                '/turnstore.v1.EventStore/FinishTurn',
+                '/turnstore.v1.EventStoreService/FinishTurn',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.FinishTurnRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.FinishTurnResponse.FromString,
                 _registered_method=True)
         self.GetTurn = channel.unary_unary(
-                '/turnstore.v1.EventStore/GetTurn',
+                '/turnstore.v1.EventStoreService/GetTurn',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.GetTurnRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.GetTurnResponse.FromString,
                 _registered_method=True)
         self.ListTurns = channel.unary_stream(
-                '/turnstore.v1.EventStore/ListTurns',
+                '/turnstore.v1.EventStoreService/ListTurns',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.ListTurnsRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ListTurnsResponse.FromString,
                 _registered_method=True)
         self.ReadEvents = channel.unary_stream(
-                '/turnstore.v1.EventStore/ReadEvents',
+                '/turnstore.v1.EventStoreService/ReadEvents',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.ReadEventsRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ReadEventsResponse.FromString,
                 _registered_method=True)
         self.EventCount = channel.unary_unary(
-                '/turnstore.v1.EventStore/EventCount',
+                '/turnstore.v1.EventStoreService/EventCount',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.EventCountRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.EventCountResponse.FromString,
                 _registered_method=True)
         self.Clear = channel.unary_unary(
-                '/turnstore.v1.EventStore/Clear',
+                '/turnstore.v1.EventStoreService/Clear',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.ClearRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ClearResponse.FromString,
                 _registered_method=True)
         self.Replay = channel.unary_stream(
-                '/turnstore.v1.EventStore/Replay',
+                '/turnstore.v1.EventStoreService/Replay',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.ReplayRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ReplayResponse.FromString,
                 _registered_method=True)
         self.AppendStream = channel.stream_stream(
-                '/turnstore.v1.EventStore/AppendStream',
+                '/turnstore.v1.EventStoreService/AppendStream',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.AppendStreamRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.AppendStreamResponse.FromString,
                 _registered_method=True)
 
 
-class EventStoreServicer:
+class EventStoreServiceServicer:
     """Per-thread, turn-scoped event streams (the `EventStore` contract).
 
     A thread is identified by any non-empty UTF-8 string. Within a thread,
@@ -209,7 +209,7 @@ class EventStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_EventStoreServicer_to_server(servicer, server):
+def add_EventStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Append': grpc.unary_unary_rpc_method_handler(
                     servicer.Append,
@@ -258,13 +258,13 @@ def add_EventStoreServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'turnstore.v1.EventStore', rpc_method_handlers)
+            'turnstore.v1.EventStoreService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('turnstore.v1.EventStore', rpc_method_handlers)
+    server.add_registered_method_handlers('turnstore.v1.EventStoreService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class EventStore:
+class EventStoreService:
     """Per-thread, turn-scoped event streams (the `EventStore` contract).
 
     A thread is identified by any non-empty UTF-8 string. Within a thread,
@@ -287,7 +287,7 @@ class EventStore:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/turnstore.v1.EventStore/Append',
+            '/turnstore.v1.EventStoreService/Append',
             turnstore_dot_v1_dot_turnstore__pb2.AppendRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.AppendResponse.FromString,
             options,
@@ -314,7 +314,7 @@ class EventStore:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/turnstore.v1.EventStore/FinishTurn',
+            '/turnstore.v1.EventStoreService/FinishTurn',
             turnstore_dot_v1_dot_turnstore__pb2.FinishTurnRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.FinishTurnResponse.FromString,
             options,
@@ -341,7 +341,7 @@ class EventStore:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/turnstore.v1.EventStore/GetTurn',
+            '/turnstore.v1.EventStoreService/GetTurn',
             turnstore_dot_v1_dot_turnstore__pb2.GetTurnRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.GetTurnResponse.FromString,
             options,
@@ -368,7 +368,7 @@ class EventStore:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/turnstore.v1.EventStore/ListTurns',
+            '/turnstore.v1.EventStoreService/ListTurns',
             turnstore_dot_v1_dot_turnstore__pb2.ListTurnsRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.ListTurnsResponse.FromString,
             options,
@@ -395,7 +395,7 @@ class EventStore:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/turnstore.v1.EventStore/ReadEvents',
+            '/turnstore.v1.EventStoreService/ReadEvents',
             turnstore_dot_v1_dot_turnstore__pb2.ReadEventsRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.ReadEventsResponse.FromString,
             options,
@@ -422,7 +422,7 @@ class EventStore:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/turnstore.v1.EventStore/EventCount',
+            '/turnstore.v1.EventStoreService/EventCount',
             turnstore_dot_v1_dot_turnstore__pb2.EventCountRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.EventCountResponse.FromString,
             options,
@@ -449,7 +449,7 @@ class EventStore:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/turnstore.v1.EventStore/Clear',
+            '/turnstore.v1.EventStoreService/Clear',
             turnstore_dot_v1_dot_turnstore__pb2.ClearRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.ClearResponse.FromString,
             options,
@@ -476,7 +476,7 @@ class EventStore:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/turnstore.v1.EventStore/Replay',
+            '/turnstore.v1.EventStoreService/Replay',
             turnstore_dot_v1_dot_turnstore__pb2.ReplayRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.ReplayResponse.FromString,
             options,
@@ -503,7 +503,7 @@ class EventStore:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/turnstore.v1.EventStore/AppendStream',
+            '/turnstore.v1.EventStoreService/AppendStream',
             turnstore_dot_v1_dot_turnstore__pb2.AppendStreamRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.AppendStreamResponse.FromString,
             options,
@@ -517,7 +517,7 @@ class EventStore:
             _registered_method=True)
 
 
-class AdminStub:
+class AdminServiceStub:
     """Operational information about the daemon.
     """
 
@@ -528,13 +528,13 @@ class AdminStub:
             channel: A grpc.Channel.
         """
         self.GetStats = channel.unary_unary(
-                '/turnstore.v1.Admin/GetStats',
+                '/turnstore.v1.AdminService/GetStats',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
 
 
-class AdminServicer:
+class AdminServiceServicer:
     """Operational information about the daemon.
     """
 
@@ -546,7 +546,7 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_AdminServicer_to_server(servicer, server):
+def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
@@ -555,13 +555,13 @@ def add_AdminServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'turnstore.v1.Admin', rpc_method_handlers)
+            'turnstore.v1.AdminService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('turnstore.v1.Admin', rpc_method_handlers)
+    server.add_registered_method_handlers('turnstore.v1.AdminService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Admin:
+class AdminService:
     """Operational information about the daemon.
     """
 
@@ -579,7 +579,7 @@ class Admin:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/turnstore.v1.Admin/GetStats',
+            '/turnstore.v1.AdminService/GetStats',
             turnstore_dot_v1_dot_turnstore__pb2.GetStatsRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.GetStatsResponse.FromString,
             options,
@@ -593,7 +593,7 @@ class Admin:
             _registered_method=True)
 
 
-class HistoryStoreStub:
+class HistoryStoreServiceStub:
     """Whole-conversation snapshots (the `HistoryStore` contract).
     """
 
@@ -604,28 +604,28 @@ class HistoryStoreStub:
             channel: A grpc.Channel.
         """
         self.Save = channel.unary_unary(
-                '/turnstore.v1.HistoryStore/Save',
+                '/turnstore.v1.HistoryStoreService/Save',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.SaveRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.SaveResponse.FromString,
                 _registered_method=True)
         self.Load = channel.unary_unary(
-                '/turnstore.v1.HistoryStore/Load',
+                '/turnstore.v1.HistoryStoreService/Load',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.LoadRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.LoadResponse.FromString,
                 _registered_method=True)
         self.ListVersions = channel.unary_unary(
-                '/turnstore.v1.HistoryStore/ListVersions',
+                '/turnstore.v1.HistoryStoreService/ListVersions',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.ListVersionsRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ListVersionsResponse.FromString,
                 _registered_method=True)
         self.Delete = channel.unary_unary(
-                '/turnstore.v1.HistoryStore/Delete',
+                '/turnstore.v1.HistoryStoreService/Delete',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.DeleteResponse.FromString,
                 _registered_method=True)
 
 
-class HistoryStoreServicer:
+class HistoryStoreServiceServicer:
     """Whole-conversation snapshots (the `HistoryStore` contract).
     """
 
@@ -668,7 +668,7 @@ class HistoryStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_HistoryStoreServicer_to_server(servicer, server):
+def add_HistoryStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Save': grpc.unary_unary_rpc_method_handler(
                     servicer.Save,
@@ -692,13 +692,13 @@ def add_HistoryStoreServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'turnstore.v1.HistoryStore', rpc_method_handlers)
+            'turnstore.v1.HistoryStoreService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('turnstore.v1.HistoryStore', rpc_method_handlers)
+    server.add_registered_method_handlers('turnstore.v1.HistoryStoreService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class HistoryStore:
+class HistoryStoreService:
     """Whole-conversation snapshots (the `HistoryStore` contract).
     """
 
@@ -716,7 +716,7 @@ class HistoryStore:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/turnstore.v1.HistoryStore/Save',
+            '/turnstore.v1.HistoryStoreService/Save',
             turnstore_dot_v1_dot_turnstore__pb2.SaveRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.SaveResponse.FromString,
             options,
@@ -743,7 +743,7 @@ class HistoryStore:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/turnstore.v1.HistoryStore/Load',
+            '/turnstore.v1.HistoryStoreService/Load',
             turnstore_dot_v1_dot_turnstore__pb2.LoadRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.LoadResponse.FromString,
             options,
@@ -770,7 +770,7 @@ class HistoryStore:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/turnstore.v1.HistoryStore/ListVersions',
+            '/turnstore.v1.HistoryStoreService/ListVersions',
             turnstore_dot_v1_dot_turnstore__pb2.ListVersionsRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.ListVersionsResponse.FromString,
             options,
@@ -797,7 +797,7 @@ class HistoryStore:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/turnstore.v1.HistoryStore/Delete',
+            '/turnstore.v1.HistoryStoreService/Delete',
             turnstore_dot_v1_dot_turnstore__pb2.DeleteRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.DeleteResponse.FromString,
             options,

@@ -109,9 +109,9 @@ def build_server(config: ServerConfig, engine: Engine) -> BuiltServer:
     followers = Followers(asyncio.get_running_loop())
     engine.add_commit_listener(followers.notify)
     parts = (engine, executor, followers, AckPump(asyncio.get_running_loop()))
-    add_service(server, "EventStore", EventStoreService(*parts))
-    add_service(server, "HistoryStore", HistoryStoreService(*parts))
-    add_service(server, "Admin", AdminService(*parts))
+    add_service(server, "EventStoreService", EventStoreService(*parts))
+    add_service(server, "HistoryStoreService", HistoryStoreService(*parts))
+    add_service(server, "AdminService", AdminService(*parts))
     built = BuiltServer(server, followers, executor)
     for address in config.listen:
         try:

@@ -266,8 +266,8 @@ class _Base:
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
 
-class EventStoreService(_Base, pb_grpc.EventStoreServicer):
-    """``turnstore.v1.EventStore`` over an :class:`Engine`."""
+class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
+    """``turnstore.v1.EventStoreService`` over an :class:`Engine`."""
 
     @_unary
     async def Append(
@@ -488,8 +488,8 @@ class EventStoreService(_Base, pb_grpc.EventStoreServicer):
             submitter.cancel()
 
 
-class AdminService(_Base, pb_grpc.AdminServicer):
-    """``turnstore.v1.Admin``: counters of the daemon."""
+class AdminService(_Base, pb_grpc.AdminServiceServicer):
+    """``turnstore.v1.AdminService``: counters of the daemon."""
 
     @_unary
     async def GetStats(
@@ -502,8 +502,8 @@ class AdminService(_Base, pb_grpc.AdminServicer):
         )
 
 
-class HistoryStoreService(_Base, pb_grpc.HistoryStoreServicer):
-    """``turnstore.v1.HistoryStore`` over an :class:`Engine`."""
+class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
+    """``turnstore.v1.HistoryStoreService`` over an :class:`Engine`."""
 
     @_unary
     async def Save(
