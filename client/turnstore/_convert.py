@@ -12,24 +12,28 @@ from turnstore.v1 import turnstore_pb2 as pb
 JSON: Final = "application/json"
 
 
-def envelope_to_proto(envelope: AgentEventEnvelope) -> pb.EventEnvelope:
-    """The wire form of an envelope: header fields typed, the rest as a JSON body."""
-    body = {key: value for key, value in envelope.event.items() if key != "type"}
+# One encoder for all calls: json.dumps with options builds a new one each time.
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def fill_envelope(message: pb.EventEnvelope, envelope: AgentEventEnvelope) -> pb.EventEnvelope:
+    """Write an envelope's wire form into ``message`` (e.g. ``request.events.add()``).
+
+    Header fields are typed; the event's other fields become a JSON body.
+    Raises EventFormatError for fields that JSON or UTF-8 cannot encode.
+    """
+    body = dict(envelope.event)
+    event_type = body.pop("type")
     try:
-        encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as error:
-        raise EventFormatError(f"event is not JSON-serialisable: {error}") from error
-    try:
-        return pb.EventEnvelope(
-            event_id=envelope.event_id,
-            sequence=envelope.sequence,
-            timestamp=envelope.timestamp,
-            type=envelope.type,
-            body=encoded,
-            content_type=JSON,
-        )
-    except (TypeError, ValueError) as error:  # lone surrogates, non-str ids
+        message.body = _encode_json(body).encode()
+        message.event_id = envelope.event_id
+        message.sequence = envelope.sequence
+        message.timestamp = envelope.timestamp
+        message.type = event_type
+    except (TypeError, ValueError) as error:  # unserialisable values, lone surrogates
         raise EventFormatError(f"envelope cannot be encoded: {error}") from error
+    message.content_type = JSON
+    return message
 
 
 def envelope_from_proto(message: pb.EventEnvelope) -> AgentEventEnvelope:

@@ -18,7 +18,7 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
-from turnstore._convert import JSON, StoredEvent, envelope_from_proto, envelope_to_proto
+from turnstore._convert import JSON, StoredEvent, envelope_from_proto, fill_envelope
 from turnstore._status import error_from_rpc
 from turnstore._validate import check_offset, check_text, check_thread_id, check_turn
 from turnstore.errors import SnapshotFormatError, TurnAlreadyFinishedError, UnavailableError
@@ -118,9 +118,10 @@ class GrpcEventStore:
         """
         check_thread_id(thread_id)
         check_turn(turn)
-        request = pb.AppendRequest(
-            thread_id=thread_id, turn=turn, events=[envelope_to_proto(e) for e in envelopes]
-        )
+        request = pb.AppendRequest(thread_id=thread_id, turn=turn)
+        add = request.events.add
+        for envelope in envelopes:
+            fill_envelope(add(), envelope)
         response = await _call(
             lambda: self._stub.Append(request, timeout=self._timeout), self._retry
         )

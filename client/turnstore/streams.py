@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from turnstore._convert import StoredEvent, envelope_to_proto
+from turnstore._convert import StoredEvent, fill_envelope
 from turnstore._status import error_from_item, error_from_rpc
 from turnstore._validate import check_thread_id, check_turn
 from turnstore.errors import InvalidArgumentError, TurnstoreError, UnavailableError
@@ -230,12 +230,10 @@ class EventAppender:
             raise InvalidArgumentError("events: must hold at least one event")
         if self._broken is not None:
             raise self._broken
-        request = pb.AppendStreamRequest(
-            thread_id=thread_id,
-            turn=turn,
-            events=[envelope_to_proto(envelope) for envelope in envelopes],
-            finish_turn=finish,
-        )
+        request = pb.AppendStreamRequest(thread_id=thread_id, turn=turn, finish_turn=finish)
+        add = request.events.add
+        for envelope in envelopes:
+            fill_envelope(add(), envelope)
         async with self._write_lock:
             if self._broken is not None:
                 raise self._broken

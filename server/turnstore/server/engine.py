@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NamedTuple, TypeVar
 
 import lmdb
 
@@ -112,8 +112,7 @@ class EngineConfig:
             raise ValueError("snapshot_versions_kept must be at least 1")
 
 
-@dataclass(frozen=True)
-class NewEvent:
+class NewEvent(NamedTuple):
     """An event to append: its id (checked against the limits) and its record.
 
     ``envelope`` is the encoded ``EventEnvelope``; the engine stores it
@@ -478,13 +477,15 @@ class Engine:
             next_position = next_finish = 0
         ids_db = self._dbs[schema.EVENT_IDS]
         prefix = schema.U64.pack(number)
+        with txn.cursor(db=ids_db) as cursor:
+            stored_ids = dict(cursor.getmulti([prefix + event_id for event_id, _ in events]))
         positions: list[int] = []
         new: list[tuple[bytes, bytes, int]] = []
         batch_ids: dict[bytes, int] = {}
         for event_id, envelope in events:
             known = batch_ids.get(event_id)
-            if known is None:
-                stored = _get(txn, prefix + event_id, ids_db)
+            if known is None and stored_ids:
+                stored = stored_ids.get(prefix + event_id)
                 if stored is not None:
                     known, stored_turn = schema.PAIR.unpack(stored)
                     if stored_turn != turn:

@@ -166,15 +166,7 @@ def _streaming(
 
 
 def _check_header(index: int, envelope: pb.EventEnvelope) -> None:
-    # Fast path: a UTF-8 character is at most 4 bytes, so short fields fit.
-    event_type, timestamp, content_type = envelope.type, envelope.timestamp, envelope.content_type
-    if (
-        event_type
-        and len(event_type) * 4 <= MAX_TYPE_BYTES
-        and len(timestamp) * 4 <= MAX_TIMESTAMP_BYTES
-        and len(content_type) * 4 <= MAX_CONTENT_TYPE_BYTES
-    ):
-        return
+    """Raise InvalidArgumentError for a missing type or an oversized header field."""
     for name, value, limit, required in (
         ("type", envelope.type, MAX_TYPE_BYTES, True),
         ("timestamp", envelope.timestamp, MAX_TIMESTAMP_BYTES, False),
@@ -239,8 +231,17 @@ def _new_events(envelopes: Any) -> list[NewEvent]:
     """Check and encode request envelopes for the engine."""
     events = []
     for index, envelope in enumerate(envelopes):
-        _check_header(index, envelope)
-        if not envelope.content_type:
+        content_type = envelope.content_type
+        # Fast path: a UTF-8 character is at most 4 bytes, so short fields fit.
+        event_type = envelope.type
+        if not (
+            event_type
+            and len(event_type) <= MAX_TYPE_BYTES // 4
+            and len(envelope.timestamp) <= MAX_TIMESTAMP_BYTES // 4
+            and len(content_type) <= MAX_CONTENT_TYPE_BYTES // 4
+        ):
+            _check_header(index, envelope)
+        if not content_type:
             envelope.content_type = JSON
         events.append(NewEvent(envelope.event_id, envelope.SerializeToString()))
     return events
