@@ -33,7 +33,17 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## check: lint, type-check, and fail when the generated code is stale
-check: $(STAMP) proto-check lint typecheck
+check: $(STAMP) proto-check lint typecheck buflint
+
+## buflint: buf lint of proto/ (STANDARD rules, proto/buf.yaml); buf is pinned in
+## clients/typescript's devDependencies (keep the two versions equal), so it runs offline
+BUF_VERSION := 1.74.0
+TS_CLIENT := clients/typescript
+.PHONY: buflint
+$(TS_CLIENT)/node_modules/.package-lock.json: $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
+buflint: $(TS_CLIENT)/node_modules/.package-lock.json
+	cd $(TS_CLIENT) && npx --offline --yes @bufbuild/buf@$(BUF_VERSION) lint ../../proto
 
 lint: $(STAMP)
 	$(BIN)/ruff check client server tests examples

@@ -1,0 +1,159 @@
+/** TurnstoreClient: one channel to a daemon, with its event and history stores. */
+import * as grpc from "@grpc/grpc-js";
+
+import { deadline, unary } from "./calls";
+import { InvalidArgumentError, UnavailableError } from "./errors";
+import { EventStore } from "./events";
+import { HistoryStore } from "./history";
+import { fromU64 } from "./numbers";
+import { loadTurnstoreV1 } from "./proto";
+import type { AdminServiceClient, GetStatsResponse, HistoryStoreServiceClient } from "./proto";
+
+/** The daemon's default address (`make run`). */
+export const DEFAULT_TARGET = "127.0.0.1:7070";
+
+/** Matches the daemon's limit, so large turns and snapshots come through. */
+const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+/** The daemon's current counters (AdminService.GetStats). */
+export interface DaemonStats {
+  /** Replays currently following a thread (waiting for commits). */
+  liveFollowers: number;
+  /** Replays currently open, following or catching up. */
+  openReplays: number;
+  /** The LMDB map size in bytes. */
+  mapSizeBytes: number;
+}
+
+/** How a client connects and how long its calls may take. */
+export interface TurnstoreClientOptions {
+  /**
+   * Deadline of each unary call and of each whole ListTurns read, in
+   * milliseconds (default 30 000); undefined for none. Replays have their own.
+   */
+  timeoutMs?: number | undefined;
+  /**
+   * Allow a target that is not a loopback address or a Unix socket. The
+   * channel is never encrypted or authenticated: only for a daemon run with
+   * --allow-remote on a network you trust.
+   */
+  allowRemote?: boolean;
+  /** The directory holding turnstore/v1/turnstore.proto (default: the repository's proto/). */
+  protoDir?: string;
+  /** Extra grpc-js channel options; they override this client's. */
+  channelOptions?: grpc.ChannelOptions;
+}
+
+const LOOPBACK_HOST = /^(localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\])$/i;
+
+/**
+ * Throws InvalidArgumentError unless `target` is `unix:PATH` or `HOST:PORT`
+ * with a loopback host (127.x.x.x, localhost, [::1]); any `HOST:PORT` is
+ * accepted with `allowRemote`.
+ */
+export function checkTarget(target: string, allowRemote = false): void {
+  if (target.startsWith("unix:")) {
+    if (target.length === "unix:".length) {
+      throw new InvalidArgumentError("a unix: target needs a socket path");
+    }
+    return;
+  }
+  const match = /^(.+):(\d+)$/.exec(target);
+  if (match === null) {
+    throw new InvalidArgumentError(`target ${target} is neither unix:PATH nor HOST:PORT`);
+  }
+  if (!allowRemote && !LOOPBACK_HOST.test(match[1] ?? "")) {
+    throw new InvalidArgumentError(
+      `target ${target} is not a loopback address; the channel is insecure (pass allowRemote to use it anyway)`,
+    );
+  }
+}
+
+/**
+ * A connection to a turnstore daemon: `client.events` for event streams,
+ * `client.history(key)` for a conversation's snapshots. Close it with
+ * `close()` once its replays are closed (an open follower keeps the process
+ * alive).
+ *
+ * Connecting is lazy: the constructor never fails for a daemon that is not
+ * there yet; calls made meanwhile fail with UnavailableError, and
+ * {@link waitForReady} waits for it. The constructor throws
+ * InvalidArgumentError for a target refused by {@link checkTarget}, and the
+ * loader's error when the proto file cannot be read.
+ */
+export class TurnstoreClient {
+  readonly target: string;
+  readonly events: EventStore;
+  readonly #history: HistoryStoreServiceClient;
+  readonly #admin: AdminServiceClient;
+  readonly #channelOwner: grpc.Client;
+  readonly #timeoutMs: number | undefined;
+
+  constructor(target: string = DEFAULT_TARGET, options: TurnstoreClientOptions = {}) {
+    checkTarget(target, options.allowRemote);
+    this.target = target;
+    this.#timeoutMs = "timeoutMs" in options ? options.timeoutMs : 30_000;
+    const v1 = loadTurnstoreV1(options.protoDir);
+    const channelOptions: grpc.ChannelOptions = {
+      "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+      "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+      // A sidecar restarts in well under a second: reconnect quickly.
+      "grpc.initial_reconnect_backoff_ms": 100,
+      "grpc.max_reconnect_backoff_ms": 1000,
+      "grpc.use_local_subchannel_pool": 1,
+      ...options.channelOptions,
+    };
+    const events = new v1.EventStoreService(
+      target,
+      grpc.credentials.createInsecure(),
+      channelOptions,
+    );
+    this.#channelOwner = events;
+    this.events = new EventStore(events, this.#timeoutMs);
+    const shared = { channelOverride: events.getChannel() };
+    this.#history = new v1.HistoryStoreService(target, grpc.credentials.createInsecure(), shared);
+    this.#admin = new v1.AdminService(target, grpc.credentials.createInsecure(), shared);
+  }
+
+  /**
+   * A store of the snapshots saved under the conversation `key`. No call is
+   * made; an empty or oversized key is refused by the daemon on first use
+   * (InvalidArgumentError).
+   */
+  history(key: string): HistoryStore {
+    return new HistoryStore(this.#history, key, this.#timeoutMs);
+  }
+
+  /** The daemon's current counters. */
+  async stats(): Promise<DaemonStats> {
+    const response = await unary<GetStatsResponse>((done) =>
+      this.#admin.GetStats({}, deadline(this.#timeoutMs), done),
+    );
+    return {
+      liveFollowers: fromU64(response.live_followers, "live_followers"),
+      openReplays: fromU64(response.open_replays, "open_replays"),
+      mapSizeBytes: fromU64(response.map_size_bytes, "map_size_bytes"),
+    };
+  }
+
+  /**
+   * Resolves once the channel is connected; rejects with UnavailableError
+   * when it is not within `timeoutMs` (default 10 000).
+   */
+  waitForReady(timeoutMs = 10_000): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#channelOwner.waitForReady(Date.now() + timeoutMs, (error) => {
+        if (error) {
+          reject(new UnavailableError(`no turnstore daemon at ${this.target}`, { cause: error }));
+        } else {
+          resolve();
+        }
+      });
+    });
+  }
+
+  /** Closes the channel: later calls fail at once. Idempotent. */
+  close(): void {
+    this.#channelOwner.close();
+  }
+}

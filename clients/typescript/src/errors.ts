@@ -1,0 +1,144 @@
+/**
+ * The errors this client throws, all under {@link TurnstoreError}, and the
+ * one place that maps a gRPC status to them.
+ *
+ * The daemon's reason (trailing metadata `turnstore-error`) decides the class
+ * when it is known; otherwise the status code does. Errors raised before
+ * anything is sent (a bad argument, an unencodable event) have no `code`.
+ */
+import { status } from "@grpc/grpc-js";
+import type { Metadata, ServiceError } from "@grpc/grpc-js";
+
+/** The trailing metadata key holding the daemon's stable reason string. */
+export const ERROR_METADATA_KEY = "turnstore-error";
+/** The trailing metadata key holding a key's version after a version conflict. */
+export const CURRENT_VERSION_METADATA_KEY = "turnstore-current-version";
+
+/** Base class of every error the client throws. */
+export class TurnstoreError extends Error {
+  /** The gRPC status code, when the error came from the daemon. */
+  readonly code: status | undefined;
+  /** The daemon's reason (`turn_finished`, ...), when it sent one. */
+  readonly reason: string | undefined;
+
+  constructor(message: string, options: { code?: status; reason?: string; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.code = options.code;
+    this.reason = options.reason;
+  }
+}
+
+/** The request was malformed or over a limit; the message names which. */
+export class InvalidArgumentError extends TurnstoreError {}
+/** The request conflicts with the stored state. */
+export class FailedPreconditionError extends TurnstoreError {}
+/** An append targeted a turn that is already finished; nothing was stored. */
+export class TurnFinishedError extends FailedPreconditionError {}
+/** A turn was finished a second time. */
+export class TurnAlreadyFinishedError extends FailedPreconditionError {}
+/** An event id is already stored in another turn of the thread. */
+export class EventIdConflictError extends FailedPreconditionError {}
+
+/**
+ * A save expected another version; nothing was saved. `currentVersion` is
+ * the key's version at the time (0: none stored), undefined if not reported.
+ */
+export class VersionConflictError extends FailedPreconditionError {
+  currentVersion: number | undefined;
+}
+
+/** The thread was cleared while a streaming read of it was in progress. */
+export class ThreadClearedError extends TurnstoreError {}
+/** A size limit was hit (a message too large for the channel, for example). */
+export class ResourceExhaustedError extends TurnstoreError {}
+/** The daemon's database reached its size ceiling; nothing was written. */
+export class StorageFullError extends ResourceExhaustedError {}
+/**
+ * The daemon could not be reached or is shutting down. A write that failed
+ * this way may still have been committed; appends are idempotent by event
+ * id, so retrying them is safe.
+ */
+export class UnavailableError extends TurnstoreError {}
+/** The call did not complete before its deadline; it may still take effect. */
+export class DeadlineExceededError extends TurnstoreError {}
+/** Any other failure reported by the daemon. */
+export class ServerError extends TurnstoreError {}
+/** An event cannot be encoded, or a stored one cannot be decoded as JSON. */
+export class EventFormatError extends TurnstoreError {}
+/** A conversation snapshot is not a valid version-1 snapshot. */
+export class SnapshotFormatError extends TurnstoreError {}
+
+type ErrorClass = new (
+  message: string,
+  options: { code?: status; reason?: string; cause?: unknown },
+) => TurnstoreError;
+
+const BY_REASON: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([
+  ["invalid_argument", InvalidArgumentError],
+  ["turn_finished", TurnFinishedError],
+  ["turn_already_finished", TurnAlreadyFinishedError],
+  ["event_id_conflict", EventIdConflictError],
+  ["version_conflict", VersionConflictError],
+  ["thread_cleared", ThreadClearedError],
+  ["storage_full", StorageFullError],
+  ["shutting_down", UnavailableError],
+]);
+
+const BY_CODE: ReadonlyMap<status, ErrorClass> = new Map<status, ErrorClass>([
+  [status.INVALID_ARGUMENT, InvalidArgumentError],
+  [status.FAILED_PRECONDITION, FailedPreconditionError],
+  [status.RESOURCE_EXHAUSTED, ResourceExhaustedError],
+  [status.UNAVAILABLE, UnavailableError],
+  [status.DEADLINE_EXCEEDED, DeadlineExceededError],
+  // The daemon cancels calls only when it shuts down; a stream this client
+  // cancels itself ends quietly instead (see Replay).
+  [status.CANCELLED, UnavailableError],
+]);
+
+function isServiceError(error: unknown): error is ServiceError {
+  return (
+    error instanceof Error &&
+    typeof (error as Partial<ServiceError>).code === "number" &&
+    typeof (error as Partial<ServiceError>).metadata?.get === "function"
+  );
+}
+
+function firstString(metadata: Metadata, key: string): string | undefined {
+  const [value] = metadata.get(key);
+  return value === undefined ? undefined : value.toString();
+}
+
+/**
+ * The TurnstoreError for anything a call threw.
+ *
+ * A gRPC ServiceError is mapped by the daemon's reason first, then by its
+ * status code (ServerError for codes without a class); the original error is
+ * kept as `cause`. A TurnstoreError is returned as it is; anything else is
+ * wrapped in a ServerError.
+ */
+export function toTurnstoreError(error: unknown): TurnstoreError {
+  if (error instanceof TurnstoreError) {
+    return error;
+  }
+  if (!isServiceError(error)) {
+    return new ServerError(String(error), { cause: error });
+  }
+  const reason = firstString(error.metadata, ERROR_METADATA_KEY);
+  const cls =
+    (reason !== undefined ? BY_REASON.get(reason) : undefined) ??
+    BY_CODE.get(error.code) ??
+    ServerError;
+  const mapped = new cls(error.details || status[error.code] || "error", {
+    code: error.code,
+    ...(reason !== undefined && { reason }),
+    cause: error,
+  });
+  if (mapped instanceof VersionConflictError) {
+    const current = firstString(error.metadata, CURRENT_VERSION_METADATA_KEY);
+    if (current !== undefined && /^\d+$/.test(current)) {
+      mapped.currentVersion = Number(current);
+    }
+  }
+  return mapped;
+}

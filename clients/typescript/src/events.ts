@@ -1,0 +1,210 @@
+/** The EventStore contract over EventStoreService. */
+import { deadline, unary } from "./calls";
+import { envelopeToWire, turnFromWire } from "./envelope";
+import type { EventEnvelope, StoredTurn } from "./envelope";
+import { toTurnstoreError } from "./errors";
+import { checkU64, fromU64 } from "./numbers";
+import type {
+  AppendResponse,
+  ClearResponse,
+  EventCountResponse,
+  EventStoreServiceClient,
+  FinishTurnResponse,
+  GetTurnResponse,
+  ListTurnsResponse,
+  ReplayRequest,
+} from "./proto";
+import { Replay } from "./replay";
+
+/** What to replay, and how; every field is optional. */
+export interface ReplayOptions {
+  /** Start after this position (the last one received). Unset: from the start. */
+  after?: number;
+  /** Keep streaming events as they are committed once caught up. */
+  follow?: boolean;
+  /** Only events and finish markers of turns >= fromTurn. */
+  fromTurn?: number;
+  /** Only events and finish markers of turns <= toTurn. */
+  toTurn?: number;
+  /** Only events of these types (finish markers are never filtered by type). */
+  eventTypes?: readonly string[];
+  /** End the replay once this turn's finish marker was yielded. */
+  untilTurnFinished?: number;
+  /** The `epoch` of the replay `after` came from: a clear since ends the replay at once. */
+  epoch?: number;
+  /** Most events per message (0: the daemon's default). */
+  maxEventsPerMessage?: number;
+  /** Deadline of the whole replay in milliseconds. Unset: none, even when following. */
+  timeoutMs?: number;
+  /** Aborting it cancels the replay (the iteration ends without an error). */
+  signal?: AbortSignal;
+}
+
+/**
+ * Per-thread, turn-scoped event streams; obtain it as `client.events`.
+ *
+ * Every write resolves only after the daemon has durably committed it. Every
+ * method rejects with a TurnstoreError; arguments that cannot be sent (a
+ * turn that is not a safe integer >= 0, an event without a string `type`)
+ * are rejected before any call.
+ */
+export class EventStore {
+  readonly #stub: EventStoreServiceClient;
+  readonly #timeoutMs: number | undefined;
+
+  /** @internal Use TurnstoreClient.events. */
+  constructor(stub: EventStoreServiceClient, timeoutMs: number | undefined) {
+    this.#stub = stub;
+    this.#timeoutMs = timeoutMs;
+  }
+
+  /**
+   * Appends one envelope, or several atomically (all are stored or none), to
+   * the end of `turn`, creating the thread and turn if needed; resolves with
+   * their positions in the thread, in order.
+   *
+   * Idempotent by event id: an envelope whose id is already stored in this
+   * turn is not stored again and its original position is returned, so a
+   * retry after UnavailableError never duplicates. Rejects with
+   * TurnFinishedError when the turn is finished, EventIdConflictError when an
+   * id is stored in another turn, InvalidArgumentError for an empty list, an
+   * empty thread id or a value over the daemon's limits.
+   */
+  async append(
+    threadId: string,
+    turn: number,
+    envelopes: EventEnvelope | readonly EventEnvelope[],
+  ): Promise<number[]> {
+    const list: readonly EventEnvelope[] = Array.isArray(envelopes) ? envelopes : [envelopes];
+    const request = {
+      thread_id: threadId,
+      turn: checkU64(turn, "turn"),
+      events: list.map(envelopeToWire),
+    };
+    const response = await unary<AppendResponse>((done) =>
+      this.#stub.Append(request, deadline(this.#timeoutMs), done),
+    );
+    return response.positions.map((position) => fromU64(position, "position"));
+  }
+
+  /**
+   * Closes `turn` (the finish barrier) and resolves with how many events it
+   * holds. Finishing a turn never appended to creates an empty finished turn.
+   * Rejects with TurnAlreadyFinishedError when it is already finished.
+   */
+  async finishTurn(threadId: string, turn: number): Promise<number> {
+    const request = { thread_id: threadId, turn: checkU64(turn, "turn") };
+    const response = await unary<FinishTurnResponse>((done) =>
+      this.#stub.FinishTurn(request, deadline(this.#timeoutMs), done),
+    );
+    return fromU64(response.event_count, "event_count");
+  }
+
+  /**
+   * One turn with its events in append order, or undefined when the thread
+   * or the turn does not exist. A turn too large for one message rejects with
+   * ResourceExhaustedError: use {@link listTurns} for those.
+   */
+  async getTurn(threadId: string, turn: number): Promise<StoredTurn | undefined> {
+    const request = { thread_id: threadId, turn: checkU64(turn, "turn") };
+    const response = await unary<GetTurnResponse>((done) =>
+      this.#stub.GetTurn(request, deadline(this.#timeoutMs), done),
+    );
+    return response.found && response.turn !== null ? turnFromWire(response.turn) : undefined;
+  }
+
+  /**
+   * Streams every turn of the thread in ascending turn order, each whole
+   * (the pieces the daemon splits a large turn into are joined). Nothing for
+   * an unknown thread. The read covers what was committed when it started;
+   * it rejects with ThreadClearedError if the thread is cleared meanwhile.
+   * Leaving the loop early cancels the call.
+   */
+  async *listTurns(threadId: string): AsyncGenerator<StoredTurn, void, undefined> {
+    const call = this.#stub.ListTurns({ thread_id: threadId }, deadline(this.#timeoutMs));
+    call.on("error", () => {}); // see Replay: the status after a cancel
+    let current: StoredTurn | undefined;
+    try {
+      for await (const message of call as AsyncIterable<ListTurnsResponse>) {
+        if (message.turn === null) {
+          continue;
+        }
+        const piece = turnFromWire(message.turn);
+        if (current !== undefined && current.turn === piece.turn) {
+          current.events.push(...piece.events);
+        } else {
+          if (current !== undefined) {
+            yield current;
+          }
+          current = piece;
+        }
+      }
+    } catch (error) {
+      throw toTurnstoreError(error);
+    } finally {
+      call.cancel();
+    }
+    if (current !== undefined) {
+      yield current;
+    }
+  }
+
+  /** Every turn of the thread, as {@link listTurns}, in one array (empty for an unknown thread). */
+  async getTurns(threadId: string): Promise<StoredTurn[]> {
+    const turns: StoredTurn[] = [];
+    for await (const turn of this.listTurns(threadId)) {
+      turns.push(turn);
+    }
+    return turns;
+  }
+
+  /** How many events the thread holds (0 for an unknown thread). */
+  async eventCount(threadId: string): Promise<number> {
+    const response = await unary<EventCountResponse>((done) =>
+      this.#stub.EventCount({ thread_id: threadId }, deadline(this.#timeoutMs), done),
+    );
+    return fromU64(response.count, "count");
+  }
+
+  /**
+   * Removes every turn and event of the thread and resolves with how many
+   * events were removed (0 for an unknown thread). Positions restart at 0.
+   */
+  async clear(threadId: string): Promise<number> {
+    const response = await unary<ClearResponse>((done) =>
+      this.#stub.Clear({ thread_id: threadId }, deadline(this.#timeoutMs), done),
+    );
+    return fromU64(response.removed_events, "removed_events");
+  }
+
+  /**
+   * Replays the thread: stored events in position order and the markers
+   * `turn_finished`, `caught_up` (once) and `thread_cleared`; with `follow`,
+   * then every event as it is committed. See {@link Replay} for how it ends
+   * and is cancelled. Throws InvalidArgumentError at once for a number that
+   * is not a safe integer >= 0; the daemon's InvalidArgumentError (fromTurn
+   * after toTurn, too many event types) rejects the first `next()`.
+   */
+  replay(threadId: string, options: ReplayOptions = {}): Replay {
+    const request: ReplayRequest = {
+      thread_id: threadId,
+      follow: options.follow ?? false,
+      event_types: [...(options.eventTypes ?? [])],
+      max_events_per_message: checkU64(options.maxEventsPerMessage ?? 0, "maxEventsPerMessage"),
+      thread_epoch: checkU64(options.epoch ?? 0, "epoch"),
+    };
+    if (options.after !== undefined) request.after_position = checkU64(options.after, "after");
+    if (options.fromTurn !== undefined) request.from_turn = checkU64(options.fromTurn, "fromTurn");
+    if (options.toTurn !== undefined) request.to_turn = checkU64(options.toTurn, "toTurn");
+    if (options.untilTurnFinished !== undefined) {
+      request.until_turn_finished = checkU64(options.untilTurnFinished, "untilTurnFinished");
+    }
+    const timeoutMs = options.timeoutMs;
+    return new Replay(
+      () => this.#stub.Replay(request, deadline(timeoutMs)),
+      options.after,
+      options.epoch,
+      options.signal,
+    );
+  }
+}

@@ -1,0 +1,114 @@
+/** The HistoryStore contract over HistoryStoreService, for one conversation key. */
+import { deadline, unary } from "./calls";
+import { SnapshotFormatError } from "./errors";
+import { JSON_CONTENT_TYPE } from "./envelope";
+import { checkU64, fromNanos, fromU64 } from "./numbers";
+import type {
+  DeleteResponse,
+  HistoryStoreServiceClient,
+  LoadResponse,
+  SaveResponse,
+} from "./proto";
+import { decodeSnapshot, encodeSnapshot } from "./snapshot";
+import type { ConversationSnapshot } from "./snapshot";
+
+/** A loaded snapshot with its version (pass it as `expectedVersion` to save). */
+export interface VersionedSnapshot {
+  snapshot: ConversationSnapshot;
+  version: number;
+  savedAtUnixNanos: bigint;
+}
+
+/**
+ * Whole-conversation snapshots under one key; obtain it as
+ * `client.history(key)`. Snapshots are stored as their JSON text with
+ * content type application/json.
+ */
+export class HistoryStore {
+  readonly key: string;
+  readonly #stub: HistoryStoreServiceClient;
+  readonly #timeoutMs: number | undefined;
+
+  /** @internal Use TurnstoreClient.history. */
+  constructor(stub: HistoryStoreServiceClient, key: string, timeoutMs: number | undefined) {
+    this.#stub = stub;
+    this.key = key;
+    this.#timeoutMs = timeoutMs;
+  }
+
+  /**
+   * Stores `snapshot` as a full overwrite, durably, and resolves with its
+   * version (1 for the first save of the key, then one more per save).
+   *
+   * With `expectedVersion` (the version last loaded, 0 for "nothing
+   * stored"), it saves only if the key is still at that version, else rejects
+   * with VersionConflictError (its `currentVersion` says the key's version)
+   * and changes nothing. Rejects with SnapshotFormatError, before any call,
+   * for an invalid snapshot; InvalidArgumentError for an empty key or one
+   * over the daemon's limits.
+   */
+  async save(
+    snapshot: ConversationSnapshot,
+    options: { expectedVersion?: number } = {},
+  ): Promise<number> {
+    const request = {
+      key: this.key,
+      data: encodeSnapshot(snapshot),
+      content_type: JSON_CONTENT_TYPE,
+      ...(options.expectedVersion !== undefined && {
+        expected_version: checkU64(options.expectedVersion, "expectedVersion"),
+      }),
+    };
+    const response = await unary<SaveResponse>((done) =>
+      this.#stub.Save(request, deadline(this.#timeoutMs), done),
+    );
+    return fromU64(response.version, "version");
+  }
+
+  /**
+   * The latest snapshot, or undefined when nothing was ever saved under the
+   * key (or it was deleted). Rejects with SnapshotFormatError when the stored
+   * data is not a valid version-1 JSON snapshot.
+   */
+  async load(): Promise<ConversationSnapshot | undefined> {
+    return (await this.loadVersioned())?.snapshot;
+  }
+
+  /**
+   * The latest snapshot (or the kept `version`) with its version; undefined
+   * when nothing is stored, the key was deleted, or that version is no longer
+   * kept. Rejects as {@link load}.
+   */
+  async loadVersioned(version?: number): Promise<VersionedSnapshot | undefined> {
+    const request = {
+      key: this.key,
+      ...(version !== undefined && { version: checkU64(version, "version") }),
+    };
+    const response = await unary<LoadResponse>((done) =>
+      this.#stub.Load(request, deadline(this.#timeoutMs), done),
+    );
+    const stored = response.snapshot;
+    if (!response.found || stored === null) {
+      return undefined;
+    }
+    if (stored.content_type !== "" && stored.content_type !== JSON_CONTENT_TYPE) {
+      throw new SnapshotFormatError(`snapshot of ${this.key} is ${stored.content_type}, not JSON`);
+    }
+    return {
+      snapshot: decodeSnapshot(stored.data),
+      version: fromU64(stored.version, "version"),
+      savedAtUnixNanos: fromNanos(stored.saved_at_unix_nanos),
+    };
+  }
+
+  /**
+   * Deletes every kept version of the key; resolves with how many (0 for an
+   * unknown key). Versions do not restart: the next save gets a higher one.
+   */
+  async delete(): Promise<number> {
+    const response = await unary<DeleteResponse>((done) =>
+      this.#stub.Delete({ key: this.key }, deadline(this.#timeoutMs), done),
+    );
+    return fromU64(response.removed_versions, "removed_versions");
+  }
+}

@@ -1,0 +1,45 @@
+/**
+ * turnstore's TypeScript client, built from proto/turnstore/v1/turnstore.proto.
+ *
+ * ```ts
+ * const client = new TurnstoreClient("unix:/run/turnstore.sock");
+ * await client.events.append("thread-1", 1, newEnvelope({ type: "text_delta", delta: "Hi" }));
+ * ```
+ */
+export { TurnstoreClient, DEFAULT_TARGET, checkTarget } from "./client";
+export type { DaemonStats, TurnstoreClientOptions } from "./client";
+export { EventStore } from "./events";
+export type { ReplayOptions } from "./events";
+export { HistoryStore } from "./history";
+export type { VersionedSnapshot } from "./history";
+export { Replay } from "./replay";
+export type {
+  CaughtUpItem,
+  EventItem,
+  ReplayItem,
+  ThreadClearedItem,
+  TurnFinishedItem,
+} from "./replay";
+export { JSON_CONTENT_TYPE, envelopeFromJson, envelopeToJson, newEnvelope } from "./envelope";
+export type { AgentEvent, EventEnvelope, StoredEvent, StoredTurn } from "./envelope";
+export { SNAPSHOT_VERSION, checkSnapshot } from "./snapshot";
+export type { ConversationSnapshot } from "./snapshot";
+export {
+  CURRENT_VERSION_METADATA_KEY,
+  DeadlineExceededError,
+  ERROR_METADATA_KEY,
+  EventFormatError,
+  EventIdConflictError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  ResourceExhaustedError,
+  ServerError,
+  SnapshotFormatError,
+  StorageFullError,
+  ThreadClearedError,
+  TurnAlreadyFinishedError,
+  TurnFinishedError,
+  TurnstoreError,
+  UnavailableError,
+  VersionConflictError,
+} from "./errors";

@@ -1,0 +1,425 @@
+/**
+ * The client against a real daemon: TURNSTORE_TARGET names it (tests/test_typescript.py
+ * starts one). TURNSTORE_INTEROP, when set, holds what the Python client wrote
+ * (checked here) and what this program must write (checked by Python afterwards).
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { after, before, describe, test } from "node:test";
+
+import {
+  EventFormatError,
+  EventIdConflictError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  SnapshotFormatError,
+  TurnAlreadyFinishedError,
+  TurnFinishedError,
+  TurnstoreClient,
+  TurnstoreError,
+  VersionConflictError,
+  checkSnapshot,
+  checkTarget,
+  envelopeFromJson,
+  envelopeToJson,
+  newEnvelope,
+} from "../src/index";
+import type { EventEnvelope, ReplayItem, StoredTurn } from "../src/index";
+
+const target = process.env.TURNSTORE_TARGET;
+if (target === undefined || target === "") {
+  throw new Error("set TURNSTORE_TARGET to a running daemon (unix:/path or 127.0.0.1:PORT)");
+}
+
+interface InteropTurn {
+  turn: number;
+  finished: boolean;
+  events: Record<string, unknown>[];
+}
+
+interface Interop {
+  python_thread: string;
+  python_turns: InteropTurn[];
+  python_snapshot_key: string;
+  python_snapshot: unknown;
+  ts_thread: string;
+  ts_turns: InteropTurn[];
+  ts_snapshot_key: string;
+  ts_snapshot: unknown;
+}
+
+const interop: Interop | undefined = process.env.TURNSTORE_INTEROP
+  ? (JSON.parse(process.env.TURNSTORE_INTEROP) as Interop)
+  : undefined;
+
+const client = new TurnstoreClient(target, { timeoutMs: 15_000 });
+
+before(async () => {
+  await client.waitForReady(10_000);
+});
+
+after(() => {
+  client.close();
+});
+
+function newThread(): string {
+  return `ts-${randomUUID()}`;
+}
+
+function delta(text: string, sequence = 0): EventEnvelope {
+  return newEnvelope({ type: "text_delta", message_id: "m1", delta: text }, sequence);
+}
+
+/** Rejects with the error `promise` rejects with, or fails when it resolves. */
+async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise;
+  } catch (error) {
+    return error;
+  }
+  assert.fail("expected a rejection");
+}
+
+/** The next item of a replay iterator; fails when the replay ends first. */
+async function next(items: AsyncIterator<ReplayItem>): Promise<ReplayItem> {
+  const result = await items.next();
+  assert.equal(result.done, false, "the replay ended early");
+  return result.value as ReplayItem;
+}
+
+/** Waits until the daemon has no open replay (cancelled ones are freed asynchronously). */
+async function noOpenReplays(): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  let stats = await client.stats();
+  while (stats.openReplays > 0 && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    stats = await client.stats();
+  }
+  assert.deepEqual(
+    [stats.openReplays, stats.liveFollowers],
+    [0, 0],
+    "a cancelled replay was not freed",
+  );
+}
+
+/** A turn in the interop form: flat JSON envelopes. */
+function flat(turn: StoredTurn): InteropTurn {
+  return {
+    turn: turn.turn,
+    finished: turn.finished,
+    events: turn.events.map((stored) => envelopeToJson(stored.envelope)),
+  };
+}
+
+describe("events", () => {
+  test("append, finish and read turns back in order", async () => {
+    const thread = newThread();
+    const odd: EventEnvelope = newEnvelope(
+      {
+        type: "tool_call_start",
+        name: "search",
+        args: { query: "naïve café ☕ 😀", limit: 3, nested: [1, 2.5, null, true, { deep: "x" }] },
+        empty: {},
+        quote: 'he said "hi"\n\ttab',
+      },
+      7,
+    );
+    // Turn 2 first: ListTurns orders by turn number, not by commit.
+    assert.deepEqual(await client.events.append(thread, 2, delta("later")), [0]);
+    assert.deepEqual(
+      await client.events.append(thread, 1, [delta("Hel", 0), delta("lo", 1)]),
+      [1, 2],
+    );
+    assert.deepEqual(await client.events.append(thread, 1, odd), [3]);
+    assert.equal(await client.events.finishTurn(thread, 1), 3);
+
+    const one = await client.events.getTurn(thread, 1);
+    assert.ok(one !== undefined);
+    assert.equal(one.finished, true);
+    assert.deepEqual(
+      one.events.map((e) => e.position),
+      [1, 2, 3],
+    );
+    assert.deepEqual(
+      one.events.map((e) => e.envelope.event.delta),
+      ["Hel", "lo", undefined],
+    );
+    assert.deepEqual(one.events[2]?.envelope, odd, "the JSON body round-trips exactly");
+    assert.ok(one.events.every((e) => e.turn === 1 && e.storedAtUnixNanos > 0n));
+
+    const turns = await client.events.getTurns(thread);
+    assert.deepEqual(
+      turns.map((t) => [t.turn, t.finished, t.events.length]),
+      [
+        [1, true, 3],
+        [2, false, 1],
+      ],
+    );
+    assert.deepEqual(turns[1]?.events[0]?.envelope.event, {
+      type: "text_delta",
+      message_id: "m1",
+      delta: "later",
+    });
+    assert.equal(await client.events.eventCount(thread), 4);
+
+    assert.equal(await client.events.getTurn(thread, 99), undefined);
+    assert.equal(await client.events.getTurn(newThread(), 1), undefined);
+    assert.deepEqual(await client.events.getTurns(newThread()), []);
+    assert.equal(await client.events.clear(thread), 4);
+    assert.equal(await client.events.eventCount(thread), 0);
+  });
+
+  test("a turn the daemon streams in several pieces is read back whole", async () => {
+    const thread = newThread();
+    const envelopes = Array.from({ length: 1300 }, (_, i) => delta(`d${i}`, i));
+    const positions = await client.events.append(thread, 5, envelopes);
+    assert.deepEqual(
+      positions,
+      envelopes.map((_, i) => i),
+    );
+    await client.events.finishTurn(thread, 5);
+    const turns = await client.events.getTurns(thread);
+    assert.equal(turns.length, 1);
+    assert.equal(turns[0]?.finished, true);
+    assert.deepEqual(
+      turns[0]?.events.map((e) => e.envelope),
+      envelopes,
+    );
+  });
+
+  test("errors are typed by the daemon's reason", async () => {
+    const thread = newThread();
+    const first = delta("a");
+    await client.events.append(thread, 1, first);
+    await client.events.finishTurn(thread, 1);
+
+    const finished = await rejection(client.events.append(thread, 1, delta("late")));
+    assert.ok(finished instanceof TurnFinishedError, String(finished));
+    assert.ok(finished instanceof FailedPreconditionError && finished instanceof TurnstoreError);
+    assert.equal(finished.reason, "turn_finished");
+    assert.equal(finished.code, 9); // FAILED_PRECONDITION
+    assert.ok(finished.cause !== undefined);
+
+    assert.ok(
+      (await rejection(client.events.finishTurn(thread, 1))) instanceof TurnAlreadyFinishedError,
+    );
+    // An id already stored in this turn is idempotent; in another turn it conflicts.
+    assert.deepEqual(await client.events.append(thread, 1, first), [0]);
+    assert.ok(
+      (await rejection(client.events.append(thread, 2, first))) instanceof EventIdConflictError,
+    );
+
+    const empty = await rejection(client.events.append("", 1, delta("x")));
+    assert.ok(
+      empty instanceof InvalidArgumentError && empty.reason === "invalid_argument",
+      String(empty),
+    );
+    assert.ok(
+      (await rejection(client.events.append(thread, 3, []))) instanceof InvalidArgumentError,
+    );
+    // Refused before any call: no code.
+    const negative = await rejection(client.events.append(thread, -1, delta("x")));
+    assert.ok(negative instanceof InvalidArgumentError && negative.code === undefined);
+    const typeless = await rejection(client.events.append(thread, 3, newEnvelope({ type: "" })));
+    assert.ok(typeless instanceof EventFormatError);
+    assert.equal(await client.events.eventCount(thread), 1, "nothing refused was stored");
+  });
+
+  test("the flat JSON form round-trips", () => {
+    const envelope = delta("x", 3);
+    assert.deepEqual(
+      envelopeFromJson(JSON.parse(JSON.stringify(envelopeToJson(envelope)))),
+      envelope,
+    );
+    assert.throws(
+      () => envelopeFromJson({ event_id: "e", sequence: 0, timestamp: "t" }),
+      EventFormatError,
+    );
+  });
+
+  test("only loopback targets without allowRemote", () => {
+    checkTarget("unix:/tmp/x.sock");
+    checkTarget("127.0.0.1:7070");
+    checkTarget("[::1]:7070");
+    checkTarget("localhost:1");
+    assert.throws(() => checkTarget("10.0.0.1:7070"), InvalidArgumentError);
+    assert.throws(() => checkTarget("no-port"), InvalidArgumentError);
+    checkTarget("10.0.0.1:7070", true);
+  });
+});
+
+describe("replay", () => {
+  test("a follower receives later events and the finish marker, then is cancelled", async () => {
+    const thread = newThread();
+    await client.events.append(thread, 1, delta("before"));
+    const replay = client.events.replay(thread, { follow: true, timeoutMs: 30_000 });
+    const items = replay[Symbol.asyncIterator]();
+
+    const stored = await next(items);
+    assert.equal(stored.kind, "event");
+    assert.equal(stored.kind === "event" && stored.event.envelope.event.delta, "before");
+    assert.deepEqual(await next(items), { kind: "caught_up", nextPosition: 1 });
+
+    // Appended after the follower caught up: it must see them live.
+    const later = [delta("live-1"), delta("live-2")];
+    const pending = next(items);
+    await client.events.append(thread, 2, later);
+    const received: ReplayItem[] = [await pending];
+    while (received.length < 2) {
+      received.push(await next(items));
+    }
+    assert.deepEqual(
+      received.map((item) =>
+        item.kind === "event" ? [item.event.position, item.event.turn, item.event.envelope] : item,
+      ),
+      [
+        [1, 2, later[0]],
+        [2, 2, later[1]],
+      ],
+    );
+    await client.events.finishTurn(thread, 2);
+    assert.deepEqual(await next(items), {
+      kind: "turn_finished",
+      turn: 2,
+      eventCount: 2,
+      lastPosition: 2,
+    });
+    assert.equal(replay.lastPosition, 2);
+    assert.ok(replay.epoch !== undefined && replay.epoch > 0);
+
+    // Cancelled while waiting: the iteration ends without an error.
+    assert.equal((await client.stats()).liveFollowers, 1);
+    const waiting = items.next();
+    replay.close();
+    assert.deepEqual(await waiting, { done: true, value: undefined });
+    await noOpenReplays();
+
+    // Resuming after the last position sees only the events that came since
+    // (and, as the contract allows, again the finish marker right after it).
+    await client.events.append(thread, 3, delta("after"));
+    const resumed: string[] = [];
+    for await (const item of client.events.replay(thread, {
+      after: replay.lastPosition,
+      epoch: replay.epoch,
+    })) {
+      resumed.push(item.kind === "event" ? `event ${item.event.position}` : item.kind);
+    }
+    assert.deepEqual(resumed, ["turn_finished", "event 3", "caught_up"]);
+  });
+
+  test("markers: empty finished turns, thread cleared, abort signal, daemon errors", async () => {
+    const thread = newThread();
+    await client.events.finishTurn(thread, 4);
+    const items: ReplayItem[] = [];
+    for await (const item of client.events.replay(thread)) {
+      items.push(item);
+    }
+    assert.deepEqual(items, [
+      { kind: "turn_finished", turn: 4, eventCount: 0, lastPosition: undefined },
+      { kind: "caught_up", nextPosition: 0 },
+    ]);
+
+    const follower = client.events.replay(thread, { follow: true })[Symbol.asyncIterator]();
+    await next(follower); // turn_finished
+    await next(follower); // caught_up
+    const pending = next(follower);
+    await client.events.clear(thread);
+    assert.equal((await pending).kind, "thread_cleared");
+    assert.equal((await follower.next()).done, true, "the replay ends after thread_cleared");
+
+    const controller = new AbortController();
+    const seen: string[] = [];
+    for await (const item of client.events.replay(newThread(), {
+      follow: true,
+      signal: controller.signal,
+    })) {
+      seen.push(item.kind);
+      controller.abort();
+    }
+    assert.deepEqual(seen, ["caught_up"]);
+
+    // Leaving a loop early cancels the call too.
+    for await (const item of client.events.replay(thread, { follow: true })) {
+      assert.equal(item.kind, "caught_up");
+      break;
+    }
+    await noOpenReplays();
+    // A replay cancelled before it started never calls the daemon.
+    const aborted = client.events.replay(thread, { follow: true, signal: AbortSignal.abort() });
+    assert.equal((await aborted[Symbol.asyncIterator]().next()).done, true);
+
+    const bad = await rejection(
+      (async () => {
+        for await (const item of client.events.replay(thread, { fromTurn: 5, toTurn: 1 })) {
+          assert.fail(`unexpected ${item.kind}`);
+        }
+      })(),
+    );
+    assert.ok(bad instanceof InvalidArgumentError, String(bad));
+  });
+});
+
+describe("history", () => {
+  test("load before save, save and load round trip, versions", async () => {
+    const history = client.history(`ts-conversation-${randomUUID()}`);
+    assert.equal(await history.load(), undefined);
+    const snapshot = {
+      version: 1 as const,
+      messages: [
+        { role: "user", content: "héllo 😀" },
+        { role: "assistant", content: [{ type: "text", text: "hi" }] },
+      ],
+      pinned: [true, false],
+    };
+    assert.equal(await history.save(snapshot, { expectedVersion: 0 }), 1);
+    assert.deepEqual(await history.load(), snapshot);
+
+    const conflict = await rejection(history.save(snapshot, { expectedVersion: 0 }));
+    assert.ok(conflict instanceof VersionConflictError, String(conflict));
+    assert.equal(conflict.currentVersion, 1);
+    const changed = {
+      ...snapshot,
+      messages: [...snapshot.messages, "third"],
+      pinned: [true, false, false],
+    };
+    assert.equal(await history.save(changed, { expectedVersion: 1 }), 2);
+    const loaded = await history.loadVersioned();
+    assert.equal(loaded?.version, 2);
+    assert.deepEqual(loaded?.snapshot, changed);
+    assert.deepEqual((await history.loadVersioned(1))?.snapshot, snapshot);
+
+    const mismatched = await rejection(history.save({ version: 1, messages: [1], pinned: [] }));
+    assert.ok(mismatched instanceof SnapshotFormatError);
+    assert.equal(await history.delete(), 2);
+    assert.equal(await history.load(), undefined);
+  });
+});
+
+describe("interop with the Python client", { skip: interop === undefined }, () => {
+  test("reads what Python wrote", async () => {
+    assert.ok(interop !== undefined);
+    const turns = await client.events.getTurns(interop.python_thread);
+    assert.deepEqual(turns.map(flat), interop.python_turns);
+    assert.deepEqual(
+      await client.history(interop.python_snapshot_key).load(),
+      interop.python_snapshot,
+    );
+  });
+
+  test("writes what Python reads back", async () => {
+    assert.ok(interop !== undefined);
+    for (const turn of interop.ts_turns) {
+      const [first, ...rest] = turn.events.map(envelopeFromJson);
+      assert.ok(first !== undefined);
+      await client.events.append(interop.ts_thread, turn.turn, first);
+      if (rest.length > 0) {
+        await client.events.append(interop.ts_thread, turn.turn, rest);
+      }
+      if (turn.finished) {
+        await client.events.finishTurn(interop.ts_thread, turn.turn);
+      }
+    }
+    const snapshot = checkSnapshot(interop.ts_snapshot);
+    assert.equal(await client.history(interop.ts_snapshot_key).save(snapshot), 1);
+  });
+});
