@@ -18,6 +18,7 @@ README = Path(__file__).parent.parent / "README.md"
 PUBLIC_NAMES = [
     "AgentEventEnvelope",
     "CaughtUp",
+    "ClientTls",
     "ConversationSnapshot",
     "DeadlineExceededError",
     "EventAppender",
@@ -46,6 +47,7 @@ PUBLIC_NAMES = [
     "TurnFinishedError",
     "TurnstoreClient",
     "TurnstoreError",
+    "UnauthenticatedError",
     "UnavailableError",
     "VersionConflictError",
     "VersionedSnapshot",
@@ -60,7 +62,7 @@ def test_public_names_are_pinned() -> None:
 
 def test_every_error_derives_from_the_base() -> None:
     errors = [getattr(turnstore, n) for n in PUBLIC_NAMES if n.endswith("Error")]
-    assert len(errors) == 15
+    assert len(errors) == 16
     assert all(issubclass(cls, turnstore.TurnstoreError) for cls in errors)
 
 

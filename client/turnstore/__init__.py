@@ -16,6 +16,7 @@ from pkgutil import extend_path
 # The daemon's package `turnstore.server` may live in another source root.
 __path__ = extend_path(__path__, __name__)
 
+from turnstore._auth import ClientTls
 from turnstore.client import (
     GrpcEventStore,
     GrpcHistoryStore,
@@ -39,6 +40,7 @@ from turnstore.errors import (
     TurnAlreadyFinishedError,
     TurnFinishedError,
     TurnstoreError,
+    UnauthenticatedError,
     UnavailableError,
     VersionConflictError,
 )
@@ -60,6 +62,7 @@ from turnstore.streams import (
 __all__ = [
     "AgentEventEnvelope",
     "CaughtUp",
+    "ClientTls",
     "ConversationSnapshot",
     "DeadlineExceededError",
     "EventAppender",
@@ -88,6 +91,7 @@ __all__ = [
     "TurnFinishedError",
     "TurnstoreClient",
     "TurnstoreError",
+    "UnauthenticatedError",
     "UnavailableError",
     "VersionConflictError",
     "VersionedSnapshot",

@@ -20,6 +20,7 @@ _BY_REASON: Final[dict[str, type[errors.TurnstoreError]]] = {
     "thread_cleared": errors.ThreadClearedError,
     "storage_full": errors.StorageFullError,
     "shutting_down": errors.UnavailableError,
+    "unauthenticated": errors.UnauthenticatedError,
 }
 
 _BY_CODE: Final[dict[grpc.StatusCode, type[errors.TurnstoreError]]] = {
@@ -31,6 +32,7 @@ _BY_CODE: Final[dict[grpc.StatusCode, type[errors.TurnstoreError]]] = {
     # asyncio.CancelledError.
     grpc.StatusCode.CANCELLED: errors.UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceededError,
+    grpc.StatusCode.UNAUTHENTICATED: errors.UnauthenticatedError,
 }
 
 

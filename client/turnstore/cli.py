@@ -11,10 +11,14 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import grpc
 
 from turnstore.client import DEFAULT_TARGET, StoredEvent, TurnstoreClient
 from turnstore.errors import TurnstoreError
@@ -33,6 +37,32 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[unit]
 
 
+class _EnvOptions:
+    """Adds options that a TURNSTORE_<NAME> environment variable can also set.
+
+    The command line wins over the variable, the variable over the default;
+    ``--help`` names the variable and shows the default.
+    """
+
+    def __init__(self, group: argparse._ActionsContainer) -> None:
+        self._group = group
+
+    def add(self, flag: str, *, help: str, **kwargs: Any) -> None:
+        env = "TURNSTORE_" + flag.lstrip("-").upper().replace("-", "_")
+        raw = os.environ.get(env)
+        action = kwargs.get("action")
+        if action == "store_true":
+            kwargs["default"] = (raw or "").lower() in ("1", "true", "yes", "on")
+        elif action == "append":
+            if raw:
+                kwargs["default"] = [item.strip() for item in raw.split(",") if item.strip()]
+        elif raw is not None:
+            kwargs["default"] = raw
+        shown = kwargs.get("default")
+        suffix = f" [env {env}" + (f"; default {shown}]" if shown not in (None, False) else "]")
+        self._group.add_argument(flag, help=help + suffix, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="turnstore", description="A durable store for AI agent event streams."
@@ -43,66 +73,73 @@ def _parser() -> argparse.ArgumentParser:
         help="run the daemon",
         description="Run the turnstore daemon until SIGTERM or SIGINT.",
     )
-    serve.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path("turnstore-data"),
-        help="directory of the LMDB database (default: ./turnstore-data)",
+    option = _EnvOptions(serve)
+    option.add(
+        "--data-dir", type=Path, default="turnstore-data", help="directory of the LMDB database"
     )
-    serve.add_argument(
+    option.add(
         "--listen",
         action="append",
         metavar="ADDR",
-        help=f"HOST:PORT or unix:PATH; repeatable (default: {DEFAULT_TARGET})",
+        help=f"HOST:PORT or unix:PATH; repeatable; the variable takes a comma-separated list "
+        f"(default: {DEFAULT_TARGET})",
     )
-    serve.add_argument(
+    option.add(
         "--allow-remote",
         action="store_true",
-        help="allow listen addresses that are not loopback (no access control yet)",
+        help="allow listen addresses that are not loopback (use with a token and TLS)",
     )
-    serve.add_argument(
+    option.add(
         "--max-db-size",
         type=parse_size,
         default="16GiB",
-        help="ceiling of the database size; writes past it fail (default: 16GiB)",
+        help="ceiling of the database size; writes past it fail with RESOURCE_EXHAUSTED",
     )
-    limits = serve.add_argument_group(
-        "limits", "each enforced with INVALID_ARGUMENT naming the field and the limit"
-    )
-    limits.add_argument(
-        "--max-thread-id-bytes", type=int, default=256, help="UTF-8 bytes (max 511; default 256)"
-    )
-    limits.add_argument(
-        "--max-key-bytes",
-        type=int,
-        default=256,
-        help="conversation key UTF-8 bytes (max 511; default 256)",
-    )
-    limits.add_argument(
-        "--max-event-bytes",
-        type=parse_size,
-        default="1MiB",
-        help="one encoded event envelope (default 1MiB)",
-    )
-    limits.add_argument(
-        "--max-events-per-append", type=int, default=10_000, help="events per call (default 10000)"
-    )
-    limits.add_argument(
-        "--max-snapshot-bytes",
-        type=parse_size,
-        default="32MiB",
-        help="one snapshot (default 32MiB)",
-    )
-    serve.add_argument(
+    option.add(
         "--snapshot-versions",
         type=int,
         default=4,
-        help="snapshot versions kept per conversation key, the latest included (default 4)",
+        help="snapshot versions kept per conversation key, the latest included",
     )
-    serve.add_argument(
-        "--log-format", choices=("auto", "json", "console"), default="auto", help="log output"
+    option.add("--log-format", choices=("auto", "json", "console"), default="auto", help="logs")
+    option.add("--log-level", default="info", help="debug, info, warning or error")
+
+    access = _EnvOptions(serve.add_argument_group("access"))
+    access.add(
+        "--socket-mode",
+        type=lambda text: int(text, 8),
+        default="600",
+        help="permissions of Unix sockets, in octal (owner only by default)",
     )
-    serve.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    access.add(
+        "--auth-token-file",
+        type=Path,
+        help="require this bearer token (the file's first line) on every call but health; "
+        "TURNSTORE_AUTH_TOKEN may hold the token itself",
+    )
+    access.add("--tls-cert", type=Path, help="PEM certificate chain: serve TLS on TCP addresses")
+    access.add("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    access.add(
+        "--tls-client-ca",
+        type=Path,
+        help="PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    )
+    access.add(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics over HTTP here (loopback; off by default)",
+    )
+
+    limits = _EnvOptions(
+        serve.add_argument_group(
+            "limits", "each enforced with INVALID_ARGUMENT naming the field and the limit"
+        )
+    )
+    limits.add("--max-thread-id-bytes", type=int, default=256, help="UTF-8 bytes (max 511)")
+    limits.add("--max-key-bytes", type=int, default=256, help="conversation key bytes (max 511)")
+    limits.add("--max-event-bytes", type=parse_size, default="1MiB", help="one encoded event")
+    limits.add("--max-events-per-append", type=int, default=10_000, help="events per call")
+    limits.add("--max-snapshot-bytes", type=parse_size, default="32MiB", help="one snapshot")
 
     tail = commands.add_parser(
         "tail",
@@ -125,12 +162,47 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="output format; auto is text on a terminal, JSON lines otherwise",
     )
+    health = commands.add_parser(
+        "health",
+        help="check that a daemon is up and serving (for probes)",
+        description="Ask the daemon's grpc.health.v1 service; exit 0 when SERVING, else 1.",
+    )
+    health.add_argument(
+        "--target", default=DEFAULT_TARGET, help=f"daemon address (default: {DEFAULT_TARGET})"
+    )
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
     return parser
+
+
+async def _health(args: argparse.Namespace) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+        except grpc.aio.AioRpcError as error:
+            print(f"turnstore health: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _read_token(path: Path | None) -> str | None:
+    """The bearer token: the file's first line, else TURNSTORE_AUTH_TOKEN, else None."""
+    if path is not None:
+        lines = path.read_text().splitlines()
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ValueError(f"the token file {str(path)!r} is empty")
+        return token
+    return os.environ.get("TURNSTORE_AUTH_TOKEN") or None
 
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        from turnstore.server.app import ServerConfig, serve
+        from turnstore.server.app import ServerConfig, TlsConfig, serve
         from turnstore.server.engine import EngineConfig, Limits
         from turnstore.server.errors import DataDirLockedError
         from turnstore.server.logs import configure_logging
@@ -158,10 +230,21 @@ def _serve(args: argparse.Namespace) -> int:
             ),
             snapshot_versions_kept=args.snapshot_versions,
         )
+        tls = None
+        if args.tls_cert or args.tls_key:
+            if not (args.tls_cert and args.tls_key):
+                raise ValueError("--tls-cert and --tls-key go together")
+            tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
+        elif args.tls_client_ca:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         config = ServerConfig(
             engine=engine_config,
             listen=tuple(args.listen or (DEFAULT_TARGET,)),
             allow_remote=args.allow_remote,
+            socket_mode=args.socket_mode,
+            auth_token=_read_token(args.auth_token_file),
+            tls=tls,
+            metrics_listen=args.metrics_listen,
         )
         asyncio.run(serve(config))
     except (DataDirLockedError, ValueError, RuntimeError, OSError) as error:
@@ -194,7 +277,8 @@ def _format_item(item: ReplayItem, as_json: bool) -> str:
 
 async def _tail(args: argparse.Namespace) -> int:
     as_json = args.format == "json" or (args.format == "auto" and not sys.stdout.isatty())
-    async with TurnstoreClient(args.target, timeout=None) as client:
+    token = os.environ.get("TURNSTORE_AUTH_TOKEN") or None
+    async with TurnstoreClient(args.target, timeout=None, token=token) as client:
         replay = client.events.replay(args.thread, args.after, follow=args.follow)
         async with replay:
             async for item in replay:
@@ -207,6 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "health":
+        try:
+            return asyncio.run(_health(args))
+        except ImportError:
+            print("turnstore health needs the server extra", file=sys.stderr)
+            return 2
     if args.command == "tail":
         try:
             return asyncio.run(_tail(args))

@@ -18,6 +18,7 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
+from turnstore._auth import ClientTls, bearer_token_interceptors
 from turnstore._convert import JSON, StoredEvent, envelope_from_proto, fill_envelope
 from turnstore._status import error_from_rpc
 from turnstore._validate import check_offset, check_text, check_thread_id, check_turn
@@ -98,7 +99,10 @@ class GrpcEventStore:
     """
 
     def __init__(
-        self, stub: pb_grpc.EventStoreServiceStub, timeout: float | None, retry: RetryPolicy
+        self,
+        stub: pb_grpc.EventStoreServiceStub,
+        timeout: float | None,
+        retry: RetryPolicy,
     ) -> None:
         self._stub = stub
         self._timeout = timeout
@@ -400,6 +404,8 @@ class TurnstoreClient:
     deadline in seconds of each unary call and of each whole streaming read
     (None: no deadline). Calls that fail with UnavailableError are retried
     by ``retry`` (default: 6 attempts over about 3 to 5 s), then raise it.
+    ``token`` is sent as a bearer token on every call (for a daemon started
+    with ``--auth-token-file``); ``tls`` makes a TLS channel to a TCP target.
     Construct it inside a running event loop.
     """
 
@@ -409,6 +415,8 @@ class TurnstoreClient:
         *,
         timeout: float | None = 30.0,
         retry: RetryPolicy | None = None,
+        token: str | None = None,
+        tls: ClientTls | None = None,
         options: list[tuple[str, Any]] | None = None,
     ) -> None:
         self.target = target
@@ -424,7 +432,17 @@ class TurnstoreClient:
             ("grpc.use_local_subchannel_pool", 1),
             *(options or []),
         ]
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options)
+        if tls is not None and tls.server_name:
+            channel_options.append(("grpc.ssl_target_name_override", tls.server_name))
+        interceptors = bearer_token_interceptors(token) if token else None
+        if tls is not None:
+            self._channel = grpc.aio.secure_channel(
+                target, tls.credentials(), options=channel_options, interceptors=interceptors
+            )
+        else:
+            self._channel = grpc.aio.insecure_channel(
+                target, options=channel_options, interceptors=interceptors
+            )
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self.events = GrpcEventStore(

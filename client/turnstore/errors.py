@@ -66,6 +66,10 @@ class UnavailableError(TurnstoreError):
     """
 
 
+class UnauthenticatedError(TurnstoreError):
+    """The daemon requires a bearer token and the call had none or a wrong one."""
+
+
 class DeadlineExceededError(TurnstoreError):
     """The call did not complete before its deadline; it may still take effect."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,11 +19,15 @@ from pathlib import Path
 
 import grpc
 import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from turnstore.client import DEFAULT_TARGET as DEFAULT_LISTEN
 from turnstore.server.acks import AckPump
 from turnstore.server.engine import Engine, EngineConfig
 from turnstore.server.followers import Followers
+from turnstore.server.interceptors import BearerTokenInterceptor, MetricsInterceptor
+from turnstore.server.metrics import Metrics
 from turnstore.server.service import (
     AdminService,
     EventStoreService,
@@ -36,11 +41,34 @@ DEFAULT_DATA_DIR = Path("turnstore-data")
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """Server TLS: PEM files. With ``client_ca``, clients must present a
+    certificate signed by it (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """gRPC server credentials; raises OSError for unreadable files."""
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=self.client_ca.read_bytes() if self.client_ca else None,
+            require_client_auth=self.client_ca is not None,
+        )
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """What the daemon serves and where.
 
     ``listen`` holds ``HOST:PORT`` or ``unix:PATH`` addresses. Addresses that
-    are not loopback are refused unless ``allow_remote`` is set.
+    are not loopback are refused unless ``allow_remote`` is set. Unix sockets
+    are created with ``socket_mode`` permissions (owner-only by default).
+    With ``auth_token``, every call but health checks must carry it as a
+    bearer token. With ``tls``, TCP addresses serve TLS (Unix sockets stay
+    plain: the file permissions guard them). ``metrics_listen`` is the
+    loopback ``HOST:PORT`` of the Prometheus endpoint, off when None.
     """
 
     engine: EngineConfig
@@ -48,6 +76,11 @@ class ServerConfig:
     allow_remote: bool = False
     grace_seconds: float = 5.0
     read_threads: int = 4
+    socket_mode: int = 0o600
+    auth_token: str | None = None
+    tls: TlsConfig | None = None
+    metrics_listen: str | None = None
+    health_and_reflection: bool = True
 
 
 @dataclass
@@ -57,13 +90,28 @@ class BuiltServer:
     server: grpc.aio.Server
     followers: Followers
     executor: ThreadPoolExecutor
+    health: health.aio.HealthServicer | None = None
     addresses: list[str] = field(default_factory=list)
 
+    async def start(self) -> None:
+        """Start serving; health reports SERVING from now on."""
+        await self.server.start()
+        if self.health is not None:
+            for name in ("", *SERVICE_NAMES):
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
     async def stop(self, grace_seconds: float) -> None:
-        """End followers, stop the server (in-flight calls get the grace period)."""
+        """Report NOT_SERVING, end followers, stop (in-flight calls get the grace period)."""
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
         self.followers.close()
         await self.server.stop(grace_seconds)
         self.executor.shutdown(wait=True)
+
+
+SERVICE_NAMES = tuple(
+    f"turnstore.v1.{name}" for name in ("EventStoreService", "HistoryStoreService", "AdminService")
+)
 
 
 def check_listen_address(address: str, allow_remote: bool) -> None:
@@ -84,13 +132,26 @@ def check_listen_address(address: str, allow_remote: bool) -> None:
         loopback = False
     if not loopback:
         raise ValueError(
-            f"listen address {address!r} is not loopback; turnstore has no access "
-            "control yet, so pass --allow-remote to serve beyond this host on purpose"
+            f"listen address {address!r} is not loopback; pass --allow-remote to serve "
+            "beyond this host on purpose (with --auth-token-file and TLS)"
         )
 
 
-def build_server(config: ServerConfig, engine: Engine) -> BuiltServer:
-    """A server with both services over ``engine``, bound to every address.
+def _bind_unix(server: grpc.aio.Server, address: str, mode: int) -> None:
+    # The socket file is created by the bind: create it under a umask that
+    # already denies the access the mode denies, so it is never more open.
+    previous = os.umask(0o777 & ~mode)
+    try:
+        server.add_insecure_port(address)
+    finally:
+        os.umask(previous)
+    os.chmod(address[len("unix:") :], mode)
+
+
+def build_server(
+    config: ServerConfig, engine: Engine, metrics: Metrics | None = None
+) -> BuiltServer:
+    """A server with all services over ``engine``, bound to every address.
 
     Raises ValueError for an unacceptable address and RuntimeError when an
     address cannot be bound. Must be called with an event loop running.
@@ -99,12 +160,18 @@ def build_server(config: ServerConfig, engine: Engine) -> BuiltServer:
         check_listen_address(address, config.allow_remote)
     executor = ThreadPoolExecutor(config.read_threads, thread_name_prefix="turnstore-read")
     max_message = config.engine.limits.max_message_bytes
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if metrics is not None:
+        interceptors.append(MetricsInterceptor(metrics))
+    if config.auth_token is not None:
+        interceptors.append(BearerTokenInterceptor(config.auth_token))
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     followers = Followers(asyncio.get_running_loop())
     engine.add_commit_listener(followers.notify)
@@ -113,34 +180,59 @@ def build_server(config: ServerConfig, engine: Engine) -> BuiltServer:
     add_service(server, "HistoryStoreService", HistoryStoreService(*parts))
     add_service(server, "AdminService", AdminService(*parts))
     built = BuiltServer(server, followers, executor)
+    if config.health_and_reflection:
+        built.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(built.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    credentials = config.tls.credentials() if config.tls is not None else None
     for address in config.listen:
         try:
-            port = server.add_insecure_port(address)
+            if address.startswith("unix:"):
+                _bind_unix(server, address, config.socket_mode)
+                built.addresses.append(address)
+                continue
+            if credentials is not None:
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as error:
             raise RuntimeError(f"cannot listen on {address!r}: {error}") from error
-        if address.startswith("unix:"):
-            built.addresses.append(address)
-        else:
-            host = address.rpartition(":")[0]
-            built.addresses.append(f"{host}:{port}")
+        host = address.rpartition(":")[0]
+        built.addresses.append(f"{host}:{port}")
     return built
 
 
 async def serve(config: ServerConfig) -> None:
     """Run the daemon until SIGTERM or SIGINT, then shut down in order."""
+    metrics = Metrics() if config.metrics_listen is not None else None
+    metrics_host, metrics_port = "", 0
+    if config.metrics_listen is not None:
+        check_listen_address(config.metrics_listen, config.allow_remote)
+        metrics_host, _, port_text = config.metrics_listen.rpartition(":")
+        metrics_host, metrics_port = metrics_host.strip("[]"), int(port_text)
     engine = Engine.open(config.engine)
     try:
-        built = build_server(config, engine)
+        built = build_server(config, engine, metrics)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await built.server.start()
+        metrics_address = None
+        if metrics is not None:
+            metrics.watch(engine, built.followers, Path(config.engine.data_dir))
+            bound = metrics.serve(metrics_host, metrics_port)
+            metrics_address = f"{metrics_host}:{bound}"
+        await built.start()
         log.info(
             "serving",
             data_dir=str(config.engine.data_dir),
             listen=built.addresses,
             max_map_bytes=config.engine.max_map_bytes,
+            auth=config.auth_token is not None,
+            tls=config.tls is not None,
+            metrics=metrics_address,
         )
         await stop.wait()
         log.info("stopping", grace_seconds=config.grace_seconds)

@@ -242,6 +242,7 @@ class _Write:
 
 
 CommitListener = Callable[[set[str]], None]
+CommitObserver = Callable[[int, float], None]
 
 
 class Engine:
@@ -264,6 +265,7 @@ class Engine:
         self._closed = False
         self._close_lock = threading.Lock()
         self._listeners: list[CommitListener] = []
+        self._observers: list[CommitObserver] = []
         self._writer = threading.Thread(target=self._write_loop, name="turnstore-writer")
         self._writer.start()
 
@@ -390,6 +392,14 @@ class Engine:
         ignored.
         """
         self._listeners.append(listener)
+
+    def add_commit_observer(self, observer: CommitObserver) -> None:
+        """Call ``observer(writes, seconds)`` after every commit, for metrics.
+
+        ``writes`` is how many writes shared the transaction and ``seconds``
+        how long its commit (the fsync) took. Same rules as listeners.
+        """
+        self._observers.append(observer)
 
     def append(
         self, thread_id: str, turn: int, events: Sequence[NewEvent], finish: bool = False
@@ -664,12 +674,19 @@ class Engine:
             outcomes: list[tuple[bool, Any]] = []
             try:
                 now_ns = time.time_ns()
-                with self._env.begin(write=True) as txn:
+                txn = self._env.begin(write=True)
+                try:
                     for write in batch:
                         try:
                             outcomes.append((True, write.apply(txn, now_ns)))
                         except EngineError as error:
                             outcomes.append((False, error))
+                except BaseException:
+                    txn.abort()
+                    raise
+                commit_started = time.perf_counter()
+                txn.commit()  # the fsync; a failed commit aborts the transaction
+                commit_seconds = time.perf_counter() - commit_started
             except lmdb.MapFullError:
                 if not self._grow_map():
                     full = StorageFullError(
@@ -696,6 +713,9 @@ class Engine:
                 for listener in self._listeners:
                     with contextlib.suppress(Exception):
                         listener(changed)
+            for observer in self._observers:
+                with contextlib.suppress(Exception):
+                    observer(len(batch), commit_seconds)
             return
 
     def _grow_map(self) -> bool:

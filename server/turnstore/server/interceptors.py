@@ -1,0 +1,135 @@
+"""Server interceptors: bearer-token access control and per-RPC metrics.
+
+Both wrap a method's handler in one of the same kind (unary or streaming on
+each side), so they work for every RPC without knowing its messages.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
+
+import grpc
+
+from turnstore.server.metrics import Metrics
+
+HEALTH_PREFIX: Final = "/grpc.health.v1.Health/"
+AUTHORIZATION: Final = "authorization"
+
+_HANDLER_FACTORIES: Final = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    for name in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+        behavior = getattr(handler, name)
+        if behavior is not None:
+            return behavior  # type: ignore[no-any-return]
+    raise ValueError("handler has no behavior")
+
+
+def _rebuild(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]) -> Any:
+    factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    return factory(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuse every call without ``authorization: Bearer <token>``, health excepted.
+
+    Tokens are compared in constant time. A refused call gets
+    UNAUTHENTICATED and never reaches its handler.
+    """
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("the bearer token must not be empty")
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
+            return handler
+        presented = b""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == AUTHORIZATION:
+                presented = value.encode() if isinstance(value, str) else value
+        if hmac.compare_digest(presented, self._expected):
+            return handler
+        return _rebuild(handler, _refuse_like(handler))
+
+
+def _refuse_like(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or wrong bearer token (send 'authorization: Bearer <token>')",
+            trailing_metadata=(("turnstore-error", "unauthenticated"),),
+        )
+
+    if not handler.response_streaming:
+        return refuse
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await refuse(request, context)
+        yield  # pragma: no cover - abort raises
+
+    return refuse_stream
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Count calls, failures and latency of every RPC into :class:`Metrics`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        behavior = _behavior(handler)
+        metrics = self._metrics
+
+        if not handler.response_streaming:
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                failed = True
+                try:
+                    response = await behavior(request, context)
+                    failed = False
+                    return response
+                finally:
+                    metrics.observe_rpc(method, time.perf_counter() - started, failed)
+
+            return _rebuild(handler, unary)
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            failed = True
+            try:
+                async for response in behavior(request, context):
+                    yield response
+                failed = False
+            finally:
+                metrics.observe_rpc(method, time.perf_counter() - started, failed)
+
+        return _rebuild(handler, streaming)
