@@ -20,12 +20,25 @@ from typing import Any
 
 import grpc
 
+from turnstore.admin_cli import add_admin_commands, run_admin_command
 from turnstore.client import DEFAULT_TARGET, StoredEvent, TurnstoreClient
 from turnstore.errors import TurnstoreError
 from turnstore.streams import CaughtUp, ReplayItem, TurnFinished
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``90``, ``90s``, ``30m``, ``12h``, ``7d`` into seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 90s, 30m, 12h or 7d)")
+    return float(match.group(1)) * _SECONDS[match.group(2).lower()]
 
 
 def parse_size(text: str) -> int:
@@ -68,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="turnstore", description="A durable store for AI agent event streams."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    add_admin_commands(commands)
     serve = commands.add_parser(
         "serve",
         help="run the daemon",
@@ -103,6 +117,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     option.add("--log-format", choices=("auto", "json", "console"), default="auto", help="logs")
     option.add("--log-level", default="info", help="debug, info, warning or error")
+
+    retention = _EnvOptions(
+        serve.add_argument_group(
+            "retention", "background removal of what was not written for a while (off by default)"
+        )
+    )
+    retention.add(
+        "--retain-threads-for",
+        type=parse_duration,
+        help="remove threads not written for this long (e.g. 30d)",
+    )
+    retention.add(
+        "--retain-conversations-for",
+        type=parse_duration,
+        help="remove conversation keys not saved or deleted for this long (e.g. 90d)",
+    )
+    retention.add(
+        "--retention-interval",
+        type=parse_duration,
+        default="60s",
+        help="how often the retention sweep runs",
+    )
 
     access = _EnvOptions(serve.add_argument_group("access"))
     access.add(
@@ -229,6 +265,9 @@ def _serve(args: argparse.Namespace) -> int:
                 max_snapshot_bytes=args.max_snapshot_bytes,
             ),
             snapshot_versions_kept=args.snapshot_versions,
+            retain_threads_for_seconds=args.retain_threads_for,
+            retain_conversations_for_seconds=args.retain_conversations_for,
+            retention_interval_seconds=args.retention_interval,
         )
         tls = None
         if args.tls_cert or args.tls_key:
@@ -289,6 +328,9 @@ async def _tail(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     args = _parser().parse_args(argv)
+    status = run_admin_command(args)
+    if status is not None:
+        return status
     if args.command == "serve":
         return _serve(args)
     if args.command == "health":

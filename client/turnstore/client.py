@@ -10,11 +10,12 @@ subclass whose ``__cause__`` is the gRPC error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import grpc
 
@@ -27,6 +28,9 @@ from turnstore.models import AgentEventEnvelope, ConversationSnapshot, StoredTur
 from turnstore.streams import EventAppender, Replay, replay_request
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from turnstore.admin import GrpcAdmin
 
 __all__ = [
     "GrpcEventStore",
@@ -449,6 +453,17 @@ class TurnstoreClient:
             pb_grpc.EventStoreServiceStub(self._channel), timeout, self._retry
         )
         self._history_stub = pb_grpc.HistoryStoreServiceStub(self._channel)
+
+    @functools.cached_property
+    def admin(self) -> GrpcAdmin:
+        """Administrative calls: stats, backups, listings, export and import.
+
+        See :class:`turnstore.admin.GrpcAdmin`; it shares this client's
+        channel, timeout and retry policy.
+        """
+        from turnstore.admin import GrpcAdmin  # here: turnstore.admin imports this module
+
+        return GrpcAdmin(self._channel, self._timeout, self._retry)
 
     def history(self, key: str) -> GrpcHistoryStore:
         """A HistoryStore bound to the conversation ``key`` (non-empty)."""

@@ -285,14 +285,100 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("live_followers", "open_replays", "map_size_bytes")
+    __slots__ = ("live_followers", "open_replays", "map_size_bytes", "threads", "events", "turns", "finished_turns", "conversations", "snapshot_versions", "data_file_bytes", "retention_enabled", "retention_sweeps", "retention_removed_threads", "retention_removed_events", "retention_removed_conversations", "retention_last_error")
     LIVE_FOLLOWERS_FIELD_NUMBER: _ClassVar[int]
     OPEN_REPLAYS_FIELD_NUMBER: _ClassVar[int]
     MAP_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    TURNS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_TURNS_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FILE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_SWEEPS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_REMOVED_THREADS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_REMOVED_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_REMOVED_CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     live_followers: int
     open_replays: int
     map_size_bytes: int
-    def __init__(self, live_followers: _Optional[int] = ..., open_replays: _Optional[int] = ..., map_size_bytes: _Optional[int] = ...) -> None: ...
+    threads: int
+    events: int
+    turns: int
+    finished_turns: int
+    conversations: int
+    snapshot_versions: int
+    data_file_bytes: int
+    retention_enabled: bool
+    retention_sweeps: int
+    retention_removed_threads: int
+    retention_removed_events: int
+    retention_removed_conversations: int
+    retention_last_error: str
+    def __init__(self, live_followers: _Optional[int] = ..., open_replays: _Optional[int] = ..., map_size_bytes: _Optional[int] = ..., threads: _Optional[int] = ..., events: _Optional[int] = ..., turns: _Optional[int] = ..., finished_turns: _Optional[int] = ..., conversations: _Optional[int] = ..., snapshot_versions: _Optional[int] = ..., data_file_bytes: _Optional[int] = ..., retention_enabled: _Optional[bool] = ..., retention_sweeps: _Optional[int] = ..., retention_removed_threads: _Optional[int] = ..., retention_removed_events: _Optional[int] = ..., retention_removed_conversations: _Optional[int] = ..., retention_last_error: _Optional[str] = ...) -> None: ...
+
+class BackupRequest(_message.Message):
+    __slots__ = ("dest_dir",)
+    DEST_DIR_FIELD_NUMBER: _ClassVar[int]
+    dest_dir: str
+    def __init__(self, dest_dir: _Optional[str] = ...) -> None: ...
+
+class BackupResponse(_message.Message):
+    __slots__ = ("dest_dir", "bytes_written")
+    DEST_DIR_FIELD_NUMBER: _ClassVar[int]
+    BYTES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    dest_dir: str
+    bytes_written: int
+    def __init__(self, dest_dir: _Optional[str] = ..., bytes_written: _Optional[int] = ...) -> None: ...
+
+class ListThreadsRequest(_message.Message):
+    __slots__ = ("start_after",)
+    START_AFTER_FIELD_NUMBER: _ClassVar[int]
+    start_after: str
+    def __init__(self, start_after: _Optional[str] = ...) -> None: ...
+
+class ThreadSummary(_message.Message):
+    __slots__ = ("thread_id", "event_count", "finished_turns", "last_write_unix_nanos")
+    THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_TURNS_FIELD_NUMBER: _ClassVar[int]
+    LAST_WRITE_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    thread_id: str
+    event_count: int
+    finished_turns: int
+    last_write_unix_nanos: int
+    def __init__(self, thread_id: _Optional[str] = ..., event_count: _Optional[int] = ..., finished_turns: _Optional[int] = ..., last_write_unix_nanos: _Optional[int] = ...) -> None: ...
+
+class ListThreadsResponse(_message.Message):
+    __slots__ = ("threads",)
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    threads: _containers.RepeatedCompositeFieldContainer[ThreadSummary]
+    def __init__(self, threads: _Optional[_Iterable[_Union[ThreadSummary, _Mapping]]] = ...) -> None: ...
+
+class ListKeysRequest(_message.Message):
+    __slots__ = ("start_after",)
+    START_AFTER_FIELD_NUMBER: _ClassVar[int]
+    start_after: str
+    def __init__(self, start_after: _Optional[str] = ...) -> None: ...
+
+class KeySummary(_message.Message):
+    __slots__ = ("key", "version", "last_write_unix_nanos")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAST_WRITE_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    version: int
+    last_write_unix_nanos: int
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ..., last_write_unix_nanos: _Optional[int] = ...) -> None: ...
+
+class ListKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[KeySummary]
+    def __init__(self, keys: _Optional[_Iterable[_Union[KeySummary, _Mapping]]] = ...) -> None: ...
 
 class ListVersionsRequest(_message.Message):
     __slots__ = ("key",)

@@ -85,6 +85,11 @@ class EventStoreServiceStub:
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.AppendStreamRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.AppendStreamResponse.FromString,
                 _registered_method=True)
+        self.ListThreads = channel.unary_stream(
+                '/turnstore.v1.EventStoreService/ListThreads',
+                request_serializer=turnstore_dot_v1_dot_turnstore__pb2.ListThreadsRequest.SerializeToString,
+                response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ListThreadsResponse.FromString,
+                _registered_method=True)
 
 
 class EventStoreServiceServicer:
@@ -208,6 +213,17 @@ class EventStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListThreads(self, request, context):
+        """Streams every thread that exists (holds events or finished turns), in
+        ascending byte order of the UTF-8 thread ids, many per message, with its
+        event count and last write time. With `start_after`, starts after that
+        id, so a listing that broke off can resume. The listing is read in
+        pieces: a thread created or removed while it runs may or may not appear.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -255,6 +271,11 @@ def add_EventStoreServiceServicer_to_server(servicer, server):
                     servicer.AppendStream,
                     request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.AppendStreamRequest.FromString,
                     response_serializer=turnstore_dot_v1_dot_turnstore__pb2.AppendStreamResponse.SerializeToString,
+            ),
+            'ListThreads': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListThreads,
+                    request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ListThreadsRequest.FromString,
+                    response_serializer=turnstore_dot_v1_dot_turnstore__pb2.ListThreadsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +537,33 @@ class EventStoreService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ListThreads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/turnstore.v1.EventStoreService/ListThreads',
+            turnstore_dot_v1_dot_turnstore__pb2.ListThreadsRequest.SerializeToString,
+            turnstore_dot_v1_dot_turnstore__pb2.ListThreadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AdminServiceStub:
     """Operational information about the daemon.
@@ -532,6 +580,11 @@ class AdminServiceStub:
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_unary(
+                '/turnstore.v1.AdminService/Backup',
+                request_serializer=turnstore_dot_v1_dot_turnstore__pb2.BackupRequest.SerializeToString,
+                response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.BackupResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -539,7 +592,25 @@ class AdminServiceServicer:
     """
 
     def GetStats(self, request, context):
-        """Returns current counters of the daemon.
+        """Returns current counters of the daemon and what its database holds.
+        Counting is cheap except `conversations`, which scans the conversation
+        keys (without their snapshots).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Backup(self, request, context):
+        """Writes a consistent, compacted copy of the database to a directory on
+        the daemon's host while the daemon goes on serving (writers are not
+        blocked). The copy is written next to `dest_dir` and renamed into place
+        when complete, so `dest_dir` ends up holding a whole backup or is left
+        as it was. The result is a data directory: `turnstore serve --data-dir
+        DEST` serves the data as of the moment the copy began.
+        Errors: INVALID_ARGUMENT when `dest_dir` is not absolute, exists and is
+        not an empty directory, or its parent directory does not exist;
+        FAILED_PRECONDITION "backup_failed" when writing fails (permissions, a
+        full disk); nothing is left behind then.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -552,6 +623,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.GetStatsRequest.FromString,
                     response_serializer=turnstore_dot_v1_dot_turnstore__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.BackupRequest.FromString,
+                    response_serializer=turnstore_dot_v1_dot_turnstore__pb2.BackupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -592,6 +668,33 @@ class AdminService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnstore.v1.AdminService/Backup',
+            turnstore_dot_v1_dot_turnstore__pb2.BackupRequest.SerializeToString,
+            turnstore_dot_v1_dot_turnstore__pb2.BackupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class HistoryStoreServiceStub:
     """Whole-conversation snapshots (the `HistoryStore` contract).
@@ -622,6 +725,11 @@ class HistoryStoreServiceStub:
                 '/turnstore.v1.HistoryStoreService/Delete',
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_stream(
+                '/turnstore.v1.HistoryStoreService/ListKeys',
+                request_serializer=turnstore_dot_v1_dot_turnstore__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ListKeysResponse.FromString,
                 _registered_method=True)
 
 
@@ -667,6 +775,16 @@ class HistoryStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListKeys(self, request, context):
+        """Streams every conversation key that holds a snapshot (deleted keys are
+        left out), in ascending byte order of the UTF-8 keys, many per message,
+        with its current version and last write time. With `start_after`,
+        starts after that key. Read in pieces like ListThreads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HistoryStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -689,6 +807,11 @@ def add_HistoryStoreServiceServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.DeleteRequest.FromString,
                     response_serializer=turnstore_dot_v1_dot_turnstore__pb2.DeleteResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ListKeysRequest.FromString,
+                    response_serializer=turnstore_dot_v1_dot_turnstore__pb2.ListKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -800,6 +923,33 @@ class HistoryStoreService:
             '/turnstore.v1.HistoryStoreService/Delete',
             turnstore_dot_v1_dot_turnstore__pb2.DeleteRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/turnstore.v1.HistoryStoreService/ListKeys',
+            turnstore_dot_v1_dot_turnstore__pb2.ListKeysRequest.SerializeToString,
+            turnstore_dot_v1_dot_turnstore__pb2.ListKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,9 +18,12 @@ The engine never imports gRPC or generated code; it raises the exceptions of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +36,7 @@ import lmdb
 
 from turnstore.server import records, schema
 from turnstore.server.errors import (
+    BackupFailedError,
     DataDirLockedError,
     EngineClosedError,
     EngineError,
@@ -104,12 +108,33 @@ class EngineConfig:
     max_readers: int = 256
     # How many snapshot versions to keep per key (the latest included).
     snapshot_versions_kept: int = 4
+    # Retention: threads (conversation keys) whose last write is older than
+    # this many seconds are removed by a background sweep; None keeps them
+    # forever. The sweep runs every ``retention_interval_seconds`` (the first
+    # one an interval after opening) while either age is set.
+    retain_threads_for_seconds: float | None = None
+    retain_conversations_for_seconds: float | None = None
+    retention_interval_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.initial_map_bytes <= 0 or self.max_map_bytes < self.initial_map_bytes:
             raise ValueError("need 0 < initial_map_bytes <= max_map_bytes")
         if self.snapshot_versions_kept < 1:
             raise ValueError("snapshot_versions_kept must be at least 1")
+        for name in ("retain_threads_for_seconds", "retain_conversations_for_seconds"):
+            age = getattr(self, name)
+            if age is not None and not 0 < age < 1e9:
+                raise ValueError(f"{name} must be positive (seconds) or None")
+        if not 0 < self.retention_interval_seconds < 1e9:
+            raise ValueError("retention_interval_seconds must be positive")
+
+    @property
+    def retention_enabled(self) -> bool:
+        """Whether either retention age is set."""
+        return (
+            self.retain_threads_for_seconds is not None
+            or self.retain_conversations_for_seconds is not None
+        )
 
 
 class NewEvent(NamedTuple):
@@ -252,6 +277,13 @@ class Engine:
     :meth:`save_snapshot`) return a :class:`concurrent.futures.Future` that
     resolves once the write is durably committed, or fails with an
     :class:`~turnstore.server.errors.EngineError`. Reads block and return.
+
+    Operations (docs/operations.md): :meth:`list_threads`, :meth:`list_keys`
+    and :meth:`storage_stats` are reads; :meth:`backup` copies the database
+    and blocks for the copy; :meth:`sweep_retention` removes what the
+    configured ages expire, through the writer queue in small batches. When
+    an age is set, a background thread runs it every
+    ``retention_interval_seconds`` until :meth:`close`.
     """
 
     def __init__(self, config: EngineConfig, env: lmdb.Environment, lock_file: IO[str]) -> None:
@@ -268,6 +300,13 @@ class Engine:
         self._observers: list[CommitObserver] = []
         self._writer = threading.Thread(target=self._write_loop, name="turnstore-writer")
         self._writer.start()
+        self._retention = _RetentionState()
+        self._retention_thread: threading.Thread | None = None
+        if config.retention_enabled:
+            self._retention_thread = threading.Thread(
+                target=self._retention_loop, name="turnstore-retention", daemon=True
+            )
+            self._retention_thread.start()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -335,12 +374,16 @@ class Engine:
 
         Writes submitted afterwards fail with EngineClosedError. Idempotent.
         """
+        self._retention.stop.set()
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
             self._queue.put(None)
         self._writer.join()
+        if self._retention_thread is not None:
+            # It ends at its next step: its writes now fail with EngineClosedError.
+            self._retention_thread.join()
         self._env.close()
         self._lock_file.close()
 
@@ -457,7 +500,7 @@ class Engine:
             self._write_turn(txn, key, turn, [], True, now_ns)
             value = _get(txn, key, self._dbs[schema.THREADS])
             assert value is not None
-            number = schema.TRIPLE.unpack(value)[0]
+            number = schema.unpack_thread(value).number
             turn_value = _get(txn, schema.PAIR.pack(number, turn), self._dbs[schema.TURNS])
             assert turn_value is not None
             return schema.unpack_turn(turn_value)[1]
@@ -481,7 +524,7 @@ class Engine:
         """
         value = _get(txn, key, self._dbs[schema.THREADS])
         if value is not None:
-            number, next_position, next_finish = schema.TRIPLE.unpack(value)
+            number, next_position, next_finish, _ = schema.unpack_thread(value)
         else:
             number = self._next_number(txn, schema.META_NEXT_THREAD_NUMBER)
             next_position = next_finish = 0
@@ -542,7 +585,7 @@ class Engine:
         txn.put(turn_key, schema.pack_turn(finish, count, last), db=self._dbs[schema.TURNS])
         txn.put(
             key,
-            schema.TRIPLE.pack(number, next_position, next_finish),
+            schema.pack_thread(number, next_position, next_finish, now_ns),
             db=self._dbs[schema.THREADS],
         )
         return positions
@@ -559,20 +602,24 @@ class Engine:
             value = _get(txn, key, self._dbs[schema.THREADS])
             if value is None:
                 return 0
-            number, next_position, _ = schema.TRIPLE.unpack(value)
-            prefix = schema.U64.pack(number)
-            for name in (
-                schema.EVENTS,
-                schema.TURN_EVENTS,
-                schema.TURNS,
-                schema.TURN_FINISHES,
-                schema.EVENT_IDS,
-            ):
-                _delete_prefix(txn, self._dbs[name], prefix)
-            txn.delete(key, db=self._dbs[schema.THREADS])
-            return int(next_position)
+            record = schema.unpack_thread(value)
+            self._delete_thread(txn, key, record.number)
+            return record.next_position
 
         return self._submit(thread_id, apply)
+
+    def _delete_thread(self, txn: lmdb.Transaction, key: bytes, number: int) -> None:
+        """Delete a thread's entry and everything stored under its number."""
+        prefix = schema.U64.pack(number)
+        for name in (
+            schema.EVENTS,
+            schema.TURN_EVENTS,
+            schema.TURNS,
+            schema.TURN_FINISHES,
+            schema.EVENT_IDS,
+        ):
+            _delete_prefix(txn, self._dbs[name], prefix)
+        txn.delete(key, db=self._dbs[schema.THREADS])
 
     def save_snapshot(
         self, key: str, data: bytes, content_type: str, expected_version: int | None = None
@@ -604,7 +651,7 @@ class Engine:
             if value is None:
                 number, latest, current = 0, 0, 0
             else:
-                number, latest, current = schema.TRIPLE.unpack(value)
+                number, latest, current, _ = schema.unpack_conversation(value)
             if expected_version is not None and expected_version != current:
                 raise VersionConflictError(key, expected_version, current)
             if value is None:
@@ -616,7 +663,11 @@ class Engine:
             )
             if version > kept:
                 txn.delete(schema.PAIR.pack(number, version - kept), db=snapshots)
-            txn.put(encoded_key, schema.TRIPLE.pack(number, version, version), db=conversations)
+            txn.put(
+                encoded_key,
+                schema.pack_conversation(number, version, version, now_ns),
+                db=conversations,
+            )
             return version
 
         return self._submit(None, apply)
@@ -634,9 +685,11 @@ class Engine:
             value = _get(txn, encoded_key, conversations)
             if value is None:
                 return 0
-            number, latest, _ = schema.TRIPLE.unpack(value)
+            number, latest, _, _ = schema.unpack_conversation(value)
             removed = _delete_prefix(txn, self._dbs[schema.SNAPSHOTS], schema.U64.pack(number))
-            txn.put(encoded_key, schema.TRIPLE.pack(number, latest, 0), db=conversations)
+            txn.put(
+                encoded_key, schema.pack_conversation(number, latest, 0, now_ns), db=conversations
+            )
             return removed
 
         return self._submit(None, apply)
@@ -741,8 +794,8 @@ class Engine:
             value = _get(txn, key, self._dbs[schema.THREADS])
         if value is None:
             return ThreadView(thread_id, None, 0)
-        number, next_position, _ = schema.TRIPLE.unpack(value)
-        return ThreadView(thread_id, number, next_position)
+        record = schema.unpack_thread(value)
+        return ThreadView(thread_id, record.number, record.next_position)
 
     def event_count(self, thread_id: str) -> int:
         """The number of events in a thread; 0 for an unknown thread."""
@@ -756,7 +809,7 @@ class Engine:
             value = _get(txn, key, self._dbs[schema.THREADS])
             if value is None:
                 return None
-            number = schema.TRIPLE.unpack(value)[0]
+            number = schema.unpack_thread(value).number
             turn_value = _get(txn, schema.PAIR.pack(number, turn), self._dbs[schema.TURNS])
             if turn_value is None:
                 return None
@@ -811,7 +864,7 @@ class Engine:
         value = _get(
             txn, view.thread_id.encode("utf-8", "surrogatepass"), self._dbs[schema.THREADS]
         )
-        if value is None or schema.TRIPLE.unpack(value)[0] != view.thread_number:
+        if value is None or schema.unpack_thread(value).number != view.thread_number:
             raise ThreadClearedError(view.thread_id)
         return view.thread_number
 
@@ -933,7 +986,7 @@ class Engine:
                 if expected_number is not None:
                     return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
                 return ReplayStep(None, [], start_position, [], 0, True)
-            number, end_position, finish_count = schema.TRIPLE.unpack(value)
+            number, end_position, finish_count, _ = schema.unpack_thread(value)
             if expected_number is not None and number != expected_number:
                 return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
             # Finishes pending from here, up to the furthest frontier this
@@ -1003,7 +1056,7 @@ class Engine:
             value = _get(txn, encoded_key, self._dbs[schema.CONVERSATIONS])
             if value is None:
                 return None
-            number, _, current = schema.TRIPLE.unpack(value)
+            number, _, current, _ = schema.unpack_conversation(value)
             wanted = current if version is None else version
             if not wanted:
                 return None
@@ -1023,7 +1076,7 @@ class Engine:
             value = _get(txn, encoded_key, self._dbs[schema.CONVERSATIONS])
             if value is None:
                 return out
-            prefix = schema.U64.pack(schema.TRIPLE.unpack(value)[0])
+            prefix = schema.U64.pack(schema.unpack_conversation(value).number)
             with txn.cursor(db=self._dbs[schema.SNAPSHOTS]) as cursor:
                 if cursor.set_range(prefix):
                     for snapshot_key, record in _pairs(cursor):
@@ -1033,6 +1086,330 @@ class Engine:
                         out.append(_decode_snapshot(version, record))
         out.reverse()
         return out
+
+    # -- operations: listing, statistics, backup, retention ----------------
+
+    def _page(
+        self,
+        db_name: bytes,
+        start_after: str,
+        limit: int,
+        keep: Callable[[bytes], bool] | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` entries of a database after a key, in key order."""
+        after = start_after.encode("utf-8", "surrogatepass")
+        out: list[tuple[bytes, bytes]] = []
+        with self._read() as txn, txn.cursor(db=self._dbs[db_name]) as cursor:
+            # A key longer than LMDB allows sorts after its truncation.
+            found = cursor.set_range(after[:LMDB_MAX_KEY_BYTES]) if after else cursor.first()
+            if not found:
+                return out
+            for key, value in _pairs(cursor):
+                if after and key <= after:
+                    continue
+                if keep is None or keep(value):
+                    out.append((key, value))
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def list_threads(self, start_after: str = "", limit: int = 1000) -> list[ThreadSummary]:
+        """Up to ``limit`` threads after ``start_after`` ("": from the first).
+
+        Threads come in the byte order of their UTF-8 ids. Each call is one
+        read transaction; a listing in several calls sees threads created or
+        removed in between, or not.
+        """
+        out: list[ThreadSummary] = []
+        for key, value in self._page(schema.THREADS, start_after, limit):
+            record = schema.unpack_thread(value)
+            out.append(
+                ThreadSummary(
+                    _decode_key(key),
+                    record.next_position,
+                    record.next_finish_seq,
+                    record.last_write_ns,
+                )
+            )
+        return out
+
+    def list_keys(self, start_after: str = "", limit: int = 1000) -> list[KeySummary]:
+        """Up to ``limit`` conversation keys holding a snapshot, after ``start_after``.
+
+        Keys come in the byte order of their UTF-8 form; deleted keys are
+        left out. Consistency as for :meth:`list_threads`.
+        """
+        pages = self._page(
+            schema.CONVERSATIONS,
+            start_after,
+            limit,
+            lambda value: schema.unpack_conversation(value).current_version != 0,
+        )
+        out: list[KeySummary] = []
+        for key, value in pages:
+            record = schema.unpack_conversation(value)
+            out.append(KeySummary(_decode_key(key), record.current_version, record.last_write_ns))
+        return out
+
+    def storage_stats(self) -> StorageStats:
+        """What the database holds, counted in one read transaction.
+
+        Entry counts come from LMDB's own statistics (constant time);
+        ``conversations`` scans the conversation keys, as deleted keys stay
+        (they keep their version counters) but hold no snapshot.
+        """
+        with self._read() as txn:
+
+            def entries(name: bytes) -> int:
+                return int(txn.stat(self._dbs[name])["entries"])
+
+            conversations = 0
+            with txn.cursor(db=self._dbs[schema.CONVERSATIONS]) as cursor:
+                for value in cursor.iternext(keys=False, values=True):
+                    if schema.unpack_conversation(_bytes(value)).current_version:
+                        conversations += 1
+            stats = StorageStats(
+                threads=entries(schema.THREADS),
+                events=entries(schema.EVENTS),
+                turns=entries(schema.TURNS),
+                finished_turns=entries(schema.TURN_FINISHES),
+                conversations=conversations,
+                snapshot_versions=entries(schema.SNAPSHOTS),
+                data_file_bytes=0,
+            )
+        data_file = Path(self.config.data_dir) / "data.mdb"
+        return dataclasses.replace(stats, data_file_bytes=data_file.stat().st_size)
+
+    def backup(self, dest_dir: str) -> BackupResult:
+        """Write a consistent, compacted copy of the database to ``dest_dir``.
+
+        Blocks for the length of the copy; run it off the event loop. The
+        copy is taken in one LMDB read transaction (``mdb_env_copy2`` with
+        compaction), so writers go on meanwhile; only a growth of the map
+        waits for it to end. ``dest_dir`` must be an absolute path that does
+        not exist or is an empty directory, in an existing parent directory.
+        The copy is written to a temporary directory beside it, fsynced, and
+        renamed to ``dest_dir``, so ``dest_dir`` either holds a whole backup
+        or is unchanged. The result is a data directory: ``turnstore serve
+        --data-dir DEST`` serves it. Raises InvalidArgumentError for an
+        unacceptable ``dest_dir`` and BackupFailedError when writing fails
+        (nothing is left behind then).
+        """
+        if "\0" in dest_dir or not os.path.isabs(dest_dir):
+            raise InvalidArgumentError(
+                "dest_dir", f"{dest_dir!r} is not an absolute path on the daemon's host"
+            )
+        dest = Path(os.path.normpath(dest_dir))
+        if dest.parent == dest:
+            raise InvalidArgumentError("dest_dir", "must not be the root directory")
+        if dest.exists() or dest.is_symlink():
+            if dest.is_symlink() or not dest.is_dir():
+                raise InvalidArgumentError(
+                    "dest_dir", f"{str(dest)!r} exists and is not a directory"
+                )
+            if any(dest.iterdir()):
+                raise InvalidArgumentError(
+                    "dest_dir", f"{str(dest)!r} is a directory that is not empty"
+                )
+        if not dest.parent.is_dir():
+            raise InvalidArgumentError(
+                "dest_dir", f"the parent directory {str(dest.parent)!r} does not exist"
+            )
+        if self._closed:
+            raise EngineClosedError("the engine is closed")
+        try:
+            partial = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+        except OSError as error:
+            raise BackupFailedError(f"cannot write in {str(dest.parent)!r}: {error}") from error
+        try:
+            # The copy holds a read transaction: keep the map from being resized under it.
+            with self._gate.reading():
+                self._env.copy(str(partial), compact=True)
+            data_file = partial / "data.mdb"
+            size = data_file.stat().st_size
+            _fsync(data_file)
+            _fsync(partial)
+            # Replaces an empty directory, fails on one that was filled meanwhile.
+            partial.rename(dest)
+            _fsync(dest.parent)
+        except (OSError, lmdb.Error) as error:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise BackupFailedError(f"backup to {str(dest)!r} failed: {error}") from error
+        return BackupResult(dest, size)
+
+    def remove_thread_if_idle(self, thread_id: str, cutoff_ns: int) -> Future[int | None]:
+        """Remove a thread unless it was written at or after ``cutoff_ns``.
+
+        The check is made inside the write transaction, so a thread written
+        after a sweep found it expired is kept. Resolves to the number of
+        events removed, or None when the thread was kept or does not exist.
+        Followers of the thread see it cleared.
+        """
+        key = thread_id.encode("utf-8", "surrogatepass")
+
+        def apply(txn: lmdb.Transaction, now_ns: int) -> int | None:
+            value = _get(txn, key, self._dbs[schema.THREADS])
+            if value is None:
+                return None
+            record = schema.unpack_thread(value)
+            if record.last_write_ns >= cutoff_ns:
+                return None
+            self._delete_thread(txn, key, record.number)
+            return record.next_position
+
+        return self._submit(thread_id, apply)
+
+    def remove_conversation_if_idle(self, key: str, cutoff_ns: int) -> Future[int | None]:
+        """Remove a conversation key unless it was written at or after ``cutoff_ns``.
+
+        Removes its kept snapshots and its version counter (a later save
+        starts again at version 1). Checked inside the write transaction like
+        :meth:`remove_thread_if_idle`. Resolves to the number of snapshot
+        versions removed, or None when the key was kept or does not exist.
+        """
+        encoded_key = key.encode("utf-8", "surrogatepass")
+
+        def apply(txn: lmdb.Transaction, now_ns: int) -> int | None:
+            conversations = self._dbs[schema.CONVERSATIONS]
+            value = _get(txn, encoded_key, conversations)
+            if value is None:
+                return None
+            record = schema.unpack_conversation(value)
+            if record.last_write_ns >= cutoff_ns:
+                return None
+            prefix = schema.U64.pack(record.number)
+            removed = _delete_prefix(txn, self._dbs[schema.SNAPSHOTS], prefix)
+            txn.delete(encoded_key, db=conversations)
+            return removed
+
+        return self._submit(None, apply)
+
+    def sweep_retention(self, now_ns: int | None = None) -> SweepResult:
+        """Remove the threads and conversation keys the configured ages expire.
+
+        Expired means last written before ``now_ns`` (default: the current
+        time) minus the age; an age of None expires nothing. Blocks until done;
+        run it off the event loop. It scans in short read transactions and
+        removes in small batches through the writer queue (at most
+        ``RETENTION_BATCH_ITEMS`` threads or keys, and about
+        ``RETENTION_BATCH_EVENTS`` events, waiting per batch), so appends
+        interleave with it. One sweep runs at a time. Raises what a removal
+        raised (EngineClosedError once the engine closes, StorageFullError).
+        """
+        now = time.time_ns() if now_ns is None else now_ns
+        state = self._retention
+        with state.sweep_lock:
+            if self._closed:
+                raise EngineClosedError("the engine is closed")
+            result = SweepResult(0, 0, 0)
+            try:
+                age = self.config.retain_threads_for_seconds
+                if age is not None:
+                    threads, events = self._sweep(
+                        schema.THREADS, now - int(age * 1e9), self.remove_thread_if_idle
+                    )
+                    result = dataclasses.replace(
+                        result, removed_threads=threads, removed_events=events
+                    )
+                age = self.config.retain_conversations_for_seconds
+                if age is not None:
+                    keys, _ = self._sweep(
+                        schema.CONVERSATIONS,
+                        now - int(age * 1e9),
+                        self.remove_conversation_if_idle,
+                    )
+                    result = dataclasses.replace(result, removed_conversations=keys)
+            except BaseException as error:
+                with state.lock:
+                    state.last_error = f"{type(error).__name__}: {error}"
+                raise
+            with state.lock:
+                state.sweeps += 1
+                state.last_sweep_ns = now
+                state.last_error = None
+            return result
+
+    def _sweep(
+        self,
+        db_name: bytes,
+        cutoff_ns: int,
+        remove: Callable[[str, int], Future[int | None]],
+    ) -> tuple[int, int]:
+        """Remove the expired entries of THREADS or CONVERSATIONS; (entries, weight) removed."""
+        state = self._retention
+        removed = weight = 0
+        after = b""
+        while True:
+            candidates, resume = self._scan_expired(db_name, cutoff_ns, after)
+            for batch in _batches(candidates):
+                futures = [remove(_decode_key(key), cutoff_ns) for key, _ in batch]
+                batch_removed = batch_weight = 0
+                for future in futures:
+                    outcome = future.result()
+                    if outcome is not None:
+                        batch_removed += 1
+                        batch_weight += outcome
+                removed += batch_removed
+                weight += batch_weight
+                with state.lock:
+                    if db_name == schema.THREADS:
+                        state.removed_threads += batch_removed
+                        state.removed_events += batch_weight
+                    else:
+                        state.removed_conversations += batch_removed
+            if resume is None or state.stop.is_set():
+                return removed, weight
+            after = resume
+
+    def _scan_expired(
+        self, db_name: bytes, cutoff_ns: int, after: bytes
+    ) -> tuple[list[tuple[bytes, int]], bytes | None]:
+        """Expired entries among the next ``RETENTION_SCAN_PAGE`` after ``after``.
+
+        Returns (key, weight) pairs, the weight being a thread's event count
+        (1 for a conversation key), and the key to resume after, or None at
+        the end. Both databases' values end with last_write_unix_nanos.
+        """
+        threads = db_name == schema.THREADS
+        candidates: list[tuple[bytes, int]] = []
+        scanned = 0
+        with self._read() as txn, txn.cursor(db=self._dbs[db_name]) as cursor:
+            if not (cursor.set_range(after) if after else cursor.first()):
+                return candidates, None
+            for key, value in _pairs(cursor):
+                if after and key == after:
+                    continue
+                _, count, _, last_write = schema.QUAD.unpack(value)
+                if last_write < cutoff_ns:
+                    candidates.append((key, count if threads else 1))
+                scanned += 1
+                if scanned >= RETENTION_SCAN_PAGE:
+                    return candidates, key
+        return candidates, None
+
+    def retention_stats(self) -> RetentionStats:
+        """What the retention sweeps did since the engine was opened."""
+        state = self._retention
+        with state.lock:
+            return RetentionStats(
+                enabled=self.config.retention_enabled,
+                sweeps=state.sweeps,
+                removed_threads=state.removed_threads,
+                removed_events=state.removed_events,
+                removed_conversations=state.removed_conversations,
+                last_sweep_ns=state.last_sweep_ns,
+                last_error=state.last_error,
+            )
+
+    def _retention_loop(self) -> None:
+        """The background driver: one sweep per interval until the engine closes."""
+        while not self._retention.stop.wait(self.config.retention_interval_seconds):
+            try:
+                self.sweep_retention()
+            except EngineClosedError:
+                return
+            except Exception:  # kept in retention_stats().last_error; retried next time
+                continue
 
 
 def _decode_snapshot(version: int, record: bytes) -> StoredSnapshot:
@@ -1108,3 +1485,129 @@ class ReplayStep:
     at_end: bool
     cleared: bool = False
     watched_turn_finished: bool = False
+
+
+# Retention works through these: entries examined per read transaction, and
+# per removal batch at most this many threads or keys and (roughly, at least
+# one thread) this many events, so that a batch is one short write.
+RETENTION_SCAN_PAGE = 1000
+RETENTION_BATCH_ITEMS = 64
+RETENTION_BATCH_EVENTS = 20_000
+
+
+def _batches(candidates: list[tuple[bytes, int]]) -> Iterator[list[tuple[bytes, int]]]:
+    """Split (key, weight) pairs into removal batches within the batch limits."""
+    batch: list[tuple[bytes, int]] = []
+    weight = 0
+    for candidate in candidates:
+        if batch and (
+            len(batch) >= RETENTION_BATCH_ITEMS or weight + candidate[1] > RETENTION_BATCH_EVENTS
+        ):
+            yield batch
+            batch, weight = [], 0
+        batch.append(candidate)
+        weight += candidate[1]
+    if batch:
+        yield batch
+
+
+def _decode_key(key: bytes) -> str:
+    """A thread id or conversation key as stored, back to text."""
+    return key.decode("utf-8", "surrogatepass")
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a directory."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class ThreadSummary:
+    """A thread as :meth:`Engine.list_threads` lists it."""
+
+    thread_id: str
+    event_count: int
+    finished_turns: int
+    last_write_ns: int
+
+
+@dataclass(frozen=True)
+class KeySummary:
+    """A conversation key as :meth:`Engine.list_keys` lists it."""
+
+    key: str
+    current_version: int
+    last_write_ns: int
+
+
+@dataclass(frozen=True)
+class StorageStats:
+    """What the database holds (:meth:`Engine.storage_stats`).
+
+    ``turns`` counts every turn, ``finished_turns`` those finished;
+    ``conversations`` the keys holding a snapshot and ``snapshot_versions``
+    the kept versions of all of them; ``data_file_bytes`` is the size of
+    ``data.mdb``.
+    """
+
+    threads: int
+    events: int
+    turns: int
+    finished_turns: int
+    conversations: int
+    snapshot_versions: int
+    data_file_bytes: int
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """A finished backup: its directory and the size of its ``data.mdb``."""
+
+    dest_dir: Path
+    bytes_written: int
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What one retention sweep removed."""
+
+    removed_threads: int
+    removed_events: int
+    removed_conversations: int
+
+
+@dataclass(frozen=True)
+class RetentionStats:
+    """The retention sweeps' totals since the engine was opened.
+
+    ``last_sweep_ns`` is the time the last completed sweep judged by (0:
+    none yet); ``last_error`` describes the last sweep's failure, None after
+    a sweep that completed.
+    """
+
+    enabled: bool
+    sweeps: int
+    removed_threads: int
+    removed_events: int
+    removed_conversations: int
+    last_sweep_ns: int
+    last_error: str | None
+
+
+@dataclass
+class _RetentionState:
+    """The engine's retention bookkeeping; counters are guarded by ``lock``."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    sweep_lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    sweeps: int = 0
+    removed_threads: int = 0
+    removed_events: int = 0
+    removed_conversations: int = 0
+    last_sweep_ns: int = 0
+    last_error: str | None = None

@@ -96,3 +96,9 @@ class EngineClosedError(EngineError):
     """The engine is closed or closing and takes no more work."""
 
     reason = "shutting_down"
+
+
+class BackupFailedError(EngineError):
+    """A backup could not be written (permissions, disk space, ...); nothing was left behind."""
+
+    reason = "backup_failed"

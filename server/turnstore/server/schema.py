@@ -14,9 +14,13 @@ nothing of its old life can be read back by mistake.
 
 ``threads``
     key: thread id (UTF-8)
-    -> value: thread_number u64 | next_position u64 | next_finish_seq u64.
+    -> value: thread_number u64 | next_position u64 | next_finish_seq u64 |
+    last_write_unix_nanos u64.
     ``next_position`` is also the thread's event count, as positions are
     gap-free from 0; ``next_finish_seq`` counts the thread's finished turns.
+    ``last_write_unix_nanos`` is the commit time of the thread's last append
+    or finish (an append that stored nothing new, a retry, leaves it); the
+    retention sweep removes threads by it. Decoded by :func:`unpack_thread`.
 
 ``turns``
     key: thread_number u64 | turn u64
@@ -49,10 +53,15 @@ nothing of its old life can be read back by mistake.
 
 ``conversations``
     key: conversation key (UTF-8)
-    -> value: conversation_number u64 | latest_version u64 | current_version u64.
-    ``latest_version`` is the last version ever given (versions never restart,
-    not even after a delete); ``current_version`` is the version a load
-    returns, 0 once the key is deleted.
+    -> value: conversation_number u64 | latest_version u64 | current_version u64 |
+    last_write_unix_nanos u64.
+    ``latest_version`` is the last version ever given (versions never
+    restart, not even after a delete, as long as the key is not removed by
+    retention);
+    ``current_version`` is the version a load returns, 0 once the key is
+    deleted. ``last_write_unix_nanos`` is the commit time of the key's last
+    save or delete; the retention sweep removes keys by it. Decoded by
+    :func:`unpack_conversation`.
 
 ``snapshots``
     key: conversation_number u64 | version u64
@@ -63,7 +72,7 @@ nothing of its old life can be read back by mistake.
 from __future__ import annotations
 
 import struct
-from typing import Final
+from typing import Final, NamedTuple
 
 SCHEMA_VERSION: Final = 1
 
@@ -98,6 +107,8 @@ PAIR: Final = struct.Struct(">QQ")
 TRIPLE: Final = struct.Struct(">QQQ")
 QUAD: Final = struct.Struct(">QQQQ")
 TURN_VALUE: Final = struct.Struct(">BQQ")
+THREAD_VALUE: Final = QUAD
+CONVERSATION_VALUE: Final = QUAD
 SNAPSHOT_HEADER: Final = struct.Struct(">qH")
 
 
@@ -110,3 +121,41 @@ def unpack_turn(value: bytes) -> tuple[bool, int, int]:
     """Decode a ``turns`` value into (finished, event_count, last_position)."""
     finished, count, last = TURN_VALUE.unpack(value)
     return bool(finished), count, last
+
+
+class ThreadRecord(NamedTuple):
+    """A decoded ``threads`` value."""
+
+    number: int
+    next_position: int
+    next_finish_seq: int
+    last_write_ns: int
+
+
+def pack_thread(number: int, next_position: int, next_finish_seq: int, last_write_ns: int) -> bytes:
+    """Encode a ``threads`` value."""
+    return THREAD_VALUE.pack(number, next_position, next_finish_seq, last_write_ns)
+
+
+def unpack_thread(value: bytes) -> ThreadRecord:
+    """Decode a ``threads`` value."""
+    return ThreadRecord(*THREAD_VALUE.unpack(value))
+
+
+class ConversationRecord(NamedTuple):
+    """A decoded ``conversations`` value."""
+
+    number: int
+    latest_version: int
+    current_version: int
+    last_write_ns: int
+
+
+def pack_conversation(number: int, latest: int, current: int, last_write_ns: int) -> bytes:
+    """Encode a ``conversations`` value."""
+    return CONVERSATION_VALUE.pack(number, latest, current, last_write_ns)
+
+
+def unpack_conversation(value: bytes) -> ConversationRecord:
+    """Decode a ``conversations`` value."""
+    return ConversationRecord(*CONVERSATION_VALUE.unpack(value))

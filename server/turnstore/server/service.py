@@ -21,6 +21,7 @@ from turnstore.server import records
 from turnstore.server.acks import AckPump
 from turnstore.server.engine import Engine, NewEvent, ReadBudget, ReplayStep, TurnChunk, TurnCursor
 from turnstore.server.errors import (
+    BackupFailedError,
     DataDirLockedError,
     EngineClosedError,
     EngineError,
@@ -52,6 +53,7 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     TurnAlreadyFinishedError: grpc.StatusCode.FAILED_PRECONDITION,
     EventIdConflictError: grpc.StatusCode.FAILED_PRECONDITION,
     VersionConflictError: grpc.StatusCode.FAILED_PRECONDITION,
+    BackupFailedError: grpc.StatusCode.FAILED_PRECONDITION,
     ThreadClearedError: grpc.StatusCode.ABORTED,
     StorageFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
@@ -73,6 +75,9 @@ MAX_POSITION: Final = (1 << 63) - 1
 MAX_EVENT_TYPE_FILTERS: Final = 64
 # AppendStream items accepted but not yet acknowledged, per stream.
 APPEND_STREAM_WINDOW: Final = 1024
+# Threads or conversation keys per ListThreads / ListKeys message (ids are at
+# most 511 bytes, so a message stays well under 1 MiB).
+LISTED_PER_MESSAGE: Final = 1000
 
 
 def status_for(error: EngineError) -> grpc.StatusCode:
@@ -488,6 +493,30 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
         finally:
             submitter.cancel()
 
+    @_streaming
+    async def ListThreads(
+        self, request: pb.ListThreadsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ListThreadsResponse]:
+        after = request.start_after
+        while True:
+            page = await self._run(self._engine.list_threads, after, LISTED_PER_MESSAGE)
+            if not page:
+                return
+            yield pb.ListThreadsResponse(
+                threads=[
+                    pb.ThreadSummary(
+                        thread_id=thread.thread_id,
+                        event_count=thread.event_count,
+                        finished_turns=thread.finished_turns,
+                        last_write_unix_nanos=thread.last_write_ns,
+                    )
+                    for thread in page
+                ]
+            )
+            if len(page) < LISTED_PER_MESSAGE:
+                return
+            after = page[-1].thread_id
+
 
 class AdminService(_Base, pb_grpc.AdminServiceServicer):
     """``turnstore.v1.AdminService``: counters of the daemon."""
@@ -496,11 +525,34 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
     async def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStatsResponse:
+        stored = await self._run(self._engine.storage_stats)
+        retention = self._engine.retention_stats()
         return pb.GetStatsResponse(
             live_followers=self._followers.waiting,
             open_replays=self._followers.open_replays,
             map_size_bytes=self._engine.map_size,
+            threads=stored.threads,
+            events=stored.events,
+            turns=stored.turns,
+            finished_turns=stored.finished_turns,
+            conversations=stored.conversations,
+            snapshot_versions=stored.snapshot_versions,
+            data_file_bytes=stored.data_file_bytes,
+            retention_enabled=retention.enabled,
+            retention_sweeps=retention.sweeps,
+            retention_removed_threads=retention.removed_threads,
+            retention_removed_events=retention.removed_events,
+            retention_removed_conversations=retention.removed_conversations,
+            retention_last_error=retention.last_error or "",
         )
+
+    @_unary
+    async def Backup(
+        self, request: pb.BackupRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BackupResponse:
+        result = await self._run(self._engine.backup, request.dest_dir)
+        log.info("backup_written", dest_dir=str(result.dest_dir), bytes=result.bytes_written)
+        return pb.BackupResponse(dest_dir=str(result.dest_dir), bytes_written=result.bytes_written)
 
 
 class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
@@ -559,3 +611,26 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
     ) -> pb.DeleteResponse:
         removed = await self._acks.wait(self._engine.delete_snapshots(request.key))
         return pb.DeleteResponse(removed_versions=removed)
+
+    @_streaming
+    async def ListKeys(
+        self, request: pb.ListKeysRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ListKeysResponse]:
+        after = request.start_after
+        while True:
+            page = await self._run(self._engine.list_keys, after, LISTED_PER_MESSAGE)
+            if not page:
+                return
+            yield pb.ListKeysResponse(
+                keys=[
+                    pb.KeySummary(
+                        key=key.key,
+                        version=key.current_version,
+                        last_write_unix_nanos=key.last_write_ns,
+                    )
+                    for key in page
+                ]
+            )
+            if len(page) < LISTED_PER_MESSAGE:
+                return
+            after = page[-1].key
