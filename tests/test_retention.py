@@ -8,8 +8,6 @@ daemon test starts ``turnstore serve`` with the retention flags.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -207,20 +205,6 @@ def test_retention_settings_are_checked(data_dir: Path, settings: dict[str, Any]
         EngineConfig(data_dir, **settings)
 
 
-def _serve_has_retention_flags() -> bool:
-    result = subprocess.run(
-        [sys.executable, "-m", "turnstore", "serve", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return "--retain-threads-for" in result.stdout
-
-
-@pytest.mark.skipif(
-    not _serve_has_retention_flags(), reason="turnstore serve has no retention flags yet"
-)
 async def test_a_daemon_removes_threads_and_keys_not_written_for_the_age(
     data_dir: Path,
 ) -> None:
