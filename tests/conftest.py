@@ -8,9 +8,22 @@ from pathlib import Path
 
 import pytest
 
+from tests import daemon as daemon_module
 from tests.daemon import Daemon
 from turnstore import EventStore, HistoryStore, TurnstoreClient
 from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
+
+
+@pytest.fixture(autouse=True)
+def _reap_daemons() -> Iterator[None]:
+    """Kill the daemons a test started and left running (a failed assertion)."""
+    before = set(daemon_module.LIVE)
+    yield
+    for process in daemon_module.LIVE - before:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=60)
+        daemon_module.LIVE.discard(process)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,10 @@ from typing import Any
 
 STARTUP_TIMEOUT = 60.0
 
+# Every daemon process started and not yet reaped: the test fixtures kill what
+# a failing test left running.
+LIVE: set[subprocess.Popen[str]] = set()
+
 
 class Daemon:
     """One ``turnstore serve`` process on a data directory.
@@ -73,6 +77,7 @@ class Daemon:
             cwd=self.cwd,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        LIVE.add(self.process)
         # Each process gets its own queue: a previous process's reader may
         # still be delivering its end-of-stream.
         threading.Thread(target=self._drain, args=(self.process, self._lines), daemon=True).start()
@@ -106,7 +111,9 @@ class Daemon:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        return self.process.wait(timeout=timeout)
+        status = self.process.wait(timeout=timeout)
+        LIVE.discard(self.process)
+        return status
 
     def kill(self) -> int:
         """SIGKILL the daemon (no shutdown at all) and reap it."""
@@ -115,4 +122,6 @@ class Daemon:
     def wait_exit(self, timeout: float = 60.0) -> int:
         """Wait for the daemon to exit by itself."""
         assert self.process is not None
-        return self.process.wait(timeout=timeout)
+        status = self.process.wait(timeout=timeout)
+        LIVE.discard(self.process)
+        return status
