@@ -266,6 +266,22 @@ class _Base:
         self._followers = followers
         self._acks = acks
 
+    async def _pages(
+        self,
+        fetch: Callable[[str, int], list[T]],
+        start_after: str,
+        key_of: Callable[[T], str],
+    ) -> AsyncIterator[list[T]]:
+        """Pages of a keyed listing, fetched off the loop, until one comes back short."""
+        after = start_after
+        while True:
+            page = await self._run(fetch, after, LISTED_PER_MESSAGE)
+            if page:
+                yield page
+            if len(page) < LISTED_PER_MESSAGE:
+                return
+            after = key_of(page[-1])
+
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking engine read on the thread pool."""
         loop = asyncio.get_running_loop()
@@ -497,11 +513,9 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
     async def ListThreads(
         self, request: pb.ListThreadsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ListThreadsResponse]:
-        after = request.start_after
-        while True:
-            page = await self._run(self._engine.list_threads, after, LISTED_PER_MESSAGE)
-            if not page:
-                return
+        async for page in self._pages(
+            self._engine.list_threads, request.start_after, lambda thread: thread.thread_id
+        ):
             yield pb.ListThreadsResponse(
                 threads=[
                     pb.ThreadSummary(
@@ -513,9 +527,6 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
                     for thread in page
                 ]
             )
-            if len(page) < LISTED_PER_MESSAGE:
-                return
-            after = page[-1].thread_id
 
 
 class AdminService(_Base, pb_grpc.AdminServiceServicer):
@@ -616,11 +627,7 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
     async def ListKeys(
         self, request: pb.ListKeysRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ListKeysResponse]:
-        after = request.start_after
-        while True:
-            page = await self._run(self._engine.list_keys, after, LISTED_PER_MESSAGE)
-            if not page:
-                return
+        async for page in self._pages(self._engine.list_keys, request.start_after, lambda k: k.key):
             yield pb.ListKeysResponse(
                 keys=[
                     pb.KeySummary(
@@ -631,6 +638,3 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
                     for key in page
                 ]
             )
-            if len(page) < LISTED_PER_MESSAGE:
-                return
-            after = page[-1].key
