@@ -218,3 +218,18 @@ async def test_every_flag_can_come_from_the_environment(data_dir: Path) -> None:
         with pytest.raises(InvalidArgumentError, match="limit of 300"):
             await client.events.append("t", 1, delta("x" * 400))
     assert daemon.stop() == 0
+
+
+async def test_the_token_can_come_from_the_environment(data_dir: Path) -> None:
+    os.environ["TURNSTORE_AUTH_TOKEN"] = "from-the-env"
+    try:
+        daemon = Daemon(data_dir)
+        daemon.start()
+    finally:
+        del os.environ["TURNSTORE_AUTH_TOKEN"]
+    async with TurnstoreClient(daemon.target, retry=None) as client:
+        with pytest.raises(UnauthenticatedError):
+            await client.events.event_count("t")
+    async with TurnstoreClient(daemon.target, token="from-the-env") as client:
+        assert await client.events.event_count("t") == 0
+    assert daemon.stop() == 0
