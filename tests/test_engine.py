@@ -11,15 +11,7 @@ import pytest
 
 from turnstore.server import engine as engine_module
 from turnstore.server import records
-from turnstore.server.engine import (
-    MIB,
-    Engine,
-    EngineConfig,
-    Limits,
-    NewEvent,
-    ReadBudget,
-    TurnCursor,
-)
+from turnstore.server.engine import Engine
 from turnstore.server.errors import (
     DataDirLockedError,
     EngineClosedError,
@@ -27,6 +19,14 @@ from turnstore.server.errors import (
     StorageFullError,
     ThreadClearedError,
     TurnFinishedError,
+)
+from turnstore.server.values import (
+    MIB,
+    EngineConfig,
+    Limits,
+    NewEvent,
+    ReadBudget,
+    TurnCursor,
 )
 from turnstore.v1 import turnstore_pb2 as pb
 
@@ -52,7 +52,7 @@ def engine(data_dir: Path) -> Iterator[Engine]:
     opened.close()
 
 
-@pytest.mark.parametrize("module", ["engine", "errors", "schema", "records"])
+@pytest.mark.parametrize("module", ["engine", "values", "errors", "schema", "records"])
 def test_engine_modules_import_neither_grpc_nor_generated_code(module: str) -> None:
     tree = ast.parse((SERVER_DIR / f"{module}.py").read_text())
     imported: list[str] = []

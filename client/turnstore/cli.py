@@ -239,9 +239,9 @@ def _read_token(path: Path | None) -> str | None:
 def _serve(args: argparse.Namespace) -> int:
     try:
         from turnstore.server.app import ServerConfig, TlsConfig, serve
-        from turnstore.server.engine import EngineConfig, Limits
         from turnstore.server.errors import DataDirLockedError
         from turnstore.server.logs import configure_logging
+        from turnstore.server.values import EngineConfig, Limits
     except ImportError as error:
         print(
             f"turnstore serve needs the server extra: pip install 'turnstore[server]' ({error})",

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from turnstore.client import DEFAULT_TARGET as DEFAULT_LISTEN
 from turnstore.server.acks import AckPump
-from turnstore.server.engine import Engine, EngineConfig
+from turnstore.server.engine import Engine
 from turnstore.server.followers import Followers
 from turnstore.server.interceptors import BearerTokenInterceptor, MetricsInterceptor
 from turnstore.server.metrics import Metrics
@@ -34,6 +34,7 @@ from turnstore.server.service import (
     HistoryStoreService,
     add_service,
 )
+from turnstore.server.values import EngineConfig
 
 log = structlog.get_logger("turnstore")
 

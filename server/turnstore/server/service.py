@@ -19,7 +19,7 @@ import structlog
 
 from turnstore.server import records
 from turnstore.server.acks import AckPump
-from turnstore.server.engine import Engine, NewEvent, ReadBudget, ReplayStep, TurnChunk, TurnCursor
+from turnstore.server.engine import Engine
 from turnstore.server.errors import (
     BackupFailedError,
     DataDirLockedError,
@@ -34,6 +34,7 @@ from turnstore.server.errors import (
     VersionConflictError,
 )
 from turnstore.server.followers import Followers
+from turnstore.server.values import NewEvent, ReadBudget, ReplayStep, TurnChunk, TurnCursor
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
