@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, Final
 
 import grpc
 
@@ -61,6 +62,15 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> errors.TurnstoreError:
     if isinstance(mapped, errors.VersionConflictError) and current.isdigit():
         mapped.current_version = int(current)
     return mapped
+
+
+async def mapped_stream(call: AsyncIterable[Any]) -> AsyncIterator[Any]:
+    """The messages of a streaming call, its gRPC error raised as a turnstore one."""
+    try:
+        async for message in call:
+            yield message
+    except grpc.aio.AioRpcError as error:
+        raise error_from_rpc(error) from error
 
 
 _CODES_BY_NUMBER: Final = {code.value[0]: code for code in grpc.StatusCode}

@@ -18,7 +18,8 @@ import grpc
 
 from turnstore import transfer
 from turnstore._convert import JSON, StoredEvent
-from turnstore.client import NO_RETRY, RetryPolicy, _call, _stream
+from turnstore._status import mapped_stream
+from turnstore.client import NO_RETRY, RetryPolicy, _call
 from turnstore.errors import TurnAlreadyFinishedError, TurnstoreError
 from turnstore.streams import Replay, ThreadCleared, TurnFinished, replay_request
 from turnstore.v1 import turnstore_pb2 as pb
@@ -176,7 +177,7 @@ class GrpcAdmin:
     async def list_threads(self, start_after: str = "") -> AsyncIterator[ThreadInfo]:
         """Every thread, in the byte order of the UTF-8 ids, after ``start_after``."""
         call = self._events.ListThreads(pb.ListThreadsRequest(start_after=start_after))
-        async for message in _stream(call):
+        async for message in mapped_stream(call):
             for thread in message.threads:
                 yield ThreadInfo(
                     thread.thread_id,
@@ -188,7 +189,7 @@ class GrpcAdmin:
     async def list_keys(self, start_after: str = "") -> AsyncIterator[KeyInfo]:
         """Every conversation key holding a snapshot, in byte order, after ``start_after``."""
         call = self._history.ListKeys(pb.ListKeysRequest(start_after=start_after))
-        async for message in _stream(call):
+        async for message in mapped_stream(call):
             for key in message.keys:
                 yield KeyInfo(key.key, key.version, key.last_write_unix_nanos)
 

@@ -21,7 +21,7 @@ import grpc
 
 from turnstore._auth import ClientTls, bearer_token_interceptors
 from turnstore._convert import JSON, StoredEvent, envelope_from_proto, fill_envelope
-from turnstore._status import error_from_rpc
+from turnstore._status import error_from_rpc, mapped_stream
 from turnstore._validate import check_offset, check_text, check_thread_id, check_turn
 from turnstore.errors import SnapshotFormatError, TurnAlreadyFinishedError, UnavailableError
 from turnstore.models import AgentEventEnvelope, ConversationSnapshot, StoredTurnEvents
@@ -74,25 +74,32 @@ class RetryPolicy:
 NO_RETRY: Final = RetryPolicy(attempts=1)
 
 
-async def _call(make_call: Callable[[], Awaitable[T]], retry: RetryPolicy = NO_RETRY) -> T:
-    """Run a call, mapping gRPC errors; retry it while the daemon is unavailable."""
+async def _call(
+    make_call: Callable[[], Awaitable[T]],
+    retry: RetryPolicy = NO_RETRY,
+    done_if_retry_finds: tuple[type[Exception], T] | None = None,
+) -> T:
+    """Run a call, mapping gRPC errors; retry it while the daemon is unavailable.
+
+    With ``done_if_retry_finds=(error_class, result)``, a retry that fails with
+    ``error_class`` returns ``result``: the earlier attempt may have
+    committed, and this is what its success looks like now.
+    """
+    retrying = False
     for delay in [*retry.delays(), None]:
         try:
             return await make_call()
         except grpc.aio.AioRpcError as error:
             mapped = error_from_rpc(error)
+            if retrying and done_if_retry_finds is not None:
+                error_class, result = done_if_retry_finds
+                if isinstance(mapped, error_class):
+                    return result
             if delay is None or not isinstance(mapped, UnavailableError):
                 raise mapped from error
+        retrying = True
         await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def _stream(call: Any) -> AsyncIterator[Any]:
-    try:
-        async for message in call:
-            yield message
-    except grpc.aio.AioRpcError as error:
-        raise error_from_rpc(error) from error
 
 
 class GrpcEventStore:
@@ -140,21 +147,13 @@ class GrpcEventStore:
         check_thread_id(thread_id)
         check_turn(turn)
         request = pb.FinishTurnRequest(thread_id=thread_id, turn=turn)
-        try:
-            await _call(lambda: self._stub.FinishTurn(request, timeout=self._timeout))
-        except UnavailableError:
-            # The finish may have committed before the daemon went away, so a
-            # retry that finds the turn finished is this call's own success.
-            for delay in self._retry.delays():
-                await asyncio.sleep(delay)
-                try:
-                    await _call(lambda: self._stub.FinishTurn(request, timeout=self._timeout))
-                    return
-                except UnavailableError:
-                    continue
-                except TurnAlreadyFinishedError:
-                    return
-            raise
+        # The finish may have committed before the daemon went away, so a
+        # retry that finds the turn finished is this call's own success.
+        await _call(
+            lambda: self._stub.FinishTurn(request, timeout=self._timeout),
+            self._retry,
+            (TurnAlreadyFinishedError, pb.FinishTurnResponse()),
+        )
 
     async def get_turn(self, thread_id: str, turn: int) -> StoredTurnEvents | None:
         """The turn, or None for an unknown thread or turn."""
@@ -230,7 +229,7 @@ class GrpcEventStore:
         if order not in orders:
             raise ValueError(f"order must be 'commit' or 'turn', not {order!r}")
         request = pb.ReadEventsRequest(thread_id=thread_id, offset=offset, order=orders[order])
-        async for message in _stream(self._stub.ReadEvents(request, timeout=self._timeout)):
+        async for message in mapped_stream(self._stub.ReadEvents(request, timeout=self._timeout)):
             for event in message.events:
                 yield StoredEvent.from_proto(event)
 

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from turnstore._convert import StoredEvent, fill_envelope
-from turnstore._status import error_from_item, error_from_rpc
+from turnstore._status import error_from_item, error_from_rpc, mapped_stream
 from turnstore._validate import check_thread_id, check_turn
 from turnstore.errors import InvalidArgumentError, TurnstoreError, UnavailableError
 from turnstore.models import AgentEventEnvelope
@@ -90,23 +90,20 @@ class Replay:
         return self._items()
 
     async def _items(self) -> AsyncIterator[ReplayItem]:
-        try:
-            async for message in self._call:
-                if message.thread_epoch:
-                    self.epoch = message.thread_epoch
-                for event in message.events:
-                    stored = StoredEvent.from_proto(event)
-                    self.last_position = stored.position
-                    yield stored
-                for finished in message.finished_turns:
-                    last = finished.last_position if finished.HasField("last_position") else None
-                    yield TurnFinished(finished.turn, finished.event_count, last)
-                if message.caught_up:
-                    yield CaughtUp(message.next_position)
-                if message.thread_cleared:
-                    yield ThreadCleared(message.next_position)
-        except grpc.aio.AioRpcError as error:
-            raise error_from_rpc(error) from error
+        async for message in mapped_stream(self._call):
+            if message.thread_epoch:
+                self.epoch = message.thread_epoch
+            for event in message.events:
+                stored = StoredEvent.from_proto(event)
+                self.last_position = stored.position
+                yield stored
+            for finished in message.finished_turns:
+                last = finished.last_position if finished.HasField("last_position") else None
+                yield TurnFinished(finished.turn, finished.event_count, last)
+            if message.caught_up:
+                yield CaughtUp(message.next_position)
+            if message.thread_cleared:
+                yield ThreadCleared(message.next_position)
 
     async def aclose(self) -> None:
         """Cancel the stream. Idempotent."""

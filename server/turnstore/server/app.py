@@ -38,8 +38,6 @@ from turnstore.server.values import EngineConfig
 
 log = structlog.get_logger("turnstore")
 
-DEFAULT_DATA_DIR = Path("turnstore-data")
-
 
 @dataclass(frozen=True)
 class TlsConfig:

@@ -339,7 +339,7 @@ class Engine:
                 )
 
         def apply(txn: lmdb.Transaction, now_ns: int) -> list[int]:
-            return self._write_turn(txn, key, turn, encoded, finish, now_ns)
+            return self._write_turn(txn, key, turn, encoded, finish, now_ns)[0]
 
         return self._submit(thread_id, apply)
 
@@ -353,13 +353,7 @@ class Engine:
         self._check_turn(turn)
 
         def apply(txn: lmdb.Transaction, now_ns: int) -> int:
-            self._write_turn(txn, key, turn, [], True, now_ns)
-            value = _get(txn, key, self._dbs[schema.THREADS])
-            assert value is not None
-            number = schema.unpack_thread(value).number
-            turn_value = _get(txn, schema.PAIR.pack(number, turn), self._dbs[schema.TURNS])
-            assert turn_value is not None
-            return schema.unpack_turn(turn_value)[1]
+            return self._write_turn(txn, key, turn, [], True, now_ns)[1]
 
         return self._submit(thread_id, apply)
 
@@ -371,11 +365,12 @@ class Engine:
         events: list[tuple[bytes, bytes]],
         finish: bool,
         now_ns: int,
-    ) -> list[int]:
+    ) -> tuple[list[int], int]:
         """Append ``events`` (id, envelope) to a turn, then finish it if asked.
 
-        Returns each event's position. An event whose id is already stored in
-        this turn is not stored again: its original position is returned.
+        Returns each event's position and the turn's event count. An event
+        whose id is already stored in this turn is not stored again: its
+        original position is returned.
         Checks everything before writing anything.
         """
         value = _get(txn, key, self._dbs[schema.THREADS])
@@ -414,9 +409,9 @@ class Engine:
                     raise TurnFinishedError(turn)
                 if finish and not events:
                     raise TurnAlreadyFinishedError(turn)
-                return positions  # a retry of events stored before the finish
+                return positions, count  # a retry of events stored before the finish
         if not new and not finish:
-            return positions  # a retry: every event is already stored
+            return positions, count  # a retry: every event is already stored
         if new:
             first = new[0][2]
             values = records.encode_batch(first, turn, now_ns, [item[1] for item in new])
@@ -444,7 +439,7 @@ class Engine:
             schema.pack_thread(number, next_position, next_finish, now_ns),
             db=self._dbs[schema.THREADS],
         )
-        return positions
+        return positions, count
 
     def clear(self, thread_id: str) -> Future[int]:
         """Remove a thread entirely; resolves to the number of events removed.
