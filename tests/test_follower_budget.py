@@ -146,6 +146,9 @@ async def test_stalled_followers_stay_within_the_budget_and_the_ended_resume(
 
             await poll(stalled_and_ended, "the budget to end the slowest followers")
             assert max(held_seen) <= TOTAL
+            stats = await client.admin.stats()
+            assert stats.followers_ended_too_slow >= FOLLOWERS - MOST_HOLDING
+            assert stats.follower_held_bytes <= TOTAL
             grown = peak - baseline
             assert grown <= BOUND, f"the daemon grew by {grown} bytes, over {BOUND}"
 

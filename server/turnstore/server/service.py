@@ -613,6 +613,9 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
             retention_removed_events=retention.removed_events,
             retention_removed_conversations=retention.removed_conversations,
             retention_last_error=retention.last_error or "",
+            follower_held_bytes=self._followers.send_budget.held_bytes,
+            follower_ending_bytes=self._followers.send_budget.ending_bytes,
+            followers_ended_too_slow=self._followers.send_budget.ended_too_slow,
         )
 
     @_unary
