@@ -193,12 +193,12 @@ class EventStoreServiceServicer:
         passes. Followers are woken by commits and read from storage at their
         own pace: a slow reader never makes the daemon buffer for it more than
         the one message being written, which stops growing at the daemon's
-        follower budget (`--follower-budget`, plus at most one event). When the
-        messages of all replays together would pass the daemon's total budget
-        (`--followers-total-budget`), the replay whose message has waited
-        longest ends with RESOURCE_EXHAUSTED, reason `follower_too_slow`, after
-        the messages already sent: resuming after the last position received
-        loses nothing.
+        follower budget (`--follower-budget`, plus at most one event). While
+        the messages of all replays together would pass the daemon's total
+        budget (`--followers-total-budget`), replays wait, and the one whose
+        message has waited longest, once that is a second, ends with
+        RESOURCE_EXHAUSTED, reason `follower_too_slow`, after the messages
+        already sent: resuming after the last position received loses nothing.
         Errors: INVALID_ARGUMENT for a bad thread id or an empty turn range;
         RESOURCE_EXHAUSTED (`follower_too_slow`) as above.
         """

@@ -108,11 +108,15 @@ class SendLimits:
     ``max_events_per_message`` it asked for (a message stops growing once it
     reaches the cap, so it holds at most the cap plus one event); a follower
     writes one message at a time, so that is what it can hold. ``total_bytes``
-    bounds what all followers hold together.
+    bounds what all followers hold together. A follower whose message gRPC
+    has not taken for ``slow_after_seconds`` counts as too slow: only such a
+    follower is ended to make room, so that a burst of healthy followers only
+    waits.
     """
 
     message_bytes: int = 128 * KIB
     total_bytes: int = 64 * MIB
+    slow_after_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.message_bytes <= MAX_MESSAGE_BYTES:
@@ -124,16 +128,18 @@ class SendLimits:
                 f"the followers' total budget ({self.total_bytes} bytes) must be at least "
                 f"one follower's ({self.message_bytes} bytes)"
             )
+        if not self.slow_after_seconds >= 0:
+            raise ValueError("slow_after_seconds must not be negative")
 
 
 class Sender:
     """One follower's share of a :class:`SendBudget`.
 
     ``end(sender)`` ends the follower's stream (called at most once, on the
-    event loop); ``held`` is the size of the message gRPC is writing for it (0:
-    none), held since ``since`` on the budget's clock; ``ending`` is the
-    size of the message gRPC still keeps for it once it was ended (0: not
-    ended, or that message is gone).
+    event loop); ``held`` is what it has reserved or handed to gRPC (0:
+    nothing), handed over since ``since`` on the budget's clock; ``ending``
+    is the size of the message gRPC still keeps for it once it was ended (0:
+    not ended, or that message is gone).
     """
 
     __slots__ = ("end", "ending", "held", "since", "was_ended")
@@ -147,15 +153,18 @@ class Sender:
 
 
 class SendBudget:
-    """The bytes followers' messages hold while gRPC writes them.
+    """The bytes followers' messages hold until gRPC has taken them.
 
-    A follower holds its message's size (:meth:`hold`) from handing it to
-    gRPC until gRPC has taken it, then releases it. When a new message
-    would take the total past ``limits.total_bytes``, the followers whose
-    messages have waited longest are ended (``Sender.end``) until it fits,
-    and their bytes leave the total: an ended follower's stream stops and
-    drops its own copy at once. gRPC still keeps the message it was writing
-    (at most ``limits.message_bytes`` plus one event) and sends it, then the
+    Before reading a message from storage a follower reserves a whole
+    follower budget (:meth:`reserve`), waiting while the total is spent;
+    once the message is built it holds its actual size while gRPC writes
+    it (:meth:`hold`), then releases it. So the total stays within
+    ``limits.total_bytes`` (plus at most one event per follower, a message's
+    overshoot). A reservation that does not fit ends the follower whose
+    message gRPC has not taken for longest, if that is at least
+    ``limits.slow_after_seconds`` (``Sender.end``), and its bytes leave the
+    total: an ended follower's stream stops and drops its own copy at once.
+    gRPC still keeps the message it was writing and sends it, then the
     status, once the peer reads or goes away (gRPC sends a stream's status
     after its data, and the Python server cannot reset a stream);
     :attr:`ending_bytes` counts those until :meth:`ended` says they are
@@ -165,7 +174,8 @@ class SendBudget:
     def __init__(self, limits: SendLimits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self._clock = clock
-        self._holding: set[Sender] = set()
+        self._handed: set[Sender] = set()
+        self._freed = asyncio.Event()
         self.held_bytes = 0
         self.ending_bytes = 0
         self.ended_too_slow = 0
@@ -179,26 +189,42 @@ class SendBudget:
         finally:
             self.release(sender)
 
-    def hold(self, sender: Sender, size: int) -> None:
-        """Count ``size`` bytes as held by ``sender``, ending the slowest others if over.
+    async def reserve(self, sender: Sender) -> None:
+        """Reserve one follower budget for ``sender``'s next message.
 
-        The sender itself is never ended here, and a message is held even if
-        it alone is over the total (one event larger than the budget).
+        Returns at once while the total has room. Otherwise it ends the
+        slowest follower if it is too slow, else waits for bytes to be
+        released or for the slowest to become too slow. ``sender`` must hold
+        nothing (it is released first).
         """
         self.release(sender)
-        while self.held_bytes + size > self.limits.total_bytes and self._holding:
-            slowest = min(self._holding, key=lambda other: other.since)
-            self._end(slowest)
-        sender.held, sender.since = size, self._clock()
+        size = self.limits.message_bytes
+        while self.held_bytes + size > self.limits.total_bytes:
+            slowest = min(self._handed, key=lambda other: other.since, default=None)
+            now = self._clock()
+            if slowest is not None and now - slowest.since >= self.limits.slow_after_seconds:
+                self._end(slowest)
+                continue
+            self._freed.clear()
+            wait = None if slowest is None else slowest.since + self.limits.slow_after_seconds - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), wait)
+        sender.held = size
         self.held_bytes += size
-        self._holding.add(sender)
+
+    def hold(self, sender: Sender, size: int) -> None:
+        """``sender`` hands a message of ``size`` bytes to gRPC, in place of its reservation."""
+        self.held_bytes += size - sender.held
+        sender.held, sender.since = size, self._clock()
+        self._handed.add(sender)
 
     def release(self, sender: Sender) -> None:
-        """gRPC took ``sender``'s message (or its stream ended): it holds nothing. Idempotent."""
-        if sender in self._holding:
-            self._holding.discard(sender)
+        """gRPC took ``sender``'s message, or it has none to send: it holds nothing. Idempotent."""
+        if sender.held:
             self.held_bytes -= sender.held
             sender.held = 0
+            self._freed.set()
+        self._handed.discard(sender)
 
     def ended(self, sender: Sender) -> None:
         """The message gRPC kept for ended ``sender`` is gone (sent or dropped). Idempotent."""

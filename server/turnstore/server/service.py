@@ -418,6 +418,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
             while True:
                 if wake is not None:
                     wake.clear()
+                await budget.reserve(sender)
                 step: ReplayStep = await self._run(
                     self._engine.replay_step,
                     request.thread_id,
@@ -429,6 +430,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
                     budget.limits.message_bytes,
                 )
                 if step.cleared:
+                    budget.release(sender)
                     yield pb.ReplayResponse(
                         thread_cleared=True, next_position=position, thread_epoch=number or 0
                     )
@@ -469,6 +471,8 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
                         # follower: its status is on the way and its task
                         # about to be cancelled; end without a status of ours.
                         raise asyncio.CancelledError
+                else:
+                    budget.release(sender)
                 if done or (at_end and (wake is None or watched_finished)):
                     return
                 if at_end:
