@@ -271,14 +271,16 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class AppendStreamResponse(_message.Message):
-    __slots__ = ("request_id", "positions", "error")
+    __slots__ = ("request_id", "positions", "error", "event_count")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     positions: _containers.RepeatedScalarFieldContainer[int]
     error: ItemError
-    def __init__(self, request_id: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+    event_count: int
+    def __init__(self, request_id: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., event_count: _Optional[int] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Any, Final, ParamSpec, TypeVar
 
 import grpc
@@ -471,12 +471,18 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
                     await pending.put((0, item.error()))
                     continue
                 try:
-                    future = self._engine.append(
-                        item.thread_id,
-                        item.turn,
-                        _new_events(item.events),
-                        finish=item.finish_turn,
-                    )
+                    # A bare finish resolves to the turn's event count (its ack
+                    # reports it, as FinishTurn does); anything else to positions.
+                    future: Future[list[int]] | Future[int]
+                    if item.finish_turn and not item.events:
+                        future = self._engine.finish_turn(item.thread_id, item.turn)
+                    else:
+                        future = self._engine.append(
+                            item.thread_id,
+                            item.turn,
+                            _new_events(item.events),
+                            finish=item.finish_turn,
+                        )
                     await pending.put((item.request_id, self._acks.wait(future)))
                 except EngineError as error:
                     await pending.put((item.request_id, error))
@@ -500,11 +506,14 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
                 request_id, outcome = entry
                 if isinstance(outcome, asyncio.Future):
                     try:
-                        positions = await outcome
+                        result = await outcome
                     except EngineError as error:
                         outcome = error
                     else:
-                        yield pb.AppendStreamResponse(request_id=request_id, positions=positions)
+                        if isinstance(result, int):
+                            yield pb.AppendStreamResponse(request_id=request_id, event_count=result)
+                        else:
+                            yield pb.AppendStreamResponse(request_id=request_id, positions=result)
                         continue
                 yield pb.AppendStreamResponse(request_id=request_id, error=_item_error(outcome))
         finally:
