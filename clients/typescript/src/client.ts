@@ -1,9 +1,11 @@
 /** TurnstoreClient: one channel to a daemon, with its event and history stores. */
 import * as grpc from "@grpc/grpc-js";
 
+import { SharedAppendStream } from "./appendstream";
 import { deadline, unary } from "./calls";
 import { InvalidArgumentError, UnavailableError } from "./errors";
 import { EventStore } from "./events";
+import type { WriteMode } from "./events";
 import { HistoryStore } from "./history";
 import { fromU64 } from "./numbers";
 import { loadTurnstoreV1 } from "./proto";
@@ -42,6 +44,13 @@ export interface TurnstoreClientOptions {
   protoDir?: string;
   /** Extra grpc-js channel options; they override this client's. */
   channelOptions?: grpc.ChannelOptions;
+  /**
+   * How `events.append` and `events.finishTurn` are sent (default
+   * `"stream"`): over one AppendStream shared by every caller of this client,
+   * opened on first use and reopened (resending what it had not
+   * acknowledged) when it breaks; or, with `"unary"`, one call each.
+   */
+  writeMode?: WriteMode;
 }
 
 const LOOPBACK_HOST = /^(localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\])$/i;
@@ -88,6 +97,7 @@ export class TurnstoreClient {
   readonly #admin: AdminServiceClient;
   readonly #channelOwner: grpc.Client;
   readonly #timeoutMs: number | undefined;
+  readonly #writes: SharedAppendStream | undefined;
 
   constructor(target: string = DEFAULT_TARGET, options: TurnstoreClientOptions = {}) {
     checkTarget(target, options.allowRemote);
@@ -109,7 +119,15 @@ export class TurnstoreClient {
       channelOptions,
     );
     this.#channelOwner = events;
-    this.events = new EventStore(events, this.#timeoutMs);
+    const writeMode = options.writeMode ?? "stream";
+    if (writeMode !== "stream" && writeMode !== "unary") {
+      throw new InvalidArgumentError(
+        `writeMode must be "stream" or "unary", not ${String(writeMode)}`,
+      );
+    }
+    this.#writes =
+      writeMode === "stream" ? new SharedAppendStream(events, this.#timeoutMs) : undefined;
+    this.events = new EventStore(events, this.#timeoutMs, this.#writes);
     const shared = { channelOverride: events.getChannel() };
     this.#history = new v1.HistoryStoreService(target, grpc.credentials.createInsecure(), shared);
     this.#admin = new v1.AdminService(target, grpc.credentials.createInsecure(), shared);
@@ -152,8 +170,23 @@ export class TurnstoreClient {
     });
   }
 
-  /** Closes the channel: later calls fail at once. Idempotent. */
+  /** How `events.append` and `events.finishTurn` are sent. */
+  get writeMode(): WriteMode {
+    return this.#writes === undefined ? "unary" : "stream";
+  }
+
+  /** How many shared append streams this client opened so far (0 in "unary" mode). */
+  get appendStreamsOpened(): number {
+    return this.#writes?.opened ?? 0;
+  }
+
+  /**
+   * Closes the channel: later calls fail at once. The shared append stream
+   * is half-closed first, so writes already sent are still acknowledged;
+   * one that cannot be fails with UnavailableError. Idempotent.
+   */
   close(): void {
+    this.#writes?.close();
     this.#channelOwner.close();
   }
 }
