@@ -85,8 +85,9 @@ export function checkTarget(target: string, allowRemote = false): void {
  * alive).
  *
  * Connecting is lazy: the constructor never fails for a daemon that is not
- * there yet; calls made meanwhile fail with UnavailableError, and
- * {@link waitForReady} waits for it. The constructor throws
+ * there yet; calls made meanwhile fail with UnavailableError (writes over the
+ * shared stream first retry for a few seconds), and {@link waitForReady}
+ * waits for it. The constructor throws
  * InvalidArgumentError for a target refused by {@link checkTarget}, and the
  * loader's error when the proto file cannot be read.
  */
