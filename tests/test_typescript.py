@@ -12,6 +12,7 @@ from many callers while this test restarts the daemon under it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -269,19 +270,15 @@ class _Driver:
     def send(self, line: str) -> None:
         """Write a line; if the driver has exited, the next :meth:`expect` says why."""
         assert self.process.stdin is not None
-        try:
+        with contextlib.suppress(BrokenPipeError):
             self.process.stdin.write(line + "\n")
             self.process.stdin.flush()
-        except BrokenPipeError:
-            pass
 
     def finish(self) -> int:
         """Close its stdin and reap it (killing it if it hangs)."""
         if self.process.stdin is not None and not self.process.stdin.closed:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 self.process.stdin.close()
-            except BrokenPipeError:
-                pass
         try:
             return self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
