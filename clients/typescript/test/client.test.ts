@@ -314,6 +314,10 @@ describe("writes over one shared stream", () => {
         own.events.finishTurn(thread, 1),
         own.events.append("", 2, delta("no thread")),
         own.events.append(thread, 2, []),
+        // protobufjs encodes a short string itself, a lone surrogate as
+        // invalid UTF-8: the daemon cannot decode the item and acknowledges
+        // it with request_id 0, which still fails only this call.
+        own.events.append("t\uD800", 2, delta("lone surrogate")),
       ];
       const more = own.events.append(thread, 2, [delta("x"), delta("y")]);
       const settled = await Promise.allSettled([...good, ...bad]);
@@ -329,6 +333,8 @@ describe("writes over one shared stream", () => {
       assert.ok(errors[1] instanceof TurnAlreadyFinishedError, String(errors[1]));
       assert.ok(errors[2] instanceof InvalidArgumentError, String(errors[2]));
       assert.ok(errors[3] instanceof InvalidArgumentError, String(errors[3]));
+      assert.ok(errors[4] instanceof InvalidArgumentError, String(errors[4]));
+      assert.match(errors[4].message, /cannot be decoded/);
       const positions = appended.flatMap((result) => {
         assert.equal(result.status, "fulfilled", String(result));
         return result.status === "fulfilled" ? (result.value as number[]) : [];
