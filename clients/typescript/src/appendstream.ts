@@ -54,6 +54,31 @@ export const DEFAULT_STREAM_RETRY: StreamRetryPolicy = {
  */
 const IDLE_MS = 2_000;
 
+/** Bytes a string field may take on the wire at most: UTF-8 needs up to 3 per UTF-16 unit. */
+function stringBound(value: string | undefined): number {
+  return 3 * (value?.length ?? 0);
+}
+
+/**
+ * An upper bound of an item's encoded size: its strings at 3 bytes a unit,
+ * its bodies as they are, 32 bytes per event and per item for tags, lengths
+ * and numbers (each field's overhead is at most 11 bytes).
+ */
+function itemSizeBound(threadId: string, events: readonly WireEnvelope[]): number {
+  let size = 32 + stringBound(threadId);
+  for (const event of events) {
+    const body = event.body;
+    size +=
+      32 +
+      stringBound(event.event_id) +
+      stringBound(event.timestamp) +
+      stringBound(event.type) +
+      stringBound(event.content_type) +
+      (typeof body === "string" ? stringBound(body) : (body?.length ?? 0));
+  }
+  return size;
+}
+
 /** What an acknowledged item resolves to. */
 export interface ItemAck {
   /** The positions of the item's events (empty for a bare finish). */
@@ -99,14 +124,27 @@ export class SharedAppendStream {
   /** How many streams were opened (for tests and diagnostics). */
   opened = 0;
 
+  readonly #maxMessageBytes: number;
+
   constructor(
     stub: EventStoreServiceClient,
     timeoutMs: number | undefined,
+    maxMessageBytes: number,
     retry: StreamRetryPolicy = DEFAULT_STREAM_RETRY,
   ) {
     this.#stub = stub;
     this.#timeoutMs = timeoutMs;
+    this.#maxMessageBytes = maxMessageBytes;
     this.#retry = retry;
+  }
+
+  /**
+   * Whether an item surely fits the channel's send limit. One that does not
+   * must go as a unary call: over the stream, grpc-js would fail the whole
+   * stream (every caller's writes) with RESOURCE_EXHAUSTED instead of it.
+   */
+  fits(threadId: string, events: readonly WireEnvelope[]): boolean {
+    return itemSizeBound(threadId, events) <= this.#maxMessageBytes;
   }
 
   /**

@@ -126,8 +126,12 @@ export class TurnstoreClient {
         `writeMode must be "stream" or "unary", not ${String(writeMode)}`,
       );
     }
+    const limit: unknown = channelOptions["grpc.max_send_message_length"];
+    const maxSend = typeof limit === "number" ? limit : MAX_MESSAGE_BYTES;
     this.#writes =
-      writeMode === "stream" ? new SharedAppendStream(events, this.#timeoutMs) : undefined;
+      writeMode === "stream"
+        ? new SharedAppendStream(events, this.#timeoutMs, maxSend < 0 ? Infinity : maxSend)
+        : undefined;
     this.events = new EventStore(events, this.#timeoutMs, this.#writes);
     const shared = { channelOverride: events.getChannel() };
     this.#history = new v1.HistoryStoreService(target, grpc.credentials.createInsecure(), shared);

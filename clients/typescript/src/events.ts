@@ -86,7 +86,9 @@ export class EventStore {
    * id is stored in another turn, InvalidArgumentError for an empty list, an
    * empty thread id or a value over the daemon's limits. Over the shared
    * stream, a rejected append fails only its own call; a stream that breaks
-   * is reopened and the append sent again (see {@link WriteMode}).
+   * is reopened and the append sent again (see {@link WriteMode}). A batch
+   * that might not fit the channel's message limit (64 MiB) is sent as a
+   * unary call even then, so that it alone fails if it is too large.
    */
   async append(
     threadId: string,
@@ -100,7 +102,7 @@ export class EventStore {
       events: list.map(envelopeToWire),
     };
     const positions =
-      this.#writes !== undefined
+      this.#writes !== undefined && this.#writes.fits(request.thread_id, request.events)
         ? (await this.#writes.submit(request.thread_id, request.turn, request.events, false))
             .positions
         : (

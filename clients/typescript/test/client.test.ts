@@ -14,6 +14,7 @@ import {
   EventIdConflictError,
   FailedPreconditionError,
   InvalidArgumentError,
+  ResourceExhaustedError,
   SnapshotFormatError,
   TurnAlreadyFinishedError,
   TurnFinishedError,
@@ -345,6 +346,30 @@ describe("writes over one shared stream", () => {
       );
       // The stream went on: later writes on it succeed.
       assert.equal(await own.events.finishTurn(thread, 2), 14);
+      assert.equal(own.appendStreamsOpened, writeMode === "stream" ? 1 : 0);
+    } finally {
+      own.close();
+    }
+  });
+
+  test("a batch too large for one message fails only its own call", async () => {
+    const own = new TurnstoreClient(target, { writeMode });
+    try {
+      const thread = newThread();
+      const huge = "x".repeat(1_048_000);
+      const tooMany = Array.from({ length: 66 }, (_, i) => delta(huge, i)); // over 64 MiB
+      const [large, ...small] = await Promise.allSettled([
+        own.events.append(thread, 1, tooMany),
+        ...Array.from({ length: 8 }, (_, i) => own.events.append(thread, 1, delta(`${i}`))),
+      ]);
+      assert.equal(large?.status, "rejected");
+      const error: unknown = large?.status === "rejected" ? large.reason : undefined;
+      assert.ok(error instanceof ResourceExhaustedError, String(error));
+      assert.deepEqual(
+        small.map((result) => result.status),
+        Array.from({ length: 8 }, () => "fulfilled"),
+      );
+      assert.equal(await own.events.eventCount(thread), 8);
       assert.equal(own.appendStreamsOpened, writeMode === "stream" ? 1 : 0);
     } finally {
       own.close();
