@@ -83,10 +83,12 @@ function itemSizeBound(threadId: string, events: readonly WireEnvelope[]): numbe
 export interface ItemAck {
   /** The positions of the item's events (empty for a bare finish). */
   positions: string[];
-  /** The turn's event count, for a bare finish (unset by daemons older than the field). */
+  /**
+   * The turn's event count, for a bare finish; undefined when the daemon did
+   * not say (one older than the field, or a resent finish that found its
+   * turn finished).
+   */
   eventCount: string | undefined;
-  /** The item was sent again on a reopened stream and the daemon found its turn finished. */
-  finishedByEarlierAttempt: boolean;
 }
 
 /** One caller's item, from submit until its ack, error or deadline. */
@@ -111,6 +113,7 @@ interface Pending {
 export class SharedAppendStream {
   readonly #stub: EventStoreServiceClient;
   readonly #timeoutMs: number | undefined;
+  readonly #maxMessageBytes: number;
   readonly #retry: StreamRetryPolicy;
   /** Items sent on the current stream (or waiting for the next) and not acknowledged, in send order. */
   readonly #unacked = new Map<number, Pending>();
@@ -121,10 +124,7 @@ export class SharedAppendStream {
   #reopenTimer: NodeJS.Timeout | undefined;
   #idleTimer: NodeJS.Timeout | undefined;
   #closed = false;
-  /** How many streams were opened (for tests and diagnostics). */
-  opened = 0;
-
-  readonly #maxMessageBytes: number;
+  #opened = 0;
 
   constructor(
     stub: EventStoreServiceClient,
@@ -136,6 +136,11 @@ export class SharedAppendStream {
     this.#timeoutMs = timeoutMs;
     this.#maxMessageBytes = maxMessageBytes;
     this.#retry = retry;
+  }
+
+  /** How many streams were opened so far (for tests and diagnostics). */
+  get opened(): number {
+    return this.#opened;
   }
 
   /**
@@ -221,7 +226,7 @@ export class SharedAppendStream {
     }
     const stream = this.#stub.AppendStream();
     this.#stream = stream;
-    this.opened += 1;
+    this.#opened += 1;
     stream.on("data", (ack: AppendStreamResponse) => this.#acknowledge(ack));
     stream.on("error", (error: unknown) => this.#broken(stream, toTurnstoreError(error)));
     stream.on("end", () => this.#broken(stream, undefined));
@@ -247,11 +252,7 @@ export class SharedAppendStream {
     }
     this.#settle(pending);
     if (ack.error === null) {
-      pending.resolve({
-        positions: ack.positions,
-        eventCount: ack.event_count,
-        finishedByEarlierAttempt: false,
-      });
+      pending.resolve({ positions: ack.positions, eventCount: ack.event_count });
       return;
     }
     // The ItemError stands where a unary call's ServiceError would: as the cause.
@@ -263,7 +264,7 @@ export class SharedAppendStream {
     ) {
       // The finish may have committed on the stream that broke: this is what
       // its success looks like now.
-      pending.resolve({ positions: [], eventCount: undefined, finishedByEarlierAttempt: true });
+      pending.resolve({ positions: [], eventCount: undefined });
     } else {
       pending.reject(error);
     }
