@@ -339,3 +339,4 @@ def test_typescript_appends_survive_a_daemon_restart(
     counts = {int(turn): count for turn, count in done["counts"].items()}
     assert finished == counts
     assert sum(counts.values()) == len(acked)
+    assert len(counts) > 8, "the callers went on to later turns"
