@@ -5,8 +5,11 @@ when they are missing (with a throw-away npm cache), builds it with tsc, and run
 node:test program against a daemon of its own, once per write mode (appends over the
 shared AppendStream, and unary calls). Python writes a thread and a snapshot that the
 TypeScript program must read back exactly; the program writes a thread and a snapshot
-that Python then reads back here. A driver program (test/restart-driver.ts) appends
-from many callers while this test restarts the daemon under it.
+that Python then reads back here. Two driver programs, run and driven line by line
+from here, cover the shared stream under a daemon that goes away:
+test/restart-driver.ts appends from many callers while the daemon is restarted
+under it, test/deadline-driver.ts lets one write run out its deadline while the
+daemon is frozen.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from turnstore import (
 TS_DIR = Path(__file__).resolve().parent.parent / "clients" / "typescript"
 TEST_PROGRAM = "dist/test/client.test.js"
 RESTART_DRIVER = "dist/test/restart-driver.js"
+DEADLINE_DRIVER = "dist/test/deadline-driver.js"
 MIN_NODE_MAJOR = 20
 
 
@@ -230,7 +234,7 @@ def test_typescript_client_against_daemon(
 
 
 class _Driver:
-    """The restart driver's process: JSON lines from its stdout, lines to its stdin."""
+    """A driver program's process: JSON lines from its stdout, lines to its stdin."""
 
     def __init__(self, program: Path, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
@@ -340,3 +344,46 @@ def test_typescript_appends_survive_a_daemon_restart(
     assert finished == counts
     assert sum(counts.values()) == len(acked)
     assert len(counts) > 8, "the callers went on to later turns"
+
+
+@pytest.mark.timeout(120)
+def test_typescript_write_past_its_deadline_fails_alone(
+    typescript_build: Path, node_env: dict[str, str], tmp_path: Path
+) -> None:
+    """With the daemon frozen, one write over the shared stream runs out its
+    deadline (DeadlineExceededError); writes sent after it on the same stream
+    succeed once the daemon is thawed, and the late write is still stored."""
+    thread = f"ts-deadline-{uuid.uuid4()}"
+    daemon = Daemon(tmp_path / "data")
+    daemon.start()
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    driver = _Driver(
+        TS_DIR / DEADLINE_DRIVER,
+        {**node_env, "TURNSTORE_TARGET": daemon.target, "TURNSTORE_THREAD": thread},
+    )
+    try:
+        driver.expect("ready", timeout=60)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            driver.send("frozen")
+            expired = driver.expect("expired", timeout=30)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        done = driver.expect("done", timeout=30)
+        assert driver.finish() == 0
+        events, finished = asyncio.run(_stored(daemon.target, thread))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        driver.finish()
+        daemon.stop()
+    assert expired["lateError"] == "DeadlineExceededError", expired
+    assert expired["waitedMs"] >= 1_400, expired  # the client's timeoutMs, not earlier
+    assert done["streams"] == 1, "the expired write did not tear the stream down"
+    assert done["afterPositions"] == [2]
+    assert done["finishCount"] == 0
+    # The late write was sent before its deadline passed, so it was committed.
+    ids = [event_id for event_id, _ in events]
+    assert ids[1:] == [done["lateId"], done["afterId"]]
+    assert [position for _, position in events] == [0, 1, 2]
+    assert finished == {2: 0}
