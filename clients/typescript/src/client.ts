@@ -30,8 +30,10 @@ export interface DaemonStats {
 /** How a client connects and how long its calls may take. */
 export interface TurnstoreClientOptions {
   /**
-   * Deadline of each unary call and of each whole ListTurns read, in
-   * milliseconds (default 30 000); undefined for none. Replays have their own.
+   * Deadline of each unary call, of each write over the shared append
+   * stream (from the call until its ack, retries included) and of each
+   * whole ListTurns read, in milliseconds (default 30 000); undefined for
+   * none. Replays have their own.
    */
   timeoutMs?: number | undefined;
   /**
