@@ -76,7 +76,7 @@ class Metrics:
             ("turnstore_open_replays", "Replay streams open", lambda: followers.open_replays),
             (
                 "turnstore_follower_held_bytes",
-                "Bytes of replay messages gRPC is writing, over all followers",
+                "Bytes replays reserved for or hold in messages gRPC has not sent, all followers",
                 lambda: followers.send_budget.held_bytes,
             ),
             (
