@@ -23,7 +23,13 @@ from turnstore._convert import JSON, StoredEvent, envelope_from_proto, fill_enve
 from turnstore._retry import NO_RETRY, RetryPolicy, call_with_retry
 from turnstore._shared_stream import SharedAppendStream
 from turnstore._status import mapped_stream
-from turnstore._validate import check_offset, check_text, check_thread_id, check_turn
+from turnstore._validate import (
+    check_offset,
+    check_target,
+    check_text,
+    check_thread_id,
+    check_turn,
+)
 from turnstore.errors import (
     InvalidArgumentError,
     SnapshotFormatError,
@@ -450,7 +456,8 @@ class GrpcHistoryStore:
 class TurnstoreClient:
     """A connection to a turnstore daemon; use as ``async with``.
 
-    ``target`` is ``HOST:PORT`` or ``unix:PATH``. ``timeout`` is the
+    ``target`` is ``HOST:PORT`` or ``unix:PATH`` (anything else raises
+    InvalidArgumentError at once, saying what a target looks like). ``timeout`` is the
     deadline in seconds of each unary call and of each whole streaming read
     (None: no deadline). Calls that fail with UnavailableError are retried
     by ``retry`` (default: 6 attempts over about 3 to 5 s), then raise it.
@@ -476,6 +483,7 @@ class TurnstoreClient:
     ) -> None:
         if write_mode not in WRITE_MODES:
             raise ValueError(f"write_mode must be 'stream' or 'unary', not {write_mode!r}")
+        check_target(target)
         self.target = target
         channel_options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
