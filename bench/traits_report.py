@@ -226,11 +226,20 @@ def _target_cell(metric: Metric) -> str:
 
 
 def _errors(results: Result) -> list[str]:
-    return [
-        f"{name}: {str(result['error']).strip().splitlines()[-1][:100]}"
-        for name, result in results.items()
-        if name.startswith("trait_") and "error" in result
-    ]
+    """A line per trait step that failed, read short, or followed short."""
+    lines = []
+    for name, result in results.items():
+        if not name.startswith("trait_"):
+            continue
+        if "error" in result:
+            lines.append(f"ERROR {name}: {str(result['error']).strip().splitlines()[-1][:100]}")
+        elif result.get("complete") is False:
+            lines.append(
+                f"INCOMPLETE {name}: a read saw other than {result.get('expected')} events"
+            )
+        elif result.get("received", result.get("events")) != result.get("events"):
+            lines.append(f"INCOMPLETE {name}: {result['received']} of {result['events']} followed")
+    return lines
 
 
 def grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -304,5 +313,5 @@ def render_traits(results: Result, derived: Result, profile: Profile, redis: str
         lines.append(
             "  * this client has no write_mode option yet: the stream column ran unary calls"
         )
-    lines += [f"  ERROR {line}" for line in _errors(results)]
+    lines += [f"  {line}" for line in _errors(results)]
     return "\n".join(lines) + "\n"
