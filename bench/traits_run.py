@@ -39,15 +39,9 @@ def run_traits(runner: Runner, work: Path, with_redis: bool) -> str | None:
         watch = {"daemon": daemon.process.pid}
         at_start = read_status(daemon.process.pid)
         if with_redis:
-            try:
-                redis = RedisServer(ensure_redis_installed(), work / "traits-redis")
-                redis.start()
+            redis = _start_redis(runner, work / "traits-redis")
+            if redis is not None:
                 watch["redis"] = redis.pid
-                _log(f"started {redis.version} on 127.0.0.1:{redis.port} for the trait table")
-            except Exception as error:  # the other sides are still worth measuring
-                runner.record("trait_redis", {"error": f"{type(error).__name__}: {error}"})
-                _log(f"Redis for the trait table failed: {error}")
-                redis = None
         _Rows(runner, daemon.target, redis, work / "traits-sqlite" / "events.db", watch).run()
         runner.record(
             "trait_memory",
@@ -61,8 +55,25 @@ def run_traits(runner: Runner, work: Path, with_redis: bool) -> str | None:
     finally:
         if redis is not None:
             redis.stop()
+            _log("trait table: redis-server stopped")
         status = daemon.stop()
-        _log(f"trait table: daemon stopped (exit status {status}), redis-server stopped")
+        _log(f"trait table: daemon stopped (exit status {status})")
+
+
+def _start_redis(runner: Runner, work_dir: Path) -> RedisServer | None:
+    """A running redis-server, or None (and a ``trait_redis`` error) when it cannot run."""
+    server: RedisServer | None = None
+    try:
+        server = RedisServer(ensure_redis_installed(), work_dir)
+        server.start()
+    except Exception as error:  # the other sides are still worth measuring
+        if server is not None:
+            server.stop()
+        runner.record("trait_redis", {"error": f"{type(error).__name__}: {error}"})
+        _log(f"Redis for the trait table failed: {error}")
+        return None
+    _log(f"started {server.version} on 127.0.0.1:{server.port} for the trait table")
+    return server
 
 
 class _Rows:
@@ -84,44 +95,42 @@ class _Rows:
         self.watch = watch
         self.timing = {"duration": self.profile.duration, "warmup": self.profile.warmup}
 
-    def _client(self, name: str, scenario: str, params: dict[str, Any]) -> None:
-        self.runner.client(name, scenario, params, self.watch)
+    def _row(
+        self, row: str, scenario: str, params: dict[str, Any], *, modes: bool, sqlite: bool
+    ) -> None:
+        """One row, side by side: turnstore (each write mode if ``modes``), Redis, SQLite.
 
-    def _sides(self, row: str, scenario: str, params: dict[str, Any], modes: bool) -> None:
-        """One row's turnstore step(s), then Redis's, then SQLite's (``sqlite`` only if given)."""
+        Results are ``trait_<row>_<side>``; the turnstore side is ``stream``
+        and ``unary``, or ``turnstore`` for a row whose calls do not write.
+        """
+        steps: list[tuple[str, str, dict[str, Any]]] = []
         if modes:
             for mode in WRITE_MODES:
-                turnstore = {"target": self.target, "write_mode": mode, **params}
-                self._client(f"trait_{row}_{mode}", f"trait-{scenario}", turnstore)
+                steps.append((mode, "trait", {"target": self.target, "write_mode": mode}))
         else:
-            self._client(
-                f"trait_{row}_turnstore", f"trait-{scenario}", {"target": self.target, **params}
-            )
+            steps.append(("turnstore", "trait", {"target": self.target}))
         if self.redis is not None:
-            self._client(
-                f"trait_{row}_redis", f"redis-trait-{scenario}", {"port": self.redis.port, **params}
+            steps.append(("redis", "redis-trait", {"port": self.redis.port}))
+        if sqlite:
+            steps.append(("sqlite", "sqlite-trait", {"path": self.sqlite}))
+        for side, prefix, where in steps:
+            self.runner.client(
+                f"trait_{row}_{side}", f"{prefix}-{scenario}", {**where, **params}, self.watch
             )
-
-    def _sqlite(self, row: str, scenario: str, params: dict[str, Any]) -> None:
-        self._client(
-            f"trait_{row}_sqlite", f"sqlite-trait-{scenario}", {"path": self.sqlite, **params}
-        )
 
     def run(self) -> None:
+        """Every row, in the table's order (the read thread is loaded before it is read)."""
         profile = self.profile
         agent = {"events_per_turn": profile.trait_agent_turn_events, **self.timing}
-        self._sides("agent", "agent", agent, modes=True)
-        self._sqlite("agent", "agent", agent)
+        self._row("agent", "agent", agent, modes=True, sqlite=True)
         agents = {"concurrencies": list(profile.trait_concurrencies), **self.timing}
-        self._sides("agents", "agents", agents, modes=True)
-        self._sqlite("agents", "agents", agents)
+        self._row("agents", "agents", agents, modes=True, sqlite=True)
         load = {
             "thread": READ_THREAD,
             "events": profile.trait_read_events,
             "per_turn": profile.trait_read_turn_events,
         }
-        self._sides("load", "load", load, modes=False)
-        self._sqlite("load", "load", load)
+        self._row("load", "load", load, modes=False, sqlite=True)
         for how in READS:
             read = {
                 "thread": READ_THREAD,
@@ -130,6 +139,6 @@ class _Rows:
                 "duration": profile.duration,
                 "min_repeats": profile.trait_read_min_repeats,
             }
-            self._sides(how, "read", read, modes=False)
-            self._sqlite(how, "read", read)
-        self._sides("follow", "follow", {"events": profile.trait_follow_events}, modes=True)
+            self._row(how, "read", read, modes=False, sqlite=True)
+        follow = {"events": profile.trait_follow_events}
+        self._row("follow", "follow", follow, modes=True, sqlite=False)
