@@ -86,7 +86,8 @@ async def test_metrics_count_rpcs_commits_and_followers(data_dir: Path) -> None:
     first = daemon.start()
     host, port = first["metrics"].rsplit(":", 1)
     assert host == "127.0.0.1" and int(port) > 0
-    async with TurnstoreClient(daemon.target) as client:
+    # Unary appends: each is one Append RPC in the per-method counters.
+    async with TurnstoreClient(daemon.target, write_mode="unary") as client:
         await client.events.append("t", 1, delta("a"))
         with pytest.raises(InvalidArgumentError):
             await client.events.append("x" * 300, 1, delta("a"))

@@ -7,12 +7,12 @@ envelope's), :class:`StoredTurnEvents`, and :class:`ConversationSnapshot`.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from turnstore import _json
 from turnstore.errors import EventFormatError, SnapshotFormatError
 
 ENVELOPE_KEYS: Final = ("event_id", "sequence", "timestamp")
@@ -74,8 +74,15 @@ class AgentEventEnvelope:
         }
 
     def to_json(self) -> str:
-        """The flat JSON text of :meth:`to_json_dict`."""
-        return json.dumps(self.to_json_dict(), ensure_ascii=False, separators=(",", ":"))
+        """The flat JSON text of :meth:`to_json_dict`.
+
+        Raises EventFormatError, naming the key path, for a value strict JSON
+        cannot carry (NaN, a non-string key, bytes, a datetime, ...).
+        """
+        try:
+            return _json.dumps(self.to_json_dict(), "envelope").decode()
+        except _json.NotJsonError as error:
+            raise EventFormatError(str(error)) from None
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> AgentEventEnvelope:
@@ -95,7 +102,7 @@ class AgentEventEnvelope:
     def from_json(cls, text: str | bytes) -> AgentEventEnvelope:
         """Parse flat JSON text; raises EventFormatError when malformed."""
         try:
-            data = json.loads(text)
+            data = _json.loads(text)
         except ValueError as error:
             raise EventFormatError(f"envelope is not valid JSON: {error}") from error
         return cls.from_json_dict(data)
@@ -145,8 +152,19 @@ class ConversationSnapshot:
         return {"version": self.version, "messages": self.messages, "pinned": self.pinned}
 
     def to_json(self) -> str:
-        """The JSON text of :meth:`to_json_dict`."""
-        return json.dumps(self.to_json_dict(), ensure_ascii=False, separators=(",", ":"))
+        """The JSON text of :meth:`to_json_dict`; see :meth:`to_json_bytes`."""
+        return self.to_json_bytes().decode()
+
+    def to_json_bytes(self) -> bytes:
+        """The UTF-8 JSON of :meth:`to_json_dict`, as stored.
+
+        Raises SnapshotFormatError, naming the key path, for a value strict
+        JSON cannot carry (NaN, a non-string key, bytes, a datetime, ...).
+        """
+        try:
+            return _json.dumps(self.to_json_dict(), "snapshot")
+        except _json.NotJsonError as error:
+            raise SnapshotFormatError(str(error)) from None
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> ConversationSnapshot:
@@ -162,7 +180,7 @@ class ConversationSnapshot:
     def from_json(cls, text: str | bytes) -> ConversationSnapshot:
         """Parse and validate JSON text; raises SnapshotFormatError."""
         try:
-            data = json.loads(text)
+            data = _json.loads(text)
         except ValueError as error:
             raise SnapshotFormatError(f"snapshot is not valid JSON: {error}") from error
         return cls.from_json_dict(data)
