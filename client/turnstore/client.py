@@ -240,10 +240,24 @@ class GrpcEventStore:
         return int(response.count)
 
     async def get_events_since(self, thread_id: str, offset: int) -> list[AgentEventEnvelope]:
-        """The envelopes of :meth:`get_events` after its first ``offset``."""
-        return [
-            stored.envelope async for stored in self.read_events(thread_id, offset, order="turn")
-        ]
+        """The envelopes of :meth:`get_events` after its first ``offset``.
+
+        The read covers the events committed when it started; it raises
+        ThreadClearedError if the thread is cleared while it runs.
+        """
+        check_thread_id(thread_id)
+        check_offset(offset)
+        request = pb.ReadEventsRequest(
+            thread_id=thread_id, offset=offset, order=pb.EVENT_ORDER_TURN
+        )
+
+        async def read() -> list[AgentEventEnvelope]:
+            envelopes: list[AgentEventEnvelope] = []
+            async for message in self._stub.ReadEvents(request, timeout=self._timeout):
+                envelopes += [envelope_from_proto(event.envelope) for event in message.events]
+            return envelopes
+
+        return await call_with_retry(read, self._retry)
 
     async def read_events(
         self, thread_id: str, offset: int = 0, *, order: str = "commit"
