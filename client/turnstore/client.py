@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 import grpc
 
 from turnstore._auth import ClientTls, bearer_token_interceptors
-from turnstore._convert import JSON, StoredEvent, envelope_from_proto, fill_envelope
+from turnstore._convert import JSON, StoredEvent, envelopes_from_protos, fill_envelope
 from turnstore._retry import NO_RETRY, RetryPolicy, call_with_retry
 from turnstore._shared_stream import SharedAppendStream
 from turnstore._status import mapped_stream
@@ -205,7 +205,7 @@ class GrpcEventStore:
             return None
         return StoredTurnEvents(
             response.turn.turn,
-            [envelope_from_proto(event.envelope) for event in response.turn.events],
+            envelopes_from_protos(response.turn.events),
             response.turn.finished,
         )
 
@@ -219,7 +219,7 @@ class GrpcEventStore:
         call = self._stub.ListTurns(pb.ListTurnsRequest(thread_id=thread_id), timeout=self._timeout)
         async for message in call:
             piece = message.turn
-            events = [envelope_from_proto(event.envelope) for event in piece.events]
+            events = envelopes_from_protos(piece.events)
             if turns and turns[-1].turn == piece.turn:
                 turns[-1].events.extend(events)
             else:
@@ -260,7 +260,7 @@ class GrpcEventStore:
         async def read() -> list[AgentEventEnvelope]:
             envelopes: list[AgentEventEnvelope] = []
             async for message in self._stub.ReadEvents(request, timeout=self._timeout):
-                envelopes += [envelope_from_proto(event.envelope) for event in message.events]
+                envelopes += envelopes_from_protos(message.events)
             return envelopes
 
         return await call_with_retry(read, self._retry)
