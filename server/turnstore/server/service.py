@@ -443,7 +443,9 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
         finish_seq: int | None = None
         caught_up = False
         budget = self._followers.send_budget
-        end = functools.partial(self._end_too_slow, context, asyncio.current_task())
+        end = functools.partial(
+            self._end_too_slow, request.thread_id, context, asyncio.current_task()
+        )
         with (
             self._followers.replay(request.thread_id, request.follow) as wake,
             budget.sending(end) as sender,
@@ -517,13 +519,23 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
                         raise EngineClosedError("the daemon is shutting down")
 
     def _end_too_slow(
-        self, context: grpc.aio.ServicerContext, task: asyncio.Task[Any] | None, sender: Sender
+        self,
+        thread_id: str,
+        context: grpc.aio.ServicerContext,
+        task: asyncio.Task[Any] | None,
+        sender: Sender,
     ) -> None:
         """End a follower whose message gRPC cannot send: the budget needs its bytes.
 
         Its status goes out after that message, once the peer reads; its
         task is cancelled at once so that the stream drops its own copy.
         """
+        log.info(
+            "follower_too_slow",
+            thread_id=thread_id,
+            message_bytes=sender.ending,
+            peer=context.peer(),
+        )
 
         async def send_status() -> None:
             try:
