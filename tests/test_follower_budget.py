@@ -222,6 +222,53 @@ async def test_a_message_stops_at_the_follower_budget_whatever_was_asked(tmp_pat
         assert daemon.stop() == 0, daemon.log_lines
 
 
+async def test_healthy_followers_contending_for_a_small_total_wait_and_are_never_ended(
+    tmp_path: Path,
+) -> None:
+    # Ten followers that read promptly share room for four messages: they
+    # take turns, and none has a message unread for the second that would
+    # make it too slow.
+    daemon = Daemon(
+        tmp_path / "data",
+        extra_args=["--follower-budget", "64KiB", "--followers-total-budget", "256KiB"],
+    )
+    daemon.start()
+    thread = f"thread-{uuid.uuid4()}"
+    events = 2000
+    try:
+        async with TurnstoreClient(daemon.target) as client:
+
+            async def follow() -> list[int]:
+                seen: list[int] = []
+                async with client.events.replay(
+                    thread, follow=True, max_events_per_message=4096
+                ) as replay:
+                    async for item in replay:
+                        if isinstance(item, StoredEvent):
+                            seen.append(item.position)
+                            if len(seen) == events:
+                                return seen
+                raise AssertionError("the follower ended by itself")
+
+            followers = [asyncio.ensure_future(follow()) for _ in range(10)]
+            deadline = time.monotonic() + 30
+            while (await client.admin.stats()).live_followers < len(followers):
+                assert time.monotonic() < deadline, "the followers did not all start"
+                await asyncio.sleep(0.05)
+            body = "z" * 1000
+            for turn in range(1, events // EVENTS_PER_APPEND + 1):
+                batch = [
+                    AgentEventEnvelope.new({"type": "text_delta", "delta": body})
+                    for _ in range(EVENTS_PER_APPEND)
+                ]
+                await client.events.append_many(thread, turn, batch)
+            received = await asyncio.wait_for(asyncio.gather(*followers), 60)
+            assert all(seen == list(range(events)) for seen in received)
+            assert (await client.admin.stats()).followers_ended_too_slow == 0
+    finally:
+        assert daemon.stop() == 0, daemon.log_lines
+
+
 async def test_the_budget_waits_for_room_and_ends_only_followers_too_slow() -> None:
     now = [0.0]
     limits = SendLimits(message_bytes=100, total_bytes=250, slow_after_seconds=1.0)
