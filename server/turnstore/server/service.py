@@ -20,6 +20,7 @@ import structlog
 
 from turnstore.server import records
 from turnstore.server.acks import AckPump
+from turnstore.server.bodies import check_json_body
 from turnstore.server.engine import Engine
 from turnstore.server.errors import (
     BackupFailedError,
@@ -254,6 +255,8 @@ def _new_events(envelopes: Any) -> list[NewEvent]:
             _check_header(index, envelope)
         if not content_type:
             envelope.content_type = JSON
+        if content_type in ("", JSON):
+            check_json_body(index, envelope.event_id, envelope.body)
         events.append(NewEvent(envelope.event_id, envelope.SerializeToString()))
     return events
 
