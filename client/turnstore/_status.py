@@ -21,6 +21,7 @@ _BY_REASON: Final[dict[str, type[errors.TurnstoreError]]] = {
     "thread_cleared": errors.ThreadClearedError,
     "storage_full": errors.StorageFullError,
     "shutting_down": errors.UnavailableError,
+    "disk_error": errors.UnavailableError,
     "unauthenticated": errors.UnauthenticatedError,
 }
 

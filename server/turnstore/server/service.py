@@ -23,6 +23,7 @@ from turnstore.server.engine import Engine
 from turnstore.server.errors import (
     BackupFailedError,
     DataDirLockedError,
+    DiskIOError,
     EngineClosedError,
     EngineError,
     EventIdConflictError,
@@ -59,6 +60,7 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     StorageFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
     DataDirLockedError: grpc.StatusCode.UNAVAILABLE,
+    DiskIOError: grpc.StatusCode.UNAVAILABLE,
     EngineError: grpc.StatusCode.INTERNAL,
 }
 
@@ -556,6 +558,9 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
             retention_removed_events=retention.removed_events,
             retention_removed_conversations=retention.removed_conversations,
             retention_last_error=retention.last_error or "",
+            used_bytes=stored.space.used_bytes,
+            max_db_bytes=stored.space.max_bytes,
+            write_limit_bytes=stored.space.write_limit_bytes,
         )
 
     @_unary
