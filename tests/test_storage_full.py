@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
@@ -198,9 +199,57 @@ def test_the_engine_refuses_additions_at_the_reserve_and_takes_deletes(tmp_path:
             engine.save_snapshot("k", b"y" * 600_000, "application/json").result()
         assert engine.load_snapshot("k") is None
         assert engine.event_count("t") == stored
+        # Also after a restart.
+        engine.close()
+        engine = Engine.open(config)
         assert engine.clear("t").result() == stored
         event = pb.EventEnvelope(event_id="again", body=b"x" * 30_000)
         assert engine.append("t", 1, [NewEvent("again", event.SerializeToString())]).result() == [0]
+    finally:
+        engine.close()
+
+
+def test_a_batch_at_the_ceiling_still_commits_its_deletes(tmp_path: Path) -> None:
+    # No reserve: LMDB's own ceiling is reached, and a clear shares its
+    # transaction with an append that cannot fit.
+    config = EngineConfig(
+        tmp_path / "data",
+        initial_map_bytes=2 * MIB,
+        max_map_bytes=2 * MIB,
+        delete_reserve_bytes=0,
+    )
+    engine = Engine.open(config)
+    try:
+
+        def big(name: str, size: int) -> NewEvent:
+            event = pb.EventEnvelope(event_id=name, body=b"x" * size)
+            return NewEvent(name, event.SerializeToString())
+
+        stored = 0
+        with pytest.raises(EngineStorageFull, match="ceiling"):
+            for index in range(1000):
+                engine.append("t", 1, [big(f"e{index}", 60_000)]).result()
+                stored += 1
+        # Hold the writer in a write of its own so that the next two share a batch.
+        release = threading.Event()
+        holding = threading.Event()
+
+        def hold(txn: lmdb.Transaction, now_ns: int) -> None:
+            holding.set()
+            release.wait(10)
+
+        # The one way to line up a batch: a private submit.
+        held = engine._submit(None, hold)
+        assert holding.wait(10)
+        cleared = engine.clear("t")
+        refused = engine.append("u", 1, [big("u0", 900_000)])
+        release.set()
+        held.result()
+        assert cleared.result() == stored
+        with pytest.raises(EngineStorageFull):
+            refused.result()
+        assert engine.event_count("t") == 0
+        assert engine.event_count("u") == 0
     finally:
         engine.close()
 
