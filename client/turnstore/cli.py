@@ -107,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
         "--max-db-size",
         type=parse_size,
         default="16GiB",
-        help="ceiling of the database size; writes past it fail with RESOURCE_EXHAUSTED",
+        help="ceiling of the database size; writes that add data stop with RESOURCE_EXHAUSTED "
+        "at it less --delete-reserve",
     )
     option.add(
         "--delete-reserve",
