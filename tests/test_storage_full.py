@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -113,6 +114,14 @@ async def test_a_full_database_is_emptied_and_written_again_without_a_restart(
         assert metrics["turnstore_write_limit_bytes"] == 7 * MIB
         assert metrics["turnstore_max_db_bytes"] == 8 * MIB
         assert 0.9 < metrics["turnstore_used_ratio"] <= 1.0
+        command = ["stats", "--target", daemon.target, "--format", "text"]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "turnstore.admin_cli", *command, stdout=subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0
+        printed = out.decode()
+        assert f"{stats.used_fraction:.0%} of the 7.0 MiB writes may fill" in printed
         # Reads still see every acknowledged event.
         for thread, count in acknowledged.items():
             assert await client.events.event_count(thread) == count

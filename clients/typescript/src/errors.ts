@@ -83,6 +83,7 @@ const BY_REASON: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([
   ["thread_cleared", ThreadClearedError],
   ["storage_full", StorageFullError],
   ["shutting_down", UnavailableError],
+  ["disk_error", UnavailableError],
 ]);
 
 const BY_CODE: ReadonlyMap<status, ErrorClass> = new Map<status, ErrorClass>([
