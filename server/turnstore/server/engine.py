@@ -166,6 +166,8 @@ class Engine:
             default_reserve(config.max_map_bytes) if reserve is None else reserve,
         )
         self._backup_journal = backups.BackupJournal(Path(config.data_dir))
+        # The transaction id of the last no-op commit (_release_freed_pages).
+        self._tick_txnid = -1
         # What :meth:`open` found of backups cut short (the daemon logs it).
         self.removed_partial_backups: list[Path] = []
         self.partial_backup_problems: list[str] = []
@@ -447,7 +449,8 @@ class Engine:
         if not new and not finish:
             return positions, count  # a retry: every event is already stored
         added = sum(len(item[0]) + len(item[1]) for item in new)
-        self.space.admit(txn, estimate_events_bytes(len(new), added) + 2 * len(key) + 256)
+        estimate = estimate_events_bytes(len(new), added, self.limits.max_event_id_bytes)
+        self.space.admit(txn, estimate + 2 * len(key) + 256)
         if value is None:
             number = self._next_number(txn, schema.META_NEXT_THREAD_NUMBER)
             prefix = schema.U64.pack(number)
@@ -637,12 +640,12 @@ class Engine:
                 txn.commit()  # the fsync; a failed commit aborts the transaction
                 commit_seconds = time.perf_counter() - commit_started
             except lmdb.MapFullError:
-                if not self._grow_map():
-                    batch = self._fail_at_ceiling(batch)
-                    if batch:
-                        continue  # the writes that free space, alone
-                    return
-                continue
+                if self._grow_map() or self._release_freed_pages():
+                    continue
+                batch = self._fail_at_ceiling(batch)
+                if batch:
+                    continue  # the writes that free space, alone
+                return
             except BaseException as error:  # the disk, or an engine bug: fail, keep serving
                 failure = disk.as_engine_error(error, Path(self.config.data_dir), "the write")
                 for write in batch:
@@ -664,6 +667,34 @@ class Engine:
                 with contextlib.suppress(Exception):
                     observer(len(batch), commit_seconds)
             return
+
+    def _release_freed_pages(self) -> bool:
+        """Commit a no-op write if pages freed lately may wait for one; True if it did.
+
+        LMDB reuses a page freed by transaction k only from transaction k+2
+        on (the snapshot before k stays valid until then), and a transaction
+        that fails does not count. Right after a clear at the ceiling, every
+        write would fail for want of the pages the clear freed, until some
+        other write commits: this is that write (it rewrites the schema
+        version, a page or two), after which the batch is retried.
+        """
+        # Once per commit of other writes: a retried batch that frees again
+        # must not tick forever.
+        if self._env.info()["last_txnid"] == self._tick_txnid:
+            return False
+        if not self.space.take_freed_recently():
+            return False
+        meta = self._dbs[schema.META]
+        try:
+            with self._env.begin(write=True) as txn:
+                version = _get(txn, schema.META_SCHEMA_VERSION, meta)
+                if version is None:  # written by open(): never
+                    return False
+                txn.put(schema.META_SCHEMA_VERSION, version, db=meta)
+        except lmdb.Error:
+            return False
+        self._tick_txnid = self._env.info()["last_txnid"]
+        return True
 
     def _fail_at_ceiling(self, batch: list[_Write]) -> list[_Write]:
         """Fail a batch that does not fit under the ceiling; return what to retry.

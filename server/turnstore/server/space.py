@@ -44,6 +44,7 @@ _LARGEST_INLINE_VALUE: Final = 2000
 # Bytes per stored event outside its record: keys and node headers of the
 # events, turn_events and event_ids entries, branch entries.
 _EVENT_OVERHEAD: Final = 160
+_PAGE_BYTES: Final = 4096
 
 LevelListener = Callable[[SpaceUsage, float | None, float | None], None]
 
@@ -53,14 +54,18 @@ def default_reserve(max_bytes: int) -> int:
     return min(max(1 << 20, max_bytes // 100), max_bytes // 4)
 
 
-def estimate_events_bytes(count: int, total_bytes: int) -> int:
+def estimate_events_bytes(count: int, total_bytes: int, max_id_bytes: int) -> int:
     """An upper bound of the bytes ``count`` events of ``total_bytes`` (ids and envelopes) take.
 
-    Small values share leaf pages, which a B-tree keeps at least half full,
-    hence twice their size and their indexes' entries; a large value takes
-    whole overflow pages, at most twice its size too.
+    Each event is bounded twice: a small value shares leaf pages, which a
+    B-tree keeps at least half full, so at most twice its size and its index
+    entries; a large one takes its own overflow pages, at most its size and
+    one page, plus index entries. Both sums are upper bounds, so the smaller
+    one is too.
     """
-    return 2 * (total_bytes + count * _EVENT_OVERHEAD)
+    shared = 2 * (total_bytes + count * _EVENT_OVERHEAD)
+    own_pages = total_bytes + count * (_PAGE_BYTES + 2 * _EVENT_OVERHEAD + max_id_bytes)
+    return min(shared, own_pages)
 
 
 def estimate_value_bytes(value_length: int) -> int:
@@ -96,6 +101,7 @@ class SpaceGuard:
         # Writer-thread state: the last measurement plus estimates admitted since.
         self._estimated_used = 0
         self._stale = True
+        self._freed_recently = False
         self._level = 0  # how many WARN_LEVELS the last measurement was at or above
         self._listeners: list[LevelListener] = []
 
@@ -137,6 +143,12 @@ class SpaceGuard:
     def note_freed(self) -> None:
         """Data was removed: the next admission measures again."""
         self._stale = True
+        self._freed_recently = True
+
+    def take_freed_recently(self) -> bool:
+        """Whether data was removed since the last call (then clear the mark)."""
+        freed, self._freed_recently = self._freed_recently, False
+        return freed
 
     def _record(self, used: int) -> None:
         self._estimated_used = used
