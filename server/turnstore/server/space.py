@@ -10,11 +10,14 @@ write), and a page freed by a transaction becomes reusable only two
 transactions later (the previous snapshot may still reference it). A delete
 therefore needs fresh pages before it frees any: one per touched page on
 each tree level, and at its commit one record of every page it freed (8
-bytes per page, written as one run of contiguous pages). Measured on LMDB
-0.9: clearing a thread needs about 0.25-0.4% of the pages it frees (about
-1/512 for the free-page record, plus the copied branch pages) on top of what
-it finds free. The default reserve, 1% of the ceiling and at least 1 MiB,
-holds a clear of everything with room to spare.
+bytes per page, written as one run of contiguous pages). Measured with the
+engine on LMDB 0.9.36: clearing a thread of 40-210 MiB needs 0.25-0.35% of
+what it frees (about 1/512 for the free-page record, plus copied pages) on
+top of what it finds free, a small thread at most 64 KiB
+(docs/operations.md has the table). The default reserve, 1% of the ceiling
+and at least 1 MiB, holds a clear of everything with room to spare. (The
+pages a clear frees wait for the next commit: see
+``Engine._release_freed_pages``.)
 
 "In use" is the sum of every database's branch, leaf and overflow pages
 (``mdb_stat``, constant time; about 8 microseconds for all of them) plus the
