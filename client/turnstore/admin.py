@@ -60,6 +60,9 @@ class DaemonStats:
     retention_removed_events: int
     retention_removed_conversations: int
     retention_last_error: str
+    follower_held_bytes: int
+    follower_ending_bytes: int
+    followers_ended_too_slow: int
     used_bytes: int
     max_db_bytes: int
     write_limit_bytes: int

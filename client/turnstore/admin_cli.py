@@ -147,6 +147,12 @@ def format_stats(stats: DaemonStats) -> str:
             f"{_size(stats.max_db_bytes)}, the rest kept for deletes)",
         ),
         ("replays", f"{stats.open_replays} open, {stats.live_followers} following"),
+        (
+            "follower budget",
+            f"{_size(stats.follower_held_bytes)} held, "
+            f"{_size(stats.follower_ending_bytes)} held for ended followers, "
+            f"{stats.followers_ended_too_slow} ended as too slow",
+        ),
         ("retention", retention),
     ]
     return "\n".join(f"{name:<14} {value}" for name, value in rows)
