@@ -25,6 +25,7 @@ from turnstore.server.engine import Engine
 from turnstore.server.errors import (
     BackupFailedError,
     DataDirLockedError,
+    DiskIOError,
     EngineClosedError,
     EngineError,
     EventIdConflictError,
@@ -63,6 +64,7 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     FollowerTooSlowError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
     DataDirLockedError: grpc.StatusCode.UNAVAILABLE,
+    DiskIOError: grpc.StatusCode.UNAVAILABLE,
     EngineError: grpc.StatusCode.INTERNAL,
 }
 
@@ -712,6 +714,9 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
             follower_held_bytes=self._followers.send_budget.held_bytes,
             follower_ending_bytes=self._followers.send_budget.ending_bytes,
             followers_ended_too_slow=self._followers.send_budget.ended_too_slow,
+            used_bytes=stored.space.used_bytes,
+            max_db_bytes=stored.space.max_bytes,
+            write_limit_bytes=stored.space.write_limit_bytes,
         )
 
     @_unary
