@@ -480,8 +480,8 @@ def test_typescript_tls_and_mutual_tls(
     typescript_build: Path, node_env: dict[str, str], tmp_path: Path, ca: trustme.CA
 ) -> None:
     """Over TLS (the CA as a path or a Buffer, the server name checked or
-    overridden) every call works and a plaintext client is refused
-    (UnavailableError); with --tls-client-ca, a client without a
+    overridden) every call works, and a plaintext client or one trusting
+    another CA is refused (UnavailableError); with --tls-client-ca, a client without a
     certificate is refused and one with a certificate the CA signed (paths
     or Buffers) works."""
     server = ca.issue_cert("localhost", "127.0.0.1")
@@ -493,6 +493,8 @@ def test_typescript_tls_and_mutual_tls(
     client_cert, client_key = tmp_path / "client.pem", tmp_path / "client.key"
     client.private_key_and_cert_chain_pem.write_to_path(str(client_cert))
     client.private_key_pem.write_to_path(str(client_key))
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
     tls_args = ["--tls-cert", str(cert), "--tls-key", str(key)]
     quick = {"attempts": 2, "initialBackoffMs": 10, "maxBackoffMs": 10}
 
@@ -510,6 +512,12 @@ def test_typescript_tls_and_mutual_tls(
                     "tls": {"ca": str(ca_file), "buffers": True, "serverName": "localhost"},
                 },
                 {"name": "plaintext", "target": daemon.target, "retry": quick},
+                {
+                    "name": "untrusted",
+                    "target": daemon.target,
+                    "tls": {"ca": str(other_ca)},
+                    "retry": quick,
+                },
             ],
         )
     finally:
@@ -519,6 +527,7 @@ def test_typescript_tls_and_mutual_tls(
     assert runs["ca-path"] == SECURE_OK
     assert runs["ca-buffer-by-name"] == SECURE_OK
     assert set(_error_classes(runs["plaintext"]).values()) == {"UnavailableError"}
+    assert set(_error_classes(runs["untrusted"]).values()) == {"UnavailableError"}
 
     mutual = Daemon(
         tmp_path / "data-mutual",

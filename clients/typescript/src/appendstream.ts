@@ -279,18 +279,19 @@ export class SharedAppendStream {
       this.#failAll(cause); // UNAUTHENTICATED, a message too large...: resending cannot help
       return;
     }
-    let nextAttempt = 0;
+    let resending = false;
     for (const pending of waiting) {
       if (pending.sends >= this.#calls.retry.attempts) {
         this.#unacked.delete(pending.id);
         this.#settle(pending);
         pending.reject(cause);
       } else {
-        pending.resent = pending.sends > 0;
-        nextAttempt = Math.max(nextAttempt, pending.sends + 1);
+        pending.resent = true;
+        resending = true;
       }
     }
-    if (nextAttempt === 0) {
+    if (!resending) {
+      this.#unacked.clear(); // only callers that stopped waiting are left
       this.#failures = 0;
       return;
     }
