@@ -144,10 +144,6 @@ export class Calls {
     return deadline(this.timeoutMs);
   }
 
-  get closed(): boolean {
-    return this.#closed;
-  }
-
   /** Throws UnavailableError once the client is closed: a call would fail anyway. */
   checkOpen(): void {
     if (this.#closed) {
@@ -170,7 +166,7 @@ export class Calls {
    * first) may be tried again: it is an UnavailableError, the policy allows
    * another attempt, and the client is open.
    */
-  mayRetry(error: unknown, attempt: number): error is TurnstoreError {
+  mayRetry(error: unknown, attempt: number): boolean {
     return error instanceof UnavailableError && attempt < this.retry.attempts && !this.#closed;
   }
 
@@ -231,7 +227,7 @@ export class Calls {
         if (options.retry === false || !this.mayRetry(error, number)) {
           throw error;
         }
-        await this.pause(number, error);
+        await this.pause(number, error as UnavailableError);
       }
     }
   }

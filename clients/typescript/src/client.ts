@@ -139,9 +139,12 @@ function channelCredentials(target: string, tls: ClientTls | undefined): grpc.Ch
  * and a Unix socket or loopback daemon with a token is a normal setup.
  */
 function bearerToken(token: string): grpc.Interceptor {
-  // Metadata values must be printable ASCII; refuse at construction, not on the first call.
-  if (!/^[\x21-\x7e]+$/.test(token)) {
-    throw new InvalidArgumentError("token must be non-empty printable ASCII without spaces");
+  // Metadata values must be printable ASCII; refuse at construction, not on
+  // the first call. The daemon strips its token file, so no outer spaces.
+  if (typeof token !== "string" || !/^[\x20-\x7e]+$/.test(token) || token.trim() !== token) {
+    throw new InvalidArgumentError(
+      "token must be non-empty printable ASCII, without leading or trailing spaces",
+    );
   }
   const value = `Bearer ${token}`;
   return (options, nextCall) =>
@@ -218,7 +221,6 @@ export class TurnstoreClient {
       "grpc.use_local_subchannel_pool": 1,
       ...(options.tls?.serverName !== undefined && {
         "grpc.ssl_target_name_override": options.tls.serverName,
-        "grpc.default_authority": options.tls.serverName,
       }),
       ...options.channelOptions,
     };
