@@ -33,6 +33,7 @@ export {
   EventFormatError,
   EventIdConflictError,
   FailedPreconditionError,
+  FollowerTooSlowError,
   InvalidArgumentError,
   KNOWN_REASONS,
   ResourceExhaustedError,
