@@ -10,6 +10,7 @@
 //! finish that finds its turn finished is its own earlier success.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -22,6 +23,11 @@ use crate::pb;
 use crate::pb::event_store_service_client::EventStoreServiceClient;
 
 type Reply = oneshot::Sender<Result<Vec<u64>>>;
+
+/// An idle stream is half-closed after this long without items: the
+/// daemon's graceful shutdown waits for calls in flight, and an idle append
+/// stream must not hold it up. Reopening costs one round trip.
+const IDLE_CLOSE: Duration = Duration::from_secs(1);
 
 struct Submission {
     request: pb::AppendStreamRequest,
@@ -64,10 +70,7 @@ impl Appender {
         events: Vec<pb::EventEnvelope>,
         finish: bool,
     ) -> Result<Vec<u64>> {
-        debug_assert!(
-            !finish || events.is_empty(),
-            "a finish item has no events"
-        );
+        debug_assert!(!finish || events.is_empty(), "a finish item has no events");
         let (reply, acknowledged) = oneshot::channel();
         let request = pb::AppendStreamRequest {
             request_id: 0,
@@ -99,6 +102,8 @@ struct Pending {
 enum SessionEnd {
     /// Every handle is gone and every item acknowledged.
     Closed,
+    /// Nothing was pending for [`IDLE_CLOSE`]: the stream was closed.
+    Idle,
     /// The stream failed (or the daemon ended it).
     Broken(Error),
 }
@@ -116,7 +121,7 @@ struct Driver {
 impl Driver {
     async fn run(mut self) {
         loop {
-            // Idle: the stream is opened for the first item after a failure.
+            // Idle: a stream is opened for the next item (first, after a failure or an idle close).
             if self.pending.is_empty() {
                 match self.submissions.recv().await {
                     Some(submission) => {
@@ -129,6 +134,7 @@ impl Driver {
             loop {
                 match self.session(&mut retries).await {
                     SessionEnd::Closed => return,
+                    SessionEnd::Idle => break,
                     SessionEnd::Broken(error) => {
                         let pause = self.retry.delay(retries).filter(|_| error.is_retryable());
                         match pause {
@@ -220,6 +226,12 @@ impl Driver {
                     }
                     None => self.closed = true,
                 },
+                () = tokio::time::sleep(IDLE_CLOSE), if self.pending.is_empty() => {
+                    drop(requests);
+                    // The daemon ends the stream once it has read the half-close.
+                    while let Ok(Some(_)) = responses.message().await {}
+                    return SessionEnd::Idle;
+                }
             }
         }
     }

@@ -96,6 +96,17 @@ impl RawEnvelope {
         }
     }
 
+    pub(crate) fn to_proto(&self) -> pb::EventEnvelope {
+        pb::EventEnvelope {
+            event_id: self.event_id.clone(),
+            sequence: self.sequence,
+            timestamp: self.timestamp.clone(),
+            r#type: self.event_type.clone(),
+            body: self.body.clone(),
+            content_type: self.content_type.clone(),
+        }
+    }
+
     fn format_error(&self, problem: impl std::fmt::Display) -> Error {
         Error::local(
             ErrorKind::EventFormat,

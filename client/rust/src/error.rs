@@ -110,6 +110,15 @@ impl Error {
             text(ERROR_METADATA_KEY),
             status.message().to_owned(),
         );
+        // A broken connection (a daemon restart) surfaces as UNKNOWN with the
+        // transport's error as its source; the daemon's own statuses have none.
+        if status.code() == Code::Unknown {
+            if let Some(source) = std::error::Error::source(status) {
+                error.kind = ErrorKind::Unavailable;
+                error.message =
+                    format!("{}: {}", error.message, crate::client::error_chain(source));
+            }
+        }
         if error.kind == ErrorKind::VersionConflict {
             error.current_version = text(CURRENT_VERSION_METADATA_KEY).and_then(|v| v.parse().ok());
         }

@@ -112,6 +112,29 @@ impl TurnstoreEventStore {
             .await
     }
 
+    /// Append envelopes exactly as given, undecoded (to copy or forward
+    /// events of any type, or of any client): like
+    /// [`append_envelopes`](Self::append_envelopes) otherwise.
+    pub async fn append_raw(
+        &self,
+        thread_id: &ThreadId,
+        turn: usize,
+        envelopes: &[RawEnvelope],
+    ) -> Result<Vec<u64>> {
+        if envelopes.is_empty() {
+            return Err(Error::local(
+                ErrorKind::InvalidArgument,
+                "events: must hold at least one event",
+            ));
+        }
+        let events = envelopes.iter().map(RawEnvelope::to_proto).collect();
+        self.client
+            .inner
+            .appender
+            .submit(&thread_id.0, turn_number(turn), events, false)
+            .await
+    }
+
     /// Close `turn` after every append sent before it on this client.
     ///
     /// A turn never appended to becomes an empty finished turn. Fails with
