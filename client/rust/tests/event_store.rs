@@ -251,7 +251,7 @@ async fn a_retried_append_of_the_same_event_is_stored_once() {
     let id = thread("idempotent");
     let envelope = delta(&SequenceCounter::new(), "once");
     let first = store
-        .append_envelopes(&id, 1, &[envelope.clone()])
+        .append_envelopes(&id, 1, std::slice::from_ref(&envelope))
         .await
         .unwrap();
     let again = store.append_envelopes(&id, 1, &[envelope]).await.unwrap();
@@ -281,7 +281,10 @@ async fn events_of_unknown_types_are_skipped_by_the_trait_and_kept_in_raw_reads(
         .await
         .unwrap();
     let unknown = unknown_event(9);
-    store.append_raw(&id, 1, &[unknown.clone()]).await.unwrap();
+    store
+        .append_raw(&id, 1, std::slice::from_ref(&unknown))
+        .await
+        .unwrap();
     let later = delta(&counter, "later");
     EventStore::append(&store, &id, 2, later.clone())
         .await
@@ -289,7 +292,7 @@ async fn events_of_unknown_types_are_skipped_by_the_trait_and_kept_in_raw_reads(
 
     let events: &dyn EventStore = &store;
     let turn = events.get_turn(&id, 1).await.unwrap().unwrap();
-    assert_eq!(json_of(&turn.events), json_of(&[known.clone()]));
+    assert_eq!(json_of(&turn.events), json_of(std::slice::from_ref(&known)));
     assert_eq!(events.get_turns(&id).await.unwrap().len(), 2);
     // Offsets are the daemon's: the skipped event is counted.
     assert_eq!(events.event_count(&id).await.unwrap(), 3);

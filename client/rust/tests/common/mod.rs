@@ -111,6 +111,14 @@ impl Daemon {
         child.wait().expect("wait for the daemon")
     }
 
+    /// SIGKILL it (no shutdown at all), then start it again on the same directory.
+    pub fn crash_and_restart(&mut self) {
+        let mut child = self.child.take().expect("daemon is running");
+        child.kill().expect("kill the daemon");
+        child.wait().expect("reap the daemon");
+        self.spawn();
+    }
+
     /// Start it again on the same data directory and socket.
     pub fn restart(&mut self) {
         assert!(self.stop().success(), "the daemon exited with an error");
