@@ -4,7 +4,8 @@
 //! and prints what it wrote; `interop read TARGET THREAD` reads a thread back
 //! through the trait and prints it. Both print `{"turns": [{"turn", "finished",
 //! "events": [flat envelope JSON...]}]}` on stdout. `TURNSTORE_TOKEN`,
-//! `TURNSTORE_TLS_CA` and `TURNSTORE_TLS_SERVER_NAME` configure the client.
+//! `TURNSTORE_TLS_CA`, `TURNSTORE_TLS_CERT`, `TURNSTORE_TLS_KEY` (mutual TLS)
+//! and `TURNSTORE_TLS_SERVER_NAME` configure the client.
 
 use std::sync::Arc;
 
@@ -20,8 +21,9 @@ fn options() -> ClientOptions {
         token: var("TURNSTORE_TOKEN"),
         tls: var("TURNSTORE_TLS_CA").map(|ca| TlsOptions {
             ca: ca.into(),
+            cert: var("TURNSTORE_TLS_CERT").map(Into::into),
+            key: var("TURNSTORE_TLS_KEY").map(Into::into),
             server_name: var("TURNSTORE_TLS_SERVER_NAME"),
-            ..TlsOptions::default()
         }),
         ..ClientOptions::default()
     }
