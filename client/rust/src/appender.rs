@@ -228,8 +228,10 @@ impl Driver {
                 },
                 () = tokio::time::sleep(IDLE_CLOSE), if self.pending.is_empty() => {
                     drop(requests);
-                    // The daemon ends the stream once it has read the half-close.
-                    while let Ok(Some(_)) = responses.message().await {}
+                    // The daemon ends the stream once it has read the half-close;
+                    // a daemon that does not is left behind after a while.
+                    let drain = async { while let Ok(Some(_)) = responses.message().await {} };
+                    let _ = tokio::time::timeout(IDLE_CLOSE, drain).await;
                     return SessionEnd::Idle;
                 }
             }
@@ -271,5 +273,76 @@ impl Driver {
         };
         let _ = item.reply.send(outcome);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn driver() -> Driver {
+        // Never connected: these tests only feed acknowledgements to the driver.
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let (_, submissions) = mpsc::unbounded_channel();
+        Driver {
+            stub: EventStoreServiceClient::new(channel),
+            authorization: None,
+            retry: RetryPolicy::default(),
+            submissions,
+            closed: false,
+            pending: VecDeque::new(),
+            next_id: 1,
+        }
+    }
+
+    fn finish_item(driver: &mut Driver, resent: bool) -> oneshot::Receiver<Result<Vec<u64>>> {
+        let (reply, acknowledged) = oneshot::channel();
+        let request = pb::AppendStreamRequest {
+            thread_id: "t".into(),
+            turn: 1,
+            finish_turn: true,
+            ..Default::default()
+        };
+        driver.queue(Submission { request, reply });
+        driver.pending.back_mut().unwrap().resent = resent;
+        acknowledged
+    }
+
+    fn already_finished(request_id: u64) -> pb::AppendStreamResponse {
+        pb::AppendStreamResponse {
+            request_id,
+            positions: Vec::new(),
+            error: Some(pb::ItemError {
+                code: Code::FailedPrecondition as i32,
+                reason: "turn_already_finished".into(),
+                message: "turn 1 is already finished".into(),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resent_finish_that_finds_its_turn_finished_succeeds() {
+        let mut driver = driver();
+        let first = finish_item(&mut driver, false);
+        let resent = finish_item(&mut driver, true);
+        driver.acknowledge(already_finished(1)).unwrap();
+        driver.acknowledge(already_finished(2)).unwrap();
+        let error = first.await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::TurnAlreadyFinished);
+        assert_eq!(resent.await.unwrap().unwrap(), Vec::<u64>::new());
+    }
+
+    #[tokio::test]
+    async fn an_acknowledgement_out_of_order_breaks_the_stream() {
+        let mut driver = driver();
+        let item = finish_item(&mut driver, false);
+        let error = driver.acknowledge(already_finished(7)).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Server);
+        assert!(item.await.unwrap().is_err());
+        assert!(
+            driver.acknowledge(already_finished(1)).is_err(),
+            "nothing is pending"
+        );
     }
 }
