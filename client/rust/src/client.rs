@@ -168,6 +168,19 @@ impl Client {
                 format!("no turnstore daemon at {target:?}: {}", error_chain(&error)),
             )
         })?;
+        Self::with_channel(target, options, channel)
+    }
+
+    /// Like [`connect`](Self::connect), but connects on first use, so an
+    /// agent may start before its sidecar daemon: calls made while nothing
+    /// answers fail with [`ErrorKind::Unavailable`] after the retries. Must
+    /// run inside a Tokio runtime; fails only for a bad configuration.
+    pub fn connect_lazy(target: &str, options: ClientOptions) -> Result<Self> {
+        let channel = endpoint(target, &options)?.connect_lazy();
+        Self::with_channel(target, options, channel)
+    }
+
+    fn with_channel(target: &str, options: ClientOptions, channel: Channel) -> Result<Self> {
         let authorization = match &options.token {
             None => None,
             Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
@@ -219,6 +232,7 @@ impl Client {
     }
 
     /// Run a call, mapping its error; retry it while the daemon is unavailable.
+    /// Each attempt is bounded by the client's timeout.
     pub(crate) async fn call<T, F, Fut>(&self, retry: RetryPolicy, mut make_call: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -226,7 +240,21 @@ impl Client {
     {
         let mut retries = 0;
         loop {
-            match make_call().await {
+            // The deadline is also sent to the daemon; this bounds the wait
+            // when the daemon cannot even answer (a stopped process).
+            let attempt = make_call();
+            let outcome = match self.inner.options.timeout {
+                None => attempt.await,
+                Some(limit) => tokio::time::timeout(limit, attempt)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::local(
+                            ErrorKind::DeadlineExceeded,
+                            format!("no answer from the daemon within {limit:?}"),
+                        ))
+                    }),
+            };
+            match outcome {
                 Ok(value) => return Ok(value),
                 Err(error) => match retry.delay(retries).filter(|_| error.is_retryable()) {
                     Some(pause) => tokio::time::sleep(pause).await,

@@ -11,7 +11,7 @@ use agent_sdk_tools::stores::EventStore;
 use common::{thread, Daemon};
 use futures::StreamExt;
 use turnstore_client::{
-    ClientOptions, Error, ErrorKind, EventOrder, ReplayItem, ReplayOptions, RetryPolicy,
+    Client, ClientOptions, Error, ErrorKind, EventOrder, ReplayItem, ReplayOptions, RetryPolicy,
 };
 
 fn delta(counter: &SequenceCounter, text: &str) -> AgentEventEnvelope {
@@ -321,4 +321,72 @@ async fn a_token_is_sent_on_every_call() {
     ));
     use ailoop_history::HistoryStore;
     assert!(client.history("k").load().await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_client_made_before_its_daemon_starts_works_once_it_does() {
+    let mut daemon = Daemon::start();
+    assert!(daemon.stop().success());
+    let no_retry = ClientOptions {
+        retry: RetryPolicy::NONE,
+        ..ClientOptions::default()
+    };
+    let error = Client::connect(&daemon.target, no_retry.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+    assert!(error.message().contains(&daemon.target), "{error}");
+
+    let client = Client::connect_lazy(&daemon.target, no_retry).unwrap();
+    let events = client.events();
+    let id = thread("lazy");
+    let counter = SequenceCounter::new();
+    let error = events
+        .read_events(&id.0, 0, EventOrder::Commit)
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+    let error = events
+        .append_envelopes(&id, 1, &[delta(&counter, "early")])
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+
+    daemon.start_again();
+    events
+        .append_envelopes(&id, 1, &[delta(&counter, "on time")])
+        .await
+        .unwrap();
+    assert_eq!(
+        events
+            .read_events(&id.0, 0, EventOrder::Commit)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_cannot_answer_fails_calls_at_the_client_deadline() {
+    let daemon = Daemon::start();
+    let options = ClientOptions {
+        timeout: Some(Duration::from_millis(300)),
+        ..ClientOptions::default()
+    };
+    let events = daemon.client_with(options).await.events();
+    let id = thread("deadline");
+    assert_eq!(EventStore::event_count(&events, &id).await.unwrap(), 0);
+    daemon.signal("STOP");
+    let started = Instant::now();
+    let outcome = EventStore::event_count(&events, &id).await;
+    let waited = started.elapsed();
+    daemon.signal("CONT");
+    let error = outcome.unwrap_err();
+    assert_eq!(
+        error.downcast_ref::<Error>().unwrap().kind(),
+        ErrorKind::DeadlineExceeded
+    );
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+    assert_eq!(EventStore::event_count(&events, &id).await.unwrap(), 0);
 }

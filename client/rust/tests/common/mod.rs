@@ -102,13 +102,25 @@ impl Daemon {
 
     /// Stop it with SIGTERM (a graceful shutdown) and return its exit status.
     pub fn stop(&mut self) -> ExitStatus {
+        self.signal("TERM");
         let mut child = self.child.take().expect("daemon is running");
+        child.wait().expect("wait for the daemon")
+    }
+
+    /// Start it again after `stop`, on the same directory and socket.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the daemon is running");
+        self.spawn();
+    }
+
+    /// Send it a signal (`STOP`, `CONT`, ...).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("daemon is running").id();
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
-        child.wait().expect("wait for the daemon")
     }
 
     /// SIGKILL it (no shutdown at all), then start it again on the same directory.
