@@ -2,9 +2,8 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent_sdk_foundation::events::{AgentEvent, AgentEventEnvelope, SequenceCounter};
 use agent_sdk_tools::stores::EventStore;
@@ -244,9 +243,9 @@ async fn appends_in_flight_when_the_daemon_crashes_are_resent_and_stored_once() 
         .await;
     let events: Arc<dyn EventStore> = Arc::new(client.events());
     let id = thread("crash");
-    let done = Arc::new(AtomicUsize::new(0));
+    let (progress, mut appended) = tokio::sync::watch::channel(0usize);
     let writer = {
-        let (events, id, done) = (events.clone(), id.clone(), done.clone());
+        let (events, id) = (events.clone(), id.clone());
         tokio::spawn(async move {
             let counter = SequenceCounter::new();
             let mut written = Vec::new();
@@ -254,20 +253,20 @@ async fn appends_in_flight_when_the_daemon_crashes_are_resent_and_stored_once() 
                 let envelope = delta(&counter, &i.to_string());
                 events.append(&id, 1, envelope.clone()).await.unwrap();
                 written.push(envelope.event_id.to_string());
-                done.fetch_add(1, Ordering::SeqCst);
+                progress.send_replace(i + 1);
             }
             events.finish_turn(&id, 1).await.unwrap();
             written
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while done.load(Ordering::SeqCst) < 30 {
-        assert!(Instant::now() < deadline, "the writer made no progress");
-        tokio::task::yield_now().await;
-    }
+    // Crash it mid-way, with appends acknowledged and one in flight.
+    tokio::time::timeout(Duration::from_secs(30), appended.wait_for(|n| *n >= 30))
+        .await
+        .expect("the writer made no progress")
+        .unwrap();
     daemon.crash_and_restart();
     let written = writer.await.unwrap();
-    assert!(done.load(Ordering::SeqCst) == EVENTS);
+    assert_eq!(written.len(), EVENTS);
     let stored = client
         .events()
         .read_events(&id.0, 0, EventOrder::Commit)
@@ -327,17 +326,24 @@ async fn a_token_is_sent_on_every_call() {
 async fn a_lazy_client_made_before_its_daemon_starts_works_once_it_does() {
     let mut daemon = Daemon::start();
     assert!(daemon.stop().success());
-    let no_retry = ClientOptions {
-        retry: RetryPolicy::NONE,
+    // A few quick retries: the early calls fail fast, and a connection
+    // attempt that failed just before the daemon came up is retried.
+    let quick = RetryPolicy {
+        attempts: 3,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(50),
+    };
+    let options = ClientOptions {
+        retry: quick,
         ..ClientOptions::default()
     };
-    let error = Client::connect(&daemon.target, no_retry.clone())
+    let error = Client::connect(&daemon.target, options.clone())
         .await
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Unavailable);
     assert!(error.message().contains(&daemon.target), "{error}");
 
-    let client = Client::connect_lazy(&daemon.target, no_retry).unwrap();
+    let client = Client::connect_lazy(&daemon.target, options).unwrap();
     let events = client.events();
     let id = thread("lazy");
     let counter = SequenceCounter::new();
@@ -370,23 +376,22 @@ async fn a_lazy_client_made_before_its_daemon_starts_works_once_it_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_that_cannot_answer_fails_calls_at_the_client_deadline() {
     let daemon = Daemon::start();
-    let options = ClientOptions {
-        timeout: Some(Duration::from_millis(300)),
+    let short = ClientOptions {
+        timeout: Some(Duration::from_millis(500)),
         ..ClientOptions::default()
     };
-    let events = daemon.client_with(options).await.events();
+    let impatient = daemon.client_with(short).await.events();
+    let events = daemon.client().await.events();
     let id = thread("deadline");
     assert_eq!(EventStore::event_count(&events, &id).await.unwrap(), 0);
     daemon.signal("STOP");
-    let started = Instant::now();
-    let outcome = EventStore::event_count(&events, &id).await;
-    let waited = started.elapsed();
+    let outcome = EventStore::event_count(&impatient, &id).await;
     daemon.signal("CONT");
     let error = outcome.unwrap_err();
     assert_eq!(
         error.downcast_ref::<Error>().unwrap().kind(),
         ErrorKind::DeadlineExceeded
     );
-    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+    // The daemon answers again once it runs.
     assert_eq!(EventStore::event_count(&events, &id).await.unwrap(), 0);
 }
