@@ -87,6 +87,9 @@ impl TurnstoreEventStore {
     /// Append `envelopes` to `turn` atomically (all are stored, or none is)
     /// and return their positions in the thread.
     ///
+    /// A call dropped once sent may still be committed (a later retry of the
+    /// same envelopes then returns their positions, stored once).
+    ///
     /// Fails with [`ErrorKind::TurnFinished`] when the turn is finished and
     /// [`ErrorKind::InvalidArgument`] for an empty list or a limit exceeded.
     pub async fn append_envelopes(
