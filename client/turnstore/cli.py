@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from turnstore import _json
 from turnstore.admin_cli import add_admin_commands, run_admin_command
 from turnstore.client import DEFAULT_TARGET, StoredEvent, TurnstoreClient
 from turnstore.errors import TurnstoreError
@@ -297,9 +298,9 @@ def _format_item(item: ReplayItem, as_json: bool) -> str:
         if as_json:
             record = {"position": item.position, "turn": item.turn}
             record.update(item.envelope.to_json_dict())
-            return json.dumps(record, ensure_ascii=False)
+            return _json.dumps(record).decode()
         fields = {k: v for k, v in item.envelope.event.items() if k != "type"}
-        body = json.dumps(fields, ensure_ascii=False)
+        body = _json.dumps(fields).decode()
         return f"#{item.position} turn {item.turn} {item.envelope.type} {body}"
     if isinstance(item, TurnFinished):
         if as_json:

@@ -89,6 +89,7 @@ class BuiltServer:
     server: grpc.aio.Server
     followers: Followers
     executor: ThreadPoolExecutor
+    events: EventStoreService
     health: health.aio.HealthServicer | None = None
     addresses: list[str] = field(default_factory=list)
 
@@ -104,6 +105,7 @@ class BuiltServer:
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         self.followers.close()
+        self.events.end_append_streams()
         await self.server.stop(grace_seconds)
         self.executor.shutdown(wait=True)
 
@@ -173,12 +175,15 @@ def build_server(
         ],
     )
     followers = Followers(asyncio.get_running_loop())
-    engine.add_commit_listener(followers.notify)
-    parts = (engine, executor, followers, AckPump(asyncio.get_running_loop()))
-    add_service(server, "EventStoreService", EventStoreService(*parts))
+    acks = AckPump(asyncio.get_running_loop())
+    # Followers are woken in the same loop wake-up as the writers' acks.
+    engine.add_commit_listener(lambda changed: acks.call_soon(followers.wake, changed))
+    parts = (engine, executor, followers, acks)
+    events = EventStoreService(*parts)
+    add_service(server, "EventStoreService", events)
     add_service(server, "HistoryStoreService", HistoryStoreService(*parts))
     add_service(server, "AdminService", AdminService(*parts))
-    built = BuiltServer(server, followers, executor)
+    built = BuiltServer(server, followers, executor, events)
     if config.health_and_reflection:
         built.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(built.health, server)
