@@ -2,15 +2,17 @@
 //!
 //! One task owns the stream. Callers hand it an item and wait for that
 //! item's acknowledgement, which the daemon sends in the order sent, after
-//! the durable commit; items of concurrent callers are pipelined and share
-//! commits. A rejected item fails only its own call. When the stream breaks
+//! the durable commit; items of concurrent callers are pipelined, share
+//! commits, and travel together (the items waiting when one is sent go in
+//! its `more`; acknowledgements come back the same way). A rejected item
+//! fails only its own call. The stream stays open while the client lives;
+//! the daemon ends it when it shuts down. When the stream breaks
 //! (a daemon restart), the task reconnects and resends every item not yet
 //! acknowledged, in order, retrying `UNAVAILABLE` as the client's
 //! [`RetryPolicy`] says: appends are idempotent by event id, and a resent
 //! finish that finds its turn finished is its own earlier success.
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -24,10 +26,8 @@ use crate::pb::event_store_service_client::EventStoreServiceClient;
 
 type Reply = oneshot::Sender<Result<Vec<u64>>>;
 
-/// An idle stream is half-closed after this long without items: the
-/// daemon's graceful shutdown waits for calls in flight, and an idle append
-/// stream must not hold it up. Reopening costs one round trip.
-const IDLE_CLOSE: Duration = Duration::from_secs(1);
+/// The most items one message carries (the daemon's limit for `more`).
+const MAX_ITEMS_PER_MESSAGE: usize = 4096;
 
 struct Submission {
     request: pb::AppendStreamRequest,
@@ -78,6 +78,8 @@ impl Appender {
             turn,
             events,
             finish_turn: finish,
+            more: Vec::new(),
+            acks_in_more: false,
         };
         let gone = || {
             Error::local(
@@ -102,8 +104,6 @@ struct Pending {
 enum SessionEnd {
     /// Every handle is gone and every item acknowledged.
     Closed,
-    /// Nothing was pending for [`IDLE_CLOSE`]: the stream was closed.
-    Idle,
     /// The stream failed (or the daemon ended it).
     Broken(Error),
 }
@@ -121,7 +121,7 @@ struct Driver {
 impl Driver {
     async fn run(mut self) {
         loop {
-            // Idle: a stream is opened for the next item (first, after a failure or an idle close).
+            // Idle: a stream is opened for the next item (the first, or after a failure).
             if self.pending.is_empty() {
                 match self.submissions.recv().await {
                     Some(submission) => {
@@ -134,7 +134,6 @@ impl Driver {
             loop {
                 match self.session(&mut retries).await {
                     SessionEnd::Closed => return,
-                    SessionEnd::Idle => break,
                     SessionEnd::Broken(error) => {
                         let pause = self.retry.delay(retries).filter(|_| error.is_retryable());
                         match pause {
@@ -170,13 +169,35 @@ impl Driver {
         request
     }
 
+    /// One message for `first` and every submission already waiting
+    /// behind it: concurrent writers share messages as well as commits.
+    fn burst(&mut self, first: Submission) -> pb::AppendStreamRequest {
+        let mut items = vec![self.queue(first)];
+        while items.len() < MAX_ITEMS_PER_MESSAGE {
+            match self.submissions.try_recv() {
+                Ok(submission) => items.push(self.queue(submission)),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+        message_of(items)
+    }
+
     /// One stream: resend what is pending, then pass new items and acks
     /// until the stream breaks or everything is done.
     async fn session(&mut self, retries: &mut u32) -> SessionEnd {
         let (requests, outgoing) = mpsc::unbounded_channel();
-        for item in &self.pending {
+        let resent: Vec<pb::AppendStreamRequest> = self
+            .pending
+            .iter()
+            .map(|item| item.request.clone())
+            .collect();
+        for chunk in resent.chunks(MAX_ITEMS_PER_MESSAGE) {
             // The receiver lives until the end of this function.
-            let _ = requests.send(item.request.clone());
+            let _ = requests.send(message_of(chunk.to_vec()));
         }
         let mut stub = self.stub.clone();
         let request = with_metadata(
@@ -194,7 +215,7 @@ impl Driver {
                 },
                 submission = self.submissions.recv(), if !self.closed => match submission {
                     Some(submission) => {
-                        let _ = requests.send(self.queue(submission));
+                        let _ = requests.send(self.burst(submission));
                     }
                     None => self.closed = true,
                 },
@@ -206,10 +227,13 @@ impl Driver {
             }
             tokio::select! {
                 message = responses.message() => match message {
-                    Ok(Some(ack)) => {
+                    Ok(Some(mut ack)) => {
                         *retries = 0;
-                        if let Err(error) = self.acknowledge(ack) {
-                            return SessionEnd::Broken(error);
+                        let more = std::mem::take(&mut ack.more);
+                        for ack in std::iter::once(ack).chain(more) {
+                            if let Err(error) = self.acknowledge(ack) {
+                                return SessionEnd::Broken(error);
+                            }
                         }
                     }
                     Ok(None) => {
@@ -222,18 +246,10 @@ impl Driver {
                 },
                 submission = self.submissions.recv(), if !self.closed => match submission {
                     Some(submission) => {
-                        let _ = requests.send(self.queue(submission));
+                        let _ = requests.send(self.burst(submission));
                     }
                     None => self.closed = true,
                 },
-                () = tokio::time::sleep(IDLE_CLOSE), if self.pending.is_empty() => {
-                    drop(requests);
-                    // The daemon ends the stream once it has read the half-close;
-                    // a daemon that does not is left behind after a while.
-                    let drain = async { while let Ok(Some(_)) = responses.message().await {} };
-                    let _ = tokio::time::timeout(IDLE_CLOSE, drain).await;
-                    return SessionEnd::Idle;
-                }
             }
         }
     }
@@ -276,6 +292,15 @@ impl Driver {
     }
 }
 
+/// The message carrying `items` in order: the first, the others in `more`;
+/// it asks the daemon to acknowledge several items per message likewise.
+fn message_of(mut items: Vec<pb::AppendStreamRequest>) -> pb::AppendStreamRequest {
+    let mut first = items.remove(0);
+    first.more = items;
+    first.acks_in_more = true;
+    first
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +338,8 @@ mod tests {
         pb::AppendStreamResponse {
             request_id,
             positions: Vec::new(),
+            event_count: None,
+            more: Vec::new(),
             error: Some(pb::ItemError {
                 code: Code::FailedPrecondition as i32,
                 reason: "turn_already_finished".into(),

@@ -110,6 +110,14 @@ impl Error {
             text(ERROR_METADATA_KEY),
             status.message().to_owned(),
         );
+        // tonic enforces the request's deadline itself and reports it as
+        // CANCELLED "Timeout expired": that is this call's deadline, not a
+        // daemon going away, and must not be retried.
+        if status.code() == Code::Cancelled
+            && status.message() == tonic::TimeoutExpired(()).to_string()
+        {
+            error.kind = ErrorKind::DeadlineExceeded;
+        }
         // A broken connection (a daemon restart) surfaces as UNKNOWN with the
         // transport's error as its source; the daemon's own statuses have none.
         if status.code() == Code::Unknown {
@@ -231,6 +239,15 @@ mod tests {
             error.to_string(),
             "turnstore: cannot append to finished turn 3 (FailedPrecondition, turn_finished)"
         );
+    }
+
+    #[test]
+    fn tonics_own_deadline_is_deadline_exceeded() {
+        let error = Error::from_status(&tonic::Status::cancelled("Timeout expired"));
+        assert_eq!(error.kind(), ErrorKind::DeadlineExceeded);
+        assert!(!error.is_retryable());
+        let shutdown = Error::from_status(&tonic::Status::cancelled("the daemon stops"));
+        assert_eq!(shutdown.kind(), ErrorKind::Unavailable);
     }
 
     #[test]

@@ -390,7 +390,8 @@ async fn a_daemon_that_cannot_answer_fails_calls_at_the_client_deadline() {
     let error = outcome.unwrap_err();
     assert_eq!(
         error.downcast_ref::<Error>().unwrap().kind(),
-        ErrorKind::DeadlineExceeded
+        ErrorKind::DeadlineExceeded,
+        "{error}"
     );
     // The daemon answers again once it runs.
     assert_eq!(EventStore::event_count(&events, &id).await.unwrap(), 0);
