@@ -86,6 +86,16 @@ class StorageFullError(EngineError):
     reason = "storage_full"
 
 
+class FollowerTooSlowError(EngineError):
+    """A follower was ended to keep the followers within their daemon-wide budget.
+
+    It was the follower whose message had waited longest for the peer to read
+    it. Nothing is lost: it resumes after the last position it received.
+    """
+
+    reason = "follower_too_slow"
+
+
 class DataDirLockedError(EngineError):
     """Another process holds the data directory."""
 
@@ -102,3 +112,13 @@ class BackupFailedError(EngineError):
     """A backup could not be written (permissions, disk space, ...); nothing was left behind."""
 
     reason = "backup_failed"
+
+
+class DiskIOError(EngineError):
+    """The disk failed a write (EIO, or a full disk told apart from a failing one).
+
+    Nothing of the write was committed; what was committed before is intact.
+    A later write may succeed (the disk recovered, or space was freed).
+    """
+
+    reason = "disk_error"

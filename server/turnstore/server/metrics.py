@@ -2,8 +2,9 @@
 
 Per-RPC call counts, failures and latency (filled by
 :class:`turnstore.server.interceptors.MetricsInterceptor`), commit batch
-sizes and commit (fsync) time (an engine commit observer), live followers and
-open replays, the LMDB map size and the data file's size on disk.
+sizes and commit (fsync) time (an engine commit observer), live followers,
+open replays and the bytes of replay messages not yet sent, the LMDB map size
+and the data file's size on disk.
 """
 
 from __future__ import annotations
@@ -73,11 +74,46 @@ class Metrics:
         gauges: list[tuple[str, str, Callable[[], float]]] = [
             ("turnstore_live_followers", "Replays waiting for commits", lambda: followers.waiting),
             ("turnstore_open_replays", "Replay streams open", lambda: followers.open_replays),
+            (
+                "turnstore_follower_held_bytes",
+                "Bytes replays reserved for or hold in messages gRPC has not sent, all followers",
+                lambda: followers.send_budget.held_bytes,
+            ),
+            (
+                "turnstore_follower_ending_bytes",
+                "Bytes of the last messages of followers ended as too slow, not yet sent",
+                lambda: followers.send_budget.ending_bytes,
+            ),
+            (
+                "turnstore_followers_ended_too_slow",
+                "Followers ended with follower_too_slow since the daemon started",
+                lambda: followers.send_budget.ended_too_slow,
+            ),
             ("turnstore_map_size_bytes", "The LMDB map size", lambda: engine.map_size),
             (
                 "turnstore_database_bytes",
                 "Size of the LMDB data file on disk",
                 lambda: os.path.getsize(data_dir / "data.mdb"),
+            ),
+            (
+                "turnstore_used_bytes",
+                "Bytes of database pages in use (free pages not counted)",
+                lambda: engine.space_usage().used_bytes,
+            ),
+            (
+                "turnstore_used_ratio",
+                "Pages in use as a fraction of the write limit (additions stop at 1)",
+                lambda: engine.space_usage().used_fraction,
+            ),
+            (
+                "turnstore_max_db_bytes",
+                "The ceiling of the database size (--max-db-size)",
+                lambda: engine.space.max_bytes,
+            ),
+            (
+                "turnstore_write_limit_bytes",
+                "Where writes that add data stop: the ceiling minus the delete reserve",
+                lambda: engine.space.write_limit_bytes,
             ),
         ]
         for name, documentation, read in gauges:
