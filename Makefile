@@ -46,9 +46,10 @@ buflint: $(TS_CLIENT)/node_modules/.package-lock.json
 	cd $(TS_CLIENT) && npx --offline --yes @bufbuild/buf@$(BUF_VERSION) lint ../../proto
 
 ## rust-check: clippy (warnings are errors) and rustfmt for the Rust client in client/rust;
-## builds go to one target directory per checkout under ~/.cache (as tests/test_rust.py's)
+## builds go to one target directory under ~/.cache shared by every checkout (as
+## tests/test_rust.py's), so a fresh clone on a machine that built before reuses its dependencies
 RUST_DIR := client/rust
-RUST_TARGET_DIR ?= $(HOME)/.cache/turnstore/rust-target-$(shell printf '%s' "$(CURDIR)" | sha256sum | cut -c1-12)
+RUST_TARGET_DIR ?= $(HOME)/.cache/turnstore/rust-target
 rust-check:
 	cd $(RUST_DIR) && CARGO_TARGET_DIR=$(RUST_TARGET_DIR) cargo clippy --locked --all-targets -- -D warnings
 	cd $(RUST_DIR) && cargo fmt --check

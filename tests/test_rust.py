@@ -7,15 +7,14 @@ checkout (`TURNSTORE_BIN`). Then the crate's `interop` example writes a thread
 that Python and the TypeScript client must read back identically, and reads
 back a thread Python wrote. A missing cargo is a failure, not a skip.
 
-Builds go to a fixed CARGO_TARGET_DIR under ~/.cache (one per checkout), so
-only the first run compiles the dependencies; without it they build from
-nothing into client/rust/target.
+Builds go to a fixed CARGO_TARGET_DIR under ~/.cache shared by every
+checkout, so only the first run on a machine compiles the dependencies;
+without it they build from nothing into client/rust/target.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import re
@@ -43,16 +42,19 @@ CARGO_TIMEOUT = 900.0  # a cold build of the dependencies takes a few minutes on
 
 
 def _target_dir() -> Path:
-    """CARGO_TARGET_DIR if set, else one under ~/.cache for this checkout."""
+    """CARGO_TARGET_DIR if set, else one under ~/.cache shared by every checkout.
+
+    Shared, so that a fresh clone (as CI makes) on a machine that built
+    before reuses the compiled dependencies; cargo rebuilds what differs.
+    """
     if os.environ.get("CARGO_TARGET_DIR"):
         return Path(os.environ["CARGO_TARGET_DIR"])
-    checkout = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
     cache = Path.home() / ".cache" / "turnstore"
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError:
         return RUST_DIR / "target"
-    return cache / f"rust-target-{checkout}"
+    return cache / "rust-target"
 
 
 def _cargo_env() -> dict[str, str]:
