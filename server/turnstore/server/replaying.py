@@ -13,7 +13,7 @@ event loop.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -100,15 +100,17 @@ class ReplayBatch:
 
     ``events`` are stored records (``events`` entries in wire form) kept by
     the filters, in commit order; ``finishes`` follow them. ``next_position``
-    and ``epoch`` are the cursor after the batch (``epoch`` None: the thread
-    does not exist yet). ``cleared`` batches carry nothing else and are
-    ``final``; a ``final`` batch is the last one of the replay.
+    and ``next_finish_seq`` are the exact cursor after the batch, of thread
+    number ``epoch`` (None: the thread does not exist yet). ``cleared``
+    batches carry nothing else and are ``final``; a ``final`` batch is the
+    last one of the replay.
     """
 
     events: list[bytes]
     finishes: list[FinishMarker] = field(default_factory=list)
     caught_up: bool = False
     next_position: int = 0
+    next_finish_seq: int | None = None
     epoch: int | None = None
     cleared: bool = False
     final: bool = False
@@ -128,7 +130,7 @@ def _kept(values: list[bytes], query: ReplayQuery) -> list[bytes]:
 
 async def replay(
     engine: Engine, run: Run, followers: Followers, query: ReplayQuery
-) -> AsyncIterator[ReplayBatch]:
+) -> AsyncGenerator[ReplayBatch, None]:
     """Batches of ``query``'s replay until it ends.
 
     It ends after the ``until_turn_finished`` turn's finish marker, or when
@@ -159,7 +161,12 @@ async def replay(
             )
             if step.cleared:
                 yield ReplayBatch(
-                    [], next_position=position, epoch=number, cleared=True, final=True
+                    [],
+                    next_position=position,
+                    next_finish_seq=finish_seq,
+                    epoch=number,
+                    cleared=True,
+                    final=True,
                 )
                 return
             number, position, finish_seq = (
@@ -170,6 +177,7 @@ async def replay(
             batch = ReplayBatch(
                 _kept(step.events, query) if query.filtered else step.events,
                 next_position=position,
+                next_finish_seq=finish_seq,
                 epoch=number,
             )
             done = False
