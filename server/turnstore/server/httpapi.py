@@ -254,6 +254,7 @@ class HttpApi:
     def application(self) -> web.Application:
         """The routes and middlewares."""
         app = web.Application(middlewares=[self._guard])
+        app.on_response_prepare.append(self._headers)
         app.router.add_get("/", self._index)
         app.router.add_static("/web/", WEB_DIR, follow_symlinks=False)
         app.router.add_route("*", "/v1/session", self._session)
@@ -299,40 +300,43 @@ class HttpApi:
     ) -> web.StreamResponse:
         if not self._allow_remote and not _loopback_host(request.host):
             return _error(403, "host_not_allowed", "this daemon answers only loopback host names")
-        origin = request.headers.get("Origin")
-        allowed = origin is not None and origin in self._origins
         if request.method == "OPTIONS":
-            response: web.StreamResponse = web.Response(status=204 if allowed else 403)
+            allowed = request.headers.get("Origin") in self._origins
+            response = web.Response(status=204 if allowed else 403)
             if allowed:
                 response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
                 response.headers["Access-Control-Allow-Headers"] = (
                     "Authorization, Last-Event-ID, Content-Type"
                 )
                 response.headers["Access-Control-Max-Age"] = "600"
-        else:
-            public = request.path in ("/", "/v1/session") or request.path.startswith("/web/")
-            if not public and not self._authenticated(request):
-                response = _error(
-                    401,
-                    "unauthenticated",
-                    "missing or wrong credentials: send 'Authorization: Bearer <token>' or "
-                    "a session from POST /v1/session",
-                )
-                response.headers["WWW-Authenticate"] = 'Bearer realm="turnstore"'
-            else:
-                try:
-                    response = await handler(request)
-                except web.HTTPException:
-                    raise
-                except EngineError as error:
-                    response = _error(http_status_for(error), error.reason, str(error))
-        if allowed:
-            assert origin is not None
+            return response
+        public = request.path in ("/", "/v1/session") or request.path.startswith("/web/")
+        if not public and not self._authenticated(request):
+            response = _error(
+                401,
+                "unauthenticated",
+                "missing or wrong credentials: send 'Authorization: Bearer <token>' or "
+                "a session from POST /v1/session",
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="turnstore"'
+            return response
+        try:
+            return await handler(request)
+        except EngineError as error:
+            return _error(http_status_for(error), error.reason, str(error))
+
+    async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Add CORS and safety headers just before a response's headers go out.
+
+        An event stream sends its headers when it starts, long before its
+        handler returns, so a middleware would be too late.
+        """
+        origin = request.headers.get("Origin")
+        if origin is not None and origin in self._origins:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Credentials"] = "true"
             response.headers["Vary"] = "Origin"
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        return response
 
     def _authenticated(self, request: web.Request) -> bool:
         if self._signer is None:
@@ -476,7 +480,7 @@ class HttpApi:
             await batches.aclose()
             raise
         if asked.resumed and (
-            batch is None or (batch.final and not (batch.events or batch.finishes))
+            batch is None or (batch.final and not (batch.events or batch.finishes or batch.cleared))
         ):
             # Nothing new and nothing more will come: 204 stops EventSource.
             await batches.aclose()
