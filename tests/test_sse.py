@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
+import trustme
 
 from tests.daemon import Daemon
 from tests.sse_client import SseEvent, open_stream, strict_json
@@ -427,3 +429,31 @@ async def test_open_streams_end_when_the_daemon_stops(
     for stream in streams:
         # Closed without an end event, so a browser reconnects once it is back.
         assert await stream.rest(timeout=10) == []
+
+
+async def test_https_with_the_daemons_tls_settings(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    issued.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    process = Daemon(
+        tmp_path / "data",
+        extra_args=["--http-listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)],
+    )
+    base = process.start()["http"]
+    try:
+        assert base.startswith("https://127.0.0.1:")
+        trusted = ssl.create_default_context()
+        ca.configure_trust(trusted)
+        async with aiohttp.ClientSession() as http:
+            response = await http.get(f"{base}/v1/threads", ssl=trusted)
+            assert response.status == 200
+            stream = await http.get(events_url(base, "tls", follow=0), ssl=trusted)
+            assert (await stream.text()).count("event: ") == 2  # caught_up, end
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await http.get(f"{base}/v1/threads")  # the system CAs do not trust it
+            with pytest.raises(aiohttp.ClientError):
+                await http.get(base.replace("https:", "http:") + "/v1/threads")
+    finally:
+        assert process.stop() == 0
