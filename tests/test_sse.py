@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import random
 import ssl
@@ -457,3 +458,41 @@ async def test_https_with_the_daemons_tls_settings(tmp_path: Path) -> None:
                 await http.get(base.replace("https:", "http:") + "/v1/threads")
     finally:
         assert process.stop() == 0
+
+
+@pytest.mark.parametrize("module", ["httpapi", "sse", "sessions", "replaying"])
+def test_the_http_side_does_not_import_grpc(module: str) -> None:
+    source = Path(__file__).parent.parent / "server" / "turnstore" / "server" / f"{module}.py"
+    tree = ast.parse(source.read_text())
+    imported = [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    ]
+    imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert imported and not [name for name in imported if name.split(".")[0] == "grpc"]
+
+
+async def test_a_dropped_browser_leaves_no_follower_behind(
+    web_daemon: tuple[Daemon, str], http: aiohttp.ClientSession
+) -> None:
+    daemon, base = web_daemon
+
+    async def open_replays() -> int:
+        async with grpc.aio.insecure_channel(daemon.target) as channel:
+            stats = await pb_grpc.AdminServiceStub(channel).GetStats(pb.GetStatsRequest())
+            return int(stats.open_replays)
+
+    thread = f"dropped-{random.getrandbits(48)}"
+    streams = [await open_stream(http, events_url(base, thread)) for _ in range(5)]
+    for stream in streams:
+        assert (await stream.next()) is not None  # caught_up: the follower is registered
+    assert await open_replays() >= 5
+    for stream in streams:
+        stream.close()
+    # The daemon notices at its next heartbeat write (0.2 s here).
+    deadline = asyncio.get_running_loop().time() + 30
+    while await open_replays() != 0:
+        assert asyncio.get_running_loop().time() < deadline, "followers left registered"
+        await asyncio.sleep(0.05)

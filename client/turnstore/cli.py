@@ -175,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     http.add(
         "--http-listen",
         metavar="HOST:PORT",
-        help="serve HTTP here (loopback unless --allow-remote; TLS and the token as on gRPC)",
+        help="serve HTTP for browsers here; loopback only without --allow-remote",
     )
     http.add(
         "--http-allow-origin",

@@ -526,6 +526,9 @@ class HttpApi:
             pass  # shutdown: close without an end event, so the browser comes back
         except ConnectionError:
             pass  # the reader went away
+        except Exception as error:
+            # The status line is long gone: log, and end without an end event.
+            log.exception("event_stream_failed", thread_id=query.thread_id, error=repr(error))
         finally:
             if pending is not None:
                 pending.cancel()
