@@ -8,6 +8,7 @@ fails, never skips, when it cannot start it.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
@@ -211,3 +212,52 @@ async def test_example_page_follows_one_turn_across_reloads(
         assert await page.text_content("#reply") == "".join(written)
         await page.screenshot(path=str(tmp_path / "example.png"), full_page=True)
         assert errors == []
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_a_browser_resumes_with_last_event_id_after_the_daemon_restarts(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """The inspector's EventSource reconnects by itself and resumes exactly."""
+    port = free_port()
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    process = Daemon(
+        tmp_path / "data",
+        extra_args=["--http-listen", f"127.0.0.1:{port}", "--auth-token-file", str(token_file)],
+    )
+    base = process.start()["http"]
+    thread = "restart me"
+    selector = '[data-turn="1"] .text'
+    written: list[str] = []
+    try:
+        page = await browser.new_page()
+        async with TurnstoreClient(process.target, token=TOKEN) as client:
+            for text in pieces(5, "before-"):
+                await client.events.append(thread, 1, delta(text))
+                written.append(text)
+        await page.goto(base + "/#thread=" + urllib.parse.quote(thread))
+        await page.fill("#token", TOKEN)
+        await page.click("#login button")
+        await wait_text(page, selector, "".join(written))
+        assert process.stop() == 0
+        await expect(page.locator("#stream-state")).to_have_text("reconnecting", timeout=WAIT_MS)
+        process.start()  # same data, same ports; the session cookie is still valid
+        async with TurnstoreClient(process.target, token=TOKEN) as client:
+            for text in pieces(5, "after-"):
+                await client.events.append(thread, 1, delta(text))
+                written.append(text)
+            await client.events.finish_turn(thread, 1)
+        await expect(page.locator('[data-turn="1"] .badge')).to_contain_text(
+            "finished · 10 events", timeout=WAIT_MS
+        )
+        assert await page.text_content(selector) == "".join(written)
+        await page.screenshot(path=str(tmp_path / "restarted.png"), full_page=True)
+    finally:
+        process.stop()
