@@ -162,6 +162,10 @@ async def test_tls_and_mutual_tls(data_dir: Path, tmp_path: Path, ca: trustme.CA
     daemon.start()
     async with TurnstoreClient(daemon.target, tls=ClientTls(ca_file)) as client:
         assert await client.events.append("t", 1, delta("over tls")) == 0
+    # The CA as a str path, or as PEM bytes, works the same.
+    for ca_source in (str(ca_file), ca.cert_pem.bytes()):
+        async with TurnstoreClient(daemon.target, tls=ClientTls(ca_source)) as client:
+            assert await client.events.event_count("t") == 1
     async with TurnstoreClient(daemon.target, retry=None, timeout=5) as plain:
         with pytest.raises(UnavailableError):
             await plain.events.event_count("t")

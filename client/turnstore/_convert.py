@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterable
 from typing import Final
 
 from turnstore import _json
@@ -45,7 +47,8 @@ def envelope_from_proto(message: pb.EventEnvelope) -> AgentEventEnvelope:
     The fast path of every read: the daemon checked the header on write, so
     the envelope is built without :class:`AgentEventEnvelope`'s checks.
     """
-    if message.content_type != JSON and message.content_type:
+    content_type = message.content_type
+    if content_type != JSON and content_type:
         raise EventFormatError(
             f"event {message.event_id!r} is encoded as {message.content_type!r}; "
             "this client reads only application/json"
@@ -71,6 +74,24 @@ def envelope_from_proto(message: pb.EventEnvelope) -> AgentEventEnvelope:
         },
     )
     return envelope
+
+
+def envelopes_from_protos(messages: Iterable[pb.StoredEvent]) -> list[AgentEventEnvelope]:
+    """The envelopes of a message's stored events, decoded in one go.
+
+    The cyclic garbage collector is held off while they are built: each
+    envelope allocates a few containers, and without this a read of many
+    events triggers a collection every few hundred of them, which walks
+    every young object again (a third of the decoding time). What is built
+    here is acyclic, and nothing else runs meanwhile: this loop never awaits.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return [envelope_from_proto(message.envelope) for message in messages]
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class StoredEvent:

@@ -19,11 +19,17 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 import grpc
 
 from turnstore._auth import ClientTls, bearer_token_interceptors
-from turnstore._convert import JSON, StoredEvent, envelope_from_proto, fill_envelope
+from turnstore._convert import JSON, StoredEvent, envelopes_from_protos, fill_envelope
 from turnstore._retry import NO_RETRY, RetryPolicy, call_with_retry
 from turnstore._shared_stream import SharedAppendStream
 from turnstore._status import mapped_stream
-from turnstore._validate import check_offset, check_text, check_thread_id, check_turn
+from turnstore._validate import (
+    check_offset,
+    check_target,
+    check_text,
+    check_thread_id,
+    check_turn,
+)
 from turnstore.errors import (
     InvalidArgumentError,
     SnapshotFormatError,
@@ -199,7 +205,7 @@ class GrpcEventStore:
             return None
         return StoredTurnEvents(
             response.turn.turn,
-            [envelope_from_proto(event.envelope) for event in response.turn.events],
+            envelopes_from_protos(response.turn.events),
             response.turn.finished,
         )
 
@@ -213,7 +219,7 @@ class GrpcEventStore:
         call = self._stub.ListTurns(pb.ListTurnsRequest(thread_id=thread_id), timeout=self._timeout)
         async for message in call:
             piece = message.turn
-            events = [envelope_from_proto(event.envelope) for event in piece.events]
+            events = envelopes_from_protos(piece.events)
             if turns and turns[-1].turn == piece.turn:
                 turns[-1].events.extend(events)
             else:
@@ -240,10 +246,24 @@ class GrpcEventStore:
         return int(response.count)
 
     async def get_events_since(self, thread_id: str, offset: int) -> list[AgentEventEnvelope]:
-        """The envelopes of :meth:`get_events` after its first ``offset``."""
-        return [
-            stored.envelope async for stored in self.read_events(thread_id, offset, order="turn")
-        ]
+        """The envelopes of :meth:`get_events` after its first ``offset``.
+
+        The read covers the events committed when it started; it raises
+        ThreadClearedError if the thread is cleared while it runs.
+        """
+        check_thread_id(thread_id)
+        check_offset(offset)
+        request = pb.ReadEventsRequest(
+            thread_id=thread_id, offset=offset, order=pb.EVENT_ORDER_TURN
+        )
+
+        async def read() -> list[AgentEventEnvelope]:
+            envelopes: list[AgentEventEnvelope] = []
+            async for message in self._stub.ReadEvents(request, timeout=self._timeout):
+                envelopes += envelopes_from_protos(message.events)
+            return envelopes
+
+        return await call_with_retry(read, self._retry)
 
     async def read_events(
         self, thread_id: str, offset: int = 0, *, order: str = "commit"
@@ -436,7 +456,8 @@ class GrpcHistoryStore:
 class TurnstoreClient:
     """A connection to a turnstore daemon; use as ``async with``.
 
-    ``target`` is ``HOST:PORT`` or ``unix:PATH``. ``timeout`` is the
+    ``target`` is ``HOST:PORT`` or ``unix:PATH`` (anything else raises
+    InvalidArgumentError at once, saying what a target looks like). ``timeout`` is the
     deadline in seconds of each unary call and of each whole streaming read
     (None: no deadline). Calls that fail with UnavailableError are retried
     by ``retry`` (default: 6 attempts over about 3 to 5 s), then raise it.
@@ -462,6 +483,7 @@ class TurnstoreClient:
     ) -> None:
         if write_mode not in WRITE_MODES:
             raise ValueError(f"write_mode must be 'stream' or 'unary', not {write_mode!r}")
+        check_target(target)
         self.target = target
         channel_options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
