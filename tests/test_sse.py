@@ -14,6 +14,7 @@ import aiohttp
 import grpc
 import pytest
 import trustme
+import yarl
 
 from tests.daemon import Daemon
 from tests.sse_client import SseEvent, open_stream, strict_json
@@ -496,3 +497,39 @@ async def test_a_dropped_browser_leaves_no_follower_behind(
     while await open_replays() != 0:
         assert asyncio.get_running_loop().time() < deadline, "followers left registered"
         await asyncio.sleep(0.05)
+
+
+async def test_malformed_requests_get_a_4xx_never_a_500(
+    web_daemon: tuple[Daemon, str], http: aiohttp.ClientSession
+) -> None:
+    base = web_daemon[1]
+    events = f"{base}/v1/threads/t/events"
+    bad = [
+        (f"{events}?from_turn=-1", {}),
+        (f"{events}?from_turn=\u00b2", {}),
+        (f"{events}?to_turn={1 << 64}", {}),
+        (f"{events}?follow=maybe", {}),
+        (f"{events}?after=1:2:3:4", {}),
+        (f"{events}?after=-2", {}),
+        (f"{events}?after={1 << 63}", {}),
+        (f"{events}?types=" + ",".join(f"t{i}" for i in range(65)), {}),
+        (events, {"Last-Event-ID": "9" * 300}),
+        (events, {"Last-Event-ID": "1:\u0663"}),
+        (f"{base}/v1/threads/{'x' * 300}/events", {}),
+        (f"{base}/v1/threads/%ZZ/turns", {}),
+        (f"{base}/v1/threads/t/turns?limit=0", {}),
+        (f"{base}/v1/threads/t/nothing", {}),
+        (f"{base}/v1/threads?order=sideways", {}),
+        (f"{base}/v1/threads?limit=abc", {}),
+        (f"{base}/v1/conversations/k?version=0", {}),
+    ]
+    for url, headers in bad:
+        # Sent as written: %ZZ must reach the daemon undecoded.
+        response = await http.get(yarl.URL(url, encoded="%ZZ" in url), headers=headers)
+        assert 400 <= response.status < 500, (url, headers, response.status)
+        if response.status != 404 or "nothing" in url:
+            body = await response.json()
+            assert body["error"] in ("invalid_argument", "not_found"), (url, body)
+    session = await http.get(f"{base}/v1/session?session=v1.\u00b2.x.y")
+    assert session.status == 200  # the session route answers, and says auth is off
+    assert (await http.head(events)).status == 405

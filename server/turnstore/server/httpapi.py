@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import heapq
 import ipaddress
+import re
 import socket
 import ssl
 import urllib.parse
@@ -70,6 +71,7 @@ MAX_TURNS_PER_PAGE: Final = 1000
 SSE_BATCH_BYTES: Final = 256 * 1024
 # Browsers reconnect this soon after a stream drops.
 RETRY_MILLISECONDS: Final = 1000
+_BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 _TRUE: Final = frozenset({"", "1", "true", "yes", "on"})
 
@@ -124,7 +126,7 @@ def _int(query: Any, name: str, default: int | None, low: int, high: int) -> int
     raw = query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise InvalidArgumentError(name, f"must be an integer from {low} to {high}")
     return int(raw)
 
@@ -141,6 +143,8 @@ def _flag(query: Any, name: str, default: bool) -> bool:
 
 
 def _unquote(raw: str, field: str) -> str:
+    if _BAD_ESCAPE.search(raw):
+        raise InvalidArgumentError(field, "has a % not followed by two hex digits")
     try:
         text = urllib.parse.unquote(raw, errors="strict")
     except UnicodeDecodeError as error:
@@ -261,9 +265,9 @@ class HttpApi:
         app.router.add_get("/", self._index)
         app.router.add_static("/web/", WEB_DIR, follow_symlinks=False)
         app.router.add_route("*", "/v1/session", self._session)
-        app.router.add_get("/v1/threads", self._threads)
-        app.router.add_get("/v1/threads/{rest:.+}", self._thread_route)
-        app.router.add_get("/v1/conversations/{rest:.+}", self._conversation)
+        app.router.add_get("/v1/threads", self._threads, allow_head=False)
+        app.router.add_get("/v1/threads/{rest:.+}", self._thread_route, allow_head=False)
+        app.router.add_get("/v1/conversations/{rest:.+}", self._conversation, allow_head=False)
         return app
 
     async def start(self) -> str:

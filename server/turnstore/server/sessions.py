@@ -63,7 +63,11 @@ class SessionSigner:
             return False
         payload, _, signature = token.rpartition(".")
         parts = payload.split(".")
-        if len(parts) != 3 or parts[0] != VERSION or not parts[1].isdigit():
+        if (
+            len(parts) != 3
+            or parts[0] != VERSION
+            or not (parts[1].isascii() and parts[1].isdigit())
+        ):
             return False
         if not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
             return False
