@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from turnstore.client import DEFAULT_TARGET as DEFAULT_LISTEN
 from turnstore.server.acks import AckPump
 from turnstore.server.engine import Engine
-from turnstore.server.followers import Followers
+from turnstore.server.followers import Followers, SendLimits
 from turnstore.server.interceptors import BearerTokenInterceptor, MetricsInterceptor
 from turnstore.server.metrics import Metrics
 from turnstore.server.service import (
@@ -82,8 +82,10 @@ class ServerConfig:
     bearer token. With ``tls``, TCP addresses serve TLS (Unix sockets stay
     plain: the file permissions guard them). ``metrics_listen`` is the
     loopback ``HOST:PORT`` of the Prometheus endpoint, off when None.
-    ``http`` turns on the HTTP listener (event streams for browsers, JSON
-    reads, the inspector), with the same token, TLS and loopback rule.
+    ``follower_limits`` bound the bytes replays hold in messages their peers
+    have not taken yet. ``http`` turns on the HTTP listener (event streams
+    for browsers, JSON reads, the inspector), with the same token, TLS and
+    loopback rule.
     """
 
     engine: EngineConfig
@@ -96,6 +98,7 @@ class ServerConfig:
     tls: TlsConfig | None = None
     metrics_listen: str | None = None
     health_and_reflection: bool = True
+    follower_limits: SendLimits = field(default_factory=SendLimits)
     http: HttpConfig | None = None
 
 
@@ -196,7 +199,7 @@ def build_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    followers = Followers(asyncio.get_running_loop())
+    followers = Followers(asyncio.get_running_loop(), config.follower_limits)
     acks = AckPump(asyncio.get_running_loop())
     # Followers are woken in the same loop wake-up as the writers' acks.
     engine.add_commit_listener(lambda changed: acks.call_soon(followers.wake, changed))

@@ -42,10 +42,11 @@ from turnstore.server.engine import Engine
 from turnstore.server.errors import (
     EngineClosedError,
     EngineError,
+    FollowerTooSlowError,
     InvalidArgumentError,
     ThreadClearedError,
 )
-from turnstore.server.followers import Followers
+from turnstore.server.followers import Followers, Sender
 from turnstore.server.replaying import MAX_TURN, ReplayQuery
 from turnstore.server.sessions import SessionSigner
 from turnstore.server.values import ReadBudget, TurnCursor
@@ -481,7 +482,24 @@ class HttpApi:
         if asked.cursor.ended:
             return web.Response(status=204)
         query = asked.query
-        batches = replaying.replay(self._engine, self._run, self._followers, query)
+        budget = self._followers.send_budget
+
+        def end_too_slow(sender: Sender) -> None:
+            # Aborting drops what the transport still buffers for this
+            # stream, so its bytes are gone at once; the browser reconnects
+            # with Last-Event-ID as after any dropped connection.
+            log.info(
+                "follower_too_slow",
+                thread_id=thread_id,
+                transport="http",
+                message_bytes=sender.ending,
+                peer=request.remote,
+            )
+            if request.transport is not None:
+                request.transport.abort()
+            budget.ended(sender)
+
+        batches = replaying.replay(self._engine, self._run, self._followers, query, end_too_slow)
         try:
             batch = await anext(batches, None)
         except BaseException:
@@ -517,7 +535,11 @@ class HttpApi:
                 data, cursor = await self._run(sse.encode_batch, batch, cursor)
                 if batch.final:
                     data += sse.end_event(cursor, "thread_cleared" if batch.cleared else reason)
+                # While the transport sends the text, keep no other copy of it.
+                batch.events = []
+                batch.hold(len(data))
                 await response.write(data)
+                del data
                 if batch.final:
                     break
                 pending = asyncio.ensure_future(anext(batches, None))
@@ -526,8 +548,8 @@ class HttpApi:
                     if not pending.done():
                         await response.write(sse.HEARTBEAT)
                 batch, pending = pending.result(), None
-        except EngineClosedError:
-            pass  # shutdown: close without an end event, so the browser comes back
+        except (EngineClosedError, FollowerTooSlowError):
+            pass  # shutdown or too slow: close without an end event, so the browser comes back
         except ConnectionError:
             pass  # the reader went away
         except Exception as error:

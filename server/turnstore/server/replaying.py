@@ -13,14 +13,15 @@ event loop.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from turnstore.server import records
 from turnstore.server.engine import Engine
-from turnstore.server.errors import EngineClosedError, InvalidArgumentError
-from turnstore.server.followers import Followers
+from turnstore.server.errors import EngineClosedError, FollowerTooSlowError, InvalidArgumentError
+from turnstore.server.followers import Followers, Sender
 from turnstore.server.values import ReplayStep
 from turnstore.v1 import turnstore_pb2 as pb
 
@@ -94,6 +95,10 @@ class FinishMarker:
     resume_finish_seq: int
 
 
+def _ignore_size(size: int) -> None:
+    """The ``hold`` of a batch outside any budget."""
+
+
 @dataclass
 class ReplayBatch:
     """One message's worth of a replay.
@@ -114,6 +119,8 @@ class ReplayBatch:
     epoch: int | None = None
     cleared: bool = False
     final: bool = False
+    # Tells the follower budget the size of the message sent for this batch.
+    hold: Callable[[int], None] = _ignore_size
 
 
 def _kept(values: list[bytes], query: ReplayQuery) -> list[bytes]:
@@ -129,7 +136,11 @@ def _kept(values: list[bytes], query: ReplayQuery) -> list[bytes]:
 
 
 async def replay(
-    engine: Engine, run: Run, followers: Followers, query: ReplayQuery
+    engine: Engine,
+    run: Run,
+    followers: Followers,
+    query: ReplayQuery,
+    end: Callable[[Sender], None],
 ) -> AsyncGenerator[ReplayBatch, None]:
     """Batches of ``query``'s replay until it ends.
 
@@ -138,6 +149,14 @@ async def replay(
     up when not following, and after a ``cleared`` batch. A follower raises
     EngineClosedError when the daemon shuts down. Batches with nothing to say
     (no kept event, no marker) are not yielded.
+
+    Each step first reserves one follower budget (``followers.send_budget``)
+    and reads at most that many bytes. The transport encodes a yielded batch,
+    drops ``batch.events``, calls ``batch.hold(size)`` with its message's
+    size and sends it; asking for the next batch releases the bytes. When
+    the daemon-wide budget needs them, ``end(sender)`` ends this replay's
+    transport stream; if the transport had still taken that message, the
+    next batch raises FollowerTooSlowError instead.
     """
     query.check()
     until = query.until_turn_finished
@@ -145,10 +164,15 @@ async def replay(
     number = query.epoch
     finish_seq = query.finish_seq
     caught_up = False
-    with followers.replay(query.thread_id, query.follow) as wake:
+    budget = followers.send_budget
+    with (
+        followers.replay(query.thread_id, query.follow) as wake,
+        budget.sending(end) as sender,
+    ):
         while True:
             if wake is not None:
                 wake.clear()
+            await budget.reserve(sender)
             step: ReplayStep = await run(
                 engine.replay_step,
                 query.thread_id,
@@ -157,9 +181,10 @@ async def replay(
                 finish_seq,
                 query.max_events,
                 until,
-                query.max_bytes,
+                min(query.max_bytes, budget.limits.message_bytes),
             )
             if step.cleared:
+                budget.release(sender)
                 yield ReplayBatch(
                     [],
                     next_position=position,
@@ -179,6 +204,7 @@ async def replay(
                 next_position=position,
                 next_finish_seq=finish_seq,
                 epoch=number,
+                hold=functools.partial(budget.hold, sender),
             )
             done = False
             # A step's finishes are consecutive in the thread's finish sequence
@@ -196,14 +222,27 @@ async def replay(
                         )
                     )
                 done = done or finish.turn == until
-            if step.at_end and not caught_up:
+            at_end, watched_finished = step.at_end, step.watched_turn_finished
+            # While the transport sends the batch, keep no other copy of its events.
+            del step
+            if at_end and not caught_up:
                 batch.caught_up = caught_up = True
-            batch.final = done or (step.at_end and (wake is None or step.watched_turn_finished))
+            batch.final = done or (at_end and (wake is None or watched_finished))
+            final = batch.final
             if batch.events or batch.finishes or batch.caught_up:
                 yield batch
-            if batch.final:
+                del batch
+                budget.release(sender)
+                if sender.was_ended:
+                    raise FollowerTooSlowError(
+                        "the follower did not read fast enough for the daemon's follower "
+                        "budget; resume after the last position received"
+                    )
+            else:
+                budget.release(sender)
+            if final:
                 return
-            if step.at_end:
+            if at_end:
                 assert wake is not None
                 if followers.closing:
                     raise EngineClosedError("the daemon is shutting down")

@@ -27,6 +27,7 @@ from turnstore.server.errors import (
     EngineClosedError,
     EngineError,
     EventIdConflictError,
+    FollowerTooSlowError,
     InvalidArgumentError,
     StorageFullError,
     ThreadClearedError,
@@ -34,7 +35,7 @@ from turnstore.server.errors import (
     TurnFinishedError,
     VersionConflictError,
 )
-from turnstore.server.followers import Followers
+from turnstore.server.followers import Followers, Sender
 from turnstore.server.replaying import MAX_EVENTS_PER_BATCH, MAX_TURN, ReplayQuery
 from turnstore.server.values import NewEvent, ReadBudget, TurnChunk, TurnCursor
 from turnstore.v1 import turnstore_pb2 as pb
@@ -59,6 +60,7 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     BackupFailedError: grpc.StatusCode.FAILED_PRECONDITION,
     ThreadClearedError: grpc.StatusCode.ABORTED,
     StorageFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FollowerTooSlowError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
     DataDirLockedError: grpc.StatusCode.UNAVAILABLE,
     EngineError: grpc.StatusCode.INTERNAL,
@@ -254,6 +256,18 @@ def _new_events(envelopes: Any) -> list[NewEvent]:
     return events
 
 
+def _kept_events(
+    values: list[bytes], from_turn: int, to_turn: int, types: frozenset[str]
+) -> list[bytes]:
+    """The stored event values within the turn range and of the wanted types (all: none)."""
+    kept = []
+    for value in values:
+        event = pb.StoredEvent.FromString(records.unframe(value))
+        if from_turn <= event.turn <= to_turn and (not types or event.envelope.type in types):
+            kept.append(value)
+    return kept
+
+
 def _item_error(error: EngineError) -> pb.ItemError:
     code = status_for(error)
     return pb.ItemError(code=code.value[0], reason=error.reason, message=str(error))
@@ -295,6 +309,8 @@ class _Base:
         self._executor = executor
         self._followers = followers
         self._acks = acks
+        # Tasks sending the status of ended followers (the loop keeps weak references).
+        self._endings: set[asyncio.Future[None]] = set()
         # The request readers of the open AppendStreams (ended at shutdown).
         self._append_streams: set[asyncio.Task[None]] = set()
 
@@ -420,29 +436,91 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
             ),
             max_bytes=BYTES_PER_MESSAGE,
         )
-        async for batch in replaying.replay(self._engine, self._run, self._followers, query):
-            if batch.cleared:
-                yield pb.ReplayResponse(
-                    thread_cleared=True,
+        end = functools.partial(
+            self._end_too_slow, request.thread_id, context, asyncio.current_task()
+        )
+        batches = replaying.replay(self._engine, self._run, self._followers, query, end)
+        try:
+            async for batch in batches:
+                if batch.cleared:
+                    yield pb.ReplayResponse(
+                        thread_cleared=True,
+                        next_position=batch.next_position,
+                        thread_epoch=batch.epoch or 0,
+                    )
+                    return
+                response = pb.ReplayResponse(
                     next_position=batch.next_position,
                     thread_epoch=batch.epoch or 0,
+                    caught_up=batch.caught_up,
+                    finished_turns=[
+                        pb.TurnFinished(
+                            turn=finish.turn,
+                            event_count=finish.event_count,
+                            last_position=finish.last_position,
+                        )
+                        for finish in batch.finishes
+                    ],
                 )
-                return
-            response = pb.ReplayResponse(
-                next_position=batch.next_position,
-                thread_epoch=batch.epoch or 0,
-                caught_up=batch.caught_up,
-                finished_turns=[
-                    pb.TurnFinished(
-                        turn=finish.turn,
-                        event_count=finish.event_count,
-                        last_position=finish.last_position,
-                    )
-                    for finish in batch.finishes
-                ],
-            )
-            # The stored values are `events` entries: send them as they are.
-            yield b"".join(batch.events) + response.SerializeToString()
+                # The stored values are `events` entries: send them as they are.
+                message = b"".join(batch.events) + response.SerializeToString()
+                # While gRPC writes the message, keep no other copy of its events.
+                batch.events = []
+                batch.hold(len(message))
+                del batch
+                yield message
+                del message
+        except FollowerTooSlowError:
+            # gRPC took the message after the budget ended this follower: its
+            # status is on the way and its task about to be cancelled; end
+            # without a status of ours.
+            raise asyncio.CancelledError from None
+        finally:
+            # Now, not when the generator is collected: it holds the
+            # follower's registration and its share of the budget.
+            await batches.aclose()
+
+    def _end_too_slow(
+        self,
+        thread_id: str,
+        context: grpc.aio.ServicerContext,
+        task: asyncio.Task[Any] | None,
+        sender: Sender,
+    ) -> None:
+        """End a follower whose message gRPC cannot send: the budget needs its bytes.
+
+        Its status goes out after that message, once the peer reads; its
+        task is cancelled at once so that the stream drops its own copy.
+        """
+        log.info(
+            "follower_too_slow",
+            thread_id=thread_id,
+            message_bytes=sender.ending,
+            peer=context.peer(),
+        )
+
+        async def send_status() -> None:
+            try:
+                await _abort(
+                    context,
+                    FollowerTooSlowError(
+                        "the follower did not read its messages fast enough for the daemon's "
+                        "follower budget; resume after the last position received"
+                    ),
+                )
+            except grpc.aio.AbortError:
+                pass
+            except Exception as error:  # the peer went away meanwhile
+                log.debug("follower_status_not_sent", error=repr(error))
+            finally:
+                self._followers.send_budget.ended(sender)
+
+        ending = asyncio.ensure_future(send_status())
+        self._endings.add(ending)
+        ending.add_done_callback(self._endings.discard)
+        if task is not None:
+            # After the status batch has started (tasks run in the order scheduled).
+            asyncio.get_running_loop().call_soon(task.cancel)
 
     @_streaming
     async def AppendStream(
@@ -590,6 +668,9 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
             retention_removed_events=retention.removed_events,
             retention_removed_conversations=retention.removed_conversations,
             retention_last_error=retention.last_error or "",
+            follower_held_bytes=self._followers.send_budget.held_bytes,
+            follower_ending_bytes=self._followers.send_budget.ending_bytes,
+            followers_ended_too_slow=self._followers.send_budget.ended_too_slow,
         )
 
     @_unary
