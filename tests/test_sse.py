@@ -533,3 +533,71 @@ async def test_malformed_requests_get_a_4xx_never_a_500(
     session = await http.get(f"{base}/v1/session?session=v1.\u00b2.x.y")
     assert session.status == 200  # the session route answers, and says auth is off
     assert (await http.head(events)).status == 405
+
+
+async def test_stalled_browsers_are_ended_within_the_follower_budget_and_resume(
+    tmp_path: Path,
+) -> None:
+    """SSE streams share the gRPC followers' budget; an ended one resumes exactly."""
+    process, base = start_daemon(
+        tmp_path / "data", "--follower-budget", "64KiB", "--followers-total-budget", "256KiB"
+    )
+    thread, readers, events = "stalled", 8, 6000
+    body = "x" * 1000
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            TurnstoreClient(process.target) as client,
+        ):
+            stalled = [await open_stream(http, events_url(base, thread)) for _ in range(readers)]
+            for stream in stalled:
+                first = await stream.next()
+                assert first is not None and first.name == "caught_up"
+            for _ in range(0, events, 500):
+                await client.events.append_many(
+                    thread,
+                    1,
+                    [
+                        AgentEventEnvelope.new({"type": "text_delta", "delta": body})
+                        for _ in range(500)
+                    ],
+                )
+            await client.events.finish_turn(thread, 1)
+
+            def ended() -> int:
+                return sum(
+                    1
+                    for line in process.log_lines
+                    if "follower_too_slow" in line and '"http"' in line
+                )
+
+            deadline = asyncio.get_running_loop().time() + 60
+            while ended() == 0:
+                assert asyncio.get_running_loop().time() < deadline, "no stream was ended"
+                await asyncio.sleep(0.05)
+            # Every reader now reads on, resuming after its last id when its
+            # stream was ended: it gets each event once, in order.
+            for stream in stalled:
+                positions: list[int] = []
+                last_id = stream.last_id
+                source = stream
+                while True:
+                    try:
+                        event = await source.next()
+                    except (aiohttp.ClientError, ConnectionError):
+                        event = None
+                    if event is None:
+                        last_id = source.last_id
+                        source.close()
+                        source = await open_stream(
+                            http, events_url(base, thread), last_event_id=last_id
+                        )
+                        continue
+                    if event.name == "message":
+                        positions.append(event.json()["position"])
+                    if event.name == "turn_finished":
+                        break
+                source.close()
+                assert positions == list(range(events))
+    finally:
+        assert process.stop() == 0
