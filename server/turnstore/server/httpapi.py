@@ -67,9 +67,6 @@ THREADS_PER_PAGE: Final = 100
 MAX_THREADS_PER_PAGE: Final = 1000
 TURNS_PER_PAGE: Final = 50
 MAX_TURNS_PER_PAGE: Final = 1000
-# Event bytes per SSE batch: a stream holds at most one batch and its SSE
-# text while the browser reads it, so keep it small (gRPC uses 4 MiB).
-SSE_BATCH_BYTES: Final = 256 * 1024
 # Browsers reconnect this soon after a stream drops.
 RETRY_MILLISECONDS: Final = 1000
 _BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -472,7 +469,6 @@ class HttpApi:
             to_turn=_int(query, "to_turn", MAX_TURN, 0, MAX_TURN) or 0,
             event_types=types,
             until_turn_finished=_int(query, "until_turn_finished", None, 0, MAX_TURN),
-            max_bytes=SSE_BATCH_BYTES,
         )
         replay.check()
         return _StreamRequest(replay, replace(cursor, epoch=replay.epoch), bool(header))
