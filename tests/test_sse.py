@@ -19,7 +19,9 @@ import yarl
 from tests.daemon import Daemon
 from tests.sse_client import SseEvent, open_stream, strict_json
 from turnstore import AgentEventEnvelope, ConversationSnapshot, TurnstoreClient
+from turnstore.server.engine import Engine
 from turnstore.server.sessions import SessionSigner
+from turnstore.server.values import EngineConfig, NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
@@ -222,50 +224,64 @@ async def test_a_resume_never_continues_into_a_cleared_threads_new_life(
 
 
 async def test_bodies_that_are_not_strict_json_arrive_as_valid_json(
-    web_daemon: tuple[Daemon, str], http: aiohttp.ClientSession
+    tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    daemon, base = web_daemon
-    thread = f"odd-bodies-{random.getrandbits(48)}"
-    bodies = [
-        (b'{"a": NaN}', ""),
-        (b"not json at all \xff", "application/json"),
-        (b"[1, 2]", ""),
-        (b"plain words", "text/plain"),
-        (b'{"ok": true, "position": "mine"}', ""),
-    ]
-    async with grpc.aio.insecure_channel(daemon.target) as channel:
-        stub = pb_grpc.EventStoreServiceStub(channel)
-        await stub.Append(
-            pb.AppendRequest(
-                thread_id=thread,
-                turn=1,
-                events=[
-                    pb.EventEnvelope(event_id=f"e{i}", type="raw", body=body, content_type=ct)
-                    for i, (body, ct) in enumerate(bodies)
-                ],
+    thread = "odd-bodies"
+    # The daemon now refuses JSON bodies that are not strict JSON objects, but
+    # a store written before that may hold them: write those with the engine.
+    old = [b'{"a": NaN}', b"not json at all \xff", b"[1, 2]"]
+    engine = Engine.open(EngineConfig(tmp_path / "data"))
+    try:
+        events = [
+            pb.EventEnvelope(event_id=f"old{i}", type="raw", body=body)
+            for i, body in enumerate(old)
+        ]
+        new_events = [NewEvent(e.event_id, e.SerializeToString()) for e in events]
+        assert engine.append(thread, 1, new_events).result() == [0, 1, 2]
+    finally:
+        engine.close()
+    process, base = start_daemon(tmp_path / "data")
+    try:
+        async with grpc.aio.insecure_channel(process.target) as channel:
+            await pb_grpc.EventStoreServiceStub(channel).Append(
+                pb.AppendRequest(
+                    thread_id=thread,
+                    turn=1,
+                    events=[
+                        pb.EventEnvelope(
+                            event_id="new0", type="raw", body=b"plain", content_type="text/plain"
+                        ),
+                        pb.EventEnvelope(
+                            event_id="new1",
+                            type="raw",
+                            body=b'{"b": Infinity}',
+                            content_type="application/json; charset=utf-8",
+                        ),
+                        pb.EventEnvelope(
+                            event_id="new2", type="raw", body=b'{"ok": true, "position": "mine"}'
+                        ),
+                    ],
+                )
             )
-        )
-    events = await (await open_stream(http, events_url(base, thread, follow=0))).rest()
-    parsed = [strict_json(e.data) for e in data_events(events)]
-    assert [p.get("body_error", "")[:12] for p in parsed] == [
-        "not strict J",
-        "not strict J",
-        "not a JSON o",
-        "content type",
-        "",
-    ]
-    assert parsed[1]["raw_body"] == "not json at all \ufffd"
-    assert parsed[3]["raw_body"] == "plain words"
-    # Header fields win over body keys of the same name.
-    assert parsed[4]["position"] == 4 and parsed[4]["ok"] is True
-    turns = await (await http.get(f"{base}/v1/threads/{urllib.parse.quote(thread)}/turns")).text()
-    assert [e.get("body_error") is None for e in strict_json(turns)["turns"][0]["events"]] == [
-        False,
-        False,
-        False,
-        False,
-        True,
-    ]
+        stream = await open_stream(http, events_url(base, thread, follow=0))
+        parsed = [strict_json(e.data) for e in data_events(await stream.rest())]
+        assert [p.get("body_error", "")[:12] for p in parsed] == [
+            "not strict J",
+            "not strict J",
+            "not a JSON o",
+            "content type",
+            "not strict J",
+            "",
+        ]
+        assert parsed[1]["raw_body"] == "not json at all \ufffd"
+        assert parsed[3]["raw_body"] == "plain"
+        # Header fields win over body keys of the same name.
+        assert parsed[5]["position"] == 5 and parsed[5]["ok"] is True
+        turns = await (await http.get(f"{base}/v1/threads/{thread}/turns")).text()
+        events_json = strict_json(turns)["turns"][0]["events"]
+        assert ["body_error" in e for e in events_json] == [True] * 5 + [False]
+    finally:
+        assert process.stop() == 0
 
 
 async def test_thread_ids_with_slashes_spaces_and_non_ascii(
