@@ -38,7 +38,6 @@ import structlog
 from aiohttp import web
 
 from turnstore.server import replaying, sse
-from turnstore.server.engine import Engine
 from turnstore.server.errors import (
     EngineClosedError,
     EngineError,
@@ -49,13 +48,14 @@ from turnstore.server.errors import (
 from turnstore.server.followers import Followers, Sender
 from turnstore.server.replaying import MAX_TURN, ReplayQuery
 from turnstore.server.sessions import SessionSigner
+from turnstore.server.storage import StorageEngine
 from turnstore.server.values import ReadBudget, TurnCursor
 
 log = structlog.get_logger("turnstore.http")
 
 WEB_DIR: Final = Path(__file__).parent / "web"
 SESSION_COOKIE: Final = "turnstore_session"
-# Engine exception -> HTTP status, looked up along the MRO (the reasons are
+# StorageEngine exception -> HTTP status, looked up along the MRO (the reasons are
 # those of errors.py, sent as the body's "error").
 HTTP_STATUS_BY_ERROR: Final[dict[type[EngineError], int]] = {
     InvalidArgumentError: 400,
@@ -152,7 +152,7 @@ def _unquote(raw: str, field: str) -> str:
     return text
 
 
-def _recent_threads(engine: Engine, limit: int) -> list[Any]:
+def _recent_threads(engine: StorageEngine, limit: int) -> list[Any]:
     """The ``limit`` most recently written threads: a scan of every thread."""
     newest: list[tuple[int, str, Any]] = []
     after = ""
@@ -170,7 +170,7 @@ def _recent_threads(engine: Engine, limit: int) -> list[Any]:
     return [entry[2] for entry in sorted(newest, reverse=True)]
 
 
-def _turns_json(engine: Engine, thread_id: str, from_turn: int, limit: int) -> bytes:
+def _turns_json(engine: StorageEngine, thread_id: str, from_turn: int, limit: int) -> bytes:
     """Up to ``limit`` whole turns from ``from_turn`` on, as JSON, and where to go on."""
     view = engine.view(thread_id)
     turns: list[dict[str, Any]] = []
@@ -205,7 +205,7 @@ def _fragment(value: bytes) -> orjson.Fragment:
     return orjson.Fragment(sse.stored_event_json(value))
 
 
-def _snapshot_json(engine: Engine, key: str, version: int | None) -> bytes | None:
+def _snapshot_json(engine: StorageEngine, key: str, version: int | None) -> bytes | None:
     stored = engine.load_snapshot(key, version)
     if stored is None:
         return None
@@ -234,7 +234,7 @@ class HttpApi:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: StorageEngine,
         executor: Executor,
         followers: Followers,
         config: HttpConfig,

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from turnstore.server import records
-from turnstore.server.engine import Engine
 from turnstore.server.errors import EngineClosedError, FollowerTooSlowError, InvalidArgumentError
 from turnstore.server.followers import Followers, Sender
+from turnstore.server.storage import StorageEngine
 from turnstore.server.values import ReplayStep
 from turnstore.v1 import turnstore_pb2 as pb
 
@@ -136,7 +136,7 @@ def _kept(values: list[bytes], query: ReplayQuery) -> list[bytes]:
 
 
 async def replay(
-    engine: Engine,
+    engine: StorageEngine,
     run: Run,
     followers: Followers,
     query: ReplayQuery,

@@ -21,7 +21,6 @@ import structlog
 from turnstore.server import records, replaying
 from turnstore.server.acks import AckPump
 from turnstore.server.bodies import check_json_body, event_content_type
-from turnstore.server.engine import Engine
 from turnstore.server.errors import (
     BackupFailedError,
     DataDirLockedError,
@@ -39,6 +38,7 @@ from turnstore.server.errors import (
 )
 from turnstore.server.followers import Followers, Sender
 from turnstore.server.replaying import MAX_EVENTS_PER_BATCH, MAX_TURN, ReplayQuery
+from turnstore.server.storage import StorageEngine
 from turnstore.server.values import NewEvent, ReadBudget, TurnChunk, TurnCursor
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
@@ -307,7 +307,7 @@ async def _acknowledge(group: _Group) -> list[pb.AppendStreamResponse]:
 
 class _Base:
     def __init__(
-        self, engine: Engine, executor: Executor, followers: Followers, acks: AckPump
+        self, engine: StorageEngine, executor: Executor, followers: Followers, acks: AckPump
     ) -> None:
         self._engine = engine
         self._executor = executor
@@ -341,7 +341,7 @@ class _Base:
 
 
 class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
-    """``turnstore.v1.EventStoreService`` over an :class:`Engine`."""
+    """``turnstore.v1.EventStoreService`` over an :class:`StorageEngine`."""
 
     @_unary
     async def Append(
@@ -690,7 +690,7 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
 
 
 class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
-    """``turnstore.v1.HistoryStoreService`` over an :class:`Engine`."""
+    """``turnstore.v1.HistoryStoreService`` over an :class:`StorageEngine`."""
 
     @_unary
     async def Save(
