@@ -177,6 +177,38 @@ def _parser() -> argparse.ArgumentParser:
     limits.add("--max-events-per-append", type=int, default=10_000, help="events per call")
     limits.add("--max-snapshot-bytes", type=parse_size, default="32MiB", help="one snapshot")
 
+    ingress = _EnvOptions(
+        serve.add_argument_group(
+            "ingress",
+            "what one message, one connection and all connections may hold "
+            "(README.md, 'Bounds per client')",
+        )
+    )
+    ingress.add(
+        "--max-request-bytes",
+        type=parse_size,
+        help="largest request message (default: what the limits need, at least 64MiB); "
+        "larger ones get RESOURCE_EXHAUSTED",
+    )
+    ingress.add(
+        "--max-streams-per-connection",
+        type=int,
+        default=256,
+        help="calls open at once on one connection; more wait on the client's side",
+    )
+    ingress.add(
+        "--max-connections",
+        type=int,
+        default=1024,
+        help="connections open at once; more are closed at once",
+    )
+    ingress.add(
+        "--large-decodes",
+        type=int,
+        default=2,
+        help="request messages over 64KiB decoded at once on the thread pool; more wait",
+    )
+
     tail = commands.add_parser(
         "tail",
         help="print a thread's events as they arrive",
@@ -240,6 +272,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from turnstore.server.app import ServerConfig, TlsConfig, serve
         from turnstore.server.errors import DataDirLockedError
+        from turnstore.server.ingress import IngressConfig
         from turnstore.server.logs import configure_logging
         from turnstore.server.values import EngineConfig, Limits
     except ImportError as error:
@@ -284,6 +317,12 @@ def _serve(args: argparse.Namespace) -> int:
             auth_token=_read_token(args.auth_token_file),
             tls=tls,
             metrics_listen=args.metrics_listen,
+            ingress=IngressConfig(
+                max_request_bytes=args.max_request_bytes,
+                max_streams_per_connection=args.max_streams_per_connection,
+                max_connections=args.max_connections,
+                large_decodes=args.large_decodes,
+            ),
         )
         asyncio.run(serve(config))
     except (DataDirLockedError, ValueError, RuntimeError, OSError) as error:

@@ -34,6 +34,7 @@ from turnstore.server.errors import (
     VersionConflictError,
 )
 from turnstore.server.followers import Followers
+from turnstore.server.ingress import Ingress, RawRequest, RefusedRequest
 from turnstore.server.values import NewEvent, ReadBudget, ReplayStep, TurnChunk, TurnCursor
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
@@ -102,33 +103,6 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> Non
     await context.abort(code, message, trailing_metadata=metadata)
 
 
-class UndecodableRequest:
-    """Stands for a request message that failed to decode.
-
-    gRPC answers UNKNOWN when a deserializer raises, so the deserializers
-    return this instead and the handlers answer INVALID_ARGUMENT.
-    """
-
-    __slots__ = ("problem",)
-
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
-
-    def error(self) -> InvalidArgumentError:
-        """The error to answer with."""
-        return InvalidArgumentError("request", f"cannot be decoded: {self.problem}")
-
-
-def _deserializer(request_class: Any) -> Callable[[bytes], Any]:
-    def deserialize(data: bytes) -> Any:
-        try:
-            return request_class.FromString(data)
-        except Exception as error:  # DecodeError, bad UTF-8, ...
-            return UndecodableRequest(str(error) or type(error).__name__)
-
-    return deserialize
-
-
 def _unary(
     method: Callable[..., Awaitable[T]],
 ) -> Callable[..., Awaitable[T]]:
@@ -137,7 +111,9 @@ def _unary(
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
-            if isinstance(request, UndecodableRequest):
+            if isinstance(request, RawRequest):
+                request = await request.decode()
+            if isinstance(request, RefusedRequest):
                 raise request.error()
             return await method(self, request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -159,7 +135,7 @@ def _streaming(
         self: Any, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[T]:
         try:
-            if isinstance(request, UndecodableRequest):
+            if isinstance(request, RefusedRequest):
                 raise request.error()
             async for item in method(self, request, context):
                 yield item
@@ -203,11 +179,14 @@ def _serialize(message: Any) -> bytes:
     return data
 
 
-def add_service(server: grpc.aio.Server, service_name: str, servicer: object) -> None:
+def add_service(
+    server: grpc.aio.Server, service_name: str, servicer: object, ingress: Ingress
+) -> None:
     """Register every method of ``turnstore.v1.<service_name>`` on ``servicer``.
 
     Unlike the generated ``add_*Servicer_to_server``, handlers may yield or
-    return response bytes already in wire form (the stored event records).
+    return response bytes already in wire form (the stored event records),
+    and requests are checked against ``ingress``'s limits before decoding.
     """
     service = pb.DESCRIPTOR.services_by_name[service_name]
     handlers = {}
@@ -221,7 +200,7 @@ def add_service(server: grpc.aio.Server, service_name: str, servicer: object) ->
         request_class = getattr(pb, method.input_type.name)
         handlers[method.name] = make(
             getattr(servicer, method.name),
-            request_deserializer=_deserializer(request_class),
+            request_deserializer=ingress.deserializer(method.name, request_class),
             response_serializer=_serialize,
         )
     generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
@@ -467,8 +446,10 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
 
         async def submit_all() -> None:
             async for item in request_iterator:
-                if isinstance(item, UndecodableRequest):
-                    await pending.put((0, item.error()))
+                if isinstance(item, RawRequest):
+                    item = await item.decode()
+                if isinstance(item, RefusedRequest):
+                    await pending.put((item.request_id, item.error()))
                     continue
                 try:
                     future = self._engine.append(
