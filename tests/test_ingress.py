@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,10 +32,20 @@ from typing import Final, TypeVar
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.daemon import Daemon
-from turnstore import InvalidArgumentError, TurnstoreClient, UnauthenticatedError
-from turnstore.models import AgentEventEnvelope
+from turnstore import (
+    AgentEventEnvelope,
+    CaughtUp,
+    ConversationSnapshot,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    TurnstoreClient,
+    UnauthenticatedError,
+)
+from turnstore.server.ingress import BATCHES, scan_batch
 from turnstore.v1 import turnstore_pb2 as pb
 
 T = TypeVar("T")
@@ -310,3 +321,203 @@ async def test_the_client_sees_typed_errors_for_refusals(guarded: Daemon) -> Non
     async with TurnstoreClient(guarded.target) as anonymous:
         with pytest.raises(UnauthenticatedError):
             await anonymous.events.append_many("typed", 1, too_many[:1])
+
+
+async def test_large_valid_requests_are_decoded_off_the_loop_and_stored(guarded: Daemon) -> None:
+    """Append, AppendStream items and Save over 64 KiB take the thread-pool path."""
+    thread = f"large-{uuid.uuid4()}"
+    pad = "x" * 1000
+    first = [AgentEventEnvelope.new({"type": "t", "n": n, "pad": pad}, n) for n in range(200)]
+    second = [AgentEventEnvelope.new({"type": "t", "n": n, "pad": pad}, n) for n in range(200)]
+    snapshot = ConversationSnapshot(messages=[{"role": "user", "text": "y" * MIB}], pinned=[False])
+    async with TurnstoreClient(guarded.target, token=TOKEN) as client:
+        assert await client.events.append_many(thread, 1, first) == list(range(200))
+        async with client.events.appender() as appender:
+            assert await (await appender.submit(thread, 2, second)) == list(range(200, 400))
+        history = client.history(f"large-{uuid.uuid4()}")
+        await history.save(snapshot)
+        assert await history.load() == snapshot
+        for turn, sent in ((1, first), (2, second)):
+            stored = await client.events.get_turn(thread, turn)
+            assert stored is not None
+            assert [e.event_id for e in stored.events] == [e.event_id for e in sent]
+
+
+def started(tmp_path: Path, *flags: str) -> Daemon:
+    daemon = Daemon(tmp_path / "data", extra_args=list(flags))
+    daemon.start()
+    return daemon
+
+
+async def test_a_connection_holds_at_most_its_streams(tmp_path: Path) -> None:
+    daemon = started(tmp_path, "--max-streams-per-connection", "2")
+    async with TurnstoreClient(daemon.target) as client:
+        first, second, third = (client.events.replay(f"s{n}", follow=True) for n in range(3))
+        assert await anext(aiter(first)) == CaughtUp(0)
+        assert await anext(aiter(second)) == CaughtUp(0)
+        waiting = asyncio.ensure_future(anext(aiter(third)))
+        # A bounded wait for what must not happen: the third stream is not
+        # started while two are open on this connection.
+        done, _ = await asyncio.wait({waiting}, timeout=1.0)
+        assert not done, "a third stream ran on a connection limited to two"
+        await first.aclose()
+        assert await asyncio.wait_for(waiting, 30) == CaughtUp(0)
+        await second.aclose()
+        await third.aclose()
+    assert daemon.stop() == 0
+
+
+async def test_connections_past_the_limit_are_closed(tmp_path: Path) -> None:
+    daemon = started(tmp_path, "--max-connections", "2")
+    request = pb.EventCountRequest(thread_id="t").SerializeToString()
+
+    async def count_over_a_new_connection() -> grpc.StatusCode:
+        async with grpc.aio.insecure_channel(daemon.target) as channel:
+            try:
+                await channel.unary_unary("/turnstore.v1.EventStoreService/EventCount")(
+                    request, timeout=10
+                )
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+        return grpc.StatusCode.OK
+
+    first, second = TurnstoreClient(daemon.target), TurnstoreClient(daemon.target)
+    try:
+        assert [await first.events.event_count("t"), await second.events.event_count("t")] == [0, 0]
+        assert await count_over_a_new_connection() == grpc.StatusCode.UNAVAILABLE
+        await second.close()
+        # The daemon learns of the closed connection asynchronously.
+        deadline = time.monotonic() + 30
+        while await count_over_a_new_connection() != grpc.StatusCode.OK:
+            assert time.monotonic() < deadline, "the closed connection was never released"
+            await asyncio.sleep(0.05)
+    finally:
+        await first.close()
+        await second.close()
+    assert daemon.stop() == 0
+
+
+async def test_a_message_over_max_request_bytes_is_refused_from_its_length(
+    tmp_path: Path,
+) -> None:
+    daemon = started(tmp_path, "--max-request-bytes", "1MiB")
+    small = ConversationSnapshot(messages=[{"text": "s" * 900_000}], pinned=[False])
+    big = ConversationSnapshot(messages=[{"text": "b" * (16 * MIB)}], pinned=[False])
+    async with TurnstoreClient(daemon.target) as client:
+        history = client.history("bounded")
+        await history.save(small)
+
+        async def save_big() -> None:
+            with pytest.raises(ResourceExhaustedError, match="larger than max"):
+                await history.save(big)
+
+        _, cost = await measured(daemon, save_big)
+        assert await history.load() == small
+    assert_cheap(cost, UNREAD_BOUND_KIB)
+    assert daemon.stop() == 0
+
+
+# -- the wire scan, against the decoder -------------------------------------------
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def field(number: int, wire_type: int, payload: bytes = b"") -> bytes:
+    return varint(number << 3 | wire_type) + payload
+
+
+# Fields no request message has (numbers 9-15): every wire type, groups nested.
+unknown_fields = st.recursive(
+    st.one_of(
+        st.builds(
+            lambda n, v: field(n, 0, varint(v)), st.integers(9, 15), st.integers(0, 2**64 - 1)
+        ),
+        st.builds(
+            lambda n, b: field(n, 2, varint(len(b)) + b), st.integers(9, 15), st.binary(max_size=20)
+        ),
+        st.builds(lambda n: field(n, 1, b"\x00" * 8), st.integers(9, 15)),
+        st.builds(lambda n: field(n, 5, b"\x00" * 4), st.integers(9, 15)),
+    ),
+    lambda inner: st.builds(
+        lambda n, parts: field(n, 3) + b"".join(parts) + field(n, 4),
+        st.integers(9, 15),
+        st.lists(inner, max_size=3),
+    ),
+    max_leaves=6,
+)
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> tuple[str, bytes, int]:
+    """A batch request's wire bytes, with unknown fields anywhere, and its request id."""
+    name = draw(st.sampled_from(sorted(BATCHES)))
+    batch = BATCHES[name]
+    request_id = draw(st.integers(0, 2**64 - 1))
+    parts = [field(1 if batch.request_id_field else 2, 0, varint(request_id))]
+    for _ in range(draw(st.integers(0, 30))):
+        envelope = pb.EventEnvelope(
+            event_id="e", type="t", body=b"b" * draw(st.integers(0, 40))
+        ).SerializeToString()
+        parts.append(field(batch.events_field, 2, varint(len(envelope)) + envelope))
+    for _ in range(draw(st.integers(0, 4))):
+        parts.insert(draw(st.integers(1, len(parts))), draw(unknown_fields))
+    return name, b"".join(parts), request_id
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    batch=batches(),
+    max_events=st.integers(1, 25),
+    max_event_bytes=st.integers(1, 50),
+    twice=st.booleans(),
+)
+def test_the_wire_scan_agrees_with_the_decoder(
+    batch: tuple[str, bytes, int], max_events: int, max_event_bytes: int, twice: bool
+) -> None:
+    name, data, request_id = batch
+    if twice:  # a merged message: repeated fields add up
+        data += data
+    decoded = getattr(pb, name).FromString(data)
+    expected = None
+    for index, envelope in enumerate(decoded.events):
+        if index == max_events:
+            expected = ("events", "more than")
+            break
+        if envelope.ByteSize() > max_event_bytes:
+            expected = (f"events[{index}]", "bytes encoded")
+            break
+    refusal = scan_batch(data, BATCHES[name], max_events, max_event_bytes)
+    if expected is None:
+        assert refusal is None
+        return
+    assert refusal is not None
+    error = refusal.error()
+    assert error.field == expected[0] and expected[1] in str(error), error
+    if BATCHES[name].request_id_field is not None:
+        assert refusal.request_id == request_id
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(data=st.binary(max_size=200), max_events=st.integers(1, 5))
+def test_the_wire_scan_never_refuses_what_the_decoder_accepts_within_the_limit(
+    data: bytes, max_events: int
+) -> None:
+    """Random bytes: where they decode, a count refusal means too many events."""
+    batch = BATCHES["AppendRequest"]
+    try:
+        decoded = pb.AppendRequest.FromString(data)
+    except Exception:
+        return
+    refusal = scan_batch(data, batch, max_events, 1 << 20)
+    too_many = len(decoded.events) > max_events
+    assert (refusal is not None) == too_many, (data, refusal and refusal.error())

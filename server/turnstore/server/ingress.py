@@ -107,7 +107,7 @@ def undecodable(error: Exception) -> RefusedRequest:
 
 
 @dataclass(frozen=True)
-class _Batch:
+class Batch:
     """Where a batch request keeps its events (and its AppendStream request id)."""
 
     events_field: int
@@ -115,9 +115,9 @@ class _Batch:
 
 
 # Request messages that carry batches, by message name.
-_BATCHES: Final = {
-    "AppendRequest": _Batch(events_field=3, request_id_field=None),
-    "AppendStreamRequest": _Batch(events_field=4, request_id_field=1),
+BATCHES: Final = {
+    "AppendRequest": Batch(events_field=3, request_id_field=None),
+    "AppendStreamRequest": Batch(events_field=4, request_id_field=1),
 }
 _SNAPSHOTS: Final = frozenset({"SaveRequest"})
 
@@ -140,7 +140,7 @@ def _varint(data: bytes, at: int) -> tuple[int, int]:
 
 
 def scan_batch(
-    data: bytes, batch: _Batch, max_events: int, max_event_bytes: int
+    data: bytes, batch: Batch, max_events: int, max_event_bytes: int
 ) -> RefusedRequest | None:
     """Check a batch's event count and event sizes from its wire bytes alone.
 
@@ -153,6 +153,7 @@ def scan_batch(
     """
     count = 0
     request_id = 0
+    depth = 0  # inside unknown groups, whose fields are not the message's
     at, end = 0, len(data)
     try:
         while at < end:
@@ -160,11 +161,11 @@ def scan_batch(
             number, wire_type = key >> 3, key & 7
             if wire_type == 0:
                 value, at = _varint(data, at)
-                if number == batch.request_id_field:
+                if number == batch.request_id_field and depth == 0:
                     request_id = value
             elif wire_type == 2:
                 length, at = _varint(data, at)
-                if number == batch.events_field:
+                if number == batch.events_field and depth == 0:
                     if count == max_events:
                         error = InvalidArgumentError(
                             "events",
@@ -184,8 +185,12 @@ def scan_batch(
                 at += 8
             elif wire_type == 5:
                 at += 4
-            else:  # groups: never in these messages; the decoder says why
-                return None
+            elif wire_type == 3:
+                depth += 1
+            elif wire_type == 4 and depth > 0:
+                depth -= 1
+            else:
+                raise _Malformed
     except _Malformed:
         return None
     return None
@@ -231,8 +236,10 @@ class Ingress:
 
     def limit_for(self, message_name: str) -> int:
         """The largest message accepted for a request of this name."""
-        if message_name in _BATCHES:
-            return self._request_bytes
+        if message_name in BATCHES:
+            # Each entry: a tag byte, a length of at most 10 bytes, the event.
+            most_events = self.limits.max_events_per_append * (self.limits.max_event_bytes + 11)
+            return min(self._request_bytes, most_events + SMALL_REQUEST_BYTES)
         if message_name in _SNAPSHOTS:
             return min(self._request_bytes, self.limits.max_snapshot_bytes + SNAPSHOT_REQUEST_ROOM)
         return SMALL_REQUEST_BYTES
@@ -241,7 +248,7 @@ class Ingress:
         """The request deserializer of one RPC (``method_name`` goes into refusals)."""
         name = request_class.DESCRIPTOR.name
         limit = self.limit_for(name)
-        batch = _BATCHES.get(name)
+        batch = BATCHES.get(name)
         max_events = self.limits.max_events_per_append
         max_event_bytes = self.limits.max_event_bytes
 
