@@ -103,6 +103,7 @@ class Cost:
     def __init__(self) -> None:
         self.baseline_kib = 0
         self.peak_kib = 0
+        self.call_seconds = 0.0
         self.health_seconds: list[float] = []
         self.health_failures: list[str] = []
 
@@ -116,7 +117,7 @@ class Cost:
 
     def __repr__(self) -> str:
         return (
-            f"Cost(growth={self.growth_kib / 1024:.1f} MiB, "
+            f"Cost(call={self.call_seconds:.3f} s, growth={self.growth_kib / 1024:.1f} MiB, "
             f"slowest health={self.slowest_health:.3f} s over {len(self.health_seconds)} checks, "
             f"health failures={self.health_failures})"
         )
@@ -159,9 +160,11 @@ async def measured(daemon: Daemon, call: Callable[[], Awaitable[T]]) -> tuple[T,
     threads = [threading.Thread(target=task, daemon=True) for task in (sample, check_health)]
     for thread in threads:
         thread.start()
+    started = time.perf_counter()
     try:
         result = await asyncio.wait_for(call(), CALL_TIMEOUT)
     finally:
+        cost.call_seconds = time.perf_counter() - started
         done.set()
         for thread in threads:
             thread.join()
@@ -352,9 +355,11 @@ def started(tmp_path: Path, *flags: str) -> Daemon:
 async def test_a_connection_holds_at_most_its_streams(tmp_path: Path) -> None:
     daemon = started(tmp_path, "--max-streams-per-connection", "2")
     async with TurnstoreClient(daemon.target) as client:
-        first, second, third = (client.events.replay(f"s{n}", follow=True) for n in range(3))
+        # Each replay starts its call at once: start the third after the two.
+        first, second = (client.events.replay(f"s{n}", follow=True) for n in range(2))
         assert await anext(aiter(first)) == CaughtUp(0)
         assert await anext(aiter(second)) == CaughtUp(0)
+        third = client.events.replay("s2", follow=True)
         waiting = asyncio.ensure_future(anext(aiter(third)))
         # A bounded wait for what must not happen: the third stream is not
         # started while two are open on this connection.
