@@ -26,8 +26,8 @@ test: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak --kills 200
 
-## bench: turnstore vs Redis Streams vs raw LMDB (~4 min; installs redis-server if
-## missing); prints a table, writes bench/results/. BENCH_ARGS=--quick: a smoke run
+## bench: turnstore vs Redis Streams, SQLite and raw LMDB (~6 min; installs redis-server
+## if missing); prints tables, writes bench/results/. BENCH_ARGS=--quick: a smoke run
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

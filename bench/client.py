@@ -15,13 +15,23 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import lmdb_load, redis_load, turnstore_load
+from bench import (
+    lmdb_load,
+    redis_load,
+    traits_redis,
+    traits_sqlite,
+    traits_turnstore,
+    turnstore_load,
+)
 from bench.common import Result
 
 RUNNERS: dict[str, Callable[[str, dict[str, Any]], Result]] = {
     **dict.fromkeys(turnstore_load.SCENARIOS, turnstore_load.run),
     **dict.fromkeys(redis_load.SCENARIOS, redis_load.run),
     **dict.fromkeys(lmdb_load.SCENARIOS, lmdb_load.run),
+    **dict.fromkeys(traits_turnstore.SCENARIOS, traits_turnstore.run),
+    **dict.fromkeys(traits_redis.SCENARIOS, traits_redis.run),
+    **dict.fromkeys(traits_sqlite.SCENARIOS, traits_sqlite.run),
 }
 
 

@@ -28,6 +28,14 @@ class Profile:
     redis_pipeline: int = 100
     xrange_page: int = 1000
     lmdb_puts_per_txn: tuple[int, ...] = (1, 100, 1000)
+    # The user-facing ("trait") table: the thread read back, the agents' turns,
+    # the concurrent agents, the live follower's events, the reads repeated.
+    trait_read_events: int = 20_000
+    trait_read_turn_events: int = 200
+    trait_agent_turn_events: int = 20
+    trait_concurrencies: tuple[int, ...] = (1, 8, 64)
+    trait_follow_events: int = 2000
+    trait_read_min_repeats: int = 5
     client_timeout: float = 900.0
 
 
@@ -50,4 +58,7 @@ QUICK = Profile(
     snapshot_duration=0.3,
     snapshot_min_ops=3,
     client_timeout=120.0,
+    trait_read_events=5_000,
+    trait_follow_events=200,
+    trait_read_min_repeats=3,
 )

@@ -7,6 +7,7 @@ from typing import Any, Final
 
 from bench.common import Result
 from bench.profiles import Profile
+from bench.traits_report import evaluate_traits, render_traits
 
 MB: Final = 1_000_000
 KIB: Final = 1024
@@ -73,8 +74,14 @@ def _target(name: str, measured: float | None, op: str, threshold: float, unit: 
     }
 
 
-def evaluate(results: Result, profile: Profile) -> tuple[Result, list[Result]]:
-    """The derived ratios and the targets with their PASS (True) / FAIL (False) / None."""
+def evaluate(
+    results: Result, profile: Profile, traits_only: bool = False
+) -> tuple[Result, list[Result]]:
+    """The derived ratios and the targets with their PASS (True) / FAIL (False) / None.
+
+    With ``traits_only`` (a run of the user-facing table alone) the other
+    rows' targets are left out.
+    """
     small, large = profile.replay_sizes
     append_vs_noop = {
         str(c): ratio(
@@ -109,7 +116,9 @@ def evaluate(results: Result, profile: Profile) -> tuple[Result, list[Result]]:
         for value in (_anon_increase_mb(results, f"replay_{v}_{large}") for v, _ in VARIANTS)
         if value is not None
     ]
+    traits, trait_targets = evaluate_traits(results, profile)
     derived: Result = {
+        "traits": traits,
         "append_vs_noop": append_vs_noop,
         "redis_best": {
             "xadd_single": xadd_single,
@@ -118,8 +127,11 @@ def evaluate(results: Result, profile: Profile) -> tuple[Result, list[Result]]:
         },
         "replay_memory": replay_memory,
     }
+    if traits_only:
+        return derived, trait_targets
     xrange_large = xrange[str(large)]["rate_per_s"]
     targets = [
+        *trait_targets,
         _target(
             f"replay {large:,} (client API) / Redis XRANGE {large:,}",
             ratio(replay["client"], xrange_large),
@@ -361,27 +373,18 @@ def _table(title: str, header: Row, rows: Sequence[Row]) -> list[str]:
 def _target_rows(targets: list[Result]) -> list[Row]:
     rows: list[Row] = []
     for target in targets:
-        digits = 2 if target["unit"] == "x" else (1 if target["unit"] == "MB" else 0)
+        digits = {"x": 2, "ms": 2, "MB": 1}.get(target["unit"], 0)
         measured = _num(target["measured"], digits)
-        threshold = f"{target['op']} {_num(target['threshold'], 1 if target['unit'] == 'x' else 0)}"
+        threshold = f"{target['op']} {_num(target['threshold'], min(digits, 1))}"
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[target["pass"]]
         rows.append((target["name"], f"{measured} {target['unit']}", threshold, verdict, ""))
     return rows
 
 
-def render(
-    meta: Result, results: Result, derived: Result, targets: list[Result], profile: Profile
-) -> str:
-    """The printed report: one table per system, then the targets."""
-    machine = meta.get("machine", {})
+def _other_tables(meta: Result, results: Result, derived: Result, profile: Profile) -> list[str]:
+    """The rows below the user-facing table: turnstore's, Redis's and raw LMDB's."""
     header: Row = ("scenario", "rate", "p50 ms", "p99 ms", "notes")
-    lines = [
-        f"turnstore benchmark ({profile.name} profile), {meta.get('started_at', '')}, "
-        f"{machine.get('cpus')} CPUs, commit {str(machine.get('git_commit', ''))[:10]}"
-        f" (+{machine.get('git_uncommitted_files', 0)} uncommitted files)",
-        "",
-    ]
-    lines += _table(
+    lines = _table(
         "turnstore: daemon on a Unix socket, load from a separate client process",
         header,
         _turnstore_rows(results, derived, profile),
@@ -397,6 +400,23 @@ def render(
         header,
         _lmdb_rows(results, profile),
     )
+    return lines
+
+
+def render(
+    meta: Result, results: Result, derived: Result, targets: list[Result], profile: Profile
+) -> str:
+    """The printed report: one table per system, then the targets."""
+    machine = meta.get("machine", {})
+    lines = [
+        f"turnstore benchmark ({profile.name} profile), {meta.get('started_at', '')}, "
+        f"{machine.get('cpus')} CPUs, commit {str(machine.get('git_commit', ''))[:10]}"
+        f" (+{machine.get('git_uncommitted_files', 0)} uncommitted files)",
+        "",
+        render_traits(results, derived["traits"], profile, meta.get("trait_redis_server")),
+    ]
+    if not meta.get("traits_only"):
+        lines += _other_tables(meta, results, derived, profile)
     lines += _table(
         "targets", ("target", "measured", "threshold", "result", ""), _target_rows(targets)
     )

@@ -32,6 +32,7 @@ from bench.memory import PeakSampler, machine_busy_seconds, read_status
 from bench.profiles import FULL, QUICK, Profile
 from bench.report import evaluate, render
 from bench.services import RedisServer, ensure_redis_installed, start_daemon
+from bench.traits_run import run_traits
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 RESULTS_DIR: Final = ROOT / "bench" / "results"
@@ -230,6 +231,16 @@ def run_lmdb(runner: Runner, work: Path) -> None:
     runner.client("lmdb", "lmdb", params, {})
 
 
+def run_others(runner: Runner, work: Path, skip_redis: bool, meta: Result) -> None:
+    """The rows below the user-facing table: turnstore, Redis and raw LMDB."""
+    step(runner, "turnstore", lambda: run_turnstore(runner, work))
+    if skip_redis:
+        log("skipping Redis (--skip-redis)")
+    else:
+        meta["redis_server"] = step(runner, "redis", lambda: run_redis(runner, work))
+    run_lmdb(runner, work)
+
+
 def _command_output(command: list[str]) -> str:
     try:
         return subprocess.run(
@@ -265,7 +276,7 @@ def machine_info() -> Result:
         "python": platform.python_version(),
         "packages": {
             name: _version(name)
-            for name in ("turnstore", "grpcio", "protobuf", "lmdb", "redis", "hiredis")
+            for name in ("turnstore", "grpcio", "protobuf", "lmdb", "redis", "hiredis", "orjson")
         },
         "git_commit": _command_output(["git", "rev-parse", "HEAD"]),
         "git_uncommitted_files": len(dirty.splitlines()),
@@ -334,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="10x less work: a smoke run")
     parser.add_argument("--skip-redis", action="store_true", help="do not run Redis")
+    parser.add_argument(
+        "--traits-only",
+        action="store_true",
+        help="only the user-facing table (not the batched, raw and snapshot rows)",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument(
         "--wait-quiet",
@@ -348,24 +364,25 @@ def main(argv: list[str] | None = None) -> int:
     quiet = wait_until_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
     started_at = datetime.now(UTC)
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "")
+    stamp += "-traits" if args.traits_only else ""
     meta: Result = {"started_at": started_at.isoformat(), "profile": profile.name}
+    meta["traits_only"] = args.traits_only
     meta.update(machine=machine, other_cpu_at_start=quiet)
     runner = Runner(profile)
     work = Path(tempfile.mkdtemp(prefix="tsbench-"))
     busy_before, own_before = machine_busy_seconds(), own_cpu_seconds()
     log(f"turnstore benchmark, {profile.name} profile, work directory {work}")
     try:
-        step(runner, "turnstore", lambda: run_turnstore(runner, work))
-        if args.skip_redis:
-            log("skipping Redis (--skip-redis)")
-        else:
-            meta["redis_server"] = step(runner, "redis", lambda: run_redis(runner, work))
-        run_lmdb(runner, work)
+        meta["trait_redis_server"] = step(
+            runner, "traits", lambda: run_traits(runner, work, not args.skip_redis)
+        )
+        if not args.traits_only:
+            run_others(runner, work, args.skip_redis, meta)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     meta["wall_s"] = time.perf_counter() - runner.started
     meta["other_cpu"] = other_cpu(busy_before, own_before, meta["wall_s"])
-    derived, targets = evaluate(runner.results, profile)
+    derived, targets = evaluate(runner.results, profile, args.traits_only)
     table = render(meta, runner.results, derived, targets, profile)
     print(table)
     report: Result = {

@@ -89,8 +89,12 @@ async def noop(target: str, concurrencies: list[int], duration: float, warmup: f
 async def unary_append(
     target: str, concurrencies: list[int], duration: float, warmup: float
 ) -> Result:
-    """``client.events.append`` of one event, ``concurrency`` in flight, each on its own thread."""
-    async with TurnstoreClient(target) as client:
+    """``client.events.append`` of one event, ``concurrency`` in flight, each on its own thread.
+
+    Unary calls (``write_mode="unary"``), as this row has always measured; the
+    shared-stream default is in the user-facing table.
+    """
+    async with TurnstoreClient(target, write_mode="unary") as client:
         tag = _tag()
         factory = EnvelopeFactory()
 
@@ -243,8 +247,9 @@ async def live_tail(target: str, events: int) -> Result:
     ``ack_to_follower`` is the time from the writer seeing an append's
     acknowledgement to the follower receiving that event (negative when the
     follower got it first); ``send_to_follower`` starts when the append is sent.
+    The writer makes unary calls, as this row has always measured.
     """
-    async with TurnstoreClient(target) as client:
+    async with TurnstoreClient(target, write_mode="unary") as client:
         thread = f"bench-tail-{_tag()}"
         factory = EnvelopeFactory()
         received: dict[int, float] = {}

@@ -11,6 +11,7 @@ import pytest
 from tests import daemon as daemon_module
 from tests.daemon import Daemon
 from turnstore import EventStore, HistoryStore, TurnstoreClient
+from turnstore.client import WriteMode
 from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
 
 
@@ -48,13 +49,15 @@ def thread_id() -> str:
     return f"thread-{uuid.uuid4()}"
 
 
-@pytest.fixture(params=["memory", "daemon"])
+@pytest.fixture(params=["memory", "daemon-stream", "daemon-unary"])
 async def event_store(request: pytest.FixtureRequest, daemon: Daemon) -> AsyncIterator[EventStore]:
-    """Each EventStore implementation in turn."""
+    """Each EventStore implementation in turn: in memory, and the daemon in both write modes."""
     if request.param == "memory":
         yield InMemoryEventStore()
         return
-    async with TurnstoreClient(daemon.target) as connected:
+    mode: WriteMode = "stream" if request.param == "daemon-stream" else "unary"
+    async with TurnstoreClient(daemon.target, write_mode=mode) as connected:
+        assert connected.events.write_mode == mode
         yield connected.events
 
 

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 import grpc
 import pytest
@@ -45,7 +45,7 @@ from turnstore import (
     TurnstoreClient,
     UnauthenticatedError,
 )
-from turnstore.server.ingress import BATCHES, scan_batch
+from turnstore.server.ingress import scan_append, scan_stream_message
 from turnstore.v1 import turnstore_pb2 as pb
 
 T = TypeVar("T")
@@ -236,18 +236,22 @@ async def test_a_packed_append_with_a_token_is_refused_by_the_batch_limit(
         assert await client.events.event_count("packed") == 0
 
 
-async def stream_outcomes(
-    daemon: Daemon, items: list[bytes], token: str | None
-) -> tuple[grpc.StatusCode, list[pb.AppendStreamResponse]]:
-    """Send raw AppendStream items; return the final status and every response.
+class StreamOutcome(NamedTuple):
+    code: grpc.StatusCode
+    details: str
+    responses: list[pb.AppendStreamResponse]
+
+
+async def stream_outcomes(daemon: Daemon, items: list[bytes], token: str | None) -> StreamOutcome:
+    """Send raw AppendStream messages; return the final status and every response.
 
     Through the blocking client, on a thread: when the daemon ends a call
-    while an item is still being sent, grpc.aio's client reports its own
+    while a message is still being sent, grpc.aio's client reports its own
     failed write (INTERNAL) instead of the status the daemon sent; the
     blocking client reports the daemon's.
     """
 
-    def run() -> tuple[grpc.StatusCode, list[pb.AppendStreamResponse]]:
+    def run() -> StreamOutcome:
         with grpc.insecure_channel(daemon.target, options=CHANNEL_OPTIONS) as channel:
             method = channel.stream_stream(
                 APPEND_STREAM, response_deserializer=pb.AppendStreamResponse.FromString
@@ -257,19 +261,10 @@ async def stream_outcomes(
                 for response in method(iter(items), metadata=bearer(token), timeout=CALL_TIMEOUT):
                     responses.append(response)
             except grpc.RpcError as error:
-                return error.code(), responses
-            return grpc.StatusCode.OK, responses
+                return StreamOutcome(error.code(), error.details() or "", responses)
+            return StreamOutcome(grpc.StatusCode.OK, "", responses)
 
     return await asyncio.to_thread(run)
-
-
-def valid_item(request_id: int, thread: str) -> bytes:
-    envelope = pb.EventEnvelope(event_id=f"ok-{request_id}", type="t", body=b"{}")
-    item = pb.AppendStreamRequest(
-        request_id=request_id, thread_id=thread, turn=1, events=[envelope]
-    )
-    data: bytes = item.SerializeToString()
-    return data
 
 
 async def test_a_packed_stream_item_without_a_token_is_refused_before_it_is_read(
@@ -282,27 +277,80 @@ async def test_a_packed_stream_item_without_a_token_is_refused_before_it_is_read
             *(stream_outcomes(guarded, [PACKED_ITEM], None) for _ in range(AT_ONCE))
         ),
     )
-    assert outcomes == [(grpc.StatusCode.UNAUTHENTICATED, [])] * AT_ONCE
+    assert [(o.code, o.responses) for o in outcomes] == [
+        (grpc.StatusCode.UNAUTHENTICATED, [])
+    ] * AT_ONCE, outcomes
     assert_cheap(cost, UNREAD_BOUND_KIB)
     print(f"{AT_ONCE} unauthenticated 60 MiB AppendStream items at once: {cost}")
 
 
-async def test_a_packed_stream_item_with_a_token_fails_alone_by_the_batch_limit(
+async def test_a_packed_stream_message_with_a_token_ends_its_stream_cheaply(
     guarded: Daemon,
 ) -> None:
     await warm_up(guarded)
-    items = [PACKED_ITEM, valid_item(8, "after-packed")]
-    (code, responses), cost = await measured(
-        guarded, lambda: stream_outcomes(guarded, items, TOKEN)
+    (code, details, _), cost = await measured(
+        guarded, lambda: stream_outcomes(guarded, [PACKED_ITEM], TOKEN)
     )
-    assert code == grpc.StatusCode.OK
-    refused, stored = responses
-    assert refused.request_id == 7 and refused.HasField("error"), refused
-    assert refused.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert "10000 per append" in refused.error.message, refused
-    assert (stored.request_id, list(stored.positions)) == (8, [0])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "more than 200000 events in all its items" in details, details
     assert_cheap(cost, RECEIVED_BOUND_KIB)
     print(f"authenticated 60 MiB AppendStream item: {cost}")
+
+
+def stream_item(request_id: int, thread: bytes, entries: int) -> bytes:
+    """An AppendStreamRequest of ``entries`` minimal events to turn 1, in wire form."""
+    header = b"\x08" + varint(request_id) + b"\x12" + varint(len(thread)) + thread + b"\x18\x01"
+    return header + STREAM_ENTRY * entries
+
+
+def in_more(item: bytes) -> bytes:
+    return b"\x32" + varint(len(item)) + item
+
+
+async def test_items_packed_into_more_cannot_pass_the_per_append_limit(guarded: Daemon) -> None:
+    """3,500 items of 3,500 events each: every item within the limits, 12 million in all."""
+    await warm_up(guarded)
+    item = in_more(stream_item(9, b"more", 3_500))
+    message = stream_item(8, b"more", 1) + item * ((PACKED_BYTES - 64) // len(item))
+    (code, details, _), cost = await measured(
+        guarded, lambda: stream_outcomes(guarded, [message], TOKEN)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "more than 200000 events in all its items" in details, details
+    assert_cheap(cost, RECEIVED_BOUND_KIB)
+    print(f"authenticated 60 MiB AppendStream message packed into more: {cost}")
+    async with TurnstoreClient(guarded.target, token=TOKEN) as client:
+        assert await client.events.event_count("more") == 0
+
+
+async def test_an_over_long_item_in_a_large_stream_message_fails_alone(guarded: Daemon) -> None:
+    thread = f"alone-{uuid.uuid4()}"
+
+    def envelope(n: int) -> pb.EventEnvelope:
+        return pb.EventEnvelope(event_id=f"e{n}", type="t", body=b"{}")
+
+    over_long = pb.AppendStreamRequest(
+        request_id=2, thread_id=thread, turn=1, events=[envelope(0)] * 15_000
+    )
+    message = pb.AppendStreamRequest(
+        request_id=1,
+        thread_id=thread,
+        turn=1,
+        events=[envelope(1)],
+        more=[
+            over_long,
+            pb.AppendStreamRequest(request_id=3, thread_id=thread, turn=1, events=[envelope(2)]),
+        ],
+    ).SerializeToString()
+    assert len(message) > 64 * 1024  # decoded on the thread pool
+    code, details, responses = await stream_outcomes(guarded, [message], TOKEN)
+    assert code == grpc.StatusCode.OK, details
+    first, refused, last = responses
+    assert (first.request_id, list(first.positions)) == (1, [0])
+    assert refused.request_id == 2 and refused.HasField("error"), refused
+    assert refused.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "15000 events, over the limit of 10000 per append" in refused.error.message
+    assert (last.request_id, list(last.positions)) == (3, [1])
 
 
 async def test_a_large_message_to_a_small_rpc_is_refused_undecoded(guarded: Daemon) -> None:
@@ -462,37 +510,52 @@ unknown_fields = st.recursive(
 )
 
 
-@st.composite
-def batches(draw: st.DrawFn) -> tuple[str, bytes, int]:
-    """A batch request's wire bytes, with unknown fields anywhere, and its request id."""
-    name = draw(st.sampled_from(sorted(BATCHES)))
-    batch = BATCHES[name]
-    request_id = draw(st.integers(0, 2**64 - 1))
-    parts = [field(1 if batch.request_id_field else 2, 0, varint(request_id))]
+def envelope_entries(draw: st.DrawFn, number: int) -> list[bytes]:
+    entries = []
     for _ in range(draw(st.integers(0, 30))):
         envelope = pb.EventEnvelope(
             event_id="e", type="t", body=b"b" * draw(st.integers(0, 40))
         ).SerializeToString()
-        parts.append(field(batch.events_field, 2, varint(len(envelope)) + envelope))
+        entries.append(field(number, 2, varint(len(envelope)) + envelope))
+    return entries
+
+
+def with_unknown_fields(draw: st.DrawFn, parts: list[bytes]) -> bytes:
     for _ in range(draw(st.integers(0, 4))):
-        parts.insert(draw(st.integers(1, len(parts))), draw(unknown_fields))
-    return name, b"".join(parts), request_id
+        parts.insert(draw(st.integers(0, len(parts))), draw(unknown_fields))
+    return b"".join(parts)
+
+
+@st.composite
+def append_requests(draw: st.DrawFn) -> bytes:
+    """An AppendRequest's wire bytes, with unknown fields anywhere."""
+    return with_unknown_fields(draw, [field(2, 0, varint(1)), *envelope_entries(draw, 3)])
+
+
+@st.composite
+def stream_messages(draw: st.DrawFn, depth: int = 2) -> bytes:
+    """An AppendStreamRequest's wire bytes: items in ``more`` (in ``more``), unknown fields."""
+    parts = [field(1, 0, varint(draw(st.integers(0, 2**64 - 1)))), *envelope_entries(draw, 4)]
+    if depth:
+        for _ in range(draw(st.integers(0, 4))):
+            item = draw(stream_messages(depth - 1))
+            parts.append(field(6, 2, varint(len(item)) + item))
+    return with_unknown_fields(draw, parts)
 
 
 @settings(max_examples=300, deadline=None, database=None)
 @given(
-    batch=batches(),
+    data=append_requests(),
     max_events=st.integers(1, 25),
     max_event_bytes=st.integers(1, 50),
     twice=st.booleans(),
 )
-def test_the_wire_scan_agrees_with_the_decoder(
-    batch: tuple[str, bytes, int], max_events: int, max_event_bytes: int, twice: bool
+def test_the_append_scan_agrees_with_the_decoder(
+    data: bytes, max_events: int, max_event_bytes: int, twice: bool
 ) -> None:
-    name, data, request_id = batch
     if twice:  # a merged message: repeated fields add up
         data += data
-    decoded = getattr(pb, name).FromString(data)
+    decoded = pb.AppendRequest.FromString(data)
     expected = None
     for index, envelope in enumerate(decoded.events):
         if index == max_events:
@@ -501,28 +564,66 @@ def test_the_wire_scan_agrees_with_the_decoder(
         if envelope.ByteSize() > max_event_bytes:
             expected = (f"events[{index}]", "bytes encoded")
             break
-    refusal = scan_batch(data, BATCHES[name], max_events, max_event_bytes)
+    refusal = scan_append(data, max_events, max_event_bytes)
     if expected is None:
         assert refusal is None
         return
-    assert refusal is not None
+    assert refusal is not None and not refusal.ends_stream
     error = refusal.error()
     assert error.field == expected[0] and expected[1] in str(error), error
-    if BATCHES[name].request_id_field is not None:
-        assert refusal.request_id == request_id
+
+
+def tally(message: pb.AppendStreamRequest) -> tuple[int, int]:
+    """Items and events of a decoded stream message, at every depth of ``more``."""
+    items, events = 1, len(message.events)
+    for inner in message.more:
+        more_items, more_events = tally(inner)
+        items, events = items + more_items, events + more_events
+    return items, events
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(data=stream_messages(), max_events=st.integers(1, 60), max_items=st.integers(1, 12))
+def test_the_stream_scan_agrees_with_the_decoder(
+    data: bytes, max_events: int, max_items: int
+) -> None:
+    items, events = tally(pb.AppendStreamRequest.FromString(data))
+    refusal = scan_stream_message(data, max_events, max_items)
+    if items <= max_items and events <= max_events:
+        assert refusal is None
+        return
+    assert refusal is not None and refusal.ends_stream
+    error = refusal.error()
+    assert ("more than" in str(error)) and error.field in ("more", "request"), error
 
 
 @settings(max_examples=300, deadline=None, database=None)
 @given(data=st.binary(max_size=200), max_events=st.integers(1, 5))
-def test_the_wire_scan_never_refuses_what_the_decoder_accepts_within_the_limit(
+def test_on_random_bytes_the_scans_refuse_only_what_is_over_the_limits(
     data: bytes, max_events: int
 ) -> None:
-    """Random bytes: where they decode, a count refusal means too many events."""
-    batch = BATCHES["AppendRequest"]
+    """Where random bytes decode, a refusal means too many events or items."""
     try:
-        decoded = pb.AppendRequest.FromString(data)
+        append = pb.AppendRequest.FromString(data)
+    except Exception:
+        pass
+    else:
+        refused = scan_append(data, max_events, 1 << 20)
+        assert (refused is not None) == (len(append.events) > max_events), refused
+    try:
+        stream = pb.AppendStreamRequest.FromString(data)
     except Exception:
         return
-    refusal = scan_batch(data, batch, max_events, 1 << 20)
-    too_many = len(decoded.events) > max_events
-    assert (refusal is not None) == too_many, (data, refusal and refusal.error())
+    items, events = tally(stream)
+    refused = scan_stream_message(data, max_events, 4)
+    assert (refused is not None) == (items > 4 or events > max_events), refused
+
+
+def test_the_scans_look_at_a_bounded_number_of_fields() -> None:
+    """Millions of unknown fields cost no more than the limit's worth of scanning."""
+    unknown = field(15, 0, varint(1)) * 1_000_000
+    append = field(3, 2, b"\x00") + unknown
+    refused = scan_append(append, 100, 1 << 20)
+    assert refused is not None and "fields" in str(refused.error())
+    refused = scan_stream_message(field(4, 2, b"\x00") + unknown, 100, 4)
+    assert refused is not None and refused.ends_stream and "fields" in str(refused.error())

@@ -368,6 +368,26 @@ async def test_append_stream_rejects_bad_items_and_goes_on(
     assert list(acks[2].positions) == [0]
 
 
+async def test_append_stream_bare_finish_acks_the_event_count(
+    raw_channel: grpc.aio.Channel, thread_id: str
+) -> None:
+    stub = pb_grpc.EventStoreServiceStub(raw_channel)
+    events = [pb.EventEnvelope(event_id=f"e{i}", type="x") for i in range(3)]
+    requests = [
+        pb.AppendStreamRequest(request_id=1, thread_id=thread_id, turn=1, events=events[:2]),
+        pb.AppendStreamRequest(request_id=2, thread_id=thread_id, turn=1, finish_turn=True),
+        pb.AppendStreamRequest(
+            request_id=3, thread_id=thread_id, turn=2, events=events[2:], finish_turn=True
+        ),
+        pb.AppendStreamRequest(request_id=4, thread_id=thread_id, turn=5, finish_turn=True),
+    ]
+    acks = [ack async for ack in stub.AppendStream(iter(requests))]
+    assert [ack.request_id for ack in acks] == [1, 2, 3, 4]
+    assert [ack.HasField("event_count") for ack in acks] == [False, True, False, True]
+    assert [acks[1].event_count, acks[3].event_count] == [2, 0]
+    assert [list(ack.positions) for ack in acks] == [[0, 1], [], [2], []]
+
+
 @pytest.fixture
 async def raw_channel(daemon: Daemon) -> object:
     async with grpc.aio.insecure_channel(daemon.target) as channel:

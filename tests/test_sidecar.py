@@ -86,7 +86,8 @@ async def test_metrics_count_rpcs_commits_and_followers(data_dir: Path) -> None:
     first = daemon.start()
     host, port = first["metrics"].rsplit(":", 1)
     assert host == "127.0.0.1" and int(port) > 0
-    async with TurnstoreClient(daemon.target) as client:
+    # Unary appends: each is one Append RPC in the per-method counters.
+    async with TurnstoreClient(daemon.target, write_mode="unary") as client:
         await client.events.append("t", 1, delta("a"))
         with pytest.raises(InvalidArgumentError):
             await client.events.append("x" * 300, 1, delta("a"))
@@ -161,6 +162,10 @@ async def test_tls_and_mutual_tls(data_dir: Path, tmp_path: Path, ca: trustme.CA
     daemon.start()
     async with TurnstoreClient(daemon.target, tls=ClientTls(ca_file)) as client:
         assert await client.events.append("t", 1, delta("over tls")) == 0
+    # The CA as a str path, or as PEM bytes, works the same.
+    for ca_source in (str(ca_file), ca.cert_pem.bytes()):
+        async with TurnstoreClient(daemon.target, tls=ClientTls(ca_source)) as client:
+            assert await client.events.event_count("t") == 1
     async with TurnstoreClient(daemon.target, retry=None, timeout=5) as plain:
         with pytest.raises(UnavailableError):
             await plain.events.event_count("t")

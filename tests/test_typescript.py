@@ -2,21 +2,31 @@
 
 The session installs the client's npm packages into clients/typescript/node_modules
 when they are missing (with a throw-away npm cache), builds it with tsc, and runs its
-node:test program against a daemon of its own. Python writes a thread and a
-snapshot that the TypeScript program must read back exactly; the program writes a
-thread and a snapshot that Python then reads back here.
+node:test program against a daemon of its own, once per write mode (appends over the
+shared AppendStream, and unary calls). Python writes a thread and a snapshot that the
+TypeScript program must read back exactly; the program writes a thread and a snapshot
+that Python then reads back here. Two driver programs, run and driven line by line
+from here, cover the shared stream under a daemon that goes away:
+test/restart-driver.ts appends from many callers while the daemon is restarted
+under it, test/deadline-driver.ts lets one write run out its deadline while the
+daemon is frozen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import queue
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +34,18 @@ from typing import Any
 import pytest
 
 from tests.daemon import Daemon
-from turnstore import AgentEventEnvelope, ConversationSnapshot, TurnstoreClient
+from turnstore import (
+    AgentEventEnvelope,
+    ConversationSnapshot,
+    StoredEvent,
+    TurnFinished,
+    TurnstoreClient,
+)
 
 TS_DIR = Path(__file__).resolve().parent.parent / "clients" / "typescript"
 TEST_PROGRAM = "dist/test/client.test.js"
+RESTART_DRIVER = "dist/test/restart-driver.js"
+DEADLINE_DRIVER = "dist/test/deadline-driver.js"
 MIN_NODE_MAJOR = 20
 
 
@@ -158,8 +176,9 @@ async def _read_typescript_side(
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("write_mode", ["stream", "unary"])
 def test_typescript_client_against_daemon(
-    typescript_build: Path, node_env: dict[str, str], tmp_path: Path
+    typescript_build: Path, node_env: dict[str, str], tmp_path: Path, write_mode: str
 ) -> None:
     interop: dict[str, Any] = {
         "python_thread": f"py-{uuid.uuid4()}",
@@ -187,6 +206,7 @@ def test_typescript_client_against_daemon(
             **node_env,
             "TURNSTORE_TARGET": daemon.target,
             "TURNSTORE_INTEROP": json.dumps(interop),
+            "TURNSTORE_WRITE_MODE": write_mode,
         }
         result = _run(
             ["node", "--test", "--test-reporter=tap", str(typescript_build)], env, timeout=120
@@ -199,6 +219,9 @@ def test_typescript_client_against_daemon(
         assert re.search(r"^\s*ok \d+ - reads what Python wrote$", result.stdout, re.M), (
             result.stdout
         )
+        assert re.search(
+            rf"^\s*ok \d+ - the client writes in {write_mode} mode$", result.stdout, re.M
+        ), result.stdout
         assert [counts.get(key) for key in ("fail", "skipped", "cancelled")] == ["0", "0", "0"], (
             result.stdout
         )
@@ -208,3 +231,159 @@ def test_typescript_client_against_daemon(
     assert status == 0, daemon.log_lines
     assert turns == interop["ts_turns"]
     assert snapshot == interop["ts_snapshot"]
+
+
+class _Driver:
+    """A driver program's process: JSON lines from its stdout, lines to its stdin."""
+
+    def __init__(self, program: Path, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            ["node", str(program)],
+            cwd=TS_DIR,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def expect(self, phase: str, timeout: float) -> dict[str, Any]:
+        """The next message; fails the test unless it is ``phase`` within ``timeout`` s."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"the driver said nothing for {timeout} s (waiting for {phase!r})")
+        if line is None:
+            self.process.wait(timeout=10)
+            assert self.process.stderr is not None
+            pytest.fail(
+                f"the driver exited ({self.process.returncode}): {self.process.stderr.read()}"
+            )
+        message: dict[str, Any] = json.loads(line)
+        assert message.get("phase") == phase, message
+        return message
+
+    def send(self, line: str) -> None:
+        """Write a line; if the driver has exited, the next :meth:`expect` says why."""
+        assert self.process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.process.stdin.write(line + "\n")
+            self.process.stdin.flush()
+
+    def finish(self) -> int:
+        """Close its stdin and reap it (killing it if it hangs)."""
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self.process.stdin.close()
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(timeout=10)
+
+
+async def _stored(target: str, thread: str) -> tuple[list[tuple[str, int]], dict[int, int]]:
+    """Every stored event of ``thread`` as (event id, position), and each finished turn's count."""
+    events: list[tuple[str, int]] = []
+    finished: dict[int, int] = {}
+    async with TurnstoreClient(target) as client:
+        await client.wait_ready()
+        async for item in client.events.replay(thread):
+            if isinstance(item, StoredEvent):
+                events.append((item.envelope.event_id, item.position))
+            elif isinstance(item, TurnFinished):
+                finished[item.turn] = item.event_count
+    return events, finished
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_typescript_appends_survive_a_daemon_restart(
+    typescript_build: Path, node_env: dict[str, str], tmp_path: Path, stop_signal: int
+) -> None:
+    """Callers of one TS client keep appending while the daemon is killed (or
+    stopped) and started again on the same data directory and socket: the
+    shared stream is reopened, what it had not acknowledged is resent, and
+    every acknowledged event is stored exactly once, where its call said."""
+    thread = f"ts-restart-{uuid.uuid4()}"
+    daemon = Daemon(tmp_path / "data")
+    daemon.start()
+    driver = _Driver(
+        typescript_build.parent / Path(RESTART_DRIVER).name,
+        {**node_env, "TURNSTORE_TARGET": daemon.target, "TURNSTORE_THREAD": thread},
+    )
+    try:
+        driver.expect("ready", timeout=60)
+        status = daemon.stop(stop_signal)
+        assert status == (-signal.SIGKILL if stop_signal == signal.SIGKILL else 0), status
+        daemon.start()  # the same data directory and socket
+        driver.send("restarted")
+        done = driver.expect("done", timeout=90)
+        assert driver.finish() == 0
+        events, finished = asyncio.run(_stored(daemon.target, thread))
+    finally:
+        driver.finish()
+        daemon.stop()
+    acked: dict[str, int] = done["acked"]
+    assert done["streams"] >= 2, "the stream was not reopened"
+    assert done["inFlightAtRestart"] > 0, done
+    duplicates = [event_id for event_id, n in Counter(i for i, _ in events).items() if n > 1]
+    assert duplicates == []
+    # Every call succeeded, so everything sent was acknowledged: stored == acked, exactly.
+    assert dict(events) == acked
+    assert sorted(acked.values()) == list(range(len(acked)))
+    counts = {int(turn): count for turn, count in done["counts"].items()}
+    assert finished == counts
+    assert sum(counts.values()) == len(acked)
+    assert len(counts) > 8, "the callers went on to later turns"
+
+
+@pytest.mark.timeout(120)
+def test_typescript_write_past_its_deadline_fails_alone(
+    typescript_build: Path, node_env: dict[str, str], tmp_path: Path
+) -> None:
+    """With the daemon frozen, one write over the shared stream runs out its
+    deadline (DeadlineExceededError); writes sent after it on the same stream
+    succeed once the daemon is thawed, and the late write is still stored."""
+    thread = f"ts-deadline-{uuid.uuid4()}"
+    daemon = Daemon(tmp_path / "data")
+    daemon.start()
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    driver = _Driver(
+        TS_DIR / DEADLINE_DRIVER,
+        {**node_env, "TURNSTORE_TARGET": daemon.target, "TURNSTORE_THREAD": thread},
+    )
+    try:
+        driver.expect("ready", timeout=60)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            driver.send("frozen")
+            expired = driver.expect("expired", timeout=30)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        done = driver.expect("done", timeout=30)
+        assert driver.finish() == 0
+        events, finished = asyncio.run(_stored(daemon.target, thread))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        driver.finish()
+        daemon.stop()
+    assert expired["lateError"] == "DeadlineExceededError", expired
+    assert expired["waitedMs"] >= 1_400, expired  # the client's timeoutMs, not earlier
+    assert done["streams"] == 1, "the expired write did not tear the stream down"
+    assert done["afterPositions"] == [2]
+    assert done["finishCount"] == 0
+    # The late write was sent before its deadline passed, so it was committed.
+    ids = [event_id for event_id, _ in events]
+    assert ids[1:] == [done["lateId"], done["afterId"]]
+    assert [position for _, position in events] == [0, 1, 2]
+    assert finished == {2: 0}

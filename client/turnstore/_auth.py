@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,23 +48,45 @@ def bearer_token_interceptors(token: str) -> list[Any]:
     return [kind(token) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
 
 
+PemSource = str | os.PathLike[str] | bytes
+"""A PEM file's path (``str`` or ``Path``), or the PEM data itself as ``bytes``."""
+
+
+def _pem(source: PemSource | None, name: str) -> bytes | None:
+    if source is None:
+        return None
+    if isinstance(source, bytes):
+        if b"-----BEGIN" not in source:
+            raise ValueError(f"ClientTls.{name}: bytes must be PEM data (-----BEGIN ...)")
+        return source
+    if isinstance(source, str | os.PathLike):
+        return Path(source).read_bytes()
+    raise TypeError(f"ClientTls.{name}: a path (str or Path) or PEM bytes, not {source!r}")
+
+
 @dataclass(frozen=True)
 class ClientTls:
     """TLS for a TCP target: the CA that signed the daemon's certificate, and,
-    for mutual TLS, this client's certificate chain and key (PEM files).
+    for mutual TLS, this client's certificate chain and key.
 
-    ``server_name`` overrides the name checked against the certificate.
+    Each is a PEM file's path (``str`` or ``Path``) or the PEM data as
+    ``bytes``. ``server_name`` overrides the name checked against the
+    certificate.
     """
 
-    ca: Path
-    cert: Path | None = None
-    key: Path | None = None
+    ca: PemSource
+    cert: PemSource | None = None
+    key: PemSource | None = None
     server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("ClientTls: cert and key go together (mutual TLS)")
 
     def credentials(self) -> grpc.ChannelCredentials:
         """Channel credentials; raises OSError for unreadable files."""
         return grpc.ssl_channel_credentials(
-            root_certificates=self.ca.read_bytes(),
-            private_key=self.key.read_bytes() if self.key else None,
-            certificate_chain=self.cert.read_bytes() if self.cert else None,
+            root_certificates=_pem(self.ca, "ca"),
+            private_key=_pem(self.key, "key"),
+            certificate_chain=_pem(self.cert, "cert"),
         )

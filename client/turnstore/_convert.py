@@ -2,56 +2,96 @@
 
 from __future__ import annotations
 
-import json
+import gc
+from collections.abc import Iterable
 from typing import Final
 
+from turnstore import _json
 from turnstore.errors import EventFormatError
 from turnstore.models import AgentEventEnvelope
 from turnstore.v1 import turnstore_pb2 as pb
 
 JSON: Final = "application/json"
 
-
-# One encoder for all calls: json.dumps with options builds a new one each time.
-_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_new = object.__new__
+_set = object.__setattr__
 
 
 def fill_envelope(message: pb.EventEnvelope, envelope: AgentEventEnvelope) -> pb.EventEnvelope:
     """Write an envelope's wire form into ``message`` (e.g. ``request.events.add()``).
 
     Header fields are typed; the event's other fields become a JSON body.
-    Raises EventFormatError for fields that JSON or UTF-8 cannot encode.
+    Raises EventFormatError, naming the key path, for a value strict JSON
+    cannot carry (NaN, a non-string key, bytes, a datetime, ...).
     """
-    body = dict(envelope.event)
-    event_type = body.pop("type")
+    event = envelope.event
+    body = {key: value for key, value in event.items() if key != "type"}
     try:
-        message.body = _encode_json(body).encode()
+        message.body = _json.dumps(body, "event")
+    except _json.NotJsonError as error:
+        raise EventFormatError(f"event {envelope.event_id!r} cannot be stored: {error}") from None
+    try:
         message.event_id = envelope.event_id
-        message.sequence = envelope.sequence
         message.timestamp = envelope.timestamp
-        message.type = event_type
-    except (TypeError, ValueError) as error:  # unserialisable values, lone surrogates
+        message.type = event["type"]
+    except (TypeError, ValueError) as error:  # lone surrogates
         raise EventFormatError(f"envelope cannot be encoded: {error}") from error
+    message.sequence = envelope.sequence
     message.content_type = JSON
     return message
 
 
 def envelope_from_proto(message: pb.EventEnvelope) -> AgentEventEnvelope:
-    """The envelope of a wire message; raises EventFormatError for a non-JSON body."""
-    if message.content_type not in ("", JSON):
+    """The envelope of a wire message; raises EventFormatError for a non-JSON body.
+
+    The fast path of every read: the daemon checked the header on write, so
+    the envelope is built without :class:`AgentEventEnvelope`'s checks.
+    """
+    content_type = message.content_type
+    if content_type != JSON and content_type:
         raise EventFormatError(
             f"event {message.event_id!r} is encoded as {message.content_type!r}; "
             "this client reads only application/json"
         )
+    data = message.body
     try:
-        body = json.loads(message.body) if message.body else {}
+        body = _json.loads(data) if data else {}
     except ValueError as error:
         raise EventFormatError(f"event {message.event_id!r} has invalid JSON: {error}") from error
-    if not isinstance(body, dict):
+    if type(body) is not dict:
         raise EventFormatError(f"event {message.event_id!r} body is not a JSON object")
-    return AgentEventEnvelope(
-        message.event_id, message.sequence, message.timestamp, {"type": message.type, **body}
+    event = {"type": message.type}
+    event.update(body)
+    envelope: AgentEventEnvelope = _new(AgentEventEnvelope)
+    _set(
+        envelope,
+        "__dict__",
+        {
+            "event_id": message.event_id,
+            "sequence": message.sequence,
+            "timestamp": message.timestamp,
+            "event": event,
+        },
     )
+    return envelope
+
+
+def envelopes_from_protos(messages: Iterable[pb.StoredEvent]) -> list[AgentEventEnvelope]:
+    """The envelopes of a message's stored events, decoded in one go.
+
+    The cyclic garbage collector is held off while they are built: each
+    envelope allocates a few containers, and without this a read of many
+    events triggers a collection every few hundred of them, which walks
+    every young object again (a third of the decoding time). What is built
+    here is acyclic, and nothing else runs meanwhile: this loop never awaits.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return [envelope_from_proto(message.envelope) for message in messages]
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class StoredEvent:
@@ -95,4 +135,13 @@ class StoredEvent:
         return self._envelope
 
     def __repr__(self) -> str:
-        return f"StoredEvent(position={self.position}, turn={self.turn}, {self.envelope!r})"
+        # Never decodes: printing an event with a broken body must not raise.
+        if self._envelope is not None:
+            event_id, event_type = self._envelope.event_id, self._envelope.type
+        else:
+            assert self.message is not None
+            event_id, event_type = self.message.envelope.event_id, self.message.envelope.type
+        return (
+            f"StoredEvent(position={self.position}, turn={self.turn}, "
+            f"event_id={event_id!r}, type={event_type!r})"
+        )

@@ -77,5 +77,17 @@ _CODES_BY_NUMBER: Final = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def error_from_item(code: int, reason: str, message: str) -> errors.TurnstoreError:
-    """The turnstore exception for a rejected AppendStream item."""
-    return error_from_status(_CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN), reason, message)
+    """The turnstore exception for a rejected AppendStream item.
+
+    Its ``__cause__`` is the ``grpc.aio.AioRpcError`` the unary call would
+    have failed with, so stream and unary errors look the same.
+    """
+    status = _CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+    mapped = error_from_status(status, reason, message)
+    mapped.__cause__ = grpc.aio.AioRpcError(
+        status,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata((ERROR_METADATA_KEY, reason)),
+        message,
+    )
+    return mapped

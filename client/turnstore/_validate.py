@@ -29,3 +29,33 @@ def check_turn(turn: int, name: str = "turn") -> None:
 def check_offset(offset: int) -> None:
     """Raise InvalidArgumentError for an offset outside 0..2**64-1."""
     check_turn(offset, "offset")
+
+
+_TARGET_HELP = "a target is HOST:PORT (127.0.0.1:7070, [::1]:7070, localhost:7070) or unix:PATH"
+
+
+def check_target(target: str) -> None:
+    """Raise InvalidArgumentError unless ``target`` is ``HOST:PORT`` or ``unix:PATH``.
+
+    Checked before the first call, so a typo fails at once with a message
+    saying what a target looks like, not seconds later with a transport error.
+    """
+    if not isinstance(target, str) or not target.strip():
+        raise InvalidArgumentError(f"target: must not be empty; {_TARGET_HELP}")
+    if target.startswith("unix:"):
+        if not target[len("unix:") :]:
+            raise InvalidArgumentError("target: unix: needs a socket path, e.g. unix:/run/ts.sock")
+        return
+    scheme, sep, _ = target.partition("://")
+    if sep and scheme.isalpha():
+        raise InvalidArgumentError(
+            f"target {target!r}: gRPC targets take no {scheme}:// scheme (turnstore speaks gRPC, "
+            f"not HTTP; for TLS pass tls=ClientTls(...)); {_TARGET_HELP}"
+        )
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or (":" in host and not (host.startswith("[") and host.endswith("]"))):
+        raise InvalidArgumentError(f"target {target!r} has no port; {_TARGET_HELP}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise InvalidArgumentError(
+            f"target {target!r}: the port must be a number from 1 to 65535; {_TARGET_HELP}"
+        )

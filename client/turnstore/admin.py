@@ -18,8 +18,8 @@ import grpc
 
 from turnstore import transfer
 from turnstore._convert import JSON, StoredEvent
+from turnstore._retry import NO_RETRY, RetryPolicy, call_with_retry
 from turnstore._status import mapped_stream
-from turnstore.client import NO_RETRY, RetryPolicy, _call
 from turnstore.errors import TurnAlreadyFinishedError, TurnstoreError
 from turnstore.streams import Replay, ThreadCleared, TurnFinished, replay_request
 from turnstore.v1 import turnstore_pb2 as pb
@@ -152,7 +152,7 @@ class GrpcAdmin:
 
     async def stats(self) -> DaemonStats:
         """The daemon's counters and what its database holds."""
-        response = await _call(
+        response = await call_with_retry(
             lambda: self._admin.GetStats(pb.GetStatsRequest(), timeout=self._timeout), self._retry
         )
         return DaemonStats.from_proto(response)
@@ -171,7 +171,9 @@ class GrpcAdmin:
         bounds the whole copy (None: no deadline).
         """
         request = pb.BackupRequest(dest_dir=dest_dir)
-        response = await _call(lambda: self._admin.Backup(request, timeout=timeout), NO_RETRY)
+        response = await call_with_retry(
+            lambda: self._admin.Backup(request, timeout=timeout), NO_RETRY
+        )
         return BackupResult(response.dest_dir, response.bytes_written)
 
     async def list_threads(self, start_after: str = "") -> AsyncIterator[ThreadInfo]:
@@ -195,7 +197,7 @@ class GrpcAdmin:
 
     async def _load(self, key: str) -> pb.Snapshot | None:
         request = pb.LoadRequest(key=key)
-        response = await _call(
+        response = await call_with_retry(
             lambda: self._history.Load(request, timeout=self._timeout), self._retry
         )
         return response.snapshot if response.found else None
@@ -274,7 +276,7 @@ class GrpcAdmin:
                 thread_id=first.thread_id, turn=first.turn, events=[e.envelope for e in batch]
             )
             try:
-                response = await _call(
+                response = await call_with_retry(
                     lambda: self._events.Append(request, timeout=self._timeout), self._retry
                 )
             except TurnstoreError as error:
@@ -327,7 +329,7 @@ class GrpcAdmin:
     async def _finish(self, line: transfer.FinishLine, report: ImportReport) -> None:
         request = pb.FinishTurnRequest(thread_id=line.thread_id, turn=line.turn)
         try:
-            await _call(
+            await call_with_retry(
                 lambda: self._events.FinishTurn(request, timeout=self._timeout), self._retry
             )
         except TurnAlreadyFinishedError:
@@ -346,5 +348,7 @@ class GrpcAdmin:
             report.snapshots_unchanged += 1
             return
         request = pb.SaveRequest(key=line.key, data=line.data, content_type=content_type)
-        await _call(lambda: self._history.Save(request, timeout=self._timeout), self._retry)
+        await call_with_retry(
+            lambda: self._history.Save(request, timeout=self._timeout), self._retry
+        )
         report.snapshots_saved += 1

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from turnstore import _json
 from turnstore.admin_cli import add_admin_commands, run_admin_command
 from turnstore.client import DEFAULT_TARGET, StoredEvent, TurnstoreClient
 from turnstore.errors import TurnstoreError
@@ -203,6 +204,13 @@ def _parser() -> argparse.ArgumentParser:
         help="connections open at once; more are closed at once",
     )
     ingress.add(
+        "--max-events-per-stream-message",
+        type=int,
+        default=200_000,
+        help="events one AppendStream message may carry in all its items (each item is "
+        "held to --max-events-per-append); a message over it ends the stream",
+    )
+    ingress.add(
         "--large-decodes",
         type=int,
         default=2,
@@ -322,6 +330,7 @@ def _serve(args: argparse.Namespace) -> int:
                 max_streams_per_connection=args.max_streams_per_connection,
                 max_connections=args.max_connections,
                 large_decodes=args.large_decodes,
+                max_events_per_stream_message=args.max_events_per_stream_message,
             ),
         )
         asyncio.run(serve(config))
@@ -336,9 +345,9 @@ def _format_item(item: ReplayItem, as_json: bool) -> str:
         if as_json:
             record = {"position": item.position, "turn": item.turn}
             record.update(item.envelope.to_json_dict())
-            return json.dumps(record, ensure_ascii=False)
+            return _json.dumps(record).decode()
         fields = {k: v for k, v in item.envelope.event.items() if k != "type"}
-        body = json.dumps(fields, ensure_ascii=False)
+        body = _json.dumps(fields).decode()
         return f"#{item.position} turn {item.turn} {item.envelope.type} {body}"
     if isinstance(item, TurnFinished):
         if as_json:

@@ -11,19 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import grpc
 
 from turnstore._auth import ClientTls, bearer_token_interceptors
-from turnstore._convert import JSON, StoredEvent, envelope_from_proto, fill_envelope
-from turnstore._status import error_from_rpc, mapped_stream
-from turnstore._validate import check_offset, check_text, check_thread_id, check_turn
-from turnstore.errors import SnapshotFormatError, TurnAlreadyFinishedError, UnavailableError
+from turnstore._convert import JSON, StoredEvent, envelopes_from_protos, fill_envelope
+from turnstore._retry import NO_RETRY, RetryPolicy, call_with_retry
+from turnstore._shared_stream import SharedAppendStream
+from turnstore._status import mapped_stream
+from turnstore._validate import (
+    check_offset,
+    check_target,
+    check_text,
+    check_thread_id,
+    check_turn,
+)
+from turnstore.errors import (
+    InvalidArgumentError,
+    SnapshotFormatError,
+    TurnAlreadyFinishedError,
+    UnavailableError,
+)
 from turnstore.models import AgentEventEnvelope, ConversationSnapshot, StoredTurnEvents
 from turnstore.streams import EventAppender, Replay, replay_request
 from turnstore.v1 import turnstore_pb2 as pb
@@ -44,62 +56,23 @@ __all__ = [
 
 T = TypeVar("T")
 
+
+class _ClientDefault:
+    """The type of :data:`CLIENT_DEFAULT`."""
+
+    def __repr__(self) -> str:
+        return "CLIENT_DEFAULT"
+
+
+# A call's ``timeout`` when it is not given: the client's ``timeout``.
+CLIENT_DEFAULT: Final = _ClientDefault()
+
+WriteMode = Literal["stream", "unary"]
+WRITE_MODES: Final = ("stream", "unary")
+
 DEFAULT_TARGET: Final = "127.0.0.1:7070"
 # Matches the daemon's limit, so large turns and snapshots come through.
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How calls that fail with UnavailableError are retried.
-
-    ``attempts`` counts the first try; delays double from ``initial_backoff``
-    up to ``max_backoff`` seconds, each with up to 50% random jitter. Retries
-    are safe because appends are idempotent by event id; a save with an
-    expected version and streaming reads in progress are never retried.
-    """
-
-    attempts: int = 6
-    initial_backoff: float = 0.1
-    max_backoff: float = 2.0
-
-    def delays(self) -> list[float]:
-        """The pauses before the second, third, ... attempt."""
-        return [
-            min(self.initial_backoff * 2**n, self.max_backoff) * (1 + random.random() / 2)
-            for n in range(max(self.attempts - 1, 0))
-        ]
-
-
-NO_RETRY: Final = RetryPolicy(attempts=1)
-
-
-async def _call(
-    make_call: Callable[[], Awaitable[T]],
-    retry: RetryPolicy = NO_RETRY,
-    done_if_retry_finds: tuple[type[Exception], T] | None = None,
-) -> T:
-    """Run a call, mapping gRPC errors; retry it while the daemon is unavailable.
-
-    With ``done_if_retry_finds=(error_class, result)``, a retry that fails with
-    ``error_class`` returns ``result``: the earlier attempt may have
-    committed, and this is what its success looks like now.
-    """
-    retrying = False
-    for delay in [*retry.delays(), None]:
-        try:
-            return await make_call()
-        except grpc.aio.AioRpcError as error:
-            mapped = error_from_rpc(error)
-            if retrying and done_if_retry_finds is not None:
-                error_class, result = done_if_retry_finds
-                if isinstance(mapped, error_class):
-                    return result
-            if delay is None or not isinstance(mapped, UnavailableError):
-                raise mapped from error
-        retrying = True
-        await asyncio.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class GrpcEventStore:
@@ -114,74 +87,139 @@ class GrpcEventStore:
         stub: pb_grpc.EventStoreServiceStub,
         timeout: float | None,
         retry: RetryPolicy,
+        write_mode: WriteMode = "stream",
+        open_append_stream: Callable[[], Any] | None = None,
     ) -> None:
         self._stub = stub
+        self._open_append_stream = open_append_stream
         self._timeout = timeout
         self._retry = retry
+        self.write_mode: WriteMode = write_mode
+        self._shared: SharedAppendStream | None = None
 
-    async def append(self, thread_id: str, turn: int, envelope: AgentEventEnvelope) -> int:
-        """Store ``envelope`` at the end of ``turn``; return its position in the thread."""
-        return (await self.append_many(thread_id, turn, [envelope]))[0]
+    def _deadline(self, timeout: float | _ClientDefault | None) -> float | None:
+        return self._timeout if isinstance(timeout, _ClientDefault) else timeout
+
+    async def append(
+        self,
+        thread_id: str,
+        turn: int,
+        envelope: AgentEventEnvelope,
+        *,
+        timeout: float | _ClientDefault | None = CLIENT_DEFAULT,
+    ) -> int:
+        """Store ``envelope`` at the end of ``turn``; return its position in the thread.
+
+        Raises TurnFinishedError when the turn is finished, EventIdConflictError
+        when its event id is stored in another turn. An envelope whose event id
+        is already stored in this turn is not stored again: its original
+        position is returned. ``timeout`` overrides the client's deadline for
+        this call (None: none); past it, DeadlineExceededError is raised and
+        the append may still take effect.
+        """
+        return (await self.append_many(thread_id, turn, [envelope], timeout=timeout))[0]
 
     async def append_many(
-        self, thread_id: str, turn: int, envelopes: list[AgentEventEnvelope]
+        self,
+        thread_id: str,
+        turn: int,
+        envelopes: Sequence[AgentEventEnvelope],
+        *,
+        timeout: float | _ClientDefault | None = CLIENT_DEFAULT,
     ) -> list[int]:
         """Store ``envelopes`` at the end of ``turn`` atomically; return their positions.
 
         Either all are stored or none is. Raises InvalidArgumentError for an
-        empty list.
+        empty list. ``timeout`` is as in :meth:`append`.
         """
+        deadline = self._deadline(timeout)
         check_thread_id(thread_id)
         check_turn(turn)
+        if not envelopes:
+            raise InvalidArgumentError("events: must hold at least one event")
+        if self.write_mode == "stream":
+            item = pb.AppendStreamRequest(thread_id=thread_id, turn=turn)
+            add_to_item = item.events.add
+            for envelope in envelopes:
+                fill_envelope(add_to_item(), envelope)
+            return await self._shared_stream().send(item, deadline)
         request = pb.AppendRequest(thread_id=thread_id, turn=turn)
         add = request.events.add
         for envelope in envelopes:
             fill_envelope(add(), envelope)
-        response = await _call(
-            lambda: self._stub.Append(request, timeout=self._timeout), self._retry
+        response = await call_with_retry(
+            lambda: self._stub.Append(request, timeout=deadline), self._retry
         )
         return list(response.positions)
 
-    async def finish_turn(self, thread_id: str, turn: int) -> None:
-        """Close ``turn``. A turn never appended to becomes an empty finished turn."""
+    async def finish_turn(
+        self,
+        thread_id: str,
+        turn: int,
+        *,
+        timeout: float | _ClientDefault | None = CLIENT_DEFAULT,
+    ) -> None:
+        """Close ``turn``. A turn never appended to becomes an empty finished turn.
+
+        Raises TurnAlreadyFinishedError when the turn is already finished
+        (but not when a retry of this call finds it finished by its own
+        earlier attempt). ``timeout`` is as in :meth:`append`.
+        """
+        deadline = self._deadline(timeout)
         check_thread_id(thread_id)
         check_turn(turn)
+        if self.write_mode == "stream":
+            item = pb.AppendStreamRequest(thread_id=thread_id, turn=turn, finish_turn=True)
+            await self._shared_stream().send(item, deadline)
+            return
         request = pb.FinishTurnRequest(thread_id=thread_id, turn=turn)
         # The finish may have committed before the daemon went away, so a
         # retry that finds the turn finished is this call's own success.
-        await _call(
-            lambda: self._stub.FinishTurn(request, timeout=self._timeout),
+        await call_with_retry(
+            lambda: self._stub.FinishTurn(request, timeout=deadline),
             self._retry,
             (TurnAlreadyFinishedError, pb.FinishTurnResponse()),
         )
+
+    def _shared_stream(self) -> SharedAppendStream:
+        if self._shared is None:
+            if self._open_append_stream is None:
+                raise RuntimeError("this GrpcEventStore was made without an append stream")
+            self._shared = SharedAppendStream(self._open_append_stream, self._retry)
+        return self._shared
+
+    async def aclose(self) -> None:
+        """Close the shared append stream; calls waiting on it fail with UnavailableError."""
+        if self._shared is not None:
+            await self._shared.close()
 
     async def get_turn(self, thread_id: str, turn: int) -> StoredTurnEvents | None:
         """The turn, or None for an unknown thread or turn."""
         check_thread_id(thread_id)
         check_turn(turn)
         request = pb.GetTurnRequest(thread_id=thread_id, turn=turn)
-        response = await _call(
+        response = await call_with_retry(
             lambda: self._stub.GetTurn(request, timeout=self._timeout), self._retry
         )
         if not response.found:
             return None
         return StoredTurnEvents(
             response.turn.turn,
-            [envelope_from_proto(event.envelope) for event in response.turn.events],
+            envelopes_from_protos(response.turn.events),
             response.turn.finished,
         )
 
     async def get_turns(self, thread_id: str) -> list[StoredTurnEvents]:
         """Every turn in ascending turn order; empty for an unknown thread."""
         check_thread_id(thread_id)
-        return await _call(lambda: self._list_turns(thread_id), self._retry)
+        return await call_with_retry(lambda: self._list_turns(thread_id), self._retry)
 
     async def _list_turns(self, thread_id: str) -> list[StoredTurnEvents]:
         turns: list[StoredTurnEvents] = []
         call = self._stub.ListTurns(pb.ListTurnsRequest(thread_id=thread_id), timeout=self._timeout)
         async for message in call:
             piece = message.turn
-            events = [envelope_from_proto(event.envelope) for event in piece.events]
+            events = envelopes_from_protos(piece.events)
             if turns and turns[-1].turn == piece.turn:
                 turns[-1].events.extend(events)
             else:
@@ -192,7 +230,7 @@ class GrpcEventStore:
         """Remove everything of the thread; a no-op for an unknown thread."""
         check_thread_id(thread_id)
         request = pb.ClearRequest(thread_id=thread_id)
-        await _call(lambda: self._stub.Clear(request, timeout=self._timeout), self._retry)
+        await call_with_retry(lambda: self._stub.Clear(request, timeout=self._timeout), self._retry)
 
     async def get_events(self, thread_id: str) -> list[AgentEventEnvelope]:
         """All envelopes, turn by turn in ascending order, each turn in append order."""
@@ -202,16 +240,30 @@ class GrpcEventStore:
         """The number of envelopes in the thread (0 for an unknown thread)."""
         check_thread_id(thread_id)
         request = pb.EventCountRequest(thread_id=thread_id)
-        response = await _call(
+        response = await call_with_retry(
             lambda: self._stub.EventCount(request, timeout=self._timeout), self._retry
         )
         return int(response.count)
 
     async def get_events_since(self, thread_id: str, offset: int) -> list[AgentEventEnvelope]:
-        """The envelopes of :meth:`get_events` after its first ``offset``."""
-        return [
-            stored.envelope async for stored in self.read_events(thread_id, offset, order="turn")
-        ]
+        """The envelopes of :meth:`get_events` after its first ``offset``.
+
+        The read covers the events committed when it started; it raises
+        ThreadClearedError if the thread is cleared while it runs.
+        """
+        check_thread_id(thread_id)
+        check_offset(offset)
+        request = pb.ReadEventsRequest(
+            thread_id=thread_id, offset=offset, order=pb.EVENT_ORDER_TURN
+        )
+
+        async def read() -> list[AgentEventEnvelope]:
+            envelopes: list[AgentEventEnvelope] = []
+            async for message in self._stub.ReadEvents(request, timeout=self._timeout):
+                envelopes += envelopes_from_protos(message.events)
+            return envelopes
+
+        return await call_with_retry(read, self._retry)
 
     async def read_events(
         self, thread_id: str, offset: int = 0, *, order: str = "commit"
@@ -333,17 +385,16 @@ class GrpcHistoryStore:
         nothing changes. Such a save is not retried on UnavailableError, as
         its first attempt may have committed.
         """
-        try:
-            data = snapshot.to_json().encode()
-        except (TypeError, ValueError) as error:
-            raise SnapshotFormatError(f"snapshot cannot be encoded as JSON: {error}") from error
+        data = snapshot.to_json_bytes()
         request = pb.SaveRequest(key=self.key, data=data, content_type=JSON)
         retry = self._retry
         if expected_version is not None:
             check_turn(expected_version, "expected_version")
             request.expected_version = expected_version
             retry = NO_RETRY
-        response = await _call(lambda: self._stub.Save(request, timeout=self._timeout), retry)
+        response = await call_with_retry(
+            lambda: self._stub.Save(request, timeout=self._timeout), retry
+        )
         return int(response.version)
 
     async def load(self) -> ConversationSnapshot | None:
@@ -365,7 +416,9 @@ class GrpcHistoryStore:
         if version is not None:
             check_turn(version, "version")
             request.version = version
-        response = await _call(lambda: self._stub.Load(request, timeout=self._timeout), self._retry)
+        response = await call_with_retry(
+            lambda: self._stub.Load(request, timeout=self._timeout), self._retry
+        )
         if not response.found:
             return None
         stored = response.snapshot
@@ -380,7 +433,7 @@ class GrpcHistoryStore:
     async def list_versions(self) -> list[SnapshotVersionInfo]:
         """The kept versions, newest first; empty for an unknown or deleted key."""
         request = pb.ListVersionsRequest(key=self.key)
-        response = await _call(
+        response = await call_with_retry(
             lambda: self._stub.ListVersions(request, timeout=self._timeout), self._retry
         )
         return [
@@ -394,7 +447,7 @@ class GrpcHistoryStore:
         Versions do not restart: the next save gets a higher version.
         """
         request = pb.DeleteRequest(key=self.key)
-        response = await _call(
+        response = await call_with_retry(
             lambda: self._stub.Delete(request, timeout=self._timeout), self._retry
         )
         return int(response.removed_versions)
@@ -403,12 +456,17 @@ class GrpcHistoryStore:
 class TurnstoreClient:
     """A connection to a turnstore daemon; use as ``async with``.
 
-    ``target`` is ``HOST:PORT`` or ``unix:PATH``. ``timeout`` is the
+    ``target`` is ``HOST:PORT`` or ``unix:PATH`` (anything else raises
+    InvalidArgumentError at once, saying what a target looks like). ``timeout`` is the
     deadline in seconds of each unary call and of each whole streaming read
     (None: no deadline). Calls that fail with UnavailableError are retried
     by ``retry`` (default: 6 attempts over about 3 to 5 s), then raise it.
     ``token`` is sent as a bearer token on every call (for a daemon started
     with ``--auth-token-file``); ``tls`` makes a TLS channel to a TCP target.
+    ``write_mode="stream"`` (the default) sends ``events.append``,
+    ``append_many`` and ``finish_turn`` over one append stream shared by
+    every task using this client (faster, and concurrent writers share
+    commits); ``"unary"`` makes each a unary call. Both behave the same.
     Construct it inside a running event loop.
     """
 
@@ -421,7 +479,11 @@ class TurnstoreClient:
         token: str | None = None,
         tls: ClientTls | None = None,
         options: list[tuple[str, Any]] | None = None,
+        write_mode: WriteMode = "stream",
     ) -> None:
+        if write_mode not in WRITE_MODES:
+            raise ValueError(f"write_mode must be 'stream' or 'unary', not {write_mode!r}")
+        check_target(target)
         self.target = target
         channel_options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -449,7 +511,11 @@ class TurnstoreClient:
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self.events = GrpcEventStore(
-            pb_grpc.EventStoreServiceStub(self._channel), timeout, self._retry
+            pb_grpc.EventStoreServiceStub(self._channel),
+            timeout,
+            self._retry,
+            write_mode,
+            SharedAppendStream.open_call_of(self._channel),
         )
         self._history_stub = pb_grpc.HistoryStoreServiceStub(self._channel)
 
@@ -468,7 +534,7 @@ class TurnstoreClient:
         """A HistoryStore bound to the conversation ``key`` (non-empty)."""
         return GrpcHistoryStore(self._history_stub, key, self._timeout, self._retry)
 
-    async def wait_ready(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the channel connects; raise UnavailableError after ``timeout``."""
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout)
@@ -477,6 +543,7 @@ class TurnstoreClient:
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled. Idempotent."""
+        await self.events.aclose()
         await self._channel.close()
 
     async def __aenter__(self) -> TurnstoreClient:

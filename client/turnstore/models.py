@@ -7,32 +7,56 @@ envelope's), :class:`StoredTurnEvents`, and :class:`ConversationSnapshot`.
 
 from __future__ import annotations
 
-import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from turnstore import _json
 from turnstore.errors import EventFormatError, SnapshotFormatError
 
 ENVELOPE_KEYS: Final = ("event_id", "sequence", "timestamp")
 _MAX_U64: Final = (1 << 64) - 1
 
 
+# RFC 3339 date-time (the Rust crate's chrono::DateTime<Utc> writes this form).
+_RFC3339: Final = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
 def _now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-@dataclass(frozen=True)
+def rfc3339(moment: datetime) -> str:
+    """An aware ``datetime`` as RFC 3339 in UTC with ``Z``, as the Rust side writes it.
+
+    Raises EventFormatError for a naive ``datetime`` (its zone is unknown).
+    """
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise EventFormatError("timestamp: a naive datetime has no time zone; pass an aware one")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, init=False)
 class AgentEventEnvelope:
     """One agent event with its envelope header.
 
     ``event`` is the tagged event as a dict whose ``"type"`` key names its
     kind (``"text_delta"``, ...); its other keys are the event's fields.
-    ``sequence`` is the agent's own counter and is not unique. Construction
-    raises :class:`~turnstore.errors.EventFormatError` when ``event`` has no
-    string ``"type"``, when ``event`` uses an envelope key (which the flat
-    JSON form could not tell apart), or when ``sequence`` is not a u64.
+    ``sequence`` is the agent's own counter and is not unique.
+
+    ``event_id`` may be given as a ``uuid.UUID`` and ``timestamp`` as an
+    aware ``datetime`` (stored as RFC 3339 in UTC, ``...Z``); both are kept
+    as strings. Construction raises :class:`~turnstore.errors.EventFormatError`,
+    naming the field, when ``event_id`` is empty or not a string/UUID, when
+    ``timestamp`` is naive or not RFC 3339, when ``sequence`` is not a u64,
+    when ``event`` has no non-empty string ``"type"``, or when ``event`` uses
+    an envelope key (which the flat JSON form could not tell apart). Values
+    inside ``event`` are checked when it is encoded (``to_json``, or an
+    append): strict JSON only.
     """
 
     event_id: str
@@ -40,19 +64,44 @@ class AgentEventEnvelope:
     timestamp: str
     event: dict[str, Any]
 
-    def __post_init__(self) -> None:
-        event_type = self.event.get("type") if isinstance(self.event, dict) else None
-        if not isinstance(event_type, str) or not event_type:
-            raise EventFormatError('event must be a dict with a non-empty string "type"')
-        clashing = [key for key in ENVELOPE_KEYS if key in self.event]
-        if clashing:
-            raise EventFormatError(f"event must not hold envelope keys {clashing}")
+    def __init__(
+        self,
+        event_id: str | uuid.UUID,
+        sequence: int,
+        timestamp: str | datetime,
+        event: dict[str, Any],
+    ) -> None:
+        if isinstance(event_id, uuid.UUID):
+            event_id = str(event_id)
+        elif not isinstance(event_id, str) or not event_id:
+            raise EventFormatError(
+                f"event_id: must be a non-empty string or a uuid.UUID, not {event_id!r}"
+            )
+        if isinstance(timestamp, datetime):
+            timestamp = rfc3339(timestamp)
+        elif not isinstance(timestamp, str) or not _RFC3339.fullmatch(timestamp):
+            raise EventFormatError(
+                f"timestamp: must be an RFC 3339 date-time or an aware datetime, not {timestamp!r}"
+            )
         if (
-            not isinstance(self.sequence, int)
-            or isinstance(self.sequence, bool)
-            or not 0 <= self.sequence <= _MAX_U64
+            not isinstance(sequence, int)
+            or isinstance(sequence, bool)
+            or not 0 <= sequence <= _MAX_U64
         ):
-            raise EventFormatError("sequence must be an integer between 0 and 2**64-1")
+            raise EventFormatError(
+                f"sequence: must be an integer from 0 to 2**64-1, not {sequence!r}"
+            )
+        event_type = event.get("type") if isinstance(event, dict) else None
+        if not isinstance(event_type, str) or not event_type:
+            raise EventFormatError('event: must be a dict with a non-empty string "type"')
+        clashing = [key for key in ENVELOPE_KEYS if key in event]
+        if clashing:
+            raise EventFormatError(f"event: must not hold envelope keys {clashing}")
+        set_field = object.__setattr__
+        set_field(self, "event_id", event_id)
+        set_field(self, "sequence", sequence)
+        set_field(self, "timestamp", timestamp)
+        set_field(self, "event", event)
 
     @property
     def type(self) -> str:
@@ -61,7 +110,7 @@ class AgentEventEnvelope:
 
     @classmethod
     def new(cls, event: dict[str, Any], sequence: int = 0) -> AgentEventEnvelope:
-        """An envelope with a fresh UUID v4 and the current UTC time."""
+        """An envelope with a fresh UUID v4 and the current UTC time (a copy of ``event``)."""
         return cls(str(uuid.uuid4()), sequence, _now_rfc3339(), dict(event))
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -74,8 +123,15 @@ class AgentEventEnvelope:
         }
 
     def to_json(self) -> str:
-        """The flat JSON text of :meth:`to_json_dict`."""
-        return json.dumps(self.to_json_dict(), ensure_ascii=False, separators=(",", ":"))
+        """The flat JSON text of :meth:`to_json_dict`.
+
+        Raises EventFormatError, naming the key path, for a value strict JSON
+        cannot carry (NaN, a non-string key, bytes, a datetime, ...).
+        """
+        try:
+            return _json.dumps(self.to_json_dict(), "envelope").decode()
+        except _json.NotJsonError as error:
+            raise EventFormatError(str(error)) from None
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> AgentEventEnvelope:
@@ -95,7 +151,7 @@ class AgentEventEnvelope:
     def from_json(cls, text: str | bytes) -> AgentEventEnvelope:
         """Parse flat JSON text; raises EventFormatError when malformed."""
         try:
-            data = json.loads(text)
+            data = _json.loads(text)
         except ValueError as error:
             raise EventFormatError(f"envelope is not valid JSON: {error}") from error
         return cls.from_json_dict(data)
@@ -145,8 +201,19 @@ class ConversationSnapshot:
         return {"version": self.version, "messages": self.messages, "pinned": self.pinned}
 
     def to_json(self) -> str:
-        """The JSON text of :meth:`to_json_dict`."""
-        return json.dumps(self.to_json_dict(), ensure_ascii=False, separators=(",", ":"))
+        """The JSON text of :meth:`to_json_dict`; see :meth:`to_json_bytes`."""
+        return self.to_json_bytes().decode()
+
+    def to_json_bytes(self) -> bytes:
+        """The UTF-8 JSON of :meth:`to_json_dict`, as stored.
+
+        Raises SnapshotFormatError, naming the key path, for a value strict
+        JSON cannot carry (NaN, a non-string key, bytes, a datetime, ...).
+        """
+        try:
+            return _json.dumps(self.to_json_dict(), "snapshot")
+        except _json.NotJsonError as error:
+            raise SnapshotFormatError(str(error)) from None
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> ConversationSnapshot:
@@ -162,7 +229,7 @@ class ConversationSnapshot:
     def from_json(cls, text: str | bytes) -> ConversationSnapshot:
         """Parse and validate JSON text; raises SnapshotFormatError."""
         try:
-            data = json.loads(text)
+            data = _json.loads(text)
         except ValueError as error:
             raise SnapshotFormatError(f"snapshot is not valid JSON: {error}") from error
         return cls.from_json_dict(data)

@@ -188,14 +188,9 @@ class EventAppender:
     async def _read_acks(self) -> None:
         try:
             async for response in self._call:
-                future = self._pending.popleft()
-                if future.done():
-                    continue
-                if response.HasField("error"):
-                    error = response.error
-                    future.set_exception(error_from_item(error.code, error.reason, error.message))
-                else:
-                    future.set_result(list(response.positions))
+                self._acknowledge(response)
+                for more in response.more:
+                    self._acknowledge(more)
             failure: TurnstoreError = UnavailableError("the append stream ended")
         except grpc.aio.AioRpcError as error:
             failure = error_from_rpc(error)
@@ -206,6 +201,16 @@ class EventAppender:
             future = self._pending.popleft()
             if not future.done():
                 future.set_exception(failure)
+
+    def _acknowledge(self, response: pb.AppendStreamResponse) -> None:
+        future = self._pending.popleft()
+        if future.done():
+            return
+        if response.HasField("error"):
+            error = response.error
+            future.set_exception(error_from_item(error.code, error.reason, error.message))
+        else:
+            future.set_result(list(response.positions))
 
     async def submit(
         self,
@@ -227,7 +232,9 @@ class EventAppender:
             raise InvalidArgumentError("events: must hold at least one event")
         if self._broken is not None:
             raise self._broken
-        request = pb.AppendStreamRequest(thread_id=thread_id, turn=turn, finish_turn=finish)
+        request = pb.AppendStreamRequest(
+            thread_id=thread_id, turn=turn, finish_turn=finish, acks_in_more=True
+        )
         add = request.events.add
         for envelope in envelopes:
             fill_envelope(add(), envelope)

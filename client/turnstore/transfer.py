@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from turnstore._convert import JSON, envelope_from_proto, fill_envelope
+from turnstore import _json
+from turnstore._convert import JSON, fill_envelope
 from turnstore.errors import EventFormatError, TurnstoreError
 from turnstore.models import ENVELOPE_KEYS, AgentEventEnvelope
 from turnstore.v1 import turnstore_pb2 as pb
@@ -49,7 +49,10 @@ FORMAT: Final = "turnstore-export"
 VERSION: Final = 1
 
 _MAX_U64: Final = (1 << 64) - 1
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _encode(record: dict[str, Any]) -> str:
+    return _json.dumps(record, "line").decode()
 
 
 class TransferError(TurnstoreError, ValueError):
@@ -118,15 +121,19 @@ def _flat_event(envelope: pb.EventEnvelope) -> dict[str, Any] | None:
     if envelope.content_type not in ("", JSON):
         return None
     try:
-        body = json.loads(envelope.body) if envelope.body else {}
+        body = _json.loads(envelope.body) if envelope.body else {}
     except ValueError:
         return None
     if not isinstance(body, dict) or any(key in body for key in (*ENVELOPE_KEYS, "type")):
         return None
-    try:
-        return envelope_from_proto(envelope).to_json_dict()
-    except EventFormatError:
-        return None
+    flat: dict[str, Any] = {
+        "event_id": envelope.event_id,
+        "sequence": envelope.sequence,
+        "timestamp": envelope.timestamp,
+        "type": envelope.type,
+    }
+    flat.update(body)
+    return flat
 
 
 def event_line(thread_id: str, event: pb.StoredEvent) -> str:
@@ -215,7 +222,7 @@ def _envelope(record: dict[str, Any]) -> pb.EventEnvelope:
 def parse_line(text: str) -> Line:
     """Decode one line; raises TransferError (without a line number) when malformed."""
     try:
-        record = json.loads(text)
+        record = _json.loads(text)
     except ValueError as error:
         raise TransferError(f"not JSON: {error}") from error
     if not isinstance(record, dict):

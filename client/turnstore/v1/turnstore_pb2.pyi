@@ -247,18 +247,22 @@ class ReplayResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ..., finished_turns: _Optional[_Iterable[_Union[TurnFinished, _Mapping]]] = ..., caught_up: _Optional[bool] = ..., thread_cleared: _Optional[bool] = ..., next_position: _Optional[int] = ..., thread_epoch: _Optional[int] = ...) -> None: ...
 
 class AppendStreamRequest(_message.Message):
-    __slots__ = ("request_id", "thread_id", "turn", "events", "finish_turn")
+    __slots__ = ("request_id", "thread_id", "turn", "events", "finish_turn", "more", "acks_in_more")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     FINISH_TURN_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    ACKS_IN_MORE_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     thread_id: str
     turn: int
     events: _containers.RepeatedCompositeFieldContainer[EventEnvelope]
     finish_turn: bool
-    def __init__(self, request_id: _Optional[int] = ..., thread_id: _Optional[str] = ..., turn: _Optional[int] = ..., events: _Optional[_Iterable[_Union[EventEnvelope, _Mapping]]] = ..., finish_turn: _Optional[bool] = ...) -> None: ...
+    more: _containers.RepeatedCompositeFieldContainer[AppendStreamRequest]
+    acks_in_more: bool
+    def __init__(self, request_id: _Optional[int] = ..., thread_id: _Optional[str] = ..., turn: _Optional[int] = ..., events: _Optional[_Iterable[_Union[EventEnvelope, _Mapping]]] = ..., finish_turn: _Optional[bool] = ..., more: _Optional[_Iterable[_Union[AppendStreamRequest, _Mapping]]] = ..., acks_in_more: _Optional[bool] = ...) -> None: ...
 
 class ItemError(_message.Message):
     __slots__ = ("code", "reason", "message")
@@ -271,14 +275,18 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class AppendStreamResponse(_message.Message):
-    __slots__ = ("request_id", "positions", "error")
+    __slots__ = ("request_id", "positions", "error", "event_count", "more")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     positions: _containers.RepeatedScalarFieldContainer[int]
     error: ItemError
-    def __init__(self, request_id: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+    event_count: int
+    more: _containers.RepeatedCompositeFieldContainer[AppendStreamResponse]
+    def __init__(self, request_id: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., event_count: _Optional[int] = ..., more: _Optional[_Iterable[_Union[AppendStreamResponse, _Mapping]]] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()

@@ -208,6 +208,13 @@ class EventStoreServiceServicer:
         An item that cannot be decoded is rejected the same way (INVALID_ARGUMENT),
         its acknowledgement carrying request_id 0. The stream fails as a whole
         only for transport errors or a shutdown.
+        A stream carries one message at a time, so a client with several items
+        ready sends them in one message (`more`), and the daemon acknowledges
+        several items in one message likewise: many writers sharing one stream
+        then share its messages as well as the daemon's commits. The daemon
+        acknowledges several items in one message only on a stream whose client
+        asked for it (`acks_in_more`), so a client that knows nothing of `more`
+        keeps receiving one acknowledgement per message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,9 +1,11 @@
 /** TurnstoreClient: one channel to a daemon, with its event and history stores. */
 import * as grpc from "@grpc/grpc-js";
 
+import { SharedAppendStream } from "./appendstream";
 import { deadline, unary } from "./calls";
 import { InvalidArgumentError, UnavailableError } from "./errors";
 import { EventStore } from "./events";
+import type { WriteMode } from "./events";
 import { HistoryStore } from "./history";
 import { fromU64 } from "./numbers";
 import { loadTurnstoreV1 } from "./proto";
@@ -28,8 +30,10 @@ export interface DaemonStats {
 /** How a client connects and how long its calls may take. */
 export interface TurnstoreClientOptions {
   /**
-   * Deadline of each unary call and of each whole ListTurns read, in
-   * milliseconds (default 30 000); undefined for none. Replays have their own.
+   * Deadline of each unary call, of each write over the shared append
+   * stream (from the call until its ack, retries included) and of each
+   * whole ListTurns read, in milliseconds (default 30 000); undefined for
+   * none. Replays have their own.
    */
   timeoutMs?: number | undefined;
   /**
@@ -42,6 +46,13 @@ export interface TurnstoreClientOptions {
   protoDir?: string;
   /** Extra grpc-js channel options; they override this client's. */
   channelOptions?: grpc.ChannelOptions;
+  /**
+   * How `events.append` and `events.finishTurn` are sent (default
+   * `"stream"`): over one AppendStream shared by every caller of this client,
+   * opened on first use and reopened (resending what it had not
+   * acknowledged) when it breaks; or, with `"unary"`, one call each.
+   */
+  writeMode?: WriteMode;
 }
 
 const LOOPBACK_HOST = /^(localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\])$/i;
@@ -76,8 +87,9 @@ export function checkTarget(target: string, allowRemote = false): void {
  * alive).
  *
  * Connecting is lazy: the constructor never fails for a daemon that is not
- * there yet; calls made meanwhile fail with UnavailableError, and
- * {@link waitForReady} waits for it. The constructor throws
+ * there yet; calls made meanwhile fail with UnavailableError (writes over the
+ * shared stream first retry for a few seconds), and {@link waitForReady}
+ * waits for it. The constructor throws
  * InvalidArgumentError for a target refused by {@link checkTarget}, and the
  * loader's error when the proto file cannot be read.
  */
@@ -88,6 +100,7 @@ export class TurnstoreClient {
   readonly #admin: AdminServiceClient;
   readonly #channelOwner: grpc.Client;
   readonly #timeoutMs: number | undefined;
+  readonly #writes: SharedAppendStream | undefined;
 
   constructor(target: string = DEFAULT_TARGET, options: TurnstoreClientOptions = {}) {
     checkTarget(target, options.allowRemote);
@@ -109,7 +122,19 @@ export class TurnstoreClient {
       channelOptions,
     );
     this.#channelOwner = events;
-    this.events = new EventStore(events, this.#timeoutMs);
+    const writeMode = options.writeMode ?? "stream";
+    if (writeMode !== "stream" && writeMode !== "unary") {
+      throw new InvalidArgumentError(
+        `writeMode must be "stream" or "unary", not ${String(writeMode)}`,
+      );
+    }
+    const limit: unknown = channelOptions["grpc.max_send_message_length"];
+    const maxSend = typeof limit === "number" ? limit : MAX_MESSAGE_BYTES;
+    this.#writes =
+      writeMode === "stream"
+        ? new SharedAppendStream(events, this.#timeoutMs, maxSend < 0 ? Infinity : maxSend)
+        : undefined;
+    this.events = new EventStore(events, this.#timeoutMs, this.#writes);
     const shared = { channelOverride: events.getChannel() };
     this.#history = new v1.HistoryStoreService(target, grpc.credentials.createInsecure(), shared);
     this.#admin = new v1.AdminService(target, grpc.credentials.createInsecure(), shared);
@@ -152,8 +177,23 @@ export class TurnstoreClient {
     });
   }
 
-  /** Closes the channel: later calls fail at once. Idempotent. */
+  /** How `events.append` and `events.finishTurn` are sent. */
+  get writeMode(): WriteMode {
+    return this.#writes === undefined ? "unary" : "stream";
+  }
+
+  /** How many shared append streams this client opened so far (0 in "unary" mode). */
+  get appendStreamsOpened(): number {
+    return this.#writes?.opened ?? 0;
+  }
+
+  /**
+   * Closes the channel: later calls fail at once. The shared append stream
+   * is half-closed first, so writes already sent are still acknowledged;
+   * one that cannot be fails with UnavailableError. Idempotent.
+   */
   close(): void {
+    this.#writes?.close();
     this.#channelOwner.close();
   }
 }

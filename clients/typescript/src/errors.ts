@@ -110,12 +110,33 @@ function firstString(metadata: Metadata, key: string): string | undefined {
 }
 
 /**
+ * The TurnstoreError for a status the daemon reported: by `reason` first
+ * (the `turnstore-error` trailer, or an AppendStream item's reason), then by
+ * `code`, else ServerError. An empty `message` becomes the code's name.
+ */
+export function errorFromStatus(
+  code: status,
+  reason: string | undefined,
+  message: string,
+  cause?: unknown,
+): TurnstoreError {
+  const known = reason === undefined || reason === "" ? undefined : reason;
+  const cls =
+    (known !== undefined ? BY_REASON.get(known) : undefined) ?? BY_CODE.get(code) ?? ServerError;
+  return new cls(message || status[code] || "error", {
+    code,
+    ...(known !== undefined && { reason: known }),
+    ...(cause !== undefined && { cause }),
+  });
+}
+
+/**
  * The TurnstoreError for anything a call threw.
  *
- * A gRPC ServiceError is mapped by the daemon's reason first, then by its
- * status code (ServerError for codes without a class); the original error is
- * kept as `cause`. A TurnstoreError is returned as it is; anything else is
- * wrapped in a ServerError.
+ * A gRPC ServiceError is mapped by {@link errorFromStatus}, keeping the
+ * original error as `cause` (and a version conflict's current version). A
+ * TurnstoreError is returned as it is; anything else is wrapped in a
+ * ServerError.
  */
 export function toTurnstoreError(error: unknown): TurnstoreError {
   if (error instanceof TurnstoreError) {
@@ -125,15 +146,7 @@ export function toTurnstoreError(error: unknown): TurnstoreError {
     return new ServerError(String(error), { cause: error });
   }
   const reason = firstString(error.metadata, ERROR_METADATA_KEY);
-  const cls =
-    (reason !== undefined ? BY_REASON.get(reason) : undefined) ??
-    BY_CODE.get(error.code) ??
-    ServerError;
-  const mapped = new cls(error.details || status[error.code] || "error", {
-    code: error.code,
-    ...(reason !== undefined && { reason }),
-    cause: error,
-  });
+  const mapped = errorFromStatus(error.code, reason, error.details, error);
   if (mapped instanceof VersionConflictError) {
     const current = firstString(error.metadata, CURRENT_VERSION_METADATA_KEY);
     if (current !== undefined && /^\d+$/.test(current)) {

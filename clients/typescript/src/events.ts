@@ -1,4 +1,5 @@
 /** The EventStore contract over EventStoreService. */
+import type { SharedAppendStream } from "./appendstream";
 import { deadline, unary } from "./calls";
 import { envelopeToWire, turnFromWire } from "./envelope";
 import type { EventEnvelope, StoredTurn } from "./envelope";
@@ -41,6 +42,14 @@ export interface ReplayOptions {
 }
 
 /**
+ * How `append` and `finishTurn` reach the daemon: `"stream"` (the default)
+ * as items of one AppendStream shared by every caller of the client,
+ * `"unary"` as one Append or FinishTurn call each. Callers see the same
+ * results and errors either way.
+ */
+export type WriteMode = "stream" | "unary";
+
+/**
  * Per-thread, turn-scoped event streams; obtain it as `client.events`.
  *
  * Every write resolves only after the daemon has durably committed it. Every
@@ -51,11 +60,18 @@ export interface ReplayOptions {
 export class EventStore {
   readonly #stub: EventStoreServiceClient;
   readonly #timeoutMs: number | undefined;
+  /** The shared stream of writes; undefined in "unary" write mode. */
+  readonly #writes: SharedAppendStream | undefined;
 
   /** @internal Use TurnstoreClient.events. */
-  constructor(stub: EventStoreServiceClient, timeoutMs: number | undefined) {
+  constructor(
+    stub: EventStoreServiceClient,
+    timeoutMs: number | undefined,
+    writes: SharedAppendStream | undefined,
+  ) {
     this.#stub = stub;
     this.#timeoutMs = timeoutMs;
+    this.#writes = writes;
   }
 
   /**
@@ -68,7 +84,11 @@ export class EventStore {
    * retry after UnavailableError never duplicates. Rejects with
    * TurnFinishedError when the turn is finished, EventIdConflictError when an
    * id is stored in another turn, InvalidArgumentError for an empty list, an
-   * empty thread id or a value over the daemon's limits.
+   * empty thread id or a value over the daemon's limits. Over the shared
+   * stream, a rejected append fails only its own call; a stream that breaks
+   * is reopened and the append sent again (see {@link WriteMode}). A batch
+   * that might not fit the channel's message limit (64 MiB) is sent as a
+   * unary call even then, so that it alone fails if it is too large.
    */
   async append(
     threadId: string,
@@ -81,23 +101,42 @@ export class EventStore {
       turn: checkU64(turn, "turn"),
       events: list.map(envelopeToWire),
     };
-    const response = await unary<AppendResponse>((done) =>
-      this.#stub.Append(request, deadline(this.#timeoutMs), done),
-    );
-    return response.positions.map((position) => fromU64(position, "position"));
+    const positions =
+      this.#writes !== undefined && this.#writes.fits(request.thread_id, request.events)
+        ? (await this.#writes.submit(request.thread_id, request.turn, request.events, false))
+            .positions
+        : (
+            await unary<AppendResponse>((done) =>
+              this.#stub.Append(request, deadline(this.#timeoutMs), done),
+            )
+          ).positions;
+    return positions.map((position) => fromU64(position, "position"));
   }
 
   /**
    * Closes `turn` (the finish barrier) and resolves with how many events it
    * holds. Finishing a turn never appended to creates an empty finished turn.
-   * Rejects with TurnAlreadyFinishedError when it is already finished.
+   * Rejects with TurnAlreadyFinishedError when it is already finished,
+   * except when the shared stream broke and the finish was sent again: then
+   * the first attempt may have finished it, and that is this call's success
+   * (its count is then read back with GetTurn).
    */
   async finishTurn(threadId: string, turn: number): Promise<number> {
     const request = { thread_id: threadId, turn: checkU64(turn, "turn") };
-    const response = await unary<FinishTurnResponse>((done) =>
-      this.#stub.FinishTurn(request, deadline(this.#timeoutMs), done),
-    );
-    return fromU64(response.event_count, "event_count");
+    if (this.#writes === undefined) {
+      const response = await unary<FinishTurnResponse>((done) =>
+        this.#stub.FinishTurn(request, deadline(this.#timeoutMs), done),
+      );
+      return fromU64(response.event_count, "event_count");
+    }
+    const ack = await this.#writes.submit(request.thread_id, request.turn, [], true);
+    if (ack.eventCount !== undefined) {
+      return fromU64(ack.eventCount, "event_count");
+    }
+    // A resent finish that found its turn finished (or a daemon that does
+    // not report the count): the finished turn is immutable, so read it.
+    const finished = await this.getTurn(threadId, turn);
+    return finished?.events.length ?? 0;
   }
 
   /**

@@ -9,7 +9,7 @@
 export { TurnstoreClient, DEFAULT_TARGET, checkTarget } from "./client";
 export type { DaemonStats, TurnstoreClientOptions } from "./client";
 export { EventStore } from "./events";
-export type { ReplayOptions } from "./events";
+export type { ReplayOptions, WriteMode } from "./events";
 export { HistoryStore } from "./history";
 export type { VersionedSnapshot } from "./history";
 export { Replay } from "./replay";

@@ -14,6 +14,8 @@ import * as protoLoader from "@grpc/proto-loader";
 import type { ProtoGrpcType } from "./gen/turnstore";
 
 export type { AppendResponse__Output as AppendResponse } from "./gen/turnstore/v1/AppendResponse";
+export type { AppendStreamRequest } from "./gen/turnstore/v1/AppendStreamRequest";
+export type { AppendStreamResponse__Output as AppendStreamResponse } from "./gen/turnstore/v1/AppendStreamResponse";
 export type { FinishTurnResponse__Output as FinishTurnResponse } from "./gen/turnstore/v1/FinishTurnResponse";
 export type { GetTurnResponse__Output as GetTurnResponse } from "./gen/turnstore/v1/GetTurnResponse";
 export type { EventCountResponse__Output as EventCountResponse } from "./gen/turnstore/v1/EventCountResponse";

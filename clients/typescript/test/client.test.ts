@@ -2,21 +2,25 @@
  * The client against a real daemon: TURNSTORE_TARGET names it (tests/test_typescript.py
  * starts one). TURNSTORE_INTEROP, when set, holds what the Python client wrote
  * (checked here) and what this program must write (checked by Python afterwards).
+ * TURNSTORE_WRITE_MODE ("stream" or "unary") is the clients' writeMode.
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 
 import {
+  DeadlineExceededError,
   EventFormatError,
   EventIdConflictError,
   FailedPreconditionError,
   InvalidArgumentError,
+  ResourceExhaustedError,
   SnapshotFormatError,
   TurnAlreadyFinishedError,
   TurnFinishedError,
   TurnstoreClient,
   TurnstoreError,
+  UnavailableError,
   VersionConflictError,
   checkSnapshot,
   checkTarget,
@@ -24,7 +28,7 @@ import {
   envelopeToJson,
   newEnvelope,
 } from "../src/index";
-import type { EventEnvelope, ReplayItem, StoredTurn } from "../src/index";
+import type { EventEnvelope, ReplayItem, StoredTurn, WriteMode } from "../src/index";
 
 const target = process.env.TURNSTORE_TARGET;
 if (target === undefined || target === "") {
@@ -52,7 +56,9 @@ const interop: Interop | undefined = process.env.TURNSTORE_INTEROP
   ? (JSON.parse(process.env.TURNSTORE_INTEROP) as Interop)
   : undefined;
 
-const client = new TurnstoreClient(target, { timeoutMs: 15_000 });
+/** TURNSTORE_WRITE_MODE picks how appends and finishes are sent; every test runs in both. */
+const writeMode = (process.env.TURNSTORE_WRITE_MODE ?? "stream") as WriteMode;
+const client = new TurnstoreClient(target, { timeoutMs: 15_000, writeMode });
 
 before(async () => {
   await client.waitForReady(10_000);
@@ -245,6 +251,187 @@ describe("events", () => {
     assert.throws(() => checkTarget("10.0.0.1:7070"), InvalidArgumentError);
     assert.throws(() => checkTarget("no-port"), InvalidArgumentError);
     checkTarget("10.0.0.1:7070", true);
+  });
+});
+
+describe("writes over one shared stream", () => {
+  test(`the client writes in ${writeMode} mode`, () => {
+    assert.ok(writeMode === "stream" || writeMode === "unary", writeMode);
+    assert.equal(client.writeMode, writeMode);
+    assert.throws(
+      () => new TurnstoreClient(target, { writeMode: "bulk" as WriteMode }),
+      InvalidArgumentError,
+    );
+  });
+
+  test("concurrent callers get distinct consecutive positions", async () => {
+    const own = new TurnstoreClient(target, { writeMode });
+    try {
+      const thread = newThread();
+      const callers = 32;
+      const perCaller = 8;
+      const acked = new Map<string, number>();
+      await Promise.all(
+        Array.from({ length: callers }, async (_, caller) => {
+          let previous = -1;
+          for (let i = 0; i < perCaller; i += 1) {
+            const envelope = delta(`${caller}.${i}`, i);
+            const [position] = await own.events.append(thread, 1, envelope);
+            assert.ok(position !== undefined && position > previous, "a caller's positions grow");
+            previous = position;
+            acked.set(envelope.eventId, position);
+          }
+        }),
+      );
+      const total = callers * perCaller;
+      assert.deepEqual(
+        [...acked.values()].sort((a, b) => a - b),
+        Array.from({ length: total }, (_, i) => i),
+      );
+      assert.equal(await own.events.finishTurn(thread, 1), total);
+      const [turn] = await own.events.getTurns(thread);
+      assert.deepEqual(
+        turn?.events.map((e) => [e.envelope.eventId, e.position]),
+        [...acked.entries()].sort((a, b) => a[1] - b[1]),
+        "each event is stored once, at the position its call resolved with",
+      );
+      assert.equal(own.appendStreamsOpened, writeMode === "stream" ? 1 : 0);
+    } finally {
+      own.close();
+    }
+  });
+
+  test("a rejected write fails only its own call", async () => {
+    const own = new TurnstoreClient(target, { writeMode });
+    try {
+      const thread = newThread();
+      assert.deepEqual(await own.events.append(thread, 1, delta("closed")), [0]);
+      assert.equal(await own.events.finishTurn(thread, 1), 1);
+      const good = Array.from({ length: 12 }, (_, i) =>
+        own.events.append(thread, 2, delta(`${i}`)),
+      );
+      const bad = [
+        own.events.append(thread, 1, delta("late")),
+        own.events.finishTurn(thread, 1),
+        own.events.append("", 2, delta("no thread")),
+        own.events.append(thread, 2, []),
+        // protobufjs encodes a short string itself, a lone surrogate as
+        // invalid UTF-8: the daemon cannot decode the item and acknowledges
+        // it with request_id 0, which still fails only this call.
+        own.events.append("t\uD800", 2, delta("lone surrogate")),
+      ];
+      const more = own.events.append(thread, 2, [delta("x"), delta("y")]);
+      const settled = await Promise.allSettled([...good, ...bad]);
+      const appended = [...settled.slice(0, good.length), ...(await Promise.allSettled([more]))];
+      const errors = settled.slice(good.length, good.length + bad.length).map((result) => {
+        assert.equal(result.status, "rejected");
+        return result.status === "rejected" ? (result.reason as unknown) : undefined;
+      });
+      assert.ok(errors[0] instanceof TurnFinishedError, String(errors[0]));
+      assert.equal(errors[0].code, 9);
+      assert.equal(errors[0].reason, "turn_finished");
+      assert.ok(errors[0].cause !== undefined);
+      assert.ok(errors[1] instanceof TurnAlreadyFinishedError, String(errors[1]));
+      assert.ok(errors[2] instanceof InvalidArgumentError, String(errors[2]));
+      assert.ok(errors[3] instanceof InvalidArgumentError, String(errors[3]));
+      assert.ok(errors[4] instanceof InvalidArgumentError, String(errors[4]));
+      assert.match(errors[4].message, /cannot be decoded/);
+      const positions = appended.flatMap((result) => {
+        assert.equal(result.status, "fulfilled", String(result));
+        return result.status === "fulfilled" ? (result.value as number[]) : [];
+      });
+      assert.deepEqual(
+        positions.sort((a, b) => a - b),
+        Array.from({ length: 14 }, (_, i) => i + 1),
+      );
+      // The stream went on: later writes on it succeed.
+      assert.equal(await own.events.finishTurn(thread, 2), 14);
+      assert.equal(own.appendStreamsOpened, writeMode === "stream" ? 1 : 0);
+    } finally {
+      own.close();
+    }
+  });
+
+  test("a batch too large for one message fails only its own call", async () => {
+    const own = new TurnstoreClient(target, { writeMode });
+    try {
+      const thread = newThread();
+      const huge = "x".repeat(1_048_000);
+      const tooMany = Array.from({ length: 66 }, (_, i) => delta(huge, i)); // over 64 MiB
+      const [large, ...small] = await Promise.allSettled([
+        own.events.append(thread, 1, tooMany),
+        ...Array.from({ length: 8 }, (_, i) => own.events.append(thread, 1, delta(`${i}`))),
+      ]);
+      assert.equal(large?.status, "rejected");
+      const error: unknown = large?.status === "rejected" ? large.reason : undefined;
+      assert.ok(error instanceof ResourceExhaustedError, String(error));
+      assert.deepEqual(
+        small.map((result) => result.status),
+        Array.from({ length: 8 }, () => "fulfilled"),
+      );
+      assert.equal(await own.events.eventCount(thread), 8);
+      assert.equal(own.appendStreamsOpened, writeMode === "stream" ? 1 : 0);
+    } finally {
+      own.close();
+    }
+  });
+
+  test("a write past the client's deadline fails with DeadlineExceededError", async () => {
+    const hurried = new TurnstoreClient(target, { timeoutMs: 1, writeMode });
+    try {
+      const thread = newThread();
+      const many = Array.from({ length: 2000 }, (_, i) => delta(`d${i}`, i));
+      const late = await rejection(hurried.events.append(thread, 1, many));
+      assert.ok(late instanceof DeadlineExceededError, String(late));
+      assert.equal(late.code, 4); // DEADLINE_EXCEEDED
+      if (writeMode === "stream") {
+        // Sent before the deadline, so still committed: the stream is not torn down for it.
+        const deadline = Date.now() + 10_000;
+        while ((await client.events.eventCount(thread)) < many.length && Date.now() < deadline) {
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+        assert.equal(await client.events.eventCount(thread), many.length);
+        assert.equal(hurried.appendStreamsOpened, 1);
+      }
+    } finally {
+      hurried.close();
+    }
+  });
+
+  test("close() lets writes already sent finish; later ones fail at once", async () => {
+    const own = new TurnstoreClient(target, { writeMode });
+    const thread = newThread();
+    await own.events.append(thread, 1, delta("first"));
+    const sent = Array.from({ length: 10 }, (_, i) => own.events.append(thread, 1, delta(`${i}`)));
+    own.close();
+    const settled = await Promise.allSettled(sent);
+    if (writeMode === "stream") {
+      // Half-closed, not cancelled: the daemon acknowledges everything sent.
+      const positions = settled.flatMap((result) => {
+        assert.equal(result.status, "fulfilled", String(result));
+        return result.status === "fulfilled" ? result.value : [];
+      });
+      assert.deepEqual(
+        positions.sort((a, b) => a - b),
+        Array.from({ length: 10 }, (_, i) => i + 1),
+      );
+      const closed = await rejection(own.events.append(thread, 1, delta("after close")));
+      assert.ok(closed instanceof UnavailableError, String(closed));
+      assert.equal(await client.events.eventCount(thread), 11);
+    } else {
+      // Unary calls not started when the channel closes fail; none is stored twice.
+      const stored = settled.filter((result) => result.status === "fulfilled").length;
+      for (const result of settled) {
+        if (result.status === "rejected") {
+          assert.ok(result.reason instanceof UnavailableError, String(result.reason));
+        }
+      }
+      const count = await client.events.eventCount(thread);
+      assert.ok(
+        count >= 1 + stored && count <= 11,
+        `${count} events stored, ${stored} acknowledged`,
+      );
+    }
   });
 });
 

@@ -1,16 +1,17 @@
 """Hand write results from the engine's writer thread to the event loop.
 
 ``asyncio.wrap_future`` wakes the event loop once per future. A group commit
-resolves many futures at once, so :class:`AckPump` queues the results and
-wakes the loop once per burst, which then resolves them all.
+resolves many futures at once, and then wakes the followers of the threads it
+changed, so :class:`AckPump` queues both and wakes the loop once per burst,
+which then resolves them all and runs the queued calls.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -22,9 +23,8 @@ class AckPump:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._ready: collections.deque[tuple[Future[Any], asyncio.Future[Any]]] = (
-            collections.deque()
-        )
+        # Futures to mirror and calls to make, in the order they came.
+        self._ready: list[tuple[Any, Any]] = []
         self._lock = threading.Lock()
         self._scheduled = False
 
@@ -38,9 +38,16 @@ class AckPump:
         future.add_done_callback(lambda done: self._push(done, waiter))
         return waiter
 
-    def _push(self, done: Future[Any], waiter: asyncio.Future[Any]) -> None:
+    def call_soon(self, fn: Callable[[Any], None], argument: Any) -> None:
+        """Run ``fn(argument)`` on the loop with the next burst; safe from any thread.
+
+        Calls pushed after a future run after that future is resolved.
+        """
+        self._push(fn, argument)
+
+    def _push(self, first: Any, second: Any) -> None:
         with self._lock:
-            self._ready.append((done, waiter))
+            self._ready.append((first, second))
             if self._scheduled:
                 return
             self._scheduled = True
@@ -49,14 +56,16 @@ class AckPump:
 
     def _drain(self) -> None:
         with self._lock:
-            items = list(self._ready)
-            self._ready.clear()
+            items, self._ready = self._ready, []
             self._scheduled = False
-        for done, waiter in items:
-            if waiter.done():
+        for first, second in items:
+            if not isinstance(first, Future):
+                first(second)
                 continue
-            error = done.exception()
+            if second.done():
+                continue
+            error = first.exception()
             if error is not None:
-                waiter.set_exception(error)
+                second.set_exception(error)
             else:
-                waiter.set_result(done.result())
+                second.set_result(first.result())

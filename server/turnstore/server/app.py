@@ -30,6 +30,7 @@ from turnstore.server.ingress import Ingress, IngressConfig
 from turnstore.server.interceptors import BearerTokenInterceptor, MetricsInterceptor
 from turnstore.server.metrics import Metrics
 from turnstore.server.service import (
+    MAX_ITEMS_PER_MESSAGE,
     AdminService,
     EventStoreService,
     HistoryStoreService,
@@ -93,6 +94,7 @@ class BuiltServer:
     server: grpc.aio.Server
     followers: Followers
     executor: ThreadPoolExecutor
+    events: EventStoreService
     health: health.aio.HealthServicer | None = None
     addresses: list[str] = field(default_factory=list)
 
@@ -108,6 +110,7 @@ class BuiltServer:
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         self.followers.close()
+        self.events.end_append_streams()
         await self.server.stop(grace_seconds)
         self.executor.shutdown(wait=True)
 
@@ -163,7 +166,7 @@ def build_server(
         check_listen_address(address, config.allow_remote)
     executor = ThreadPoolExecutor(config.read_threads, thread_name_prefix="turnstore-read")
     limits = config.engine.limits
-    ingress = Ingress(config.ingress, limits, executor)
+    ingress = Ingress(config.ingress, limits, executor, MAX_ITEMS_PER_MESSAGE)
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if metrics is not None:
         interceptors.append(MetricsInterceptor(metrics))
@@ -178,12 +181,15 @@ def build_server(
         ],
     )
     followers = Followers(asyncio.get_running_loop())
-    engine.add_commit_listener(followers.notify)
-    parts = (engine, executor, followers, AckPump(asyncio.get_running_loop()))
-    add_service(server, "EventStoreService", EventStoreService(*parts), ingress)
+    acks = AckPump(asyncio.get_running_loop())
+    # Followers are woken in the same loop wake-up as the writers' acks.
+    engine.add_commit_listener(lambda changed: acks.call_soon(followers.wake, changed))
+    parts = (engine, executor, followers, acks)
+    events = EventStoreService(*parts)
+    add_service(server, "EventStoreService", events, ingress)
     add_service(server, "HistoryStoreService", HistoryStoreService(*parts), ingress)
     add_service(server, "AdminService", AdminService(*parts), ingress)
-    built = BuiltServer(server, followers, executor)
+    built = BuiltServer(server, followers, executor, events)
     if config.health_and_reflection:
         built.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(built.health, server)

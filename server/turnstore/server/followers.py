@@ -71,9 +71,10 @@ class Followers:
         """Wake the followers of ``thread_ids``; safe from any thread."""
         ids = list(thread_ids)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to wake
-            self._loop.call_soon_threadsafe(self._wake, ids)
+            self._loop.call_soon_threadsafe(self.wake, ids)
 
-    def _wake(self, thread_ids: list[str]) -> None:
+    def wake(self, thread_ids: Iterable[str]) -> None:
+        """Wake the followers of ``thread_ids``; call it on the loop's thread."""
         for thread_id in thread_ids:
             for wake in self._by_thread.get(thread_id, ()):
                 wake.set()

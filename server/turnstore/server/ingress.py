@@ -7,23 +7,26 @@ Each request is checked at the cheapest point that can refuse it:
 2. the message's size against its RPC's limit, before it is decoded: only
    ``Append``, ``AppendStream`` (batches) and ``Save`` (snapshots) accept
    large messages, every other RPC at most :data:`SMALL_REQUEST_BYTES`;
-3. a batch's number of events (and each event's encoded size), by a scan of
-   the message's top-level wire fields that stops at the limit + 1, before
-   any event is decoded;
-4. only then is it decoded: a small message at once, a large one on the
+3. a large batch's number of events (and each event's encoded size), by a
+   scan of the message's wire fields that stops at the limit + 1, before any
+   event is decoded (an AppendStream message: its items and its events in
+   all items together; each item's own count is checked before its events
+   are converted, in the service);
+4. only then is it decoded: a small message at once (and an Append's count
+   checked before anything else is done with it), a large one on the
    thread pool, at most ``large_decodes`` at a time, so that the event loop
    (health checks, followers, acknowledgements) keeps running.
 
 gRPC itself bounds the rest (:meth:`IngressConfig.grpc_options`): the size
 of any one message, the streams open on one connection and the number of
-connections. No gRPC or generated code is imported by the engine; this
-module sits between gRPC and the servicers.
+connections. Nothing here imports gRPC or generated code: the service
+passes the request classes in.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Final
@@ -50,18 +53,28 @@ class IngressConfig:
     the calls open at once on one connection (more wait on the client's side);
     ``max_connections`` the connections open at once (more are closed at
     once); ``large_decodes`` the messages over :data:`INLINE_DECODE_BYTES`
-    decoded at once (more wait, holding only their received bytes).
+    decoded at once (more wait, holding only their received bytes);
+    ``max_events_per_stream_message`` the events one AppendStream message
+    may carry in all its items (each item is held to the per-append limits
+    on its own), so that what one message costs to decode and convert is
+    bounded whatever it packs into ``more``.
     """
 
     max_request_bytes: int | None = None
     max_streams_per_connection: int = 256
     max_connections: int = 1024
     large_decodes: int = 2
+    max_events_per_stream_message: int = 200_000
 
     def __post_init__(self) -> None:
         if self.max_request_bytes is not None and self.max_request_bytes < SMALL_REQUEST_BYTES:
             raise ValueError(f"max_request_bytes must be at least {SMALL_REQUEST_BYTES}")
-        for name in ("max_streams_per_connection", "max_connections", "large_decodes"):
+        for name in (
+            "max_streams_per_connection",
+            "max_connections",
+            "large_decodes",
+            "max_events_per_stream_message",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
@@ -86,14 +99,19 @@ class RefusedRequest:
     gRPC answers UNKNOWN when a deserializer raises, so the deserializers
     return this instead and the handlers answer with :meth:`error`
     (INVALID_ARGUMENT). ``request_id`` is the AppendStream item's id when it
-    could be read, else 0.
+    could be read, else 0. With ``ends_stream``, the refusal is of a whole
+    AppendStream message, whose items cannot be answered one by one: the
+    stream ends with the error.
     """
 
-    __slots__ = ("_error", "request_id")
+    __slots__ = ("_error", "ends_stream", "request_id")
 
-    def __init__(self, error: InvalidArgumentError, request_id: int = 0) -> None:
+    def __init__(
+        self, error: InvalidArgumentError, request_id: int = 0, *, ends_stream: bool = False
+    ) -> None:
         self._error = error
         self.request_id = request_id
+        self.ends_stream = ends_stream
 
     def error(self) -> InvalidArgumentError:
         """The error to answer with."""
@@ -106,20 +124,11 @@ def undecodable(error: Exception) -> RefusedRequest:
     return RefusedRequest(InvalidArgumentError("request", f"cannot be decoded: {problem}"))
 
 
-@dataclass(frozen=True)
-class Batch:
-    """Where a batch request keeps its events (and its AppendStream request id)."""
-
-    events_field: int
-    request_id_field: int | None
-
-
-# Request messages that carry batches, by message name.
-BATCHES: Final = {
-    "AppendRequest": Batch(events_field=3, request_id_field=None),
-    "AppendStreamRequest": Batch(events_field=4, request_id_field=1),
-}
-_SNAPSHOTS: Final = frozenset({"SaveRequest"})
+# Top-level fields of a batch request that are not events (thread id, turn,
+# request id, flags, unknown fields of newer clients): more fail the scan.
+OTHER_FIELDS: Final = 64
+# Fields of one AppendStream item, the same way.
+ITEM_FIELDS: Final = 16
 
 
 class _Malformed(Exception):
@@ -139,61 +148,155 @@ def _varint(data: bytes, at: int) -> tuple[int, int]:
         shift += 7
 
 
-def scan_batch(
-    data: bytes, batch: Batch, max_events: int, max_event_bytes: int
-) -> RefusedRequest | None:
-    """Check a batch's event count and event sizes from its wire bytes alone.
+class _OverBudget(Exception):
+    """A message has more fields than the scan looks at."""
 
-    Refuses a message that holds more than ``max_events`` ``events`` entries
-    (counting stops at ``max_events + 1``, so the work is bounded by the
-    limit, not by the message) or an entry longer than ``max_event_bytes``;
-    the refusal carries the AppendStream request id when it came before.
-    Returns None otherwise. Malformed bytes end the scan without a verdict:
-    the decoder then reports them.
+
+class _Budget:
+    """How many more fields a scan may look at, shared by nested scans."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, fields: int) -> None:
+        self.left = fields
+
+
+def _fields(
+    data: bytes, start: int, end: int, budget: _Budget
+) -> Iterator[tuple[int, int, int, int]]:
+    """The length-delimited fields of ``data[start:end]``: (number, start, end).
+
+    Only those: varints and fixed-width fields are stepped over, and so is
+    everything inside unknown groups. Every field counts against
+    ``budget``; past it :class:`_OverBudget` is raised, and
+    :class:`_Malformed` for bytes that are no message.
     """
-    count = 0
-    request_id = 0
-    depth = 0  # inside unknown groups, whose fields are not the message's
-    at, end = 0, len(data)
-    try:
-        while at < end:
-            key, at = _varint(data, at)
-            number, wire_type = key >> 3, key & 7
-            if wire_type == 0:
-                value, at = _varint(data, at)
-                if number == batch.request_id_field and depth == 0:
-                    request_id = value
-            elif wire_type == 2:
-                length, at = _varint(data, at)
-                if number == batch.events_field and depth == 0:
-                    if count == max_events:
-                        error = InvalidArgumentError(
-                            "events",
-                            f"holds more than {max_events} events, over the limit of "
-                            f"{max_events} per append",
-                        )
-                        return RefusedRequest(error, request_id)
-                    if length > max_event_bytes:
-                        error = InvalidArgumentError(
-                            f"events[{count}]",
-                            f"is {length} bytes encoded, over the limit of {max_event_bytes}",
-                        )
-                        return RefusedRequest(error, request_id)
-                    count += 1
-                at += length
-            elif wire_type == 1:
-                at += 8
-            elif wire_type == 5:
-                at += 4
-            elif wire_type == 3:
-                depth += 1
-            elif wire_type == 4 and depth > 0:
-                depth -= 1
-            else:
+    at, groups = start, 0
+    while at < end:
+        budget.left -= 1
+        if budget.left < 0:
+            raise _OverBudget
+        key, at = _varint(data, at)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 2:
+            length, at = _varint(data, at)
+            if at + length > end:
                 raise _Malformed
+            if not groups:
+                yield number, wire_type, at, at + length
+            at += length
+        elif wire_type == 0:
+            _, at = _varint(data, at)
+        elif wire_type == 1:
+            at += 8
+        elif wire_type == 5:
+            at += 4
+        elif wire_type == 3:
+            groups += 1
+        elif wire_type == 4 and groups:
+            groups -= 1
+        else:
+            raise _Malformed
+
+
+def scan_append(data: bytes, max_events: int, max_event_bytes: int) -> RefusedRequest | None:
+    """Check an AppendRequest's event count and event sizes from its wire bytes alone.
+
+    Refuses a message with more than ``max_events`` ``events`` entries
+    (counting stops at ``max_events + 1``, so the work is bounded by the
+    limit, not by the message), an entry longer than ``max_event_bytes``, or
+    more than :data:`OTHER_FIELDS` other fields. Returns None otherwise;
+    malformed bytes end the scan without a verdict (the decoder reports
+    them).
+    """
+    budget = _Budget(max_events + 1 + OTHER_FIELDS)
+    count = 0
+    try:
+        for number, _, start, end in _fields(data, 0, len(data), budget):
+            if number != 3:
+                continue
+            if count == max_events:
+                return RefusedRequest(_too_many_events(max_events))
+            if end - start > max_event_bytes:
+                error = InvalidArgumentError(
+                    f"events[{count}]",
+                    f"is {end - start} bytes encoded, over the limit of {max_event_bytes}",
+                )
+                return RefusedRequest(error)
+            count += 1
     except _Malformed:
         return None
+    except _OverBudget:
+        return RefusedRequest(_too_many_fields(max_events + OTHER_FIELDS))
     return None
+
+
+class _StreamTally:
+    """Items and events of one AppendStream message, counted as the scan goes."""
+
+    __slots__ = ("events", "items", "max_events", "max_items")
+
+    def __init__(self, max_events: int, max_items: int) -> None:
+        self.events, self.items = 0, 1
+        self.max_events, self.max_items = max_events, max_items
+
+    def item(
+        self, data: bytes, start: int, end: int, budget: _Budget
+    ) -> InvalidArgumentError | None:
+        # Items in `more` may not carry `more`, but the decoder would still
+        # decode theirs: they are counted at every depth.
+        for number, _, inner_start, inner_end in _fields(data, start, end, budget):
+            if number == 4:
+                self.events += 1
+                if self.events > self.max_events:
+                    return InvalidArgumentError(
+                        "request",
+                        f"carries more than {self.max_events} events in all its items, over "
+                        "the limit (--max-events-per-stream-message)",
+                    )
+            elif number == 6:
+                self.items += 1
+                if self.items > self.max_items:
+                    return InvalidArgumentError(
+                        "more",
+                        f"holds more than {self.max_items - 1} items, over the limit of "
+                        f"{self.max_items - 1}",
+                    )
+                refused = self.item(data, inner_start, inner_end, budget)
+                if refused is not None:
+                    return refused
+        return None
+
+
+def scan_stream_message(data: bytes, max_events: int, max_items: int) -> RefusedRequest | None:
+    """Check an AppendStreamRequest's items and events from its wire bytes alone.
+
+    Per-item limits are checked item by item later (an item over them fails
+    alone). Here the message as a whole is refused -- and the stream ended,
+    since its items cannot be told apart before decoding -- when it carries
+    more than ``max_items`` items (the first and those in ``more``), more
+    than ``max_events`` events in all its items, or more fields than those
+    can have. The work is bounded by the limits, not by the message.
+    Malformed bytes end the scan without a verdict.
+    """
+    fields = max_events + 1 + max_items * ITEM_FIELDS + OTHER_FIELDS
+    try:
+        refused = _StreamTally(max_events, max_items).item(data, 0, len(data), _Budget(fields))
+    except _Malformed:
+        return None
+    except _OverBudget:
+        refused = _too_many_fields(fields)
+    return None if refused is None else RefusedRequest(refused, ends_stream=True)
+
+
+def _too_many_events(max_events: int) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        "events", f"holds more than {max_events} events, over the limit of {max_events} per append"
+    )
+
+
+def _too_many_fields(budget: int) -> InvalidArgumentError:
+    return InvalidArgumentError("request", f"holds more than {budget} fields, over the limit")
 
 
 class RawRequest:
@@ -211,36 +314,49 @@ class RawRequest:
         self._ingress = ingress
 
     async def decode(self) -> Any:
-        """The decoded message, or a :class:`RefusedRequest`."""
+        """The decoded message, or a :class:`RefusedRequest` for it.
+
+        Raises InvalidArgumentError instead when the refusal ends the
+        stream (an AppendStream message over the limits as a whole).
+        """
         ingress = self._ingress
         async with ingress.decode_slots:
             loop = asyncio.get_running_loop()
             data, self._data = self._data, b""  # hold the bytes in one place only
-            return await loop.run_in_executor(ingress.executor, self._decode, data)
+            message = await loop.run_in_executor(ingress.executor, self._decode, data)
+        if isinstance(message, RefusedRequest) and message.ends_stream:
+            raise message.error()
+        return message
 
 
 class Ingress:
     """Builds each RPC's request deserializer from the limits.
 
-    ``executor`` runs the large decodes. A deserializer never raises: a
-    refused or undecodable message becomes a :class:`RefusedRequest`, a
+    ``executor`` runs the large decodes; ``max_stream_items`` is the most
+    items one AppendStream message may carry. A deserializer never raises:
+    a refused or undecodable message becomes a :class:`RefusedRequest`, a
     large one a :class:`RawRequest`.
     """
 
-    def __init__(self, config: IngressConfig, limits: Limits, executor: Executor) -> None:
+    def __init__(
+        self, config: IngressConfig, limits: Limits, executor: Executor, max_stream_items: int
+    ) -> None:
         self.config = config
         self.limits = limits
         self.executor = executor
+        self.max_stream_items = max_stream_items
         self.decode_slots = asyncio.Semaphore(config.large_decodes)
         self._request_bytes = config.request_bytes(limits)
 
     def limit_for(self, message_name: str) -> int:
         """The largest message accepted for a request of this name."""
-        if message_name in BATCHES:
+        if message_name == "AppendRequest":
             # Each entry: a tag byte, a length of at most 10 bytes, the event.
             most_events = self.limits.max_events_per_append * (self.limits.max_event_bytes + 11)
             return min(self._request_bytes, most_events + SMALL_REQUEST_BYTES)
-        if message_name in _SNAPSHOTS:
+        if message_name == "AppendStreamRequest":
+            return self._request_bytes
+        if message_name == "SaveRequest":
             return min(self._request_bytes, self.limits.max_snapshot_bytes + SNAPSHOT_REQUEST_ROOM)
         return SMALL_REQUEST_BYTES
 
@@ -248,32 +364,41 @@ class Ingress:
         """The request deserializer of one RPC (``method_name`` goes into refusals)."""
         name = request_class.DESCRIPTOR.name
         limit = self.limit_for(name)
-        batch = BATCHES.get(name)
         max_events = self.limits.max_events_per_append
         max_event_bytes = self.limits.max_event_bytes
+        stream_events = self.config.max_events_per_stream_message
+        stream_items = self.max_stream_items
 
         def decode(data: bytes) -> Any:
             try:
-                message = request_class.FromString(data)
+                return request_class.FromString(data)
             except Exception as error:  # DecodeError, bad UTF-8, ...
                 return undecodable(error)
-            if batch is not None and len(message.events) > max_events:
+
+        def decode_append(data: bytes) -> Any:
+            message = decode(data)
+            if not isinstance(message, RefusedRequest) and len(message.events) > max_events:
                 return RefusedRequest(
                     InvalidArgumentError(
                         "events",
                         f"holds {len(message.events)} events, over the limit of "
                         f"{max_events} per append",
-                    ),
-                    getattr(message, "request_id", 0),
+                    )
                 )
             return message
 
-        def scan_and_decode(data: bytes) -> Any:
-            assert batch is not None
-            refusal = scan_batch(data, batch, max_events, max_event_bytes)
-            return refusal if refusal is not None else decode(data)
+        def scan_and_decode_append(data: bytes) -> Any:
+            refused = scan_append(data, max_events, max_event_bytes)
+            return refused if refused is not None else decode_append(data)
 
-        large_decode = scan_and_decode if batch is not None else decode
+        def scan_and_decode_stream(data: bytes) -> Any:
+            refused = scan_stream_message(data, stream_events, stream_items)
+            return refused if refused is not None else decode(data)
+
+        inline, large = {
+            "AppendRequest": (decode_append, scan_and_decode_append),
+            "AppendStreamRequest": (decode, scan_and_decode_stream),
+        }.get(name, (decode, decode))
 
         def deserialize(data: bytes) -> Any:
             size = len(data)
@@ -285,7 +410,7 @@ class Ingress:
                     )
                 )
             if size <= INLINE_DECODE_BYTES:
-                return decode(data)
-            return RawRequest(data, large_decode, self)
+                return inline(data)
+            return RawRequest(data, large, self)
 
         return deserialize

@@ -9,9 +9,10 @@ codes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Any, Final, ParamSpec, TypeVar
 
 import grpc
@@ -75,8 +76,10 @@ MAX_EVENTS_PER_MESSAGE: Final = 4096
 BYTES_PER_MESSAGE: Final = 4 * 1024 * 1024
 MAX_POSITION: Final = (1 << 63) - 1
 MAX_EVENT_TYPE_FILTERS: Final = 64
-# AppendStream items accepted but not yet acknowledged, per stream.
+# AppendStream messages accepted but not yet acknowledged, per stream.
 APPEND_STREAM_WINDOW: Final = 1024
+# Items in one AppendStream message (the first and those in `more`).
+MAX_ITEMS_PER_MESSAGE: Final = 4096
 # Threads or conversation keys per ListThreads / ListKeys message (ids are at
 # most 511 bytes, so a message stays well under 1 MiB).
 LISTED_PER_MESSAGE: Final = 1000
@@ -212,8 +215,16 @@ def _budget() -> ReadBudget:
     return ReadBudget(EVENTS_PER_MESSAGE, BYTES_PER_MESSAGE)
 
 
-def _new_events(envelopes: Any) -> list[NewEvent]:
-    """Check and encode request envelopes for the engine."""
+def _new_events(envelopes: Any, max_events: int) -> list[NewEvent]:
+    """Check and encode request envelopes for the engine.
+
+    Their count is checked first, so an over-long batch costs no per-event work.
+    """
+    if len(envelopes) > max_events:
+        raise InvalidArgumentError(
+            "events",
+            f"holds {len(envelopes)} events, over the limit of {max_events} per append",
+        )
     events = []
     for index, envelope in enumerate(envelopes):
         content_type = envelope.content_type
@@ -237,6 +248,34 @@ def _item_error(error: EngineError) -> pb.ItemError:
     return pb.ItemError(code=code.value[0], reason=error.reason, message=str(error))
 
 
+# One AppendStream message's items: (request id, waiter or error, acks_in_more).
+_Group = list[tuple[int, Any, bool]]
+
+
+def _ready(group: _Group) -> bool:
+    """Whether every item of a queued message has its outcome."""
+    return all(not isinstance(o, asyncio.Future) or o.done() for _, o, _ in group)
+
+
+async def _acknowledge(group: _Group) -> list[pb.AppendStreamResponse]:
+    """Wait for a message's items to commit; their acknowledgements, in order."""
+    acks = []
+    for request_id, outcome, _ in group:
+        if isinstance(outcome, asyncio.Future):
+            try:
+                result = await outcome
+            except EngineError as error:
+                outcome = error
+            else:
+                if isinstance(result, int):  # a bare finish: the turn's event count
+                    acks.append(pb.AppendStreamResponse(request_id=request_id, event_count=result))
+                else:
+                    acks.append(pb.AppendStreamResponse(request_id=request_id, positions=result))
+                continue
+        acks.append(pb.AppendStreamResponse(request_id=request_id, error=_item_error(outcome)))
+    return acks
+
+
 class _Base:
     def __init__(
         self, engine: Engine, executor: Executor, followers: Followers, acks: AckPump
@@ -245,6 +284,8 @@ class _Base:
         self._executor = executor
         self._followers = followers
         self._acks = acks
+        # The request readers of the open AppendStreams (ended at shutdown).
+        self._append_streams: set[asyncio.Task[None]] = set()
 
     async def _pages(
         self,
@@ -275,7 +316,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
     async def Append(
         self, request: pb.AppendRequest, context: grpc.aio.ServicerContext
     ) -> pb.AppendResponse:
-        events = _new_events(request.events)
+        events = _new_events(request.events, self._engine.limits.max_events_per_append)
         future = self._engine.append(request.thread_id, request.turn, events)
         positions = await self._acks.wait(future)
         return pb.AppendResponse(positions=positions)
@@ -439,57 +480,104 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
         request_iterator: AsyncIterator[pb.AppendStreamRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.AppendStreamResponse]:
-        # Requests are submitted as they arrive (so they share commits) and
-        # acknowledged in order; the bounded queue stops reading requests
-        # when too many await their commit.
-        pending: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue(APPEND_STREAM_WINDOW)
+        # Items are submitted as they arrive (so they share commits) and
+        # acknowledged in order, the acknowledgements that are ready together
+        # in one message. The window stops reading requests when too many
+        # messages await their commit. At shutdown the stream ends once what
+        # it submitted is acknowledged, so the daemon need not wait out its
+        # grace period for a writer that keeps its stream open.
+        pending: collections.deque[_Group | BaseException | None] = collections.deque()
+        arrived = asyncio.Event()
+        window = asyncio.Semaphore(APPEND_STREAM_WINDOW)
+
+        def put(entry: _Group | BaseException | None) -> None:
+            pending.append(entry)
+            arrived.set()
 
         async def submit_all() -> None:
-            async for item in request_iterator:
-                if isinstance(item, RawRequest):
-                    item = await item.decode()
-                if isinstance(item, RefusedRequest):
-                    await pending.put((item.request_id, item.error()))
+            try:
+                async for message in request_iterator:
+                    if isinstance(message, RawRequest):
+                        message = await message.decode()  # raises for a message over the limits
+                    await window.acquire()
+                    put(self._submit_items(message))
+            except asyncio.CancelledError:  # shutdown (or the call ended)
+                put(EngineClosedError("the daemon is shutting down"))
+                raise
+            except Exception as error:  # the request stream broke
+                put(error)
+            put(None)
+
+        submitter = asyncio.create_task(submit_all())
+        self._append_streams.add(submitter)
+        acks_in_more = False
+        try:
+            while True:
+                while not pending:
+                    if self._followers.closing:
+                        raise EngineClosedError("the daemon is shutting down")
+                    arrived.clear()
+                    await arrived.wait()
+                entry = pending.popleft()
+                if not isinstance(entry, list):
+                    if entry is not None:
+                        raise entry
+                    return
+                acks = await _acknowledge(entry)
+                window.release()
+                acks_in_more = acks_in_more or entry[0][2]
+                if not acks_in_more:
+                    for ack in acks:
+                        yield ack
                     continue
-                try:
+                # Messages whose items are all committed go in the same reply.
+                while pending and isinstance(pending[0], list) and _ready(pending[0]):
+                    acks += await _acknowledge(pending.popleft())  # type: ignore[arg-type]
+                    window.release()
+                response = acks[0]
+                response.more.extend(acks[1:])
+                yield response
+        finally:
+            self._append_streams.discard(submitter)
+            submitter.cancel()
+
+    def end_append_streams(self) -> None:
+        """Stop reading every AppendStream; each ends once its items are acknowledged."""
+        for submitter in list(self._append_streams):
+            submitter.cancel()
+
+    def _submit_items(self, message: Any) -> _Group:
+        """Submit one request message's items to the engine."""
+        if isinstance(message, RefusedRequest):
+            return [(message.request_id, message.error(), False)]
+        opted = message.acks_in_more
+        if len(message.more) >= MAX_ITEMS_PER_MESSAGE:
+            error = InvalidArgumentError(
+                "more",
+                f"holds {len(message.more)} items, over the limit of {MAX_ITEMS_PER_MESSAGE - 1}",
+            )
+            return [(item.request_id, error, opted) for item in (message, *message.more)]
+        group: _Group = []
+        for index, item in enumerate((message, *message.more)):
+            try:
+                if index and item.more:
+                    raise InvalidArgumentError("more", "an item in more must not carry more")
+                # A bare finish resolves to the turn's event count (its ack
+                # reports it, as FinishTurn does); anything else to positions.
+                future: Future[list[int]] | Future[int]
+                if item.finish_turn and not item.events:
+                    future = self._engine.finish_turn(item.thread_id, item.turn)
+                else:
                     future = self._engine.append(
                         item.thread_id,
                         item.turn,
-                        _new_events(item.events),
+                        _new_events(item.events, self._engine.limits.max_events_per_append),
                         finish=item.finish_turn,
                     )
-                    await pending.put((item.request_id, self._acks.wait(future)))
-                except EngineError as error:
-                    await pending.put((item.request_id, error))
-            await pending.put(None)
-
-        submitter = asyncio.create_task(submit_all())
-        try:
-            while True:
-                if submitter.done():
-                    submitter.result()  # raises what broke the request stream
-                    entry = await pending.get()
-                else:
-                    getter = asyncio.ensure_future(pending.get())
-                    await asyncio.wait({getter, submitter}, return_when=asyncio.FIRST_COMPLETED)
-                    if not getter.done():
-                        getter.cancel()
-                        continue
-                    entry = getter.result()
-                if entry is None:
-                    return
-                request_id, outcome = entry
-                if isinstance(outcome, asyncio.Future):
-                    try:
-                        positions = await outcome
-                    except EngineError as error:
-                        outcome = error
-                    else:
-                        yield pb.AppendStreamResponse(request_id=request_id, positions=positions)
-                        continue
-                yield pb.AppendStreamResponse(request_id=request_id, error=_item_error(outcome))
-        finally:
-            submitter.cancel()
+                group.append((item.request_id, self._acks.wait(future), opted))
+            except EngineError as error:
+                group.append((item.request_id, error, opted))
+        return group
 
     @_streaming
     async def ListThreads(

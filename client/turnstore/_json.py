@@ -1,0 +1,98 @@
+"""Strict JSON for event bodies and snapshots, with orjson.
+
+Every reader in every language must be able to parse what a client
+writes, so values that JSON cannot carry faithfully are refused instead
+of being written in a form another language rejects (``NaN``) or reads
+back as something else (a ``datetime`` as a string, an integer key as a
+string key). orjson is 5 to 10 times faster than the standard library at
+both ends, which is most of the client's per-event cost.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import orjson
+
+# Refuse what orjson would otherwise turn into something else: datetimes,
+# dataclasses and subclasses of str/int/dict/list reach `default`, which
+# has none to give.
+_STRICT: Final = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+loads: Final = orjson.loads
+"""Parse JSON bytes or text (RFC 8259: no NaN, no trailing commas); raises ValueError."""
+
+
+class NotJsonError(ValueError):
+    """A value JSON cannot represent faithfully; ``path`` names where it is."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def dumps(value: Any, root: str = "$") -> bytes:
+    """Encode ``value`` as compact UTF-8 JSON, or raise NotJsonError naming the key path.
+
+    Refused: NaN and infinities, non-string keys, bytes, datetimes, sets,
+    lone surrogates, integers beyond 64 bits and any other object; tuples
+    are encoded as arrays. ``root`` names the value in the path (``$.a[0]``).
+    """
+    try:
+        data = orjson.dumps(value, option=_STRICT)
+    except TypeError as error:
+        raise _find_problem(value, root) or NotJsonError(root, str(error)) from error
+    # orjson writes NaN and infinities as null; only then is a walk needed.
+    if b"null" in data:
+        problem = _find_problem(value, root)
+        if problem is not None:
+            raise problem
+    return data
+
+
+def _find_problem(value: Any, path: str) -> NotJsonError | None:
+    """The first value under ``value`` that strict JSON cannot carry, or None."""
+    kind = type(value)
+    if value is None or kind is bool or kind is str:
+        if kind is str and not _encodable(value):
+            return NotJsonError(path, "holds a lone surrogate, which UTF-8 cannot encode")
+        return None
+    if kind is int:
+        if not -(1 << 63) <= value < 1 << 64:
+            return NotJsonError(path, f"integer {value} is beyond 64 bits")
+        return None
+    if kind is float:
+        return None if math.isfinite(value) else NotJsonError(path, f"{value} is not JSON")
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return NotJsonError(path, f"key {key!r} is a {type(key).__name__}, not a string")
+            found = _find_problem(item, f"{path}.{key}")
+            if found is not None:
+                return found
+        return None
+    if kind is list or kind is tuple:
+        for index, item in enumerate(value):
+            found = _find_problem(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+        return None
+    try:
+        orjson.dumps(value, option=_STRICT)
+    except TypeError:
+        return NotJsonError(path, f"a {kind.__name__} is not a JSON value")
+    return None  # a UUID or an Enum member: orjson writes its string or value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

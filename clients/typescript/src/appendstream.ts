@@ -1,0 +1,353 @@
+/**
+ * The event store's writes over one shared EventStoreService.AppendStream.
+ *
+ * Every `append` and `finishTurn` of a client becomes one item of the same
+ * long-lived bidirectional stream, so concurrent callers share the daemon's
+ * group commits and pay one stream message each way instead of a whole
+ * unary call. The daemon acknowledges items in the order they were sent,
+ * each after its durable commit; an ack echoes the item's `request_id`, or
+ * carries 0 for an item it could not decode (then it is the oldest one not
+ * yet acknowledged).
+ */
+import type { ClientDuplexStream } from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
+
+import {
+  DeadlineExceededError,
+  TurnAlreadyFinishedError,
+  TurnstoreError,
+  UnavailableError,
+  errorFromStatus,
+  toTurnstoreError,
+} from "./errors";
+import type {
+  AppendStreamRequest,
+  AppendStreamResponse,
+  EventStoreServiceClient,
+  WireEnvelope,
+} from "./proto";
+
+/**
+ * How a broken stream is reopened: `attempts` streams in a row (counting the
+ * one that broke) may fail before the calls waiting on them fail with
+ * UnavailableError; the pauses double from `initialBackoffMs` up to
+ * `maxBackoffMs`, each with up to 50% random jitter. The same policy as the
+ * Python client's RetryPolicy.
+ */
+export interface StreamRetryPolicy {
+  attempts: number;
+  initialBackoffMs: number;
+  maxBackoffMs: number;
+}
+
+/** 6 attempts, 0.1 s doubling to 2 s: a sidecar restart fits in the budget. */
+export const DEFAULT_STREAM_RETRY: StreamRetryPolicy = {
+  attempts: 6,
+  initialBackoffMs: 100,
+  maxBackoffMs: 2_000,
+};
+
+/**
+ * An open stream with nothing to acknowledge is ended after this long, so a
+ * program that forgets `close()` can still exit; the next write reopens it.
+ * Long enough to span an agent's pauses within a turn.
+ */
+const IDLE_MS = 2_000;
+
+/** Bytes a string field may take on the wire at most: UTF-8 needs up to 3 per UTF-16 unit. */
+function stringBound(value: string | undefined): number {
+  return 3 * (value?.length ?? 0);
+}
+
+/**
+ * An upper bound of an item's encoded size: its strings at 3 bytes a unit,
+ * its bodies as they are, 32 bytes per event and per item for tags, lengths
+ * and numbers (each field's overhead is at most 11 bytes).
+ */
+function itemSizeBound(threadId: string, events: readonly WireEnvelope[]): number {
+  let size = 32 + stringBound(threadId);
+  for (const event of events) {
+    const body = event.body;
+    size +=
+      32 +
+      stringBound(event.event_id) +
+      stringBound(event.timestamp) +
+      stringBound(event.type) +
+      stringBound(event.content_type) +
+      (typeof body === "string" ? stringBound(body) : (body?.length ?? 0));
+  }
+  return size;
+}
+
+/** What an acknowledged item resolves to. */
+export interface ItemAck {
+  /** The positions of the item's events (empty for a bare finish). */
+  positions: string[];
+  /**
+   * The turn's event count, for a bare finish; undefined when the daemon did
+   * not say (one older than the field, or a resent finish that found its
+   * turn finished).
+   */
+  eventCount: string | undefined;
+}
+
+/** One caller's item, from submit until its ack, error or deadline. */
+interface Pending {
+  readonly id: number;
+  readonly request: AppendStreamRequest;
+  readonly resolve: (ack: ItemAck) => void;
+  readonly reject: (error: TurnstoreError) => void;
+  timer: NodeJS.Timeout | undefined;
+  /** Settled (acknowledged, failed, or past its deadline): never sent again. */
+  done: boolean;
+  /** Sent on an earlier stream that broke before acknowledging it. */
+  resent: boolean;
+}
+
+/**
+ * The multiplexer: one stream at a time, opened on first use, shared by
+ * every caller. Calls that the stream did not acknowledge before it broke are
+ * sent again, in their original order, on the next stream (appends are
+ * idempotent by event id).
+ */
+export class SharedAppendStream {
+  readonly #stub: EventStoreServiceClient;
+  readonly #timeoutMs: number | undefined;
+  readonly #maxMessageBytes: number;
+  readonly #retry: StreamRetryPolicy;
+  /** Items sent on the current stream (or waiting for the next) and not acknowledged, in send order. */
+  readonly #unacked = new Map<number, Pending>();
+  #stream: ClientDuplexStream<AppendStreamRequest, AppendStreamResponse> | undefined;
+  #nextId = 1;
+  /** Streams that broke in a row with items waiting, with no ack since. */
+  #failures = 0;
+  #reopenTimer: NodeJS.Timeout | undefined;
+  #idleTimer: NodeJS.Timeout | undefined;
+  #closed = false;
+  #opened = 0;
+
+  constructor(
+    stub: EventStoreServiceClient,
+    timeoutMs: number | undefined,
+    maxMessageBytes: number,
+    retry: StreamRetryPolicy = DEFAULT_STREAM_RETRY,
+  ) {
+    this.#stub = stub;
+    this.#timeoutMs = timeoutMs;
+    this.#maxMessageBytes = maxMessageBytes;
+    this.#retry = retry;
+  }
+
+  /** How many streams were opened so far (for tests and diagnostics). */
+  get opened(): number {
+    return this.#opened;
+  }
+
+  /**
+   * Whether an item surely fits the channel's send limit. One that does not
+   * must go as a unary call: over the stream, grpc-js would fail the whole
+   * stream (every caller's writes) with RESOURCE_EXHAUSTED instead of it.
+   */
+  fits(threadId: string, events: readonly WireEnvelope[]): boolean {
+    return itemSizeBound(threadId, events) <= this.#maxMessageBytes;
+  }
+
+  /**
+   * Sends one item and resolves with its ack once the daemon committed it.
+   * Rejects with the item's own error when the daemon rejected it (the
+   * stream goes on), DeadlineExceededError after the client's timeoutMs
+   * (the item may still be committed), UnavailableError when the stream
+   * could not be reopened within the retry budget or the client is closed,
+   * or the error that ended the stream for good.
+   */
+  submit(
+    threadId: string,
+    turn: number,
+    events: WireEnvelope[],
+    finish: boolean,
+  ): Promise<ItemAck> {
+    if (this.#closed) {
+      return Promise.reject(new UnavailableError("the client is closed"));
+    }
+    return new Promise<ItemAck>((resolve, reject) => {
+      const id = this.#nextId++;
+      const pending: Pending = {
+        id,
+        request: { request_id: id, thread_id: threadId, turn, events, finish_turn: finish },
+        resolve,
+        reject,
+        timer: undefined,
+        done: false,
+        resent: false,
+      };
+      const timeoutMs = this.#timeoutMs;
+      if (timeoutMs !== undefined) {
+        pending.timer = setTimeout(() => {
+          this.#settle(pending);
+          reject(
+            new DeadlineExceededError(`deadline of ${timeoutMs} ms exceeded`, {
+              code: status.DEADLINE_EXCEEDED,
+            }),
+          );
+        }, timeoutMs);
+      }
+      this.#unacked.set(id, pending);
+      this.#clearIdle();
+      if (this.#stream !== undefined) {
+        this.#stream.write(pending.request);
+      } else if (this.#reopenTimer === undefined) {
+        this.#open();
+      } // else: sent when the stream is reopened
+    });
+  }
+
+  /**
+   * Half-closes the stream: the daemon acknowledges what it received, then
+   * ends it. Later submits fail at once; calls still waiting fail with
+   * UnavailableError if the stream breaks before their ack. Idempotent.
+   */
+  close(): void {
+    this.#closed = true;
+    this.#clearIdle();
+    if (this.#reopenTimer !== undefined) {
+      clearTimeout(this.#reopenTimer);
+      this.#reopenTimer = undefined;
+      this.#failAll(new UnavailableError("the client was closed before the stream was reopened"));
+    }
+    this.#stream?.end();
+  }
+
+  #open(): void {
+    this.#reopenTimer = undefined;
+    const waiting = [...this.#unacked.values()].filter((pending) => !pending.done);
+    this.#unacked.clear();
+    if (waiting.length === 0 || this.#closed) {
+      return; // every caller gave up meanwhile; open on the next write
+    }
+    const stream = this.#stub.AppendStream();
+    this.#stream = stream;
+    this.#opened += 1;
+    stream.on("data", (ack: AppendStreamResponse) => this.#acknowledge(ack));
+    stream.on("error", (error: unknown) => this.#broken(stream, toTurnstoreError(error)));
+    stream.on("end", () => this.#broken(stream, undefined));
+    for (const pending of waiting) {
+      this.#unacked.set(pending.id, pending);
+      stream.write(pending.request);
+    }
+  }
+
+  #acknowledge(ack: AppendStreamResponse): void {
+    this.#failures = 0;
+    const id = Number(ack.request_id);
+    const pending = id === 0 ? this.#unacked.values().next().value : this.#unacked.get(id);
+    if (pending === undefined) {
+      return; // not ours (cannot happen with an honest daemon)
+    }
+    this.#unacked.delete(pending.id);
+    if (this.#unacked.size === 0) {
+      this.#startIdle();
+    }
+    if (pending.done) {
+      return; // its caller stopped waiting (deadline)
+    }
+    this.#settle(pending);
+    if (ack.error === null) {
+      pending.resolve({ positions: ack.positions, eventCount: ack.event_count });
+      return;
+    }
+    // The ItemError stands where a unary call's ServiceError would: as the cause.
+    const error = errorFromStatus(ack.error.code, ack.error.reason, ack.error.message, ack.error);
+    if (
+      pending.resent &&
+      pending.request.finish_turn &&
+      error instanceof TurnAlreadyFinishedError
+    ) {
+      // The finish may have committed on the stream that broke: this is what
+      // its success looks like now.
+      pending.resolve({ positions: [], eventCount: undefined });
+    } else {
+      pending.reject(error);
+    }
+  }
+
+  /** The stream ended (`error` undefined: with status OK) or failed; reopen it or fail the calls. */
+  #broken(
+    stream: ClientDuplexStream<AppendStreamRequest, AppendStreamResponse>,
+    error: TurnstoreError | undefined,
+  ): void {
+    if (this.#stream !== stream) {
+      return; // "end" after "error", or a stream already replaced
+    }
+    this.#stream = undefined;
+    this.#clearIdle();
+    const waiting = [...this.#unacked.values()].filter((pending) => !pending.done);
+    if (waiting.length === 0) {
+      this.#unacked.clear();
+      this.#failures = 0;
+      return;
+    }
+    if (this.#closed) {
+      this.#failAll(new UnavailableError("the client was closed", { cause: error }));
+      return;
+    }
+    // The daemon ends the stream only when it shuts down: a stream that ends
+    // with items unacknowledged is as unavailable as one that failed.
+    const cause = error ?? new UnavailableError("the daemon ended the append stream");
+    this.#failures += 1;
+    if (!(cause instanceof UnavailableError) || this.#failures >= this.#retry.attempts) {
+      this.#failures = 0;
+      this.#failAll(cause);
+      return;
+    }
+    for (const pending of waiting) {
+      pending.resent = true;
+    }
+    const base = Math.min(
+      this.#retry.initialBackoffMs * 2 ** (this.#failures - 1),
+      this.#retry.maxBackoffMs,
+    );
+    this.#reopenTimer = setTimeout(() => this.#open(), base * (1 + Math.random() / 2));
+  }
+
+  #failAll(error: TurnstoreError): void {
+    const waiting = [...this.#unacked.values()];
+    this.#unacked.clear();
+    for (const pending of waiting) {
+      if (!pending.done) {
+        this.#settle(pending);
+        pending.reject(error);
+      }
+    }
+  }
+
+  #settle(pending: Pending): void {
+    pending.done = true;
+    if (pending.timer !== undefined) {
+      clearTimeout(pending.timer);
+      pending.timer = undefined;
+    }
+  }
+
+  #startIdle(): void {
+    this.#clearIdle();
+    const stream = this.#stream;
+    if (stream === undefined) {
+      return;
+    }
+    this.#idleTimer = setTimeout(() => {
+      this.#idleTimer = undefined;
+      if (this.#stream === stream && this.#unacked.size === 0) {
+        this.#stream = undefined;
+        stream.end();
+      }
+    }, IDLE_MS);
+    this.#idleTimer.unref();
+  }
+
+  #clearIdle(): void {
+    if (this.#idleTimer !== undefined) {
+      clearTimeout(this.#idleTimer);
+      this.#idleTimer = undefined;
+    }
+  }
+}

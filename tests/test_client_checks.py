@@ -1,0 +1,50 @@
+"""What the client refuses before it sends anything: bad targets and TLS settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.daemon import Daemon
+from turnstore import ClientTls, InvalidArgumentError, TurnstoreClient
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        ("", "must not be empty"),
+        ("   ", "must not be empty"),
+        ("http://127.0.0.1:7070", "take no http:// scheme"),
+        ("https://localhost:7070", "take no https:// scheme"),
+        ("127.0.0.1", "has no port"),
+        ("::1", "has no port"),
+        ("127.0.0.1:70700", "from 1 to 65535"),
+        ("127.0.0.1:0", "from 1 to 65535"),
+        ("localhost:http", "from 1 to 65535"),
+        ("unix:", "needs a socket path"),
+    ],
+)
+async def test_a_bad_target_is_refused_before_any_call(target: str, says: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=says) as raised:
+        TurnstoreClient(target)
+    assert "HOST:PORT" in str(raised.value) or "unix:" in str(raised.value)
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:7070", "[::1]:7070", "localhost:1", "unix:/x.sock"])
+async def test_good_targets_are_accepted(target: str) -> None:
+    client = TurnstoreClient(target)
+    assert client.target == target
+    await client.close()
+
+
+async def test_a_checked_target_still_reaches_the_daemon(daemon: Daemon) -> None:
+    async with TurnstoreClient(daemon.target) as client:
+        assert await client.events.event_count("nobody") == 0
+
+
+def test_client_tls_needs_cert_and_key_together_and_pem_bytes() -> None:
+    with pytest.raises(ValueError, match="cert and key go together"):
+        ClientTls(b"-----BEGIN CERTIFICATE-----", cert="client.pem")
+    with pytest.raises(ValueError, match="PEM data"):
+        ClientTls(b"not pem").credentials()
+    with pytest.raises(FileNotFoundError):
+        ClientTls("/nonexistent/ca.pem").credentials()
