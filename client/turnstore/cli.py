@@ -208,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=200_000,
         help="events one AppendStream message may carry in all its items (each item is "
-        "held to --max-events-per-append); a message over it ends the stream",
+        "also held to the per-append limit); a message over it ends the stream",
     )
     ingress.add(
         "--large-decodes",
