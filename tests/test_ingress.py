@@ -45,7 +45,7 @@ from turnstore import (
     TurnstoreClient,
     UnauthenticatedError,
 )
-from turnstore.server.ingress import scan_append, scan_stream_message
+from turnstore.server.ingress import IngressConfig, scan_append, scan_stream_message
 from turnstore.v1 import turnstore_pb2 as pb
 
 T = TypeVar("T")
@@ -627,3 +627,13 @@ def test_the_scans_look_at_a_bounded_number_of_fields() -> None:
     assert refused is not None and "fields" in str(refused.error())
     refused = scan_stream_message(field(4, 2, b"\x00") + unknown, 100, 4)
     assert refused is not None and refused.ends_stream and "fields" in str(refused.error())
+
+
+def test_bounds_that_would_leave_a_gap_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 32768"):
+        IngressConfig(max_events_per_stream_message=32_767)
+    with pytest.raises(ValueError, match="max_request_bytes"):
+        IngressConfig(max_request_bytes=1024)
+    for name in ("max_streams_per_connection", "max_connections", "large_decodes"):
+        with pytest.raises(ValueError, match=name):
+            IngressConfig(**{name: 0})

@@ -40,6 +40,8 @@ KIB: Final = 1024
 SMALL_REQUEST_BYTES: Final = 64 * KIB
 # Larger messages are scanned and decoded on the thread pool.
 INLINE_DECODE_BYTES: Final = 64 * KIB
+# The most events a message decoded at once can hold (2 bytes each at least).
+MIN_EVENTS_PER_STREAM_MESSAGE: Final = INLINE_DECODE_BYTES // 2
 # Room in a SaveRequest beside the snapshot itself: key, content type, version.
 SNAPSHOT_REQUEST_ROOM: Final = 64 * KIB
 
@@ -69,14 +71,15 @@ class IngressConfig:
     def __post_init__(self) -> None:
         if self.max_request_bytes is not None and self.max_request_bytes < SMALL_REQUEST_BYTES:
             raise ValueError(f"max_request_bytes must be at least {SMALL_REQUEST_BYTES}")
-        for name in (
-            "max_streams_per_connection",
-            "max_connections",
-            "large_decodes",
-            "max_events_per_stream_message",
-        ):
+        for name in ("max_streams_per_connection", "max_connections", "large_decodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        # Only messages decoded on the thread pool are scanned: no message
+        # decoded at once may hold more events than this.
+        if self.max_events_per_stream_message < MIN_EVENTS_PER_STREAM_MESSAGE:
+            raise ValueError(
+                f"max_events_per_stream_message must be at least {MIN_EVENTS_PER_STREAM_MESSAGE}"
+            )
 
     def request_bytes(self, limits: Limits) -> int:
         """The largest request message accepted."""
