@@ -234,41 +234,71 @@ def scan_append(data: bytes, max_events: int, max_event_bytes: int) -> RefusedRe
     return None
 
 
-class _StreamTally:
-    """Items and events of one AppendStream message, counted as the scan goes."""
+class _OverLimit(Exception):
+    """A stream message carries more items, events or fields than allowed."""
 
-    __slots__ = ("events", "items", "max_events", "max_items")
 
-    def __init__(self, max_events: int, max_items: int) -> None:
-        self.events, self.items = 0, 1
-        self.max_events, self.max_items = max_events, max_items
+def _tally(
+    data: bytes, start: int, end: int, counts: list[int], limits: tuple[int, int, int], deep: bool
+) -> None:
+    """Add the fields, items and events of one AppendStream item to ``counts``.
 
-    def item(
-        self, data: bytes, start: int, end: int, budget: _Budget
-    ) -> InvalidArgumentError | None:
-        # Items in `more` may not carry `more`, but the decoder would still
-        # decode theirs: they are counted at every depth.
-        for number, _, inner_start, inner_end in _fields(data, start, end, budget):
+    ``counts`` is [fields, items, events] and ``limits`` their maxima;
+    :class:`_OverLimit` is raised past one, :class:`_Malformed` for bytes
+    that are no message. With ``deep``, items in ``more`` are entered (those
+    must not carry ``more``, but the decoder would still decode theirs, so
+    they are counted at every depth); else they are only counted. The loop
+    is written out (tags and lengths of one byte read in place) because it
+    runs once per event of every large stream message.
+    """
+    max_fields, max_items, max_events = limits
+    at, groups = start, 0
+    while at < end:
+        counts[0] += 1
+        if counts[0] > max_fields:
+            raise _OverLimit
+        key = data[at]
+        if key < 0x80:
+            at += 1
+        else:
+            key, at = _varint(data, at)
+        wire_type = key & 7
+        if wire_type == 2:
+            if at >= end:
+                raise _Malformed
+            length = data[at]
+            if length < 0x80:
+                at += 1
+            else:
+                length, at = _varint(data, at)
+            inner, at = at, at + length
+            if at > end:
+                raise _Malformed
+            if groups:
+                continue
+            number = key >> 3
             if number == 4:
-                self.events += 1
-                if self.events > self.max_events:
-                    return InvalidArgumentError(
-                        "request",
-                        f"carries more than {self.max_events} events in all its items, over "
-                        "the limit (--max-events-per-stream-message)",
-                    )
+                counts[2] += 1
+                if counts[2] > max_events:
+                    raise _OverLimit
             elif number == 6:
-                self.items += 1
-                if self.items > self.max_items:
-                    return InvalidArgumentError(
-                        "more",
-                        f"holds more than {self.max_items - 1} items, over the limit of "
-                        f"{self.max_items - 1}",
-                    )
-                refused = self.item(data, inner_start, inner_end, budget)
-                if refused is not None:
-                    return refused
-        return None
+                counts[1] += 1
+                if counts[1] > max_items:
+                    raise _OverLimit
+                if deep:
+                    _tally(data, inner, at, counts, limits, deep)
+        elif wire_type == 0:
+            _, at = _varint(data, at)
+        elif wire_type == 1:
+            at += 8
+        elif wire_type == 5:
+            at += 4
+        elif wire_type == 3:
+            groups += 1
+        elif wire_type == 4 and groups:
+            groups -= 1
+        else:
+            raise _Malformed
 
 
 def scan_stream_message(data: bytes, max_events: int, max_items: int) -> RefusedRequest | None:
@@ -279,17 +309,34 @@ def scan_stream_message(data: bytes, max_events: int, max_items: int) -> Refused
     since its items cannot be told apart before decoding -- when it carries
     more than ``max_items`` items (the first and those in ``more``), more
     than ``max_events`` events in all its items, or more fields than those
-    can have. The work is bounded by the limits, not by the message.
+    can have. The work is bounded by the limits, not by the message. A
+    message of at most ``2 * max_events`` bytes cannot carry too many events
+    (each takes 2 bytes at least): only its top-level fields are read.
     Malformed bytes end the scan without a verdict.
     """
-    fields = max_events + 1 + max_items * ITEM_FIELDS + OTHER_FIELDS
+    max_fields = max_events + 1 + max_items * ITEM_FIELDS + OTHER_FIELDS
+    counts = [0, 1, 0]
+    deep = len(data) > 2 * max_events
     try:
-        refused = _StreamTally(max_events, max_items).item(data, 0, len(data), _Budget(fields))
+        _tally(data, 0, len(data), counts, (max_fields, max_items, max_events), deep)
     except _Malformed:
         return None
-    except _OverBudget:
-        refused = _too_many_fields(fields)
-    return None if refused is None else RefusedRequest(refused, ends_stream=True)
+    except _OverLimit:
+        _, items, events = counts
+        if items > max_items:
+            error = InvalidArgumentError(
+                "more", f"holds more than {max_items - 1} items, over the limit of {max_items - 1}"
+            )
+        elif events > max_events:
+            error = InvalidArgumentError(
+                "request",
+                f"carries more than {max_events} events in all its items, over the limit "
+                "(--max-events-per-stream-message)",
+            )
+        else:
+            error = _too_many_fields(max_fields)
+        return RefusedRequest(error, ends_stream=True)
+    return None
 
 
 def _too_many_events(max_events: int) -> InvalidArgumentError:
