@@ -101,19 +101,15 @@ class RefusedRequest:
 
     gRPC answers UNKNOWN when a deserializer raises, so the deserializers
     return this instead and the handlers answer with :meth:`error`
-    (INVALID_ARGUMENT). ``request_id`` is the AppendStream item's id when it
-    could be read, else 0. With ``ends_stream``, the refusal is of a whole
+    (INVALID_ARGUMENT). With ``ends_stream``, the refusal is of a whole
     AppendStream message, whose items cannot be answered one by one: the
     stream ends with the error.
     """
 
-    __slots__ = ("_error", "ends_stream", "request_id")
+    __slots__ = ("_error", "ends_stream")
 
-    def __init__(
-        self, error: InvalidArgumentError, request_id: int = 0, *, ends_stream: bool = False
-    ) -> None:
+    def __init__(self, error: InvalidArgumentError, *, ends_stream: bool = False) -> None:
         self._error = error
-        self.request_id = request_id
         self.ends_stream = ends_stream
 
     def error(self) -> InvalidArgumentError:

@@ -549,7 +549,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
     def _submit_items(self, message: Any) -> _Group:
         """Submit one request message's items to the engine."""
         if isinstance(message, RefusedRequest):
-            return [(message.request_id, message.error(), False)]
+            return [(0, message.error(), False)]
         opted = message.acks_in_more
         if len(message.more) >= MAX_ITEMS_PER_MESSAGE:
             error = InvalidArgumentError(
