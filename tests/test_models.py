@@ -1,4 +1,4 @@
-"""The data types and their JSON forms, as CONTRACT.md defines them."""
+"""The data types and their JSON forms, as docs/contract.md defines them."""
 
 from __future__ import annotations
 
@@ -105,6 +105,7 @@ def test_each_bad_header_field_is_named(
         ({"type": "x", "data": b"raw"}, "event.data: a bytes"),
         ({"type": "x", "at": datetime.now(UTC)}, "event.at: a datetime"),
         ({"type": "x", "tags": {"a"}}, "event.tags: a set"),
+        ({"type": "x", "n": 1 << 64}, "event.n: integer 18446744073709551616 is beyond 64 bits"),
         ({"type": "x", "deep": [{"n": object()}]}, r"event.deep\[0\].n: a object"),
     ],
 )

@@ -216,6 +216,26 @@ def _parser() -> argparse.ArgumentParser:
         default=2,
         help="request messages over 64KiB decoded at once on the thread pool; more wait",
     )
+    followers = _EnvOptions(
+        serve.add_argument_group(
+            "followers",
+            "bytes that replays hold in messages their readers have not taken yet",
+        )
+    )
+    followers.add(
+        "--follower-budget",
+        type=parse_size,
+        default="128KiB",
+        help="one replay's message, whatever max_events_per_message it asks for "
+        "(plus at most one event; max 4MiB)",
+    )
+    followers.add(
+        "--followers-total-budget",
+        type=parse_size,
+        default="64MiB",
+        help="all replays together; past it the slowest is ended with RESOURCE_EXHAUSTED "
+        "(follower_too_slow) and can resume where it was",
+    )
 
     tail = commands.add_parser(
         "tail",
@@ -280,6 +300,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from turnstore.server.app import ServerConfig, TlsConfig, serve
         from turnstore.server.errors import DataDirLockedError
+        from turnstore.server.followers import SendLimits
         from turnstore.server.ingress import IngressConfig
         from turnstore.server.logs import configure_logging
         from turnstore.server.values import EngineConfig, Limits
@@ -332,6 +353,7 @@ def _serve(args: argparse.Namespace) -> int:
                 large_decodes=args.large_decodes,
                 max_events_per_stream_message=args.max_events_per_stream_message,
             ),
+            follower_limits=SendLimits(args.follower_budget, args.followers_total_budget),
         )
         asyncio.run(serve(config))
     except (DataDirLockedError, ValueError, RuntimeError, OSError) as error:

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from turnstore.client import DEFAULT_TARGET as DEFAULT_LISTEN
 from turnstore.server.acks import AckPump
 from turnstore.server.engine import Engine
-from turnstore.server.followers import Followers
+from turnstore.server.followers import Followers, SendLimits
 from turnstore.server.ingress import Ingress, IngressConfig
 from turnstore.server.interceptors import BearerTokenInterceptor, MetricsInterceptor
 from turnstore.server.metrics import Metrics
@@ -72,6 +72,8 @@ class ServerConfig:
     loopback ``HOST:PORT`` of the Prometheus endpoint, off when None.
     ``ingress`` bounds what one message, one connection and all connections
     may hold (:mod:`turnstore.server.ingress`).
+    ``follower_limits`` bound the bytes replays hold in messages their peers
+    have not taken yet.
     """
 
     engine: EngineConfig
@@ -85,6 +87,7 @@ class ServerConfig:
     metrics_listen: str | None = None
     health_and_reflection: bool = True
     ingress: IngressConfig = field(default_factory=IngressConfig)
+    follower_limits: SendLimits = field(default_factory=SendLimits)
 
 
 @dataclass
@@ -180,7 +183,7 @@ def build_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    followers = Followers(asyncio.get_running_loop())
+    followers = Followers(asyncio.get_running_loop(), config.follower_limits)
     acks = AckPump(asyncio.get_running_loop())
     # Followers are woken in the same loop wake-up as the writers' acks.
     engine.add_commit_listener(lambda changed: acks.call_soon(followers.wake, changed))
