@@ -74,9 +74,14 @@ def packed(prefix: bytes, entry: bytes) -> bytes:
     return prefix + entry * ((PACKED_BYTES - len(prefix)) // len(entry))
 
 
-PACKED_APPEND: Final = packed(b"\x0a\x06packed\x10\x01", APPEND_ENTRY)
-# request_id 7, thread "packed", turn 1.
-PACKED_ITEM: Final = packed(b"\x08\x07\x12\x06packed\x18\x01", STREAM_ENTRY)
+def packed_append() -> bytes:
+    """An AppendRequest to thread "packed", turn 1, of minimal events."""
+    return packed(b"\x0a\x06packed\x10\x01", APPEND_ENTRY)
+
+
+def packed_item() -> bytes:
+    """An AppendStreamRequest (request_id 7, thread "packed", turn 1) of minimal events."""
+    return packed(b"\x08\x07\x12\x06packed\x18\x01", STREAM_ENTRY)
 
 
 @pytest.fixture(scope="module")
@@ -210,10 +215,11 @@ async def test_a_packed_append_without_a_token_is_refused_before_it_is_read(
     guarded: Daemon,
 ) -> None:
     await warm_up(guarded)
+    message = packed_append()
     outcomes, cost = await measured(
         guarded,
         lambda: asyncio.gather(
-            *(unary_status(guarded, APPEND, PACKED_APPEND, None) for _ in range(AT_ONCE))
+            *(unary_status(guarded, APPEND, message, None) for _ in range(AT_ONCE))
         ),
     )
     assert [code for code, _ in outcomes] == [grpc.StatusCode.UNAUTHENTICATED] * AT_ONCE, outcomes
@@ -226,7 +232,7 @@ async def test_a_packed_append_with_a_token_is_refused_by_the_batch_limit(
 ) -> None:
     await warm_up(guarded)
     (code, details), cost = await measured(
-        guarded, lambda: unary_status(guarded, APPEND, PACKED_APPEND, TOKEN)
+        guarded, lambda: unary_status(guarded, APPEND, packed_append(), TOKEN)
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
     assert "events" in details and "10000 per append" in details, details
@@ -271,10 +277,11 @@ async def test_a_packed_stream_item_without_a_token_is_refused_before_it_is_read
     guarded: Daemon,
 ) -> None:
     await warm_up(guarded)
+    message = packed_item()
     outcomes, cost = await measured(
         guarded,
         lambda: asyncio.gather(
-            *(stream_outcomes(guarded, [PACKED_ITEM], None) for _ in range(AT_ONCE))
+            *(stream_outcomes(guarded, [message], None) for _ in range(AT_ONCE))
         ),
     )
     assert [(o.code, o.responses) for o in outcomes] == [
@@ -289,7 +296,7 @@ async def test_a_packed_stream_message_with_a_token_ends_its_stream_cheaply(
 ) -> None:
     await warm_up(guarded)
     (code, details, _), cost = await measured(
-        guarded, lambda: stream_outcomes(guarded, [PACKED_ITEM], TOKEN)
+        guarded, lambda: stream_outcomes(guarded, [packed_item()], TOKEN)
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
     assert "more than 200000 events in all its items" in details, details
