@@ -600,7 +600,7 @@ def tally_scanned(data: bytes, max_events: int) -> tuple[int, int]:
     return items, events
 
 
-@settings(max_examples=500, deadline=None, database=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(data=stream_messages(), max_events=st.integers(1, 60), max_items=st.integers(1, 12))
 def test_the_stream_scan_agrees_with_the_decoder(
     data: bytes, max_events: int, max_items: int
