@@ -395,9 +395,13 @@ async def write_odd_content(channel: grpc.aio.Channel) -> None:
                     body=b"\x00\x01\xff",
                     content_type="application/octet-stream",
                 ),
-                # "type" inside the body cannot sit beside the envelope's type.
-                pb.EventEnvelope(event_id="clash", type="outer", body=b'{"type":"inner"}'),
-                pb.EventEnvelope(event_id="list", type="json-list", body=b"[1,2]"),
+                # Not JSON by its content type: no flat form, carried as base64.
+                pb.EventEnvelope(
+                    event_id="plain", type="note", body=b"plain text", content_type="text/plain"
+                ),
+                pb.EventEnvelope(
+                    event_id="csv", type="table", body=b"a,b\n1,2", content_type="text/csv"
+                ),
             ],
         )
     )

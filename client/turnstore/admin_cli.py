@@ -140,6 +140,12 @@ def format_stats(stats: DaemonStats) -> str:
         ("turns", f"{stats.turns} ({stats.finished_turns} finished)"),
         ("conversations", f"{stats.conversations} ({stats.snapshot_versions} versions stored)"),
         ("data file", f"{_size(stats.data_file_bytes)} (map {_size(stats.map_size_bytes)})"),
+        (
+            "space",
+            f"{_size(stats.used_bytes)} used, {stats.used_fraction:.0%} of the "
+            f"{_size(stats.write_limit_bytes)} writes may fill (ceiling "
+            f"{_size(stats.max_db_bytes)}, the rest kept for deletes)",
+        ),
         ("replays", f"{stats.open_replays} open, {stats.live_followers} following"),
         (
             "follower budget",

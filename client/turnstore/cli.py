@@ -108,7 +108,15 @@ def _parser() -> argparse.ArgumentParser:
         "--max-db-size",
         type=parse_size,
         default="16GiB",
-        help="ceiling of the database size; writes past it fail with RESOURCE_EXHAUSTED",
+        help="ceiling of the database size; writes that add data stop with RESOURCE_EXHAUSTED "
+        "at it less --delete-reserve",
+    )
+    option.add(
+        "--delete-reserve",
+        type=parse_size,
+        default=None,
+        help="room below --max-db-size kept for clears, deletes and retention: writes that "
+        "add data stop at the ceiling minus this (default: 1%% of it, at least 1MiB)",
     )
     option.add(
         "--snapshot-versions",
@@ -330,6 +338,7 @@ def _serve(args: argparse.Namespace) -> int:
             retain_threads_for_seconds=args.retain_threads_for,
             retain_conversations_for_seconds=args.retain_conversations_for,
             retention_interval_seconds=args.retention_interval,
+            delete_reserve_bytes=args.delete_reserve,
         )
         tls = None
         if args.tls_cert or args.tls_key:

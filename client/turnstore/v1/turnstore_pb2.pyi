@@ -293,7 +293,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("live_followers", "open_replays", "map_size_bytes", "threads", "events", "turns", "finished_turns", "conversations", "snapshot_versions", "data_file_bytes", "retention_enabled", "retention_sweeps", "retention_removed_threads", "retention_removed_events", "retention_removed_conversations", "retention_last_error", "follower_held_bytes", "follower_ending_bytes", "followers_ended_too_slow")
+    __slots__ = ("live_followers", "open_replays", "map_size_bytes", "threads", "events", "turns", "finished_turns", "conversations", "snapshot_versions", "data_file_bytes", "retention_enabled", "retention_sweeps", "retention_removed_threads", "retention_removed_events", "retention_removed_conversations", "retention_last_error", "follower_held_bytes", "follower_ending_bytes", "followers_ended_too_slow", "used_bytes", "max_db_bytes", "write_limit_bytes")
     LIVE_FOLLOWERS_FIELD_NUMBER: _ClassVar[int]
     OPEN_REPLAYS_FIELD_NUMBER: _ClassVar[int]
     MAP_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -313,6 +313,9 @@ class GetStatsResponse(_message.Message):
     FOLLOWER_HELD_BYTES_FIELD_NUMBER: _ClassVar[int]
     FOLLOWER_ENDING_BYTES_FIELD_NUMBER: _ClassVar[int]
     FOLLOWERS_ENDED_TOO_SLOW_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_DB_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WRITE_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     live_followers: int
     open_replays: int
     map_size_bytes: int
@@ -332,7 +335,10 @@ class GetStatsResponse(_message.Message):
     follower_held_bytes: int
     follower_ending_bytes: int
     followers_ended_too_slow: int
-    def __init__(self, live_followers: _Optional[int] = ..., open_replays: _Optional[int] = ..., map_size_bytes: _Optional[int] = ..., threads: _Optional[int] = ..., events: _Optional[int] = ..., turns: _Optional[int] = ..., finished_turns: _Optional[int] = ..., conversations: _Optional[int] = ..., snapshot_versions: _Optional[int] = ..., data_file_bytes: _Optional[int] = ..., retention_enabled: _Optional[bool] = ..., retention_sweeps: _Optional[int] = ..., retention_removed_threads: _Optional[int] = ..., retention_removed_events: _Optional[int] = ..., retention_removed_conversations: _Optional[int] = ..., retention_last_error: _Optional[str] = ..., follower_held_bytes: _Optional[int] = ..., follower_ending_bytes: _Optional[int] = ..., followers_ended_too_slow: _Optional[int] = ...) -> None: ...
+    used_bytes: int
+    max_db_bytes: int
+    write_limit_bytes: int
+    def __init__(self, live_followers: _Optional[int] = ..., open_replays: _Optional[int] = ..., map_size_bytes: _Optional[int] = ..., threads: _Optional[int] = ..., events: _Optional[int] = ..., turns: _Optional[int] = ..., finished_turns: _Optional[int] = ..., conversations: _Optional[int] = ..., snapshot_versions: _Optional[int] = ..., data_file_bytes: _Optional[int] = ..., retention_enabled: _Optional[bool] = ..., retention_sweeps: _Optional[int] = ..., retention_removed_threads: _Optional[int] = ..., retention_removed_events: _Optional[int] = ..., retention_removed_conversations: _Optional[int] = ..., retention_last_error: _Optional[str] = ..., follower_held_bytes: _Optional[int] = ..., follower_ending_bytes: _Optional[int] = ..., followers_ended_too_slow: _Optional[int] = ..., used_bytes: _Optional[int] = ..., max_db_bytes: _Optional[int] = ..., write_limit_bytes: _Optional[int] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
     __slots__ = ("dest_dir",)

@@ -89,6 +89,7 @@ const BY_REASON: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([
   ["storage_full", StorageFullError],
   ["follower_too_slow", FollowerTooSlowError],
   ["shutting_down", UnavailableError],
+  ["disk_error", UnavailableError],
 ]);
 
 const BY_CODE: ReadonlyMap<status, ErrorClass> = new Map<status, ErrorClass>([

@@ -36,7 +36,7 @@ from turnstore.server.service import (
     HistoryStoreService,
     add_service,
 )
-from turnstore.server.values import EngineConfig
+from turnstore.server.values import EngineConfig, SpaceUsage
 
 log = structlog.get_logger("turnstore")
 
@@ -217,6 +217,30 @@ def build_server(
     return built
 
 
+def _startup_cleanup(engine: Engine) -> dict[str, list[str]]:
+    """What the engine removed at open, as fields of the ``serving`` line (none if nothing)."""
+    fields = {}
+    if engine.removed_partial_backups:
+        fields["removed_partial_backups"] = [str(path) for path in engine.removed_partial_backups]
+    if engine.partial_backup_problems:
+        fields["partial_backups_not_removed"] = engine.partial_backup_problems
+    return fields
+
+
+def log_space_level(usage: SpaceUsage, crossed: float | None, fell_below: float | None) -> None:
+    """Log a crossing of a usage warning level (a space level listener; any thread)."""
+    fields = {
+        "used_bytes": usage.used_bytes,
+        "max_db_bytes": usage.max_bytes,
+        "write_limit_bytes": usage.write_limit_bytes,
+        "used_percent": round(usage.used_fraction * 100, 1),
+    }
+    if crossed is not None:
+        log.warning("database_filling", level_percent=round(crossed * 100), **fields)
+    else:
+        log.info("database_space_recovered", below_percent=round((fell_below or 0) * 100), **fields)
+
+
 async def serve(config: ServerConfig) -> None:
     """Run the daemon until SIGTERM or SIGINT, then shut down in order."""
     metrics = Metrics() if config.metrics_listen is not None else None
@@ -226,6 +250,7 @@ async def serve(config: ServerConfig) -> None:
         metrics_host, _, port_text = config.metrics_listen.rpartition(":")
         metrics_host, metrics_port = metrics_host.strip("[]"), int(port_text)
     engine = Engine.open(config.engine)
+    engine.space.add_level_listener(log_space_level)
     try:
         built = build_server(config, engine, metrics)
         stop = asyncio.Event()
@@ -243,9 +268,11 @@ async def serve(config: ServerConfig) -> None:
             data_dir=str(config.engine.data_dir),
             listen=built.addresses,
             max_map_bytes=config.engine.max_map_bytes,
+            write_limit_bytes=engine.space.write_limit_bytes,
             auth=config.auth_token is not None,
             tls=config.tls is not None,
             metrics=metrics_address,
+            **_startup_cleanup(engine),
         )
         await stop.wait()
         log.info("stopping", grace_seconds=config.grace_seconds)

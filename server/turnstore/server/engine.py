@@ -22,8 +22,6 @@ import dataclasses
 import fcntl
 import os
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,9 +32,8 @@ from typing import IO, Any, TypeVar
 
 import lmdb
 
-from turnstore.server import records, schema
+from turnstore.server import backups, disk, records, schema
 from turnstore.server.errors import (
-    BackupFailedError,
     DataDirLockedError,
     EngineClosedError,
     EngineError,
@@ -47,6 +44,12 @@ from turnstore.server.errors import (
     TurnAlreadyFinishedError,
     TurnFinishedError,
     VersionConflictError,
+)
+from turnstore.server.space import (
+    SpaceGuard,
+    default_reserve,
+    estimate_events_bytes,
+    estimate_value_bytes,
 )
 from turnstore.server.values import (
     LMDB_MAX_KEY_BYTES,
@@ -59,6 +62,7 @@ from turnstore.server.values import (
     ReadBudget,
     ReplayStep,
     RetentionStats,
+    SpaceUsage,
     StorageStats,
     StoredSnapshot,
     SweepResult,
@@ -115,11 +119,17 @@ class _ResizeGate:
 
 @dataclass
 class _Write:
-    """One queued write: a function applied inside the shared transaction."""
+    """One queued write: a function applied inside the shared transaction.
+
+    ``frees`` marks writes that only remove data (and rewrite bookkeeping):
+    they may use the space reserve and are retried alone when their batch
+    hits the ceiling.
+    """
 
     thread_id: str | None
     apply: Callable[[lmdb.Transaction, int], Any]
     future: Future[Any]
+    frees: bool = False
 
 
 CommitListener = Callable[[set[str]], None]
@@ -148,6 +158,19 @@ class Engine:
         self._env = env
         self._lock_file = lock_file
         self._dbs = {name: env.open_db(name, create=False) for name in schema.ALL_DATABASES}
+        reserve = config.delete_reserve_bytes
+        self.space = SpaceGuard(
+            [*self._dbs.values(), env.open_db(None)],
+            int(env.stat()["psize"]),
+            config.max_map_bytes,
+            default_reserve(config.max_map_bytes) if reserve is None else reserve,
+        )
+        self._backup_journal = backups.BackupJournal(Path(config.data_dir))
+        # The transaction id of the last no-op commit (_release_freed_pages).
+        self._tick_txnid = -1
+        # What :meth:`open` found of backups cut short (the daemon logs it).
+        self.removed_partial_backups: list[Path] = []
+        self.partial_backup_problems: list[str] = []
         self._gate = _ResizeGate()
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._closed = False
@@ -174,8 +197,10 @@ class Engine:
         directory, and ``ValueError`` when it holds a newer schema version.
         """
         data_dir = Path(config.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        lock_file = open(data_dir / "turnstore.lock", "a+")  # noqa: SIM115 - held until close
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_owner_only(data_dir)
+        lock_fd = os.open(data_dir / "turnstore.lock", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        lock_file = os.fdopen(lock_fd, "a+")
         try:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -204,6 +229,7 @@ class Engine:
                 metasync=True,
                 readahead=False,
                 subdir=True,
+                mode=0o600,
             )
             with env.begin(write=True) as txn:
                 for name in schema.ALL_DATABASES:
@@ -223,7 +249,12 @@ class Engine:
         except BaseException:
             lock_file.close()
             raise
-        return cls(config, env, lock_file)
+        # Leftovers of backups a killed daemon could not remove; none is running yet.
+        removed, problems = backups.BackupJournal(data_dir).clean()
+        engine = cls(config, env, lock_file)
+        engine.removed_partial_backups = removed
+        engine.partial_backup_problems = problems
+        return engine
 
     def close(self) -> None:
         """Commit every write already queued, then close the environment.
@@ -272,14 +303,17 @@ class Engine:
     # -- writes ------------------------------------------------------------
 
     def _submit(
-        self, thread_id: str | None, apply: Callable[[lmdb.Transaction, int], T]
+        self,
+        thread_id: str | None,
+        apply: Callable[[lmdb.Transaction, int], T],
+        frees: bool = False,
     ) -> Future[T]:
         future: Future[T] = Future()
         with self._close_lock:
             if self._closed:
                 future.set_exception(EngineClosedError("the engine is closed"))
                 return future
-            self._queue.put(_Write(thread_id, apply, future))
+            self._queue.put(_Write(thread_id, apply, future, frees))
         return future
 
     def add_commit_listener(self, listener: CommitListener) -> None:
@@ -371,18 +405,20 @@ class Engine:
         Returns each event's position and the turn's event count. An event
         whose id is already stored in this turn is not stored again: its
         original position is returned.
-        Checks everything before writing anything.
+        Checks everything, the space for what it adds included, before
+        writing anything.
         """
         value = _get(txn, key, self._dbs[schema.THREADS])
         if value is not None:
             number, next_position, next_finish, _ = schema.unpack_thread(value)
         else:
-            number = self._next_number(txn, schema.META_NEXT_THREAD_NUMBER)
-            next_position = next_finish = 0
+            number = next_position = next_finish = 0  # numbered once admitted, below
         ids_db = self._dbs[schema.EVENT_IDS]
         prefix = schema.U64.pack(number)
-        with txn.cursor(db=ids_db) as cursor:
-            stored_ids = dict(cursor.getmulti([prefix + event_id for event_id, _ in events]))
+        stored_ids: dict[Any, Any] = {}
+        if value is not None:
+            with txn.cursor(db=ids_db) as cursor:
+                stored_ids = dict(cursor.getmulti([prefix + event_id for event_id, _ in events]))
         positions: list[int] = []
         new: list[tuple[bytes, bytes, int]] = []
         batch_ids: dict[bytes, int] = {}
@@ -400,7 +436,7 @@ class Engine:
                 new.append((event_id, envelope, known))
             positions.append(known)
         turn_key = schema.PAIR.pack(number, turn)
-        turn_value = _get(txn, turn_key, self._dbs[schema.TURNS])
+        turn_value = _get(txn, turn_key, self._dbs[schema.TURNS]) if value is not None else None
         count, last = 0, 0
         if turn_value is not None:
             finished, count, last = schema.unpack_turn(turn_value)
@@ -412,6 +448,13 @@ class Engine:
                 return positions, count  # a retry of events stored before the finish
         if not new and not finish:
             return positions, count  # a retry: every event is already stored
+        added = sum(len(item[0]) + len(item[1]) for item in new)
+        estimate = estimate_events_bytes(len(new), added, self.limits.max_event_id_bytes)
+        self.space.admit(txn, estimate + 2 * len(key) + 256)
+        if value is None:
+            number = self._next_number(txn, schema.META_NEXT_THREAD_NUMBER)
+            prefix = schema.U64.pack(number)
+            turn_key = schema.PAIR.pack(number, turn)
         if new:
             first = new[0][2]
             values = records.encode_batch(first, turn, now_ns, [item[1] for item in new])
@@ -457,7 +500,7 @@ class Engine:
             self._delete_thread(txn, key, record.number)
             return record.next_position
 
-        return self._submit(thread_id, apply)
+        return self._submit(thread_id, apply, frees=True)
 
     def _delete_thread(self, txn: lmdb.Transaction, key: bytes, number: int) -> None:
         """Delete a thread's entry and everything stored under its number."""
@@ -471,6 +514,7 @@ class Engine:
         ):
             _delete_prefix(txn, self._dbs[name], prefix)
         txn.delete(key, db=self._dbs[schema.THREADS])
+        self.space.note_freed()
 
     def save_snapshot(
         self, key: str, data: bytes, content_type: str, expected_version: int | None = None
@@ -505,6 +549,9 @@ class Engine:
                 number, latest, current, _ = schema.unpack_conversation(value)
             if expected_version is not None and expected_version != current:
                 raise VersionConflictError(key, expected_version, current)
+            self.space.admit(
+                txn, estimate_value_bytes(len(data) + 64) + estimate_value_bytes(len(key) + 32)
+            )
             if value is None:
                 number = self._next_number(txn, schema.META_NEXT_CONVERSATION_NUMBER)
             version = latest + 1
@@ -541,9 +588,10 @@ class Engine:
             txn.put(
                 encoded_key, schema.pack_conversation(number, latest, 0, now_ns), db=conversations
             )
+            self.space.note_freed()
             return removed
 
-        return self._submit(None, apply)
+        return self._submit(None, apply, frees=True)
 
     def _next_number(self, txn: lmdb.Transaction, counter: bytes) -> int:
         meta = self._dbs[schema.META]
@@ -592,18 +640,16 @@ class Engine:
                 txn.commit()  # the fsync; a failed commit aborts the transaction
                 commit_seconds = time.perf_counter() - commit_started
             except lmdb.MapFullError:
-                if not self._grow_map():
-                    full = StorageFullError(
-                        f"the database reached its size ceiling of "
-                        f"{self.config.max_map_bytes} bytes; nothing was written"
-                    )
-                    for write in batch:
-                        write.future.set_exception(full)
-                    return
-                continue
-            except BaseException as error:  # an engine bug: fail the batch, keep serving
+                if self._grow_map() or self._release_freed_pages():
+                    continue
+                batch = self._fail_at_ceiling(batch)
+                if batch:
+                    continue  # the writes that free space, alone
+                return
+            except BaseException as error:  # the disk, or an engine bug: fail, keep serving
+                failure = disk.as_engine_error(error, Path(self.config.data_dir), "the write")
                 for write in batch:
-                    write.future.set_exception(error)
+                    write.future.set_exception(failure or error)
                 return
             changed: set[str] = set()
             for write, (ok, result) in zip(batch, outcomes, strict=True):
@@ -621,6 +667,52 @@ class Engine:
                 with contextlib.suppress(Exception):
                     observer(len(batch), commit_seconds)
             return
+
+    def _release_freed_pages(self) -> bool:
+        """Commit a no-op write if pages freed lately may wait for one; True if it did.
+
+        LMDB reuses a page freed by transaction k only from transaction k+2
+        on (the snapshot before k stays valid until then), and a transaction
+        that fails does not count. Right after a clear at the ceiling, every
+        write would fail for want of the pages the clear freed, until some
+        other write commits: this is that write (it rewrites the schema
+        version, a page or two), after which the batch is retried.
+        """
+        # Once per commit of other writes: a retried batch that frees again
+        # must not tick forever.
+        if self._env.info()["last_txnid"] == self._tick_txnid:
+            return False
+        if not self.space.take_freed_recently():
+            return False
+        meta = self._dbs[schema.META]
+        try:
+            with self._env.begin(write=True) as txn:
+                version = _get(txn, schema.META_SCHEMA_VERSION, meta)
+                if version is None:  # written by open(): never
+                    return False
+                txn.put(schema.META_SCHEMA_VERSION, version, db=meta)
+        except lmdb.Error:
+            return False
+        self._tick_txnid = self._env.info()["last_txnid"]
+        return True
+
+    def _fail_at_ceiling(self, batch: list[_Write]) -> list[_Write]:
+        """Fail a batch that does not fit under the ceiling; return what to retry.
+
+        The writes that free space are retried on their own, unless the
+        batch held nothing else (then they fail too).
+        """
+        retry = [write for write in batch if write.frees]
+        if len(retry) == len(batch):
+            retry = []
+        full = StorageFullError(
+            f"the database reached its size ceiling of "
+            f"{self.config.max_map_bytes} bytes; nothing was written"
+        )
+        for write in batch:
+            if not (write.frees and retry):
+                write.future.set_exception(full)
+        return retry
 
     def _grow_map(self) -> bool:
         """Double the map size, up to the ceiling; False when already there."""
@@ -1027,9 +1119,15 @@ class Engine:
                 conversations=conversations,
                 snapshot_versions=entries(schema.SNAPSHOTS),
                 data_file_bytes=0,
+                space=self.space.usage(txn),
             )
         data_file = Path(self.config.data_dir) / "data.mdb"
         return dataclasses.replace(stats, data_file_bytes=data_file.stat().st_size)
+
+    def space_usage(self) -> SpaceUsage:
+        """How close the database is to its ceiling, measured in one short read."""
+        with self._read() as txn:
+            return self.space.usage(txn)
 
     def backup(self, dest_dir: str) -> BackupResult:
         """Write a consistent, compacted copy of the database to ``dest_dir``.
@@ -1043,50 +1141,15 @@ class Engine:
         renamed to ``dest_dir``, so ``dest_dir`` either holds a whole backup
         or is unchanged. The result is a data directory: ``turnstore serve
         --data-dir DEST`` serves it. Raises InvalidArgumentError for an
-        unacceptable ``dest_dir`` and BackupFailedError when writing fails
-        (nothing is left behind then).
+        unacceptable ``dest_dir`` (also a component over NAME_MAX) and
+        BackupFailedError when writing fails (nothing is left behind then; a
+        copy cut short by a kill is removed at the next open, see
+        :mod:`turnstore.server.backups`).
         """
-        if "\0" in dest_dir or not os.path.isabs(dest_dir):
-            raise InvalidArgumentError(
-                "dest_dir", f"{dest_dir!r} is not an absolute path on the daemon's host"
-            )
-        dest = Path(os.path.normpath(dest_dir))
-        if dest.parent == dest:
-            raise InvalidArgumentError("dest_dir", "must not be the root directory")
-        if dest.exists() or dest.is_symlink():
-            if dest.is_symlink() or not dest.is_dir():
-                raise InvalidArgumentError(
-                    "dest_dir", f"{str(dest)!r} exists and is not a directory"
-                )
-            if any(dest.iterdir()):
-                raise InvalidArgumentError(
-                    "dest_dir", f"{str(dest)!r} is a directory that is not empty"
-                )
-        if not dest.parent.is_dir():
-            raise InvalidArgumentError(
-                "dest_dir", f"the parent directory {str(dest.parent)!r} does not exist"
-            )
+        dest = backups.check_destination(dest_dir)
         if self._closed:
             raise EngineClosedError("the engine is closed")
-        try:
-            partial = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
-        except OSError as error:
-            raise BackupFailedError(f"cannot write in {str(dest.parent)!r}: {error}") from error
-        try:
-            # The copy holds a read transaction: keep the map from being resized under it.
-            with self._gate.reading():
-                self._env.copy(str(partial), compact=True)
-            data_file = partial / "data.mdb"
-            size = data_file.stat().st_size
-            _fsync(data_file)
-            _fsync(partial)
-            # Replaces an empty directory, fails on one that was filled meanwhile.
-            partial.rename(dest)
-            _fsync(dest.parent)
-        except (OSError, lmdb.Error) as error:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise BackupFailedError(f"backup to {str(dest)!r} failed: {error}") from error
-        return BackupResult(dest, size)
+        return backups.write_backup(self._env, self._gate.reading, dest, self._backup_journal)
 
     def remove_thread_if_idle(self, thread_id: str, cutoff_ns: int) -> Future[int | None]:
         """Remove a thread unless it was written at or after ``cutoff_ns``.
@@ -1108,7 +1171,7 @@ class Engine:
             self._delete_thread(txn, key, record.number)
             return record.next_position
 
-        return self._submit(thread_id, apply)
+        return self._submit(thread_id, apply, frees=True)
 
     def remove_conversation_if_idle(self, key: str, cutoff_ns: int) -> Future[int | None]:
         """Remove a conversation key unless it was written at or after ``cutoff_ns``.
@@ -1131,9 +1194,10 @@ class Engine:
             prefix = schema.U64.pack(record.number)
             removed = _delete_prefix(txn, self._dbs[schema.SNAPSHOTS], prefix)
             txn.delete(encoded_key, db=conversations)
+            self.space.note_freed()
             return removed
 
-        return self._submit(None, apply)
+        return self._submit(None, apply, frees=True)
 
     def sweep_retention(self, now_ns: int | None = None) -> SweepResult:
         """Remove the threads and conversation keys the configured ages expire.
@@ -1263,6 +1327,19 @@ class Engine:
                 continue
 
 
+def _make_owner_only(data_dir: Path) -> None:
+    """Take group and other access away from the data files older versions left open.
+
+    New files are created owner-only; the directory's own mode is left as
+    the operator set it.
+    """
+    for name in ("data.mdb", "lock.mdb", "turnstore.lock"):
+        with contextlib.suppress(FileNotFoundError):
+            mode = (data_dir / name).stat().st_mode
+            if mode & 0o077:
+                os.chmod(data_dir / name, mode & 0o700)
+
+
 def _decode_snapshot(version: int, record: bytes) -> StoredSnapshot:
     saved_at, content_type_length = schema.SNAPSHOT_HEADER.unpack_from(record)
     start = schema.SNAPSHOT_HEADER.size
@@ -1330,15 +1407,6 @@ def _batches(candidates: list[tuple[bytes, int]]) -> Iterator[list[tuple[bytes, 
 def _decode_key(key: bytes) -> str:
     """A thread id or conversation key as stored, back to text."""
     return key.decode("utf-8", "surrogatepass")
-
-
-def _fsync(path: Path) -> None:
-    """fsync a file or a directory."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass

@@ -20,10 +20,12 @@ import structlog
 
 from turnstore.server import records
 from turnstore.server.acks import AckPump
+from turnstore.server.bodies import check_json_body
 from turnstore.server.engine import Engine
 from turnstore.server.errors import (
     BackupFailedError,
     DataDirLockedError,
+    DiskIOError,
     EngineClosedError,
     EngineError,
     EventIdConflictError,
@@ -63,6 +65,7 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     FollowerTooSlowError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
     DataDirLockedError: grpc.StatusCode.UNAVAILABLE,
+    DiskIOError: grpc.StatusCode.UNAVAILABLE,
     EngineError: grpc.StatusCode.INTERNAL,
 }
 
@@ -241,6 +244,8 @@ def _new_events(envelopes: Any, max_events: int) -> list[NewEvent]:
             _check_header(index, envelope)
         if not content_type:
             envelope.content_type = JSON
+        if content_type in ("", JSON):
+            check_json_body(index, envelope.event_id, envelope.body)
         events.append(NewEvent(envelope.event_id, envelope.SerializeToString()))
     return events
 
@@ -701,6 +706,9 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
             follower_held_bytes=self._followers.send_budget.held_bytes,
             follower_ending_bytes=self._followers.send_budget.ending_bytes,
             followers_ended_too_slow=self._followers.send_budget.ended_too_slow,
+            used_bytes=stored.space.used_bytes,
+            max_db_bytes=stored.space.max_bytes,
+            write_limit_bytes=stored.space.write_limit_bytes,
         )
 
     @_unary
