@@ -654,3 +654,35 @@ def test_bounds_that_would_leave_a_gap_are_refused() -> None:
     for name in ("max_streams_per_connection", "max_connections", "large_decodes"):
         with pytest.raises(ValueError, match=name):
             IngressConfig(**{name: 0})
+
+
+def json_heavy(event_ids: list[str]) -> list[pb.EventEnvelope]:
+    """Events of 1 MiB JSON bodies that are costly to check (349,000 empty objects each)."""
+    body = b'{"a":[' + b",".join([b"{}"] * 349_000) + b"]}"
+    return [pb.EventEnvelope(event_id=event_id, type="t", body=body) for event_id in event_ids]
+
+
+@pytest.mark.parametrize("rpc", ["Append", "AppendStream"])
+async def test_a_large_valid_batch_is_checked_off_the_event_loop(guarded: Daemon, rpc: str) -> None:
+    """60 events of 1 MiB JSON bodies: their checks take seconds, health must not wait."""
+    thread = f"json-{uuid.uuid4()}"
+    events = json_heavy([f"{thread}-{n}" for n in range(60)])
+    await warm_up(guarded)
+    if rpc == "Append":
+        body = pb.AppendRequest(thread_id=thread, turn=1, events=events).SerializeToString()
+        (code, details), cost = await measured(
+            guarded, lambda: unary_status(guarded, APPEND, body, TOKEN)
+        )
+        assert code == grpc.StatusCode.OK, details
+    else:
+        item = pb.AppendStreamRequest(request_id=1, thread_id=thread, turn=1, events=events)
+        outcome, cost = await measured(
+            guarded, lambda: stream_outcomes(guarded, [item.SerializeToString()], TOKEN)
+        )
+        assert outcome.code == grpc.StatusCode.OK, outcome.details
+        assert list(outcome.responses[0].positions) == list(range(60)), outcome.responses
+    print(f"valid 60 MiB {rpc} of JSON bodies: {cost}")
+    assert not cost.health_failures, cost
+    assert cost.slowest_health < HEALTH_BOUND_SECONDS, cost
+    async with TurnstoreClient(guarded.target, token=TOKEN) as client:
+        assert await client.events.event_count(thread) == 60

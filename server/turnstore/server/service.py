@@ -38,7 +38,7 @@ from turnstore.server.errors import (
     VersionConflictError,
 )
 from turnstore.server.followers import Followers, Sender
-from turnstore.server.ingress import Ingress, RawRequest, RefusedRequest
+from turnstore.server.ingress import INLINE_DECODE_BYTES, Ingress, RawRequest, RefusedRequest
 from turnstore.server.values import NewEvent, ReadBudget, ReplayStep, TurnChunk, TurnCursor
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
@@ -262,6 +262,24 @@ def _kept_events(
     return kept
 
 
+def _convert_items(message: Any, max_events: int) -> list[list[NewEvent] | EngineError] | None:
+    """:func:`_new_events` of every item of a stream message, each error kept for its item.
+
+    For the thread pool: checking and encoding the events of a large message
+    (their JSON bodies above all) would block the event loop for seconds.
+    None for a refused message.
+    """
+    if isinstance(message, RefusedRequest):
+        return None
+    converted: list[list[NewEvent] | EngineError] = []
+    for item in (message, *message.more):
+        try:
+            converted.append(_new_events(item.events, max_events))
+        except EngineError as error:
+            converted.append(error)
+    return converted
+
+
 def _item_error(error: EngineError) -> pb.ItemError:
     code = status_for(error)
     return pb.ItemError(code=code.value[0], reason=error.reason, message=str(error))
@@ -337,7 +355,11 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
     async def Append(
         self, request: pb.AppendRequest, context: grpc.aio.ServicerContext
     ) -> pb.AppendResponse:
-        events = _new_events(request.events, self._engine.limits.max_events_per_append)
+        limit = self._engine.limits.max_events_per_append
+        if request.ByteSize() > INLINE_DECODE_BYTES:  # bodies to check: off the loop
+            events = await self._run(_new_events, request.events, limit)
+        else:
+            events = _new_events(request.events, limit)
         future = self._engine.append(request.thread_id, request.turn, events)
         positions = await self._acks.wait(future)
         return pb.AppendResponse(positions=positions)
@@ -572,13 +594,17 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
             pending.append(entry)
             arrived.set()
 
+        max_events = self._engine.limits.max_events_per_append
+
         async def submit_all() -> None:
             try:
                 async for message in request_iterator:
-                    if isinstance(message, RawRequest):
+                    converted = None
+                    if isinstance(message, RawRequest):  # large: decoded and converted off the loop
                         message = await message.decode()  # raises for a message over the limits
+                        converted = await self._run(_convert_items, message, max_events)
                     await window.acquire()
-                    put(self._submit_items(message))
+                    put(self._submit_items(message, converted))
             except asyncio.CancelledError:  # shutdown (or the call ended)
                 put(EngineClosedError("the daemon is shutting down"))
                 raise
@@ -624,8 +650,12 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
         for submitter in list(self._append_streams):
             submitter.cancel()
 
-    def _submit_items(self, message: Any) -> _Group:
-        """Submit one request message's items to the engine."""
+    def _submit_items(self, message: Any, converted: list[Any] | None = None) -> _Group:
+        """Submit one request message's items to the engine.
+
+        ``converted`` holds each item's events as :func:`_convert_items`
+        made them (or its error), when that was done on the thread pool.
+        """
         if isinstance(message, RefusedRequest):
             return [(0, message.error(), False)]
         opted = message.acks_in_more
@@ -646,11 +676,14 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
                 if item.finish_turn and not item.events:
                     future = self._engine.finish_turn(item.thread_id, item.turn)
                 else:
+                    if converted is None:
+                        events = _new_events(item.events, self._engine.limits.max_events_per_append)
+                    elif isinstance(converted[index], EngineError):
+                        raise converted[index]
+                    else:
+                        events = converted[index]
                     future = self._engine.append(
-                        item.thread_id,
-                        item.turn,
-                        _new_events(item.events, self._engine.limits.max_events_per_append),
-                        finish=item.finish_turn,
+                        item.thread_id, item.turn, events, finish=item.finish_turn
                     )
                 group.append((item.request_id, self._acks.wait(future), opted))
             except EngineError as error:
