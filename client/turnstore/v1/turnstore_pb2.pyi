@@ -7,11 +7,44 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_REASON_UNSPECIFIED: _ClassVar[ErrorReason]
+    ERROR_REASON_INVALID_ARGUMENT: _ClassVar[ErrorReason]
+    ERROR_REASON_TURN_FINISHED: _ClassVar[ErrorReason]
+    ERROR_REASON_TURN_ALREADY_FINISHED: _ClassVar[ErrorReason]
+    ERROR_REASON_EVENT_ID_CONFLICT: _ClassVar[ErrorReason]
+    ERROR_REASON_VERSION_CONFLICT: _ClassVar[ErrorReason]
+    ERROR_REASON_THREAD_CLEARED: _ClassVar[ErrorReason]
+    ERROR_REASON_STORAGE_FULL: _ClassVar[ErrorReason]
+    ERROR_REASON_FOLLOWER_TOO_SLOW: _ClassVar[ErrorReason]
+    ERROR_REASON_SHUTTING_DOWN: _ClassVar[ErrorReason]
+    ERROR_REASON_DATA_DIR_LOCKED: _ClassVar[ErrorReason]
+    ERROR_REASON_DISK_ERROR: _ClassVar[ErrorReason]
+    ERROR_REASON_BACKUP_FAILED: _ClassVar[ErrorReason]
+    ERROR_REASON_UNAUTHENTICATED: _ClassVar[ErrorReason]
+    ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
+
 class EventOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EVENT_ORDER_UNSPECIFIED: _ClassVar[EventOrder]
     EVENT_ORDER_COMMIT: _ClassVar[EventOrder]
     EVENT_ORDER_TURN: _ClassVar[EventOrder]
+ERROR_REASON_UNSPECIFIED: ErrorReason
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason
+ERROR_REASON_TURN_FINISHED: ErrorReason
+ERROR_REASON_TURN_ALREADY_FINISHED: ErrorReason
+ERROR_REASON_EVENT_ID_CONFLICT: ErrorReason
+ERROR_REASON_VERSION_CONFLICT: ErrorReason
+ERROR_REASON_THREAD_CLEARED: ErrorReason
+ERROR_REASON_STORAGE_FULL: ErrorReason
+ERROR_REASON_FOLLOWER_TOO_SLOW: ErrorReason
+ERROR_REASON_SHUTTING_DOWN: ErrorReason
+ERROR_REASON_DATA_DIR_LOCKED: ErrorReason
+ERROR_REASON_DISK_ERROR: ErrorReason
+ERROR_REASON_BACKUP_FAILED: ErrorReason
+ERROR_REASON_UNAUTHENTICATED: ErrorReason
+ERROR_REASON_INTERNAL: ErrorReason
 EVENT_ORDER_UNSPECIFIED: EventOrder
 EVENT_ORDER_COMMIT: EventOrder
 EVENT_ORDER_TURN: EventOrder
