@@ -175,6 +175,36 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics over HTTP here (loopback; off by default)",
     )
 
+    http = _EnvOptions(
+        serve.add_argument_group(
+            "http", "event streams for browsers, JSON reads and the web inspector (off by default)"
+        )
+    )
+    http.add(
+        "--http-listen",
+        metavar="HOST:PORT",
+        help="serve HTTP for browsers here; loopback only without --allow-remote",
+    )
+    http.add(
+        "--http-allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="an origin (scheme://host:port) whose pages may call the HTTP API (CORS); "
+        "repeatable; the variable takes a comma-separated list; none by default",
+    )
+    http.add(
+        "--http-session-ttl",
+        type=parse_duration,
+        default="1h",
+        help="lifetime of a browser session from POST /v1/session",
+    )
+    http.add(
+        "--http-heartbeat",
+        type=parse_duration,
+        default="15s",
+        help="send a comment line on idle event streams this often (proxies keep them open)",
+    )
+
     limits = _EnvOptions(
         serve.add_argument_group(
             "limits", "each enforced with INVALID_ARGUMENT naming the field and the limit"
@@ -304,6 +334,28 @@ def _read_token(path: Path | None) -> str | None:
     return os.environ.get("TURNSTORE_AUTH_TOKEN") or None
 
 
+def _http_config(args: argparse.Namespace) -> Any:
+    """The HTTP listener's settings, or None when --http-listen is not given."""
+    if not args.http_listen:
+        if args.http_allow_origin:
+            raise ValueError("--http-allow-origin needs --http-listen")
+        return None
+    from turnstore.server.httpapi import HttpConfig
+
+    origins = tuple(
+        origin.strip() for value in args.http_allow_origin or () for origin in value.split(",")
+    )
+    for origin in origins:
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ValueError(f"--http-allow-origin {origin!r} is not scheme://host[:port]")
+    return HttpConfig(
+        listen=args.http_listen,
+        allow_origins=origins,
+        session_seconds=args.http_session_ttl,
+        heartbeat_seconds=args.http_heartbeat,
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         from turnstore.server.app import ServerConfig, TlsConfig, serve
@@ -363,6 +415,7 @@ def _serve(args: argparse.Namespace) -> int:
                 max_events_per_stream_message=args.max_events_per_stream_message,
             ),
             follower_limits=SendLimits(args.follower_budget, args.followers_total_budget),
+            http=_http_config(args),
         )
         asyncio.run(serve(config))
     except (DataDirLockedError, ValueError, RuntimeError, OSError) as error:

@@ -13,9 +13,11 @@ import asyncio
 import ipaddress
 import os
 import signal
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -38,6 +40,9 @@ from turnstore.server.service import (
 )
 from turnstore.server.values import EngineConfig, SpaceUsage
 
+if TYPE_CHECKING:
+    from turnstore.server.httpapi import HttpApi, HttpConfig
+
 log = structlog.get_logger("turnstore")
 
 
@@ -58,6 +63,15 @@ class TlsConfig:
             require_client_auth=self.client_ca is not None,
         )
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same settings for the HTTP listener; raises OSError or ssl.SSLError."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, self.key)
+        if self.client_ca is not None:
+            context.load_verify_locations(self.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -73,7 +87,9 @@ class ServerConfig:
     ``ingress`` bounds what one message, one connection and all connections
     may hold (:mod:`turnstore.server.ingress`).
     ``follower_limits`` bound the bytes replays hold in messages their peers
-    have not taken yet.
+    have not taken yet. ``http`` turns on the HTTP listener (event streams
+    for browsers, JSON reads, the inspector), with the same token, TLS and
+    loopback rule.
     """
 
     engine: EngineConfig
@@ -88,6 +104,7 @@ class ServerConfig:
     health_and_reflection: bool = True
     ingress: IngressConfig = field(default_factory=IngressConfig)
     follower_limits: SendLimits = field(default_factory=SendLimits)
+    http: HttpConfig | None = None
 
 
 @dataclass
@@ -100,10 +117,13 @@ class BuiltServer:
     events: EventStoreService
     health: health.aio.HealthServicer | None = None
     addresses: list[str] = field(default_factory=list)
+    http: HttpApi | None = None
 
     async def start(self) -> None:
         """Start serving; health reports SERVING from now on."""
         await self.server.start()
+        if self.http is not None:
+            await self.http.start()
         if self.health is not None:
             for name in ("", *SERVICE_NAMES):
                 await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -114,6 +134,8 @@ class BuiltServer:
             await self.health.enter_graceful_shutdown()
         self.followers.close()
         self.events.end_append_streams()
+        if self.http is not None:
+            await self.http.stop()
         await self.server.stop(grace_seconds)
         self.executor.shutdown(wait=True)
 
@@ -199,6 +221,21 @@ def build_server(
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
+    if config.http is not None:
+        from turnstore.server.httpapi import HttpApi
+
+        if config.http.listen.startswith("unix:"):
+            raise ValueError("--http-listen takes HOST:PORT")
+        check_listen_address(config.http.listen, config.allow_remote)
+        built.http = HttpApi(
+            engine,
+            executor,
+            followers,
+            config.http,
+            auth_token=config.auth_token,
+            tls=config.tls.ssl_context() if config.tls is not None else None,
+            allow_remote=config.allow_remote,
+        )
     credentials = config.tls.credentials() if config.tls is not None else None
     for address in config.listen:
         try:
@@ -272,6 +309,7 @@ async def serve(config: ServerConfig) -> None:
             auth=config.auth_token is not None,
             tls=config.tls is not None,
             metrics=metrics_address,
+            http=built.http.address if built.http is not None else None,
             **_startup_cleanup(engine),
         )
         await stop.wait()
