@@ -349,7 +349,8 @@ def append_is_valid(request: Any) -> bool:
             or utf8_size(envelope.timestamp) > MAX_TIMESTAMP
             or utf8_size(envelope.content_type) > MAX_CONTENT_TYPE
             or stored.ByteSize() > MAX_EVENT
-            or (stored.content_type == JSON and not strict_json_object(envelope.body))
+            or envelope.content_type.split(";")[0].strip().lower() not in ("", JSON)
+            or not strict_json_object(envelope.body)
         ):
             return False
     return True

@@ -59,13 +59,35 @@ async def test_the_daemon_refuses_a_body_that_is_not_a_strict_json_object(
         assert count.count == 0
 
 
-async def test_other_content_types_are_stored_as_opaque_bytes(
+@pytest.mark.parametrize("content_type", ["application/octet-stream", "text/plain", "json"])
+async def test_the_daemon_refuses_bodies_in_other_encodings(
+    daemon: Daemon, thread_id: str, content_type: str
+) -> None:
+    async with grpc.aio.insecure_channel(daemon.target) as channel:
+        stub = pb_grpc.EventStoreServiceStub(channel)
+        raw = pb.EventEnvelope(event_id="bin", type="blob", content_type=content_type, body=b"{}")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.Append(pb.AppendRequest(thread_id=thread_id, turn=1, events=[raw]))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "events[0].content_type" in (raised.value.details() or "")
+
+
+async def test_a_json_content_type_with_parameters_is_checked_and_normalised(
     daemon: Daemon, thread_id: str
 ) -> None:
     async with grpc.aio.insecure_channel(daemon.target) as channel:
         stub = pb_grpc.EventStoreServiceStub(channel)
-        raw = pb.EventEnvelope(
-            event_id="bin", type="blob", content_type="application/octet-stream", body=b"\xff\x00"
-        )
-        response = await stub.Append(pb.AppendRequest(thread_id=thread_id, turn=1, events=[raw]))
-        assert list(response.positions) == [0]
+        for n, content_type in enumerate(["Application/JSON; charset=utf-8", "application/json"]):
+            bad = pb.EventEnvelope(
+                event_id=f"bad{n}", type="x", content_type=content_type, body=b"{,}"
+            )
+            with pytest.raises(grpc.aio.AioRpcError, match="not strict JSON"):
+                await stub.Append(pb.AppendRequest(thread_id=thread_id, turn=1, events=[bad]))
+            good = pb.EventEnvelope(
+                event_id=f"ok{n}", type="x", content_type=content_type, body=b'{"a":1}'
+            )
+            await stub.Append(pb.AppendRequest(thread_id=thread_id, turn=1, events=[good]))
+    async with TurnstoreClient(daemon.target) as client:
+        turn = await client.events.get_turn(thread_id, 1)
+        assert turn is not None
+        assert [e.event for e in turn.events] == [{"type": "x", "a": 1}] * 2

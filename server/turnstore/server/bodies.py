@@ -21,6 +21,26 @@ JSON: Final = "application/json"
 ENVELOPE_KEYS: Final = frozenset(("event_id", "sequence", "timestamp", "type"))
 
 
+def event_content_type(index: int, content_type: str) -> str:
+    """The content type an event is stored with: always ``application/json``.
+
+    Empty means JSON, and so does ``application/json`` with parameters
+    (``; charset=utf-8``: JSON is always UTF-8) in any letter case. Any other
+    encoding is refused: the readers of the store contracts in every
+    language read JSON events only, so an event in another encoding would
+    make its turn unreadable for them.
+    """
+    if content_type == JSON or not content_type:
+        return JSON
+    if content_type.split(";", 1)[0].strip().lower() == JSON:
+        return JSON
+    raise InvalidArgumentError(
+        f"events[{index}].content_type",
+        f"is {content_type!r}; events are stored as application/json only, so that every "
+        "client in every language can read them",
+    )
+
+
 def check_json_body(index: int, event_id: str, body: bytes) -> None:
     """Raise InvalidArgumentError naming the event unless ``body`` is a strict JSON object.
 

@@ -20,7 +20,7 @@ import structlog
 
 from turnstore.server import records, replaying
 from turnstore.server.acks import AckPump
-from turnstore.server.bodies import check_json_body
+from turnstore.server.bodies import check_json_body, event_content_type
 from turnstore.server.engine import Engine
 from turnstore.server.errors import (
     BackupFailedError,
@@ -240,10 +240,9 @@ def _new_events(envelopes: Any, max_events: int) -> list[NewEvent]:
             and len(content_type) <= MAX_CONTENT_TYPE_BYTES // 4
         ):
             _check_header(index, envelope)
-        if not content_type:
-            envelope.content_type = JSON
-        if content_type in ("", JSON):
-            check_json_body(index, envelope.event_id, envelope.body)
+        if content_type != JSON:
+            envelope.content_type = event_content_type(index, content_type)
+        check_json_body(index, envelope.event_id, envelope.body)
         events.append(NewEvent(envelope.event_id, envelope.SerializeToString()))
     return events
 
