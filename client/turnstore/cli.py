@@ -216,6 +216,44 @@ def _parser() -> argparse.ArgumentParser:
     limits.add("--max-events-per-append", type=int, default=10_000, help="events per call")
     limits.add("--max-snapshot-bytes", type=parse_size, default="32MiB", help="one snapshot")
 
+    ingress = _EnvOptions(
+        serve.add_argument_group(
+            "ingress",
+            "what one message, one connection and all connections may hold "
+            "(README.md, 'Bounds per client')",
+        )
+    )
+    ingress.add(
+        "--max-request-bytes",
+        type=parse_size,
+        help="largest request message (default: what the limits need, at least 64MiB); "
+        "larger ones get RESOURCE_EXHAUSTED",
+    )
+    ingress.add(
+        "--max-streams-per-connection",
+        type=int,
+        default=256,
+        help="calls open at once on one connection; more wait on the client's side",
+    )
+    ingress.add(
+        "--max-connections",
+        type=int,
+        default=1024,
+        help="connections open at once; more are closed at once",
+    )
+    ingress.add(
+        "--max-events-per-stream-message",
+        type=int,
+        default=200_000,
+        help="events one AppendStream message may carry in all its items (each item is "
+        "also held to the per-append limit); a message over it ends the stream",
+    )
+    ingress.add(
+        "--large-decodes",
+        type=int,
+        default=2,
+        help="request messages over 64KiB decoded at once on the thread pool; more wait",
+    )
     followers = _EnvOptions(
         serve.add_argument_group(
             "followers",
@@ -323,6 +361,7 @@ def _serve(args: argparse.Namespace) -> int:
         from turnstore.server.app import ServerConfig, TlsConfig, serve
         from turnstore.server.errors import DataDirLockedError
         from turnstore.server.followers import SendLimits
+        from turnstore.server.ingress import IngressConfig
         from turnstore.server.logs import configure_logging
         from turnstore.server.values import EngineConfig, Limits
     except ImportError as error:
@@ -368,6 +407,13 @@ def _serve(args: argparse.Namespace) -> int:
             auth_token=_read_token(args.auth_token_file),
             tls=tls,
             metrics_listen=args.metrics_listen,
+            ingress=IngressConfig(
+                max_request_bytes=args.max_request_bytes,
+                max_streams_per_connection=args.max_streams_per_connection,
+                max_connections=args.max_connections,
+                large_decodes=args.large_decodes,
+                max_events_per_stream_message=args.max_events_per_stream_message,
+            ),
             follower_limits=SendLimits(args.follower_budget, args.followers_total_budget),
             http=_http_config(args),
         )

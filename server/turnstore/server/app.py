@@ -28,9 +28,11 @@ from turnstore.client import DEFAULT_TARGET as DEFAULT_LISTEN
 from turnstore.server.acks import AckPump
 from turnstore.server.engine import Engine
 from turnstore.server.followers import Followers, SendLimits
+from turnstore.server.ingress import Ingress, IngressConfig
 from turnstore.server.interceptors import BearerTokenInterceptor, MetricsInterceptor
 from turnstore.server.metrics import Metrics
 from turnstore.server.service import (
+    MAX_ITEMS_PER_MESSAGE,
     AdminService,
     EventStoreService,
     HistoryStoreService,
@@ -82,6 +84,8 @@ class ServerConfig:
     bearer token. With ``tls``, TCP addresses serve TLS (Unix sockets stay
     plain: the file permissions guard them). ``metrics_listen`` is the
     loopback ``HOST:PORT`` of the Prometheus endpoint, off when None.
+    ``ingress`` bounds what one message, one connection and all connections
+    may hold (:mod:`turnstore.server.ingress`).
     ``follower_limits`` bound the bytes replays hold in messages their peers
     have not taken yet. ``http`` turns on the HTTP listener (event streams
     for browsers, JSON reads, the inspector), with the same token, TLS and
@@ -98,6 +102,7 @@ class ServerConfig:
     tls: TlsConfig | None = None
     metrics_listen: str | None = None
     health_and_reflection: bool = True
+    ingress: IngressConfig = field(default_factory=IngressConfig)
     follower_limits: SendLimits = field(default_factory=SendLimits)
     http: HttpConfig | None = None
 
@@ -185,7 +190,8 @@ def build_server(
     for address in config.listen:
         check_listen_address(address, config.allow_remote)
     executor = ThreadPoolExecutor(config.read_threads, thread_name_prefix="turnstore-read")
-    max_message = config.engine.limits.max_message_bytes
+    limits = config.engine.limits
+    ingress = Ingress(config.ingress, limits, executor, MAX_ITEMS_PER_MESSAGE)
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if metrics is not None:
         interceptors.append(MetricsInterceptor(metrics))
@@ -194,8 +200,8 @@ def build_server(
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
-            ("grpc.max_receive_message_length", max_message),
-            ("grpc.max_send_message_length", max_message),
+            *config.ingress.grpc_options(limits),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
     )
@@ -205,9 +211,9 @@ def build_server(
     engine.add_commit_listener(lambda changed: acks.call_soon(followers.wake, changed))
     parts = (engine, executor, followers, acks)
     events = EventStoreService(*parts)
-    add_service(server, "EventStoreService", events)
-    add_service(server, "HistoryStoreService", HistoryStoreService(*parts))
-    add_service(server, "AdminService", AdminService(*parts))
+    add_service(server, "EventStoreService", events, ingress)
+    add_service(server, "HistoryStoreService", HistoryStoreService(*parts), ingress)
+    add_service(server, "AdminService", AdminService(*parts), ingress)
     built = BuiltServer(server, followers, executor, events)
     if config.health_and_reflection:
         built.health = health.aio.HealthServicer()

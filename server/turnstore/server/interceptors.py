@@ -47,7 +47,9 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuse every call without ``authorization: Bearer <token>``, health excepted.
 
     Tokens are compared in constant time. A refused call gets
-    UNAUTHENTICATED and never reaches its handler.
+    UNAUTHENTICATED and never reaches its handler; its request message is
+    not even read (see :func:`_refusal`), so an unauthenticated client costs
+    the daemon no more than the bytes gRPC's flow control lets it send.
     """
 
     def __init__(self, token: str) -> None:
@@ -69,25 +71,42 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
                 presented = value.encode() if isinstance(value, str) else value
         if hmac.compare_digest(presented, self._expected):
             return handler
-        return _rebuild(handler, _refuse_like(handler))
+        return _refusal(handler)
 
 
-def _refuse_like(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "missing or wrong bearer token (send 'authorization: Bearer <token>')",
-            trailing_metadata=(("turnstore-error", "unauthenticated"),),
+async def _refuse(context: grpc.aio.ServicerContext) -> None:
+    await context.abort(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing or wrong bearer token (send 'authorization: Bearer <token>')",
+        trailing_metadata=(("turnstore-error", "unauthenticated"),),
+    )
+
+
+def _refusal(handler: grpc.RpcMethodHandler) -> Any:
+    """A handler that answers UNAUTHENTICATED without reading the request.
+
+    gRPC reads (and deserializes) the message of a unary-request handler
+    before calling it. The refusal is therefore registered as
+    request-streaming whatever the RPC (the wire is the same) and never
+    iterates its requests: the message is neither received whole nor
+    decoded.
+    """
+    if not handler.response_streaming:
+
+        async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
+            await _refuse(context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            refuse, response_serializer=handler.response_serializer
         )
 
-    if not handler.response_streaming:
-        return refuse
-
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await refuse(request, context)
+    async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await _refuse(context)
         yield  # pragma: no cover - abort raises
 
-    return refuse_stream
+    return grpc.stream_stream_rpc_method_handler(
+        refuse_stream, response_serializer=handler.response_serializer
+    )
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):

@@ -37,6 +37,7 @@ from turnstore.server.errors import (
     VersionConflictError,
 )
 from turnstore.server.followers import Followers, Sender
+from turnstore.server.ingress import INLINE_DECODE_BYTES, Ingress, RawRequest, RefusedRequest
 from turnstore.server.replaying import MAX_EVENTS_PER_BATCH, MAX_TURN, ReplayQuery
 from turnstore.server.storage import StorageEngine
 from turnstore.server.values import NewEvent, ReadBudget, TurnChunk, TurnCursor
@@ -108,33 +109,6 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> Non
     await context.abort(code, message, trailing_metadata=metadata)
 
 
-class UndecodableRequest:
-    """Stands for a request message that failed to decode.
-
-    gRPC answers UNKNOWN when a deserializer raises, so the deserializers
-    return this instead and the handlers answer INVALID_ARGUMENT.
-    """
-
-    __slots__ = ("problem",)
-
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
-
-    def error(self) -> InvalidArgumentError:
-        """The error to answer with."""
-        return InvalidArgumentError("request", f"cannot be decoded: {self.problem}")
-
-
-def _deserializer(request_class: Any) -> Callable[[bytes], Any]:
-    def deserialize(data: bytes) -> Any:
-        try:
-            return request_class.FromString(data)
-        except Exception as error:  # DecodeError, bad UTF-8, ...
-            return UndecodableRequest(str(error) or type(error).__name__)
-
-    return deserialize
-
-
 def _unary(
     method: Callable[..., Awaitable[T]],
 ) -> Callable[..., Awaitable[T]]:
@@ -143,7 +117,9 @@ def _unary(
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
-            if isinstance(request, UndecodableRequest):
+            if isinstance(request, RawRequest):
+                request = await request.decode()
+            if isinstance(request, RefusedRequest):
                 raise request.error()
             return await method(self, request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -165,7 +141,7 @@ def _streaming(
         self: Any, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[T]:
         try:
-            if isinstance(request, UndecodableRequest):
+            if isinstance(request, RefusedRequest):
                 raise request.error()
             async for item in method(self, request, context):
                 yield item
@@ -209,11 +185,14 @@ def _serialize(message: Any) -> bytes:
     return data
 
 
-def add_service(server: grpc.aio.Server, service_name: str, servicer: object) -> None:
+def add_service(
+    server: grpc.aio.Server, service_name: str, servicer: object, ingress: Ingress
+) -> None:
     """Register every method of ``turnstore.v1.<service_name>`` on ``servicer``.
 
     Unlike the generated ``add_*Servicer_to_server``, handlers may yield or
-    return response bytes already in wire form (the stored event records).
+    return response bytes already in wire form (the stored event records),
+    and requests are checked against ``ingress``'s limits before decoding.
     """
     service = pb.DESCRIPTOR.services_by_name[service_name]
     handlers = {}
@@ -227,7 +206,7 @@ def add_service(server: grpc.aio.Server, service_name: str, servicer: object) ->
         request_class = getattr(pb, method.input_type.name)
         handlers[method.name] = make(
             getattr(servicer, method.name),
-            request_deserializer=_deserializer(request_class),
+            request_deserializer=ingress.deserializer(method.name, request_class),
             response_serializer=_serialize,
         )
     generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
@@ -239,8 +218,16 @@ def _budget() -> ReadBudget:
     return ReadBudget(EVENTS_PER_MESSAGE, BYTES_PER_MESSAGE)
 
 
-def _new_events(envelopes: Any) -> list[NewEvent]:
-    """Check and encode request envelopes for the engine."""
+def _new_events(envelopes: Any, max_events: int) -> list[NewEvent]:
+    """Check and encode request envelopes for the engine.
+
+    Their count is checked first, so an over-long batch costs no per-event work.
+    """
+    if len(envelopes) > max_events:
+        raise InvalidArgumentError(
+            "events",
+            f"holds {len(envelopes)} events, over the limit of {max_events} per append",
+        )
     events = []
     for index, envelope in enumerate(envelopes):
         content_type = envelope.content_type
@@ -270,6 +257,24 @@ def _kept_events(
         if from_turn <= event.turn <= to_turn and (not types or event.envelope.type in types):
             kept.append(value)
     return kept
+
+
+def _convert_items(message: Any, max_events: int) -> list[list[NewEvent] | EngineError] | None:
+    """:func:`_new_events` of every item of a stream message, each error kept for its item.
+
+    For the thread pool: checking and encoding the events of a large message
+    (their JSON bodies above all) would block the event loop for seconds.
+    None for a refused message.
+    """
+    if isinstance(message, RefusedRequest):
+        return None
+    converted: list[list[NewEvent] | EngineError] = []
+    for item in (message, *message.more):
+        try:
+            converted.append(_new_events(item.events, max_events))
+        except EngineError as error:
+            converted.append(error)
+    return converted
 
 
 def _item_error(error: EngineError) -> pb.ItemError:
@@ -347,7 +352,11 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
     async def Append(
         self, request: pb.AppendRequest, context: grpc.aio.ServicerContext
     ) -> pb.AppendResponse:
-        events = _new_events(request.events)
+        limit = self._engine.limits.max_events_per_append
+        if request.ByteSize() > INLINE_DECODE_BYTES:  # bodies to check: off the loop
+            events = await self._run(_new_events, request.events, limit)
+        else:
+            events = _new_events(request.events, limit)
         future = self._engine.append(request.thread_id, request.turn, events)
         positions = await self._acks.wait(future)
         return pb.AppendResponse(positions=positions)
@@ -546,11 +555,17 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
             pending.append(entry)
             arrived.set()
 
+        max_events = self._engine.limits.max_events_per_append
+
         async def submit_all() -> None:
             try:
                 async for message in request_iterator:
+                    converted = None
+                    if isinstance(message, RawRequest):  # large: decoded and converted off the loop
+                        message = await message.decode()  # raises for a message over the limits
+                        converted = await self._run(_convert_items, message, max_events)
                     await window.acquire()
-                    put(self._submit_items(message))
+                    put(self._submit_items(message, converted))
             except asyncio.CancelledError:  # shutdown (or the call ended)
                 put(EngineClosedError("the daemon is shutting down"))
                 raise
@@ -596,9 +611,13 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
         for submitter in list(self._append_streams):
             submitter.cancel()
 
-    def _submit_items(self, message: Any) -> _Group:
-        """Submit one request message's items to the engine."""
-        if isinstance(message, UndecodableRequest):
+    def _submit_items(self, message: Any, converted: list[Any] | None = None) -> _Group:
+        """Submit one request message's items to the engine.
+
+        ``converted`` holds each item's events as :func:`_convert_items`
+        made them (or its error), when that was done on the thread pool.
+        """
+        if isinstance(message, RefusedRequest):
             return [(0, message.error(), False)]
         opted = message.acks_in_more
         if len(message.more) >= MAX_ITEMS_PER_MESSAGE:
@@ -618,8 +637,14 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
                 if item.finish_turn and not item.events:
                     future = self._engine.finish_turn(item.thread_id, item.turn)
                 else:
+                    if converted is None:
+                        events = _new_events(item.events, self._engine.limits.max_events_per_append)
+                    elif isinstance(converted[index], EngineError):
+                        raise converted[index]
+                    else:
+                        events = converted[index]
                     future = self._engine.append(
-                        item.thread_id, item.turn, _new_events(item.events), finish=item.finish_turn
+                        item.thread_id, item.turn, events, finish=item.finish_turn
                     )
                 group.append((item.request_id, self._acks.wait(future), opted))
             except EngineError as error:
