@@ -39,8 +39,11 @@ from turnstore.v1 import turnstore_pb2 as pb
 __all__ = ["SharedAppendStream"]
 
 
-# Items and bytes in one stream message: ready items travel together.
+# Items, events and bytes in one stream message: ready items travel
+# together. The events bound stays under the smallest per-message limit a
+# daemon may be configured with (--max-events-per-stream-message).
 MAX_ITEMS_PER_MESSAGE: Final = 1024
+MAX_EVENTS_PER_MESSAGE: Final = 32_768
 MAX_BYTES_PER_MESSAGE: Final = 4 * 1024 * 1024
 # The tag of AppendStreamRequest.more (field 6, length-delimited).
 _MORE_TAG: Final = bytes([6 << 3 | 2])
@@ -80,10 +83,11 @@ def _transient(error: grpc.aio.AioRpcError) -> bool:
 class _Item:
     """One caller's request, from its first send until its acknowledgement."""
 
-    __slots__ = ("data", "finish_only", "future", "generation", "sends")
+    __slots__ = ("data", "events", "finish_only", "future", "generation", "sends")
 
     def __init__(self, request: pb.AppendStreamRequest, future: asyncio.Future[list[int]]) -> None:
         self.data: bytes = request.SerializeToString()
+        self.events = len(request.events)
         self.finish_only = request.finish_turn and not request.events
         self.future = future
         # The stream it was last written to (0: never written).
@@ -194,7 +198,7 @@ class SharedAppendStream:
     def _take_batch(self) -> list[_Item]:
         """The next items to send together, skipping those whose callers are gone."""
         batch: list[_Item] = []
-        size = 0
+        size = events = 0
         outbox = self._outbox
         while outbox and len(batch) < MAX_ITEMS_PER_MESSAGE:
             item = outbox[0]
@@ -202,7 +206,8 @@ class SharedAppendStream:
                 outbox.popleft()
                 continue
             size += len(item.data) + 8
-            if batch and size > MAX_BYTES_PER_MESSAGE:
+            events += item.events
+            if batch and (size > MAX_BYTES_PER_MESSAGE or events > MAX_EVENTS_PER_MESSAGE):
                 break
             batch.append(outbox.popleft())
         return batch
