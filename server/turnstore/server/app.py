@@ -28,6 +28,7 @@ from turnstore.server.engine import Engine
 from turnstore.server.followers import Followers
 from turnstore.server.interceptors import BearerTokenInterceptor, MetricsInterceptor
 from turnstore.server.metrics import Metrics
+from turnstore.server.ports import check_listen_free
 from turnstore.server.service import (
     AdminService,
     EventStoreService,
@@ -216,6 +217,10 @@ async def serve(config: ServerConfig) -> None:
         check_listen_address(config.metrics_listen, config.allow_remote)
         metrics_host, _, port_text = config.metrics_listen.rpartition(":")
         metrics_host, metrics_port = metrics_host.strip("[]"), int(port_text)
+    for address in config.listen:
+        check_listen_address(address, config.allow_remote)
+    # Before Engine.open, which creates the data directory.
+    check_listen_free((*config.listen, *filter(None, [config.metrics_listen])))
     engine = Engine.open(config.engine)
     try:
         built = build_server(config, engine, metrics)
