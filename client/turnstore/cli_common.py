@@ -58,12 +58,14 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
     group.add_argument(
         "--target",
+        metavar="ADDR",
         default=_env(TARGET_ENV, DEFAULT_TARGET),
         help=f"daemon address, HOST:PORT or unix:PATH [env {TARGET_ENV}; default {DEFAULT_TARGET}]",
     )
     group.add_argument(
         "--token-file",
         type=Path,
+        metavar="FILE",
         default=_env(TOKEN_FILE_ENV),
         help=f"send the bearer token in this file's first line [env {TOKEN_FILE_ENV}; "
         f"{TOKEN_ENV} may hold the token itself]",
@@ -71,6 +73,7 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--tls-ca",
         type=Path,
+        metavar="PEM",
         default=_env(TLS_CA_ENV),
         help=f"PEM CA bundle that signed the daemon's certificate: connect with TLS "
         f"[env {TLS_CA_ENV}]",
@@ -78,17 +81,20 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--tls-cert",
         type=Path,
+        metavar="PEM",
         default=_env(TLS_CERT_ENV),
         help=f"PEM certificate chain of this client, for mutual TLS [env {TLS_CERT_ENV}]",
     )
     group.add_argument(
         "--tls-key",
         type=Path,
+        metavar="PEM",
         default=_env(TLS_KEY_ENV),
         help=f"PEM private key of --tls-cert [env {TLS_KEY_ENV}]",
     )
     group.add_argument(
         "--tls-server-name",
+        metavar="NAME",
         default=_env(TLS_SERVER_NAME_ENV),
         help=f"name to check the daemon's certificate against, instead of the target's host "
         f"[env {TLS_SERVER_NAME_ENV}]",

@@ -41,7 +41,7 @@ _SERVING: Final = 1
 
 # `tail --follow` reconnects after a broken stream with this back-off.
 _RECONNECT_FIRST_DELAY: Final = 0.1
-_RECONNECT_MAX_DELAY: Final = 1.0
+_RECONNECT_MAX_DELAY: Final = 0.5
 
 
 def _varint(data: bytes, at: int) -> tuple[int, int]:
