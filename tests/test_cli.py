@@ -97,7 +97,7 @@ def run_on_terminal(
 
 def envelope(n: int, text: str = "x") -> AgentEventEnvelope:
     return AgentEventEnvelope(
-        f"id-{n}-{text}", n, "2024-01-01T00:00:00Z", {"type": "text_delta", "delta": text}
+        f"id-{n}-{text[:20]}", n, "2024-01-01T00:00:00Z", {"type": "text_delta", "delta": text}
     )
 
 

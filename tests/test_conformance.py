@@ -1,4 +1,4 @@
-"""The store contracts of shared/CONTRACT.md, written once against the protocols.
+"""The store contracts of docs/contract.md, written once against the protocols.
 
 Every test runs against the in-memory stores of ``turnstore.testing`` and
 against the gRPC client talking to a real ``turnstore serve`` subprocess.

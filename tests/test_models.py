@@ -1,4 +1,4 @@
-"""The data types and their JSON forms, as CONTRACT.md defines them."""
+"""The data types and their JSON forms, as docs/contract.md defines them."""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ PUBLIC_NAMES = [
     "EventIdConflictError",
     "EventStore",
     "FailedPreconditionError",
+    "FollowerTooSlowError",
     "GrpcEventStore",
     "GrpcHistoryStore",
     "HistoryStore",
@@ -62,7 +63,7 @@ def test_public_names_are_pinned() -> None:
 
 def test_every_error_derives_from_the_base() -> None:
     errors = [getattr(turnstore, n) for n in PUBLIC_NAMES if n.endswith("Error")]
-    assert len(errors) == 16
+    assert len(errors) == 17
     assert all(issubclass(cls, turnstore.TurnstoreError) for cls in errors)
 
 

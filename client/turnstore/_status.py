@@ -20,6 +20,7 @@ _BY_REASON: Final[dict[str, type[errors.TurnstoreError]]] = {
     "version_conflict": errors.VersionConflictError,
     "thread_cleared": errors.ThreadClearedError,
     "storage_full": errors.StorageFullError,
+    "follower_too_slow": errors.FollowerTooSlowError,
     "shutting_down": errors.UnavailableError,
     "unauthenticated": errors.UnauthenticatedError,
 }

@@ -60,6 +60,9 @@ class DaemonStats:
     retention_removed_events: int
     retention_removed_conversations: int
     retention_last_error: str
+    follower_held_bytes: int
+    follower_ending_bytes: int
+    followers_ended_too_slow: int
 
     @classmethod
     def from_proto(cls, message: pb.GetStatsResponse) -> DaemonStats:

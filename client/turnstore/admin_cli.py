@@ -129,6 +129,12 @@ def format_stats(stats: DaemonStats) -> str:
             f"{format_size(stats.data_file_bytes)} (map {format_size(stats.map_size_bytes)})",
         ),
         ("replays", f"{stats.open_replays} open, {stats.live_followers} following"),
+        (
+            "follower budget",
+            f"{format_size(stats.follower_held_bytes)} held, "
+            f"{format_size(stats.follower_ending_bytes)} held for ended followers, "
+            f"{stats.followers_ended_too_slow} ended as too slow",
+        ),
         ("retention", retention),
     ]
     return "\n".join(f"{name:<14} {value}" for name, value in rows)

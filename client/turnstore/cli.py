@@ -179,6 +179,26 @@ def _parser() -> argparse.ArgumentParser:
     limits.add("--max-events-per-append", type=int, default=10_000, help="events per call")
     limits.add("--max-snapshot-bytes", type=parse_size, default="32MiB", help="one snapshot")
 
+    followers = _EnvOptions(
+        serve.add_argument_group(
+            "followers",
+            "bytes that replays hold in messages their readers have not taken yet",
+        )
+    )
+    followers.add(
+        "--follower-budget",
+        type=parse_size,
+        default="128KiB",
+        help="one replay's message, whatever max_events_per_message it asks for "
+        "(plus at most one event; max 4MiB)",
+    )
+    followers.add(
+        "--followers-total-budget",
+        type=parse_size,
+        default="64MiB",
+        help="all replays together; past it the slowest is ended with RESOURCE_EXHAUSTED "
+        "(follower_too_slow) and can resume where it was",
+    )
     return parser
 
 
@@ -186,6 +206,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from turnstore.server.app import ServerConfig, TlsConfig, serve
         from turnstore.server.errors import DataDirLockedError
+        from turnstore.server.followers import SendLimits
         from turnstore.server.logs import configure_logging
         from turnstore.server.values import EngineConfig, Limits
     except ImportError as error:
@@ -230,6 +251,7 @@ def _serve(args: argparse.Namespace) -> int:
             auth_token=_read_token(args.auth_token_file),
             tls=tls,
             metrics_listen=args.metrics_listen,
+            follower_limits=SendLimits(args.follower_budget, args.followers_total_budget),
         )
         asyncio.run(serve(config))
     except (DataDirLockedError, ValueError, RuntimeError, OSError) as error:

@@ -29,7 +29,7 @@ from turnstore.cli_common import (
     format_time,
     handle,
 )
-from turnstore.errors import EventFormatError, UnavailableError
+from turnstore.errors import EventFormatError, FollowerTooSlowError, UnavailableError
 from turnstore.streams import CaughtUp, ReplayItem, ThreadCleared, TurnFinished
 
 # grpc.health.v1 by hand, so that `health` needs neither the server extra
@@ -42,6 +42,9 @@ _SERVING: Final = 1
 # `tail --follow` reconnects after a broken stream with this back-off.
 _RECONNECT_FIRST_DELAY: Final = 0.1
 _RECONNECT_MAX_DELAY: Final = 0.5
+# A replay ended as too slow is resumed at once, this many times in a row at
+# most without anything printed in between.
+_TOO_SLOW_RESUMES: Final = 5
 
 
 def _varint(data: bytes, at: int) -> tuple[int, int]:
@@ -163,6 +166,7 @@ async def _tail(args: argparse.Namespace) -> int:
     caught_up = False
     unavailable_since: float | None = None
     delay = _RECONNECT_FIRST_DELAY
+    ended_without_progress = 0
     async with connect(args, timeout=None) as client:
         while True:
             replay = client.events.replay(args.thread, after, follow=args.follow, epoch=epoch)
@@ -170,6 +174,7 @@ async def _tail(args: argparse.Namespace) -> int:
                 async with replay:
                     async for item in replay:
                         unavailable_since, delay = None, _RECONNECT_FIRST_DELAY
+                        ended_without_progress = 0
                         # A resumed replay may repeat the markers at its cursor.
                         if isinstance(item, TurnFinished):
                             if item.turn in printed_finishes:
@@ -183,6 +188,17 @@ async def _tail(args: argparse.Namespace) -> int:
                         if isinstance(item, ThreadCleared):
                             return 0
                 return 0
+            except FollowerTooSlowError:
+                # The daemon ended this replay for reading too slowly (this
+                # process's stdout was not read): go on where it stopped,
+                # unless it keeps happening with nothing printed in between.
+                ended_without_progress += 1
+                if ended_without_progress > _TOO_SLOW_RESUMES:
+                    raise
+                after, epoch = replay.last_position, replay.epoch
+                resume = "the start" if after is None else f"position {after}"
+                fail("tail", f"the daemon ended the replay as too slow; resuming after {resume}")
+                continue
             except UnavailableError as error:
                 if not args.follow:
                     raise

@@ -58,6 +58,14 @@ class StorageFullError(ResourceExhaustedError):
     """The daemon's database reached its size ceiling; nothing was written."""
 
 
+class FollowerTooSlowError(ResourceExhaustedError):
+    """The daemon ended a live replay that read too slowly for its follower budget.
+
+    Nothing is lost: replay again with ``after=replay.last_position`` and
+    ``epoch=replay.epoch`` to go on exactly where it stopped.
+    """
+
+
 class UnavailableError(TurnstoreError):
     """The daemon could not be reached, or is shutting down.
 

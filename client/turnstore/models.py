@@ -1,6 +1,6 @@
 """The data types of the two store contracts, with their JSON forms.
 
-These mirror the Rust crates' types (see ``shared/CONTRACT.md``):
+These mirror the Rust crates' types (see ``docs/contract.md``):
 :class:`AgentEventEnvelope` (flat JSON: the event's fields beside the
 envelope's), :class:`StoredTurnEvents`, and :class:`ConversationSnapshot`.
 """

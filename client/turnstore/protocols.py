@@ -1,6 +1,6 @@
 """The two store contracts as ``typing.Protocol``\\ s.
 
-Method names and meanings follow the Rust traits (``shared/CONTRACT.md``).
+Method names and meanings follow the Rust traits (``docs/contract.md``).
 Both :mod:`turnstore.testing`'s in-memory stores and the gRPC stores of
 :mod:`turnstore.client` satisfy them, so agent code written against these
 protocols runs on either.

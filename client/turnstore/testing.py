@@ -1,6 +1,6 @@
 """In-memory implementations of both store contracts, for tests.
 
-They follow ``shared/CONTRACT.md`` exactly and raise the same exception
+They follow ``docs/contract.md`` exactly and raise the same exception
 classes as the gRPC stores, so a test suite can run against either. They
 keep everything in process memory and are safe for use from one event loop.
 """

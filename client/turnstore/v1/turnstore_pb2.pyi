@@ -293,7 +293,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("live_followers", "open_replays", "map_size_bytes", "threads", "events", "turns", "finished_turns", "conversations", "snapshot_versions", "data_file_bytes", "retention_enabled", "retention_sweeps", "retention_removed_threads", "retention_removed_events", "retention_removed_conversations", "retention_last_error")
+    __slots__ = ("live_followers", "open_replays", "map_size_bytes", "threads", "events", "turns", "finished_turns", "conversations", "snapshot_versions", "data_file_bytes", "retention_enabled", "retention_sweeps", "retention_removed_threads", "retention_removed_events", "retention_removed_conversations", "retention_last_error", "follower_held_bytes", "follower_ending_bytes", "followers_ended_too_slow")
     LIVE_FOLLOWERS_FIELD_NUMBER: _ClassVar[int]
     OPEN_REPLAYS_FIELD_NUMBER: _ClassVar[int]
     MAP_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -310,6 +310,9 @@ class GetStatsResponse(_message.Message):
     RETENTION_REMOVED_EVENTS_FIELD_NUMBER: _ClassVar[int]
     RETENTION_REMOVED_CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
     RETENTION_LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWER_HELD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWER_ENDING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWERS_ENDED_TOO_SLOW_FIELD_NUMBER: _ClassVar[int]
     live_followers: int
     open_replays: int
     map_size_bytes: int
@@ -326,7 +329,10 @@ class GetStatsResponse(_message.Message):
     retention_removed_events: int
     retention_removed_conversations: int
     retention_last_error: str
-    def __init__(self, live_followers: _Optional[int] = ..., open_replays: _Optional[int] = ..., map_size_bytes: _Optional[int] = ..., threads: _Optional[int] = ..., events: _Optional[int] = ..., turns: _Optional[int] = ..., finished_turns: _Optional[int] = ..., conversations: _Optional[int] = ..., snapshot_versions: _Optional[int] = ..., data_file_bytes: _Optional[int] = ..., retention_enabled: _Optional[bool] = ..., retention_sweeps: _Optional[int] = ..., retention_removed_threads: _Optional[int] = ..., retention_removed_events: _Optional[int] = ..., retention_removed_conversations: _Optional[int] = ..., retention_last_error: _Optional[str] = ...) -> None: ...
+    follower_held_bytes: int
+    follower_ending_bytes: int
+    followers_ended_too_slow: int
+    def __init__(self, live_followers: _Optional[int] = ..., open_replays: _Optional[int] = ..., map_size_bytes: _Optional[int] = ..., threads: _Optional[int] = ..., events: _Optional[int] = ..., turns: _Optional[int] = ..., finished_turns: _Optional[int] = ..., conversations: _Optional[int] = ..., snapshot_versions: _Optional[int] = ..., data_file_bytes: _Optional[int] = ..., retention_enabled: _Optional[bool] = ..., retention_sweeps: _Optional[int] = ..., retention_removed_threads: _Optional[int] = ..., retention_removed_events: _Optional[int] = ..., retention_removed_conversations: _Optional[int] = ..., retention_last_error: _Optional[str] = ..., follower_held_bytes: _Optional[int] = ..., follower_ending_bytes: _Optional[int] = ..., followers_ended_too_slow: _Optional[int] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
     __slots__ = ("dest_dir",)

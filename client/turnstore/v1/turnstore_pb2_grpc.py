@@ -191,8 +191,16 @@ class EventStoreServiceServicer:
         turn named in `until_turn_finished` is finished, or when the thread is
         cleared; a follower also ends when the client cancels or its deadline
         passes. Followers are woken by commits and read from storage at their
-        own pace: a slow reader never makes the daemon buffer for it.
-        Errors: INVALID_ARGUMENT for a bad thread id or an empty turn range.
+        own pace: a slow reader never makes the daemon buffer for it more than
+        the one message being written, which stops growing at the daemon's
+        follower budget (`--follower-budget`, plus at most one event). While
+        the messages of all replays together would pass the daemon's total
+        budget (`--followers-total-budget`), replays wait, and the one whose
+        message has waited longest, once that is a second, ends with
+        RESOURCE_EXHAUSTED, reason `follower_too_slow`, after the messages
+        already sent: resuming after the last position received loses nothing.
+        Errors: INVALID_ARGUMENT for a bad thread id or an empty turn range;
+        RESOURCE_EXHAUSTED (`follower_too_slow`) as above.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

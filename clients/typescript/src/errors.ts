@@ -55,6 +55,11 @@ export class ResourceExhaustedError extends TurnstoreError {}
 /** The daemon's database reached its size ceiling; nothing was written. */
 export class StorageFullError extends ResourceExhaustedError {}
 /**
+ * The daemon ended a live replay that read too slowly for its follower
+ * budget. Nothing is lost: replay again after the last position received.
+ */
+export class FollowerTooSlowError extends ResourceExhaustedError {}
+/**
  * The daemon could not be reached or is shutting down. A write that failed
  * this way may still have been committed; appends are idempotent by event
  * id, so retrying them is safe.
@@ -82,6 +87,7 @@ const BY_REASON: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([
   ["version_conflict", VersionConflictError],
   ["thread_cleared", ThreadClearedError],
   ["storage_full", StorageFullError],
+  ["follower_too_slow", FollowerTooSlowError],
   ["shutting_down", UnavailableError],
 ]);
 

@@ -31,6 +31,7 @@ export {
   EventFormatError,
   EventIdConflictError,
   FailedPreconditionError,
+  FollowerTooSlowError,
   InvalidArgumentError,
   ResourceExhaustedError,
   ServerError,

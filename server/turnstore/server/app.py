@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from turnstore.client import DEFAULT_TARGET as DEFAULT_LISTEN
 from turnstore.server.acks import AckPump
 from turnstore.server.engine import Engine
-from turnstore.server.followers import Followers
+from turnstore.server.followers import Followers, SendLimits
 from turnstore.server.interceptors import BearerTokenInterceptor, MetricsInterceptor
 from turnstore.server.metrics import Metrics
 from turnstore.server.ports import check_listen_free
@@ -69,6 +69,8 @@ class ServerConfig:
     bearer token. With ``tls``, TCP addresses serve TLS (Unix sockets stay
     plain: the file permissions guard them). ``metrics_listen`` is the
     loopback ``HOST:PORT`` of the Prometheus endpoint, off when None.
+    ``follower_limits`` bound the bytes replays hold in messages their peers
+    have not taken yet.
     """
 
     engine: EngineConfig
@@ -81,6 +83,7 @@ class ServerConfig:
     tls: TlsConfig | None = None
     metrics_listen: str | None = None
     health_and_reflection: bool = True
+    follower_limits: SendLimits = field(default_factory=SendLimits)
 
 
 @dataclass
@@ -175,7 +178,7 @@ def build_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    followers = Followers(asyncio.get_running_loop())
+    followers = Followers(asyncio.get_running_loop(), config.follower_limits)
     acks = AckPump(asyncio.get_running_loop())
     # Followers are woken in the same loop wake-up as the writers' acks.
     engine.add_commit_listener(lambda changed: acks.call_soon(followers.wake, changed))

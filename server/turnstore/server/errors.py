@@ -86,6 +86,16 @@ class StorageFullError(EngineError):
     reason = "storage_full"
 
 
+class FollowerTooSlowError(EngineError):
+    """A follower was ended to keep the followers within their daemon-wide budget.
+
+    It was the follower whose message had waited longest for the peer to read
+    it. Nothing is lost: it resumes after the last position it received.
+    """
+
+    reason = "follower_too_slow"
+
+
 class DataDirLockedError(EngineError):
     """Another process holds the data directory."""
 

@@ -2,8 +2,9 @@
 
 Per-RPC call counts, failures and latency (filled by
 :class:`turnstore.server.interceptors.MetricsInterceptor`), commit batch
-sizes and commit (fsync) time (an engine commit observer), live followers and
-open replays, the LMDB map size and the data file's size on disk.
+sizes and commit (fsync) time (an engine commit observer), live followers,
+open replays and the bytes of replay messages not yet sent, the LMDB map size
+and the data file's size on disk.
 """
 
 from __future__ import annotations
@@ -73,6 +74,21 @@ class Metrics:
         gauges: list[tuple[str, str, Callable[[], float]]] = [
             ("turnstore_live_followers", "Replays waiting for commits", lambda: followers.waiting),
             ("turnstore_open_replays", "Replay streams open", lambda: followers.open_replays),
+            (
+                "turnstore_follower_held_bytes",
+                "Bytes replays reserved for or hold in messages gRPC has not sent, all followers",
+                lambda: followers.send_budget.held_bytes,
+            ),
+            (
+                "turnstore_follower_ending_bytes",
+                "Bytes of the last messages of followers ended as too slow, not yet sent",
+                lambda: followers.send_budget.ending_bytes,
+            ),
+            (
+                "turnstore_followers_ended_too_slow",
+                "Followers ended with follower_too_slow since the daemon started",
+                lambda: followers.send_budget.ended_too_slow,
+            ),
             ("turnstore_map_size_bytes", "The LMDB map size", lambda: engine.map_size),
             (
                 "turnstore_database_bytes",

@@ -27,6 +27,7 @@ from turnstore.server.errors import (
     EngineClosedError,
     EngineError,
     EventIdConflictError,
+    FollowerTooSlowError,
     InvalidArgumentError,
     StorageFullError,
     ThreadClearedError,
@@ -34,7 +35,7 @@ from turnstore.server.errors import (
     TurnFinishedError,
     VersionConflictError,
 )
-from turnstore.server.followers import Followers
+from turnstore.server.followers import Followers, Sender
 from turnstore.server.values import NewEvent, ReadBudget, ReplayStep, TurnChunk, TurnCursor
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
@@ -58,6 +59,7 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     BackupFailedError: grpc.StatusCode.FAILED_PRECONDITION,
     ThreadClearedError: grpc.StatusCode.ABORTED,
     StorageFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FollowerTooSlowError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
     DataDirLockedError: grpc.StatusCode.UNAVAILABLE,
     EngineError: grpc.StatusCode.INTERNAL,
@@ -256,6 +258,18 @@ def _new_events(envelopes: Any) -> list[NewEvent]:
     return events
 
 
+def _kept_events(
+    values: list[bytes], from_turn: int, to_turn: int, types: frozenset[str]
+) -> list[bytes]:
+    """The stored event values within the turn range and of the wanted types (all: none)."""
+    kept = []
+    for value in values:
+        event = pb.StoredEvent.FromString(records.unframe(value))
+        if from_turn <= event.turn <= to_turn and (not types or event.envelope.type in types):
+            kept.append(value)
+    return kept
+
+
 def _item_error(error: EngineError) -> pb.ItemError:
     code = status_for(error)
     return pb.ItemError(code=code.value[0], reason=error.reason, message=str(error))
@@ -297,6 +311,8 @@ class _Base:
         self._executor = executor
         self._followers = followers
         self._acks = acks
+        # Tasks sending the status of ended followers (the loop keeps weak references).
+        self._endings: set[asyncio.Future[None]] = set()
         # The request readers of the open AppendStreams (ended at shutdown).
         self._append_streams: set[asyncio.Task[None]] = set()
 
@@ -426,10 +442,18 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
         number: int | None = request.thread_epoch or None
         finish_seq: int | None = None
         caught_up = False
-        with self._followers.replay(request.thread_id, request.follow) as wake:
+        budget = self._followers.send_budget
+        end = functools.partial(
+            self._end_too_slow, request.thread_id, context, asyncio.current_task()
+        )
+        with (
+            self._followers.replay(request.thread_id, request.follow) as wake,
+            budget.sending(end) as sender,
+        ):
             while True:
                 if wake is not None:
                     wake.clear()
+                await budget.reserve(sender)
                 step: ReplayStep = await self._run(
                     self._engine.replay_step,
                     request.thread_id,
@@ -438,9 +462,10 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
                     finish_seq,
                     per_message,
                     until,
-                    BYTES_PER_MESSAGE,
+                    budget.limits.message_bytes,
                 )
                 if step.cleared:
+                    budget.release(sender)
                     yield pb.ReplayResponse(
                         thread_cleared=True, next_position=position, thread_epoch=number or 0
                     )
@@ -450,17 +475,10 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
                     step.next_position,
                     step.next_finish_seq,
                 )
+                at_end, watched_finished = step.at_end, step.watched_turn_finished
                 response = pb.ReplayResponse(next_position=position, thread_epoch=number or 0)
-                if filtered:
-                    kept = []
-                    for value in step.events:
-                        event = pb.StoredEvent.FromString(records.unframe(value))
-                        if from_turn <= event.turn <= to_turn and (
-                            not types or event.envelope.type in types
-                        ):
-                            kept.append(value)
-                else:
-                    kept = step.events
+                events = step.events
+                kept = _kept_events(events, from_turn, to_turn, types) if filtered else events
                 done = False
                 for finish in step.finishes:
                     if from_turn <= finish.turn <= to_turn:
@@ -472,20 +490,75 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
                             )
                         )
                     done = done or finish.turn == until
-                if step.at_end and not caught_up:
+                if at_end and not caught_up:
                     response.caught_up = caught_up = True
                 if kept or response.finished_turns or response.caught_up:
                     # The stored values are `events` entries: send them as they are.
-                    yield b"".join(kept) + response.SerializeToString()
-                if done or (step.at_end and (wake is None or step.watched_turn_finished)):
+                    message = b"".join(kept) + response.SerializeToString()
+                    # While gRPC writes the message, keep no other copy of its events.
+                    del step, events, kept
+                    budget.hold(sender, len(message))
+                    yield message
+                    del message
+                    budget.release(sender)
+                    if sender.was_ended:
+                        # gRPC took the message after the budget ended this
+                        # follower: its status is on the way and its task
+                        # about to be cancelled; end without a status of ours.
+                        raise asyncio.CancelledError
+                else:
+                    budget.release(sender)
+                if done or (at_end and (wake is None or watched_finished)):
                     return
-                if step.at_end:
+                if at_end:
                     assert wake is not None
                     if self._followers.closing:
                         raise EngineClosedError("the daemon is shutting down")
                     await self._followers.wait(wake)
                     if self._followers.closing:
                         raise EngineClosedError("the daemon is shutting down")
+
+    def _end_too_slow(
+        self,
+        thread_id: str,
+        context: grpc.aio.ServicerContext,
+        task: asyncio.Task[Any] | None,
+        sender: Sender,
+    ) -> None:
+        """End a follower whose message gRPC cannot send: the budget needs its bytes.
+
+        Its status goes out after that message, once the peer reads; its
+        task is cancelled at once so that the stream drops its own copy.
+        """
+        log.info(
+            "follower_too_slow",
+            thread_id=thread_id,
+            message_bytes=sender.ending,
+            peer=context.peer(),
+        )
+
+        async def send_status() -> None:
+            try:
+                await _abort(
+                    context,
+                    FollowerTooSlowError(
+                        "the follower did not read its messages fast enough for the daemon's "
+                        "follower budget; resume after the last position received"
+                    ),
+                )
+            except grpc.aio.AbortError:
+                pass
+            except Exception as error:  # the peer went away meanwhile
+                log.debug("follower_status_not_sent", error=repr(error))
+            finally:
+                self._followers.send_budget.ended(sender)
+
+        ending = asyncio.ensure_future(send_status())
+        self._endings.add(ending)
+        ending.add_done_callback(self._endings.discard)
+        if task is not None:
+            # After the status batch has started (tasks run in the order scheduled).
+            asyncio.get_running_loop().call_soon(task.cancel)
 
     @_streaming
     async def AppendStream(
@@ -633,6 +706,9 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
             retention_removed_events=retention.removed_events,
             retention_removed_conversations=retention.removed_conversations,
             retention_last_error=retention.last_error or "",
+            follower_held_bytes=self._followers.send_budget.held_bytes,
+            follower_ending_bytes=self._followers.send_budget.ending_bytes,
+            followers_ended_too_slow=self._followers.send_budget.ended_too_slow,
         )
 
     @_unary
