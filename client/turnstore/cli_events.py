@@ -238,7 +238,7 @@ async def _threads(args: argparse.Namespace) -> int:
                     "last_write": format_time(thread.last_write_unix_nanos),
                     "last_write_unix_nanos": thread.last_write_unix_nanos,
                 }
-                print(_json.dumps(record).decode(), flush=False)
+                print(_json.dumps(record).decode())
             else:
                 print(
                     f"{thread.thread_id}  {thread.event_count} events  "
