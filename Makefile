@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/turnstore/v1/turnstore.proto
 GEN_DIR := client
 
-.PHONY: run test soak check proto proto-check lint typecheck clean bench
+.PHONY: run test soak check proto proto-check lint typecheck clean bench rust-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## check: lint, type-check, and fail when the generated code is stale
-check: $(STAMP) proto-check lint typecheck buflint
+check: $(STAMP) proto-check lint typecheck buflint rust-check
 
 ## buflint: buf lint of proto/ (STANDARD rules, proto/buf.yaml); buf is pinned in
 ## clients/typescript's devDependencies (keep the two versions equal), so it runs offline
@@ -44,6 +44,15 @@ $(TS_CLIENT)/node_modules/.package-lock.json: $(TS_CLIENT)/package-lock.json
 	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
 buflint: $(TS_CLIENT)/node_modules/.package-lock.json
 	cd $(TS_CLIENT) && npx --offline --yes @bufbuild/buf@$(BUF_VERSION) lint ../../proto
+
+## rust-check: clippy (warnings are errors) and rustfmt for the Rust client in client/rust;
+## builds go to one target directory under ~/.cache shared by every checkout (as
+## tests/test_rust.py's), so a fresh clone on a machine that built before reuses its dependencies
+RUST_DIR := client/rust
+RUST_TARGET_DIR ?= $(HOME)/.cache/turnstore/rust-target
+rust-check:
+	cd $(RUST_DIR) && CARGO_TARGET_DIR=$(RUST_TARGET_DIR) cargo clippy --locked --all-targets -- -D warnings
+	cd $(RUST_DIR) && cargo fmt --check
 
 lint: $(STAMP)
 	$(BIN)/ruff check client server tests examples

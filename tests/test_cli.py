@@ -568,6 +568,7 @@ def test_serve_on_an_address_in_use_says_so_and_creates_nothing(
         for flag, address in (
             ("--listen", f"127.0.0.1:{port}"),
             ("--metrics-listen", f"127.0.0.1:{port}"),
+            ("--http-listen", f"127.0.0.1:{port}"),
         ):
             data = tmp_path / f"new-{flag}"
             refused = run("serve", "--data-dir", str(data), flag, address, "--log-format", "json")

@@ -108,7 +108,9 @@ BAD_APPENDS = [
         pb.AppendRequest(
             thread_id="t",
             turn=1,
-            events=[pb.EventEnvelope(event_id="e", type="x", body=b"b" * (1 << 20))],
+            events=[
+                pb.EventEnvelope(event_id="e", type="x", body=b'{"b":"' + b"b" * (1 << 20) + b'"}')
+            ],
         ),
         "limit of 1048576",
     ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from turnstore.server.errors import (
     ThreadClearedError,
     TurnFinishedError,
 )
+from turnstore.server.storage import StorageEngine
 from turnstore.server.values import (
     MIB,
     EngineConfig,
@@ -52,7 +54,25 @@ def engine(data_dir: Path) -> Iterator[Engine]:
     opened.close()
 
 
-@pytest.mark.parametrize("module", ["engine", "values", "errors", "schema", "records"])
+ENGINE_MODULES = [
+    "engine",
+    "storage",
+    "values",
+    "errors",
+    "schema",
+    "records",
+    "space",
+    "disk",
+    "backups",
+    *(
+        f"lmdb_engine/{path.stem}"
+        for path in sorted((SERVER_DIR / "lmdb_engine").glob("*.py"))
+        if not path.stem.startswith("_")
+    ),
+]
+
+
+@pytest.mark.parametrize("module", ENGINE_MODULES)
 def test_engine_modules_import_neither_grpc_nor_generated_code(module: str) -> None:
     tree = ast.parse((SERVER_DIR / f"{module}.py").read_text())
     imported: list[str] = []
@@ -63,6 +83,46 @@ def test_engine_modules_import_neither_grpc_nor_generated_code(module: str) -> N
             imported.append(node.module or "")
     assert imported, "the module imports something"
     assert not [name for name in imported if name.startswith(("grpc", "turnstore.v1"))]
+
+
+def _imports(module: str) -> list[str]:
+    tree = ast.parse((SERVER_DIR / f"{module}.py").read_text())
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append(node.module or "")
+    return names
+
+
+@pytest.mark.parametrize("module", ["service", "replaying", "httpapi", "sse"])
+def test_the_service_layers_depend_on_the_storage_interface_not_on_lmdb(module: str) -> None:
+    imported = _imports(module)
+    assert "turnstore.server.engine" not in imported
+    assert not [name for name in imported if name.startswith(("lmdb", "turnstore.server.lmdb"))]
+
+
+def test_the_lmdb_engine_implements_every_call_of_the_interface(engine: Engine) -> None:
+    members = [
+        name
+        for name, value in vars(StorageEngine).items()
+        if not name.startswith("_") and (callable(value) or isinstance(value, property))
+    ]
+    assert len(members) > 20
+    for name in members:
+        wanted = getattr(StorageEngine, name)
+        have = getattr(engine, name, None)
+        assert have is not None, name
+        if callable(wanted):
+            have = getattr(Engine, name)
+            assert inspect.signature(have) == inspect.signature(wanted), name
+
+
+def test_no_engine_module_grows_past_its_job() -> None:
+    for module in ENGINE_MODULES:
+        lines = (SERVER_DIR / f"{module}.py").read_text().count("\n")
+        assert lines < 600, (module, lines)
 
 
 def test_records_decode_as_stored_event_messages(engine: Engine) -> None:

@@ -36,6 +36,7 @@ from functools import partial
 from typing import Any, Final
 
 import grpc
+import orjson
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -348,9 +349,24 @@ def append_is_valid(request: Any) -> bool:
             or utf8_size(envelope.timestamp) > MAX_TIMESTAMP
             or utf8_size(envelope.content_type) > MAX_CONTENT_TYPE
             or stored.ByteSize() > MAX_EVENT
+            or envelope.content_type.split(";")[0].strip().lower() not in ("", JSON)
+            or not strict_json_object(envelope.body)
         ):
             return False
     return True
+
+
+def strict_json_object(body: bytes) -> bool:
+    """What the daemon takes as a JSON body: a strict JSON object without envelope keys."""
+    if not body:
+        return True
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(value, dict) and not {"event_id", "sequence", "timestamp", "type"} & set(
+        value
+    )
 
 
 def normalized(envelope: Any) -> Any:
@@ -846,9 +862,10 @@ async def test_strings_that_are_not_utf8_are_invalid_arguments(
 def envelope_of_size(size: int) -> Any:
     """An envelope whose encoded form (as stored) is exactly ``size`` bytes."""
     envelope = pb.EventEnvelope(event_id=str(uuid.uuid4()), type="blob", content_type=JSON)
-    envelope.body = b"x" * (size - envelope.ByteSize() - 4)
+    envelope.body = b'{"x":"' + b"x" * (size - envelope.ByteSize() - 12) + b'"}'
     while envelope.ByteSize() < size:
-        envelope.body += b"x"
+        envelope.body = envelope.body[:-2] + b'x"}'
+    assert orjson.loads(envelope.body)
     assert envelope.ByteSize() == size
     return envelope
 

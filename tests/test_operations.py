@@ -382,7 +382,8 @@ async def test_the_new_rpcs_answer_malformed_requests_properly(
 
 
 async def write_odd_content(channel: grpc.aio.Channel) -> None:
-    """Events and a snapshot the flat JSON form cannot carry."""
+    """Events written by a raw client (a JSON content type with parameters, an
+    empty body, unusual values) and a snapshot the flat JSON form cannot carry."""
     events = pb_grpc.EventStoreServiceStub(channel)
     await events.Append(
         pb.AppendRequest(
@@ -390,14 +391,19 @@ async def write_odd_content(channel: grpc.aio.Channel) -> None:
             turn=7,
             events=[
                 pb.EventEnvelope(
-                    event_id="bin",
-                    type="blob",
-                    body=b"\x00\x01\xff",
-                    content_type="application/octet-stream",
+                    event_id="charset",
+                    timestamp="2026-12-01T00:00:00Z",
+                    type="note",
+                    body=b'{"text":"caf\xc3\xa9"}',
+                    content_type="application/json; charset=utf-8",
                 ),
-                # "type" inside the body cannot sit beside the envelope's type.
-                pb.EventEnvelope(event_id="clash", type="outer", body=b'{"type":"inner"}'),
-                pb.EventEnvelope(event_id="list", type="json-list", body=b"[1,2]"),
+                pb.EventEnvelope(event_id="empty", type="ping"),
+                pb.EventEnvelope(
+                    event_id="nested",
+                    timestamp="2026-12-01T00:00:01.5+02:00",
+                    type="table",
+                    body=b'{"rows":[[1,null],{"a":-0.5}]}',
+                ),
             ],
         )
     )
@@ -455,8 +461,14 @@ async def test_an_export_imported_into_a_fresh_daemon_and_again_is_the_same(
         "event": event(0).to_json_dict(),
     }
     odd = [r for r in records if r.get("thread_id") == THREAD_RAW and r["kind"] == "event"]
-    assert [("event" in r, "envelope" in r) for r in odd] == [(False, True)] * 3
-    assert odd[0]["envelope"]["body_base64"] == "AAH/"
+    # A header without an RFC 3339 timestamp has no flat form: it travels raw.
+    assert [("event" in r, "envelope" in r) for r in odd] == [
+        (True, False),
+        (False, True),
+        (True, False),
+    ]
+    assert odd[0]["event"]["text"] == "café"
+    assert odd[1]["envelope"]["event_id"] == "empty" and odd[1]["envelope"]["timestamp"] == ""
     assert sorted(os.listdir(tmp_path)) == ["data", "export.jsonl"]  # no partial file left
 
     target = Daemon(tmp_path / "target")

@@ -9,7 +9,9 @@ that Python then reads back here. Two driver programs, run and driven line by li
 from here, cover the shared stream under a daemon that goes away:
 test/restart-driver.ts appends from many callers while the daemon is restarted
 under it, test/deadline-driver.ts lets one write run out its deadline while the
-daemon is frozen.
+daemon is frozen, and test/retry-driver.ts makes every kind of call while the
+daemon is stopped, until it is started again. test/secure-driver.ts runs the
+same calls against daemons that require a bearer token, TLS or mutual TLS.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from tests.daemon import Daemon
 from turnstore import (
@@ -41,11 +44,14 @@ from turnstore import (
     TurnFinished,
     TurnstoreClient,
 )
+from turnstore.server import errors as server_errors
 
 TS_DIR = Path(__file__).resolve().parent.parent / "clients" / "typescript"
 TEST_PROGRAM = "dist/test/client.test.js"
 RESTART_DRIVER = "dist/test/restart-driver.js"
 DEADLINE_DRIVER = "dist/test/deadline-driver.js"
+SECURE_DRIVER = "dist/test/secure-driver.js"
+RETRY_DRIVER = "dist/test/retry-driver.js"
 MIN_NODE_MAJOR = 20
 
 
@@ -387,3 +393,212 @@ def test_typescript_write_past_its_deadline_fails_alone(
     assert ids[1:] == [done["lateId"], done["afterId"]]
     assert [position for _, position in events] == [0, 1, 2]
     assert finished == {2: 0}
+
+
+def test_typescript_client_knows_every_reason_the_daemon_sends(
+    typescript_build: Path, node_env: dict[str, str]
+) -> None:
+    """Each reason of server/turnstore/server/errors.py, and the auth
+    interceptor's, is in the TypeScript client's map (none left to the
+    status code), and the map holds no reason the daemon never sends."""
+    daemon_reasons = {
+        value.reason
+        for value in vars(server_errors).values()
+        if isinstance(value, type) and issubclass(value, server_errors.EngineError)
+    } | {"unauthenticated"}  # server/turnstore/server/interceptors.py
+    script = "console.log(JSON.stringify(require('./dist/src/errors').KNOWN_REASONS))"
+    result = _run(["node", "-e", script], node_env, timeout=60)
+    assert sorted(json.loads(result.stdout)) == sorted(daemon_reasons)
+
+
+def _secure_runs(
+    node_env: dict[str, str], cases: list[dict[str, Any]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Run test/secure-driver.ts on ``cases``; each case's outcome of each call."""
+    env = {**node_env, "TURNSTORE_CASES": json.dumps(cases)}
+    result = _run(["node", SECURE_DRIVER], env, timeout=120)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    return {line["case"]: line["results"] for line in lines}
+
+
+#: What every call of test/secure-driver.ts gives on a fresh thread and key when it is let in.
+SECURE_OK = {
+    "streamAppend": {"ok": [0]},
+    "unaryAppend": {"ok": [1]},
+    "finish": {"ok": 2},
+    "listTurns": {"ok": [[1, True, 2]]},
+    "replay": {"ok": ["event", "event", "turn_finished", "caught_up"]},
+    "save": {"ok": 1},
+    "load": {"ok": ["over a secured channel"]},
+    "stats": {"ok": "number"},
+}
+
+
+def _error_classes(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {call: outcome.get("error", outcome) for call, outcome in results.items()}
+
+
+@pytest.mark.timeout(180)
+def test_typescript_bearer_token(
+    typescript_build: Path, node_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Against a daemon run with --auth-token-file, every call (unary, the
+    shared append stream, ListTurns, Replay) without the token or with a
+    wrong one fails with UnauthenticatedError, never retried; with it,
+    every call works."""
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    daemon = Daemon(tmp_path / "data", extra_args=["--auth-token-file", str(token_file)])
+    daemon.start()
+    try:
+        runs = _secure_runs(
+            node_env,
+            [
+                {"name": "none", "target": daemon.target},
+                {"name": "wrong", "target": daemon.target, "token": "wrong-token"},
+                {"name": "right", "target": daemon.target, "token": "s3cret-token"},
+            ],
+        )
+    finally:
+        status = daemon.stop()
+    assert status == 0, daemon.log_lines
+    for name in ("none", "wrong"):
+        refused = runs[name]
+        assert set(_error_classes(refused).values()) == {"UnauthenticatedError"}, refused
+        assert {(o["code"], o["reason"]) for o in refused.values()} == {(16, "unauthenticated")}
+        assert all("bearer token" in o["message"] for o in refused.values()), refused
+    assert runs["right"] == SECURE_OK
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.mark.timeout(180)
+def test_typescript_tls_and_mutual_tls(
+    typescript_build: Path, node_env: dict[str, str], tmp_path: Path, ca: trustme.CA
+) -> None:
+    """Over TLS (the CA as a path or a Buffer, the server name checked or
+    overridden) every call works, and a plaintext client or one trusting
+    another CA is refused (UnavailableError); with --tls-client-ca, a client without a
+    certificate is refused and one with a certificate the CA signed (paths
+    or Buffers) works."""
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key, ca_file = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    server.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    client = ca.issue_cert("agent.example")
+    client_cert, client_key = tmp_path / "client.pem", tmp_path / "client.key"
+    client.private_key_and_cert_chain_pem.write_to_path(str(client_cert))
+    client.private_key_pem.write_to_path(str(client_key))
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    tls_args = ["--tls-cert", str(cert), "--tls-key", str(key)]
+    quick = {"attempts": 2, "initialBackoffMs": 10, "maxBackoffMs": 10}
+
+    daemon = Daemon(tmp_path / "data", listen=["127.0.0.1:0"], extra_args=tls_args)
+    daemon.start()
+    try:
+        host, port = daemon.target.rsplit(":", 1)
+        runs = _secure_runs(
+            node_env,
+            [
+                {"name": "ca-path", "target": daemon.target, "tls": {"ca": str(ca_file)}},
+                {
+                    "name": "ca-buffer-by-name",
+                    "target": f"localhost:{port}",
+                    "tls": {"ca": str(ca_file), "buffers": True, "serverName": "localhost"},
+                },
+                {"name": "plaintext", "target": daemon.target, "retry": quick},
+                {
+                    "name": "untrusted",
+                    "target": daemon.target,
+                    "tls": {"ca": str(other_ca)},
+                    "retry": quick,
+                },
+            ],
+        )
+    finally:
+        status = daemon.stop()
+    assert status == 0, daemon.log_lines
+    assert host == "127.0.0.1"
+    assert runs["ca-path"] == SECURE_OK
+    assert runs["ca-buffer-by-name"] == SECURE_OK
+    assert set(_error_classes(runs["plaintext"]).values()) == {"UnavailableError"}
+    assert set(_error_classes(runs["untrusted"]).values()) == {"UnavailableError"}
+
+    mutual = Daemon(
+        tmp_path / "data-mutual",
+        listen=["127.0.0.1:0"],
+        extra_args=[*tls_args, "--tls-client-ca", str(ca_file)],
+    )
+    mutual.start()
+    with_cert = {"ca": str(ca_file), "cert": str(client_cert), "key": str(client_key)}
+    try:
+        runs = _secure_runs(
+            node_env,
+            [
+                {"name": "paths", "target": mutual.target, "tls": with_cert},
+                {"name": "buffers", "target": mutual.target, "tls": {**with_cert, "buffers": True}},
+                {
+                    "name": "no-cert",
+                    "target": mutual.target,
+                    "tls": {"ca": str(ca_file)},
+                    "retry": quick,
+                },
+            ],
+        )
+    finally:
+        status = mutual.stop()
+    assert status == 0, mutual.log_lines
+    assert runs["paths"] == SECURE_OK
+    assert runs["buffers"] == SECURE_OK
+    assert set(_error_classes(runs["no-cert"]).values()) == {"UnavailableError"}, runs["no-cert"]
+
+
+@pytest.mark.timeout(180)
+def test_typescript_calls_retry_while_the_daemon_restarts(
+    typescript_build: Path, node_env: dict[str, str], tmp_path: Path
+) -> None:
+    """With the daemon stopped, calls with one attempt fail with
+    UnavailableError at once, and so does a save with an expected version
+    (never retried); every other kind of call, made while the daemon is
+    down, retries until it is started again and then succeeds."""
+    thread = f"ts-retry-{uuid.uuid4()}"
+    daemon = Daemon(tmp_path / "data")
+    daemon.start()
+    driver = _Driver(
+        TS_DIR / RETRY_DRIVER,
+        {**node_env, "TURNSTORE_TARGET": daemon.target, "TURNSTORE_THREAD": thread},
+    )
+    try:
+        driver.expect("ready", timeout=60)
+        assert daemon.stop() == 0
+        driver.send("stopped")
+        retrying = driver.expect("retrying", timeout=60)
+        daemon.start()  # the same data directory and socket
+        driver.send("started")
+        done = driver.expect("done", timeout=60)
+        assert driver.finish() == 0
+    finally:
+        driver.finish()
+        daemon.stop()
+    assert retrying["onceErrors"] == dict.fromkeys(
+        ("eventCount", "streamAppend", "replay"), "UnavailableError"
+    )
+    assert retrying["onceRetries"] == 0
+    assert retrying["versionedError"] == "UnavailableError"
+    assert retrying["versionedRetries"] == 0
+    assert done["results"] == {
+        "eventCount": 2,
+        "getTurns": [[1, True, 2]],
+        "replay": ["event", "event", "turn_finished", "caught_up"],
+        "load": 1,
+        "save": 1,
+        "streamAppend": [0],
+        "unaryFinish": 0,
+        "stats": "number",
+    }
+    assert all(attempts >= 2 for attempts in done["attempts"].values()), done["attempts"]

@@ -22,7 +22,11 @@ _BY_REASON: Final[dict[str, type[errors.TurnstoreError]]] = {
     "storage_full": errors.StorageFullError,
     "follower_too_slow": errors.FollowerTooSlowError,
     "shutting_down": errors.UnavailableError,
+    "disk_error": errors.UnavailableError,
+    "data_dir_locked": errors.UnavailableError,
+    "backup_failed": errors.FailedPreconditionError,
     "unauthenticated": errors.UnauthenticatedError,
+    "internal": errors.ServerError,
 }
 
 _BY_CODE: Final[dict[grpc.StatusCode, type[errors.TurnstoreError]]] = {
@@ -47,7 +51,10 @@ def error_from_status(
     :class:`~turnstore.errors.ServerError`. The message is the daemon's.
     """
     cls = _BY_REASON.get(reason or "") or _BY_CODE.get(code, errors.ServerError)
-    return cls(message or code.name)
+    error = cls(message or code.name)
+    error.code = code
+    error.reason = reason or None
+    return error
 
 
 def error_from_rpc(error: grpc.aio.AioRpcError) -> errors.TurnstoreError:

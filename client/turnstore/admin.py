@@ -63,6 +63,17 @@ class DaemonStats:
     follower_held_bytes: int
     follower_ending_bytes: int
     followers_ended_too_slow: int
+    used_bytes: int
+    max_db_bytes: int
+    write_limit_bytes: int
+
+    @property
+    def used_fraction(self) -> float:
+        """``used_bytes`` as a fraction of ``write_limit_bytes`` (writes stop at 1.0).
+
+        0.0 from a daemon too old to say.
+        """
+        return self.used_bytes / self.write_limit_bytes if self.write_limit_bytes else 0.0
 
     @classmethod
     def from_proto(cls, message: pb.GetStatsResponse) -> DaemonStats:

@@ -128,6 +128,12 @@ def format_stats(stats: DaemonStats) -> str:
             "data file",
             f"{format_size(stats.data_file_bytes)} (map {format_size(stats.map_size_bytes)})",
         ),
+        (
+            "space",
+            f"{format_size(stats.used_bytes)} used, {stats.used_fraction:.0%} of the "
+            f"{format_size(stats.write_limit_bytes)} writes may fill (ceiling "
+            f"{format_size(stats.max_db_bytes)}, the rest kept for deletes)",
+        ),
         ("replays", f"{stats.open_replays} open, {stats.live_followers} following"),
         (
             "follower budget",

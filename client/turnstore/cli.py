@@ -109,7 +109,15 @@ def _parser() -> argparse.ArgumentParser:
         "--max-db-size",
         type=parse_size,
         default="16GiB",
-        help="ceiling of the database size; writes past it fail with RESOURCE_EXHAUSTED",
+        help="ceiling of the database size; writes that add data stop with RESOURCE_EXHAUSTED "
+        "at it less --delete-reserve",
+    )
+    option.add(
+        "--delete-reserve",
+        type=parse_size,
+        default=None,
+        help="room below --max-db-size kept for clears, deletes and retention: writes that "
+        "add data stop at the ceiling minus this (default: 1%% of it, at least 1MiB)",
     )
     option.add(
         "--snapshot-versions",
@@ -168,6 +176,36 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics over HTTP here (loopback; off by default)",
     )
 
+    http = _EnvOptions(
+        serve.add_argument_group(
+            "http", "event streams for browsers, JSON reads and the web inspector (off by default)"
+        )
+    )
+    http.add(
+        "--http-listen",
+        metavar="HOST:PORT",
+        help="serve HTTP for browsers here; loopback only without --allow-remote",
+    )
+    http.add(
+        "--http-allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="an origin (scheme://host:port) whose pages may call the HTTP API (CORS); "
+        "repeatable; the variable takes a comma-separated list; none by default",
+    )
+    http.add(
+        "--http-session-ttl",
+        type=parse_duration,
+        default="1h",
+        help="lifetime of a browser session from POST /v1/session",
+    )
+    http.add(
+        "--http-heartbeat",
+        type=parse_duration,
+        default="15s",
+        help="send a comment line on idle event streams this often (proxies keep them open)",
+    )
+
     limits = _EnvOptions(
         serve.add_argument_group(
             "limits", "each enforced with INVALID_ARGUMENT naming the field and the limit"
@@ -200,6 +238,28 @@ def _parser() -> argparse.ArgumentParser:
         "(follower_too_slow) and can resume where it was",
     )
     return parser
+
+
+def _http_config(args: argparse.Namespace) -> Any:
+    """The HTTP listener's settings, or None when --http-listen is not given."""
+    if not args.http_listen:
+        if args.http_allow_origin:
+            raise ValueError("--http-allow-origin needs --http-listen")
+        return None
+    from turnstore.server.httpapi import HttpConfig
+
+    origins = tuple(
+        origin.strip() for value in args.http_allow_origin or () for origin in value.split(",")
+    )
+    for origin in origins:
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ValueError(f"--http-allow-origin {origin!r} is not scheme://host[:port]")
+    return HttpConfig(
+        listen=args.http_listen,
+        allow_origins=origins,
+        session_seconds=args.http_session_ttl,
+        heartbeat_seconds=args.http_heartbeat,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -235,6 +295,7 @@ def _serve(args: argparse.Namespace) -> int:
             retain_threads_for_seconds=args.retain_threads_for,
             retain_conversations_for_seconds=args.retain_conversations_for,
             retention_interval_seconds=args.retention_interval,
+            delete_reserve_bytes=args.delete_reserve,
         )
         tls = None
         if args.tls_cert or args.tls_key:
@@ -252,6 +313,7 @@ def _serve(args: argparse.Namespace) -> int:
             tls=tls,
             metrics_listen=args.metrics_listen,
             follower_limits=SendLimits(args.follower_budget, args.followers_total_budget),
+            http=_http_config(args),
         )
         asyncio.run(serve(config))
     except (DataDirLockedError, ValueError, RuntimeError, OSError) as error:

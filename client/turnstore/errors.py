@@ -9,29 +9,56 @@ classes for the same situations.
 
 from __future__ import annotations
 
+import grpc
+
 
 class TurnstoreError(Exception):
-    """Base class of every error turnstore's client raises."""
+    """Base class of every error turnstore's client raises.
+
+    ``code`` is the gRPC status code and ``reason`` the daemon's stable reason
+    string (``"turn_finished"``, ...; the proto's ErrorReason), like the
+    TypeScript client's errors. An error raised by the daemon carries what it
+    sent; one raised by the client itself (or the in-memory stores) carries
+    its class's defaults; ``None`` where there is none (a local format
+    error, a deadline the client enforced).
+    """
+
+    code: grpc.StatusCode | None = None
+    reason: str | None = None
 
 
 class InvalidArgumentError(TurnstoreError, ValueError):
     """The request was malformed or over a limit; the message names which."""
 
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "invalid_argument"
+
 
 class FailedPreconditionError(TurnstoreError):
     """The request conflicts with the stored state."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class TurnFinishedError(FailedPreconditionError):
     """An append targeted a turn that is already finished."""
 
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "turn_finished"
+
 
 class TurnAlreadyFinishedError(FailedPreconditionError):
     """A turn was finished a second time."""
 
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "turn_already_finished"
+
 
 class EventIdConflictError(FailedPreconditionError):
     """An event id is already stored in another turn of the thread."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "event_id_conflict"
 
 
 class VersionConflictError(FailedPreconditionError):
@@ -41,6 +68,9 @@ class VersionConflictError(FailedPreconditionError):
     or None if the daemon did not say.
     """
 
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "version_conflict"
+
     def __init__(self, message: str, current_version: int | None = None) -> None:
         super().__init__(message)
         self.current_version = current_version
@@ -49,13 +79,21 @@ class VersionConflictError(FailedPreconditionError):
 class ThreadClearedError(TurnstoreError):
     """The thread was cleared while a streaming read of it was in progress."""
 
+    code = grpc.StatusCode.ABORTED
+    reason = "thread_cleared"
+
 
 class ResourceExhaustedError(TurnstoreError):
     """A size limit was hit (a message too large for the channel, for example)."""
 
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
 
 class StorageFullError(ResourceExhaustedError):
     """The daemon's database reached its size ceiling; nothing was written."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "storage_full"
 
 
 class FollowerTooSlowError(ResourceExhaustedError):
@@ -65,6 +103,9 @@ class FollowerTooSlowError(ResourceExhaustedError):
     ``epoch=replay.epoch`` to go on exactly where it stopped.
     """
 
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "follower_too_slow"
+
 
 class UnavailableError(TurnstoreError):
     """The daemon could not be reached, or is shutting down.
@@ -73,13 +114,20 @@ class UnavailableError(TurnstoreError):
     committed if the daemon stopped while finishing it.
     """
 
+    code = grpc.StatusCode.UNAVAILABLE
+
 
 class UnauthenticatedError(TurnstoreError):
     """The daemon requires a bearer token and the call had none or a wrong one."""
 
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "unauthenticated"
+
 
 class DeadlineExceededError(TurnstoreError):
     """The call did not complete before its deadline; it may still take effect."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class ServerError(TurnstoreError):

@@ -26,6 +26,11 @@ _RFC3339: Final = re.compile(
 )
 
 
+def is_rfc3339(text: str) -> bool:
+    """Whether ``text`` is an RFC 3339 date-time, as an envelope's timestamp must be."""
+    return _RFC3339.fullmatch(text) is not None
+
+
 def _now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 

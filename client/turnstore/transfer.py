@@ -42,7 +42,7 @@ from typing import Any, Final
 from turnstore import _json
 from turnstore._convert import JSON, fill_envelope
 from turnstore.errors import EventFormatError, TurnstoreError
-from turnstore.models import ENVELOPE_KEYS, AgentEventEnvelope
+from turnstore.models import ENVELOPE_KEYS, AgentEventEnvelope, is_rfc3339
 from turnstore.v1 import turnstore_pb2 as pb
 
 FORMAT: Final = "turnstore-export"
@@ -126,6 +126,8 @@ def _flat_event(envelope: pb.EventEnvelope) -> dict[str, Any] | None:
         return None
     if not isinstance(body, dict) or any(key in body for key in (*ENVELOPE_KEYS, "type")):
         return None
+    if not envelope.event_id or not is_rfc3339(envelope.timestamp):
+        return None  # a raw writer's header that AgentEventEnvelope would refuse
     flat: dict[str, Any] = {
         "event_id": envelope.event_id,
         "sequence": envelope.sequence,

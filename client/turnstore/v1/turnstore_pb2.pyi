@@ -7,11 +7,44 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_REASON_UNSPECIFIED: _ClassVar[ErrorReason]
+    ERROR_REASON_INVALID_ARGUMENT: _ClassVar[ErrorReason]
+    ERROR_REASON_TURN_FINISHED: _ClassVar[ErrorReason]
+    ERROR_REASON_TURN_ALREADY_FINISHED: _ClassVar[ErrorReason]
+    ERROR_REASON_EVENT_ID_CONFLICT: _ClassVar[ErrorReason]
+    ERROR_REASON_VERSION_CONFLICT: _ClassVar[ErrorReason]
+    ERROR_REASON_THREAD_CLEARED: _ClassVar[ErrorReason]
+    ERROR_REASON_STORAGE_FULL: _ClassVar[ErrorReason]
+    ERROR_REASON_FOLLOWER_TOO_SLOW: _ClassVar[ErrorReason]
+    ERROR_REASON_SHUTTING_DOWN: _ClassVar[ErrorReason]
+    ERROR_REASON_DATA_DIR_LOCKED: _ClassVar[ErrorReason]
+    ERROR_REASON_DISK_ERROR: _ClassVar[ErrorReason]
+    ERROR_REASON_BACKUP_FAILED: _ClassVar[ErrorReason]
+    ERROR_REASON_UNAUTHENTICATED: _ClassVar[ErrorReason]
+    ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
+
 class EventOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EVENT_ORDER_UNSPECIFIED: _ClassVar[EventOrder]
     EVENT_ORDER_COMMIT: _ClassVar[EventOrder]
     EVENT_ORDER_TURN: _ClassVar[EventOrder]
+ERROR_REASON_UNSPECIFIED: ErrorReason
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason
+ERROR_REASON_TURN_FINISHED: ErrorReason
+ERROR_REASON_TURN_ALREADY_FINISHED: ErrorReason
+ERROR_REASON_EVENT_ID_CONFLICT: ErrorReason
+ERROR_REASON_VERSION_CONFLICT: ErrorReason
+ERROR_REASON_THREAD_CLEARED: ErrorReason
+ERROR_REASON_STORAGE_FULL: ErrorReason
+ERROR_REASON_FOLLOWER_TOO_SLOW: ErrorReason
+ERROR_REASON_SHUTTING_DOWN: ErrorReason
+ERROR_REASON_DATA_DIR_LOCKED: ErrorReason
+ERROR_REASON_DISK_ERROR: ErrorReason
+ERROR_REASON_BACKUP_FAILED: ErrorReason
+ERROR_REASON_UNAUTHENTICATED: ErrorReason
+ERROR_REASON_INTERNAL: ErrorReason
 EVENT_ORDER_UNSPECIFIED: EventOrder
 EVENT_ORDER_COMMIT: EventOrder
 EVENT_ORDER_TURN: EventOrder
@@ -293,7 +326,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("live_followers", "open_replays", "map_size_bytes", "threads", "events", "turns", "finished_turns", "conversations", "snapshot_versions", "data_file_bytes", "retention_enabled", "retention_sweeps", "retention_removed_threads", "retention_removed_events", "retention_removed_conversations", "retention_last_error", "follower_held_bytes", "follower_ending_bytes", "followers_ended_too_slow")
+    __slots__ = ("live_followers", "open_replays", "map_size_bytes", "threads", "events", "turns", "finished_turns", "conversations", "snapshot_versions", "data_file_bytes", "retention_enabled", "retention_sweeps", "retention_removed_threads", "retention_removed_events", "retention_removed_conversations", "retention_last_error", "follower_held_bytes", "follower_ending_bytes", "followers_ended_too_slow", "used_bytes", "max_db_bytes", "write_limit_bytes")
     LIVE_FOLLOWERS_FIELD_NUMBER: _ClassVar[int]
     OPEN_REPLAYS_FIELD_NUMBER: _ClassVar[int]
     MAP_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -313,6 +346,9 @@ class GetStatsResponse(_message.Message):
     FOLLOWER_HELD_BYTES_FIELD_NUMBER: _ClassVar[int]
     FOLLOWER_ENDING_BYTES_FIELD_NUMBER: _ClassVar[int]
     FOLLOWERS_ENDED_TOO_SLOW_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_DB_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WRITE_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     live_followers: int
     open_replays: int
     map_size_bytes: int
@@ -332,7 +368,10 @@ class GetStatsResponse(_message.Message):
     follower_held_bytes: int
     follower_ending_bytes: int
     followers_ended_too_slow: int
-    def __init__(self, live_followers: _Optional[int] = ..., open_replays: _Optional[int] = ..., map_size_bytes: _Optional[int] = ..., threads: _Optional[int] = ..., events: _Optional[int] = ..., turns: _Optional[int] = ..., finished_turns: _Optional[int] = ..., conversations: _Optional[int] = ..., snapshot_versions: _Optional[int] = ..., data_file_bytes: _Optional[int] = ..., retention_enabled: _Optional[bool] = ..., retention_sweeps: _Optional[int] = ..., retention_removed_threads: _Optional[int] = ..., retention_removed_events: _Optional[int] = ..., retention_removed_conversations: _Optional[int] = ..., retention_last_error: _Optional[str] = ..., follower_held_bytes: _Optional[int] = ..., follower_ending_bytes: _Optional[int] = ..., followers_ended_too_slow: _Optional[int] = ...) -> None: ...
+    used_bytes: int
+    max_db_bytes: int
+    write_limit_bytes: int
+    def __init__(self, live_followers: _Optional[int] = ..., open_replays: _Optional[int] = ..., map_size_bytes: _Optional[int] = ..., threads: _Optional[int] = ..., events: _Optional[int] = ..., turns: _Optional[int] = ..., finished_turns: _Optional[int] = ..., conversations: _Optional[int] = ..., snapshot_versions: _Optional[int] = ..., data_file_bytes: _Optional[int] = ..., retention_enabled: _Optional[bool] = ..., retention_sweeps: _Optional[int] = ..., retention_removed_threads: _Optional[int] = ..., retention_removed_events: _Optional[int] = ..., retention_removed_conversations: _Optional[int] = ..., retention_last_error: _Optional[str] = ..., follower_held_bytes: _Optional[int] = ..., follower_ending_bytes: _Optional[int] = ..., followers_ended_too_slow: _Optional[int] = ..., used_bytes: _Optional[int] = ..., max_db_bytes: _Optional[int] = ..., write_limit_bytes: _Optional[int] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
     __slots__ = ("dest_dir",)

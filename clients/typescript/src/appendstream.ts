@@ -12,6 +12,7 @@
 import type { ClientDuplexStream } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 
+import type { Calls } from "./calls";
 import {
   DeadlineExceededError,
   TurnAlreadyFinishedError,
@@ -26,26 +27,6 @@ import type {
   EventStoreServiceClient,
   WireEnvelope,
 } from "./proto";
-
-/**
- * How a broken stream is reopened: `attempts` streams in a row (counting the
- * one that broke) may fail before the calls waiting on them fail with
- * UnavailableError; the pauses double from `initialBackoffMs` up to
- * `maxBackoffMs`, each with up to 50% random jitter. The same policy as the
- * Python client's RetryPolicy.
- */
-export interface StreamRetryPolicy {
-  attempts: number;
-  initialBackoffMs: number;
-  maxBackoffMs: number;
-}
-
-/** 6 attempts, 0.1 s doubling to 2 s: a sidecar restart fits in the budget. */
-export const DEFAULT_STREAM_RETRY: StreamRetryPolicy = {
-  attempts: 6,
-  initialBackoffMs: 100,
-  maxBackoffMs: 2_000,
-};
 
 /**
  * An open stream with nothing to acknowledge is ended after this long, so a
@@ -102,40 +83,37 @@ interface Pending {
   done: boolean;
   /** Sent on an earlier stream that broke before acknowledging it. */
   resent: boolean;
+  /** How many streams it was written to. */
+  sends: number;
 }
 
 /**
  * The multiplexer: one stream at a time, opened on first use, shared by
- * every caller. Calls that the stream did not acknowledge before it broke are
- * sent again, in their original order, on the next stream (appends are
- * idempotent by event id).
+ * every caller. Calls that the stream did not acknowledge before it broke
+ * with UnavailableError are sent again, in their original order, on the next
+ * stream (appends are idempotent by event id), after the client retry
+ * policy's pause; one already sent on `retry.attempts` streams fails with
+ * that error instead.
  */
 export class SharedAppendStream {
   readonly #stub: EventStoreServiceClient;
-  readonly #timeoutMs: number | undefined;
+  readonly #calls: Calls;
   readonly #maxMessageBytes: number;
-  readonly #retry: StreamRetryPolicy;
   /** Items sent on the current stream (or waiting for the next) and not acknowledged, in send order. */
   readonly #unacked = new Map<number, Pending>();
   #stream: ClientDuplexStream<AppendStreamRequest, AppendStreamResponse> | undefined;
   #nextId = 1;
-  /** Streams that broke in a row with items waiting, with no ack since. */
+  /** Streams that broke in a row with items waiting, with no ack since: the backoff's exponent. */
   #failures = 0;
   #reopenTimer: NodeJS.Timeout | undefined;
   #idleTimer: NodeJS.Timeout | undefined;
   #closed = false;
   #opened = 0;
 
-  constructor(
-    stub: EventStoreServiceClient,
-    timeoutMs: number | undefined,
-    maxMessageBytes: number,
-    retry: StreamRetryPolicy = DEFAULT_STREAM_RETRY,
-  ) {
+  constructor(stub: EventStoreServiceClient, calls: Calls, maxMessageBytes: number) {
     this.#stub = stub;
-    this.#timeoutMs = timeoutMs;
+    this.#calls = calls;
     this.#maxMessageBytes = maxMessageBytes;
-    this.#retry = retry;
   }
 
   /** How many streams were opened so far (for tests and diagnostics). */
@@ -179,8 +157,9 @@ export class SharedAppendStream {
         timer: undefined,
         done: false,
         resent: false,
+        sends: 0,
       };
-      const timeoutMs = this.#timeoutMs;
+      const timeoutMs = this.#calls.timeoutMs;
       if (timeoutMs !== undefined) {
         pending.timer = setTimeout(() => {
           this.#settle(pending);
@@ -194,6 +173,7 @@ export class SharedAppendStream {
       this.#unacked.set(id, pending);
       this.#clearIdle();
       if (this.#stream !== undefined) {
+        pending.sends += 1;
         this.#stream.write(pending.request);
       } else if (this.#reopenTimer === undefined) {
         this.#open();
@@ -232,6 +212,7 @@ export class SharedAppendStream {
     stream.on("end", () => this.#broken(stream, undefined));
     for (const pending of waiting) {
       this.#unacked.set(pending.id, pending);
+      pending.sends += 1;
       stream.write(pending.request);
     }
   }
@@ -293,20 +274,30 @@ export class SharedAppendStream {
     // The daemon ends the stream only when it shuts down: a stream that ends
     // with items unacknowledged is as unavailable as one that failed.
     const cause = error ?? new UnavailableError("the daemon ended the append stream");
-    this.#failures += 1;
-    if (!(cause instanceof UnavailableError) || this.#failures >= this.#retry.attempts) {
+    if (!(cause instanceof UnavailableError)) {
       this.#failures = 0;
-      this.#failAll(cause);
+      this.#failAll(cause); // UNAUTHENTICATED, a message too large...: resending cannot help
       return;
     }
+    let resending = false;
     for (const pending of waiting) {
-      pending.resent = true;
+      if (pending.sends >= this.#calls.retry.attempts) {
+        this.#unacked.delete(pending.id);
+        this.#settle(pending);
+        pending.reject(cause);
+      } else {
+        pending.resent = true;
+        resending = true;
+      }
     }
-    const base = Math.min(
-      this.#retry.initialBackoffMs * 2 ** (this.#failures - 1),
-      this.#retry.maxBackoffMs,
-    );
-    this.#reopenTimer = setTimeout(() => this.#open(), base * (1 + Math.random() / 2));
+    if (!resending) {
+      this.#unacked.clear(); // only callers that stopped waiting are left
+      this.#failures = 0;
+      return;
+    }
+    this.#failures += 1;
+    const delayMs = this.#calls.delayBefore(this.#failures + 1, cause);
+    this.#reopenTimer = setTimeout(() => this.#open(), delayMs);
   }
 
   #failAll(error: TurnstoreError): void {

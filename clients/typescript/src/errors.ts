@@ -65,6 +65,11 @@ export class FollowerTooSlowError extends ResourceExhaustedError {}
  * id, so retrying them is safe.
  */
 export class UnavailableError extends TurnstoreError {}
+/**
+ * The daemon refused the call's bearer token (missing or wrong): pass the
+ * daemon's token as the client's `token` option. Never retried.
+ */
+export class UnauthenticatedError extends TurnstoreError {}
 /** The call did not complete before its deadline; it may still take effect. */
 export class DeadlineExceededError extends TurnstoreError {}
 /** Any other failure reported by the daemon. */
@@ -79,7 +84,12 @@ type ErrorClass = new (
   options: { code?: status; reason?: string; cause?: unknown },
 ) => TurnstoreError;
 
+/**
+ * Every reason the daemon sends (server/turnstore/server/errors.py and its
+ * auth interceptor), with the class it stands for.
+ */
 const BY_REASON: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([
+  ["internal", ServerError],
   ["invalid_argument", InvalidArgumentError],
   ["turn_finished", TurnFinishedError],
   ["turn_already_finished", TurnAlreadyFinishedError],
@@ -89,7 +99,14 @@ const BY_REASON: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([
   ["storage_full", StorageFullError],
   ["follower_too_slow", FollowerTooSlowError],
   ["shutting_down", UnavailableError],
+  ["disk_error", UnavailableError],
+  ["data_dir_locked", UnavailableError],
+  ["backup_failed", FailedPreconditionError],
+  ["unauthenticated", UnauthenticatedError],
 ]);
+
+/** The reasons this client knows, each mapped to its own class (for tests and diagnostics). */
+export const KNOWN_REASONS: readonly string[] = [...BY_REASON.keys()];
 
 const BY_CODE: ReadonlyMap<status, ErrorClass> = new Map<status, ErrorClass>([
   [status.INVALID_ARGUMENT, InvalidArgumentError],
@@ -97,6 +114,7 @@ const BY_CODE: ReadonlyMap<status, ErrorClass> = new Map<status, ErrorClass>([
   [status.RESOURCE_EXHAUSTED, ResourceExhaustedError],
   [status.UNAVAILABLE, UnavailableError],
   [status.DEADLINE_EXCEEDED, DeadlineExceededError],
+  [status.UNAUTHENTICATED, UnauthenticatedError],
   // The daemon cancels calls only when it shuts down; a stream this client
   // cancels itself ends quietly instead (see Replay).
   [status.CANCELLED, UnavailableError],

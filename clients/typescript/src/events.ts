@@ -1,9 +1,13 @@
 /** The EventStore contract over EventStoreService. */
+import type { CallOptions } from "@grpc/grpc-js";
+
 import type { SharedAppendStream } from "./appendstream";
-import { deadline, unary } from "./calls";
+import { deadline } from "./calls";
+import type { Calls } from "./calls";
 import { envelopeToWire, turnFromWire } from "./envelope";
 import type { EventEnvelope, StoredTurn } from "./envelope";
-import { toTurnstoreError } from "./errors";
+import { TurnAlreadyFinishedError, toTurnstoreError } from "./errors";
+import type { TurnstoreError } from "./errors";
 import { checkU64, fromU64 } from "./numbers";
 import type {
   AppendResponse,
@@ -35,7 +39,10 @@ export interface ReplayOptions {
   epoch?: number;
   /** Most events per message (0: the daemon's default). */
   maxEventsPerMessage?: number;
-  /** Deadline of the whole replay in milliseconds. Unset: none, even when following. */
+  /**
+   * Deadline of the whole replay in milliseconds, from its start (retries
+   * included). Unset: none, even when following.
+   */
   timeoutMs?: number;
   /** Aborting it cancels the replay (the iteration ends without an error). */
   signal?: AbortSignal;
@@ -55,22 +62,20 @@ export type WriteMode = "stream" | "unary";
  * Every write resolves only after the daemon has durably committed it. Every
  * method rejects with a TurnstoreError; arguments that cannot be sent (a
  * turn that is not a safe integer >= 0, an event without a string `type`)
- * are rejected before any call.
+ * are rejected before any call. Calls failing with UnavailableError are
+ * retried by the client's retry policy (reads only until they yielded
+ * something), then reject with it.
  */
 export class EventStore {
   readonly #stub: EventStoreServiceClient;
-  readonly #timeoutMs: number | undefined;
+  readonly #calls: Calls;
   /** The shared stream of writes; undefined in "unary" write mode. */
   readonly #writes: SharedAppendStream | undefined;
 
   /** @internal Use TurnstoreClient.events. */
-  constructor(
-    stub: EventStoreServiceClient,
-    timeoutMs: number | undefined,
-    writes: SharedAppendStream | undefined,
-  ) {
+  constructor(stub: EventStoreServiceClient, calls: Calls, writes: SharedAppendStream | undefined) {
     this.#stub = stub;
-    this.#timeoutMs = timeoutMs;
+    this.#calls = calls;
     this.#writes = writes;
   }
 
@@ -106,8 +111,8 @@ export class EventStore {
         ? (await this.#writes.submit(request.thread_id, request.turn, request.events, false))
             .positions
         : (
-            await unary<AppendResponse>((done) =>
-              this.#stub.Append(request, deadline(this.#timeoutMs), done),
+            await this.#calls.unary<AppendResponse>((options, done) =>
+              this.#stub.Append(request, options, done),
             )
           ).positions;
     return positions.map((position) => fromU64(position, "position"));
@@ -117,15 +122,23 @@ export class EventStore {
    * Closes `turn` (the finish barrier) and resolves with how many events it
    * holds. Finishing a turn never appended to creates an empty finished turn.
    * Rejects with TurnAlreadyFinishedError when it is already finished,
-   * except when the shared stream broke and the finish was sent again: then
-   * the first attempt may have finished it, and that is this call's success
-   * (its count is then read back with GetTurn).
+   * except when the finish was sent again (a retry, or a resend on a new
+   * shared stream): then the first attempt may have finished it, and that
+   * is this call's success (its count is then read back with GetTurn).
    */
   async finishTurn(threadId: string, turn: number): Promise<number> {
     const request = { thread_id: threadId, turn: checkU64(turn, "turn") };
     if (this.#writes === undefined) {
-      const response = await unary<FinishTurnResponse>((done) =>
-        this.#stub.FinishTurn(request, deadline(this.#timeoutMs), done),
+      const response = await this.#calls.unary<FinishTurnResponse>(
+        (options, done) => this.#stub.FinishTurn(request, options, done),
+        {
+          doneIfRetryFinds: {
+            error: TurnAlreadyFinishedError,
+            result: async () => ({
+              event_count: String((await this.getTurn(threadId, turn))?.events.length ?? 0),
+            }),
+          },
+        },
       );
       return fromU64(response.event_count, "event_count");
     }
@@ -146,8 +159,8 @@ export class EventStore {
    */
   async getTurn(threadId: string, turn: number): Promise<StoredTurn | undefined> {
     const request = { thread_id: threadId, turn: checkU64(turn, "turn") };
-    const response = await unary<GetTurnResponse>((done) =>
-      this.#stub.GetTurn(request, deadline(this.#timeoutMs), done),
+    const response = await this.#calls.unary<GetTurnResponse>((options, done) =>
+      this.#stub.GetTurn(request, options, done),
     );
     return response.found && response.turn !== null ? turnFromWire(response.turn) : undefined;
   }
@@ -157,34 +170,47 @@ export class EventStore {
    * (the pieces the daemon splits a large turn into are joined). Nothing for
    * an unknown thread. The read covers what was committed when it started;
    * it rejects with ThreadClearedError if the thread is cleared meanwhile.
-   * Leaving the loop early cancels the call.
+   * Leaving the loop early cancels the call. A read that fails with
+   * UnavailableError before it yielded a turn is started again by the
+   * retry policy; one that fails later rejects at once.
    */
   async *listTurns(threadId: string): AsyncGenerator<StoredTurn, void, undefined> {
-    const call = this.#stub.ListTurns({ thread_id: threadId }, deadline(this.#timeoutMs));
-    call.on("error", () => {}); // see Replay: the status after a cancel
-    let current: StoredTurn | undefined;
-    try {
-      for await (const message of call as AsyncIterable<ListTurnsResponse>) {
-        if (message.turn === null) {
-          continue;
-        }
-        const piece = turnFromWire(message.turn);
-        if (current !== undefined && current.turn === piece.turn) {
-          current.events.push(...piece.events);
-        } else {
-          if (current !== undefined) {
-            yield current;
+    let yielded = false;
+    for (let attempt = 1; ; attempt += 1) {
+      this.#calls.checkOpen();
+      const call = this.#stub.ListTurns({ thread_id: threadId }, this.#calls.options());
+      call.on("error", () => {}); // see Replay: the status after a cancel
+      let current: StoredTurn | undefined;
+      let failure: TurnstoreError;
+      try {
+        for await (const message of call as AsyncIterable<ListTurnsResponse>) {
+          if (message.turn === null) {
+            continue;
           }
-          current = piece;
+          const piece = turnFromWire(message.turn);
+          if (current !== undefined && current.turn === piece.turn) {
+            current.events.push(...piece.events);
+          } else {
+            if (current !== undefined) {
+              yielded = true;
+              yield current;
+            }
+            current = piece;
+          }
         }
+        if (current !== undefined) {
+          yield current;
+        }
+        return;
+      } catch (error) {
+        failure = toTurnstoreError(error);
+      } finally {
+        call.cancel();
       }
-    } catch (error) {
-      throw toTurnstoreError(error);
-    } finally {
-      call.cancel();
-    }
-    if (current !== undefined) {
-      yield current;
+      if (yielded || !this.#calls.mayRetry(failure, attempt)) {
+        throw failure;
+      }
+      await this.#calls.pause(attempt, failure);
     }
   }
 
@@ -199,8 +225,8 @@ export class EventStore {
 
   /** How many events the thread holds (0 for an unknown thread). */
   async eventCount(threadId: string): Promise<number> {
-    const response = await unary<EventCountResponse>((done) =>
-      this.#stub.EventCount({ thread_id: threadId }, deadline(this.#timeoutMs), done),
+    const response = await this.#calls.unary<EventCountResponse>((options, done) =>
+      this.#stub.EventCount({ thread_id: threadId }, options, done),
     );
     return fromU64(response.count, "count");
   }
@@ -208,10 +234,11 @@ export class EventStore {
   /**
    * Removes every turn and event of the thread and resolves with how many
    * events were removed (0 for an unknown thread). Positions restart at 0.
+   * A retried clear whose first attempt committed resolves with 0.
    */
   async clear(threadId: string): Promise<number> {
-    const response = await unary<ClearResponse>((done) =>
-      this.#stub.Clear({ thread_id: threadId }, deadline(this.#timeoutMs), done),
+    const response = await this.#calls.unary<ClearResponse>((options, done) =>
+      this.#stub.Clear({ thread_id: threadId }, options, done),
     );
     return fromU64(response.removed_events, "removed_events");
   }
@@ -239,8 +266,11 @@ export class EventStore {
       request.until_turn_finished = checkU64(options.untilTurnFinished, "untilTurnFinished");
     }
     const timeoutMs = options.timeoutMs;
+    // One deadline for the whole replay, set when it starts: retries share it.
+    let callOptions: CallOptions | undefined;
     return new Replay(
-      () => this.#stub.Replay(request, deadline(timeoutMs)),
+      () => this.#stub.Replay(request, (callOptions ??= deadline(timeoutMs))),
+      this.#calls,
       options.after,
       options.epoch,
       options.signal,

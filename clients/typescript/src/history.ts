@@ -1,5 +1,5 @@
 /** The HistoryStore contract over HistoryStoreService, for one conversation key. */
-import { deadline, unary } from "./calls";
+import type { Calls } from "./calls";
 import { SnapshotFormatError } from "./errors";
 import { JSON_CONTENT_TYPE } from "./envelope";
 import { checkU64, fromNanos, fromU64 } from "./numbers";
@@ -27,13 +27,13 @@ export interface VersionedSnapshot {
 export class HistoryStore {
   readonly key: string;
   readonly #stub: HistoryStoreServiceClient;
-  readonly #timeoutMs: number | undefined;
+  readonly #calls: Calls;
 
   /** @internal Use TurnstoreClient.history. */
-  constructor(stub: HistoryStoreServiceClient, key: string, timeoutMs: number | undefined) {
+  constructor(stub: HistoryStoreServiceClient, key: string, calls: Calls) {
     this.#stub = stub;
     this.key = key;
-    this.#timeoutMs = timeoutMs;
+    this.#calls = calls;
   }
 
   /**
@@ -46,6 +46,12 @@ export class HistoryStore {
    * and changes nothing. Rejects with SnapshotFormatError, before any call,
    * for an invalid snapshot; InvalidArgumentError for an empty key or one
    * over the daemon's limits.
+   *
+   * Retried after UnavailableError like every call, except with
+   * `expectedVersion`: its first attempt may have saved, and a retry would
+   * then report a VersionConflictError for the caller's own save. Without
+   * it, a retry whose first attempt saved stores the snapshot once more
+   * (the same data under the next version).
    */
   async save(
     snapshot: ConversationSnapshot,
@@ -59,8 +65,9 @@ export class HistoryStore {
         expected_version: checkU64(options.expectedVersion, "expectedVersion"),
       }),
     };
-    const response = await unary<SaveResponse>((done) =>
-      this.#stub.Save(request, deadline(this.#timeoutMs), done),
+    const response = await this.#calls.unary<SaveResponse>(
+      (callOptions, done) => this.#stub.Save(request, callOptions, done),
+      { retry: options.expectedVersion === undefined },
     );
     return fromU64(response.version, "version");
   }
@@ -84,8 +91,8 @@ export class HistoryStore {
       key: this.key,
       ...(version !== undefined && { version: checkU64(version, "version") }),
     };
-    const response = await unary<LoadResponse>((done) =>
-      this.#stub.Load(request, deadline(this.#timeoutMs), done),
+    const response = await this.#calls.unary<LoadResponse>((options, done) =>
+      this.#stub.Load(request, options, done),
     );
     const stored = response.snapshot;
     if (!response.found || stored === null) {
@@ -104,10 +111,11 @@ export class HistoryStore {
   /**
    * Deletes every kept version of the key; resolves with how many (0 for an
    * unknown key). Versions do not restart: the next save gets a higher one.
+   * A retried delete whose first attempt committed resolves with 0.
    */
   async delete(): Promise<number> {
-    const response = await unary<DeleteResponse>((done) =>
-      this.#stub.Delete({ key: this.key }, deadline(this.#timeoutMs), done),
+    const response = await this.#calls.unary<DeleteResponse>((options, done) =>
+      this.#stub.Delete({ key: this.key }, options, done),
     );
     return fromU64(response.removed_versions, "removed_versions");
   }

@@ -7,7 +7,9 @@
  * ```
  */
 export { TurnstoreClient, DEFAULT_TARGET, checkTarget } from "./client";
-export type { DaemonStats, TurnstoreClientOptions } from "./client";
+export type { ClientTls, DaemonStats, PemSource, TurnstoreClientOptions } from "./client";
+export { DEFAULT_RETRY } from "./calls";
+export type { RetryEvent, RetryPolicy } from "./calls";
 export { EventStore } from "./events";
 export type { ReplayOptions, WriteMode } from "./events";
 export { HistoryStore } from "./history";
@@ -33,6 +35,7 @@ export {
   FailedPreconditionError,
   FollowerTooSlowError,
   InvalidArgumentError,
+  KNOWN_REASONS,
   ResourceExhaustedError,
   ServerError,
   SnapshotFormatError,
@@ -41,6 +44,7 @@ export {
   TurnAlreadyFinishedError,
   TurnFinishedError,
   TurnstoreError,
+  UnauthenticatedError,
   UnavailableError,
   VersionConflictError,
 } from "./errors";

@@ -5,9 +5,11 @@
 import type { ClientReadableStream } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 
+import type { Calls } from "./calls";
 import { storedEventFromWire } from "./envelope";
 import type { StoredEvent } from "./envelope";
 import { toTurnstoreError } from "./errors";
+import type { TurnstoreError } from "./errors";
 import { fromU64 } from "./numbers";
 import type { ReplayResponse } from "./proto";
 
@@ -77,8 +79,10 @@ function* itemsOf(message: ReplayResponse): Generator<ReplayItem> {
  * loop early) ends the iteration without an error and frees the daemon's
  * follower; a replay cancelled before it started never calls the daemon.
  * Any other failure rejects with a TurnstoreError (DeadlineExceededError
- * when `timeoutMs` passes, UnavailableError when the daemon stops). To
- * resume after a failure, start a new replay with
+ * when `timeoutMs` passes, UnavailableError when the daemon stops). A
+ * replay that fails with UnavailableError before it yielded anything is
+ * started again by the client's retry policy; once it has yielded an item,
+ * it is not. To resume after a failure, start a new replay with
  * `after: replay.lastPosition, epoch: replay.epoch`.
  */
 export class Replay implements AsyncIterable<ReplayItem> {
@@ -88,6 +92,9 @@ export class Replay implements AsyncIterable<ReplayItem> {
   epoch: number | undefined;
 
   readonly #start: () => ClientReadableStream<ReplayResponse>;
+  readonly #calls: Calls;
+  /** Aborted by close(): ends a pause between attempts. */
+  readonly #cancel = new AbortController();
   #call: ClientReadableStream<ReplayResponse> | undefined;
   #cancelled = false;
   #started = false;
@@ -95,11 +102,13 @@ export class Replay implements AsyncIterable<ReplayItem> {
   /** @internal Use EventStore.replay. */
   constructor(
     start: () => ClientReadableStream<ReplayResponse>,
+    calls: Calls,
     after: number | undefined,
     epoch: number | undefined,
     signal: AbortSignal | undefined,
   ) {
     this.#start = start;
+    this.#calls = calls;
     this.lastPosition = after;
     this.epoch = epoch;
     if (signal?.aborted) {
@@ -113,6 +122,7 @@ export class Replay implements AsyncIterable<ReplayItem> {
   close(): void {
     if (!this.#cancelled) {
       this.#cancelled = true;
+      this.#cancel.abort();
       this.#call?.cancel();
     }
   }
@@ -122,31 +132,41 @@ export class Replay implements AsyncIterable<ReplayItem> {
       throw new TypeError("a Replay can be iterated only once");
     }
     this.#started = true;
-    if (this.#cancelled) {
-      return;
-    }
-    const call = this.#start();
-    // The status of a call cancelled after the loop was left arrives as an
-    // "error" event; without a listener it would be thrown out of grpc-js.
-    call.on("error", () => {});
-    this.#call = call;
+    let yielded = false;
     try {
-      for await (const message of call as AsyncIterable<ReplayResponse>) {
-        if (message.thread_epoch !== "0") {
-          this.epoch = fromU64(message.thread_epoch, "thread_epoch");
-        }
-        for (const item of itemsOf(message)) {
-          if (item.kind === "event") {
-            this.lastPosition = item.event.position;
+      for (let attempt = 1; !this.#cancelled; attempt += 1) {
+        this.#calls.checkOpen();
+        const call = this.#start();
+        // The status of a call cancelled after the loop was left arrives as an
+        // "error" event; without a listener it would be thrown out of grpc-js.
+        call.on("error", () => {});
+        this.#call = call;
+        let failure: TurnstoreError;
+        try {
+          for await (const message of call as AsyncIterable<ReplayResponse>) {
+            if (message.thread_epoch !== "0") {
+              this.epoch = fromU64(message.thread_epoch, "thread_epoch");
+            }
+            for (const item of itemsOf(message)) {
+              if (item.kind === "event") {
+                this.lastPosition = item.event.position;
+              }
+              yielded = true;
+              yield item;
+            }
           }
-          yield item;
+          return;
+        } catch (error) {
+          if (this.#cancelled && (error as { code?: unknown }).code === status.CANCELLED) {
+            return;
+          }
+          failure = toTurnstoreError(error);
         }
+        if (yielded || !this.#calls.mayRetry(failure, attempt)) {
+          throw failure;
+        }
+        await this.#calls.pause(attempt, failure, this.#cancel.signal);
       }
-    } catch (error) {
-      if (this.#cancelled && (error as { code?: unknown }).code === status.CANCELLED) {
-        return;
-      }
-      throw toTurnstoreError(error);
     } finally {
       // Leaving the loop early must free the daemon's follower; a no-op once the call ended.
       this.close();

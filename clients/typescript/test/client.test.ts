@@ -28,7 +28,13 @@ import {
   envelopeToJson,
   newEnvelope,
 } from "../src/index";
-import type { EventEnvelope, ReplayItem, StoredTurn, WriteMode } from "../src/index";
+import type {
+  EventEnvelope,
+  ReplayItem,
+  StoredTurn,
+  TurnstoreClientOptions,
+  WriteMode,
+} from "../src/index";
 
 const target = process.env.TURNSTORE_TARGET;
 if (target === undefined || target === "") {
@@ -262,6 +268,48 @@ describe("writes over one shared stream", () => {
       () => new TurnstoreClient(target, { writeMode: "bulk" as WriteMode }),
       InvalidArgumentError,
     );
+  });
+
+  test("token, tls and retry options are checked before any call", () => {
+    const refused = (options: TurnstoreClientOptions, where = "127.0.0.1:7070"): string => {
+      try {
+        new TurnstoreClient(where, options).close();
+      } catch (error) {
+        assert.ok(error instanceof InvalidArgumentError, String(error));
+        return error.message;
+      }
+      return assert.fail(`accepted ${JSON.stringify(options)}`);
+    };
+    assert.match(refused({ token: "" }), /token/);
+    assert.match(refused({ token: "naïve" }), /token/);
+    assert.match(refused({ token: "padded " }), /token/);
+    assert.match(refused({ tls: { ca: "/nonexistent/ca.pem" } }), /tls\.ca: cannot read/);
+    assert.match(refused({ tls: { ca: Buffer.from("not pem") } }), /PEM/);
+    assert.match(refused({ tls: { ca: "/nonexistent/ca.pem" } }, "unix:/tmp/x.sock"), /unix/);
+    assert.match(
+      refused({ tls: { ca: Buffer.from("-----BEGIN x"), cert: "c.pem" } }),
+      /go together/,
+    );
+    assert.match(refused({ retry: { attempts: 0 } }), /attempts/);
+    assert.match(refused({ retry: { attempts: 1.5 } }), /attempts/);
+    assert.match(refused({ retry: { maxBackoffMs: -1 } }), /maxBackoffMs/);
+    assert.match(refused({}, "10.0.0.1:7070"), /loopback/);
+    // TLS makes a remote host acceptable without allowRemote (nothing is sent yet).
+    const ca = Buffer.from("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n");
+    new TurnstoreClient("10.0.0.1:7070", { tls: { ca } }).close();
+  });
+
+  test("a closed client does not retry", async () => {
+    let retries = 0;
+    const own = new TurnstoreClient(target, {
+      writeMode,
+      retry: { onRetry: () => (retries += 1) },
+    });
+    await own.events.eventCount(newThread());
+    own.close();
+    const closed = await rejection(own.events.eventCount(newThread()));
+    assert.ok(closed instanceof UnavailableError, String(closed));
+    assert.equal(retries, 0);
   });
 
   test("concurrent callers get distinct consecutive positions", async () => {

@@ -13,9 +13,11 @@ import asyncio
 import ipaddress
 import os
 import signal
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -35,7 +37,10 @@ from turnstore.server.service import (
     HistoryStoreService,
     add_service,
 )
-from turnstore.server.values import EngineConfig
+from turnstore.server.values import EngineConfig, SpaceUsage
+
+if TYPE_CHECKING:
+    from turnstore.server.httpapi import HttpApi, HttpConfig
 
 log = structlog.get_logger("turnstore")
 
@@ -57,6 +62,15 @@ class TlsConfig:
             require_client_auth=self.client_ca is not None,
         )
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same settings for the HTTP listener; raises OSError or ssl.SSLError."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, self.key)
+        if self.client_ca is not None:
+            context.load_verify_locations(self.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -70,7 +84,9 @@ class ServerConfig:
     plain: the file permissions guard them). ``metrics_listen`` is the
     loopback ``HOST:PORT`` of the Prometheus endpoint, off when None.
     ``follower_limits`` bound the bytes replays hold in messages their peers
-    have not taken yet.
+    have not taken yet. ``http`` turns on the HTTP listener (event streams
+    for browsers, JSON reads, the inspector), with the same token, TLS and
+    loopback rule.
     """
 
     engine: EngineConfig
@@ -84,6 +100,7 @@ class ServerConfig:
     metrics_listen: str | None = None
     health_and_reflection: bool = True
     follower_limits: SendLimits = field(default_factory=SendLimits)
+    http: HttpConfig | None = None
 
 
 @dataclass
@@ -96,10 +113,13 @@ class BuiltServer:
     events: EventStoreService
     health: health.aio.HealthServicer | None = None
     addresses: list[str] = field(default_factory=list)
+    http: HttpApi | None = None
 
     async def start(self) -> None:
         """Start serving; health reports SERVING from now on."""
         await self.server.start()
+        if self.http is not None:
+            await self.http.start()
         if self.health is not None:
             for name in ("", *SERVICE_NAMES):
                 await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -110,6 +130,8 @@ class BuiltServer:
             await self.health.enter_graceful_shutdown()
         self.followers.close()
         self.events.end_append_streams()
+        if self.http is not None:
+            await self.http.stop()
         await self.server.stop(grace_seconds)
         self.executor.shutdown(wait=True)
 
@@ -194,6 +216,21 @@ def build_server(
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
+    if config.http is not None:
+        from turnstore.server.httpapi import HttpApi
+
+        if config.http.listen.startswith("unix:"):
+            raise ValueError("--http-listen takes HOST:PORT")
+        check_listen_address(config.http.listen, config.allow_remote)
+        built.http = HttpApi(
+            engine,
+            executor,
+            followers,
+            config.http,
+            auth_token=config.auth_token,
+            tls=config.tls.ssl_context() if config.tls is not None else None,
+            allow_remote=config.allow_remote,
+        )
     credentials = config.tls.credentials() if config.tls is not None else None
     for address in config.listen:
         try:
@@ -212,6 +249,30 @@ def build_server(
     return built
 
 
+def _startup_cleanup(engine: Engine) -> dict[str, list[str]]:
+    """What the engine removed at open, as fields of the ``serving`` line (none if nothing)."""
+    fields = {}
+    if engine.removed_partial_backups:
+        fields["removed_partial_backups"] = [str(path) for path in engine.removed_partial_backups]
+    if engine.partial_backup_problems:
+        fields["partial_backups_not_removed"] = engine.partial_backup_problems
+    return fields
+
+
+def log_space_level(usage: SpaceUsage, crossed: float | None, fell_below: float | None) -> None:
+    """Log a crossing of a usage warning level (a space level listener; any thread)."""
+    fields = {
+        "used_bytes": usage.used_bytes,
+        "max_db_bytes": usage.max_bytes,
+        "write_limit_bytes": usage.write_limit_bytes,
+        "used_percent": round(usage.used_fraction * 100, 1),
+    }
+    if crossed is not None:
+        log.warning("database_filling", level_percent=round(crossed * 100), **fields)
+    else:
+        log.info("database_space_recovered", below_percent=round((fell_below or 0) * 100), **fields)
+
+
 async def serve(config: ServerConfig) -> None:
     """Run the daemon until SIGTERM or SIGINT, then shut down in order."""
     metrics = Metrics() if config.metrics_listen is not None else None
@@ -223,8 +284,10 @@ async def serve(config: ServerConfig) -> None:
     for address in config.listen:
         check_listen_address(address, config.allow_remote)
     # Before Engine.open, which creates the data directory.
-    check_listen_free((*config.listen, *filter(None, [config.metrics_listen])))
+    http_listen = config.http.listen if config.http is not None else None
+    check_listen_free((*config.listen, *filter(None, [config.metrics_listen, http_listen])))
     engine = Engine.open(config.engine)
+    engine.space.add_level_listener(log_space_level)
     try:
         built = build_server(config, engine, metrics)
         stop = asyncio.Event()
@@ -242,9 +305,12 @@ async def serve(config: ServerConfig) -> None:
             data_dir=str(config.engine.data_dir),
             listen=built.addresses,
             max_map_bytes=config.engine.max_map_bytes,
+            write_limit_bytes=engine.space.write_limit_bytes,
             auth=config.auth_token is not None,
             tls=config.tls is not None,
             metrics=metrics_address,
+            http=built.http.address if built.http is not None else None,
+            **_startup_cleanup(engine),
         )
         await stop.wait()
         log.info("stopping", grace_seconds=config.grace_seconds)

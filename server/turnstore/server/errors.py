@@ -112,3 +112,13 @@ class BackupFailedError(EngineError):
     """A backup could not be written (permissions, disk space, ...); nothing was left behind."""
 
     reason = "backup_failed"
+
+
+class DiskIOError(EngineError):
+    """The disk failed a write (EIO, or a full disk told apart from a failing one).
+
+    Nothing of the write was committed; what was committed before is intact.
+    A later write may succeed (the disk recovered, or space was freed).
+    """
+
+    reason = "disk_error"

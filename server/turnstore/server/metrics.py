@@ -95,6 +95,26 @@ class Metrics:
                 "Size of the LMDB data file on disk",
                 lambda: os.path.getsize(data_dir / "data.mdb"),
             ),
+            (
+                "turnstore_used_bytes",
+                "Bytes of database pages in use (free pages not counted)",
+                lambda: engine.space_usage().used_bytes,
+            ),
+            (
+                "turnstore_used_ratio",
+                "Pages in use as a fraction of the write limit (additions stop at 1)",
+                lambda: engine.space_usage().used_fraction,
+            ),
+            (
+                "turnstore_max_db_bytes",
+                "The ceiling of the database size (--max-db-size)",
+                lambda: engine.space.max_bytes,
+            ),
+            (
+                "turnstore_write_limit_bytes",
+                "Where writes that add data stop: the ceiling minus the delete reserve",
+                lambda: engine.space.write_limit_bytes,
+            ),
         ]
         for name, documentation, read in gauges:
             Gauge(name, documentation, registry=self.registry).set_function(read)

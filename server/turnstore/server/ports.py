@@ -25,9 +25,9 @@ class AddressInUseError(OSError):
 
 def _probe_tcp(address: str) -> None:
     host, _, port_text = address.rpartition(":")
+    if not port_text.isdigit() or int(port_text) == 0:
+        return  # malformed (the listener says so), or any free port
     port = int(port_text)
-    if port == 0:  # any free port: nothing to probe
-        return
     for family, kind, proto, _, sockaddr in socket.getaddrinfo(
         host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     ):

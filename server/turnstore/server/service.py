@@ -18,12 +18,13 @@ from typing import Any, Final, ParamSpec, TypeVar
 import grpc
 import structlog
 
-from turnstore.server import records
+from turnstore.server import records, replaying
 from turnstore.server.acks import AckPump
-from turnstore.server.engine import Engine
+from turnstore.server.bodies import check_json_body, event_content_type
 from turnstore.server.errors import (
     BackupFailedError,
     DataDirLockedError,
+    DiskIOError,
     EngineClosedError,
     EngineError,
     EventIdConflictError,
@@ -36,7 +37,9 @@ from turnstore.server.errors import (
     VersionConflictError,
 )
 from turnstore.server.followers import Followers, Sender
-from turnstore.server.values import NewEvent, ReadBudget, ReplayStep, TurnChunk, TurnCursor
+from turnstore.server.replaying import MAX_EVENTS_PER_BATCH, MAX_TURN, ReplayQuery
+from turnstore.server.storage import StorageEngine
+from turnstore.server.values import NewEvent, ReadBudget, TurnChunk, TurnCursor
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
@@ -62,6 +65,7 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     FollowerTooSlowError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
     DataDirLockedError: grpc.StatusCode.UNAVAILABLE,
+    DiskIOError: grpc.StatusCode.UNAVAILABLE,
     EngineError: grpc.StatusCode.INTERNAL,
 }
 
@@ -70,13 +74,10 @@ MAX_TYPE_BYTES: Final = 128
 MAX_TIMESTAMP_BYTES: Final = 64
 MAX_CONTENT_TYPE_BYTES: Final = 128
 # Events or turn pieces per streamed message.
-EVENTS_PER_MESSAGE: Final = 512
-MAX_EVENTS_PER_MESSAGE: Final = 4096
+EVENTS_PER_MESSAGE: Final = replaying.EVENTS_PER_BATCH
 # Event bytes per streamed message: a message stops growing past this, so even
 # a thread of maximal events streams within the gRPC message limit.
-BYTES_PER_MESSAGE: Final = 4 * 1024 * 1024
-MAX_POSITION: Final = (1 << 63) - 1
-MAX_EVENT_TYPE_FILTERS: Final = 64
+BYTES_PER_MESSAGE: Final = replaying.BYTES_PER_BATCH
 # AppendStream messages accepted but not yet acknowledged, per stream.
 APPEND_STREAM_WINDOW: Final = 1024
 # Items in one AppendStream message (the first and those in `more`).
@@ -252,8 +253,9 @@ def _new_events(envelopes: Any) -> list[NewEvent]:
             and len(content_type) <= MAX_CONTENT_TYPE_BYTES // 4
         ):
             _check_header(index, envelope)
-        if not content_type:
-            envelope.content_type = JSON
+        if content_type != JSON:
+            envelope.content_type = event_content_type(index, content_type)
+        check_json_body(index, envelope.event_id, envelope.body)
         events.append(NewEvent(envelope.event_id, envelope.SerializeToString()))
     return events
 
@@ -305,7 +307,7 @@ async def _acknowledge(group: _Group) -> list[pb.AppendStreamResponse]:
 
 class _Base:
     def __init__(
-        self, engine: Engine, executor: Executor, followers: Followers, acks: AckPump
+        self, engine: StorageEngine, executor: Executor, followers: Followers, acks: AckPump
     ) -> None:
         self._engine = engine
         self._executor = executor
@@ -339,7 +341,7 @@ class _Base:
 
 
 class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
-    """``turnstore.v1.EventStoreService`` over an :class:`Engine`."""
+    """``turnstore.v1.EventStoreService`` over an :class:`StorageEngine`."""
 
     @_unary
     async def Append(
@@ -422,101 +424,65 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
     async def Replay(
         self, request: pb.ReplayRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ReplayResponse | bytes]:
-        from_turn = request.from_turn if request.HasField("from_turn") else 0
-        to_turn = request.to_turn if request.HasField("to_turn") else (1 << 64) - 1
-        if from_turn > to_turn:
-            raise InvalidArgumentError("from_turn", f"{from_turn} is after to_turn {to_turn}")
-        if len(request.event_types) > MAX_EVENT_TYPE_FILTERS:
-            raise InvalidArgumentError(
-                "event_types", f"holds {len(request.event_types)}, over the limit of 64"
-            )
-        types = frozenset(request.event_types)
-        filtered = bool(types) or request.HasField("from_turn") or request.HasField("to_turn")
-        per_message = min(
-            request.max_events_per_message or EVENTS_PER_MESSAGE, MAX_EVENTS_PER_MESSAGE
+        query = ReplayQuery(
+            thread_id=request.thread_id,
+            start_position=request.after_position + 1 if request.HasField("after_position") else 0,
+            epoch=request.thread_epoch or None,
+            follow=request.follow,
+            from_turn=request.from_turn if request.HasField("from_turn") else 0,
+            to_turn=request.to_turn if request.HasField("to_turn") else MAX_TURN,
+            event_types=frozenset(request.event_types),
+            until_turn_finished=(
+                request.until_turn_finished if request.HasField("until_turn_finished") else None
+            ),
+            max_events=min(
+                request.max_events_per_message or EVENTS_PER_MESSAGE, MAX_EVENTS_PER_BATCH
+            ),
+            max_bytes=BYTES_PER_MESSAGE,
         )
-        until = request.until_turn_finished if request.HasField("until_turn_finished") else None
-        if request.HasField("after_position") and request.after_position > MAX_POSITION:
-            raise InvalidArgumentError("after_position", f"must be at most {MAX_POSITION}")
-        position = request.after_position + 1 if request.HasField("after_position") else 0
-        number: int | None = request.thread_epoch or None
-        finish_seq: int | None = None
-        caught_up = False
-        budget = self._followers.send_budget
         end = functools.partial(
             self._end_too_slow, request.thread_id, context, asyncio.current_task()
         )
-        with (
-            self._followers.replay(request.thread_id, request.follow) as wake,
-            budget.sending(end) as sender,
-        ):
-            while True:
-                if wake is not None:
-                    wake.clear()
-                await budget.reserve(sender)
-                step: ReplayStep = await self._run(
-                    self._engine.replay_step,
-                    request.thread_id,
-                    number,
-                    position,
-                    finish_seq,
-                    per_message,
-                    until,
-                    budget.limits.message_bytes,
-                )
-                if step.cleared:
-                    budget.release(sender)
+        batches = replaying.replay(self._engine, self._run, self._followers, query, end)
+        try:
+            async for batch in batches:
+                if batch.cleared:
                     yield pb.ReplayResponse(
-                        thread_cleared=True, next_position=position, thread_epoch=number or 0
+                        thread_cleared=True,
+                        next_position=batch.next_position,
+                        thread_epoch=batch.epoch or 0,
                     )
                     return
-                number, position, finish_seq = (
-                    step.thread_number,
-                    step.next_position,
-                    step.next_finish_seq,
-                )
-                at_end, watched_finished = step.at_end, step.watched_turn_finished
-                response = pb.ReplayResponse(next_position=position, thread_epoch=number or 0)
-                events = step.events
-                kept = _kept_events(events, from_turn, to_turn, types) if filtered else events
-                done = False
-                for finish in step.finishes:
-                    if from_turn <= finish.turn <= to_turn:
-                        response.finished_turns.append(
-                            pb.TurnFinished(
-                                turn=finish.turn,
-                                event_count=finish.event_count,
-                                last_position=finish.last_position,
-                            )
+                response = pb.ReplayResponse(
+                    next_position=batch.next_position,
+                    thread_epoch=batch.epoch or 0,
+                    caught_up=batch.caught_up,
+                    finished_turns=[
+                        pb.TurnFinished(
+                            turn=finish.turn,
+                            event_count=finish.event_count,
+                            last_position=finish.last_position,
                         )
-                    done = done or finish.turn == until
-                if at_end and not caught_up:
-                    response.caught_up = caught_up = True
-                if kept or response.finished_turns or response.caught_up:
-                    # The stored values are `events` entries: send them as they are.
-                    message = b"".join(kept) + response.SerializeToString()
-                    # While gRPC writes the message, keep no other copy of its events.
-                    del step, events, kept
-                    budget.hold(sender, len(message))
-                    yield message
-                    del message
-                    budget.release(sender)
-                    if sender.was_ended:
-                        # gRPC took the message after the budget ended this
-                        # follower: its status is on the way and its task
-                        # about to be cancelled; end without a status of ours.
-                        raise asyncio.CancelledError
-                else:
-                    budget.release(sender)
-                if done or (at_end and (wake is None or watched_finished)):
-                    return
-                if at_end:
-                    assert wake is not None
-                    if self._followers.closing:
-                        raise EngineClosedError("the daemon is shutting down")
-                    await self._followers.wait(wake)
-                    if self._followers.closing:
-                        raise EngineClosedError("the daemon is shutting down")
+                        for finish in batch.finishes
+                    ],
+                )
+                # The stored values are `events` entries: send them as they are.
+                message = b"".join(batch.events) + response.SerializeToString()
+                # While gRPC writes the message, keep no other copy of its events.
+                batch.events = []
+                batch.hold(len(message))
+                del batch
+                yield message
+                del message
+        except FollowerTooSlowError:
+            # gRPC took the message after the budget ended this follower: its
+            # status is on the way and its task about to be cancelled; end
+            # without a status of ours.
+            raise asyncio.CancelledError from None
+        finally:
+            # Now, not when the generator is collected: it holds the
+            # follower's registration and its share of the budget.
+            await batches.aclose()
 
     def _end_too_slow(
         self,
@@ -709,6 +675,9 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
             follower_held_bytes=self._followers.send_budget.held_bytes,
             follower_ending_bytes=self._followers.send_budget.ending_bytes,
             followers_ended_too_slow=self._followers.send_budget.ended_too_slow,
+            used_bytes=stored.space.used_bytes,
+            max_db_bytes=stored.space.max_bytes,
+            write_limit_bytes=stored.space.write_limit_bytes,
         )
 
     @_unary
@@ -721,7 +690,7 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
 
 
 class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
-    """``turnstore.v1.HistoryStoreService`` over an :class:`Engine`."""
+    """``turnstore.v1.HistoryStoreService`` over an :class:`StorageEngine`."""
 
     @_unary
     async def Save(

@@ -74,10 +74,17 @@ class EngineConfig:
     retain_threads_for_seconds: float | None = None
     retain_conversations_for_seconds: float | None = None
     retention_interval_seconds: float = 60.0
+    # Room below ``max_map_bytes`` that only writes removing data may use
+    # (clear, delete, retention): writes that add data stop at the ceiling
+    # minus this. None: 1% of the ceiling, at least 1 MiB, at most a quarter.
+    delete_reserve_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.initial_map_bytes <= 0 or self.max_map_bytes < self.initial_map_bytes:
             raise ValueError("need 0 < initial_map_bytes <= max_map_bytes")
+        reserve = self.delete_reserve_bytes
+        if reserve is not None and not 0 <= reserve <= self.max_map_bytes // 2:
+            raise ValueError("the delete reserve must be between 0 and half the ceiling")
         if self.snapshot_versions_kept < 1:
             raise ValueError("snapshot_versions_kept must be at least 1")
         for name in ("retain_threads_for_seconds", "retain_conversations_for_seconds"):
@@ -231,13 +238,32 @@ class KeySummary:
 
 
 @dataclass(frozen=True)
+class SpaceUsage:
+    """How full the database is.
+
+    ``used_bytes`` is the pages in use, ``max_bytes`` the ceiling
+    (``--max-db-size``), ``write_limit_bytes`` where writes that add data stop
+    (the ceiling minus the reserve).
+    """
+
+    used_bytes: int
+    max_bytes: int
+    write_limit_bytes: int
+
+    @property
+    def used_fraction(self) -> float:
+        """``used_bytes`` as a fraction of ``write_limit_bytes``: at 1.0 additions stop."""
+        return self.used_bytes / max(self.write_limit_bytes, 1)
+
+
+@dataclass(frozen=True)
 class StorageStats:
     """What the database holds (:meth:`Engine.storage_stats`).
 
     ``turns`` counts every turn, ``finished_turns`` those finished;
     ``conversations`` the keys holding a snapshot and ``snapshot_versions``
     the kept versions of all of them; ``data_file_bytes`` is the size of
-    ``data.mdb``.
+    ``data.mdb``; ``space`` how close the database is to its ceiling.
     """
 
     threads: int
@@ -247,6 +273,7 @@ class StorageStats:
     conversations: int
     snapshot_versions: int
     data_file_bytes: int
+    space: SpaceUsage
 
 
 @dataclass(frozen=True)

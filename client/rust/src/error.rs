@@ -1,0 +1,264 @@
+//! The one place that maps gRPC statuses (and rejected `AppendStream` items)
+//! to this crate's typed errors.
+
+use std::fmt;
+
+use tonic::Code;
+
+/// Trailing-metadata key holding the daemon's stable reason for an error.
+pub const ERROR_METADATA_KEY: &str = "turnstore-error";
+/// Trailing-metadata key holding a key's current version on a version conflict.
+pub const CURRENT_VERSION_METADATA_KEY: &str = "turnstore-current-version";
+
+/// What went wrong, as the daemon's reason (or, without one, its status code) says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Malformed input or a limit exceeded; the message names the field.
+    InvalidArgument,
+    /// An append to a finished turn (`turn_finished`).
+    TurnFinished,
+    /// A turn finished a second time (`turn_already_finished`).
+    TurnAlreadyFinished,
+    /// An event id already stored in another turn of the thread.
+    EventIdConflict,
+    /// A save whose expected version is not the key's current one; see
+    /// [`Error::current_version`].
+    VersionConflict,
+    /// The thread was cleared while a streaming read was in progress.
+    ThreadCleared,
+    /// The daemon's database reached its size ceiling (reads still work).
+    StorageFull,
+    /// The daemon is unreachable or shutting down (after the retries).
+    Unavailable,
+    /// The bearer token was missing or wrong.
+    Unauthenticated,
+    /// The call's deadline passed.
+    DeadlineExceeded,
+    /// Another `FAILED_PRECONDITION` than the ones above.
+    FailedPrecondition,
+    /// Another `RESOURCE_EXHAUSTED` than a full store (e.g. a message too large).
+    ResourceExhausted,
+    /// A stored event this client cannot decode (not JSON, an unknown type, ...).
+    EventFormat,
+    /// A stored snapshot this client cannot decode, or one it cannot encode.
+    SnapshotFormat,
+    /// The client was configured wrongly (a bad target, unreadable TLS material).
+    Config,
+    /// Any other status from the daemon.
+    Server,
+}
+
+/// An error of a turnstore call: its kind, and, when it came from the daemon,
+/// the gRPC status code and the `turnstore-error` reason.
+#[derive(Clone, Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    code: Option<Code>,
+    reason: Option<String>,
+    message: String,
+    current_version: Option<u64>,
+}
+
+/// The result type of this crate's calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An error raised by this client itself (no status code).
+    pub(crate) fn local(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            code: None,
+            reason: None,
+            message: message.into(),
+            current_version: None,
+        }
+    }
+
+    /// The error for a status code, a reason and a message: the reason wins
+    /// over the code, and an unknown pair gives [`ErrorKind::Server`].
+    pub(crate) fn from_parts(code: Code, reason: Option<String>, message: String) -> Self {
+        let kind = reason
+            .as_deref()
+            .and_then(kind_of_reason)
+            .unwrap_or_else(|| kind_of_code(code));
+        let message = if message.is_empty() {
+            code.description().to_owned()
+        } else {
+            message
+        };
+        Self {
+            kind,
+            code: Some(code),
+            reason: reason.filter(|r| !r.is_empty()),
+            message,
+            current_version: None,
+        }
+    }
+
+    /// The error of a failed call, from its status and trailing metadata.
+    pub(crate) fn from_status(status: &tonic::Status) -> Self {
+        let text = |key: &str| {
+            status
+                .metadata()
+                .get(key)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let mut error = Self::from_parts(
+            status.code(),
+            text(ERROR_METADATA_KEY),
+            status.message().to_owned(),
+        );
+        // tonic enforces the request's deadline itself and reports it as
+        // CANCELLED "Timeout expired": that is this call's deadline, not a
+        // daemon going away, and must not be retried.
+        if status.code() == Code::Cancelled
+            && status.message() == tonic::TimeoutExpired(()).to_string()
+        {
+            error.kind = ErrorKind::DeadlineExceeded;
+        }
+        // A broken connection (a daemon restart) surfaces as UNKNOWN with the
+        // transport's error as its source; the daemon's own statuses have none.
+        if status.code() == Code::Unknown {
+            if let Some(source) = std::error::Error::source(status) {
+                error.kind = ErrorKind::Unavailable;
+                error.message =
+                    format!("{}: {}", error.message, crate::client::error_chain(source));
+            }
+        }
+        if error.kind == ErrorKind::VersionConflict {
+            error.current_version = text(CURRENT_VERSION_METADATA_KEY).and_then(|v| v.parse().ok());
+        }
+        error
+    }
+
+    /// The error of a rejected `AppendStream` item.
+    pub(crate) fn from_item(item: &crate::pb::ItemError) -> Self {
+        Self::from_parts(
+            Code::from_i32(item.code),
+            Some(item.reason.clone()),
+            item.message.clone(),
+        )
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The gRPC status code, when the error came from the daemon or the transport.
+    pub fn code(&self) -> Option<Code> {
+        self.code
+    }
+
+    /// The daemon's stable reason (`turn_finished`, `version_conflict`, ...), when it sent one.
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+
+    /// The human-readable message (the daemon's, for a daemon error).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// For [`ErrorKind::VersionConflict`]: the key's version when the save was refused.
+    pub fn current_version(&self) -> Option<u64> {
+        self.current_version
+    }
+
+    /// Whether a retry may succeed: the daemon was unreachable or going away.
+    pub(crate) fn is_retryable(&self) -> bool {
+        self.kind == ErrorKind::Unavailable
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "turnstore: {}", self.message)?;
+        match (self.code, &self.reason) {
+            (Some(code), Some(reason)) => write!(f, " ({code:?}, {reason})"),
+            (Some(code), None) => write!(f, " ({code:?})"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        Self::from_status(&status)
+    }
+}
+
+fn kind_of_reason(reason: &str) -> Option<ErrorKind> {
+    Some(match reason {
+        "invalid_argument" => ErrorKind::InvalidArgument,
+        "turn_finished" => ErrorKind::TurnFinished,
+        "turn_already_finished" => ErrorKind::TurnAlreadyFinished,
+        "event_id_conflict" => ErrorKind::EventIdConflict,
+        "version_conflict" => ErrorKind::VersionConflict,
+        "thread_cleared" => ErrorKind::ThreadCleared,
+        "storage_full" => ErrorKind::StorageFull,
+        "shutting_down" => ErrorKind::Unavailable,
+        "unauthenticated" => ErrorKind::Unauthenticated,
+        _ => return None,
+    })
+}
+
+fn kind_of_code(code: Code) -> ErrorKind {
+    match code {
+        Code::InvalidArgument => ErrorKind::InvalidArgument,
+        Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+        Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+        // Only the daemon cancels with a status (a shutdown): a local cancel
+        // drops the future instead.
+        Code::Unavailable | Code::Cancelled => ErrorKind::Unavailable,
+        Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+        Code::Unauthenticated => ErrorKind::Unauthenticated,
+        _ => ErrorKind::Server,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_wins_over_code() {
+        let error = Error::from_parts(
+            Code::FailedPrecondition,
+            Some("turn_finished".into()),
+            "cannot append to finished turn 3".into(),
+        );
+        assert_eq!(error.kind(), ErrorKind::TurnFinished);
+        assert_eq!(error.code(), Some(Code::FailedPrecondition));
+        assert_eq!(error.reason(), Some("turn_finished"));
+        assert_eq!(
+            error.to_string(),
+            "turnstore: cannot append to finished turn 3 (FailedPrecondition, turn_finished)"
+        );
+    }
+
+    #[test]
+    fn tonics_own_deadline_is_deadline_exceeded() {
+        let error = Error::from_status(&tonic::Status::cancelled("Timeout expired"));
+        assert_eq!(error.kind(), ErrorKind::DeadlineExceeded);
+        assert!(!error.is_retryable());
+        let shutdown = Error::from_status(&tonic::Status::cancelled("the daemon stops"));
+        assert_eq!(shutdown.kind(), ErrorKind::Unavailable);
+    }
+
+    #[test]
+    fn unknown_reason_falls_back_to_code() {
+        let error = Error::from_parts(Code::Unavailable, Some("new_reason".into()), String::new());
+        assert_eq!(error.kind(), ErrorKind::Unavailable);
+        assert!(error.is_retryable());
+        assert_eq!(error.message(), Code::Unavailable.description());
+        assert_eq!(
+            Error::from_parts(Code::DataLoss, None, "x".into()).kind(),
+            ErrorKind::Server
+        );
+    }
+}

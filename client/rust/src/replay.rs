@@ -1,0 +1,196 @@
+//! A thread's replay (catch up, then follow live) as a `Stream`.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::events::StoredEvent;
+use crate::pb;
+
+/// What to replay; the default replays a whole thread without following it.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    /// Start after this position (the previous replay's
+    /// [`Replay::last_position`]); None: from the start of the thread.
+    pub after: Option<u64>,
+    /// The thread's epoch the cursor came from ([`Replay::epoch`]): when the
+    /// thread was cleared since, the replay yields
+    /// [`ReplayItem::ThreadCleared`] and ends instead of resuming in the
+    /// thread's new life.
+    pub epoch: Option<u64>,
+    /// Go on with every event as it is committed once caught up.
+    pub follow: bool,
+    /// Only events and finish markers of turns >= this.
+    pub from_turn: Option<u64>,
+    /// Only events and finish markers of turns <= this.
+    pub to_turn: Option<u64>,
+    /// Only events of these types (empty: all). Finish markers are not filtered.
+    pub event_types: Vec<String>,
+    /// End once this turn's finish marker has been yielded.
+    pub until_turn_finished: Option<u64>,
+    /// Most events per message (0: the daemon's default).
+    pub max_events_per_message: u32,
+    /// A deadline for the whole replay (None: none, which a follower usually wants).
+    pub timeout: Option<Duration>,
+}
+
+/// One item of a [`Replay`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplayItem {
+    /// A stored event, in position order.
+    Event(StoredEvent),
+    /// `turn` was finished, holding `event_count` events; it comes after
+    /// every event of the turn. `last_position` is None for an empty turn.
+    TurnFinished {
+        /// The finished turn.
+        turn: u64,
+        /// How many events it holds.
+        event_count: u64,
+        /// The position of its last event.
+        last_position: Option<u64>,
+    },
+    /// Sent once: everything stored when the replay caught up was yielded.
+    CaughtUp {
+        /// The position the next event will get.
+        next_position: u64,
+    },
+    /// The thread was cleared under the replay; the stream ends after this.
+    ThreadCleared {
+        /// Where the replay stopped.
+        next_position: u64,
+    },
+}
+
+/// A replay of one thread: a `Stream` of [`ReplayItem`]s (use
+/// `futures::StreamExt::next`, or `tokio_stream::StreamExt`).
+///
+/// To resume after a disconnect with nothing missed and nothing repeated,
+/// start a new replay with `after: replay.last_position()` and
+/// `epoch: replay.epoch()`. Dropping it cancels the stream. A replay is
+/// never retried by itself: a broken one yields its error (e.g.
+/// [`crate::ErrorKind::Unavailable`] when the daemon stops), and the caller
+/// resumes from its cursor.
+pub struct Replay {
+    stream: tonic::Streaming<pb::ReplayResponse>,
+    buffered: VecDeque<ReplayItem>,
+    last_position: Option<u64>,
+    epoch: Option<u64>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay")
+            .field("last_position", &self.last_position)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replay {
+    pub(crate) async fn start(
+        client: &Client,
+        thread_id: &str,
+        options: ReplayOptions,
+    ) -> Result<Self> {
+        let request = pb::ReplayRequest {
+            thread_id: thread_id.to_owned(),
+            after_position: options.after,
+            from_turn: options.from_turn,
+            to_turn: options.to_turn,
+            event_types: options.event_types,
+            follow: options.follow,
+            until_turn_finished: options.until_turn_finished,
+            max_events_per_message: options.max_events_per_message,
+            thread_epoch: options.epoch.unwrap_or(0),
+        };
+        let mut request = client.request(request, false);
+        if let Some(timeout) = options.timeout {
+            request.set_timeout(timeout);
+        }
+        let mut stub = client.inner.events.clone();
+        let stream = stub.replay(request).await?.into_inner();
+        Ok(Self {
+            stream,
+            buffered: VecDeque::new(),
+            last_position: options.after,
+            epoch: options.epoch,
+            done: false,
+        })
+    }
+
+    /// The position of the last event yielded (the cursor given, before any).
+    pub fn last_position(&self) -> Option<u64> {
+        self.last_position
+    }
+
+    /// The thread's epoch, as the daemon last reported it.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+
+    fn buffer(&mut self, message: pb::ReplayResponse) {
+        if message.thread_epoch != 0 {
+            self.epoch = Some(message.thread_epoch);
+        }
+        self.buffered.extend(
+            message
+                .events
+                .into_iter()
+                .map(|event| ReplayItem::Event(StoredEvent::from_proto(event))),
+        );
+        self.buffered
+            .extend(
+                message
+                    .finished_turns
+                    .into_iter()
+                    .map(|finished| ReplayItem::TurnFinished {
+                        turn: finished.turn,
+                        event_count: finished.event_count,
+                        last_position: finished.last_position,
+                    }),
+            );
+        if message.caught_up {
+            self.buffered.push_back(ReplayItem::CaughtUp {
+                next_position: message.next_position,
+            });
+        }
+        if message.thread_cleared {
+            self.buffered.push_back(ReplayItem::ThreadCleared {
+                next_position: message.next_position,
+            });
+        }
+    }
+}
+
+impl Stream for Replay {
+    type Item = Result<ReplayItem>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(item) = self.buffered.pop_front() {
+                if let ReplayItem::Event(event) = &item {
+                    self.last_position = Some(event.position);
+                }
+                return Poll::Ready(Some(Ok(item)));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.stream).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => self.done = true,
+                Poll::Ready(Some(Ok(message))) => self.buffer(message),
+                Poll::Ready(Some(Err(status))) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(Error::from_status(&status))));
+                }
+            }
+        }
+    }
+}

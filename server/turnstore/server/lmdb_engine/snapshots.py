@@ -1,0 +1,158 @@
+"""Conversation snapshots: versioned saves with optimistic concurrency, loads, kept versions.
+
+One layer of the LMDB engine (see :mod:`turnstore.server.engine`): a mixin over
+:class:`_TurnWrites`.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import TypeVar
+
+import lmdb
+
+from turnstore.server import schema
+from turnstore.server.errors import (
+    InvalidArgumentError,
+    VersionConflictError,
+)
+from turnstore.server.lmdb_engine.state import (
+    _decode_snapshot,
+    _delete_prefix,
+    _get,
+    _pairs,
+)
+from turnstore.server.lmdb_engine.turns import _TurnWrites
+from turnstore.server.space import (
+    estimate_value_bytes,
+)
+from turnstore.server.values import (
+    StoredSnapshot,
+)
+
+T = TypeVar("T")
+
+
+class _Snapshots(_TurnWrites):
+    """Conversation snapshots: versioned saves with optimistic concurrency, loads, kept versions."""
+
+    def save_snapshot(
+        self, key: str, data: bytes, content_type: str, expected_version: int | None = None
+    ) -> Future[int]:
+        """Store a snapshot under a key as a full overwrite; resolves to its version.
+
+        Versions start at 1 and grow by one per save of the key; a delete does
+        not restart them. With ``expected_version``, fails with
+        VersionConflictError unless it equals the current version (0 when no
+        snapshot is stored). Only the newest ``snapshot_versions_kept``
+        versions are kept.
+        """
+        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        if len(data) > self.limits.max_snapshot_bytes:
+            raise InvalidArgumentError(
+                "data",
+                f"is {len(data)} bytes, over the snapshot limit of "
+                f"{self.limits.max_snapshot_bytes}",
+            )
+        content_type_bytes = content_type.encode("utf-8")
+        if len(content_type_bytes) > 255:
+            raise InvalidArgumentError("content_type", "is over the limit of 255 bytes")
+        kept = self.config.snapshot_versions_kept
+
+        def apply(txn: lmdb.Transaction, now_ns: int) -> int:
+            conversations = self._dbs[schema.CONVERSATIONS]
+            snapshots = self._dbs[schema.SNAPSHOTS]
+            value = _get(txn, encoded_key, conversations)
+            if value is None:
+                number, latest, current = 0, 0, 0
+            else:
+                number, latest, current, _ = schema.unpack_conversation(value)
+            if expected_version is not None and expected_version != current:
+                raise VersionConflictError(key, expected_version, current)
+            self.space.admit(
+                txn, estimate_value_bytes(len(data) + 64) + estimate_value_bytes(len(key) + 32)
+            )
+            if value is None:
+                number = self._next_number(txn, schema.META_NEXT_CONVERSATION_NUMBER)
+            version = latest + 1
+            header = schema.SNAPSHOT_HEADER.pack(now_ns, len(content_type_bytes))
+            txn.put(
+                schema.PAIR.pack(number, version), header + content_type_bytes + data, db=snapshots
+            )
+            if version > kept:
+                txn.delete(schema.PAIR.pack(number, version - kept), db=snapshots)
+            txn.put(
+                encoded_key,
+                schema.pack_conversation(number, version, version, now_ns),
+                db=conversations,
+            )
+            return version
+
+        return self._submit(None, apply)
+
+    def delete_snapshots(self, key: str) -> Future[int]:
+        """Delete every kept version of a key; resolves to how many there were.
+
+        Succeeds (with 0) for an unknown key. The key's version counter is
+        kept, so the next save gets a higher version than any before.
+        """
+        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+
+        def apply(txn: lmdb.Transaction, now_ns: int) -> int:
+            conversations = self._dbs[schema.CONVERSATIONS]
+            value = _get(txn, encoded_key, conversations)
+            if value is None:
+                return 0
+            number, latest, _, _ = schema.unpack_conversation(value)
+            removed = _delete_prefix(txn, self._dbs[schema.SNAPSHOTS], schema.U64.pack(number))
+            txn.put(
+                encoded_key, schema.pack_conversation(number, latest, 0, now_ns), db=conversations
+            )
+            self.space.note_freed()
+            return removed
+
+        return self._submit(None, apply, frees=True)
+
+    def load_snapshot(self, key: str, version: int | None = None) -> StoredSnapshot | None:
+        """The latest snapshot under a key, or the given kept version.
+
+        None when the key was never saved, was deleted, or the version is not
+        kept.
+        """
+        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        if version is not None:
+            self._check_turn(version)
+        with self._read() as txn:
+            value = _get(txn, encoded_key, self._dbs[schema.CONVERSATIONS])
+            if value is None:
+                return None
+            number, _, current, _ = schema.unpack_conversation(value)
+            wanted = current if version is None else version
+            if not wanted:
+                return None
+            record = _get(txn, schema.PAIR.pack(number, wanted), self._dbs[schema.SNAPSHOTS])
+        if record is None:
+            return None
+        return _decode_snapshot(wanted, record)
+
+    def list_snapshot_versions(self, key: str) -> list[StoredSnapshot]:
+        """The kept versions of a key, newest first, with their data.
+
+        Empty for an unknown or deleted key.
+        """
+        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        out: list[StoredSnapshot] = []
+        with self._read() as txn:
+            value = _get(txn, encoded_key, self._dbs[schema.CONVERSATIONS])
+            if value is None:
+                return out
+            prefix = schema.U64.pack(schema.unpack_conversation(value).number)
+            with txn.cursor(db=self._dbs[schema.SNAPSHOTS]) as cursor:
+                if cursor.set_range(prefix):
+                    for snapshot_key, record in _pairs(cursor):
+                        if not snapshot_key.startswith(prefix):
+                            break
+                        version = schema.PAIR.unpack(snapshot_key)[1]
+                        out.append(_decode_snapshot(version, record))
+        out.reverse()
+        return out

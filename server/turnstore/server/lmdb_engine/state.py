@@ -1,0 +1,229 @@
+"""The LMDB engine's shared state, validation and helpers.
+
+The engine is built in layers (writer, turns, snapshots, reads, operations,
+retention), each a mixin over the one below; :class:`_State` declares what
+they share, as :meth:`turnstore.server.engine.Engine.__init__` sets it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import lmdb
+
+from turnstore.server import backups, schema
+from turnstore.server.errors import (
+    InvalidArgumentError,
+)
+from turnstore.server.space import (
+    SpaceGuard,
+)
+from turnstore.server.storage import CommitListener, CommitObserver
+from turnstore.server.values import (
+    EngineConfig,
+    Limits,
+    StoredSnapshot,
+)
+
+T = TypeVar("T")
+
+_MAX_U64 = (1 << 64) - 1
+
+
+class _ResizeGate:
+    """Lets many readers in at once, or the map resizer alone.
+
+    LMDB may only change its map size while this process has no open
+    transaction, so readers hold the gate for the length of one transaction.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def resizing(self) -> Iterator[None]:
+        with self._cond:
+            self._resizing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+@dataclass
+class _Write:
+    """One queued write: a function applied inside the shared transaction.
+
+    ``frees`` marks writes that only remove data (and rewrite bookkeeping):
+    they may use the space reserve and are retried alone when their batch
+    hits the ceiling.
+    """
+
+    thread_id: str | None
+    apply: Callable[[lmdb.Transaction, int], Any]
+    future: Future[Any]
+    frees: bool = False
+
+
+@dataclass
+class _RetentionState:
+    """The engine's retention bookkeeping; counters are guarded by ``lock``."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    sweep_lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    sweeps: int = 0
+    removed_threads: int = 0
+    removed_events: int = 0
+    removed_conversations: int = 0
+    last_sweep_ns: int = 0
+    last_error: str | None = None
+
+
+class _State:
+    """What every layer of the engine shares (set by Engine.__init__)."""
+
+    config: EngineConfig
+    limits: Limits
+    space: SpaceGuard
+    removed_partial_backups: list[Path]
+    partial_backup_problems: list[str]
+    _env: lmdb.Environment
+    _lock_file: IO[str]
+    _dbs: dict[bytes, Any]
+    _backup_journal: backups.BackupJournal
+    _tick_txnid: int
+    _gate: _ResizeGate
+    _queue: queue.SimpleQueue[_Write | None]
+    _closed: bool
+    _close_lock: threading.Lock
+    _listeners: list[CommitListener]
+    _observers: list[CommitObserver]
+    _writer: threading.Thread
+    _retention: _RetentionState
+    _retention_thread: threading.Thread | None
+
+    @property
+    def map_size(self) -> int:
+        """The current LMDB map size in bytes."""
+        return int(self._env.info()["map_size"])
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[lmdb.Transaction]:
+        with self._gate.reading(), self._env.begin(buffers=False) as txn:
+            yield txn
+
+    @staticmethod
+    def _utf8(name: str, value: str, limit: int) -> bytes:
+        if not value:
+            raise InvalidArgumentError(name, "must not be empty")
+        encoded = value.encode("utf-8", "surrogatepass")
+        if len(encoded) > limit:
+            raise InvalidArgumentError(
+                name, f"is {len(encoded)} bytes of UTF-8, over the limit of {limit}"
+            )
+        return encoded
+
+    def _thread_key(self, thread_id: str) -> bytes:
+        return self._utf8("thread_id", thread_id, self.limits.max_thread_id_bytes)
+
+    @staticmethod
+    def _check_turn(turn: int) -> None:
+        if not 0 <= turn <= _MAX_U64:
+            raise InvalidArgumentError("turn", f"must be between 0 and {_MAX_U64}")
+
+
+def _decode_snapshot(version: int, record: bytes) -> StoredSnapshot:
+    saved_at, content_type_length = schema.SNAPSHOT_HEADER.unpack_from(record)
+    start = schema.SNAPSHOT_HEADER.size
+    content_type = record[start : start + content_type_length].decode("utf-8")
+    return StoredSnapshot(version, content_type, record[start + content_type_length :], saved_at)
+
+
+def _bytes(value: bytes | memoryview) -> bytes:
+    """Narrow an LMDB result: read transactions here never return buffers."""
+    return value if isinstance(value, bytes) else bytes(value)
+
+
+def _get(txn: lmdb.Transaction, key: bytes, db: Any) -> bytes | None:
+    value = txn.get(key, db=db)
+    return None if value is None else _bytes(value)
+
+
+def _pairs(cursor: lmdb.Cursor) -> Iterator[tuple[bytes, bytes]]:
+    for key, value in cursor.iternext():
+        yield _bytes(key), _bytes(value)
+
+
+def _keys(cursor: lmdb.Cursor) -> Iterator[bytes]:
+    for key in cursor.iternext(keys=True, values=False):
+        yield _bytes(key)
+
+
+def _delete_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> int:
+    """Delete every key that starts with ``prefix``; return how many."""
+    removed = 0
+    with txn.cursor(db=db) as cursor:
+        if not cursor.set_range(prefix):
+            return removed
+        while _bytes(cursor.key()).startswith(prefix):
+            if not cursor.delete():
+                break
+            removed += 1
+    return removed
+
+
+# Retention works through these: entries examined per read transaction, and
+# per removal batch at most this many threads or keys and (roughly, at least
+# one thread) this many events, so that a batch is one short write.
+RETENTION_SCAN_PAGE = 1000
+RETENTION_BATCH_ITEMS = 64
+RETENTION_BATCH_EVENTS = 20_000
+
+
+def _batches(candidates: list[tuple[bytes, int]]) -> Iterator[list[tuple[bytes, int]]]:
+    """Split (key, weight) pairs into removal batches within the batch limits."""
+    batch: list[tuple[bytes, int]] = []
+    weight = 0
+    for candidate in candidates:
+        if batch and (
+            len(batch) >= RETENTION_BATCH_ITEMS or weight + candidate[1] > RETENTION_BATCH_EVENTS
+        ):
+            yield batch
+            batch, weight = [], 0
+        batch.append(candidate)
+        weight += candidate[1]
+    if batch:
+        yield batch
+
+
+def _decode_key(key: bytes) -> str:
+    """A thread id or conversation key as stored, back to text."""
+    return key.decode("utf-8", "surrogatepass")
