@@ -3,44 +3,39 @@
 :func:`add_admin_commands` adds them to the ``turnstore`` command's
 subparsers and :func:`run_admin_command` runs one (it returns None for any
 other command). ``python -m turnstore.admin_cli`` runs them on their own.
-Each talks to a running daemon (``--target``, default
-``127.0.0.1:7070``) through :class:`turnstore.admin.GrpcAdmin`, sending the
-bearer token of ``TURNSTORE_AUTH_TOKEN`` when it is set. Exit status: 0 on
-success, 1 when the daemon or a file fails, 2 for bad usage.
+Each talks to a running daemon through :class:`turnstore.admin.GrpcAdmin`,
+reached with the connection options of :mod:`turnstore.cli_common`
+(``--target``, ``--token-file``, ``--tls-*`` or their environment
+variables). Export, import and backup draw a progress line on stderr when it
+is a terminal. Exit status: 0 on success, 1 when the daemon or a file fails,
+2 for bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import io
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, BinaryIO, Final
 
 from turnstore.admin import DaemonStats, GrpcAdmin
-from turnstore.client import DEFAULT_TARGET, TurnstoreClient
-from turnstore.errors import TurnstoreError
+from turnstore.cli_common import (
+    Progress,
+    add_format_option,
+    add_parser,
+    as_json,
+    connect,
+    format_size,
+    handle,
+)
 
 COMMANDS: Final = ("backup", "stats", "export", "import")
 
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--target", default=DEFAULT_TARGET, help=f"daemon address (default: {DEFAULT_TARGET})"
-    )
-
-
-def _add_format(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--format",
-        choices=("auto", "json", "text"),
-        default="auto",
-        help="output format; auto is text on a terminal, JSON otherwise",
-    )
+# Export lines of events start so (the encoder writes `kind` first, compactly).
+_EVENT_LINE_PREFIX: Final = '{"kind":"event"'
 
 
 def add_admin_commands(commands: Any) -> None:
@@ -49,21 +44,25 @@ def add_admin_commands(commands: Any) -> None:
     ``commands`` is the object ``ArgumentParser.add_subparsers`` returned
     (its ``dest`` must be ``"command"``).
     """
-    backup = commands.add_parser(
+    backup = add_parser(
+        commands,
         "backup",
         help="copy the database of a running daemon",
         description=(
             "Have the daemon write a consistent, compacted copy of its database to DEST "
             "while it goes on serving. DEST is a path on the daemon's host (a relative "
             "one is made absolute here); it must not exist or be an empty directory, and "
-            "its parent must exist. `turnstore serve --data-dir DEST` serves the copy."
+            "its parent must exist. `turnstore serve --data-dir DEST` serves the copy. "
+            "On a terminal, a progress line shows the bytes copied so far (when DEST is "
+            "on this host too)."
         ),
     )
     backup.add_argument("dest", help="directory to create on the daemon's host")
-    _add_common(backup)
-    _add_format(backup)
+    add_format_option(backup, "one JSON object")
+    handle(backup, _backup)
 
-    stats = commands.add_parser(
+    stats = add_parser(
+        commands,
         "stats",
         help="print what a daemon stores and its counters",
         description=(
@@ -72,54 +71,40 @@ def add_admin_commands(commands: Any) -> None:
             "terminal, one JSON object when piped."
         ),
     )
-    _add_common(stats)
-    _add_format(stats)
+    add_format_option(stats, "one JSON object")
+    handle(stats, _stats)
 
-    export = commands.add_parser(
+    export = add_parser(
+        commands,
         "export",
         help="write every thread and snapshot as JSON lines",
         description=(
             "Write every thread (its events and finished turns, in position order) and "
             "the latest snapshot of every conversation key as JSON lines (the format is "
             "in docs/operations.md). Threads are read one after the other while the "
-            "daemon serves; for one point in time, take a backup."
+            "daemon serves; for one point in time, take a backup. On a terminal, a "
+            "progress line on stderr shows events, bytes and the rate."
         ),
     )
-    _add_common(export)
     export.add_argument(
         "--output", "-o", type=Path, help="file to write (default: stdout); replaced when done"
     )
+    handle(export, _export)
 
-    import_ = commands.add_parser(
+    import_ = add_parser(
+        commands,
         "import",
         help="append the threads and snapshots of an export",
         description=(
             "Read an export's JSON lines and append its events, finish its finished "
             "turns and save its snapshots. Positions are assigned by the target; event "
-            "ids make it safe to run the same import again."
+            "ids make it safe to run the same import again. On a terminal, a progress "
+            "line on stderr shows lines, bytes read and the rate."
         ),
     )
-    _add_common(import_)
     import_.add_argument("--input", "-i", type=Path, help="file to read (default: stdin)")
-    _add_format(import_)
-
-
-def _as_json(args: argparse.Namespace) -> bool:
-    return bool(args.format == "json" or (args.format == "auto" and not sys.stdout.isatty()))
-
-
-def _client(args: argparse.Namespace) -> TurnstoreClient:
-    token = os.environ.get("TURNSTORE_AUTH_TOKEN") or None
-    return TurnstoreClient(args.target, timeout=30.0, token=token)
-
-
-def _size(value: int) -> str:
-    amount = float(value)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if amount < 1024 or unit == "GiB":
-            return f"{value} bytes" if unit == "bytes" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
+    add_format_option(import_, "one JSON object")
+    handle(import_, _import)
 
 
 def format_stats(stats: DaemonStats) -> str:
@@ -139,18 +124,21 @@ def format_stats(stats: DaemonStats) -> str:
         ("events", f"{stats.events}"),
         ("turns", f"{stats.turns} ({stats.finished_turns} finished)"),
         ("conversations", f"{stats.conversations} ({stats.snapshot_versions} versions stored)"),
-        ("data file", f"{_size(stats.data_file_bytes)} (map {_size(stats.map_size_bytes)})"),
+        (
+            "data file",
+            f"{format_size(stats.data_file_bytes)} (map {format_size(stats.map_size_bytes)})",
+        ),
         (
             "space",
-            f"{_size(stats.used_bytes)} used, {stats.used_fraction:.0%} of the "
-            f"{_size(stats.write_limit_bytes)} writes may fill (ceiling "
-            f"{_size(stats.max_db_bytes)}, the rest kept for deletes)",
+            f"{format_size(stats.used_bytes)} used, {stats.used_fraction:.0%} of the "
+            f"{format_size(stats.write_limit_bytes)} writes may fill (ceiling "
+            f"{format_size(stats.max_db_bytes)}, the rest kept for deletes)",
         ),
         ("replays", f"{stats.open_replays} open, {stats.live_followers} following"),
         (
             "follower budget",
-            f"{_size(stats.follower_held_bytes)} held, "
-            f"{_size(stats.follower_ending_bytes)} held for ended followers, "
+            f"{format_size(stats.follower_held_bytes)} held, "
+            f"{format_size(stats.follower_ending_bytes)} held for ended followers, "
             f"{stats.followers_ended_too_slow} ended as too slow",
         ),
         ("retention", retention),
@@ -159,29 +147,61 @@ def format_stats(stats: DaemonStats) -> str:
 
 
 async def _stats(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with connect(args) as client:
         stats = await client.admin.stats()
-    if _as_json(args):
+    if as_json(args):
         print(json.dumps(stats.to_json_dict()))
     else:
         print(format_stats(stats))
     return 0
 
 
-async def _backup(args: argparse.Namespace, dest: str) -> int:
-    async with _client(args) as client:
-        result = await client.admin.backup(dest)
-    if _as_json(args):
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _absolute(path: str) -> str:
+    """``path`` made absolute here: the daemon takes absolute paths only."""
+    return os.path.abspath(path)
+
+
+async def _backup(args: argparse.Namespace) -> int:
+    dest = _absolute(args.dest)
+    copy = Path(dest) / "data.mdb"  # visible here when DEST is on this host
+
+    def sample(progress: Progress) -> None:
+        progress.bytes = _file_size(copy)
+
+    async with connect(args) as client:
+        progress = Progress("backup:", unit=None, sample=sample)
+        if progress.enabled:
+            # The compacted copy is at most as large as the daemon's data file.
+            progress.total_bytes = (await client.admin.stats()).data_file_bytes
+        async with progress:
+            result = await client.admin.backup(dest)
+            progress.total_bytes = result.bytes_written
+    if as_json(args):
         print(json.dumps({"dest_dir": result.dest_dir, "bytes_written": result.bytes_written}))
     else:
-        print(f"backup written to {result.dest_dir} ({_size(result.bytes_written)})")
+        print(f"backup written to {result.dest_dir} ({format_size(result.bytes_written)})")
     return 0
 
 
-async def _export(args: argparse.Namespace, out: IO[bytes]) -> int:
-    async with _client(args) as client:
+async def _export_to(args: argparse.Namespace, out: IO[bytes]) -> int:
+    async with connect(args) as client, Progress("exported") as progress:
         admin: GrpcAdmin = client.admin
-        report = await admin.export_to(lambda line: out.write(line.encode("utf-8") + b"\n"))
+
+        def write(line: str) -> None:
+            data = line.encode("utf-8") + b"\n"
+            out.write(data)
+            progress.bytes += len(data)
+            if line.startswith(_EVENT_LINE_PREFIX):
+                progress.events += 1
+
+        report = await admin.export_to(write)
     print(
         f"exported {report.threads} threads ({report.events} events, "
         f"{report.finished_turns} finished turns) and {report.snapshots} snapshots",
@@ -196,16 +216,16 @@ async def _export(args: argparse.Namespace, out: IO[bytes]) -> int:
     return 0
 
 
-def _run_export(args: argparse.Namespace) -> int:
+async def _export(args: argparse.Namespace) -> int:
     if args.output is None:
-        status = asyncio.run(_export(args, sys.stdout.buffer))
+        status = await _export_to(args, sys.stdout.buffer)
         sys.stdout.buffer.flush()
         return status
     output: Path = args.output
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
     try:
         with partial.open("wb") as out:
-            status = asyncio.run(_export(args, out))
+            status = await _export_to(args, out)
             out.flush()
             os.fsync(out.fileno())
         partial.replace(output)
@@ -214,10 +234,23 @@ def _run_export(args: argparse.Namespace) -> int:
     return status
 
 
-async def _import(args: argparse.Namespace, lines: Iterable[str]) -> int:
-    async with _client(args) as client:
-        report = await client.admin.import_from(lines)
-    if _as_json(args):
+def _counted_lines(source: BinaryIO, progress: Progress) -> Iterator[str]:
+    """The UTF-8 lines of ``source``, counting lines and bytes into ``progress``."""
+    for raw in source:
+        progress.events += 1
+        progress.bytes += len(raw)
+        yield raw.decode("utf-8")
+
+
+async def _import_from(args: argparse.Namespace, source: BinaryIO) -> int:
+    try:
+        size = os.fstat(source.fileno()).st_size if args.input is not None else None
+    except OSError:
+        size = None
+    progress = Progress("read", unit="lines", total_bytes=size)
+    async with connect(args) as client, progress:
+        report = await client.admin.import_from(_counted_lines(source, progress))
+    if as_json(args):
         print(json.dumps(vars(report)))
     else:
         print(
@@ -231,35 +264,19 @@ async def _import(args: argparse.Namespace, lines: Iterable[str]) -> int:
     return 0
 
 
-def _run_import(args: argparse.Namespace) -> int:
+async def _import(args: argparse.Namespace) -> int:
     if args.input is None:
-        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
-        return asyncio.run(_import(args, stdin))
-    with args.input.open(encoding="utf-8") as lines:
-        return asyncio.run(_import(args, lines))
+        return await _import_from(args, sys.stdin.buffer)
+    with args.input.open("rb") as source:
+        return await _import_from(args, source)
 
 
 def run_admin_command(args: argparse.Namespace) -> int | None:
     """Run ``args.command`` if it is one of :data:`COMMANDS`; its exit status, else None."""
-    command = args.command
-    if command not in COMMANDS:
+    if args.command not in COMMANDS:
         return None
-    try:
-        if command == "stats":
-            return asyncio.run(_stats(args))
-        if command == "backup":
-            return asyncio.run(_backup(args, os.path.abspath(args.dest)))
-        if command == "export":
-            return _run_export(args)
-        return _run_import(args)
-    except TurnstoreError as error:
-        print(f"turnstore {command}: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    except (OSError, UnicodeDecodeError) as error:
-        print(f"turnstore {command}: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    status: int = args.run(args)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

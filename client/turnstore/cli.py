@@ -1,16 +1,17 @@
 """The ``turnstore`` command line.
 
 ``turnstore serve`` runs the daemon; it needs the ``server`` extra
-(``pip install 'turnstore[server]'``). ``turnstore tail`` prints a thread's
-events as they arrive and needs only the client.
+(``pip install 'turnstore[server]'``). Every other subcommand is a client of
+a running daemon and needs only the client: :mod:`turnstore.cli_events`
+(health, tail, threads, turns, clear), :mod:`turnstore.cli_history`
+(conversations, history) and :mod:`turnstore.admin_cli` (backup, stats,
+export, import); :mod:`turnstore.cli_common` holds their connection options.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import json
 import os
 import re
 import sys
@@ -18,13 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from turnstore import _json
-from turnstore.admin_cli import add_admin_commands, run_admin_command
-from turnstore.client import DEFAULT_TARGET, StoredEvent, TurnstoreClient
-from turnstore.errors import TurnstoreError
-from turnstore.streams import CaughtUp, ReplayItem, TurnFinished
+from turnstore.admin_cli import add_admin_commands
+from turnstore.cli_common import read_token as _read_token
+from turnstore.cli_events import add_event_commands
+from turnstore.cli_history import add_history_commands
+from turnstore.client import DEFAULT_TARGET
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -82,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="turnstore", description="A durable store for AI agent event streams."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    add_event_commands(commands)
+    add_history_commands(commands)
     add_admin_commands(commands)
     serve = commands.add_parser(
         "serve",
@@ -274,64 +275,7 @@ def _parser() -> argparse.ArgumentParser:
         help="all replays together; past it the slowest is ended with RESOURCE_EXHAUSTED "
         "(follower_too_slow) and can resume where it was",
     )
-
-    tail = commands.add_parser(
-        "tail",
-        help="print a thread's events as they arrive",
-        description=(
-            "Print a thread's events: one JSON object a line when piped, readable "
-            "lines on a terminal. Markers (turn finished, caught up, cleared) are "
-            "printed too. Ends when caught up unless --follow is given."
-        ),
-    )
-    tail.add_argument("thread", help="the thread id")
-    tail.add_argument("--after", type=int, default=None, help="start after this position")
-    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
-    tail.add_argument(
-        "--target", default=DEFAULT_TARGET, help=f"daemon address (default: {DEFAULT_TARGET})"
-    )
-    tail.add_argument(
-        "--format",
-        choices=("auto", "json", "text"),
-        default="auto",
-        help="output format; auto is text on a terminal, JSON lines otherwise",
-    )
-    health = commands.add_parser(
-        "health",
-        help="check that a daemon is up and serving (for probes)",
-        description="Ask the daemon's grpc.health.v1 service; exit 0 when SERVING, else 1.",
-    )
-    health.add_argument(
-        "--target", default=DEFAULT_TARGET, help=f"daemon address (default: {DEFAULT_TARGET})"
-    )
-    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
     return parser
-
-
-async def _health(args: argparse.Namespace) -> int:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
-        except grpc.aio.AioRpcError as error:
-            print(f"turnstore health: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-    print(status)
-    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
-def _read_token(path: Path | None) -> str | None:
-    """The bearer token: the file's first line, else TURNSTORE_AUTH_TOKEN, else None."""
-    if path is not None:
-        lines = path.read_text().splitlines()
-        token = lines[0].strip() if lines else ""
-        if not token:
-            raise ValueError(f"the token file {str(path)!r} is empty")
-        return token
-    return os.environ.get("TURNSTORE_AUTH_TOKEN") or None
 
 
 def _http_config(args: argparse.Namespace) -> Any:
@@ -424,59 +368,26 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_item(item: ReplayItem, as_json: bool) -> str:
-    if isinstance(item, StoredEvent):
-        if as_json:
-            record = {"position": item.position, "turn": item.turn}
-            record.update(item.envelope.to_json_dict())
-            return _json.dumps(record).decode()
-        fields = {k: v for k, v in item.envelope.event.items() if k != "type"}
-        body = _json.dumps(fields).decode()
-        return f"#{item.position} turn {item.turn} {item.envelope.type} {body}"
-    if isinstance(item, TurnFinished):
-        if as_json:
-            return json.dumps({"marker": "turn_finished", **dataclasses.asdict(item)})
-        return f"-- turn {item.turn} finished ({item.event_count} events)"
-    if isinstance(item, CaughtUp):
-        if as_json:
-            return json.dumps({"marker": "caught_up", **dataclasses.asdict(item)})
-        return f"-- caught up (next position {item.next_position})"
-    if as_json:
-        return json.dumps({"marker": "thread_cleared", **dataclasses.asdict(item)})
-    return "-- the thread was cleared"
-
-
-async def _tail(args: argparse.Namespace) -> int:
-    as_json = args.format == "json" or (args.format == "auto" and not sys.stdout.isatty())
-    token = os.environ.get("TURNSTORE_AUTH_TOKEN") or None
-    async with TurnstoreClient(args.target, timeout=None, token=token) as client:
-        replay = client.events.replay(args.thread, args.after, follow=args.follow)
-        async with replay:
-            async for item in replay:
-                print(_format_item(item, as_json), flush=True)
-    return 0
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit status."""
+    """Run the command line; returns the process exit status.
+
+    A closed stdout (``turnstore tail ... | head -1``) ends the command
+    quietly with status 0: the reader has what it wanted.
+    """
     args = _parser().parse_args(argv)
-    status = run_admin_command(args)
-    if status is not None:
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        status: int = args.run(args)
+        sys.stdout.flush()
         return status
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "health":
-        try:
-            return asyncio.run(_health(args))
-        except ImportError:
-            print("turnstore health needs the server extra", file=sys.stderr)
-            return 2
-    if args.command == "tail":
-        try:
-            return asyncio.run(_tail(args))
-        except TurnstoreError as error:
-            print(f"turnstore tail: {type(error).__name__}: {error}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130
-    raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0

@@ -31,6 +31,7 @@ from turnstore.server.followers import Followers, SendLimits
 from turnstore.server.ingress import Ingress, IngressConfig
 from turnstore.server.interceptors import BearerTokenInterceptor, MetricsInterceptor
 from turnstore.server.metrics import Metrics
+from turnstore.server.ports import check_listen_free
 from turnstore.server.service import (
     MAX_ITEMS_PER_MESSAGE,
     AdminService,
@@ -286,6 +287,11 @@ async def serve(config: ServerConfig) -> None:
         check_listen_address(config.metrics_listen, config.allow_remote)
         metrics_host, _, port_text = config.metrics_listen.rpartition(":")
         metrics_host, metrics_port = metrics_host.strip("[]"), int(port_text)
+    for address in config.listen:
+        check_listen_address(address, config.allow_remote)
+    # Before Engine.open, which creates the data directory.
+    http_listen = config.http.listen if config.http is not None else None
+    check_listen_free((*config.listen, *filter(None, [config.metrics_listen, http_listen])))
     engine = Engine.open(config.engine)
     engine.space.add_level_listener(log_space_level)
     try:

@@ -1,0 +1,325 @@
+"""What every client subcommand of ``turnstore`` shares.
+
+:func:`add_connection_options` gives a subcommand's parser the options that
+say how to reach the daemon (target, token, TLS), each also settable by an
+environment variable; :func:`connect` builds the client from them.
+:func:`run_async` runs a command's coroutine and turns failures into exit
+statuses: 0 success, 1 the daemon or a file failed (or the user said no),
+2 bad usage. :class:`Progress` is the progress line of long transfers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TextIO
+
+from turnstore._auth import ClientTls
+from turnstore.client import DEFAULT_TARGET, TurnstoreClient
+from turnstore.errors import TurnstoreError
+
+# Client-side environment variables. The client's own certificate has its
+# own names: serve reads TURNSTORE_TLS_CERT/KEY as the daemon's certificate,
+# and a probe run in the daemon's environment must not present that one.
+TARGET_ENV: Final = "TURNSTORE_TARGET"
+TOKEN_ENV: Final = "TURNSTORE_AUTH_TOKEN"
+TOKEN_FILE_ENV: Final = "TURNSTORE_TOKEN_FILE"
+TLS_CA_ENV: Final = "TURNSTORE_TLS_CA"
+TLS_CERT_ENV: Final = "TURNSTORE_TLS_CLIENT_CERT"
+TLS_KEY_ENV: Final = "TURNSTORE_TLS_CLIENT_KEY"
+TLS_SERVER_NAME_ENV: Final = "TURNSTORE_TLS_SERVER_NAME"
+
+# How often a progress line is redrawn.
+PROGRESS_INTERVAL: Final = 0.5
+
+
+class UsageError(Exception):
+    """The command line or environment is inconsistent (exit status 2)."""
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--target``, ``--token-file`` and the ``--tls-*`` options to ``parser``.
+
+    Each defaults to its environment variable (shown in ``--help``); the
+    command line wins.
+    """
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--target",
+        metavar="ADDR",
+        default=_env(TARGET_ENV, DEFAULT_TARGET),
+        help=f"daemon address, HOST:PORT or unix:PATH [env {TARGET_ENV}; default {DEFAULT_TARGET}]",
+    )
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        default=_env(TOKEN_FILE_ENV),
+        help=f"send the bearer token in this file's first line [env {TOKEN_FILE_ENV}; "
+        f"{TOKEN_ENV} may hold the token itself]",
+    )
+    group.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="PEM",
+        default=_env(TLS_CA_ENV),
+        help=f"PEM CA bundle that signed the daemon's certificate: connect with TLS "
+        f"[env {TLS_CA_ENV}]",
+    )
+    group.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PEM",
+        default=_env(TLS_CERT_ENV),
+        help=f"PEM certificate chain of this client, for mutual TLS [env {TLS_CERT_ENV}]",
+    )
+    group.add_argument(
+        "--tls-key",
+        type=Path,
+        metavar="PEM",
+        default=_env(TLS_KEY_ENV),
+        help=f"PEM private key of --tls-cert [env {TLS_KEY_ENV}]",
+    )
+    group.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        default=_env(TLS_SERVER_NAME_ENV),
+        help=f"name to check the daemon's certificate against, instead of the target's host "
+        f"[env {TLS_SERVER_NAME_ENV}]",
+    )
+
+
+def add_format_option(parser: argparse.ArgumentParser, what: str = "JSON lines") -> None:
+    """Add ``--format auto|json|text`` (auto: text on a terminal, ``what`` when piped)."""
+    parser.add_argument(
+        "--format",
+        choices=("auto", "json", "text"),
+        default="auto",
+        help=f"output format; auto is text on a terminal, {what} otherwise",
+    )
+
+
+def as_json(args: argparse.Namespace) -> bool:
+    """Whether to write JSON: asked for, or ``auto`` with stdout not a terminal."""
+    return bool(args.format == "json" or (args.format == "auto" and not sys.stdout.isatty()))
+
+
+def read_token(path: Path | None) -> str | None:
+    """The bearer token: the file's first line, else TURNSTORE_AUTH_TOKEN, else None.
+
+    Raises ValueError for an empty file and OSError for an unreadable one.
+    """
+    if path is not None:
+        lines = path.read_text().splitlines()
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ValueError(f"the token file {str(path)!r} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def client_tls(args: argparse.Namespace) -> ClientTls | None:
+    """The TLS settings of the options, or None (plaintext) when no CA is given.
+
+    Raises UsageError for a client certificate without its key (or the
+    other way round), or either without a CA.
+    """
+    if args.tls_ca is None:
+        if args.tls_cert is not None or args.tls_key is not None:
+            raise UsageError(f"--tls-cert and --tls-key need --tls-ca (or {TLS_CA_ENV})")
+        if args.tls_server_name:
+            raise UsageError(f"--tls-server-name needs --tls-ca (or {TLS_CA_ENV})")
+        return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together (mutual TLS)")
+    return ClientTls(
+        args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name
+    )
+
+
+def connect(args: argparse.Namespace, timeout: float | None = 30.0) -> TurnstoreClient:
+    """A client of the daemon the options name; construct it inside the event loop."""
+    return TurnstoreClient(
+        args.target, timeout=timeout, token=read_token(args.token_file), tls=client_tls(args)
+    )
+
+
+def format_time(unix_nanos: int) -> str:
+    """RFC 3339 in UTC with ``Z``, to the millisecond; ``-`` for 0 (unknown)."""
+    if not unix_nanos:
+        return "-"
+    moment = datetime.fromtimestamp(unix_nanos / 1e9, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def format_size(value: int | float) -> str:
+    """``512 bytes``, ``1.5 KiB``, ``12.0 MiB``, ``3.2 GiB``."""
+    amount = float(value)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if amount < 1024 or unit == "GiB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def confirm(question: str, yes: bool) -> bool:
+    """True with ``--yes``; else ask on the terminal (stderr prompt, stdin answer).
+
+    Raises UsageError when stdin is not a terminal: nobody can answer, and a
+    destructive command in a script must say ``--yes`` explicitly.
+    """
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise UsageError("stdin is not a terminal: pass --yes to confirm")
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    return answer in ("y", "yes")
+
+
+class Progress:
+    """A progress line on stderr, redrawn every :data:`PROGRESS_INTERVAL` s.
+
+    Only on a terminal: with stderr piped it draws nothing. Use as
+    ``async with``; add to ``events`` and ``bytes`` as work is done (or give
+    ``sample``, called before each draw, to update them). ``total_bytes``
+    adds a percentage. On exit the line is drawn once more and ended.
+    """
+
+    def __init__(
+        self,
+        verb: str,
+        *,
+        unit: str | None = "events",
+        total_bytes: int | None = None,
+        sample: Callable[[Progress], None] | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.verb = verb
+        self.unit = unit
+        self.total_bytes = total_bytes
+        self.events = 0
+        self.bytes = 0
+        self._sample = sample
+        self._stream = stream if stream is not None else sys.stderr
+        self.enabled = self._stream.isatty()
+        self._started = time.monotonic()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def line(self) -> str:
+        """The text of the progress line as of now."""
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        parts = [self.verb]
+        if self.unit is not None:
+            parts.append(f"{self.events:,} {self.unit},")
+        size = format_size(self.bytes)
+        if self.total_bytes:
+            size += f" of {format_size(self.total_bytes)}"
+            size += f" ({min(100.0, 100.0 * self.bytes / self.total_bytes):.0f}%)"
+        parts.append(size)
+        rate = f"{format_size(self.bytes / elapsed)}/s"
+        if self.unit is not None:
+            rate = f"{self.events / elapsed:,.0f} {self.unit}/s, " + rate
+        parts.append(f"in {elapsed:.1f} s ({rate})")
+        return " ".join(parts)
+
+    def _draw(self) -> None:
+        if self._sample is not None:
+            with contextlib.suppress(OSError):
+                self._sample(self)
+        self._stream.write("\r" + self.line() + "\x1b[K")
+        self._stream.flush()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL)
+            self._draw()
+
+    async def __aenter__(self) -> Progress:
+        self._started = time.monotonic()
+        if self.enabled:
+            self._ticker = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self.enabled:
+            self._draw()
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def fail(command: str, message: str) -> None:
+    """Print ``turnstore COMMAND: MESSAGE`` on stderr."""
+    print(f"turnstore {command}: {message}", file=sys.stderr)
+
+
+def run_async(
+    args: argparse.Namespace, command: Callable[[argparse.Namespace], Awaitable[int]]
+) -> int:
+    """Run ``command(args)`` in a new event loop; its exit status.
+
+    A TurnstoreError or an OSError (a file) is printed and gives 1; a
+    UsageError or ValueError (inconsistent options) gives 2; Ctrl-C gives
+    130. BrokenPipeError goes up to :func:`turnstore.cli.main`, which ends
+    quietly (the reader, e.g. ``head``, has what it wanted).
+    """
+    name = args.command
+    try:
+        return asyncio.run(_awaited(command, args))
+    except BrokenPipeError:
+        raise
+    except TurnstoreError as error:
+        fail(name, f"{type(error).__name__}: {error}")
+        return 1
+    except UnicodeDecodeError as error:
+        fail(name, f"not UTF-8: {error}")
+        return 1
+    except (UsageError, ValueError) as error:
+        fail(name, str(error))
+        return 2
+    except OSError as error:
+        fail(name, str(error))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _awaited(
+    command: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
+) -> int:
+    return await command(args)
+
+
+def handle(
+    parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace], Awaitable[int]]
+) -> None:
+    """Make ``command`` the coroutine ``turnstore.cli.main`` runs for this subcommand."""
+    parser.set_defaults(run=lambda args: run_async(args, command))
+
+
+def add_parser(commands: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand's parser with the connection options."""
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=help, description=description)
+    add_connection_options(parser)
+    return parser

@@ -1,0 +1,372 @@
+"""``turnstore health``, ``tail``, ``threads``, ``turns`` and ``clear``.
+
+:func:`add_event_commands` adds them to the ``turnstore`` command's
+subparsers; each parser's ``run`` default runs it (see
+:func:`turnstore.cli_common.handle`). They need only the client install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import sys
+import time
+from typing import Any, Final
+
+import grpc
+
+from turnstore import _json
+from turnstore._convert import StoredEvent
+from turnstore.cli_common import (
+    add_format_option,
+    add_parser,
+    as_json,
+    client_tls,
+    confirm,
+    connect,
+    fail,
+    format_time,
+    handle,
+)
+from turnstore.errors import EventFormatError, FollowerTooSlowError, UnavailableError
+from turnstore.streams import CaughtUp, ReplayItem, ThreadCleared, TurnFinished
+
+# grpc.health.v1 by hand, so that `health` needs neither the server extra
+# nor grpcio-health-checking: HealthCheckRequest{service: ""} encodes as
+# empty bytes, and HealthCheckResponse's field 1 (varint) is the status.
+_HEALTH_CHECK: Final = "/grpc.health.v1.Health/Check"
+_SERVING_STATUS: Final = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+_SERVING: Final = 1
+
+# `tail --follow` reconnects after a broken stream with this back-off.
+_RECONNECT_FIRST_DELAY: Final = 0.1
+_RECONNECT_MAX_DELAY: Final = 0.5
+# A replay ended as too slow is resumed at once, this many times in a row at
+# most without anything printed in between.
+_TOO_SLOW_RESUMES: Final = 5
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def health_status(response: bytes) -> int:
+    """The ``status`` of an encoded ``HealthCheckResponse`` (0, UNKNOWN, when absent).
+
+    Other fields are skipped; raises ValueError for malformed bytes.
+    """
+    status, at = 0, 0
+    while at < len(response):
+        tag, at = _varint(response, at)
+        wire = tag & 7
+        if wire == 0:
+            value, at = _varint(response, at)
+            if tag >> 3 == 1:
+                status = value
+        elif wire == 2:
+            length, at = _varint(response, at)
+            at += length
+        elif wire in (1, 5):
+            at += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+    if at != len(response):
+        raise ValueError("truncated field")
+    return status
+
+
+async def _health(args: argparse.Namespace) -> int:
+    tls = client_tls(args)
+    options: list[tuple[str, Any]] = []
+    if tls is not None and tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    channel = (
+        grpc.aio.secure_channel(args.target, tls.credentials(), options=options)
+        if tls is not None
+        else grpc.aio.insecure_channel(args.target, options=options)
+    )
+    async with channel:
+        check = channel.unary_unary(_HEALTH_CHECK)  # bytes in, bytes out
+        try:
+            response = await check(b"", timeout=args.timeout)
+        except grpc.aio.AioRpcError as error:
+            fail("health", f"{error.code().name}: {error.details()}")
+            return 1
+    status = health_status(response)
+    print(_SERVING_STATUS.get(status, f"status {status}"))
+    return 0 if status == _SERVING else 1
+
+
+def _event_json(item: StoredEvent) -> dict[str, Any]:
+    record: dict[str, Any] = {"position": item.position, "turn": item.turn}
+    try:
+        record.update(item.envelope.to_json_dict())
+    except EventFormatError:
+        # Not a JSON object (another content type): show it as stored.
+        assert item.message is not None
+        envelope = item.message.envelope
+        record.update(
+            event_id=envelope.event_id,
+            sequence=envelope.sequence,
+            timestamp=envelope.timestamp,
+            type=envelope.type,
+            content_type=envelope.content_type,
+            body_base64=base64.b64encode(envelope.body).decode("ascii"),
+        )
+    return record
+
+
+def _line(record: dict[str, Any]) -> str:
+    return _json.dumps(record).decode()
+
+
+def format_item(item: ReplayItem, json_lines: bool) -> str:
+    """One line of ``turnstore tail``: a JSON object, or readable text."""
+    if isinstance(item, StoredEvent):
+        record = _event_json(item)
+        if json_lines:
+            return _json.dumps(record).decode()
+        skip = ("position", "turn", "event_id", "sequence", "timestamp", "type")
+        body = _json.dumps({k: v for k, v in record.items() if k not in skip}).decode()
+        return f"#{item.position} turn {item.turn} {record['type']} {body}"
+    if isinstance(item, TurnFinished):
+        if json_lines:
+            return _json.dumps(
+                {
+                    "marker": "turn_finished",
+                    "turn": item.turn,
+                    "event_count": item.event_count,
+                    "last_position": item.last_position,
+                }
+            ).decode()
+        return f"-- turn {item.turn} finished ({item.event_count} events)"
+    if isinstance(item, CaughtUp):
+        if json_lines:
+            return _line({"marker": "caught_up", "next_position": item.next_position})
+        return f"-- caught up (next position {item.next_position})"
+    if json_lines:
+        return _line({"marker": "thread_cleared", "next_position": item.next_position})
+    return "-- the thread was cleared"
+
+
+async def _tail(args: argparse.Namespace) -> int:
+    json_lines = as_json(args)
+    after, epoch = args.after, None
+    printed_finishes: set[int] = set()
+    caught_up = False
+    unavailable_since: float | None = None
+    delay = _RECONNECT_FIRST_DELAY
+    ended_without_progress = 0
+    async with connect(args, timeout=None) as client:
+        while True:
+            replay = client.events.replay(args.thread, after, follow=args.follow, epoch=epoch)
+            try:
+                async with replay:
+                    async for item in replay:
+                        unavailable_since, delay = None, _RECONNECT_FIRST_DELAY
+                        ended_without_progress = 0
+                        # A resumed replay may repeat the markers at its cursor.
+                        if isinstance(item, TurnFinished):
+                            if item.turn in printed_finishes:
+                                continue
+                            printed_finishes.add(item.turn)
+                        elif isinstance(item, CaughtUp):
+                            if caught_up:
+                                continue
+                            caught_up = True
+                        print(format_item(item, json_lines), flush=True)
+                        if isinstance(item, ThreadCleared):
+                            return 0
+                return 0
+            except FollowerTooSlowError:
+                # The daemon ended this replay for reading too slowly (this
+                # process's stdout was not read): go on where it stopped,
+                # unless it keeps happening with nothing printed in between.
+                ended_without_progress += 1
+                if ended_without_progress > _TOO_SLOW_RESUMES:
+                    raise
+                after, epoch = replay.last_position, replay.epoch
+                resume = "the start" if after is None else f"position {after}"
+                fail("tail", f"the daemon ended the replay as too slow; resuming after {resume}")
+                continue
+            except UnavailableError as error:
+                if not args.follow:
+                    raise
+                after, epoch = replay.last_position, replay.epoch
+                now = time.monotonic()
+                if unavailable_since is None:
+                    unavailable_since = now
+                    resume = "the start" if after is None else f"position {after}"
+                    fail("tail", f"daemon unavailable ({error}); resuming after {resume}")
+                elif now - unavailable_since >= args.reconnect_for:
+                    resume = "" if after is None else f" (resume with --after {after})"
+                    fail(
+                        "tail",
+                        f"gave up: the daemon at {args.target} was unavailable for "
+                        f"{args.reconnect_for:g} s{resume}",
+                    )
+                    return 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RECONNECT_MAX_DELAY)
+
+
+async def _threads(args: argparse.Namespace) -> int:
+    json_lines = as_json(args)
+    shown = 0
+    last: str | None = None
+    async with connect(args) as client:
+        async for thread in client.admin.list_threads(args.start_after):
+            if args.limit is not None and shown >= args.limit:
+                if not json_lines and last is not None:
+                    print(f"-- more: turnstore threads --start-after {last!r}", file=sys.stderr)
+                break
+            if json_lines:
+                record = {
+                    "thread_id": thread.thread_id,
+                    "event_count": thread.event_count,
+                    "finished_turns": thread.finished_turns,
+                    "last_write": format_time(thread.last_write_unix_nanos),
+                    "last_write_unix_nanos": thread.last_write_unix_nanos,
+                }
+                print(_json.dumps(record).decode())
+            else:
+                print(
+                    f"{thread.thread_id}  {thread.event_count} events  "
+                    f"{thread.finished_turns} finished turns  "
+                    f"last write {format_time(thread.last_write_unix_nanos)}"
+                )
+            shown += 1
+            last = thread.thread_id
+    sys.stdout.flush()
+    return 0
+
+
+async def _turns(args: argparse.Namespace) -> int:
+    json_lines = as_json(args)
+    async with connect(args) as client:
+        turns = await client.events.get_turns(args.thread)
+    for turn in turns:
+        if json_lines:
+            record: dict[str, Any] = {
+                "turn": turn.turn,
+                "finished": turn.finished,
+                "event_count": len(turn.events),
+            }
+            if args.events:
+                record["events"] = [envelope.to_json_dict() for envelope in turn.events]
+            print(_json.dumps(record).decode())
+            continue
+        state = "finished" if turn.finished else "open"
+        print(f"turn {turn.turn}  {state}  {len(turn.events)} events")
+        if args.events:
+            for envelope in turn.events:
+                fields = {k: v for k, v in envelope.event.items() if k != "type"}
+                print(f"  {envelope.type} {_json.dumps(fields).decode()}")
+    if not turns and not json_lines:
+        print(f"thread {args.thread!r} has no events", file=sys.stderr)
+    return 0
+
+
+async def _clear(args: argparse.Namespace) -> int:
+    async with connect(args) as client:
+        if not args.yes:
+            count = await client.events.event_count(args.thread)
+            if not confirm(f"Clear thread {args.thread!r} ({count} events)?", args.yes):
+                fail("clear", "not cleared")
+                return 1
+        await client.events.clear(args.thread)
+    print(f"cleared thread {args.thread!r}", file=sys.stderr)
+    return 0
+
+
+def add_event_commands(commands: Any) -> None:
+    """Add ``health``, ``tail``, ``threads``, ``turns`` and ``clear`` to ``commands``."""
+    health = add_parser(
+        commands,
+        "health",
+        help="check that a daemon is up and serving (for probes)",
+        description=(
+            "Ask the daemon's grpc.health.v1 service; print its status and exit 0 "
+            "when SERVING, else 1. Needs no token."
+        ),
+    )
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    handle(health, _health)
+
+    tail = add_parser(
+        commands,
+        "tail",
+        help="print a thread's events as they arrive",
+        description=(
+            "Print a thread's events: one JSON object a line when piped, readable "
+            "lines on a terminal. Markers (turn finished, caught up, cleared) are "
+            "printed too. Ends when caught up unless --follow is given; a follow "
+            "survives a daemon restart (it resumes after the last event printed, "
+            "each event printed once) and ends when the thread is cleared."
+        ),
+    )
+    tail.add_argument("thread", help="the thread id")
+    tail.add_argument("--after", type=int, default=None, help="start after this position")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    tail.add_argument(
+        "--reconnect-for",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --follow: give up when the daemon stays unavailable this long (default 30)",
+    )
+    add_format_option(tail)
+    handle(tail, _tail)
+
+    threads = add_parser(
+        commands,
+        "threads",
+        help="list the threads",
+        description=(
+            "List every thread (id, events, finished turns, last write) in the byte "
+            "order of the ids: one JSON object a line when piped. --start-after ID "
+            "goes on after a listing that stopped (e.g. at --limit)."
+        ),
+    )
+    threads.add_argument("--start-after", default="", metavar="ID", help="list after this id")
+    threads.add_argument("--limit", type=int, help="list at most this many")
+    add_format_option(threads)
+    handle(threads, _threads)
+
+    turns = add_parser(
+        commands,
+        "turns",
+        help="show a thread's turns",
+        description=(
+            "Print each turn of a thread in turn order: its number, whether it is "
+            "finished, its event count (and, with --events, its events)."
+        ),
+    )
+    turns.add_argument("thread", help="the thread id")
+    turns.add_argument("--events", action="store_true", help="print each turn's events too")
+    add_format_option(turns)
+    handle(turns, _turns)
+
+    clear = add_parser(
+        commands,
+        "clear",
+        help="remove everything of a thread",
+        description=(
+            "Clear a thread: its events and turns are removed, and its next append "
+            "starts again at position 0. Asks for confirmation on a terminal; "
+            "without a terminal (a script) it needs --yes."
+        ),
+    )
+    clear.add_argument("thread", help="the thread id")
+    clear.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    handle(clear, _clear)

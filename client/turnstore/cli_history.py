@@ -1,0 +1,181 @@
+"""``turnstore conversations`` and ``turnstore history KEY load|versions|delete``.
+
+:func:`add_history_commands` adds them to the ``turnstore`` command's
+subparsers; each parser's ``run`` default runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from turnstore import _json
+from turnstore.cli_common import (
+    add_format_option,
+    add_parser,
+    as_json,
+    confirm,
+    connect,
+    fail,
+    format_size,
+    format_time,
+    handle,
+)
+
+
+async def _conversations(args: argparse.Namespace) -> int:
+    json_lines = as_json(args)
+    shown = 0
+    last: str | None = None
+    async with connect(args) as client:
+        async for key in client.admin.list_keys(args.start_after):
+            if args.limit is not None and shown >= args.limit:
+                if not json_lines and last is not None:
+                    print(
+                        f"-- more: turnstore conversations --start-after {last!r}",
+                        file=sys.stderr,
+                    )
+                break
+            if json_lines:
+                record = {
+                    "key": key.key,
+                    "version": key.version,
+                    "last_write": format_time(key.last_write_unix_nanos),
+                    "last_write_unix_nanos": key.last_write_unix_nanos,
+                }
+                print(_json.dumps(record).decode())
+            else:
+                print(
+                    f"{key.key}  version {key.version}  "
+                    f"last write {format_time(key.last_write_unix_nanos)}"
+                )
+            shown += 1
+            last = key.key
+    return 0
+
+
+async def _load(args: argparse.Namespace) -> int:
+    async with connect(args) as client:
+        loaded = await client.history(args.key).load_versioned(args.version)
+    if loaded is None:
+        which = "nothing is stored" if args.version is None else f"no version {args.version}"
+        fail("history", f"{args.key!r}: {which}")
+        return 1
+    if as_json(args):
+        record = {
+            "key": args.key,
+            "version": loaded.version,
+            "saved_at": format_time(loaded.saved_at_unix_nanos),
+            "snapshot": loaded.snapshot.to_json_dict(),
+        }
+        print(_json.dumps(record).decode())
+        return 0
+    print(
+        f"# {args.key} version {loaded.version}, saved {format_time(loaded.saved_at_unix_nanos)}",
+        file=sys.stderr,
+    )
+    snapshot = loaded.snapshot
+    for index, (message, pinned) in enumerate(zip(snapshot.messages, snapshot.pinned, strict=True)):
+        mark = "*" if pinned else " "
+        print(f"{index:>4} {mark} {_json.dumps(message).decode()}")
+    return 0
+
+
+async def _versions(args: argparse.Namespace) -> int:
+    async with connect(args) as client:
+        versions = await client.history(args.key).list_versions()
+    for info in versions:
+        if as_json(args):
+            record = {
+                "version": info.version,
+                "saved_at": format_time(info.saved_at_unix_nanos),
+                "saved_at_unix_nanos": info.saved_at_unix_nanos,
+                "size_bytes": info.size_bytes,
+                "content_type": info.content_type,
+            }
+            print(_json.dumps(record).decode())
+        else:
+            print(
+                f"version {info.version}  saved {format_time(info.saved_at_unix_nanos)}  "
+                f"{format_size(info.size_bytes)}  {info.content_type}"
+            )
+    if not versions and not as_json(args):
+        print(f"{args.key!r}: no versions stored", file=sys.stderr)
+    return 0
+
+
+async def _delete(args: argparse.Namespace) -> int:
+    async with connect(args) as client:
+        history = client.history(args.key)
+        if not args.yes:
+            kept = len(await history.list_versions())
+            question = f"Delete conversation {args.key!r} ({kept} versions)?"
+            if not confirm(question, args.yes):
+                fail("history", "not deleted")
+                return 1
+        removed = await history.delete()
+    if as_json(args):
+        print(_json.dumps({"key": args.key, "removed_versions": removed}).decode())
+    else:
+        print(f"deleted {removed} versions of {args.key!r}")
+    return 0
+
+
+def add_history_commands(commands: Any) -> None:
+    """Add ``conversations`` and ``history`` to ``commands``."""
+    conversations = add_parser(
+        commands,
+        "conversations",
+        help="list the conversation keys holding a snapshot",
+        description=(
+            "List every conversation key that holds a snapshot (key, latest version, "
+            "last write) in the byte order of the keys: one JSON object a line when "
+            "piped. --start-after KEY goes on after a listing that stopped."
+        ),
+    )
+    conversations.add_argument("--start-after", default="", metavar="KEY", help="list after it")
+    conversations.add_argument("--limit", type=int, help="list at most this many")
+    add_format_option(conversations)
+    handle(conversations, _conversations)
+
+    history = commands.add_parser(
+        "history",
+        help="load, list or delete a conversation's snapshots",
+        description="Read or delete the snapshots saved under one conversation key.",
+    )
+    history.add_argument("key", help="the conversation key")
+    actions = history.add_subparsers(dest="action", required=True, metavar="ACTION")
+    load = add_parser(
+        actions,
+        "load",
+        help="print the latest snapshot (or --version N)",
+        description=(
+            "Print a snapshot: on a terminal one line per message (* marks a pinned "
+            "one); piped, one JSON object {key, version, saved_at, snapshot}. Exit 1 "
+            "when nothing is stored."
+        ),
+    )
+    load.add_argument("--version", type=int, help="a kept older version")
+    add_format_option(load, "one JSON object")
+    handle(load, _load)
+    versions = add_parser(
+        actions,
+        "versions",
+        help="list the kept versions, newest first",
+        description="List the kept versions of the key: version, save time, size, content type.",
+    )
+    add_format_option(versions)
+    handle(versions, _versions)
+    delete = add_parser(
+        actions,
+        "delete",
+        help="delete every kept version",
+        description=(
+            "Delete every kept version of the key (the next save gets a higher "
+            "version). Asks for confirmation on a terminal; without one it needs --yes."
+        ),
+    )
+    delete.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    add_format_option(delete, "one JSON object")
+    handle(delete, _delete)
