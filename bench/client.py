@@ -18,6 +18,7 @@ from typing import Any
 from bench import (
     lmdb_load,
     redis_load,
+    sse_load,
     traits_redis,
     traits_sqlite,
     traits_turnstore,
@@ -32,6 +33,7 @@ RUNNERS: dict[str, Callable[[str, dict[str, Any]], Result]] = {
     **dict.fromkeys(traits_turnstore.SCENARIOS, traits_turnstore.run),
     **dict.fromkeys(traits_redis.SCENARIOS, traits_redis.run),
     **dict.fromkeys(traits_sqlite.SCENARIOS, traits_sqlite.run),
+    **dict.fromkeys(sse_load.SCENARIOS, sse_load.run),
 }
 
 

@@ -258,6 +258,32 @@ def _turnstore_rows(results: Result, derived: Result, profile: Profile) -> list[
             )
         )
         rows.append(("live tail: append sent -> follower", "", *_ms(send), ""))
+    sse = get(results, "sse_live_tail")
+    if get(sse, "error") is not None:
+        rows.append(_rate_row("SSE live tail", sse, ""))
+    elif sse is not None:
+        rows.append(
+            (
+                f"SSE live tail, {get(sse, 'events')} events: ack -> browser reader",
+                "",
+                *_ms(get(sse, "ack_to_follower")),
+                "EventSource-style reader, aiohttp",
+            )
+        )
+    fan = get(results, "sse_followers")
+    if get(fan, "error") is not None:
+        rows.append(_rate_row("SSE followers", fan, ""))
+    elif fan is not None:
+        memory = _anon_increase_mb(results, "sse_followers")
+        rows.append(
+            (
+                f"{get(fan, 'followers')} SSE followers of one live thread",
+                f"{_num(get(fan, 'deliveries_per_s'))} deliveries/s",
+                "",
+                "",
+                f"daemon +{_num(memory, 1)} MB anonymous at the peak",
+            )
+        )
     snapshots = get(results, "snapshots")
     if get(snapshots, "error") is not None:
         rows.append(_rate_row("snapshots", snapshots, ""))

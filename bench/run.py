@@ -33,6 +33,7 @@ from bench.profiles import FULL, QUICK, Profile
 from bench.report import evaluate, render
 from bench.services import RedisServer, ensure_redis_installed, start_daemon
 from bench.traits_run import run_traits
+from tests.daemon import Daemon
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 RESULTS_DIR: Final = ROOT / "bench" / "results"
@@ -182,6 +183,29 @@ def run_turnstore(runner: Runner, work: Path) -> None:
         log(f"turnstore daemon stopped (exit status {status})")
 
 
+def run_sse(runner: Runner, work: Path) -> None:
+    """The browser's path: follow latency over Server-Sent Events, and 1,000 SSE followers."""
+    quick = runner.profile.live_tail_events < 1000
+    sse_dir = work / "turnstore-sse"
+    daemon = Daemon(
+        sse_dir / "data",
+        listen=[f"unix:{sse_dir}/s.sock"],
+        extra_args=["--http-listen", "127.0.0.1:0"],
+    )
+    first = daemon.start()
+    try:
+        assert daemon.process is not None
+        watch = {"daemon": daemon.process.pid}
+        base = {"http": first["http"], "target": daemon.target}
+        tail = {**base, "events": runner.profile.live_tail_events}
+        runner.client("sse_live_tail", "sse-live-tail", tail, watch)
+        followers = {**base, "followers": 100 if quick else 1000, "events": 20}
+        runner.client("sse_followers", "sse-followers", followers, watch)
+    finally:
+        status = daemon.stop()
+        log(f"SSE daemon stopped (exit status {status})")
+
+
 def run_redis(runner: Runner, work: Path) -> str:
     """Every Redis scenario against one redis-server; returns its version line."""
     profile = runner.profile
@@ -234,6 +258,7 @@ def run_lmdb(runner: Runner, work: Path) -> None:
 def run_others(runner: Runner, work: Path, skip_redis: bool, meta: Result) -> None:
     """The rows below the user-facing table: turnstore, Redis and raw LMDB."""
     step(runner, "turnstore", lambda: run_turnstore(runner, work))
+    step(runner, "sse", lambda: run_sse(runner, work))
     if skip_redis:
         log("skipping Redis (--skip-redis)")
     else:
