@@ -125,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
         default=4,
         help="snapshot versions kept per conversation key, the latest included",
     )
+    option.add(
+        "--backup-dir",
+        type=Path,
+        help="an existing directory: `turnstore backup NAME` writes NAME inside it, never "
+        "elsewhere (no '..', no symbolic links below it); unset, backups are refused",
+    )
     option.add("--log-format", choices=("auto", "json", "console"), default="auto", help="logs")
     option.add("--log-level", default="info", help="debug, info, warning or error")
 
@@ -335,6 +341,7 @@ def _serve(args: argparse.Namespace) -> int:
             retain_conversations_for_seconds=args.retain_conversations_for,
             retention_interval_seconds=args.retention_interval,
             delete_reserve_bytes=args.delete_reserve,
+            backup_dir=args.backup_dir,
         )
         tls = None
         if args.tls_cert or args.tls_key:
