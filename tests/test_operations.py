@@ -23,8 +23,6 @@ from tests.daemon import Daemon
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,
-    FailedPreconditionError,
-    InvalidArgumentError,
     StoredEvent,
     TurnFinished,
     TurnstoreClient,
@@ -259,128 +257,6 @@ async def test_a_backup_taken_while_writing_serves_the_same_data(tmp_path: Path)
     finally:
         assert restored.stop() == 0
         assert source.stop() == 0
-
-
-async def test_backups_are_refused_without_a_backup_dir(fresh: Daemon, tmp_path: Path) -> None:
-    async with TurnstoreClient(fresh.target) as client:
-        for dest in (str(tmp_path / "copy"), "copy"):
-            with pytest.raises(FailedPreconditionError, match="start the daemon with --backup-dir"):
-                await client.admin.backup(dest)
-    by_cli = await admin_cli("backup", "copy", "--target", fresh.target, cwd=tmp_path)
-    assert by_cli.returncode == 1
-    assert b"backups are disabled" in by_cli.stderr
-    assert sorted(os.listdir(tmp_path)) == ["data"]
-
-
-def backup_daemon(tmp_path: Path, backup_dir: Path | str) -> Daemon:
-    daemon = Daemon(tmp_path / "data", extra_args=["--backup-dir", str(backup_dir)])
-    daemon.start()
-    return daemon
-
-
-def tree(root: Path) -> list[str]:
-    """Every path below ``root``, relative, links not followed."""
-    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
-
-
-async def test_a_backup_refuses_destinations_outside_or_unusable(tmp_path: Path) -> None:
-    backups = tmp_path / "backups"
-    outside = tmp_path / "outside"
-    for directory in (backups, outside, backups / "sub", backups / "full"):
-        directory.mkdir()
-    (outside / "keep.txt").write_text("keep me")
-    (backups / "full" / "something").write_text("keep me")
-    (backups / "a-file").write_text("keep me")
-    (outside / "empty").mkdir()
-    (backups / "link-out").symlink_to(outside)
-    (backups / "link-empty").symlink_to(outside / "empty")
-    (backups / "link-in").symlink_to(backups / "sub")
-    outside_before, backups_before = tree(outside), tree(backups)
-    daemon = backup_daemon(tmp_path, backups)
-    try:
-        async with TurnstoreClient(daemon.target) as client:
-            admin = client.admin
-            refused = {
-                "": "is empty",
-                "../escaped": "'..' component",
-                "sub/../../escaped": "'..' component",
-                str(backups / ".." / "escaped"): "'..' component",
-                str(outside / "copy"): "outside the backup directory",
-                "/": "outside the backup directory",
-                str(backups): "the backup directory itself",
-                ".": "the backup directory itself",
-                "nul\0byte": "NUL byte",
-                "full": "not empty",
-                "a-file": "not a directory",
-                "missing/dir": "parent directory",
-                "a-file/below": "parent directory",
-                "link-out/copy": "symbolic link",
-                str(backups / "link-out" / "copy"): "symbolic link",
-                "link-empty": "symbolic link",
-                "link-in/copy": "symbolic link",
-            }
-            for dest, problem in refused.items():
-                with pytest.raises(InvalidArgumentError, match=problem):
-                    await admin.backup(dest)
-            # Nothing was created or changed, outside or inside.
-            assert tree(outside) == outside_before
-            assert (outside / "keep.txt").read_text() == "keep me"
-            assert tree(backups) == backups_before
-            assert sorted(os.listdir(tmp_path)) == ["backups", "data", "outside"]
-            # Inside, relative or absolute, into an existing empty directory too.
-            (backups / "empty").mkdir()
-            taken = {
-                "sub/nightly": backups / "sub" / "nightly",
-                str(backups / "empty"): backups / "empty",
-                "./sub/./weekly/": backups / "sub" / "weekly",
-            }
-            for dest, written in taken.items():
-                result = await admin.backup(dest)
-                assert result.dest_dir == str(written)
-                assert result.bytes_written == (written / "data.mdb").stat().st_size
-        # The command sends DEST as it is: relative to the backup directory, not its cwd.
-        relative = await admin_cli(
-            "backup", "rel", "--target", daemon.target, "--format", "text", cwd=outside
-        )
-        assert relative.returncode == 0, relative.stderr
-        assert f"backup written to {backups / 'rel'}" in relative.stdout.decode()
-        assert (backups / "rel" / "data.mdb").exists()
-        assert tree(outside) == outside_before
-        again = await admin_cli("backup", "rel", "--target", daemon.target)
-        assert again.returncode == 1
-        assert b"not empty" in again.stderr
-    finally:
-        assert daemon.stop() == 0
-
-
-async def test_a_backup_that_cannot_be_written_fails_cleanly(tmp_path: Path) -> None:
-    # /proc takes no new directories, whoever asks: the copy fails cleanly.
-    daemon = backup_daemon(tmp_path, "/proc")
-    try:
-        async with TurnstoreClient(daemon.target) as client:
-            with pytest.raises(FailedPreconditionError, match="cannot write"):
-                await client.admin.backup("turnstore-backup")
-            assert await client.admin.stats()  # still serving
-    finally:
-        assert daemon.stop() == 0
-    assert not (tmp_path / "data" / "backups-in-progress").exists()
-
-
-def test_the_daemon_refuses_an_unusable_backup_dir(tmp_path: Path) -> None:
-    (tmp_path / "a-file").write_text("x")
-    unusable = {
-        tmp_path / "missing": "not an existing directory",
-        tmp_path / "a-file": "not an existing directory",
-        tmp_path / "data": "must not be the data directory",
-        tmp_path / "data" / "inside": "must not be the data directory",
-        tmp_path: "must not be the data directory",
-    }
-    (tmp_path / "data" / "inside").mkdir(parents=True)
-    for backup_dir, problem in unusable.items():
-        daemon = Daemon(tmp_path / "data", extra_args=["--backup-dir", str(backup_dir)])
-        with pytest.raises(RuntimeError, match=problem):
-            daemon.start()
-        assert daemon.wait_exit() == 1
 
 
 # -- listings ----------------------------------------------------------------------
