@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     option.add(
         "--backup-dir",
         type=Path,
+        metavar="DIR",
         help="an existing directory: `turnstore backup NAME` writes NAME inside it, never "
         "elsewhere (no '..', no symbolic links below it); unset, backups are refused",
     )
