@@ -426,12 +426,15 @@ async def test_every_client_subcommand_reaches_a_mutual_tls_daemon_with_a_token(
     client_key = _write(tmp_path / "agent.key", agent.private_key_pem)
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
+    backups = tmp_path / "backups"
+    backups.mkdir()
     daemon = Daemon(
         tmp_path / "data",
         listen=["127.0.0.1:0"],
         extra_args=[
             *("--tls-cert", str(cert), "--tls-key", str(key)),
             *("--tls-client-ca", str(ca_file), "--auth-token-file", str(token_file)),
+            *("--backup-dir", str(backups)),
         ],
     )
     daemon.start()
@@ -480,7 +483,8 @@ async def test_every_client_subcommand_reaches_a_mutual_tls_daemon_with_a_token(
     )
     assert json.loads(imported)["snapshots_unchanged"] == 1
     assert json.loads(backup)["bytes_written"] > 0
-    assert (tmp_path / "copy" / "data.mdb").exists()
+    assert json.loads(backup)["dest_dir"] == str(backups / "copy")
+    assert (backups / "copy" / "data.mdb").exists()
     await asyncio.gather(
         ok("clear", "tls-thread", "--yes"), ok("history", "tls-key", "delete", "--yes")
     )
@@ -526,7 +530,8 @@ def test_inconsistent_tls_options_are_refused_before_any_call() -> None:
 async def test_export_import_and_backup_show_progress_on_a_terminal_only(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    daemon = Daemon(data_dir)
+    (tmp_path / "backups").mkdir()
+    daemon = Daemon(data_dir, extra_args=["--backup-dir", str(tmp_path / "backups")])
     daemon.start()
     async with TurnstoreClient(daemon.target) as client:
         await client.events.append_many("progress", 1, [envelope(n) for n in range(300)])
@@ -550,10 +555,11 @@ async def test_export_import_and_backup_show_progress_on_a_terminal_only(
     assert piped_import.returncode == 0 and "\r" not in piped_import.stderr
     assert "imported 1 threads: 300 events" in piped_import.stdout
 
-    status, _, screen = run_on_terminal("backup", *target, str(tmp_path / "copy"))
+    status, _, screen = run_on_terminal("backup", *target, "copy")
     assert status == 0, screen
     assert "\rbackup: " in screen and "(100%)" in screen
-    piped_backup = run("backup", *target, str(tmp_path / "copy2"))
+    assert (tmp_path / "backups" / "copy" / "data.mdb").exists()
+    piped_backup = run("backup", *target, str(tmp_path / "backups" / "copy2"))
     assert piped_backup.returncode == 0 and piped_backup.stderr == ""
     assert daemon.stop() == 0
 

@@ -33,6 +33,7 @@ SERVE_FLAGS = [
     "--max-db-size",
     "--delete-reserve",
     "--snapshot-versions",
+    "--backup-dir",
     "--log-format",
     "--log-level",
     "--retain-threads-for",

@@ -352,7 +352,7 @@ async def test_a_daemon_killed_during_a_backup_leaves_no_partial_directory(
     # Things the daemon did not create, some looking like its own: never touched.
     (backups / ".nightly.partial-decoy123").mkdir()
     (backups / "keep.txt").write_text("keep me")
-    daemon = Daemon(data_dir)
+    daemon = Daemon(data_dir, extra_args=["--backup-dir", str(backups)])
     daemon.start()
     async with TurnstoreClient(daemon.target) as client:
         for n in range(48):
@@ -363,7 +363,7 @@ async def test_a_daemon_killed_during_a_backup_leaves_no_partial_directory(
     for attempt in range(5):
         dest = backups / f"nightly-{attempt}"
         async with TurnstoreClient(daemon.target) as client:
-            backup = asyncio.create_task(client.admin.backup(str(dest)))
+            backup = asyncio.create_task(client.admin.backup(dest.name))
             deadline = time.monotonic() + DEADLINE_SECONDS
             while not backup.done():
                 partial = [n for n in os.listdir(backups) if n.startswith(f".{dest.name}.partial-")]
@@ -389,31 +389,33 @@ async def test_a_daemon_killed_during_a_backup_leaves_no_partial_directory(
     assert not (data_dir / "backups-in-progress").exists()
     # Backups work as before afterwards.
     async with TurnstoreClient(daemon.target) as client:
-        result = await client.admin.backup(str(backups / "after"))
-        assert result.bytes_written > 0
+        result = await client.admin.backup("after")
+        assert result.bytes_written > 0 and result.dest_dir == str(backups / "after")
     assert daemon.stop() == 0
 
 
 async def test_backup_paths_too_long_for_the_file_system_are_invalid(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    daemon = Daemon(data_dir)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    daemon = Daemon(data_dir, extra_args=["--backup-dir", str(backups)])
     daemon.start()
-    (tmp_path / "a-file").write_text("x")
+    (backups / "a-file").write_text("x")
     async with TurnstoreClient(daemon.target) as client:
         refused = {
-            str(tmp_path / ("x" * 300)): "over the file system's limit of 255",
-            str(tmp_path / ("x" * 300) / "below"): "over the file system's limit of 255",
-            str(tmp_path / ("y" * 240)): "over the limit of 237",
-            "/" + "/".join(["d" * 200] * 25): "over the path limit",
-            str(tmp_path / "a-file" / "below"): "parent directory",
+            str(backups / ("x" * 300)): "over the file system's limit of 255",
+            "x" * 300 + "/below": "over the file system's limit of 255",
+            "y" * 240: "over the limit of 237",
+            "/".join(["d" * 200] * 25): "over the path limit",
+            "a-file/below": "parent directory",
         }
         for dest, problem in refused.items():
             with pytest.raises(InvalidArgumentError, match=problem):
                 await client.admin.backup(dest)
         # The longest name that fits is taken.
-        longest = tmp_path / ("z" * 237)
-        result = await client.admin.backup(str(longest))
+        longest = backups / ("z" * 237)
+        result = await client.admin.backup(longest.name)
         assert result.bytes_written == (longest / "data.mdb").stat().st_size
     assert daemon.stop() == 0
 
@@ -427,13 +429,14 @@ def mode_of(path: Path) -> int:
 
 async def test_the_data_directory_and_its_files_are_owner_only(tmp_path: Path) -> None:
     data_dir = tmp_path / "fresh" / "data"
+    (tmp_path / "backups").mkdir()
     previous = os.umask(0o022)  # what a daemon usually runs with
     try:
-        daemon = Daemon(data_dir)
+        daemon = Daemon(data_dir, extra_args=["--backup-dir", str(tmp_path / "backups")])
         daemon.start()
         async with TurnstoreClient(daemon.target) as client:
             await client.events.append(f"t-{uuid.uuid4()}", 1, blob("a", 10))
-            backup = await client.admin.backup(str(tmp_path / "backup"))
+            backup = await client.admin.backup("backup")
         assert daemon.stop() == 0
     finally:
         os.umask(previous)

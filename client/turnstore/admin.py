@@ -87,7 +87,7 @@ class DaemonStats:
 
 @dataclass(frozen=True)
 class BackupResult:
-    """A backup the daemon wrote: its directory (on the daemon's host) and size."""
+    """A backup the daemon wrote: its absolute directory (on the daemon's host) and size."""
 
     dest_dir: str
     bytes_written: int
@@ -179,8 +179,12 @@ class GrpcAdmin:
     ) -> BackupResult:
         """Have the daemon write a consistent, compacted copy of its database.
 
-        ``dest_dir`` is an absolute path on the daemon's host that does not
-        exist or is an empty directory (see ``AdminService.Backup``). Not
+        ``dest_dir`` is a directory inside the daemon's ``--backup-dir``
+        (relative to it, or absolute inside it) that does not exist or is an
+        empty directory (see ``AdminService.Backup``); the result names it
+        absolute. A daemon without ``--backup-dir`` refuses with
+        FailedPreconditionError; ``..``, a path outside and a symbolic link
+        give InvalidArgumentError. Not
         retried: a lost answer may hide a finished backup. ``timeout``
         bounds the whole copy (None: no deadline).
         """

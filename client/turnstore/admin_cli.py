@@ -50,14 +50,15 @@ def add_admin_commands(commands: Any) -> None:
         help="copy the database of a running daemon",
         description=(
             "Have the daemon write a consistent, compacted copy of its database to DEST "
-            "while it goes on serving. DEST is a path on the daemon's host (a relative "
-            "one is made absolute here); it must not exist or be an empty directory, and "
-            "its parent must exist. `turnstore serve --data-dir DEST` serves the copy. "
-            "On a terminal, a progress line shows the bytes copied so far (when DEST is "
-            "on this host too)."
+            "while it goes on serving. DEST is a directory inside the daemon's --backup-dir "
+            "(relative to it, or absolute inside it; no '..', no symbolic links); it must "
+            "not exist or be an empty directory, and its parent must exist. A daemon "
+            "started without --backup-dir refuses backups. `turnstore serve --data-dir "
+            "BACKUP_DIR/DEST` serves the copy. On a terminal, a progress line shows the "
+            "time taken and, at the end, the size."
         ),
     )
-    backup.add_argument("dest", help="directory to create on the daemon's host")
+    backup.add_argument("dest", help="directory to create inside the daemon's --backup-dir")
     add_format_option(backup, "one JSON object")
     handle(backup, _backup)
 
@@ -156,33 +157,17 @@ async def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _absolute(path: str) -> str:
-    """``path`` made absolute here: the daemon takes absolute paths only."""
-    return os.path.abspath(path)
-
-
 async def _backup(args: argparse.Namespace) -> int:
-    dest = _absolute(args.dest)
-    copy = Path(dest) / "data.mdb"  # visible here when DEST is on this host
-
-    def sample(progress: Progress) -> None:
-        progress.bytes = _file_size(copy)
-
     async with connect(args) as client:
-        progress = Progress("backup:", unit=None, sample=sample)
+        # The copy grows in a hidden directory on the daemon's host: its size
+        # is known here only from the answer.
+        progress = Progress("backup:", unit=None)
         if progress.enabled:
             # The compacted copy is at most as large as the daemon's data file.
             progress.total_bytes = (await client.admin.stats()).data_file_bytes
         async with progress:
-            result = await client.admin.backup(dest)
-            progress.total_bytes = result.bytes_written
+            result = await client.admin.backup(args.dest)
+            progress.total_bytes = progress.bytes = result.bytes_written
     if as_json(args):
         print(json.dumps({"dest_dir": result.dest_dir, "bytes_written": result.bytes_written}))
     else:

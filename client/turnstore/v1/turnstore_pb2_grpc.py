@@ -618,14 +618,19 @@ class AdminServiceServicer:
     def Backup(self, request, context):
         """Writes a consistent, compacted copy of the database to a directory on
         the daemon's host while the daemon goes on serving (writers are not
-        blocked). The copy is written next to `dest_dir` and renamed into place
-        when complete, so `dest_dir` ends up holding a whole backup or is left
-        as it was. The result is a data directory: `turnstore serve --data-dir
-        DEST` serves the data as of the moment the copy began.
-        Errors: INVALID_ARGUMENT when `dest_dir` is not absolute, exists and is
-        not an empty directory, or its parent directory does not exist;
-        FAILED_PRECONDITION "backup_failed" when writing fails (permissions, a
-        full disk); nothing is left behind then.
+        blocked). Backups are written only inside the directory the operator
+        named with `turnstore serve --backup-dir`: `dest_dir` is relative to it,
+        or absolute inside it. The copy is written next to `dest_dir` and
+        renamed into place when complete, so `dest_dir` ends up holding a whole
+        backup or is left as it was. The result is a data directory: `turnstore
+        serve --data-dir DEST` serves the data as of the moment the copy began.
+        Errors: FAILED_PRECONDITION "backup_failed" when the daemon has no
+        backup directory (the message says so), or when writing fails
+        (permissions, a full disk), leaving nothing behind; INVALID_ARGUMENT
+        when `dest_dir` is empty, has a `..` component, is absolute outside the
+        backup directory, passes through or is a symbolic link below it (links
+        are never followed), exists and is not an empty directory, or its
+        parent directory does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -316,6 +316,7 @@ async def serve(config: ServerConfig) -> None:
             tls=config.tls is not None,
             metrics=metrics_address,
             http=built.http.address if built.http is not None else None,
+            backup_dir=str(engine.config.backup_dir) if engine.config.backup_dir else None,
             **_startup_cleanup(engine),
         )
         await stop.wait()

@@ -75,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         retain_conversations_for_seconds=args.retain_conversations_for,
         retention_interval_seconds=args.retention_interval,
         delete_reserve_bytes=args.delete_reserve,
+        backup_dir=args.backup_dir,
     )
     tls = None
     if args.tls_cert or args.tls_key:

@@ -18,6 +18,7 @@ The engine never imports gRPC or generated code; it raises the exceptions of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import queue
@@ -111,9 +112,13 @@ class Engine(_Retention):
         """Open (creating if needed) the data directory and its LMDB environment.
 
         Raises :class:`DataDirLockedError` when another process holds the
-        directory, and ``ValueError`` when it holds a newer schema version.
+        directory, and ``ValueError`` when it holds a newer schema version or
+        the backup directory is unusable (:func:`backups.check_backup_dir`).
         """
         data_dir = Path(config.data_dir)
+        if config.backup_dir is not None:
+            backup_dir = backups.check_backup_dir(config.backup_dir, data_dir)
+            config = dataclasses.replace(config, backup_dir=backup_dir)
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         _make_owner_only(data_dir)
         lock_fd = os.open(data_dir / "turnstore.lock", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)

@@ -112,6 +112,13 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
         default=4,
         help="snapshot versions kept per conversation key, the latest included",
     )
+    option.add(
+        "--backup-dir",
+        type=Path,
+        metavar="DIR",
+        help="an existing directory: `turnstore backup NAME` writes NAME inside it, never "
+        "elsewhere (no '..', no symbolic links below it); unset, backups are refused",
+    )
     option.add("--log-format", choices=("auto", "json", "console"), default="auto", help="logs")
     option.add("--log-level", default="info", help="debug, info, warning or error")
     _add_retention(serve)

@@ -179,7 +179,10 @@ class StorageEngine(Protocol):
         ...
 
     def backup(self, dest_dir: str) -> BackupResult:
-        """A consistent copy in ``dest_dir`` (BackupFailedError where the backend has none)."""
+        """A consistent copy in ``dest_dir``, inside the backup directory.
+
+        BackupFailedError where the backend has none or no backup directory is set.
+        """
         ...
 
     def sweep_retention(self, now_ns: int | None = None) -> SweepResult:

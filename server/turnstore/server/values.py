@@ -78,6 +78,9 @@ class EngineConfig:
     # (clear, delete, retention): writes that add data stop at the ceiling
     # minus this. None: 1% of the ceiling, at least 1 MiB, at most a quarter.
     delete_reserve_bytes: int | None = None
+    # The one directory backups are written inside (resolved, checked at
+    # open); None refuses every backup.
+    backup_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.initial_map_bytes <= 0 or self.max_map_bytes < self.initial_map_bytes:

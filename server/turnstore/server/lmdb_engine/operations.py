@@ -137,20 +137,21 @@ class _Operations(_Reads):
         """Write a consistent, compacted copy of the database to ``dest_dir``.
 
         Blocks for the length of the copy; run it off the event loop. The
-        copy is taken in one LMDB read transaction (``mdb_env_copy2`` with
+        copy is taken in one LMDB read transaction (``mdb_env_copyfd2`` with
         compaction), so writers go on meanwhile; only a growth of the map
-        waits for it to end. ``dest_dir`` must be an absolute path that does
-        not exist or is an empty directory, in an existing parent directory.
-        The copy is written to a temporary directory beside it, fsynced, and
-        renamed to ``dest_dir``, so ``dest_dir`` either holds a whole backup
-        or is unchanged. The result is a data directory: ``turnstore serve
-        --data-dir DEST`` serves it. Raises InvalidArgumentError for an
-        unacceptable ``dest_dir`` (also a component over NAME_MAX) and
-        BackupFailedError when writing fails (nothing is left behind then; a
-        copy cut short by a kill is removed at the next open, see
-        :mod:`turnstore.server.backups`).
+        waits for it to end. ``dest_dir`` is a path inside the configured
+        backup directory (relative to it, or absolute inside it) that does
+        not exist or is an empty directory, in an existing parent directory,
+        reached without ``..`` or symbolic links. The copy is written to a
+        temporary directory beside it, fsynced, and renamed to ``dest_dir``,
+        so ``dest_dir`` either holds a whole backup or is unchanged. The
+        result is a data directory: ``turnstore serve --data-dir DEST``
+        serves it. Raises BackupFailedError when no backup directory is
+        configured or writing fails (nothing is left behind then; a copy cut
+        short by a kill is removed at the next open), InvalidArgumentError
+        for an unacceptable ``dest_dir`` (see :mod:`turnstore.server.backups`).
         """
-        dest = backups.check_destination(dest_dir)
+        dest = backups.check_destination(dest_dir, self.config.backup_dir)
         if self._closed:
             raise EngineClosedError("the engine is closed")
         return backups.write_backup(self._env, self._gate.reading, dest, self._backup_journal)
