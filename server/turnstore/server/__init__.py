@@ -9,4 +9,8 @@ Layers, each depending only on the ones below it:
   maps engine exceptions to status codes.
 - :mod:`turnstore.server.app`: builds the gRPC server and runs it until a
   signal.
+- :mod:`turnstore.server.options` and :mod:`turnstore.server.command`: the
+  options of ``turnstore serve`` and the configuration built from them.
+
+The server imports no client code but the generated ``turnstore.v1``.
 """

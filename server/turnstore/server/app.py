@@ -24,13 +24,13 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from turnstore.client import DEFAULT_TARGET as DEFAULT_LISTEN
 from turnstore.server.acks import AckPump
 from turnstore.server.engine import Engine
 from turnstore.server.followers import Followers, SendLimits
 from turnstore.server.ingress import Ingress, IngressConfig
 from turnstore.server.interceptors import BearerTokenInterceptor, MetricsInterceptor
 from turnstore.server.metrics import Metrics
+from turnstore.server.options import DEFAULT_LISTEN
 from turnstore.server.ports import check_listen_free
 from turnstore.server.service import (
     MAX_ITEMS_PER_MESSAGE,

@@ -122,3 +122,9 @@ class DiskIOError(EngineError):
     """
 
     reason = "disk_error"
+
+
+class UnauthenticatedError(EngineError):
+    """A call without the daemon's bearer token (raised by the access layer, not the engine)."""
+
+    reason = "unauthenticated"

@@ -13,7 +13,9 @@ from typing import Any, Final
 
 import grpc
 
+from turnstore.server.errors import UnauthenticatedError
 from turnstore.server.metrics import Metrics
+from turnstore.server.service import abort_with
 
 HEALTH_PREFIX: Final = "/grpc.health.v1.Health/"
 AUTHORIZATION: Final = "authorization"
@@ -75,10 +77,12 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def _refuse(context: grpc.aio.ServicerContext) -> None:
-    await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED,
-        "missing or wrong bearer token (send 'authorization: Bearer <token>')",
-        trailing_metadata=(("turnstore-error", "unauthenticated"),),
+    # Through the one status table, like every other refusal.
+    await abort_with(
+        context,
+        UnauthenticatedError(
+            "missing or wrong bearer token (send 'authorization: Bearer <token>')"
+        ),
     )
 
 

@@ -34,6 +34,7 @@ from turnstore.server.errors import (
     ThreadClearedError,
     TurnAlreadyFinishedError,
     TurnFinishedError,
+    UnauthenticatedError,
     VersionConflictError,
 )
 from turnstore.server.followers import Followers, Sender
@@ -65,6 +66,7 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     StorageFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     FollowerTooSlowError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     DataDirLockedError: grpc.StatusCode.UNAVAILABLE,
     DiskIOError: grpc.StatusCode.UNAVAILABLE,
     EngineError: grpc.StatusCode.INTERNAL,
@@ -96,7 +98,8 @@ def status_for(error: EngineError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+async def abort_with(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+    """End the call with the status, reason and message of ``error`` (INTERNAL if not ours)."""
     if isinstance(error, EngineError):
         code, reason, message = status_for(error), error.reason, str(error)
     else:
@@ -125,7 +128,7 @@ def _unary(
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as error:
-            await _abort(context, error)
+            await abort_with(context, error)
             raise AssertionError("unreachable: abort raises") from error
 
     return wrapper
@@ -148,7 +151,7 @@ def _streaming(
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as error:
-            await _abort(context, error)
+            await abort_with(context, error)
 
     return wrapper
 
@@ -502,7 +505,7 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
 
         async def send_status() -> None:
             try:
-                await _abort(
+                await abort_with(
                     context,
                     FollowerTooSlowError(
                         "the follower did not read its messages fast enough for the daemon's "

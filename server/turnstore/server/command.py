@@ -1,0 +1,141 @@
+"""``turnstore serve``: from parsed options to a running daemon.
+
+The ``turnstore`` command line (:mod:`turnstore.cli`) parses the options
+that :func:`turnstore.server.options.add_serve_arguments` defines and hands
+them to :func:`run`. Importing this module needs the ``server`` extra: an
+ImportError here is what the command line reports as a missing extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import structlog
+
+from turnstore.server.app import ServerConfig, TlsConfig, serve
+from turnstore.server.errors import DataDirLockedError
+from turnstore.server.followers import SendLimits
+from turnstore.server.ingress import IngressConfig
+from turnstore.server.logs import configure_logging
+from turnstore.server.options import DEFAULT_LISTEN
+from turnstore.server.values import EngineConfig, Limits
+
+if TYPE_CHECKING:
+    from turnstore.server.httpapi import HttpConfig
+
+# Holds the token itself when no --auth-token-file is given (as for the
+# client subcommands, so one variable serves a daemon and its probes).
+AUTH_TOKEN_ENV: Final = "TURNSTORE_AUTH_TOKEN"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT; returns the process exit status.
+
+    0 after a clean shutdown; 1 when the daemon cannot start or stops on a
+    failure (a locked data directory, an address in use, inconsistent
+    options, unreadable TLS or token files), logged as ``cannot_serve``.
+    An unknown ``--log-level`` raises ValueError: there is no log to tell.
+    """
+    configure_logging(args.log_format, args.log_level)
+    log = structlog.get_logger("turnstore")
+    try:
+        asyncio.run(serve(config_from_args(args)))
+    except (DataDirLockedError, ValueError, RuntimeError, OSError) as error:
+        log.error("cannot_serve", error=str(error))
+        return 1
+    return 0
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The daemon's configuration from the options of ``turnstore serve``.
+
+    Raises ValueError for options that do not go together (``--tls-key``
+    without ``--tls-cert``, ``--http-allow-origin`` without
+    ``--http-listen``, a malformed origin, an empty token file) and OSError
+    for an unreadable token file.
+    """
+    engine_config = EngineConfig(
+        data_dir=args.data_dir.resolve(),
+        initial_map_bytes=min(64 << 20, args.max_db_size),
+        max_map_bytes=args.max_db_size,
+        limits=Limits(
+            max_thread_id_bytes=args.max_thread_id_bytes,
+            max_key_bytes=args.max_key_bytes,
+            max_event_bytes=args.max_event_bytes,
+            max_events_per_append=args.max_events_per_append,
+            max_snapshot_bytes=args.max_snapshot_bytes,
+        ),
+        snapshot_versions_kept=args.snapshot_versions,
+        retain_threads_for_seconds=args.retain_threads_for,
+        retain_conversations_for_seconds=args.retain_conversations_for,
+        retention_interval_seconds=args.retention_interval,
+        delete_reserve_bytes=args.delete_reserve,
+    )
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
+    elif args.tls_client_ca:
+        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+    return ServerConfig(
+        engine=engine_config,
+        listen=tuple(args.listen or (DEFAULT_LISTEN,)),
+        allow_remote=args.allow_remote,
+        socket_mode=args.socket_mode,
+        auth_token=read_auth_token(args.auth_token_file),
+        tls=tls,
+        metrics_listen=args.metrics_listen,
+        ingress=IngressConfig(
+            max_request_bytes=args.max_request_bytes,
+            max_streams_per_connection=args.max_streams_per_connection,
+            max_connections=args.max_connections,
+            large_decodes=args.large_decodes,
+            max_events_per_stream_message=args.max_events_per_stream_message,
+        ),
+        follower_limits=SendLimits(args.follower_budget, args.followers_total_budget),
+        http=_http_config(args),
+    )
+
+
+def read_auth_token(path: Path | None) -> str | None:
+    """The token to require: the file's first line, else TURNSTORE_AUTH_TOKEN, else None.
+
+    Raises ValueError for an empty file (or an empty first line) and
+    OSError for an unreadable one; an empty variable counts as unset.
+    """
+    if path is not None:
+        lines = path.read_text().splitlines()
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ValueError(f"the token file {str(path)!r} is empty")
+        return token
+    return os.environ.get(AUTH_TOKEN_ENV) or None
+
+
+def _http_config(args: argparse.Namespace) -> HttpConfig | None:
+    """The HTTP listener's settings, or None when --http-listen is not given."""
+    if not args.http_listen:
+        if args.http_allow_origin:
+            raise ValueError("--http-allow-origin needs --http-listen")
+        return None
+    # Imported only here: aiohttp is loaded only by daemons that serve HTTP.
+    from turnstore.server.httpapi import HttpConfig
+
+    origins = tuple(
+        origin.strip() for value in args.http_allow_origin or () for origin in value.split(",")
+    )
+    for origin in origins:
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ValueError(f"--http-allow-origin {origin!r} is not scheme://host[:port]")
+    return HttpConfig(
+        listen=args.http_listen,
+        allow_origins=origins,
+        session_seconds=args.http_session_ttl,
+        heartbeat_seconds=args.http_heartbeat,
+    )
