@@ -36,6 +36,20 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     assert process.stop() == 0, process.log_lines
 
 
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A daemon of its own for each tests/test_hostile_*.py module's barrage.
+
+    A module of its own, so that what one barrage leaves behind (bodies that
+    are not JSON, finished turns) never shapes another's; the daemon must
+    still stop cleanly after it.
+    """
+    daemon = Daemon(tmp_path_factory.mktemp("hostile") / "data")
+    daemon.start()
+    yield daemon
+    assert daemon.stop() == 0, daemon.log_lines[-20:]
+
+
 @pytest.fixture
 async def client(daemon: Daemon) -> AsyncIterator[TurnstoreClient]:
     """A client of the shared daemon."""

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import turnstore
+import turnstore.client
+import turnstore.results
 from tests.daemon import Daemon
 from turnstore import EventStore, GrpcEventStore, GrpcHistoryStore, HistoryStore
 from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
@@ -59,6 +61,21 @@ def test_public_names_are_pinned() -> None:
     assert sorted(turnstore.__all__) == PUBLIC_NAMES
     for name in PUBLIC_NAMES:
         assert getattr(turnstore, name) is not None
+
+
+def test_result_types_live_in_a_public_module() -> None:
+    """What reads return is documented where users look, and old imports still work."""
+    for name in ("SnapshotVersionInfo", "StoredEvent", "VersionedSnapshot"):
+        cls = getattr(turnstore, name)
+        assert cls.__module__ == "turnstore.results", name
+        assert cls.__doc__, name
+        assert getattr(turnstore.results, name) is cls
+        assert getattr(turnstore.client, name) is cls, name  # imports from before the move
+    assert sorted(turnstore.results.__all__) == [
+        "SnapshotVersionInfo",
+        "StoredEvent",
+        "VersionedSnapshot",
+    ]
 
 
 def test_every_error_derives_from_the_base() -> None:

@@ -17,15 +17,7 @@ from pkgutil import extend_path
 __path__ = extend_path(__path__, __name__)
 
 from turnstore._auth import ClientTls
-from turnstore.client import (
-    GrpcEventStore,
-    GrpcHistoryStore,
-    RetryPolicy,
-    SnapshotVersionInfo,
-    StoredEvent,
-    TurnstoreClient,
-    VersionedSnapshot,
-)
+from turnstore.client import GrpcEventStore, GrpcHistoryStore, RetryPolicy, TurnstoreClient
 from turnstore.errors import (
     DeadlineExceededError,
     EventFormatError,
@@ -51,6 +43,7 @@ from turnstore.models import (
     StoredTurnEvents,
 )
 from turnstore.protocols import EventStore, HistoryStore
+from turnstore.results import SnapshotVersionInfo, StoredEvent, VersionedSnapshot
 from turnstore.streams import (
     CaughtUp,
     EventAppender,

@@ -17,7 +17,6 @@ from typing import Any, Final
 import grpc
 
 from turnstore import _json
-from turnstore._convert import StoredEvent
 from turnstore.cli_common import (
     add_format_option,
     add_parser,
@@ -30,6 +29,7 @@ from turnstore.cli_common import (
     handle,
 )
 from turnstore.errors import EventFormatError, FollowerTooSlowError, UnavailableError
+from turnstore.results import StoredEvent
 from turnstore.streams import CaughtUp, ReplayItem, ThreadCleared, TurnFinished
 
 # grpc.health.v1 by hand, so that `health` needs neither the server extra

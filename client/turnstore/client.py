@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import grpc
 
 from turnstore._auth import ClientTls, bearer_token_interceptors
-from turnstore._convert import JSON, StoredEvent, envelopes_from_protos, fill_envelope
+from turnstore._convert import JSON, envelopes_from_protos, fill_envelope
 from turnstore._retry import NO_RETRY, RetryPolicy, call_with_retry
 from turnstore._shared_stream import SharedAppendStream
 from turnstore._status import mapped_stream
@@ -37,6 +36,7 @@ from turnstore.errors import (
     UnavailableError,
 )
 from turnstore.models import AgentEventEnvelope, ConversationSnapshot, StoredTurnEvents
+from turnstore.results import SnapshotVersionInfo, StoredEvent, VersionedSnapshot
 from turnstore.streams import EventAppender, Replay, replay_request
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
@@ -326,25 +326,6 @@ class GrpcEventStore:
     def appender(self) -> EventAppender:
         """Open a streaming appender (an ``AppendStream``); use it as ``async with``."""
         return EventAppender(self._stub)
-
-
-@dataclass(frozen=True)
-class VersionedSnapshot:
-    """A loaded snapshot with its version (pass it as ``expected_version``)."""
-
-    snapshot: ConversationSnapshot
-    version: int
-    saved_at_unix_nanos: int
-
-
-@dataclass(frozen=True)
-class SnapshotVersionInfo:
-    """One kept version of a key, without its data."""
-
-    version: int
-    saved_at_unix_nanos: int
-    size_bytes: int
-    content_type: str
 
 
 class GrpcHistoryStore:

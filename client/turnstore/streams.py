@@ -17,11 +17,12 @@ from typing import Any
 
 import grpc
 
-from turnstore._convert import StoredEvent, fill_envelope
+from turnstore._convert import fill_envelope
 from turnstore._status import error_from_item, error_from_rpc, mapped_stream
 from turnstore._validate import check_thread_id, check_turn
 from turnstore.errors import InvalidArgumentError, TurnstoreError, UnavailableError
 from turnstore.models import AgentEventEnvelope
+from turnstore.results import StoredEvent
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 

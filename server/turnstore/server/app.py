@@ -206,7 +206,7 @@ def build_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    followers = Followers(asyncio.get_running_loop(), config.follower_limits)
+    followers = Followers(config.follower_limits)
     acks = AckPump(asyncio.get_running_loop())
     # Followers are woken in the same loop wake-up as the writers' acks.
     engine.add_commit_listener(lambda changed: acks.call_soon(followers.wake, changed))

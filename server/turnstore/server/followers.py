@@ -26,25 +26,18 @@ MAX_MESSAGE_BYTES = 4 * MIB
 class Followers:
     """Followers of threads, woken by the engine's commit listener.
 
-    Create it on the event loop that serves the followers; ``notify`` may be
-    called from any thread. ``send_budget`` bounds the bytes of the messages
-    the replays have handed to gRPC.
+    Use it on the event loop that serves the followers only: the engine's
+    commit listener reaches :meth:`wake` through that loop (``AckPump``).
+    ``send_budget`` bounds the bytes of the messages the replays have handed
+    to gRPC.
     """
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, send_limits: SendLimits | None = None
-    ) -> None:
-        self._loop = loop
+    def __init__(self, send_limits: SendLimits | None = None) -> None:
         self.send_budget = SendBudget(send_limits or SendLimits())
         self._by_thread: dict[str, set[asyncio.Event]] = {}
         self._closing = False
         self.open_replays = 0
         self.waiting = 0
-
-    @property
-    def registered(self) -> int:
-        """How many wake-up events are registered, over all threads."""
-        return sum(len(events) for events in self._by_thread.values())
 
     @property
     def closing(self) -> bool:
@@ -80,12 +73,6 @@ class Followers:
             await wake.wait()
         finally:
             self.waiting -= 1
-
-    def notify(self, thread_ids: Iterable[str]) -> None:
-        """Wake the followers of ``thread_ids``; safe from any thread."""
-        ids = list(thread_ids)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to wake
-            self._loop.call_soon_threadsafe(self.wake, ids)
 
     def wake(self, thread_ids: Iterable[str]) -> None:
         """Wake the followers of ``thread_ids``; call it on the loop's thread."""

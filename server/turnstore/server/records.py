@@ -12,11 +12,6 @@ bytes with the generated classes to keep both in step).
 
 from __future__ import annotations
 
-from typing import Final
-
-# Field 1, wire type 2 (length-delimited): `events` of the stream responses.
-EVENTS_FIELD_TAG: Final = 0x0A
-
 
 def varint(value: int) -> bytes:
     """Encode a non-negative integer as a protobuf base-128 varint."""

@@ -250,18 +250,6 @@ def _new_events(envelopes: Any, max_events: int) -> list[NewEvent]:
     return events
 
 
-def _kept_events(
-    values: list[bytes], from_turn: int, to_turn: int, types: frozenset[str]
-) -> list[bytes]:
-    """The stored event values within the turn range and of the wanted types (all: none)."""
-    kept = []
-    for value in values:
-        event = pb.StoredEvent.FromString(records.unframe(value))
-        if from_turn <= event.turn <= to_turn and (not types or event.envelope.type in types):
-            kept.append(value)
-    return kept
-
-
 def _convert_items(message: Any, max_events: int) -> list[list[NewEvent] | EngineError] | None:
     """:func:`_new_events` of every item of a stream message, each error kept for its item.
 

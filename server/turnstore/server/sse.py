@@ -29,7 +29,6 @@ from turnstore.server.replaying import MAX_POSITION, ReplayBatch
 from turnstore.v1 import turnstore_pb2 as pb
 
 JSON_TYPES: Final = ("", "application/json")
-HEADER_KEYS: Final = ("position", "turn", "event_id", "sequence", "timestamp", "type")
 END: Final = "end"
 # POSITION, EPOCH:POSITION or EPOCH:POSITION:SEQ, then optionally :end.
 _CURSOR: Final = re.compile(r"(-1|\d{1,20})(?::(-1|\d{1,20}))?(?::(\d{1,20}))?(:end)?", re.ASCII)
