@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_SRC := proto/turnstore/v1/turnstore.proto
-GEN_DIR := client
+GEN_DIR := client/python
 
 .PHONY: run test soak check proto proto-check lint typecheck clean bench rust-check
 
@@ -36,9 +36,9 @@ bench: $(STAMP)
 check: $(STAMP) proto-check lint typecheck buflint rust-check
 
 ## buflint: buf lint of proto/ (STANDARD rules, proto/buf.yaml); buf is pinned in
-## clients/typescript's devDependencies (keep the two versions equal), so it runs offline
+## client/typescript's devDependencies (keep the two versions equal), so it runs offline
 BUF_VERSION := 1.74.0
-TS_CLIENT := clients/typescript
+TS_CLIENT := client/typescript
 .PHONY: buflint
 $(TS_CLIENT)/node_modules/.package-lock.json: $(TS_CLIENT)/package-lock.json
 	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
@@ -59,7 +59,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check client server tests examples
 
 typecheck: $(STAMP)
-	$(BIN)/mypy client/turnstore server/turnstore tests examples
+	$(BIN)/mypy client/python/turnstore server/turnstore tests examples
 
 ## proto: regenerate the Python code and .pyi stubs from proto/
 proto: $(STAMP)

@@ -48,7 +48,7 @@ def interceptor_reasons() -> set[str]:
 
 
 def typescript_reasons() -> set[str]:
-    source = (ROOT / "clients" / "typescript" / "src" / "errors.ts").read_text()
+    source = (ROOT / "client" / "typescript" / "src" / "errors.ts").read_text()
     block = source.split("const BY_REASON", 1)[1].split("]);", 1)[0]
     return set(re.findall(r'\["(\w+)",', block))
 

@@ -36,7 +36,7 @@ from turnstore._auth import ClientTls
 
 ROOT = Path(__file__).resolve().parent.parent
 RUST_DIR = ROOT / "client" / "rust"
-TS_DIR = ROOT / "clients" / "typescript"
+TS_DIR = ROOT / "client" / "typescript"
 TURNSTORE_BIN = Path(sys.executable).parent / "turnstore"
 CARGO_TIMEOUT = 900.0  # a cold build of the dependencies takes a few minutes on 2 cores
 

@@ -1,6 +1,6 @@
 """``turnstore serve``'s options live in the server, and the server needs no client code.
 
-The command line (client/turnstore/cli.py) only parses and hands over to
+The command line (client/python/turnstore/cli.py) only parses and hands over to
 :mod:`turnstore.server.command`; the flags, their TURNSTORE_* variables and
 defaults come from :mod:`turnstore.server.options`. The daemons every
 end-to-end test starts (tests/daemon.py) exercise the flags themselves.
@@ -169,7 +169,7 @@ def test_the_options_need_only_the_standard_library() -> None:
 
 
 def test_the_command_line_builds_no_server_configuration() -> None:
-    imported = _imports(ROOT / "client" / "turnstore" / "cli.py")
+    imported = _imports(ROOT / "client" / "python" / "turnstore" / "cli.py")
     assert sorted(name for name in imported if name.startswith("turnstore.server")) == [
         "turnstore.server",
         "turnstore.server.options",

@@ -1,6 +1,6 @@
-"""The TypeScript client (clients/typescript) against a real daemon, and its interop with Python.
+"""The TypeScript client (client/typescript) against a real daemon, and its interop with Python.
 
-The session installs the client's npm packages into clients/typescript/node_modules
+The session installs the client's npm packages into client/typescript/node_modules
 when they are missing (with a throw-away npm cache), builds it with tsc, and runs its
 node:test program against a daemon of its own, once per write mode (appends over the
 shared AppendStream, and unary calls). Python writes a thread and a snapshot that the
@@ -46,7 +46,7 @@ from turnstore import (
 )
 from turnstore.server import errors as server_errors
 
-TS_DIR = Path(__file__).resolve().parent.parent / "clients" / "typescript"
+TS_DIR = Path(__file__).resolve().parent.parent / "client" / "typescript"
 TEST_PROGRAM = "dist/test/client.test.js"
 RESTART_DRIVER = "dist/test/restart-driver.js"
 DEADLINE_DRIVER = "dist/test/deadline-driver.js"
@@ -56,7 +56,7 @@ MIN_NODE_MAJOR = 20
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run a command in clients/typescript; fail the test with its output if it fails."""
+    """Run a command in client/typescript; fail the test with its output if it fails."""
     try:
         result = subprocess.run(
             args,
@@ -98,7 +98,7 @@ def node_env() -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def typescript_build(node_env: dict[str, str]) -> Path:
-    """clients/typescript with its packages installed (`npm ci`, once) and built (`tsc`)."""
+    """client/typescript with its packages installed (`npm ci`, once) and built (`tsc`)."""
     installed = TS_DIR / "node_modules" / ".package-lock.json"
     lock = TS_DIR / "package-lock.json"
     if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
