@@ -13,7 +13,7 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import grpc
 
@@ -29,6 +29,7 @@ from turnstore._validate import (
     check_thread_id,
     check_turn,
 )
+from turnstore.admin import GrpcAdmin
 from turnstore.errors import (
     InvalidArgumentError,
     SnapshotFormatError,
@@ -40,9 +41,6 @@ from turnstore.results import SnapshotVersionInfo, StoredEvent, VersionedSnapsho
 from turnstore.streams import EventAppender, Replay, replay_request
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
-
-if TYPE_CHECKING:
-    from turnstore.admin import GrpcAdmin
 
 __all__ = [
     "GrpcEventStore",
@@ -507,8 +505,6 @@ class TurnstoreClient:
         See :class:`turnstore.admin.GrpcAdmin`; it shares this client's
         channel, timeout and retry policy.
         """
-        from turnstore.admin import GrpcAdmin  # here: turnstore.admin imports this module
-
         return GrpcAdmin(self._channel, self._timeout, self._retry)
 
     def history(self, key: str) -> GrpcHistoryStore:
