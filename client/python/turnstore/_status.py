@@ -22,6 +22,7 @@ _BY_REASON: Final[dict[str, type[errors.TurnstoreError]]] = {
     "storage_full": errors.StorageFullError,
     "follower_too_slow": errors.FollowerTooSlowError,
     "shutting_down": errors.UnavailableError,
+    "database_unavailable": errors.UnavailableError,
     "disk_error": errors.UnavailableError,
     "data_dir_locked": errors.UnavailableError,
     "backup_failed": errors.FailedPreconditionError,

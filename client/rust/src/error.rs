@@ -202,6 +202,7 @@ fn kind_of_reason(reason: &str) -> Option<ErrorKind> {
         "thread_cleared" => ErrorKind::ThreadCleared,
         "storage_full" => ErrorKind::StorageFull,
         "shutting_down" => ErrorKind::Unavailable,
+        "database_unavailable" => ErrorKind::Unavailable,
         "unauthenticated" => ErrorKind::Unauthenticated,
         _ => return None,
     })

@@ -99,6 +99,7 @@ const BY_REASON: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([
   ["storage_full", StorageFullError],
   ["follower_too_slow", FollowerTooSlowError],
   ["shutting_down", UnavailableError],
+  ["database_unavailable", UnavailableError],
   ["disk_error", UnavailableError],
   ["data_dir_locked", UnavailableError],
   ["backup_failed", FailedPreconditionError],

@@ -39,7 +39,8 @@ from turnstore.server.service import (
     HistoryStoreService,
     add_service,
 )
-from turnstore.server.values import EngineConfig, SpaceUsage
+from turnstore.server.storage import StorageEngine
+from turnstore.server.values import EngineConfig, PostgresConfig, SpaceUsage
 
 if TYPE_CHECKING:
     from turnstore.server.httpapi import HttpApi, HttpConfig
@@ -94,6 +95,8 @@ class ServerConfig:
     """
 
     engine: EngineConfig
+    # The PostgreSQL backend's database; None: LMDB in ``engine.data_dir``.
+    postgres: PostgresConfig | None = None
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     allow_remote: bool = False
     grace_seconds: float = 5.0
@@ -181,7 +184,7 @@ def _bind_unix(server: grpc.aio.Server, address: str, mode: int) -> None:
 
 
 def build_server(
-    config: ServerConfig, engine: Engine, metrics: Metrics | None = None
+    config: ServerConfig, engine: StorageEngine, metrics: Metrics | None = None
 ) -> BuiltServer:
     """A server with all services over ``engine``, bound to every address.
 
@@ -210,6 +213,11 @@ def build_server(
     acks = AckPump(asyncio.get_running_loop())
     # Followers are woken in the same loop wake-up as the writers' acks.
     engine.add_commit_listener(lambda changed: acks.call_soon(followers.wake, changed))
+    # A shared database's listen connection may lose notifications: on its
+    # tick (and reconnects) every follower re-reads.
+    add_wake_all = getattr(engine, "add_wake_all_listener", None)
+    if add_wake_all is not None:
+        add_wake_all(lambda: acks.call_soon(lambda _: followers.wake_all(), None))
     parts = (engine, executor, followers, acks)
     events = EventStoreService(*parts)
     add_service(server, "EventStoreService", events, ingress)
@@ -292,6 +300,9 @@ async def serve(config: ServerConfig) -> None:
     # Before Engine.open, which creates the data directory.
     http_listen = config.http.listen if config.http is not None else None
     check_listen_free((*config.listen, *filter(None, [config.metrics_listen, http_listen])))
+    if config.postgres is not None:
+        await _serve_postgres(config, metrics, metrics_host, metrics_port)
+        return
     engine = Engine.open(config.engine)
     engine.space.add_level_listener(log_space_level)
     try:
@@ -324,4 +335,43 @@ async def serve(config: ServerConfig) -> None:
         await built.stop(config.grace_seconds)
     finally:
         engine.close()
+    log.info("stopped")
+
+
+async def _serve_postgres(
+    config: ServerConfig, metrics: Metrics | None, metrics_host: str, metrics_port: int
+) -> None:
+    """:func:`serve` on the PostgreSQL backend (no data directory, no space ceiling)."""
+    assert config.postgres is not None
+    # Imported only here: psycopg is loaded only by daemons on PostgreSQL.
+    from turnstore.server.pg_engine.engine import PostgresEngine
+
+    loop = asyncio.get_running_loop()
+    engine = await loop.run_in_executor(None, PostgresEngine.open, config.engine, config.postgres)
+    try:
+        built = build_server(config, engine, metrics)
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        metrics_address = None
+        if metrics is not None:
+            engine.add_commit_observer(metrics.observe_commit)
+            bound = metrics.serve(metrics_host, metrics_port)
+            metrics_address = f"{metrics_host}:{bound}"
+        await built.start()
+        log.info(
+            "serving",
+            backend="postgres",
+            database=engine.database,
+            listen=built.addresses,
+            auth=config.auth_token is not None,
+            tls=config.tls is not None,
+            metrics=metrics_address,
+            http=built.http.address if built.http is not None else None,
+        )
+        await stop.wait()
+        log.info("stopping", grace_seconds=config.grace_seconds)
+        await built.stop(config.grace_seconds)
+    finally:
+        await loop.run_in_executor(None, engine.close)
     log.info("stopped")

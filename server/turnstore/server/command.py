@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Final
 import structlog
 
 from turnstore.server.app import ServerConfig, TlsConfig, serve
-from turnstore.server.errors import DataDirLockedError
+from turnstore.server.errors import DatabaseUnavailableError, DataDirLockedError
 from turnstore.server.followers import SendLimits
 from turnstore.server.ingress import IngressConfig
 from turnstore.server.logs import configure_logging
 from turnstore.server.options import DEFAULT_LISTEN
-from turnstore.server.values import EngineConfig, Limits
+from turnstore.server.values import EngineConfig, Limits, PostgresConfig
 
 if TYPE_CHECKING:
     from turnstore.server.httpapi import HttpConfig
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 # Holds the token itself when no --auth-token-file is given (as for the
 # client subcommands, so one variable serves a daemon and its probes).
 AUTH_TOKEN_ENV: Final = "TURNSTORE_AUTH_TOKEN"
+# The PostgreSQL DSN when neither --postgres-dsn nor --postgres-dsn-file is given.
+POSTGRES_DSN_ENV: Final = "TURNSTORE_POSTGRES_DSN"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +47,13 @@ def run(args: argparse.Namespace) -> int:
     log = structlog.get_logger("turnstore")
     try:
         asyncio.run(serve(config_from_args(args)))
-    except (DataDirLockedError, ValueError, RuntimeError, OSError) as error:
+    except (
+        DataDirLockedError,
+        DatabaseUnavailableError,
+        ValueError,
+        RuntimeError,
+        OSError,
+    ) as error:
         log.error("cannot_serve", error=str(error))
         return 1
     return 0
@@ -86,6 +94,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
     return ServerConfig(
         engine=engine_config,
+        postgres=_postgres_config(args),
         listen=tuple(args.listen or (DEFAULT_LISTEN,)),
         allow_remote=args.allow_remote,
         socket_mode=args.socket_mode,
@@ -102,6 +111,31 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         follower_limits=SendLimits(args.follower_budget, args.followers_total_budget),
         http=_http_config(args),
     )
+
+
+def _postgres_config(args: argparse.Namespace) -> PostgresConfig | None:
+    """The database settings of ``--backend postgres``; None for LMDB.
+
+    The DSN comes from --postgres-dsn, else the first line of
+    --postgres-dsn-file, else TURNSTORE_POSTGRES_DSN. Raises ValueError when
+    none is set, or when a DSN is given to the LMDB backend.
+    """
+    if args.backend != "postgres":
+        if args.postgres_dsn or args.postgres_dsn_file:
+            raise ValueError("--postgres-dsn and --postgres-dsn-file need --backend postgres")
+        return None
+    dsn = args.postgres_dsn
+    if not dsn and args.postgres_dsn_file is not None:
+        lines = args.postgres_dsn_file.read_text().splitlines()
+        dsn = lines[0].strip() if lines else ""
+        if not dsn:
+            raise ValueError(f"the DSN file {str(args.postgres_dsn_file)!r} is empty")
+    dsn = dsn or os.environ.get(POSTGRES_DSN_ENV)
+    if not dsn:
+        raise ValueError(
+            f"--backend postgres needs --postgres-dsn, --postgres-dsn-file or {POSTGRES_DSN_ENV}"
+        )
+    return PostgresConfig(dsn=dsn, pool_size=args.postgres_pool_size)
 
 
 def read_auth_token(path: Path | None) -> str | None:

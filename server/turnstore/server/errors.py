@@ -108,6 +108,17 @@ class EngineClosedError(EngineError):
     reason = "shutting_down"
 
 
+class DatabaseUnavailableError(EngineError):
+    """The database server (PostgreSQL) cannot be reached; the call may be retried.
+
+    A write that fails so may or may not be stored (the connection can drop
+    during its commit); retrying it is safe, as appends are idempotent by
+    event id. The message names the database without its password.
+    """
+
+    reason = "database_unavailable"
+
+
 class BackupFailedError(EngineError):
     """A backup could not be written (permissions, disk space, ...); nothing was left behind."""
 

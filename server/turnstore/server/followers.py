@@ -80,6 +80,12 @@ class Followers:
             for wake in self._by_thread.get(thread_id, ()):
                 wake.set()
 
+    def wake_all(self) -> None:
+        """Wake every follower to re-read from its cursor (a notification may be lost)."""
+        for events in self._by_thread.values():
+            for wake in events:
+                wake.set()
+
     def close(self) -> None:
         """Wake every follower so it ends its stream (daemon shutdown)."""
         self._closing = True

@@ -39,6 +39,7 @@ from aiohttp import web
 
 from turnstore.server import replaying, sse
 from turnstore.server.errors import (
+    DatabaseUnavailableError,
     EngineClosedError,
     EngineError,
     FollowerTooSlowError,
@@ -61,6 +62,7 @@ HTTP_STATUS_BY_ERROR: Final[dict[type[EngineError], int]] = {
     InvalidArgumentError: 400,
     ThreadClearedError: 409,
     EngineClosedError: 503,
+    DatabaseUnavailableError: 503,
     EngineError: 500,
 }
 THREADS_PER_PAGE: Final = 100

@@ -121,12 +121,45 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     )
     option.add("--log-format", choices=("auto", "json", "console"), default="auto", help="logs")
     option.add("--log-level", default="info", help="debug, info, warning or error")
+    _add_backend(serve)
     _add_retention(serve)
     _add_access(serve)
     _add_http(serve)
     _add_limits(serve)
     _add_ingress(serve)
     _add_followers(serve)
+
+
+def _add_backend(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "backend", "where the daemon stores: embedded LMDB (default) or a shared PostgreSQL"
+    )
+    backend = _EnvOptions(group)
+    backend.add(
+        "--backend",
+        choices=("lmdb", "postgres"),
+        default="lmdb",
+        help="lmdb: --data-dir on this host; postgres: a database any number of daemons share",
+    )
+    # Not through _EnvOptions: its help would show the variable's value, password and all.
+    group.add_argument(
+        "--postgres-dsn",
+        metavar="DSN",
+        help="libpq connection string or URI of the database (--backend postgres) "
+        "[env TURNSTORE_POSTGRES_DSN]",
+    )
+    backend.add(
+        "--postgres-dsn-file",
+        type=Path,
+        metavar="FILE",
+        help="a file whose first line is the DSN (keeps a password out of the process list)",
+    )
+    backend.add(
+        "--postgres-pool-size",
+        type=int,
+        default=8,
+        help="connections this daemon's reads may hold at once (writes and LISTEN use one each)",
+    )
 
 
 def _add_retention(serve: argparse.ArgumentParser) -> None:

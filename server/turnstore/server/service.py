@@ -23,6 +23,7 @@ from turnstore.server.acks import AckPump
 from turnstore.server.bodies import check_json_body, event_content_type
 from turnstore.server.errors import (
     BackupFailedError,
+    DatabaseUnavailableError,
     DataDirLockedError,
     DiskIOError,
     EngineClosedError,
@@ -69,6 +70,7 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     DataDirLockedError: grpc.StatusCode.UNAVAILABLE,
     DiskIOError: grpc.StatusCode.UNAVAILABLE,
+    DatabaseUnavailableError: grpc.StatusCode.UNAVAILABLE,
     EngineError: grpc.StatusCode.INTERNAL,
 }
 

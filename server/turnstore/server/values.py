@@ -106,6 +106,26 @@ class EngineConfig:
         )
 
 
+@dataclass(frozen=True)
+class PostgresConfig:
+    """Where the PostgreSQL backend's database is, and how many connections reads may hold.
+
+    ``dsn`` is a libpq connection string or URI; it may hold a password,
+    which is never logged (``pg_engine.engine.redact_dsn``). Every follower
+    re-reads each ``tick_seconds`` even without a notification, so a lost
+    one costs at most that much latency.
+    """
+
+    dsn: str = field(repr=False)
+    pool_size: int = 8
+    connect_timeout_seconds: float = 2.0
+    tick_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1:
+            raise ValueError("--postgres-pool-size must be at least 1")
+
+
 class NewEvent(NamedTuple):
     """An event to append: its id (checked against the limits) and its record.
 

@@ -1,0 +1,1 @@
+"""The PostgreSQL storage engine: the StorageEngine calls on a database shared by a fleet."""

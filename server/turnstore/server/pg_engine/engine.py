@@ -1,0 +1,446 @@
+"""The PostgreSQL storage engine: :class:`PostgresEngine`, the StorageEngine calls on a database.
+
+Writes go through one writer thread and connection that commits every write
+waiting in its queue in one transaction (:mod:`.writer`); reads take a
+connection from a bounded pool and run in one read-only REPEATABLE READ
+transaction (:mod:`.reads`); one LISTEN connection wakes this daemon's
+followers on every daemon's commits (:mod:`.listen`). The semantics are the
+LMDB engine's, call for call. The engine imports neither gRPC nor generated
+code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+
+from turnstore.server.errors import (
+    BackupFailedError,
+    DatabaseUnavailableError,
+    EngineClosedError,
+    InvalidArgumentError,
+)
+from turnstore.server.pg_engine import reads, tables, writes
+from turnstore.server.pg_engine.listen import CommitFeed, WakeAll
+from turnstore.server.pg_engine.retention import Retention
+from turnstore.server.pg_engine.writer import Writer, _describe
+from turnstore.server.pg_engine.writes import Cursor
+from turnstore.server.storage import CommitListener, CommitObserver
+from turnstore.server.values import (
+    BackupResult,
+    EngineConfig,
+    KeySummary,
+    Limits,
+    NewEvent,
+    PostgresConfig,
+    ReadBudget,
+    ReplayStep,
+    RetentionStats,
+    SpaceUsage,
+    StorageStats,
+    StoredSnapshot,
+    SweepResult,
+    ThreadSummary,
+    ThreadView,
+    TurnChunk,
+    TurnCursor,
+)
+
+T = TypeVar("T")
+_MAX_U64 = (1 << 64) - 1
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password, to name the database in logs and errors."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(an unparsable DSN)"
+    info.pop("password", None)
+    return " ".join(f"{name}={value}" for name, value in sorted(info.items()))
+
+
+class PostgresEngine(Retention):
+    """turnstore's PostgreSQL backend. Open with :meth:`open`, close with :meth:`close`."""
+
+    def __init__(self, config: EngineConfig, pg: PostgresConfig) -> None:
+        self.config = config
+        self._pg = pg
+        self._closed = False
+        self.database = redact_dsn(pg.dsn)
+        self._timeout = max(1, round(pg.connect_timeout_seconds))
+        kwargs: dict[str, Any] = {"connect_timeout": self._timeout}
+        self._pool = psycopg_pool.ConnectionPool(
+            pg.dsn,
+            min_size=1,
+            max_size=pg.pool_size,
+            kwargs=kwargs,
+            configure=_configure_reader,
+            timeout=pg.connect_timeout_seconds,
+            open=False,
+            name="turnstore-reads",
+        )
+        self._writer = Writer(self._connect, config.max_writes_per_commit)
+        self._feed = CommitFeed(
+            lambda: self._connect(autocommit=True), self._writer.listeners, pg.tick_seconds
+        )
+        self._init_retention()
+
+    def _connect(self, autocommit: bool = False) -> psycopg.Connection[Any]:
+        return psycopg.connect(self._pg.dsn, autocommit=autocommit, connect_timeout=self._timeout)
+
+    @classmethod
+    def open(cls, config: EngineConfig, pg: PostgresConfig) -> PostgresEngine:
+        """Connect, create the schema on first start, and start the threads.
+
+        Raises ValueError when the database holds a newer schema (naming both
+        versions) and DatabaseUnavailableError when it cannot be reached.
+        """
+        try:
+            with psycopg.connect(
+                pg.dsn, connect_timeout=max(1, round(pg.connect_timeout_seconds))
+            ) as conn:
+                # One daemon creates the schema at a time.
+                conn.execute("SELECT pg_advisory_xact_lock(7239010012)")
+                for statement in tables.CREATE:
+                    conn.execute(statement)
+                row = conn.execute(
+                    "SELECT value FROM turnstore_meta WHERE name = 'schema_version'"
+                ).fetchone()
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO turnstore_meta VALUES ('schema_version', %s)",
+                        (tables.SCHEMA_VERSION,),
+                    )
+                elif int(row[0]) > tables.SCHEMA_VERSION:
+                    raise ValueError(
+                        f"the database ({redact_dsn(pg.dsn)}) has turnstore schema version "
+                        f"{row[0]}, newer than this turnstore ({tables.SCHEMA_VERSION})"
+                    )
+        except psycopg.OperationalError as error:
+            raise DatabaseUnavailableError(
+                f"cannot reach the database ({redact_dsn(pg.dsn)}): {_describe(error)}"
+            ) from None
+        engine = cls(config, pg)
+        engine._pool.open(wait=False)
+        return engine
+
+    @property
+    def limits(self) -> Limits:
+        return self.config.limits
+
+    @property
+    def map_size(self) -> int:
+        """0: PostgreSQL reserves no map."""
+        return 0
+
+    def wait_listening(self, timeout: float) -> bool:
+        """Whether the LISTEN connection is in place within ``timeout`` seconds."""
+        return self._feed.listening.wait(timeout)
+
+    def add_wake_all_listener(self, wake: WakeAll) -> None:
+        """Call ``wake()`` on every tick and after the listen connection reconnects.
+
+        Every follower should then re-read: a notification may have been lost.
+        """
+        self._feed.wake_all_listeners.append(wake)
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Call ``listener(thread_ids)`` after this daemon's commits and others' notifications."""
+        self._writer.listeners.append(listener)
+
+    def add_commit_observer(self, observer: CommitObserver) -> None:
+        self._writer.observers.append(observer)
+
+    # -- validation ------------------------------------------------------------
+
+    @staticmethod
+    def _utf8(name: str, value: str, limit: int) -> bytes:
+        if not value:
+            raise InvalidArgumentError(name, "must not be empty")
+        encoded = value.encode("utf-8", "surrogatepass")
+        if len(encoded) > limit:
+            raise InvalidArgumentError(
+                name, f"is {len(encoded)} bytes of UTF-8, over the limit of {limit}"
+            )
+        return encoded
+
+    def _thread_key(self, thread_id: str) -> bytes:
+        return self._utf8("thread_id", thread_id, self.limits.max_thread_id_bytes)
+
+    @staticmethod
+    def _check_turn(turn: int) -> None:
+        if not 0 <= turn <= _MAX_U64:
+            raise InvalidArgumentError("turn", f"must be between 0 and {_MAX_U64}")
+
+    # -- writes -----------------------------------------------------------------
+
+    def append(
+        self, thread_id: str, turn: int, events: Sequence[NewEvent], finish: bool = False
+    ) -> Future[list[int]]:
+        """As :meth:`turnstore.server.engine.Engine.append`."""
+        key = self._thread_key(thread_id)
+        self._check_turn(turn)
+        if not events and not finish:
+            raise InvalidArgumentError("events", "must hold at least one event")
+        if len(events) > self.limits.max_events_per_append:
+            raise InvalidArgumentError(
+                "events",
+                f"holds {len(events)} events, over the limit of "
+                f"{self.limits.max_events_per_append} per append",
+            )
+        encoded = [
+            (event.event_id.encode("utf-8", "surrogatepass"), event.envelope) for event in events
+        ]
+        max_id, max_event = self.limits.max_event_id_bytes, self.limits.max_event_bytes
+        for index, (event_id, envelope) in enumerate(encoded):
+            if not event_id or len(event_id) > max_id or len(envelope) > max_event:
+                self._utf8(f"events[{index}].event_id", events[index].event_id, max_id)
+                raise InvalidArgumentError(
+                    f"events[{index}]",
+                    f"is {len(envelope)} bytes encoded, over the limit of {max_event}",
+                )
+        return self._writer.submit(
+            thread_id,
+            lambda cur, now: writes.write_turn(cur, key, turn, encoded, finish, now)[0],
+        )
+
+    def finish_turn(self, thread_id: str, turn: int) -> Future[int]:
+        """As :meth:`turnstore.server.engine.Engine.finish_turn`."""
+        key = self._thread_key(thread_id)
+        self._check_turn(turn)
+        return self._writer.submit(
+            thread_id, lambda cur, now: writes.write_turn(cur, key, turn, [], True, now)[1]
+        )
+
+    def clear(self, thread_id: str) -> Future[int]:
+        """As :meth:`turnstore.server.engine.Engine.clear`."""
+        key = self._thread_key(thread_id)
+        return self._writer.submit(thread_id, lambda cur, now: writes.delete_thread(cur, key) or 0)
+
+    def save_snapshot(
+        self, key: str, data: bytes, content_type: str, expected_version: int | None = None
+    ) -> Future[int]:
+        """As :meth:`turnstore.server.engine.Engine.save_snapshot`."""
+        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        if len(data) > self.limits.max_snapshot_bytes:
+            raise InvalidArgumentError(
+                "data",
+                f"is {len(data)} bytes, over the snapshot limit of "
+                f"{self.limits.max_snapshot_bytes}",
+            )
+        if len(content_type.encode("utf-8")) > 255:
+            raise InvalidArgumentError("content_type", "is over the limit of 255 bytes")
+        kept = self.config.snapshot_versions_kept
+        return self._writer.submit(
+            None,
+            lambda cur, now: writes.save_snapshot(
+                cur, encoded_key, data, content_type, expected_version, kept, now
+            ),
+        )
+
+    def delete_snapshots(self, key: str) -> Future[int]:
+        """As :meth:`turnstore.server.engine.Engine.delete_snapshots`."""
+        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        return self._writer.submit(
+            None, lambda cur, now: writes.delete_snapshots(cur, encoded_key, now)
+        )
+
+    def _submit(self, thread_id: str | None, apply: Callable[[Cursor, int], T]) -> Future[T]:
+        return self._writer.submit(thread_id, apply)
+
+    # -- reads ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Cursor]:
+        """A cursor in one read-only snapshot; DatabaseUnavailableError when unreachable."""
+        if self._closed:
+            raise EngineClosedError("the engine is closed")
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                yield cur
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
+            raise DatabaseUnavailableError(
+                f"the database is unreachable ({_describe(error)})"
+            ) from None
+
+    def view(self, thread_id: str) -> ThreadView:
+        key = self._thread_key(thread_id)
+        with self._read() as cur:
+            row = reads.thread_row(cur, key)
+        return (
+            ThreadView(thread_id, None, 0) if row is None else ThreadView(thread_id, row[0], row[1])
+        )
+
+    def event_count(self, thread_id: str) -> int:
+        return self.view(thread_id).end_position
+
+    def get_turn(self, thread_id: str, turn: int) -> TurnChunk | None:
+        key = self._thread_key(thread_id)
+        self._check_turn(turn)
+        with self._read() as cur:
+            return reads.get_turn(cur, key, turn)
+
+    def read_commit_order(
+        self, view: ThreadView, start_position: int, budget: ReadBudget
+    ) -> list[bytes]:
+        with self._read() as cur:
+            return reads.read_commit_order(cur, view, start_position, budget)
+
+    def turn_cursor_at_offset(self, view: ThreadView, offset: int) -> TurnCursor | None:
+        with self._read() as cur:
+            return reads.turn_cursor_at_offset(cur, view, offset)
+
+    def read_turn_order(
+        self, view: ThreadView, cursor: TurnCursor, budget: ReadBudget, include_empty: bool
+    ) -> tuple[list[TurnChunk], TurnCursor | None]:
+        with self._read() as cur:
+            return reads.read_turn_order(cur, view, cursor, budget, include_empty)
+
+    def replay_step(
+        self,
+        thread_id: str,
+        expected_number: int | None,
+        start_position: int,
+        finish_seq: int | None,
+        max_events: int,
+        watched_turn: int | None = None,
+        max_bytes: int = 4 * 1024 * 1024,
+    ) -> ReplayStep:
+        key = self._thread_key(thread_id)
+        with self._read() as cur:
+            return reads.replay_step(
+                cur,
+                key,
+                expected_number,
+                start_position,
+                finish_seq,
+                max_events,
+                watched_turn,
+                max_bytes,
+            )
+
+    def load_snapshot(self, key: str, version: int | None = None) -> StoredSnapshot | None:
+        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        if version is not None:
+            self._check_turn(version)
+        with self._read() as cur:
+            cur.execute(
+                "SELECT s.version, s.content_type, s.data, s.saved_at_ns "
+                "FROM turnstore_conversations c JOIN turnstore_snapshots s "
+                "ON s.number = c.number WHERE c.key = %s AND c.current_version <> 0 "
+                "AND s.version = " + ("c.current_version" if version is None else "%s"),
+                (encoded_key,) if version is None else (encoded_key, version),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return StoredSnapshot(int(row[0]), str(row[1]), bytes(row[2]), int(row[3]))
+
+    def list_snapshot_versions(self, key: str) -> list[StoredSnapshot]:
+        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        with self._read() as cur:
+            cur.execute(
+                "SELECT s.version, s.content_type, s.data, s.saved_at_ns "
+                "FROM turnstore_conversations c JOIN turnstore_snapshots s "
+                "ON s.number = c.number WHERE c.key = %s ORDER BY s.version DESC",
+                (encoded_key,),
+            )
+            rows = cur.fetchall()
+        return [StoredSnapshot(int(r[0]), str(r[1]), bytes(r[2]), int(r[3])) for r in rows]
+
+    # -- operations ---------------------------------------------------------------
+
+    def list_threads(self, start_after: str = "", limit: int = 1000) -> list[ThreadSummary]:
+        after = start_after.encode("utf-8", "surrogatepass")
+        with self._read() as cur:
+            cur.execute(
+                "SELECT thread_id, next_position, next_finish_seq, last_write_ns "
+                "FROM turnstore_threads WHERE thread_id > %s ORDER BY thread_id LIMIT %s",
+                (after, limit),
+            )
+            rows = cur.fetchall()
+        return [
+            ThreadSummary(
+                bytes(r[0]).decode("utf-8", "surrogatepass"), int(r[1]), int(r[2]), int(r[3])
+            )
+            for r in rows
+        ]
+
+    def list_keys(self, start_after: str = "", limit: int = 1000) -> list[KeySummary]:
+        after = start_after.encode("utf-8", "surrogatepass")
+        with self._read() as cur:
+            cur.execute(
+                "SELECT key, current_version, last_write_ns FROM turnstore_conversations "
+                "WHERE key > %s AND current_version <> 0 ORDER BY key LIMIT %s",
+                (after, limit),
+            )
+            rows = cur.fetchall()
+        return [
+            KeySummary(bytes(r[0]).decode("utf-8", "surrogatepass"), int(r[1]), int(r[2]))
+            for r in rows
+        ]
+
+    def storage_stats(self) -> StorageStats:
+        """What the database holds; ``data_file_bytes`` is the size of turnstore's tables."""
+        with self._read() as cur:
+            cur.execute(
+                "SELECT (SELECT count(*) FROM turnstore_threads), "
+                "(SELECT count(*) FROM turnstore_events), (SELECT count(*) FROM turnstore_turns), "
+                "(SELECT count(*) FROM turnstore_finishes), "
+                "(SELECT count(*) FROM turnstore_conversations WHERE current_version <> 0), "
+                "(SELECT count(*) FROM turnstore_snapshots), "
+                + " + ".join(
+                    f"pg_total_relation_size('{name}')"
+                    for name in (
+                        "turnstore_threads",
+                        "turnstore_turns",
+                        "turnstore_events",
+                        "turnstore_finishes",
+                        "turnstore_conversations",
+                        "turnstore_snapshots",
+                    )
+                )
+            )
+            row = cur.fetchone()
+        assert row is not None
+        values = [int(value) for value in row]
+        threads, events, turns, finished, conversations, versions, size = values
+        return StorageStats(
+            threads, events, turns, finished, conversations, versions, size, SpaceUsage(size, 0, 0)
+        )
+
+    def space_usage(self) -> SpaceUsage:
+        """The bytes of turnstore's tables; PostgreSQL has no ceiling of ours (0)."""
+        return self.storage_stats().space
+
+    def backup(self, dest_dir: str) -> BackupResult:
+        """Always BackupFailedError: the database's own tools back it up."""
+        raise BackupFailedError(
+            "this daemon stores in PostgreSQL, whose backups are the database's own: "
+            "use pg_dump (or your provider's snapshots) on the database"
+        )
+
+    def close(self) -> None:
+        """Commit every write already queued, then release every connection. Idempotent."""
+        self._stop_retention()
+        self._writer.close()
+        if self._closed:
+            return
+        self._closed = True
+        self._feed.close()
+        self._pool.close()
+
+
+def _configure_reader(conn: psycopg.Connection[Any]) -> None:
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    conn.commit()
+
+
+__all__ = ["PostgresConfig", "PostgresEngine", "RetentionStats", "SweepResult", "redact_dsn"]

@@ -1,0 +1,243 @@
+"""The PostgreSQL engine's reads, each in one read-only REPEATABLE READ transaction.
+
+The same answers as the LMDB engine's reads (:mod:`turnstore.server.lmdb_engine.reads`):
+each read sees one snapshot of the database, a read bounded by a
+:class:`ThreadView` of a thread since cleared fails with ThreadClearedError,
+and records come back as the stored wire bytes.
+"""
+
+from __future__ import annotations
+
+from turnstore.server.errors import ThreadClearedError
+from turnstore.server.pg_engine.tables import from_column, to_column
+from turnstore.server.pg_engine.writes import Cursor
+from turnstore.server.values import (
+    FinishRecord,
+    ReadBudget,
+    ReplayStep,
+    ThreadView,
+    TurnChunk,
+    TurnCursor,
+)
+
+# Rows fetched per query by reads walking a budget.
+_PAGE = 512
+
+
+def thread_row(cur: Cursor, key: bytes) -> tuple[int, int, int] | None:
+    """(number, next_position, next_finish_seq) of a thread, or None."""
+    cur.execute(
+        "SELECT number, next_position, next_finish_seq FROM turnstore_threads WHERE thread_id = %s",
+        (key,),
+    )
+    row = cur.fetchone()
+    return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+
+def check_view(cur: Cursor, view: ThreadView) -> int | None:
+    """The view's thread number, or ThreadClearedError if the thread was cleared since."""
+    if view.thread_number is None:
+        return None
+    row = thread_row(cur, view.thread_id.encode("utf-8", "surrogatepass"))
+    if row is None or row[0] != view.thread_number:
+        raise ThreadClearedError(view.thread_id)
+    return view.thread_number
+
+
+def get_turn(cur: Cursor, key: bytes, turn: int) -> TurnChunk | None:
+    row = thread_row(cur, key)
+    if row is None:
+        return None
+    cur.execute(
+        "SELECT finished FROM turnstore_turns WHERE number = %s AND turn = %s",
+        (row[0], to_column(turn)),
+    )
+    found = cur.fetchone()
+    if found is None:
+        return None
+    cur.execute(
+        "SELECT record FROM turnstore_events WHERE number = %s AND turn = %s ORDER BY position",
+        (row[0], to_column(turn)),
+    )
+    return TurnChunk(turn, bool(found[0]), [bytes(r[0]) for r in cur.fetchall()])
+
+
+def read_commit_order(
+    cur: Cursor, view: ThreadView, start_position: int, budget: ReadBudget
+) -> list[bytes]:
+    number = check_view(cur, view)
+    out: list[bytes] = []
+    position = start_position
+    while number is not None and position < view.end_position:
+        cur.execute(
+            "SELECT record FROM turnstore_events WHERE number = %s AND position >= %s "
+            "AND position < %s ORDER BY position LIMIT %s",
+            (number, position, view.end_position, min(budget.events_left, _PAGE)),
+        )
+        rows = cur.fetchall()
+        if not rows:
+            break
+        for (record,) in rows:
+            out.append(bytes(record))
+            position += 1
+            if budget.spend(out[-1]):
+                return out
+    return out
+
+
+def turn_cursor_at_offset(cur: Cursor, view: ThreadView, offset: int) -> TurnCursor | None:
+    number = check_view(cur, view)
+    if number is None:
+        return None
+    cur.execute(
+        "SELECT turn, running - event_count FROM (SELECT turn, event_count, "
+        "sum(event_count) OVER (ORDER BY turn) AS running FROM turnstore_turns "
+        "WHERE number = %s) AS t WHERE running > %s ORDER BY turn LIMIT 1",
+        (number, offset),
+    )
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return TurnCursor(turn=from_column(int(row[0])), skip=offset - int(row[1]))
+
+
+def read_turn_order(
+    cur: Cursor, view: ThreadView, cursor: TurnCursor, budget: ReadBudget, include_empty: bool
+) -> tuple[list[TurnChunk], TurnCursor | None]:
+    chunks: list[TurnChunk] = []
+    number = check_view(cur, view)
+    if number is None:
+        return chunks, None
+    from_turn = to_column(cursor.turn)
+    first = True
+    while True:
+        cur.execute(
+            "SELECT turn, finished FROM turnstore_turns WHERE number = %s AND turn "
+            + (">= %s" if first else "> %s")
+            + " ORDER BY turn LIMIT %s",
+            (number, from_turn, _PAGE),
+        )
+        turns = cur.fetchall()
+        first = False
+        if not turns:
+            return chunks, None
+        for column, finished in turns:
+            from_turn = int(column)
+            turn = from_column(from_turn)
+            resuming = turn == cursor.turn
+            after = cursor.after_position if resuming else -1
+            skip = cursor.skip if resuming else 0
+            events, last = _turn_records(
+                cur, number, from_turn, after, view.end_position, budget, skip
+            )
+            fresh = after < 0 and not (resuming and cursor.skip)
+            if events or (include_empty and fresh):
+                chunks.append(TurnChunk(turn, bool(finished), events))
+            if budget.spent:
+                return chunks, TurnCursor(turn=turn, after_position=last)
+
+
+def _turn_records(
+    cur: Cursor,
+    number: int,
+    column: int,
+    after: int,
+    end: int,
+    budget: ReadBudget,
+    skip: int,
+) -> tuple[list[bytes], int]:
+    """Records of one turn after ``after``, below ``end``, less ``skip``; and the last read."""
+    out: list[bytes] = []
+    last = after
+    while not budget.spent:
+        cur.execute(
+            "SELECT position, record FROM turnstore_events WHERE number = %s AND turn = %s "
+            "AND position > %s AND position < %s ORDER BY position OFFSET %s LIMIT %s",
+            (number, column, last, end, skip, min(budget.events_left, _PAGE)),
+        )
+        rows = cur.fetchall()
+        skip = 0
+        if not rows:
+            break
+        for position, record in rows:
+            last = int(position)
+            out.append(bytes(record))
+            if budget.spend(out[-1]):
+                break
+    return out, last
+
+
+def replay_step(
+    cur: Cursor,
+    key: bytes,
+    expected_number: int | None,
+    start_position: int,
+    finish_seq: int | None,
+    max_events: int,
+    watched_turn: int | None,
+    max_bytes: int,
+) -> ReplayStep:
+    row = thread_row(cur, key)
+    if row is None:
+        cleared = expected_number is not None
+        return ReplayStep(None, [], start_position, [], 0, True, cleared=cleared)
+    number, end_position, finish_count = row
+    if expected_number is not None and number != expected_number:
+        return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
+    reach = min(end_position, start_position + max_events)
+    pending: list[tuple[int, FinishRecord]] = []
+    resume_seq = finish_count
+    first_seq = finish_seq or 0
+    if first_seq < finish_count:
+        # Finishes pending from here, up to the furthest frontier this step
+        # could reach; frontiers never decrease along the sequence.
+        query = (
+            "SELECT seq, turn, frontier, event_count, last_position FROM turnstore_finishes "
+            "WHERE number = %s AND seq >= %s"
+        )
+        # Without a sequence number, the finishes before the start are passed over.
+        floor = start_position if finish_seq is None else 0
+        cur.execute(
+            query + " AND frontier >= %s ORDER BY seq LIMIT %s",
+            (number, first_seq, floor, max_events + 1),
+        )
+        for seq, turn, frontier, count, last in cur.fetchall():
+            record = FinishRecord(
+                from_column(int(turn)),
+                int(count),
+                int(last) if count else None,
+                int(frontier),
+            )
+            if record.frontier > reach or len(pending) >= max_events:
+                resume_seq = int(seq)
+                break
+            pending.append((int(seq), record))
+    # Events stop at the first pending finish, so that a step's events all
+    # precede its finishes.
+    stop = min(reach, pending[0][1].frontier) if pending else reach
+    events: list[bytes] = []
+    if start_position < stop:
+        cur.execute(
+            "SELECT record FROM turnstore_events WHERE number = %s AND position >= %s "
+            "AND position < %s ORDER BY position",
+            (number, start_position, stop),
+        )
+        for (record,) in cur:
+            events.append(bytes(record))
+            max_bytes -= len(events[-1])
+            if max_bytes <= 0:
+                break
+    next_position = start_position + len(events)
+    finishes = [record for _, record in pending if record.frontier <= next_position]
+    if len(finishes) < len(pending):
+        resume_seq = pending[len(finishes)][0]
+    watched = False
+    if watched_turn is not None:
+        cur.execute(
+            "SELECT finished FROM turnstore_turns WHERE number = %s AND turn = %s",
+            (number, to_column(watched_turn)),
+        )
+        found = cur.fetchone()
+        watched = found is not None and bool(found[0])
+    at_end = next_position >= end_position and resume_seq >= finish_count
+    return ReplayStep(number, events, next_position, finishes, resume_seq, at_end, False, watched)
