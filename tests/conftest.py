@@ -10,6 +10,7 @@ import pytest
 
 from tests import daemon as daemon_module
 from tests.daemon import Daemon
+from tests.postgres import PostgresServer, start_postgres
 from turnstore import EventStore, HistoryStore, TurnstoreClient
 from turnstore.client import WriteMode
 from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
@@ -32,6 +33,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One ``turnstore serve`` subprocess shared by the session's tests."""
     process = Daemon(tmp_path_factory.mktemp("shared-daemon") / "data")
     process.start()
+    # Often first needed inside a test's fixture: not one for _reap_daemons to kill.
+    assert process.process is not None
+    daemon_module.LIVE.discard(process.process)
     yield process
     assert process.stop() == 0, process.log_lines
 
@@ -63,27 +67,64 @@ def thread_id() -> str:
     return f"thread-{uuid.uuid4()}"
 
 
-@pytest.fixture(params=["memory", "daemon-stream", "daemon-unary"])
-async def event_store(request: pytest.FixtureRequest, daemon: Daemon) -> AsyncIterator[EventStore]:
-    """Each EventStore implementation in turn: in memory, and the daemon in both write modes."""
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the session's tests of the PostgreSQL backend."""
+    server = start_postgres()
+    yield server
+    server.remove()
+
+
+def postgres_daemon_args(server: PostgresServer) -> list[str]:
+    """The options that put a daemon on ``server``'s database."""
+    return ["--backend", "postgres", "--postgres-dsn", server.dsn]
+
+
+@pytest.fixture(scope="session")
+def postgres_daemon(
+    postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
+    """One ``turnstore serve --backend postgres`` shared by the session's tests."""
+    process = Daemon(
+        tmp_path_factory.mktemp("pg-daemon") / "unused",
+        extra_args=postgres_daemon_args(postgres_server),
+    )
+    process.start()
+    # Often first needed inside a test's fixture: not one for _reap_daemons to kill.
+    assert process.process is not None
+    daemon_module.LIVE.discard(process.process)
+    yield process
+    assert process.stop() == 0, process.log_lines
+
+
+@pytest.fixture(params=["memory", "daemon-stream", "daemon-unary", "postgres"])
+async def event_store(request: pytest.FixtureRequest) -> AsyncIterator[EventStore]:
+    """Each EventStore implementation in turn: in memory, the daemon in both write modes,
+    and a daemon on PostgreSQL."""
     if request.param == "memory":
         yield InMemoryEventStore()
         return
-    mode: WriteMode = "stream" if request.param == "daemon-stream" else "unary"
+    daemon: Daemon = request.getfixturevalue(
+        "postgres_daemon" if request.param == "postgres" else "daemon"
+    )
+    mode: WriteMode = "unary" if request.param == "daemon-unary" else "stream"
     async with TurnstoreClient(daemon.target, write_mode=mode) as connected:
         assert connected.events.write_mode == mode
         yield connected.events
 
 
-@pytest.fixture(params=["memory", "daemon"])
+@pytest.fixture(params=["memory", "daemon", "postgres"])
 async def history_factory(
-    request: pytest.FixtureRequest, daemon: Daemon
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Callable[[str], HistoryStore]]:
     """A factory of HistoryStores bound to a key, for each implementation."""
     if request.param == "memory":
         stores: dict[str, InMemoryHistoryStore] = {}
         yield lambda key: stores.setdefault(key, InMemoryHistoryStore())
         return
+    daemon: Daemon = request.getfixturevalue(
+        "postgres_daemon" if request.param == "postgres" else "daemon"
+    )
     async with TurnstoreClient(daemon.target) as connected:
         yield connected.history
 
