@@ -34,6 +34,15 @@ from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 EXAMPLE = Path(__file__).parent.parent / "examples" / "live_tail.py"
 
 
+@pytest.fixture(params=["lmdb", "postgres"])
+def daemon(request: pytest.FixtureRequest, daemon: Daemon) -> Daemon:
+    """The shared daemon of each backend: every test here on a daemon runs on both."""
+    if request.param == "postgres":
+        shared: Daemon = request.getfixturevalue("postgres_daemon")
+        return shared
+    return daemon
+
+
 def delta(text: str, event_type: str = "text_delta") -> AgentEventEnvelope:
     return AgentEventEnvelope.new({"type": event_type, "delta": text})
 
