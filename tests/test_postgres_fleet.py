@@ -1,0 +1,140 @@
+"""Several daemons on one PostgreSQL database serve one fleet.
+
+Writers on two daemons append to the same thread and turn at once; a
+follower on a third daemon receives every acknowledged event exactly once,
+in commit order, positions gap-free, and sees the finish made on another
+daemon as the barrier. Also: the backend's own answers (backup refused with
+FAILED_PRECONDITION, a newer schema refused naming both versions, the DSN's
+password never logged, UNAVAILABLE while the database is down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import postgres_daemon_args
+from tests.daemon import Daemon
+from tests.postgres import PASSWORD, PostgresServer
+from turnstore import AgentEventEnvelope, CaughtUp, StoredEvent, TurnFinished, TurnstoreClient
+from turnstore.errors import TurnstoreError, UnavailableError
+
+
+def delta(text: str) -> AgentEventEnvelope:
+    return AgentEventEnvelope.new({"type": "text_delta", "delta": text})
+
+
+@pytest.fixture
+def fleet(postgres_server: PostgresServer, tmp_path: Path) -> Iterator[list[Daemon]]:
+    """Three daemons on the session's database."""
+    daemons = [
+        Daemon(tmp_path / f"unused-{n}", extra_args=postgres_daemon_args(postgres_server))
+        for n in range(3)
+    ]
+    try:
+        for daemon in daemons:
+            daemon.start()
+        yield daemons
+    finally:
+        for daemon in daemons:
+            if daemon.process is not None and daemon.process.poll() is None:
+                assert daemon.stop() == 0, daemon.log_lines[-10:]
+
+
+async def test_writers_on_two_daemons_and_a_follower_on_a_third(fleet: list[Daemon]) -> None:
+    thread = f"fleet-{uuid.uuid4()}"
+    writer_a, writer_b, reader = (TurnstoreClient(daemon.target) for daemon in fleet)
+    acknowledged: dict[int, str] = {}
+    try:
+        seen: list[tuple[int, str]] = []
+        finishes: list[tuple[int, int]] = []
+        caught_up = asyncio.Event()
+
+        async def follow() -> None:
+            async with reader.events.replay(thread, follow=True, until_turn_finished=1) as replay:
+                async for item in replay:
+                    if isinstance(item, CaughtUp):
+                        caught_up.set()
+                    elif isinstance(item, StoredEvent):
+                        seen.append((item.position, item.envelope.event_id))
+                    elif isinstance(item, TurnFinished):
+                        finishes.append((item.turn, len(seen)))
+
+        following = asyncio.create_task(follow())
+        await asyncio.wait_for(caught_up.wait(), 30)
+
+        async def write(client: TurnstoreClient, name: str) -> None:
+            for n in range(100):
+                envelope = delta(f"{name}{n}")
+                acknowledged[await client.events.append(thread, 1, envelope)] = envelope.event_id
+
+        await asyncio.gather(write(writer_a, "a"), write(writer_b, "b"))
+        await writer_a.events.finish_turn(thread, 1)
+        await asyncio.wait_for(following, 30)
+        with pytest.raises(TurnstoreError) as refused:
+            await writer_b.events.append(thread, 1, delta("late"))
+        assert refused.value.reason == "turn_finished"
+    finally:
+        for client in (writer_a, writer_b, reader):
+            await client.close()
+    assert sorted(acknowledged) == list(range(200))
+    assert [position for position, _ in seen] == list(range(200))
+    assert dict(seen) == acknowledged
+    assert finishes == [(1, 200)]
+
+
+async def test_backup_is_refused_with_failed_precondition(postgres_daemon: Daemon) -> None:
+    async with TurnstoreClient(postgres_daemon.target) as client:
+        with pytest.raises(TurnstoreError) as refused:
+            await client.admin.backup("copy")
+    assert refused.value.reason == "backup_failed"
+    assert "pg_dump" in str(refused.value)
+
+
+def test_a_newer_schema_is_refused_naming_both_versions(
+    postgres_server: PostgresServer, postgres_daemon: Daemon, tmp_path: Path
+) -> None:
+    dsn = postgres_server.dsn
+    with psycopg.connect(dsn) as conn:
+        conn.execute("UPDATE turnstore_meta SET value = 99 WHERE name = 'schema_version'")
+    try:
+        refused = Daemon(tmp_path / "unused", extra_args=postgres_daemon_args(postgres_server))
+        with pytest.raises(RuntimeError) as failed:
+            refused.start()
+        assert "schema version 99, newer than this turnstore (1)" in str(failed.value)
+        assert PASSWORD not in str(failed.value)
+    finally:
+        with psycopg.connect(dsn) as conn:
+            conn.execute("UPDATE turnstore_meta SET value = 1 WHERE name = 'schema_version'")
+
+
+async def test_database_down_is_unavailable_then_writes_resume(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    daemon = Daemon(tmp_path / "unused", extra_args=postgres_daemon_args(postgres_server))
+    daemon.start()
+    thread = f"outage-{uuid.uuid4()}"
+    try:
+        async with TurnstoreClient(daemon.target) as client:
+            assert await client.events.append(thread, 1, delta("before")) == 0
+            postgres_server.stop("immediate")
+            try:
+                with pytest.raises(UnavailableError) as down:
+                    await asyncio.wait_for(client.events.append(thread, 1, delta("down")), 10)
+                assert down.value.reason == "database_unavailable"
+                assert daemon.process is not None and daemon.process.poll() is None
+            finally:
+                postgres_server.start()
+            # The writer reconnects on its next batch; the event stored once.
+            again = delta("after")
+            assert await client.events.append(thread, 1, again) == 1
+            assert await client.events.append(thread, 1, again) == 1
+            assert await client.events.event_count(thread) == 2
+    finally:
+        assert daemon.stop() == 0, daemon.log_lines[-10:]
+    assert not any(PASSWORD in line for line in daemon.log_lines)
