@@ -36,6 +36,10 @@ SERVE_FLAGS = [
     "--backup-dir",
     "--log-format",
     "--log-level",
+    "--backend",
+    "--postgres-dsn",
+    "--postgres-dsn-file",
+    "--postgres-pool-size",
     "--retain-threads-for",
     "--retain-conversations-for",
     "--retention-interval",
@@ -117,6 +121,14 @@ def test_serve_help_lists_every_flag_with_its_variable() -> None:
     assert text.count("[env TURNSTORE_") == len(SERVE_FLAGS)
     assert "[env TURNSTORE_MAX_DB_SIZE; default 16GiB]" in text
     assert "(default: 127.0.0.1:7070) [env TURNSTORE_LISTEN]" in text
+
+
+def test_serve_help_never_shows_the_postgres_dsn_from_the_environment() -> None:
+    dsn = "postgresql://turnstore:hunter2-secret@127.0.0.1:5432/fleet"
+    done = _run("-m", "turnstore", "serve", "--help", env=_env(TURNSTORE_POSTGRES_DSN=dsn))
+    assert done.returncode == 0, done.stderr
+    assert "[env TURNSTORE_POSTGRES_DSN]" in " ".join(done.stdout.split())
+    assert "hunter2" not in done.stdout
 
 
 def test_serve_without_the_server_extra_says_so_and_still_explains_itself(
