@@ -66,6 +66,15 @@ def _message(items: list[_Item]) -> bytes:
     return b"".join(parts)
 
 
+def _expire(future: asyncio.Future[list[int]], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(
+            DeadlineExceededError(
+                f"no acknowledgement within {timeout} s; the write may still take effect"
+            )
+        )
+
+
 def _transient(error: grpc.aio.AioRpcError) -> bool:
     """Whether a broken stream is worth reopening: the daemon or the transport went away.
 
@@ -148,22 +157,21 @@ class SharedAppendStream:
         request.request_id = request_id = self._next_id
         request.acks_in_more = True
         self._next_id += 1
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
         item = _Item(request, future)
         self._pending[request_id] = item
         if self._reconnect is None:
             self._outbox.append(item)
             self._start_sender()
+        # A timer on the future itself: asyncio.wait_for would add a second
+        # future and two callbacks to every call.
+        deadline = None if timeout is None else loop.call_later(timeout, _expire, future, timeout)
         try:
-            if timeout is None:
-                return await future
-            try:
-                return await asyncio.wait_for(future, timeout)
-            except TimeoutError as error:
-                raise DeadlineExceededError(
-                    f"no acknowledgement within {timeout} s; the write may still take effect"
-                ) from error
+            return await future
         finally:
+            if deadline is not None:
+                deadline.cancel()
             # Acknowledged, failed, timed out or cancelled: never sent again.
             self._pending.pop(request_id, None)
 
