@@ -25,7 +25,7 @@ from turnstore.server.errors import (
     EngineClosedError,
     InvalidArgumentError,
 )
-from turnstore.server.pg_engine import reads, tables, writes
+from turnstore.server.pg_engine import operations, reads, tables, writes
 from turnstore.server.pg_engine.listen import CommitFeed, WakeAll
 from turnstore.server.pg_engine.retention import Retention
 from turnstore.server.pg_engine.writer import Writer, _describe
@@ -81,6 +81,8 @@ class PostgresEngine(Retention):
             max_size=pg.pool_size,
             kwargs=kwargs,
             configure=_configure_reader,
+            # A connection the database dropped (a restart) is replaced, not handed out.
+            check=psycopg_pool.ConnectionPool.check_connection,
             timeout=pg.connect_timeout_seconds,
             open=False,
             name="turnstore-reads",
@@ -326,94 +328,35 @@ class PostgresEngine(Retention):
             )
 
     def load_snapshot(self, key: str, version: int | None = None) -> StoredSnapshot | None:
+        """As :meth:`turnstore.server.engine.Engine.load_snapshot`."""
         encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
         if version is not None:
             self._check_turn(version)
         with self._read() as cur:
-            cur.execute(
-                "SELECT s.version, s.content_type, s.data, s.saved_at_ns "
-                "FROM turnstore_conversations c JOIN turnstore_snapshots s "
-                "ON s.number = c.number WHERE c.key = %s AND c.current_version <> 0 "
-                "AND s.version = " + ("c.current_version" if version is None else "%s"),
-                (encoded_key,) if version is None else (encoded_key, version),
-            )
-            row = cur.fetchone()
-        if row is None:
-            return None
-        return StoredSnapshot(int(row[0]), str(row[1]), bytes(row[2]), int(row[3]))
+            return operations.load_snapshot(cur, encoded_key, version)
 
     def list_snapshot_versions(self, key: str) -> list[StoredSnapshot]:
+        """As :meth:`turnstore.server.engine.Engine.list_snapshot_versions`."""
         encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
         with self._read() as cur:
-            cur.execute(
-                "SELECT s.version, s.content_type, s.data, s.saved_at_ns "
-                "FROM turnstore_conversations c JOIN turnstore_snapshots s "
-                "ON s.number = c.number WHERE c.key = %s ORDER BY s.version DESC",
-                (encoded_key,),
-            )
-            rows = cur.fetchall()
-        return [StoredSnapshot(int(r[0]), str(r[1]), bytes(r[2]), int(r[3])) for r in rows]
+            return operations.list_snapshot_versions(cur, encoded_key)
 
     # -- operations ---------------------------------------------------------------
 
     def list_threads(self, start_after: str = "", limit: int = 1000) -> list[ThreadSummary]:
-        after = start_after.encode("utf-8", "surrogatepass")
+        """As :meth:`turnstore.server.engine.Engine.list_threads`."""
         with self._read() as cur:
-            cur.execute(
-                "SELECT thread_id, next_position, next_finish_seq, last_write_ns "
-                "FROM turnstore_threads WHERE thread_id > %s ORDER BY thread_id LIMIT %s",
-                (after, limit),
-            )
-            rows = cur.fetchall()
-        return [
-            ThreadSummary(
-                bytes(r[0]).decode("utf-8", "surrogatepass"), int(r[1]), int(r[2]), int(r[3])
-            )
-            for r in rows
-        ]
+            return operations.list_threads(cur, start_after, limit)
 
     def list_keys(self, start_after: str = "", limit: int = 1000) -> list[KeySummary]:
-        after = start_after.encode("utf-8", "surrogatepass")
+        """As :meth:`turnstore.server.engine.Engine.list_keys`."""
         with self._read() as cur:
-            cur.execute(
-                "SELECT key, current_version, last_write_ns FROM turnstore_conversations "
-                "WHERE key > %s AND current_version <> 0 ORDER BY key LIMIT %s",
-                (after, limit),
-            )
-            rows = cur.fetchall()
-        return [
-            KeySummary(bytes(r[0]).decode("utf-8", "surrogatepass"), int(r[1]), int(r[2]))
-            for r in rows
-        ]
+            return operations.list_keys(cur, start_after, limit)
 
     def storage_stats(self) -> StorageStats:
         """What the database holds; ``data_file_bytes`` is the size of turnstore's tables."""
         with self._read() as cur:
-            cur.execute(
-                "SELECT (SELECT count(*) FROM turnstore_threads), "
-                "(SELECT count(*) FROM turnstore_events), (SELECT count(*) FROM turnstore_turns), "
-                "(SELECT count(*) FROM turnstore_finishes), "
-                "(SELECT count(*) FROM turnstore_conversations WHERE current_version <> 0), "
-                "(SELECT count(*) FROM turnstore_snapshots), "
-                + " + ".join(
-                    f"pg_total_relation_size('{name}')"
-                    for name in (
-                        "turnstore_threads",
-                        "turnstore_turns",
-                        "turnstore_events",
-                        "turnstore_finishes",
-                        "turnstore_conversations",
-                        "turnstore_snapshots",
-                    )
-                )
-            )
-            row = cur.fetchone()
-        assert row is not None
-        values = [int(value) for value in row]
-        threads, events, turns, finished, conversations, versions, size = values
-        return StorageStats(
-            threads, events, turns, finished, conversations, versions, size, SpaceUsage(size, 0, 0)
-        )
+            return operations.storage_stats(cur)
 
     def space_usage(self) -> SpaceUsage:
         """The bytes of turnstore's tables; PostgreSQL has no ceiling of ours (0)."""

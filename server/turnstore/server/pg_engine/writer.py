@@ -58,6 +58,8 @@ class Writer:
         self._connect = connect
         self._max_batch = max_batch
         self._conn: psycopg.Connection[Any] | None = None
+        # Writes of the current transaction that reached the database.
+        self._applied = 0
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -118,11 +120,16 @@ class Writer:
                     "the database kept aborting the write (deadlocks); nothing was written"
                 )
             except psycopg.OperationalError as error:
-                # The connection is gone (or going): the next batch reconnects.
+                # The connection is gone (or going): the next try reconnects.
                 with contextlib.suppress(Exception):
                     if self._conn is not None:
                         self._conn.close()
                 self._conn = None
+                if not self._applied and attempt == 0:
+                    # Dropped before the first write reached the database (a
+                    # restart since the last batch): nothing was done, so the
+                    # batch goes again on a fresh connection.
+                    continue
                 failure = DatabaseUnavailableError(
                     f"the database is unreachable ({_describe(error)}); "
                     "the write may not be stored, retrying it is safe"
@@ -141,6 +148,7 @@ class Writer:
             self._conn = self._connect()
         conn = self._conn
         outcomes: list[tuple[bool, Any]] = []
+        self._applied = 0
         now_ns = time.time_ns()
         changed: set[str] = set()
         with conn.transaction(), conn.cursor() as cur:
@@ -148,6 +156,7 @@ class Writer:
                 try:
                     with conn.transaction():  # a savepoint: a failed write leaves nothing
                         outcomes.append((True, write.apply(cur, now_ns)))
+                    self._applied += 1
                     if write.thread_id is not None:
                         changed.add(write.thread_id)
                 except EngineError as error:
