@@ -1,9 +1,9 @@
 """The writer thread of the PostgreSQL engine: group commit, and commit notifications.
 
 One connection, one thread: every write waiting in the queue is applied in
-one transaction (each in its own savepoint, so a rejected write leaves no
-trace), committed once, and only then resolved, exactly as the LMDB writer
-does. The commit also NOTIFYs :data:`tables.CHANNEL` with the ids of the
+one transaction, committed once, and only then resolved, exactly as the LMDB
+writer does; a write refused by its checks leaves no trace, as each checks
+before it changes anything. The commit also NOTIFYs :data:`tables.CHANNEL` with the ids of the
 threads it changed, which wakes the followers of every daemon on the
 database (:mod:`turnstore.server.pg_engine.listen`).
 """
@@ -134,6 +134,14 @@ class Writer:
                     f"the database is unreachable ({_describe(error)}); "
                     "the write may not be stored, retrying it is safe"
                 )
+            except psycopg.Error as error:
+                if len(batch) > 1:
+                    # One write's statement failed and aborted the transaction:
+                    # each goes again alone, so only that one fails.
+                    for write in batch:
+                        self._commit([write])
+                    return
+                failure = error
             except BaseException as error:  # an engine bug: fail the batch, keep serving
                 failure = error
             else:
@@ -153,9 +161,12 @@ class Writer:
         changed: set[str] = set()
         with conn.transaction(), conn.cursor() as cur:
             for write in batch:
+                # No savepoint per write (two round trips each): every write
+                # checks its preconditions before it changes anything, so a
+                # refused one leaves nothing; any other failure aborts the
+                # batch, whose writes then go again one by one (_commit).
                 try:
-                    with conn.transaction():  # a savepoint: a failed write leaves nothing
-                        outcomes.append((True, write.apply(cur, now_ns)))
+                    outcomes.append((True, write.apply(cur, now_ns)))
                     self._applied += 1
                     if write.thread_id is not None:
                         changed.add(write.thread_id)

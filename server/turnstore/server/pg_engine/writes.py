@@ -1,10 +1,10 @@
 """The PostgreSQL engine's writes, each applied inside the writer's shared transaction.
 
-Each function checks every precondition before it changes anything and runs
-inside its own savepoint (:mod:`turnstore.server.pg_engine.writer`), so a
-rejected write leaves no trace in the transaction the others commit. The
-thread's counter row is locked first, which orders every write of a thread,
-from any daemon, in commit order.
+Each function checks every precondition before it changes anything, so a
+write it refuses leaves no trace in the transaction the others commit
+(:mod:`turnstore.server.pg_engine.writer`). The thread's counter row (or the
+key's) is locked first, which orders every write of a thread, from any
+daemon, in commit order.
 """
 
 from __future__ import annotations
@@ -176,22 +176,26 @@ def save_snapshot(
     kept: int,
     now_ns: int,
 ) -> int:
-    """Store a snapshot as the key's next version; VersionConflictError if not expected."""
-    cur.execute(
-        "INSERT INTO turnstore_conversations VALUES "
-        "(%s, nextval('turnstore_conversation_numbers'), 0, 0, %s) ON CONFLICT DO NOTHING",
-        (key, now_ns),
-    )
-    cur.execute(
-        "SELECT number, latest_version, current_version FROM turnstore_conversations "
-        "WHERE key = %s FOR UPDATE",
-        (key,),
-    )
-    row = cur.fetchone()
-    assert row is not None
-    number, latest, current = int(row[0]), int(row[1]), int(row[2])
+    """Store a snapshot as the key's next version; VersionConflictError if not expected.
+
+    The key's row is created only once the save is admitted, so a refused
+    save leaves nothing.
+    """
+    row = _lock_conversation(cur, key)
+    current = 0 if row is None else row[2]
     if expected_version is not None and expected_version != current:
         raise VersionConflictError(key.decode("utf-8", "surrogatepass"), expected_version, current)
+    if row is None:
+        cur.execute(
+            "INSERT INTO turnstore_conversations VALUES "
+            "(%s, nextval('turnstore_conversation_numbers'), 0, 0, %s) ON CONFLICT DO NOTHING",
+            (key, now_ns),
+        )
+        row = _lock_conversation(cur, key)
+        assert row is not None  # inserted, or committed by another writer
+        if row[2] != current:  # another daemon saved it first: check again, locked
+            return save_snapshot(cur, key, data, content_type, expected_version, kept, now_ns)
+    number, latest, current = row
     version = latest + 1
     cur.execute(
         "INSERT INTO turnstore_snapshots VALUES (%s, %s, %s, %s, %s)",
@@ -207,6 +211,17 @@ def save_snapshot(
         (version, version, now_ns, key),
     )
     return version
+
+
+def _lock_conversation(cur: Cursor, key: bytes) -> tuple[int, int, int] | None:
+    """Lock a key's row; (number, latest_version, current_version) or None."""
+    cur.execute(
+        "SELECT number, latest_version, current_version FROM turnstore_conversations "
+        "WHERE key = %s FOR UPDATE",
+        (key,),
+    )
+    row = cur.fetchone()
+    return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
 
 
 def delete_snapshots(cur: Cursor, key: bytes, now_ns: int) -> int:
