@@ -112,35 +112,37 @@ def write_turn(
         number, next_position, next_finish = _create_thread(cur, key, now_ns)
         if next_position or next_finish:  # another daemon created it first: again, locked
             return write_turn(cur, key, turn, events, finish, now_ns)
-    if new:
-        first = new[0][2]
-        values = records.encode_batch(first, turn, now_ns, [item[1] for item in new])
-        column = to_column(turn)
-        cur.executemany(
-            "INSERT INTO turnstore_events VALUES (%s, %s, %s, %s, %s)",
-            [
-                (number, item[2], column, item[0], value)
-                for item, value in zip(new, values, strict=True)
-            ],
-        )
-        count, last, next_position = count + len(new), new[-1][2], new[-1][2] + 1
-    if finish:
+    # The rest needs no answers: one round trip for all of it.
+    with cur.connection.pipeline():
+        if new:
+            first = new[0][2]
+            values = records.encode_batch(first, turn, now_ns, [item[1] for item in new])
+            column = to_column(turn)
+            cur.executemany(
+                "INSERT INTO turnstore_events VALUES (%s, %s, %s, %s, %s)",
+                [
+                    (number, item[2], column, item[0], value)
+                    for item, value in zip(new, values, strict=True)
+                ],
+            )
+            count, last, next_position = count + len(new), new[-1][2], new[-1][2] + 1
+        if finish:
+            cur.execute(
+                "INSERT INTO turnstore_finishes VALUES (%s, %s, %s, %s, %s, %s)",
+                (number, next_finish, to_column(turn), next_position, count, last),
+            )
+            next_finish += 1
         cur.execute(
-            "INSERT INTO turnstore_finishes VALUES (%s, %s, %s, %s, %s, %s)",
-            (number, next_finish, to_column(turn), next_position, count, last),
+            "INSERT INTO turnstore_turns VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (number, turn) DO UPDATE SET finished = EXCLUDED.finished, "
+            "event_count = EXCLUDED.event_count, last_position = EXCLUDED.last_position",
+            (number, to_column(turn), finish, count, last),
         )
-        next_finish += 1
-    cur.execute(
-        "INSERT INTO turnstore_turns VALUES (%s, %s, %s, %s, %s) "
-        "ON CONFLICT (number, turn) DO UPDATE SET finished = EXCLUDED.finished, "
-        "event_count = EXCLUDED.event_count, last_position = EXCLUDED.last_position",
-        (number, to_column(turn), finish, count, last),
-    )
-    cur.execute(
-        "UPDATE turnstore_threads SET next_position = %s, next_finish_seq = %s, "
-        "last_write_ns = %s WHERE thread_id = %s",
-        (next_position, next_finish, now_ns, key),
-    )
+        cur.execute(
+            "UPDATE turnstore_threads SET next_position = %s, next_finish_seq = %s, "
+            "last_write_ns = %s WHERE thread_id = %s",
+            (next_position, next_finish, now_ns, key),
+        )
     return positions, count
 
 
