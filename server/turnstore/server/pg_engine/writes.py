@@ -64,17 +64,34 @@ def write_turn(
     EventIdConflictError; a finished turn takes no new event
     (TurnFinishedError) and no second finish (TurnAlreadyFinishedError).
     """
-    locked = _lock_thread(cur, key)
-    number, next_position, next_finish = locked if locked is not None else (0, 0, 0)
-    stored: dict[bytes, tuple[int, int]] = {}
-    if locked is not None and events:
+    # The lock, the turn and the stored ids in one round trip: the id query
+    # runs after the lock is taken, so it sees every earlier commit.
+    ids_cur = cur.connection.cursor()
+    with cur.connection.pipeline():
         cur.execute(
-            "SELECT event_id, position, turn FROM turnstore_events "
-            "WHERE number = %s AND event_id = ANY(%s)",
-            (number, [event_id for event_id, _ in events]),
+            "SELECT t.number, t.next_position, t.next_finish_seq, u.finished, u.event_count, "
+            "u.last_position FROM turnstore_threads t LEFT JOIN turnstore_turns u "
+            "ON u.number = t.number AND u.turn = %s WHERE t.thread_id = %s FOR UPDATE OF t",
+            (to_column(turn), key),
         )
-        for event_id, position, stored_turn in cur.fetchall():
+        if events:
+            ids_cur.execute(
+                "SELECT e.event_id, e.position, e.turn FROM turnstore_events e "
+                "JOIN turnstore_threads t ON e.number = t.number "
+                "WHERE t.thread_id = %s AND e.event_id = ANY(%s)",
+                (key, [event_id for event_id, _ in events]),
+            )
+    row = cur.fetchone()
+    locked = row is not None
+    number, next_position, next_finish = (
+        (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+    )
+    turn_row = row[3:] if row is not None and row[3] is not None else None
+    stored: dict[bytes, tuple[int, int]] = {}
+    if events:
+        for event_id, position, stored_turn in ids_cur.fetchall():
             stored[bytes(event_id)] = (int(position), from_column(int(stored_turn)))
+    ids_cur.close()
     positions: list[int] = []
     new: list[tuple[bytes, bytes, int]] = []
     batch_ids: dict[bytes, int] = {}
@@ -89,14 +106,6 @@ def write_turn(
             batch_ids[event_id] = known
             new.append((event_id, envelope, known))
         positions.append(known)
-    turn_row = None
-    if locked is not None:
-        cur.execute(
-            "SELECT finished, event_count, last_position FROM turnstore_turns "
-            "WHERE number = %s AND turn = %s",
-            (number, to_column(turn)),
-        )
-        turn_row = cur.fetchone()
     count, last = 0, 0
     if turn_row is not None:
         finished, count, last = bool(turn_row[0]), int(turn_row[1]), int(turn_row[2])
@@ -108,7 +117,7 @@ def write_turn(
             return positions, count  # a retry of events stored before the finish
     if not new and not finish:
         return positions, count  # a retry: every event is already stored
-    if locked is None:
+    if not locked:
         number, next_position, next_finish = _create_thread(cur, key, now_ns)
         if next_position or next_finish:  # another daemon created it first: again, locked
             return write_turn(cur, key, turn, events, finish, now_ns)
