@@ -36,6 +36,7 @@ def test_the_wheel_installs_one_turnstore_package_that_runs_without_the_clone(
         "turnstore/v1/turnstore_pb2.py",
         "turnstore/server/app.py",
         "turnstore/server/lmdb_engine/writer.py",
+        "turnstore/server/pg_engine/engine.py",
         "turnstore/server/web/index.html",
         "turnstore/py.typed",
     ):

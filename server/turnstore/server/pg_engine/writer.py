@@ -47,8 +47,9 @@ class _Write:
 
 def notify_payload(changed: set[str]) -> str:
     """The NOTIFY payload naming the changed threads ("*": too many to name)."""
-    payload = json.dumps(sorted(changed), ensure_ascii=False)
-    return payload if len(payload.encode()) <= _MAX_PAYLOAD else "*"
+    # ASCII: a thread id is any string, and the channel takes only valid text.
+    payload = json.dumps(sorted(changed))
+    return payload if len(payload) <= _MAX_PAYLOAD else "*"
 
 
 class Writer:
