@@ -138,3 +138,39 @@ async def test_database_down_is_unavailable_then_writes_resume(
     finally:
         assert daemon.stop() == 0, daemon.log_lines[-10:]
     assert not any(PASSWORD in line for line in daemon.log_lines)
+
+
+async def test_a_notification_lost_while_listening_is_down_costs_latency_not_an_event(
+    fleet: list[Daemon], postgres_server: PostgresServer
+) -> None:
+    thread = f"lost-{uuid.uuid4()}"
+    writer, reader = TurnstoreClient(fleet[0].target), TurnstoreClient(fleet[2].target)
+    try:
+        seen: list[int] = []
+        caught_up = asyncio.Event()
+
+        async def follow() -> None:
+            async with reader.events.replay(thread, follow=True, until_turn_finished=1) as replay:
+                async for item in replay:
+                    if isinstance(item, CaughtUp):
+                        caught_up.set()
+                    elif isinstance(item, StoredEvent):
+                        seen.append(item.position)
+
+        following = asyncio.create_task(follow())
+        await asyncio.wait_for(caught_up.wait(), 30)
+        # Every daemon's LISTEN connection drops: the commits below notify nobody.
+        with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+            dropped = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE query = 'LISTEN turnstore_commits'"
+            ).fetchone()
+        assert dropped is not None and dropped[0] >= len(fleet)
+        for n in range(5):
+            await writer.events.append(thread, 1, delta(f"{n}"))
+        await writer.events.finish_turn(thread, 1)
+        await asyncio.wait_for(following, 30)
+    finally:
+        await writer.close()
+        await reader.close()
+    assert seen == list(range(5))
