@@ -24,9 +24,10 @@ The module imports neither gRPC nor generated code, like every backend.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Protocol
+from typing import Any, Protocol
 
 from turnstore.server.values import (
     BackupResult,
@@ -196,3 +197,40 @@ class StorageEngine(Protocol):
     def close(self) -> None:
         """Commit what is queued, then release everything."""
         ...
+
+
+class QueuedWrite(Protocol):
+    """What a backend's writer queues: the thread a write changes and its future."""
+
+    thread_id: str | None
+    future: Future[Any]
+
+
+def deliver_commit(
+    writes: Sequence[QueuedWrite],
+    outcomes: Sequence[tuple[bool, Any]],
+    seconds: float,
+    listeners: Sequence[CommitListener],
+    observers: Sequence[CommitObserver],
+) -> None:
+    """After a durable commit: resolve each write's future, then tell listeners and observers.
+
+    ``outcomes`` holds ``(True, result)`` or ``(False, error)`` per write.
+    Listeners learn the threads the successful writes changed (none when
+    there were none); their exceptions, and the observers', are ignored.
+    """
+    changed: set[str] = set()
+    for write, (ok, result) in zip(writes, outcomes, strict=True):
+        if ok:
+            write.future.set_result(result)
+            if write.thread_id is not None:
+                changed.add(write.thread_id)
+        else:
+            write.future.set_exception(result)
+    if changed:
+        for listener in listeners:
+            with contextlib.suppress(Exception):
+                listener(changed)
+    for observer in observers:
+        with contextlib.suppress(Exception):
+            observer(len(writes), seconds)

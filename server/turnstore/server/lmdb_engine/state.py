@@ -20,6 +20,7 @@ import lmdb
 
 from turnstore.server import backups, schema
 from turnstore.server.errors import (
+    EngineClosedError,
     InvalidArgumentError,
 )
 from turnstore.server.space import (
@@ -29,6 +30,7 @@ from turnstore.server.storage import CommitListener, CommitObserver
 from turnstore.server.values import (
     EngineConfig,
     Limits,
+    RetentionStats,
     StoredSnapshot,
 )
 
@@ -105,6 +107,33 @@ class _RetentionState:
     removed_conversations: int = 0
     last_sweep_ns: int = 0
     last_error: str | None = None
+
+    def stats(self, enabled: bool) -> RetentionStats:
+        """What the sweeps did so far, read under the lock."""
+        with self.lock:
+            return RetentionStats(
+                enabled=enabled,
+                sweeps=self.sweeps,
+                removed_threads=self.removed_threads,
+                removed_events=self.removed_events,
+                removed_conversations=self.removed_conversations,
+                last_sweep_ns=self.last_sweep_ns,
+                last_error=self.last_error,
+            )
+
+    def run(self, interval_seconds: float, sweep: Callable[[], object]) -> None:
+        """The background driver: one ``sweep`` per interval until ``stop`` is set.
+
+        Ends at EngineClosedError; any other failure is kept by the sweep in
+        ``last_error`` and retried at the next interval.
+        """
+        while not self.stop.wait(interval_seconds):
+            try:
+                sweep()
+            except EngineClosedError:
+                return
+            except Exception:  # kept in last_error; retried next time
+                continue
 
 
 class _State:

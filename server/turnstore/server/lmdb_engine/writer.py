@@ -8,7 +8,6 @@ One layer of the LMDB engine (see :mod:`turnstore.server.engine`): a mixin over
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from turnstore.server.lmdb_engine.state import (
     _State,
     _Write,
 )
-from turnstore.server.storage import CommitListener, CommitObserver
+from turnstore.server.storage import CommitListener, CommitObserver, deliver_commit
 
 T = TypeVar("T")
 
@@ -127,21 +126,7 @@ class _Writer(_State):
                 for write in batch:
                     write.future.set_exception(failure or error)
                 return
-            changed: set[str] = set()
-            for write, (ok, result) in zip(batch, outcomes, strict=True):
-                if ok:
-                    write.future.set_result(result)
-                    if write.thread_id is not None:
-                        changed.add(write.thread_id)
-                else:
-                    write.future.set_exception(result)
-            if changed:
-                for listener in self._listeners:
-                    with contextlib.suppress(Exception):
-                        listener(changed)
-            for observer in self._observers:
-                with contextlib.suppress(Exception):
-                    observer(len(batch), commit_seconds)
+            deliver_commit(batch, outcomes, commit_seconds, self._listeners, self._observers)
             return
 
     def _release_freed_pages(self) -> bool:

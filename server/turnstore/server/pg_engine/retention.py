@@ -134,23 +134,8 @@ class Retention:
 
     def retention_stats(self) -> RetentionStats:
         """What the retention sweeps did since the engine was opened."""
-        state = self._retention
-        with state.lock:
-            return RetentionStats(
-                enabled=self.config.retention_enabled,
-                sweeps=state.sweeps,
-                removed_threads=state.removed_threads,
-                removed_events=state.removed_events,
-                removed_conversations=state.removed_conversations,
-                last_sweep_ns=state.last_sweep_ns,
-                last_error=state.last_error,
-            )
+        return self._retention.stats(self.config.retention_enabled)
 
     def _retention_loop(self) -> None:
-        while not self._retention.stop.wait(self.config.retention_interval_seconds):
-            try:
-                self.sweep_retention()
-            except EngineClosedError:
-                return
-            except Exception:  # kept in retention_stats().last_error; retried next time
-                continue
+        """The background driver: one sweep per interval until the engine closes."""
+        self._retention.run(self.config.retention_interval_seconds, self.sweep_retention)

@@ -26,7 +26,7 @@ from psycopg import errors as pg_errors
 from turnstore.server.errors import DatabaseUnavailableError, EngineClosedError, EngineError
 from turnstore.server.pg_engine.tables import CHANNEL
 from turnstore.server.pg_engine.writes import Cursor
-from turnstore.server.storage import CommitListener, CommitObserver
+from turnstore.server.storage import CommitListener, CommitObserver, deliver_commit
 
 T = TypeVar("T")
 
@@ -146,7 +146,7 @@ class Writer:
             except BaseException as error:  # an engine bug: fail the batch, keep serving
                 failure = error
             else:
-                self._resolve(batch, outcomes, seconds)
+                deliver_commit(batch, outcomes, seconds, self.listeners, self.observers)
                 return
             for write in batch:
                 write.future.set_exception(failure)
@@ -177,25 +177,6 @@ class Writer:
                 cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notify_payload(changed)))
             started = time.perf_counter()
         return outcomes, time.perf_counter() - started
-
-    def _resolve(
-        self, batch: list[_Write], outcomes: list[tuple[bool, Any]], seconds: float
-    ) -> None:
-        changed: set[str] = set()
-        for write, (ok, result) in zip(batch, outcomes, strict=True):
-            if ok:
-                write.future.set_result(result)
-                if write.thread_id is not None:
-                    changed.add(write.thread_id)
-            else:
-                write.future.set_exception(result)
-        if changed:
-            for listener in self.listeners:
-                with contextlib.suppress(Exception):
-                    listener(changed)
-        for observer in self.observers:
-            with contextlib.suppress(Exception):
-                observer(len(batch), seconds)
 
 
 def _describe(error: BaseException) -> str:
