@@ -26,6 +26,7 @@ from turnstore.server.errors import (
     InvalidArgumentError,
 )
 from turnstore.server.pg_engine import operations, reads, tables, writes
+from turnstore.server.pg_engine.appends import TurnAppend
 from turnstore.server.pg_engine.listen import CommitFeed, WakeAll
 from turnstore.server.pg_engine.retention import Retention
 from turnstore.server.pg_engine.writer import Writer, _describe
@@ -87,7 +88,8 @@ class PostgresEngine(Retention):
             open=False,
             name="turnstore-reads",
         )
-        self._writer = Writer(self._connect, config.max_writes_per_commit)
+        # Autocommit: the writer sends BEGIN and COMMIT itself, inside its pipelines.
+        self._writer = Writer(lambda: self._connect(autocommit=True), config.max_writes_per_commit)
         self._feed = CommitFeed(
             lambda: self._connect(autocommit=True), self._writer.listeners, pg.tick_seconds
         )
@@ -207,17 +209,14 @@ class PostgresEngine(Retention):
                     f"events[{index}]",
                     f"is {len(envelope)} bytes encoded, over the limit of {max_event}",
                 )
-        return self._writer.submit(
-            thread_id,
-            lambda cur, now: writes.write_turn(cur, key, turn, encoded, finish, now)[0],
-        )
+        return self._writer.submit_append(thread_id, TurnAppend(key, turn, encoded, finish))
 
     def finish_turn(self, thread_id: str, turn: int) -> Future[int]:
         """As :meth:`turnstore.server.engine.Engine.finish_turn`."""
         key = self._thread_key(thread_id)
         self._check_turn(turn)
-        return self._writer.submit(
-            thread_id, lambda cur, now: writes.write_turn(cur, key, turn, [], True, now)[1]
+        return self._writer.submit_append(
+            thread_id, TurnAppend(key, turn, [], True, count_result=True)
         )
 
     def clear(self, thread_id: str) -> Future[int]:

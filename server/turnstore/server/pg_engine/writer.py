@@ -24,6 +24,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from turnstore.server.errors import DatabaseUnavailableError, EngineClosedError, EngineError
+from turnstore.server.pg_engine.appends import AppendRun, TurnAppend
 from turnstore.server.pg_engine.tables import CHANNEL
 from turnstore.server.pg_engine.writes import Cursor
 from turnstore.server.storage import CommitListener, CommitObserver, deliver_commit
@@ -38,10 +39,11 @@ _RETRIES = 5
 
 @dataclass
 class _Write:
-    """One queued write: a function applied inside the shared transaction."""
+    """One queued write: an append (the batched hot path) or a function to apply."""
 
     thread_id: str | None
-    apply: Callable[[Cursor, int], Any]
+    append: TurnAppend | None
+    apply: Callable[[Cursor, int], Any] | None
     future: Future[Any]
 
 
@@ -59,8 +61,9 @@ class Writer:
         self._connect = connect
         self._max_batch = max_batch
         self._conn: psycopg.Connection[Any] | None = None
-        # Writes of the current transaction that reached the database.
-        self._applied = 0
+        # Whether the current transaction's COMMIT was sent: past that, a
+        # dropped connection leaves its outcome unknown.
+        self._commit_sent = False
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -71,13 +74,19 @@ class Writer:
 
     def submit(self, thread_id: str | None, apply: Callable[[Cursor, int], T]) -> Future[T]:
         """Queue a write; its future resolves after the commit that carries it."""
-        future: Future[T] = Future()
+        return self._put(_Write(thread_id, None, apply, Future()))
+
+    def submit_append(self, thread_id: str, append: TurnAppend) -> Future[Any]:
+        """Queue an append or finish; it resolves as :class:`TurnAppend` says."""
+        return self._put(_Write(thread_id, append, None, Future()))
+
+    def _put(self, write: _Write) -> Future[Any]:
         with self._close_lock:
             if self._closed:
-                future.set_exception(EngineClosedError("the engine is closed"))
-                return future
-            self._queue.put(_Write(thread_id, apply, future))
-        return future
+                write.future.set_exception(EngineClosedError("the engine is closed"))
+            else:
+                self._queue.put(write)
+        return write.future
 
     def close(self) -> None:
         """Commit what is queued, then stop the thread and close the connection."""
@@ -126,10 +135,10 @@ class Writer:
                     if self._conn is not None:
                         self._conn.close()
                 self._conn = None
-                if not self._applied and attempt == 0:
-                    # Dropped before the first write reached the database (a
-                    # restart since the last batch): nothing was done, so the
-                    # batch goes again on a fresh connection.
+                if not self._commit_sent and attempt == 0:
+                    # Dropped before the COMMIT was sent (a restart since the
+                    # last batch, say): the database rolled it all back, so the
+                    # batch goes again, once, on a fresh connection.
                     continue
                 failure = DatabaseUnavailableError(
                     f"the database is unreachable ({_describe(error)}); "
@@ -156,26 +165,85 @@ class Writer:
         if self._conn is None or self._conn.closed:
             self._conn = self._connect()
         conn = self._conn
-        outcomes: list[tuple[bool, Any]] = []
-        self._applied = 0
+        self._commit_sent = False
+        try:
+            return self._apply_and_commit(conn, batch)
+        except BaseException:
+            # The transaction is open (or failed): end it before the next batch.
+            try:
+                if not conn.closed:
+                    conn.execute("ROLLBACK")
+            except Exception:
+                conn.close()
+            raise
+
+    def _apply_and_commit(
+        self, conn: psycopg.Connection[Any], batch: list[_Write]
+    ) -> tuple[list[tuple[bool, Any]], float]:
+        """BEGIN, every write in queue order, NOTIFY and COMMIT, in as few round trips as may be.
+
+        Consecutive appends go as one :class:`AppendRun` (two round trips
+        for all of them); any other write runs alone between runs, on the
+        same transaction. No savepoint per write (two round trips each):
+        every write checks its preconditions before it changes anything, so
+        a refused one leaves nothing; any other failure aborts the batch,
+        whose writes then go again one by one (:meth:`_commit`).
+        """
         now_ns = time.time_ns()
-        changed: set[str] = set()
-        with conn.transaction(), conn.cursor() as cur:
-            for write in batch:
-                # No savepoint per write (two round trips each): every write
-                # checks its preconditions before it changes anything, so a
-                # refused one leaves nothing; any other failure aborts the
-                # batch, whose writes then go again one by one (_commit).
-                try:
-                    outcomes.append((True, write.apply(cur, now_ns)))
-                    self._applied += 1
-                    if write.thread_id is not None:
-                        changed.add(write.thread_id)
-                except EngineError as error:
-                    outcomes.append((False, error))
+        outcomes: list[tuple[bool, Any]] = []
+        cur = conn.cursor()
+        began = False
+        unsent: AppendRun | None = None  # applied in memory, its rows not yet sent
+        index = 0
+        while index < len(batch):
+            end = index
+            while end < len(batch) and batch[end].append is not None:
+                end += 1
+            if end > index:
+                run = AppendRun([write.append for write in batch[index:end] if write.append])
+                with conn.pipeline():
+                    if not began:
+                        cur.execute("BEGIN")
+                        began = True
+                    run.queue_reads(cur)
+                missing = run.load()
+                if missing:
+                    with conn.pipeline():
+                        run.queue_creates(cur, missing, now_ns)
+                        run.queue_reads(cur, missing)
+                    missing = run.load()
+                    # Created above, or by another daemon that committed before our lock.
+                    assert not missing, missing
+                outcomes.extend(run.apply(now_ns))
+                unsent, index = run, end
+                continue
+            write = batch[index]
+            assert write.apply is not None
+            with conn.pipeline():
+                if not began:
+                    cur.execute("BEGIN")
+                    began = True
+                if unsent is not None:
+                    unsent.queue_writes(cur, now_ns)
+                    unsent = None
+            try:
+                outcomes.append((True, write.apply(cur, now_ns)))
+            except EngineError as error:
+                outcomes.append((False, error))
+            index += 1
+        changed = {
+            write.thread_id
+            for write, (ok, _) in zip(batch, outcomes, strict=True)
+            if ok and write.thread_id is not None
+        }
+        started = time.perf_counter()
+        with conn.pipeline():
+            if unsent is not None:
+                unsent.queue_writes(cur, now_ns)
             if changed:
                 cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notify_payload(changed)))
-            started = time.perf_counter()
+            self._commit_sent = True
+            cur.execute("COMMIT")
         return outcomes, time.perf_counter() - started
 
 
