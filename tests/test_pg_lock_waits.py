@@ -1,12 +1,21 @@
 """Daemons on one database that wait for each other's locks.
 
+- Writes from two engines (two daemons) that wait for one thread's lock see
+  what the holder committed: a write of one waits for the thread's counter
+  row while another transaction holds it, and that transaction commits a
+  change to the turn first. The waiting write must then judge the turn as it
+  is now: refuse an append to the turn just finished, and count its events
+  on top of those just appended. (In READ COMMITTED, a row locked after a
+  wait is re-read at its newest version, but rows its statement joined are
+  not: the turn must be read by a statement of its own, after the lock.)
 - A daemon starting while another daemon's write transaction is open neither
   waits for it nor deadlocks with it (no DDL on a schema already in place).
 
 The order of the waits is pinned down by a blocker transaction holding a
 lock and by polling ``pg_stat_activity`` until each engine waits for it; no
-timing is involved. Found by tests/test_postgres_crash.py (a restarted
-daemon failed to start with "deadlock detected").
+timing is involved. Found by tests/test_postgres_crash.py (an acknowledged
+finish was found unfinished; a restarted daemon failed to start with
+"deadlock detected").
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ import psycopg
 import pytest
 
 from tests.postgres import PostgresServer
-from tests.test_pg_engine import open_engine
+from tests.test_pg_engine import envelope, open_engine
+from turnstore.server.errors import TurnFinishedError
 from turnstore.server.pg_engine.engine import PostgresEngine
+from turnstore.server.values import TurnCursor
 
 
 @pytest.fixture
@@ -75,6 +86,53 @@ def wait_for_lock_waiters(
                 return False
             assert time.monotonic() < deadline, f"{row[0]} lock waiters, not {count}"
             time.sleep(0.01)  # a poll's pace, not a stand-in for the condition
+
+
+def test_an_append_waiting_on_the_lock_is_refused_by_the_finish_before_it(
+    dsn: str, engines: list[PostgresEngine]
+) -> None:
+    first, second = engines
+    thread = f"t-{uuid.uuid4()}"
+    assert first.append(thread, 1, [envelope("a")]).result(10) == [0]
+    blocker = hold_thread_lock(dsn, thread)
+    try:
+        finishing = first.finish_turn(thread, 1)
+        wait_for_lock_waiters(dsn, 1)
+        appending = second.append(thread, 1, [envelope("late")])
+        wait_for_lock_waiters(dsn, 2)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert finishing.result(10) == 1
+    # The finish committed while this append waited: the turn takes no more.
+    with pytest.raises(TurnFinishedError):
+        appending.result(10)
+    turn = first.get_turn(thread, 1)
+    assert turn is not None and turn.finished and len(turn.events) == 1
+
+
+def test_appends_waiting_on_the_lock_count_every_event_of_their_turn(
+    dsn: str, engines: list[PostgresEngine]
+) -> None:
+    first, second = engines
+    thread = f"t-{uuid.uuid4()}"
+    assert first.append(thread, 1, [envelope("a")]).result(10) == [0]
+    blocker = hold_thread_lock(dsn, thread)
+    try:
+        one = first.append(thread, 1, [envelope("b")])
+        wait_for_lock_waiters(dsn, 1)
+        other = second.append(thread, 1, [envelope("c")])
+        wait_for_lock_waiters(dsn, 2)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert one.result(10) == [1]
+    assert other.result(10) == [2]
+    assert first.finish_turn(thread, 1).result(10) == 3
+    # Reads in turn order find position 2 through the turn's event count.
+    view = first.view(thread)
+    assert view.end_position == 3
+    assert first.turn_cursor_at_offset(view, 2) == TurnCursor(turn=1, skip=2)
 
 
 def test_a_daemon_starting_during_a_write_neither_waits_nor_deadlocks(
