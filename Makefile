@@ -22,9 +22,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
-## soak: the crash-safety loop of tests/test_crash.py, with 200 SIGKILLs
+## soak: the crash-safety loop of tests/test_crash.py, with 200 SIGKILLs;
+## SOAK_ARGS="--backend postgres --kills 30": tests/test_postgres_crash.py's, with 30 faults
 soak: $(STAMP)
-	$(BIN)/python -m tests.soak --kills 200
+	$(BIN)/python -m tests.soak --kills 200 $(SOAK_ARGS)
 
 ## bench: turnstore vs Redis Streams, SQLite and raw LMDB (~6 min; installs redis-server
 ## if missing); prints tables, writes bench/results/. BENCH_ARGS=--quick: a smoke run

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -126,6 +127,75 @@ class Totals:
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
+
+
+async def check_thread(
+    client: TurnstoreClient, model: ThreadModel, fail: Callable[[str], AssertionError]
+) -> None:
+    """Check one thread's stored history against what its writers did.
+
+    Raises ``fail(message)`` for the first inconsistency: see the module
+    docstring for the rules (acknowledged appends at their positions,
+    refused ones absent, cut-off ones whole or absent, no id twice, finishes).
+    """
+    name = model.thread_id
+    stored: list[StoredEvent] = [e async for e in client.events.read_events(name, 0)]
+    count = await client.events.event_count(name)
+    if count != len(stored):
+        raise fail(f"{name}: event_count {count} but ReadEvents gave {len(stored)}")
+    positions = [event.position for event in stored]
+    if positions != list(range(count)):
+        raise fail(f"{name}: positions are not 0..{count - 1}: {positions}")
+    by_id = {event.envelope.event_id: event for event in stored}
+    if len(by_id) != len(stored):
+        raise fail(f"{name}: an event id is stored twice")
+    sent_ids: set[str] = set()
+    for attempt in model.attempts:
+        ids = [envelope.event_id for envelope in attempt.envelopes]
+        sent_ids.update(ids)
+        found = [by_id.get(event_id) for event_id in ids]
+        present = [event for event in found if event is not None]
+        if attempt.outcome == REJECTED and present:
+            raise fail(f"{name}: refused append is stored: {present}")
+        if attempt.outcome == ACKED and len(present) != len(ids):
+            raise fail(f"{name}: acknowledged append at {attempt.positions} lost")
+        if not present:
+            continue
+        if len(present) != len(ids):
+            raise fail(f"{name}: append stored in part: {len(present)} of {len(ids)}")
+        got = [event.position for event in present]
+        if got != list(range(got[0], got[0] + len(got))):
+            raise fail(f"{name}: one append stored at scattered positions {got}")
+        if attempt.outcome == ACKED and got != attempt.positions:
+            raise fail(f"{name}: acknowledged at {attempt.positions}, stored at {got}")
+        for event, envelope in zip(present, attempt.envelopes, strict=True):
+            if event.turn != attempt.turn or event.envelope != envelope:
+                raise fail(
+                    f"{name}: position {event.position} holds {event!r} in turn "
+                    f"{event.turn}, not {envelope!r} in turn {attempt.turn}"
+                )
+    if not set(by_id) <= sent_ids:
+        raise fail(f"{name}: events never sent are stored: {set(by_id) - sent_ids}")
+    # ListTurns agrees with ReadEvents, and the finish flags with the acknowledgements.
+    turns = await client.events.get_turns(name)
+    numbers = [turn.turn for turn in turns]
+    if numbers != sorted(set(numbers)):
+        raise fail(f"{name}: ListTurns turn numbers not ascending: {numbers}")
+    with_events = {event.turn for event in stored}
+    if not with_events | model.finish_acked <= set(numbers) <= with_events | model.finish_tried:
+        raise fail(f"{name}: ListTurns gave turns {numbers}")
+    for turn in turns:
+        expected = [event.envelope for event in stored if event.turn == turn.turn]
+        if turn.events != expected:
+            raise fail(f"{name}: turn {turn.turn} differs between ListTurns and ReadEvents")
+        if turn.turn in model.finish_acked and not turn.finished:
+            raise fail(f"{name}: acknowledged finish of turn {turn.turn} lost")
+        if turn.finished and turn.turn not in model.finish_tried:
+            raise fail(f"{name}: turn {turn.turn} finished by nobody")
+    for number in model.finish_acked:
+        one = await client.events.get_turn(name, number)
+        if one is None or not one.finished:
+            raise fail(f"{name}: GetTurn {number} is {one!r} after an acknowledged finish")
 
 
 class CrashLoop:
@@ -286,73 +356,11 @@ class CrashLoop:
     async def check(self) -> None:
         async with TurnstoreClient(self.daemon.target, timeout=CALL_TIMEOUT) as client:
             for thread in self.threads:
-                await self._check_thread(client, thread)
+                await check_thread(client, thread, self.fail)
             async with grpc.aio.insecure_channel(self.daemon.target) as channel:
                 stub = pb_grpc.HistoryStoreServiceStub(channel)
                 for key in self.keys:
                     await self._check_key(stub, key)
-
-    async def _check_thread(self, client: TurnstoreClient, model: ThreadModel) -> None:
-        name = model.thread_id
-        stored: list[StoredEvent] = [e async for e in client.events.read_events(name, 0)]
-        count = await client.events.event_count(name)
-        if count != len(stored):
-            raise self.fail(f"{name}: event_count {count} but ReadEvents gave {len(stored)}")
-        positions = [event.position for event in stored]
-        if positions != list(range(count)):
-            raise self.fail(f"{name}: positions are not 0..{count - 1}: {positions}")
-        by_id = {event.envelope.event_id: event for event in stored}
-        if len(by_id) != len(stored):
-            raise self.fail(f"{name}: an event id is stored twice")
-        sent_ids: set[str] = set()
-        for attempt in model.attempts:
-            ids = [envelope.event_id for envelope in attempt.envelopes]
-            sent_ids.update(ids)
-            found = [by_id.get(event_id) for event_id in ids]
-            present = [event for event in found if event is not None]
-            if attempt.outcome == REJECTED and present:
-                raise self.fail(f"{name}: refused append is stored: {present}")
-            if attempt.outcome == ACKED and len(present) != len(ids):
-                raise self.fail(f"{name}: acknowledged append at {attempt.positions} lost")
-            if not present:
-                continue
-            if len(present) != len(ids):
-                raise self.fail(f"{name}: append stored in part: {len(present)} of {len(ids)}")
-            got = [event.position for event in present]
-            if got != list(range(got[0], got[0] + len(got))):
-                raise self.fail(f"{name}: one append stored at scattered positions {got}")
-            if attempt.outcome == ACKED and got != attempt.positions:
-                raise self.fail(f"{name}: acknowledged at {attempt.positions}, stored at {got}")
-            for event, envelope in zip(present, attempt.envelopes, strict=True):
-                if event.turn != attempt.turn or event.envelope != envelope:
-                    raise self.fail(
-                        f"{name}: position {event.position} holds {event!r} in turn "
-                        f"{event.turn}, not {envelope!r} in turn {attempt.turn}"
-                    )
-        if not set(by_id) <= sent_ids:
-            raise self.fail(f"{name}: events never sent are stored: {set(by_id) - sent_ids}")
-        # ListTurns agrees with ReadEvents, and the finish flags with the acknowledgements.
-        turns = await client.events.get_turns(name)
-        numbers = [turn.turn for turn in turns]
-        if numbers != sorted(set(numbers)):
-            raise self.fail(f"{name}: ListTurns turn numbers not ascending: {numbers}")
-        with_events = {event.turn for event in stored}
-        if not with_events | model.finish_acked <= set(numbers) <= with_events | model.finish_tried:
-            raise self.fail(f"{name}: ListTurns gave turns {numbers}")
-        for turn in turns:
-            expected = [event.envelope for event in stored if event.turn == turn.turn]
-            if turn.events != expected:
-                raise self.fail(
-                    f"{name}: turn {turn.turn} differs between ListTurns and ReadEvents"
-                )
-            if turn.turn in model.finish_acked and not turn.finished:
-                raise self.fail(f"{name}: acknowledged finish of turn {turn.turn} lost")
-            if turn.finished and turn.turn not in model.finish_tried:
-                raise self.fail(f"{name}: turn {turn.turn} finished by nobody")
-        for number in model.finish_acked:
-            one = await client.events.get_turn(name, number)
-            if one is None or not one.finished:
-                raise self.fail(f"{name}: GetTurn {number} is {one!r} after an acknowledged finish")
 
     async def _check_key(self, stub: pb_grpc.HistoryStoreServiceStub, model: KeyModel) -> None:
         response = await stub.Load(pb.LoadRequest(key=model.key), timeout=CALL_TIMEOUT)

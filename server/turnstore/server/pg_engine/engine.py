@@ -66,6 +66,41 @@ def redact_dsn(dsn: str) -> str:
     return " ".join(f"{name}={value}" for name, value in sorted(info.items()))
 
 
+def _prepare_schema(conn: psycopg.Connection[Any], dsn: str) -> None:
+    """Create the schema on a database without it; leave one at this version untouched.
+
+    A schema already at :data:`tables.SCHEMA_VERSION` gets no DDL at all:
+    ``CREATE INDEX IF NOT EXISTS`` takes a SHARE lock on its table even when
+    the index exists, so a daemon starting while others write would wait for
+    their transactions and could deadlock with them (found by
+    tests/test_postgres_crash.py: a restart failed with "deadlock detected").
+    Raises ValueError for a newer schema, naming both versions.
+    """
+    # One daemon creates the schema at a time.
+    conn.execute("SELECT pg_advisory_xact_lock(7239010012)")
+    found = conn.execute("SELECT to_regclass('turnstore_meta') IS NOT NULL").fetchone()
+    row = None
+    if found is not None and found[0]:
+        row = conn.execute(
+            "SELECT value FROM turnstore_meta WHERE name = 'schema_version'"
+        ).fetchone()
+    version = None if row is None else int(row[0])
+    if version is not None and version > tables.SCHEMA_VERSION:
+        raise ValueError(
+            f"the database ({redact_dsn(dsn)}) has turnstore schema version "
+            f"{version}, newer than this turnstore ({tables.SCHEMA_VERSION})"
+        )
+    if version == tables.SCHEMA_VERSION:
+        return
+    for statement in tables.CREATE:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO turnstore_meta VALUES ('schema_version', %s) "
+        "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+        (tables.SCHEMA_VERSION,),
+    )
+
+
 class PostgresEngine(Retention):
     """turnstore's PostgreSQL backend. Open with :meth:`open`, close with :meth:`close`."""
 
@@ -109,23 +144,7 @@ class PostgresEngine(Retention):
             with psycopg.connect(
                 pg.dsn, connect_timeout=max(1, round(pg.connect_timeout_seconds))
             ) as conn:
-                # One daemon creates the schema at a time.
-                conn.execute("SELECT pg_advisory_xact_lock(7239010012)")
-                for statement in tables.CREATE:
-                    conn.execute(statement)
-                row = conn.execute(
-                    "SELECT value FROM turnstore_meta WHERE name = 'schema_version'"
-                ).fetchone()
-                if row is None:
-                    conn.execute(
-                        "INSERT INTO turnstore_meta VALUES ('schema_version', %s)",
-                        (tables.SCHEMA_VERSION,),
-                    )
-                elif int(row[0]) > tables.SCHEMA_VERSION:
-                    raise ValueError(
-                        f"the database ({redact_dsn(pg.dsn)}) has turnstore schema version "
-                        f"{row[0]}, newer than this turnstore ({tables.SCHEMA_VERSION})"
-                    )
+                _prepare_schema(conn, pg.dsn)
         except psycopg.OperationalError as error:
             raise DatabaseUnavailableError(
                 f"cannot reach the database ({redact_dsn(pg.dsn)}): {_describe(error)}"
