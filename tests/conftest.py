@@ -10,7 +10,7 @@ import pytest
 
 from tests import daemon as daemon_module
 from tests.daemon import Daemon
-from tests.postgres import PostgresServer, start_postgres
+from tests.postgres import PostgresServer, fresh_database, start_postgres
 from turnstore import EventStore, HistoryStore, TurnstoreClient
 from turnstore.client import WriteMode
 from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
@@ -133,3 +133,18 @@ async def history_factory(
 def data_dir(tmp_path: Path) -> Path:
     """A fresh data directory."""
     return tmp_path / "data"
+
+
+@pytest.fixture(params=["lmdb", "postgres"])
+def backend_args(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Each backend in turn, for a test that starts a daemon of its own: the options to add.
+
+    LMDB: none (the daemon's data directory is the test's). PostgreSQL: a
+    fresh database of the session's server, dropped after the test.
+    """
+    if request.param == "lmdb":
+        yield []
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    with fresh_database(server) as dsn:
+        yield ["--backend", "postgres", "--postgres-dsn", dsn]

@@ -7,9 +7,9 @@ message is cut at ``--follower-budget`` and, once all of them together would
 hold more than ``--followers-total-budget``, the ones waiting longest are
 ended with ``follower_too_slow`` and resume where they stopped.
 
-The tests that start a daemon run on both backends: a daemon of their own
-on a fresh data directory, or on a fresh database of the session's
-PostgreSQL server, with the same flags.
+The tests that start a daemon run on both backends (``backend_args``): a
+daemon of their own on a fresh data directory, or on a fresh database of the
+session's PostgreSQL server, with the same flags.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import asyncio
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 
 from tests.daemon import Daemon
-from tests.postgres import fresh_database
 from turnstore import (
     AgentEventEnvelope,
     CaughtUp,
@@ -58,17 +57,6 @@ OVERSHOOT = 2048
 HELD_BOUND = TOTAL + MOST_HOLDING * OVERSHOOT
 # Verify this many ended followers' resumption event by event.
 RESUMED_CHECKED = 5
-
-
-@pytest.fixture(params=["lmdb", "postgres"])
-def backend_args(request: pytest.FixtureRequest) -> Iterator[list[str]]:
-    """The options that put a daemon of the test's own on each backend in turn."""
-    if request.param == "lmdb":
-        yield []
-        return
-    server = request.getfixturevalue("postgres_server")
-    with fresh_database(server) as dsn:
-        yield ["--backend", "postgres", "--postgres-dsn", dsn]
 
 
 def rss_anon(pid: int) -> int:
