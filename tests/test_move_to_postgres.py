@@ -181,3 +181,41 @@ async def test_a_hosts_lmdb_data_moves_into_postgresql_and_goes_on_there(
         assert [k.version async for k in client.admin.list_keys() if k.key == "conv-b"] == [1]
         saved = await client.history("conv-b").save_versioned(snapshot("b6"), expected_version=1)
         assert saved == 2
+
+
+async def test_a_second_pass_after_the_writers_stop_imports_only_what_is_new(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    # The first pass runs while the host's agents still write; the second, once
+    # they stopped, brings what they wrote meanwhile (docs/operations.md).
+    lmdb, postgres = start_daemon("lmdb"), start_daemon("postgres")
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    async with TurnstoreClient(lmdb.target) as client:
+        await write_host_data(client)
+        done = await turnstore("export", "--target", lmdb.target, "--output", str(first))
+        assert done.returncode == 0, done.stderr
+        done = await turnstore("import", "--target", postgres.target, "--input", str(first))
+        assert done.returncode == 0, done.stderr
+        # Meanwhile on the host: a turn goes on and finishes, a turn of a long thread
+        # finishes, a new thread, a new snapshot version.
+        await client.events.append(THREAD_A, 3, event(6, "meanwhile"))
+        await client.events.finish_turn(THREAD_A, 3)
+        await client.events.finish_turn(LONG_THREAD, 3)
+        await client.events.append_many("late", 1, [event(n, "late") for n in range(3)])
+        await client.history("conv-a").save(snapshot("a3"))
+    done = await turnstore("export", "--target", lmdb.target, "--output", str(second))
+    assert done.returncode == 0, done.stderr
+    done = await turnstore("import", "--target", postgres.target, "--input", str(second))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "threads": 5,
+        "events": 10 + LONG_EVENTS + 3 + 1 + 3,  # all of them: those of the first pass are no-ops
+        "positions_moved": 0,
+        "turns_finished": 2,
+        "turns_already_finished": 6,
+        "snapshots_saved": 1,
+        "snapshots_unchanged": 1,
+    }
+    before, after = await stats_json(lmdb.target), await stats_json(postgres.target)
+    assert {name: after[name] for name in COMPARED} == {name: before[name] for name in COMPARED}
+    assert await everything(postgres.target) == await everything(lmdb.target)
