@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from tests.daemon import Daemon
+from tests.test_follower_budget import scrape
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,
@@ -179,6 +180,35 @@ async def test_stats_count_what_the_daemon_holds(fresh: Daemon, data_dir: Path) 
     assert "turns          6 (4 finished)" in lines
     assert "conversations  2 (7 versions stored)" in lines
     assert any(line.startswith("retention      off") for line in lines)
+
+
+async def test_stats_and_metrics_on_postgresql_say_there_is_no_limit(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = start_daemon("postgres", "--metrics-listen", "127.0.0.1:0")
+    metrics = json.loads(daemon.log_lines[0])["metrics"]
+    async with TurnstoreClient(daemon.target) as client:
+        await populate(client)
+        stats = await client.admin.stats()
+        follower = client.events.replay(THREAD_A, follow=True)
+        assert isinstance(await anext(aiter(follower)), StoredEvent)
+        gauges = await asyncio.to_thread(scrape, metrics)
+        await follower.aclose()
+    assert (stats.threads, stats.events, stats.turns, stats.finished_turns) == (2, 10, 6, 4)
+    assert (stats.conversations, stats.snapshot_versions) == (2, 7)
+    assert (stats.max_db_bytes, stats.write_limit_bytes, stats.map_size_bytes) == (0, 0, 0)
+    assert stats.used_bytes == stats.data_file_bytes > 0 and stats.used_fraction == 0.0
+    text = await admin_cli("stats", "--target", daemon.target, "--format", "text")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.decode().splitlines()
+    assert any(line.startswith("space") and "no write limit" in line for line in lines), lines
+    assert any(line.startswith("data file") and "tables and indexes" in line for line in lines)
+    # The followers' gauges, as on LMDB; no ceiling, so no gauge of one.
+    assert gauges["turnstore_open_replays"] == 1
+    assert "turnstore_follower_held_bytes" in gauges
+    assert "turnstore_followers_ended_too_slow" in gauges
+    assert gauges["turnstore_commit_writes_count"] > 0
+    assert not any("max_db_bytes" in name or "write_limit" in name for name in gauges)
 
 
 # -- backup ------------------------------------------------------------------------
