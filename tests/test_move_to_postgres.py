@@ -197,25 +197,37 @@ async def test_a_second_pass_after_the_writers_stop_imports_only_what_is_new(
         done = await turnstore("import", "--target", postgres.target, "--input", str(first))
         assert done.returncode == 0, done.stderr
         # Meanwhile on the host: a turn goes on and finishes, a turn of a long thread
-        # finishes, a new thread, a new snapshot version.
+        # finishes, a new thread, a new snapshot version, and a thread is cleared and
+        # written again.
         await client.events.append(THREAD_A, 3, event(6, "meanwhile"))
         await client.events.finish_turn(THREAD_A, 3)
         await client.events.finish_turn(LONG_THREAD, 3)
         await client.events.append_many("late", 1, [event(n, "late") for n in range(3)])
         await client.history("conv-a").save(snapshot("a3"))
+        await client.events.clear(CLEARED_THREAD)
+        await client.events.append_many(CLEARED_THREAD, 2, [event(n, "again") for n in range(2)])
     done = await turnstore("export", "--target", lmdb.target, "--output", str(second))
     assert done.returncode == 0, done.stderr
     done = await turnstore("import", "--target", postgres.target, "--input", str(second))
     assert done.returncode == 0, done.stderr
+    all_events = 10 + LONG_EVENTS + 2 + 1 + 3  # those of the first pass are no-ops
     assert json.loads(done.stdout) == {
         "threads": 5,
-        "events": 10 + LONG_EVENTS + 3 + 1 + 3,  # all of them: those of the first pass are no-ops
-        "positions_moved": 0,
+        "events": all_events,
+        # The cleared thread's new events went after its old ones: the report says so.
+        "positions_moved": 2,
         "turns_finished": 2,
         "turns_already_finished": 6,
         "snapshots_saved": 1,
         "snapshots_unchanged": 1,
     }
+    # The documented remedy: clear that thread on the target, import the file again.
+    done = await turnstore("clear", CLEARED_THREAD, "--yes", "--target", postgres.target)
+    assert done.returncode == 0, done.stderr
+    done = await turnstore("import", "--target", postgres.target, "--input", str(second))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["events"], report["positions_moved"]) == (all_events, 0)
     before, after = await stats_json(lmdb.target), await stats_json(postgres.target)
     assert {name: after[name] for name in COMPARED} == {name: before[name] for name in COMPARED}
     assert await everything(postgres.target) == await everything(lmdb.target)
