@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from tests import daemon as daemon_module
 from tests.daemon import Daemon
-from tests.postgres import PostgresServer, start_postgres
+from tests.postgres import PostgresServer, fresh_database, start_postgres
 from turnstore import EventStore, HistoryStore, TurnstoreClient
 from turnstore.client import WriteMode
 from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
@@ -133,3 +134,49 @@ async def history_factory(
 def data_dir(tmp_path: Path) -> Path:
     """A fresh data directory."""
     return tmp_path / "data"
+
+
+@pytest.fixture(params=["lmdb", "postgres"])
+def backend_args(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Each backend in turn, for a test that starts a daemon of its own: the options to add.
+
+    LMDB: none (the daemon's data directory is the test's). PostgreSQL: a
+    fresh database of the session's server, dropped after the test.
+    """
+    if request.param == "lmdb":
+        yield []
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    with fresh_database(server) as dsn:
+        yield ["--backend", "postgres", "--postgres-dsn", dsn]
+
+
+@pytest.fixture
+def start_daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start daemons of the test's own: ``start_daemon("lmdb" | "postgres", *extra_args)``.
+
+    Each is on a new data directory under ``tmp_path`` (LMDB) or a new
+    database of the session's PostgreSQL server (started only when asked
+    for). After the test each must stop with status 0; the databases are
+    dropped after their daemons stopped.
+    """
+    started: list[Daemon] = []
+    with contextlib.ExitStack() as databases:
+
+        def start(backend: str, *extra_args: str) -> Daemon:
+            args = list(extra_args)
+            if backend == "postgres":
+                server: PostgresServer = request.getfixturevalue("postgres_server")
+                dsn = databases.enter_context(fresh_database(server))
+                args += ["--backend", "postgres", "--postgres-dsn", dsn]
+            else:
+                assert backend == "lmdb", backend
+            daemon = Daemon(tmp_path / f"daemon-{len(started)}", extra_args=args)
+            daemon.start()
+            started.append(daemon)
+            return daemon
+
+        yield start
+        for daemon in started:
+            if daemon.process is not None and daemon.process.poll() is None:
+                assert daemon.stop() == 0, daemon.log_lines[-20:]

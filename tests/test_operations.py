@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from tests.daemon import Daemon
+from tests.test_follower_budget import scrape
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,
@@ -181,6 +182,35 @@ async def test_stats_count_what_the_daemon_holds(fresh: Daemon, data_dir: Path) 
     assert any(line.startswith("retention      off") for line in lines)
 
 
+async def test_stats_and_metrics_on_postgresql_say_there_is_no_limit(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = start_daemon("postgres", "--metrics-listen", "127.0.0.1:0")
+    metrics = json.loads(daemon.log_lines[0])["metrics"]
+    async with TurnstoreClient(daemon.target) as client:
+        await populate(client)
+        stats = await client.admin.stats()
+        follower = client.events.replay(THREAD_A, follow=True)
+        assert isinstance(await anext(aiter(follower)), StoredEvent)
+        gauges = await asyncio.to_thread(scrape, metrics)
+        await follower.aclose()
+    assert (stats.threads, stats.events, stats.turns, stats.finished_turns) == (2, 10, 6, 4)
+    assert (stats.conversations, stats.snapshot_versions) == (2, 7)
+    assert (stats.max_db_bytes, stats.write_limit_bytes, stats.map_size_bytes) == (0, 0, 0)
+    assert stats.used_bytes == stats.data_file_bytes > 0 and stats.used_fraction == 0.0
+    text = await admin_cli("stats", "--target", daemon.target, "--format", "text")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.decode().splitlines()
+    assert any(line.startswith("space") and "no write limit" in line for line in lines), lines
+    assert any(line.startswith("data file") and "tables and indexes" in line for line in lines)
+    # The followers' gauges, as on LMDB; no ceiling, so no gauge of one.
+    assert gauges["turnstore_open_replays"] == 1
+    assert "turnstore_follower_held_bytes" in gauges
+    assert "turnstore_followers_ended_too_slow" in gauges
+    assert gauges["turnstore_commit_writes_count"] > 0
+    assert not any("max_db_bytes" in name or "write_limit" in name for name in gauges)
+
+
 # -- backup ------------------------------------------------------------------------
 
 
@@ -262,9 +292,11 @@ async def test_a_backup_taken_while_writing_serves_the_same_data(tmp_path: Path)
 # -- listings ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["lmdb", "postgres"])
 async def test_listings_page_through_every_thread_and_key(
-    fresh: Daemon, raw: grpc.aio.Channel
+    backend: str, start_daemon: Callable[..., Daemon]
 ) -> None:
+    fresh = start_daemon(backend)
     ids = [f"t-{n:05d}" for n in range(1050)]
     async with TurnstoreClient(fresh.target) as client:
         async with client.events.appender() as appender:
@@ -291,8 +323,9 @@ async def test_listings_page_through_every_thread_and_key(
         assert [(key.key, key.version) for key in keys] == [("k1", 1), ("k3", 2)]
         assert [key.key async for key in client.admin.list_keys("k1")] == ["k3"]
 
-    stub = pb_grpc.EventStoreServiceStub(raw)
-    messages = [m async for m in stub.ListThreads(pb.ListThreadsRequest())]
+    async with grpc.aio.insecure_channel(fresh.target) as raw:
+        stub = pb_grpc.EventStoreServiceStub(raw)
+        messages = [m async for m in stub.ListThreads(pb.ListThreadsRequest())]
     assert [len(message.threads) for message in messages] == [1000, 50]
 
 
@@ -395,13 +428,24 @@ def without_versions(lines: bytes) -> list[dict[str, Any]]:
     return records[1:]
 
 
+@pytest.mark.parametrize(
+    ("source_backend", "target_backend"),
+    [("lmdb", "lmdb"), ("postgres", "postgres"), ("lmdb", "postgres"), ("postgres", "lmdb")],
+)
 async def test_an_export_imported_into_a_fresh_daemon_and_again_is_the_same(
-    fresh: Daemon, raw: grpc.aio.Channel, tmp_path: Path
+    source_backend: str,
+    target_backend: str,
+    start_daemon: Callable[..., Daemon],
+    tmp_path: Path,
 ) -> None:
+    fresh = start_daemon(source_backend)
     async with TurnstoreClient(fresh.target) as client:
         await populate(client)
-    await write_odd_content(raw)
-    exported = tmp_path / "export.jsonl"
+    async with grpc.aio.insecure_channel(fresh.target) as raw:
+        await write_odd_content(raw)
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    exported = exports / "export.jsonl"
     result = await admin_cli("export", "--target", fresh.target, "--output", str(exported))
     assert result.returncode == 0, result.stderr
     assert b"exported 3 threads (13 events, 5 finished turns) and 3 snapshots" in result.stderr
@@ -428,57 +472,72 @@ async def test_an_export_imported_into_a_fresh_daemon_and_again_is_the_same(
     ]
     assert odd[0]["event"]["text"] == "café"
     assert odd[1]["envelope"]["event_id"] == "empty" and odd[1]["envelope"]["timestamp"] == ""
-    assert sorted(os.listdir(tmp_path)) == ["data", "export.jsonl"]  # no partial file left
+    assert os.listdir(exports) == ["export.jsonl"]  # no partial file left
 
-    target = Daemon(tmp_path / "target")
-    target.start()
-    try:
-        first = await admin_cli(
-            "import", "--target", target.target, "--input", str(exported), "--format", "json"
-        )
-        assert first.returncode == 0, first.stderr
-        assert json.loads(first.stdout) == {
-            "threads": 3,
-            "events": 13,
-            "positions_moved": 0,
-            "turns_finished": 5,
-            "turns_already_finished": 0,
-            "snapshots_saved": 3,
-            "snapshots_unchanged": 0,
-        }
-        source_content = await everything(fresh.target)
-        assert await everything(target.target) == source_content
-        async with TurnstoreClient(target.target) as client:
-            stats = await client.admin.stats()
+    target = start_daemon(target_backend)
+    first = await admin_cli(
+        "import", "--target", target.target, "--input", str(exported), "--format", "json"
+    )
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {
+        "threads": 3,
+        "events": 13,
+        "positions_moved": 0,
+        "turns_finished": 5,
+        "turns_already_finished": 0,
+        "snapshots_saved": 3,
+        "snapshots_unchanged": 0,
+    }
+    source_content = await everything(fresh.target)
+    assert await everything(target.target) == source_content
+    async with TurnstoreClient(target.target) as client:
+        stats = await client.admin.stats()
+        target_versions = {k.key: k.version async for k in client.admin.list_keys()}
+    async with TurnstoreClient(fresh.target) as client:
+        source_stats = await client.admin.stats()
+        source_versions = {k.key: k.version async for k in client.admin.list_keys()}
+    assert (stats.threads, stats.events, stats.turns, stats.finished_turns) == (3, 13, 7, 5)
+    assert (stats.threads, stats.events, stats.turns, stats.finished_turns) == (
+        source_stats.threads,
+        source_stats.events,
+        source_stats.turns,
+        source_stats.finished_turns,
+    )
+    assert stats.conversations == source_stats.conversations == 3
+    # Only the latest snapshot travels, as a new version of a key the target did not have.
+    assert source_versions == {"binary": 1, "conv-a": 3, "conv-b": 6}
+    assert target_versions == {"binary": 1, "conv-a": 1, "conv-b": 1}
 
-        # Importing again (from stdin this time) stores nothing twice.
-        second = await admin_cli(
-            "import", "--target", target.target, "--format", "json", stdin=exported.read_bytes()
-        )
-        assert second.returncode == 0, second.stderr
-        report = json.loads(second.stdout)
-        assert (report["events"], report["positions_moved"]) == (13, 0)
-        assert (report["turns_finished"], report["turns_already_finished"]) == (0, 5)
-        assert (report["snapshots_saved"], report["snapshots_unchanged"]) == (0, 3)
-        assert await everything(target.target) == source_content
-        async with TurnstoreClient(target.target) as client:
-            again = await client.admin.stats()
-        assert (again.events, again.finished_turns, again.snapshot_versions) == (
-            stats.events,
-            stats.finished_turns,
-            stats.snapshot_versions,
-        )
-        assert (again.events, again.snapshot_versions) == (13, 3)
+    # Importing again (from stdin this time) stores nothing twice.
+    second = await admin_cli(
+        "import", "--target", target.target, "--format", "json", stdin=exported.read_bytes()
+    )
+    assert second.returncode == 0, second.stderr
+    report = json.loads(second.stdout)
+    assert (report["events"], report["positions_moved"]) == (13, 0)
+    assert (report["turns_finished"], report["turns_already_finished"]) == (0, 5)
+    assert (report["snapshots_saved"], report["snapshots_unchanged"]) == (0, 3)
+    assert await everything(target.target) == source_content
+    async with TurnstoreClient(target.target) as client:
+        again = await client.admin.stats()
+    assert (again.events, again.finished_turns, again.snapshot_versions) == (
+        stats.events,
+        stats.finished_turns,
+        stats.snapshot_versions,
+    )
+    assert (again.events, again.snapshot_versions) == (13, 3)
 
-        # An export of the copy is the original export, but for snapshot versions.
-        copy = await admin_cli("export", "--target", target.target)
-        assert copy.returncode == 0, copy.stderr
-        assert without_versions(copy.stdout) == without_versions(exported.read_bytes())
-    finally:
-        assert target.stop() == 0
+    # An export of the copy is the original export, but for snapshot versions.
+    copy = await admin_cli("export", "--target", target.target)
+    assert copy.returncode == 0, copy.stderr
+    assert without_versions(copy.stdout) == without_versions(exported.read_bytes())
 
 
-async def test_an_import_stops_at_a_bad_line_and_names_it(fresh: Daemon) -> None:
+@pytest.mark.parametrize("backend", ["lmdb", "postgres"])
+async def test_an_import_stops_at_a_bad_line_and_names_it(
+    backend: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    fresh = start_daemon(backend)
     lines = [
         json.dumps(
             {

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from tests.postgres import PostgresServer
+from turnstore.server.engine import Engine
 from turnstore.server.errors import EventIdConflictError, ThreadClearedError, VersionConflictError
 from turnstore.server.pg_engine.engine import PostgresEngine
 from turnstore.server.values import (
@@ -24,6 +25,7 @@ from turnstore.server.values import (
     NewEvent,
     PostgresConfig,
     ReadBudget,
+    ReplayStep,
     SweepResult,
 )
 from turnstore.v1 import turnstore_pb2 as pb
@@ -142,3 +144,45 @@ def test_two_engines_appending_to_one_turn_give_gap_free_positions(
     finally:
         for opened in engines:
             opened.close()
+
+
+def test_replay_steps_cut_at_their_byte_budget_exactly_as_on_lmdb(
+    engine: PostgresEngine, tmp_path: Path
+) -> None:
+    # Records of very different sizes, many more than a first page of rows:
+    # each step must end with the record that reaches its bytes, as LMDB's does.
+    thread = f"t-{uuid.uuid4()}"
+    sizes = [10 + (n * 7919) % 3000 for n in range(300)]
+    batch = []
+    for n, size in enumerate(sizes):
+        message = pb.EventEnvelope(event_id=f"e{n}", type="text_delta", body=b"x" * size)
+        batch.append(NewEvent(message.event_id, message.SerializeToString()))
+    lmdb = Engine.open(EngineConfig(data_dir=tmp_path / "lmdb"))
+    try:
+        for start in range(0, 300, 100):
+            assert lmdb.append(thread, 1, batch[start : start + 100]).result(10)
+            assert engine.append(thread, 1, batch[start : start + 100]).result(10)
+
+        def steps(opened: Engine | PostgresEngine, max_events: int, max_bytes: int) -> list[int]:
+            counts, position = [], 0
+            while position < 300:
+                step: ReplayStep = opened.replay_step(
+                    thread, None, position, None, max_events, None, max_bytes
+                )
+                counts.append(len(step.events))
+                position = step.next_position
+            return counts
+
+        # Budgets that some records' sizes sum to exactly, past the first page too.
+        lengths = [len(r) for r in lmdb.replay_step(thread, None, 0, None, 300, None).events]
+        exact = [sum(lengths[:37]), sum(lengths[5:150])]
+        budgets = [(4096, 1), (4096, 16 * 1024), (4096, 64 * 1024), (50, 64 * 1024)]
+        budgets += [(4096, exact[0]), (4096, exact[1]), (4096, 1 << 22)]
+        for max_events, max_bytes in budgets:
+            on_lmdb = steps(lmdb, max_events, max_bytes)
+            assert steps(engine, max_events, max_bytes) == on_lmdb, (max_events, max_bytes)
+        assert steps(engine, 4096, 1) == [1] * 300
+        assert steps(engine, 4096, exact[0])[0] == 37
+        assert steps(engine, 4096, 1 << 22) == [300]
+    finally:
+        lmdb.close()

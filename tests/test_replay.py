@@ -267,8 +267,10 @@ async def test_two_hundred_followers_each_receive_every_event(daemon: Daemon) ->
     assert all(seen == list(range(100)) for seen in results)
 
 
-async def test_cancelled_followers_leave_nothing_registered(data_dir: Path) -> None:
-    daemon = Daemon(data_dir)
+async def test_cancelled_followers_leave_nothing_registered(
+    data_dir: Path, backend_args: list[str]
+) -> None:
+    daemon = Daemon(data_dir, extra_args=backend_args)
     daemon.start()
     async with TurnstoreClient(daemon.target) as client:
         replays = [client.events.replay(f"t{n}", follow=True) for n in range(10)]
@@ -295,8 +297,10 @@ def rss_anon_kib(pid: int) -> int:
     raise AssertionError("no RssAnon in /proc status")
 
 
-async def test_a_stalled_follower_does_not_make_the_daemon_buffer(data_dir: Path) -> None:
-    daemon = Daemon(data_dir)
+async def test_a_stalled_follower_does_not_make_the_daemon_buffer(
+    data_dir: Path, backend_args: list[str]
+) -> None:
+    daemon = Daemon(data_dir, extra_args=backend_args)
     daemon.start()
     assert daemon.process is not None
     total = 100_000
@@ -320,8 +324,10 @@ async def test_a_stalled_follower_does_not_make_the_daemon_buffer(data_dir: Path
     assert daemon.stop() == 0
 
 
-async def test_sigterm_ends_followers_with_unavailable(data_dir: Path) -> None:
-    daemon = Daemon(data_dir)
+async def test_sigterm_ends_followers_with_unavailable(
+    data_dir: Path, backend_args: list[str]
+) -> None:
+    daemon = Daemon(data_dir, extra_args=backend_args)
     daemon.start()
     async with TurnstoreClient(daemon.target) as client:
         replay = client.events.replay("t", follow=True)

@@ -72,7 +72,8 @@ class DaemonStats:
     def used_fraction(self) -> float:
         """``used_bytes`` as a fraction of ``write_limit_bytes`` (writes stop at 1.0).
 
-        0.0 from a daemon too old to say.
+        0.0 when there is no write limit (a daemon on PostgreSQL) and from a
+        daemon too old to say.
         """
         return self.used_bytes / self.write_limit_bytes if self.write_limit_bytes else 0.0
 

@@ -120,21 +120,27 @@ def format_stats(stats: DaemonStats) -> str:
             retention += f"; last sweep failed: {stats.retention_last_error}"
     else:
         retention = "off"
+    if stats.write_limit_bytes:
+        space = (
+            f"{format_size(stats.used_bytes)} used, {stats.used_fraction:.0%} of the "
+            f"{format_size(stats.write_limit_bytes)} writes may fill (ceiling "
+            f"{format_size(stats.max_db_bytes)}, the rest kept for deletes)"
+        )
+    else:  # PostgreSQL: the database's own space is the only limit.
+        space = f"{format_size(stats.used_bytes)} used, no write limit on this backend"
+    if stats.map_size_bytes:
+        data_file = (
+            f"{format_size(stats.data_file_bytes)} (map {format_size(stats.map_size_bytes)})"
+        )
+    else:
+        data_file = f"{format_size(stats.data_file_bytes)} (tables and indexes, no map)"
     rows = [
         ("threads", f"{stats.threads}"),
         ("events", f"{stats.events}"),
         ("turns", f"{stats.turns} ({stats.finished_turns} finished)"),
         ("conversations", f"{stats.conversations} ({stats.snapshot_versions} versions stored)"),
-        (
-            "data file",
-            f"{format_size(stats.data_file_bytes)} (map {format_size(stats.map_size_bytes)})",
-        ),
-        (
-            "space",
-            f"{format_size(stats.used_bytes)} used, {stats.used_fraction:.0%} of the "
-            f"{format_size(stats.write_limit_bytes)} writes may fill (ceiling "
-            f"{format_size(stats.max_db_bytes)}, the rest kept for deletes)",
-        ),
+        ("data file", data_file),
+        ("space", space),
         ("replays", f"{stats.open_replays} open, {stats.live_followers} following"),
         (
             "follower budget",

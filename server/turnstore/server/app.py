@@ -313,7 +313,8 @@ async def serve(config: ServerConfig) -> None:
             loop.add_signal_handler(signum, stop.set)
         metrics_address = None
         if metrics is not None:
-            metrics.watch(engine, built.followers, Path(config.engine.data_dir))
+            metrics.watch(engine, built.followers)
+            metrics.watch_lmdb(engine, Path(config.engine.data_dir))
             bound = metrics.serve(metrics_host, metrics_port)
             metrics_address = f"{metrics_host}:{bound}"
         await built.start()
@@ -355,7 +356,7 @@ async def _serve_postgres(
             loop.add_signal_handler(signum, stop.set)
         metrics_address = None
         if metrics is not None:
-            engine.add_commit_observer(metrics.observe_commit)
+            metrics.watch(engine, built.followers)
             bound = metrics.serve(metrics_host, metrics_port)
             metrics_address = f"{metrics_host}:{bound}"
         await built.start()

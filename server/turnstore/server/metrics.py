@@ -3,8 +3,8 @@
 Per-RPC call counts, failures and latency (filled by
 :class:`turnstore.server.interceptors.MetricsInterceptor`), commit batch
 sizes and commit (fsync) time (an engine commit observer), live followers,
-open replays and the bytes of replay messages not yet sent, the LMDB map size
-and the data file's size on disk.
+open replays and the bytes of replay messages not yet sent (both backends);
+on LMDB also the map size, the data file's size on disk and how full it is.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from turnstore.server.engine import Engine
 from turnstore.server.followers import Followers
+from turnstore.server.storage import StorageEngine
 
 
 class Metrics:
@@ -68,10 +69,13 @@ class Metrics:
         self.commit_writes.observe(writes)
         self.commit_seconds.observe(seconds)
 
-    def watch(self, engine: Engine, followers: Followers, data_dir: Path) -> None:
-        """Export gauges read at scrape time, and observe the engine's commits."""
+    def watch(self, engine: StorageEngine, followers: Followers) -> None:
+        """Export the followers' gauges, read at scrape time, and observe the engine's commits.
+
+        Both backends have these; :meth:`watch_lmdb` adds the LMDB engine's own.
+        """
         engine.add_commit_observer(self.observe_commit)
-        gauges: list[tuple[str, str, Callable[[], float]]] = [
+        self._gauges(
             ("turnstore_live_followers", "Replays waiting for commits", lambda: followers.waiting),
             ("turnstore_open_replays", "Replay streams open", lambda: followers.open_replays),
             (
@@ -89,6 +93,16 @@ class Metrics:
                 "Followers ended with follower_too_slow since the daemon started",
                 lambda: followers.send_budget.ended_too_slow,
             ),
+        )
+
+    def watch_lmdb(self, engine: Engine, data_dir: Path) -> None:
+        """Export the LMDB engine's map, data file and space gauges.
+
+        A daemon on PostgreSQL has none of these: no map, no file, no ceiling
+        of turnstore's (an absent ``turnstore_max_db_bytes`` means no limit),
+        and its table sizes cost a query that a scrape should not pay.
+        """
+        self._gauges(
             ("turnstore_map_size_bytes", "The LMDB map size", lambda: engine.map_size),
             (
                 "turnstore_database_bytes",
@@ -115,7 +129,9 @@ class Metrics:
                 "Where writes that add data stop: the ceiling minus the delete reserve",
                 lambda: engine.space.write_limit_bytes,
             ),
-        ]
+        )
+
+    def _gauges(self, *gauges: tuple[str, str, Callable[[], float]]) -> None:
         for name, documentation, read in gauges:
             Gauge(name, documentation, registry=self.registry).set_function(read)
 

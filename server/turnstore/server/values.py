@@ -266,7 +266,8 @@ class SpaceUsage:
 
     ``used_bytes`` is the pages in use, ``max_bytes`` the ceiling
     (``--max-db-size``), ``write_limit_bytes`` where writes that add data stop
-    (the ceiling minus the reserve).
+    (the ceiling minus the reserve). Both are 0 when there is no limit (the
+    PostgreSQL engine: the database's own space is its limit).
     """
 
     used_bytes: int
@@ -275,8 +276,11 @@ class SpaceUsage:
 
     @property
     def used_fraction(self) -> float:
-        """``used_bytes`` as a fraction of ``write_limit_bytes``: at 1.0 additions stop."""
-        return self.used_bytes / max(self.write_limit_bytes, 1)
+        """``used_bytes`` as a fraction of ``write_limit_bytes``: at 1.0 additions stop.
+
+        0.0 without a limit.
+        """
+        return self.used_bytes / self.write_limit_bytes if self.write_limit_bytes else 0.0
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from turnstore.server.values import (
 
 # Rows fetched per query by reads walking a budget.
 _PAGE = 512
+# Rows of a replay step's first page of events (later pages are sized by bytes).
+_FIRST_PAGE = 32
 
 
 def thread_row(cur: Cursor, key: bytes) -> tuple[int, int, int] | None:
@@ -167,6 +169,38 @@ def _turn_records(
     return out, last
 
 
+def _records_within(cur: Cursor, number: int, start: int, stop: int, max_bytes: int) -> list[bytes]:
+    """Records from ``start`` to before ``stop``, ending with the one that reaches ``max_bytes``.
+
+    Fetched in pages sized from the records read so far: psycopg's cursor
+    receives every row its query selects, so one query for the whole range
+    would bring (and hold) a follower's 4,096 events to build a message of
+    64 KiB. A page may overshoot the bytes by what the records' sizes vary.
+    """
+    out: list[bytes] = []
+    read_bytes = 0
+    position = start
+    page = _FIRST_PAGE
+    while position < stop:
+        cur.execute(
+            "SELECT position, record FROM turnstore_events WHERE number = %s "
+            "AND position >= %s AND position < %s ORDER BY position LIMIT %s",
+            (number, position, stop, min(page, stop - position)),
+        )
+        rows = cur.fetchall()
+        if not rows:
+            break
+        for row_position, record in rows:
+            out.append(bytes(record))
+            read_bytes += len(out[-1])
+            if read_bytes >= max_bytes:
+                return out
+            position = int(row_position) + 1
+        # Enough records of the average size so far to reach the budget, and one more.
+        page = max(_FIRST_PAGE, (max_bytes - read_bytes) * len(out) // max(read_bytes, 1) + 1)
+    return out
+
+
 def replay_step(
     cur: Cursor,
     key: bytes,
@@ -215,18 +249,7 @@ def replay_step(
     # Events stop at the first pending finish, so that a step's events all
     # precede its finishes.
     stop = min(reach, pending[0][1].frontier) if pending else reach
-    events: list[bytes] = []
-    if start_position < stop:
-        cur.execute(
-            "SELECT record FROM turnstore_events WHERE number = %s AND position >= %s "
-            "AND position < %s ORDER BY position",
-            (number, start_position, stop),
-        )
-        for (record,) in cur:
-            events.append(bytes(record))
-            max_bytes -= len(events[-1])
-            if max_bytes <= 0:
-                break
+    events = _records_within(cur, number, start_position, stop, max_bytes)
     next_position = start_position + len(events)
     finishes = [record for _, record in pending if record.frontier <= next_position]
     if len(finishes) < len(pending):
