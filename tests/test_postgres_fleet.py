@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -21,7 +21,15 @@ import pytest
 from tests.conftest import postgres_daemon_args
 from tests.daemon import Daemon
 from tests.postgres import PASSWORD, PostgresServer
-from turnstore import AgentEventEnvelope, CaughtUp, StoredEvent, TurnFinished, TurnstoreClient
+from turnstore import (
+    AgentEventEnvelope,
+    CaughtUp,
+    ConversationSnapshot,
+    RetryPolicy,
+    StoredEvent,
+    TurnFinished,
+    TurnstoreClient,
+)
 from turnstore.errors import TurnstoreError, UnavailableError
 
 
@@ -174,3 +182,61 @@ async def test_a_notification_lost_while_listening_is_down_costs_latency_not_an_
         await writer.close()
         await reader.close()
     assert seen == list(range(5))
+
+
+async def test_while_the_database_is_down_calls_fail_within_a_second_and_followers_hold_on(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """UNAVAILABLE within a second for writes and reads; a caught-up follower stays open."""
+    daemon = Daemon(tmp_path / "unused", extra_args=postgres_daemon_args(postgres_server))
+    daemon.start()
+    thread = f"outage-{uuid.uuid4()}"
+    seen: list[int] = []
+    enough = {3: asyncio.Event(), 6: asyncio.Event()}
+    try:
+        async with (
+            TurnstoreClient(daemon.target, retry=RetryPolicy(attempts=1)) as once,
+            TurnstoreClient(daemon.target) as reader,
+        ):
+
+            async def follow() -> None:
+                async with reader.events.replay(
+                    thread, follow=True, until_turn_finished=1
+                ) as replay:
+                    async for item in replay:
+                        if isinstance(item, StoredEvent):
+                            seen.append(item.position)
+                            if len(seen) in enough:
+                                enough[len(seen)].set()
+
+            following = asyncio.create_task(follow())
+            for n in range(3):
+                await once.events.append(thread, 1, delta(f"before{n}"))
+            await asyncio.wait_for(enough[3].wait(), 30)
+            history = once.history(f"outage-key-{uuid.uuid4()}")
+            postgres_server.stop("immediate")
+            try:
+                calls: dict[str, Callable[[], Awaitable[object]]] = {
+                    "append": lambda: once.events.append(thread, 1, delta("down")),
+                    "finish_turn": lambda: once.events.finish_turn(thread, 1),
+                    "get_events": lambda: once.events.get_events(thread),
+                    "event_count": lambda: once.events.event_count(thread),
+                    "load": history.load,
+                    "save": lambda: history.save(ConversationSnapshot([], [])),
+                }
+                for name, call in calls.items():
+                    with pytest.raises(UnavailableError) as down:
+                        await asyncio.wait_for(call(), 1.0)  # TimeoutError fails the test
+                    assert down.value.reason == "database_unavailable", name
+                assert daemon.process is not None and daemon.process.poll() is None
+                assert not following.done()
+            finally:
+                postgres_server.start()
+            # The default policy retries until the daemon reaches the database again.
+            for n in range(3):
+                await reader.events.append(thread, 1, delta(f"after{n}"))
+            await reader.events.finish_turn(thread, 1)
+            await asyncio.wait_for(following, 30)
+    finally:
+        assert daemon.stop() == 0, daemon.log_lines[-10:]
+    assert seen == list(range(6))

@@ -13,13 +13,19 @@ event loop.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from turnstore.server import records
-from turnstore.server.errors import EngineClosedError, FollowerTooSlowError, InvalidArgumentError
+from turnstore.server.errors import (
+    DatabaseUnavailableError,
+    EngineClosedError,
+    FollowerTooSlowError,
+    InvalidArgumentError,
+)
 from turnstore.server.followers import Followers, Sender
 from turnstore.server.storage import StorageEngine
 from turnstore.server.values import ReplayStep
@@ -144,6 +150,10 @@ async def replay(
 ) -> AsyncGenerator[ReplayBatch, None]:
     """Batches of ``query``'s replay until it ends.
 
+    A follower that has caught up stays open while the database is
+    unreachable (DatabaseUnavailableError) and re-reads from its cursor on
+    its next wake; any other reader gets the error.
+
     It ends after the ``until_turn_finished`` turn's finish marker, or when
     that turn is found finished at the end of what is stored, after catching
     up when not following, and after a ``cleared`` batch. A follower raises
@@ -173,16 +183,26 @@ async def replay(
             if wake is not None:
                 wake.clear()
             await budget.reserve(sender)
-            step: ReplayStep = await run(
-                engine.replay_step,
-                query.thread_id,
-                number,
-                position,
-                finish_seq,
-                query.max_events,
-                until,
-                min(query.max_bytes, budget.limits.message_bytes),
-            )
+            try:
+                step: ReplayStep = await run(
+                    engine.replay_step,
+                    query.thread_id,
+                    number,
+                    position,
+                    finish_seq,
+                    query.max_events,
+                    until,
+                    min(query.max_bytes, budget.limits.message_bytes),
+                )
+            except DatabaseUnavailableError:
+                if wake is None or not caught_up:
+                    raise  # a reader not yet caught up learns it, and may retry
+                # A caught-up follower outlives the outage: nothing was read, so
+                # the next wake (the listener wakes all once it reconnects)
+                # re-reads from the same cursor.
+                budget.release(sender)
+                await _wait_for_wake(followers, wake)
+                continue
             if step.cleared:
                 budget.release(sender)
                 yield ReplayBatch(
@@ -244,8 +264,13 @@ async def replay(
                 return
             if at_end:
                 assert wake is not None
-                if followers.closing:
-                    raise EngineClosedError("the daemon is shutting down")
-                await followers.wait(wake)
-                if followers.closing:
-                    raise EngineClosedError("the daemon is shutting down")
+                await _wait_for_wake(followers, wake)
+
+
+async def _wait_for_wake(followers: Followers, wake: asyncio.Event) -> None:
+    """Wait for the follower's next wake; EngineClosedError once the daemon is closing."""
+    if followers.closing:
+        raise EngineClosedError("the daemon is shutting down")
+    await followers.wait(wake)
+    if followers.closing:
+        raise EngineClosedError("the daemon is shutting down")

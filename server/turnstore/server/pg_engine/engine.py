@@ -28,6 +28,7 @@ from turnstore.server.errors import (
 from turnstore.server.pg_engine import operations, reads, tables, writes
 from turnstore.server.pg_engine.appends import TurnAppend
 from turnstore.server.pg_engine.listen import CommitFeed, WakeAll
+from turnstore.server.pg_engine.reachability import Reachability
 from turnstore.server.pg_engine.retention import Retention
 from turnstore.server.pg_engine.writer import Writer, _describe
 from turnstore.server.pg_engine.writes import Cursor
@@ -124,9 +125,17 @@ class PostgresEngine(Retention):
             name="turnstore-reads",
         )
         # Autocommit: the writer sends BEGIN and COMMIT itself, inside its pipelines.
-        self._writer = Writer(lambda: self._connect(autocommit=True), config.max_writes_per_commit)
+        self._reachability = Reachability()
+        self._writer = Writer(
+            lambda: self._connect(autocommit=True),
+            config.max_writes_per_commit,
+            self._reachability,
+        )
         self._feed = CommitFeed(
-            lambda: self._connect(autocommit=True), self._writer.listeners, pg.tick_seconds
+            lambda: self._connect(autocommit=True),
+            self._writer.listeners,
+            pg.tick_seconds,
+            self._reachability,
         )
         self._init_retention()
 
@@ -281,13 +290,21 @@ class PostgresEngine(Retention):
         """A cursor in one read-only snapshot; DatabaseUnavailableError when unreachable."""
         if self._closed:
             raise EngineClosedError("the engine is closed")
+        reachability = self._reachability
+        wait = reachability.read_wait(self._pg.connect_timeout_seconds)
         try:
-            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            with (
+                self._pool.connection(timeout=wait) as conn,
+                conn.transaction(),
+                conn.cursor() as cur,
+            ):
                 yield cur
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
+            reachability.mark_down()
             raise DatabaseUnavailableError(
                 f"the database is unreachable ({_describe(error)})"
             ) from None
+        reachability.mark_up()
 
     def view(self, thread_id: str) -> ThreadView:
         key = self._thread_key(thread_id)

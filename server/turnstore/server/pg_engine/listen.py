@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from turnstore.server.pg_engine.reachability import Reachability
 from turnstore.server.pg_engine.tables import CHANNEL
 from turnstore.server.storage import CommitListener
 
@@ -31,8 +32,10 @@ class CommitFeed:
         connect: Callable[[], psycopg.Connection[Any]],
         listeners: list[CommitListener],
         tick_seconds: float,
+        reachability: Reachability,
     ) -> None:
         self._connect = connect
+        self._reachability = reachability
         self._listeners = listeners
         self._tick = tick_seconds
         self.wake_all_listeners: list[WakeAll] = []
@@ -71,11 +74,13 @@ class CommitFeed:
             try:
                 conn = self._connect()
             except psycopg.Error:
+                self._reachability.mark_down()
                 self._stop.wait(self._tick)
                 continue
             try:
                 with conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self._reachability.mark_up()
                     self.listening.set()
                     self._wake_all()  # what was committed while we were not listening
                     tick_at = time.monotonic() + self._tick
@@ -87,4 +92,5 @@ class CommitFeed:
                             self._wake_all()
                             tick_at = time.monotonic() + self._tick
             except psycopg.Error:
+                self._reachability.mark_down()
                 self._stop.wait(self._tick)

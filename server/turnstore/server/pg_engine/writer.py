@@ -25,6 +25,7 @@ from psycopg import errors as pg_errors
 
 from turnstore.server.errors import DatabaseUnavailableError, EngineClosedError, EngineError
 from turnstore.server.pg_engine.appends import AppendRun, TurnAppend
+from turnstore.server.pg_engine.reachability import Reachability
 from turnstore.server.pg_engine.tables import CHANNEL
 from turnstore.server.pg_engine.writes import Cursor
 from turnstore.server.storage import CommitListener, CommitObserver, deliver_commit
@@ -57,8 +58,14 @@ def notify_payload(changed: set[str]) -> str:
 class Writer:
     """The writer thread over its own connection; see the module docstring."""
 
-    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], max_batch: int) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        max_batch: int,
+        reachability: Reachability,
+    ) -> None:
         self._connect = connect
+        self._reachability = reachability
         self._max_batch = max_batch
         self._conn: psycopg.Connection[Any] | None = None
         # Whether the current transaction's COMMIT was sent: past that, a
@@ -130,6 +137,7 @@ class Writer:
                     "the database kept aborting the write (deadlocks); nothing was written"
                 )
             except psycopg.OperationalError as error:
+                self._reachability.mark_down()
                 # The connection is gone (or going): the next try reconnects.
                 with contextlib.suppress(Exception):
                     if self._conn is not None:
@@ -155,6 +163,7 @@ class Writer:
             except BaseException as error:  # an engine bug: fail the batch, keep serving
                 failure = error
             else:
+                self._reachability.mark_up()
                 deliver_commit(batch, outcomes, seconds, self.listeners, self.observers)
                 return
             for write in batch:
