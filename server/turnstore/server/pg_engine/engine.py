@@ -136,6 +136,7 @@ class PostgresEngine(Retention):
             self._writer.listeners,
             pg.tick_seconds,
             self._reachability,
+            self._writer.backend_pid,
         )
         self._init_retention()
 

@@ -33,8 +33,10 @@ class CommitFeed:
         listeners: list[CommitListener],
         tick_seconds: float,
         reachability: Reachability,
+        own_session: Callable[[], int | None] = lambda: None,
     ) -> None:
         self._connect = connect
+        self._own_session = own_session
         self._reachability = reachability
         self._listeners = listeners
         self._tick = tick_seconds
@@ -87,7 +89,9 @@ class CommitFeed:
                     while not self._stop.is_set():
                         left = max(tick_at - time.monotonic(), 0.0)
                         for notify in conn.notifies(timeout=left, stop_after=256):
-                            self._changed(notify.payload)
+                            # This daemon's own commits woke its followers already.
+                            if notify.pid != self._own_session():
+                                self._changed(notify.payload)
                         if time.monotonic() >= tick_at:
                             self._wake_all()
                             tick_at = time.monotonic() + self._tick

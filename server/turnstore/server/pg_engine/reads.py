@@ -152,20 +152,21 @@ def _turn_records(
     out: list[bytes] = []
     last = after
     while not budget.spent:
+        page = min(budget.events_left, _PAGE)
         cur.execute(
             "SELECT position, record FROM turnstore_events WHERE number = %s AND turn = %s "
             "AND position > %s AND position < %s ORDER BY position OFFSET %s LIMIT %s",
-            (number, column, last, end, skip, min(budget.events_left, _PAGE)),
+            (number, column, last, end, skip, page),
         )
         rows = cur.fetchall()
         skip = 0
-        if not rows:
-            break
         for position, record in rows:
             last = int(position)
             out.append(bytes(record))
             if budget.spend(out[-1]):
                 break
+        if len(rows) < page:
+            break  # the turn's last page: asking again would only return nothing
     return out, last
 
 

@@ -95,6 +95,15 @@ class Writer:
                 self._queue.put(write)
         return write.future
 
+    def backend_pid(self) -> int | None:
+        """The process id of the writer's database session (None while it has none).
+
+        The listener skips the notifications this session sent: the commit
+        already woke this daemon's followers.
+        """
+        conn = self._conn
+        return None if conn is None or conn.closed else conn.info.backend_pid
+
     def close(self) -> None:
         """Commit what is queued, then stop the thread and close the connection."""
         with self._close_lock:
