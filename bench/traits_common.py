@@ -136,20 +136,32 @@ async def closed_loop(appends: list[Callable[[], Awaitable[object]]], seconds: f
 
 
 async def many_agents(
-    append: Append, prefix: str, concurrencies: list[int], seconds: float, warmup: float
+    append: Append | list[Append],
+    prefix: str,
+    concurrencies: list[int],
+    seconds: float,
+    warmup: float,
 ) -> Result:
     """N agents at once, each appending to its own thread and awaiting each append.
 
     Each concurrency gets fresh threads (``prefix``-c{N}-a{i}) and a warm-up.
+    With a list of ``append``s (one per server), agent i uses the
+    ``i % len``-th: the agents are split evenly over the servers.
     """
+    appends = append if isinstance(append, list) else [append]
     results: Result = {}
     for concurrency in concurrencies:
         factory = TextDeltas()
 
-        def agent_call(thread: str, factory: TextDeltas) -> Callable[[], Awaitable[object]]:
+        def agent_call(
+            append: Append, thread: str, factory: TextDeltas
+        ) -> Callable[[], Awaitable[object]]:
             return lambda: append(thread, 1, factory.make())
 
-        calls = [agent_call(f"{prefix}-c{concurrency}-a{i}", factory) for i in range(concurrency)]
+        calls = [
+            agent_call(appends[i % len(appends)], f"{prefix}-c{concurrency}-a{i}", factory)
+            for i in range(concurrency)
+        ]
         await closed_loop(calls, warmup)
         results[str(concurrency)] = await closed_loop(calls, seconds)
     return {"by_concurrency": results}
