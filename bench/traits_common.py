@@ -144,7 +144,8 @@ async def many_agents(
 ) -> Result:
     """N agents at once, each appending to its own thread and awaiting each append.
 
-    Each concurrency gets fresh threads (``prefix``-c{N}-a{i}) and a warm-up.
+    Each concurrency gets fresh threads (``prefix``-c{N}-a{i}) and a warm-up
+    (its appends are ``warmup_count``, beside the measured ``count``).
     With a list of ``append``s (one per server), agent i uses the
     ``i % len``-th: the agents are split evenly over the servers.
     """
@@ -162,9 +163,12 @@ async def many_agents(
             agent_call(appends[i % len(appends)], f"{prefix}-c{concurrency}-a{i}", factory)
             for i in range(concurrency)
         ]
-        await closed_loop(calls, warmup)
-        results[str(concurrency)] = await closed_loop(calls, seconds)
-    return {"by_concurrency": results}
+        warm = await closed_loop(calls, warmup)
+        results[str(concurrency)] = {
+            **await closed_loop(calls, seconds),
+            "warmup_count": warm["count"],
+        }
+    return {"by_concurrency": results, "thread_prefix": prefix}
 
 
 async def repeated_reads(read: Read, expected: int, seconds: float, min_repeats: int) -> Result:
