@@ -125,16 +125,19 @@ class _Postgres:
     def start(cls, runner: Runner, work_dir: Path) -> _Postgres | None:
         """Both running, or None (and a ``trait_postgres`` error) when either cannot start."""
         server: PostgresServer | None = None
+        daemon: Daemon | None = None
         try:
             server = start_postgres()
             daemon = start_postgres_daemon(work_dir / "daemon-a", server.dsn)
+            started = cls(server, daemon, work_dir)
         except Exception as error:  # the other sides are still worth measuring
+            if daemon is not None:
+                daemon.stop()
             if server is not None:
                 server.remove()
             runner.record("trait_postgres", {"error": f"{type(error).__name__}: {error}"})
             _log(f"PostgreSQL for the trait table failed: {error}")
             return None
-        started = cls(server, daemon, work_dir)
         _log(
             f"started {started.version} on 127.0.0.1:{server.port} and a turnstore daemon "
             "on it for the trait table"
