@@ -26,7 +26,7 @@ test: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak --kills 200
 
-## bench: turnstore vs Redis Streams, SQLite and raw LMDB (~6 min; installs redis-server
+## bench: turnstore (LMDB, PostgreSQL) vs Redis Streams, SQLite and raw LMDB (~7 min; installs redis-server
 ## if missing); prints tables, writes bench/results/. BENCH_ARGS=--quick: a smoke run
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
