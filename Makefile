@@ -27,8 +27,8 @@ test: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak --kills 200 $(SOAK_ARGS)
 
-## bench: turnstore vs Redis Streams, SQLite and raw LMDB (~6 min; installs redis-server
-## if missing); prints tables, writes bench/results/. BENCH_ARGS=--quick: a smoke run
+## bench: turnstore (LMDB, PostgreSQL) vs Redis Streams, SQLite and raw LMDB (~7 min; installs
+## redis-server and postgresql if missing); prints tables, writes bench/results/. BENCH_ARGS=--quick: a smoke run
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

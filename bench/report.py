@@ -439,7 +439,13 @@ def render(
         f"{machine.get('cpus')} CPUs, commit {str(machine.get('git_commit', ''))[:10]}"
         f" (+{machine.get('git_uncommitted_files', 0)} uncommitted files)",
         "",
-        render_traits(results, derived["traits"], profile, meta.get("trait_redis_server")),
+        render_traits(
+            results,
+            derived["traits"],
+            profile,
+            meta.get("trait_redis_server"),
+            meta.get("trait_postgres_server"),
+        ),
     ]
     if not meta.get("traits_only"):
         lines += _other_tables(meta, results, derived, profile)

@@ -1,6 +1,7 @@
 """The orchestrator: ``python -m bench.run [--quick]`` (``make bench``).
 
-It starts the turnstore daemon and then a Redis server, each in its own
+It starts the turnstore daemon and then a Redis server (and, for the
+user-facing table, a PostgreSQL cluster with daemons on it), each in its own
 process on temporary directories; spawns one ``python -m bench.client``
 load-generator process per scenario; samples the server's memory while each
 runs; and finally prints a table and writes the whole run as JSON to
@@ -38,6 +39,10 @@ from tests.daemon import Daemon
 ROOT: Final = Path(__file__).resolve().parent.parent
 RESULTS_DIR: Final = ROOT / "bench" / "results"
 
+# The Python packages whose versions a run records.
+PACKAGES: Final = (
+    "turnstore", "grpcio", "protobuf", "lmdb", "redis", "hiredis", "orjson", "psycopg"
+)  # fmt: skip
 T = TypeVar("T")
 # Other processes' share of the CPU under which the machine counts as quiet.
 QUIET: Final = 0.05
@@ -55,6 +60,9 @@ class Runner:
         self.profile = profile
         self.results: dict[str, Result] = {}
         self.started = time.perf_counter()
+        # CPU seconds of servers this process does not reap (PostgreSQL's
+        # detached postmaster): this run's load, not another's.
+        self.foreign_cpu_s = 0.0
 
     def record(self, name: str, result: Result) -> Result:
         """Keep a result (an ``{"error": ...}`` for a step that failed)."""
@@ -299,10 +307,7 @@ def machine_info() -> Result:
         "memory_kib": _mem_total_kib(),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "packages": {
-            name: _version(name)
-            for name in ("turnstore", "grpcio", "protobuf", "lmdb", "redis", "hiredis", "orjson")
-        },
+        "packages": {name: _version(name) for name in PACKAGES},
         "git_commit": _command_output(["git", "rev-parse", "HEAD"]),
         "git_uncommitted_files": len(dirty.splitlines()),
     }
@@ -325,14 +330,18 @@ def own_cpu_seconds() -> float:
     return total
 
 
-def other_cpu(busy_before: float, own_before: float, wall_s: float) -> Result:
+def other_cpu(
+    busy_before: float, own_before: float, wall_s: float, foreign_s: float = 0.0
+) -> Result:
     """CPU the machine spent on processes other than this run's, since ``busy_before``.
 
     The machine's busy time minus this process's and its reaped children's
-    (the clients, the daemon, redis-server): other load on the machine that
-    competed with the benchmark. ``share`` is of all CPUs over the run.
+    (the clients, the daemons, redis-server) and ``foreign_s``, what this
+    run's servers that are not its children used (PostgreSQL): other load on
+    the machine that competed with the benchmark. ``share`` is of all CPUs
+    over the run.
     """
-    own = own_cpu_seconds() - own_before
+    own = own_cpu_seconds() - own_before + foreign_s
     other = max(0.0, machine_busy_seconds() - busy_before - own)
     return {"cpu_s": other, "share": other / (wall_s * (os.cpu_count() or 1))}
 
@@ -371,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10x less work: a smoke run")
     parser.add_argument("--skip-redis", action="store_true", help="do not run Redis")
     parser.add_argument(
+        "--skip-postgres",
+        action="store_true",
+        help="do not run turnstore on PostgreSQL in the user-facing table",
+    )
+    parser.add_argument(
         "--traits-only",
         action="store_true",
         help="only the user-facing table (not the batched, raw and snapshot rows)",
@@ -398,15 +412,19 @@ def main(argv: list[str] | None = None) -> int:
     busy_before, own_before = machine_busy_seconds(), own_cpu_seconds()
     log(f"turnstore benchmark, {profile.name} profile, work directory {work}")
     try:
-        meta["trait_redis_server"] = step(
-            runner, "traits", lambda: run_traits(runner, work, not args.skip_redis)
+        servers = step(
+            runner,
+            "traits",
+            lambda: run_traits(runner, work, not args.skip_redis, not args.skip_postgres),
         )
+        meta["trait_redis_server"] = (servers or {}).get("redis")
+        meta["trait_postgres_server"] = (servers or {}).get("postgres")
         if not args.traits_only:
             run_others(runner, work, args.skip_redis, meta)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     meta["wall_s"] = time.perf_counter() - runner.started
-    meta["other_cpu"] = other_cpu(busy_before, own_before, meta["wall_s"])
+    meta["other_cpu"] = other_cpu(busy_before, own_before, meta["wall_s"], runner.foreign_cpu_s)
     derived, targets = evaluate(runner.results, profile, args.traits_only)
     table = render(meta, runner.results, derived, targets, profile)
     print(table)

@@ -1,9 +1,10 @@
-"""The servers under test: the turnstore daemon and a Redis server.
+"""The servers under test: the turnstore daemon (on LMDB or PostgreSQL) and a Redis server.
 
-Both run as their own processes, listening only on this machine: the
-daemon on a Unix socket, Redis on 127.0.0.1 at a free port. Both start on
+All run as their own processes, listening only on this machine: the
+daemon on a Unix socket, Redis on 127.0.0.1 at a free port. All start on
 temporary directories and are stopped by their ``stop`` methods, which the
-orchestrator always calls.
+orchestrator always calls. PostgreSQL itself is ``tests/postgres.py``'s
+``start_postgres`` (a fresh cluster as ``nobody`` on a free 127.0.0.1 port).
 """
 
 from __future__ import annotations
@@ -28,6 +29,26 @@ def start_daemon(work_dir: Path) -> Daemon:
     Returns once the daemon logged ``serving`` (tests/daemon.py waits for it).
     """
     daemon = Daemon(work_dir / "data", listen=[f"unix:{work_dir}/s.sock"])
+    daemon.start()
+    return daemon
+
+
+def start_postgres_daemon(work_dir: Path, dsn: str) -> Daemon:
+    """Start ``turnstore serve --backend postgres`` on the database ``dsn``, on ``work_dir/s.sock``.
+
+    The DSN (with its password) goes in a file only root can read
+    (``--postgres-dsn-file``), not on the command line. Several daemons may
+    serve one database; each needs its own ``work_dir``.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    dsn_file = work_dir / "dsn"
+    dsn_file.touch(mode=0o600)
+    dsn_file.write_text(dsn + "\n")
+    daemon = Daemon(
+        work_dir / "unused-data",
+        listen=[f"unix:{work_dir}/s.sock"],
+        extra_args=["--backend", "postgres", "--postgres-dsn-file", str(dsn_file)],
+    )
     daemon.start()
     return daemon
 

@@ -136,23 +136,39 @@ async def closed_loop(appends: list[Callable[[], Awaitable[object]]], seconds: f
 
 
 async def many_agents(
-    append: Append, prefix: str, concurrencies: list[int], seconds: float, warmup: float
+    append: Append | list[Append],
+    prefix: str,
+    concurrencies: list[int],
+    seconds: float,
+    warmup: float,
 ) -> Result:
     """N agents at once, each appending to its own thread and awaiting each append.
 
-    Each concurrency gets fresh threads (``prefix``-c{N}-a{i}) and a warm-up.
+    Each concurrency gets fresh threads (``prefix``-c{N}-a{i}) and a warm-up
+    (its appends are ``warmup_count``, beside the measured ``count``).
+    With a list of ``append``s (one per server), agent i uses the
+    ``i % len``-th: the agents are split evenly over the servers.
     """
+    appends = append if isinstance(append, list) else [append]
     results: Result = {}
     for concurrency in concurrencies:
         factory = TextDeltas()
 
-        def agent_call(thread: str, factory: TextDeltas) -> Callable[[], Awaitable[object]]:
+        def agent_call(
+            append: Append, thread: str, factory: TextDeltas
+        ) -> Callable[[], Awaitable[object]]:
             return lambda: append(thread, 1, factory.make())
 
-        calls = [agent_call(f"{prefix}-c{concurrency}-a{i}", factory) for i in range(concurrency)]
-        await closed_loop(calls, warmup)
-        results[str(concurrency)] = await closed_loop(calls, seconds)
-    return {"by_concurrency": results}
+        calls = [
+            agent_call(appends[i % len(appends)], f"{prefix}-c{concurrency}-a{i}", factory)
+            for i in range(concurrency)
+        ]
+        warm = await closed_loop(calls, warmup)
+        results[str(concurrency)] = {
+            **await closed_loop(calls, seconds),
+            "warmup_count": warm["count"],
+        }
+    return {"by_concurrency": results, "thread_prefix": prefix}
 
 
 async def repeated_reads(read: Read, expected: int, seconds: float, min_repeats: int) -> Result:

@@ -4,12 +4,17 @@ Each metric is one row with a value per side (turnstore with stream writes,
 turnstore with unary writes, Redis Streams, SQLite) and the ratios of
 turnstore to Redis and to SQLite. The targets use the client's default
 write mode, ``stream``; the unary ratio is printed beside it.
+
+turnstore on PostgreSQL (side ``pg``, stream writes) gets a table of its
+own under it: the same metrics compared with turnstore on LMDB, Redis and
+SQLite, then the rows of two daemons sharing its database (:class:`FleetMetric`),
+also compared with the one PostgreSQL daemon. It has no targets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from bench.common import Result
@@ -20,6 +25,10 @@ MB: Final = 1_000_000
 TURNSTORE_SIDES: Final = ("stream", "unary")
 BASELINES: Final = ("redis", "sqlite")
 _BASELINE_NAMES: Final = {"redis": "Redis", "sqlite": "SQLite"}
+POSTGRES: Final = "pg"
+# What turnstore on PostgreSQL is compared with: one PostgreSQL daemon (the
+# rows of two daemons only), turnstore on LMDB with stream writes, Redis, SQLite.
+PG_BASELINES: Final = ("one_daemon", "lmdb", "redis", "sqlite")
 
 
 def _get(tree: Any, *path: str) -> Any:
@@ -100,11 +109,47 @@ def metrics(profile: Profile) -> list[Metric]:
     return rows
 
 
+@dataclass(frozen=True)
+class FleetMetric:
+    """A row of two daemons sharing one PostgreSQL database, beside the row it extends.
+
+    Its value is ``trait_<row>_pg`` at ``path``; its unit and direction are
+    those of the metric keyed ``like``, whose values (the one PostgreSQL
+    daemon's, LMDB's, Redis's, SQLite's) it is compared with.
+    """
+
+    key: str
+    label: str
+    row: str
+    path: tuple[str, ...]
+    like: str
+
+
+def fleet_metrics(profile: Profile) -> list[FleetMetric]:
+    """The rows of two daemons on one database, in order."""
+    most = max(profile.trait_concurrencies)
+    across = "live follow, writer on daemon A, follower on daemon B"
+    return [
+        FleetMetric(f"agents_{most}_two_daemons",
+                    f"{most} agents over two daemons ({most // 2} on each), total",
+                    "agents_split", ("by_concurrency", str(most), "rate_per_s"), f"agents_{most}"),
+        FleetMetric("follow_across_p50", f"{across}: ack -> follower, p50", "follow_across",
+                    ("ack_to_follower", "p50_ms"), "follow_p50"),
+        FleetMetric("follow_across_p99", f"{across}: ack -> follower, p99", "follow_across",
+                    ("ack_to_follower", "p99_ms"), "follow_p99"),
+        FleetMetric("follow_across_send_p99", f"{across}: sent -> follower, p99",
+                    "follow_across", ("send_to_follower", "p99_ms"), "follow_send_p99"),
+    ]  # fmt: skip
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, int | float) else None
+
+
 def _value(results: Result, metric: Metric, side: str) -> float | None:
     if side in TURNSTORE_SIDES and not metric.per_mode:
         side = "turnstore" if side == "stream" else ""
-    value = _get(results, f"trait_{metric.row}_{side}", *metric.path)
-    return value if isinstance(value, int | float) else None
+    return _number(_get(results, f"trait_{metric.row}_{side}", *metric.path))
 
 
 def _compare(metric: Metric, mine: float | None, base: float | None) -> float | None:
@@ -123,7 +168,8 @@ def evaluate_traits(results: Result, profile: Profile) -> tuple[Result, list[Res
     derived: Result = {}
     targets: list[Result] = []
     for metric in metrics(profile):
-        values = {side: _value(results, metric, side) for side in (*TURNSTORE_SIDES, *BASELINES)}
+        sides = (*TURNSTORE_SIDES, POSTGRES, *BASELINES)
+        values = {side: _value(results, metric, side) for side in sides}
         versus = {
             f"{mode}_vs_{base}": _compare(metric, values[mode], values[base])
             for mode in TURNSTORE_SIDES
@@ -154,7 +200,43 @@ def evaluate_traits(results: Result, profile: Profile) -> tuple[Result, list[Res
                 }
             )
     derived["memory"] = _memory(results)
+    derived["postgres"] = _postgres(results, derived, profile)
     return derived, targets
+
+
+def _postgres(results: Result, derived: Result, profile: Profile) -> Result:
+    """turnstore on PostgreSQL against each of :data:`PG_BASELINES`, keyed by metric.
+
+    ``versus`` holds ratios (differences for a ``difference`` metric), None
+    where a side did not run; ``one_daemon`` is filled for the rows of two
+    daemons only.
+    """
+    by_key = {metric.key: metric for metric in metrics(profile)}
+    table: Result = {}
+
+    def entry(metric: Metric, value: float | None, like: Result, one_daemon: bool) -> Result:
+        values = like["values"]
+        baselines = {
+            "one_daemon": values[POSTGRES] if one_daemon else None,
+            "lmdb": values["stream"],
+            "redis": values["redis"],
+            "sqlite": values["sqlite"],
+        }
+        return {
+            "unit": metric.unit,
+            "value": value,
+            "compared_by": like["compared_by"],
+            "baselines": baselines,
+            "versus": {name: _compare(metric, value, base) for name, base in baselines.items()},
+        }
+
+    for metric in metrics(profile):
+        like = derived[metric.key]
+        table[metric.key] = entry(metric, like["values"][POSTGRES], like, one_daemon=False)
+    for fleet in fleet_metrics(profile):
+        value = _number(_get(results, f"trait_{fleet.row}_{POSTGRES}", *fleet.path))
+        table[fleet.key] = entry(by_key[fleet.like], value, derived[fleet.like], one_daemon=True)
+    return table
 
 
 def _memory(results: Result) -> Result:
@@ -164,7 +246,8 @@ def _memory(results: Result) -> Result:
         return None if kib is None else kib * KIB / MB
 
     memory: Result = {}
-    for server, end_key in (("daemon", "daemon_end_kib"), ("redis", "redis_end_kib")):
+    for server in ("daemon", "redis", "pg_daemon"):
+        end_key = f"{server}_end_kib"
         peaks: dict[str, float] = {}
         for name, result in results.items():
             if name.startswith("trait_"):
@@ -255,8 +338,15 @@ def grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def render_traits(results: Result, derived: Result, profile: Profile, redis: str | None) -> str:
-    """The table that opens the report."""
+def render_traits(
+    results: Result,
+    derived: Result,
+    profile: Profile,
+    redis: str | None,
+    postgres: str | None = None,
+) -> str:
+    """The table that opens the report, then turnstore on PostgreSQL's (``postgres``: its
+    version line, None when it did not run)."""
     fallback = bool(_get(results, "trait_agent_stream", "write_mode_fallback"))
     mark = "*" if fallback else ""
     header = (
@@ -313,5 +403,60 @@ def render_traits(results: Result, derived: Result, profile: Profile, redis: str
         lines.append(
             "  * this client has no write_mode option yet: the stream column ran unary calls"
         )
+    lines += ["", *_render_postgres(derived, profile, postgres)]
     lines += [f"  {line}" for line in _errors(results)]
     return "\n".join(lines) + "\n"
+
+
+def _render_postgres(derived: Result, profile: Profile, postgres: str | None) -> list[str]:
+    """turnstore on PostgreSQL beside LMDB, Redis and SQLite; then two daemons on its database."""
+    if postgres is None:
+        return ["turnstore on PostgreSQL: not run"]
+    header = (
+        "turnstore on PostgreSQL (stream writes)",
+        "PostgreSQL",
+        "LMDB",
+        "Redis Streams",
+        "SQLite",
+        "vs LMDB",
+        "vs Redis",
+        "vs SQLite",
+        "vs 1 daemon",
+    )
+    table = derived["postgres"]
+    labelled: list[tuple[str, Metric]] = [(m.key, m) for m in metrics(profile)]
+    by_key = {metric.key: metric for metric in metrics(profile)}
+    labelled += [(f.key, replace(by_key[f.like], label=f.label)) for f in fleet_metrics(profile)]
+    rows: list[tuple[str, ...]] = []
+    for key, metric in labelled:
+        entry = table[key]
+        baselines, versus = entry["baselines"], entry["versus"]
+        rows.append(
+            (
+                f"{metric.label} ({metric.unit})",
+                _num(entry["value"], metric.unit),
+                _num(baselines["lmdb"], metric.unit),
+                _num(baselines["redis"], metric.unit),
+                _num(baselines["sqlite"], metric.unit),
+                *(_versus(metric, versus[base]) for base in ("lmdb", "redis", "sqlite")),
+                _versus(metric, versus["one_daemon"]) if key not in by_key else "",
+            )
+        )
+    for field, what in (("RssAnon", "anonymous"), ("VmRSS", "resident")):
+        mine, lmdb = derived["memory"]["pg_daemon"][field], derived["memory"]["daemon"][field]
+        rows.append(
+            (
+                f"daemon memory, {what}: end (peak) (MB)",
+                f"{_mb(mine['end_mb'])} ({_mb(mine['peak_mb'])})",
+                f"{_mb(lmdb['end_mb'])} ({_mb(lmdb['peak_mb'])})",
+                *([""] * 6),
+            )
+        )
+    return [
+        f"turnstore on PostgreSQL: {postgres}, a fresh local cluster (fsync and "
+        "synchronous_commit on), the daemon on a Unix socket; the last rows: a second daemon "
+        "on the same database",
+        *grid(header, rows),
+        "  vs: PostgreSQL / baseline (ms rows of the live follower: PostgreSQL - baseline); "
+        "LMDB = turnstore on LMDB, stream writes; 1 daemon = turnstore on PostgreSQL, one daemon",
+    ]

@@ -1,11 +1,15 @@
 """The user-facing ("trait") table's steps, run first by ``bench.run``.
 
-One fresh turnstore daemon and one fresh redis-server serve only these
-steps; SQLite runs inside each client process on a file in the work
-directory. Each row is measured side by side, one client process per side
-(turnstore in ``stream`` and ``unary`` write mode, Redis, SQLite), so a
-disturbance that drifts over the run touches every side of a row alike.
-Result names are ``trait_<row>_<side>``.
+One fresh turnstore daemon, one fresh redis-server and one fresh PostgreSQL
+cluster with a turnstore daemon on it serve only these steps; SQLite runs
+inside each client process on a file in the work directory. Each row is
+measured side by side, one client process per side (turnstore on LMDB in
+``stream`` and ``unary`` write mode, turnstore on PostgreSQL in ``stream``
+mode, Redis, SQLite), so a disturbance that drifts over the run touches
+every side of a row alike. Result names are ``trait_<row>_<side>``; the
+PostgreSQL side is ``pg``. Last come the rows of two daemons sharing the
+PostgreSQL database (``trait_agents_split_pg``, ``trait_follow_across_pg``),
+with a second daemon started for them alone.
 """
 
 from __future__ import annotations
@@ -14,8 +18,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from bench.memory import read_status
-from bench.services import RedisServer, ensure_redis_installed, start_daemon
+from bench.memory import read_status, tree_cpu_seconds
+from bench.services import (
+    RedisServer,
+    ensure_redis_installed,
+    start_daemon,
+    start_postgres_daemon,
+)
+from tests.daemon import Daemon
+from tests.postgres import PostgresServer, start_postgres
 
 if TYPE_CHECKING:
     from bench.run import Runner
@@ -30,10 +41,17 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_traits(runner: Runner, work: Path, with_redis: bool) -> str | None:
-    """Every row of the trait table; returns the Redis version line (None if not run)."""
+def run_traits(
+    runner: Runner, work: Path, with_redis: bool, with_postgres: bool = True
+) -> dict[str, str | None]:
+    """Every row of the trait table; returns the Redis and PostgreSQL version lines.
+
+    A version is None for a server that was not run (skipped, or failed to
+    start: then its ``trait_redis`` / ``trait_postgres`` result is the error).
+    """
     daemon = start_daemon(work / "traits-turnstore")
     redis: RedisServer | None = None
+    postgres: _Postgres | None = None
     try:
         assert daemon.process is not None
         watch = {"daemon": daemon.process.pid}
@@ -42,20 +60,31 @@ def run_traits(runner: Runner, work: Path, with_redis: bool) -> str | None:
             redis = _start_redis(runner, work / "traits-redis")
             if redis is not None:
                 watch["redis"] = redis.pid
-        _Rows(runner, daemon.target, redis, work / "traits-sqlite" / "events.db", watch).run()
+        if with_postgres:
+            postgres = _Postgres.start(runner, work / "traits-postgres")
+            if postgres is not None:
+                watch.update(postgres.watch())
+        sqlite = work / "traits-sqlite" / "events.db"
+        _Rows(runner, daemon.target, redis, postgres, sqlite, watch).run()
         runner.record(
             "trait_memory",
             {
                 "daemon_start_kib": at_start,
                 "daemon_end_kib": read_status(daemon.process.pid),
                 "redis_end_kib": read_status(redis.pid) if redis is not None else {},
+                "pg_daemon_end_kib": postgres.daemon_status() if postgres is not None else {},
             },
         )
-        return redis.version if redis is not None else None
+        return {
+            "redis": redis.version if redis is not None else None,
+            "postgres": postgres.version if postgres is not None else None,
+        }
     finally:
         if redis is not None:
             redis.stop()
             _log("trait table: redis-server stopped")
+        if postgres is not None:
+            postgres.stop(runner)
         status = daemon.stop()
         _log(f"trait table: daemon stopped (exit status {status})")
 
@@ -76,6 +105,75 @@ def _start_redis(runner: Runner, work_dir: Path) -> RedisServer | None:
     return server
 
 
+class _Postgres:
+    """A fresh PostgreSQL cluster and a turnstore daemon on its database.
+
+    PostgreSQL's processes are not children of this run (``pg_ctl`` detaches
+    the postmaster), so the CPU they used is handed to the runner when they
+    stop (``Runner.foreign_cpu_s``), lest the run count it as other load.
+    """
+
+    def __init__(self, server: PostgresServer, daemon: Daemon, work_dir: Path) -> None:
+        self.server = server
+        self.daemon = daemon
+        self.work_dir = work_dir
+        self.version = server.version()
+        self.postmaster = server.pid
+        self._cpu_at_start = tree_cpu_seconds(self.postmaster) or 0.0
+
+    @classmethod
+    def start(cls, runner: Runner, work_dir: Path) -> _Postgres | None:
+        """Both running, or None (and a ``trait_postgres`` error) when either cannot start."""
+        server: PostgresServer | None = None
+        daemon: Daemon | None = None
+        try:
+            server = start_postgres()
+            daemon = start_postgres_daemon(work_dir / "daemon-a", server.dsn)
+            started = cls(server, daemon, work_dir)
+        except Exception as error:  # the other sides are still worth measuring
+            if daemon is not None:
+                daemon.stop()
+            if server is not None:
+                server.remove()
+            runner.record("trait_postgres", {"error": f"{type(error).__name__}: {error}"})
+            _log(f"PostgreSQL for the trait table failed: {error}")
+            return None
+        _log(
+            f"started {started.version} on 127.0.0.1:{server.port} and a turnstore daemon "
+            "on it for the trait table"
+        )
+        return started
+
+    @property
+    def target(self) -> str:
+        """The first daemon's address."""
+        return self.daemon.target
+
+    def watch(self) -> dict[str, int]:
+        """The processes to sample: the daemon, and the postmaster (with its backends)."""
+        assert self.daemon.process is not None
+        return {"pg_daemon": self.daemon.process.pid, "postgres": self.postmaster}
+
+    def daemon_status(self) -> dict[str, int]:
+        """The first daemon's memory now (KiB)."""
+        assert self.daemon.process is not None
+        return read_status(self.daemon.process.pid)
+
+    def second_daemon(self) -> Daemon:
+        """Another daemon on the same database (the caller stops it)."""
+        return start_postgres_daemon(self.work_dir / "daemon-b", self.server.dsn)
+
+    def stop(self, runner: Runner) -> None:
+        """Stop the daemon, then PostgreSQL, and remove the cluster."""
+        status = self.daemon.stop()
+        _log(f"trait table: PostgreSQL daemon stopped (exit status {status})")
+        used = tree_cpu_seconds(self.postmaster)
+        if used is not None:
+            runner.foreign_cpu_s += used - self._cpu_at_start
+        self.server.remove()
+        _log("trait table: PostgreSQL stopped and removed")
+
+
 class _Rows:
     """The steps of each row, side by side."""
 
@@ -84,6 +182,7 @@ class _Rows:
         runner: Runner,
         target: str,
         redis: RedisServer | None,
+        postgres: _Postgres | None,
         sqlite_path: Path,
         watch: dict[str, int],
     ) -> None:
@@ -91,6 +190,7 @@ class _Rows:
         self.profile = runner.profile
         self.target = target
         self.redis = redis
+        self.postgres = postgres
         self.sqlite = str(sqlite_path)
         self.watch = watch
         self.timing = {"duration": self.profile.duration, "warmup": self.profile.warmup}
@@ -101,7 +201,8 @@ class _Rows:
         """One row, side by side: turnstore (each write mode if ``modes``), Redis, SQLite.
 
         Results are ``trait_<row>_<side>``; the turnstore side is ``stream``
-        and ``unary``, or ``turnstore`` for a row whose calls do not write.
+        and ``unary``, or ``turnstore`` for a row whose calls do not write;
+        the PostgreSQL side is ``pg`` (stream writes, the client's default).
         """
         steps: list[tuple[str, str, dict[str, Any]]] = []
         if modes:
@@ -109,6 +210,9 @@ class _Rows:
                 steps.append((mode, "trait", {"target": self.target, "write_mode": mode}))
         else:
             steps.append(("turnstore", "trait", {"target": self.target}))
+        if self.postgres is not None:
+            where: dict[str, Any] = {"target": self.postgres.target}
+            steps.append(("pg", "trait", {**where, "write_mode": "stream"} if modes else where))
         if self.redis is not None:
             steps.append(("redis", "redis-trait", {"port": self.redis.port}))
         if sqlite:
@@ -142,3 +246,35 @@ class _Rows:
             self._row(how, "read", read, modes=False, sqlite=True)
         follow = {"events": profile.trait_follow_events}
         self._row("follow", "follow", follow, modes=True, sqlite=False)
+        if self.postgres is not None:
+            self._shared_database(self.postgres)
+
+    def _shared_database(self, postgres: _Postgres) -> None:
+        """Two daemons on the one database: the most agents split over them, and a follower
+        on the second daemon of a writer on the first (woken through LISTEN/NOTIFY)."""
+        try:
+            second = postgres.second_daemon()
+        except Exception as error:  # the rows before are still worth reporting
+            self.runner.record("trait_fleet", {"error": f"{type(error).__name__}: {error}"})
+            _log(f"a second daemon on PostgreSQL failed: {error}")
+            return
+        try:
+            assert second.process is not None
+            watch = {**self.watch, "pg_daemon_b": second.process.pid}
+            split = {
+                "targets": [postgres.target, second.target],
+                "write_mode": "stream",
+                "concurrency": max(self.profile.trait_concurrencies),
+                **self.timing,
+            }
+            self.runner.client("trait_agents_split_pg", "trait-agents-split", split, watch)
+            across = {
+                "writer_target": postgres.target,
+                "follower_target": second.target,
+                "write_mode": "stream",
+                "events": self.profile.trait_follow_events,
+            }
+            self.runner.client("trait_follow_across_pg", "trait-follow-across", across, watch)
+        finally:
+            status = second.stop()
+            _log(f"trait table: second PostgreSQL daemon stopped (exit status {status})")

@@ -14,6 +14,7 @@ unary, and the result says so (``write_mode_fallback``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
@@ -78,6 +79,28 @@ async def agents(
     return {**result, **info}
 
 
+async def agents_split(
+    targets: list[str], write_mode: str, concurrency: int, duration: float, warmup: float
+) -> Result:
+    """:func:`agents` with the agents split evenly over several daemons, a client each.
+
+    Agent i appends through the daemon ``targets[i % len(targets)]``; the
+    daemons share one PostgreSQL database. The rate is the total.
+    """
+    opened = [open_client(target, write_mode) for target in targets]
+    async with contextlib.AsyncExitStack() as stack:
+        for client, _ in opened:
+            await stack.enter_async_context(client)
+        result = await many_agents(
+            [client.events.append for client, _ in opened],
+            f"trait-split-{tag()}",
+            [concurrency],
+            duration,
+            warmup,
+        )
+    return {**result, **opened[0][1], "daemons": len(targets)}
+
+
 async def load(target: str, thread: str, events: int, per_turn: int) -> Result:
     """Fill ``thread`` with finished turns of text deltas (setup, over an appender)."""
     started = time.perf_counter()
@@ -127,39 +150,62 @@ async def follow(target: str, write_mode: str, events: int) -> Result:
     """
     client, info = open_client(target, write_mode)
     async with client:
-        thread = f"trait-follow-{tag()}"
-        factory = TextDeltas()
-        received: dict[int, float] = {}
-        caught_up = asyncio.Event()
+        result = await _follow(client, client, events)
+    return {**result, **info}
 
-        async def follower() -> None:
-            async with client.events.replay(thread, follow=True) as replay:
-                async for item in replay:
-                    if isinstance(item, StoredEvent):
-                        if item.envelope.event["type"]:
-                            received[item.position] = time.perf_counter()
-                        if len(received) >= events:
-                            return
-                    elif isinstance(item, CaughtUp):
-                        caught_up.set()
 
-        task = asyncio.create_task(follower())
-        await asyncio.wait_for(caught_up.wait(), FOLLOW_START_TIMEOUT)
-        sent: dict[int, tuple[float, float]] = {}
-        for _ in range(events):
-            before = time.perf_counter()
-            position = await client.events.append(thread, 1, factory.make())
-            sent[position] = (before, time.perf_counter())
-        await asyncio.wait_for(task, FOLLOW_END_TIMEOUT)
-    return {**follow_result(sent, received), **info}
+async def follow_across(
+    writer_target: str, follower_target: str, write_mode: str, events: int
+) -> Result:
+    """:func:`follow` with the writer on one daemon and the follower on another.
+
+    Both daemons serve one PostgreSQL database; the follower's daemon learns
+    of the writer's commits from the database (LISTEN/NOTIFY). One process,
+    so both ends read the same clock.
+    """
+    writer, info = open_client(writer_target, write_mode)
+    async with writer, TurnstoreClient(follower_target) as reader:
+        result = await _follow(writer, reader, events)
+    return {**result, **info}
+
+
+async def _follow(writer: TurnstoreClient, reader: TurnstoreClient, events: int) -> Result:
+    """``events`` awaited appends by ``writer`` to a fresh thread that ``reader`` follows."""
+    thread = f"trait-follow-{tag()}"
+    factory = TextDeltas()
+    received: dict[int, float] = {}
+    caught_up = asyncio.Event()
+
+    async def follower() -> None:
+        async with reader.events.replay(thread, follow=True) as replay:
+            async for item in replay:
+                if isinstance(item, StoredEvent):
+                    if item.envelope.event["type"]:
+                        received[item.position] = time.perf_counter()
+                    if len(received) >= events:
+                        return
+                elif isinstance(item, CaughtUp):
+                    caught_up.set()
+
+    task = asyncio.create_task(follower())
+    await asyncio.wait_for(caught_up.wait(), FOLLOW_START_TIMEOUT)
+    sent: dict[int, tuple[float, float]] = {}
+    for _ in range(events):
+        before = time.perf_counter()
+        position = await writer.events.append(thread, 1, factory.make())
+        sent[position] = (before, time.perf_counter())
+    await asyncio.wait_for(task, FOLLOW_END_TIMEOUT)
+    return follow_result(sent, received)
 
 
 SCENARIOS: Final[dict[str, Callable[..., Coroutine[Any, Any, Result]]]] = {
     "trait-agent": agent,
     "trait-agents": agents,
+    "trait-agents-split": agents_split,
     "trait-load": load,
     "trait-read": read,
     "trait-follow": follow,
+    "trait-follow-across": follow_across,
 }
 
 

@@ -16,6 +16,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ def _bin_dir() -> Path:
     """The directory of ``initdb`` and ``pg_ctl``, installing the package if needed."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
+        print("initdb is missing: installing Debian's postgresql", file=sys.stderr, flush=True)
         subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=300)
         subprocess.run(
             ["apt-get", "install", "-y", "postgresql"],
@@ -64,6 +66,24 @@ class PostgresServer:
     @property
     def dsn(self) -> str:
         return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id (each connection's backend is its child)."""
+        return int((self.root / "data" / "postmaster.pid").read_text().split()[0])
+
+    def version(self) -> str:
+        """``PostgreSQL 15.x`` (what ``postgres --version`` says)."""
+        done = subprocess.run(
+            [str(self.bin_dir / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        # "postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"
+        words = done.stdout.split()
+        return f"PostgreSQL {words[2]}" if len(words) > 2 else "PostgreSQL (unknown version)"
 
     def _as_owner(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

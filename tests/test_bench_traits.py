@@ -5,16 +5,21 @@ them and as the baselines they are compared with: these tests check that a
 target passes and fails in the right direction, that a missing side is
 "n/a" rather than a pass, that the write-mode fallback is marked, and that
 the SQLite baseline behaves like the crate's store (finish barrier, turn
-order, every event decoded).
+order, every event decoded), and that turnstore on PostgreSQL is set beside
+the other sides, its shared-database rows beside its one daemon.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.memory import cpu_seconds, tree_cpu_seconds
 from bench.profiles import QUICK
 from bench.traits_common import TextDeltas, encode, load_turns
 from bench.traits_report import evaluate_traits, render_traits
@@ -137,3 +142,101 @@ async def test_the_sqlite_replay_pages_through_every_event(tmp_path: Path) -> No
 def test_load_turns_covers_the_thread() -> None:
     assert load_turns(450, 200) == [(1, 200), (2, 200), (3, 50)]
     assert sum(count for _, count in load_turns(20_000, 200)) == 20_000
+
+
+def _with_postgres(results: dict[str, Any]) -> dict[str, Any]:
+    """``_results`` plus a PostgreSQL side and the rows of two daemons on its database."""
+    return {
+        **results,
+        "trait_agent_pg": {"append": {"p50_ms": 1.5, "p99_ms": 3.0}, "finish": {"p50_ms": 2.0}},
+        "trait_agents_pg": {"by_concurrency": {"64": {"rate_per_s": 2_000.0}}},
+        "trait_get_events_pg": {"rate_per_s": 100_000.0, "complete": True},
+        "trait_follow_pg": {"ack_to_follower": {"p99_ms": 2.0}},
+        "trait_agents_split_pg": {"by_concurrency": {"64": {"rate_per_s": 3_000.0}}},
+        "trait_follow_across_pg": {"ack_to_follower": {"p99_ms": 3.5}},
+        "trait_memory": {"pg_daemon_end_kib": {"RssAnon": 40_000}},
+    }
+
+
+def test_postgres_is_compared_with_lmdb_redis_and_sqlite() -> None:
+    derived, targets = evaluate_traits(_with_postgres(_results(0.6, 0.5)), QUICK)
+    postgres = derived["postgres"]
+    append = postgres["append_p50"]
+    assert append["value"] == 1.5
+    assert append["versus"]["lmdb"] == pytest.approx(2.5)
+    assert append["versus"]["redis"] == pytest.approx(3.0)
+    assert append["versus"]["one_daemon"] is None
+    get_events = postgres["get_events"]["versus"]
+    assert get_events["lmdb"] == pytest.approx(0.25)
+    assert get_events["sqlite"] == pytest.approx(0.2)
+    follow = postgres["follow_p99"]
+    assert follow["compared_by"] == "difference"
+    assert follow["versus"]["redis"] == pytest.approx(2.05)
+    assert follow["versus"]["sqlite"] is None  # SQLite has no follower
+    # No PostgreSQL side has a target: the targets are LMDB's alone.
+    assert not any("PostgreSQL" in target["name"] for target in targets)
+
+
+def test_two_daemons_on_one_database_are_compared_with_one() -> None:
+    derived, _ = evaluate_traits(_with_postgres(_results(0.6, 0.5)), QUICK)
+    split = derived["postgres"]["agents_64_two_daemons"]
+    assert split["value"] == 3_000.0
+    assert split["versus"]["one_daemon"] == pytest.approx(1.5)
+    assert split["versus"]["lmdb"] == pytest.approx(0.1)
+    assert split["versus"]["redis"] == pytest.approx(0.3)
+    across = derived["postgres"]["follow_across_p99"]
+    assert across["versus"]["one_daemon"] == pytest.approx(1.5)  # 3.5 ms - 2.0 ms
+    assert across["versus"]["lmdb"] == pytest.approx(3.0)
+    assert derived["postgres"]["follow_across_p50"]["value"] is None  # not measured
+
+
+def test_the_table_shows_postgres_or_says_it_did_not_run() -> None:
+    results = _with_postgres(_results(0.6, 0.5))
+    derived, _ = evaluate_traits(results, QUICK)
+    table = render_traits(results, derived, QUICK, "Redis 7", "PostgreSQL 15.18")
+    section = table[table.index("turnstore on PostgreSQL: PostgreSQL 15.18") :]
+    split_row = next(line for line in section.splitlines() if "over two daemons" in line)
+    assert "3,000" in split_row and "1.50x" in split_row
+    memory_row = next(line for line in section.splitlines() if "anonymous" in line)
+    assert "41.0" in memory_row  # 40,000 KiB
+    absent = render_traits(results, derived, QUICK, "Redis 7", None)
+    assert "turnstore on PostgreSQL: not run" in absent
+    assert "over two daemons" not in absent
+
+
+def test_a_tree_counts_the_cpu_of_live_descendants() -> None:
+    # A grandchild (sh runs python, not exec'ing it: "; true") burns 0.3 s of
+    # CPU, says so, and waits for its stdin to close: it is alive when measured.
+    burn = (
+        "import sys, time\n"
+        "end = time.process_time() + 0.3\n"
+        "while time.process_time() < end: pass\n"
+        "print('burnt', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    mine_before = cpu_seconds(os.getpid())
+    before = tree_cpu_seconds(os.getpid())
+    with subprocess.Popen(
+        ["sh", "-c", f'"{sys.executable}" -c "$0"; true', burn],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as shell:
+        assert shell.stdout is not None and shell.stdin is not None
+        assert shell.stdout.readline() == "burnt\n"
+        during = tree_cpu_seconds(os.getpid())
+        shell.stdin.close()
+    assert shell.returncode == 0
+    assert before is not None and during is not None and mine_before is not None
+    assert during - before >= 0.25
+    mine = cpu_seconds(os.getpid())
+    assert mine is not None and mine - mine_before < 0.25  # the burn was not this process's
+    after = tree_cpu_seconds(os.getpid())  # reaped now: counted in this process's cutime
+    assert after is not None and after - before >= 0.25
+
+
+def test_a_process_that_exited_and_was_reaped_has_no_tree() -> None:
+    with subprocess.Popen([sys.executable, "-c", "pass"]) as gone:
+        pid = gone.pid
+    assert gone.returncode == 0
+    assert tree_cpu_seconds(pid) is None
