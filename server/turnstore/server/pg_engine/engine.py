@@ -288,18 +288,32 @@ class PostgresEngine(Retention):
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Cursor]:
-        """A cursor in one read-only snapshot; DatabaseUnavailableError when unreachable."""
+        """A cursor in one read-only snapshot; DatabaseUnavailableError when unreachable.
+
+        While the database is believed down, a read waits only briefly for
+        the pool, then tries one connection of its own: the pool backs off
+        between reconnection attempts after an outage, and the database may
+        be back before the pool tries again.
+        """
         if self._closed:
             raise EngineClosedError("the engine is closed")
         reachability = self._reachability
-        wait = reachability.read_wait(self._pg.connect_timeout_seconds)
+        down = reachability.down
         try:
-            with (
-                self._pool.connection(timeout=wait) as conn,
-                conn.transaction(),
-                conn.cursor() as cur,
-            ):
-                yield cur
+            with contextlib.ExitStack() as stack:
+                try:
+                    conn = stack.enter_context(
+                        self._pool.connection(
+                            timeout=reachability.read_wait(self._pg.connect_timeout_seconds)
+                        )
+                    )
+                except psycopg_pool.PoolTimeout:
+                    if not down:
+                        raise
+                    conn = stack.enter_context(self._connect())
+                    _configure_reader(conn)
+                stack.enter_context(conn.transaction())
+                yield stack.enter_context(conn.cursor())
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
             reachability.mark_down()
             raise DatabaseUnavailableError(
