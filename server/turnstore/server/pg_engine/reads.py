@@ -51,15 +51,21 @@ def get_turn(cur: Cursor, key: bytes, turn: int) -> TurnChunk | None:
     if row is None:
         return None
     cur.execute(
-        "SELECT finished FROM turnstore_turns WHERE number = %s AND turn = %s",
+        "SELECT finished, event_count, last_position FROM turnstore_turns "
+        "WHERE number = %s AND turn = %s",
         (row[0], to_column(turn)),
     )
     found = cur.fetchone()
     if found is None:
         return None
+    if not found[1]:
+        return TurnChunk(turn, bool(found[0]), [])
+    # Bounded by the turn's last position and ordered as the turns index, so
+    # that no plan walks the thread's later events.
     cur.execute(
-        "SELECT record FROM turnstore_events WHERE number = %s AND turn = %s ORDER BY position",
-        (row[0], to_column(turn)),
+        "SELECT record FROM turnstore_events WHERE number = %s AND turn = %s "
+        "AND position <= %s ORDER BY turn, position",
+        (row[0], to_column(turn), found[2]),
     )
     return TurnChunk(turn, bool(found[0]), [bytes(r[0]) for r in cur.fetchall()])
 
@@ -114,7 +120,8 @@ def read_turn_order(
     first = True
     while True:
         cur.execute(
-            "SELECT turn, finished FROM turnstore_turns WHERE number = %s AND turn "
+            "SELECT turn, finished, event_count, last_position FROM turnstore_turns "
+            "WHERE number = %s AND turn "
             + (">= %s" if first else "> %s")
             + " ORDER BY turn LIMIT %s",
             (number, from_turn, _PAGE),
@@ -123,15 +130,16 @@ def read_turn_order(
         first = False
         if not turns:
             return chunks, None
-        for column, finished in turns:
+        for column, finished, count, last_position in turns:
             from_turn = int(column)
             turn = from_column(from_turn)
             resuming = turn == cursor.turn
             after = cursor.after_position if resuming else -1
             skip = cursor.skip if resuming else 0
-            events, last = _turn_records(
-                cur, number, from_turn, after, view.end_position, budget, skip
-            )
+            # A turn's events end at its last position: no query past it, none
+            # for an empty turn.
+            end = min(view.end_position, int(last_position) + 1) if count else 0
+            events, last = _turn_records(cur, number, from_turn, after, end, budget, skip)
             fresh = after < 0 and not (resuming and cursor.skip)
             if events or (include_empty and fresh):
                 chunks.append(TurnChunk(turn, bool(finished), events))
@@ -151,11 +159,11 @@ def _turn_records(
     """Records of one turn after ``after``, below ``end``, less ``skip``; and the last read."""
     out: list[bytes] = []
     last = after
-    while not budget.spent:
+    while not budget.spent and last + 1 < end:
         page = min(budget.events_left, _PAGE)
         cur.execute(
             "SELECT position, record FROM turnstore_events WHERE number = %s AND turn = %s "
-            "AND position > %s AND position < %s ORDER BY position OFFSET %s LIMIT %s",
+            "AND position > %s AND position < %s ORDER BY turn, position OFFSET %s LIMIT %s",
             (number, column, last, end, skip, page),
         )
         rows = cur.fetchall()

@@ -225,13 +225,17 @@ class Writer:
                         began = True
                     run.queue_reads(cur)
                 missing = run.load()
-                if missing:
+                for _ in range(_RETRIES):
+                    if not missing:
+                        break
+                    # Created here, or by another daemon that committed first;
+                    # missing again only if a clear removed it in between.
                     with conn.pipeline():
                         run.queue_creates(cur, missing, now_ns)
                         run.queue_reads(cur, missing)
                     missing = run.load()
-                    # Created above, or by another daemon that committed before our lock.
-                    assert not missing, missing
+                if missing:
+                    raise pg_errors.SerializationFailure("threads kept vanishing while created")
                 outcomes.extend(run.apply(now_ns))
                 unsent, index = run, end
                 continue
