@@ -31,7 +31,7 @@ import pytest
 
 from tests.postgres import PostgresServer
 from tests.test_pg_engine import envelope, open_engine
-from turnstore.server.errors import TurnFinishedError
+from turnstore.server.errors import DatabaseUnavailableError, TurnFinishedError
 from turnstore.server.pg_engine.engine import PostgresEngine
 from turnstore.server.values import TurnCursor
 
@@ -165,3 +165,68 @@ def test_a_daemon_starting_during_a_write_neither_waits_nor_deadlocks(
     assert isinstance(opened, PostgresEngine), f"the start failed: {opened!r}"
     opened.close()
     assert not waited, "the start waited for the write transaction"
+
+
+def test_a_run_waiting_on_a_lock_sees_a_thread_another_daemon_created_meanwhile(
+    dsn: str, engines: list[PostgresEngine]
+) -> None:
+    """At READ COMMITTED the locking statement misses a thread created after it
+    started, while the reads after it see that thread: the run must lock and
+    read it again, not trip over it (it failed the whole batch with KeyError)."""
+    first, second = engines
+    held, waiting, created = (f"{name}-{uuid.uuid4()}" for name in ("held", "wait", "new"))
+    assert first.append(held, 1, [envelope("h0")]).result(10) == [0]
+    assert first.append(waiting, 1, [envelope("w0")]).result(10) == [0]
+    blocker = hold_thread_lock(dsn, held)
+    try:
+        # The writer waits on `held`, so the next two appends queue as one run.
+        busy = first.append(held, 1, [envelope("h1")])
+        wait_for_lock_waiters(dsn, 1)
+        later = first.append(waiting, 1, [envelope("w1")])
+        fresh = first.append(created, 1, [envelope("n1")])
+        second_blocker = hold_thread_lock(dsn, waiting)
+        try:
+            blocker.rollback()
+            assert busy.result(10) == [1]
+            wait_for_lock_waiters(dsn, 1)  # the run's locking statement, on `waiting`
+            assert second.append(created, 1, [envelope("n0")]).result(10) == [0]
+        finally:
+            second_blocker.rollback()
+            second_blocker.close()
+    finally:
+        blocker.close()
+    assert later.result(10) == [1]
+    assert fresh.result(10) == [1]
+    assert first.event_count(created) == 2
+
+
+def test_a_lock_timeout_fails_only_the_write_that_waited(dsn: str, tmp_path: Path) -> None:
+    """An error of the database's own (here its lock_timeout) is no lost connection:
+    the batch goes again write by write, so only the write that waited fails."""
+    engine = open_engine(f"{dsn}?options=-c%20lock_timeout%3D300", tmp_path)
+    try:
+        gate, locked, free = (f"{name}-{uuid.uuid4()}" for name in ("gate", "locked", "free"))
+        for thread in (gate, locked, free):
+            assert engine.append(thread, 1, [envelope("0")]).result(10) == [0]
+        gate_blocker = hold_thread_lock(dsn, gate)
+        blocker = hold_thread_lock(dsn, locked)
+        try:
+            # The writer waits on `gate` (300 ms, then that write fails), so the
+            # next two appends queue as one run.
+            gated = engine.append(gate, 1, [envelope("g")])
+            wait_for_lock_waiters(dsn, 1)
+            innocent = engine.append(free, 1, [envelope("f")])
+            waiting = engine.append(locked, 1, [envelope("l")])
+            with pytest.raises(DatabaseUnavailableError, match="lock timeout"):
+                gated.result(10)
+            assert innocent.result(10) == [1]
+            with pytest.raises(DatabaseUnavailableError, match="nothing was written"):
+                waiting.result(10)
+        finally:
+            for held in (gate_blocker, blocker):
+                held.rollback()
+                held.close()
+        # The database was never unreachable: the next write goes straight through.
+        assert engine.append(locked, 1, [envelope("l")]).result(10) == [1]
+    finally:
+        engine.close()

@@ -3,7 +3,7 @@
 A run of consecutive appends in the writer's queue is applied together:
 
 1. One pipelined round trip locks every thread's counter row (in thread id
-   order, so two daemons locking the same threads cannot deadlock) and
+   order, so that two runs over the same threads do not deadlock) and
    reads the turns and the stored event ids the run's writes touch. The
    reads run after the lock is taken, so they see every commit made before
    it, from any daemon. Threads that do not exist yet are created, locked
@@ -89,15 +89,17 @@ class AppendRun:
     def queue_reads(self, cur: Cursor, keys: list[bytes] | None = None) -> None:
         """Queue step 1 for ``keys`` (default: every thread of the run), in pipeline mode.
 
-        Three statements whatever the number of threads. The turns and ids
-        asked for are those of the whole run, so a thread may get rows it
-        did not ask about; :meth:`load` files them under their own thread,
-        where they are true, just unused.
+        Three statements whatever the number of threads. The ids asked for
+        are those of the whole run (event ids rarely repeat across threads),
+        so a thread may get rows it did not ask about; :meth:`load` files
+        them under their own thread, where they are true, just unused.
         """
         conn = cur.connection
         keys = self._keys if keys is None else keys
         wanted = set(keys)
-        turns = sorted({to_column(write.turn) for write in self.writes if write.key in wanted})
+        turns = sorted(
+            {(write.key, to_column(write.turn)) for write in self.writes if write.key in wanted}
+        )
         ids = sorted(
             {
                 event_id
@@ -115,11 +117,14 @@ class AppendRun:
         )
         # Separate statements after the lock, so that they see every commit
         # made before it (a join in the locking statement would not).
+        # (thread, turn) pairs, not threads x turns: a run over many threads
+        # at many turns would otherwise read rows it never uses.
         turn_rows.execute(
             "SELECT t.thread_id, u.turn, u.finished, u.event_count, u.last_position "
-            "FROM turnstore_threads t JOIN turnstore_turns u ON u.number = t.number "
-            "WHERE t.thread_id = ANY(%s) AND u.turn = ANY(%s)",
-            (keys, turns),
+            "FROM unnest(%s::bytea[], %s::bigint[]) AS w(thread_id, turn) "
+            "JOIN turnstore_threads t ON t.thread_id = w.thread_id "
+            "JOIN turnstore_turns u ON u.number = t.number AND u.turn = w.turn",
+            ([key for key, _ in turns], [turn for _, turn in turns]),
         )
         if ids:
             id_rows.execute(
@@ -138,15 +143,18 @@ class AppendRun:
                 self._states[bytes(key)] = _ThreadState(
                     bytes(key), int(number), int(next_position), int(next_finish)
                 )
+            # At READ COMMITTED each statement has its own snapshot: these two
+            # may see a thread the lock statement did not (created, or cleared
+            # and created again, meanwhile). Such a thread is missing, and is
+            # locked and read again with the threads to create.
             for key, turn, finished, count, last in turns.fetchall():
-                self._states[bytes(key)].turns[from_column(int(turn))] = _TurnRow(
-                    bool(finished), int(count), int(last)
-                )
+                if (state := self._states.get(bytes(key))) is not None:
+                    state.turns[from_column(int(turn))] = _TurnRow(
+                        bool(finished), int(count), int(last)
+                    )
             for key, event_id, position, turn in ids.fetchall() if ids is not None else ():
-                self._states[bytes(key)].ids[bytes(event_id)] = (
-                    int(position),
-                    from_column(int(turn)),
-                )
+                if (state := self._states.get(bytes(key))) is not None:
+                    state.ids[bytes(event_id)] = (int(position), from_column(int(turn)))
             missing.extend(key for key in keys if key not in self._states)
             for cursor in (lock, turns, ids):
                 if cursor is not None:

@@ -146,21 +146,33 @@ class Writer:
                     "the database kept aborting the write (deadlocks); nothing was written"
                 )
             except psycopg.OperationalError as error:
-                self._reachability.mark_down()
-                # The connection is gone (or going): the next try reconnects.
-                with contextlib.suppress(Exception):
-                    if self._conn is not None:
-                        self._conn.close()
-                self._conn = None
-                if not self._commit_sent and attempt == 0:
-                    # Dropped before the COMMIT was sent (a restart since the
-                    # last batch, say): the database rolled it all back, so the
-                    # batch goes again, once, on a fresh connection.
-                    continue
-                failure = DatabaseUnavailableError(
-                    f"the database is unreachable ({_describe(error)}); "
-                    "the write may not be stored, retrying it is safe"
-                )
+                if self._connection_lost():
+                    self._reachability.mark_down()
+                    # The connection is gone: the next try reconnects.
+                    with contextlib.suppress(Exception):
+                        if self._conn is not None:
+                            self._conn.close()
+                    self._conn = None
+                    if not self._commit_sent and attempt == 0:
+                        # Dropped before the COMMIT was sent (a restart since
+                        # the last batch, say): the database rolled it all
+                        # back, so the batch goes again, once, on a fresh one.
+                        continue
+                    failure = DatabaseUnavailableError(
+                        f"the database is unreachable ({_describe(error)}); "
+                        "the write may not be stored, retrying it is safe"
+                    )
+                elif len(batch) > 1:
+                    # An error of the database's own (a lock timeout, a cancel,
+                    # a full disk) rolled the batch back: each goes again alone.
+                    for write in batch:
+                        self._commit([write])
+                    return
+                else:
+                    failure = DatabaseUnavailableError(
+                        f"the database refused the write ({_describe(error)}); "
+                        "nothing was written, retrying it is safe"
+                    )
             except psycopg.Error as error:
                 if len(batch) > 1:
                     # One write's statement failed and aborted the transaction:
@@ -179,11 +191,16 @@ class Writer:
                 write.future.set_exception(failure)
             return
 
+    def _connection_lost(self) -> bool:
+        """Whether the writer's connection is gone (none, closed or broken)."""
+        conn = self._conn
+        return conn is None or conn.closed or conn.broken
+
     def _transaction(self, batch: list[_Write]) -> tuple[list[tuple[bool, Any]], float]:
+        self._commit_sent = False
         if self._conn is None or self._conn.closed:
             self._conn = self._connect()
         conn = self._conn
-        self._commit_sent = False
         try:
             return self._apply_and_commit(conn, batch)
         except BaseException:
