@@ -214,6 +214,11 @@ def test_flags_win_over_variables_and_variables_over_defaults(
     assert by_env.allow_remote is True and by_env.auth_token == "from-env"
     assert by_env.engine.max_map_bytes == 1 << 30
     assert by_env.engine.retain_threads_for_seconds == 7 * 86400
+    # A repeatable flag replaces the variable's list; given twice, it keeps both.
+    by_listen = config_from_args(
+        _parser().parse_args(["serve", "--listen", "127.0.0.1:7272", "--listen", "unix:/b.sock"])
+    )
+    assert by_listen.listen == ("127.0.0.1:7272", "unix:/b.sock")
 
     token_file = tmp_path / "token"
     token_file.write_text("from-file\nignored\n")
@@ -223,6 +228,14 @@ def test_flags_win_over_variables_and_variables_over_defaults(
         )
     )
     assert by_flag.auth_token == "from-file" and by_flag.engine.max_map_bytes == 2 << 30
+    monkeypatch.setenv("TURNSTORE_HTTP_ALLOW_ORIGIN", "http://a.example")
+    by_origin = config_from_args(
+        _parser().parse_args(
+            ["serve", "--http-listen", "127.0.0.1:0", "--http-allow-origin", "http://b.example"]
+        )
+    )
+    assert by_origin.http is not None
+    assert by_origin.http.allow_origins == ("http://b.example",)
 
 
 @pytest.mark.parametrize(

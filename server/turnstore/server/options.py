@@ -47,10 +47,32 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[unit]
 
 
+class _AppendReplacingDefault(argparse.Action):
+    """``append``, except that the first value given replaces the default list.
+
+    Plain ``append`` adds to its default, so ``--listen`` on the command line
+    added to ``TURNSTORE_LISTEN``'s addresses instead of winning over them,
+    unlike every other flag.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        given: set[str] = namespace.__dict__.setdefault("_appended_flags", set())
+        items = list(getattr(namespace, self.dest) or []) if self.dest in given else []
+        given.add(self.dest)
+        setattr(namespace, self.dest, [*items, values])
+
+
 class _EnvOptions:
     """Adds options that a TURNSTORE_<NAME> environment variable can also set.
 
-    The command line wins over the variable, the variable over the default;
+    The command line wins over the variable, the variable over the default
+    (a repeatable flag's values replace the variable's list, not extend it);
     ``--help`` names the variable and shows the default. The variables are
     read when the option is added, that is when the parser is built.
     """
@@ -65,6 +87,7 @@ class _EnvOptions:
         if action == "store_true":
             kwargs["default"] = (raw or "").lower() in ("1", "true", "yes", "on")
         elif action == "append":
+            kwargs["action"] = _AppendReplacingDefault
             if raw:
                 kwargs["default"] = [item.strip() for item in raw.split(",") if item.strip()]
         elif raw is not None:
