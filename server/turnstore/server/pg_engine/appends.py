@@ -74,6 +74,10 @@ class _ThreadState:
     changed: bool = False
 
 
+# A thread's key, and the cursors of its turns and of its stored ids (None: no ids asked).
+_ThreadReads = tuple[bytes, Cursor, Cursor | None]
+
+
 class AppendRun:
     """The appends of one run; see the module docstring for the three steps."""
 
@@ -81,7 +85,7 @@ class AppendRun:
         self.writes = writes
         self._keys = sorted({write.key for write in writes})
         self._states: dict[bytes, _ThreadState] = {}
-        self._reads: list[tuple[list[bytes], Cursor, Cursor, Cursor | None]] = []
+        self._reads: list[tuple[list[bytes], Cursor, list[_ThreadReads]]] = []
         # Rows for the write statements, filled by apply().
         self._events: list[tuple[int, int, int, bytes, bytes]] = []
         self._finishes: list[tuple[int, int, int, int, int, int]] = []
@@ -89,27 +93,23 @@ class AppendRun:
     def queue_reads(self, cur: Cursor, keys: list[bytes] | None = None) -> None:
         """Queue step 1 for ``keys`` (default: every thread of the run), in pipeline mode.
 
-        Three statements whatever the number of threads. The ids asked for
-        are those of the whole run (event ids rarely repeat across threads),
-        so a thread may get rows it did not ask about; :meth:`load` files
-        them under their own thread, where they are true, just unused.
+        One statement locks every thread; then, per thread, one reads its
+        turns and one its stored ids. Those two go through the thread's
+        number as a scalar subquery, so that their plan is an index lookup
+        on (number, turn) and (number, event_id) whatever the statistics
+        say: a plan made while the tables were small (a fresh database
+        filling up) otherwise went on scanning them.
         """
         conn = cur.connection
         keys = self._keys if keys is None else keys
-        wanted = set(keys)
-        turns = sorted(
-            {(write.key, to_column(write.turn)) for write in self.writes if write.key in wanted}
-        )
-        ids = sorted(
-            {
-                event_id
-                for write in self.writes
-                if write.key in wanted
-                for event_id, _ in write.events
-            }
-        )
-        lock, turn_rows, id_rows = conn.cursor(), conn.cursor(), conn.cursor()
-        # In thread id order: two daemons locking the same threads cannot deadlock.
+        turns_of: dict[bytes, set[int]] = {key: set() for key in keys}
+        ids_of: dict[bytes, set[bytes]] = {key: set() for key in keys}
+        for write in self.writes:
+            if write.key in turns_of:
+                turns_of[write.key].add(to_column(write.turn))
+                ids_of[write.key].update(event_id for event_id, _ in write.events)
+        lock = conn.cursor()
+        # In thread id order: two runs over the same threads queue, not deadlock.
         lock.execute(
             "SELECT thread_id, number, next_position, next_finish_seq FROM turnstore_threads "
             "WHERE thread_id = ANY(%s) ORDER BY thread_id FOR UPDATE",
@@ -117,48 +117,54 @@ class AppendRun:
         )
         # Separate statements after the lock, so that they see every commit
         # made before it (a join in the locking statement would not).
-        # (thread, turn) pairs, not threads x turns: a run over many threads
-        # at many turns would otherwise read rows it never uses.
-        turn_rows.execute(
-            "SELECT t.thread_id, u.turn, u.finished, u.event_count, u.last_position "
-            "FROM unnest(%s::bytea[], %s::bigint[]) AS w(thread_id, turn) "
-            "JOIN turnstore_threads t ON t.thread_id = w.thread_id "
-            "JOIN turnstore_turns u ON u.number = t.number AND u.turn = w.turn",
-            ([key for key, _ in turns], [turn for _, turn in turns]),
-        )
-        if ids:
-            id_rows.execute(
-                "SELECT t.thread_id, e.event_id, e.position, e.turn "
-                "FROM turnstore_threads t JOIN turnstore_events e ON e.number = t.number "
-                "WHERE t.thread_id = ANY(%s) AND e.event_id = ANY(%s)",
-                (keys, ids),
+        per_thread: list[_ThreadReads] = []
+        for key in keys:
+            turn_rows = conn.cursor()
+            turn_rows.execute(
+                "SELECT turn, finished, event_count, last_position FROM turnstore_turns "
+                "WHERE number = (SELECT number FROM turnstore_threads WHERE thread_id = %s) "
+                "AND turn = ANY(%s)",
+                (key, sorted(turns_of[key])),
             )
-        self._reads.append((keys, lock, turn_rows, id_rows if ids else None))
+            id_rows = None
+            if ids_of[key]:
+                id_rows = conn.cursor()
+                id_rows.execute(
+                    "SELECT event_id, position, turn FROM turnstore_events "
+                    "WHERE number = (SELECT number FROM turnstore_threads WHERE thread_id = %s) "
+                    "AND event_id = ANY(%s)",
+                    (key, sorted(ids_of[key])),
+                )
+            per_thread.append((key, turn_rows, id_rows))
+        self._reads.append((keys, lock, per_thread))
 
     def load(self) -> list[bytes]:
         """Read step 1's answers, once its pipeline is synced; the threads that do not exist."""
         missing: list[bytes] = []
-        for keys, lock, turns, ids in self._reads:
+        for keys, lock, per_thread in self._reads:
             for key, number, next_position, next_finish in lock.fetchall():
                 self._states[bytes(key)] = _ThreadState(
                     bytes(key), int(number), int(next_position), int(next_finish)
                 )
-            # At READ COMMITTED each statement has its own snapshot: these two
+            lock.close()
+            # At READ COMMITTED each statement has its own snapshot: the reads
             # may see a thread the lock statement did not (created, or cleared
             # and created again, meanwhile). Such a thread is missing, and is
             # locked and read again with the threads to create.
-            for key, turn, finished, count, last in turns.fetchall():
-                if (state := self._states.get(bytes(key))) is not None:
-                    state.turns[from_column(int(turn))] = _TurnRow(
-                        bool(finished), int(count), int(last)
-                    )
-            for key, event_id, position, turn in ids.fetchall() if ids is not None else ():
-                if (state := self._states.get(bytes(key))) is not None:
-                    state.ids[bytes(event_id)] = (int(position), from_column(int(turn)))
+            for key, turn_rows, id_rows in per_thread:
+                state = self._states.get(key)
+                for turn, finished, count, last in turn_rows.fetchall():
+                    if state is not None:
+                        state.turns[from_column(int(turn))] = _TurnRow(
+                            bool(finished), int(count), int(last)
+                        )
+                turn_rows.close()
+                if id_rows is not None:
+                    for event_id, position, turn in id_rows.fetchall():
+                        if state is not None:
+                            state.ids[bytes(event_id)] = (int(position), from_column(int(turn)))
+                    id_rows.close()
             missing.extend(key for key in keys if key not in self._states)
-            for cursor in (lock, turns, ids):
-                if cursor is not None:
-                    cursor.close()
         self._reads = []
         return missing
 
