@@ -13,10 +13,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from tests.postgres import PostgresServer
+from tests.postgres import PostgresServer, fresh_database
 from turnstore.server.engine import Engine
 from turnstore.server.errors import EventIdConflictError, ThreadClearedError, VersionConflictError
 from turnstore.server.pg_engine.engine import PostgresEngine
@@ -41,12 +40,8 @@ def envelope(event_id: str) -> NewEvent:
 @pytest.fixture
 def dsn(postgres_server: PostgresServer) -> Iterator[str]:
     """A database of its own on the session's server (a sweep here removes only our threads)."""
-    name = f"t_{uuid.uuid4().hex}"
-    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield postgres_server.dsn.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    with fresh_database(postgres_server) as database:
+        yield database
 
 
 def open_engine(dsn: str, tmp_path: Path, retain: float | None = None) -> PostgresEngine:

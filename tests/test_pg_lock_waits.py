@@ -29,7 +29,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.postgres import PostgresServer
+from tests.postgres import PostgresServer, fresh_database
 from tests.test_pg_engine import envelope, open_engine
 from turnstore.server.errors import DatabaseUnavailableError, TurnFinishedError
 from turnstore.server.pg_engine.engine import PostgresEngine
@@ -39,12 +39,8 @@ from turnstore.server.values import TurnCursor
 @pytest.fixture
 def dsn(postgres_server: PostgresServer) -> Iterator[str]:
     """A database of its own on the session's server: its lock waiters are only ours."""
-    name = f"t_{uuid.uuid4().hex}"
-    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield postgres_server.dsn.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    with fresh_database(postgres_server) as database:
+        yield database
 
 
 @pytest.fixture
