@@ -12,12 +12,12 @@ from typing import TypeVar
 import lmdb
 
 from turnstore.server import schema
+from turnstore.server.engine_input import MAX_U64
 from turnstore.server.errors import (
     ThreadClearedError,
 )
 from turnstore.server.lmdb_engine.snapshots import _Snapshots
 from turnstore.server.lmdb_engine.state import (
-    _MAX_U64,
     _get,
     _keys,
     _pairs,
@@ -65,7 +65,7 @@ class _Reads(_Snapshots):
             if turn_value is None:
                 return None
             finished, _, _ = schema.unpack_turn(turn_value)
-            events, _ = self._turn_records(txn, number, turn, -1, _MAX_U64, None)
+            events, _ = self._turn_records(txn, number, turn, -1, MAX_U64, None)
             return TurnChunk(turn, finished, events)
 
     def _turn_records(

@@ -13,7 +13,6 @@ import lmdb
 
 from turnstore.server import schema
 from turnstore.server.errors import (
-    InvalidArgumentError,
     VersionConflictError,
 )
 from turnstore.server.lmdb_engine.state import (
@@ -47,16 +46,8 @@ class _Snapshots(_TurnWrites):
         snapshot is stored). Only the newest ``snapshot_versions_kept``
         versions are kept.
         """
-        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
-        if len(data) > self.limits.max_snapshot_bytes:
-            raise InvalidArgumentError(
-                "data",
-                f"is {len(data)} bytes, over the snapshot limit of "
-                f"{self.limits.max_snapshot_bytes}",
-            )
-        content_type_bytes = content_type.encode("utf-8")
-        if len(content_type_bytes) > 255:
-            raise InvalidArgumentError("content_type", "is over the limit of 255 bytes")
+        encoded_key = self._conversation_key(key)
+        content_type_bytes = self._checked_snapshot(data, content_type)
         kept = self.config.snapshot_versions_kept
 
         def apply(txn: lmdb.Transaction, now_ns: int) -> int:
@@ -96,7 +87,7 @@ class _Snapshots(_TurnWrites):
         Succeeds (with 0) for an unknown key. The key's version counter is
         kept, so the next save gets a higher version than any before.
         """
-        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        encoded_key = self._conversation_key(key)
 
         def apply(txn: lmdb.Transaction, now_ns: int) -> int:
             conversations = self._dbs[schema.CONVERSATIONS]
@@ -119,7 +110,7 @@ class _Snapshots(_TurnWrites):
         None when the key was never saved, was deleted, or the version is not
         kept.
         """
-        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        encoded_key = self._conversation_key(key)
         if version is not None:
             self._check_turn(version)
         with self._read() as txn:
@@ -140,7 +131,7 @@ class _Snapshots(_TurnWrites):
 
         Empty for an unknown or deleted key.
         """
-        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        encoded_key = self._conversation_key(key)
         out: list[StoredSnapshot] = []
         with self._read() as txn:
             value = _get(txn, encoded_key, self._dbs[schema.CONVERSATIONS])

@@ -19,9 +19,9 @@ from typing import IO, Any, TypeVar
 import lmdb
 
 from turnstore.server import backups, schema
+from turnstore.server.engine_input import InputChecks
 from turnstore.server.errors import (
     EngineClosedError,
-    InvalidArgumentError,
 )
 from turnstore.server.space import (
     SpaceGuard,
@@ -35,8 +35,6 @@ from turnstore.server.values import (
 )
 
 T = TypeVar("T")
-
-_MAX_U64 = (1 << 64) - 1
 
 
 class _ResizeGate:
@@ -136,7 +134,7 @@ class _RetentionState:
                 continue
 
 
-class _State:
+class _State(InputChecks):
     """What every layer of the engine shares (set by Engine.__init__)."""
 
     config: EngineConfig
@@ -168,25 +166,6 @@ class _State:
     def _read(self) -> Iterator[lmdb.Transaction]:
         with self._gate.reading(), self._env.begin(buffers=False) as txn:
             yield txn
-
-    @staticmethod
-    def _utf8(name: str, value: str, limit: int) -> bytes:
-        if not value:
-            raise InvalidArgumentError(name, "must not be empty")
-        encoded = value.encode("utf-8", "surrogatepass")
-        if len(encoded) > limit:
-            raise InvalidArgumentError(
-                name, f"is {len(encoded)} bytes of UTF-8, over the limit of {limit}"
-            )
-        return encoded
-
-    def _thread_key(self, thread_id: str) -> bytes:
-        return self._utf8("thread_id", thread_id, self.limits.max_thread_id_bytes)
-
-    @staticmethod
-    def _check_turn(turn: int) -> None:
-        if not 0 <= turn <= _MAX_U64:
-            raise InvalidArgumentError("turn", f"must be between 0 and {_MAX_U64}")
 
 
 def _decode_snapshot(version: int, record: bytes) -> StoredSnapshot:

@@ -15,7 +15,6 @@ import lmdb
 from turnstore.server import records, schema
 from turnstore.server.errors import (
     EventIdConflictError,
-    InvalidArgumentError,
     TurnAlreadyFinishedError,
     TurnFinishedError,
 )
@@ -55,25 +54,7 @@ class _TurnWrites(_Writer):
         """
         key = self._thread_key(thread_id)
         self._check_turn(turn)
-        if not events and not finish:
-            raise InvalidArgumentError("events", "must hold at least one event")
-        if len(events) > self.limits.max_events_per_append:
-            raise InvalidArgumentError(
-                "events",
-                f"holds {len(events)} events, over the limit of "
-                f"{self.limits.max_events_per_append} per append",
-            )
-        encoded = [
-            (event.event_id.encode("utf-8", "surrogatepass"), event.envelope) for event in events
-        ]
-        max_id, max_event = self.limits.max_event_id_bytes, self.limits.max_event_bytes
-        for index, (event_id, envelope) in enumerate(encoded):
-            if not event_id or len(event_id) > max_id or len(envelope) > max_event:
-                self._utf8(f"events[{index}].event_id", events[index].event_id, max_id)
-                raise InvalidArgumentError(
-                    f"events[{index}]",
-                    f"is {len(envelope)} bytes encoded, over the limit of {max_event}",
-                )
+        encoded = self._checked_events(events, finish)
 
         def apply(txn: lmdb.Transaction, now_ns: int) -> list[int]:
             return self._write_turn(txn, key, turn, encoded, finish, now_ns)[0]

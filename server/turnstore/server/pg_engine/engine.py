@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 
+from turnstore.server.engine_input import InputChecks
 from turnstore.server.errors import (
     BackupFailedError,
     DatabaseUnavailableError,
     EngineClosedError,
-    InvalidArgumentError,
 )
 from turnstore.server.pg_engine import operations, reads, tables, writes
 from turnstore.server.pg_engine.appends import TurnAppend
@@ -37,7 +37,6 @@ from turnstore.server.values import (
     BackupResult,
     EngineConfig,
     KeySummary,
-    Limits,
     NewEvent,
     PostgresConfig,
     ReadBudget,
@@ -54,7 +53,6 @@ from turnstore.server.values import (
 )
 
 T = TypeVar("T")
-_MAX_U64 = (1 << 64) - 1
 
 
 def redact_dsn(dsn: str) -> str:
@@ -102,11 +100,12 @@ def _prepare_schema(conn: psycopg.Connection[Any], dsn: str) -> None:
     )
 
 
-class PostgresEngine(Retention):
+class PostgresEngine(Retention, InputChecks):
     """turnstore's PostgreSQL backend. Open with :meth:`open`, close with :meth:`close`."""
 
     def __init__(self, config: EngineConfig, pg: PostgresConfig) -> None:
         self.config = config
+        self.limits = config.limits
         self._pg = pg
         self._closed = False
         self.database = redact_dsn(pg.dsn)
@@ -172,10 +171,6 @@ class PostgresEngine(Retention):
         return engine
 
     @property
-    def limits(self) -> Limits:
-        return self.config.limits
-
-    @property
     def map_size(self) -> int:
         """0: PostgreSQL reserves no map."""
         return 0
@@ -200,25 +195,6 @@ class PostgresEngine(Retention):
 
     # -- validation ------------------------------------------------------------
 
-    @staticmethod
-    def _utf8(name: str, value: str, limit: int) -> bytes:
-        if not value:
-            raise InvalidArgumentError(name, "must not be empty")
-        encoded = value.encode("utf-8", "surrogatepass")
-        if len(encoded) > limit:
-            raise InvalidArgumentError(
-                name, f"is {len(encoded)} bytes of UTF-8, over the limit of {limit}"
-            )
-        return encoded
-
-    def _thread_key(self, thread_id: str) -> bytes:
-        return self._utf8("thread_id", thread_id, self.limits.max_thread_id_bytes)
-
-    @staticmethod
-    def _check_turn(turn: int) -> None:
-        if not 0 <= turn <= _MAX_U64:
-            raise InvalidArgumentError("turn", f"must be between 0 and {_MAX_U64}")
-
     # -- writes -----------------------------------------------------------------
 
     def append(
@@ -227,25 +203,7 @@ class PostgresEngine(Retention):
         """As :meth:`turnstore.server.engine.Engine.append`."""
         key = self._thread_key(thread_id)
         self._check_turn(turn)
-        if not events and not finish:
-            raise InvalidArgumentError("events", "must hold at least one event")
-        if len(events) > self.limits.max_events_per_append:
-            raise InvalidArgumentError(
-                "events",
-                f"holds {len(events)} events, over the limit of "
-                f"{self.limits.max_events_per_append} per append",
-            )
-        encoded = [
-            (event.event_id.encode("utf-8", "surrogatepass"), event.envelope) for event in events
-        ]
-        max_id, max_event = self.limits.max_event_id_bytes, self.limits.max_event_bytes
-        for index, (event_id, envelope) in enumerate(encoded):
-            if not event_id or len(event_id) > max_id or len(envelope) > max_event:
-                self._utf8(f"events[{index}].event_id", events[index].event_id, max_id)
-                raise InvalidArgumentError(
-                    f"events[{index}]",
-                    f"is {len(envelope)} bytes encoded, over the limit of {max_event}",
-                )
+        encoded = self._checked_events(events, finish)
         return self._writer.submit_append(thread_id, TurnAppend(key, turn, encoded, finish))
 
     def finish_turn(self, thread_id: str, turn: int) -> Future[int]:
@@ -265,15 +223,8 @@ class PostgresEngine(Retention):
         self, key: str, data: bytes, content_type: str, expected_version: int | None = None
     ) -> Future[int]:
         """As :meth:`turnstore.server.engine.Engine.save_snapshot`."""
-        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
-        if len(data) > self.limits.max_snapshot_bytes:
-            raise InvalidArgumentError(
-                "data",
-                f"is {len(data)} bytes, over the snapshot limit of "
-                f"{self.limits.max_snapshot_bytes}",
-            )
-        if len(content_type.encode("utf-8")) > 255:
-            raise InvalidArgumentError("content_type", "is over the limit of 255 bytes")
+        encoded_key = self._conversation_key(key)
+        self._checked_snapshot(data, content_type)
         kept = self.config.snapshot_versions_kept
         return self._writer.submit(
             None,
@@ -284,7 +235,7 @@ class PostgresEngine(Retention):
 
     def delete_snapshots(self, key: str) -> Future[int]:
         """As :meth:`turnstore.server.engine.Engine.delete_snapshots`."""
-        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        encoded_key = self._conversation_key(key)
         return self._writer.submit(
             None, lambda cur, now: writes.delete_snapshots(cur, encoded_key, now)
         )
@@ -387,7 +338,7 @@ class PostgresEngine(Retention):
 
     def load_snapshot(self, key: str, version: int | None = None) -> StoredSnapshot | None:
         """As :meth:`turnstore.server.engine.Engine.load_snapshot`."""
-        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        encoded_key = self._conversation_key(key)
         if version is not None:
             self._check_turn(version)
         with self._read() as cur:
@@ -395,7 +346,7 @@ class PostgresEngine(Retention):
 
     def list_snapshot_versions(self, key: str) -> list[StoredSnapshot]:
         """As :meth:`turnstore.server.engine.Engine.list_snapshot_versions`."""
-        encoded_key = self._utf8("key", key, self.limits.max_key_bytes)
+        encoded_key = self._conversation_key(key)
         with self._read() as cur:
             return operations.list_snapshot_versions(cur, encoded_key)
 
