@@ -25,9 +25,10 @@ The module imports neither gRPC nor generated code, like every backend.
 from __future__ import annotations
 
 import contextlib
+import queue
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from turnstore.server.values import (
     BackupResult,
@@ -204,6 +205,39 @@ class QueuedWrite(Protocol):
 
     thread_id: str | None
     future: Future[Any]
+
+
+W = TypeVar("W")
+
+
+def group_commits(
+    writes: queue.SimpleQueue[W | None], max_batch: int, commit: Callable[[list[W]], None]
+) -> None:
+    """A writer thread's loop: commit whatever is queued, up to ``max_batch`` at once.
+
+    Blocks for the first write, then takes every write already waiting, so a
+    busy engine commits many writes per transaction and an idle one commits
+    each at once. Returns at the ``None`` sentinel, after committing the
+    writes queued before it.
+    """
+    while True:
+        first = writes.get()
+        if first is None:
+            return
+        batch = [first]
+        stop = False
+        while len(batch) < max_batch:
+            try:
+                item = writes.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                stop = True
+                break
+            batch.append(item)
+        commit(batch)
+        if stop:
+            return
 
 
 def deliver_commit(

@@ -8,7 +8,6 @@ One layer of the LMDB engine (see :mod:`turnstore.server.engine`): a mixin over
 
 from __future__ import annotations
 
-import queue
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -28,7 +27,7 @@ from turnstore.server.lmdb_engine.state import (
     _State,
     _Write,
 )
-from turnstore.server.storage import CommitListener, CommitObserver, deliver_commit
+from turnstore.server.storage import CommitListener, CommitObserver, deliver_commit, group_commits
 
 T = TypeVar("T")
 
@@ -76,24 +75,7 @@ class _Writer(_State):
         return number
 
     def _write_loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self.config.max_writes_per_commit:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            self._commit(batch)
-            if stop:
-                return
+        group_commits(self._queue, self.config.max_writes_per_commit, self._commit)
 
     def _commit(self, batch: list[_Write]) -> None:
         """Apply a batch in one transaction, growing the map as needed."""

@@ -28,7 +28,12 @@ from turnstore.server.pg_engine.appends import AppendRun, TurnAppend
 from turnstore.server.pg_engine.reachability import Reachability
 from turnstore.server.pg_engine.tables import CHANNEL
 from turnstore.server.pg_engine.writes import Cursor
-from turnstore.server.storage import CommitListener, CommitObserver, deliver_commit
+from turnstore.server.storage import (
+    CommitListener,
+    CommitObserver,
+    deliver_commit,
+    group_commits,
+)
 
 T = TypeVar("T")
 
@@ -116,24 +121,7 @@ class Writer:
             self._conn.close()
 
     def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self._max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            self._commit(batch)
-            if stop:
-                return
+        group_commits(self._queue, self._max_batch, self._commit)
 
     def _commit(self, batch: list[_Write]) -> None:
         for attempt in range(_RETRIES):
