@@ -16,9 +16,6 @@ from typing import TypeVar
 import lmdb
 
 from turnstore.server import schema
-from turnstore.server.errors import (
-    EngineClosedError,
-)
 from turnstore.server.lmdb_engine.operations import _Operations
 from turnstore.server.lmdb_engine.state import (
     RETENTION_SCAN_PAGE,
@@ -100,37 +97,23 @@ class _Retention(_Operations):
         raised (EngineClosedError once the engine closes, StorageFullError).
         """
         now = time.time_ns() if now_ns is None else now_ns
-        state = self._retention
-        with state.sweep_lock:
-            if self._closed:
-                raise EngineClosedError("the engine is closed")
+        with self._retention.sweeping(now, lambda: self._closed):
             result = SweepResult(0, 0, 0)
-            try:
-                age = self.config.retain_threads_for_seconds
-                if age is not None:
-                    threads, events = self._sweep(
-                        schema.THREADS, now - int(age * 1e9), self.remove_thread_if_idle
-                    )
-                    result = dataclasses.replace(
-                        result, removed_threads=threads, removed_events=events
-                    )
-                age = self.config.retain_conversations_for_seconds
-                if age is not None:
-                    keys, _ = self._sweep(
-                        schema.CONVERSATIONS,
-                        now - int(age * 1e9),
-                        self.remove_conversation_if_idle,
-                    )
-                    result = dataclasses.replace(result, removed_conversations=keys)
-            except BaseException as error:
-                with state.lock:
-                    state.last_error = f"{type(error).__name__}: {error}"
-                raise
-            with state.lock:
-                state.sweeps += 1
-                state.last_sweep_ns = now
-                state.last_error = None
-            return result
+            age = self.config.retain_threads_for_seconds
+            if age is not None:
+                threads, events = self._sweep(
+                    schema.THREADS, now - int(age * 1e9), self.remove_thread_if_idle
+                )
+                result = dataclasses.replace(result, removed_threads=threads, removed_events=events)
+            age = self.config.retain_conversations_for_seconds
+            if age is not None:
+                keys, _ = self._sweep(
+                    schema.CONVERSATIONS,
+                    now - int(age * 1e9),
+                    self.remove_conversation_if_idle,
+                )
+                result = dataclasses.replace(result, removed_conversations=keys)
+        return result
 
     def _sweep(
         self,

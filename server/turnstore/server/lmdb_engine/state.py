@@ -119,6 +119,27 @@ class _RetentionState:
                 last_error=self.last_error,
             )
 
+    @contextlib.contextmanager
+    def sweeping(self, now_ns: int, is_closed: Callable[[], bool]) -> Iterator[None]:
+        """Around one sweep: one at a time, none once closed, its outcome counted.
+
+        EngineClosedError when ``is_closed()``; an error the sweep raises is
+        kept in ``last_error`` and raised on; a sweep that ends counts.
+        """
+        with self.sweep_lock:
+            if is_closed():
+                raise EngineClosedError("the engine is closed")
+            try:
+                yield
+            except BaseException as error:
+                with self.lock:
+                    self.last_error = f"{type(error).__name__}: {error}"
+                raise
+            with self.lock:
+                self.sweeps += 1
+                self.last_sweep_ns = now_ns
+                self.last_error = None
+
     def run(self, interval_seconds: float, sweep: Callable[[], object]) -> None:
         """The background driver: one ``sweep`` per interval until ``stop`` is set.
 

@@ -15,7 +15,6 @@ from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from typing import TypeVar
 
-from turnstore.server.errors import EngineClosedError
 from turnstore.server.lmdb_engine.state import RETENTION_BATCH_ITEMS, _RetentionState
 from turnstore.server.pg_engine import writes
 from turnstore.server.pg_engine.writes import Cursor
@@ -69,27 +68,15 @@ class Retention:
     def sweep_retention(self, now_ns: int | None = None) -> SweepResult:
         """As :meth:`turnstore.server.engine.Engine.sweep_retention`."""
         now = time.time_ns() if now_ns is None else now_ns
-        state = self._retention
-        with state.sweep_lock:
-            if self._closed:
-                raise EngineClosedError("the engine is closed")
+        with self._retention.sweeping(now, lambda: self._closed):
             threads = events = keys = 0
-            try:
-                age = self.config.retain_threads_for_seconds
-                if age is not None:
-                    threads, events = self._sweep(True, now - int(age * 1e9))
-                age = self.config.retain_conversations_for_seconds
-                if age is not None:
-                    keys, _ = self._sweep(False, now - int(age * 1e9))
-            except BaseException as error:
-                with state.lock:
-                    state.last_error = f"{type(error).__name__}: {error}"
-                raise
-            with state.lock:
-                state.sweeps += 1
-                state.last_sweep_ns = now
-                state.last_error = None
-            return SweepResult(threads, events, keys)
+            age = self.config.retain_threads_for_seconds
+            if age is not None:
+                threads, events = self._sweep(True, now - int(age * 1e9))
+            age = self.config.retain_conversations_for_seconds
+            if age is not None:
+                keys, _ = self._sweep(False, now - int(age * 1e9))
+        return SweepResult(threads, events, keys)
 
     def _expired(self, threads: bool, cutoff_ns: int) -> Iterator[list[bytes]]:
         """Pages of ids (keys) last written before the cutoff, in byte order."""
