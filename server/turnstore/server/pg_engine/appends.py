@@ -70,8 +70,8 @@ class _ThreadState:
     turns: dict[int, _TurnRow] = field(default_factory=dict)
     # Event id -> (position, turn), for the ids this run asked about or added.
     ids: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    # The turns this run's admitted writes changed (none: the thread is unchanged).
     touched_turns: set[int] = field(default_factory=set)
-    changed: bool = False
 
 
 # A thread's key, and the cursors of its turns and of its stored ids (None: no ids asked).
@@ -243,12 +243,11 @@ class AppendRun:
             )
             state.next_finish += 1
         state.touched_turns.add(turn)
-        state.changed = True
         return row.event_count if write.count_result else positions
 
     def queue_writes(self, cur: Cursor, now_ns: int) -> None:
         """Queue step 3 (in pipeline mode): the rows of every write :meth:`apply` admitted."""
-        changed = [state for state in self._states.values() if state.changed]
+        changed = [state for state in self._states.values() if state.touched_turns]
         if not changed:
             return
         if len(self._events) > _ROWS_PER_STATEMENT:

@@ -217,6 +217,17 @@ class Writer:
         cur = conn.cursor()
         began = False
         unsent: AppendRun | None = None  # applied in memory, its rows not yet sent
+
+        def queue_what_comes_first() -> None:
+            """BEGIN before the first statement; the rows of the run applied before."""
+            nonlocal began, unsent
+            if not began:
+                cur.execute("BEGIN")
+                began = True
+            if unsent is not None:
+                unsent.queue_writes(cur, now_ns)
+                unsent = None
+
         index = 0
         while index < len(batch):
             end = index
@@ -225,9 +236,7 @@ class Writer:
             if end > index:
                 run = AppendRun([write.append for write in batch[index:end] if write.append])
                 with conn.pipeline():
-                    if not began:
-                        cur.execute("BEGIN")
-                        began = True
+                    queue_what_comes_first()
                     run.queue_reads(cur)
                 missing = run.load()
                 for _ in range(_RETRIES):
@@ -247,12 +256,7 @@ class Writer:
             write = batch[index]
             assert write.apply is not None
             with conn.pipeline():
-                if not began:
-                    cur.execute("BEGIN")
-                    began = True
-                if unsent is not None:
-                    unsent.queue_writes(cur, now_ns)
-                    unsent = None
+                queue_what_comes_first()
             try:
                 outcomes.append((True, write.apply(cur, now_ns)))
             except EngineError as error:
@@ -265,8 +269,7 @@ class Writer:
         }
         started = time.perf_counter()
         with conn.pipeline():
-            if unsent is not None:
-                unsent.queue_writes(cur, now_ns)
+            queue_what_comes_first()
             if changed:
                 cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notify_payload(changed)))
             self._commit_sent = True
