@@ -28,7 +28,7 @@ from turnstore.server.errors import (
 from turnstore.server.pg_engine import operations, reads, tables, writes
 from turnstore.server.pg_engine.appends import TurnAppend
 from turnstore.server.pg_engine.listen import CommitFeed, WakeAll
-from turnstore.server.pg_engine.reachability import Reachability
+from turnstore.server.pg_engine.reachability import DOWN_WAIT_SECONDS, Reachability
 from turnstore.server.pg_engine.retention import Retention
 from turnstore.server.pg_engine.writer import Writer, _describe
 from turnstore.server.pg_engine.writes import Cursor
@@ -258,14 +258,11 @@ class PostgresEngine(Retention, InputChecks):
             raise EngineClosedError("the engine is closed")
         reachability = self._reachability
         down = reachability.down
+        wait = DOWN_WAIT_SECONDS if down else self._pg.connect_timeout_seconds
         try:
             with contextlib.ExitStack() as stack:
                 try:
-                    conn = stack.enter_context(
-                        self._pool.connection(
-                            timeout=reachability.read_wait(self._pg.connect_timeout_seconds)
-                        )
-                    )
+                    conn = stack.enter_context(self._pool.connection(timeout=wait))
                 except psycopg_pool.PoolTimeout:
                     if not down:
                         raise

@@ -33,7 +33,7 @@ class CommitFeed:
         listeners: list[CommitListener],
         tick_seconds: float,
         reachability: Reachability,
-        own_session: Callable[[], int | None] = lambda: None,
+        own_session: Callable[[], int | None],
     ) -> None:
         self._connect = connect
         self._own_session = own_session

@@ -27,7 +27,3 @@ class Reachability:
     def mark_up(self) -> None:
         """The database answered."""
         self.down = False
-
-    def read_wait(self, connect_timeout: float) -> float:
-        """How long a read may wait for a pooled connection now."""
-        return DOWN_WAIT_SECONDS if self.down else connect_timeout
