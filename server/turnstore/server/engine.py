@@ -154,9 +154,10 @@ class Engine(_Retention):
                 mode=0o600,
             )
             with env.begin(write=True) as txn:
-                for name in schema.ALL_DATABASES:
-                    env.open_db(name, txn=txn, create=True)
-                meta = env.open_db(schema.META, txn=txn)
+                dbs = {
+                    name: env.open_db(name, txn=txn, create=True) for name in schema.ALL_DATABASES
+                }
+                meta = dbs[schema.META]
                 stored = _get(txn, schema.META_SCHEMA_VERSION, meta)
                 if stored is None:
                     txn.put(
@@ -168,6 +169,8 @@ class Engine(_Retention):
                         f"{schema.U64.unpack(stored)[0]}, newer than this turnstore "
                         f"({schema.SCHEMA_VERSION})"
                     )
+                elif schema.U64.unpack(stored)[0] < schema.SCHEMA_VERSION:
+                    schema.migrate(txn, dbs, schema.U64.unpack(stored)[0])
         except BaseException:
             lock_file.close()
             raise

@@ -88,3 +88,16 @@ class InputChecks:
                 "content_type", f"is over the limit of {MAX_SNAPSHOT_CONTENT_TYPE_BYTES} bytes"
             )
         return encoded
+
+
+def turn_too_large(turn: int, size: int, max_bytes: int) -> InvalidArgumentError:
+    """The refusal of a whole-turn read over ``max_bytes``, naming the reads that page.
+
+    Both engines raise it before reading the turn's records, from their sizes alone.
+    """
+    return InvalidArgumentError(
+        "turn",
+        f"turn {turn} holds {size} bytes of events, over the limit of {max_bytes} bytes "
+        "for one whole-turn answer; read it in pieces with ListTurns, ReadEvents or Replay "
+        "(HTTP: GET /v1/threads/{thread_id}/turns pages by bytes)",
+    )

@@ -8,7 +8,8 @@ nothing of its old life can be read back by mistake.
 
 ``meta``
     key: ASCII name -> value: u64.
-    ``schema_version``: the layout version below (currently 1).
+    ``schema_version``: the layout version below (currently 2; a version 1
+    directory is brought to 2 when opened: :func:`migrate`).
     ``next_thread_number``: the number the next new thread gets.
     ``next_conversation_number``: likewise for conversation keys.
 
@@ -21,6 +22,14 @@ nothing of its old life can be read back by mistake.
     ``last_write_unix_nanos`` is the commit time of the thread's last append
     or finish (an append that stored nothing new, a retry, leaves it); the
     retention sweep removes threads by it. Decoded by :func:`unpack_thread`.
+
+``threads_by_write``
+    key: last_write_unix_nanos u64 | thread id (UTF-8) -> value: empty.
+    One entry per ``threads`` entry, with its ``last_write_unix_nanos``:
+    the index a recent-first listing walks backwards, reading only the
+    entries it returns. The writer replaces a thread's entry in the
+    transaction that changes its last write, and deletes it with the thread.
+    Added in schema version 2.
 
 ``turns``
     key: thread_number u64 | turn u64
@@ -72,12 +81,13 @@ nothing of its old life can be read back by mistake.
 from __future__ import annotations
 
 import struct
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 META: Final = b"meta"
 THREADS: Final = b"threads"
+THREADS_BY_WRITE: Final = b"threads_by_write"
 TURNS: Final = b"turns"
 EVENTS: Final = b"events"
 TURN_EVENTS: Final = b"turn_events"
@@ -89,6 +99,7 @@ SNAPSHOTS: Final = b"snapshots"
 ALL_DATABASES: Final = (
     META,
     THREADS,
+    THREADS_BY_WRITE,
     TURNS,
     EVENTS,
     TURN_EVENTS,
@@ -159,3 +170,25 @@ def pack_conversation(number: int, latest: int, current: int, last_write_ns: int
 def unpack_conversation(value: bytes) -> ConversationRecord:
     """Decode a ``conversations`` value."""
     return ConversationRecord(*CONVERSATION_VALUE.unpack(value))
+
+
+def by_write_key(last_write_ns: int, thread_key: bytes) -> bytes:
+    """A ``threads_by_write`` key."""
+    return U64.pack(last_write_ns) + thread_key
+
+
+def migrate(txn: Any, dbs: dict[bytes, Any], stored_version: int) -> int:
+    """Bring a data directory's layout from ``stored_version`` to :data:`SCHEMA_VERSION`.
+
+    Runs in the write transaction that opens the directory, so a migration
+    is all or nothing; returns the version written. 1 -> 2 fills
+    ``threads_by_write`` from ``threads`` (one pass, in key order).
+    """
+    if stored_version < 2:
+        index = dbs[THREADS_BY_WRITE]
+        with txn.cursor(db=dbs[THREADS]) as cursor:
+            for key, value in cursor.iternext():
+                record = unpack_thread(bytes(value))
+                txn.put(by_write_key(record.last_write_ns, bytes(key)), b"", db=index)
+    txn.put(META_SCHEMA_VERSION, U64.pack(SCHEMA_VERSION), db=dbs[META])
+    return SCHEMA_VERSION

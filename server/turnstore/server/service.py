@@ -18,7 +18,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 import grpc
 import structlog
 
-from turnstore.server import records, replaying
+from turnstore.server import readcost, records, replaying
 from turnstore.server.acks import AckPump
 from turnstore.server.bodies import check_json_body, event_content_type
 from turnstore.server.errors import (
@@ -40,6 +40,7 @@ from turnstore.server.errors import (
 )
 from turnstore.server.followers import Followers, Sender
 from turnstore.server.ingress import INLINE_DECODE_BYTES, Ingress, RawRequest, RefusedRequest
+from turnstore.server.readcost import run_heavy
 from turnstore.server.replaying import MAX_EVENTS_PER_BATCH, MAX_TURN, ReplayQuery
 from turnstore.server.storage import StorageEngine
 from turnstore.server.values import NewEvent, ReadBudget, TurnChunk, TurnCursor
@@ -90,6 +91,8 @@ MAX_ITEMS_PER_MESSAGE: Final = 4096
 # Threads or conversation keys per ListThreads / ListKeys message (ids are at
 # most 511 bytes, so a message stays well under 1 MiB).
 LISTED_PER_MESSAGE: Final = 1000
+# Room left in a GetTurn response for the framing around the turn's records.
+GET_TURN_HEADROOM_BYTES: Final = 1024 * 1024
 
 
 def status_for(error: EngineError) -> grpc.StatusCode:
@@ -364,11 +367,13 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
     @_unary
     async def GetTurn(
         self, request: pb.GetTurnRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetTurnResponse:
-        chunk = await self._run(self._engine.get_turn, request.thread_id, request.turn)
-        if chunk is None:
-            return pb.GetTurnResponse(found=False)
-        return pb.GetTurnResponse(found=True, turn=_turn_message(chunk))
+    ) -> pb.GetTurnResponse | bytes:
+        # A turn that cannot fit one response is refused before it is read.
+        max_bytes = self._engine.limits.max_message_bytes - GET_TURN_HEADROOM_BYTES
+        chunk = await run_heavy(
+            self._executor, self._engine.get_turn, request.thread_id, request.turn, max_bytes
+        )
+        return readcost.get_turn_response(chunk)
 
     @_streaming
     async def ListTurns(
@@ -727,18 +732,10 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
     @_unary
     async def Load(
         self, request: pb.LoadRequest, context: grpc.aio.ServicerContext
-    ) -> pb.LoadResponse:
+    ) -> pb.LoadResponse | bytes:
         version = request.version if request.HasField("version") else None
-        stored = await self._run(self._engine.load_snapshot, request.key, version)
-        if stored is None:
-            return pb.LoadResponse(found=False)
-        snapshot = pb.Snapshot(
-            version=stored.version,
-            content_type=stored.content_type,
-            data=stored.data,
-            saved_at_unix_nanos=stored.saved_at_ns,
-        )
-        return pb.LoadResponse(found=True, snapshot=snapshot)
+        stored = await run_heavy(self._executor, self._engine.load_snapshot, request.key, version)
+        return readcost.load_response(stored)
 
     @_unary
     async def ListVersions(
@@ -750,7 +747,7 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
                 pb.SnapshotVersion(
                     version=stored.version,
                     saved_at_unix_nanos=stored.saved_at_ns,
-                    size_bytes=len(stored.data),
+                    size_bytes=stored.size_bytes,
                     content_type=stored.content_type,
                 )
                 for stored in kept

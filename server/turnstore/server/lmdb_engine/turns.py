@@ -166,6 +166,12 @@ class _TurnWrites(_Writer):
             schema.pack_thread(number, next_position, next_finish, now_ns),
             db=self._dbs[schema.THREADS],
         )
+        by_write = self._dbs[schema.THREADS_BY_WRITE]
+        if value is not None:
+            txn.delete(
+                schema.by_write_key(schema.unpack_thread(value).last_write_ns, key), db=by_write
+            )
+        txn.put(schema.by_write_key(now_ns, key), b"", db=by_write)
         return positions, count
 
     def clear(self, thread_id: str) -> Future[int]:
@@ -197,5 +203,11 @@ class _TurnWrites(_Writer):
             schema.EVENT_IDS,
         ):
             _delete_prefix(txn, self._dbs[name], prefix)
+        value = _get(txn, key, self._dbs[schema.THREADS])
+        if value is not None:
+            last_write_ns = schema.unpack_thread(value).last_write_ns
+            txn.delete(
+                schema.by_write_key(last_write_ns, key), db=self._dbs[schema.THREADS_BY_WRITE]
+            )
         txn.delete(key, db=self._dbs[schema.THREADS])
         self.space.note_freed()

@@ -8,6 +8,7 @@ and records come back as the stored wire bytes.
 
 from __future__ import annotations
 
+from turnstore.server.engine_input import turn_too_large
 from turnstore.server.errors import ThreadClearedError
 from turnstore.server.pg_engine.tables import from_column, to_column
 from turnstore.server.pg_engine.writes import Cursor
@@ -46,7 +47,7 @@ def check_view(cur: Cursor, view: ThreadView) -> int | None:
     return view.thread_number
 
 
-def get_turn(cur: Cursor, key: bytes, turn: int) -> TurnChunk | None:
+def get_turn(cur: Cursor, key: bytes, turn: int, max_bytes: int | None) -> TurnChunk | None:
     row = thread_row(cur, key)
     if row is None:
         return None
@@ -60,12 +61,24 @@ def get_turn(cur: Cursor, key: bytes, turn: int) -> TurnChunk | None:
         return None
     if not found[1]:
         return TurnChunk(turn, bool(found[0]), [])
+    if max_bytes is not None:
+        # octet_length reads a TOASTed record's stored length, not the record.
+        cur.execute(
+            "SELECT coalesce(sum(octet_length(record)), 0) FROM turnstore_events "
+            "WHERE number = %s AND turn = %s AND position <= %s",
+            (row[0], to_column(turn), found[2]),
+        )
+        size_row = cur.fetchone()
+        size = int(size_row[0]) if size_row is not None else 0
+        if size > max_bytes:
+            raise turn_too_large(turn, size, max_bytes)
     # Bounded by the turn's last position and ordered as the turns index, so
     # that no plan walks the thread's later events.
     cur.execute(
         "SELECT record FROM turnstore_events WHERE number = %s AND turn = %s "
         "AND position <= %s ORDER BY turn, position",
         (row[0], to_column(turn), found[2]),
+        binary=True,
     )
     return TurnChunk(turn, bool(found[0]), [bytes(r[0]) for r in cur.fetchall()])
 
