@@ -33,8 +33,12 @@ nothing of its old life can be read back by mistake.
 
 ``turns``
     key: thread_number u64 | turn u64
-    -> value: finished u8 | event_count u64 | last_position u64.
+    -> value: finished u8 | event_count u64 | last_position u64 | record_bytes u64.
     ``last_position`` is meaningless while ``event_count`` is 0.
+    ``record_bytes`` is the total length of the turn's ``events`` values, so
+    a whole-turn read can be refused by size without touching them. Turns
+    begun before schema version 2 have no ``record_bytes`` (a 17-byte value)
+    and keep none; their size is measured from the events when needed.
 
 ``events``
     key: thread_number u64 | position u64 -> value: a ``StoredEvent`` message
@@ -76,6 +80,14 @@ nothing of its old life can be read back by mistake.
     key: conversation_number u64 | version u64
     -> value: saved_at_unix_nanos i64 | content_type_length u16 |
     content_type (UTF-8) | data.
+
+``snapshot_versions``
+    key: conversation_number u64 | version u64
+    -> value: saved_at_unix_nanos i64 | data_bytes u64 | content_type (UTF-8).
+    The metadata of each ``snapshots`` entry, written and deleted with it,
+    so that listing versions reads no snapshot data (reading a value maps
+    all its pages). Versions saved before schema version 2 have none; a
+    listing reads their ``snapshots`` header instead. Added in version 2.
 """
 
 from __future__ import annotations
@@ -95,6 +107,7 @@ TURN_FINISHES: Final = b"turn_finishes"
 EVENT_IDS: Final = b"event_ids"
 CONVERSATIONS: Final = b"conversations"
 SNAPSHOTS: Final = b"snapshots"
+SNAPSHOT_VERSIONS: Final = b"snapshot_versions"
 
 ALL_DATABASES: Final = (
     META,
@@ -107,6 +120,7 @@ ALL_DATABASES: Final = (
     EVENT_IDS,
     CONVERSATIONS,
     SNAPSHOTS,
+    SNAPSHOT_VERSIONS,
 )
 
 META_SCHEMA_VERSION: Final = b"schema_version"
@@ -118,20 +132,45 @@ PAIR: Final = struct.Struct(">QQ")
 TRIPLE: Final = struct.Struct(">QQQ")
 QUAD: Final = struct.Struct(">QQQQ")
 TURN_VALUE: Final = struct.Struct(">BQQ")
+SIZED_TURN_VALUE: Final = struct.Struct(">BQQQ")
+SNAPSHOT_VERSION_HEADER: Final = struct.Struct(">qQ")
 THREAD_VALUE: Final = QUAD
 CONVERSATION_VALUE: Final = QUAD
 SNAPSHOT_HEADER: Final = struct.Struct(">qH")
 
 
-def pack_turn(finished: bool, event_count: int, last_position: int) -> bytes:
-    """Encode a ``turns`` value."""
-    return TURN_VALUE.pack(1 if finished else 0, event_count, last_position)
+def pack_turn(
+    finished: bool, event_count: int, last_position: int, record_bytes: int | None
+) -> bytes:
+    """Encode a ``turns`` value (``record_bytes`` None: a turn begun before version 2)."""
+    flag = 1 if finished else 0
+    if record_bytes is None:
+        return TURN_VALUE.pack(flag, event_count, last_position)
+    return SIZED_TURN_VALUE.pack(flag, event_count, last_position, record_bytes)
 
 
 def unpack_turn(value: bytes) -> tuple[bool, int, int]:
     """Decode a ``turns`` value into (finished, event_count, last_position)."""
-    finished, count, last = TURN_VALUE.unpack(value)
+    finished, count, last = TURN_VALUE.unpack_from(value)
     return bool(finished), count, last
+
+
+def turn_record_bytes(value: bytes) -> int | None:
+    """A ``turns`` value's ``record_bytes``; None for a turn begun before version 2."""
+    if len(value) < SIZED_TURN_VALUE.size:
+        return None
+    return int(SIZED_TURN_VALUE.unpack(value)[3])
+
+
+def pack_snapshot_version(saved_at_ns: int, data_bytes: int, content_type: bytes) -> bytes:
+    """Encode a ``snapshot_versions`` value."""
+    return SNAPSHOT_VERSION_HEADER.pack(saved_at_ns, data_bytes) + content_type
+
+
+def unpack_snapshot_version(value: bytes) -> tuple[int, int, str]:
+    """Decode a ``snapshot_versions`` value into (saved_at_ns, data_bytes, content_type)."""
+    saved_at, size = SNAPSHOT_VERSION_HEADER.unpack_from(value)
+    return saved_at, size, value[SNAPSHOT_VERSION_HEADER.size :].decode("utf-8")
 
 
 class ThreadRecord(NamedTuple):

@@ -56,9 +56,10 @@ class _Reads(_Snapshots):
         """One whole turn, or None for an unknown thread or turn.
 
         With ``max_bytes``, a turn whose records total more raises
-        InvalidArgumentError before any record is copied: the read runs on
-        LMDB's pages in place, so measuring a record's length reads nothing
-        of it.
+        InvalidArgumentError before any record is read: the total is kept in
+        the turn's entry (``record_bytes``). A turn begun before schema
+        version 2 has none and is measured from its records in place (which
+        maps their pages but copies nothing).
         """
         key = self._thread_key(thread_id)
         self._check_turn(turn)
@@ -72,7 +73,9 @@ class _Reads(_Snapshots):
                 return None
             finished, _, _ = schema.unpack_turn(turn_value)
             if max_bytes is not None:
-                size = self._turn_bytes(txn, number, turn)
+                size = schema.turn_record_bytes(turn_value)
+                if size is None:  # begun before schema version 2: measure (maps its pages)
+                    size = self._turn_bytes(txn, number, turn)
                 if size > max_bytes:
                     raise turn_too_large(turn, size, max_bytes)
             events, _ = self._turn_records(txn, number, turn, -1, MAX_U64, None)

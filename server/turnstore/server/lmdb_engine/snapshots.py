@@ -18,6 +18,7 @@ from turnstore.server.errors import (
 from turnstore.server.lmdb_engine.state import (
     _delete_prefix,
     _get,
+    _keys,
 )
 from turnstore.server.lmdb_engine.turns import _TurnWrites
 from turnstore.server.space import (
@@ -66,11 +67,18 @@ class _Snapshots(_TurnWrites):
                 number = self._next_number(txn, schema.META_NEXT_CONVERSATION_NUMBER)
             version = latest + 1
             header = schema.SNAPSHOT_HEADER.pack(now_ns, len(content_type_bytes))
+            versions = self._dbs[schema.SNAPSHOT_VERSIONS]
             txn.put(
                 schema.PAIR.pack(number, version), header + content_type_bytes + data, db=snapshots
             )
+            txn.put(
+                schema.PAIR.pack(number, version),
+                schema.pack_snapshot_version(now_ns, len(data), content_type_bytes),
+                db=versions,
+            )
             if version > kept:
                 txn.delete(schema.PAIR.pack(number, version - kept), db=snapshots)
+                txn.delete(schema.PAIR.pack(number, version - kept), db=versions)
             txn.put(
                 encoded_key,
                 schema.pack_conversation(number, version, version, now_ns),
@@ -95,6 +103,7 @@ class _Snapshots(_TurnWrites):
                 return 0
             number, latest, _, _ = schema.unpack_conversation(value)
             removed = _delete_prefix(txn, self._dbs[schema.SNAPSHOTS], schema.U64.pack(number))
+            _delete_prefix(txn, self._dbs[schema.SNAPSHOT_VERSIONS], schema.U64.pack(number))
             txn.put(
                 encoded_key, schema.pack_conversation(number, latest, 0, now_ns), db=conversations
             )
@@ -130,9 +139,10 @@ class _Snapshots(_TurnWrites):
     def list_snapshot_versions(self, key: str) -> list[SnapshotVersion]:
         """The kept versions of a key, newest first: metadata and sizes only.
 
-        Empty for an unknown or deleted key. The records are read in place
-        and only their headers are looked at, so listing costs the same
-        whatever the versions hold.
+        Empty for an unknown or deleted key. Reads ``snapshot_versions`` and
+        the keys of ``snapshots``, never a snapshot's data (versions saved
+        before schema version 2 have their header read instead, which maps
+        their pages).
         """
         encoded_key = self._conversation_key(key)
         out: list[SnapshotVersion] = []
@@ -141,16 +151,26 @@ class _Snapshots(_TurnWrites):
             if value is None:
                 return out
             prefix = schema.U64.pack(schema.unpack_conversation(value).number)
+            versions = self._dbs[schema.SNAPSHOT_VERSIONS]
             with txn.cursor(db=self._dbs[schema.SNAPSHOTS]) as cursor:
-                if cursor.set_range(prefix):
-                    for raw_key, record in cursor.iternext():
-                        snapshot_key = bytes(raw_key)
-                        if not snapshot_key.startswith(prefix):
-                            break
-                        version = schema.PAIR.unpack(snapshot_key)[1]
-                        saved_at, content_type, data_start = _snapshot_header(record)
-                        size = len(record) - data_start
-                        out.append(SnapshotVersion(version, content_type, size, saved_at))
+                found = cursor.set_range(prefix)
+                snapshot_keys = []
+                for snapshot_key in _keys(cursor) if found else ():
+                    if not snapshot_key.startswith(prefix):
+                        break
+                    snapshot_keys.append(snapshot_key)
+            for snapshot_key in snapshot_keys:
+                version = schema.PAIR.unpack(snapshot_key)[1]
+                meta = _get(txn, snapshot_key, versions)
+                if meta is not None:
+                    saved_at, size, content_type = schema.unpack_snapshot_version(meta)
+                else:
+                    record = txn.get(snapshot_key, db=self._dbs[schema.SNAPSHOTS])
+                    if record is None:
+                        continue
+                    saved_at, content_type, data_start = _snapshot_header(record)
+                    size = len(record) - data_start
+                out.append(SnapshotVersion(version, content_type, size, saved_at))
         out.reverse()
         return out
 
