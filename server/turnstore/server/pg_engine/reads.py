@@ -169,24 +169,46 @@ def _turn_records(
     budget: ReadBudget,
     skip: int,
 ) -> tuple[list[bytes], int]:
-    """Records of one turn after ``after``, below ``end``, less ``skip``; and the last read."""
+    """Records of one turn after ``after``, below ``end``, less ``skip``; and the last read.
+
+    Each page first reads the records' sizes (``octet_length`` reads a
+    TOASTed value's stored length, not the value), then fetches only the
+    records the budget takes: psycopg receives every row a query selects,
+    so a page of 512 large events would otherwise arrive whole (and as hex
+    text) to fill a 4 MiB budget.
+    """
     out: list[bytes] = []
     last = after
     while not budget.spent and last + 1 < end:
         page = min(budget.events_left, _PAGE)
         cur.execute(
-            "SELECT position, record FROM turnstore_events WHERE number = %s AND turn = %s "
-            "AND position > %s AND position < %s ORDER BY turn, position OFFSET %s LIMIT %s",
+            "SELECT position, octet_length(record) FROM turnstore_events "
+            "WHERE number = %s AND turn = %s AND position > %s AND position < %s "
+            "ORDER BY turn, position OFFSET %s LIMIT %s",
             (number, column, last, end, skip, page),
         )
-        rows = cur.fetchall()
+        sizes = cur.fetchall()
         skip = 0
-        for position, record in rows:
+        if not sizes:
+            break
+        taken, room = 0, budget.bytes_left
+        for _, size in sizes:
+            taken += 1
+            room -= int(size)
+            if room <= 0:
+                break
+        cur.execute(
+            "SELECT position, record FROM turnstore_events WHERE number = %s AND turn = %s "
+            "AND position >= %s AND position <= %s ORDER BY turn, position",
+            (number, column, int(sizes[0][0]), int(sizes[taken - 1][0])),
+            binary=True,
+        )
+        for position, record in cur.fetchall():
             last = int(position)
             out.append(bytes(record))
             if budget.spend(out[-1]):
                 break
-        if len(rows) < page:
+        if len(sizes) < page and taken == len(sizes):
             break  # the turn's last page: asking again would only return nothing
     return out, last
 
