@@ -33,12 +33,14 @@ from typing import Any, Final, TypeVar
 
 import aiohttp
 import grpc
+import lmdb
 import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.daemon import Daemon
 from turnstore import AgentEventEnvelope, InvalidArgumentError, TurnstoreClient
+from turnstore.server import schema
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
@@ -394,3 +396,73 @@ async def test_recent_listings_do_not_scan_every_thread_or_starve_small_reads(
         )
     finally:
         assert daemon.stop() == 0, daemon.log_lines[-20:]
+
+
+def downgrade_to_version_1(data_dir: Path) -> None:
+    """Make a data directory look as schema version 1 wrote it.
+
+    Version 1 had no ``threads_by_write`` and no ``snapshot_versions`` and
+    its turn entries had no ``record_bytes``: empty the first two, cut the
+    third back to 17 bytes, and write version 1.
+    """
+    env = lmdb.open(str(data_dir), max_dbs=len(schema.ALL_DATABASES), subdir=True)
+    try:
+        with env.begin(write=True) as txn:
+            for name in (schema.THREADS_BY_WRITE, schema.SNAPSHOT_VERSIONS):
+                txn.drop(env.open_db(name, txn=txn), delete=False)
+            turns = env.open_db(schema.TURNS, txn=txn)
+            legacy = [
+                (bytes(key), bytes(value)[: schema.TURN_VALUE.size])
+                for key, value in txn.cursor(db=turns)
+            ]
+            for key, value in legacy:
+                txn.put(key, value, db=turns)
+            meta = env.open_db(schema.META, txn=txn)
+            txn.put(schema.META_SCHEMA_VERSION, schema.U64.pack(1), db=meta)
+    finally:
+        env.close()
+
+
+async def test_a_version_1_data_directory_is_migrated_and_served(data_dir: Path) -> None:
+    """The recency index is built at open; old turns and versions are measured from their data."""
+    daemon, _ = start(data_dir, [])
+    try:
+        async with TurnstoreClient(daemon.target) as client:
+            for name in ("older", "old", "newest"):
+                await client.events.append(name, 1, AgentEventEnvelope.new({"type": "t"}))
+            for first in range(0, 70, 8):
+                envelopes = [
+                    AgentEventEnvelope.new({"type": "blob", "blob": BLOB}, n)
+                    for n in range(first, min(70, first + 8))
+                ]
+                await client.events.append_many("big", 1, envelopes)
+        await save(daemon, "kept", b"[1]", versions=2)
+    finally:
+        assert daemon.stop() == 0, daemon.log_lines[-20:]
+    downgrade_to_version_1(data_dir)
+
+    daemon, base = start(data_dir, [])
+    try:
+        async with TurnstoreClient(daemon.target) as client:
+            await client.events.append("older", 2, AgentEventEnvelope.new({"type": "t"}))
+            with pytest.raises(InvalidArgumentError):
+                await client.events.get_turn("big", 1)
+        async with stubs(daemon) as (_, history):
+            listed = await history.ListVersions(pb.ListVersionsRequest(key="kept"))
+            assert [(v.version, v.size_bytes) for v in listed.versions] == [(2, 3), (1, 3)]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{base}/v1/threads?order=recent&limit=3") as response,
+        ):
+            threads = orjson.loads(await response.read())["threads"]
+        assert [t["thread_id"] for t in threads] == ["older", "big", "newest"]
+    finally:
+        assert daemon.stop() == 0, daemon.log_lines[-20:]
+    env = lmdb.open(str(data_dir), max_dbs=len(schema.ALL_DATABASES), subdir=True, readonly=True)
+    try:
+        with env.begin() as txn:
+            meta = env.open_db(schema.META, txn=txn, create=False)
+            stored = txn.get(schema.META_SCHEMA_VERSION, db=meta)
+            assert stored is not None and schema.U64.unpack(stored)[0] == schema.SCHEMA_VERSION
+    finally:
+        env.close()
