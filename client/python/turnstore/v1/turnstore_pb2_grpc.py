@@ -132,8 +132,10 @@ class EventStoreServiceServicer:
     def GetTurn(self, request, context):
         """Returns one turn with its events in append order. An unknown thread or
         turn is not an error: the response has `found` false.
-        A turn larger than the message size limit fails with RESOURCE_EXHAUSTED;
-        use ListTurns for turns of unbounded size.
+        A turn whose stored events total more than the message size limit less
+        1 MiB is refused before it is read, with INVALID_ARGUMENT (field `turn`)
+        naming its size and the limit; read such turns in pieces with ListTurns,
+        ReadEvents or Replay.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -783,6 +785,7 @@ class HistoryStoreServiceServicer:
     def ListVersions(self, request, context):
         """Lists the versions kept for a key (the daemon keeps the newest few,
         configurable), newest first. Empty for an unknown or deleted key.
+        Reads the versions' metadata only, never their data.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
