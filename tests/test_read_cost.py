@@ -191,6 +191,36 @@ async def test_snapshot_reads_stream_the_stored_bytes(
         assert daemon.stop() == 0, daemon.log_lines[-20:]
 
 
+async def test_grpc_loads_copy_the_snapshot_about_once(
+    data_dir: Path, backend_args: list[str]
+) -> None:
+    """Load answers with wire bytes joined around the stored data (no message built)."""
+    daemon, _ = start(data_dir, backend_args)
+    try:
+        await save(daemon, "big", SNAPSHOT)
+        await save(daemon, "warm", b"[{}]")
+        async with stubs(daemon) as (_, history):
+            await history.Load(pb.LoadRequest(key="warm"), timeout=CALL_TIMEOUT)
+
+            async def four_at_once() -> list[Any]:
+                request = pb.LoadRequest(key="big")
+                calls = (history.Load(request, timeout=CALL_TIMEOUT) for _ in range(4))
+                return list(await asyncio.gather(*calls))
+
+            answers, cost = await measured(daemon, four_at_once)
+        returned = sum(answer.ByteSize() for answer in answers)
+        assert_costs_what_it_returns(cost, returned)
+        for answer in answers:
+            assert answer.found
+            assert answer.snapshot.version == 1
+            assert answer.snapshot.content_type == "application/json"
+            assert answer.snapshot.saved_at_unix_nanos > 0
+            assert answer.snapshot.data == SNAPSHOT
+        print(f"4 concurrent gRPC Loads: {cost}, returned {returned / MIB:.0f} MiB")
+    finally:
+        assert daemon.stop() == 0, daemon.log_lines[-20:]
+
+
 async def test_non_json_and_small_snapshots_are_answered_as_before(
     data_dir: Path, backend_args: list[str]
 ) -> None:
