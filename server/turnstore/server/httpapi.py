@@ -441,12 +441,15 @@ class HttpApi:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.content_length = len(head) + len(data) + len(tail)
         await response.prepare(request)
-        await response.write(head)
-        view = memoryview(data)
-        for start in range(0, len(view), readcost.SNAPSHOT_WRITE_BYTES):
-            await response.write(view[start : start + readcost.SNAPSHOT_WRITE_BYTES])
-        await response.write(tail)
-        await response.write_eof()
+        try:
+            await response.write(head)
+            view = memoryview(data)
+            for start in range(0, len(view), readcost.SNAPSHOT_WRITE_BYTES):
+                await response.write(view[start : start + readcost.SNAPSHOT_WRITE_BYTES])
+            await response.write(tail)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the reader went away
         return response
 
     # -- the event stream ----------------------------------------------------

@@ -86,19 +86,32 @@ def get_turn(cur: Cursor, key: bytes, turn: int, max_bytes: int | None) -> TurnC
 def read_commit_order(
     cur: Cursor, view: ThreadView, start_position: int, budget: ReadBudget
 ) -> list[bytes]:
+    """Records from ``start_position`` within ``budget``: sizes first, then what it takes."""
     number = check_view(cur, view)
     out: list[bytes] = []
     position = start_position
-    while number is not None and position < view.end_position:
+    while number is not None and position < view.end_position and not budget.spent:
         cur.execute(
-            "SELECT record FROM turnstore_events WHERE number = %s AND position >= %s "
-            "AND position < %s ORDER BY position LIMIT %s",
+            "SELECT octet_length(record) FROM turnstore_events WHERE number = %s "
+            "AND position >= %s AND position < %s ORDER BY position LIMIT %s",
             (number, position, view.end_position, min(budget.events_left, _PAGE)),
         )
-        rows = cur.fetchall()
-        if not rows:
+        sizes = [int(row[0]) for row in cur.fetchall()]
+        if not sizes:
             break
-        for (record,) in rows:
+        taken, room = 0, budget.bytes_left
+        for size in sizes:
+            taken += 1
+            room -= size
+            if room <= 0:
+                break
+        cur.execute(
+            "SELECT record FROM turnstore_events WHERE number = %s "
+            "AND position >= %s AND position < %s ORDER BY position",
+            (number, position, position + taken),
+            binary=True,
+        )
+        for (record,) in cur.fetchall():
             out.append(bytes(record))
             position += 1
             if budget.spend(out[-1]):
