@@ -40,7 +40,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.daemon import Daemon
 from turnstore import AgentEventEnvelope, InvalidArgumentError, TurnstoreClient
-from turnstore.server import schema
+from turnstore.server import readcost, records, schema
+from turnstore.server.values import StoredSnapshot, TurnChunk
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
@@ -496,3 +497,36 @@ async def test_a_version_1_data_directory_is_migrated_and_served(data_dir: Path)
             assert stored is not None and schema.U64.unpack(stored)[0] == schema.SCHEMA_VERSION
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("turn", [0, 1, 300, (1 << 64) - 1])
+@pytest.mark.parametrize("finished", [False, True])
+@pytest.mark.parametrize("events", [0, 1, 3])
+def test_get_turn_answers_are_the_generated_encoding(
+    turn: int, finished: bool, events: int
+) -> None:
+    stored = records.encode_batch(5, turn, 1_700_000_000_000_000_000, [b"\x22\x01t"] * events)
+    wire = readcost.get_turn_response(TurnChunk(turn, finished, stored))
+    decoded = pb.GetTurnResponse.FromString(wire)
+    assert decoded.found
+    assert decoded.turn.turn == turn
+    assert decoded.turn.finished == finished
+    assert [e.position for e in decoded.turn.events] == list(range(5, 5 + events))
+    assert readcost.get_turn_response(None) == pb.GetTurnResponse(found=False).SerializeToString()
+
+
+@pytest.mark.parametrize("saved_at", [0, 1, 1_700_000_000_000_000_000, -5])
+@pytest.mark.parametrize("data", [b"", b"[1]", b"x" * 300])
+@pytest.mark.parametrize("content_type", ["", "application/json", "text/plain; charset=é"])
+def test_load_answers_are_the_generated_encoding(
+    saved_at: int, data: bytes, content_type: str
+) -> None:
+    wire = readcost.load_response(StoredSnapshot(7, content_type, data, saved_at))
+    expected = pb.LoadResponse(
+        found=True,
+        snapshot=pb.Snapshot(
+            version=7, content_type=content_type, data=data, saved_at_unix_nanos=saved_at
+        ),
+    )
+    assert pb.LoadResponse.FromString(wire) == expected
+    assert readcost.load_response(None) == pb.LoadResponse(found=False).SerializeToString()
