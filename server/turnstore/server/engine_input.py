@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from turnstore.server.errors import InvalidArgumentError
+from turnstore.server.errors import InvalidArgumentError, TurnTooLargeError
 from turnstore.server.values import Limits, NewEvent
 
 MAX_U64: Final = (1 << 64) - 1
@@ -90,14 +90,9 @@ class InputChecks:
         return encoded
 
 
-def turn_too_large(turn: int, size: int, max_bytes: int) -> InvalidArgumentError:
+def turn_too_large(turn: int, size: int, max_bytes: int) -> TurnTooLargeError:
     """The refusal of a whole-turn read over ``max_bytes``, naming the reads that page.
 
     Both engines raise it before reading the turn's records, from their sizes alone.
     """
-    return InvalidArgumentError(
-        "turn",
-        f"turn {turn} holds {size} bytes of events, over the limit of {max_bytes} bytes "
-        "for one whole-turn answer; read it in pieces with ListTurns, ReadEvents or Replay "
-        "(HTTP: GET /v1/threads/{thread_id}/turns pages by bytes)",
-    )
+    return TurnTooLargeError(turn, size, max_bytes)

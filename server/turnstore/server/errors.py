@@ -139,3 +139,21 @@ class UnauthenticatedError(EngineError):
     """A call without the daemon's bearer token (raised by the access layer, not the engine)."""
 
     reason = "unauthenticated"
+
+
+class TurnTooLargeError(InvalidArgumentError):
+    """A whole-turn read refused because the turn's events total more than allowed.
+
+    An InvalidArgumentError on the wire (field ``turn``, the size and the
+    limit named); its own class lets the service retry a read it first tried
+    with a small allowance.
+    """
+
+    def __init__(self, turn: int, size: int, max_bytes: int) -> None:
+        super().__init__(
+            "turn",
+            f"turn {turn} holds {size} bytes of events, over the limit of {max_bytes} bytes "
+            "for one whole-turn answer; read it in pieces with ListTurns, ReadEvents or "
+            "Replay (HTTP: GET /v1/threads/{thread_id}/turns pages by bytes)",
+        )
+        self.size = size

@@ -1,7 +1,7 @@
 """Reads that cost what they return: the heavy-read gate and answers built from stored bytes.
 
-A read that may copy megabytes (a snapshot, a whole turn, a page of turns)
-runs through :func:`run_heavy`, which lets at most half of the read pool's
+A read that may copy megabytes (a snapshot, a whole turn over 1 MiB, a page
+of turns) runs through :func:`run_heavy`, which lets at most half of the read pool's
 threads (at least one) work on such reads at once. The other threads stay
 free for small point reads (a tiny ``GetTurn``, a listing, a replay step), so
 those answer promptly however many big reads are waiting.

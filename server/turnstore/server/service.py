@@ -35,6 +35,7 @@ from turnstore.server.errors import (
     ThreadClearedError,
     TurnAlreadyFinishedError,
     TurnFinishedError,
+    TurnTooLargeError,
     UnauthenticatedError,
     VersionConflictError,
 )
@@ -93,6 +94,8 @@ MAX_ITEMS_PER_MESSAGE: Final = 4096
 LISTED_PER_MESSAGE: Final = 1000
 # Room left in a GetTurn response for the framing around the turn's records.
 GET_TURN_HEADROOM_BYTES: Final = 1024 * 1024
+# GetTurn answers up to this size are small reads, larger ones heavy (readcost).
+SMALL_TURN_BYTES: Final = 1024 * 1024
 
 
 def status_for(error: EngineError) -> grpc.StatusCode:
@@ -368,11 +371,18 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
     async def GetTurn(
         self, request: pb.GetTurnRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetTurnResponse | bytes:
-        # A turn that cannot fit one response is refused before it is read.
+        # A small turn is read at once; a large one waits for a heavy-read
+        # slot, so that big turns never hold up small ones; a turn that
+        # cannot fit one response is refused before it is read.
         max_bytes = self._engine.limits.max_message_bytes - GET_TURN_HEADROOM_BYTES
-        chunk = await run_heavy(
-            self._executor, self._engine.get_turn, request.thread_id, request.turn, max_bytes
-        )
+        try:
+            chunk = await self._run(
+                self._engine.get_turn, request.thread_id, request.turn, SMALL_TURN_BYTES
+            )
+        except TurnTooLargeError:
+            chunk = await run_heavy(
+                self._executor, self._engine.get_turn, request.thread_id, request.turn, max_bytes
+            )
         return readcost.get_turn_response(chunk)
 
     @_streaming
