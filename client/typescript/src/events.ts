@@ -154,9 +154,8 @@ export class EventStore {
 
   /**
    * One turn with its events in append order, or undefined when the thread
-   * or the turn does not exist. A turn too large for one message is refused
-   * before the daemon reads it, with InvalidArgumentError naming its size and
-   * the limit: use {@link listTurns} for those.
+   * or the turn does not exist. A turn too large for one message rejects with
+   * ResourceExhaustedError: use {@link listTurns} for those.
    */
   async getTurn(threadId: string, turn: number): Promise<StoredTurn | undefined> {
     const request = { thread_id: threadId, turn: checkU64(turn, "turn") };
