@@ -39,7 +39,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.daemon import Daemon
-from turnstore import AgentEventEnvelope, InvalidArgumentError, TurnstoreClient
+from turnstore import AgentEventEnvelope, ResourceExhaustedError, TurnstoreClient
 from turnstore.server import readcost, records, schema
 from turnstore.server.values import StoredSnapshot, TurnChunk
 from turnstore.v1 import turnstore_pb2 as pb
@@ -287,7 +287,7 @@ async def test_large_turns_are_paged_by_bytes_and_too_large_ones_refused_unread(
             assert (await client.events.get_turn("small", 1)) is not None  # warm
 
             async def refused() -> str:
-                with pytest.raises(InvalidArgumentError) as raised:
+                with pytest.raises(ResourceExhaustedError) as raised:
                     await client.events.get_turn(thread, 1)
                 return str(raised.value)
 
@@ -486,7 +486,7 @@ async def test_a_version_1_data_directory_is_migrated_and_served(data_dir: Path)
     try:
         async with TurnstoreClient(daemon.target) as client:
             await client.events.append("older", 2, AgentEventEnvelope.new({"type": "t"}))
-            with pytest.raises(InvalidArgumentError):
+            with pytest.raises(ResourceExhaustedError):
                 await client.events.get_turn("big", 1)
         async with stubs(daemon) as (_, history):
             listed = await history.ListVersions(pb.ListVersionsRequest(key="kept"))

@@ -144,9 +144,10 @@ class UnauthenticatedError(EngineError):
 class TurnTooLargeError(InvalidArgumentError):
     """A whole-turn read refused because the turn's events total more than allowed.
 
-    An InvalidArgumentError on the wire (field ``turn``, the size and the
-    limit named); its own class lets the service retry a read it first tried
-    with a small allowance.
+    The message names the turn's size, the limit and the paged reads. Its own
+    class lets the service retry a read it first tried with a small
+    allowance, and answer a GetTurn over the message limit with
+    RESOURCE_EXHAUSTED as gRPC did (see ``EventStoreService.GetTurn``).
     """
 
     def __init__(self, turn: int, size: int, max_bytes: int) -> None:

@@ -380,9 +380,20 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
                 self._engine.get_turn, request.thread_id, request.turn, SMALL_TURN_BYTES
             )
         except TurnTooLargeError:
-            chunk = await run_heavy(
-                self._executor, self._engine.get_turn, request.thread_id, request.turn, max_bytes
-            )
+            try:
+                chunk = await run_heavy(
+                    self._executor,
+                    self._engine.get_turn,
+                    request.thread_id,
+                    request.turn,
+                    max_bytes,
+                )
+            except TurnTooLargeError as error:
+                # RESOURCE_EXHAUSTED as gRPC itself answered a message over the
+                # limit (no reason trailer, so every client maps it as before),
+                # but before the turn is read, naming the size and the paged reads.
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+                raise AssertionError("unreachable: abort raises") from error
         return readcost.get_turn_response(chunk)
 
     @_streaming

@@ -133,9 +133,10 @@ class EventStoreServiceServicer:
         """Returns one turn with its events in append order. An unknown thread or
         turn is not an error: the response has `found` false.
         A turn whose stored events total more than the message size limit less
-        1 MiB is refused before it is read, with INVALID_ARGUMENT (field `turn`)
-        naming its size and the limit; read such turns in pieces with ListTurns,
-        ReadEvents or Replay.
+        1 MiB fails with RESOURCE_EXHAUSTED (no reason trailer, as when gRPC
+        refuses a message over its limit), before the daemon reads it; the
+        message names its size and the limit. Read such turns in pieces with
+        ListTurns, ReadEvents or Replay.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
