@@ -70,6 +70,12 @@ export class UnavailableError extends TurnstoreError {}
  * daemon's token as the client's `token` option. Never retried.
  */
 export class UnauthenticatedError extends TurnstoreError {}
+/**
+ * The bearer token's scope does not allow the call (a write outside its
+ * thread ids or keys, any write with a read-only token, a daemon-wide call
+ * with a token that is not full-scope); nothing was written. Never retried.
+ */
+export class PermissionDeniedError extends TurnstoreError {}
 /** The call did not complete before its deadline; it may still take effect. */
 export class DeadlineExceededError extends TurnstoreError {}
 /** Any other failure reported by the daemon. */
@@ -104,6 +110,7 @@ const BY_REASON: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([
   ["data_dir_locked", UnavailableError],
   ["backup_failed", FailedPreconditionError],
   ["unauthenticated", UnauthenticatedError],
+  ["permission_denied", PermissionDeniedError],
 ]);
 
 /** The reasons this client knows, each mapped to its own class (for tests and diagnostics). */
@@ -116,6 +123,7 @@ const BY_CODE: ReadonlyMap<status, ErrorClass> = new Map<status, ErrorClass>([
   [status.UNAVAILABLE, UnavailableError],
   [status.DEADLINE_EXCEEDED, DeadlineExceededError],
   [status.UNAUTHENTICATED, UnauthenticatedError],
+  [status.PERMISSION_DENIED, PermissionDeniedError],
   // The daemon cancels calls only when it shuts down; a stream this client
   // cancels itself ends quietly instead (see Replay).
   [status.CANCELLED, UnavailableError],

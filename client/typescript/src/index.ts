@@ -37,6 +37,7 @@ export {
   InvalidArgumentError,
   KNOWN_REASONS,
   ResourceExhaustedError,
+  PermissionDeniedError,
   ServerError,
   SnapshotFormatError,
   StorageFullError,

@@ -164,3 +164,6 @@ def end_event(cursor: StreamCursor, reason: str) -> bytes:
 
 
 HEARTBEAT: Final = b": heartbeat\n\n"
+# The last event of a stream whose browser session expired or was revoked:
+# no id, so a reader that gets a new session resumes from its last event.
+SESSION_ENDED: Final = b'event: session_ended\ndata: {"reason":"session_ended"}\n\n'
