@@ -7,7 +7,9 @@ sequence>``, the exact cursor after them, so a resume never repeats them),
 ``thread_cleared`` does not. A stream that ends by itself sends a last ``end``
 event whose id ends in ``:end``; a reconnect presenting such an id is answered
 204 No Content, which makes ``EventSource`` stop for good instead of
-reconnecting forever. Epoch ``0`` stands for "no thread seen yet".
+reconnecting forever. Epoch ``0`` stands for "no thread seen yet". A stream
+whose browser session expired or was revoked ends with ``session_ended``
+(no id), within one heartbeat.
 
 A body that is not strict JSON (or not a JSON object, or of another content
 type) never reaches the browser as broken JSON: the event keeps its header
