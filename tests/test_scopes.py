@@ -12,6 +12,7 @@ revoked.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.parse
@@ -306,6 +307,27 @@ async def test_two_scoped_grpc_tokens_cannot_see_each_others_data(
         assert await admin.events.event_count("bob/chat") == 1
         assert (await admin.admin.stats()).threads == 4
 
+        # Each call runs with its own token's scope, however calls interleave.
+        async def listed(client: TurnstoreClient) -> list[str]:
+            return [t.thread_id async for t in client.admin.list_threads()]
+
+        async def turn_found(client: TurnstoreClient) -> bool:
+            return await client.events.get_turn("bob/chat", 1) is not None
+
+        clients = [alice, admin, bob] * 10
+        listings = await asyncio.gather(*(listed(c) for c in clients))
+        assert (
+            listings
+            == [
+                ["alice/chat", "alice/streamed"],
+                ["alice/chat", "alice/streamed", "bob/chat", "bob/streamed"],
+                ["bob/chat", "bob/streamed"],
+            ]
+            * 10
+        )
+        found = await asyncio.gather(*(turn_found(c) for c in clients))
+        assert found == [False, True, True] * 10
+
 
 async def test_revoking_one_session_survives_a_restart(
     tmp_path: Path, http: aiohttp.ClientSession
@@ -369,10 +391,10 @@ async def _ended_within(stream: Any, deadline: float) -> float:
 async def test_an_open_stream_ends_within_one_heartbeat_of_its_session_expiring(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    heartbeat = 0.5
+    heartbeat = 1.0
     daemon = Daemon(
         tmp_path / "data",
-        extra_args=access_args(tmp_path, "--http-session-ttl", "3s", "--http-heartbeat", "0.5s"),
+        extra_args=access_args(tmp_path, "--http-session-ttl", "5s", "--http-heartbeat", "1s"),
     )
     daemon.start()
     try:
@@ -391,7 +413,7 @@ async def test_an_open_stream_ends_within_one_heartbeat_of_its_session_expiring(
         ended = await _ended_within(stream, time.monotonic() + 30)
         # The session is no longer valid from expires_at (Unix seconds) on.
         lateness = (ended - time.monotonic()) + time.time() - expires_at
-        assert lateness <= heartbeat + 0.5, lateness
+        assert lateness <= heartbeat, lateness
         assert await stream.next(timeout=5) is None
         # Its reconnect is refused: EventSource stops.
         assert (await http.get(url)).status == 401
@@ -402,8 +424,8 @@ async def test_an_open_stream_ends_within_one_heartbeat_of_its_session_expiring(
 async def test_an_open_stream_ends_within_one_heartbeat_of_its_session_being_revoked(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    heartbeat = 0.5
-    daemon = Daemon(tmp_path / "data", extra_args=access_args(tmp_path, "--http-heartbeat", "0.5s"))
+    heartbeat = 1.0
+    daemon = Daemon(tmp_path / "data", extra_args=access_args(tmp_path, "--http-heartbeat", "1s"))
     daemon.start()
     try:
         base = http_base(daemon)
@@ -420,7 +442,7 @@ async def test_an_open_stream_ends_within_one_heartbeat_of_its_session_being_rev
         assert (await ended.json())["revoked"] is True
         revoked_at = time.monotonic()
         ended_at = await _ended_within(streams[1], revoked_at + 30)
-        assert ended_at - revoked_at <= heartbeat + 0.5
+        assert ended_at - revoked_at <= heartbeat + 0.5, ended_at - revoked_at
         # The other session's stream goes on.
         async with TurnstoreClient(daemon.target, token=ADMIN) as admin:
             await admin.events.append("t", 1, delta("still here"))

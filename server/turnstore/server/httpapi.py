@@ -394,6 +394,17 @@ class HttpApi:
             session.session_id
         )
 
+    def _wait_seconds(self, session: Session | None) -> float:
+        """How long a stream waits for the next batch before its next heartbeat or check.
+
+        A heartbeat, or less when the session expires sooner, so that the
+        stream ends right at the expiry (and within a heartbeat of a revocation).
+        """
+        heartbeat = self._config.heartbeat_seconds
+        if session is None:
+            return heartbeat
+        return max(0.01, min(heartbeat, session.expires_at - time.time()))
+
     def _engine_for(self, request: web.Request) -> StorageEngine:
         """The engine as the request's credential sees it (the guard set it)."""
         access: _Access = request[ACCESS]
@@ -663,7 +674,7 @@ class HttpApi:
                     break
                 pending = asyncio.ensure_future(anext(batches, None))
                 while not pending.done() and self._live(session):
-                    await asyncio.wait((pending,), timeout=self._config.heartbeat_seconds)
+                    await asyncio.wait((pending,), timeout=self._wait_seconds(session))
                     if not pending.done() and self._live(session):
                         await response.write(sse.HEARTBEAT)
                 if not self._live(session):
