@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
@@ -33,7 +34,11 @@ from turnstore import (
     PermissionDeniedError,
     TurnstoreClient,
 )
+from turnstore.server.engine import Engine
+from turnstore.server.scoped_engine import ScopedEngine
 from turnstore.server.scopes import ScopeError, parse_scope
+from turnstore.server.values import EngineConfig, NewEvent
+from turnstore.v1 import turnstore_pb2 as pb
 
 ADMIN = "admin-token"
 ALICE = "alice-token"
@@ -490,3 +495,42 @@ def test_a_malformed_tokens_file_stops_the_daemon(tmp_path: Path) -> None:
         daemon = Daemon(tmp_path / "data", extra_args=["--auth-tokens-file", str(tokens)])
         with pytest.raises(RuntimeError, match=problem):
             daemon.start()
+
+
+def test_scoped_listings_page_exactly_the_covered_ids(tmp_path: Path) -> None:
+    """Against the real engine: every scope's pages are the covered ids in order, no more."""
+    rng = random.Random(18)
+    alphabet = ["a", "b", "/", "-", ".", "\u00e9", "\U0001f642", "\x00"]
+    ids = sorted({"".join(rng.choices(alphabet, k=rng.randint(1, 5))) for _ in range(300)})
+    engine = Engine.open(EngineConfig(tmp_path / "data"))
+    try:
+        envelope = pb.EventEnvelope(event_id="e", type="t").SerializeToString()
+        for thread_id in ids:
+            engine.append(thread_id, 1, [NewEvent("e", envelope)]).result()
+        assert [t.thread_id for t in engine.list_threads("", 1000)] == ids
+        for _ in range(60):
+            spec: dict[str, Any] = {}
+            if rng.random() < 0.7:
+                spec["thread_prefix"] = "".join(rng.choices(alphabet, k=rng.randint(1, 3)))
+            if rng.random() < 0.6:
+                spec["threads"] = [*rng.sample(ids, rng.randint(1, 8)), "absent\U0001f642"]
+            spec = spec or {"threads": []}
+            scope = parse_scope(spec)
+            view = ScopedEngine(engine, scope)
+            expected = [i for i in ids if scope.covers_thread(i)]
+            for limit in (1, 3, 1000):
+                paged: list[str] = []
+                after = ""
+                while True:
+                    page = [t.thread_id for t in view.list_threads(after, limit)]
+                    paged += page
+                    if len(page) < limit:
+                        break
+                    after = page[-1]
+                assert paged == expected, (spec, limit)
+            start = rng.choice(ids)
+            assert [t.thread_id for t in view.list_threads(start, 1000)] == [
+                i for i in expected if i > start
+            ]
+    finally:
+        engine.close()

@@ -307,10 +307,14 @@ def _scoped_listing(
     )
     if found and len(found) == limit:
         extra = [item for item in extra if item < id_of(found[-1])]
-    for item in extra[:limit]:
+    seeked = 0
+    for item in extra:
+        if seeked == limit:  # the later ones cannot be on this page
+            break
         listed_entry = _seek(fetch, id_of, item)
         if listed_entry is not None:
             found.append(listed_entry)
+            seeked += 1
     found.sort(key=id_of)
     return found[:limit]
 

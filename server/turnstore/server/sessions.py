@@ -192,8 +192,9 @@ class Revocations:
     every revocation: written to a temporary file in the same directory,
     fsynced, renamed over the old one, and the directory fsynced, so a crash
     leaves the old or the new list, never a torn one. Expired entries are
-    dropped when the file is read and written. ``path`` None keeps them in
-    memory only. :meth:`revoke` blocks (run it off the event loop).
+    dropped when the file is read and written, and temporary files a crash
+    left behind when it is read. ``path`` None keeps them in memory only.
+    :meth:`revoke` blocks (run it off the event loop).
     """
 
     def __init__(self, path: Path | None, clock: Callable[[], float] = time.time) -> None:
@@ -201,6 +202,11 @@ class Revocations:
         self._clock = clock
         self._lock = threading.Lock()
         self._revoked: dict[str, int] = {}
+        if path is not None and path.parent.is_dir():
+            # Temporary files of writes a crash interrupted (the list itself is whole).
+            for leftover in path.parent.glob(f".{path.name}.*"):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
         if path is not None and path.exists():
             loaded = orjson.loads(path.read_bytes()).get("revoked", {})
             now = clock()
