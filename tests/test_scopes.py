@@ -26,6 +26,7 @@ import pytest
 import yarl
 
 from tests.daemon import Daemon
+from tests.postgres import PostgresServer, fresh_database
 from tests.sse_client import open_stream
 from turnstore import (
     AgentEventEnvelope,
@@ -534,3 +535,42 @@ def test_scoped_listings_page_exactly_the_covered_ids(tmp_path: Path) -> None:
             ]
     finally:
         engine.close()
+
+
+async def test_a_revocation_holds_across_a_postgres_fleet_and_its_restarts(
+    tmp_path: Path, postgres_server: PostgresServer, http: aiohttp.ClientSession
+) -> None:
+    with fresh_database(postgres_server) as dsn:
+        args = [*access_args(tmp_path), "--backend", "postgres", "--postgres-dsn", dsn]
+        fleet = [Daemon(tmp_path / name, extra_args=args) for name in ("a", "b")]
+        for daemon in fleet:
+            daemon.start()
+        try:
+            minted_at, checked_at = http_base(fleet[0]), http_base(fleet[1])
+            revoked, kept = [(await mint(http, minted_at, ADMIN, None))["session"] for _ in "ab"]
+
+            async def status(base: str, session: str) -> int:
+                return (await http.get(f"{base}/v1/threads", params={"session": session})).status
+
+            assert [await status(checked_at, s) for s in (revoked, kept)] == [200, 200]
+            ended = await http.delete(
+                f"{minted_at}/v1/session",
+                headers=bearer(ADMIN),
+                data=json.dumps({"session": revoked}),
+            )
+            assert (await ended.json())["revoked"] is True
+            assert await status(minted_at, revoked) == 401
+            deadline = time.monotonic() + 30
+            while await status(checked_at, revoked) != 401:
+                assert time.monotonic() < deadline, "the other daemon still takes the session"
+                await asyncio.sleep(0.05)
+            assert await status(checked_at, kept) == 200
+            for daemon in fleet:
+                assert daemon.stop() == 0
+                daemon.start()
+            for daemon in fleet:
+                base = http_base_after_restart(daemon)
+                assert [await status(base, s) for s in (revoked, kept)] == [401, 200]
+        finally:
+            for daemon in fleet:
+                assert daemon.stop() == 0

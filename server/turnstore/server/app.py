@@ -123,12 +123,11 @@ class ServerConfig:
 
 
 def _revocations_path(config: ServerConfig) -> Path | None:
-    """Where revoked browser sessions are kept: in the data directory.
+    """Where revoked browser sessions are kept on LMDB: in the data directory.
 
-    On PostgreSQL the data directory holds nothing else; it is created when
-    the first session is revoked.
+    On PostgreSQL they are kept in the shared database instead.
     """
-    if not config.access_tokens:
+    if not config.access_tokens or config.postgres is not None:
         return None
     return Path(config.engine.data_dir) / REVOCATIONS_FILE
 
@@ -265,6 +264,7 @@ def build_server(
             config.http,
             auth_tokens=config.access_tokens,
             revocations_path=_revocations_path(config),
+            revocations_dsn=config.postgres.dsn if config.postgres is not None else None,
             tls=config.tls.ssl_context() if config.tls is not None else None,
             allow_remote=config.allow_remote,
         )

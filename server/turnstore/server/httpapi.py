@@ -32,11 +32,11 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import structlog
@@ -59,6 +59,9 @@ from turnstore.server.scopes import FULL, Scope, ScopeError, parse_scope
 from turnstore.server.sessions import Revocations, Session, SessionKeys, SessionSigner
 from turnstore.server.storage import StorageEngine
 from turnstore.server.values import ReadBudget, TurnCursor
+
+if TYPE_CHECKING:
+    from turnstore.server.pg_revocations import PostgresRevocations
 
 log = structlog.get_logger("turnstore.http")
 
@@ -244,8 +247,11 @@ class HttpApi:
     No ``auth_tokens`` leaves every route open (loopback only by default,
     like gRPC); else each token, with its scope, may read and mint sessions
     within that scope. Revoked sessions are kept in ``revocations_path``
-    (in memory only when None). ``tls`` serves HTTPS; with client verification on, browsers
-    must present a certificate as gRPC clients do.
+    (in memory only when None), or with ``revocations_dsn`` in that
+    PostgreSQL database, shared by a fleet
+    (:mod:`turnstore.server.pg_revocations`). ``tls`` serves HTTPS; with
+    client verification on, browsers must present a certificate as gRPC
+    clients do.
     """
 
     def __init__(
@@ -259,6 +265,7 @@ class HttpApi:
         tls: ssl.SSLContext | None,
         allow_remote: bool,
         revocations_path: Path | None = None,
+        revocations_dsn: str | None = None,
     ) -> None:
         self._engine = engine
         self._executor = executor
@@ -272,7 +279,14 @@ class HttpApi:
             if auth_tokens
             else None
         )
-        self._revocations = Revocations(revocations_path) if auth_tokens else None
+        self._revocations: Revocations | PostgresRevocations | None = None
+        if auth_tokens and revocations_dsn is not None:
+            # Imported only here: psycopg is loaded only by daemons on PostgreSQL.
+            from turnstore.server.pg_revocations import PostgresRevocations
+
+            self._revocations = PostgresRevocations(revocations_dsn)
+        elif auth_tokens:
+            self._revocations = Revocations(revocations_path)
         self._tls = tls
         self._allow_remote = allow_remote
         self._origins = frozenset(origin.rstrip("/") for origin in config.allow_origins)
@@ -282,6 +296,7 @@ class HttpApi:
     def application(self) -> web.Application:
         """The routes and middlewares."""
         app = web.Application(middlewares=[self._guard])
+        app.cleanup_ctx.append(self._refreshing_revocations)
         app.on_response_prepare.append(self._headers)
         app.router.add_get("/", self._index)
         app.router.add_static("/web/", WEB_DIR, follow_symlinks=False)
@@ -315,6 +330,28 @@ class HttpApi:
         """Close the listener and every open stream (followers end first)."""
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _refreshing_revocations(self, app: web.Application) -> AsyncIterator[None]:
+        """While serving, re-read a fleet's revocations (PostgreSQL) every few seconds."""
+        revocations = self._revocations
+        if not isinstance(revocations, Revocations) and revocations is not None:
+            refresh = revocations.refresh
+
+            async def refreshing() -> None:
+                while True:
+                    try:
+                        await self._run(refresh)
+                    except Exception as error:  # the database is away: keep the last copy
+                        log.warning("revocations_not_refreshed", error=str(error))
+                    await asyncio.sleep(revocations.refresh_seconds)
+
+            task = asyncio.create_task(refreshing())
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return
+        yield
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
