@@ -337,13 +337,19 @@ class HttpApi:
         if not isinstance(revocations, Revocations) and revocations is not None:
             refresh = revocations.refresh
 
+            async def refresh_once() -> None:
+                try:
+                    await self._run(refresh)
+                except Exception as error:  # the database is away: keep the last copy
+                    log.warning("revocations_not_refreshed", error=str(error))
+
             async def refreshing() -> None:
                 while True:
-                    try:
-                        await self._run(refresh)
-                    except Exception as error:  # the database is away: keep the last copy
-                        log.warning("revocations_not_refreshed", error=str(error))
                     await asyncio.sleep(revocations.refresh_seconds)
+                    await refresh_once()
+
+            # Before the listener serves: no revoked session passes after a restart.
+            await refresh_once()
 
             task = asyncio.create_task(refreshing())
             yield
