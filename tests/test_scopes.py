@@ -177,6 +177,11 @@ async def test_two_scoped_sessions_cannot_see_each_others_data(
     assert await alice.thread("bob/chat") == await alice.thread("bob/nobody")
     assert await bob.thread("alice/chat") == await bob.thread("alice/nobody")
     assert "secret" not in str(await alice.thread("bob/chat"))
+    # An id no thread can have is refused the same way inside and outside a scope.
+    full = Reader(http, base, (await mint(http, base, ADMIN, None))["session"])
+    too_long = "bob/" + "x" * 600
+    refused = await alice.thread(too_long)
+    assert refused == await full.thread(too_long) and refused[0][0] == 400
     assert await alice.conversation("bob/conversation") == await alice.conversation("bob/none")
     assert (await alice.conversation("bob/conversation"))[0][0] == 404
     assert (await bob.conversation("bob/conversation"))[0][0] == 200
