@@ -193,7 +193,8 @@ class Revocations:
     fsynced, renamed over the old one, and the directory fsynced, so a crash
     leaves the old or the new list, never a torn one. Expired entries are
     dropped when the file is read and written, and temporary files a crash
-    left behind when it is read. ``path`` None keeps them in memory only.
+    left behind when it is read (ValueError if it is not such a list).
+    ``path`` None keeps them in memory only.
     :meth:`revoke` blocks (run it off the event loop).
     """
 
@@ -208,13 +209,18 @@ class Revocations:
                 with contextlib.suppress(OSError):
                     leftover.unlink()
         if path is not None and path.exists():
-            loaded = orjson.loads(path.read_bytes()).get("revoked", {})
             now = clock()
-            self._revoked = {
-                str(session_id): int(expiry)
-                for session_id, expiry in loaded.items()
-                if int(expiry) > now
-            }
+            try:
+                loaded = orjson.loads(path.read_bytes())["revoked"]
+                self._revoked = {
+                    str(session_id): int(expiry)
+                    for session_id, expiry in loaded.items()
+                    if int(expiry) > now
+                }
+            except (ValueError, TypeError, KeyError, AttributeError) as error:
+                raise ValueError(
+                    f"{str(path)!r} is not a list of revoked sessions: {error}"
+                ) from None
 
     def __len__(self) -> int:
         return len(self._revoked)
