@@ -49,8 +49,9 @@ from turnstore.server.values import (
     TurnCursor,
 )
 
-# Listed ids read per step while seeking one id of an explicit list.
-_SEEK_PAGE: Final = 64
+# Entries read per step while seeking one id of an explicit list (the first
+# is nearly always the one: `_below` leaves almost nothing in between).
+_SEEK_PAGE: Final = 4
 S = TypeVar("S", ThreadSummary, KeySummary)
 
 
