@@ -21,12 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from tests.daemon import Daemon
 from tests.test_cli import COMMAND_TIMEOUT, clean_env, json_lines, run
 from turnstore import AgentEventEnvelope, ConversationSnapshot, TurnstoreClient
 from turnstore.admin_cli import _create_partial
+from turnstore.v1 import turnstore_pb2 as pb
+from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
 # OSC 52: "write SGVsbG8= (base64) to the clipboard", ended by BEL.
 OSC52 = "\x1b]52;c;SGVsbG8=\x07"
@@ -239,3 +242,20 @@ def test_the_temporary_file_is_private_and_unpredictable(tmp_path: Path) -> None
         assert stat.S_IMODE(os.lstat(partial).st_mode) == 0o600
         names.add(name)
     assert len(names) == 2
+
+
+async def test_snapshot_content_types_are_shown_escaped(daemon: Daemon) -> None:
+    """A snapshot's content type is any writer's text: raw gRPC here, as any client could send.
+
+    (Events are stored as ``application/json`` only; the daemon refuses others.)
+    """
+    key = "terminal/content-type-key"
+    content_type = f"text/plain{OSC52}{ERASE_LINE}\u202e"
+    async with grpc.aio.insecure_channel(daemon.target) as channel:
+        await pb_grpc.HistoryStoreServiceStub(channel).Save(
+            pb.SaveRequest(key=key, data=b"plain text", content_type=content_type)
+        )
+    versions = cli(daemon, "history", key, "versions", "--format", "text")
+    assert "text/plain\\x1b]52;c;SGVsbG8=\\x07\\x1b[2K\\r\\u202e" in versions
+    (version,) = json_lines(cli(daemon, "history", key, "versions", "--format", "json"))
+    assert version["content_type"] == content_type
