@@ -287,6 +287,9 @@ class HttpApi:
             self._revocations = PostgresRevocations(revocations_dsn)
         elif auth_tokens:
             self._revocations = Revocations(revocations_path)
+        # Resolved (then replaced) whenever sessions are revoked: wakes the
+        # open streams of sessions so that a revoked one ends at once.
+        self._revoked_now: asyncio.Future[None] | None = None
         self._tls = tls
         self._allow_remote = allow_remote
         self._origins = frozenset(origin.rstrip("/") for origin in config.allow_origins)
@@ -339,7 +342,8 @@ class HttpApi:
 
             async def refresh_once() -> None:
                 try:
-                    await self._run(refresh)
+                    if await self._run(refresh):
+                        self._signal_revocation()
                 except Exception as error:  # the database is away: keep the last copy
                     log.warning("revocations_not_refreshed", error=str(error))
 
@@ -436,6 +440,16 @@ class HttpApi:
         return session.expires_at > time.time() and not self._revocations.revoked(
             session.session_id
         )
+
+    def _revocation_signal(self) -> asyncio.Future[None]:
+        """A future resolved at the next revocation this daemon learns of."""
+        if self._revoked_now is None or self._revoked_now.done():
+            self._revoked_now = asyncio.get_running_loop().create_future()
+        return self._revoked_now
+
+    def _signal_revocation(self) -> None:
+        if self._revoked_now is not None and not self._revoked_now.done():
+            self._revoked_now.set_result(None)
 
     def _wait_seconds(self, session: Session | None) -> float:
         """How long a stream waits for the next batch before its next heartbeat or check.
@@ -538,6 +552,7 @@ class HttpApi:
                     log.error("session_not_revoked", error=str(error))
                     return _error(503, "revocation_failed", f"the session was not revoked: {error}")
                 log.info("session_revoked", session_id=session.session_id)
+                self._signal_revocation()
                 revoked = True
         response = _json({"auth": self._keys is not None, "revoked": revoked})
         response.del_cookie(SESSION_COOKIE, path="/")
@@ -717,12 +732,20 @@ class HttpApi:
                     break
                 pending = asyncio.ensure_future(anext(batches, None))
                 while not pending.done() and self._live(session):
-                    await asyncio.wait((pending,), timeout=self._wait_seconds(session))
-                    if not pending.done() and self._live(session):
+                    waits: tuple[asyncio.Future[Any], ...] = (pending,)
+                    if session is not None:
+                        waits += (self._revocation_signal(),)
+                    woken, _ = await asyncio.wait(
+                        waits,
+                        timeout=self._wait_seconds(session),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if not woken and self._live(session):
                         await response.write(sse.HEARTBEAT)
                 if not self._live(session):
-                    # Checked at least once a heartbeat: the stream ends
-                    # within one of the session's expiry or revocation.
+                    # Checked when a session is revoked here (or found revoked
+                    # by a fleet's refresh), at its expiry, and at least once a
+                    # heartbeat: the stream ends within one of either.
                     await response.write(sse.SESSION_ENDED)
                     break
                 batch, pending = pending.result(), None

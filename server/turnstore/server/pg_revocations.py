@@ -66,8 +66,11 @@ class PostgresRevocations:
         """Whether the session is revoked (the in-memory copy)."""
         return session_id in self._revoked
 
-    def refresh(self) -> None:
-        """Read the unexpired revocations of the whole fleet; drop the expired rows."""
+    def refresh(self) -> bool:
+        """Read the unexpired revocations of the whole fleet; drop the expired rows.
+
+        True when it found sessions revoked since the last read.
+        """
         now = int(self._clock())
         with self._connect() as conn:
             conn.execute("DELETE FROM turnstore_revoked_sessions WHERE expires_at <= %s", (now,))
@@ -78,7 +81,9 @@ class PostgresRevocations:
             ).fetchall()
         fresh = {str(session_id): int(expiry) for session_id, expiry in rows}
         with self._lock:
+            news = not fresh.keys() <= self._revoked.keys()
             self._revoked = fresh
+        return news
 
     def revoke(self, session: Session) -> None:
         """Revoke ``session`` in the database (committed before this returns).
