@@ -55,7 +55,7 @@ from turnstore.server.errors import (
 from turnstore.server.followers import Followers, Sender
 from turnstore.server.replaying import MAX_TURN, ReplayQuery
 from turnstore.server.scoped_engine import scoped
-from turnstore.server.scopes import FULL, Scope, ScopeError, parse_scope
+from turnstore.server.scopes import FULL, Scope, ScopeError, ScopeTooWideError, parse_scope
 from turnstore.server.sessions import Revocations, Session, SessionKeys, SessionSigner
 from turnstore.server.storage import StorageEngine
 from turnstore.server.values import ReadBudget, TurnCursor
@@ -490,10 +490,10 @@ class HttpApi:
         try:
             asked = await self._requested_scope(request)
             token, expiry = access.signer.issue(asked)
+        except ScopeTooWideError as error:
+            return _error(403, PermissionDeniedError.reason, str(error))
         except ScopeError as error:
-            status = 403 if "exceeds" in str(error) else 400
-            reason = "permission_denied" if status == 403 else "invalid_argument"
-            return _error(status, reason, str(error))
+            return _error(400, InvalidArgumentError.reason, str(error))
         scope = asked if asked is not None else access.signer.scope
         response = _json(
             {"auth": True, "session": token, "expires_at": expiry, "scope": scope.to_json()}

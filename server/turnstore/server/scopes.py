@@ -39,6 +39,10 @@ class ScopeError(ValueError):
     """A scope given as JSON is malformed; the message names the field."""
 
 
+class ScopeTooWideError(ScopeError):
+    """A scope asks for more than the credential that would grant it has."""
+
+
 @dataclass(frozen=True)
 class Scope:
     """The thread ids and conversation keys a credential covers, and if it may write.

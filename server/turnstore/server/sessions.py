@@ -36,7 +36,7 @@ from typing import Final
 
 import orjson
 
-from turnstore.server.scopes import FULL, Scope, ScopeError, parse_scope
+from turnstore.server.scopes import FULL, Scope, ScopeError, ScopeTooWideError, parse_scope
 
 VERSION: Final = "v2"
 _KEY_LABEL: Final = b"turnstore http session v2\0"
@@ -104,13 +104,15 @@ class SessionSigner:
     def issue(self, scope: Scope | None = None) -> tuple[str, int]:
         """A new session token for ``scope`` (default: the token's own) and its expiry.
 
-        Raises ScopeError when ``scope`` exceeds the token's scope, or is too
-        large to fit in a token.
+        Raises ScopeTooWideError when ``scope`` exceeds the token's scope,
+        ScopeError when it is too large to fit in a token.
         """
         if scope is None or scope == self.scope:
             encoded = _OWN_SCOPE
         elif not scope.within(self.scope):
-            raise ScopeError("scope: exceeds the scope of the bearer token that mints the session")
+            raise ScopeTooWideError(
+                "scope: exceeds the scope of the bearer token that mints the session"
+            )
         else:
             encoded = _b64(_canonical(scope))
         expiry = int(self._clock() + self.ttl_seconds)
