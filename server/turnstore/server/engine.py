@@ -22,6 +22,7 @@ import dataclasses
 import fcntl
 import os
 import queue
+import secrets
 import threading
 from pathlib import Path
 from typing import IO, TypeVar
@@ -86,11 +87,16 @@ class Engine(_Retention):
             default_reserve(config.max_map_bytes) if reserve is None else reserve,
         )
         self._backup_journal = backups.BackupJournal(Path(config.data_dir))
+        with env.begin() as txn:
+            mask = _get(txn, schema.META_EPOCH_MASK, self._dbs[schema.META])
+        self.epoch_mask = schema.U64.unpack(mask)[0] if mask is not None else 0
         # The transaction id of the last no-op commit (_release_freed_pages).
         self._tick_txnid = -1
         # What :meth:`open` found of backups cut short (the daemon logs it).
         self.removed_partial_backups: list[Path] = []
         self.partial_backup_problems: list[str] = []
+        # Whether open() found a backup copy never opened before (new epochs drawn).
+        self.opened_restored_backup = False
         self._gate = _ResizeGate()
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._closed = False
@@ -168,6 +174,9 @@ class Engine(_Retention):
                         f"{schema.U64.unpack(stored)[0]}, newer than this turnstore "
                         f"({schema.SCHEMA_VERSION})"
                     )
+                restored = txn.pop(schema.META_RESTORED_BACKUP, db=meta) is not None
+                if restored:
+                    txn.put(schema.META_EPOCH_MASK, schema.U64.pack(new_epoch_mask()), db=meta)
         except BaseException:
             lock_file.close()
             raise
@@ -176,6 +185,7 @@ class Engine(_Retention):
         engine = cls(config, env, lock_file)
         engine.removed_partial_backups = removed
         engine.partial_backup_problems = problems
+        engine.opened_restored_backup = restored
         return engine
 
     def close(self) -> None:
@@ -195,6 +205,18 @@ class Engine(_Retention):
             self._retention_thread.join()
         self._env.close()
         self._lock_file.close()
+
+
+def new_epoch_mask() -> int:
+    """A random epoch mask for a restored database: below 2**63, bit 62 set.
+
+    Thread numbers stay below 2**62, so every epoch made with it is non-zero
+    (0 means "no thread"), fits a stream cursor (at most 2**63-1), and
+    differs from every epoch of the database's earlier lives made with
+    another mask (but for a 2**-62 chance): in particular from mask 0, the
+    epochs of a database never restored.
+    """
+    return (1 << 62) | secrets.randbits(62)
 
 
 def _make_owner_only(data_dir: Path) -> None:

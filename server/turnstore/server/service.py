@@ -23,6 +23,7 @@ from turnstore.server.acks import AckPump
 from turnstore.server.bodies import check_json_body, event_content_type
 from turnstore.server.errors import (
     BackupFailedError,
+    CursorOutOfRangeError,
     DatabaseUnavailableError,
     DataDirLockedError,
     DiskIOError,
@@ -71,6 +72,7 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     DataDirLockedError: grpc.StatusCode.UNAVAILABLE,
     DiskIOError: grpc.StatusCode.UNAVAILABLE,
     DatabaseUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    CursorOutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
     EngineError: grpc.StatusCode.INTERNAL,
 }
 

@@ -61,6 +61,14 @@ class StorageEngine(Protocol):
         ...
 
     @property
+    def epoch_mask(self) -> int:
+        """XORed into thread numbers to make the epochs readers see (a replay's
+        ``thread_epoch``); below 2**63. It changes when the database was
+        restored from a backup, so no cursor from before the restore matches.
+        """
+        ...
+
+    @property
     def map_size(self) -> int:
         """The bytes the backend has reserved for data (LMDB's map; 0 where none)."""
         ...

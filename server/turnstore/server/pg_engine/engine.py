@@ -106,6 +106,9 @@ class PostgresEngine(Retention, InputChecks):
     def __init__(self, config: EngineConfig, pg: PostgresConfig) -> None:
         self.config = config
         self.limits = config.limits
+        # PostgreSQL is restored with its own tools, which turnstore cannot
+        # see: epochs are the thread numbers (docs/operations.md#backup).
+        self.epoch_mask = 0
         self._pg = pg
         self._closed = False
         self.database = redact_dsn(pg.dsn)
