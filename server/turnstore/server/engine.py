@@ -208,15 +208,16 @@ class Engine(_Retention):
 
 
 def new_epoch_mask() -> int:
-    """A random epoch mask for a restored database: below 2**63, bit 62 set.
+    """A random epoch mask for a restored database: below 2**53, bit 52 set.
 
-    Thread numbers stay below 2**62, so every epoch made with it is non-zero
-    (0 means "no thread"), fits a stream cursor (at most 2**63-1), and
-    differs from every epoch of the database's earlier lives made with
-    another mask (but for a 2**-62 chance): in particular from mask 0, the
+    Thread numbers (counted up from 1) stay far below 2**52, so every epoch
+    made with it is non-zero (0 means "no thread"), an exact JavaScript
+    number (the TypeScript client and the inspector read epochs as numbers),
+    and differs from every epoch of the database's earlier lives made with
+    another mask (but for a 2**-52 chance): in particular from mask 0, the
     epochs of a database never restored.
     """
-    return (1 << 62) | secrets.randbits(62)
+    return (1 << 52) | secrets.randbits(52)
 
 
 def _make_owner_only(data_dir: Path) -> None:

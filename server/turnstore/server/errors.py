@@ -93,11 +93,11 @@ class CursorOutOfRangeError(EngineError):
     reason = "cursor_out_of_range"
 
     def __init__(self, thread_id: str, after_position: int, next_position: int) -> None:
+        held = f" (positions 0 to {next_position - 1})" if next_position else ""
         super().__init__(
-            f"thread {thread_id!r} has {next_position} events (positions 0 to "
-            f"{next_position - 1}): no cursor after position {after_position} was ever "
-            "handed out for it; replay from the start (or from the last position "
-            "you received from this thread)"
+            f"thread {thread_id!r} has {next_position} events{held}: no cursor after "
+            f"position {after_position} was ever handed out for it; replay from the "
+            "start (or from the last position you received from this thread)"
         )
         self.thread_id = thread_id
         self.after_position = after_position

@@ -63,7 +63,7 @@ class StorageEngine(Protocol):
     @property
     def epoch_mask(self) -> int:
         """XORed into thread numbers to make the epochs readers see (a replay's
-        ``thread_epoch``); below 2**63. It changes when the database was
+        ``thread_epoch``); below 2**53. It changes when the database was
         restored from a backup, so no cursor from before the restore matches.
         """
         ...
