@@ -13,12 +13,14 @@ backends where the backend matters.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import urllib.parse
 from collections.abc import AsyncIterable, Iterator
 from pathlib import Path
 
 import aiohttp
 import grpc
+import psycopg
 import pytest
 
 from tests.daemon import Daemon
@@ -329,3 +331,86 @@ async def test_each_copy_of_one_backup_gets_epochs_of_its_own(tmp_path: Path) ->
             epochs.append(replay.epoch)
         assert restored.stop() == 0
     assert len(set(epochs)) == 2
+
+
+async def test_postgres_tables_restored_into_another_database_get_new_epochs(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """pg_dump at 50, reader at 99, restored into a new database, 30 new events.
+
+    And the documented step for a restore into the same database
+    (``database_oid`` set to 0) does the same.
+    """
+    dump = tmp_path / "turnstore.sql"
+    thread = "pg-restored"
+    with fresh_database(postgres_server) as source_dsn, fresh_database(postgres_server) as new_dsn:
+        source = Daemon(
+            tmp_path / "a", extra_args=["--backend", "postgres", "--postgres-dsn", source_dsn]
+        )
+        assert source.start().get("restored_backup_new_epochs") is None
+        async with TurnstoreClient(source.target) as client:
+            await write(client, thread, 0, 50)
+            await asyncio.to_thread(
+                subprocess.run,
+                [
+                    str(postgres_server.bin_dir / "pg_dump"),
+                    "--table=turnstore_*",
+                    "-f",
+                    str(dump),
+                    source_dsn,
+                ],
+                check=True,
+                timeout=120,
+            )
+            await write(client, thread, 50, 50)
+            replay = client.events.replay(thread)
+            assert len(texts(await _items(replay))) == 100
+            cursor = (replay.last_position, replay.epoch)
+        assert source.stop() == 0
+        await asyncio.to_thread(
+            subprocess.run,
+            [
+                str(postgres_server.bin_dir / "psql"),
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-f",
+                str(dump),
+                new_dsn,
+            ],
+            check=True,
+            timeout=120,
+            capture_output=True,
+        )
+        restored = Daemon(
+            tmp_path / "b", extra_args=["--backend", "postgres", "--postgres-dsn", new_dsn]
+        )
+        assert restored.start().get("restored_backup_new_epochs") is True
+        async with TurnstoreClient(restored.target) as client:
+            await write(client, thread, 1000, 30)
+            after, epoch = cursor
+            assert await collect(client, thread, after=after, epoch=epoch) == [ThreadCleared(100)]
+            again = client.events.replay(thread)
+            assert texts(await _items(again)) == [f"e{n}" for n in range(50)] + [
+                f"e{n}" for n in range(1000, 1030)
+            ]
+            new_cursor = (again.last_position, again.epoch)
+        # A restart (and a second daemon of the fleet) keeps the new epochs.
+        assert restored.stop() == 0
+        assert restored.start().get("restored_backup_new_epochs") is None
+        async with TurnstoreClient(restored.target) as client:
+            after, epoch = new_cursor
+            assert await collect(client, thread, after=after, epoch=epoch) == [CaughtUp(80)]
+        assert restored.stop() == 0
+
+        # Restored into the same database: the operator marks it by hand.
+        with psycopg.connect(source_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE turnstore_meta SET value = 0 WHERE name = 'database_oid'")
+        same = Daemon(
+            tmp_path / "c", extra_args=["--backend", "postgres", "--postgres-dsn", source_dsn]
+        )
+        assert same.start().get("restored_backup_new_epochs") is True
+        async with TurnstoreClient(same.target) as client:
+            after, epoch = cursor
+            assert await collect(client, thread, after=after, epoch=epoch) == [ThreadCleared(100)]
+        assert same.stop() == 0

@@ -372,6 +372,8 @@ async def _serve_postgres(
             tls=config.tls is not None,
             metrics=metrics_address,
             http=built.http.address if built.http is not None else None,
+            # Tables restored into another database: every thread got a new epoch.
+            **({"restored_backup_new_epochs": True} if engine.opened_restored_backup else {}),
         )
         await stop.wait()
         log.info("stopping", grace_seconds=config.grace_seconds)

@@ -22,7 +22,6 @@ import dataclasses
 import fcntl
 import os
 import queue
-import secrets
 import threading
 from pathlib import Path
 from typing import IO, TypeVar
@@ -47,7 +46,7 @@ from turnstore.server.space import (
     SpaceGuard,
     default_reserve,
 )
-from turnstore.server.storage import CommitListener, CommitObserver
+from turnstore.server.storage import CommitListener, CommitObserver, new_epoch_mask
 from turnstore.server.values import (
     EngineConfig,
 )
@@ -205,19 +204,6 @@ class Engine(_Retention):
             self._retention_thread.join()
         self._env.close()
         self._lock_file.close()
-
-
-def new_epoch_mask() -> int:
-    """A random epoch mask for a restored database: below 2**53, bit 52 set.
-
-    Thread numbers (counted up from 1) stay far below 2**52, so every epoch
-    made with it is non-zero (0 means "no thread"), an exact JavaScript
-    number (the TypeScript client and the inspector read epochs as numbers),
-    and differs from every epoch of the database's earlier lives made with
-    another mask (but for a 2**-52 chance): in particular from mask 0, the
-    epochs of a database never restored.
-    """
-    return (1 << 52) | secrets.randbits(52)
 
 
 def _make_owner_only(data_dir: Path) -> None:
