@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import urllib.parse
-from collections.abc import AsyncIterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -173,6 +173,26 @@ async def test_a_cursor_from_one_daemon_of_a_fleet_works_on_the_other(
         finally:
             assert first.stop() == 0, first.log_lines[-10:]
             assert second.stop() == 0, second.log_lines[-10:]
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "postgres"])
+async def test_a_cursor_of_another_database_reports_a_reset(
+    backend: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    """Each database has epochs of its own: a reader sent to another daemon (an
+    import, a second LMDB daemon behind a balancer) is told, never resumed."""
+    first, second = start_daemon(backend), start_daemon(backend)
+    thread = "moved"
+    async with (
+        TurnstoreClient(first.target) as on_first,
+        TurnstoreClient(second.target) as on_second,
+    ):
+        await write(on_first, thread, 0, 100)
+        replay = on_first.events.replay(thread)
+        assert len(texts(await _items(replay))) == 100
+        await write(on_second, thread, 1000, 120)
+        stale = await collect(on_second, thread, after=replay.last_position, epoch=replay.epoch)
+        assert stale == [ThreadCleared(100)]
 
 
 # -- the event stream ------------------------------------------------------------------

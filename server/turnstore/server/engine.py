@@ -167,6 +167,8 @@ class Engine(_Retention):
                     txn.put(
                         schema.META_SCHEMA_VERSION, schema.U64.pack(schema.SCHEMA_VERSION), db=meta
                     )
+                    # Epochs of its own: a cursor of another database never matches.
+                    txn.put(schema.META_EPOCH_MASK, schema.U64.pack(new_epoch_mask()), db=meta)
                 elif schema.U64.unpack(stored)[0] > schema.SCHEMA_VERSION:
                     raise ValueError(
                         f"data directory {str(data_dir)!r} has schema version "

@@ -12,9 +12,11 @@ nothing of its old life can be read back by mistake.
     ``next_thread_number``: the number the next new thread gets.
     ``next_conversation_number``: likewise for conversation keys.
     ``epoch_mask``: XORed into thread numbers to make the epochs readers see
-    (absent: 0). ``restored_backup``: present only in a ``turnstore backup``
-    copy; the first daemon to open the copy draws a new ``epoch_mask`` and
-    deletes it, so no cursor from before a restore matches a thread's epoch.
+    (absent: 0, in databases older than it), drawn when the database is
+    created, so no two databases share epochs. ``restored_backup``: present
+    only in a ``turnstore backup`` copy; the first daemon to open the copy
+    draws a new ``epoch_mask`` and deletes it, so no cursor from before a
+    restore matches a thread's epoch.
 
 ``threads``
     key: thread id (UTF-8)

@@ -65,7 +65,7 @@ def redact_dsn(dsn: str) -> str:
     return " ".join(f"{name}={value}" for name, value in sorted(info.items()))
 
 
-def _epoch_mask(conn: psycopg.Connection[Any]) -> tuple[int, bool]:
+def _epoch_mask(conn: psycopg.Connection[Any], created: bool) -> tuple[int, bool]:
     """The epoch mask of the database, and whether it was just drawn for a restore.
 
     Runs in :func:`_prepare_schema`'s transaction, under its lock. The
@@ -74,8 +74,9 @@ def _epoch_mask(conn: psycopg.Connection[Any]) -> tuple[int, bool]:
     get a new random ``epoch_mask``, so no reader's cursor from before the
     restore matches a thread's epoch. An operator who restored into the same
     database sets ``database_oid`` to 0 for the same effect
-    (docs/operations.md#backup). A database without the row (new, or of an
-    older turnstore) just records its oid.
+    (docs/operations.md#backup). Tables just ``created`` get a mask of their
+    own, so no two databases share epochs; those of an older turnstore keep
+    mask 0 and just record their oid.
     """
     current = conn.execute(
         "SELECT oid::bigint FROM pg_database WHERE datname = current_database()"
@@ -89,14 +90,14 @@ def _epoch_mask(conn: psycopg.Connection[Any]) -> tuple[int, bool]:
     mask = int(rows.get("epoch_mask", 0))
     recorded = rows.get("database_oid")
     restored = recorded is not None and int(recorded) != int(current[0])
-    if restored:
+    if restored or created:
         mask = new_epoch_mask()
         conn.execute(
             "INSERT INTO turnstore_meta VALUES ('epoch_mask', %s) "
             "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
             (mask,),
         )
-    if recorded is None or restored:
+    if recorded is None or restored or created:
         conn.execute(
             "INSERT INTO turnstore_meta VALUES ('database_oid', %s) "
             "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
@@ -105,8 +106,10 @@ def _epoch_mask(conn: psycopg.Connection[Any]) -> tuple[int, bool]:
     return mask, restored
 
 
-def _prepare_schema(conn: psycopg.Connection[Any], dsn: str) -> None:
+def _prepare_schema(conn: psycopg.Connection[Any], dsn: str) -> bool:
     """Create the schema on a database without it; leave one at this version untouched.
+
+    Returns whether it created the schema from nothing.
 
     A schema already at :data:`tables.SCHEMA_VERSION` gets no DDL at all:
     ``CREATE INDEX IF NOT EXISTS`` takes a SHARE lock on its table even when
@@ -130,7 +133,7 @@ def _prepare_schema(conn: psycopg.Connection[Any], dsn: str) -> None:
             f"{version}, newer than this turnstore ({tables.SCHEMA_VERSION})"
         )
     if version == tables.SCHEMA_VERSION:
-        return
+        return False
     for statement in tables.CREATE:
         conn.execute(statement)
     conn.execute(
@@ -138,6 +141,7 @@ def _prepare_schema(conn: psycopg.Connection[Any], dsn: str) -> None:
         "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
         (tables.SCHEMA_VERSION,),
     )
+    return version is None
 
 
 class PostgresEngine(Retention, InputChecks):
@@ -205,8 +209,8 @@ class PostgresEngine(Retention, InputChecks):
             with psycopg.connect(
                 pg.dsn, connect_timeout=max(1, round(pg.connect_timeout_seconds))
             ) as conn:
-                _prepare_schema(conn, pg.dsn)
-                mask, restored = _epoch_mask(conn)
+                created = _prepare_schema(conn, pg.dsn)
+                mask, restored = _epoch_mask(conn, created)
         except psycopg.OperationalError as error:
             raise DatabaseUnavailableError(
                 f"cannot reach the database ({redact_dsn(pg.dsn)}): {_describe(error)}"
