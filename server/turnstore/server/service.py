@@ -20,7 +20,12 @@ import structlog
 
 from turnstore.server import records, replaying
 from turnstore.server.acks import AckPump
-from turnstore.server.bodies import check_json_body, event_content_type
+from turnstore.server.bodies import (
+    check_json_body,
+    check_json_snapshot,
+    event_content_type,
+    is_json_type,
+)
 from turnstore.server.errors import (
     BackupFailedError,
     DatabaseUnavailableError,
@@ -719,6 +724,12 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
             raise InvalidArgumentError(
                 "content_type", f"is over the limit of {MAX_CONTENT_TYPE_BYTES} bytes"
             )
+        if is_json_type(content_type):
+            # Checked as strictly as event bodies; a large one off the event loop.
+            if len(request.data) <= INLINE_DECODE_BYTES:
+                check_json_snapshot(request.data)
+            else:
+                await self._run(check_json_snapshot, request.data)
         expected = request.expected_version if request.HasField("expected_version") else None
         future = self._engine.save_snapshot(request.key, request.data, content_type, expected)
         version = await self._acks.wait(future)
