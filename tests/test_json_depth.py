@@ -262,7 +262,8 @@ def test_a_body_at_the_limit_is_read_by_the_rust_client(
 
 def store_as_an_older_version(data_dir: Path, thread: str) -> None:
     """Write turn 1 straight through the engine, as a version without the limit did:
-    an event, one 300 levels deep (past orjson's writing limit of 254), another."""
+    an event, one 300 levels deep (past orjson's writing limit of 254), another;
+    and a JSON snapshot as deep under the thread's id as key."""
     bodies = [b'{"delta":"before"}', deep_bytes(300), b'{"delta":"after"}']
     events = []
     for n, body in enumerate(bodies):
@@ -278,6 +279,7 @@ def store_as_an_older_version(data_dir: Path, thread: str) -> None:
     engine = Engine.open(EngineConfig(data_dir))
     try:
         engine.append(thread, 1, events, finish=True).result(timeout=30)
+        engine.save_snapshot(thread, deep_bytes(300), "application/json").result(timeout=30)
     finally:
         engine.close()
 
@@ -305,6 +307,11 @@ async def test_a_deep_body_stored_earlier_does_not_poison_its_readers(
         (turn,) = strict_json(await response.text())["turns"]
         assert [e.get("delta") for e in turn["events"]] == ["before", None, "after"]
         assert NAMED in turn["events"][1]["body_error"]
+
+        response = await http.get(f"{base}/v1/conversations/{thread}")
+        assert response.status == 200, await response.text()
+        snapshot = strict_json(await response.text())
+        assert snapshot["snapshot"] is None and NAMED in snapshot["body_error"]
 
         tail = await asyncio.to_thread(
             run_cli, "tail", thread, "--target", daemon.target, "--format", "json"

@@ -715,6 +715,9 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
 class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
     """``turnstore.v1.HistoryStoreService`` over an :class:`StorageEngine`."""
 
+    # Large snapshots labelled JSON are parsed to be checked one at a time.
+    _large_json_checks = asyncio.Semaphore(1)
+
     @_unary
     async def Save(
         self, request: pb.SaveRequest, context: grpc.aio.ServicerContext
@@ -725,11 +728,14 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
                 "content_type", f"is over the limit of {MAX_CONTENT_TYPE_BYTES} bytes"
             )
         if is_json_type(content_type):
-            # Checked as strictly as event bodies; a large one off the event loop.
+            # Checked as strictly as event bodies; a large one off the event
+            # loop, one at a time: parsing materialises the value (32 MiB of
+            # `[{},{},...]` takes about 1 GB for a moment).
             if len(request.data) <= INLINE_DECODE_BYTES:
                 check_json_snapshot(request.data)
             else:
-                await self._run(check_json_snapshot, request.data)
+                async with self._large_json_checks:
+                    await self._run(check_json_snapshot, request.data)
         expected = request.expected_version if request.HasField("expected_version") else None
         future = self._engine.save_snapshot(request.key, request.data, content_type, expected)
         version = await self._acks.wait(future)
