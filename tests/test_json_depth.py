@@ -399,11 +399,13 @@ async def test_a_content_type_with_a_nul_is_refused_on_both_backends(
 def stream_message_with_more_nested(depth: int, padding: int) -> bytes:
     """An AppendStreamRequest whose ``more`` (field 6) holds an item ``depth`` deep,
     padded with an unknown field so that it is scanned item by item."""
-    item = pb.AppendStreamRequest(request_id=1, thread_id="deep-more", turn=1)
+    item: bytes = pb.AppendStreamRequest(
+        request_id=1, thread_id="deep-more", turn=1
+    ).SerializeToString()
     inner = b""
     for _ in range(depth):
-        inner = field_bytes(6, item.SerializeToString() + inner)
-    return item.SerializeToString() + inner + field_bytes(1000, b"p" * padding)
+        inner = field_bytes(6, item + inner)
+    return item + inner + field_bytes(1000, b"p" * padding)
 
 
 @pytest.mark.parametrize("depth", [5_000, 3_000, 150])
