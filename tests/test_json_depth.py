@@ -321,6 +321,15 @@ async def test_a_deep_body_stored_earlier_does_not_poison_its_readers(
         assert [e.get("delta") for e in tailed] == ["before", None, "after"]
         assert "body_base64" in tailed[1]
 
+        exported = await asyncio.to_thread(run_cli, "export", "--target", daemon.target)
+        assert exported.returncode == 0, exported.stderr
+        lines = [line for line in json_lines(exported.stdout) if line["kind"] == "event"]
+        assert [("event" in line, "envelope" in line) for line in lines] == [
+            (True, False),
+            (False, True),  # kept exactly, in base64
+            (True, False),
+        ]
+
         turns = await asyncio.to_thread(
             run_cli, "turns", thread, "--events", "--target", daemon.target, "--format", "json"
         )

@@ -129,6 +129,8 @@ def _flat_event(envelope: pb.EventEnvelope) -> dict[str, Any] | None:
     """The flat JSON of an envelope, or None when the flat form would lose something."""
     if envelope.content_type not in ("", JSON):
         return None
+    if _json.too_deep(envelope.body):
+        return None  # stored by an older daemon: kept exactly, in base64
     try:
         body = _json.loads(envelope.body) if envelope.body else {}
     except ValueError:
