@@ -109,6 +109,15 @@ async def test_raw_grpc_bodies_over_the_limit_are_refused_however_deep(
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "events[0].body" in (raised.value.details() or "")
             assert NAMED in (raised.value.details() or "")
+        # Deep and unclosed, with a quote every two bytes: refused at once (a
+        # bracket count that re-scanned from every quote would take minutes).
+        for hostile in (b"[" * 70 + b'"' + b'\\"' * 200_000, b"[" * 70 + b'"a\\' * 200_000):
+            bad = pb.EventEnvelope(event_id="hostile", type="x", body=hostile)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.Append(
+                    pb.AppendRequest(thread_id=thread_id, turn=1, events=[bad]), timeout=20
+                )
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
         # Brackets inside strings are text, not nesting.
         text = pb.EventEnvelope(event_id="brackets", type="x", body=b'{"s":"' + b"[{" * 500 + b'"}')
         await stub.Append(pb.AppendRequest(thread_id=thread_id, turn=1, events=[text]))
@@ -464,6 +473,13 @@ async def test_import_of_a_line_nested_1000_deep_fails_cleanly_naming_it(
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "line 3" in done.stderr and "65 levels" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "RecursionError" not in done.stderr
+
+    # Deep, unclosed and full of quotes: refused as quickly.
+    unclosed = tmp_path / "unclosed.jsonl"
+    unclosed.write_bytes(HEADER + b"[" * 70 + b'"' + b'\\"' * 200_000 + b"\n")
+    done = await asyncio.to_thread(import_file, daemon, unclosed)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "line 2" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
     # At the limit is imported.
     fine = tmp_path / "fine.jsonl"

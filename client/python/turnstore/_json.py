@@ -35,7 +35,10 @@ or a JSON snapshot (the body object is level 1): low enough for every reader's
 parser, serde_json's 128 included, with room for the wrappers readers add."""
 
 # A JSON string, escapes included (the unrolled form: no backtracking).
-_JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# An unclosed one runs to the end of the text: every quote a scan meets
+# starts a match, so the scan stays linear whatever the text (a string that
+# had to be closed would be tried again from every later quote).
+_JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
 _DEPTH_STEP: Final = [1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256)]
 
