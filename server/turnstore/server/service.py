@@ -715,8 +715,9 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
 class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
     """``turnstore.v1.HistoryStoreService`` over an :class:`StorageEngine`."""
 
-    # Large snapshots labelled JSON are parsed to be checked one at a time.
-    _large_json_checks = asyncio.Semaphore(1)
+    # Large snapshots labelled JSON are parsed to be checked one at a time
+    # (made on first use, on the service's event loop).
+    _large_json_checks: asyncio.Semaphore | None = None
 
     @_unary
     async def Save(
@@ -734,6 +735,8 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
             if len(request.data) <= INLINE_DECODE_BYTES:
                 check_json_snapshot(request.data)
             else:
+                if self._large_json_checks is None:
+                    self._large_json_checks = asyncio.Semaphore(1)
                 async with self._large_json_checks:
                     await self._run(check_json_snapshot, request.data)
         expected = request.expected_version if request.HasField("expected_version") else None
