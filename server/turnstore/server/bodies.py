@@ -50,7 +50,8 @@ def json_too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     summed bracket by bracket (at C speed, linear in the text). For text
     that is not JSON the answer is a guess, never an error.
     """
-    if data.count(b"{") + data.count(b"[") <= limit:
+    # JSON deeper than ``limit`` takes limit + 1 pairs of brackets at least.
+    if len(data) <= 2 * limit + 1 or data.count(b"{") + data.count(b"[") <= limit:
         return False
     brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
     return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0) > limit
