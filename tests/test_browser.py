@@ -261,3 +261,38 @@ async def test_a_browser_resumes_with_last_event_id_after_the_daemon_restarts(
         await page.screenshot(path=str(tmp_path / "restarted.png"), full_page=True)
     finally:
         process.stop()
+
+
+async def test_inspector_shows_turns_beyond_2_53_exactly(
+    browser: Browser, web_daemon: tuple[Daemon, str]
+) -> None:
+    """Turns 2^64-1 and 2^64-2 are two cards, in order, each with its own text.
+
+    The SSE payloads carry turns as JSON numbers; JSON.parse would round
+    both to 2^64 (and 2^53+1 to 2^53), folding the turns into one card.
+    """
+    daemon, base = web_daemon
+    thread = "inspect/huge turns"
+    turns = [1, 2**53, 2**53 + 1, 2**64 - 2, 2**64 - 1]
+    async with TurnstoreClient(daemon.target, token=TOKEN) as client:
+        for turn in turns:
+            await client.events.append(thread, turn, delta(f"text of {turn}"))
+        await client.events.finish_turn(thread, 2**64 - 1)
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(base + "/#thread=" + urllib.parse.quote(thread))
+    await page.fill("#token", TOKEN)
+    await page.click("#login button")
+    for turn in turns:
+        await wait_text(page, f'[data-turn="{turn}"] .text', f"text of {turn}")
+    await expect(page.locator(f'[data-turn="{2**64 - 1}"] .badge')).to_contain_text(
+        "finished · 1 events", timeout=WAIT_MS
+    )
+    await expect(page.locator(f'[data-turn="{2**64 - 2}"] .badge')).to_have_text("being written")
+    cards = page.locator(".turn")
+    assert await cards.count() == len(turns)
+    for index, turn in enumerate(turns):
+        assert await cards.nth(index).get_attribute("data-turn") == str(turn)
+        await expect(cards.nth(index).locator("h3")).to_contain_text(f"Turn {turn}")
+    assert errors == []

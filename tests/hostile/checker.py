@@ -78,9 +78,34 @@ def strict_json_object(body: bytes) -> bool:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
         return False
+    if too_deep(body):
+        return False
     return isinstance(value, dict) and not {"event_id", "sequence", "timestamp", "type"} & set(
         value
     )
+
+
+MAX_JSON_DEPTH = 64  # the daemon's limit on the nesting of bodies and JSON snapshots
+
+
+def json_depth(value: Any) -> int:
+    """How deep arrays and objects nest in a parsed JSON value (a scalar is 0)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        )
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def too_deep(data: bytes) -> bool:
+    """Whether strict JSON ``data`` nests deeper than the daemon accepts."""
+    return json_depth(orjson.loads(data)) > MAX_JSON_DEPTH
 
 
 def normalized(envelope: Any) -> Any:
@@ -93,11 +118,23 @@ def normalized(envelope: Any) -> Any:
 
 
 def save_is_valid(request: Any) -> bool:
+    content_type = request.content_type or JSON
     return (
         valid_name(request.key, MAX_KEY)
         and len(request.data) <= MAX_SNAPSHOT
-        and utf8_size(request.content_type or JSON) <= MAX_CONTENT_TYPE
+        and utf8_size(content_type) <= MAX_CONTENT_TYPE
+        and "\0" not in content_type
+        and (content_type.split(";")[0].strip().lower() != JSON or strict_json(request.data))
     )
+
+
+def strict_json(data: bytes) -> bool:
+    """What the daemon takes as a snapshot labelled JSON: any strict JSON value, not too deep."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return not too_deep(data)
 
 
 class Checker:

@@ -38,6 +38,7 @@ import structlog
 from aiohttp import web
 
 from turnstore.server import replaying, sse
+from turnstore.server.bodies import json_too_deep, too_deep_problem
 from turnstore.server.errors import (
     CursorOutOfRangeError,
     DatabaseUnavailableError,
@@ -219,11 +220,17 @@ def _snapshot_json(engine: StorageEngine, key: str, version: int | None) -> byte
         "content_type": stored.content_type,
         "saved_at_unix_nanos": stored.saved_at_ns,
     }
-    try:
-        body["snapshot"] = orjson.loads(stored.data)
-    except orjson.JSONDecodeError as error:
+    problem = None
+    if json_too_deep(stored.data):  # stored by an older version
+        problem = too_deep_problem()
+    else:
+        try:
+            body["snapshot"] = orjson.loads(stored.data)
+        except orjson.JSONDecodeError as error:
+            problem = f"not strict JSON: {error}"
+    if problem is not None:
         body["snapshot"] = None
-        body["body_error"] = f"not strict JSON: {error}"
+        body["body_error"] = problem
         body["raw_body"] = stored.data.decode("utf-8", "replace")
     return orjson.dumps(body)
 

@@ -15,7 +15,10 @@ reconnecting forever. Epoch ``0`` stands for "no thread seen yet".
 A body that is not strict JSON (or not a JSON object, or of another content
 type) never reaches the browser as broken JSON: the event keeps its header
 fields and gets ``body_error`` (why) and ``raw_body`` (the bytes as UTF-8 text,
-invalid sequences replaced) instead of its body's keys.
+invalid sequences replaced) instead of its body's keys. So does a body nested
+deeper than :data:`turnstore.server.bodies.MAX_JSON_DEPTH` (refused at write
+time, but an older version stored up to 1,024 levels): every reader can
+parse every event, and the events around it are delivered.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Final
 import orjson
 
 from turnstore.server import records
+from turnstore.server.bodies import json_too_deep, too_deep_problem
 from turnstore.server.errors import CursorOutOfRangeError, InvalidArgumentError
 from turnstore.server.replaying import MAX_POSITION, ReplayBatch
 from turnstore.v1 import turnstore_pb2 as pb
@@ -85,7 +89,8 @@ def event_json(event: pb.StoredEvent) -> bytes:
     """The flat JSON of a stored event: header fields, then its body's keys.
 
     Header fields win over body keys of the same name. A body that is not a
-    strict JSON object yields ``body_error`` and ``raw_body`` instead.
+    strict JSON object, or nested deeper than the limit, yields
+    ``body_error`` and ``raw_body`` instead.
     """
     envelope = event.envelope
     record: dict[str, Any] = {
@@ -100,6 +105,10 @@ def event_json(event: pb.StoredEvent) -> bytes:
     problem: str
     if content_type not in JSON_TYPES:
         problem = f"content type {envelope.content_type!r} is not JSON"
+    elif json_too_deep(envelope.body):
+        # Stored by an older version: refused today, and past orjson's
+        # writing limit or the readers' parsers.
+        problem = too_deep_problem()
     else:
         try:
             body = orjson.loads(envelope.body) if envelope.body else {}
