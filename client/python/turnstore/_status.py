@@ -28,6 +28,7 @@ _BY_REASON: Final[dict[str, type[errors.TurnstoreError]]] = {
     "backup_failed": errors.FailedPreconditionError,
     "unauthenticated": errors.UnauthenticatedError,
     "internal": errors.ServerError,
+    "cursor_out_of_range": errors.CursorOutOfRangeError,
 }
 
 _BY_CODE: Final[dict[grpc.StatusCode, type[errors.TurnstoreError]]] = {

@@ -28,6 +28,7 @@ from turnstore.server.bodies import (
 )
 from turnstore.server.errors import (
     BackupFailedError,
+    CursorOutOfRangeError,
     DatabaseUnavailableError,
     DataDirLockedError,
     DiskIOError,
@@ -76,6 +77,7 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     DataDirLockedError: grpc.StatusCode.UNAVAILABLE,
     DiskIOError: grpc.StatusCode.UNAVAILABLE,
     DatabaseUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    CursorOutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
     EngineError: grpc.StatusCode.INTERNAL,
 }
 

@@ -4,7 +4,10 @@ Every event goes out as ``id: <epoch>:<position>`` and ``data:`` its flat JSON
 envelope with ``position`` and ``turn``. Markers are named SSE events:
 ``turn_finished`` and ``caught_up`` carry an id too (``<epoch>:<position>:<finish
 sequence>``, the exact cursor after them, so a resume never repeats them),
-``thread_cleared`` does not. A stream that ends by itself sends a last ``end``
+``thread_cleared`` does not. A cursor the daemon refuses (past the end of
+the thread: reason ``cursor_out_of_range``) gets a 200 stream of one
+``error`` event (``{"error": REASON, "message": ..., "next_position": N,
+"epoch": E}``) and the ``end`` event. A stream that ends by itself sends a last ``end``
 event whose id ends in ``:end``; a reconnect presenting such an id is answered
 204 No Content, which makes ``EventSource`` stop for good instead of
 reconnecting forever. Epoch ``0`` stands for "no thread seen yet".
@@ -28,7 +31,7 @@ import orjson
 
 from turnstore.server import records
 from turnstore.server.bodies import json_too_deep, too_deep_problem
-from turnstore.server.errors import InvalidArgumentError
+from turnstore.server.errors import CursorOutOfRangeError, InvalidArgumentError
 from turnstore.server.replaying import MAX_POSITION, ReplayBatch
 from turnstore.v1 import turnstore_pb2 as pb
 
@@ -165,6 +168,17 @@ def encode_batch(batch: ReplayBatch, cursor: StreamCursor) -> tuple[bytes, Strea
             cursor = marker = StreamCursor(epoch, batch.next_position - 1, batch.next_finish_seq)
         out.append(_sse("caught_up", marker, body))
     return b"".join(out), cursor
+
+
+def cursor_error_event(error: CursorOutOfRangeError, epoch: int | None) -> bytes:
+    """The ``error`` event of a refused cursor: the reason, why, and where the thread ends."""
+    body = {
+        "error": error.reason,
+        "message": str(error),
+        "next_position": error.next_position,
+        "epoch": epoch or 0,
+    }
+    return _sse("error", None, orjson.dumps(body))
 
 
 def end_event(cursor: StreamCursor, reason: str) -> bytes:
