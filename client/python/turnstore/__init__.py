@@ -19,6 +19,7 @@ __path__ = extend_path(__path__, __name__)
 from turnstore._auth import ClientTls
 from turnstore.client import GrpcEventStore, GrpcHistoryStore, RetryPolicy, TurnstoreClient
 from turnstore.errors import (
+    CursorOutOfRangeError,
     DeadlineExceededError,
     EventFormatError,
     EventIdConflictError,
@@ -59,6 +60,7 @@ __all__ = [
     "CaughtUp",
     "ClientTls",
     "ConversationSnapshot",
+    "CursorOutOfRangeError",
     "DeadlineExceededError",
     "EventAppender",
     "EventFormatError",

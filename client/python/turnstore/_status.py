@@ -29,6 +29,7 @@ _BY_REASON: Final[dict[str, type[errors.TurnstoreError]]] = {
     "unauthenticated": errors.UnauthenticatedError,
     "permission_denied": errors.PermissionDeniedError,
     "internal": errors.ServerError,
+    "cursor_out_of_range": errors.CursorOutOfRangeError,
 }
 
 _BY_CODE: Final[dict[grpc.StatusCode, type[errors.TurnstoreError]]] = {

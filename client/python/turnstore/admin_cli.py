@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final
 
+from turnstore import transfer
 from turnstore.admin import DaemonStats, GrpcAdmin
 from turnstore.cli_common import (
     Progress,
@@ -280,7 +281,7 @@ async def _export(args: argparse.Namespace) -> int:
 
 def _counted_lines(source: BinaryIO, progress: Progress) -> Iterator[str]:
     """The UTF-8 lines of ``source``, counting lines and bytes into ``progress``."""
-    for raw in source:
+    for raw in transfer.read_lines(source):  # bounded: a huge line is refused, not read whole
         progress.events += 1
         progress.bytes += len(raw)
         yield raw.decode("utf-8")

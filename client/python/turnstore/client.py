@@ -307,6 +307,12 @@ class GrpcEventStore:
         ``from_turn``/``to_turn`` bound the turns and ``event_types`` the
         types of events yielded. To resume, pass the previous replay's
         ``last_position`` as ``after`` and its ``epoch`` as ``epoch``.
+
+        A cursor that was never handed out for this thread (``after`` at or
+        past its end) fails with CursorOutOfRangeError instead of waiting
+        silently. An ``epoch`` that is not the thread's current one (the
+        thread was cleared, or the database restored from a backup) yields
+        ``ThreadCleared`` and ends: replay again without ``after``/``epoch``.
         """
         request = replay_request(
             thread_id,

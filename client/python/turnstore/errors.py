@@ -83,6 +83,21 @@ class ThreadClearedError(TurnstoreError):
     reason = "thread_cleared"
 
 
+class CursorOutOfRangeError(TurnstoreError):
+    """A replay cursor lies past the end of its thread: it was never handed out for it.
+
+    The ``after`` position is at or past the thread's next position (in the
+    thread's current epoch; without an epoch, also any position of a thread
+    that does not exist). It comes from another thread or daemon, or from a
+    database since restored from a backup. Resuming from it would skip
+    events, so the daemon refuses it: replay from the start (or from the
+    last position actually received from this thread).
+    """
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    reason = "cursor_out_of_range"
+
+
 class ResourceExhaustedError(TurnstoreError):
     """A size limit was hit (a message too large for the channel, for example)."""
 

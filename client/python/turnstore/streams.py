@@ -61,7 +61,13 @@ class CaughtUp:
 
 @dataclass(frozen=True)
 class ThreadCleared:
-    """Marker: the thread was cleared under the replay; the replay ends."""
+    """Marker: the thread was cleared under the replay; the replay ends.
+
+    Also the answer to a resume whose ``epoch`` is not the thread's current
+    one: the thread was cleared, or the database restored from a backup,
+    since that cursor was handed out. Replay from the start to read the
+    thread as it is now.
+    """
 
     next_position: int
 

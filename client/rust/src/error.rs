@@ -27,6 +27,10 @@ pub enum ErrorKind {
     VersionConflict,
     /// The thread was cleared while a streaming read was in progress.
     ThreadCleared,
+    /// A replay cursor past the end of its thread (`cursor_out_of_range`):
+    /// never handed out for it (another database, or one since restored from
+    /// a backup); resuming would skip events, so replay from the start.
+    CursorOutOfRange,
     /// The daemon's database reached its size ceiling (reads still work).
     StorageFull,
     /// The daemon is unreachable or shutting down (after the retries).
@@ -204,6 +208,7 @@ fn kind_of_reason(reason: &str) -> Option<ErrorKind> {
         "event_id_conflict" => ErrorKind::EventIdConflict,
         "version_conflict" => ErrorKind::VersionConflict,
         "thread_cleared" => ErrorKind::ThreadCleared,
+        "cursor_out_of_range" => ErrorKind::CursorOutOfRange,
         "storage_full" => ErrorKind::StorageFull,
         "shutting_down" => ErrorKind::Unavailable,
         "database_unavailable" => ErrorKind::Unavailable,
@@ -223,6 +228,7 @@ fn kind_of_code(code: Code) -> ErrorKind {
         Code::Unavailable | Code::Cancelled => ErrorKind::Unavailable,
         Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
         Code::Unauthenticated => ErrorKind::Unauthenticated,
+        Code::OutOfRange => ErrorKind::CursorOutOfRange,
         Code::PermissionDenied => ErrorKind::PermissionDenied,
         _ => ErrorKind::Server,
     }

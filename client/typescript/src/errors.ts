@@ -50,6 +50,14 @@ export class VersionConflictError extends FailedPreconditionError {
 
 /** The thread was cleared while a streaming read of it was in progress. */
 export class ThreadClearedError extends TurnstoreError {}
+/**
+ * A replay cursor lies past the end of its thread: `after` is at or past the
+ * thread's next position, so it was never handed out for this thread (another
+ * daemon's database, or one since restored from a backup). Resuming from it
+ * would skip events: replay from the start, or from the last position
+ * actually received from this thread.
+ */
+export class CursorOutOfRangeError extends TurnstoreError {}
 /** A size limit was hit (a message too large for the channel, for example). */
 export class ResourceExhaustedError extends TurnstoreError {}
 /** The daemon's database reached its size ceiling; nothing was written. */
@@ -110,6 +118,7 @@ const BY_REASON: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([
   ["data_dir_locked", UnavailableError],
   ["backup_failed", FailedPreconditionError],
   ["unauthenticated", UnauthenticatedError],
+  ["cursor_out_of_range", CursorOutOfRangeError],
   ["permission_denied", PermissionDeniedError],
 ]);
 
@@ -123,6 +132,7 @@ const BY_CODE: ReadonlyMap<status, ErrorClass> = new Map<status, ErrorClass>([
   [status.UNAVAILABLE, UnavailableError],
   [status.DEADLINE_EXCEEDED, DeadlineExceededError],
   [status.UNAUTHENTICATED, UnauthenticatedError],
+  [status.OUT_OF_RANGE, CursorOutOfRangeError],
   [status.PERMISSION_DENIED, PermissionDeniedError],
   // The daemon cancels calls only when it shuts down; a stream this client
   // cancels itself ends quietly instead (see Replay).

@@ -28,6 +28,7 @@ export { SNAPSHOT_VERSION, checkSnapshot } from "./snapshot";
 export type { ConversationSnapshot } from "./snapshot";
 export {
   CURRENT_VERSION_METADATA_KEY,
+  CursorOutOfRangeError,
   DeadlineExceededError,
   ERROR_METADATA_KEY,
   EventFormatError,

@@ -286,9 +286,12 @@ def build_server(
     return built
 
 
-def _startup_cleanup(engine: Engine) -> dict[str, list[str]]:
+def _startup_cleanup(engine: Engine) -> dict[str, list[str] | bool]:
     """What the engine removed at open, as fields of the ``serving`` line (none if nothing)."""
-    fields = {}
+    fields: dict[str, list[str] | bool] = {}
+    if engine.opened_restored_backup:
+        # Every thread got a new epoch: readers' cursors from before report "cleared".
+        fields["restored_backup_new_epochs"] = True
     if engine.removed_partial_backups:
         fields["removed_partial_backups"] = [str(path) for path in engine.removed_partial_backups]
     if engine.partial_backup_problems:
@@ -392,6 +395,8 @@ async def _serve_postgres(
             tls=config.tls is not None,
             metrics=metrics_address,
             http=built.http.address if built.http is not None else None,
+            # Tables restored into another database: every thread got a new epoch.
+            **({"restored_backup_new_epochs": True} if engine.opened_restored_backup else {}),
         )
         await stop.wait()
         log.info("stopping", grace_seconds=config.grace_seconds)

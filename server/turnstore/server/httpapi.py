@@ -43,7 +43,9 @@ import structlog
 from aiohttp import web
 
 from turnstore.server import replaying, sse
+from turnstore.server.bodies import json_too_deep, too_deep_problem
 from turnstore.server.errors import (
+    CursorOutOfRangeError,
     DatabaseUnavailableError,
     EngineClosedError,
     EngineError,
@@ -75,6 +77,7 @@ HTTP_STATUS_BY_ERROR: Final[dict[type[EngineError], int]] = {
     ThreadClearedError: 409,
     EngineClosedError: 503,
     DatabaseUnavailableError: 503,
+    CursorOutOfRangeError: 416,
     EngineError: 500,
 }
 THREADS_PER_PAGE: Final = 100
@@ -211,7 +214,7 @@ def _turns_json(engine: StorageEngine, thread_id: str, from_turn: int, limit: in
             )
     body = {
         "thread_id": thread_id,
-        "epoch": view.thread_number or 0,
+        "epoch": replaying.thread_epoch(view.thread_number, engine.epoch_mask) or 0,
         "turns": turns,
         "next_from_turn": next_turn,
     }
@@ -232,11 +235,17 @@ def _snapshot_json(engine: StorageEngine, key: str, version: int | None) -> byte
         "content_type": stored.content_type,
         "saved_at_unix_nanos": stored.saved_at_ns,
     }
-    try:
-        body["snapshot"] = orjson.loads(stored.data)
-    except orjson.JSONDecodeError as error:
+    problem = None
+    if json_too_deep(stored.data):  # stored by an older version
+        problem = too_deep_problem()
+    else:
+        try:
+            body["snapshot"] = orjson.loads(stored.data)
+        except orjson.JSONDecodeError as error:
+            problem = f"not strict JSON: {error}"
+    if problem is not None:
         body["snapshot"] = None
-        body["body_error"] = f"not strict JSON: {error}"
+        body["body_error"] = problem
         body["raw_body"] = stored.data.decode("utf-8", "replace")
     return orjson.dumps(body)
 
@@ -690,6 +699,9 @@ class HttpApi:
         batches = replaying.replay(engine, self._run, self._followers, query, end_too_slow)
         try:
             batch = await anext(batches, None)
+        except CursorOutOfRangeError as error:
+            await batches.aclose()
+            return await self._refused_cursor(request, asked.cursor, error)
         except BaseException:
             await batches.aclose()
             raise
@@ -699,13 +711,7 @@ class HttpApi:
             # Nothing new and nothing more will come: 204 stops EventSource.
             await batches.aclose()
             return web.Response(status=204)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache, no-transform",
-                "X-Accel-Buffering": "no",
-            }
-        )
+        response = web.StreamResponse(headers=_EVENT_STREAM_HEADERS)
         reason = (
             "until_turn_finished"
             if query.follow and query.until_turn_finished is not None
@@ -763,6 +769,31 @@ class HttpApi:
                     await pending
             await batches.aclose()
         return response
+
+    async def _refused_cursor(
+        self, request: web.Request, cursor: sse.StreamCursor, error: CursorOutOfRangeError
+    ) -> web.StreamResponse:
+        """A stream that says why its cursor is refused, then ends.
+
+        A 200 stream rather than an error status, so that ``EventSource``
+        delivers the ``error`` event's data; its ``end`` event's id makes the
+        browser's reconnect a 204, which stops it instead of waiting forever.
+        """
+        response = web.StreamResponse(headers=_EVENT_STREAM_HEADERS)
+        await response.prepare(request)
+        await response.write(
+            b"retry: %d\n\n" % RETRY_MILLISECONDS
+            + sse.cursor_error_event(error, cursor.epoch)
+            + sse.end_event(cursor, error.reason)
+        )
+        return response
+
+
+_EVENT_STREAM_HEADERS: Final = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+}
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from typing import Final, TypeVar
 
 from turnstore.server.engine_input import InputChecks
-from turnstore.server.errors import PermissionDeniedError
+from turnstore.server.errors import CursorOutOfRangeError, PermissionDeniedError
 from turnstore.server.scopes import Scope
 from turnstore.server.storage import CommitListener, CommitObserver, StorageEngine
 from turnstore.server.values import (
@@ -107,6 +107,10 @@ class ScopedEngine:
     @property
     def limits(self) -> Limits:
         return self._engine.limits
+
+    @property
+    def epoch_mask(self) -> int:
+        return self._engine.epoch_mask
 
     @property
     def map_size(self) -> int:
@@ -195,9 +199,11 @@ class ScopedEngine:
             )
         self._check_thread_id(thread_id)
         # What both engines answer for a thread they do not hold.
-        return ReplayStep(
-            None, [], start_position, [], 0, True, cleared=expected_number is not None
-        )
+        if expected_number is not None:
+            return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
+        if start_position > 0:
+            raise CursorOutOfRangeError(thread_id, start_position - 1, 0)
+        return ReplayStep(None, [], start_position, [], 0, True)
 
     def load_snapshot(self, key: str, version: int | None = None) -> StoredSnapshot | None:
         if self.scope.covers_key(key):

@@ -20,9 +20,15 @@ import structlog
 
 from turnstore.server import records, replaying
 from turnstore.server.acks import AckPump
-from turnstore.server.bodies import check_json_body, event_content_type
+from turnstore.server.bodies import (
+    check_json_body,
+    check_json_snapshot,
+    event_content_type,
+    is_json_type,
+)
 from turnstore.server.errors import (
     BackupFailedError,
+    CursorOutOfRangeError,
     DatabaseUnavailableError,
     DataDirLockedError,
     DiskIOError,
@@ -75,6 +81,7 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     DataDirLockedError: grpc.StatusCode.UNAVAILABLE,
     DiskIOError: grpc.StatusCode.UNAVAILABLE,
     DatabaseUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    CursorOutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
     EngineError: grpc.StatusCode.INTERNAL,
 }
 
@@ -723,6 +730,10 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
 class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
     """``turnstore.v1.HistoryStoreService`` over an :class:`StorageEngine`."""
 
+    # Large snapshots labelled JSON are parsed to be checked one at a time
+    # (made on first use, on the service's event loop).
+    _large_json_checks: asyncio.Semaphore | None = None
+
     @_unary
     async def Save(
         self, request: pb.SaveRequest, context: grpc.aio.ServicerContext
@@ -732,6 +743,17 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
             raise InvalidArgumentError(
                 "content_type", f"is over the limit of {MAX_CONTENT_TYPE_BYTES} bytes"
             )
+        if is_json_type(content_type):
+            # Checked as strictly as event bodies; a large one off the event
+            # loop, one at a time: parsing materialises the value (32 MiB of
+            # `[{},{},...]` takes about 1 GB for a moment).
+            if len(request.data) <= INLINE_DECODE_BYTES:
+                check_json_snapshot(request.data)
+            else:
+                if self._large_json_checks is None:
+                    self._large_json_checks = asyncio.Semaphore(1)
+                async with self._large_json_checks:
+                    await self._run(check_json_snapshot, request.data)
         expected = request.expected_version if request.HasField("expected_version") else None
         future = self._engine.save_snapshot(request.key, request.data, content_type, expected)
         version = await self._acks.wait(future)

@@ -177,7 +177,10 @@ function follow(threadId) {
   stream.addEventListener("end", (event) => {
     stream.close();
     const { reason } = JSON.parse(event.data);
-    if (reason === "thread_cleared" && selected === threadId) follow(threadId);
+    // A new life of the thread, or a cursor it never handed out (the daemon's
+    // database was replaced under a reconnect): read the thread afresh.
+    const afresh = reason === "thread_cleared" || reason === "cursor_out_of_range";
+    if (afresh && selected === threadId) follow(threadId);
   });
   stream.onerror = async () => {
     if (stream !== source) return;
