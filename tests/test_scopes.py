@@ -32,6 +32,7 @@ from turnstore import (
     AgentEventEnvelope,
     CaughtUp,
     ConversationSnapshot,
+    CursorOutOfRangeError,
     PermissionDeniedError,
     TurnstoreClient,
 )
@@ -284,6 +285,15 @@ async def test_two_scoped_grpc_tokens_cannot_see_each_others_data(
         assert mine[0] is not None and mine[3] == 1 and mine[5] is not None
         replay = [item async for item in alice.events.replay("bob/chat")]
         assert len(replay) == 1 and isinstance(replay[0], CaughtUp)
+
+        # A cursor into Bob's thread is as unknown to Alice as one into no thread.
+        async def refusal(client: TurnstoreClient, thread: str) -> str:
+            with pytest.raises(CursorOutOfRangeError) as refused:
+                _ = [item async for item in client.events.replay(thread, after=0)]
+            return str(refused.value).replace(thread, "<id>")
+
+        assert await refusal(alice, "bob/chat") == await refusal(alice, "bob/none")
+        assert [item async for item in bob.events.replay("bob/chat", after=0)][-1] is not None
         assert [t.thread_id async for t in alice.admin.list_threads()] == [
             "alice/chat",
             "alice/streamed",
