@@ -170,14 +170,48 @@ async def test_inspector_lists_follows_and_survives_a_reload(
         assert errors == []
 
 
+async def test_inspector_with_a_scoped_session_shows_only_its_threads(
+    browser: Browser, web_daemon: tuple[Daemon, str]
+) -> None:
+    daemon, base = web_daemon
+    async with TurnstoreClient(daemon.target, token=TOKEN) as client:
+        for tenant in ("alice", "bob"):
+            await client.events.append(f"{tenant}/chat", 1, delta(f"{tenant} says hi"))
+    async with aiohttp.ClientSession() as http:
+        issued = await http.post(
+            f"{base}/v1/session",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            json={"scope": {"thread_prefix": "alice/"}},
+        )
+        session: dict[str, Any] = await issued.json()
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.context.add_cookies(
+        [{"name": "turnstore_session", "value": session["session"], "url": base}]
+    )
+    await page.goto(base + "/")
+    item = '#threads li[data-thread-id="alice/chat"]'
+    await page.wait_for_selector(item, timeout=WAIT_MS)
+    assert await page.locator("#threads li").count() == 1
+    await page.click(item)
+    await wait_text(page, '[data-turn="1"] .text', "alice says hi")
+    assert errors == []
+
+
 async def test_example_page_follows_one_turn_across_reloads(
     browser: Browser, web_daemon: tuple[Daemon, str], example_site: str, tmp_path: Path
 ) -> None:
     daemon, base = web_daemon
     thread = "chat/example ü"
     async with aiohttp.ClientSession() as http:
-        # The chat backend holds the token and hands the page a session.
-        issued = await http.post(f"{base}/v1/session", headers={"Authorization": f"Bearer {TOKEN}"})
+        # The chat backend holds the token and hands the page a session
+        # scoped to the one thread it shows.
+        issued = await http.post(
+            f"{base}/v1/session",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            json={"scope": {"threads": [thread], "read_only": True}},
+        )
         session: dict[str, Any] = await issued.json()
     query = urllib.parse.urlencode(
         {"daemon": base, "thread": thread, "turn": "3", "session": session["session"]}

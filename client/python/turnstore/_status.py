@@ -27,6 +27,7 @@ _BY_REASON: Final[dict[str, type[errors.TurnstoreError]]] = {
     "data_dir_locked": errors.UnavailableError,
     "backup_failed": errors.FailedPreconditionError,
     "unauthenticated": errors.UnauthenticatedError,
+    "permission_denied": errors.PermissionDeniedError,
     "internal": errors.ServerError,
     "cursor_out_of_range": errors.CursorOutOfRangeError,
 }
@@ -41,6 +42,7 @@ _BY_CODE: Final[dict[grpc.StatusCode, type[errors.TurnstoreError]]] = {
     grpc.StatusCode.CANCELLED: errors.UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceededError,
     grpc.StatusCode.UNAUTHENTICATED: errors.UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDeniedError,
 }
 
 

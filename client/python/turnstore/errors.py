@@ -139,6 +139,19 @@ class UnauthenticatedError(TurnstoreError):
     reason = "unauthenticated"
 
 
+class PermissionDeniedError(TurnstoreError):
+    """The bearer token's scope does not allow the call; nothing was written.
+
+    A write outside the token's thread ids or keys, any write with a
+    read-only token, or a daemon-wide call (stats, backup) with a token that
+    is not full-scope. Reads outside a scope are not refused: they find
+    nothing, as for a missing thread or key.
+    """
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "permission_denied"
+
+
 class DeadlineExceededError(TurnstoreError):
     """The call did not complete before its deadline; it may still take effect."""
 

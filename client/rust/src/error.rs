@@ -37,6 +37,10 @@ pub enum ErrorKind {
     Unavailable,
     /// The bearer token was missing or wrong.
     Unauthenticated,
+    /// The bearer token's scope does not allow the call (a write outside it,
+    /// a write with a read-only token, a daemon-wide call with a scoped
+    /// token); nothing was written.
+    PermissionDenied,
     /// The call's deadline passed.
     DeadlineExceeded,
     /// Another `FAILED_PRECONDITION` than the ones above.
@@ -209,6 +213,7 @@ fn kind_of_reason(reason: &str) -> Option<ErrorKind> {
         "shutting_down" => ErrorKind::Unavailable,
         "database_unavailable" => ErrorKind::Unavailable,
         "unauthenticated" => ErrorKind::Unauthenticated,
+        "permission_denied" => ErrorKind::PermissionDenied,
         _ => return None,
     })
 }
@@ -224,6 +229,7 @@ fn kind_of_code(code: Code) -> ErrorKind {
         Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
         Code::Unauthenticated => ErrorKind::Unauthenticated,
         Code::OutOfRange => ErrorKind::CursorOutOfRange,
+        Code::PermissionDenied => ErrorKind::PermissionDenied,
         _ => ErrorKind::Server,
     }
 }

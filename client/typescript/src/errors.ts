@@ -78,6 +78,12 @@ export class UnavailableError extends TurnstoreError {}
  * daemon's token as the client's `token` option. Never retried.
  */
 export class UnauthenticatedError extends TurnstoreError {}
+/**
+ * The bearer token's scope does not allow the call (a write outside its
+ * thread ids or keys, any write with a read-only token, a daemon-wide call
+ * with a token that is not full-scope); nothing was written. Never retried.
+ */
+export class PermissionDeniedError extends TurnstoreError {}
 /** The call did not complete before its deadline; it may still take effect. */
 export class DeadlineExceededError extends TurnstoreError {}
 /** Any other failure reported by the daemon. */
@@ -113,6 +119,7 @@ const BY_REASON: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([
   ["backup_failed", FailedPreconditionError],
   ["unauthenticated", UnauthenticatedError],
   ["cursor_out_of_range", CursorOutOfRangeError],
+  ["permission_denied", PermissionDeniedError],
 ]);
 
 /** The reasons this client knows, each mapped to its own class (for tests and diagnostics). */
@@ -126,6 +133,7 @@ const BY_CODE: ReadonlyMap<status, ErrorClass> = new Map<status, ErrorClass>([
   [status.DEADLINE_EXCEEDED, DeadlineExceededError],
   [status.UNAUTHENTICATED, UnauthenticatedError],
   [status.OUT_OF_RANGE, CursorOutOfRangeError],
+  [status.PERMISSION_DENIED, PermissionDeniedError],
   // The daemon cancels calls only when it shuts down; a stream this client
   // cancels itself ends quietly instead (see Replay).
   [status.CANCELLED, UnavailableError],

@@ -38,6 +38,7 @@ export {
   InvalidArgumentError,
   KNOWN_REASONS,
   ResourceExhaustedError,
+  PermissionDeniedError,
   ServerError,
   SnapshotFormatError,
   StorageFullError,

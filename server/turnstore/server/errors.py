@@ -163,3 +163,15 @@ class UnauthenticatedError(EngineError):
     """A call without the daemon's bearer token (raised by the access layer, not the engine)."""
 
     reason = "unauthenticated"
+
+
+class PermissionDeniedError(EngineError):
+    """The credential's scope does not allow the call (raised by the access layer).
+
+    A write outside its scope or with a read-only credential, or a
+    daemon-wide operation with a credential that is not full-scope. Reads
+    outside the scope never raise it: they find nothing, as for a missing
+    thread or key, so the refusal tells nothing about what is stored.
+    """
+
+    reason = "permission_denied"

@@ -37,6 +37,7 @@ from turnstore.server.errors import (
     EventIdConflictError,
     FollowerTooSlowError,
     InvalidArgumentError,
+    PermissionDeniedError,
     StorageFullError,
     ThreadClearedError,
     TurnAlreadyFinishedError,
@@ -47,6 +48,8 @@ from turnstore.server.errors import (
 from turnstore.server.followers import Followers, Sender
 from turnstore.server.ingress import INLINE_DECODE_BYTES, Ingress, RawRequest, RefusedRequest
 from turnstore.server.replaying import MAX_EVENTS_PER_BATCH, MAX_TURN, ReplayQuery
+from turnstore.server.scoped_engine import scoped
+from turnstore.server.scopes import CALL_SCOPE
 from turnstore.server.storage import StorageEngine
 from turnstore.server.values import NewEvent, ReadBudget, TurnChunk, TurnCursor
 from turnstore.v1 import turnstore_pb2 as pb
@@ -74,6 +77,7 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     FollowerTooSlowError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     DataDirLockedError: grpc.StatusCode.UNAVAILABLE,
     DiskIOError: grpc.StatusCode.UNAVAILABLE,
     DatabaseUnavailableError: grpc.StatusCode.UNAVAILABLE,
@@ -314,7 +318,7 @@ class _Base:
     def __init__(
         self, engine: StorageEngine, executor: Executor, followers: Followers, acks: AckPump
     ) -> None:
-        self._engine = engine
+        self._whole_engine = engine
         self._executor = executor
         self._followers = followers
         self._acks = acks
@@ -322,6 +326,15 @@ class _Base:
         self._endings: set[asyncio.Future[None]] = set()
         # The request readers of the open AppendStreams (ended at shutdown).
         self._append_streams: set[asyncio.Task[None]] = set()
+
+    @property
+    def _engine(self) -> StorageEngine:
+        """The engine as the current call's scope sees it (the whole engine for the full scope).
+
+        Read on the event loop, in the call's task: the scope is a context
+        variable that executor threads do not inherit.
+        """
+        return scoped(self._whole_engine, CALL_SCOPE.get())
 
     async def _pages(
         self,

@@ -10,7 +10,9 @@ the thread: reason ``cursor_out_of_range``) gets a 200 stream of one
 "epoch": E}``) and the ``end`` event. A stream that ends by itself sends a last ``end``
 event whose id ends in ``:end``; a reconnect presenting such an id is answered
 204 No Content, which makes ``EventSource`` stop for good instead of
-reconnecting forever. Epoch ``0`` stands for "no thread seen yet".
+reconnecting forever. Epoch ``0`` stands for "no thread seen yet". A stream
+whose browser session expired or was revoked ends with ``session_ended``
+(no id), within one heartbeat.
 
 A body that is not strict JSON (or not a JSON object, or of another content
 type) never reaches the browser as broken JSON: the event keeps its header
@@ -187,3 +189,6 @@ def end_event(cursor: StreamCursor, reason: str) -> bytes:
 
 
 HEARTBEAT: Final = b": heartbeat\n\n"
+# The last event of a stream whose browser session expired or was revoked:
+# no id, so a reader that gets a new session resumes from its last event.
+SESSION_ENDED: Final = b'event: session_ended\ndata: {"reason":"session_ended"}\n\n'
