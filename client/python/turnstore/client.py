@@ -74,10 +74,12 @@ DEFAULT_TIMEOUT: Final = 30.0
 # HTTP/2 keepalive pings, while idle too: a daemon that stops answering (a
 # frozen process, a dropped network path) fails the open streams with
 # UnavailableError instead of leaving them waiting forever. The daemon allows
-# pings down to every 10 s.
+# pings down to every 10 s. grpc waits for a ping's answer for
+# ping_timeout_ms (its default is a minute), keepalive_timeout_ms aside.
 KEEPALIVE_OPTIONS: Final = (
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.ping_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 )
@@ -464,7 +466,7 @@ class TurnstoreClient:
     (a write may still take effect). The channel sends HTTP/2 keepalive
     pings every 20 s, idle too, and fails the open streams with
     UnavailableError when one goes unanswered for 10 s (override with
-    ``options``: ``grpc.keepalive_time_ms``, ``grpc.keepalive_timeout_ms``). Calls that fail with UnavailableError are retried
+    ``options``: ``grpc.keepalive_time_ms``, ``grpc.http2.ping_timeout_ms``). Calls that fail with UnavailableError are retried
     by ``retry`` (default: 6 attempts over about 3 to 5 s), then raise it.
     ``token`` is sent as a bearer token on every call (for a daemon started
     with ``--auth-token-file``); ``tls`` makes a TLS channel to a TCP target.
@@ -491,6 +493,8 @@ class TurnstoreClient:
         check_target(target)
         self.target = target
         channel_options: list[tuple[str, Any]] = [
+            # grpc takes the first value given for a key: the caller's win.
+            *(options or []),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # A sidecar restarts in well under a second: reconnect quickly,
@@ -501,7 +505,6 @@ class TurnstoreClient:
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.use_local_subchannel_pool", 1),
             *KEEPALIVE_OPTIONS,
-            *(options or []),
         ]
         if tls is not None and tls.server_name:
             channel_options.append(("grpc.ssl_target_name_override", tls.server_name))
