@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.daemon import Daemon
+from tests.test_typescript import TS_DIR, _Driver, node_env, typescript_build  # noqa: F401
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,
@@ -97,7 +98,9 @@ async def test_an_append_and_a_finish_on_a_frozen_daemon_fail_within_the_clients
     own_daemon: Daemon, write_mode: Any
 ) -> None:
     thread = f"t-{uuid.uuid4()}"
-    async with TurnstoreClient(own_daemon.target, timeout=DEADLINE, write_mode=write_mode) as client:
+    async with TurnstoreClient(
+        own_daemon.target, timeout=DEADLINE, write_mode=write_mode
+    ) as client:
         assert await client.events.append(thread, 1, delta("warm")) == 0
         with frozen(own_daemon):
             await fails_after_its_deadline(
@@ -115,18 +118,18 @@ async def test_an_appender_on_a_frozen_daemon_fails_within_the_clients_deadline(
     own_daemon: Daemon,
 ) -> None:
     thread = f"t-{uuid.uuid4()}"
-    async with TurnstoreClient(own_daemon.target, timeout=DEADLINE) as client:
-        async with client.events.appender() as appender:
-            assert await appender.append(thread, 1, delta("warm")) == 0
-            with frozen(own_daemon):
-                await fails_after_its_deadline(
-                    appender.append(thread, 1, delta("late")), DeadlineExceededError
-                )
-                await fails_after_its_deadline(
-                    appender.finish_turn(thread, 1), DeadlineExceededError
-                )
-            # The stream stayed open: acknowledgements come in order again.
-            assert await appender.append(thread, 2, delta("after")) == 2
+    async with (
+        TurnstoreClient(own_daemon.target, timeout=DEADLINE) as client,
+        client.events.appender() as appender,
+    ):
+        assert await appender.append(thread, 1, delta("warm")) == 0
+        with frozen(own_daemon):
+            await fails_after_its_deadline(
+                appender.append(thread, 1, delta("late")), DeadlineExceededError
+            )
+            await fails_after_its_deadline(appender.finish_turn(thread, 1), DeadlineExceededError)
+        # The stream stayed open: acknowledgements come in order again.
+        assert await appender.append(thread, 2, delta("after")) == 2
 
 
 async def test_history_and_a_catch_up_replay_on_a_frozen_daemon_fail_within_the_deadline(
@@ -164,15 +167,17 @@ async def test_a_follower_of_a_frozen_daemon_fails_once_a_keepalive_ping_goes_un
     """
     thread = f"t-{uuid.uuid4()}"
     quick_pings = [("grpc.keepalive_time_ms", 10_000), ("grpc.http2.ping_timeout_ms", 1_000)]
-    async with TurnstoreClient(own_daemon.target, options=quick_pings) as client:
-        async with client.events.replay(thread, follow=True) as replay:
-            items = aiter(replay)
-            assert await _first_item(items) == CaughtUp(0)
-            with frozen(own_daemon):
-                started = time.monotonic()
-                with pytest.raises(UnavailableError):
-                    await asyncio.wait_for(_first_item(items), 3 * HUNG)
-                assert time.monotonic() - started < 2 * HUNG
+    async with (
+        TurnstoreClient(own_daemon.target, options=quick_pings) as client,
+        client.events.replay(thread, follow=True) as replay,
+    ):
+        items = aiter(replay)
+        assert await _first_item(items) == CaughtUp(0)
+        with frozen(own_daemon):
+            started = time.monotonic()
+            with pytest.raises(UnavailableError):
+                await asyncio.wait_for(_first_item(items), 3 * HUNG)
+            assert time.monotonic() - started < 2 * HUNG
 
 
 def _free_port() -> int:
@@ -194,3 +199,49 @@ async def test_an_unreachable_daemon_is_named_with_the_cause(write_mode: Any) ->
             message = str(raised.value)
             assert message.startswith(f"cannot reach {target}: "), message
             assert "connection refused" in message.lower(), message
+
+
+FROZEN_DRIVER = "dist/test/frozen-driver.js"
+
+
+@pytest.mark.timeout(180)
+def test_typescript_calls_on_a_frozen_daemon_fail_within_their_deadline(
+    typescript_build: Path,  # noqa: F811 (fixture)
+    node_env: dict[str, str],  # noqa: F811 (fixture)
+    own_daemon: Daemon,
+) -> None:
+    """test/frozen-driver.ts: every kind of TypeScript call on a frozen
+    daemon fails after its 2 s deadline, a follower once a keepalive ping
+    goes unanswered, and an unreachable daemon is named with the cause."""
+    nowhere = f"127.0.0.1:{_free_port()}"
+    driver = _Driver(
+        TS_DIR / FROZEN_DRIVER,
+        {
+            **node_env,
+            "TURNSTORE_TARGET": own_daemon.target,
+            "TURNSTORE_THREAD": f"ts-frozen-{uuid.uuid4()}",
+            "TURNSTORE_UNREACHABLE": nowhere,
+        },
+    )
+    try:
+        ready = driver.expect("ready", timeout=60)
+        with frozen(own_daemon):
+            driver.send("frozen")
+            expired = driver.expect("expired", timeout=60)
+        driver.send("thawed")
+        driver.expect("done", timeout=30)
+        assert driver.finish() == 0
+    finally:
+        driver.finish()
+    assert ready["defaultTimeoutMs"] == 30_000
+    for outcome in ready["unreachable"]:
+        assert outcome["error"] == "UnavailableError", outcome
+        assert outcome["message"].startswith(f"cannot reach {nowhere}: "), outcome
+        assert "connection refused" in outcome["message"], outcome
+    calls = expired["calls"]
+    follower = calls.pop("follower")
+    assert follower["error"] == "UnavailableError", follower
+    assert follower["waitedMs"] < 2 * HUNG * 1000, follower
+    for name, outcome in calls.items():
+        assert outcome["error"] == "DeadlineExceededError", (name, outcome)
+        assert DEADLINE * 900 <= outcome["waitedMs"] < DEADLINE * 4000, (name, outcome)

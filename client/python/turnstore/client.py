@@ -466,8 +466,9 @@ class TurnstoreClient:
     (a write may still take effect). The channel sends HTTP/2 keepalive
     pings every 20 s, idle too, and fails the open streams with
     UnavailableError when one goes unanswered for 10 s (override with
-    ``options``: ``grpc.keepalive_time_ms``, ``grpc.http2.ping_timeout_ms``). Calls that fail with UnavailableError are retried
-    by ``retry`` (default: 6 attempts over about 3 to 5 s), then raise it.
+    ``options``: ``grpc.keepalive_time_ms``, ``grpc.http2.ping_timeout_ms``).
+    Calls that fail with UnavailableError are retried by ``retry``
+    (default: 6 attempts over about 3 to 5 s), then raise it.
     ``token`` is sent as a bearer token on every call (for a daemon started
     with ``--auth-token-file``); ``tls`` makes a TLS channel to a TCP target.
     ``write_mode="stream"`` (the default) sends ``events.append``,

@@ -189,7 +189,7 @@ class EventAppender:
     def __init__(
         self,
         stub: pb_grpc.EventStoreServiceStub,
-        timeout: float | None = None,  # noqa: ASYNC109 (each item's deadline)
+        timeout: float | None = None,
     ) -> None:
         self._timeout = timeout
         self._call = stub.AppendStream()

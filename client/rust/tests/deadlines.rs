@@ -133,7 +133,7 @@ async fn history_calls_and_a_catch_up_replay_on_a_frozen_daemon_fail_within_thei
 
     let (loaded, took) = timed(history.load()).await;
     let error = loaded.expect_err("a load from a frozen daemon succeeded");
-    assert_eq!(kind_of(&error), ErrorKind::DeadlineExceeded, "{error:#}");
+    assert_eq!(error.kind(), ErrorKind::DeadlineExceeded, "{error}");
     assert_within_deadline(took);
 
     // A replay that does not follow has the client's deadline by default.

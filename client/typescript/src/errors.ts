@@ -188,7 +188,8 @@ export function toTurnstoreError(error: unknown): TurnstoreError {
 }
 
 /** grpc-js's words for a channel that found no daemon, and node's error after them. */
-const CONNECT_FAILED = /^No connection established\. Last error: (?:Error: )?(.*?)\.?(?: Resolution note: .*)?$/s;
+const CONNECT_FAILED =
+  /^No connection established\. Last error: (?:Error: )?(.*?)\.?(?: Resolution note: .*)?$/s;
 /** Node's connect error: `connect ECONNREFUSED 127.0.0.1:7070`. */
 const CONNECT_ERROR = /^connect (E[A-Z]+) (.+)$/;
 
