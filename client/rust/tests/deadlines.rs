@@ -63,7 +63,10 @@ fn assert_within_deadline(took: Duration) {
         took >= DEADLINE.mul_f64(0.9),
         "failed before its deadline: {took:?}"
     );
-    assert!(took < DEADLINE * 4, "failed long after its deadline: {took:?}");
+    assert!(
+        took < DEADLINE * 4,
+        "failed long after its deadline: {took:?}"
+    );
 }
 
 #[test]
@@ -128,7 +131,10 @@ async fn history_calls_and_a_catch_up_replay_on_a_frozen_daemon_fail_within_thei
     let history = client.history(format!("frozen-{}", uuid::Uuid::new_v4()));
     let store = client.events();
     let id = thread("frozen-replay");
-    assert!(history.load().await.unwrap().is_none(), "the channel is connected");
+    assert!(
+        history.load().await.unwrap().is_none(),
+        "the channel is connected"
+    );
     let _frozen = Frozen::new(&daemon);
 
     let (loaded, took) = timed(history.load()).await;
@@ -198,11 +204,16 @@ async fn an_unreachable_daemon_is_named_with_the_cause() {
     let refused = |error: &Error| {
         assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
         assert!(
-            error.message().starts_with(&format!("cannot reach {target}: ")),
+            error
+                .message()
+                .starts_with(&format!("cannot reach {target}: ")),
             "{error}"
         );
         assert!(
-            error.message().to_lowercase().contains("connection refused"),
+            error
+                .message()
+                .to_lowercase()
+                .contains("connection refused"),
             "the OS cause is missing: {error}"
         );
     };
