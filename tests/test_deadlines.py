@@ -180,6 +180,30 @@ async def test_a_follower_of_a_frozen_daemon_fails_once_a_keepalive_ping_goes_un
             assert time.monotonic() - started < 2 * HUNG
 
 
+@pytest.mark.timeout(180)
+async def test_the_daemon_permits_the_clients_keepalive_pings(own_daemon: Daemon) -> None:
+    """An idle follower pinging every 10 s (the clients' default is 20 s) is
+    not cut off: grpc's default policy answers a third ping within 5 minutes
+    with GOAWAY "too_many_pings" and closes the connection under it."""
+    thread = f"t-{uuid.uuid4()}"
+    pings = [("grpc.keepalive_time_ms", 10_000)]
+    async with (
+        TurnstoreClient(own_daemon.target, options=pings) as client,
+        client.events.replay(thread, follow=True) as replay,
+    ):
+        items = aiter(replay)
+        assert await _first_item(items) == CaughtUp(0)
+        # Five pings' time with nothing to deliver: the follower must still be open.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.shield(pending := asyncio.ensure_future(_first_item(items))), 50
+            )
+        async with TurnstoreClient(own_daemon.target) as writer:
+            await writer.events.append(thread, 1, delta("still here"))
+        item = await asyncio.wait_for(pending, HUNG)
+        assert item.envelope.event["delta"] == "still here"
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
