@@ -387,13 +387,20 @@ fn with_tls(_: Endpoint, _: &TlsOptions) -> Result<Endpoint> {
     ))
 }
 
-/// An error with its sources, which is where the transport says what failed.
+/// An error with its sources, which is where the transport says what failed
+/// (down to the OS error). A source that only repeats its parent's words
+/// (the transport's wrappers do) is said once.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
+    let mut last = text.clone();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let words = cause.to_string();
+        if words != last {
+            text.push_str(": ");
+            text.push_str(&words);
+            last = words;
+        }
         source = cause.source();
     }
     text

@@ -152,7 +152,7 @@ impl Error {
             error.kind = ErrorKind::Unavailable;
             error.unreachable = true;
             let causes = crate::client::error_chain(source);
-            error.message = if causes.starts_with(&error.message) {
+            error.message = if causes.contains(&error.message) {
                 causes
             } else {
                 format!("{}: {causes}", error.message)
@@ -280,6 +280,29 @@ mod tests {
         assert!(!error.is_retryable());
         let shutdown = Error::from_status(&tonic::Status::cancelled("the daemon stops"));
         assert_eq!(shutdown.kind(), ErrorKind::Unavailable);
+    }
+
+    #[test]
+    fn a_transport_failure_names_the_target_and_keeps_its_causes() {
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        let error = Error::from_status(&tonic::Status::from_error(Box::new(refused)))
+            .at_target("127.0.0.1:7070");
+        assert_eq!(error.kind(), ErrorKind::Unavailable);
+        assert!(error.is_retryable());
+        assert_eq!(
+            error.message(),
+            "cannot reach 127.0.0.1:7070: Connection refused (os error 111)"
+        );
+        // The daemon's own statuses have no transport source: no target added.
+        let daemon = Error::from_parts(
+            Code::Unavailable,
+            Some("shutting_down".into()),
+            "bye".into(),
+        );
+        assert_eq!(daemon.at_target("127.0.0.1:7070").message(), "bye");
     }
 
     #[test]
