@@ -6,6 +6,8 @@
  * when it is known; otherwise the status code does. Errors raised before
  * anything is sent (a bad argument, an unencodable event) have no `code`.
  */
+import * as util from "node:util";
+
 import { status } from "@grpc/grpc-js";
 import type { Metadata, ServiceError } from "@grpc/grpc-js";
 
@@ -189,7 +191,11 @@ export function toTurnstoreError(error: unknown): TurnstoreError {
     return new ServerError(String(error), { cause: error });
   }
   const reason = firstString(error.metadata, ERROR_METADATA_KEY);
-  const mapped = errorFromStatus(error.code, reason, error.details, error);
+  const details =
+    error.code === status.UNAVAILABLE && reason === undefined
+      ? transportMessage(error.details)
+      : error.details;
+  const mapped = errorFromStatus(error.code, reason, details, error);
   if (mapped instanceof VersionConflictError) {
     const current = firstString(error.metadata, CURRENT_VERSION_METADATA_KEY);
     if (current !== undefined && /^\d+$/.test(current)) {
@@ -197,4 +203,29 @@ export function toTurnstoreError(error: unknown): TurnstoreError {
     }
   }
   return mapped;
+}
+
+/** grpc-js's words for a channel that found no daemon, and node's error after them. */
+const CONNECT_FAILED =
+  /^No connection established\. Last error: (?:Error: )?(.*?)\.?(?: Resolution note: .*)?$/s;
+/** Node's connect error: `connect ECONNREFUSED 127.0.0.1:7070`. */
+const CONNECT_ERROR = /^connect (E[A-Z]+) (.+)$/;
+
+/**
+ * `cannot reach ADDRESS: CAUSE (ECODE)` for grpc-js's connect failure (the
+ * OS error spelled out, e.g. "connection refused"); else `details` as they are.
+ */
+function transportMessage(details: string): string {
+  const failed = CONNECT_FAILED.exec(details);
+  if (failed === null) {
+    return details;
+  }
+  const cause = failed[1] ?? "";
+  const connect = CONNECT_ERROR.exec(cause);
+  if (connect === null) {
+    return `cannot reach the daemon: ${cause}`;
+  }
+  const [, code = "", address = ""] = connect;
+  const known = [...util.getSystemErrorMap().values()].find(([name]) => name === code);
+  return `cannot reach ${address}: ${known === undefined ? code : `${known[1]} (${code})`}`;
 }

@@ -6,7 +6,13 @@
  * await client.events.append("thread-1", 1, newEnvelope({ type: "text_delta", delta: "Hi" }));
  * ```
  */
-export { TurnstoreClient, DEFAULT_TARGET, checkTarget } from "./client";
+export {
+  TurnstoreClient,
+  DEFAULT_TARGET,
+  DEFAULT_TIMEOUT_MS,
+  KEEPALIVE_CHANNEL_OPTIONS,
+  checkTarget,
+} from "./client";
 export type { ClientTls, DaemonStats, PemSource, TurnstoreClientOptions } from "./client";
 export { DEFAULT_RETRY } from "./calls";
 export type { RetryEvent, RetryPolicy } from "./calls";
