@@ -170,14 +170,48 @@ async def test_inspector_lists_follows_and_survives_a_reload(
         assert errors == []
 
 
+async def test_inspector_with_a_scoped_session_shows_only_its_threads(
+    browser: Browser, web_daemon: tuple[Daemon, str]
+) -> None:
+    daemon, base = web_daemon
+    async with TurnstoreClient(daemon.target, token=TOKEN) as client:
+        for tenant in ("alice", "bob"):
+            await client.events.append(f"{tenant}/chat", 1, delta(f"{tenant} says hi"))
+    async with aiohttp.ClientSession() as http:
+        issued = await http.post(
+            f"{base}/v1/session",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            json={"scope": {"thread_prefix": "alice/"}},
+        )
+        session: dict[str, Any] = await issued.json()
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.context.add_cookies(
+        [{"name": "turnstore_session", "value": session["session"], "url": base}]
+    )
+    await page.goto(base + "/")
+    item = '#threads li[data-thread-id="alice/chat"]'
+    await page.wait_for_selector(item, timeout=WAIT_MS)
+    assert await page.locator("#threads li").count() == 1
+    await page.click(item)
+    await wait_text(page, '[data-turn="1"] .text', "alice says hi")
+    assert errors == []
+
+
 async def test_example_page_follows_one_turn_across_reloads(
     browser: Browser, web_daemon: tuple[Daemon, str], example_site: str, tmp_path: Path
 ) -> None:
     daemon, base = web_daemon
     thread = "chat/example ü"
     async with aiohttp.ClientSession() as http:
-        # The chat backend holds the token and hands the page a session.
-        issued = await http.post(f"{base}/v1/session", headers={"Authorization": f"Bearer {TOKEN}"})
+        # The chat backend holds the token and hands the page a session
+        # scoped to the one thread it shows.
+        issued = await http.post(
+            f"{base}/v1/session",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            json={"scope": {"threads": [thread], "read_only": True}},
+        )
         session: dict[str, Any] = await issued.json()
     query = urllib.parse.urlencode(
         {"daemon": base, "thread": thread, "turn": "3", "session": session["session"]}
@@ -261,3 +295,38 @@ async def test_a_browser_resumes_with_last_event_id_after_the_daemon_restarts(
         await page.screenshot(path=str(tmp_path / "restarted.png"), full_page=True)
     finally:
         process.stop()
+
+
+async def test_inspector_shows_turns_beyond_2_53_exactly(
+    browser: Browser, web_daemon: tuple[Daemon, str]
+) -> None:
+    """Turns 2^64-1 and 2^64-2 are two cards, in order, each with its own text.
+
+    The SSE payloads carry turns as JSON numbers; JSON.parse would round
+    both to 2^64 (and 2^53+1 to 2^53), folding the turns into one card.
+    """
+    daemon, base = web_daemon
+    thread = "inspect/huge turns"
+    turns = [1, 2**53, 2**53 + 1, 2**64 - 2, 2**64 - 1]
+    async with TurnstoreClient(daemon.target, token=TOKEN) as client:
+        for turn in turns:
+            await client.events.append(thread, turn, delta(f"text of {turn}"))
+        await client.events.finish_turn(thread, 2**64 - 1)
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(base + "/#thread=" + urllib.parse.quote(thread))
+    await page.fill("#token", TOKEN)
+    await page.click("#login button")
+    for turn in turns:
+        await wait_text(page, f'[data-turn="{turn}"] .text', f"text of {turn}")
+    await expect(page.locator(f'[data-turn="{2**64 - 1}"] .badge')).to_contain_text(
+        "finished · 1 events", timeout=WAIT_MS
+    )
+    await expect(page.locator(f'[data-turn="{2**64 - 2}"] .badge')).to_have_text("being written")
+    cards = page.locator(".turn")
+    assert await cards.count() == len(turns)
+    for index, turn in enumerate(turns):
+        assert await cards.nth(index).get_attribute("data-turn") == str(turn)
+        await expect(cards.nth(index).locator("h3")).to_contain_text(f"Turn {turn}")
+    assert errors == []

@@ -58,7 +58,9 @@ async def test_size_limits_hold_at_their_boundaries(hostile: Daemon) -> None:
             code = await checker.run(Op(RPCS["Append"], request.SerializeToString()))
             assert code == (OK if count <= MAX_EVENTS else INVALID)
         for size in (MAX_SNAPSHOT, MAX_SNAPSHOT + 1):
-            request = pb.SaveRequest(key=f"hostile-size-{size}", data=b"s" * size)
+            # A JSON string (the default content type is JSON) of exactly ``size`` bytes.
+            data = b'"' + b"s" * (size - 2) + b'"'
+            request = pb.SaveRequest(key=f"hostile-size-{size}", data=data)
             code = await checker.run(Op(RPCS["Save"], request.SerializeToString()))
             assert code == (OK if size <= MAX_SNAPSHOT else INVALID)
         # Far past the daemon's message limit (64 MiB) gRPC itself refuses the call.

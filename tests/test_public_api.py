@@ -22,6 +22,7 @@ PUBLIC_NAMES = [
     "CaughtUp",
     "ClientTls",
     "ConversationSnapshot",
+    "CursorOutOfRangeError",
     "DeadlineExceededError",
     "EventAppender",
     "EventFormatError",
@@ -33,6 +34,7 @@ PUBLIC_NAMES = [
     "GrpcHistoryStore",
     "HistoryStore",
     "InvalidArgumentError",
+    "PermissionDeniedError",
     "Replay",
     "ReplayItem",
     "ResourceExhaustedError",
@@ -80,7 +82,7 @@ def test_result_types_live_in_a_public_module() -> None:
 
 def test_every_error_derives_from_the_base() -> None:
     errors = [getattr(turnstore, n) for n in PUBLIC_NAMES if n.endswith("Error")]
-    assert len(errors) == 17
+    assert len(errors) == 19
     assert all(issubclass(cls, turnstore.TurnstoreError) for cls in errors)
 
 

@@ -45,6 +45,7 @@ SERVE_FLAGS = [
     "--retention-interval",
     "--socket-mode",
     "--auth-token-file",
+    "--auth-tokens-file",
     "--tls-cert",
     "--tls-key",
     "--tls-client-ca",

@@ -33,6 +33,7 @@ from tests.hostile.wire import (
     MAX_TYPE,
     MAX_U64,
     OK,
+    OUT_OF_RANGE,
     PRECONDITION,
     REPLAY,
     Op,
@@ -77,9 +78,34 @@ def strict_json_object(body: bytes) -> bool:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
         return False
+    if too_deep(body):
+        return False
     return isinstance(value, dict) and not {"event_id", "sequence", "timestamp", "type"} & set(
         value
     )
+
+
+MAX_JSON_DEPTH = 64  # the daemon's limit on the nesting of bodies and JSON snapshots
+
+
+def json_depth(value: Any) -> int:
+    """How deep arrays and objects nest in a parsed JSON value (a scalar is 0)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        )
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def too_deep(data: bytes) -> bool:
+    """Whether strict JSON ``data`` nests deeper than the daemon accepts."""
+    return json_depth(orjson.loads(data)) > MAX_JSON_DEPTH
 
 
 def normalized(envelope: Any) -> Any:
@@ -92,11 +118,23 @@ def normalized(envelope: Any) -> Any:
 
 
 def save_is_valid(request: Any) -> bool:
+    content_type = request.content_type or JSON
     return (
         valid_name(request.key, MAX_KEY)
         and len(request.data) <= MAX_SNAPSHOT
-        and utf8_size(request.content_type or JSON) <= MAX_CONTENT_TYPE
+        and utf8_size(content_type) <= MAX_CONTENT_TYPE
+        and "\0" not in content_type
+        and (content_type.split(";")[0].strip().lower() != JSON or strict_json(request.data))
     )
+
+
+def strict_json(data: bytes) -> bool:
+    """What the daemon takes as a snapshot labelled JSON: any strict JSON value, not too deep."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return not too_deep(data)
 
 
 class Checker:
@@ -219,7 +257,17 @@ class Checker:
         # The proto bounds the cursor at 2**63-1.
         cursor_ok = not request.HasField("after_position") or request.after_position < 1 << 63
         valid = low <= high and len(request.event_types) <= MAX_EVENT_TYPE_FILTERS and cursor_ok
-        self.expect(op, code, OK if valid else INVALID, details)
+        # A cursor at or past the end was never handed out: refused, unless
+        # an epoch it names is not the thread's (then: thread_cleared, OK).
+        past_end = request.HasField("after_position") and request.after_position >= count
+        expected = OK
+        if not valid:
+            expected = INVALID
+        elif past_end and not request.thread_epoch:
+            expected = OUT_OF_RANGE
+        elif past_end and code == OUT_OF_RANGE:
+            expected = OUT_OF_RANGE  # the epoch drawn is the thread's own
+        self.expect(op, code, expected, details)
         if code == OK:
             check_replay(self.wire, op, request, responses, count)
         return code

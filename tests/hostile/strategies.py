@@ -134,7 +134,12 @@ requests: dict[str, st.SearchStrategy[Any]] = {
     "Save": st.builds(
         pb.SaveRequest,
         key=keys,
-        data=st.one_of(st.binary(max_size=64), st.just(b"")),
+        # JSON too: a snapshot labelled JSON (the default) must be strict JSON.
+        data=st.one_of(
+            st.binary(max_size=64),
+            st.just(b""),
+            st.sampled_from([b"{}", b"[1,2]", b'{"version":1,"messages":[],"pinned":[]}']),
+        ),
         content_type=st.one_of(st.just(""), st.just(JSON), sized(MAX_CONTENT_TYPE), short_text),
     ),
     "Load": st.builds(pb.LoadRequest, key=keys),

@@ -47,6 +47,7 @@ MAX_SNAPSHOT: Final = 32 * MIB
 OK: Final = grpc.StatusCode.OK
 INVALID: Final = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION: Final = grpc.StatusCode.FAILED_PRECONDITION
+OUT_OF_RANGE: Final = grpc.StatusCode.OUT_OF_RANGE
 ALLOWED: Final = frozenset(
     {
         OK,
@@ -55,6 +56,7 @@ ALLOWED: Final = frozenset(
         grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.ABORTED,
+        OUT_OF_RANGE,
     }
 )
 # The reasons each error code may carry (None: no turnstore-error key).
@@ -69,6 +71,7 @@ REASONS: Final[dict[grpc.StatusCode, set[str | None]]] = {
     grpc.StatusCode.ABORTED: {"thread_cleared"},
     grpc.StatusCode.RESOURCE_EXHAUSTED: {"storage_full", None},
     grpc.StatusCode.NOT_FOUND: {None},
+    OUT_OF_RANGE: {"cursor_out_of_range"},
 }
 
 # Few ids, so that examples build on each other's state (finished turns, ...).

@@ -19,12 +19,14 @@ __path__ = extend_path(__path__, __name__)
 from turnstore._auth import ClientTls
 from turnstore.client import GrpcEventStore, GrpcHistoryStore, RetryPolicy, TurnstoreClient
 from turnstore.errors import (
+    CursorOutOfRangeError,
     DeadlineExceededError,
     EventFormatError,
     EventIdConflictError,
     FailedPreconditionError,
     FollowerTooSlowError,
     InvalidArgumentError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     ServerError,
     SnapshotFormatError,
@@ -58,6 +60,7 @@ __all__ = [
     "CaughtUp",
     "ClientTls",
     "ConversationSnapshot",
+    "CursorOutOfRangeError",
     "DeadlineExceededError",
     "EventAppender",
     "EventFormatError",
@@ -69,6 +72,7 @@ __all__ = [
     "GrpcHistoryStore",
     "HistoryStore",
     "InvalidArgumentError",
+    "PermissionDeniedError",
     "Replay",
     "ReplayItem",
     "ResourceExhaustedError",

@@ -11,6 +11,8 @@ both ends, which is most of the client's per-event cost.
 from __future__ import annotations
 
 import math
+import re
+from itertools import accumulate
 from typing import Any, Final
 
 import orjson
@@ -26,6 +28,33 @@ _STRICT: Final = (
 
 loads: Final = orjson.loads
 """Parse JSON bytes or text (RFC 8259: no NaN, no trailing commas); raises ValueError."""
+
+MAX_JSON_DEPTH: Final = 64
+"""The deepest nesting of arrays and objects the daemon accepts in an event body
+or a JSON snapshot (the body object is level 1): low enough for every reader's
+parser, serde_json's 128 included, with room for the wrappers readers add."""
+
+# A JSON string, escapes included (the unrolled form: no backtracking).
+# An unclosed one runs to the end of the text: every quote a scan meets
+# starts a match, so the scan stays linear whatever the text (a string that
+# had to be closed would be tried again from every later quote).
+_JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP: Final = [1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256)]
+
+
+def too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text ``data`` nests arrays and objects deeper than ``limit``.
+
+    Brackets inside strings do not count; at most ``limit`` opening brackets
+    in all is answered by two C-speed counts. For text that is not JSON the
+    answer is a guess, never an error.
+    """
+    # JSON deeper than ``limit`` takes limit + 1 pairs of brackets at least.
+    if len(data) <= 2 * limit + 1 or data.count(b"{") + data.count(b"[") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0) > limit
 
 
 class NotJsonError(ValueError):
@@ -47,6 +76,9 @@ def dumps(value: Any, root: str = "$") -> bytes:
     try:
         data = orjson.dumps(value, option=_STRICT)
     except TypeError as error:
+        if "ecursion" in str(error):
+            # Nested past orjson's limit (254): walking it would recurse as deep.
+            raise NotJsonError(root, f"is nested too deep to encode: {error}") from None
         raise _find_problem(value, root) or NotJsonError(root, str(error)) from error
     # orjson writes NaN and infinities as null; only then is a walk needed.
     if b"null" in data:

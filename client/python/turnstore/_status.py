@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, Final
 
@@ -27,7 +28,9 @@ _BY_REASON: Final[dict[str, type[errors.TurnstoreError]]] = {
     "data_dir_locked": errors.UnavailableError,
     "backup_failed": errors.FailedPreconditionError,
     "unauthenticated": errors.UnauthenticatedError,
+    "permission_denied": errors.PermissionDeniedError,
     "internal": errors.ServerError,
+    "cursor_out_of_range": errors.CursorOutOfRangeError,
 }
 
 _BY_CODE: Final[dict[grpc.StatusCode, type[errors.TurnstoreError]]] = {
@@ -40,6 +43,7 @@ _BY_CODE: Final[dict[grpc.StatusCode, type[errors.TurnstoreError]]] = {
     grpc.StatusCode.CANCELLED: errors.UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceededError,
     grpc.StatusCode.UNAUTHENTICATED: errors.UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDeniedError,
 }
 
 
@@ -58,15 +62,33 @@ def error_from_status(
     return error
 
 
+# grpc's words for a channel that found no daemon: the address it tried and
+# the OS cause follow the status name.
+_CONNECT_FAILED: Final = re.compile(
+    r"failed to connect to all addresses; last error: [A-Z_]+: (?:ipv[46]:)?(?P<cause>.+)", re.S
+)
+
+
+def _transport_message(details: str) -> str:
+    """``cannot reach ADDRESS: CAUSE`` for grpc's connect failure; else ``details``."""
+    matched = _CONNECT_FAILED.match(details)
+    return f"cannot reach {matched['cause']}" if matched else details
+
+
 def error_from_rpc(error: grpc.aio.AioRpcError) -> errors.TurnstoreError:
-    """The turnstore exception for a failed call, from its status and metadata."""
+    """The turnstore exception for a failed call, from its status and metadata.
+
+    A call that found no daemon says ``cannot reach ADDRESS: CAUSE`` (the
+    OS error, e.g. ``Connection refused``).
+    """
     metadata = {
         key: value if isinstance(value, str) else value.decode()
         for key, value in error.trailing_metadata() or ()
     }
-    mapped = error_from_status(
-        error.code(), metadata.get(ERROR_METADATA_KEY), error.details() or ""
-    )
+    details = error.details() or ""
+    if error.code() == grpc.StatusCode.UNAVAILABLE and ERROR_METADATA_KEY not in metadata:
+        details = _transport_message(details)
+    mapped = error_from_status(error.code(), metadata.get(ERROR_METADATA_KEY), details)
     current = metadata.get(CURRENT_VERSION_METADATA_KEY, "")
     if isinstance(mapped, errors.VersionConflictError) and current.isdigit():
         mapped.current_version = int(current)

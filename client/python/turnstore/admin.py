@@ -154,7 +154,9 @@ class GrpcAdmin:
 
     Unary calls use the client's timeout and are retried on
     UnavailableError like the stores' calls (except :meth:`backup`).
-    Listings, exports and imports have no overall deadline.
+    Listings, exports and imports have no overall deadline (they may be
+    long); the channel's keepalive pings end them with UnavailableError when
+    the daemon stops answering.
     """
 
     def __init__(

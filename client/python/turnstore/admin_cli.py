@@ -14,13 +14,16 @@ is a terminal. Exit status: 0 on success, 1 when the daemon or a file fails,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final
 
+from turnstore import transfer
 from turnstore.admin import DaemonStats, GrpcAdmin
 from turnstore.cli_common import (
     Progress,
@@ -30,6 +33,8 @@ from turnstore.cli_common import (
     connect,
     format_size,
     handle,
+    printable,
+    printable_json,
 )
 
 COMMANDS: Final = ("backup", "stats", "export", "import")
@@ -117,7 +122,7 @@ def format_stats(stats: DaemonStats) -> str:
             f"{stats.retention_removed_conversations} conversations"
         )
         if stats.retention_last_error:
-            retention += f"; last sweep failed: {stats.retention_last_error}"
+            retention += f"; last sweep failed: {printable(stats.retention_last_error)}"
     else:
         retention = "off"
     if stats.write_limit_bytes:
@@ -157,7 +162,7 @@ async def _stats(args: argparse.Namespace) -> int:
     async with connect(args) as client:
         stats = await client.admin.stats()
     if as_json(args):
-        print(json.dumps(stats.to_json_dict()))
+        print(printable_json(json.dumps(stats.to_json_dict())))
     else:
         print(format_stats(stats))
     return 0
@@ -175,18 +180,22 @@ async def _backup(args: argparse.Namespace) -> int:
             result = await client.admin.backup(args.dest)
             progress.total_bytes = progress.bytes = result.bytes_written
     if as_json(args):
-        print(json.dumps({"dest_dir": result.dest_dir, "bytes_written": result.bytes_written}))
+        record = {"dest_dir": result.dest_dir, "bytes_written": result.bytes_written}
+        print(printable_json(json.dumps(record)))
     else:
-        print(f"backup written to {result.dest_dir} ({format_size(result.bytes_written)})")
+        print(
+            f"backup written to {printable(result.dest_dir)} ({format_size(result.bytes_written)})"
+        )
     return 0
 
 
-async def _export_to(args: argparse.Namespace, out: IO[bytes]) -> int:
+async def _export_to(args: argparse.Namespace, out: IO[bytes], terminal: bool = False) -> int:
+    """Export into ``out``; on a ``terminal``, with the lines' control characters escaped."""
     async with connect(args) as client, Progress("exported") as progress:
         admin: GrpcAdmin = client.admin
 
         def write(line: str) -> None:
-            data = line.encode("utf-8") + b"\n"
+            data = (printable_json(line) if terminal else line).encode("utf-8") + b"\n"
             out.write(data)
             progress.bytes += len(data)
             if line.startswith(_EVENT_LINE_PREFIX):
@@ -207,27 +216,72 @@ async def _export_to(args: argparse.Namespace, out: IO[bytes]) -> int:
     return 0
 
 
-async def _export(args: argparse.Namespace) -> int:
-    if args.output is None:
-        status = await _export_to(args, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
-        return status
-    output: Path = args.output
-    partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
+def _umask_mode() -> int:
+    """The mode a new file gets from ``open()`` under this process's umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _create_partial(output: Path) -> tuple[int, str]:
+    """A new temporary file beside ``output``: its open descriptor and its path.
+
+    Raises OSError naming the output and its directory (not the temporary
+    name) when the directory is missing or refuses new files, and when the
+    output is a directory.
+    """
+    directory = output.parent
+    if output.is_dir():
+        raise IsADirectoryError(f"cannot write {str(output)!r}: it is a directory")
     try:
-        with partial.open("wb") as out:
+        return tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=directory)
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise type(error)(
+            f"cannot write {str(output)!r}: the directory {str(directory)!r} does not exist"
+        ) from error
+    except OSError as error:
+        raise OSError(
+            f"cannot write {str(output)!r}: cannot create a file in {str(directory)!r} "
+            f"({error.strerror})"
+        ) from error
+
+
+async def _export(args: argparse.Namespace) -> int:
+    """Export to stdout, or to ``--output`` through a temporary file renamed over it.
+
+    The temporary file sits beside the output (so that the rename is atomic)
+    under a random name, created exclusively with mode 0600 and without
+    following a symbolic link (:func:`tempfile.mkstemp`: ``O_CREAT|O_EXCL|
+    O_NOFOLLOW``): a link or file planted beside the output can neither
+    redirect the export nor be overwritten. The rename replaces the output's
+    directory entry itself, a symbolic link there included, never what a link
+    points to. Before the rename the file gets the mode ``open()`` would give
+    it under the umask. A failed export removes its temporary file and leaves
+    the output as it was.
+    """
+    if args.output is None:
+        stdout = sys.stdout.buffer
+        status = await _export_to(args, stdout, terminal=sys.stdout.isatty())
+        stdout.flush()
+        return status
+    descriptor, partial = _create_partial(args.output)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
             status = await _export_to(args, out)
             out.flush()
+            os.fchmod(out.fileno(), _umask_mode())
             os.fsync(out.fileno())
-        partial.replace(output)
-    finally:
-        partial.unlink(missing_ok=True)
+        os.replace(partial, args.output)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
     return status
 
 
 def _counted_lines(source: BinaryIO, progress: Progress) -> Iterator[str]:
     """The UTF-8 lines of ``source``, counting lines and bytes into ``progress``."""
-    for raw in source:
+    for raw in transfer.read_lines(source):  # bounded: a huge line is refused, not read whole
         progress.events += 1
         progress.bytes += len(raw)
         yield raw.decode("utf-8")
@@ -242,7 +296,7 @@ async def _import_from(args: argparse.Namespace, source: BinaryIO) -> int:
     async with connect(args) as client, progress:
         report = await client.admin.import_from(_counted_lines(source, progress))
     if as_json(args):
-        print(json.dumps(vars(report)))
+        print(printable_json(json.dumps(vars(report))))
     else:
         print(
             f"imported {report.threads} threads: {report.events} events "

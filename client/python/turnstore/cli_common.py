@@ -6,6 +6,8 @@ environment variable; :func:`connect` builds the client from them.
 :func:`run_async` runs a command's coroutine and turns failures into exit
 statuses: 0 success, 1 the daemon or a file failed (or the user said no),
 2 bad usage. :class:`Progress` is the progress line of long transfers.
+:func:`printable` and :func:`printable_json` are how anything that came from
+storage or the daemon reaches the terminal.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +42,19 @@ TLS_SERVER_NAME_ENV: Final = "TURNSTORE_TLS_SERVER_NAME"
 
 # How often a progress line is redrawn.
 PROGRESS_INTERVAL: Final = 0.5
+
+# What a terminal may act on instead of showing: C0 controls (ESC starts
+# OSC 52, which writes the clipboard, and line-erasing CSI codes; CR and
+# BS overwrite), DEL, C1 controls (U+009B is a one-character CSI on some
+# terminals), the line and paragraph separators, and the bidirectional
+# embeddings, overrides and isolates, which reorder what follows them so
+# that a line shows something else than it holds.
+_UNSAFE_CHARS: Final = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_TERMINAL_UNSAFE: Final = re.compile(f"[{_UNSAFE_CHARS}]")
+# The same with the backslash, escaped too in text so that an escape shown
+# is never ambiguous (a literal backslash shows as two, as in Python's repr).
+_TEXT_UNSAFE: Final = re.compile(rf"[\\{_UNSAFE_CHARS}]")
+_SHORT_ESCAPES: Final = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 class UsageError(Exception):
@@ -269,9 +285,55 @@ class Progress:
             self._stream.flush()
 
 
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def printable(text: str, *, backslash: bool = True) -> str:
+    """``text`` with what a terminal would act on shown escaped, for text output.
+
+    Everything the CLI prints that came from storage or the daemon (thread
+    ids, event types, conversation keys, content types, the daemon's error
+    messages) goes through here. Escaped: C0 controls including ESC, DEL,
+    C1 controls, U+2028/U+2029 and the bidirectional controls U+202A-U+202E
+    and U+2066-U+2069; as in Python's repr, ``\\n``, ``\\r``, ``\\t``,
+    ``\\x1b``, ``\\x9b``, ``\\u202e``. A backslash shows as two, so that an
+    escape shown is never a literal one, unless ``backslash`` is False (for
+    messages whose parts are already ``repr``-quoted). Other characters,
+    emoji and their joiners included, are shown as they are.
+    """
+    unsafe = _TEXT_UNSAFE if backslash else _TERMINAL_UNSAFE
+    return unsafe.sub(_escape, text)
+
+
+def printable_json(data: bytes | str) -> str:
+    """Encoded JSON with DEL, C1, separator and bidi characters as ``\\uXXXX``.
+
+    orjson (and ``json.dumps``) escape the C0 controls but write DEL, C1 and
+    the bidirectional controls as they are; those occur only inside JSON
+    strings, where ``\\uXXXX`` means the same character, so the output is
+    the same JSON value and safe on a terminal. ``data`` is UTF-8 JSON text.
+    """
+    text = data.decode() if isinstance(data, bytes) else data
+    return _TERMINAL_UNSAFE.sub(_json_escape, text)
+
+
 def fail(command: str, message: str) -> None:
-    """Print ``turnstore COMMAND: MESSAGE`` on stderr."""
-    print(f"turnstore {command}: {message}", file=sys.stderr)
+    """Print ``turnstore COMMAND: MESSAGE`` on stderr, its control characters escaped.
+
+    Messages echo ids (their own ``repr`` or the daemon's text): only what a
+    terminal would act on is escaped here, not backslashes.
+    """
+    print(f"turnstore {command}: {printable(message, backslash=False)}", file=sys.stderr)
 
 
 def run_async(

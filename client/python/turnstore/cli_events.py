@@ -27,6 +27,8 @@ from turnstore.cli_common import (
     fail,
     format_time,
     handle,
+    printable,
+    printable_json,
 )
 from turnstore.errors import EventFormatError, FollowerTooSlowError, UnavailableError
 from turnstore.results import StoredEvent
@@ -100,7 +102,7 @@ async def _health(args: argparse.Namespace) -> int:
         try:
             response = await check(b"", timeout=args.timeout)
         except grpc.aio.AioRpcError as error:
-            fail("health", f"{error.code().name}: {error.details()}")
+            fail("health", f"{error.code().name}: {error.details()}")  # fail() escapes
             return 1
     status = health_status(response)
     print(_SERVING_STATUS.get(status, f"status {status}"))
@@ -110,6 +112,9 @@ async def _health(args: argparse.Namespace) -> int:
 def _event_json(item: StoredEvent) -> dict[str, Any]:
     record: dict[str, Any] = {"position": item.position, "turn": item.turn}
     try:
+        if item.message is not None and _json.too_deep(item.message.envelope.body):
+            # Stored by an older daemon, past today's limit: shown as stored.
+            raise EventFormatError("nested deeper than the limit")
         record.update(item.envelope.to_json_dict())
     except EventFormatError:
         # Not a JSON object (another content type): show it as stored.
@@ -127,28 +132,33 @@ def _event_json(item: StoredEvent) -> dict[str, Any]:
 
 
 def _line(record: dict[str, Any]) -> str:
-    return _json.dumps(record).decode()
+    return printable_json(_json.dumps(record))
 
 
 def format_item(item: ReplayItem, json_lines: bool) -> str:
-    """One line of ``turnstore tail``: a JSON object, or readable text."""
+    """One line of ``turnstore tail``: a JSON object, or readable text.
+
+    Either way, control characters from storage are escaped (see
+    :func:`turnstore.cli_common.printable`): JSON keeps its meaning, text
+    shows the event type with ``printable`` and the rest as escaped JSON.
+    """
     if isinstance(item, StoredEvent):
         record = _event_json(item)
         if json_lines:
-            return _json.dumps(record).decode()
+            return _line(record)
         skip = ("position", "turn", "event_id", "sequence", "timestamp", "type")
-        body = _json.dumps({k: v for k, v in record.items() if k not in skip}).decode()
-        return f"#{item.position} turn {item.turn} {record['type']} {body}"
+        body = _line({k: v for k, v in record.items() if k not in skip})
+        return f"#{item.position} turn {item.turn} {printable(str(record['type']))} {body}"
     if isinstance(item, TurnFinished):
         if json_lines:
-            return _json.dumps(
+            return _line(
                 {
                     "marker": "turn_finished",
                     "turn": item.turn,
                     "event_count": item.event_count,
                     "last_position": item.last_position,
                 }
-            ).decode()
+            )
         return f"-- turn {item.turn} finished ({item.event_count} events)"
     if isinstance(item, CaughtUp):
         if json_lines:
@@ -238,10 +248,10 @@ async def _threads(args: argparse.Namespace) -> int:
                     "last_write": format_time(thread.last_write_unix_nanos),
                     "last_write_unix_nanos": thread.last_write_unix_nanos,
                 }
-                print(_json.dumps(record).decode())
+                print(_line(record))
             else:
                 print(
-                    f"{thread.thread_id}  {thread.event_count} events  "
+                    f"{printable(thread.thread_id)}  {thread.event_count} events  "
                     f"{thread.finished_turns} finished turns  "
                     f"last write {format_time(thread.last_write_unix_nanos)}"
                 )
@@ -264,14 +274,14 @@ async def _turns(args: argparse.Namespace) -> int:
             }
             if args.events:
                 record["events"] = [envelope.to_json_dict() for envelope in turn.events]
-            print(_json.dumps(record).decode())
+            print(_line(record))
             continue
         state = "finished" if turn.finished else "open"
         print(f"turn {turn.turn}  {state}  {len(turn.events)} events")
         if args.events:
             for envelope in turn.events:
                 fields = {k: v for k, v in envelope.event.items() if k != "type"}
-                print(f"  {envelope.type} {_json.dumps(fields).decode()}")
+                print(f"  {printable(envelope.type)} {_line(fields)}")
     if not turns and not json_lines:
         print(f"thread {args.thread!r} has no events", file=sys.stderr)
     return 0

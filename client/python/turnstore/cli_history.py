@@ -21,6 +21,8 @@ from turnstore.cli_common import (
     format_size,
     format_time,
     handle,
+    printable,
+    printable_json,
 )
 
 
@@ -44,10 +46,10 @@ async def _conversations(args: argparse.Namespace) -> int:
                     "last_write": format_time(key.last_write_unix_nanos),
                     "last_write_unix_nanos": key.last_write_unix_nanos,
                 }
-                print(_json.dumps(record).decode())
+                print(printable_json(_json.dumps(record)))
             else:
                 print(
-                    f"{key.key}  version {key.version}  "
+                    f"{printable(key.key)}  version {key.version}  "
                     f"last write {format_time(key.last_write_unix_nanos)}"
                 )
             shown += 1
@@ -69,16 +71,17 @@ async def _load(args: argparse.Namespace) -> int:
             "saved_at": format_time(loaded.saved_at_unix_nanos),
             "snapshot": loaded.snapshot.to_json_dict(),
         }
-        print(_json.dumps(record).decode())
+        print(printable_json(_json.dumps(record)))
         return 0
     print(
-        f"# {args.key} version {loaded.version}, saved {format_time(loaded.saved_at_unix_nanos)}",
+        f"# {printable(args.key)} version {loaded.version}, "
+        f"saved {format_time(loaded.saved_at_unix_nanos)}",
         file=sys.stderr,
     )
     snapshot = loaded.snapshot
     for index, (message, pinned) in enumerate(zip(snapshot.messages, snapshot.pinned, strict=True)):
         mark = "*" if pinned else " "
-        print(f"{index:>4} {mark} {_json.dumps(message).decode()}")
+        print(f"{index:>4} {mark} {printable_json(_json.dumps(message))}")
     return 0
 
 
@@ -94,11 +97,11 @@ async def _versions(args: argparse.Namespace) -> int:
                 "size_bytes": info.size_bytes,
                 "content_type": info.content_type,
             }
-            print(_json.dumps(record).decode())
+            print(printable_json(_json.dumps(record)))
         else:
             print(
                 f"version {info.version}  saved {format_time(info.saved_at_unix_nanos)}  "
-                f"{format_size(info.size_bytes)}  {info.content_type}"
+                f"{format_size(info.size_bytes)}  {printable(info.content_type)}"
             )
     if not versions and not as_json(args):
         print(f"{args.key!r}: no versions stored", file=sys.stderr)
@@ -116,7 +119,7 @@ async def _delete(args: argparse.Namespace) -> int:
                 return 1
         removed = await history.delete()
     if as_json(args):
-        print(_json.dumps({"key": args.key, "removed_versions": removed}).decode())
+        print(printable_json(_json.dumps({"key": args.key, "removed_versions": removed})))
     else:
         print(f"deleted {removed} versions of {args.key!r}")
     return 0

@@ -69,6 +69,20 @@ WriteMode = Literal["stream", "unary"]
 WRITE_MODES: Final = ("stream", "unary")
 
 DEFAULT_TARGET: Final = "127.0.0.1:7070"
+# Every call's deadline when the client's ``timeout`` is not given.
+DEFAULT_TIMEOUT: Final = 30.0
+# HTTP/2 keepalive pings, while idle too: a daemon that stops answering (a
+# frozen process, a dropped network path) fails the open streams with
+# UnavailableError instead of leaving them waiting forever. The daemon allows
+# pings down to every 10 s. grpc waits for a ping's answer for
+# ping_timeout_ms (its default is a minute), keepalive_timeout_ms aside.
+KEEPALIVE_OPTIONS: Final = (
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.ping_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
 # Matches the daemon's limit, so large turns and snapshots come through.
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 
@@ -294,7 +308,7 @@ class GrpcEventStore:
         event_types: Sequence[str] | None = None,
         until_turn_finished: int | None = None,
         epoch: int | None = None,
-        timeout: float | None = None,
+        timeout: float | _ClientDefault | None = CLIENT_DEFAULT,
         max_events_per_message: int = 0,
     ) -> Replay:
         """Replay a thread after position ``after`` (None: from the start).
@@ -307,6 +321,16 @@ class GrpcEventStore:
         ``from_turn``/``to_turn`` bound the turns and ``event_types`` the
         types of events yielded. To resume, pass the previous replay's
         ``last_position`` as ``after`` and its ``epoch`` as ``epoch``.
+
+        A cursor that was never handed out for this thread (``after`` at or
+        past its end) fails with CursorOutOfRangeError instead of waiting
+        silently. An ``epoch`` that is not the thread's current one (the
+        thread was cleared, or the database restored from a backup) yields
+        ``ThreadCleared`` and ends: replay again without ``after``/``epoch``.
+
+        ``timeout`` bounds the whole replay; by default it is the client's
+        deadline without ``follow`` and none with it (a follower is
+        long-lived; keepalive pings find a daemon that stopped answering).
         """
         request = replay_request(
             thread_id,
@@ -319,11 +343,16 @@ class GrpcEventStore:
             epoch=epoch,
             max_events_per_message=max_events_per_message,
         )
+        if isinstance(timeout, _ClientDefault):
+            timeout = None if follow else self._timeout
         return Replay(self._stub.Replay(request, timeout=timeout), after, epoch)
 
     def appender(self) -> EventAppender:
-        """Open a streaming appender (an ``AppendStream``); use it as ``async with``."""
-        return EventAppender(self._stub)
+        """Open a streaming appender (an ``AppendStream``); use it as ``async with``.
+
+        Its ``append`` and ``finish_turn`` each have the client's deadline.
+        """
+        return EventAppender(self._stub, self._timeout)
 
 
 class GrpcHistoryStore:
@@ -437,9 +466,16 @@ class TurnstoreClient:
 
     ``target`` is ``HOST:PORT`` or ``unix:PATH`` (anything else raises
     InvalidArgumentError at once, saying what a target looks like). ``timeout`` is the
-    deadline in seconds of each unary call and of each whole streaming read
-    (None: no deadline). Calls that fail with UnavailableError are retried
-    by ``retry`` (default: 6 attempts over about 3 to 5 s), then raise it.
+    deadline in seconds (default 30; None: no deadline) of each unary call,
+    of each append and finish over the shared append stream (the stream
+    stays open for the others), of each whole streaming read, and of a
+    replay that does not follow; past it a call raises DeadlineExceededError
+    (a write may still take effect). The channel sends HTTP/2 keepalive
+    pings every 20 s, idle too, and fails the open streams with
+    UnavailableError when one goes unanswered for 10 s (override with
+    ``options``: ``grpc.keepalive_time_ms``, ``grpc.http2.ping_timeout_ms``).
+    Calls that fail with UnavailableError are retried by ``retry``
+    (default: 6 attempts over about 3 to 5 s), then raise it.
     ``token`` is sent as a bearer token on every call (for a daemon started
     with ``--auth-token-file``); ``tls`` makes a TLS channel to a TCP target.
     ``write_mode="stream"`` (the default) sends ``events.append``,
@@ -453,7 +489,7 @@ class TurnstoreClient:
         self,
         target: str = DEFAULT_TARGET,
         *,
-        timeout: float | None = 30.0,
+        timeout: float | None = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         token: str | None = None,
         tls: ClientTls | None = None,
@@ -465,6 +501,8 @@ class TurnstoreClient:
         check_target(target)
         self.target = target
         channel_options: list[tuple[str, Any]] = [
+            # grpc takes the first value given for a key: the caller's win.
+            *(options or []),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # A sidecar restarts in well under a second: reconnect quickly,
@@ -474,7 +512,7 @@ class TurnstoreClient:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.use_local_subchannel_pool", 1),
-            *(options or []),
+            *KEEPALIVE_OPTIONS,
         ]
         if tls is not None and tls.server_name:
             channel_options.append(("grpc.ssl_target_name_override", tls.server_name))

@@ -83,6 +83,21 @@ class ThreadClearedError(TurnstoreError):
     reason = "thread_cleared"
 
 
+class CursorOutOfRangeError(TurnstoreError):
+    """A replay cursor lies past the end of its thread: it was never handed out for it.
+
+    The ``after`` position is at or past the thread's next position (in the
+    thread's current epoch; without an epoch, also any position of a thread
+    that does not exist). It comes from another thread or daemon, or from a
+    database since restored from a backup. Resuming from it would skip
+    events, so the daemon refuses it: replay from the start (or from the
+    last position actually received from this thread).
+    """
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    reason = "cursor_out_of_range"
+
+
 class ResourceExhaustedError(TurnstoreError):
     """A size limit was hit (a message too large for the channel, for example)."""
 
@@ -122,6 +137,19 @@ class UnauthenticatedError(TurnstoreError):
 
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "unauthenticated"
+
+
+class PermissionDeniedError(TurnstoreError):
+    """The bearer token's scope does not allow the call; nothing was written.
+
+    A write outside the token's thread ids or keys, any write with a
+    read-only token, or a daemon-wide call (stats, backup) with a token that
+    is not full-scope. Reads outside a scope are not refused: they find
+    nothing, as for a missing thread or key.
+    """
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "permission_denied"
 
 
 class DeadlineExceededError(TurnstoreError):

@@ -20,7 +20,12 @@ import grpc
 from turnstore._convert import fill_envelope
 from turnstore._status import error_from_item, error_from_rpc, mapped_stream
 from turnstore._validate import check_thread_id, check_turn
-from turnstore.errors import InvalidArgumentError, TurnstoreError, UnavailableError
+from turnstore.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    TurnstoreError,
+    UnavailableError,
+)
 from turnstore.models import AgentEventEnvelope
 from turnstore.results import StoredEvent
 from turnstore.v1 import turnstore_pb2 as pb
@@ -61,7 +66,13 @@ class CaughtUp:
 
 @dataclass(frozen=True)
 class ThreadCleared:
-    """Marker: the thread was cleared under the replay; the replay ends."""
+    """Marker: the thread was cleared under the replay; the replay ends.
+
+    Also the answer to a resume whose ``epoch`` is not the thread's current
+    one: the thread was cleared, or the database restored from a backup,
+    since that cursor was handed out. Replay from the start to read the
+    thread as it is now.
+    """
 
     next_position: int
 
@@ -175,10 +186,18 @@ class EventAppender:
     ``TurnFinishedError``, ``InvalidArgumentError``, ...); the stream goes
     on. If the stream breaks, every pending future fails with
     ``UnavailableError`` (or the stream's error), and so does every later
-    call. Leaving ``async with`` waits for all acknowledgements.
+    call. :meth:`append` and :meth:`finish_turn` raise
+    ``DeadlineExceededError`` when not acknowledged within ``timeout``
+    seconds (None: no deadline); the stream stays open and the item may still
+    take effect. Leaving ``async with`` waits for all acknowledgements.
     """
 
-    def __init__(self, stub: pb_grpc.EventStoreServiceStub) -> None:
+    def __init__(
+        self,
+        stub: pb_grpc.EventStoreServiceStub,
+        timeout: float | None = None,
+    ) -> None:
+        self._timeout = timeout
         self._call = stub.AppendStream()
         self._pending: collections.deque[asyncio.Future[list[int]]] = collections.deque()
         self._write_lock = asyncio.Lock()
@@ -254,12 +273,25 @@ class EventAppender:
         return future
 
     async def append(self, thread_id: str, turn: int, envelope: AgentEventEnvelope) -> int:
-        """Append one envelope and wait for its durable acknowledgement."""
-        return (await (await self.submit(thread_id, turn, [envelope])))[0]
+        """Append one envelope and wait for its durable acknowledgement (or its deadline)."""
+        return (await self._acknowledged(await self.submit(thread_id, turn, [envelope])))[0]
 
     async def finish_turn(self, thread_id: str, turn: int) -> None:
-        """Finish ``turn`` after every item sent before, and wait for it."""
-        await (await self.submit(thread_id, turn, [], finish=True))
+        """Finish ``turn`` after every item sent before, and wait for it (or its deadline)."""
+        await self._acknowledged(await self.submit(thread_id, turn, [], finish=True))
+
+    async def _acknowledged(self, future: asyncio.Future[list[int]]) -> list[int]:
+        if self._timeout is None:
+            return await future
+        # Shielded: the item stays in the stream's order of acknowledgements.
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._timeout)
+        except TimeoutError as error:
+            # Its outcome is nobody's now; retrieving it keeps asyncio quiet.
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())
+            raise DeadlineExceededError(
+                f"no acknowledgement within {self._timeout} s; the write may still take effect"
+            ) from error
 
     async def flush(self) -> None:
         """Wait until every item sent so far is acknowledged or rejected."""

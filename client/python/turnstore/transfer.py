@@ -26,7 +26,9 @@ per line (UTF-8). Every object has a ``kind``:
     is its version in the exported daemon, for information).
 
 Lines of one thread come together, in position order, with the finish
-markers in place; snapshot lines follow all threads. This module only
+markers in place; snapshot lines follow all threads. A reader refuses, naming
+the line, one longer than :data:`MAX_LINE_BYTES` (before reading it whole)
+and one nested deeper than the daemon accepts (:data:`MAX_LINE_DEPTH`). This module only
 encodes and decodes lines; :class:`turnstore.admin.GrpcAdmin` runs exports
 and imports.
 """
@@ -35,9 +37,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from turnstore import _json
 from turnstore._convert import JSON, fill_envelope
@@ -49,6 +52,12 @@ FORMAT: Final = "turnstore-export"
 VERSION: Final = 1
 
 _MAX_U64: Final = (1 << 64) - 1
+# The longest line read: a snapshot of the default limit (32 MiB) is about
+# 43 MiB of base64, and an event of 1 MiB at most 6 MiB of escaped JSON.
+MAX_LINE_BYTES: Final = 64 * 1024 * 1024
+# An event line holds the flat event (its body's level) inside the line's object.
+MAX_LINE_DEPTH: Final = _json.MAX_JSON_DEPTH + 1
+_READ_CHUNK: Final = 1 << 20
 
 
 def _encode(record: dict[str, Any]) -> str:
@@ -120,6 +129,8 @@ def _flat_event(envelope: pb.EventEnvelope) -> dict[str, Any] | None:
     """The flat JSON of an envelope, or None when the flat form would lose something."""
     if envelope.content_type not in ("", JSON):
         return None
+    if _json.too_deep(envelope.body):
+        return None  # stored by an older daemon: kept exactly, in base64
     try:
         body = _json.loads(envelope.body) if envelope.body else {}
     except ValueError:
@@ -221,8 +232,44 @@ def _envelope(record: dict[str, Any]) -> pb.EventEnvelope:
     )
 
 
-def parse_line(text: str) -> Line:
-    """Decode one line; raises TransferError (without a line number) when malformed."""
+def read_lines(source: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[bytes]:
+    """The lines of ``source`` (each with its newline, if any), in bounded memory.
+
+    Raises TransferError naming the line once a line grows past
+    ``max_bytes``, having read at most ``max_bytes`` + 1 MiB of it: a
+    hostile or corrupt file never makes the reader hold more.
+    """
+    number = 0
+    while True:
+        number += 1
+        line = source.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) > max_bytes:
+            raise TransferError(
+                f"is longer than {max_bytes} bytes, the most an import reads as one line",
+                number,
+            )
+        yield line
+
+
+def parse_line(text: str | bytes) -> Line:
+    """Decode one line; raises TransferError (without a line number) when malformed.
+
+    Refused without decoding it further: a line nested deeper than
+    :data:`MAX_LINE_DEPTH` (an event body deeper than the daemon accepts).
+    """
+    data = text if isinstance(text, bytes) else None
+    if data is None:
+        assert isinstance(text, str)
+        # Most lines have few brackets: encoded (a copy) only when they might be too deep.
+        if text.count("{") + text.count("[") > MAX_LINE_DEPTH:
+            data = text.encode("utf-8", "surrogatepass")
+    if data is not None and _json.too_deep(data, MAX_LINE_DEPTH):
+        raise TransferError(
+            f"nests arrays and objects deeper than {MAX_LINE_DEPTH} levels (an event body "
+            f"deeper than the daemon's limit of {_json.MAX_JSON_DEPTH})"
+        )
     try:
         record = _json.loads(text)
     except ValueError as error:

@@ -11,8 +11,16 @@
 //! acknowledged, in order, retrying `UNAVAILABLE` as the client's
 //! [`RetryPolicy`] says: appends are idempotent by event id, and a resent
 //! finish that finds its turn finished is its own earlier success.
+//!
+//! Each item has its own deadline (the client's timeout): a caller whose
+//! item is not acknowledged in time gets [`ErrorKind::DeadlineExceeded`]
+//! while the stream stays open for the others; its item may still commit,
+//! as a unary call's may, and is not resent after a break. A daemon that
+//! stops answering altogether is found by the channel's keepalive pings,
+//! which break the stream.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -45,12 +53,14 @@ impl Appender {
         stub: EventStoreServiceClient<Channel>,
         authorization: Option<MetadataValue<Ascii>>,
         retry: RetryPolicy,
+        target: String,
     ) -> Self {
         let (submissions, receiver) = mpsc::unbounded_channel();
         let driver = Driver {
             stub,
             authorization,
             retry,
+            target,
             submissions: receiver,
             closed: false,
             pending: VecDeque::new(),
@@ -62,13 +72,16 @@ impl Appender {
 
     /// Append `events` to `turn` atomically (or, with `finish`, close the
     /// turn, `events` then being empty) and wait for the acknowledgement:
-    /// the positions of the events.
+    /// the positions of the events. Fails with
+    /// [`ErrorKind::DeadlineExceeded`] when no acknowledgement comes within
+    /// `timeout` (None: no deadline).
     pub(crate) async fn submit(
         &self,
         thread_id: &str,
         turn: u64,
         events: Vec<pb::EventEnvelope>,
         finish: bool,
+        timeout: Option<Duration>,
     ) -> Result<Vec<u64>> {
         debug_assert!(!finish || events.is_empty(), "a finish item has no events");
         let (reply, acknowledged) = oneshot::channel();
@@ -90,7 +103,17 @@ impl Appender {
         self.submissions
             .send(Submission { request, reply })
             .map_err(|_| gone())?;
-        acknowledged.await.map_err(|_| gone())?
+        let Some(limit) = timeout else {
+            return acknowledged.await.map_err(|_| gone())?;
+        };
+        // Dropping the receiver on a timeout tells the driver not to resend it.
+        match tokio::time::timeout(limit, acknowledged).await {
+            Ok(outcome) => outcome.map_err(|_| gone())?,
+            Err(_) => Err(Error::local(
+                ErrorKind::DeadlineExceeded,
+                format!("no acknowledgement from the daemon within {limit:?}"),
+            )),
+        }
     }
 }
 
@@ -112,6 +135,8 @@ struct Driver {
     stub: EventStoreServiceClient<Channel>,
     authorization: Option<MetadataValue<Ascii>>,
     retry: RetryPolicy,
+    /// Named in the errors of a stream that cannot reach the daemon.
+    target: String,
     submissions: mpsc::UnboundedReceiver<Submission>,
     closed: bool,
     pending: VecDeque<Pending>,
@@ -135,6 +160,7 @@ impl Driver {
                 match self.session(&mut retries).await {
                     SessionEnd::Closed => return,
                     SessionEnd::Broken(error) => {
+                        let error = error.at_target(&self.target);
                         let pause = self.retry.delay(retries).filter(|_| error.is_retryable());
                         match pause {
                             Some(pause) if !self.pending.is_empty() => {
@@ -189,6 +215,9 @@ impl Driver {
     /// One stream: resend what is pending, then pass new items and acks
     /// until the stream breaks or everything is done.
     async fn session(&mut self, retries: &mut u32) -> SessionEnd {
+        // Items whose callers stopped waiting (their deadline passed) are
+        // not sent again: nobody is told their outcome.
+        self.pending.retain(|item| !item.reply.is_closed());
         let (requests, outgoing) = mpsc::unbounded_channel();
         let resent: Vec<pb::AppendStreamRequest> = self
             .pending
@@ -314,6 +343,7 @@ mod tests {
             stub: EventStoreServiceClient::new(channel),
             authorization: None,
             retry: RetryPolicy::default(),
+            target: "127.0.0.1:9".into(),
             submissions,
             closed: false,
             pending: VecDeque::new(),

@@ -22,6 +22,17 @@ pub const DEFAULT_TARGET: &str = "127.0.0.1:7070";
 /// The largest message sent or received; matches the daemon's limit, so
 /// large turns and snapshots come through.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// The deadline of every call when [`ClientOptions::timeout`] is not changed
+/// (the Python and TypeScript clients' too).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an HTTP/2 ping checks that the daemon still answers, while
+/// calls are open and while idle (the daemon permits pings this often).
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a ping may go unanswered before the connection counts as dead
+/// and every call on it fails with [`ErrorKind::Unavailable`].
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long establishing a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How calls that fail with [`ErrorKind::Unavailable`] are retried.
 ///
@@ -96,10 +107,25 @@ pub struct TlsOptions {
 /// Options of [`Client::connect`].
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// The deadline of each unary call and of each whole bounded read (None:
-    /// none). Appends, which go over one long-lived stream, and replays
-    /// have their own (see [`crate::ReplayOptions::timeout`]).
+    /// The deadline of every call (default [`DEFAULT_TIMEOUT`], 30 s; None:
+    /// none): each attempt of a unary call or a bounded read, each append
+    /// and finish from its submission to its acknowledgement over the shared
+    /// append stream (which stays open for the others), and a replay that
+    /// does not follow. Past it the call fails with
+    /// [`ErrorKind::DeadlineExceeded`]; a write may still take effect. A
+    /// following replay has no deadline by default (see
+    /// [`crate::ReplayOptions::timeout`]): keepalive pings detect a dead daemon.
     pub timeout: Option<Duration>,
+    /// The interval of the HTTP/2 keepalive pings on the connection, sent
+    /// while idle too (default [`DEFAULT_KEEPALIVE_INTERVAL`]; None: no
+    /// pings). A daemon that does not answer one within
+    /// `keepalive_timeout` is taken for dead: the open streams (followers,
+    /// the append stream) fail with [`ErrorKind::Unavailable`] instead of
+    /// waiting forever. The daemon refuses pings more often than every 10 s.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a keepalive ping may go unanswered (default
+    /// [`DEFAULT_KEEPALIVE_TIMEOUT`]).
+    pub keepalive_timeout: Duration,
     /// How calls that find the daemon unavailable are retried.
     pub retry: RetryPolicy,
     /// Sent as `authorization: Bearer <token>` on every call, for a daemon
@@ -115,7 +141,9 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
-            timeout: Some(Duration::from_secs(30)),
+            timeout: Some(DEFAULT_TIMEOUT),
+            keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             retry: RetryPolicy::default(),
             token: None,
             tls: None,
@@ -156,18 +184,17 @@ impl Client {
     /// Connect to `target`: `HOST:PORT` (e.g. `127.0.0.1:7070`) or
     /// `unix:/path/to.sock`. Must run inside a Tokio runtime.
     ///
-    /// Fails with [`ErrorKind::Unavailable`] when nothing answers at
-    /// `target`, [`ErrorKind::Config`] for a malformed target, TLS on a
+    /// Fails with [`ErrorKind::Unavailable`] (naming the target and the
+    /// cause, e.g. `cannot reach 127.0.0.1:7070: ... Connection refused`)
+    /// when nothing answers at `target`, [`ErrorKind::Config`] for a malformed target, TLS on a
     /// Unix socket, or unreadable TLS files. Once connected, the channel
     /// reconnects by itself after a daemon restart.
     pub async fn connect(target: &str, options: ClientOptions) -> Result<Self> {
         let endpoint = endpoint(target, &options)?;
-        let channel = endpoint.connect().await.map_err(|error| {
-            Error::local(
-                ErrorKind::Unavailable,
-                format!("no turnstore daemon at {target:?}: {}", error_chain(&error)),
-            )
-        })?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|error| Error::unreachable(target, error))?;
         Self::with_channel(target, options, channel)
     }
 
@@ -193,7 +220,12 @@ impl Client {
         let history = HistoryStoreServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let appender = Appender::spawn(events.clone(), authorization.clone(), options.retry);
+        let appender = Appender::spawn(
+            events.clone(),
+            authorization.clone(),
+            options.retry,
+            target.to_owned(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 target: target.to_owned(),
@@ -232,7 +264,8 @@ impl Client {
     }
 
     /// Run a call, mapping its error; retry it while the daemon is unavailable.
-    /// Each attempt is bounded by the client's timeout.
+    /// Each attempt is bounded by the client's timeout. A transport failure
+    /// names the target.
     pub(crate) async fn call<T, F, Fut>(&self, retry: RetryPolicy, mut make_call: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -254,7 +287,7 @@ impl Client {
                         ))
                     }),
             };
-            match outcome {
+            match outcome.map_err(|error| error.at_target(&self.inner.target)) {
                 Ok(value) => return Ok(value),
                 Err(error) => match retry.delay(retries).filter(|_| error.is_retryable()) {
                     Some(pause) => tokio::time::sleep(pause).await,
@@ -295,8 +328,16 @@ fn endpoint(target: &str, options: &ClientOptions) -> Result<Endpoint> {
     };
     let mut endpoint = Endpoint::from_shared(uri)
         .map_err(|e| config(format!("bad target {target:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
+    // Without pings, a daemon that stops answering (a frozen process, a
+    // dropped network path) leaves every open stream waiting forever.
+    if let Some(interval) = options.keepalive_interval {
+        endpoint = endpoint
+            .http2_keep_alive_interval(interval)
+            .keep_alive_timeout(options.keepalive_timeout)
+            .keep_alive_while_idle(true);
+    }
     if let Some(tls) = &options.tls {
         if unix {
             return Err(config(format!("TLS is for TCP targets, not {target:?}")));
@@ -346,13 +387,20 @@ fn with_tls(_: Endpoint, _: &TlsOptions) -> Result<Endpoint> {
     ))
 }
 
-/// An error with its sources, which is where the transport says what failed.
+/// An error with its sources, which is where the transport says what failed
+/// (down to the OS error). A source that only repeats its parent's words
+/// (the transport's wrappers do) is said once.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
+    let mut last = text.clone();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let words = cause.to_string();
+        if words != last {
+            text.push_str(": ");
+            text.push_str(&words);
+            last = words;
+        }
         source = cause.source();
     }
     text

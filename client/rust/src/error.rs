@@ -27,12 +27,20 @@ pub enum ErrorKind {
     VersionConflict,
     /// The thread was cleared while a streaming read was in progress.
     ThreadCleared,
+    /// A replay cursor past the end of its thread (`cursor_out_of_range`):
+    /// never handed out for it (another database, or one since restored from
+    /// a backup); resuming would skip events, so replay from the start.
+    CursorOutOfRange,
     /// The daemon's database reached its size ceiling (reads still work).
     StorageFull,
     /// The daemon is unreachable or shutting down (after the retries).
     Unavailable,
     /// The bearer token was missing or wrong.
     Unauthenticated,
+    /// The bearer token's scope does not allow the call (a write outside it,
+    /// a write with a read-only token, a daemon-wide call with a scoped
+    /// token); nothing was written.
+    PermissionDenied,
     /// The call's deadline passed.
     DeadlineExceeded,
     /// Another `FAILED_PRECONDITION` than the ones above.
@@ -58,6 +66,9 @@ pub struct Error {
     reason: Option<String>,
     message: String,
     current_version: Option<u64>,
+    /// The call failed in the transport (no daemon answered): the message
+    /// holds the transport's causes, and the client adds its target.
+    unreachable: bool,
 }
 
 /// The result type of this crate's calls.
@@ -72,7 +83,25 @@ impl Error {
             reason: None,
             message: message.into(),
             current_version: None,
+            unreachable: false,
         }
+    }
+
+    /// The daemon at `target` could not be reached: `cannot reach TARGET:
+    /// CAUSES`, the transport's error and every source of it (where the OS
+    /// error, e.g. "Connection refused (os error 111)", is).
+    pub(crate) fn unreachable(target: &str, error: impl std::error::Error) -> Self {
+        let mut error = Self::local(ErrorKind::Unavailable, crate::client::error_chain(&error));
+        error.unreachable = true;
+        error.at_target(target)
+    }
+
+    /// This error, with `target` named when it is a transport failure.
+    pub(crate) fn at_target(mut self, target: &str) -> Self {
+        if self.unreachable && !self.message.starts_with("cannot reach ") {
+            self.message = format!("cannot reach {target}: {}", self.message);
+        }
+        self
     }
 
     /// The error for a status code, a reason and a message: the reason wins
@@ -93,6 +122,7 @@ impl Error {
             reason: reason.filter(|r| !r.is_empty()),
             message,
             current_version: None,
+            unreachable: false,
         }
     }
 
@@ -118,14 +148,23 @@ impl Error {
         {
             error.kind = ErrorKind::DeadlineExceeded;
         }
-        // A broken connection (a daemon restart) surfaces as UNKNOWN with the
-        // transport's error as its source; the daemon's own statuses have none.
-        if status.code() == Code::Unknown {
-            if let Some(source) = std::error::Error::source(status) {
-                error.kind = ErrorKind::Unavailable;
-                error.message =
-                    format!("{}: {}", error.message, crate::client::error_chain(source));
-            }
+        // A transport failure (no daemon at the address, a broken connection,
+        // an unanswered keepalive ping) has the transport's error as its
+        // source; the daemon's own statuses have none. Its chain is where the
+        // OS cause is, so it goes into the message.
+        let transport = matches!(
+            status.code(),
+            Code::Unknown | Code::Unavailable | Code::Cancelled
+        ) && error.kind != ErrorKind::DeadlineExceeded;
+        if let Some(source) = std::error::Error::source(status).filter(|_| transport) {
+            error.kind = ErrorKind::Unavailable;
+            error.unreachable = true;
+            let causes = crate::client::error_chain(source);
+            error.message = if causes.contains(&error.message) {
+                causes
+            } else {
+                format!("{}: {causes}", error.message)
+            };
         }
         if error.kind == ErrorKind::VersionConflict {
             error.current_version = text(CURRENT_VERSION_METADATA_KEY).and_then(|v| v.parse().ok());
@@ -200,10 +239,12 @@ fn kind_of_reason(reason: &str) -> Option<ErrorKind> {
         "event_id_conflict" => ErrorKind::EventIdConflict,
         "version_conflict" => ErrorKind::VersionConflict,
         "thread_cleared" => ErrorKind::ThreadCleared,
+        "cursor_out_of_range" => ErrorKind::CursorOutOfRange,
         "storage_full" => ErrorKind::StorageFull,
         "shutting_down" => ErrorKind::Unavailable,
         "database_unavailable" => ErrorKind::Unavailable,
         "unauthenticated" => ErrorKind::Unauthenticated,
+        "permission_denied" => ErrorKind::PermissionDenied,
         _ => return None,
     })
 }
@@ -218,6 +259,8 @@ fn kind_of_code(code: Code) -> ErrorKind {
         Code::Unavailable | Code::Cancelled => ErrorKind::Unavailable,
         Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
         Code::Unauthenticated => ErrorKind::Unauthenticated,
+        Code::OutOfRange => ErrorKind::CursorOutOfRange,
+        Code::PermissionDenied => ErrorKind::PermissionDenied,
         _ => ErrorKind::Server,
     }
 }
@@ -249,6 +292,29 @@ mod tests {
         assert!(!error.is_retryable());
         let shutdown = Error::from_status(&tonic::Status::cancelled("the daemon stops"));
         assert_eq!(shutdown.kind(), ErrorKind::Unavailable);
+    }
+
+    #[test]
+    fn a_transport_failure_names_the_target_and_keeps_its_causes() {
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        let error = Error::from_status(&tonic::Status::from_error(Box::new(refused)))
+            .at_target("127.0.0.1:7070");
+        assert_eq!(error.kind(), ErrorKind::Unavailable);
+        assert!(error.is_retryable());
+        assert_eq!(
+            error.message(),
+            "cannot reach 127.0.0.1:7070: Connection refused (os error 111)"
+        );
+        // The daemon's own statuses have no transport source: no target added.
+        let daemon = Error::from_parts(
+            Code::Unavailable,
+            Some("shutting_down".into()),
+            "bye".into(),
+        );
+        assert_eq!(daemon.at_target("127.0.0.1:7070").message(), "bye");
     }
 
     #[test]

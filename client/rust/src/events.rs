@@ -90,8 +90,10 @@ impl TurnstoreEventStore {
     /// A call dropped once sent may still be committed (a later retry of the
     /// same envelopes then returns their positions, stored once).
     ///
-    /// Fails with [`ErrorKind::TurnFinished`] when the turn is finished and
-    /// [`ErrorKind::InvalidArgument`] for an empty list or a limit exceeded.
+    /// Fails with [`ErrorKind::TurnFinished`] when the turn is finished,
+    /// [`ErrorKind::InvalidArgument`] for an empty list or a limit exceeded,
+    /// and [`ErrorKind::DeadlineExceeded`] when it is not acknowledged within
+    /// the client's timeout (it may still be committed).
     pub async fn append_envelopes(
         &self,
         thread_id: &ThreadId,
@@ -111,7 +113,13 @@ impl TurnstoreEventStore {
         self.client
             .inner
             .appender
-            .submit(&thread_id.0, turn_number(turn), events, false)
+            .submit(
+                &thread_id.0,
+                turn_number(turn),
+                events,
+                false,
+                self.client.inner.options.timeout,
+            )
             .await
     }
 
@@ -134,7 +142,13 @@ impl TurnstoreEventStore {
         self.client
             .inner
             .appender
-            .submit(&thread_id.0, turn_number(turn), events, false)
+            .submit(
+                &thread_id.0,
+                turn_number(turn),
+                events,
+                false,
+                self.client.inner.options.timeout,
+            )
             .await
     }
 
@@ -142,12 +156,19 @@ impl TurnstoreEventStore {
     ///
     /// A turn never appended to becomes an empty finished turn. Fails with
     /// [`ErrorKind::TurnAlreadyFinished`] when it was already finished (but
-    /// not when only a resend after a lost acknowledgement finds it so).
+    /// not when only a resend after a lost acknowledgement finds it so), and
+    /// with [`ErrorKind::DeadlineExceeded`] as an append does.
     pub async fn finish(&self, thread_id: &ThreadId, turn: usize) -> Result<()> {
         self.client
             .inner
             .appender
-            .submit(&thread_id.0, turn_number(turn), Vec::new(), true)
+            .submit(
+                &thread_id.0,
+                turn_number(turn),
+                Vec::new(),
+                true,
+                self.client.inner.options.timeout,
+            )
             .await
             .map(drop)
     }

@@ -35,7 +35,8 @@ pub mod pb {
 }
 
 pub use client::{
-    Client, ClientOptions, RetryPolicy, TlsOptions, DEFAULT_TARGET, MAX_MESSAGE_BYTES,
+    Client, ClientOptions, RetryPolicy, TlsOptions, DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_TARGET, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES,
 };
 pub use convert::{RawEnvelope, UndecodableEvents, JSON};
 pub use error::{Error, ErrorKind, Result, CURRENT_VERSION_METADATA_KEY, ERROR_METADATA_KEY};

@@ -1,14 +1,16 @@
 //! A thread's replay (catch up, then follow live) as a `Stream`.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
+use tokio::time::Sleep;
 
 use crate::client::Client;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::events::StoredEvent;
 use crate::pb;
 
@@ -35,7 +37,12 @@ pub struct ReplayOptions {
     pub until_turn_finished: Option<u64>,
     /// Most events per message (0: the daemon's default).
     pub max_events_per_message: u32,
-    /// A deadline for the whole replay (None: none, which a follower usually wants).
+    /// A deadline for the whole replay; past it the replay yields
+    /// [`crate::ErrorKind::DeadlineExceeded`] and ends. None: the client's
+    /// timeout ([`crate::ClientOptions::timeout`]) for a replay that does not
+    /// follow, and no deadline for one that follows (it is long-lived; the
+    /// channel's keepalive pings find a daemon that stopped answering).
+    /// Starting the replay is always bounded by the client's timeout.
     pub timeout: Option<Duration>,
 }
 
@@ -81,6 +88,10 @@ pub struct Replay {
     last_position: Option<u64>,
     epoch: Option<u64>,
     done: bool,
+    /// When the whole replay must have ended, with its length, if it has a deadline.
+    deadline: Option<(Pin<Box<Sleep>>, Duration)>,
+    /// The client's target, named when the connection fails.
+    target: String,
 }
 
 impl std::fmt::Debug for Replay {
@@ -109,18 +120,41 @@ impl Replay {
             max_events_per_message: options.max_events_per_message,
             thread_epoch: options.epoch.unwrap_or(0),
         };
+        let client_timeout = client.inner.options.timeout;
+        let timeout = options
+            .timeout
+            .or(client_timeout.filter(|_| !options.follow));
         let mut request = client.request(request, false);
-        if let Some(timeout) = options.timeout {
+        if let Some(timeout) = timeout {
             request.set_timeout(timeout);
         }
+        // The daemon sends its answer's headers at once; a daemon that cannot
+        // (a stopped process) must not hold the caller past its deadline.
+        let opening = client_timeout.into_iter().chain(timeout).min();
         let mut stub = client.inner.events.clone();
-        let stream = stub.replay(request).await?.into_inner();
+        let opened = stub.replay(request);
+        let response = match opening {
+            None => opened.await,
+            Some(limit) => tokio::time::timeout(limit, opened).await.map_err(|_| {
+                Error::local(
+                    ErrorKind::DeadlineExceeded,
+                    format!("no answer from the daemon within {limit:?}"),
+                )
+            })?,
+        };
+        let stream = response
+            .map_err(|status| Error::from_status(&status).at_target(&client.inner.target))?
+            .into_inner();
         Ok(Self {
             stream,
             buffered: VecDeque::new(),
             last_position: options.after,
             epoch: options.epoch,
             done: false,
+            // The daemon enforces the deadline it is sent; this timer enforces
+            // it when the daemon cannot (frozen, or its network path gone).
+            deadline: timeout.map(|limit| (Box::pin(tokio::time::sleep(limit)), limit)),
+            target: client.inner.target.clone(),
         })
     }
 
@@ -182,15 +216,30 @@ impl Stream for Replay {
             if self.done {
                 return Poll::Ready(None);
             }
+            if let Some((timer, limit)) = &mut self.deadline {
+                if timer.as_mut().poll(cx).is_ready() {
+                    let limit = *limit;
+                    self.done = true;
+                    return Poll::Ready(Some(Err(Error::local(
+                        ErrorKind::DeadlineExceeded,
+                        deadline_message(limit),
+                    ))));
+                }
+            }
             match Pin::new(&mut self.stream).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => self.done = true,
                 Poll::Ready(Some(Ok(message))) => self.buffer(message),
                 Poll::Ready(Some(Err(status))) => {
                     self.done = true;
-                    return Poll::Ready(Some(Err(Error::from_status(&status))));
+                    let error = Error::from_status(&status).at_target(&self.target);
+                    return Poll::Ready(Some(Err(error)));
                 }
             }
         }
     }
+}
+
+fn deadline_message(limit: Duration) -> String {
+    format!("the replay did not end within its deadline of {limit:?}")
 }

@@ -174,6 +174,56 @@ async fn replay_markers_filters_and_a_cleared_thread() {
     );
 }
 
+#[tokio::test]
+async fn a_cursor_past_the_end_is_refused_not_answered_caught_up() {
+    let daemon = Daemon::start();
+    let store = daemon.client().await.events();
+    let id = thread("past-the-end");
+    let counter = SequenceCounter::new();
+    let three: Vec<_> = ["a", "b", "c"].iter().map(|t| delta(&counter, t)).collect();
+    store.append_envelopes(&id, 1, &three).await.unwrap();
+    let mut whole = store.replay(&id.0, ReplayOptions::default()).await.unwrap();
+    while whole.next().await.is_some() {}
+    assert_eq!(whole.last_position(), Some(2));
+    let epoch = whole.epoch();
+    for (after, epoch, follow) in [(500, None, false), (3, epoch, false), (500, epoch, true)] {
+        let options = ReplayOptions {
+            after: Some(after),
+            epoch,
+            follow,
+            ..ReplayOptions::default()
+        };
+        // The refusal comes with the stream's first message (or the call itself).
+        let error = match store.replay(&id.0, options).await {
+            Err(error) => error,
+            Ok(mut replay) => match tokio::time::timeout(Duration::from_secs(30), replay.next())
+                .await
+                .expect("a refused cursor must not wait")
+            {
+                Some(Err(error)) => error,
+                other => panic!("after {after}: expected an error, got {other:?}"),
+            },
+        };
+        assert_eq!(error.kind(), ErrorKind::CursorOutOfRange, "{error}");
+        assert_eq!(error.reason(), Some("cursor_out_of_range"));
+        assert!(error.to_string().contains("has 3 events"), "{error}");
+    }
+    // The last position delivered is the end, not past it.
+    let resumed = ReplayOptions {
+        after: Some(2),
+        epoch,
+        ..ReplayOptions::default()
+    };
+    let items: Vec<ReplayItem> = store
+        .replay(&id.0, resumed)
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(items, [ReplayItem::CaughtUp { next_position: 3 }]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_the_stream_and_a_rejected_item_fails_only_its_call() {
     let daemon = Daemon::start();

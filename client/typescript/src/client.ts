@@ -20,6 +20,21 @@ export const DEFAULT_TARGET = "127.0.0.1:7070";
 /** Matches the daemon's limit, so large turns and snapshots come through. */
 const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
+/** Every call's deadline when `timeoutMs` is not given, as in the Python and Rust clients. */
+export const DEFAULT_TIMEOUT_MS = 30_000;
+
+/**
+ * HTTP/2 keepalive pings, while idle too: a daemon that stops answering (a
+ * frozen process, a dropped network path) fails the open streams with
+ * UnavailableError instead of leaving them waiting forever. The daemon
+ * allows pings down to every 10 s. Override them with `channelOptions`.
+ */
+export const KEEPALIVE_CHANNEL_OPTIONS: Readonly<grpc.ChannelOptions> = Object.freeze({
+  "grpc.keepalive_time_ms": 20_000,
+  "grpc.keepalive_timeout_ms": 10_000,
+  "grpc.keepalive_permit_without_calls": 1,
+});
+
 /** The daemon's current counters (AdminService.GetStats). */
 export interface DaemonStats {
   /** Replays currently following a thread (waiting for commits). */
@@ -51,9 +66,14 @@ export interface ClientTls {
 export interface TurnstoreClientOptions {
   /**
    * Deadline of each attempt of a unary call, of each write over the
-   * shared append stream (from the call until its ack, retries included) and
-   * of each attempt of a whole ListTurns read, in milliseconds (default
-   * 30 000); undefined for none. Replays have their own.
+   * shared append stream (from the call until its ack, retries included; the
+   * stream stays open for the others), of each attempt of a whole ListTurns
+   * read, and of a replay that does not follow, in milliseconds (default
+   * {@link DEFAULT_TIMEOUT_MS}, 30 000); undefined for none. Past it a call
+   * rejects with DeadlineExceededError (a write may still take effect). A
+   * following replay has no deadline unless given one: the channel's
+   * keepalive pings ({@link KEEPALIVE_CHANNEL_OPTIONS}: every 20 s, 10 s to
+   * answer) end it with UnavailableError when the daemon stops answering.
    */
   timeoutMs?: number | undefined;
   /**
@@ -207,7 +227,7 @@ export class TurnstoreClient {
   constructor(target: string = DEFAULT_TARGET, options: TurnstoreClientOptions = {}) {
     checkTarget(target, options.allowRemote === true || options.tls !== undefined);
     this.target = target;
-    const timeoutMs = "timeoutMs" in options ? options.timeoutMs : 30_000;
+    const timeoutMs = "timeoutMs" in options ? options.timeoutMs : DEFAULT_TIMEOUT_MS;
     this.#calls = new Calls(timeoutMs, checkRetry(options.retry));
     const credentials = channelCredentials(target, options.tls);
     const interceptors = options.token === undefined ? [] : [bearerToken(options.token)];
@@ -219,6 +239,7 @@ export class TurnstoreClient {
       "grpc.initial_reconnect_backoff_ms": 100,
       "grpc.max_reconnect_backoff_ms": 1000,
       "grpc.use_local_subchannel_pool": 1,
+      ...KEEPALIVE_CHANNEL_OPTIONS,
       ...(options.tls?.serverName !== undefined && {
         "grpc.ssl_target_name_override": options.tls.serverName,
       }),

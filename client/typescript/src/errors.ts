@@ -6,6 +6,8 @@
  * when it is known; otherwise the status code does. Errors raised before
  * anything is sent (a bad argument, an unencodable event) have no `code`.
  */
+import * as util from "node:util";
+
 import { status } from "@grpc/grpc-js";
 import type { Metadata, ServiceError } from "@grpc/grpc-js";
 
@@ -50,6 +52,14 @@ export class VersionConflictError extends FailedPreconditionError {
 
 /** The thread was cleared while a streaming read of it was in progress. */
 export class ThreadClearedError extends TurnstoreError {}
+/**
+ * A replay cursor lies past the end of its thread: `after` is at or past the
+ * thread's next position, so it was never handed out for this thread (another
+ * daemon's database, or one since restored from a backup). Resuming from it
+ * would skip events: replay from the start, or from the last position
+ * actually received from this thread.
+ */
+export class CursorOutOfRangeError extends TurnstoreError {}
 /** A size limit was hit (a message too large for the channel, for example). */
 export class ResourceExhaustedError extends TurnstoreError {}
 /** The daemon's database reached its size ceiling; nothing was written. */
@@ -70,6 +80,12 @@ export class UnavailableError extends TurnstoreError {}
  * daemon's token as the client's `token` option. Never retried.
  */
 export class UnauthenticatedError extends TurnstoreError {}
+/**
+ * The bearer token's scope does not allow the call (a write outside its
+ * thread ids or keys, any write with a read-only token, a daemon-wide call
+ * with a token that is not full-scope); nothing was written. Never retried.
+ */
+export class PermissionDeniedError extends TurnstoreError {}
 /** The call did not complete before its deadline; it may still take effect. */
 export class DeadlineExceededError extends TurnstoreError {}
 /** Any other failure reported by the daemon. */
@@ -104,6 +120,8 @@ const BY_REASON: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([
   ["data_dir_locked", UnavailableError],
   ["backup_failed", FailedPreconditionError],
   ["unauthenticated", UnauthenticatedError],
+  ["cursor_out_of_range", CursorOutOfRangeError],
+  ["permission_denied", PermissionDeniedError],
 ]);
 
 /** The reasons this client knows, each mapped to its own class (for tests and diagnostics). */
@@ -116,6 +134,8 @@ const BY_CODE: ReadonlyMap<status, ErrorClass> = new Map<status, ErrorClass>([
   [status.UNAVAILABLE, UnavailableError],
   [status.DEADLINE_EXCEEDED, DeadlineExceededError],
   [status.UNAUTHENTICATED, UnauthenticatedError],
+  [status.OUT_OF_RANGE, CursorOutOfRangeError],
+  [status.PERMISSION_DENIED, PermissionDeniedError],
   // The daemon cancels calls only when it shuts down; a stream this client
   // cancels itself ends quietly instead (see Replay).
   [status.CANCELLED, UnavailableError],
@@ -171,7 +191,11 @@ export function toTurnstoreError(error: unknown): TurnstoreError {
     return new ServerError(String(error), { cause: error });
   }
   const reason = firstString(error.metadata, ERROR_METADATA_KEY);
-  const mapped = errorFromStatus(error.code, reason, error.details, error);
+  const details =
+    error.code === status.UNAVAILABLE && reason === undefined
+      ? transportMessage(error.details)
+      : error.details;
+  const mapped = errorFromStatus(error.code, reason, details, error);
   if (mapped instanceof VersionConflictError) {
     const current = firstString(error.metadata, CURRENT_VERSION_METADATA_KEY);
     if (current !== undefined && /^\d+$/.test(current)) {
@@ -179,4 +203,29 @@ export function toTurnstoreError(error: unknown): TurnstoreError {
     }
   }
   return mapped;
+}
+
+/** grpc-js's words for a channel that found no daemon, and node's error after them. */
+const CONNECT_FAILED =
+  /^No connection established\. Last error: (?:Error: )?(.*?)\.?(?: Resolution note: .*)?$/s;
+/** Node's connect error: `connect ECONNREFUSED 127.0.0.1:7070`. */
+const CONNECT_ERROR = /^connect (E[A-Z]+) (.+)$/;
+
+/**
+ * `cannot reach ADDRESS: CAUSE (ECODE)` for grpc-js's connect failure (the
+ * OS error spelled out, e.g. "connection refused"); else `details` as they are.
+ */
+function transportMessage(details: string): string {
+  const failed = CONNECT_FAILED.exec(details);
+  if (failed === null) {
+    return details;
+  }
+  const cause = failed[1] ?? "";
+  const connect = CONNECT_ERROR.exec(cause);
+  if (connect === null) {
+    return `cannot reach the daemon: ${cause}`;
+  }
+  const [, code = "", address = ""] = connect;
+  const known = [...util.getSystemErrorMap().values()].find(([name]) => name === code);
+  return `cannot reach ${address}: ${known === undefined ? code : `${known[1]} (${code})`}`;
 }

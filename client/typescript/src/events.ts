@@ -41,9 +41,12 @@ export interface ReplayOptions {
   maxEventsPerMessage?: number;
   /**
    * Deadline of the whole replay in milliseconds, from its start (retries
-   * included). Unset: none, even when following.
+   * included); past it the replay rejects with DeadlineExceededError. Unset:
+   * the client's `timeoutMs` without `follow`, none with it (a follower is
+   * long-lived; keepalive pings find a daemon that stopped answering).
+   * `undefined` given explicitly: none.
    */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
   /** Aborting it cancels the replay (the iteration ends without an error). */
   signal?: AbortSignal;
 }
@@ -265,7 +268,12 @@ export class EventStore {
     if (options.untilTurnFinished !== undefined) {
       request.until_turn_finished = checkU64(options.untilTurnFinished, "untilTurnFinished");
     }
-    const timeoutMs = options.timeoutMs;
+    const timeoutMs =
+      "timeoutMs" in options
+        ? options.timeoutMs
+        : options.follow === true
+          ? undefined
+          : this.#calls.timeoutMs;
     // One deadline for the whole replay, set when it starts: retries share it.
     let callOptions: CallOptions | undefined;
     return new Replay(

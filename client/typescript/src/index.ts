@@ -6,7 +6,13 @@
  * await client.events.append("thread-1", 1, newEnvelope({ type: "text_delta", delta: "Hi" }));
  * ```
  */
-export { TurnstoreClient, DEFAULT_TARGET, checkTarget } from "./client";
+export {
+  TurnstoreClient,
+  DEFAULT_TARGET,
+  DEFAULT_TIMEOUT_MS,
+  KEEPALIVE_CHANNEL_OPTIONS,
+  checkTarget,
+} from "./client";
 export type { ClientTls, DaemonStats, PemSource, TurnstoreClientOptions } from "./client";
 export { DEFAULT_RETRY } from "./calls";
 export type { RetryEvent, RetryPolicy } from "./calls";
@@ -28,6 +34,7 @@ export { SNAPSHOT_VERSION, checkSnapshot } from "./snapshot";
 export type { ConversationSnapshot } from "./snapshot";
 export {
   CURRENT_VERSION_METADATA_KEY,
+  CursorOutOfRangeError,
   DeadlineExceededError,
   ERROR_METADATA_KEY,
   EventFormatError,
@@ -37,6 +44,7 @@ export {
   InvalidArgumentError,
   KNOWN_REASONS,
   ResourceExhaustedError,
+  PermissionDeniedError,
   ServerError,
   SnapshotFormatError,
   StorageFullError,

@@ -9,6 +9,7 @@ import { randomUUID } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 
 import {
+  CursorOutOfRangeError,
   DeadlineExceededError,
   EventFormatError,
   EventIdConflictError,
@@ -540,6 +541,39 @@ describe("replay", () => {
       resumed.push(item.kind === "event" ? `event ${item.event.position}` : item.kind);
     }
     assert.deepEqual(resumed, ["turn_finished", "event 3", "caught_up"]);
+  });
+
+  test("a cursor past the end of the thread is refused, never answered caught up", async () => {
+    const thread = newThread();
+    await client.events.append(thread, 1, [delta("a"), delta("b"), delta("c")]);
+    const whole = client.events.replay(thread);
+    for await (const item of whole) {
+      assert.notEqual(item.kind, "thread_cleared");
+    }
+    assert.equal(whole.lastPosition, 2);
+    const pastTheEnd = [
+      { after: 500 },
+      { after: 3, epoch: whole.epoch },
+      { after: 500, epoch: whole.epoch, follow: true, timeoutMs: 30_000 },
+    ];
+    for (const options of pastTheEnd) {
+      const refused = await rejection(
+        (async () => {
+          for await (const item of client.events.replay(thread, options)) {
+            assert.fail(`unexpected ${item.kind} for ${JSON.stringify(options)}`);
+          }
+        })(),
+      );
+      assert.ok(refused instanceof CursorOutOfRangeError, String(refused));
+      assert.equal(refused.reason, "cursor_out_of_range");
+      assert.match(refused.message, /has 3 events/);
+    }
+    // The last position delivered is the end, not past it.
+    const resumed: ReplayItem[] = [];
+    for await (const item of client.events.replay(thread, { after: 2, epoch: whole.epoch })) {
+      resumed.push(item);
+    }
+    assert.deepEqual(resumed, [{ kind: "caught_up", nextPosition: 3 }]);
   });
 
   test("markers: empty finished turns, thread cleared, abort signal, daemon errors", async () => {

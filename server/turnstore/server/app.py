@@ -17,7 +17,7 @@ import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import grpc
 import structlog
@@ -32,6 +32,7 @@ from turnstore.server.interceptors import BearerTokenInterceptor, MetricsInterce
 from turnstore.server.metrics import Metrics
 from turnstore.server.options import DEFAULT_LISTEN
 from turnstore.server.ports import check_listen_free
+from turnstore.server.scopes import FULL, Scope
 from turnstore.server.service import (
     MAX_ITEMS_PER_MESSAGE,
     AdminService,
@@ -39,6 +40,7 @@ from turnstore.server.service import (
     HistoryStoreService,
     add_service,
 )
+from turnstore.server.sessions import REVOCATIONS_FILE
 from turnstore.server.storage import StorageEngine
 from turnstore.server.values import EngineConfig, PostgresConfig, SpaceUsage
 
@@ -46,6 +48,15 @@ if TYPE_CHECKING:
     from turnstore.server.httpapi import HttpApi, HttpConfig
 
 log = structlog.get_logger("turnstore")
+
+# The clients ping every 20 s (also while idle) to find a daemon that stopped
+# answering; grpc's defaults would answer a ping more often than every 5
+# minutes with GOAWAY "too_many_pings". Pings down to every 10 s are allowed.
+KEEPALIVE_PERMIT_OPTIONS: Final = (
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,8 @@ class ServerConfig:
     are not loopback are refused unless ``allow_remote`` is set. Unix sockets
     are created with ``socket_mode`` permissions (owner-only by default).
     With ``auth_token``, every call but health checks must carry it as a
-    bearer token. With ``tls``, TCP addresses serve TLS (Unix sockets stay
+    bearer token; ``auth_tokens`` are more tokens, each with its scope, and
+    either turns the check on. With ``tls``, TCP addresses serve TLS (Unix sockets stay
     plain: the file permissions guard them). ``metrics_listen`` is the
     loopback ``HOST:PORT`` of the Prometheus endpoint, off when None.
     ``ingress`` bounds what one message, one connection and all connections
@@ -103,12 +115,30 @@ class ServerConfig:
     read_threads: int = 4
     socket_mode: int = 0o600
     auth_token: str | None = None
+    # More bearer tokens, each with its scope (--auth-tokens-file).
+    auth_tokens: tuple[tuple[str, Scope], ...] = ()
     tls: TlsConfig | None = None
     metrics_listen: str | None = None
     health_and_reflection: bool = True
     ingress: IngressConfig = field(default_factory=IngressConfig)
     follower_limits: SendLimits = field(default_factory=SendLimits)
     http: HttpConfig | None = None
+
+    @property
+    def access_tokens(self) -> tuple[tuple[str, Scope], ...]:
+        """Every accepted bearer token with its scope (``auth_token`` has the full one)."""
+        single = ((self.auth_token, FULL),) if self.auth_token is not None else ()
+        return single + self.auth_tokens
+
+
+def _revocations_path(config: ServerConfig) -> Path | None:
+    """Where revoked browser sessions are kept on LMDB: in the data directory.
+
+    On PostgreSQL they are kept in the shared database instead.
+    """
+    if not config.access_tokens or config.postgres is not None:
+        return None
+    return Path(config.engine.data_dir) / REVOCATIONS_FILE
 
 
 @dataclass
@@ -199,14 +229,15 @@ def build_server(
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if metrics is not None:
         interceptors.append(MetricsInterceptor(metrics))
-    if config.auth_token is not None:
-        interceptors.append(BearerTokenInterceptor(config.auth_token))
+    if config.access_tokens:
+        interceptors.append(BearerTokenInterceptor(config.access_tokens))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
             *config.ingress.grpc_options(limits),
             ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *KEEPALIVE_PERMIT_OPTIONS,
         ],
     )
     followers = Followers(config.follower_limits)
@@ -241,7 +272,9 @@ def build_server(
             executor,
             followers,
             config.http,
-            auth_token=config.auth_token,
+            auth_tokens=config.access_tokens,
+            revocations_path=_revocations_path(config),
+            revocations_dsn=config.postgres.dsn if config.postgres is not None else None,
             tls=config.tls.ssl_context() if config.tls is not None else None,
             allow_remote=config.allow_remote,
         )
@@ -263,9 +296,12 @@ def build_server(
     return built
 
 
-def _startup_cleanup(engine: Engine) -> dict[str, list[str]]:
+def _startup_cleanup(engine: Engine) -> dict[str, list[str] | bool]:
     """What the engine removed at open, as fields of the ``serving`` line (none if nothing)."""
-    fields = {}
+    fields: dict[str, list[str] | bool] = {}
+    if engine.opened_restored_backup:
+        # Every thread got a new epoch: readers' cursors from before report "cleared".
+        fields["restored_backup_new_epochs"] = True
     if engine.removed_partial_backups:
         fields["removed_partial_backups"] = [str(path) for path in engine.removed_partial_backups]
     if engine.partial_backup_problems:
@@ -324,7 +360,7 @@ async def serve(config: ServerConfig) -> None:
             listen=built.addresses,
             max_map_bytes=config.engine.max_map_bytes,
             write_limit_bytes=engine.space.write_limit_bytes,
-            auth=config.auth_token is not None,
+            auth=bool(config.access_tokens),
             tls=config.tls is not None,
             metrics=metrics_address,
             http=built.http.address if built.http is not None else None,
@@ -365,10 +401,12 @@ async def _serve_postgres(
             backend="postgres",
             database=engine.database,
             listen=built.addresses,
-            auth=config.auth_token is not None,
+            auth=bool(config.access_tokens),
             tls=config.tls is not None,
             metrics=metrics_address,
             http=built.http.address if built.http is not None else None,
+            # Tables restored into another database: every thread got a new epoch.
+            **({"restored_backup_new_epochs": True} if engine.opened_restored_backup else {}),
         )
         await stop.wait()
         log.info("stopping", grace_seconds=config.grace_seconds)

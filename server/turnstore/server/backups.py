@@ -20,6 +20,11 @@ struck off once the backup is renamed or removed. At start
 (:meth:`BackupJournal.clean`) the daemon removes what the journal still
 lists: only directories it created itself, whose name has the partial
 pattern, reached without links, never anything else.
+
+A finished copy is marked as a backup (``restored_backup`` in its ``meta``):
+the first daemon to open it draws new thread epochs, so a reader's cursor
+from the database's later life is answered "cleared", never resumed at a
+position that now holds other events.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Final
 
 import lmdb
 
+from turnstore.server import schema
 from turnstore.server.errors import BackupFailedError, InvalidArgumentError
 from turnstore.server.values import BackupResult
 
@@ -347,6 +353,7 @@ def _copy(
                 size = os.fstat(data_fd).st_size
             finally:
                 os.close(data_fd)
+            size = _mark_as_backup(partial_fd, size)
             os.fsync(partial_fd)
         finally:
             os.close(partial_fd)
@@ -365,6 +372,33 @@ def _copy(
     with contextlib.suppress(OSError):  # a stale entry only costs a look at the next start
         journal.remove(parent / partial)
     return BackupResult(dest.path, size)
+
+
+def _mark_as_backup(partial_fd: int, size: int) -> int:
+    """Record in the copy's ``meta`` that it is a backup; return its new size.
+
+    The copy is opened through its directory's descriptor (``/proc/self/fd``),
+    so a link swapped in meanwhile is not followed, without a lock file (no
+    one else knows the partial directory) and committed with an fsync.
+    """
+    env = lmdb.open(
+        f"/proc/self/fd/{partial_fd}",
+        map_size=size + 1024 * 1024,
+        max_dbs=len(schema.ALL_DATABASES),
+        subdir=True,
+        lock=False,
+        sync=True,
+        metasync=True,
+        readahead=False,
+    )
+    try:
+        with env.begin(write=True) as txn:
+            meta = env.open_db(schema.META, txn=txn)
+            txn.put(schema.META_RESTORED_BACKUP, schema.U64.pack(1), db=meta)
+        env.sync(True)
+    finally:
+        env.close()
+    return os.stat("data.mdb", dir_fd=partial_fd, follow_symlinks=False).st_size
 
 
 def _exists(parent_fd: int, name: str) -> bool:

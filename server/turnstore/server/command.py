@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ from turnstore.server.followers import SendLimits
 from turnstore.server.ingress import IngressConfig
 from turnstore.server.logs import configure_logging
 from turnstore.server.options import DEFAULT_LISTEN
+from turnstore.server.scopes import Scope, ScopeError, parse_scope
 from turnstore.server.values import EngineConfig, Limits, PostgresConfig
 
 if TYPE_CHECKING:
@@ -99,6 +101,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         allow_remote=args.allow_remote,
         socket_mode=args.socket_mode,
         auth_token=read_auth_token(args.auth_token_file),
+        auth_tokens=read_auth_tokens(args.auth_tokens_file),
         tls=tls,
         metrics_listen=args.metrics_listen,
         ingress=IngressConfig(
@@ -151,6 +154,50 @@ def read_auth_token(path: Path | None) -> str | None:
             raise ValueError(f"the token file {str(path)!r} is empty")
         return token
     return os.environ.get(AUTH_TOKEN_ENV) or None
+
+
+def read_auth_tokens(path: Path | None) -> tuple[tuple[str, Scope], ...]:
+    """The scoped tokens of ``--auth-tokens-file``: one JSON object a line.
+
+    Each line is ``{"token": "...", "scope": {...}}`` (``scope`` as in
+    :mod:`turnstore.server.scopes`; left out, the full scope). Blank lines
+    and lines starting with ``#`` are skipped. Raises ValueError naming the
+    line for malformed JSON, a missing or empty token, an unknown field, a
+    malformed scope, a repeated token or a file without tokens; OSError for
+    an unreadable file.
+    """
+    if path is None:
+        return ()
+    tokens: list[tuple[str, Scope]] = []
+    seen: set[str] = set()
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        where = f"{str(path)!r} line {number}"
+        try:
+            entry = json.loads(text)
+        except ValueError as error:
+            raise ValueError(f"{where}: not JSON ({error})") from None
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: must be a JSON object")
+        unknown = sorted(set(entry) - {"token", "scope"})
+        if unknown:
+            raise ValueError(f"{where}: unknown field {unknown[0]!r} (known: scope, token)")
+        token = entry.get("token")
+        if not isinstance(token, str) or not token.strip() or token != token.strip():
+            raise ValueError(f"{where}: token must be a non-empty string without blanks around it")
+        if token in seen:
+            raise ValueError(f"{where}: the token is given twice")
+        seen.add(token)
+        try:
+            scope = parse_scope(entry.get("scope", {}))
+        except ScopeError as error:
+            raise ValueError(f"{where}: {error}") from None
+        tokens.append((token, scope))
+    if not tokens:
+        raise ValueError(f"the tokens file {str(path)!r} holds no token")
+    return tuple(tokens)
 
 
 def _http_config(args: argparse.Namespace) -> HttpConfig | None:

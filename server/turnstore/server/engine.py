@@ -46,7 +46,7 @@ from turnstore.server.space import (
     SpaceGuard,
     default_reserve,
 )
-from turnstore.server.storage import CommitListener, CommitObserver
+from turnstore.server.storage import CommitListener, CommitObserver, new_epoch_mask
 from turnstore.server.values import (
     EngineConfig,
 )
@@ -86,11 +86,16 @@ class Engine(_Retention):
             default_reserve(config.max_map_bytes) if reserve is None else reserve,
         )
         self._backup_journal = backups.BackupJournal(Path(config.data_dir))
+        with env.begin() as txn:
+            mask = _get(txn, schema.META_EPOCH_MASK, self._dbs[schema.META])
+        self.epoch_mask = schema.U64.unpack(mask)[0] if mask is not None else 0
         # The transaction id of the last no-op commit (_release_freed_pages).
         self._tick_txnid = -1
         # What :meth:`open` found of backups cut short (the daemon logs it).
         self.removed_partial_backups: list[Path] = []
         self.partial_backup_problems: list[str] = []
+        # Whether open() found a backup copy never opened before (new epochs drawn).
+        self.opened_restored_backup = False
         self._gate = _ResizeGate()
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._closed = False
@@ -163,6 +168,8 @@ class Engine(_Retention):
                     txn.put(
                         schema.META_SCHEMA_VERSION, schema.U64.pack(schema.SCHEMA_VERSION), db=meta
                     )
+                    # Epochs of its own: a cursor of another database never matches.
+                    txn.put(schema.META_EPOCH_MASK, schema.U64.pack(new_epoch_mask()), db=meta)
                 elif schema.U64.unpack(stored)[0] > schema.SCHEMA_VERSION:
                     raise ValueError(
                         f"data directory {str(data_dir)!r} has schema version "
@@ -171,6 +178,9 @@ class Engine(_Retention):
                     )
                 elif schema.U64.unpack(stored)[0] < schema.SCHEMA_VERSION:
                     schema.migrate(txn, dbs, schema.U64.unpack(stored)[0])
+                restored = txn.pop(schema.META_RESTORED_BACKUP, db=meta) is not None
+                if restored:
+                    txn.put(schema.META_EPOCH_MASK, schema.U64.pack(new_epoch_mask()), db=meta)
         except BaseException:
             lock_file.close()
             raise
@@ -179,6 +189,7 @@ class Engine(_Retention):
         engine = cls(config, env, lock_file)
         engine.removed_partial_backups = removed
         engine.partial_backup_problems = problems
+        engine.opened_restored_backup = restored
         return engine
 
     def close(self) -> None:

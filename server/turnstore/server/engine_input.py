@@ -75,13 +75,22 @@ class InputChecks:
         return encoded
 
     def _checked_snapshot(self, data: bytes, content_type: str) -> bytes:
-        """A snapshot's content type as UTF-8; refused when it or ``data`` is over its limit."""
+        """A snapshot's content type as UTF-8; refused when it or ``data`` is over its limit,
+        or when the content type holds a NUL character.
+
+        Whether ``data`` labelled JSON is JSON is checked before, off the
+        event loop (:func:`turnstore.server.bodies.check_json_snapshot`).
+        """
         if len(data) > self.limits.max_snapshot_bytes:
             raise InvalidArgumentError(
                 "data",
                 f"is {len(data)} bytes, over the snapshot limit of "
                 f"{self.limits.max_snapshot_bytes}",
             )
+        if "\0" in content_type:
+            # PostgreSQL's text columns cannot hold NUL: refused on every
+            # backend so that both accept the same input.
+            raise InvalidArgumentError("content_type", "must not contain a NUL character")
         encoded = content_type.encode("utf-8")
         if len(encoded) > MAX_SNAPSHOT_CONTENT_TYPE_BYTES:
             raise InvalidArgumentError(

@@ -80,6 +80,30 @@ class ThreadClearedError(EngineError):
         self.thread_id = thread_id
 
 
+class CursorOutOfRangeError(EngineError):
+    """A replay cursor lies past the end of the thread it names.
+
+    Positions are gap-free and never reused within one epoch, so a cursor
+    at or past the thread's next position was never handed out for this
+    thread: it comes from another thread, another database, or a database
+    since restored from a backup. Answering it with "caught up" would skip
+    the events written from the real end up to it.
+    """
+
+    reason = "cursor_out_of_range"
+
+    def __init__(self, thread_id: str, after_position: int, next_position: int) -> None:
+        held = f" (positions 0 to {next_position - 1})" if next_position else ""
+        super().__init__(
+            f"thread {thread_id!r} has {next_position} events{held}: no cursor after "
+            f"position {after_position} was ever handed out for it; replay from the "
+            "start (or from the last position you received from this thread)"
+        )
+        self.thread_id = thread_id
+        self.after_position = after_position
+        self.next_position = next_position
+
+
 class StorageFullError(EngineError):
     """The database reached its configured size ceiling; nothing was written."""
 
@@ -139,6 +163,18 @@ class UnauthenticatedError(EngineError):
     """A call without the daemon's bearer token (raised by the access layer, not the engine)."""
 
     reason = "unauthenticated"
+
+
+class PermissionDeniedError(EngineError):
+    """The credential's scope does not allow the call (raised by the access layer).
+
+    A write outside its scope or with a read-only credential, or a
+    daemon-wide operation with a credential that is not full-scope. Reads
+    outside the scope never raise it: they find nothing, as for a missing
+    thread or key, so the refusal tells nothing about what is stored.
+    """
+
+    reason = "permission_denied"
 
 
 class TurnTooLargeError(InvalidArgumentError):

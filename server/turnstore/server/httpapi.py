@@ -8,13 +8,17 @@ matched on the raw path so ``/``, spaces and non-ASCII characters work):
   Events (:mod:`turnstore.server.sse`).
 - ``GET /v1/threads``, ``GET /v1/threads/{thread_id}/turns``,
   ``GET /v1/conversations/{key}``: JSON reads.
-- ``GET|POST|DELETE /v1/session``: browser sessions (:mod:`turnstore.server.sessions`).
+- ``GET|POST|DELETE /v1/session``: browser sessions (:mod:`turnstore.server.sessions`),
+  scoped (:mod:`turnstore.server.scopes`) and revocable.
 - ``GET /``: the web inspector (static files shipped in ``web/``).
 
-With a bearer token configured, every ``/v1`` route but ``/v1/session`` needs
+With bearer tokens configured, every ``/v1`` route but ``/v1/session`` needs
 ``Authorization: Bearer <token>``, the session cookie or ``session=``; others
-get 401. Unless remote access is allowed, requests must name a loopback host
-(``Host``), which keeps pages on other sites out through DNS rebinding.
+get 401. Each credential has a scope: reads outside it answer as for a
+missing thread or key (:mod:`turnstore.server.scoped_engine`), and listings
+leave out what it does not cover. Unless remote access is allowed, requests
+must name a loopback host (``Host``), which keeps pages on other sites out
+through DNS rebinding.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ import ipaddress
 import re
 import socket
 import ssl
+import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import structlog
@@ -38,19 +43,26 @@ from aiohttp import web
 
 from turnstore.server import readcost, replaying, sse
 from turnstore.server.errors import (
+    CursorOutOfRangeError,
     DatabaseUnavailableError,
     EngineClosedError,
     EngineError,
     FollowerTooSlowError,
     InvalidArgumentError,
+    PermissionDeniedError,
     ThreadClearedError,
 )
 from turnstore.server.followers import Followers, Sender
 from turnstore.server.readcost import run_heavy
 from turnstore.server.replaying import MAX_TURN, ReplayQuery
-from turnstore.server.sessions import SessionSigner
+from turnstore.server.scoped_engine import scoped
+from turnstore.server.scopes import FULL, Scope, ScopeError, ScopeTooWideError, parse_scope
+from turnstore.server.sessions import Revocations, Session, SessionKeys, SessionSigner
 from turnstore.server.storage import StorageEngine
 from turnstore.server.values import ReadBudget, TurnCursor
+
+if TYPE_CHECKING:
+    from turnstore.server.pg_revocations import PostgresRevocations
 
 log = structlog.get_logger("turnstore.http")
 
@@ -60,9 +72,11 @@ SESSION_COOKIE: Final = "turnstore_session"
 # those of errors.py, sent as the body's "error").
 HTTP_STATUS_BY_ERROR: Final[dict[type[EngineError], int]] = {
     InvalidArgumentError: 400,
+    PermissionDeniedError: 403,
     ThreadClearedError: 409,
     EngineClosedError: 503,
     DatabaseUnavailableError: 503,
+    CursorOutOfRangeError: 416,
     EngineError: 500,
 }
 THREADS_PER_PAGE: Final = 100
@@ -71,6 +85,9 @@ TURNS_PER_PAGE: Final = 50
 MAX_TURNS_PER_PAGE: Final = 1000
 # Stored event bytes per page of GET /v1/threads/{id}/turns, whatever its limit.
 TURN_PAGE_BYTES: Final = 4 << 20
+# Bytes of a POST /v1/session body (more could not fit in a session token).
+MAX_SESSION_BODY_BYTES: Final = 64 << 10
+ACCESS: Final = "turnstore_access"
 # Browsers reconnect this soon after a stream drops.
 RETRY_MILLISECONDS: Final = 1000
 _BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -198,7 +215,7 @@ def _turns_json(
             )
     body = {
         "thread_id": thread_id,
-        "epoch": view.thread_number or 0,
+        "epoch": replaying.thread_epoch(view.thread_number, engine.epoch_mask) or 0,
         "turns": turns,
         "next_from_turn": next_turn,
         "next_after_position": next_after,
@@ -213,9 +230,14 @@ def _fragment(value: bytes) -> orjson.Fragment:
 class HttpApi:
     """The aiohttp application over the engine, and its listener.
 
-    ``auth_token`` None leaves every route open (loopback only by default,
-    like gRPC). ``tls`` serves HTTPS; with client verification on, browsers
-    must present a certificate as gRPC clients do.
+    No ``auth_tokens`` leaves every route open (loopback only by default,
+    like gRPC); else each token, with its scope, may read and mint sessions
+    within that scope. Revoked sessions are kept in ``revocations_path``
+    (in memory only when None), or with ``revocations_dsn`` in that
+    PostgreSQL database, shared by a fleet
+    (:mod:`turnstore.server.pg_revocations`). ``tls`` serves HTTPS; with
+    client verification on, browsers must present a certificate as gRPC
+    clients do.
     """
 
     def __init__(
@@ -225,17 +247,35 @@ class HttpApi:
         followers: Followers,
         config: HttpConfig,
         *,
-        auth_token: str | None,
+        auth_tokens: Sequence[tuple[str, Scope]],
         tls: ssl.SSLContext | None,
         allow_remote: bool,
+        revocations_path: Path | None = None,
+        revocations_dsn: str | None = None,
     ) -> None:
         self._engine = engine
         self._executor = executor
         self._followers = followers
         self._config = config
-        self._signer = (
-            SessionSigner(auth_token, config.session_seconds) if auth_token is not None else None
+        self._keys = (
+            SessionKeys(
+                SessionSigner(token, config.session_seconds, scope=scope)
+                for token, scope in auth_tokens
+            )
+            if auth_tokens
+            else None
         )
+        self._revocations: Revocations | PostgresRevocations | None = None
+        if auth_tokens and revocations_dsn is not None:
+            # Imported only here: psycopg is loaded only by daemons on PostgreSQL.
+            from turnstore.server.pg_revocations import PostgresRevocations
+
+            self._revocations = PostgresRevocations(revocations_dsn)
+        elif auth_tokens:
+            self._revocations = Revocations(revocations_path)
+        # Resolved (then replaced) whenever sessions are revoked: wakes the
+        # open streams of sessions so that a revoked one ends at once.
+        self._revoked_now: asyncio.Future[None] | None = None
         self._tls = tls
         self._allow_remote = allow_remote
         self._origins = frozenset(origin.rstrip("/") for origin in config.allow_origins)
@@ -245,6 +285,7 @@ class HttpApi:
     def application(self) -> web.Application:
         """The routes and middlewares."""
         app = web.Application(middlewares=[self._guard])
+        app.cleanup_ctx.append(self._refreshing_revocations)
         app.on_response_prepare.append(self._headers)
         app.router.add_get("/", self._index)
         app.router.add_static("/web/", WEB_DIR, follow_symlinks=False)
@@ -279,6 +320,35 @@ class HttpApi:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    async def _refreshing_revocations(self, app: web.Application) -> AsyncIterator[None]:
+        """While serving, re-read a fleet's revocations (PostgreSQL) every few seconds."""
+        revocations = self._revocations
+        if not isinstance(revocations, Revocations) and revocations is not None:
+            refresh = revocations.refresh
+
+            async def refresh_once() -> None:
+                try:
+                    if await self._run(refresh):
+                        self._signal_revocation()
+                except Exception as error:  # the database is away: keep the last copy
+                    log.warning("revocations_not_refreshed", error=str(error))
+
+            async def refreshing() -> None:
+                while True:
+                    await asyncio.sleep(revocations.refresh_seconds)
+                    await refresh_once()
+
+            # Before the listener serves: no revoked session passes after a restart.
+            await refresh_once()
+
+            task = asyncio.create_task(refreshing())
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return
+        yield
+
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
@@ -302,7 +372,10 @@ class HttpApi:
                 response.headers["Access-Control-Max-Age"] = "600"
             return response
         public = request.path in ("/", "/v1/session") or request.path.startswith("/web/")
-        if not public and not self._authenticated(request):
+        access = self._access(request)
+        if access is not None:
+            request[ACCESS] = access
+        if not public and access is None:
             response = _error(
                 401,
                 "unauthenticated",
@@ -329,45 +402,158 @@ class HttpApi:
             response.headers["Vary"] = "Origin"
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
-    def _authenticated(self, request: web.Request) -> bool:
-        if self._signer is None:
+    def _access(self, request: web.Request) -> _Access | None:
+        """What the request's credential grants: bearer header, cookie or ``session=``.
+
+        None when it presents none that is valid (a revoked or expired
+        session is none). With auth off, everything.
+        """
+        if self._keys is None or self._revocations is None:
+            return _Access(FULL, None, None)
+        signer = self._keys.bearer(request.headers.get("Authorization"))
+        if signer is not None:
+            return _Access(signer.scope, None, signer)
+        for token in (request.cookies.get(SESSION_COOKIE), request.query.get("session")):
+            session = self._keys.check(token)
+            if session is not None and not self._revocations.revoked(session.session_id):
+                return _Access(session.scope, session, None)
+        return None
+
+    def _live(self, session: Session | None) -> bool:
+        """Whether a stream opened with ``session`` may go on (not expired, not revoked)."""
+        if session is None or self._revocations is None:
             return True
-        return (
-            self._signer.bearer_ok(request.headers.get("Authorization"))
-            or self._signer.valid(request.cookies.get(SESSION_COOKIE))
-            or self._signer.valid(request.query.get("session"))
+        return session.expires_at > time.time() and not self._revocations.revoked(
+            session.session_id
         )
 
+    def _revocation_signal(self) -> asyncio.Future[None]:
+        """A future resolved at the next revocation this daemon learns of."""
+        if self._revoked_now is None or self._revoked_now.done():
+            self._revoked_now = asyncio.get_running_loop().create_future()
+        return self._revoked_now
+
+    def _signal_revocation(self) -> None:
+        if self._revoked_now is not None and not self._revoked_now.done():
+            self._revoked_now.set_result(None)
+
+    def _wait_seconds(self, session: Session | None) -> float:
+        """How long a stream waits for the next batch before its next heartbeat or check.
+
+        A heartbeat, or less when the session expires sooner, so that the
+        stream ends right at the expiry (and within a heartbeat of a revocation).
+        """
+        heartbeat = self._config.heartbeat_seconds
+        if session is None:
+            return heartbeat
+        return max(0.01, min(heartbeat, session.expires_at - time.time()))
+
+    def _engine_for(self, request: web.Request) -> StorageEngine:
+        """The engine as the request's credential sees it (the guard set it)."""
+        access: _Access = request[ACCESS]
+        return scoped(self._engine, access.scope)
+
     async def _session(self, request: web.Request) -> web.StreamResponse:
-        """GET: whether auth is on and this request passes; POST: a session; DELETE: none."""
+        """GET: whether auth is on and this request passes; POST: a session; DELETE: revoke."""
+        access: _Access | None = request.get(ACCESS)
+        auth = self._keys is not None
         if request.method == "GET":
-            return _json(
-                {"auth": self._signer is not None, "authenticated": self._authenticated(request)}
-            )
+            state: dict[str, Any] = {"auth": auth, "authenticated": access is not None}
+            if access is not None and auth:
+                state["scope"] = access.scope.to_json()
+                state["expires_at"] = access.session.expires_at if access.session else None
+            return _json(state)
         if request.method == "DELETE":
-            response = _json({"auth": self._signer is not None})
-            response.del_cookie(SESSION_COOKIE, path="/")
-            return response
+            return await self._revoke(request, access)
         if request.method != "POST":
             return _error(405, "method_not_allowed", "use GET, POST or DELETE")
-        if self._signer is None:
+        if self._keys is None:
             return _json({"auth": False, "session": None, "expires_at": None})
-        if not self._signer.bearer_ok(request.headers.get("Authorization")):
-            response = _error(401, "unauthenticated", "POST /v1/session needs the bearer token")
+        if access is None or access.signer is None:
+            response = _error(401, "unauthenticated", "POST /v1/session needs a bearer token")
             response.headers["WWW-Authenticate"] = 'Bearer realm="turnstore"'
             return response
-        token, expiry = self._signer.issue()
-        response = _json({"auth": True, "session": token, "expires_at": expiry})
+        try:
+            asked = await self._requested_scope(request)
+            token, expiry = access.signer.issue(asked)
+        except ScopeTooWideError as error:
+            return _error(403, PermissionDeniedError.reason, str(error))
+        except ScopeError as error:
+            return _error(400, InvalidArgumentError.reason, str(error))
+        scope = asked if asked is not None else access.signer.scope
+        response = _json(
+            {"auth": True, "session": token, "expires_at": expiry, "scope": scope.to_json()}
+        )
         response.set_cookie(
             SESSION_COOKIE,
             token,
-            max_age=int(self._signer.ttl_seconds),
+            max_age=int(access.signer.ttl_seconds),
             path="/",
             httponly=True,
             samesite="Strict",
             secure=self._tls is not None,
         )
         return response
+
+    async def _requested_scope(self, request: web.Request) -> Scope | None:
+        """The scope a POST /v1/session body asks for; None without a body (or ``scope``).
+
+        Raises ScopeError for a body that is too long, not a JSON object,
+        has fields other than ``scope``, or a malformed scope.
+        """
+        if request.content_length is not None and request.content_length > MAX_SESSION_BODY_BYTES:
+            raise ScopeError(f"body: over the limit of {MAX_SESSION_BODY_BYTES} bytes")
+        body = await request.content.read(MAX_SESSION_BODY_BYTES + 1)
+        if len(body) > MAX_SESSION_BODY_BYTES:
+            raise ScopeError(f"body: over the limit of {MAX_SESSION_BODY_BYTES} bytes")
+        if not body.strip():
+            return None
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise ScopeError(f"body: not JSON ({error})") from None
+        if not isinstance(value, dict) or set(value) - {"scope"}:
+            raise ScopeError('body: must be a JSON object with at most the field "scope"')
+        return parse_scope(value["scope"]) if "scope" in value else None
+
+    async def _revoke(self, request: web.Request, access: _Access | None) -> web.StreamResponse:
+        """Revoke the presented session (cookie or ``session=``) and clear the cookie.
+
+        With a bearer token instead, revoke the session named by the body's
+        ``session`` (a backend ending its user's session). Answers
+        ``{"auth": ..., "revoked": true|false}``; a session that is invalid
+        or expired already is not revoked again.
+        """
+        revoked = False
+        if self._keys is not None and self._revocations is not None:
+            session = access.session if access is not None else None
+            if access is not None and access.signer is not None:
+                session = await self._named_session(request)
+                if session is not None and not session.scope.within(access.signer.scope):
+                    session = None  # another tenant's session: not this token's to end
+            if session is not None:
+                try:
+                    await self._run(self._revocations.revoke, session)
+                except (OSError, ValueError) as error:
+                    log.error("session_not_revoked", error=str(error))
+                    return _error(503, "revocation_failed", f"the session was not revoked: {error}")
+                log.info("session_revoked", session_id=session.session_id)
+                self._signal_revocation()
+                revoked = True
+        response = _json({"auth": self._keys is not None, "revoked": revoked})
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    async def _named_session(self, request: web.Request) -> Session | None:
+        """The valid session named by a DELETE body's ``session`` (None if none)."""
+        assert self._keys is not None
+        body = await request.content.read(MAX_SESSION_BODY_BYTES + 1)
+        try:
+            value = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError:
+            return None
+        token = value.get("session") if isinstance(value, dict) else None
+        return self._keys.check(token) if isinstance(token, str) else None
 
     # -- reads ---------------------------------------------------------------
 
@@ -384,10 +570,12 @@ class HttpApi:
         assert limit is not None
         order = query.get("order", "id")
         if order == "recent":
-            threads = await self._run(self._engine.list_recent_threads, limit)
+            threads = await self._run(self._engine_for(request).list_recent_threads, limit)
             next_after = None
         elif order == "id":
-            threads = await self._run(self._engine.list_threads, query.get("after", ""), limit)
+            threads = await self._run(
+                self._engine_for(request).list_threads, query.get("after", ""), limit
+            )
             next_after = threads[-1].thread_id if len(threads) == limit else None
         else:
             raise InvalidArgumentError("order", "must be 'id' or 'recent'")
@@ -420,7 +608,7 @@ class HttpApi:
             body = await run_heavy(
                 self._executor,
                 _turns_json,
-                self._engine,
+                self._engine_for(request),
                 thread_id,
                 from_turn or 0,
                 -1 if after is None else after,
@@ -432,7 +620,9 @@ class HttpApi:
     async def _conversation(self, request: web.Request) -> web.StreamResponse:
         key = _unquote(request.rel_url.raw_path[len("/v1/conversations/") :], "key")
         version = _int(request.query, "version", None, 1, MAX_TURN)
-        stored = await run_heavy(self._executor, self._engine.load_snapshot, key, version)
+        stored = await run_heavy(
+            self._executor, self._engine_for(request).load_snapshot, key, version
+        )
         if stored is None:
             return _error(404, "not_found", "no snapshot under this key (or version)")
         head, data, tail = await self._run(readcost.snapshot_json_parts, key, stored)
@@ -505,9 +695,14 @@ class HttpApi:
                 request.transport.abort()
             budget.ended(sender)
 
-        batches = replaying.replay(self._engine, self._run, self._followers, query, end_too_slow)
+        engine = self._engine_for(request)
+        session = request[ACCESS].session
+        batches = replaying.replay(engine, self._run, self._followers, query, end_too_slow)
         try:
             batch = await anext(batches, None)
+        except CursorOutOfRangeError as error:
+            await batches.aclose()
+            return await self._refused_cursor(request, asked.cursor, error)
         except BaseException:
             await batches.aclose()
             raise
@@ -517,13 +712,7 @@ class HttpApi:
             # Nothing new and nothing more will come: 204 stops EventSource.
             await batches.aclose()
             return web.Response(status=204)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache, no-transform",
-                "X-Accel-Buffering": "no",
-            }
-        )
+        response = web.StreamResponse(headers=_EVENT_STREAM_HEADERS)
         reason = (
             "until_turn_finished"
             if query.follow and query.until_turn_finished is not None
@@ -549,10 +738,23 @@ class HttpApi:
                 if batch.final:
                     break
                 pending = asyncio.ensure_future(anext(batches, None))
-                while not pending.done():
-                    await asyncio.wait((pending,), timeout=self._config.heartbeat_seconds)
-                    if not pending.done():
+                while not pending.done() and self._live(session):
+                    waits: tuple[asyncio.Future[Any], ...] = (pending,)
+                    if session is not None:
+                        waits += (self._revocation_signal(),)
+                    woken, _ = await asyncio.wait(
+                        waits,
+                        timeout=self._wait_seconds(session),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if not woken and self._live(session):
                         await response.write(sse.HEARTBEAT)
+                if not self._live(session):
+                    # Checked when a session is revoked here (or found revoked
+                    # by a fleet's refresh), at its expiry, and at least once a
+                    # heartbeat: the stream ends within one of either.
+                    await response.write(sse.SESSION_ENDED)
+                    break
                 batch, pending = pending.result(), None
         except (EngineClosedError, FollowerTooSlowError):
             pass  # shutdown or too slow: close without an end event, so the browser comes back
@@ -568,6 +770,45 @@ class HttpApi:
                     await pending
             await batches.aclose()
         return response
+
+    async def _refused_cursor(
+        self, request: web.Request, cursor: sse.StreamCursor, error: CursorOutOfRangeError
+    ) -> web.StreamResponse:
+        """A stream that says why its cursor is refused, then ends.
+
+        A 200 stream rather than an error status, so that ``EventSource``
+        delivers the ``error`` event's data; its ``end`` event's id makes the
+        browser's reconnect a 204, which stops it instead of waiting forever.
+        """
+        response = web.StreamResponse(headers=_EVENT_STREAM_HEADERS)
+        await response.prepare(request)
+        await response.write(
+            b"retry: %d\n\n" % RETRY_MILLISECONDS
+            + sse.cursor_error_event(error, cursor.epoch)
+            + sse.end_event(cursor, error.reason)
+        )
+        return response
+
+
+_EVENT_STREAM_HEADERS: Final = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+}
+
+
+@dataclass(frozen=True)
+class _Access:
+    """What a request's credential grants.
+
+    ``session`` is the session it presented (None for a bearer token or
+    with auth off); ``signer`` the session signer of its bearer token (None
+    unless it presented one: only a bearer token mints sessions).
+    """
+
+    scope: Scope
+    session: Session | None
+    signer: SessionSigner | None
 
 
 @dataclass(frozen=True)

@@ -243,13 +243,23 @@ def _tally(
     :class:`_OverLimit` is raised past one, :class:`_Malformed` for bytes
     that are no message. With ``deep``, items in ``more`` are entered (those
     must not carry ``more``, but the decoder would still decode theirs, so
-    they are counted at every depth); else they are only counted. The loop
-    is written out (tags and lengths of one byte read in place) because it
-    runs once per event of every large stream message.
+    they are counted at every depth); else they are only counted. Nested
+    items are entered through an explicit stack, not recursion, so that any
+    depth (``more`` inside ``more`` thousands deep) is scanned within the
+    limits instead of raising RecursionError. The loop is written out (tags
+    and lengths of one byte read in place) because it runs once per event of
+    every large stream message.
     """
     max_fields, max_items, max_events = limits
+    # The enclosing items still to finish: where each resumes, ends, and its groups.
+    outer: list[tuple[int, int, int]] = []
     at, groups = start, 0
-    while at < end:
+    while True:
+        if at >= end:
+            if not outer:
+                return
+            at, end, groups = outer.pop()
+            continue
         counts[0] += 1
         if counts[0] > max_fields:
             raise _OverLimit
@@ -282,7 +292,8 @@ def _tally(
                 if counts[1] > max_items:
                     raise _OverLimit
                 if deep:
-                    _tally(data, inner, at, counts, limits, deep)
+                    outer.append((at, end, groups))
+                    at, end, groups = inner, at, 0
         elif wire_type == 0:
             _, at = _varint(data, at)
         elif wire_type == 1:

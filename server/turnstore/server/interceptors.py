@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import grpc
 
 from turnstore.server.errors import UnauthenticatedError
 from turnstore.server.metrics import Metrics
+from turnstore.server.scopes import CALL_SCOPE, Scope
 from turnstore.server.service import abort_with
 
 HEALTH_PREFIX: Final = "/grpc.health.v1.Health/"
@@ -48,16 +49,28 @@ def _rebuild(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]) -> An
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuse every call without ``authorization: Bearer <token>``, health excepted.
 
-    Tokens are compared in constant time. A refused call gets
-    UNAUTHENTICATED and never reaches its handler; its request message is
-    not even read (see :func:`_refusal`), so an unauthenticated client costs
-    the daemon no more than the bytes gRPC's flow control lets it send.
+    ``tokens`` are the accepted tokens, each with its scope
+    (:mod:`turnstore.server.scopes`). Tokens are compared in constant time,
+    every one of them for every call. A refused call gets UNAUTHENTICATED
+    and never reaches its handler; its request message is not even read
+    (see :func:`_refusal`), so an unauthenticated client costs the daemon no
+    more than the bytes gRPC's flow control lets it send. A call with a
+    token whose scope is not the full one runs with that scope in
+    :data:`~turnstore.server.scopes.CALL_SCOPE`, which the servicers apply
+    to every thread id and key they touch.
     """
 
-    def __init__(self, token: str) -> None:
-        if not token:
-            raise ValueError("the bearer token must not be empty")
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, tokens: Sequence[tuple[str, Scope]]) -> None:
+        if not tokens or not all(token for token, _ in tokens):
+            raise ValueError("the bearer tokens must not be empty")
+        self._expected = [(f"Bearer {token}".encode(), scope) for token, scope in tokens]
+
+    def _scope_of(self, presented: bytes) -> Scope | None:
+        found = None
+        for expected, scope in self._expected:  # no early exit: every token costs the same
+            if hmac.compare_digest(presented, expected):
+                found = scope
+        return found
 
     async def intercept_service(
         self,
@@ -71,9 +84,32 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         for key, value in handler_call_details.invocation_metadata or ():
             if key == AUTHORIZATION:
                 presented = value.encode() if isinstance(value, str) else value
-        if hmac.compare_digest(presented, self._expected):
+        scope = self._scope_of(presented)
+        if scope is None:
+            return _refusal(handler)
+        if scope.full:
             return handler
-        return _refusal(handler)
+        return _with_scope(handler, scope)
+
+
+def _with_scope(handler: grpc.RpcMethodHandler, scope: Scope) -> Any:
+    """``handler`` run with ``scope`` as the call's :data:`CALL_SCOPE`."""
+    behavior = _behavior(handler)
+
+    if not handler.response_streaming:
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            CALL_SCOPE.set(scope)  # the call's own task: nothing else sees it
+            return await behavior(request, context)
+
+        return _rebuild(handler, unary)
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        CALL_SCOPE.set(scope)
+        async for response in behavior(request, context):
+            yield response
+
+    return _rebuild(handler, streaming)
 
 
 async def _refuse(context: grpc.aio.ServicerContext) -> None:

@@ -223,6 +223,16 @@ def _add_access(serve: argparse.ArgumentParser) -> None:
         help="require this bearer token (the file's first line) on every call but health; "
         "TURNSTORE_AUTH_TOKEN may hold the token itself",
     )
+    access.add(
+        "--auth-tokens-file",
+        type=Path,
+        metavar="FILE",
+        help="more bearer tokens, each with a scope: one JSON object a line, "
+        '{"token": "...", "scope": {...}}; a scope has "thread_prefix" and/or "threads" '
+        '(a list), "key_prefix" and/or "keys", and "read_only"; {} or no scope is full '
+        "access; a scope naming only threads reaches no conversation key (add "
+        '"key_prefix": "" for all); works with --auth-token-file (a full-scope token)',
+    )
     access.add("--tls-cert", type=Path, help="PEM certificate chain: serve TLS on TCP addresses")
     access.add("--tls-key", type=Path, help="PEM private key of --tls-cert")
     access.add(

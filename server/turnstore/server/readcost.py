@@ -27,6 +27,7 @@ from typing import Final, ParamSpec, TypeVar
 import orjson
 
 from turnstore.server import records
+from turnstore.server.bodies import json_too_deep, too_deep_problem
 from turnstore.server.values import MIB, StoredSnapshot, TurnChunk
 
 P = ParamSpec("P")
@@ -114,12 +115,15 @@ def is_json(content_type: str) -> bool:
 def _embeddable(data: bytes) -> bool:
     """Whether stored JSON bytes can be embedded in an answer as they are.
 
-    Small snapshots are parsed (cheap at that size). Large ones were checked
-    strictly when saved; the check here only refuses the obviously broken
-    (empty, or not starting and ending with a matching bracket or quote),
-    without reading them through.
+    Small snapshots are checked as a save checks them (depth, strict JSON;
+    cheap at that size). Large ones were checked so when saved, unless an
+    older turnstore stored them; the check here only refuses the obviously
+    broken (empty, or not starting and ending with a matching bracket or
+    quote), without reading them through.
     """
     if len(data) <= CHECKED_SNAPSHOT_BYTES:
+        if json_too_deep(data):
+            return False
         try:
             orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -152,10 +156,16 @@ def snapshot_json_parts(key: str, stored: StoredSnapshot) -> tuple[bytes, bytes,
         head = orjson.dumps(fields)[:-1] + b',"snapshot":'
         return head, stored.data, b"}"
     body: dict[str, object] = dict(fields)
-    try:
-        body["snapshot"] = orjson.loads(stored.data)
-    except orjson.JSONDecodeError as error:
+    problem = None
+    if json_too_deep(stored.data):  # stored by an older version
+        problem = too_deep_problem()
+    else:
+        try:
+            body["snapshot"] = orjson.loads(stored.data)
+        except orjson.JSONDecodeError as error:
+            problem = f"not strict JSON: {error}"
+    if problem is not None:
         body["snapshot"] = None
-        body["body_error"] = f"not strict JSON: {error}"
+        body["body_error"] = problem
         body["raw_body"] = stored.data.decode("utf-8", "replace")
     return orjson.dumps(body), b"", b""

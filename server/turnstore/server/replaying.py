@@ -49,12 +49,16 @@ class ReplayQuery:
     """What a reader asks for.
 
     ``start_position`` is the first position wanted (one past the reader's
-    cursor). ``epoch`` is the thread number the cursor belongs to (None: any,
+    cursor). ``epoch`` is the thread epoch the cursor belongs to (None: any,
     the reader has seen none); a different one in storage means the thread
-    was cleared. ``finish_seq`` resumes exactly after a finish marker the
-    reader saw (None: from the first finish at or after ``start_position``,
-    so finishes right after the cursor may come again). Turn and type filters
-    drop events and markers but never move the cursor.
+    was cleared, or the database restored from a backup (a restored backup
+    gets new epochs). A ``start_position`` past the thread's end (of that
+    epoch, or of the thread as it is when ``epoch`` is None) is refused with
+    CursorOutOfRangeError at the first step: no such cursor was handed out.
+    ``finish_seq`` resumes exactly after a finish marker the reader saw
+    (None: from the first finish at or after ``start_position``, so finishes
+    right after the cursor may come again). Turn and type filters drop
+    events and markers but never move the cursor.
     """
 
     thread_id: str
@@ -150,6 +154,9 @@ async def replay(
 ) -> AsyncGenerator[ReplayBatch, None]:
     """Batches of ``query``'s replay until it ends.
 
+    Raises CursorOutOfRangeError (before any batch) for a cursor past the
+    end of the thread, checked by the engine in the first step's read.
+
     A follower that has caught up stays open while the database is
     unreachable (DatabaseUnavailableError) and re-reads from its cursor on
     its next wake; any other reader gets the error.
@@ -171,7 +178,9 @@ async def replay(
     query.check()
     until = query.until_turn_finished
     position = query.start_position
-    number = query.epoch
+    # The engine's thread number of the cursor's epoch (readers see epochs).
+    mask = engine.epoch_mask
+    number = None if query.epoch is None else query.epoch ^ mask
     finish_seq = query.finish_seq
     caught_up = False
     budget = followers.send_budget
@@ -209,7 +218,7 @@ async def replay(
                     [],
                     next_position=position,
                     next_finish_seq=finish_seq,
-                    epoch=number,
+                    epoch=thread_epoch(number, mask),
                     cleared=True,
                     final=True,
                 )
@@ -223,7 +232,7 @@ async def replay(
                 _kept(step.events, query) if query.filtered else step.events,
                 next_position=position,
                 next_finish_seq=finish_seq,
-                epoch=number,
+                epoch=thread_epoch(number, mask),
                 hold=functools.partial(budget.hold, sender),
             )
             done = False
@@ -265,6 +274,11 @@ async def replay(
             if at_end:
                 assert wake is not None
                 await _wait_for_wake(followers, wake)
+
+
+def thread_epoch(number: int | None, mask: int) -> int | None:
+    """The epoch readers see of engine thread ``number`` (None: no thread)."""
+    return None if number is None else number ^ mask
 
 
 async def _wait_for_wake(followers: Followers, wake: asyncio.Event) -> None:

@@ -12,6 +12,12 @@ nothing of its old life can be read back by mistake.
     directory is brought to 2 when opened: :func:`migrate`).
     ``next_thread_number``: the number the next new thread gets.
     ``next_conversation_number``: likewise for conversation keys.
+    ``epoch_mask``: XORed into thread numbers to make the epochs readers see
+    (absent: 0, in databases older than it), drawn when the database is
+    created, so no two databases share epochs. ``restored_backup``: present
+    only in a ``turnstore backup`` copy; the first daemon to open the copy
+    draws a new ``epoch_mask`` and deletes it, so no cursor from before a
+    restore matches a thread's epoch.
 
 ``threads``
     key: thread id (UTF-8)
@@ -126,6 +132,8 @@ ALL_DATABASES: Final = (
 META_SCHEMA_VERSION: Final = b"schema_version"
 META_NEXT_THREAD_NUMBER: Final = b"next_thread_number"
 META_NEXT_CONVERSATION_NUMBER: Final = b"next_conversation_number"
+META_EPOCH_MASK: Final = b"epoch_mask"
+META_RESTORED_BACKUP: Final = b"restored_backup"
 
 U64: Final = struct.Struct(">Q")
 PAIR: Final = struct.Struct(">QQ")

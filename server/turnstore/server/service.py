@@ -20,9 +20,15 @@ import structlog
 
 from turnstore.server import readcost, records, replaying
 from turnstore.server.acks import AckPump
-from turnstore.server.bodies import check_json_body, event_content_type
+from turnstore.server.bodies import (
+    check_json_body,
+    check_json_snapshot,
+    event_content_type,
+    is_json_type,
+)
 from turnstore.server.errors import (
     BackupFailedError,
+    CursorOutOfRangeError,
     DatabaseUnavailableError,
     DataDirLockedError,
     DiskIOError,
@@ -31,6 +37,7 @@ from turnstore.server.errors import (
     EventIdConflictError,
     FollowerTooSlowError,
     InvalidArgumentError,
+    PermissionDeniedError,
     StorageFullError,
     ThreadClearedError,
     TurnAlreadyFinishedError,
@@ -43,6 +50,8 @@ from turnstore.server.followers import Followers, Sender
 from turnstore.server.ingress import INLINE_DECODE_BYTES, Ingress, RawRequest, RefusedRequest
 from turnstore.server.readcost import run_heavy
 from turnstore.server.replaying import MAX_EVENTS_PER_BATCH, MAX_TURN, ReplayQuery
+from turnstore.server.scoped_engine import scoped
+from turnstore.server.scopes import CALL_SCOPE
 from turnstore.server.storage import StorageEngine
 from turnstore.server.values import NewEvent, ReadBudget, TurnChunk, TurnCursor
 from turnstore.v1 import turnstore_pb2 as pb
@@ -70,9 +79,11 @@ STATUS_BY_ERROR: Final[dict[type[EngineError], grpc.StatusCode]] = {
     FollowerTooSlowError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineClosedError: grpc.StatusCode.UNAVAILABLE,
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     DataDirLockedError: grpc.StatusCode.UNAVAILABLE,
     DiskIOError: grpc.StatusCode.UNAVAILABLE,
     DatabaseUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    CursorOutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
     EngineError: grpc.StatusCode.INTERNAL,
 }
 
@@ -313,7 +324,7 @@ class _Base:
     def __init__(
         self, engine: StorageEngine, executor: Executor, followers: Followers, acks: AckPump
     ) -> None:
-        self._engine = engine
+        self._whole_engine = engine
         self._executor = executor
         self._followers = followers
         self._acks = acks
@@ -321,6 +332,15 @@ class _Base:
         self._endings: set[asyncio.Future[None]] = set()
         # The request readers of the open AppendStreams (ended at shutdown).
         self._append_streams: set[asyncio.Task[None]] = set()
+
+    @property
+    def _engine(self) -> StorageEngine:
+        """The engine as the current call's scope sees it (the whole engine for the full scope).
+
+        Read on the event loop, in the call's task: the scope is a context
+        variable that executor threads do not inherit.
+        """
+        return scoped(self._whole_engine, CALL_SCOPE.get())
 
     async def _pages(
         self,
@@ -736,6 +756,10 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
 class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
     """``turnstore.v1.HistoryStoreService`` over an :class:`StorageEngine`."""
 
+    # Large snapshots labelled JSON are parsed to be checked one at a time
+    # (made on first use, on the service's event loop).
+    _large_json_checks: asyncio.Semaphore | None = None
+
     @_unary
     async def Save(
         self, request: pb.SaveRequest, context: grpc.aio.ServicerContext
@@ -745,6 +769,17 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
             raise InvalidArgumentError(
                 "content_type", f"is over the limit of {MAX_CONTENT_TYPE_BYTES} bytes"
             )
+        if is_json_type(content_type):
+            # Checked as strictly as event bodies; a large one off the event
+            # loop, one at a time: parsing materialises the value (32 MiB of
+            # `[{},{},...]` takes about 1 GB for a moment).
+            if len(request.data) <= INLINE_DECODE_BYTES:
+                check_json_snapshot(request.data)
+            else:
+                if self._large_json_checks is None:
+                    self._large_json_checks = asyncio.Semaphore(1)
+                async with self._large_json_checks:
+                    await self._run(check_json_snapshot, request.data)
         expected = request.expected_version if request.HasField("expected_version") else None
         future = self._engine.save_snapshot(request.key, request.data, content_type, expected)
         version = await self._acks.wait(future)

@@ -4,15 +4,23 @@ Every event goes out as ``id: <epoch>:<position>`` and ``data:`` its flat JSON
 envelope with ``position`` and ``turn``. Markers are named SSE events:
 ``turn_finished`` and ``caught_up`` carry an id too (``<epoch>:<position>:<finish
 sequence>``, the exact cursor after them, so a resume never repeats them),
-``thread_cleared`` does not. A stream that ends by itself sends a last ``end``
+``thread_cleared`` does not. A cursor the daemon refuses (past the end of
+the thread: reason ``cursor_out_of_range``) gets a 200 stream of one
+``error`` event (``{"error": REASON, "message": ..., "next_position": N,
+"epoch": E}``) and the ``end`` event. A stream that ends by itself sends a last ``end``
 event whose id ends in ``:end``; a reconnect presenting such an id is answered
 204 No Content, which makes ``EventSource`` stop for good instead of
-reconnecting forever. Epoch ``0`` stands for "no thread seen yet".
+reconnecting forever. Epoch ``0`` stands for "no thread seen yet". A stream
+whose browser session expired or was revoked ends with ``session_ended``
+(no id), within one heartbeat.
 
 A body that is not strict JSON (or not a JSON object, or of another content
 type) never reaches the browser as broken JSON: the event keeps its header
 fields and gets ``body_error`` (why) and ``raw_body`` (the bytes as UTF-8 text,
-invalid sequences replaced) instead of its body's keys.
+invalid sequences replaced) instead of its body's keys. So does a body nested
+deeper than :data:`turnstore.server.bodies.MAX_JSON_DEPTH` (refused at write
+time, but an older version stored up to 1,024 levels): every reader can
+parse every event, and the events around it are delivered.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ from typing import Any, Final
 import orjson
 
 from turnstore.server import records
-from turnstore.server.errors import InvalidArgumentError
+from turnstore.server.bodies import json_too_deep, too_deep_problem
+from turnstore.server.errors import CursorOutOfRangeError, InvalidArgumentError
 from turnstore.server.replaying import MAX_POSITION, ReplayBatch
 from turnstore.v1 import turnstore_pb2 as pb
 
@@ -82,7 +91,8 @@ def event_json(event: pb.StoredEvent) -> bytes:
     """The flat JSON of a stored event: header fields, then its body's keys.
 
     Header fields win over body keys of the same name. A body that is not a
-    strict JSON object yields ``body_error`` and ``raw_body`` instead.
+    strict JSON object, or nested deeper than the limit, yields
+    ``body_error`` and ``raw_body`` instead.
     """
     envelope = event.envelope
     record: dict[str, Any] = {
@@ -97,6 +107,10 @@ def event_json(event: pb.StoredEvent) -> bytes:
     problem: str
     if content_type not in JSON_TYPES:
         problem = f"content type {envelope.content_type!r} is not JSON"
+    elif json_too_deep(envelope.body):
+        # Stored by an older version: refused today, and past orjson's
+        # writing limit or the readers' parsers.
+        problem = too_deep_problem()
     else:
         try:
             body = orjson.loads(envelope.body) if envelope.body else {}
@@ -158,9 +172,23 @@ def encode_batch(batch: ReplayBatch, cursor: StreamCursor) -> tuple[bytes, Strea
     return b"".join(out), cursor
 
 
+def cursor_error_event(error: CursorOutOfRangeError, epoch: int | None) -> bytes:
+    """The ``error`` event of a refused cursor: the reason, why, and where the thread ends."""
+    body = {
+        "error": error.reason,
+        "message": str(error),
+        "next_position": error.next_position,
+        "epoch": epoch or 0,
+    }
+    return _sse("error", None, orjson.dumps(body))
+
+
 def end_event(cursor: StreamCursor, reason: str) -> bytes:
     """The last event of a stream that ended by itself; its id ends in ``:end``."""
     return _sse(END, replace(cursor, ended=True), orjson.dumps({"reason": reason}))
 
 
 HEARTBEAT: Final = b": heartbeat\n\n"
+# The last event of a stream whose browser session expired or was revoked:
+# no id, so a reader that gets a new session resumes from its last event.
+SESSION_ENDED: Final = b'event: session_ended\ndata: {"reason":"session_ended"}\n\n'

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
@@ -49,6 +50,20 @@ from turnstore.server.values import (
     TurnCursor,
 )
 
+
+def new_epoch_mask() -> int:
+    """A random epoch mask for a restored database: below 2**53, bit 52 set.
+
+    Thread numbers (counted up from 1) stay far below 2**52, so every epoch
+    made with it is non-zero (0 means "no thread"), an exact JavaScript
+    number (the TypeScript client and the inspector read epochs as numbers),
+    and differs from every epoch of the database's earlier lives made with
+    another mask (but for a 2**-52 chance): in particular from mask 0, the
+    epochs of a database never restored.
+    """
+    return (1 << 52) | secrets.randbits(52)
+
+
 CommitListener = Callable[[set[str]], None]
 CommitObserver = Callable[[int, float], None]
 
@@ -59,6 +74,14 @@ class StorageEngine(Protocol):
     @property
     def limits(self) -> Limits:
         """The input limits this backend enforces (and reports in its errors)."""
+        ...
+
+    @property
+    def epoch_mask(self) -> int:
+        """XORed into thread numbers to make the epochs readers see (a replay's
+        ``thread_epoch``); below 2**53. It changes when the database was
+        restored from a backup, so no cursor from before the restore matches.
+        """
         ...
 
     @property

@@ -25,6 +25,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_UNAUTHENTICATED: _ClassVar[ErrorReason]
     ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
     ERROR_REASON_DATABASE_UNAVAILABLE: _ClassVar[ErrorReason]
+    ERROR_REASON_CURSOR_OUT_OF_RANGE: _ClassVar[ErrorReason]
+    ERROR_REASON_PERMISSION_DENIED: _ClassVar[ErrorReason]
 
 class EventOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -47,6 +49,8 @@ ERROR_REASON_BACKUP_FAILED: ErrorReason
 ERROR_REASON_UNAUTHENTICATED: ErrorReason
 ERROR_REASON_INTERNAL: ErrorReason
 ERROR_REASON_DATABASE_UNAVAILABLE: ErrorReason
+ERROR_REASON_CURSOR_OUT_OF_RANGE: ErrorReason
+ERROR_REASON_PERMISSION_DENIED: ErrorReason
 EVENT_ORDER_UNSPECIFIED: EventOrder
 EVENT_ORDER_COMMIT: EventOrder
 EVENT_ORDER_TURN: EventOrder

@@ -32,6 +32,13 @@ class EventStoreServiceStub:
     every stored event gets a `position`: 0-based, gap-free, in the order the
     events were committed, never reused until the thread is cleared. Turns are
     numbered by the agent; they need not be contiguous and may interleave.
+
+    Access: a daemon with bearer tokens may give each a scope (thread-id and
+    conversation-key prefixes or lists, read-only or not). Every call applies
+    it to the thread ids and keys it names: a read outside the scope answers
+    as for a thread or key that does not exist (not found, empty, unlisted);
+    a write outside it, or any write with a read-only token, fails with
+    PERMISSION_DENIED "permission_denied" (per item on AppendStream).
     """
 
     def __init__(self, channel):
@@ -99,6 +106,13 @@ class EventStoreServiceServicer:
     every stored event gets a `position`: 0-based, gap-free, in the order the
     events were committed, never reused until the thread is cleared. Turns are
     numbered by the agent; they need not be contiguous and may interleave.
+
+    Access: a daemon with bearer tokens may give each a scope (thread-id and
+    conversation-key prefixes or lists, read-only or not). Every call applies
+    it to the thread ids and keys it names: a read outside the scope answers
+    as for a thread or key that does not exist (not found, empty, unlisted);
+    a write outside it, or any write with a read-only token, fails with
+    PERMISSION_DENIED "permission_denied" (per item on AppendStream).
     """
 
     def Append(self, request, context):
@@ -310,6 +324,13 @@ class EventStoreService:
     every stored event gets a `position`: 0-based, gap-free, in the order the
     events were committed, never reused until the thread is cleared. Turns are
     numbered by the agent; they need not be contiguous and may interleave.
+
+    Access: a daemon with bearer tokens may give each a scope (thread-id and
+    conversation-key prefixes or lists, read-only or not). Every call applies
+    it to the thread ids and keys it names: a read outside the scope answers
+    as for a thread or key that does not exist (not found, empty, unlisted);
+    a write outside it, or any write with a read-only token, fails with
+    PERMISSION_DENIED "permission_denied" (per item on AppendStream).
     """
 
     @staticmethod

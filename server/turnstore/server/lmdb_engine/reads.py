@@ -14,6 +14,7 @@ import lmdb
 from turnstore.server import schema
 from turnstore.server.engine_input import MAX_U64, turn_too_large
 from turnstore.server.errors import (
+    CursorOutOfRangeError,
     ThreadClearedError,
 )
 from turnstore.server.lmdb_engine.snapshots import _Snapshots
@@ -266,10 +267,17 @@ class _Reads(_Snapshots):
             if value is None:
                 if expected_number is not None:
                     return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
+                if start_position > 0:
+                    raise CursorOutOfRangeError(thread_id, start_position - 1, 0)
                 return ReplayStep(None, [], start_position, [], 0, True)
             number, end_position, finish_count, _ = schema.unpack_thread(value)
             if expected_number is not None and number != expected_number:
                 return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
+            if start_position > end_position:
+                # Positions are committed before any reader sees them and never
+                # taken back within an epoch: checked in this read's snapshot,
+                # this refuses only cursors that were never handed out.
+                raise CursorOutOfRangeError(thread_id, start_position - 1, end_position)
             # Finishes pending from here, up to the furthest frontier this
             # step could reach; frontiers never decrease along the sequence.
             reach = min(end_position, start_position + max_events)

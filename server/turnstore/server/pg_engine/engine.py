@@ -32,7 +32,7 @@ from turnstore.server.pg_engine.reachability import DOWN_WAIT_SECONDS, Reachabil
 from turnstore.server.pg_engine.retention import Retention
 from turnstore.server.pg_engine.writer import Writer, _describe
 from turnstore.server.pg_engine.writes import Cursor
-from turnstore.server.storage import CommitListener, CommitObserver
+from turnstore.server.storage import CommitListener, CommitObserver, new_epoch_mask
 from turnstore.server.values import (
     BackupResult,
     EngineConfig,
@@ -66,8 +66,51 @@ def redact_dsn(dsn: str) -> str:
     return " ".join(f"{name}={value}" for name, value in sorted(info.items()))
 
 
-def _prepare_schema(conn: psycopg.Connection[Any], dsn: str) -> None:
+def _epoch_mask(conn: psycopg.Connection[Any], created: bool) -> tuple[int, bool]:
+    """The epoch mask of the database, and whether it was just drawn for a restore.
+
+    Runs in :func:`_prepare_schema`'s transaction, under its lock. The
+    ``database_oid`` row remembers the database the tables were created in:
+    tables restored (``pg_dump`` into another database) find another oid, and
+    get a new random ``epoch_mask``, so no reader's cursor from before the
+    restore matches a thread's epoch. An operator who restored into the same
+    database sets ``database_oid`` to 0 for the same effect
+    (docs/operations.md#backup). Tables just ``created`` get a mask of their
+    own, so no two databases share epochs; those of an older turnstore keep
+    mask 0 and just record their oid.
+    """
+    current = conn.execute(
+        "SELECT oid::bigint FROM pg_database WHERE datname = current_database()"
+    ).fetchone()
+    assert current is not None
+    rows = dict(
+        conn.execute(
+            "SELECT name, value FROM turnstore_meta WHERE name IN ('database_oid', 'epoch_mask')"
+        ).fetchall()
+    )
+    mask = int(rows.get("epoch_mask", 0))
+    recorded = rows.get("database_oid")
+    restored = recorded is not None and int(recorded) != int(current[0])
+    if restored or created:
+        mask = new_epoch_mask()
+        conn.execute(
+            "INSERT INTO turnstore_meta VALUES ('epoch_mask', %s) "
+            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            (mask,),
+        )
+    if recorded is None or restored or created:
+        conn.execute(
+            "INSERT INTO turnstore_meta VALUES ('database_oid', %s) "
+            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            (int(current[0]),),
+        )
+    return mask, restored
+
+
+def _prepare_schema(conn: psycopg.Connection[Any], dsn: str) -> bool:
     """Create the schema on a database without it; leave one at this version untouched.
+
+    Returns whether it created the schema from nothing.
 
     A schema already at :data:`tables.SCHEMA_VERSION` gets no DDL at all:
     ``CREATE INDEX IF NOT EXISTS`` takes a SHARE lock on its table even when
@@ -91,7 +134,7 @@ def _prepare_schema(conn: psycopg.Connection[Any], dsn: str) -> None:
             f"{version}, newer than this turnstore ({tables.SCHEMA_VERSION})"
         )
     if version == tables.SCHEMA_VERSION:
-        return
+        return False
     for statement in tables.CREATE:
         conn.execute(statement)
     conn.execute(
@@ -99,6 +142,7 @@ def _prepare_schema(conn: psycopg.Connection[Any], dsn: str) -> None:
         "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
         (tables.SCHEMA_VERSION,),
     )
+    return version is None
 
 
 class PostgresEngine(Retention, InputChecks):
@@ -107,6 +151,10 @@ class PostgresEngine(Retention, InputChecks):
     def __init__(self, config: EngineConfig, pg: PostgresConfig) -> None:
         self.config = config
         self.limits = config.limits
+        # Set by open() (_epoch_mask): the same for every daemon of a fleet.
+        self.epoch_mask = 0
+        # Whether open() found the tables restored into another database.
+        self.opened_restored_backup = False
         self._pg = pg
         self._closed = False
         self.database = redact_dsn(pg.dsn)
@@ -162,12 +210,14 @@ class PostgresEngine(Retention, InputChecks):
             with psycopg.connect(
                 pg.dsn, connect_timeout=max(1, round(pg.connect_timeout_seconds))
             ) as conn:
-                _prepare_schema(conn, pg.dsn)
+                created = _prepare_schema(conn, pg.dsn)
+                mask, restored = _epoch_mask(conn, created)
         except psycopg.OperationalError as error:
             raise DatabaseUnavailableError(
                 f"cannot reach the database ({redact_dsn(pg.dsn)}): {_describe(error)}"
             ) from None
         engine = cls(config, pg)
+        engine.epoch_mask, engine.opened_restored_backup = mask, restored
         engine._pool.open(wait=False)
         return engine
 

@@ -9,7 +9,7 @@ and records come back as the stored wire bytes.
 from __future__ import annotations
 
 from turnstore.server.engine_input import turn_too_large
-from turnstore.server.errors import ThreadClearedError
+from turnstore.server.errors import CursorOutOfRangeError, ThreadClearedError
 from turnstore.server.pg_engine.tables import from_column, to_column
 from turnstore.server.pg_engine.writes import Cursor
 from turnstore.server.values import (
@@ -270,11 +270,19 @@ def replay_step(
 ) -> ReplayStep:
     row = thread_row(cur, key)
     if row is None:
-        cleared = expected_number is not None
-        return ReplayStep(None, [], start_position, [], 0, True, cleared=cleared)
+        if expected_number is not None:
+            return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
+        if start_position > 0:
+            raise CursorOutOfRangeError(key.decode(), start_position - 1, 0)
+        return ReplayStep(None, [], start_position, [], 0, True)
     number, end_position, finish_count = row
     if expected_number is not None and number != expected_number:
         return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
+    if start_position > end_position:
+        # Positions are committed before any reader sees them and never taken
+        # back within an epoch: checked in the read's own snapshot, this
+        # refuses only cursors no daemon of the fleet ever handed out.
+        raise CursorOutOfRangeError(key.decode(), start_position - 1, end_position)
     reach = min(end_position, start_position + max_events)
     pending: list[tuple[int, FinishRecord]] = []
     resume_seq = finish_count

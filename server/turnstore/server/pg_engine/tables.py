@@ -7,6 +7,9 @@ that the column's order is the turns' order (:func:`to_column`).
 
 ``turnstore_meta``
     name text -> value bigint. ``schema_version``: the layout version below.
+    ``epoch_mask``: XORed into thread numbers to make the epochs readers see
+    (absent: 0). ``database_oid``: the database the tables were created in;
+    another one at start means they were restored (new ``epoch_mask``).
 
 ``turnstore_threads``
     thread_id bytea (primary key) | number bigint | next_position bigint |

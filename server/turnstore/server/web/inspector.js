@@ -18,6 +18,39 @@ function el(tag, className, text) {
   return node;
 }
 
+// JSON.parse, except that integers beyond Number.MAX_SAFE_INTEGER stay exact,
+// as decimal strings: turn numbers (and positions) are 64-bit, and plain
+// JSON.parse rounds both 2^64-1 and 2^64-2 to 2^64. The daemon sends them as
+// JSON numbers; this walks the text once, skipping strings, and quotes each
+// unsafe integer before parsing. Such a number in an event's body therefore
+// shows as an exact, quoted string rather than a rounded number.
+function parseExact(text) {
+  let quoted = "";
+  let copied = 0;
+  let at = 0;
+  while (at < text.length) {
+    const code = text.charCodeAt(at);
+    if (code === 34) {
+      // a string: skip to its closing quote, over escapes
+      at += 1;
+      while (at < text.length && text.charCodeAt(at) !== 34) at += text.charCodeAt(at) === 92 ? 2 : 1;
+      at += 1;
+    } else if (code === 45 || (code >= 48 && code <= 57)) {
+      const start = at;
+      at += 1;
+      while (at < text.length && /[0-9.eE+-]/.test(text[at])) at += 1;
+      const token = text.slice(start, at);
+      if (/^-?[0-9]+$/.test(token) && !Number.isSafeInteger(Number(token))) {
+        quoted += text.slice(copied, start) + '"' + token + '"';
+        copied = at;
+      }
+    } else {
+      at += 1;
+    }
+  }
+  return JSON.parse(copied ? quoted + text.slice(copied) : text);
+}
+
 function setStatus(node, text, kind) {
   node.textContent = text;
   node.className = "status" + (kind ? " " + kind : "");
@@ -135,8 +168,8 @@ function follow(threadId) {
   const state = $("stream-state");
   setStatus(state, "connecting");
   stream.onopen = () => setStatus(state, "catching up", "live");
-  stream.onmessage = (event) => showEvent(JSON.parse(event.data));
-  stream.addEventListener("turn_finished", (event) => finishTurn(JSON.parse(event.data)));
+  stream.onmessage = (event) => showEvent(parseExact(event.data));
+  stream.addEventListener("turn_finished", (event) => finishTurn(parseExact(event.data)));
   stream.addEventListener("caught_up", () => setStatus(state, "live", "live"));
   stream.addEventListener("thread_cleared", () => {
     $("turns").append(el("p", "notice", "The thread was cleared; showing its new life."));
@@ -144,7 +177,10 @@ function follow(threadId) {
   stream.addEventListener("end", (event) => {
     stream.close();
     const { reason } = JSON.parse(event.data);
-    if (reason === "thread_cleared" && selected === threadId) follow(threadId);
+    // A new life of the thread, or a cursor it never handed out (the daemon's
+    // database was replaced under a reconnect): read the thread afresh.
+    const afresh = reason === "thread_cleared" || reason === "cursor_out_of_range";
+    if (afresh && selected === threadId) follow(threadId);
   });
   stream.onerror = async () => {
     if (stream !== source) return;
@@ -158,6 +194,8 @@ function follow(threadId) {
   };
 }
 
+// A turn's card; `turn` is a number or, beyond 2^53, an exact decimal string
+// (parseExact), so cards are found by the text and ordered as BigInts.
 function turnNode(turn) {
   const turns = $("turns");
   let node = turns.querySelector(`.turn[data-turn="${turn}"]`);
@@ -168,7 +206,8 @@ function turnNode(turn) {
   head.append(el("span", "badge", "being written"));
   node.append(head, el("div", "body"));
   // Turns may interleave: keep them in turn order.
-  const later = [...turns.querySelectorAll(".turn")].find((other) => Number(other.dataset.turn) > turn);
+  const exact = BigInt(turn);
+  const later = [...turns.querySelectorAll(".turn")].find((other) => BigInt(other.dataset.turn) > exact);
   turns.insertBefore(node, later || null);
   return node;
 }
