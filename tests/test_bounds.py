@@ -210,14 +210,21 @@ async def test_http_connections_that_send_nothing_or_trickle_headers_are_closed(
 async def test_idle_grpc_connections_are_closed(tmp_path: Path) -> None:
     daemon = start(tmp_path, "--idle-timeout", "2s")
     serving(daemon)
-    connection = RawConnection(*host_port(daemon.addresses[1]))
+    address = host_port(daemon.addresses[1])
+    # One that speaks HTTP/2 but opens no call, one that sends nothing at all.
+    connection = RawConnection(*address)
+    silent = socket.create_connection(address)
     began = time.monotonic()
     try:
         while not connection.closed:
             assert time.monotonic() - began < 30, "an idle gRPC connection was kept open"
             connection.pump(0.2)
+        while not closed_by_peer(silent):
+            assert time.monotonic() - began < 30, "a silent gRPC connection was kept open"
+            await asyncio.sleep(0.1)
     finally:
         connection.close()
+        silent.close()
     assert daemon.stop() == 0
 
 
@@ -340,6 +347,38 @@ async def test_a_header_block_that_never_ends_is_bounded_before_auth(tmp_path: P
     async with TurnstoreClient(daemon.addresses[0], token=TOKEN) as client:
         assert await client.events.event_count("x") == 0
     assert daemon.stop() == 0
+
+
+def test_failed_accepts_are_logged_once_per_interval_with_a_count() -> None:
+    """asyncio's traceback per failed accept() becomes one counted line per interval."""
+    from structlog.testing import capture_logs
+
+    from turnstore.server.connections import AcceptFailures
+
+    loop = asyncio.new_event_loop()
+    passed_on: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: passed_on.append(context))
+    now = [0.0]
+    failures = AcceptFailures(interval=10, clock=lambda: now[0])
+    failures.install(loop)
+    error = OSError(24, "Too many open files")
+    try:
+        with capture_logs() as logs:
+            for attempt in range(1000):
+                now[0] = attempt * 0.011  # 1,000 attempts over 11 s
+                handler = loop.get_exception_handler()
+                assert handler is not None
+                handler(
+                    loop,
+                    {"message": "socket.accept() out of system resource", "exception": error},
+                )
+            handler(loop, {"message": "something else"})
+    finally:
+        loop.close()
+    assert [entry["event"] for entry in logs] == ["accept_failed", "accept_failed"]
+    assert [entry["count"] for entry in logs] == [1, 910]
+    assert "Too many open files" in logs[0]["error"]
+    assert passed_on == [{"message": "something else"}]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -190,8 +190,8 @@ class AcceptFailures:
     to the handler that was there before.
     """
 
-    def __init__(self, interval: float = 10.0) -> None:
-        self._failures = EveryInterval("accept_failed", interval)
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._failures = EveryInterval("accept_failed", interval, clock)
         self._previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:

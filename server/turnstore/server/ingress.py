@@ -46,6 +46,8 @@ MIN_EVENTS_PER_STREAM_MESSAGE: Final = INLINE_DECODE_BYTES // 2
 SNAPSHOT_REQUEST_ROOM: Final = 64 * KIB
 # gRPC connections open at once where the file limit allows them.
 DEFAULT_MAX_CONNECTIONS: Final = 1024
+# The longest a connection may take to finish its handshakes.
+HANDSHAKE_SECONDS: Final = 20.0
 # The largest header block of a call (the token, a deadline, metadata).
 MAX_HEADER_BYTES: Final = 16 * KIB
 # Pings from clients at most this often; the daemon's own to idle peers.
@@ -115,6 +117,12 @@ class IngressConfig:
             # A connection with no call open for this long is closed (it
             # holds a file and memory; clients reconnect by themselves).
             ("grpc.max_connection_idle_ms", int(self.idle_seconds * 1000)),
+            # A connection that has not finished its TLS and HTTP/2
+            # handshake by then (one that sends nothing) is closed.
+            (
+                "grpc.server_handshake_timeout_ms",
+                int(min(self.idle_seconds, HANDSHAKE_SECONDS) * 1000),
+            ),
             # Header blocks are refused past this size while they are
             # parsed, before the token is checked: a pre-auth header block
             # (CONTINUATION frames that never end) holds at most this much.
