@@ -362,17 +362,17 @@ def test_failed_accepts_are_logged_once_per_interval_with_a_count() -> None:
     failures = AcceptFailures(interval=10, clock=lambda: now[0])
     failures.install(loop)
     error = OSError(24, "Too many open files")
+    handler = loop.get_exception_handler()
+    assert handler is failures
     try:
         with capture_logs() as logs:
             for attempt in range(1000):
                 now[0] = attempt * 0.011  # 1,000 attempts over 11 s
-                handler = loop.get_exception_handler()
-                assert handler is not None
-                handler(
+                failures(
                     loop,
                     {"message": "socket.accept() out of system resource", "exception": error},
                 )
-            handler(loop, {"message": "something else"})
+            failures(loop, {"message": "something else"})
     finally:
         loop.close()
     assert [entry["event"] for entry in logs] == ["accept_failed", "accept_failed"]
