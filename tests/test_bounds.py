@@ -32,6 +32,8 @@ from tests.hostile.h2raw import (
     RawConnection,
     frame,
     grpc_request_headers,
+    hpack_length,
+    hpack_string,
     literal,
 )
 from turnstore import AgentEventEnvelope, TurnstoreClient
@@ -332,9 +334,13 @@ async def test_a_header_block_that_never_ends_is_bounded_before_auth(tmp_path: P
             # No token: HEADERS without END_HEADERS, then CONTINUATION frames
             # of padding headers, 256 MiB per connection unless the daemon
             # stops reading.
+            # The last header's value announces 1 GiB and never ends, so
+            # a parser that waits for whole values would keep it all.
             first_block = grpc_request_headers(APPEND, f"{address[0]}:{address[1]}")
+            first_block += literal("x-pad", b"p" * 16_000)
+            first_block += b"\x00" + hpack_string(b"x-big") + hpack_length(1 << 30)
             connection.send(frame(HEADERS, 0, 1, first_block))
-            padding = frame(CONTINUATION, 0, 1, literal("x-pad", b"p" * 16_000))
+            padding = frame(CONTINUATION, 0, 1, b"p" * 16_000)
             sent = 0
             with contextlib.suppress(OSError):
                 while sent < 256 * MIB and not connection.closed:

@@ -57,6 +57,16 @@ def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
     return bytes(out)
 
 
+def hpack_length(length: int) -> bytes:
+    """An HPACK string length (no Huffman): what a string's bytes follow."""
+    return _hpack_int(length, 7, 0)
+
+
+def hpack_string(raw: bytes) -> bytes:
+    """An HPACK string literal (no Huffman)."""
+    return hpack_length(len(raw)) + raw
+
+
 def literal(name: str, value: bytes | str) -> bytes:
     """An HPACK "literal header field without indexing, new name" (no Huffman)."""
     raw_name = name.encode()
