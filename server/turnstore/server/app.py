@@ -15,7 +15,7 @@ import os
 import signal
 import ssl
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -25,6 +25,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from turnstore.server.acks import AckPump
+from turnstore.server.connections import (
+    AcceptFailures,
+    FilePlan,
+    MemoryTrimmer,
+    raise_file_limit,
+)
 from turnstore.server.engine import Engine
 from turnstore.server.followers import Followers, SendLimits
 from turnstore.server.ingress import Ingress, IngressConfig
@@ -323,8 +329,39 @@ def log_space_level(usage: SpaceUsage, crossed: float | None, fell_below: float 
         log.info("database_space_recovered", below_percent=round((fell_below or 0) * 100), **fields)
 
 
+def fit_to_file_limit(config: ServerConfig) -> tuple[ServerConfig, FilePlan]:
+    """Raise the open-file limit and fit both listeners' connection caps under it.
+
+    Returns the configuration with the caps filled in, and the plan (for
+    the ``serving`` line). Raises ValueError when explicit caps do not fit
+    (:meth:`FilePlan.fit`).
+    """
+    soft, _ = raise_file_limit()
+    # The pool, the writer's connection and the notification listener's.
+    database = config.postgres.pool_size + 2 if config.postgres is not None else 0
+    plan = FilePlan.fit(
+        soft,
+        grpc_connections=config.ingress.max_connections,
+        http_connections=config.http.max_connections if config.http is not None else None,
+        http=config.http is not None,
+        database_connections=database,
+    )
+    fitted = replace(
+        config,
+        ingress=replace(config.ingress, max_connections=plan.grpc_connections),
+        http=(
+            replace(config.http, max_connections=plan.http_connections)
+            if config.http is not None
+            else None
+        ),
+    )
+    return fitted, plan
+
+
 async def serve(config: ServerConfig) -> None:
     """Run the daemon until SIGTERM or SIGINT, then shut down in order."""
+    config, file_plan = fit_to_file_limit(config)
+    AcceptFailures().install(asyncio.get_running_loop())
     metrics = Metrics() if config.metrics_listen is not None else None
     metrics_host, metrics_port = "", 0
     if config.metrics_listen is not None:
@@ -337,7 +374,7 @@ async def serve(config: ServerConfig) -> None:
     http_listen = config.http.listen if config.http is not None else None
     check_listen_free((*config.listen, *filter(None, [config.metrics_listen, http_listen])))
     if config.postgres is not None:
-        await _serve_postgres(config, metrics, metrics_host, metrics_port)
+        await _serve_postgres(config, metrics, metrics_host, metrics_port, file_plan)
         return
     engine = Engine.open(config.engine)
     engine.space.add_level_listener(log_space_level)
@@ -354,6 +391,8 @@ async def serve(config: ServerConfig) -> None:
             bound = metrics.serve(metrics_host, metrics_port)
             metrics_address = f"{metrics_host}:{bound}"
         await built.start()
+        trimmer = MemoryTrimmer()
+        trimmer.start()
         log.info(
             "serving",
             data_dir=str(config.engine.data_dir),
@@ -365,9 +404,11 @@ async def serve(config: ServerConfig) -> None:
             metrics=metrics_address,
             http=built.http.address if built.http is not None else None,
             backup_dir=str(engine.config.backup_dir) if engine.config.backup_dir else None,
+            **file_plan.fields(),
             **_startup_cleanup(engine),
         )
         await stop.wait()
+        trimmer.stop()
         log.info("stopping", grace_seconds=config.grace_seconds)
         await built.stop(config.grace_seconds)
     finally:
@@ -376,7 +417,11 @@ async def serve(config: ServerConfig) -> None:
 
 
 async def _serve_postgres(
-    config: ServerConfig, metrics: Metrics | None, metrics_host: str, metrics_port: int
+    config: ServerConfig,
+    metrics: Metrics | None,
+    metrics_host: str,
+    metrics_port: int,
+    file_plan: FilePlan,
 ) -> None:
     """:func:`serve` on the PostgreSQL backend (no data directory, no space ceiling)."""
     assert config.postgres is not None
@@ -396,6 +441,8 @@ async def _serve_postgres(
             bound = metrics.serve(metrics_host, metrics_port)
             metrics_address = f"{metrics_host}:{bound}"
         await built.start()
+        trimmer = MemoryTrimmer()
+        trimmer.start()
         log.info(
             "serving",
             backend="postgres",
@@ -407,8 +454,10 @@ async def _serve_postgres(
             http=built.http.address if built.http is not None else None,
             # Tables restored into another database: every thread got a new epoch.
             **({"restored_backup_new_epochs": True} if engine.opened_restored_backup else {}),
+            **file_plan.fields(),
         )
         await stop.wait()
+        trimmer.stop()
         log.info("stopping", grace_seconds=config.grace_seconds)
         await built.stop(config.grace_seconds)
     finally:

@@ -108,6 +108,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_request_bytes=args.max_request_bytes,
             max_streams_per_connection=args.max_streams_per_connection,
             max_connections=args.max_connections,
+            idle_seconds=args.idle_timeout,
             large_decodes=args.large_decodes,
             max_events_per_stream_message=args.max_events_per_stream_message,
         ),
@@ -220,4 +221,6 @@ def _http_config(args: argparse.Namespace) -> HttpConfig | None:
         allow_origins=origins,
         session_seconds=args.http_session_ttl,
         heartbeat_seconds=args.http_heartbeat,
+        max_connections=args.http_max_connections,
+        idle_seconds=args.http_idle_timeout,
     )

@@ -42,6 +42,7 @@ import structlog
 from aiohttp import web
 
 from turnstore.server import readcost, replaying, sse
+from turnstore.server.connections import EveryInterval
 from turnstore.server.errors import (
     CursorOutOfRangeError,
     DatabaseUnavailableError,
@@ -93,6 +94,15 @@ RETRY_MILLISECONDS: Final = 1000
 _BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 _TRUE: Final = frozenset({"", "1", "true", "yes", "on"})
+DEFAULT_MAX_CONNECTIONS: Final = 512
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: closed as soon as it is accepted, nothing read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.abort()
 
 
 @dataclass(frozen=True)
@@ -101,12 +111,19 @@ class HttpConfig:
 
     ``allow_origins`` are the exact origins (``scheme://host[:port]``) whose
     pages may call it across origins (CORS); none by default.
+    ``max_connections`` caps the connections open at once (more are closed
+    as soon as they are accepted; None: :data:`DEFAULT_MAX_CONNECTIONS`, the
+    daemon fits it to its file limit); a connection without a complete
+    request ``idle_seconds`` after it opened or after its last response is
+    closed, which also ends headers trickled slowly (slowloris).
     """
 
     listen: str
     allow_origins: tuple[str, ...] = ()
     session_seconds: float = 3600.0
     heartbeat_seconds: float = 15.0
+    max_connections: int | None = None
+    idle_seconds: float = 30.0
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -280,6 +297,8 @@ class HttpApi:
         self._allow_remote = allow_remote
         self._origins = frozenset(origin.rstrip("/") for origin in config.allow_origins)
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self._refused = EveryInterval("http_connections_refused")
         self.address = ""
 
     def application(self) -> web.Application:
@@ -306,10 +325,29 @@ class HttpApi:
             sock = socket.create_server((host, int(port)), family=family)
         except OSError as error:
             raise RuntimeError(f"cannot listen on {self._config.listen!r}: {error}") from error
-        self._runner = web.AppRunner(self.application(), access_log=None, handle_signals=False)
+        # aiohttp's keep-alive timer runs from the connection's start and
+        # from each response, and partial headers do not push it back: it is
+        # both the idle and the header timeout.
+        self._runner = web.AppRunner(
+            self.application(),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self._config.idle_seconds,
+            shutdown_timeout=5.0,
+        )
         await self._runner.setup()
-        site = web.SockSite(self._runner, sock, ssl_context=self._tls, shutdown_timeout=5.0)
-        await site.start()
+        server = self._runner.server
+        assert server is not None
+        cap = self._config.max_connections or DEFAULT_MAX_CONNECTIONS
+
+        def connection() -> asyncio.Protocol:
+            if len(server.connections) >= cap:
+                self._refused.note(max_connections=cap)
+                return _Refused()
+            return server()
+
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(connection, sock=sock, ssl=self._tls)
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if family == socket.AF_INET6 else host
         self.address = f"{'https' if self._tls else 'http'}://{shown}:{bound}"
@@ -317,6 +355,8 @@ class HttpApi:
 
     async def stop(self) -> None:
         """Close the listener and every open stream (followers end first)."""
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()
 

@@ -44,6 +44,16 @@ INLINE_DECODE_BYTES: Final = 64 * KIB
 MIN_EVENTS_PER_STREAM_MESSAGE: Final = INLINE_DECODE_BYTES // 2
 # Room in a SaveRequest beside the snapshot itself: key, content type, version.
 SNAPSHOT_REQUEST_ROOM: Final = 64 * KIB
+# gRPC connections open at once where the file limit allows them.
+DEFAULT_MAX_CONNECTIONS: Final = 1024
+# The longest a connection may take to finish its handshakes.
+HANDSHAKE_SECONDS: Final = 20.0
+# The largest header block of a call (the token, a deadline, metadata).
+MAX_HEADER_BYTES: Final = 16 * KIB
+# Pings from clients at most this often; the daemon's own to idle peers.
+KEEPALIVE_MIN_PING_MS: Final = 10_000
+SERVER_KEEPALIVE_MS: Final = 60_000
+SERVER_KEEPALIVE_TIMEOUT_MS: Final = 20_000
 
 
 @dataclass(frozen=True)
@@ -64,16 +74,20 @@ class IngressConfig:
 
     max_request_bytes: int | None = None
     max_streams_per_connection: int = 256
-    max_connections: int = 1024
+    max_connections: int | None = None
     large_decodes: int = 2
     max_events_per_stream_message: int = 200_000
+    idle_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         if self.max_request_bytes is not None and self.max_request_bytes < SMALL_REQUEST_BYTES:
             raise ValueError(f"max_request_bytes must be at least {SMALL_REQUEST_BYTES}")
         for name in ("max_streams_per_connection", "max_connections", "large_decodes"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.idle_seconds <= 0:
+            raise ValueError("idle_seconds must be positive")
         # Only messages decoded on the thread pool are scanned: no message
         # decoded at once may hold more events than this.
         if self.max_events_per_stream_message < MIN_EVENTS_PER_STREAM_MESSAGE:
@@ -88,11 +102,41 @@ class IngressConfig:
         return limits.max_message_bytes
 
     def grpc_options(self, limits: Limits) -> list[tuple[str, int]]:
-        """The gRPC server options that enforce the per-message and per-connection bounds."""
+        """The gRPC server options that enforce the per-message and per-connection bounds.
+
+        ``max_connections`` None stands for :data:`DEFAULT_MAX_CONNECTIONS`
+        (the daemon fits it to its file limit before it gets here).
+        """
         return [
             ("grpc.max_receive_message_length", self.request_bytes(limits)),
             ("grpc.max_concurrent_streams", self.max_streams_per_connection),
-            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            (
+                "grpc.max_allowed_incoming_connections",
+                self.max_connections or DEFAULT_MAX_CONNECTIONS,
+            ),
+            # A connection with no call open for this long is closed (it
+            # holds a file and memory; clients reconnect by themselves).
+            ("grpc.max_connection_idle_ms", int(self.idle_seconds * 1000)),
+            # A connection that has not finished its TLS and HTTP/2
+            # handshake by then (one that sends nothing) is closed.
+            (
+                "grpc.server_handshake_timeout_ms",
+                int(min(self.idle_seconds, HANDSHAKE_SECONDS) * 1000),
+            ),
+            # Header blocks are refused past this size while they are
+            # parsed, before the token is checked: a pre-auth header block
+            # (CONTINUATION frames that never end) holds at most this much.
+            ("grpc.max_metadata_size", MAX_HEADER_BYTES),
+            ("grpc.absolute_max_metadata_size", MAX_HEADER_BYTES),
+            # Clients' keepalive pings (every 20-30 s, with or without calls
+            # open) are allowed; pings more often than every 10 s count as
+            # abuse and, after two, end the connection (gRPC's rule).
+            ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MIN_PING_MS),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # The daemon pings its peers too, so that a connection to a
+            # peer that vanished (no FIN) is closed and its file freed.
+            ("grpc.keepalive_time_ms", SERVER_KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", SERVER_KEEPALIVE_TIMEOUT_MS),
         ]
 
 

@@ -272,6 +272,19 @@ def _add_http(serve: argparse.ArgumentParser) -> None:
         help="lifetime of a browser session from POST /v1/session",
     )
     http.add(
+        "--http-max-connections",
+        type=int,
+        help="HTTP connections open at once; more are closed at once (default: 512 where "
+        "the open-file limit leaves room for it, else what fits)",
+    )
+    http.add(
+        "--http-idle-timeout",
+        type=parse_duration,
+        default="30s",
+        help="close an HTTP connection without a complete request this long after it opened "
+        "or after its last response (idle keep-alive, and headers trickled slowly)",
+    )
+    http.add(
         "--http-heartbeat",
         type=parse_duration,
         default="15s",
@@ -315,8 +328,16 @@ def _add_ingress(serve: argparse.ArgumentParser) -> None:
     ingress.add(
         "--max-connections",
         type=int,
-        default=1024,
-        help="connections open at once; more are closed at once",
+        help="gRPC connections open at once; more are closed at once (default: 1024 where "
+        "the open-file limit leaves room for it, else what fits; a value that does not fit "
+        "the limit is refused at start)",
+    )
+    ingress.add(
+        "--idle-timeout",
+        type=parse_duration,
+        default="5m",
+        help="close gRPC connections that have had no call open for this long (clients "
+        "reconnect by themselves)",
     )
     ingress.add(
         "--max-events-per-stream-message",
