@@ -159,9 +159,10 @@ class Engine(_Retention):
                 mode=0o600,
             )
             with env.begin(write=True) as txn:
-                for name in schema.ALL_DATABASES:
-                    env.open_db(name, txn=txn, create=True)
-                meta = env.open_db(schema.META, txn=txn)
+                dbs = {
+                    name: env.open_db(name, txn=txn, create=True) for name in schema.ALL_DATABASES
+                }
+                meta = dbs[schema.META]
                 stored = _get(txn, schema.META_SCHEMA_VERSION, meta)
                 if stored is None:
                     txn.put(
@@ -175,6 +176,8 @@ class Engine(_Retention):
                         f"{schema.U64.unpack(stored)[0]}, newer than this turnstore "
                         f"({schema.SCHEMA_VERSION})"
                     )
+                elif schema.U64.unpack(stored)[0] < schema.SCHEMA_VERSION:
+                    schema.migrate(txn, dbs, schema.U64.unpack(stored)[0])
                 restored = txn.pop(schema.META_RESTORED_BACKUP, db=meta) is not None
                 if restored:
                     txn.put(schema.META_EPOCH_MASK, schema.U64.pack(new_epoch_mask()), db=meta)

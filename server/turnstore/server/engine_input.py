@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from turnstore.server.errors import InvalidArgumentError
+from turnstore.server.errors import InvalidArgumentError, TurnTooLargeError
 from turnstore.server.values import Limits, NewEvent
 
 MAX_U64: Final = (1 << 64) - 1
@@ -97,3 +97,11 @@ class InputChecks:
                 "content_type", f"is over the limit of {MAX_SNAPSHOT_CONTENT_TYPE_BYTES} bytes"
             )
         return encoded
+
+
+def turn_too_large(turn: int, size: int, max_bytes: int) -> TurnTooLargeError:
+    """The refusal of a whole-turn read over ``max_bytes``, naming the reads that page.
+
+    Both engines raise it before reading the turn's records, from their sizes alone.
+    """
+    return TurnTooLargeError(turn, size, max_bytes)

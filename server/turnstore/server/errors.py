@@ -175,3 +175,22 @@ class PermissionDeniedError(EngineError):
     """
 
     reason = "permission_denied"
+
+
+class TurnTooLargeError(InvalidArgumentError):
+    """A whole-turn read refused because the turn's events total more than allowed.
+
+    The message names the turn's size, the limit and the paged reads. Its own
+    class lets the service retry a read it first tried with a small
+    allowance, and answer a GetTurn over the message limit with
+    RESOURCE_EXHAUSTED as gRPC did (see ``EventStoreService.GetTurn``).
+    """
+
+    def __init__(self, turn: int, size: int, max_bytes: int) -> None:
+        super().__init__(
+            "turn",
+            f"turn {turn} holds {size} bytes of events, over the limit of {max_bytes} bytes "
+            "for one whole-turn answer; read it in pieces with ListTurns, ReadEvents or "
+            "Replay (HTTP: GET /v1/threads/{thread_id}/turns pages by bytes)",
+        )
+        self.size = size

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import ipaddress
 import re
 import socket
@@ -42,8 +41,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from turnstore.server import replaying, sse
-from turnstore.server.bodies import json_too_deep, too_deep_problem
+from turnstore.server import readcost, replaying, sse
 from turnstore.server.connections import EveryInterval
 from turnstore.server.errors import (
     CursorOutOfRangeError,
@@ -56,6 +54,7 @@ from turnstore.server.errors import (
     ThreadClearedError,
 )
 from turnstore.server.followers import Followers, Sender
+from turnstore.server.readcost import run_heavy
 from turnstore.server.replaying import MAX_TURN, ReplayQuery
 from turnstore.server.scoped_engine import scoped
 from turnstore.server.scopes import FULL, Scope, ScopeError, ScopeTooWideError, parse_scope
@@ -85,6 +84,8 @@ THREADS_PER_PAGE: Final = 100
 MAX_THREADS_PER_PAGE: Final = 1000
 TURNS_PER_PAGE: Final = 50
 MAX_TURNS_PER_PAGE: Final = 1000
+# Stored event bytes per page of GET /v1/threads/{id}/turns, whatever its limit.
+TURN_PAGE_BYTES: Final = 4 << 20
 # Bytes of a POST /v1/session body (more could not fit in a session token).
 MAX_SESSION_BODY_BYTES: Final = 64 << 10
 ACCESS: Final = "turnstore_access"
@@ -189,33 +190,33 @@ def _unquote(raw: str, field: str) -> str:
     return text
 
 
-def _recent_threads(engine: StorageEngine, limit: int) -> list[Any]:
-    """The ``limit`` most recently written threads: a scan of every thread."""
-    newest: list[tuple[int, str, Any]] = []
-    after = ""
-    while True:
-        page = engine.list_threads(after, 1000)
-        for thread in page:
-            entry = (thread.last_write_ns, thread.thread_id, thread)
-            if len(newest) < limit:
-                heapq.heappush(newest, entry)
-            else:
-                heapq.heappushpop(newest, entry)
-        if len(page) < 1000:
-            break
-        after = page[-1].thread_id
-    return [entry[2] for entry in sorted(newest, reverse=True)]
+def _turns_json(
+    engine: StorageEngine, thread_id: str, from_turn: int, after_position: int, limit: int
+) -> bytes:
+    """Up to ``limit`` turns from ``from_turn`` on, as JSON, within a page's bytes.
 
-
-def _turns_json(engine: StorageEngine, thread_id: str, from_turn: int, limit: int) -> bytes:
-    """Up to ``limit`` whole turns from ``from_turn`` on, as JSON, and where to go on."""
+    A page stops after ``TURN_PAGE_BYTES`` of stored events (at least one
+    event), so a turn may end one page and go on in the next:
+    ``next_from_turn`` and ``next_after_position`` (null unless the page
+    ended inside a turn) are where to go on, and the next page's first
+    entry has the same turn number.
+    """
     view = engine.view(thread_id)
     turns: list[dict[str, Any]] = []
     next_turn: int | None = None
-    cursor: TurnCursor | None = TurnCursor(turn=from_turn)
+    next_after: int | None = None
+    page = ReadBudget(MAX_TURNS_PER_PAGE * 1024, TURN_PAGE_BYTES)
+    cursor: TurnCursor | None = TurnCursor(turn=from_turn, after_position=after_position)
     while cursor is not None and next_turn is None:
-        chunks, cursor = engine.read_turn_order(view, cursor, ReadBudget(512, 4 << 20), True)
+        if page.spent:
+            next_turn = cursor.turn
+            next_after = cursor.after_position if cursor.after_position >= 0 else None
+            break
+        budget = ReadBudget(512, min(4 << 20, page.bytes_left))
+        chunks, cursor = engine.read_turn_order(view, cursor, budget, True)
         for chunk in chunks:
+            for value in chunk.events:
+                page.spend(value)
             if turns and turns[-1]["turn"] == chunk.turn:
                 turns[-1]["events"].extend(map(_fragment, chunk.events))
                 continue
@@ -234,37 +235,13 @@ def _turns_json(engine: StorageEngine, thread_id: str, from_turn: int, limit: in
         "epoch": replaying.thread_epoch(view.thread_number, engine.epoch_mask) or 0,
         "turns": turns,
         "next_from_turn": next_turn,
+        "next_after_position": next_after,
     }
     return orjson.dumps(body)
 
 
 def _fragment(value: bytes) -> orjson.Fragment:
     return orjson.Fragment(sse.stored_event_json(value))
-
-
-def _snapshot_json(engine: StorageEngine, key: str, version: int | None) -> bytes | None:
-    stored = engine.load_snapshot(key, version)
-    if stored is None:
-        return None
-    body: dict[str, Any] = {
-        "key": key,
-        "version": stored.version,
-        "content_type": stored.content_type,
-        "saved_at_unix_nanos": stored.saved_at_ns,
-    }
-    problem = None
-    if json_too_deep(stored.data):  # stored by an older version
-        problem = too_deep_problem()
-    else:
-        try:
-            body["snapshot"] = orjson.loads(stored.data)
-        except orjson.JSONDecodeError as error:
-            problem = f"not strict JSON: {error}"
-    if problem is not None:
-        body["snapshot"] = None
-        body["body_error"] = problem
-        body["raw_body"] = stored.data.decode("utf-8", "replace")
-    return orjson.dumps(body)
 
 
 class HttpApi:
@@ -633,7 +610,7 @@ class HttpApi:
         assert limit is not None
         order = query.get("order", "id")
         if order == "recent":
-            threads = await self._run(_recent_threads, self._engine_for(request), limit)
+            threads = await self._run(self._engine_for(request).list_recent_threads, limit)
             next_after = None
         elif order == "id":
             threads = await self._run(
@@ -667,8 +644,15 @@ class HttpApi:
             query = request.query
             from_turn = _int(query, "from_turn", 0, 0, MAX_TURN)
             limit = _int(query, "limit", TURNS_PER_PAGE, 1, MAX_TURNS_PER_PAGE)
-            body = await self._run(
-                _turns_json, self._engine_for(request), thread_id, from_turn, limit
+            after = _int(query, "after_position", None, 0, MAX_TURN)
+            body = await run_heavy(
+                self._executor,
+                _turns_json,
+                self._engine_for(request),
+                thread_id,
+                from_turn or 0,
+                -1 if after is None else after,
+                limit or TURNS_PER_PAGE,
             )
             return web.Response(body=body, content_type="application/json")
         return _error(404, "not_found", "use /v1/threads/{thread_id}/events or /turns")
@@ -676,10 +660,27 @@ class HttpApi:
     async def _conversation(self, request: web.Request) -> web.StreamResponse:
         key = _unquote(request.rel_url.raw_path[len("/v1/conversations/") :], "key")
         version = _int(request.query, "version", None, 1, MAX_TURN)
-        body = await self._run(_snapshot_json, self._engine_for(request), key, version)
-        if body is None:
+        stored = await run_heavy(
+            self._executor, self._engine_for(request).load_snapshot, key, version
+        )
+        if stored is None:
             return _error(404, "not_found", "no snapshot under this key (or version)")
-        return web.Response(body=body, content_type="application/json")
+        head, data, tail = await self._run(readcost.snapshot_json_parts, key, stored)
+        del stored
+        # Written in pieces, each awaiting the transport: no second copy of the data.
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(head) + len(data) + len(tail)
+        await response.prepare(request)
+        try:
+            await response.write(head)
+            view = memoryview(data)
+            for start in range(0, len(view), readcost.SNAPSHOT_WRITE_BYTES):
+                await response.write(view[start : start + readcost.SNAPSHOT_WRITE_BYTES])
+            await response.write(tail)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the reader went away
+        return response
 
     # -- the event stream ----------------------------------------------------
 

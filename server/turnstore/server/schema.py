@@ -8,7 +8,8 @@ nothing of its old life can be read back by mistake.
 
 ``meta``
     key: ASCII name -> value: u64.
-    ``schema_version``: the layout version below (currently 1).
+    ``schema_version``: the layout version below (currently 2; a version 1
+    directory is brought to 2 when opened: :func:`migrate`).
     ``next_thread_number``: the number the next new thread gets.
     ``next_conversation_number``: likewise for conversation keys.
     ``epoch_mask``: XORed into thread numbers to make the epochs readers see
@@ -28,10 +29,22 @@ nothing of its old life can be read back by mistake.
     or finish (an append that stored nothing new, a retry, leaves it); the
     retention sweep removes threads by it. Decoded by :func:`unpack_thread`.
 
+``threads_by_write``
+    key: last_write_unix_nanos u64 | thread id (UTF-8) -> value: empty.
+    One entry per ``threads`` entry, with its ``last_write_unix_nanos``:
+    the index a recent-first listing walks backwards, reading only the
+    entries it returns. The writer replaces a thread's entry in the
+    transaction that changes its last write, and deletes it with the thread.
+    Added in schema version 2.
+
 ``turns``
     key: thread_number u64 | turn u64
-    -> value: finished u8 | event_count u64 | last_position u64.
+    -> value: finished u8 | event_count u64 | last_position u64 | record_bytes u64.
     ``last_position`` is meaningless while ``event_count`` is 0.
+    ``record_bytes`` is the total length of the turn's ``events`` values, so
+    a whole-turn read can be refused by size without touching them. Turns
+    begun before schema version 2 have no ``record_bytes`` (a 17-byte value)
+    and keep none; their size is measured from the events when needed.
 
 ``events``
     key: thread_number u64 | position u64 -> value: a ``StoredEvent`` message
@@ -73,17 +86,26 @@ nothing of its old life can be read back by mistake.
     key: conversation_number u64 | version u64
     -> value: saved_at_unix_nanos i64 | content_type_length u16 |
     content_type (UTF-8) | data.
+
+``snapshot_versions``
+    key: conversation_number u64 | version u64
+    -> value: saved_at_unix_nanos i64 | data_bytes u64 | content_type (UTF-8).
+    The metadata of each ``snapshots`` entry, written and deleted with it,
+    so that listing versions reads no snapshot data (reading a value maps
+    all its pages). Versions saved before schema version 2 have none; a
+    listing reads their ``snapshots`` header instead. Added in version 2.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 META: Final = b"meta"
 THREADS: Final = b"threads"
+THREADS_BY_WRITE: Final = b"threads_by_write"
 TURNS: Final = b"turns"
 EVENTS: Final = b"events"
 TURN_EVENTS: Final = b"turn_events"
@@ -91,10 +113,12 @@ TURN_FINISHES: Final = b"turn_finishes"
 EVENT_IDS: Final = b"event_ids"
 CONVERSATIONS: Final = b"conversations"
 SNAPSHOTS: Final = b"snapshots"
+SNAPSHOT_VERSIONS: Final = b"snapshot_versions"
 
 ALL_DATABASES: Final = (
     META,
     THREADS,
+    THREADS_BY_WRITE,
     TURNS,
     EVENTS,
     TURN_EVENTS,
@@ -102,6 +126,7 @@ ALL_DATABASES: Final = (
     EVENT_IDS,
     CONVERSATIONS,
     SNAPSHOTS,
+    SNAPSHOT_VERSIONS,
 )
 
 META_SCHEMA_VERSION: Final = b"schema_version"
@@ -115,20 +140,45 @@ PAIR: Final = struct.Struct(">QQ")
 TRIPLE: Final = struct.Struct(">QQQ")
 QUAD: Final = struct.Struct(">QQQQ")
 TURN_VALUE: Final = struct.Struct(">BQQ")
+SIZED_TURN_VALUE: Final = struct.Struct(">BQQQ")
+SNAPSHOT_VERSION_HEADER: Final = struct.Struct(">qQ")
 THREAD_VALUE: Final = QUAD
 CONVERSATION_VALUE: Final = QUAD
 SNAPSHOT_HEADER: Final = struct.Struct(">qH")
 
 
-def pack_turn(finished: bool, event_count: int, last_position: int) -> bytes:
-    """Encode a ``turns`` value."""
-    return TURN_VALUE.pack(1 if finished else 0, event_count, last_position)
+def pack_turn(
+    finished: bool, event_count: int, last_position: int, record_bytes: int | None
+) -> bytes:
+    """Encode a ``turns`` value (``record_bytes`` None: a turn begun before version 2)."""
+    flag = 1 if finished else 0
+    if record_bytes is None:
+        return TURN_VALUE.pack(flag, event_count, last_position)
+    return SIZED_TURN_VALUE.pack(flag, event_count, last_position, record_bytes)
 
 
 def unpack_turn(value: bytes) -> tuple[bool, int, int]:
     """Decode a ``turns`` value into (finished, event_count, last_position)."""
-    finished, count, last = TURN_VALUE.unpack(value)
+    finished, count, last = TURN_VALUE.unpack_from(value)
     return bool(finished), count, last
+
+
+def turn_record_bytes(value: bytes) -> int | None:
+    """A ``turns`` value's ``record_bytes``; None for a turn begun before version 2."""
+    if len(value) < SIZED_TURN_VALUE.size:
+        return None
+    return int(SIZED_TURN_VALUE.unpack(value)[3])
+
+
+def pack_snapshot_version(saved_at_ns: int, data_bytes: int, content_type: bytes) -> bytes:
+    """Encode a ``snapshot_versions`` value."""
+    return SNAPSHOT_VERSION_HEADER.pack(saved_at_ns, data_bytes) + content_type
+
+
+def unpack_snapshot_version(value: bytes) -> tuple[int, int, str]:
+    """Decode a ``snapshot_versions`` value into (saved_at_ns, data_bytes, content_type)."""
+    saved_at, size = SNAPSHOT_VERSION_HEADER.unpack_from(value)
+    return saved_at, size, value[SNAPSHOT_VERSION_HEADER.size :].decode("utf-8")
 
 
 class ThreadRecord(NamedTuple):
@@ -167,3 +217,25 @@ def pack_conversation(number: int, latest: int, current: int, last_write_ns: int
 def unpack_conversation(value: bytes) -> ConversationRecord:
     """Decode a ``conversations`` value."""
     return ConversationRecord(*CONVERSATION_VALUE.unpack(value))
+
+
+def by_write_key(last_write_ns: int, thread_key: bytes) -> bytes:
+    """A ``threads_by_write`` key."""
+    return U64.pack(last_write_ns) + thread_key
+
+
+def migrate(txn: Any, dbs: dict[bytes, Any], stored_version: int) -> int:
+    """Bring a data directory's layout from ``stored_version`` to :data:`SCHEMA_VERSION`.
+
+    Runs in the write transaction that opens the directory, so a migration
+    is all or nothing; returns the version written. 1 -> 2 fills
+    ``threads_by_write`` from ``threads`` (one pass, in key order).
+    """
+    if stored_version < 2:
+        index = dbs[THREADS_BY_WRITE]
+        with txn.cursor(db=dbs[THREADS]) as cursor:
+            for key, value in cursor.iternext():
+                record = unpack_thread(bytes(value))
+                txn.put(by_write_key(record.last_write_ns, bytes(key)), b"", db=index)
+    txn.put(META_SCHEMA_VERSION, U64.pack(SCHEMA_VERSION), db=dbs[META])
+    return SCHEMA_VERSION

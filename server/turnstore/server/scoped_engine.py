@@ -39,6 +39,7 @@ from turnstore.server.values import (
     ReadBudget,
     ReplayStep,
     RetentionStats,
+    SnapshotVersion,
     SpaceUsage,
     StorageStats,
     StoredSnapshot,
@@ -155,9 +156,9 @@ class ScopedEngine:
     def event_count(self, thread_id: str) -> int:
         return self.view(thread_id).end_position
 
-    def get_turn(self, thread_id: str, turn: int) -> TurnChunk | None:
+    def get_turn(self, thread_id: str, turn: int, max_bytes: int | None = None) -> TurnChunk | None:
         if self.scope.covers_thread(thread_id):
-            return self._engine.get_turn(thread_id, turn)
+            return self._engine.get_turn(thread_id, turn, max_bytes)
         self._check_thread_id(thread_id)
         InputChecks._check_turn(turn)
         return None
@@ -213,7 +214,7 @@ class ScopedEngine:
             InputChecks._check_turn(version)
         return None
 
-    def list_snapshot_versions(self, key: str) -> list[StoredSnapshot]:
+    def list_snapshot_versions(self, key: str) -> list[SnapshotVersion]:
         if self.scope.covers_key(key):
             return self._engine.list_snapshot_versions(key)
         self._check_key(key)
@@ -232,6 +233,22 @@ class ScopedEngine:
             start_after,
             limit,
         )
+
+    def list_recent_threads(
+        self, limit: int, keep: Callable[[str], bool] | None = None
+    ) -> list[ThreadSummary]:
+        """Up to ``limit`` covered threads, most recently written first.
+
+        Walks the engine's recency index past the threads the scope does not
+        cover (their ids only).
+        """
+        covers = self.scope.covers_thread
+        if self.scope.all_threads:
+            return self._engine.list_recent_threads(limit, keep)
+        if keep is None:
+            return self._engine.list_recent_threads(limit, covers)
+        outer = keep
+        return self._engine.list_recent_threads(limit, lambda tid: covers(tid) and outer(tid))
 
     def list_keys(self, start_after: str = "", limit: int = 1000) -> list[KeySummary]:
         """Up to ``limit`` covered keys after ``start_after``, in key order."""

@@ -18,7 +18,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 import grpc
 import structlog
 
-from turnstore.server import records, replaying
+from turnstore.server import readcost, records, replaying
 from turnstore.server.acks import AckPump
 from turnstore.server.bodies import (
     check_json_body,
@@ -42,11 +42,13 @@ from turnstore.server.errors import (
     ThreadClearedError,
     TurnAlreadyFinishedError,
     TurnFinishedError,
+    TurnTooLargeError,
     UnauthenticatedError,
     VersionConflictError,
 )
 from turnstore.server.followers import Followers, Sender
 from turnstore.server.ingress import INLINE_DECODE_BYTES, Ingress, RawRequest, RefusedRequest
+from turnstore.server.readcost import run_heavy
 from turnstore.server.replaying import MAX_EVENTS_PER_BATCH, MAX_TURN, ReplayQuery
 from turnstore.server.scoped_engine import scoped
 from turnstore.server.scopes import CALL_SCOPE
@@ -101,6 +103,10 @@ MAX_ITEMS_PER_MESSAGE: Final = 4096
 # Threads or conversation keys per ListThreads / ListKeys message (ids are at
 # most 511 bytes, so a message stays well under 1 MiB).
 LISTED_PER_MESSAGE: Final = 1000
+# Room left in a GetTurn response for the framing around the turn's records.
+GET_TURN_HEADROOM_BYTES: Final = 1024 * 1024
+# GetTurn answers up to this size are small reads, larger ones heavy (readcost).
+SMALL_TURN_BYTES: Final = 1024 * 1024
 
 
 def status_for(error: EngineError) -> grpc.StatusCode:
@@ -384,11 +390,31 @@ class EventStoreService(_Base, pb_grpc.EventStoreServiceServicer):
     @_unary
     async def GetTurn(
         self, request: pb.GetTurnRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetTurnResponse:
-        chunk = await self._run(self._engine.get_turn, request.thread_id, request.turn)
-        if chunk is None:
-            return pb.GetTurnResponse(found=False)
-        return pb.GetTurnResponse(found=True, turn=_turn_message(chunk))
+    ) -> pb.GetTurnResponse | bytes:
+        # A small turn is read at once; a large one waits for a heavy-read
+        # slot, so that big turns never hold up small ones; a turn that
+        # cannot fit one response is refused before it is read.
+        max_bytes = self._engine.limits.max_message_bytes - GET_TURN_HEADROOM_BYTES
+        try:
+            chunk = await self._run(
+                self._engine.get_turn, request.thread_id, request.turn, SMALL_TURN_BYTES
+            )
+        except TurnTooLargeError:
+            try:
+                chunk = await run_heavy(
+                    self._executor,
+                    self._engine.get_turn,
+                    request.thread_id,
+                    request.turn,
+                    max_bytes,
+                )
+            except TurnTooLargeError as error:
+                # RESOURCE_EXHAUSTED as gRPC itself answered a message over the
+                # limit (no reason trailer, so every client maps it as before),
+                # but before the turn is read, naming the size and the paged reads.
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+                raise AssertionError("unreachable: abort raises") from error
+        return readcost.get_turn_response(chunk)
 
     @_streaming
     async def ListTurns(
@@ -762,18 +788,10 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
     @_unary
     async def Load(
         self, request: pb.LoadRequest, context: grpc.aio.ServicerContext
-    ) -> pb.LoadResponse:
+    ) -> pb.LoadResponse | bytes:
         version = request.version if request.HasField("version") else None
-        stored = await self._run(self._engine.load_snapshot, request.key, version)
-        if stored is None:
-            return pb.LoadResponse(found=False)
-        snapshot = pb.Snapshot(
-            version=stored.version,
-            content_type=stored.content_type,
-            data=stored.data,
-            saved_at_unix_nanos=stored.saved_at_ns,
-        )
-        return pb.LoadResponse(found=True, snapshot=snapshot)
+        stored = await run_heavy(self._executor, self._engine.load_snapshot, request.key, version)
+        return readcost.load_response(stored)
 
     @_unary
     async def ListVersions(
@@ -785,7 +803,7 @@ class HistoryStoreService(_Base, pb_grpc.HistoryStoreServiceServicer):
                 pb.SnapshotVersion(
                     version=stored.version,
                     saved_at_unix_nanos=stored.saved_at_ns,
-                    size_bytes=len(stored.data),
+                    size_bytes=stored.size_bytes,
                     content_type=stored.content_type,
                 )
                 for stored in kept

@@ -39,6 +39,7 @@ from turnstore.server.values import (
     ReadBudget,
     ReplayStep,
     RetentionStats,
+    SnapshotVersion,
     SpaceUsage,
     StorageStats,
     StoredSnapshot,
@@ -144,8 +145,13 @@ class StorageEngine(Protocol):
         """The number of events in a thread; 0 for an unknown thread."""
         ...
 
-    def get_turn(self, thread_id: str, turn: int) -> TurnChunk | None:
-        """One whole turn, or None for an unknown thread or turn."""
+    def get_turn(self, thread_id: str, turn: int, max_bytes: int | None = None) -> TurnChunk | None:
+        """One whole turn, or None for an unknown thread or turn.
+
+        With ``max_bytes``, a turn whose records total more is refused with
+        InvalidArgumentError (naming the size, the limit and the paged
+        reads) before any record is read.
+        """
         ...
 
     def read_commit_order(
@@ -181,14 +187,25 @@ class StorageEngine(Protocol):
         """The latest snapshot of a key (or the kept ``version``); None when none."""
         ...
 
-    def list_snapshot_versions(self, key: str) -> list[StoredSnapshot]:
-        """The kept versions of a key, newest first."""
+    def list_snapshot_versions(self, key: str) -> list[SnapshotVersion]:
+        """The kept versions of a key, newest first, without reading their data."""
         ...
 
     # -- operations -------------------------------------------------------------
 
     def list_threads(self, start_after: str = "", limit: int = 1000) -> list[ThreadSummary]:
         """Up to ``limit`` threads after ``start_after``, in byte order of their ids."""
+        ...
+
+    def list_recent_threads(
+        self, limit: int, keep: Callable[[str], bool] | None = None
+    ) -> list[ThreadSummary]:
+        """Up to ``limit`` threads, most recently written first (ties: higher id first).
+
+        Reads an index by last write, so it costs what it returns, not the
+        number of threads. ``keep`` (a thread id filter, e.g. a scope) skips
+        threads it refuses; the listing then reads on until ``limit`` are kept.
+        """
         ...
 
     def list_keys(self, start_after: str = "", limit: int = 1000) -> list[KeySummary]:

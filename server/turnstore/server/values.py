@@ -157,6 +157,19 @@ class StoredSnapshot:
 
 
 @dataclass(frozen=True)
+class SnapshotVersion:
+    """A kept snapshot version as a listing shows it: its metadata, never its data.
+
+    ``size_bytes`` is the length of the stored data, known without reading it.
+    """
+
+    version: int
+    content_type: str
+    size_bytes: int
+    saved_at_ns: int
+
+
+@dataclass(frozen=True)
 class ThreadView:
     """A thread as of one moment: reads through it see no later events.
 

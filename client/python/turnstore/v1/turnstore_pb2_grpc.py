@@ -146,8 +146,11 @@ class EventStoreServiceServicer:
     def GetTurn(self, request, context):
         """Returns one turn with its events in append order. An unknown thread or
         turn is not an error: the response has `found` false.
-        A turn larger than the message size limit fails with RESOURCE_EXHAUSTED;
-        use ListTurns for turns of unbounded size.
+        A turn whose stored events total more than the message size limit less
+        1 MiB fails with RESOURCE_EXHAUSTED (no reason trailer, as when gRPC
+        refuses a message over its limit), before the daemon reads it; the
+        message names its size and the limit. Read such turns in pieces with
+        ListTurns, ReadEvents or Replay.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -804,6 +807,7 @@ class HistoryStoreServiceServicer:
     def ListVersions(self, request, context):
         """Lists the versions kept for a key (the daemon keeps the newest few,
         configurable), newest first. Empty for an unknown or deleted key.
+        Reads the versions' metadata only, never their data.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -80,6 +80,41 @@ class _Operations(_Reads):
             )
         return out
 
+    def list_recent_threads(
+        self, limit: int, keep: Callable[[str], bool] | None = None
+    ) -> list[ThreadSummary]:
+        """Up to ``limit`` threads, most recently written first (ties: higher id first).
+
+        Walks ``threads_by_write`` backwards in one read transaction, so it
+        reads the entries it returns (and those ``keep`` refuses), never the
+        whole thread table.
+        """
+        out: list[ThreadSummary] = []
+        threads = self._dbs[schema.THREADS]
+        with self._read() as txn, txn.cursor(db=self._dbs[schema.THREADS_BY_WRITE]) as cursor:
+            if not cursor.last():
+                return out
+            for raw_key in cursor.iterprev(keys=True, values=False):
+                thread_key = _bytes(raw_key)[schema.U64.size :]
+                thread_id = _decode_key(thread_key)
+                if keep is not None and not keep(thread_id):
+                    continue
+                value = txn.get(thread_key, db=threads)
+                if value is None:  # never: the writer keeps both in step
+                    continue
+                record = schema.unpack_thread(_bytes(value))
+                out.append(
+                    ThreadSummary(
+                        thread_id,
+                        record.next_position,
+                        record.next_finish_seq,
+                        record.last_write_ns,
+                    )
+                )
+                if len(out) >= limit:
+                    break
+        return out
+
     def list_keys(self, start_after: str = "", limit: int = 1000) -> list[KeySummary]:
         """Up to ``limit`` conversation keys holding a snapshot, after ``start_after``.
 

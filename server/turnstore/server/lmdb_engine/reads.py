@@ -12,7 +12,7 @@ from typing import TypeVar
 import lmdb
 
 from turnstore.server import schema
-from turnstore.server.engine_input import MAX_U64
+from turnstore.server.engine_input import MAX_U64, turn_too_large
 from turnstore.server.errors import (
     CursorOutOfRangeError,
     ThreadClearedError,
@@ -53,11 +53,18 @@ class _Reads(_Snapshots):
         """The number of events in a thread; 0 for an unknown thread."""
         return self.view(thread_id).end_position
 
-    def get_turn(self, thread_id: str, turn: int) -> TurnChunk | None:
-        """One whole turn, or None for an unknown thread or turn."""
+    def get_turn(self, thread_id: str, turn: int, max_bytes: int | None = None) -> TurnChunk | None:
+        """One whole turn, or None for an unknown thread or turn.
+
+        With ``max_bytes``, a turn whose records total more raises
+        InvalidArgumentError before any record is read: the total is kept in
+        the turn's entry (``record_bytes``). A turn begun before schema
+        version 2 has none and is measured from its records in place (which
+        maps their pages but copies nothing).
+        """
         key = self._thread_key(thread_id)
         self._check_turn(turn)
-        with self._read() as txn:
+        with self._read_in_place() as txn:
             value = _get(txn, key, self._dbs[schema.THREADS])
             if value is None:
                 return None
@@ -66,8 +73,31 @@ class _Reads(_Snapshots):
             if turn_value is None:
                 return None
             finished, _, _ = schema.unpack_turn(turn_value)
+            if max_bytes is not None:
+                size = schema.turn_record_bytes(turn_value)
+                if size is None:  # begun before schema version 2: measure (maps its pages)
+                    size = self._turn_bytes(txn, number, turn)
+                if size > max_bytes:
+                    raise turn_too_large(turn, size, max_bytes)
             events, _ = self._turn_records(txn, number, turn, -1, MAX_U64, None)
             return TurnChunk(turn, finished, events)
+
+    def _turn_bytes(self, txn: lmdb.Transaction, number: int, turn: int) -> int:
+        """The total length of one turn's records (in an in-place read: nothing copied)."""
+        prefix = schema.PAIR.pack(number, turn)
+        events_db = self._dbs[schema.EVENTS]
+        total = 0
+        with txn.cursor(db=self._dbs[schema.TURN_EVENTS]) as cursor:
+            if not cursor.set_range(prefix):
+                return 0
+            for key in _keys(cursor):
+                if not key.startswith(prefix):
+                    break
+                position = schema.TRIPLE.unpack(key)[2]
+                record = txn.get(schema.PAIR.pack(number, position), db=events_db)
+                if record is not None:
+                    total += len(record)
+        return total
 
     def _turn_records(
         self,

@@ -78,6 +78,7 @@ class _Retention(_Operations):
                 return None
             prefix = schema.U64.pack(record.number)
             removed = _delete_prefix(txn, self._dbs[schema.SNAPSHOTS], prefix)
+            _delete_prefix(txn, self._dbs[schema.SNAPSHOT_VERSIONS], prefix)
             txn.delete(encoded_key, db=conversations)
             self.space.note_freed()
             return removed

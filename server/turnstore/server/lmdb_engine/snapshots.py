@@ -16,16 +16,16 @@ from turnstore.server.errors import (
     VersionConflictError,
 )
 from turnstore.server.lmdb_engine.state import (
-    _decode_snapshot,
     _delete_prefix,
     _get,
-    _pairs,
+    _keys,
 )
 from turnstore.server.lmdb_engine.turns import _TurnWrites
 from turnstore.server.space import (
     estimate_value_bytes,
 )
 from turnstore.server.values import (
+    SnapshotVersion,
     StoredSnapshot,
 )
 
@@ -67,11 +67,18 @@ class _Snapshots(_TurnWrites):
                 number = self._next_number(txn, schema.META_NEXT_CONVERSATION_NUMBER)
             version = latest + 1
             header = schema.SNAPSHOT_HEADER.pack(now_ns, len(content_type_bytes))
+            versions = self._dbs[schema.SNAPSHOT_VERSIONS]
             txn.put(
                 schema.PAIR.pack(number, version), header + content_type_bytes + data, db=snapshots
             )
+            txn.put(
+                schema.PAIR.pack(number, version),
+                schema.pack_snapshot_version(now_ns, len(data), content_type_bytes),
+                db=versions,
+            )
             if version > kept:
                 txn.delete(schema.PAIR.pack(number, version - kept), db=snapshots)
+                txn.delete(schema.PAIR.pack(number, version - kept), db=versions)
             txn.put(
                 encoded_key,
                 schema.pack_conversation(number, version, version, now_ns),
@@ -96,6 +103,7 @@ class _Snapshots(_TurnWrites):
                 return 0
             number, latest, _, _ = schema.unpack_conversation(value)
             removed = _delete_prefix(txn, self._dbs[schema.SNAPSHOTS], schema.U64.pack(number))
+            _delete_prefix(txn, self._dbs[schema.SNAPSHOT_VERSIONS], schema.U64.pack(number))
             txn.put(
                 encoded_key, schema.pack_conversation(number, latest, 0, now_ns), db=conversations
             )
@@ -108,12 +116,13 @@ class _Snapshots(_TurnWrites):
         """The latest snapshot under a key, or the given kept version.
 
         None when the key was never saved, was deleted, or the version is not
-        kept.
+        kept. The data is copied out of the map once (no intermediate copy
+        of the whole record).
         """
         encoded_key = self._conversation_key(key)
         if version is not None:
             self._check_turn(version)
-        with self._read() as txn:
+        with self._read_in_place() as txn:
             value = _get(txn, encoded_key, self._dbs[schema.CONVERSATIONS])
             if value is None:
                 return None
@@ -121,29 +130,54 @@ class _Snapshots(_TurnWrites):
             wanted = current if version is None else version
             if not wanted:
                 return None
-            record = _get(txn, schema.PAIR.pack(number, wanted), self._dbs[schema.SNAPSHOTS])
-        if record is None:
-            return None
-        return _decode_snapshot(wanted, record)
+            record = txn.get(schema.PAIR.pack(number, wanted), db=self._dbs[schema.SNAPSHOTS])
+            if record is None:
+                return None
+            saved_at, content_type, data_start = _snapshot_header(record)
+            return StoredSnapshot(wanted, content_type, bytes(record[data_start:]), saved_at)
 
-    def list_snapshot_versions(self, key: str) -> list[StoredSnapshot]:
-        """The kept versions of a key, newest first, with their data.
+    def list_snapshot_versions(self, key: str) -> list[SnapshotVersion]:
+        """The kept versions of a key, newest first: metadata and sizes only.
 
-        Empty for an unknown or deleted key.
+        Empty for an unknown or deleted key. Reads ``snapshot_versions`` and
+        the keys of ``snapshots``, never a snapshot's data (versions saved
+        before schema version 2 have their header read instead, which maps
+        their pages).
         """
         encoded_key = self._conversation_key(key)
-        out: list[StoredSnapshot] = []
-        with self._read() as txn:
+        out: list[SnapshotVersion] = []
+        with self._read_in_place() as txn:
             value = _get(txn, encoded_key, self._dbs[schema.CONVERSATIONS])
             if value is None:
                 return out
             prefix = schema.U64.pack(schema.unpack_conversation(value).number)
+            versions = self._dbs[schema.SNAPSHOT_VERSIONS]
             with txn.cursor(db=self._dbs[schema.SNAPSHOTS]) as cursor:
-                if cursor.set_range(prefix):
-                    for snapshot_key, record in _pairs(cursor):
-                        if not snapshot_key.startswith(prefix):
-                            break
-                        version = schema.PAIR.unpack(snapshot_key)[1]
-                        out.append(_decode_snapshot(version, record))
+                found = cursor.set_range(prefix)
+                snapshot_keys = []
+                for snapshot_key in _keys(cursor) if found else ():
+                    if not snapshot_key.startswith(prefix):
+                        break
+                    snapshot_keys.append(snapshot_key)
+            for snapshot_key in snapshot_keys:
+                version = schema.PAIR.unpack(snapshot_key)[1]
+                meta = _get(txn, snapshot_key, versions)
+                if meta is not None:
+                    saved_at, size, content_type = schema.unpack_snapshot_version(meta)
+                else:
+                    record = txn.get(snapshot_key, db=self._dbs[schema.SNAPSHOTS])
+                    if record is None:
+                        continue
+                    saved_at, content_type, data_start = _snapshot_header(record)
+                    size = len(record) - data_start
+                out.append(SnapshotVersion(version, content_type, size, saved_at))
         out.reverse()
         return out
+
+
+def _snapshot_header(record: bytes | memoryview) -> tuple[int, str, int]:
+    """A ``snapshots`` value's saved time, content type, and where its data starts."""
+    saved_at, content_type_length = schema.SNAPSHOT_HEADER.unpack_from(record)
+    start = schema.SNAPSHOT_HEADER.size
+    content_type = bytes(record[start : start + content_type_length]).decode("utf-8")
+    return saved_at, content_type, start + content_type_length

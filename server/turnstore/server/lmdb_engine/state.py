@@ -18,7 +18,7 @@ from typing import IO, Any, TypeVar
 
 import lmdb
 
-from turnstore.server import backups, schema
+from turnstore.server import backups
 from turnstore.server.engine_input import InputChecks
 from turnstore.server.errors import (
     EngineClosedError,
@@ -31,7 +31,6 @@ from turnstore.server.values import (
     EngineConfig,
     Limits,
     RetentionStats,
-    StoredSnapshot,
 )
 
 T = TypeVar("T")
@@ -188,16 +187,20 @@ class _State(InputChecks):
         with self._gate.reading(), self._env.begin(buffers=False) as txn:
             yield txn
 
+    @contextlib.contextmanager
+    def _read_in_place(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction whose values are buffers on the map, valid until the next call.
 
-def _decode_snapshot(version: int, record: bytes) -> StoredSnapshot:
-    saved_at, content_type_length = schema.SNAPSHOT_HEADER.unpack_from(record)
-    start = schema.SNAPSHOT_HEADER.size
-    content_type = record[start : start + content_type_length].decode("utf-8")
-    return StoredSnapshot(version, content_type, record[start + content_type_length :], saved_at)
+        For reads that only measure or peek at values: ``len`` of a buffer
+        reads none of its pages. The helpers here (``_get``, ``_pairs``,
+        ``_keys``) copy what they return, so they work in it too.
+        """
+        with self._gate.reading(), self._env.begin(buffers=True) as txn:
+            yield txn
 
 
 def _bytes(value: bytes | memoryview) -> bytes:
-    """Narrow an LMDB result: read transactions here never return buffers."""
+    """An LMDB result as bytes (a copy when it is a buffer of an in-place read)."""
     return value if isinstance(value, bytes) else bytes(value)
 
 

@@ -122,8 +122,10 @@ class _TurnWrites(_Writer):
         turn_key = schema.PAIR.pack(number, turn)
         turn_value = _get(txn, turn_key, self._dbs[schema.TURNS]) if value is not None else None
         count, last = 0, 0
+        record_bytes: int | None = 0
         if turn_value is not None:
             finished, count, last = schema.unpack_turn(turn_value)
+            record_bytes = schema.turn_record_bytes(turn_value)
             if finished:
                 if new:
                     raise TurnFinishedError(turn)
@@ -152,6 +154,8 @@ class _TurnWrites(_Writer):
             with txn.cursor(db=ids_db) as cursor:
                 cursor.putmulti([(prefix + item[0], pair(item[2], turn)) for item in new])
             count, last, next_position = count + len(new), new[-1][2], new[-1][2] + 1
+            if record_bytes is not None:
+                record_bytes += sum(map(len, values))
         if finish:
             finish_value = schema.QUAD.pack(turn, next_position, count, last)
             txn.put(
@@ -160,12 +164,22 @@ class _TurnWrites(_Writer):
                 db=self._dbs[schema.TURN_FINISHES],
             )
             next_finish += 1
-        txn.put(turn_key, schema.pack_turn(finish, count, last), db=self._dbs[schema.TURNS])
+        txn.put(
+            turn_key,
+            schema.pack_turn(finish, count, last, record_bytes),
+            db=self._dbs[schema.TURNS],
+        )
         txn.put(
             key,
             schema.pack_thread(number, next_position, next_finish, now_ns),
             db=self._dbs[schema.THREADS],
         )
+        by_write = self._dbs[schema.THREADS_BY_WRITE]
+        if value is not None:
+            txn.delete(
+                schema.by_write_key(schema.unpack_thread(value).last_write_ns, key), db=by_write
+            )
+        txn.put(schema.by_write_key(now_ns, key), b"", db=by_write)
         return positions, count
 
     def clear(self, thread_id: str) -> Future[int]:
@@ -197,5 +211,11 @@ class _TurnWrites(_Writer):
             schema.EVENT_IDS,
         ):
             _delete_prefix(txn, self._dbs[name], prefix)
+        value = _get(txn, key, self._dbs[schema.THREADS])
+        if value is not None:
+            last_write_ns = schema.unpack_thread(value).last_write_ns
+            txn.delete(
+                schema.by_write_key(last_write_ns, key), db=self._dbs[schema.THREADS_BY_WRITE]
+            )
         txn.delete(key, db=self._dbs[schema.THREADS])
         self.space.note_freed()

@@ -42,6 +42,7 @@ from turnstore.server.values import (
     ReadBudget,
     ReplayStep,
     RetentionStats,
+    SnapshotVersion,
     SpaceUsage,
     StorageStats,
     StoredSnapshot,
@@ -338,11 +339,11 @@ class PostgresEngine(Retention, InputChecks):
     def event_count(self, thread_id: str) -> int:
         return self.view(thread_id).end_position
 
-    def get_turn(self, thread_id: str, turn: int) -> TurnChunk | None:
+    def get_turn(self, thread_id: str, turn: int, max_bytes: int | None = None) -> TurnChunk | None:
         key = self._thread_key(thread_id)
         self._check_turn(turn)
         with self._read() as cur:
-            return reads.get_turn(cur, key, turn)
+            return reads.get_turn(cur, key, turn, max_bytes)
 
     def read_commit_order(
         self, view: ThreadView, start_position: int, budget: ReadBudget
@@ -391,7 +392,7 @@ class PostgresEngine(Retention, InputChecks):
         with self._read() as cur:
             return operations.load_snapshot(cur, encoded_key, version)
 
-    def list_snapshot_versions(self, key: str) -> list[StoredSnapshot]:
+    def list_snapshot_versions(self, key: str) -> list[SnapshotVersion]:
         """As :meth:`turnstore.server.engine.Engine.list_snapshot_versions`."""
         encoded_key = self._conversation_key(key)
         with self._read() as cur:
@@ -403,6 +404,13 @@ class PostgresEngine(Retention, InputChecks):
         """As :meth:`turnstore.server.engine.Engine.list_threads`."""
         with self._read() as cur:
             return operations.list_threads(cur, start_after, limit)
+
+    def list_recent_threads(
+        self, limit: int, keep: Callable[[str], bool] | None = None
+    ) -> list[ThreadSummary]:
+        """As :meth:`turnstore.server.engine.Engine.list_recent_threads` (the last-write index)."""
+        with self._read() as cur:
+            return operations.list_recent_threads(cur, limit, keep)
 
     def list_keys(self, start_after: str = "", limit: int = 1000) -> list[KeySummary]:
         """As :meth:`turnstore.server.engine.Engine.list_keys`."""

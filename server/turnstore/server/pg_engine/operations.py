@@ -6,14 +6,21 @@ read-only transaction; the answers are the LMDB engine's, in the same orders.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Final
+
 from turnstore.server.pg_engine.writes import Cursor
 from turnstore.server.values import (
     KeySummary,
+    SnapshotVersion,
     SpaceUsage,
     StorageStats,
     StoredSnapshot,
     ThreadSummary,
 )
+
+# Index entries a filtered recent listing reads per query.
+RECENT_PAGE: Final = 1000
 
 _TABLES = (
     "turnstore_threads",
@@ -33,6 +40,7 @@ def load_snapshot(cur: Cursor, key: bytes, version: int | None) -> StoredSnapsho
         "ON s.number = c.number WHERE c.key = %s AND c.current_version <> 0 "
         "AND s.version = " + ("c.current_version" if version is None else "%s"),
         (key,) if version is None else (key, version),
+        binary=True,
     )
     row = cur.fetchone()
     if row is None:
@@ -40,15 +48,57 @@ def load_snapshot(cur: Cursor, key: bytes, version: int | None) -> StoredSnapsho
     return StoredSnapshot(int(row[0]), str(row[1]), bytes(row[2]), int(row[3]))
 
 
-def list_snapshot_versions(cur: Cursor, key: bytes) -> list[StoredSnapshot]:
-    """The kept versions of a key, newest first; empty for an unknown or deleted key."""
+def list_snapshot_versions(cur: Cursor, key: bytes) -> list[SnapshotVersion]:
+    """The kept versions of a key, newest first; empty for an unknown or deleted key.
+
+    Sizes come from ``octet_length``, which reads a TOASTed value's stored
+    length, not the value: listing never loads the versions' data.
+    """
     cur.execute(
-        "SELECT s.version, s.content_type, s.data, s.saved_at_ns "
+        "SELECT s.version, s.content_type, octet_length(s.data), s.saved_at_ns "
         "FROM turnstore_conversations c JOIN turnstore_snapshots s "
         "ON s.number = c.number WHERE c.key = %s ORDER BY s.version DESC",
         (key,),
     )
-    return [StoredSnapshot(int(r[0]), str(r[1]), bytes(r[2]), int(r[3])) for r in cur.fetchall()]
+    return [SnapshotVersion(int(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in cur.fetchall()]
+
+
+def list_recent_threads(
+    cur: Cursor, limit: int, keep: Callable[[str], bool] | None
+) -> list[ThreadSummary]:
+    """Up to ``limit`` threads, most recently written first, read along the last-write index.
+
+    Pages of the index are fetched until ``limit`` threads pass ``keep``, so
+    a listing reads about what it returns.
+    """
+    out: list[ThreadSummary] = []
+    bound: tuple[int, bytes] | None = None
+    page = limit if keep is None else max(limit, RECENT_PAGE)
+    while len(out) < limit:
+        if bound is None:
+            cur.execute(
+                "SELECT thread_id, next_position, next_finish_seq, last_write_ns "
+                "FROM turnstore_threads ORDER BY last_write_ns DESC, thread_id DESC LIMIT %s",
+                (page,),
+            )
+        else:
+            cur.execute(
+                "SELECT thread_id, next_position, next_finish_seq, last_write_ns "
+                "FROM turnstore_threads WHERE (last_write_ns, thread_id) < (%s, %s) "
+                "ORDER BY last_write_ns DESC, thread_id DESC LIMIT %s",
+                (bound[0], bound[1], page),
+            )
+        rows = cur.fetchall()
+        for row in rows:
+            thread_id = bytes(row[0]).decode("utf-8", "surrogatepass")
+            if keep is None or keep(thread_id):
+                out.append(ThreadSummary(thread_id, int(row[1]), int(row[2]), int(row[3])))
+                if len(out) >= limit:
+                    break
+        if len(rows) < page:
+            break
+        bound = (int(rows[-1][3]), bytes(rows[-1][0]))
+    return out
 
 
 def list_threads(cur: Cursor, start_after: str, limit: int) -> list[ThreadSummary]:

@@ -8,6 +8,7 @@ and records come back as the stored wire bytes.
 
 from __future__ import annotations
 
+from turnstore.server.engine_input import turn_too_large
 from turnstore.server.errors import CursorOutOfRangeError, ThreadClearedError
 from turnstore.server.pg_engine.tables import from_column, to_column
 from turnstore.server.pg_engine.writes import Cursor
@@ -46,7 +47,7 @@ def check_view(cur: Cursor, view: ThreadView) -> int | None:
     return view.thread_number
 
 
-def get_turn(cur: Cursor, key: bytes, turn: int) -> TurnChunk | None:
+def get_turn(cur: Cursor, key: bytes, turn: int, max_bytes: int | None) -> TurnChunk | None:
     row = thread_row(cur, key)
     if row is None:
         return None
@@ -60,12 +61,24 @@ def get_turn(cur: Cursor, key: bytes, turn: int) -> TurnChunk | None:
         return None
     if not found[1]:
         return TurnChunk(turn, bool(found[0]), [])
+    if max_bytes is not None:
+        # octet_length reads a TOASTed record's stored length, not the record.
+        cur.execute(
+            "SELECT coalesce(sum(octet_length(record)), 0) FROM turnstore_events "
+            "WHERE number = %s AND turn = %s AND position <= %s",
+            (row[0], to_column(turn), found[2]),
+        )
+        size_row = cur.fetchone()
+        size = int(size_row[0]) if size_row is not None else 0
+        if size > max_bytes:
+            raise turn_too_large(turn, size, max_bytes)
     # Bounded by the turn's last position and ordered as the turns index, so
     # that no plan walks the thread's later events.
     cur.execute(
         "SELECT record FROM turnstore_events WHERE number = %s AND turn = %s "
         "AND position <= %s ORDER BY turn, position",
         (row[0], to_column(turn), found[2]),
+        binary=True,
     )
     return TurnChunk(turn, bool(found[0]), [bytes(r[0]) for r in cur.fetchall()])
 
@@ -73,19 +86,32 @@ def get_turn(cur: Cursor, key: bytes, turn: int) -> TurnChunk | None:
 def read_commit_order(
     cur: Cursor, view: ThreadView, start_position: int, budget: ReadBudget
 ) -> list[bytes]:
+    """Records from ``start_position`` within ``budget``: sizes first, then what it takes."""
     number = check_view(cur, view)
     out: list[bytes] = []
     position = start_position
-    while number is not None and position < view.end_position:
+    while number is not None and position < view.end_position and not budget.spent:
         cur.execute(
-            "SELECT record FROM turnstore_events WHERE number = %s AND position >= %s "
-            "AND position < %s ORDER BY position LIMIT %s",
+            "SELECT octet_length(record) FROM turnstore_events WHERE number = %s "
+            "AND position >= %s AND position < %s ORDER BY position LIMIT %s",
             (number, position, view.end_position, min(budget.events_left, _PAGE)),
         )
-        rows = cur.fetchall()
-        if not rows:
+        sizes = [int(row[0]) for row in cur.fetchall()]
+        if not sizes:
             break
-        for (record,) in rows:
+        taken, room = 0, budget.bytes_left
+        for size in sizes:
+            taken += 1
+            room -= size
+            if room <= 0:
+                break
+        cur.execute(
+            "SELECT record FROM turnstore_events WHERE number = %s "
+            "AND position >= %s AND position < %s ORDER BY position",
+            (number, position, position + taken),
+            binary=True,
+        )
+        for (record,) in cur.fetchall():
             out.append(bytes(record))
             position += 1
             if budget.spend(out[-1]):
@@ -156,24 +182,46 @@ def _turn_records(
     budget: ReadBudget,
     skip: int,
 ) -> tuple[list[bytes], int]:
-    """Records of one turn after ``after``, below ``end``, less ``skip``; and the last read."""
+    """Records of one turn after ``after``, below ``end``, less ``skip``; and the last read.
+
+    Each page first reads the records' sizes (``octet_length`` reads a
+    TOASTed value's stored length, not the value), then fetches only the
+    records the budget takes: psycopg receives every row a query selects,
+    so a page of 512 large events would otherwise arrive whole (and as hex
+    text) to fill a 4 MiB budget.
+    """
     out: list[bytes] = []
     last = after
     while not budget.spent and last + 1 < end:
         page = min(budget.events_left, _PAGE)
         cur.execute(
-            "SELECT position, record FROM turnstore_events WHERE number = %s AND turn = %s "
-            "AND position > %s AND position < %s ORDER BY turn, position OFFSET %s LIMIT %s",
+            "SELECT position, octet_length(record) FROM turnstore_events "
+            "WHERE number = %s AND turn = %s AND position > %s AND position < %s "
+            "ORDER BY turn, position OFFSET %s LIMIT %s",
             (number, column, last, end, skip, page),
         )
-        rows = cur.fetchall()
+        sizes = cur.fetchall()
         skip = 0
-        for position, record in rows:
+        if not sizes:
+            break
+        taken, room = 0, budget.bytes_left
+        for _, size in sizes:
+            taken += 1
+            room -= int(size)
+            if room <= 0:
+                break
+        cur.execute(
+            "SELECT position, record FROM turnstore_events WHERE number = %s AND turn = %s "
+            "AND position >= %s AND position <= %s ORDER BY turn, position",
+            (number, column, int(sizes[0][0]), int(sizes[taken - 1][0])),
+            binary=True,
+        )
+        for position, record in cur.fetchall():
             last = int(position)
             out.append(bytes(record))
             if budget.spend(out[-1]):
                 break
-        if len(rows) < page:
+        if len(sizes) < page and taken == len(sizes):
             break  # the turn's last page: asking again would only return nothing
     return out, last
 
