@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,7 +194,12 @@ def compare(
                 expected: Any = {"unsupported": op}
                 if actual != expected:
                     first[driver.language] = Mismatch(
-                        driver.language, index, op, f"listed in known_gaps; {note}", expected, actual
+                        driver.language,
+                        index,
+                        op,
+                        f"listed in known_gaps; {note}",
+                        expected,
+                        actual,
                     )
                 continue
             if reference is None:
@@ -225,7 +230,7 @@ def _scenario() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def daemon_target(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def daemon_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """ONE daemon every driver of this module talks to."""
     daemon = Daemon(tmp_path_factory.mktemp("cross-language") / "data")
     daemon.start()
@@ -239,3 +244,97 @@ def daemon_target(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_every_client_gives_the_scenarios_outcomes(daemon_target: str, tmp_path: Path) -> None:
     mismatches = run_conformance(_scenario(), DRIVERS, daemon_target, tmp_path)
     assert not mismatches, "\n".join(str(m) for m in mismatches)
+
+
+# The runner itself: it fails, naming the language and the step, when one client differs.
+
+PYTHON = DRIVERS[0]
+
+# A driver whose outcome of one step differs: the Python driver's output with the
+# `count` of step argv[2] made one more (argv[1]: the Python driver; then STEPS_FILE TARGET).
+OFF_BY_ONE = """
+import json, subprocess, sys
+driver, step, rest = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+output = subprocess.run([sys.executable, driver, *rest], capture_output=True, text=True, check=True)
+for line in output.stdout.splitlines():
+    message = json.loads(line)
+    if message["step"] == step:
+        message["outcome"]["count"] += 1
+    print(json.dumps(message))
+"""
+
+
+def _step_index(scenario: dict[str, Any], op: str, expect: dict[str, Any]) -> int:
+    return next(
+        i
+        for i, step in enumerate(scenario["steps"])
+        if (step["op"], step["expect"]) == (op, expect)
+    )
+
+
+def test_an_expectation_no_client_meets_fails_the_run_naming_language_and_step(
+    daemon_target: str, tmp_path: Path
+) -> None:
+    scenario = _scenario()
+    refused = _step_index(scenario, "append", {"error": "event_id_conflict"})
+    scenario["steps"][refused]["expect"] = {"error": "turn_finished"}
+    mismatches = run_conformance(scenario, [PYTHON], daemon_target, tmp_path)
+    assert mismatches == [
+        Mismatch(
+            "python",
+            refused,
+            "append",
+            scenario["steps"][refused]["note"],
+            {"error": "turn_finished"},
+            {"error": "event_id_conflict"},
+        )
+    ]
+    assert str(mismatches[0]).startswith(f"python: step {refused} (append: ")
+
+
+def test_a_client_that_differs_from_the_others_fails_the_run(
+    daemon_target: str, tmp_path: Path
+) -> None:
+    """The altered driver is named, at the altered step: once where the scenario
+    has an expectation, once where only the first driver's outcome is the reference."""
+    scenario = _scenario()
+    counted = _step_index(scenario, "event_count", {"count": 3})
+    altered = Driver(
+        "altered",
+        lambda: [
+            sys.executable,
+            "-c",
+            OFF_BY_ONE,
+            str(CONFORMANCE_DIR / "python_driver.py"),
+            str(counted),
+        ],
+    )
+    mismatches = run_conformance(scenario, [PYTHON, altered], daemon_target, tmp_path)
+    assert [(m.language, m.step, m.expected, m.actual) for m in mismatches] == [
+        ("altered", counted, {"count": 3}, {"count": 4})
+    ]
+    del scenario["steps"][counted]["expect"]
+    mismatches = run_conformance(scenario, [PYTHON, altered], daemon_target, tmp_path)
+    assert [(m.language, m.step, m.note, m.actual) for m in mismatches] == [
+        ("altered", counted, "as python gave; ", {"count": 4})
+    ]
+
+
+def test_a_known_gap_the_client_does_fill_fails_the_run(daemon_target: str, tmp_path: Path) -> None:
+    """An operation listed as missing from a client must be missing: once the
+    client has it, the run says to take it off the list."""
+    scenario = _scenario()
+    listed = Driver("python", _python_driver, known_gaps=frozenset({"event_count"}))
+    mismatches = run_conformance(scenario, [listed], daemon_target, tmp_path)
+    assert [(m.language, m.step, m.expected) for m in mismatches] == [
+        ("python", 0, {"unsupported": "event_count"})
+    ]
+    assert "listed in known_gaps" in str(mismatches[0])
+
+
+def test_a_driver_that_fails_to_run_fails_the_run_naming_its_language(
+    daemon_target: str, tmp_path: Path
+) -> None:
+    broken = Driver("broken", lambda: [sys.executable, "-c", "import sys; sys.exit(3)"])
+    with pytest.raises(AssertionError, match=r"^broken: the driver exited with 3"):
+        run_conformance(_scenario(), [broken], daemon_target, tmp_path)

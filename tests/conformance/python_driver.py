@@ -149,9 +149,7 @@ class PythonDriver:
         return {"items": items, "last_position": replay.last_position}
 
 
-async def main(steps_file: str, target: str) -> None:
-    with open(steps_file, encoding="utf-8") as file:
-        steps: list[dict[str, Any]] = json.load(file)
+async def main(steps: list[dict[str, Any]], target: str) -> None:
     async with TurnstoreClient(target) as client:
         await client.wait_ready()
         driver = PythonDriver(client)
@@ -166,4 +164,6 @@ async def main(steps_file: str, target: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit("usage: python_driver.py STEPS_FILE TARGET")
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    with open(sys.argv[1], encoding="utf-8") as file:
+        rendered_steps: list[dict[str, Any]] = json.load(file)
+    asyncio.run(main(rendered_steps, sys.argv[2]))
