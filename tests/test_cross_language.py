@@ -2,11 +2,12 @@
 
 The scenario is data (steps: an operation, its arguments, the expected outcome);
 each client has a small driver that executes the steps through its public API
-and prints one JSON outcome per step (tests/conformance/README.md). This module
-starts ONE real daemon, gives every driver in DRIVERS the scenario with thread
-ids and keys of its own, and fails when any driver's outcome differs from the
-scenario's expectation (or, for a step without one, from the first driver's),
-naming the language, the step, what was expected and what came back.
+and prints one JSON outcome per step (tests/conformance/README.md). The run
+starts ONE real daemon (on each backend in turn), gives every driver in
+DRIVERS the scenario with thread ids and keys of its own, and fails when any
+driver's outcome differs from the scenario's expectation (or, for a step
+without one, from the first driver's), naming the language, the step, what
+was expected and what came back.
 
 A fourth language joins by adding its driver program and one row to DRIVERS.
 The runner itself is shown to fail when one client differs (the last tests).
@@ -29,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from tests import daemon as daemon_module
 from tests.daemon import Daemon
 from tests.test_rust import CARGO_TIMEOUT, _cargo, _target_dir
 from tests.test_typescript import TS_DIR, _run
@@ -165,8 +167,13 @@ def run_driver(
         ) from None
     outcomes: list[Any] = [None] * len(scenario["steps"])
     for line in result.stdout.splitlines():
-        message = json.loads(line)
-        outcomes[message["step"]] = message["outcome"]
+        try:
+            message = json.loads(line)
+            outcomes[message["step"]] = message["outcome"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise AssertionError(
+                f"{driver.language}: the driver printed {line!r}, not an outcome line"
+            ) from None
     if result.returncode != 0:
         raise AssertionError(
             f"{driver.language}: the driver exited with {result.returncode}:\n"
@@ -231,9 +238,12 @@ def _scenario() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def daemon_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """ONE daemon every driver of this module talks to."""
+    """The daemon the tests of the runner itself share."""
     daemon = Daemon(tmp_path_factory.mktemp("cross-language") / "data")
     daemon.start()
+    # Shared by the module's tests: not one for conftest's _reap_daemons to kill.
+    assert daemon.process is not None
+    daemon_module.LIVE.discard(daemon.process)
     try:
         yield daemon.target
     finally:
@@ -241,8 +251,14 @@ def daemon_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.mark.timeout(CARGO_TIMEOUT + 300)
-def test_every_client_gives_the_scenarios_outcomes(daemon_target: str, tmp_path: Path) -> None:
-    mismatches = run_conformance(_scenario(), DRIVERS, daemon_target, tmp_path)
+def test_every_client_gives_the_scenarios_outcomes(backend_args: list[str], tmp_path: Path) -> None:
+    """ONE daemon (on each backend in turn), every driver against it."""
+    daemon = Daemon(tmp_path / "data", extra_args=backend_args)
+    daemon.start()
+    try:
+        mismatches = run_conformance(_scenario(), DRIVERS, daemon.target, tmp_path)
+    finally:
+        assert daemon.stop() == 0, daemon.log_lines
     assert not mismatches, "\n".join(str(m) for m in mismatches)
 
 

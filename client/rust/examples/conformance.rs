@@ -141,7 +141,10 @@ impl Driver {
 
     async fn replay(&mut self, step: &Value) -> anyhow::Result<Value> {
         let (saved_after, epoch) = match step.get("cursor").and_then(Value::as_str) {
-            Some(name) => self.cursors[name],
+            Some(name) => *self
+                .cursors
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("no cursor saved as {name:?}"))?,
             None => (None, None),
         };
         let after = step.get("after").and_then(Value::as_u64).or(saved_after);
