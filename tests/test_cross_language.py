@@ -23,8 +23,8 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class Driver:
     """A client's driver: ``prepare()`` builds it if needed and returns its command,
     to which the runner appends STEPS_FILE and TARGET.
 
-    ``known_gaps`` are operations the client does not offer yet: its driver
+    ``env`` is added to the driver's environment. ``known_gaps`` are operations the client does not offer yet: its driver
     must answer them ``{"unsupported": op}`` (anything else fails the run, so
     the entry goes once the client has the operation).
     """
@@ -53,6 +53,7 @@ class Driver:
     language: str
     prepare: Callable[[], list[str]]
     known_gaps: frozenset[str] = frozenset()
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 def _python_driver() -> list[str]:
@@ -79,15 +80,18 @@ def _rust_driver() -> list[str]:
     return [str(_target_dir() / "debug" / "examples" / "conformance")]
 
 
-# Every client's driver. A new language: its driver program, and a row here.
+# EventStore in TypeScript has no getEvents / getEventsSince (issue 19's API table).
+TYPESCRIPT_GAPS = frozenset({"get_events", "get_events_since"})
+UNARY_WRITES = {"TURNSTORE_WRITE_MODE": "unary"}
+
+# Every client's driver. A new language: its driver program, and a row here. The
+# clients that can write with unary calls instead of their shared append stream
+# run the scenario both ways.
 DRIVERS = [
     Driver("python", _python_driver),
-    Driver(
-        "typescript",
-        _typescript_driver,
-        # EventStore has no getEvents / getEventsSince (issue 19's API table).
-        known_gaps=frozenset({"get_events", "get_events_since"}),
-    ),
+    Driver("python-unary", _python_driver, env=UNARY_WRITES),
+    Driver("typescript", _typescript_driver, known_gaps=TYPESCRIPT_GAPS),
+    Driver("typescript-unary", _typescript_driver, TYPESCRIPT_GAPS, UNARY_WRITES),
     Driver("rust", _rust_driver),
 ]
 
@@ -134,10 +138,10 @@ def render(scenario: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
             for key, value in step.items()
             if key not in ("expect", "note")
         }
-        for field in ("thread", "key"):
-            name = rendered.get(field)
+        for argument in ("thread", "key"):
+            name = rendered.get(argument)
             if isinstance(name, str) and name.startswith("$"):
-                rendered[field] = prefix + name[1:]
+                rendered[argument] = prefix + name[1:]
         steps.append(rendered)
     return steps
 
@@ -155,6 +159,7 @@ def run_driver(
     try:
         result = subprocess.run(
             [*command, str(steps_file), target],
+            env={**os.environ, **driver.env},
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

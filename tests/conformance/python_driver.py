@@ -4,6 +4,8 @@ Usage: ``python tests/conformance/python_driver.py STEPS_FILE TARGET``. STEPS_FI
 holds the rendered steps (a JSON list: thread ids and keys made unique, events and
 snapshots written out); each step is executed through the public ``turnstore``
 client and its outcome printed as one JSON line ``{"step": i, "outcome": {...}}``.
+With ``TURNSTORE_WRITE_MODE=unary`` the client writes with unary calls instead
+of its shared append stream.
 An error is an outcome: the client's error class, turned back into the proto's
 ErrorReason string by ERROR_REASONS.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -39,6 +42,7 @@ from turnstore import (
     UnavailableError,
     VersionConflictError,
 )
+from turnstore.client import WriteMode
 
 # The client's error kinds (its classes), most specific first, as reason strings.
 ERROR_REASONS: list[tuple[type[TurnstoreError], str]] = [
@@ -90,6 +94,9 @@ class PythonDriver:
         if op == "append":
             envelope = AgentEventEnvelope.from_json_dict(step["event"])
             return {"position": await events.append(step["thread"], step["turn"], envelope)}
+        if op == "append_many":
+            envelopes = [AgentEventEnvelope.from_json_dict(e) for e in step["events"]]
+            return {"positions": await events.append_many(step["thread"], step["turn"], envelopes)}
         if op == "finish_turn":
             await events.finish_turn(step["thread"], step["turn"])  # its result is not compared
             return {}
@@ -150,7 +157,10 @@ class PythonDriver:
 
 
 async def main(steps: list[dict[str, Any]], target: str) -> None:
-    async with TurnstoreClient(target) as client:
+    write_mode: WriteMode = (
+        "unary" if os.environ.get("TURNSTORE_WRITE_MODE") == "unary" else "stream"
+    )
+    async with TurnstoreClient(target, write_mode=write_mode) as client:
         await client.wait_ready()
         driver = PythonDriver(client)
         for index, step in enumerate(steps):

@@ -94,6 +94,16 @@ impl Driver {
                     .await?;
                 json!({ "position": positions[0] })
             }
+            "append_many" => {
+                let envelopes: Vec<AgentEventEnvelope> =
+                    serde_json::from_value(field(step, "events")?.clone())?;
+                let turn = usize::try_from(number(step, "turn")?)?;
+                let positions = self
+                    .events
+                    .append_envelopes(&thread()?, turn, &envelopes)
+                    .await?;
+                json!({ "positions": positions })
+            }
             "finish_turn" => {
                 let turn = usize::try_from(number(step, "turn")?)?;
                 store.finish_turn(&thread()?, turn).await?; // its result is not compared

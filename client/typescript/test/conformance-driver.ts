@@ -3,7 +3,8 @@
  * (tests/conformance/README.md, tests/test_cross_language.py). Not a
  * node:test file.
  *
- * Usage: `node dist/test/conformance-driver.js STEPS_FILE TARGET`. Each
+ * Usage: `node dist/test/conformance-driver.js STEPS_FILE TARGET` (with
+ * `TURNSTORE_WRITE_MODE=unary`, writes go as unary calls). Each
  * rendered step is executed through the client's public API and its outcome
  * printed as one JSON line `{"step": i, "outcome": {...}}`; a TurnstoreError
  * is an outcome too, its class turned back into the proto's ErrorReason
@@ -80,6 +81,10 @@ async function run(client: TurnstoreClient, step: Step): Promise<Json> {
       const [position] = await events.append(step.thread, step.turn, envelopeFromJson(step.event));
       return { position };
     }
+    case "append_many": {
+      const envelopes = (step.events as unknown[]).map(envelopeFromJson);
+      return { positions: await events.append(step.thread, step.turn, envelopes) };
+    }
     case "finish_turn":
       await events.finishTurn(step.thread, step.turn); // its result is not compared
       return {};
@@ -149,7 +154,8 @@ async function main(): Promise<void> {
     throw new Error("usage: conformance-driver.js STEPS_FILE TARGET");
   }
   const steps = JSON.parse(readFileSync(stepsFile, "utf8")) as Step[];
-  const client = new TurnstoreClient(target);
+  const writeMode = process.env.TURNSTORE_WRITE_MODE === "unary" ? "unary" : "stream";
+  const client = new TurnstoreClient(target, { writeMode });
   try {
     await client.waitForReady();
     for (const [index, step] of steps.entries()) {
