@@ -20,6 +20,9 @@
 //! the event's other fields as a JSON body), so threads written here read
 //! back identically from Python and TypeScript, and the other way round.
 
+// Every public item is documented (cargo doc and clippy in `make rust-check` fail otherwise).
+#![warn(missing_docs)]
+
 mod appender;
 mod client;
 mod convert;
