@@ -12,7 +12,8 @@ dependency by path would fail here.
 
 Builds share tests/test_rust.py's CARGO_TARGET_DIR, and the new crate starts
 from the packaged Cargo.lock, so only the unpacked crate itself compiles anew
-(about 20 s on 2 cores once `cargo test` has built the dependencies).
+(about 20 s on 2 cores once `cargo test` has built the dependencies). The
+README's first-call program is compiled against the package as well.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -150,6 +152,14 @@ def test_the_package_has_what_it_builds_from_and_nothing_else(unpacked_crate: Pa
     assert package["categories"]
 
 
+def _readme_first_call(readme: Path) -> str:
+    """The README's first Rust code block that has a `main`: its "first call" program."""
+    blocks = re.findall(r"^```rust\n(.*?)^```", readme.read_text(encoding="utf-8"), re.M | re.S)
+    programs = [block for block in blocks if "fn main()" in block]
+    assert programs, f"{readme} shows no complete first program"
+    return str(programs[0])
+
+
 async def _python_turns(target: str, thread: str) -> list[dict[str, Any]]:
     async with TurnstoreClient(target) as client:
         turns = await client.events.get_turns(thread)
@@ -166,6 +176,11 @@ def test_a_crate_outside_the_checkout_appends_and_reads_through_the_packaged_cra
     consumer = tmp_path / "consumer"
     (consumer / "src").mkdir(parents=True)
     shutil.copy(CONSUMER_MAIN, consumer / "src" / "main.rs")
+    # The README's first call (it dials the default target) compiles against the package too.
+    (consumer / "src" / "bin").mkdir()
+    (consumer / "src" / "bin" / "readme_first_call.rs").write_text(
+        _readme_first_call(unpacked_crate / "README.md")
+    )
     (consumer / "Cargo.toml").write_text(
         CONSUMER_MANIFEST.format(crate_dir=json.dumps(str(unpacked_crate)))
     )
