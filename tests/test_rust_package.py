@@ -34,6 +34,7 @@ import pytest
 
 from tests.daemon import Daemon
 from tests.test_rust import CARGO_TIMEOUT, _target_dir
+from tests.test_rust import _cargo as cargo_in
 from turnstore import TurnstoreClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,30 +63,9 @@ tokio = {{ version = "1", features = ["rt", "macros"] }}
 
 def _cargo(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run cargo in `cwd` with the shared target dir and no PROTOC; fail the test if it fails."""
-    cargo = shutil.which("cargo")
-    if cargo is None:
-        pytest.fail("the Rust package test needs cargo on PATH (https://rustup.rs)")
     env = {**os.environ, "CARGO_TARGET_DIR": str(_target_dir()), "CARGO_TERM_COLOR": "never"}
     env.pop("PROTOC", None)  # the crate must bring its own protoc
-    try:
-        result = subprocess.run(
-            [cargo, *args],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CARGO_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"cargo {' '.join(args)} took over {CARGO_TIMEOUT} s:\n{error.stderr!s}")
-    if result.returncode != 0:
-        pytest.fail(
-            f"cargo {' '.join(args)} in {cwd} exited with {result.returncode}:\n"
-            f"{result.stdout[-20000:]}\n{result.stderr[-20000:]}"
-        )
-    return result
+    return cargo_in(args, cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")
