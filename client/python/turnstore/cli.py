@@ -1,7 +1,7 @@
 """The ``turnstore`` command line.
 
 ``turnstore serve`` runs the daemon; it needs the ``server`` extra
-(``pip install 'turnstore[server]'``). Its options and its configuration
+(the wheel installed with ``[server]``). Its options and its configuration
 belong to the server (:mod:`turnstore.server.options`,
 :mod:`turnstore.server.command`); this module only parses them and hands
 them over. Every other subcommand is a client of a running daemon and needs
