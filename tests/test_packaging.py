@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -447,3 +448,12 @@ def test_the_version_is_the_checkouts_pyproject_else_the_installed_metadata(
     (loose / "turnstore/_version.py").write_text(source)
     assert _version_seen(loose, "-I") == VERSION
     assert _version_seen(loose, "-I", "-S") == "0+unknown"
+
+
+def test_the_readme_names_the_version_that_pyproject_builds() -> None:
+    """The README's wheel names and ``--version`` output follow pyproject's version."""
+    readme = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"turnstore-(\d[^-\s]*)-py3-none-any\.whl", readme))
+    printed = set(re.findall(r"turnstore (\d+\.\d+\.\d+[^\s`]*)", readme))
+    assert named == {VERSION} and printed == {VERSION}, (named, printed)
+    assert len(re.findall(r"turnstore \d", readme)) >= 2  # the install block and the table
