@@ -155,8 +155,9 @@ class VenvDaemon(Daemon):
         self.bin_dir = bin_dir
 
     def command(self) -> list[str]:
-        python = [str(self.bin_dir / "python"), "-I", str(self.bin_dir / "turnstore")]
-        return python + super().command()[3:]  # after `python -m turnstore`
+        args = super().command()  # [python, -m, turnstore, serve, ...]
+        script = [str(self.bin_dir / "python"), "-I", str(self.bin_dir / "turnstore")]
+        return script + args[args.index("serve") :]
 
 
 # ---------------------------------------------------------------- one licence
