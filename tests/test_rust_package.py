@@ -95,6 +95,7 @@ def test_the_package_has_what_it_builds_from_and_nothing_else(unpacked_crate: Pa
         "Cargo.toml.orig",
         "Cargo.lock",
         "README.md",
+        "LICENSE",
         "build.rs",
     }
     for name in files:
@@ -103,8 +104,10 @@ def test_the_package_has_what_it_builds_from_and_nothing_else(unpacked_crate: Pa
             or (name.startswith("src/") and name.endswith(".rs"))
             or name == PROTO.as_posix()
         ), f"{name} should not be in the package"
-    for needed in ("Cargo.toml", "Cargo.lock", "README.md", "build.rs", "src/lib.rs"):
+    for needed in ("Cargo.toml", "Cargo.lock", "README.md", "LICENSE", "build.rs", "src/lib.rs"):
         assert needed in files, files
+    # The licence text itself (the repository's, through the crate's link to it).
+    assert (unpacked_crate / "LICENSE").read_bytes() == (ROOT / "LICENSE").read_bytes()
     # The proto it compiles is the repository's, byte for byte.
     assert (unpacked_crate / PROTO).read_bytes() == (ROOT / PROTO).read_bytes()
 
