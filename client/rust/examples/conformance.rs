@@ -1,0 +1,219 @@
+//! The Rust client's driver of the cross-language conformance run
+//! (tests/conformance/README.md, tests/test_cross_language.py).
+//!
+//! `conformance STEPS_FILE TARGET` executes each rendered step through the
+//! crate's public API (agent-sdk's `EventStore` trait where it has the
+//! operation, the store's own methods for positions, replays and versioned
+//! snapshots) and prints its outcome as one JSON line `{"step": i,
+//! "outcome": {...}}`. An error is an outcome too: its [`ErrorKind`] turned
+//! back into the proto's ErrorReason string by `reason_of`.
+
+use std::collections::HashMap;
+
+use agent_sdk_foundation::events::AgentEventEnvelope;
+use agent_sdk_foundation::types::ThreadId;
+use agent_sdk_tools::stores::{EventStore, StoredTurnEvents};
+use ailoop_history::ConversationSnapshot;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use turnstore_client::{
+    Client, ClientOptions, ErrorKind, ReplayItem, ReplayOptions, TurnstoreEventStore,
+};
+
+/// The client's error kind as the proto's reason string.
+fn reason_of(kind: ErrorKind) -> String {
+    match kind {
+        ErrorKind::InvalidArgument => "invalid_argument",
+        ErrorKind::TurnFinished => "turn_finished",
+        ErrorKind::TurnAlreadyFinished => "turn_already_finished",
+        ErrorKind::EventIdConflict => "event_id_conflict",
+        ErrorKind::VersionConflict => "version_conflict",
+        ErrorKind::ThreadCleared => "thread_cleared",
+        ErrorKind::CursorOutOfRange => "cursor_out_of_range",
+        ErrorKind::StorageFull => "storage_full",
+        ErrorKind::Unauthenticated => "unauthenticated",
+        ErrorKind::PermissionDenied => "permission_denied",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::DeadlineExceeded => "deadline_exceeded",
+        other => return format!("other:{other:?}"),
+    }
+    .to_owned()
+}
+
+/// The outcome of a failed step; an error that is not the client's ends the run.
+fn error_outcome(error: &anyhow::Error) -> anyhow::Result<Value> {
+    let Some(error) = error.downcast_ref::<turnstore_client::Error>() else {
+        anyhow::bail!("not a turnstore error: {error:#}");
+    };
+    let mut outcome = json!({ "error": reason_of(error.kind()) });
+    if error.kind() == ErrorKind::VersionConflict {
+        outcome["current_version"] = json!(error.current_version());
+    }
+    Ok(outcome)
+}
+
+fn turn_json(turn: &StoredTurnEvents) -> Value {
+    json!({"turn": turn.turn, "finished": turn.finished, "events": turn.events})
+}
+
+fn field<'a>(step: &'a Value, name: &str) -> anyhow::Result<&'a Value> {
+    step.get(name)
+        .ok_or_else(|| anyhow::anyhow!("step without {name:?}: {step}"))
+}
+
+fn text(step: &Value, name: &str) -> anyhow::Result<String> {
+    Ok(field(step, name)?.as_str().unwrap_or_default().to_owned())
+}
+
+fn number(step: &Value, name: &str) -> anyhow::Result<u64> {
+    field(step, name)?
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("{name:?} is not a number: {step}"))
+}
+
+/// Executes steps on one client; keeps the replay cursors steps save by name.
+struct Driver {
+    client: Client,
+    events: TurnstoreEventStore,
+    cursors: HashMap<String, (Option<u64>, Option<u64>)>,
+}
+
+impl Driver {
+    async fn run(&mut self, step: &Value) -> anyhow::Result<Value> {
+        let thread = || text(step, "thread").map(ThreadId::from_string);
+        // The trait, as an agent holds the store.
+        let store: &dyn EventStore = &self.events;
+        Ok(match text(step, "op")?.as_str() {
+            "append" => {
+                let envelope: AgentEventEnvelope =
+                    serde_json::from_value(field(step, "event")?.clone())?;
+                let turn = usize::try_from(number(step, "turn")?)?;
+                let positions = self
+                    .events
+                    .append_envelopes(&thread()?, turn, &[envelope])
+                    .await?;
+                json!({ "position": positions[0] })
+            }
+            "append_many" => {
+                let envelopes: Vec<AgentEventEnvelope> =
+                    serde_json::from_value(field(step, "events")?.clone())?;
+                let turn = usize::try_from(number(step, "turn")?)?;
+                let positions = self
+                    .events
+                    .append_envelopes(&thread()?, turn, &envelopes)
+                    .await?;
+                json!({ "positions": positions })
+            }
+            "finish_turn" => {
+                let turn = usize::try_from(number(step, "turn")?)?;
+                store.finish_turn(&thread()?, turn).await?; // its result is not compared
+                json!({})
+            }
+            "get_turn" => {
+                let turn = usize::try_from(number(step, "turn")?)?;
+                let found = store.get_turn(&thread()?, turn).await?;
+                json!({ "turn": found.as_ref().map(turn_json) })
+            }
+            "get_turns" => {
+                let turns = store.get_turns(&thread()?).await?;
+                json!({ "turns": turns.iter().map(turn_json).collect::<Vec<_>>() })
+            }
+            "get_events" => json!({ "events": store.get_events(&thread()?).await? }),
+            "get_events_since" => {
+                let offset = usize::try_from(number(step, "offset")?)?;
+                json!({ "events": store.get_events_since(&thread()?, offset).await? })
+            }
+            "event_count" => json!({ "count": store.event_count(&thread()?).await? }),
+            "clear" => {
+                store.clear(&thread()?).await?; // its result is not compared
+                json!({})
+            }
+            "replay" => self.replay(step).await?,
+            "save" => {
+                let snapshot: ConversationSnapshot =
+                    serde_json::from_value(field(step, "snapshot")?.clone())?;
+                let expected = step.get("expected_version").and_then(Value::as_u64);
+                let history = self.client.history(text(step, "key")?);
+                json!({ "version": history.save_versioned(&snapshot, expected).await? })
+            }
+            "load" => match self
+                .client
+                .history(text(step, "key")?)
+                .load_versioned(None)
+                .await?
+            {
+                None => json!({"snapshot": null, "version": null}),
+                Some(loaded) => json!({"snapshot": loaded.snapshot, "version": loaded.version}),
+            },
+            other => json!({ "unsupported": other }),
+        })
+    }
+
+    async fn replay(&mut self, step: &Value) -> anyhow::Result<Value> {
+        let (saved_after, epoch) = match step.get("cursor").and_then(Value::as_str) {
+            Some(name) => *self
+                .cursors
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("no cursor saved as {name:?}"))?,
+            None => (None, None),
+        };
+        let after = step.get("after").and_then(Value::as_u64).or(saved_after);
+        let options = ReplayOptions {
+            after,
+            epoch,
+            ..ReplayOptions::default()
+        };
+        let mut replay = self.events.replay(&text(step, "thread")?, options).await?;
+        let mut items = Vec::new();
+        while let Some(item) = replay.next().await {
+            items.push(match item? {
+                ReplayItem::Event(event) => json!({
+                    "position": event.position,
+                    "turn": event.turn,
+                    "event": event.envelope.to_json()?,
+                }),
+                ReplayItem::TurnFinished {
+                    turn,
+                    event_count,
+                    last_position,
+                } => json!({
+                    "turn_finished": turn,
+                    "event_count": event_count,
+                    "last_position": last_position,
+                }),
+                ReplayItem::CaughtUp { next_position } => json!({ "caught_up": next_position }),
+                ReplayItem::ThreadCleared { next_position } => {
+                    json!({ "thread_cleared": next_position })
+                }
+            });
+        }
+        if let Some(name) = step.get("save_cursor").and_then(Value::as_str) {
+            self.cursors
+                .insert(name.to_owned(), (replay.last_position(), replay.epoch()));
+        }
+        Ok(json!({"items": items, "last_position": replay.last_position()}))
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, steps_file, target] = args.as_slice() else {
+        anyhow::bail!("usage: conformance STEPS_FILE TARGET");
+    };
+    let steps: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(steps_file)?)?;
+    let client = Client::connect(target, ClientOptions::default()).await?;
+    let mut driver = Driver {
+        events: client.events(),
+        client,
+        cursors: HashMap::new(),
+    };
+    for (index, step) in steps.iter().enumerate() {
+        let outcome = match driver.run(step).await {
+            Ok(outcome) => outcome,
+            Err(error) => error_outcome(&error)?,
+        };
+        println!("{}", json!({"step": index, "outcome": outcome}));
+    }
+    Ok(())
+}
