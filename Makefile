@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## check: lint, type-check, and fail when the generated code is stale
-check: $(STAMP) proto-check lint typecheck buflint rust-check
+check: $(STAMP) proto-check ts-proto-check lint typecheck buflint rust-check
 
 ## buflint: buf lint of proto/ (STANDARD rules, proto/buf.yaml); buf is pinned in
 ## client/typescript's devDependencies (keep the two versions equal), so it runs offline
@@ -62,11 +62,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy client/python/turnstore server/turnstore tests examples
 
-## proto: regenerate the Python code and .pyi stubs from proto/
+## proto: regenerate the Python code and .pyi stubs from proto/, and refresh the TypeScript
+## package's copy of the proto
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I proto \
 		--python_out=$(GEN_DIR) --pyi_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) \
 		$(PROTO_SRC)
+	cp $(PROTO_SRC) $(TS_PROTO_COPY)
+
+## ts-proto-check: the npm package ships its own copy of the proto (loaded at run time, and
+## its types generated from it); fail when that copy differs from proto/
+TS_PROTO_COPY := client/typescript/$(PROTO_SRC)
+.PHONY: ts-proto-check
+ts-proto-check:
+	@cmp -s $(PROTO_SRC) $(TS_PROTO_COPY) || { echo "stale proto copy: $(TS_PROTO_COPY) differs from $(PROTO_SRC) (run make proto)"; exit 1; }
+	@echo "the TypeScript package's proto copy is up to date"
 
 proto-check: $(STAMP)
 	@tmp=$$(mktemp -d) && \
