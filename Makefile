@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/turnstore/v1/turnstore.proto
 GEN_DIR := client/python
 
-.PHONY: run test soak check proto proto-check lint typecheck clean bench rust-check
+.PHONY: run test soak check proto proto-check lint typecheck clean bench rust-check rust-proto-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,8 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-## check: lint, type-check, and fail when the generated code is stale
-check: $(STAMP) proto-check ts-proto-check lint typecheck buflint rust-check
+## check: lint, type-check, and fail when the generated code (or the Rust crate's proto copy) is stale
+check: $(STAMP) proto-check rust-proto-check lint typecheck buflint rust-check
 
 ## buflint: buf lint of proto/ (STANDARD rules, proto/buf.yaml); buf is pinned in
 ## client/typescript's devDependencies (keep the two versions equal), so it runs offline
@@ -46,7 +46,8 @@ $(TS_CLIENT)/node_modules/.package-lock.json: $(TS_CLIENT)/package-lock.json
 buflint: $(TS_CLIENT)/node_modules/.package-lock.json
 	cd $(TS_CLIENT) && npx --offline --yes @bufbuild/buf@$(BUF_VERSION) lint ../../proto
 
-## rust-check: clippy (warnings are errors) and rustfmt for the Rust client in client/rust;
+## rust-check: clippy (warnings are errors), rustfmt and rustdoc (warnings, such as an undocumented
+## public item, are errors) for the Rust client in client/rust;
 ## builds go to one target directory under ~/.cache shared by every checkout (as
 ## tests/test_rust.py's), so a fresh clone on a machine that built before reuses its dependencies
 RUST_DIR := client/rust
@@ -54,6 +55,14 @@ RUST_TARGET_DIR ?= $(HOME)/.cache/turnstore/rust-target
 rust-check:
 	cd $(RUST_DIR) && CARGO_TARGET_DIR=$(RUST_TARGET_DIR) cargo clippy --locked --all-targets -- -D warnings
 	cd $(RUST_DIR) && cargo fmt --check
+	cd $(RUST_DIR) && CARGO_TARGET_DIR=$(RUST_TARGET_DIR) RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
+
+## rust-proto-check: fail when the Rust crate's copy of the proto (what its build.rs reads, so
+## the published crate builds on its own) differs from proto/; `make proto` refreshes it
+RUST_PROTO_COPY ?= $(RUST_DIR)/$(PROTO_SRC)
+rust-proto-check:
+	@cmp -s $(PROTO_SRC) $(RUST_PROTO_COPY) || { echo "stale proto copy: $(RUST_PROTO_COPY) differs from $(PROTO_SRC) (run make proto)"; exit 1; }
+	@echo "the Rust crate's proto copy is up to date"
 
 lint: $(STAMP)
 	$(BIN)/ruff check client server tests examples
@@ -62,21 +71,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy client/python/turnstore server/turnstore tests examples
 
-## proto: regenerate the Python code and .pyi stubs from proto/, and refresh the TypeScript
-## package's copy of the proto
+## proto: regenerate the Python code and .pyi stubs from proto/, and refresh the Rust crate's copy
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I proto \
 		--python_out=$(GEN_DIR) --pyi_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) \
 		$(PROTO_SRC)
-	cp $(PROTO_SRC) $(TS_PROTO_COPY)
-
-## ts-proto-check: the npm package ships its own copy of the proto (loaded at run time, and
-## its types generated from it); fail when that copy differs from proto/
-TS_PROTO_COPY := client/typescript/$(PROTO_SRC)
-.PHONY: ts-proto-check
-ts-proto-check:
-	@cmp -s $(PROTO_SRC) $(TS_PROTO_COPY) || { echo "stale proto copy: $(TS_PROTO_COPY) differs from $(PROTO_SRC) (run make proto)"; exit 1; }
-	@echo "the TypeScript package's proto copy is up to date"
+	cp $(PROTO_SRC) $(RUST_PROTO_COPY)
 
 proto-check: $(STAMP)
 	@tmp=$$(mktemp -d) && \
@@ -85,6 +85,19 @@ proto-check: $(STAMP)
 	for f in $$(cd $$tmp && find . -type f); do \
 		cmp -s $$tmp/$$f $(GEN_DIR)/$$f || { echo "stale generated code: $(GEN_DIR)/$$f (run make proto)"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated code is up to date"
+
+## ts-proto-check (part of check): the npm package ships its own copy of the proto (loaded at
+## run time, its types generated from it); fail when that copy differs from proto/.
+## ts-proto-copy (part of proto): refresh the copy
+TS_PROTO_COPY := client/typescript/$(PROTO_SRC)
+.PHONY: ts-proto-check ts-proto-copy
+check: ts-proto-check
+proto: ts-proto-copy
+ts-proto-check:
+	@cmp -s $(PROTO_SRC) $(TS_PROTO_COPY) || { echo "stale proto copy: $(TS_PROTO_COPY) differs from $(PROTO_SRC) (run make proto)"; exit 1; }
+	@echo "the TypeScript package's proto copy is up to date"
+ts-proto-copy:
+	cp $(PROTO_SRC) $(TS_PROTO_COPY)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

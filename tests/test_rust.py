@@ -66,16 +66,18 @@ def _cargo_env() -> dict[str, str]:
     }
 
 
-def _cargo(args: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run cargo in client/rust; fail the test with its output if it fails."""
+def _cargo(
+    args: list[str], cwd: Path = RUST_DIR, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run cargo in ``cwd`` (client/rust) with ``env`` (:func:`_cargo_env`); fail the test if it fails."""
     cargo = shutil.which("cargo")
     if cargo is None:
         pytest.fail("the Rust client's tests need cargo on PATH (https://rustup.rs)")
     try:
         result = subprocess.run(
             [cargo, *args],
-            cwd=RUST_DIR,
-            env=_cargo_env(),
+            cwd=cwd,
+            env=_cargo_env() if env is None else env,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -86,7 +88,7 @@ def _cargo(args: list[str]) -> subprocess.CompletedProcess[str]:
         pytest.fail(f"cargo {' '.join(args)} took over {CARGO_TIMEOUT} s:\n{error.stderr!s}")
     if result.returncode != 0:
         pytest.fail(
-            f"cargo {' '.join(args)} exited with {result.returncode}:\n"
+            f"cargo {' '.join(args)} in {cwd} exited with {result.returncode}:\n"
             f"{result.stdout[-20000:]}\n{result.stderr[-20000:]}"
         )
     return result

@@ -1,7 +1,7 @@
 """The ``turnstore`` command line.
 
 ``turnstore serve`` runs the daemon; it needs the ``server`` extra
-(``pip install 'turnstore[server]'``). Its options and its configuration
+(the wheel installed with ``[server]``). Its options and its configuration
 belong to the server (:mod:`turnstore.server.options`,
 :mod:`turnstore.server.command`); this module only parses them and hands
 them over. Every other subcommand is a client of a running daemon and needs
@@ -18,17 +18,51 @@ import os
 import sys
 from collections.abc import Sequence
 
+from turnstore._version import package_version
 from turnstore.admin_cli import add_admin_commands
 from turnstore.cli_events import add_event_commands
 from turnstore.cli_history import add_history_commands
 
-_NEEDS_SERVER = "turnstore serve needs the server extra: pip install 'turnstore[server]'"
+# turnstore is not on PyPI yet: the extra is installed from a wheel or a clone.
+_NEEDS_SERVER = (
+    "turnstore serve needs the server extra, which is not installed ({error}). "
+    "Install turnstore with it: pip install 'turnstore-{version}-py3-none-any.whl[server]' "
+    "from a built wheel, or pip install '.[server]' in a clone"
+)
+
+
+class _PrintVersion(argparse.Action):
+    """``--version``: print ``turnstore <version>`` and exit 0.
+
+    The version is looked up only when asked for (argparse's own ``version``
+    action wants it as a string up front, which every command would pay for).
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(
+            option_strings,
+            dest=argparse.SUPPRESS,
+            default=argparse.SUPPRESS,
+            nargs=0,
+            help="print the version of turnstore and exit",
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[object] | None,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"turnstore {package_version()}")
+        parser.exit(0)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="turnstore", description="A durable store for AI agent event streams."
     )
+    parser.add_argument("--version", action=_PrintVersion)
     commands = parser.add_subparsers(dest="command", required=True)
     add_event_commands(commands)
     add_history_commands(commands)
@@ -38,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run the daemon",
         description="Run the turnstore daemon until SIGTERM or SIGINT.",
     )
+    serve.add_argument("--version", action=_PrintVersion)
     try:
         from turnstore.server.options import add_serve_arguments
     except ImportError:
@@ -54,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from turnstore.server import command
     except ImportError as error:
-        print(f"{_NEEDS_SERVER} ({error})", file=sys.stderr)
+        print(_NEEDS_SERVER.format(error=error, version=package_version()), file=sys.stderr)
         return 2
     return command.run(args)
 

@@ -232,19 +232,35 @@ def _envelope(record: dict[str, Any]) -> pb.EventEnvelope:
     )
 
 
+# What one read of a line takes at most (read_lines).
+_READ_PIECE_BYTES: Final = 1 << 20
+
+
 def read_lines(source: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[bytes]:
     """The lines of ``source`` (each with its newline, if any), in bounded memory.
 
     Raises TransferError naming the line once a line grows past
     ``max_bytes``, having read at most ``max_bytes`` + 1 MiB of it: a
-    hostile or corrupt file never makes the reader hold more.
+    hostile or corrupt file never makes the reader hold more. A line is read
+    in 1 MiB pieces into one growing buffer (one ``readline(max_bytes)``
+    call would collect its pieces and then join them: twice the line, and
+    more where the C heap fragments).
     """
     number = 0
     while True:
         number += 1
-        line = source.readline(max_bytes + 1)
+        line = source.readline(_READ_PIECE_BYTES)
         if not line:
             return
+        if not line.endswith(b"\n") and len(line) == _READ_PIECE_BYTES:
+            pieces = bytearray(line)
+            while not pieces.endswith(b"\n") and len(pieces) <= max_bytes:
+                piece = source.readline(_READ_PIECE_BYTES)
+                if not piece:
+                    break
+                pieces += piece
+            line = bytes(pieces)
+            del pieces
         if len(line) > max_bytes:
             raise TransferError(
                 f"is longer than {max_bytes} bytes, the most an import reads as one line",

@@ -19,6 +19,16 @@
 //! Events are stored in the Python client's wire form (typed header fields,
 //! the event's other fields as a JSON body), so threads written here read
 //! back identically from Python and TypeScript, and the other way round.
+//!
+//! The crate builds on its own wherever cargo takes it from (a path, git, a
+//! registry): its build script generates the gRPC code from the crate's own
+//! copy of turnstore's proto, with protoc from the `protoc-bin-vendored`
+//! crate. The trait crates are re-exported ([`agent_sdk_foundation`],
+//! [`agent_sdk_tools`], [`ailoop_history`]), so a dependent need not pin
+//! matching versions of them.
+
+// Every public item is documented (cargo doc and clippy in `make rust-check` fail otherwise).
+#![warn(missing_docs)]
 
 mod appender;
 mod client;
