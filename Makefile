@@ -86,5 +86,18 @@ proto-check: $(STAMP)
 		cmp -s $$tmp/$$f $(GEN_DIR)/$$f || { echo "stale generated code: $(GEN_DIR)/$$f (run make proto)"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated code is up to date"
 
+## ts-proto-check (part of check): the npm package ships its own copy of the proto (loaded at
+## run time, its types generated from it); fail when that copy differs from proto/.
+## ts-proto-copy (part of proto): refresh the copy
+TS_PROTO_COPY := client/typescript/$(PROTO_SRC)
+.PHONY: ts-proto-check ts-proto-copy
+check: ts-proto-check
+proto: ts-proto-copy
+ts-proto-check:
+	@cmp -s $(PROTO_SRC) $(TS_PROTO_COPY) || { echo "stale proto copy: $(TS_PROTO_COPY) differs from $(PROTO_SRC) (run make proto)"; exit 1; }
+	@echo "the TypeScript package's proto copy is up to date"
+ts-proto-copy:
+	cp $(PROTO_SRC) $(TS_PROTO_COPY)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

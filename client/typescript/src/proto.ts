@@ -1,5 +1,8 @@
 /**
- * Loads the contract, proto/turnstore/v1/turnstore.proto, at run time.
+ * Loads the contract, proto/turnstore/v1/turnstore.proto, at run time from
+ * the package's own copy of it (client/typescript/proto/ in the repository,
+ * kept identical to the repository's proto/ by `make check`), so that an
+ * installed package needs nothing outside itself.
  *
  * The message and client types come from src/gen/, generated from the same
  * file by `npm run gen` (scripts/gen-types.js) with flags matching
@@ -35,8 +38,11 @@ export type { ReplayResponse__Output as ReplayResponse } from "./gen/turnstore/v
 export type { StoredEvent__Output as WireStoredEvent } from "./gen/turnstore/v1/StoredEvent";
 export type { Turn__Output as WireTurn } from "./gen/turnstore/v1/Turn";
 
-/** The repository's proto/ directory, relative to this file in dist/src/. */
-export const DEFAULT_PROTO_DIR = path.resolve(__dirname, "..", "..", "..", "..", "proto");
+/**
+ * The package's proto/ directory: this file is compiled to dist/src/proto.js,
+ * two levels below the package root, in the repository and once installed.
+ */
+export const DEFAULT_PROTO_DIR = path.resolve(__dirname, "..", "..", "proto");
 
 const PROTO_FILE = "turnstore/v1/turnstore.proto";
 
