@@ -46,6 +46,13 @@ $(TS_CLIENT)/node_modules/.package-lock.json: $(TS_CLIENT)/package-lock.json
 buflint: $(TS_CLIENT)/node_modules/.package-lock.json
 	cd $(TS_CLIENT) && npx --offline --yes @bufbuild/buf@$(BUF_VERSION) lint ../../proto
 
+## tscheck: tsc of the TypeScript client and its tests (strict, no output), after
+## generating its proto types as its build does
+.PHONY: tscheck
+check: tscheck
+tscheck: $(TS_CLIENT)/node_modules/.package-lock.json
+	cd $(TS_CLIENT) && npm run --silent gen && npx --offline tsc -p . --noEmit
+
 ## rust-check: clippy (warnings are errors), rustfmt and rustdoc (warnings, such as an undocumented
 ## public item, are errors) for the Rust client in client/rust;
 ## builds go to one target directory under ~/.cache shared by every checkout (as
