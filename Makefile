@@ -33,7 +33,8 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-## check: lint, type-check, and fail when the generated code (or the Rust crate's proto copy) is stale
+## check: lint, type-check (mypy, tsc, clippy), buf lint, and fail when the generated code
+## (or a client package's proto copy) is stale
 check: $(STAMP) proto-check rust-proto-check lint typecheck buflint rust-check
 
 ## buflint: buf lint of proto/ (STANDARD rules, proto/buf.yaml); buf is pinned in
