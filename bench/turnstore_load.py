@@ -21,7 +21,7 @@ from turnstore import (
     CaughtUp,
     ConversationSnapshot,
     EventAppender,
-    GrpcHistoryStore,
+    TurnstoreHistoryStore,
     StoredEvent,
     TurnstoreClient,
 )
@@ -311,7 +311,7 @@ async def _timed_ops(call: Call, seconds: float, min_ops: int) -> Result:
 
 
 async def _save_and_load(
-    history: GrpcHistoryStore, snapshot: ConversationSnapshot, duration: float, min_ops: int
+    history: TurnstoreHistoryStore, snapshot: ConversationSnapshot, duration: float, min_ops: int
 ) -> Result:
     save = await _timed_ops(lambda: history.save(snapshot), duration, min_ops)
     load = await _timed_ops(history.load, duration, min_ops)

@@ -17,7 +17,7 @@ from pkgutil import extend_path
 __path__ = extend_path(__path__, __name__)
 
 from turnstore._auth import ClientTls
-from turnstore.client import GrpcEventStore, GrpcHistoryStore, RetryPolicy, TurnstoreClient
+from turnstore.client import TurnstoreEventStore, TurnstoreHistoryStore, RetryPolicy, TurnstoreClient
 from turnstore.errors import (
     CursorOutOfRangeError,
     DeadlineExceededError,
@@ -68,8 +68,8 @@ __all__ = [
     "EventStore",
     "FailedPreconditionError",
     "FollowerTooSlowError",
-    "GrpcEventStore",
-    "GrpcHistoryStore",
+    "TurnstoreEventStore",
+    "TurnstoreHistoryStore",
     "HistoryStore",
     "InvalidArgumentError",
     "PermissionDeniedError",

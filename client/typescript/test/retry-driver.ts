@@ -133,7 +133,7 @@ async function main(): Promise<void> {
     ),
     streamAppend: patient((own) => own.events.append(written, 1, newEnvelope({ type: "x" }))),
     unaryFinish: patient((own) => own.events.finishTurn(`${written}-finished`, 2), "unary"),
-    stats: patient(async (own) => typeof (await own.stats()).openReplays),
+    stats: patient(async (own) => typeof (await own.admin.stats()).openReplays),
   };
   await Promise.all(Object.values(calls).map((call) => call.retried));
   say({ phase: "retrying", onceErrors, onceMs, onceRetries, versionedError, versionedRetries });

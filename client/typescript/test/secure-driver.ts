@@ -95,7 +95,7 @@ async function run(spec: Case): Promise<Record<string, Outcome>> {
       history.save({ version: 1, messages: ["over a secured channel"], pinned: [false] }),
     );
     results.load = await outcome(async () => (await history.load())?.messages);
-    results.stats = await outcome(async () => typeof (await streamed.stats()).mapSizeBytes);
+    results.stats = await outcome(async () => typeof (await streamed.admin.stats()).mapSizeBytes);
   } finally {
     streamed.close();
     unary.close();
