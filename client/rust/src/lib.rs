@@ -20,6 +20,7 @@
 //! the event's other fields as a JSON body), so threads written here read
 //! back identically from Python and TypeScript, and the other way round.
 
+mod admin;
 mod appender;
 mod client;
 mod convert;
@@ -34,6 +35,7 @@ pub mod pb {
     tonic::include_proto!("turnstore.v1");
 }
 
+pub use admin::{DaemonStats, TurnstoreAdmin};
 pub use client::{
     Client, ClientOptions, RetryPolicy, TlsOptions, DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_TARGET, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES,
