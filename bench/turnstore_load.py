@@ -21,9 +21,9 @@ from turnstore import (
     CaughtUp,
     ConversationSnapshot,
     EventAppender,
-    TurnstoreHistoryStore,
     StoredEvent,
     TurnstoreClient,
+    TurnstoreHistoryStore,
 )
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc

@@ -37,13 +37,13 @@ from turnstore import (
     ConversationSnapshot,
     EventFormatError,
     FailedPreconditionError,
-    TurnstoreEventStore,
     InvalidArgumentError,
     StoredEvent,
     TurnAlreadyFinishedError,
     TurnFinishedError,
     TurnstoreClient,
     TurnstoreError,
+    TurnstoreEventStore,
 )
 
 

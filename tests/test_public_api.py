@@ -12,7 +12,7 @@ import turnstore
 import turnstore.client
 import turnstore.results
 from tests.daemon import Daemon
-from turnstore import EventStore, TurnstoreEventStore, TurnstoreHistoryStore, HistoryStore
+from turnstore import EventStore, HistoryStore, TurnstoreEventStore, TurnstoreHistoryStore
 from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
 
 README = Path(__file__).parent.parent / "README.md"

@@ -43,12 +43,12 @@ from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
 __all__ = [
-    "TurnstoreEventStore",
-    "TurnstoreHistoryStore",
     "RetryPolicy",
     "SnapshotVersionInfo",
     "StoredEvent",
     "TurnstoreClient",
+    "TurnstoreEventStore",
+    "TurnstoreHistoryStore",
     "VersionedSnapshot",
 ]
 

@@ -19,7 +19,7 @@ import grpc
 
 from turnstore._convert import fill_envelope
 from turnstore._retry import NO_RETRY, RetryPolicy
-from turnstore._status import error_from_item, error_from_rpc, mapped_stream
+from turnstore._status import error_from_item, error_from_rpc
 from turnstore._validate import check_thread_id, check_turn
 from turnstore.errors import (
     DeadlineExceededError,
