@@ -68,8 +68,8 @@ def check_target(target: str, allow_remote: bool = True) -> None:
     if not allow_remote and not _is_loopback(bare_host):
         raise InvalidArgumentError(
             f"target {target!r} is not a loopback address and the channel is insecure: "
-            "pass tls=ClientTls(...), or allow_remote=True for a daemon run with "
-            "--allow-remote on a network you trust"
+            "use TLS (tls=ClientTls(...); --tls-ca), or allow it with allow_remote=True "
+            "(--allow-remote) for a daemon run with --allow-remote on a network you trust"
         )
 
 
