@@ -254,6 +254,24 @@ describe("events", () => {
     );
   });
 
+  test("admin.stats() counts what the daemon holds, with the Python client's fields", async () => {
+    const before = await client.admin.stats();
+    const thread = newThread();
+    await client.events.append(thread, 1, [delta("a", 0), delta("b", 1)]);
+    await client.events.finishTurn(thread, 1);
+    const after = await client.admin.stats();
+    assert.deepEqual(
+      [after.threads - before.threads, after.events - before.events],
+      [1, 2],
+      "this test's thread and events are counted",
+    );
+    assert.equal(after.finishedTurns - before.finishedTurns, 1);
+    assert.equal(typeof after.retentionEnabled, "boolean");
+    assert.equal(typeof after.retentionLastError, "string");
+    assert.ok(after.writeLimitBytes > 0 && after.usedBytes > 0, JSON.stringify(after));
+    assert.equal(Object.keys(after).length, 22, "every field of GetStatsResponse");
+  });
+
   test("only loopback targets without allowRemote", () => {
     checkTarget("unix:/tmp/x.sock");
     checkTarget("127.0.0.1:7070");
