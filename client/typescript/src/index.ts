@@ -7,6 +7,7 @@
  * ```
  */
 export {
+  TurnstoreAdmin,
   TurnstoreClient,
   DEFAULT_TARGET,
   DEFAULT_TIMEOUT_MS,

@@ -19,8 +19,11 @@ import {
   SnapshotFormatError,
   TurnAlreadyFinishedError,
   TurnFinishedError,
+  TurnstoreAdmin,
   TurnstoreClient,
   TurnstoreError,
+  TurnstoreEventStore,
+  TurnstoreHistoryStore,
   UnavailableError,
   VersionConflictError,
   checkSnapshot,
@@ -255,6 +258,10 @@ describe("events", () => {
   });
 
   test("admin.stats() counts what the daemon holds, with the Python client's fields", async () => {
+    // The names of docs/clients.md, the same in the three clients.
+    assert.ok(client.admin instanceof TurnstoreAdmin);
+    assert.ok(client.events instanceof TurnstoreEventStore);
+    assert.ok(client.history("k") instanceof TurnstoreHistoryStore);
     const before = await client.admin.stats();
     const thread = newThread();
     await client.events.append(thread, 1, [delta("a", 0), delta("b", 1)]);
