@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from tests.daemon import Daemon
@@ -48,6 +51,17 @@ async def test_a_target_that_is_not_loopback_needs_tls_or_allow_remote(target: s
     await opted_in.close()
     secure = TurnstoreClient(target, tls=ClientTls(b"-----BEGIN CERTIFICATE-----\n"))
     await secure.close()
+
+
+def test_the_command_line_refuses_a_remote_target_without_tls_and_names_the_opt_in() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "turnstore", "stats", "--target", "10.1.2.3:7070"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result
+    assert "not a loopback address" in result.stderr and "--allow-remote" in result.stderr
 
 
 async def test_a_checked_target_still_reaches_the_daemon(daemon: Daemon) -> None:
