@@ -21,9 +21,9 @@ from turnstore import (
     CaughtUp,
     ConversationSnapshot,
     EventAppender,
-    GrpcHistoryStore,
     StoredEvent,
     TurnstoreClient,
+    TurnstoreHistoryStore,
 )
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
@@ -311,7 +311,7 @@ async def _timed_ops(call: Call, seconds: float, min_ops: int) -> Result:
 
 
 async def _save_and_load(
-    history: GrpcHistoryStore, snapshot: ConversationSnapshot, duration: float, min_ops: int
+    history: TurnstoreHistoryStore, snapshot: ConversationSnapshot, duration: float, min_ops: int
 ) -> Result:
     save = await _timed_ops(lambda: history.save(snapshot), duration, min_ops)
     load = await _timed_ops(history.load, duration, min_ops)

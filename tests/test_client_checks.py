@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from tests.daemon import Daemon
@@ -29,11 +32,36 @@ async def test_a_bad_target_is_refused_before_any_call(target: str, says: str) -
     assert "HOST:PORT" in str(raised.value) or "unix:" in str(raised.value)
 
 
-@pytest.mark.parametrize("target", ["127.0.0.1:7070", "[::1]:7070", "localhost:1", "unix:/x.sock"])
+@pytest.mark.parametrize(
+    "target", ["127.0.0.1:7070", "127.0.0.2:7070", "[::1]:7070", "localhost:1", "unix:/x.sock"]
+)
 async def test_good_targets_are_accepted(target: str) -> None:
     client = TurnstoreClient(target)
     assert client.target == target
     await client.close()
+
+
+@pytest.mark.parametrize("target", ["10.1.2.3:7070", "example.com:7070", "[2001:db8::1]:7070"])
+async def test_a_target_that_is_not_loopback_needs_tls_or_allow_remote(target: str) -> None:
+    """The rule of every client (docs/clients.md): no insecure channel off the host by default."""
+    with pytest.raises(InvalidArgumentError, match="not a loopback address") as raised:
+        TurnstoreClient(target)
+    assert "allow_remote" in str(raised.value)
+    opted_in = TurnstoreClient(target, allow_remote=True)
+    await opted_in.close()
+    secure = TurnstoreClient(target, tls=ClientTls(b"-----BEGIN CERTIFICATE-----\n"))
+    await secure.close()
+
+
+def test_the_command_line_refuses_a_remote_target_without_tls_and_names_the_opt_in() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "turnstore", "stats", "--target", "10.1.2.3:7070"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result
+    assert "not a loopback address" in result.stderr and "--allow-remote" in result.stderr
 
 
 async def test_a_checked_target_still_reaches_the_daemon(daemon: Daemon) -> None:

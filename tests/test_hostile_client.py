@@ -37,13 +37,13 @@ from turnstore import (
     ConversationSnapshot,
     EventFormatError,
     FailedPreconditionError,
-    GrpcEventStore,
     InvalidArgumentError,
     StoredEvent,
     TurnAlreadyFinishedError,
     TurnFinishedError,
     TurnstoreClient,
     TurnstoreError,
+    TurnstoreEventStore,
 )
 
 
@@ -117,7 +117,7 @@ def client_append_is_valid(thread_id: str, turn: int, envelopes: list[AgentEvent
 
 
 async def read_list(
-    events: GrpcEventStore, thread_id: str, offset: int, order: str
+    events: TurnstoreEventStore, thread_id: str, offset: int, order: str
 ) -> list[StoredEvent]:
     return [e async for e in events.read_events(thread_id, offset, order=order)]
 

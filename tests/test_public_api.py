@@ -12,7 +12,7 @@ import turnstore
 import turnstore.client
 import turnstore.results
 from tests.daemon import Daemon
-from turnstore import EventStore, GrpcEventStore, GrpcHistoryStore, HistoryStore
+from turnstore import EventStore, HistoryStore, TurnstoreEventStore, TurnstoreHistoryStore
 from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
 
 README = Path(__file__).parent.parent / "README.md"
@@ -30,8 +30,6 @@ PUBLIC_NAMES = [
     "EventStore",
     "FailedPreconditionError",
     "FollowerTooSlowError",
-    "GrpcEventStore",
-    "GrpcHistoryStore",
     "HistoryStore",
     "InvalidArgumentError",
     "PermissionDeniedError",
@@ -52,6 +50,8 @@ PUBLIC_NAMES = [
     "TurnFinishedError",
     "TurnstoreClient",
     "TurnstoreError",
+    "TurnstoreEventStore",
+    "TurnstoreHistoryStore",
     "UnauthenticatedError",
     "UnavailableError",
     "VersionConflictError",
@@ -96,8 +96,8 @@ def _methods(cls: type) -> dict[str, inspect.Signature]:
 
 def test_implementations_match_the_protocols_signatures() -> None:
     for protocol, implementations in (
-        (EventStore, (InMemoryEventStore, GrpcEventStore)),
-        (HistoryStore, (InMemoryHistoryStore, GrpcHistoryStore)),
+        (EventStore, (InMemoryEventStore, TurnstoreEventStore)),
+        (HistoryStore, (InMemoryHistoryStore, TurnstoreHistoryStore)),
     ):
         wanted = _methods(protocol)
         assert wanted, protocol
@@ -105,7 +105,7 @@ def test_implementations_match_the_protocols_signatures() -> None:
             have = _methods(implementation)
             for name, signature in wanted.items():
                 # An implementation may add keyword-only options with defaults
-                # (GrpcEventStore's per-call `timeout`); nothing else differs.
+                # (TurnstoreEventStore's per-call `timeout`); nothing else differs.
                 options = [
                     p
                     for p in have[name].parameters.values()

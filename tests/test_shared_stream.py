@@ -1,6 +1,6 @@
 """The trait calls over the client's shared AppendStream, against real daemons.
 
-``GrpcEventStore.append``, ``append_many`` and ``finish_turn`` share one
+``TurnstoreEventStore.append``, ``append_many`` and ``finish_turn`` share one
 stream per client by default. These tests check what a caller must not be
 able to tell apart from unary calls: crashes of the daemon, cancelled calls,
 per-call deadlines, rejected items among good ones, and many concurrent

@@ -17,7 +17,12 @@ from pkgutil import extend_path
 __path__ = extend_path(__path__, __name__)
 
 from turnstore._auth import ClientTls
-from turnstore.client import GrpcEventStore, GrpcHistoryStore, RetryPolicy, TurnstoreClient
+from turnstore.client import (
+    RetryPolicy,
+    TurnstoreClient,
+    TurnstoreEventStore,
+    TurnstoreHistoryStore,
+)
 from turnstore.errors import (
     CursorOutOfRangeError,
     DeadlineExceededError,
@@ -68,8 +73,6 @@ __all__ = [
     "EventStore",
     "FailedPreconditionError",
     "FollowerTooSlowError",
-    "GrpcEventStore",
-    "GrpcHistoryStore",
     "HistoryStore",
     "InvalidArgumentError",
     "PermissionDeniedError",
@@ -90,6 +93,8 @@ __all__ = [
     "TurnFinishedError",
     "TurnstoreClient",
     "TurnstoreError",
+    "TurnstoreEventStore",
+    "TurnstoreHistoryStore",
     "UnauthenticatedError",
     "UnavailableError",
     "VersionConflictError",

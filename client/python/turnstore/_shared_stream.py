@@ -1,6 +1,6 @@
 """The append stream a client's trait calls share.
 
-``GrpcEventStore.append``, ``append_many`` and ``finish_turn`` send their
+``TurnstoreEventStore.append``, ``append_many`` and ``finish_turn`` send their
 items over one long-lived ``AppendStream`` per client instead of one unary
 call each: a bare stream message costs about half a unary round trip, and
 concurrent callers' items reach the daemon's writer together and share its

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from turnstore.errors import InvalidArgumentError
 
 
@@ -34,11 +36,14 @@ def check_offset(offset: int) -> None:
 _TARGET_HELP = "a target is HOST:PORT (127.0.0.1:7070, [::1]:7070, localhost:7070) or unix:PATH"
 
 
-def check_target(target: str) -> None:
+def check_target(target: str, allow_remote: bool = True) -> None:
     """Raise InvalidArgumentError unless ``target`` is ``HOST:PORT`` or ``unix:PATH``.
 
     Checked before the first call, so a typo fails at once with a message
     saying what a target looks like, not seconds later with a transport error.
+    Without ``allow_remote``, a ``HOST:PORT`` whose host is not loopback
+    (``localhost``, ``127.x.x.x``, ``[::1]``) is refused too: the channel
+    would be insecure (the TypeScript and Rust clients' rule).
     """
     if not isinstance(target, str) or not target.strip():
         raise InvalidArgumentError(f"target: must not be empty; {_TARGET_HELP}")
@@ -59,3 +64,20 @@ def check_target(target: str) -> None:
         raise InvalidArgumentError(
             f"target {target!r}: the port must be a number from 1 to 65535; {_TARGET_HELP}"
         )
+    bare_host = host[1:-1] if host.startswith("[") else host
+    if not allow_remote and not _is_loopback(bare_host):
+        raise InvalidArgumentError(
+            f"target {target!r} is not a loopback address and the channel is insecure: "
+            "use TLS (tls=ClientTls(...); --tls-ca), or allow it with allow_remote=True "
+            "(--allow-remote) for a daemon run with --allow-remote on a network you trust"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP address; a name that must be resolved is not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

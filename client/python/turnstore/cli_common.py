@@ -79,6 +79,12 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         help=f"daemon address, HOST:PORT or unix:PATH [env {TARGET_ENV}; default {DEFAULT_TARGET}]",
     )
     group.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="accept a target that is not loopback without TLS (the channel is insecure: "
+        "only for a daemon run with --allow-remote on a network you trust)",
+    )
+    group.add_argument(
         "--token-file",
         type=Path,
         metavar="FILE",
@@ -168,7 +174,11 @@ def client_tls(args: argparse.Namespace) -> ClientTls | None:
 def connect(args: argparse.Namespace, timeout: float | None = 30.0) -> TurnstoreClient:
     """A client of the daemon the options name; construct it inside the event loop."""
     return TurnstoreClient(
-        args.target, timeout=timeout, token=read_token(args.token_file), tls=client_tls(args)
+        args.target,
+        timeout=timeout,
+        token=read_token(args.token_file),
+        tls=client_tls(args),
+        allow_remote=args.allow_remote,
     )
 
 

@@ -43,12 +43,12 @@ from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
 __all__ = [
-    "GrpcEventStore",
-    "GrpcHistoryStore",
     "RetryPolicy",
     "SnapshotVersionInfo",
     "StoredEvent",
     "TurnstoreClient",
+    "TurnstoreEventStore",
+    "TurnstoreHistoryStore",
     "VersionedSnapshot",
 ]
 
@@ -87,7 +87,7 @@ KEEPALIVE_OPTIONS: Final = (
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 
 
-class GrpcEventStore:
+class TurnstoreEventStore:
     """:class:`~turnstore.protocols.EventStore` over a turnstore daemon.
 
     Obtain it as ``client.events``. Every write is acknowledged only after
@@ -196,7 +196,7 @@ class GrpcEventStore:
     def _shared_stream(self) -> SharedAppendStream:
         if self._shared is None:
             if self._open_append_stream is None:
-                raise RuntimeError("this GrpcEventStore was made without an append stream")
+                raise RuntimeError("this TurnstoreEventStore was made without an append stream")
             self._shared = SharedAppendStream(self._open_append_stream, self._retry)
         return self._shared
 
@@ -328,9 +328,12 @@ class GrpcEventStore:
         thread was cleared, or the database restored from a backup) yields
         ``ThreadCleared`` and ends: replay again without ``after``/``epoch``.
 
-        ``timeout`` bounds the whole replay; by default it is the client's
-        deadline without ``follow`` and none with it (a follower is
-        long-lived; keepalive pings find a daemon that stopped answering).
+        ``timeout`` bounds the whole replay, retries included; by default it
+        is the client's deadline without ``follow`` and none with it (a
+        follower is long-lived; keepalive pings find a daemon that stopped
+        answering). A replay that fails with UnavailableError before its first
+        item is started again per the client's retry policy; after it, the
+        error is raised (resume with ``after``/``epoch``).
         """
         request = replay_request(
             thread_id,
@@ -345,7 +348,15 @@ class GrpcEventStore:
         )
         if isinstance(timeout, _ClientDefault):
             timeout = None if follow else self._timeout
-        return Replay(self._stub.Replay(request, timeout=timeout), after, epoch)
+        loop = asyncio.get_running_loop()
+        # One deadline for the whole replay, retries included.
+        ends_at = None if timeout is None else loop.time() + timeout
+
+        def restart() -> Any:
+            left = None if ends_at is None else max(ends_at - loop.time(), 0.0)
+            return self._stub.Replay(request, timeout=left)
+
+        return Replay(restart(), after, epoch, restart=restart, retry=self._retry)
 
     def appender(self) -> EventAppender:
         """Open a streaming appender (an ``AppendStream``); use it as ``async with``.
@@ -355,7 +366,7 @@ class GrpcEventStore:
         return EventAppender(self._stub, self._timeout)
 
 
-class GrpcHistoryStore:
+class TurnstoreHistoryStore:
     """:class:`~turnstore.protocols.HistoryStore` for one conversation key.
 
     Obtain it as ``client.history(key)``. Snapshots are stored as their JSON
@@ -478,6 +489,10 @@ class TurnstoreClient:
     (default: 6 attempts over about 3 to 5 s), then raise it.
     ``token`` is sent as a bearer token on every call (for a daemon started
     with ``--auth-token-file``); ``tls`` makes a TLS channel to a TCP target.
+    Without ``tls`` the channel is insecure, so only a Unix socket or a
+    loopback host (``localhost``, ``127.x.x.x``, ``[::1]``) is accepted
+    unless ``allow_remote=True`` (for a daemon run with ``--allow-remote`` on
+    a network you trust); otherwise InvalidArgumentError is raised at once.
     ``write_mode="stream"`` (the default) sends ``events.append``,
     ``append_many`` and ``finish_turn`` over one append stream shared by
     every task using this client (faster, and concurrent writers share
@@ -495,10 +510,11 @@ class TurnstoreClient:
         tls: ClientTls | None = None,
         options: list[tuple[str, Any]] | None = None,
         write_mode: WriteMode = "stream",
+        allow_remote: bool = False,
     ) -> None:
         if write_mode not in WRITE_MODES:
             raise ValueError(f"write_mode must be 'stream' or 'unary', not {write_mode!r}")
-        check_target(target)
+        check_target(target, allow_remote=allow_remote or tls is not None)
         self.target = target
         channel_options: list[tuple[str, Any]] = [
             # grpc takes the first value given for a key: the caller's win.
@@ -527,7 +543,7 @@ class TurnstoreClient:
             )
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
-        self.events = GrpcEventStore(
+        self.events = TurnstoreEventStore(
             pb_grpc.EventStoreServiceStub(self._channel),
             timeout,
             self._retry,
@@ -545,9 +561,9 @@ class TurnstoreClient:
         """
         return GrpcAdmin(self._channel, self._timeout, self._retry)
 
-    def history(self, key: str) -> GrpcHistoryStore:
+    def history(self, key: str) -> TurnstoreHistoryStore:
         """A HistoryStore bound to the conversation ``key`` (non-empty)."""
-        return GrpcHistoryStore(self._history_stub, key, self._timeout, self._retry)
+        return TurnstoreHistoryStore(self._history_stub, key, self._timeout, self._retry)
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the channel connects; raise UnavailableError after ``timeout``."""

@@ -1,7 +1,7 @@
 """The values the client's reads return: stored events and snapshot versions.
 
 :class:`StoredEvent` is what ``read_events`` and ``Replay`` yield,
-:class:`VersionedSnapshot` what ``GrpcHistoryStore.load_versioned`` returns,
+:class:`VersionedSnapshot` what ``TurnstoreHistoryStore.load_versioned`` returns,
 :class:`SnapshotVersionInfo` one entry of ``list_versions``. All are
 importable from ``turnstore`` itself (and, for older code, from
 ``turnstore.client``); none is built by callers in normal use.

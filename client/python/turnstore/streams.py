@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -18,7 +18,8 @@ from typing import Any
 import grpc
 
 from turnstore._convert import fill_envelope
-from turnstore._status import error_from_item, error_from_rpc, mapped_stream
+from turnstore._retry import NO_RETRY, RetryPolicy
+from turnstore._status import error_from_item, error_from_rpc
 from turnstore._validate import check_thread_id, check_turn
 from turnstore.errors import (
     DeadlineExceededError,
@@ -87,14 +88,28 @@ class Replay:
     :class:`TurnFinished`, :class:`CaughtUp` and :class:`ThreadCleared`.
     ``last_position`` is the position of the last event yielded (None
     before any) and ``epoch`` the thread's epoch: pass both to
-    ``GrpcEventStore.replay(after=..., epoch=...)`` to resume after a
+    ``TurnstoreEventStore.replay(after=..., epoch=...)`` to resume after a
     disconnect with nothing missed and nothing repeated. Errors are
     :class:`~turnstore.errors.TurnstoreError`\\ s; leaving ``async with`` (or
-    :meth:`aclose`) cancels the stream.
+    :meth:`aclose`) cancels the stream. A replay that fails with
+    UnavailableError before it yielded anything is started again by the
+    client's retry policy; once it yielded an item it is not (resume from
+    the cursor instead).
     """
 
-    def __init__(self, call: Any, after: int | None, epoch: int | None) -> None:
+    def __init__(
+        self,
+        call: Any,
+        after: int | None,
+        epoch: int | None,
+        *,
+        restart: Callable[[], Any] | None = None,
+        retry: RetryPolicy = NO_RETRY,
+    ) -> None:
         self._call = call
+        self._restart = restart
+        self._retry = retry
+        self._closed = False
         self.last_position = after
         self.epoch = epoch
 
@@ -102,23 +117,42 @@ class Replay:
         return self._items()
 
     async def _items(self) -> AsyncIterator[ReplayItem]:
-        async for message in mapped_stream(self._call):
-            if message.thread_epoch:
-                self.epoch = message.thread_epoch
-            for event in message.events:
-                stored = StoredEvent.from_proto(event)
-                self.last_position = stored.position
-                yield stored
-            for finished in message.finished_turns:
-                last = finished.last_position if finished.HasField("last_position") else None
-                yield TurnFinished(finished.turn, finished.event_count, last)
-            if message.caught_up:
-                yield CaughtUp(message.next_position)
-            if message.thread_cleared:
-                yield ThreadCleared(message.next_position)
+        # A replay that fails with UnavailableError before its first item is
+        # started again (``restart``) per the retry policy: nothing was
+        # delivered, so nothing can be repeated. Once an item was yielded it
+        # is not: resuming exactly once is the reader's cursor's job.
+        yielded = False
+        delays = iter(self._retry.delays())
+        while True:
+            try:
+                async for message in self._call:
+                    if message.thread_epoch:
+                        self.epoch = message.thread_epoch
+                    for item in _items_of(message):
+                        if isinstance(item, StoredEvent):
+                            self.last_position = item.position
+                        yielded = True
+                        yield item
+                return
+            except grpc.aio.AioRpcError as error:
+                mapped = error_from_rpc(error)
+                delay = next(delays, None)
+                if (
+                    yielded
+                    or self._restart is None
+                    or self._closed
+                    or delay is None
+                    or not isinstance(mapped, UnavailableError)
+                ):
+                    raise mapped from error
+            await asyncio.sleep(delay)
+            if self._closed:
+                return
+            self._call = self._restart()
 
     async def aclose(self) -> None:
-        """Cancel the stream. Idempotent."""
+        """Cancel the stream (and any retry still to come). Idempotent."""
+        self._closed = True
         self._call.cancel()
 
     async def __aenter__(self) -> Replay:
@@ -131,6 +165,19 @@ class Replay:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _items_of(message: pb.ReplayResponse) -> list[ReplayItem]:
+    """The items of one replay message, in the order the contract gives them."""
+    items: list[ReplayItem] = [StoredEvent.from_proto(event) for event in message.events]
+    for finished in message.finished_turns:
+        last = finished.last_position if finished.HasField("last_position") else None
+        items.append(TurnFinished(finished.turn, finished.event_count, last))
+    if message.caught_up:
+        items.append(CaughtUp(message.next_position))
+    if message.thread_cleared:
+        items.append(ThreadCleared(message.next_position))
+    return items
 
 
 def replay_request(

@@ -9,11 +9,13 @@ use std::time::Duration;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::admin::TurnstoreAdmin;
 use crate::appender::Appender;
 use crate::convert::UndecodableEvents;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::TurnstoreEventStore;
 use crate::history::TurnstoreHistoryStore;
+use crate::pb::admin_service_client::AdminServiceClient;
 use crate::pb::event_store_service_client::EventStoreServiceClient;
 use crate::pb::history_store_service_client::HistoryStoreServiceClient;
 
@@ -133,6 +135,12 @@ pub struct ClientOptions {
     pub token: Option<String>,
     /// TLS for a TCP target; None: plaintext (Unix sockets are always plaintext).
     pub tls: Option<TlsOptions>,
+    /// Accept a `HOST:PORT` target whose host is not loopback over a
+    /// plaintext channel (default false: such a target fails with
+    /// [`ErrorKind::Config`] unless [`tls`](Self::tls) is set). Only for a
+    /// daemon run with `--allow-remote` on a network you trust; the
+    /// TypeScript client's `allowRemote`, the Python client's `allow_remote`.
+    pub allow_remote: bool,
     /// What the `EventStore` trait methods do with stored events that
     /// agent-sdk's types cannot hold.
     pub undecodable_events: UndecodableEvents,
@@ -147,6 +155,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             token: None,
             tls: None,
+            allow_remote: false,
             undecodable_events: UndecodableEvents::default(),
         }
     }
@@ -156,6 +165,7 @@ pub(crate) struct Inner {
     pub(crate) target: String,
     pub(crate) events: EventStoreServiceClient<Channel>,
     pub(crate) history: HistoryStoreServiceClient<Channel>,
+    pub(crate) admin: AdminServiceClient<Channel>,
     pub(crate) appender: Appender,
     pub(crate) options: ClientOptions,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
@@ -187,7 +197,8 @@ impl Client {
     /// Fails with [`ErrorKind::Unavailable`] (naming the target and the
     /// cause, e.g. `cannot reach 127.0.0.1:7070: ... Connection refused`)
     /// when nothing answers at `target`, [`ErrorKind::Config`] for a malformed target, TLS on a
-    /// Unix socket, or unreadable TLS files. Once connected, the channel
+    /// Unix socket, unreadable TLS files, or a host that is not loopback
+    /// without TLS or [`ClientOptions::allow_remote`]. Once connected, the channel
     /// reconnects by itself after a daemon restart.
     pub async fn connect(target: &str, options: ClientOptions) -> Result<Self> {
         let endpoint = endpoint(target, &options)?;
@@ -217,9 +228,10 @@ impl Client {
         let events = EventStoreServiceClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let history = HistoryStoreServiceClient::new(channel)
+        let history = HistoryStoreServiceClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let admin = AdminServiceClient::new(channel);
         let appender = Appender::spawn(
             events.clone(),
             authorization.clone(),
@@ -231,6 +243,7 @@ impl Client {
                 target: target.to_owned(),
                 events,
                 history,
+                admin,
                 appender,
                 options,
                 authorization,
@@ -246,6 +259,11 @@ impl Client {
     /// agent-sdk's `EventStore` over this connection.
     pub fn events(&self) -> TurnstoreEventStore {
         TurnstoreEventStore::new(self.clone())
+    }
+
+    /// Administrative calls over this connection: [`TurnstoreAdmin::stats`].
+    pub fn admin(&self) -> TurnstoreAdmin {
+        TurnstoreAdmin::new(self.clone())
     }
 
     /// ailoop's `HistoryStore` for the conversation `key`. No call is made;
@@ -326,10 +344,19 @@ fn endpoint(target: &str, options: &ClientOptions) -> Result<Endpoint> {
     } else {
         format!("http://{target}")
     };
-    let mut endpoint = Endpoint::from_shared(uri)
-        .map_err(|e| config(format!("bad target {target:?}: {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
+    let mut endpoint =
+        Endpoint::from_shared(uri).map_err(|e| config(format!("bad target {target:?}: {e}")))?;
+    if !unix && options.tls.is_none() && !options.allow_remote {
+        let host = endpoint.uri().host().unwrap_or_default();
+        if !is_loopback(host) {
+            return Err(config(format!(
+                "target {target} is not a loopback address and the channel is insecure: \
+                 set ClientOptions::tls, or allow_remote for a daemon run with \
+                 --allow-remote on a network you trust"
+            )));
+        }
+    }
+    endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
     // Without pings, a daemon that stops answering (a frozen process, a
     // dropped network path) leaves every open stream waiting forever.
     if let Some(interval) = options.keepalive_interval {
@@ -345,6 +372,16 @@ fn endpoint(target: &str, options: &ClientOptions) -> Result<Endpoint> {
         endpoint = with_tls(endpoint, tls)?;
     }
     Ok(endpoint)
+}
+
+/// `localhost` or a loopback IP address (`127.x.x.x`, `[::1]`); a name that
+/// must be resolved is not.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 #[cfg(feature = "tls")]

@@ -33,6 +33,9 @@ pub enum ErrorKind {
     CursorOutOfRange,
     /// The daemon's database reached its size ceiling (reads still work).
     StorageFull,
+    /// A following replay fell too far behind the commits and the daemon
+    /// ended it (`follower_too_slow`); resume from its cursor, reading faster.
+    FollowerTooSlow,
     /// The daemon is unreachable or shutting down (after the retries).
     Unavailable,
     /// The bearer token was missing or wrong.
@@ -231,7 +234,11 @@ impl From<tonic::Status> for Error {
     }
 }
 
-fn kind_of_reason(reason: &str) -> Option<ErrorKind> {
+/// The kind of each reason the daemon sends (the proto's `ErrorReason`, in
+/// lower case); the same mapping as the Python and TypeScript clients'
+/// (`tests/test_error_vocabulary.py` holds them together). An unknown
+/// reason gives None: the status code decides.
+pub(crate) fn kind_of_reason(reason: &str) -> Option<ErrorKind> {
     Some(match reason {
         "invalid_argument" => ErrorKind::InvalidArgument,
         "turn_finished" => ErrorKind::TurnFinished,
@@ -241,10 +248,15 @@ fn kind_of_reason(reason: &str) -> Option<ErrorKind> {
         "thread_cleared" => ErrorKind::ThreadCleared,
         "cursor_out_of_range" => ErrorKind::CursorOutOfRange,
         "storage_full" => ErrorKind::StorageFull,
+        "follower_too_slow" => ErrorKind::FollowerTooSlow,
         "shutting_down" => ErrorKind::Unavailable,
         "database_unavailable" => ErrorKind::Unavailable,
+        "disk_error" => ErrorKind::Unavailable,
+        "data_dir_locked" => ErrorKind::Unavailable,
+        "backup_failed" => ErrorKind::FailedPrecondition,
         "unauthenticated" => ErrorKind::Unauthenticated,
         "permission_denied" => ErrorKind::PermissionDenied,
+        "internal" => ErrorKind::Server,
         _ => return None,
     })
 }
@@ -315,6 +327,17 @@ mod tests {
             "bye".into(),
         );
         assert_eq!(daemon.at_target("127.0.0.1:7070").message(), "bye");
+    }
+
+    #[test]
+    fn a_follower_too_slow_is_its_own_kind() {
+        let error = Error::from_parts(
+            Code::ResourceExhausted,
+            Some("follower_too_slow".into()),
+            "the follower fell behind".into(),
+        );
+        assert_eq!(error.kind(), ErrorKind::FollowerTooSlow);
+        assert!(!error.is_retryable());
     }
 
     #[test]

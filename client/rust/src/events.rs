@@ -158,7 +158,10 @@ impl TurnstoreEventStore {
     /// [`ErrorKind::TurnAlreadyFinished`] when it was already finished (but
     /// not when only a resend after a lost acknowledgement finds it so), and
     /// with [`ErrorKind::DeadlineExceeded`] as an append does.
-    pub async fn finish(&self, thread_id: &ThreadId, turn: usize) -> Result<()> {
+    ///
+    /// Named as the trait's method (and the Python and TypeScript clients'):
+    /// this inherent one returns [`crate::Error`] instead of `anyhow::Error`.
+    pub async fn finish_turn(&self, thread_id: &ThreadId, turn: usize) -> Result<()> {
         self.client
             .inner
             .appender
@@ -348,7 +351,7 @@ impl EventStore for TurnstoreEventStore {
     }
 
     async fn finish_turn(&self, thread_id: &ThreadId, turn: usize) -> anyhow::Result<()> {
-        Ok(self.finish(thread_id, turn).await?)
+        Ok(TurnstoreEventStore::finish_turn(self, thread_id, turn).await?)
     }
 
     async fn get_turn(

@@ -30,6 +30,7 @@
 // Every public item is documented (cargo doc and clippy in `make rust-check` fail otherwise).
 #![warn(missing_docs)]
 
+mod admin;
 mod appender;
 mod client;
 mod convert;
@@ -44,6 +45,7 @@ pub mod pb {
     tonic::include_proto!("turnstore.v1");
 }
 
+pub use admin::{DaemonStats, TurnstoreAdmin};
 pub use client::{
     Client, ClientOptions, RetryPolicy, TlsOptions, DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_TARGET, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES,

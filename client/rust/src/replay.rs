@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::client::Client;
 use crate::error::{Error, ErrorKind, Result};
@@ -78,12 +78,26 @@ pub enum ReplayItem {
 ///
 /// To resume after a disconnect with nothing missed and nothing repeated,
 /// start a new replay with `after: replay.last_position()` and
-/// `epoch: replay.epoch()`. Dropping it cancels the stream. A replay is
-/// never retried by itself: a broken one yields its error (e.g.
+/// `epoch: replay.epoch()`. Dropping it cancels the stream. A replay that
+/// fails with [`crate::ErrorKind::Unavailable`] before it yielded any item
+/// is started again by the client's [`crate::RetryPolicy`] (nothing was
+/// delivered, so nothing can repeat), within the replay's deadline; once it
+/// yielded an item it is not: it yields its error (e.g.
 /// [`crate::ErrorKind::Unavailable`] when the daemon stops), and the caller
-/// resumes from its cursor.
+/// resumes from its cursor. The Python and TypeScript clients do the same.
 pub struct Replay {
-    stream: tonic::Streaming<pb::ReplayResponse>,
+    /// The open stream; None while a retry is opening the next one.
+    stream: Option<tonic::Streaming<pb::ReplayResponse>>,
+    /// A retry in progress: its pause, then the new stream.
+    reopening: Option<Opening>,
+    client: Client,
+    request: pb::ReplayRequest,
+    /// When the whole replay must have ended, if it has a deadline.
+    ends_at: Option<Instant>,
+    /// Whether an item was yielded (then a failure is not retried).
+    yielded: bool,
+    /// Retries made so far.
+    retries: u32,
     buffered: VecDeque<ReplayItem>,
     last_position: Option<u64>,
     epoch: Option<u64>,
@@ -93,6 +107,8 @@ pub struct Replay {
     /// The client's target, named when the connection fails.
     target: String,
 }
+
+type Opening = Pin<Box<dyn Future<Output = Result<tonic::Streaming<pb::ReplayResponse>>> + Send>>;
 
 impl std::fmt::Debug for Replay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,42 +136,63 @@ impl Replay {
             max_events_per_message: options.max_events_per_message,
             thread_epoch: options.epoch.unwrap_or(0),
         };
-        let client_timeout = client.inner.options.timeout;
         let timeout = options
             .timeout
-            .or(client_timeout.filter(|_| !options.follow));
-        let mut request = client.request(request, false);
-        if let Some(timeout) = timeout {
-            request.set_timeout(timeout);
-        }
-        // The daemon sends its answer's headers at once; a daemon that cannot
-        // (a stopped process) must not hold the caller past its deadline.
-        let opening = client_timeout.into_iter().chain(timeout).min();
-        let mut stub = client.inner.events.clone();
-        let opened = stub.replay(request);
-        let response = match opening {
-            None => opened.await,
-            Some(limit) => tokio::time::timeout(limit, opened).await.map_err(|_| {
-                Error::local(
-                    ErrorKind::DeadlineExceeded,
-                    format!("no answer from the daemon within {limit:?}"),
-                )
-            })?,
+            .or(client.inner.options.timeout.filter(|_| !options.follow));
+        // One deadline for the whole replay, retries included.
+        let ends_at = timeout.map(|limit| Instant::now() + limit);
+        let mut retries = 0;
+        let stream = loop {
+            match open(client.clone(), request.clone(), ends_at).await {
+                Ok(stream) => break stream,
+                Err(error) => match client.inner.options.retry.delay(retries) {
+                    Some(delay) if error.is_retryable() => {
+                        retries += 1;
+                        tokio::time::sleep(delay).await;
+                    }
+                    _ => return Err(error),
+                },
+            }
         };
-        let stream = response
-            .map_err(|status| Error::from_status(&status).at_target(&client.inner.target))?
-            .into_inner();
         Ok(Self {
-            stream,
+            stream: Some(stream),
+            reopening: None,
+            client: client.clone(),
+            request,
+            ends_at,
+            yielded: false,
+            retries,
             buffered: VecDeque::new(),
             last_position: options.after,
             epoch: options.epoch,
             done: false,
             // The daemon enforces the deadline it is sent; this timer enforces
             // it when the daemon cannot (frozen, or its network path gone).
-            deadline: timeout.map(|limit| (Box::pin(tokio::time::sleep(limit)), limit)),
+            deadline: ends_at.map(|at| {
+                let limit = timeout.unwrap_or_default();
+                (Box::pin(tokio::time::sleep_until(at)), limit)
+            }),
             target: client.inner.target.clone(),
         })
+    }
+
+    /// After a failure: a retry when nothing was yielded, the error allows
+    /// it and the policy has attempts left; else the error to yield.
+    fn retry_or(&mut self, error: Error) -> Option<Error> {
+        if self.yielded || !error.is_retryable() {
+            return Some(error);
+        }
+        let Some(delay) = self.client.inner.options.retry.delay(self.retries) else {
+            return Some(error);
+        };
+        self.retries += 1;
+        self.stream = None;
+        let (client, request, ends_at) = (self.client.clone(), self.request.clone(), self.ends_at);
+        self.reopening = Some(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            open(client, request, ends_at).await
+        }));
+        None
     }
 
     /// The position of the last event yielded (the cursor given, before any).
@@ -211,6 +248,7 @@ impl Stream for Replay {
                 if let ReplayItem::Event(event) = &item {
                     self.last_position = Some(event.position);
                 }
+                self.yielded = true;
                 return Poll::Ready(Some(Ok(item)));
             }
             if self.done {
@@ -226,18 +264,79 @@ impl Stream for Replay {
                     ))));
                 }
             }
-            match Pin::new(&mut self.stream).poll_next(cx) {
+            if let Some(reopening) = &mut self.reopening {
+                match reopening.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(stream)) => {
+                        self.reopening = None;
+                        self.stream = Some(stream);
+                    }
+                    Poll::Ready(Err(error)) => {
+                        self.reopening = None;
+                        if let Some(error) = self.retry_or(error) {
+                            self.done = true;
+                            return Poll::Ready(Some(Err(error)));
+                        }
+                    }
+                }
+                continue;
+            }
+            let Some(stream) = &mut self.stream else {
+                self.done = true;
+                continue;
+            };
+            match Pin::new(stream).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => self.done = true,
                 Poll::Ready(Some(Ok(message))) => self.buffer(message),
                 Poll::Ready(Some(Err(status))) => {
-                    self.done = true;
                     let error = Error::from_status(&status).at_target(&self.target);
-                    return Poll::Ready(Some(Err(error)));
+                    if let Some(error) = self.retry_or(error) {
+                        self.done = true;
+                        return Poll::Ready(Some(Err(error)));
+                    }
                 }
             }
         }
     }
+}
+
+/// Open one replay stream: the request with the time left of the replay's
+/// deadline, the wait for the daemon's answer bounded by the client's
+/// timeout too.
+async fn open(
+    client: Client,
+    request: pb::ReplayRequest,
+    ends_at: Option<Instant>,
+) -> Result<tonic::Streaming<pb::ReplayResponse>> {
+    let timeout = ends_at.map(|at| at.saturating_duration_since(Instant::now()));
+    let mut request = client.request(request, false);
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
+    // The daemon sends its answer's headers at once; a daemon that cannot
+    // (a stopped process) must not hold the caller past its deadline.
+    let opening = client
+        .inner
+        .options
+        .timeout
+        .into_iter()
+        .chain(timeout)
+        .min();
+    let mut stub = client.inner.events.clone();
+    let opened = stub.replay(request);
+    let response = match opening {
+        None => opened.await,
+        Some(limit) => tokio::time::timeout(limit, opened).await.map_err(|_| {
+            Error::local(
+                ErrorKind::DeadlineExceeded,
+                format!("no answer from the daemon within {limit:?}"),
+            )
+        })?,
+    };
+    Ok(response
+        .map_err(|status| Error::from_status(&status).at_target(&client.inner.target))?
+        .into_inner())
 }
 
 fn deadline_message(limit: Duration) -> String {

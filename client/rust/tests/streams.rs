@@ -108,8 +108,8 @@ async fn replay_markers_filters_and_a_cleared_thread() {
         .append_envelopes(&id, 1, &[delta(&counter, "a")])
         .await
         .unwrap();
-    store.finish(&id, 1).await.unwrap();
-    store.finish(&id, 2).await.unwrap();
+    store.finish_turn(&id, 1).await.unwrap();
+    store.finish_turn(&id, 2).await.unwrap();
     let items: Vec<ReplayItem> = store
         .replay(&id.0, ReplayOptions::default())
         .await
@@ -255,7 +255,7 @@ async fn concurrent_appends_share_the_stream_and_a_rejected_item_fails_only_its_
     assert_eq!(positions, (0..200).collect::<Vec<u64>>());
 
     // A rejected item between accepted ones fails alone.
-    store.finish(&id, 99).await.unwrap();
+    store.finish_turn(&id, 99).await.unwrap();
     let counter = SequenceCounter::new();
     let batches = [
         [delta(&counter, "before")],
@@ -358,7 +358,7 @@ async fn a_token_is_sent_on_every_call() {
         .append_envelopes(&id, 1, &[delta(&counter, "y")])
         .await
         .unwrap();
-    events.finish(&id, 1).await.unwrap();
+    events.finish_turn(&id, 1).await.unwrap();
     assert_eq!(EventStore::get_turns(&events, &id).await.unwrap().len(), 1);
     let mut replay = events
         .replay(&id.0, ReplayOptions::default())

@@ -7,9 +7,9 @@ import { SharedAppendStream } from "./appendstream";
 import { Calls, checkRetry } from "./calls";
 import type { RetryPolicy } from "./calls";
 import { InvalidArgumentError, UnavailableError } from "./errors";
-import { EventStore } from "./events";
+import { TurnstoreEventStore } from "./events";
 import type { WriteMode } from "./events";
-import { HistoryStore } from "./history";
+import { TurnstoreHistoryStore } from "./history";
 import { fromU64 } from "./numbers";
 import { loadTurnstoreV1 } from "./proto";
 import type { AdminServiceClient, GetStatsResponse, HistoryStoreServiceClient } from "./proto";
@@ -35,14 +35,113 @@ export const KEEPALIVE_CHANNEL_OPTIONS: Readonly<grpc.ChannelOptions> = Object.f
   "grpc.keepalive_permit_without_calls": 1,
 });
 
-/** The daemon's current counters (AdminService.GetStats). */
+/**
+ * The daemon's counters and what its database holds (AdminService.GetStats;
+ * the proto documents each field). The fields of the Python client's
+ * `DaemonStats`, in camelCase.
+ */
 export interface DaemonStats {
   /** Replays currently following a thread (waiting for commits). */
   liveFollowers: number;
   /** Replays currently open, following or catching up. */
   openReplays: number;
-  /** The LMDB map size in bytes. */
+  /** The LMDB map size in bytes (0 on PostgreSQL). */
   mapSizeBytes: number;
+  /** Threads stored. */
+  threads: number;
+  /** Events stored. */
+  events: number;
+  /** Turns stored. */
+  turns: number;
+  /** Finished turns stored. */
+  finishedTurns: number;
+  /** Conversation keys holding a snapshot. */
+  conversations: number;
+  /** Snapshot versions kept. */
+  snapshotVersions: number;
+  /** The size of the database on disk in bytes. */
+  dataFileBytes: number;
+  /** Whether a retention age is configured. */
+  retentionEnabled: boolean;
+  /** Retention sweeps run since the daemon started. */
+  retentionSweeps: number;
+  /** Threads removed by retention. */
+  retentionRemovedThreads: number;
+  /** Events removed by retention. */
+  retentionRemovedEvents: number;
+  /** Conversations removed by retention. */
+  retentionRemovedConversations: number;
+  /** The last retention sweep's error; empty when it succeeded. */
+  retentionLastError: string;
+  /** Bytes replays reserve or hold in messages not yet taken by their readers. */
+  followerHeldBytes: number;
+  /** Bytes of replays ended as too slow that gRPC still keeps. */
+  followerEndingBytes: number;
+  /** Followers ended with follower_too_slow so far. */
+  followersEndedTooSlow: number;
+  /** Bytes of database pages in use. */
+  usedBytes: number;
+  /** The database's size ceiling in bytes (0: none). */
+  maxDbBytes: number;
+  /** Where writes that add data stop with storage_full (0: no limit, e.g. PostgreSQL). */
+  writeLimitBytes: number;
+}
+
+function statsFromWire(response: GetStatsResponse): DaemonStats {
+  return {
+    liveFollowers: fromU64(response.live_followers, "live_followers"),
+    openReplays: fromU64(response.open_replays, "open_replays"),
+    mapSizeBytes: fromU64(response.map_size_bytes, "map_size_bytes"),
+    threads: fromU64(response.threads, "threads"),
+    events: fromU64(response.events, "events"),
+    turns: fromU64(response.turns, "turns"),
+    finishedTurns: fromU64(response.finished_turns, "finished_turns"),
+    conversations: fromU64(response.conversations, "conversations"),
+    snapshotVersions: fromU64(response.snapshot_versions, "snapshot_versions"),
+    dataFileBytes: fromU64(response.data_file_bytes, "data_file_bytes"),
+    retentionEnabled: response.retention_enabled,
+    retentionSweeps: fromU64(response.retention_sweeps, "retention_sweeps"),
+    retentionRemovedThreads: fromU64(
+      response.retention_removed_threads,
+      "retention_removed_threads",
+    ),
+    retentionRemovedEvents: fromU64(response.retention_removed_events, "retention_removed_events"),
+    retentionRemovedConversations: fromU64(
+      response.retention_removed_conversations,
+      "retention_removed_conversations",
+    ),
+    retentionLastError: response.retention_last_error,
+    followerHeldBytes: fromU64(response.follower_held_bytes, "follower_held_bytes"),
+    followerEndingBytes: fromU64(response.follower_ending_bytes, "follower_ending_bytes"),
+    followersEndedTooSlow: fromU64(response.followers_ended_too_slow, "followers_ended_too_slow"),
+    usedBytes: fromU64(response.used_bytes, "used_bytes"),
+    maxDbBytes: fromU64(response.max_db_bytes, "max_db_bytes"),
+    writeLimitBytes: fromU64(response.write_limit_bytes, "write_limit_bytes"),
+  };
+}
+
+/**
+ * Administrative calls over a client's channel; obtain it as `client.admin`
+ * (`client.admin` in Python, `client.admin()` in Rust). It shares the
+ * client's deadline and retry policy.
+ */
+export class TurnstoreAdmin {
+  readonly #stub: AdminServiceClient;
+  readonly #calls: Calls;
+
+  /** @internal Use TurnstoreClient.admin. */
+  constructor(stub: AdminServiceClient, calls: Calls) {
+    this.#stub = stub;
+    this.#calls = calls;
+  }
+
+  /** The daemon's counters and what its database holds; retried like every unary call. */
+  async stats(): Promise<DaemonStats> {
+    const response = await this.#calls.unary<GetStatsResponse>((options, done) =>
+      this.#stub.GetStats({}, options, done),
+    );
+    return statsFromWire(response);
+  }
 }
 
 /** A PEM file's path, or the PEM data itself. */
@@ -217,9 +316,10 @@ export function checkTarget(target: string, allowRemote = false): void {
  */
 export class TurnstoreClient {
   readonly target: string;
-  readonly events: EventStore;
+  readonly events: TurnstoreEventStore;
   readonly #history: HistoryStoreServiceClient;
-  readonly #admin: AdminServiceClient;
+  /** Administrative calls: `client.admin.stats()`. */
+  readonly admin: TurnstoreAdmin;
   readonly #channelOwner: grpc.Client;
   readonly #calls: Calls;
   readonly #writes: SharedAppendStream | undefined;
@@ -262,10 +362,10 @@ export class TurnstoreClient {
       writeMode === "stream"
         ? new SharedAppendStream(events, this.#calls, maxSend < 0 ? Infinity : maxSend)
         : undefined;
-    this.events = new EventStore(events, this.#calls, this.#writes);
+    this.events = new TurnstoreEventStore(events, this.#calls, this.#writes);
     const shared = { channelOverride: events.getChannel(), interceptors };
     this.#history = new v1.HistoryStoreService(target, credentials, shared);
-    this.#admin = new v1.AdminService(target, credentials, shared);
+    this.admin = new TurnstoreAdmin(new v1.AdminService(target, credentials, shared), this.#calls);
   }
 
   /**
@@ -273,20 +373,8 @@ export class TurnstoreClient {
    * made; an empty or oversized key is refused by the daemon on first use
    * (InvalidArgumentError).
    */
-  history(key: string): HistoryStore {
-    return new HistoryStore(this.#history, key, this.#calls);
-  }
-
-  /** The daemon's current counters. */
-  async stats(): Promise<DaemonStats> {
-    const response = await this.#calls.unary<GetStatsResponse>((options, done) =>
-      this.#admin.GetStats({}, options, done),
-    );
-    return {
-      liveFollowers: fromU64(response.live_followers, "live_followers"),
-      openReplays: fromU64(response.open_replays, "open_replays"),
-      mapSizeBytes: fromU64(response.map_size_bytes, "map_size_bytes"),
-    };
+  history(key: string): TurnstoreHistoryStore {
+    return new TurnstoreHistoryStore(this.#history, key, this.#calls);
   }
 
   /**

@@ -61,6 +61,7 @@ export type WriteMode = "stream" | "unary";
 
 /**
  * Per-thread, turn-scoped event streams; obtain it as `client.events`.
+ * (The same name, `TurnstoreEventStore`, in the Python and Rust clients.)
  *
  * Every write resolves only after the daemon has durably committed it. Every
  * method rejects with a TurnstoreError; arguments that cannot be sent (a
@@ -69,7 +70,7 @@ export type WriteMode = "stream" | "unary";
  * retried by the client's retry policy (reads only until they yielded
  * something), then reject with it.
  */
-export class EventStore {
+export class TurnstoreEventStore {
   readonly #stub: EventStoreServiceClient;
   readonly #calls: Calls;
   /** The shared stream of writes; undefined in "unary" write mode. */
@@ -122,37 +123,30 @@ export class EventStore {
   }
 
   /**
-   * Closes `turn` (the finish barrier) and resolves with how many events it
-   * holds. Finishing a turn never appended to creates an empty finished turn.
-   * Rejects with TurnAlreadyFinishedError when it is already finished,
-   * except when the finish was sent again (a retry, or a resend on a new
-   * shared stream): then the first attempt may have finished it, and that
-   * is this call's success (its count is then read back with GetTurn).
+   * Closes `turn` (the finish barrier) and resolves once the daemon
+   * committed it, with nothing (as `finish_turn` in the Python and Rust
+   * clients: read the turn with {@link getTurn} for its events). Finishing a
+   * turn never appended to creates an empty finished turn. Rejects with
+   * TurnAlreadyFinishedError when it is already finished, except when the
+   * finish was sent again (a retry, or a resend on a new shared stream):
+   * then the first attempt may have finished it, and that is this call's
+   * success.
    */
-  async finishTurn(threadId: string, turn: number): Promise<number> {
+  async finishTurn(threadId: string, turn: number): Promise<void> {
     const request = { thread_id: threadId, turn: checkU64(turn, "turn") };
     if (this.#writes === undefined) {
-      const response = await this.#calls.unary<FinishTurnResponse>(
+      await this.#calls.unary<FinishTurnResponse | undefined>(
         (options, done) => this.#stub.FinishTurn(request, options, done),
         {
           doneIfRetryFinds: {
             error: TurnAlreadyFinishedError,
-            result: async () => ({
-              event_count: String((await this.getTurn(threadId, turn))?.events.length ?? 0),
-            }),
+            result: () => Promise.resolve(undefined),
           },
         },
       );
-      return fromU64(response.event_count, "event_count");
+      return;
     }
-    const ack = await this.#writes.submit(request.thread_id, request.turn, [], true);
-    if (ack.eventCount !== undefined) {
-      return fromU64(ack.eventCount, "event_count");
-    }
-    // A resent finish that found its turn finished (or a daemon that does
-    // not report the count): the finished turn is immutable, so read it.
-    const finished = await this.getTurn(threadId, turn);
-    return finished?.events.length ?? 0;
+    await this.#writes.submit(request.thread_id, request.turn, [], true);
   }
 
   /**
@@ -235,15 +229,14 @@ export class EventStore {
   }
 
   /**
-   * Removes every turn and event of the thread and resolves with how many
-   * events were removed (0 for an unknown thread). Positions restart at 0.
-   * A retried clear whose first attempt committed resolves with 0.
+   * Removes every turn and event of the thread and resolves once the daemon
+   * committed it, with nothing (as `clear` in the Python and Rust clients);
+   * a no-op for an unknown thread. Positions restart at 0.
    */
-  async clear(threadId: string): Promise<number> {
-    const response = await this.#calls.unary<ClearResponse>((options, done) =>
+  async clear(threadId: string): Promise<void> {
+    await this.#calls.unary<ClearResponse>((options, done) =>
       this.#stub.Clear({ thread_id: threadId }, options, done),
     );
-    return fromU64(response.removed_events, "removed_events");
   }
 
   /**

@@ -22,9 +22,10 @@ export interface VersionedSnapshot {
 /**
  * Whole-conversation snapshots under one key; obtain it as
  * `client.history(key)`. Snapshots are stored as their JSON text with
- * content type application/json.
+ * content type application/json. (The same name, `TurnstoreHistoryStore`,
+ * in the Python and Rust clients.)
  */
-export class HistoryStore {
+export class TurnstoreHistoryStore {
   readonly key: string;
   readonly #stub: HistoryStoreServiceClient;
   readonly #calls: Calls;

@@ -7,6 +7,7 @@
  * ```
  */
 export {
+  TurnstoreAdmin,
   TurnstoreClient,
   DEFAULT_TARGET,
   DEFAULT_TIMEOUT_MS,
@@ -16,9 +17,9 @@ export {
 export type { ClientTls, DaemonStats, PemSource, TurnstoreClientOptions } from "./client";
 export { DEFAULT_RETRY } from "./calls";
 export type { RetryEvent, RetryPolicy } from "./calls";
-export { EventStore } from "./events";
+export { TurnstoreEventStore } from "./events";
 export type { ReplayOptions, WriteMode } from "./events";
-export { HistoryStore } from "./history";
+export { TurnstoreHistoryStore } from "./history";
 export type { VersionedSnapshot } from "./history";
 export { Replay } from "./replay";
 export type {

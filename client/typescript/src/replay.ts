@@ -75,7 +75,7 @@ function* itemsOf(message: ReplayResponse): Generator<ReplayItem> {
  * The call starts when the iteration does, and a replay can be iterated
  * once. It ends when the daemon ends the stream (caught up without `follow`,
  * the `untilTurnFinished` turn finished, or the thread cleared). Cancelling
- * it (`close()`, the `signal` given to `EventStore.replay`, or leaving the
+ * it (`close()`, the `signal` given to `TurnstoreEventStore.replay`, or leaving the
  * loop early) ends the iteration without an error and frees the daemon's
  * follower; a replay cancelled before it started never calls the daemon.
  * Any other failure rejects with a TurnstoreError (DeadlineExceededError
@@ -99,7 +99,7 @@ export class Replay implements AsyncIterable<ReplayItem> {
   #cancelled = false;
   #started = false;
 
-  /** @internal Use EventStore.replay. */
+  /** @internal Use TurnstoreEventStore.replay. */
   constructor(
     start: () => ClientReadableStream<ReplayResponse>,
     calls: Calls,

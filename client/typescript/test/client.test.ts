@@ -19,8 +19,11 @@ import {
   SnapshotFormatError,
   TurnAlreadyFinishedError,
   TurnFinishedError,
+  TurnstoreAdmin,
   TurnstoreClient,
   TurnstoreError,
+  TurnstoreEventStore,
+  TurnstoreHistoryStore,
   UnavailableError,
   VersionConflictError,
   checkSnapshot,
@@ -103,10 +106,10 @@ async function next(items: AsyncIterator<ReplayItem>): Promise<ReplayItem> {
 /** Waits until the daemon has no open replay (cancelled ones are freed asynchronously). */
 async function noOpenReplays(): Promise<void> {
   const deadline = Date.now() + 10_000;
-  let stats = await client.stats();
+  let stats = await client.admin.stats();
   while (stats.openReplays > 0 && Date.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 20));
-    stats = await client.stats();
+    stats = await client.admin.stats();
   }
   assert.deepEqual(
     [stats.openReplays, stats.liveFollowers],
@@ -144,7 +147,11 @@ describe("events", () => {
       [1, 2],
     );
     assert.deepEqual(await client.events.append(thread, 1, odd), [3]);
-    assert.equal(await client.events.finishTurn(thread, 1), 3);
+    assert.equal(
+      await client.events.finishTurn(thread, 1),
+      undefined,
+      "finishTurn resolves with nothing",
+    );
 
     const one = await client.events.getTurn(thread, 1);
     assert.ok(one !== undefined);
@@ -178,7 +185,7 @@ describe("events", () => {
     assert.equal(await client.events.getTurn(thread, 99), undefined);
     assert.equal(await client.events.getTurn(newThread(), 1), undefined);
     assert.deepEqual(await client.events.getTurns(newThread()), []);
-    assert.equal(await client.events.clear(thread), 4);
+    assert.equal(await client.events.clear(thread), undefined, "clear resolves with nothing");
     assert.equal(await client.events.eventCount(thread), 0);
   });
 
@@ -248,6 +255,28 @@ describe("events", () => {
       () => envelopeFromJson({ event_id: "e", sequence: 0, timestamp: "t" }),
       EventFormatError,
     );
+  });
+
+  test("admin.stats() counts what the daemon holds, with the Python client's fields", async () => {
+    // The names of docs/clients.md, the same in the three clients.
+    assert.ok(client.admin instanceof TurnstoreAdmin);
+    assert.ok(client.events instanceof TurnstoreEventStore);
+    assert.ok(client.history("k") instanceof TurnstoreHistoryStore);
+    const before = await client.admin.stats();
+    const thread = newThread();
+    await client.events.append(thread, 1, [delta("a", 0), delta("b", 1)]);
+    await client.events.finishTurn(thread, 1);
+    const after = await client.admin.stats();
+    assert.deepEqual(
+      [after.threads - before.threads, after.events - before.events],
+      [1, 2],
+      "this test's thread and events are counted",
+    );
+    assert.equal(after.finishedTurns - before.finishedTurns, 1);
+    assert.equal(typeof after.retentionEnabled, "boolean");
+    assert.equal(typeof after.retentionLastError, "string");
+    assert.ok(after.writeLimitBytes > 0 && after.usedBytes > 0, JSON.stringify(after));
+    assert.equal(Object.keys(after).length, 22, "every field of GetStatsResponse");
   });
 
   test("only loopback targets without allowRemote", () => {
@@ -337,7 +366,7 @@ describe("writes over one shared stream", () => {
         [...acked.values()].sort((a, b) => a - b),
         Array.from({ length: total }, (_, i) => i),
       );
-      assert.equal(await own.events.finishTurn(thread, 1), total);
+      await own.events.finishTurn(thread, 1);
       const [turn] = await own.events.getTurns(thread);
       assert.deepEqual(
         turn?.events.map((e) => [e.envelope.eventId, e.position]),
@@ -355,7 +384,7 @@ describe("writes over one shared stream", () => {
     try {
       const thread = newThread();
       assert.deepEqual(await own.events.append(thread, 1, delta("closed")), [0]);
-      assert.equal(await own.events.finishTurn(thread, 1), 1);
+      await own.events.finishTurn(thread, 1);
       const good = Array.from({ length: 12 }, (_, i) =>
         own.events.append(thread, 2, delta(`${i}`)),
       );
@@ -394,7 +423,8 @@ describe("writes over one shared stream", () => {
         Array.from({ length: 14 }, (_, i) => i + 1),
       );
       // The stream went on: later writes on it succeed.
-      assert.equal(await own.events.finishTurn(thread, 2), 14);
+      await own.events.finishTurn(thread, 2);
+      assert.equal((await own.events.getTurn(thread, 2))?.events.length, 14);
       assert.equal(own.appendStreamsOpened, writeMode === "stream" ? 1 : 0);
     } finally {
       own.close();
@@ -524,7 +554,7 @@ describe("replay", () => {
     assert.ok(replay.epoch !== undefined && replay.epoch > 0);
 
     // Cancelled while waiting: the iteration ends without an error.
-    assert.equal((await client.stats()).liveFollowers, 1);
+    assert.equal((await client.admin.stats()).liveFollowers, 1);
     const waiting = items.next();
     replay.close();
     assert.deepEqual(await waiting, { done: true, value: undefined });

@@ -59,14 +59,13 @@ async function main(): Promise<void> {
   const appending = client.events.append(thread, 1, after);
   const finishing = client.events.finishTurn(thread, 2);
   say({ phase: "expired", lateError, waitedMs });
-  const [positions, count] = await Promise.all([appending, finishing]);
+  const [positions] = await Promise.all([appending, finishing]);
   say({
     phase: "done",
     first,
     lateId: late.eventId,
     afterId: after.eventId,
     afterPositions: positions,
-    finishCount: count,
     streams: client.appendStreamsOpened,
   });
 }

@@ -13,7 +13,7 @@
  *  2. the test writes `restarted` to its stdin;
  *  3. once AFTER more appends are acknowledged, every caller finishes its
  *     turn and it prints `{"phase":"done", ...}`: every acknowledged event id
- *     with its position, each turn's event count as finishTurn resolved it,
+ *     with its position, each turn's event count read back once it was finished,
  *     how many streams the client opened, and how many calls were waiting
  *     when `restarted` came. Then it exits 0.
  * Any failed call makes it print the error and exit 1; it gives up after
@@ -52,6 +52,12 @@ function say(message: Record<string, unknown>): void {
   process.stdout.write(`${JSON.stringify(message)}\n`);
 }
 
+/** Finishes `turn` and reads back how many events it holds (finishTurn resolves with nothing). */
+async function finished(turn: number): Promise<number> {
+  await client.events.finishTurn(thread, turn);
+  return (await client.events.getTurn(thread, turn))?.events.length ?? 0;
+}
+
 async function caller(index: number): Promise<[number, number][]> {
   const counts: [number, number][] = [];
   let turn = index * 10_000 + 1;
@@ -64,7 +70,7 @@ async function caller(index: number): Promise<[number, number][]> {
     }
     if (sequence > 0 && sequence % PER_TURN === 0) {
       inFlight += 1;
-      counts.push([turn, await client.events.finishTurn(thread, turn)]);
+      counts.push([turn, await finished(turn)]);
       inFlight -= 1;
       turn += 1;
     }
@@ -81,7 +87,7 @@ async function caller(index: number): Promise<[number, number][]> {
       say({ phase: "ready" });
     }
   }
-  counts.push([turn, await client.events.finishTurn(thread, turn)]);
+  counts.push([turn, await finished(turn)]);
   return counts;
 }
 
