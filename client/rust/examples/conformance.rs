@@ -35,6 +35,7 @@ fn reason_of(kind: ErrorKind) -> String {
         ErrorKind::PermissionDenied => "permission_denied",
         ErrorKind::Unavailable => "unavailable",
         ErrorKind::DeadlineExceeded => "deadline_exceeded",
+        ErrorKind::FollowerTooSlow => "follower_too_slow",
         other => return format!("other:{other:?}"),
     }
     .to_owned()
