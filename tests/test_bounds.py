@@ -357,8 +357,11 @@ async def test_a_header_block_that_never_ends_is_bounded_before_auth(tmp_path: P
                     sent += len(padding)
             connection.close()
             peak = max(peak, rss_mib(pid))
-    # 2 GiB of header block sent: what stays is bounded, not proportional.
-    assert peak - before < 128, f"{before:.0f} -> {peak:.0f} MiB"
+    # 2 GiB of header block sent: what stays is bounded, not proportional
+    # (main before the header bound: 48 -> 627 MiB; here 52 MiB quiet, up to
+    # 143 MiB in a full `make test` run, where the daemon parses what it has
+    # read more slowly and gRPC's read buffers hold more meanwhile).
+    assert peak - before < 256, f"{before:.0f} -> {peak:.0f} MiB"
     async with TurnstoreClient(daemon.addresses[0], token=TOKEN) as client:
         assert await client.events.event_count("x") == 0
     assert daemon.stop() == 0

@@ -17,7 +17,7 @@ import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -54,15 +54,6 @@ if TYPE_CHECKING:
     from turnstore.server.httpapi import HttpApi, HttpConfig
 
 log = structlog.get_logger("turnstore")
-
-# The clients ping every 20 s (also while idle) to find a daemon that stopped
-# answering; grpc's defaults would answer a ping more often than every 5
-# minutes with GOAWAY "too_many_pings". Pings down to every 10 s are allowed.
-KEEPALIVE_PERMIT_OPTIONS: Final = (
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-)
 
 
 @dataclass(frozen=True)
@@ -243,7 +234,6 @@ def build_server(
             *config.ingress.grpc_options(limits),
             ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),
-            *KEEPALIVE_PERMIT_OPTIONS,
         ],
     )
     followers = Followers(config.follower_limits)

@@ -137,6 +137,9 @@ class IngressConfig:
             # peer that vanished (no FIN) is closed and its file freed.
             ("grpc.keepalive_time_ms", SERVER_KEEPALIVE_MS),
             ("grpc.keepalive_timeout_ms", SERVER_KEEPALIVE_TIMEOUT_MS),
+            # ... however long a connection stays without data (gRPC's
+            # default stops after two pings without data).
+            ("grpc.http2.max_pings_without_data", 0),
         ]
 
 
