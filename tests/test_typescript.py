@@ -593,8 +593,11 @@ def test_typescript_calls_retry_while_the_daemon_restarts(
     assert done["results"] == {
         "eventCount": 2,
         "getTurns": [[1, True, 2]],
+        "getEvents": [0, 1],
+        "readEvents": [0, 1],
         "replay": ["event", "event", "turn_finished", "caught_up"],
         "load": 1,
+        "listVersions": [1],
         "save": 1,
         "streamAppend": [0],
         "unaryFinish": "finished",

@@ -4,9 +4,9 @@ import type { CallOptions } from "@grpc/grpc-js";
 import type { SharedAppendStream } from "./appendstream";
 import { deadline } from "./calls";
 import type { Calls } from "./calls";
-import { envelopeToWire, turnFromWire } from "./envelope";
-import type { EventEnvelope, StoredTurn } from "./envelope";
-import { TurnAlreadyFinishedError, toTurnstoreError } from "./errors";
+import { envelopeToWire, storedEventFromWire, turnFromWire } from "./envelope";
+import type { EventEnvelope, StoredEvent, StoredTurn } from "./envelope";
+import { InvalidArgumentError, TurnAlreadyFinishedError, toTurnstoreError } from "./errors";
 import type { TurnstoreError } from "./errors";
 import { checkU64, fromU64 } from "./numbers";
 import type {
@@ -17,6 +17,8 @@ import type {
   FinishTurnResponse,
   GetTurnResponse,
   ListTurnsResponse,
+  ReadEventsRequest,
+  ReadEventsResponse,
   ReplayRequest,
 } from "./proto";
 import { Replay } from "./replay";
@@ -50,6 +52,27 @@ export interface ReplayOptions {
   /** Aborting it cancels the replay (the iteration ends without an error). */
   signal?: AbortSignal;
 }
+
+/**
+ * The order {@link TurnstoreEventStore.readEvents} walks a thread in:
+ * `"commit"` by position (an offset of n starts at position n), `"turn"`
+ * turn by turn in ascending order, each turn in append order (the order of
+ * {@link TurnstoreEventStore.getEvents}).
+ */
+export type EventOrder = "commit" | "turn";
+
+/** What {@link TurnstoreEventStore.readEvents} reads; every field is optional. */
+export interface ReadEventsOptions {
+  /** How many events to skip, counted in `order` (default 0). */
+  offset?: number;
+  /** The order to read in (default `"commit"`). */
+  order?: EventOrder;
+}
+
+const WIRE_ORDERS: Record<EventOrder, ReadEventsRequest["order"]> = {
+  commit: "EVENT_ORDER_COMMIT",
+  turn: "EVENT_ORDER_TURN",
+};
 
 /**
  * How `append` and `finishTurn` reach the daemon: `"stream"` (the default)
@@ -220,6 +243,96 @@ export class TurnstoreEventStore {
     return turns;
   }
 
+  /**
+   * All envelopes of the thread, turn by turn in ascending turn order, each
+   * turn in append order (not commit order when turns interleave); empty for
+   * an unknown thread. As {@link getEventsSince} with offset 0.
+   */
+  async getEvents(threadId: string): Promise<EventEnvelope[]> {
+    return this.getEventsSince(threadId, 0);
+  }
+
+  /**
+   * The envelopes of {@link getEvents} after its first `offset`: empty when
+   * `offset` is at or past the end (or the thread is unknown). Rejects with
+   * InvalidArgumentError, before any call, for an offset that is not a safe
+   * integer >= 0. The read covers what was committed when it started; it
+   * rejects with ThreadClearedError if the thread is cleared meanwhile. A
+   * read that fails with UnavailableError is started again whole by the
+   * retry policy (nothing was returned yet).
+   */
+  async getEventsSince(threadId: string, offset: number): Promise<EventEnvelope[]> {
+    const request = readRequest(threadId, offset, "turn");
+    for (let attempt = 1; ; attempt += 1) {
+      const envelopes: EventEnvelope[] = [];
+      let failure: TurnstoreError;
+      try {
+        for await (const event of this.#readEventsOnce(request)) {
+          envelopes.push(event.envelope);
+        }
+        return envelopes;
+      } catch (error) {
+        failure = toTurnstoreError(error);
+      }
+      if (!this.#calls.mayRetry(failure, attempt)) {
+        throw failure;
+      }
+      await this.#calls.pause(attempt, failure);
+    }
+  }
+
+  /**
+   * Streams the thread's stored events (envelope, position, turn, commit
+   * time), skipping the first `offset` in `order` (see {@link EventOrder});
+   * nothing for an unknown thread or an offset past the end. An offset that
+   * is not a safe integer >= 0, or an unknown order, rejects the first
+   * `next()` with InvalidArgumentError before any call. The read covers what
+   * was committed when it started; it rejects with ThreadClearedError if the
+   * thread is cleared meanwhile. Leaving the loop early cancels the call. A
+   * read that fails with UnavailableError before it yielded an event is
+   * started again by the retry policy; one that fails later rejects at once
+   * (resume with `offset` = the events received so far).
+   */
+  async *readEvents(
+    threadId: string,
+    options: ReadEventsOptions = {},
+  ): AsyncGenerator<StoredEvent, void, undefined> {
+    const request = readRequest(threadId, options.offset ?? 0, options.order ?? "commit");
+    let yielded = false;
+    for (let attempt = 1; ; attempt += 1) {
+      let failure: TurnstoreError;
+      try {
+        for await (const event of this.#readEventsOnce(request)) {
+          yielded = true;
+          yield event;
+        }
+        return;
+      } catch (error) {
+        failure = toTurnstoreError(error);
+      }
+      if (yielded || !this.#calls.mayRetry(failure, attempt)) {
+        throw failure;
+      }
+      await this.#calls.pause(attempt, failure);
+    }
+  }
+
+  /** One ReadEvents call's events, decoded; the call is cancelled when the loop ends early. */
+  async *#readEventsOnce(request: ReadEventsRequest): AsyncGenerator<StoredEvent, void, undefined> {
+    this.#calls.checkOpen();
+    const call = this.#stub.ReadEvents(request, this.#calls.options());
+    call.on("error", () => {}); // see Replay: the status after a cancel
+    try {
+      for await (const message of call as AsyncIterable<ReadEventsResponse>) {
+        for (const event of message.events) {
+          yield storedEventFromWire(event);
+        }
+      }
+    } finally {
+      call.cancel();
+    }
+  }
+
   /** How many events the thread holds (0 for an unknown thread). */
   async eventCount(threadId: string): Promise<number> {
     const response = await this.#calls.unary<EventCountResponse>((options, done) =>
@@ -277,4 +390,15 @@ export class TurnstoreEventStore {
       options.signal,
     );
   }
+}
+
+/**
+ * The ReadEvents request; throws InvalidArgumentError for an offset that is
+ * not a safe integer >= 0 or an order other than "commit" and "turn".
+ */
+function readRequest(threadId: string, offset: number, order: EventOrder): ReadEventsRequest {
+  if (!Object.hasOwn(WIRE_ORDERS, order)) {
+    throw new InvalidArgumentError(`order must be "commit" or "turn", not ${String(order)}`);
+  }
+  return { thread_id: threadId, offset: checkU64(offset, "offset"), order: WIRE_ORDERS[order] };
 }

@@ -6,6 +6,7 @@ import { checkU64, fromNanos, fromU64 } from "./numbers";
 import type {
   DeleteResponse,
   HistoryStoreServiceClient,
+  ListVersionsResponse,
   LoadResponse,
   SaveResponse,
 } from "./proto";
@@ -17,6 +18,16 @@ export interface VersionedSnapshot {
   snapshot: ConversationSnapshot;
   version: number;
   savedAtUnixNanos: bigint;
+}
+
+/** One kept version of a key, without its data (see `listVersions`). */
+export interface SnapshotVersionInfo {
+  version: number;
+  savedAtUnixNanos: bigint;
+  /** The size of its data in bytes. */
+  sizeBytes: number;
+  /** The encoding of its data (application/json for what this client saves). */
+  contentType: string;
 }
 
 /**
@@ -107,6 +118,22 @@ export class TurnstoreHistoryStore {
       version: fromU64(stored.version, "version"),
       savedAtUnixNanos: fromNanos(stored.saved_at_unix_nanos),
     };
+  }
+
+  /**
+   * The kept versions of the key, newest first; empty for an unknown or
+   * deleted key. Each can be loaded with {@link loadVersioned}.
+   */
+  async listVersions(): Promise<SnapshotVersionInfo[]> {
+    const response = await this.#calls.unary<ListVersionsResponse>((options, done) =>
+      this.#stub.ListVersions({ key: this.key }, options, done),
+    );
+    return response.versions.map((kept) => ({
+      version: fromU64(kept.version, "version"),
+      savedAtUnixNanos: fromNanos(kept.saved_at_unix_nanos),
+      sizeBytes: fromU64(kept.size_bytes, "size_bytes"),
+      contentType: kept.content_type,
+    }));
   }
 
   /**

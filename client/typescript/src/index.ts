@@ -18,9 +18,9 @@ export type { ClientTls, DaemonStats, PemSource, TurnstoreClientOptions } from "
 export { DEFAULT_RETRY } from "./calls";
 export type { RetryEvent, RetryPolicy } from "./calls";
 export { TurnstoreEventStore } from "./events";
-export type { ReplayOptions, WriteMode } from "./events";
+export type { EventOrder, ReadEventsOptions, ReplayOptions, WriteMode } from "./events";
 export { TurnstoreHistoryStore } from "./history";
-export type { VersionedSnapshot } from "./history";
+export type { SnapshotVersionInfo, VersionedSnapshot } from "./history";
 export { Replay } from "./replay";
 export type {
   CaughtUpItem,

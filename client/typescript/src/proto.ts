@@ -33,6 +33,9 @@ export type { GetStatsResponse__Output as GetStatsResponse } from "./gen/turnsto
 export type { EventStoreServiceClient } from "./gen/turnstore/v1/EventStoreService";
 export type { HistoryStoreServiceClient } from "./gen/turnstore/v1/HistoryStoreService";
 export type { ListTurnsResponse__Output as ListTurnsResponse } from "./gen/turnstore/v1/ListTurnsResponse";
+export type { ListVersionsResponse__Output as ListVersionsResponse } from "./gen/turnstore/v1/ListVersionsResponse";
+export type { ReadEventsRequest } from "./gen/turnstore/v1/ReadEventsRequest";
+export type { ReadEventsResponse__Output as ReadEventsResponse } from "./gen/turnstore/v1/ReadEventsResponse";
 export type { ReplayRequest } from "./gen/turnstore/v1/ReplayRequest";
 export type { ReplayResponse__Output as ReplayResponse } from "./gen/turnstore/v1/ReplayResponse";
 export type { StoredEvent__Output as WireStoredEvent } from "./gen/turnstore/v1/StoredEvent";

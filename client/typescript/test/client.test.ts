@@ -207,6 +207,80 @@ describe("events", () => {
     );
   });
 
+  test("getEvents is turn by turn, getEventsSince skips an offset of it", async () => {
+    const thread = newThread();
+    const [hello, tool, rest] = [delta("hello"), delta("tool"), delta("rest")];
+    // Committed as turn 1, turn 2, turn 1: turn order differs from commit order.
+    await client.events.append(thread, 1, hello);
+    await client.events.append(thread, 2, tool);
+    await client.events.append(thread, 1, rest);
+    assert.deepEqual(await client.events.getEvents(thread), [hello, rest, tool]);
+    assert.deepEqual(await client.events.getEventsSince(thread, 0), [hello, rest, tool]);
+    assert.deepEqual(await client.events.getEventsSince(thread, 2), [tool]);
+    assert.deepEqual(await client.events.getEventsSince(thread, 3), [], "at the end: empty");
+    assert.deepEqual(await client.events.getEventsSince(thread, 1000), [], "past the end: empty");
+    assert.deepEqual(await client.events.getEvents(newThread()), [], "an unknown thread");
+    assert.deepEqual(await client.events.getEventsSince(newThread(), 5), []);
+    for (const offset of [-1, 1.5, Number.NaN, 2 ** 53]) {
+      const refused = await rejection(client.events.getEventsSince(thread, offset));
+      assert.ok(refused instanceof InvalidArgumentError, `${offset}: ${String(refused)}`);
+      assert.equal(refused.code, undefined, "refused before any call");
+    }
+    const empty = await rejection(client.events.getEvents(""));
+    assert.ok(empty instanceof InvalidArgumentError && empty.reason === "invalid_argument");
+
+    // Many events (several messages of the stream) come back whole and in order.
+    const many = Array.from({ length: 1300 }, (_, i) => delta(`d${i}`, i));
+    await client.events.append(thread, 3, many);
+    assert.deepEqual(await client.events.getEventsSince(thread, 3), many);
+    await client.events.clear(thread);
+    assert.deepEqual(await client.events.getEvents(thread), [], "cleared");
+  });
+
+  test("readEvents streams stored events in commit or turn order from an offset", async () => {
+    const thread = newThread();
+    const [a, b, c] = [delta("a"), delta("b"), delta("c")];
+    await client.events.append(thread, 2, a);
+    await client.events.append(thread, 1, b);
+    await client.events.append(thread, 2, c);
+    const read = async (options?: Parameters<typeof client.events.readEvents>[1]) => {
+      const found: [number, number, string][] = [];
+      for await (const stored of client.events.readEvents(thread, options)) {
+        assert.ok(stored.storedAtUnixNanos > 0n);
+        found.push([stored.position, stored.turn, stored.envelope.eventId]);
+      }
+      return found;
+    };
+    const commit: [number, number, string][] = [
+      [0, 2, a.eventId],
+      [1, 1, b.eventId],
+      [2, 2, c.eventId],
+    ];
+    const turn = [commit[1], commit[0], commit[2]];
+    assert.deepEqual(await read(), commit, "commit order by default");
+    assert.deepEqual(await read({ order: "commit", offset: 1 }), commit.slice(1));
+    assert.deepEqual(await read({ order: "turn" }), turn);
+    assert.deepEqual(await read({ order: "turn", offset: 2 }), turn.slice(2));
+    assert.deepEqual(await read({ offset: 3 }), [], "past the end: nothing");
+
+    // Leaving the loop early ends the read; the client goes on working.
+    for await (const stored of client.events.readEvents(thread)) {
+      assert.equal(stored.position, 0);
+      break;
+    }
+    assert.equal(await client.events.eventCount(thread), 3);
+
+    const refusals = [
+      read({ offset: -1 }),
+      read({ offset: 2 ** 53 }),
+      read({ order: "position" as "commit" }),
+    ];
+    for (const refusal of refusals) {
+      const refused = await rejection(refusal);
+      assert.ok(refused instanceof InvalidArgumentError && refused.code === undefined);
+    }
+  });
+
   test("errors are typed by the daemon's reason", async () => {
     const thread = newThread();
     const first = delta("a");
@@ -687,10 +761,24 @@ describe("history", () => {
     assert.deepEqual(loaded?.snapshot, changed);
     assert.deepEqual((await history.loadVersioned(1))?.snapshot, snapshot);
 
+    const kept = await history.listVersions();
+    assert.deepEqual(
+      kept.map((v) => [v.version, v.contentType]),
+      [
+        [2, "application/json"],
+        [1, "application/json"],
+      ],
+      "newest first",
+    );
+    assert.equal(kept[1]?.sizeBytes, Buffer.byteLength(JSON.stringify(snapshot)));
+    assert.ok(kept.every((v) => v.savedAtUnixNanos > 0n));
+    assert.ok((kept[0]?.savedAtUnixNanos ?? 0n) >= (kept[1]?.savedAtUnixNanos ?? 0n));
     const mismatched = await rejection(history.save({ version: 1, messages: [1], pinned: [] }));
     assert.ok(mismatched instanceof SnapshotFormatError);
     assert.equal(await history.delete(), 2);
     assert.equal(await history.load(), undefined);
+    assert.deepEqual(await history.listVersions(), [], "deleted: no versions");
+    assert.deepEqual(await client.history(`ts-unknown-${randomUUID()}`).listVersions(), []);
   });
 });
 

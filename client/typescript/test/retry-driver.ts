@@ -122,12 +122,21 @@ async function main(): Promise<void> {
     getTurns: patient(async (own) =>
       (await own.events.getTurns(thread)).map((t) => [t.turn, t.finished, t.events.length]),
     ),
+    getEvents: patient(async (own) => (await own.events.getEvents(thread)).map((e) => e.event.n)),
+    readEvents: patient(async (own) => {
+      const positions: number[] = [];
+      for await (const stored of own.events.readEvents(thread)) positions.push(stored.position);
+      return positions;
+    }),
     replay: patient(async (own) => {
       const kinds: string[] = [];
       for await (const item of own.events.replay(thread)) kinds.push(item.kind);
       return kinds;
     }),
     load: patient(async (own) => (await own.history(key).loadVersioned())?.version),
+    listVersions: patient(async (own) =>
+      (await own.history(key).listVersions()).map((kept) => kept.version),
+    ),
     save: patient((own) =>
       own.history(`${key}-saved`).save({ version: 1, messages: ["second"], pinned: [true] }),
     ),
