@@ -1,6 +1,6 @@
 """Operating a daemon: statistics, backups, listings, export and import.
 
-Obtain a :class:`GrpcAdmin` as ``client.admin``. It shares the client's
+Obtain a :class:`TurnstoreAdmin` as ``client.admin``. It shares the client's
 channel (and so its token and TLS settings), timeout and retry policy; every
 failed call raises a :class:`~turnstore.errors.TurnstoreError` subclass,
 mapped by :mod:`turnstore._status`. The ``turnstore backup``, ``stats``,
@@ -30,7 +30,7 @@ __all__ = [
     "BackupResult",
     "DaemonStats",
     "ExportReport",
-    "GrpcAdmin",
+    "TurnstoreAdmin",
     "ImportReport",
     "KeyInfo",
     "ThreadInfo",
@@ -149,7 +149,7 @@ class ImportReport:
     snapshots_unchanged: int = 0
 
 
-class GrpcAdmin:
+class TurnstoreAdmin:
     """Administrative calls to a turnstore daemon; obtain it as ``client.admin``.
 
     Unary calls use the client's timeout and are retried on

@@ -3,7 +3,7 @@
 :func:`add_admin_commands` adds them to the ``turnstore`` command's
 subparsers and :func:`run_admin_command` runs one (it returns None for any
 other command). ``python -m turnstore.admin_cli`` runs them on their own.
-Each talks to a running daemon through :class:`turnstore.admin.GrpcAdmin`,
+Each talks to a running daemon through :class:`turnstore.admin.TurnstoreAdmin`,
 reached with the connection options of :mod:`turnstore.cli_common`
 (``--target``, ``--token-file``, ``--tls-*`` or their environment
 variables). Export, import and backup draw a progress line on stderr when it
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Final
 
 from turnstore import transfer
-from turnstore.admin import DaemonStats, GrpcAdmin
+from turnstore.admin import DaemonStats, TurnstoreAdmin
 from turnstore.cli_common import (
     Progress,
     add_format_option,
@@ -192,7 +192,7 @@ async def _backup(args: argparse.Namespace) -> int:
 async def _export_to(args: argparse.Namespace, out: IO[bytes], terminal: bool = False) -> int:
     """Export into ``out``; on a ``terminal``, with the lines' control characters escaped."""
     async with connect(args) as client, Progress("exported") as progress:
-        admin: GrpcAdmin = client.admin
+        admin: TurnstoreAdmin = client.admin
 
         def write(line: str) -> None:
             data = (printable_json(line) if terminal else line).encode("utf-8") + b"\n"

@@ -29,7 +29,7 @@ from turnstore._validate import (
     check_thread_id,
     check_turn,
 )
-from turnstore.admin import GrpcAdmin
+from turnstore.admin import TurnstoreAdmin
 from turnstore.errors import (
     InvalidArgumentError,
     SnapshotFormatError,
@@ -553,13 +553,13 @@ class TurnstoreClient:
         self._history_stub = pb_grpc.HistoryStoreServiceStub(self._channel)
 
     @functools.cached_property
-    def admin(self) -> GrpcAdmin:
+    def admin(self) -> TurnstoreAdmin:
         """Administrative calls: stats, backups, listings, export and import.
 
-        See :class:`turnstore.admin.GrpcAdmin`; it shares this client's
+        See :class:`turnstore.admin.TurnstoreAdmin`; it shares this client's
         channel, timeout and retry policy.
         """
-        return GrpcAdmin(self._channel, self._timeout, self._retry)
+        return TurnstoreAdmin(self._channel, self._timeout, self._retry)
 
     def history(self, key: str) -> TurnstoreHistoryStore:
         """A HistoryStore bound to the conversation ``key`` (non-empty)."""

@@ -29,7 +29,7 @@ Lines of one thread come together, in position order, with the finish
 markers in place; snapshot lines follow all threads. A reader refuses, naming
 the line, one longer than :data:`MAX_LINE_BYTES` (before reading it whole)
 and one nested deeper than the daemon accepts (:data:`MAX_LINE_DEPTH`). This module only
-encodes and decodes lines; :class:`turnstore.admin.GrpcAdmin` runs exports
+encodes and decodes lines; :class:`turnstore.admin.TurnstoreAdmin` runs exports
 and imports.
 """
 
