@@ -30,10 +30,10 @@ __all__ = [
     "BackupResult",
     "DaemonStats",
     "ExportReport",
-    "TurnstoreAdmin",
     "ImportReport",
     "KeyInfo",
     "ThreadInfo",
+    "TurnstoreAdmin",
 ]
 
 # One import append carries at most this many events and about this many bytes.
