@@ -577,7 +577,19 @@ def test_serve_on_an_address_in_use_says_so_and_creates_nothing(
             ("--http-listen", f"127.0.0.1:{port}"),
         ):
             data = tmp_path / f"new-{flag}"
-            refused = run("serve", "--data-dir", str(data), flag, address, "--log-format", "json")
+            # gRPC on a socket of its own, not the default 127.0.0.1:7070,
+            # which `make run` may be serving while the tests run.
+            grpc_listen = [] if flag == "--listen" else ["--listen", f"unix:{tmp_path}/{flag}.sock"]
+            refused = run(
+                "serve",
+                "--data-dir",
+                str(data),
+                *grpc_listen,
+                flag,
+                address,
+                "--log-format",
+                "json",
+            )
             assert refused.returncode == 1
             assert f"cannot listen on '127.0.0.1:{port}': address already in use" in (
                 refused.stderr
