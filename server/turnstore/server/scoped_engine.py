@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from typing import Final, TypeVar
 
 from turnstore.server.engine_input import InputChecks
-from turnstore.server.errors import CursorOutOfRangeError, PermissionDeniedError
+from turnstore.server.errors import PermissionDeniedError
 from turnstore.server.scopes import Scope
 from turnstore.server.storage import CommitListener, CommitObserver, StorageEngine
 from turnstore.server.values import (
@@ -48,6 +48,7 @@ from turnstore.server.values import (
     ThreadView,
     TurnChunk,
     TurnCursor,
+    replay_opening,
 )
 
 # Entries read per step while seeking one id of an explicit list (the first
@@ -199,12 +200,10 @@ class ScopedEngine:
                 max_bytes,
             )
         self._check_thread_id(thread_id)
-        # What both engines answer for a thread they do not hold.
-        if expected_number is not None:
-            return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
-        if start_position > 0:
-            raise CursorOutOfRangeError(thread_id, start_position - 1, 0)
-        return ReplayStep(None, [], start_position, [], 0, True)
+        # What the engines answer for a thread they do not hold.
+        opening = replay_opening(thread_id, expected_number, start_position, None)
+        assert opening is not None
+        return opening
 
     def load_snapshot(self, key: str, version: int | None = None) -> StoredSnapshot | None:
         if self.scope.covers_key(key):

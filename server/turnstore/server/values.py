@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from turnstore.server.errors import CursorOutOfRangeError
+
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 # The largest key LMDB accepts in its default build.
@@ -252,6 +254,33 @@ class ReplayStep:
     at_end: bool
     cleared: bool = False
     watched_turn_finished: bool = False
+
+
+def replay_opening(
+    thread_id: str,
+    expected_number: int | None,
+    start_position: int,
+    thread: tuple[int, int] | None,
+) -> ReplayStep | None:
+    """The answer of a replay step decided before any record is read, or None.
+
+    ``thread`` is the thread's (number, end position) as the step's read
+    sees it, None for a thread that is not stored (or, through a scope, not
+    visible: it must look missing). A thread that is missing or has another
+    number than ``expected_number`` was cleared; a ``start_position`` past
+    the end raises CursorOutOfRangeError. Positions are committed before any
+    reader sees them and never taken back within an epoch, so, checked in
+    the read's own snapshot, this refuses only cursors no daemon ever handed
+    out. Every engine answers through here, so all answer alike.
+    """
+    number, end_position = thread if thread is not None else (None, 0)
+    if expected_number is not None and number != expected_number:
+        return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
+    if start_position > end_position:
+        raise CursorOutOfRangeError(thread_id, start_position - 1, end_position)
+    if thread is None:
+        return ReplayStep(None, [], start_position, [], 0, True)
+    return None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import lmdb
 from turnstore.server import schema
 from turnstore.server.engine_input import MAX_U64, turn_too_large
 from turnstore.server.errors import (
-    CursorOutOfRangeError,
     ThreadClearedError,
 )
 from turnstore.server.lmdb_engine.snapshots import _Snapshots
@@ -31,6 +30,7 @@ from turnstore.server.values import (
     ThreadView,
     TurnChunk,
     TurnCursor,
+    replay_opening,
 )
 
 T = TypeVar("T")
@@ -264,20 +264,13 @@ class _Reads(_Snapshots):
         key = self._thread_key(thread_id)
         with self._read() as txn:
             value = _get(txn, key, self._dbs[schema.THREADS])
-            if value is None:
-                if expected_number is not None:
-                    return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
-                if start_position > 0:
-                    raise CursorOutOfRangeError(thread_id, start_position - 1, 0)
-                return ReplayStep(None, [], start_position, [], 0, True)
-            number, end_position, finish_count, _ = schema.unpack_thread(value)
-            if expected_number is not None and number != expected_number:
-                return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
-            if start_position > end_position:
-                # Positions are committed before any reader sees them and never
-                # taken back within an epoch: checked in this read's snapshot,
-                # this refuses only cursors that were never handed out.
-                raise CursorOutOfRangeError(thread_id, start_position - 1, end_position)
+            fields = schema.unpack_thread(value) if value is not None else None
+            thread = (fields[0], fields[1]) if fields is not None else None
+            opening = replay_opening(thread_id, expected_number, start_position, thread)
+            if opening is not None:
+                return opening
+            assert fields is not None
+            number, end_position, finish_count, _ = fields
             # Finishes pending from here, up to the furthest frontier this
             # step could reach; frontiers never decrease along the sequence.
             reach = min(end_position, start_position + max_events)

@@ -376,6 +376,7 @@ class PostgresEngine(Retention, InputChecks):
             return reads.replay_step(
                 cur,
                 key,
+                thread_id,
                 expected_number,
                 start_position,
                 finish_seq,

@@ -9,7 +9,7 @@ and records come back as the stored wire bytes.
 from __future__ import annotations
 
 from turnstore.server.engine_input import turn_too_large
-from turnstore.server.errors import CursorOutOfRangeError, ThreadClearedError
+from turnstore.server.errors import ThreadClearedError
 from turnstore.server.pg_engine.tables import from_column, to_column
 from turnstore.server.pg_engine.writes import Cursor
 from turnstore.server.values import (
@@ -19,6 +19,7 @@ from turnstore.server.values import (
     ThreadView,
     TurnChunk,
     TurnCursor,
+    replay_opening,
 )
 
 # Rows fetched per query by reads walking a budget.
@@ -261,6 +262,7 @@ def _records_within(cur: Cursor, number: int, start: int, stop: int, max_bytes: 
 def replay_step(
     cur: Cursor,
     key: bytes,
+    thread_id: str,
     expected_number: int | None,
     start_position: int,
     finish_seq: int | None,
@@ -269,20 +271,12 @@ def replay_step(
     max_bytes: int,
 ) -> ReplayStep:
     row = thread_row(cur, key)
-    if row is None:
-        if expected_number is not None:
-            return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
-        if start_position > 0:
-            raise CursorOutOfRangeError(key.decode(), start_position - 1, 0)
-        return ReplayStep(None, [], start_position, [], 0, True)
+    thread = (row[0], row[1]) if row is not None else None
+    opening = replay_opening(thread_id, expected_number, start_position, thread)
+    if opening is not None:
+        return opening
+    assert row is not None
     number, end_position, finish_count = row
-    if expected_number is not None and number != expected_number:
-        return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
-    if start_position > end_position:
-        # Positions are committed before any reader sees them and never taken
-        # back within an epoch: checked in the read's own snapshot, this
-        # refuses only cursors no daemon of the fleet ever handed out.
-        raise CursorOutOfRangeError(key.decode(), start_position - 1, end_position)
     reach = min(end_position, start_position + max_events)
     pending: list[tuple[int, FinishRecord]] = []
     resume_seq = finish_count
