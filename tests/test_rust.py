@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import trustme
 
+from tests.commands import run_or_fail
 from tests.daemon import Daemon
 from tests.test_typescript import node_env, typescript_build  # noqa: F401  (fixtures)
 from turnstore import AgentEventEnvelope, TurnstoreClient
@@ -73,25 +74,7 @@ def _cargo(
     cargo = shutil.which("cargo")
     if cargo is None:
         pytest.fail("the Rust client's tests need cargo on PATH (https://rustup.rs)")
-    try:
-        result = subprocess.run(
-            [cargo, *args],
-            cwd=cwd,
-            env=_cargo_env() if env is None else env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CARGO_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"cargo {' '.join(args)} took over {CARGO_TIMEOUT} s:\n{error.stderr!s}")
-    if result.returncode != 0:
-        pytest.fail(
-            f"cargo {' '.join(args)} in {cwd} exited with {result.returncode}:\n"
-            f"{result.stdout[-20000:]}\n{result.stderr[-20000:]}"
-        )
-    return result
+    return run_or_fail([cargo, *args], cwd, CARGO_TIMEOUT, _cargo_env() if env is None else env)
 
 
 @pytest.fixture(scope="module")

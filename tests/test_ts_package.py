@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import subprocess
 import tarfile
 import uuid
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from urllib.request import url2pathname
 
 import pytest
 
+from tests.commands import run_or_fail
 from tests.daemon import Daemon
 from turnstore import TurnstoreClient
 
@@ -155,30 +155,6 @@ TSCONFIG = {
 }
 
 
-def _run(
-    args: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run a command; fail the test with its output if it fails or takes over ``timeout`` s."""
-    try:
-        result = subprocess.run(
-            args,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"{' '.join(args)} took over {timeout} s:\n{error.stdout!s}\n{error.stderr!s}")
-    if result.returncode != 0:
-        pytest.fail(
-            f"{' '.join(args)} exited with {result.returncode}:\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
 def _outside_checkout(path: Path) -> Path:
     """``path``, after checking that it is not inside the checkout."""
     resolved = path.resolve()
@@ -198,9 +174,9 @@ def tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
     installed = TS_DIR / "node_modules" / ".package-lock.json"
     lock = TS_DIR / "package-lock.json"
     if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        _run(["npm", "ci", "--no-audit", "--no-fund"], TS_DIR, timeout=300)
+        run_or_fail(["npm", "ci", "--no-audit", "--no-fund"], TS_DIR, timeout=300)
     destination = _outside_checkout(tmp_path_factory.mktemp("ts-pack"))
-    _run(["npm", "pack", "--pack-destination", str(destination)], TS_DIR, timeout=300)
+    run_or_fail(["npm", "pack", "--pack-destination", str(destination)], TS_DIR, timeout=300)
     packed = list(destination.glob("*.tgz"))
     assert [p.name for p in packed] == ["turnstore-client-0.1.0.tgz"], packed
     return packed[0]
@@ -213,7 +189,7 @@ def project(tarball: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (directory / "package.json").write_text(
         json.dumps({"name": "turnstore-consumer", "version": "1.0.0", "private": True})
     )
-    _run(
+    run_or_fail(
         ["npm", "install", "--prefer-offline", "--no-audit", "--no-fund", str(tarball)],
         directory,
         timeout=300,
@@ -288,7 +264,7 @@ def test_first_call_from_another_project(
     (project / script).write_text(source)
     daemon = start_daemon("lmdb")
     thread = f"pkg-{uuid.uuid4().hex}"
-    result = _run(["node", script, daemon.target, thread], project, timeout=120)
+    result = run_or_fail(["node", script, daemon.target, thread], project, timeout=120)
     report = json.loads(result.stdout.strip().splitlines()[-1])
 
     assert Path(report["cwd"]).resolve() == project
@@ -312,4 +288,4 @@ def test_type_declarations_resolve_in_another_project(project: Path) -> None:
     (project / "check.mts").write_text(TYPED_CHECK)
     (project / "tsconfig.json").write_text(json.dumps(TSCONFIG))
     tsc = TS_DIR / "node_modules" / "typescript" / "bin" / "tsc"
-    _run(["node", str(tsc), "-p", str(project / "tsconfig.json")], project, timeout=300)
+    run_or_fail(["node", str(tsc), "-p", str(project / "tsconfig.json")], project, timeout=300)

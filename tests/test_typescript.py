@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 import trustme
 
+from tests.commands import run_or_fail
 from tests.daemon import Daemon
 from turnstore import (
     AgentEventEnvelope,
@@ -57,24 +58,7 @@ MIN_NODE_MAJOR = 20
 
 def _run(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     """Run a command in client/typescript; fail the test with its output if it fails."""
-    try:
-        result = subprocess.run(
-            args,
-            cwd=TS_DIR,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"{' '.join(args)} took over {timeout} s:\n{error.stdout!s}\n{error.stderr!s}")
-    if result.returncode != 0:
-        pytest.fail(
-            f"{' '.join(args)} exited with {result.returncode}:\n{result.stdout}\n{result.stderr}"
-        )
-    return result
+    return run_or_fail(args, cwd=TS_DIR, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")
