@@ -100,27 +100,11 @@ impl TurnstoreEventStore {
         turn: usize,
         envelopes: &[AgentEventEnvelope],
     ) -> Result<Vec<u64>> {
-        if envelopes.is_empty() {
-            return Err(Error::local(
-                ErrorKind::InvalidArgument,
-                "events: must hold at least one event",
-            ));
-        }
         let events = envelopes
             .iter()
             .map(envelope_to_proto)
             .collect::<Result<Vec<_>>>()?;
-        self.client
-            .inner
-            .appender
-            .submit(
-                &thread_id.0,
-                turn_number(turn),
-                events,
-                false,
-                self.client.inner.options.timeout,
-            )
-            .await
+        self.submit_events(thread_id, turn, events).await
     }
 
     /// Append envelopes exactly as given, undecoded (to copy or forward
@@ -132,13 +116,24 @@ impl TurnstoreEventStore {
         turn: usize,
         envelopes: &[RawEnvelope],
     ) -> Result<Vec<u64>> {
-        if envelopes.is_empty() {
+        let events = envelopes.iter().map(RawEnvelope::to_proto).collect();
+        self.submit_events(thread_id, turn, events).await
+    }
+
+    /// Send encoded events on the shared append stream, bounded by the
+    /// client's deadline; an empty batch is refused before anything is sent.
+    async fn submit_events(
+        &self,
+        thread_id: &ThreadId,
+        turn: usize,
+        events: Vec<pb::EventEnvelope>,
+    ) -> Result<Vec<u64>> {
+        if events.is_empty() {
             return Err(Error::local(
                 ErrorKind::InvalidArgument,
                 "events: must hold at least one event",
             ));
         }
-        let events = envelopes.iter().map(RawEnvelope::to_proto).collect();
         self.client
             .inner
             .appender
