@@ -371,7 +371,7 @@ def test_failed_accepts_are_logged_once_per_interval_with_a_count() -> None:
     """asyncio's traceback per failed accept() becomes one counted line per interval."""
     from structlog.testing import capture_logs
 
-    from turnstore.server.connections import AcceptFailures
+    from turnstore.server.api.connections import AcceptFailures
 
     loop = asyncio.new_event_loop()
     passed_on: list[dict[str, Any]] = []

@@ -15,9 +15,9 @@ from pathlib import Path
 import grpc
 
 from turnstore import _status, errors
-from turnstore.server import errors as server_errors
-from turnstore.server import interceptors
-from turnstore.server.service import STATUS_BY_ERROR, status_for
+from turnstore.server.api.grpc import interceptors
+from turnstore.server.api.grpc.service import STATUS_BY_ERROR, status_for
+from turnstore.server.storage import errors as server_errors
 from turnstore.v1 import turnstore_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,7 @@ from turnstore import (
     StoredEvent,
     TurnstoreClient,
 )
-from turnstore.server.followers import SendBudget, Sender, SendLimits
+from turnstore.server.replay.followers import SendBudget, Sender, SendLimits
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 

@@ -45,7 +45,7 @@ from turnstore import (
     TurnstoreClient,
     UnauthenticatedError,
 )
-from turnstore.server.ingress import IngressConfig, scan_append, scan_stream_message
+from turnstore.server.api.grpc.ingress import IngressConfig, scan_append, scan_stream_message
 from turnstore.v1 import turnstore_pb2 as pb
 
 T = TypeVar("T")

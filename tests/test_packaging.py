@@ -227,8 +227,8 @@ def test_the_wheel_installs_one_turnstore_package_that_runs_without_the_clone(
     assert installed.returncode == 0, installed.stderr
     # Run from elsewhere with the installed copy first on the path: not the clone.
     probe = (
-        "import turnstore, turnstore.server.app, turnstore.server.httpapi; "
-        "print(turnstore.__file__); print(turnstore.server.app.__file__)"
+        "import turnstore, turnstore.server.daemon.app, turnstore.server.api.http.routes; "
+        "print(turnstore.__file__); print(turnstore.server.daemon.app.__file__)"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     ran = subprocess.run(
@@ -271,8 +271,8 @@ def test_the_sdist_holds_what_builds_the_wheel_and_the_licence(
         "proto/turnstore/v1/turnstore.proto",
         "client/python/turnstore/__init__.py",
         "client/python/turnstore/v1/turnstore_pb2.py",
-        "server/turnstore/server/app.py",
-        "server/turnstore/server/web/index.html",
+        "server/turnstore/server/daemon/app.py",
+        "server/turnstore/server/api/http/web/index.html",
     ):
         assert wanted in names, wanted
     # Not the other clients, the tests or the benchmarks of the repository.
@@ -351,7 +351,7 @@ async def test_the_client_alone_in_a_fresh_venv_talks_to_a_daemon_and_cannot_ser
         ), command
 
     # No daemon without the extra: a clear refusal, not a traceback.
-    assert "ModuleNotFoundError" in _imported_from(client_venv, "turnstore.server.app", cwd)
+    assert "ModuleNotFoundError" in _imported_from(client_venv, "turnstore.server.daemon.app", cwd)
     data_dir = cwd / "data"
     refused = _run(
         [
@@ -376,7 +376,11 @@ async def test_the_wheel_with_the_server_extra_in_a_fresh_venv_serves_and_answer
     server_venv: Path, backend_args: list[str], tmp_path: Path, thread_id: str
 ) -> None:
     cwd = _outside_checkout(tmp_path)
-    for module in ("turnstore", "turnstore.server.app", "turnstore.server.pg_engine.engine"):
+    for module in (
+        "turnstore",
+        "turnstore.server.daemon.app",
+        "turnstore.server.storage.postgres.engine",
+    ):
         where = Path(_imported_from(server_venv, module, cwd))
         assert server_venv.parent in where.parents, (module, where)
 

@@ -16,10 +16,14 @@ from pathlib import Path
 import pytest
 
 from tests.postgres import PostgresServer, fresh_database
-from turnstore.server.engine import Engine
-from turnstore.server.errors import EventIdConflictError, ThreadClearedError, VersionConflictError
-from turnstore.server.pg_engine.engine import PostgresEngine
-from turnstore.server.values import (
+from turnstore.server.storage.errors import (
+    EventIdConflictError,
+    ThreadClearedError,
+    VersionConflictError,
+)
+from turnstore.server.storage.lmdb.engine import Engine
+from turnstore.server.storage.postgres.engine import PostgresEngine
+from turnstore.server.storage.values import (
     EngineConfig,
     NewEvent,
     PostgresConfig,

@@ -31,9 +31,9 @@ import pytest
 
 from tests.postgres import PostgresServer, fresh_database
 from tests.test_pg_engine import envelope, open_engine
-from turnstore.server.errors import DatabaseUnavailableError, TurnFinishedError
-from turnstore.server.pg_engine.engine import PostgresEngine
-from turnstore.server.values import TurnCursor
+from turnstore.server.storage.errors import DatabaseUnavailableError, TurnFinishedError
+from turnstore.server.storage.postgres.engine import PostgresEngine
+from turnstore.server.storage.values import TurnCursor
 
 
 @pytest.fixture

@@ -40,8 +40,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.daemon import Daemon
 from turnstore import AgentEventEnvelope, ResourceExhaustedError, TurnstoreClient
-from turnstore.server import readcost, records, schema
-from turnstore.server.values import StoredSnapshot, TurnChunk
+from turnstore.server.api import readcost
+from turnstore.server.storage import records
+from turnstore.server.storage.lmdb import schema
+from turnstore.server.storage.values import StoredSnapshot, TurnChunk
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 

@@ -24,8 +24,12 @@ from turnstore import (
     ThreadCleared,
     TurnstoreClient,
 )
-from turnstore.server.engine import RETENTION_BATCH_EVENTS, RETENTION_BATCH_ITEMS, Engine
-from turnstore.server.values import EngineConfig, NewEvent, SweepResult
+from turnstore.server.storage.lmdb.engine import (
+    RETENTION_BATCH_EVENTS,
+    RETENTION_BATCH_ITEMS,
+    Engine,
+)
+from turnstore.server.storage.values import EngineConfig, NewEvent, SweepResult
 from turnstore.v1 import turnstore_pb2 as pb
 
 HOUR_NS = 3600 * 10**9

@@ -36,10 +36,10 @@ from turnstore import (
     PermissionDeniedError,
     TurnstoreClient,
 )
-from turnstore.server.engine import Engine
-from turnstore.server.scoped_engine import ScopedEngine
-from turnstore.server.scopes import ScopeError, parse_scope
-from turnstore.server.values import EngineConfig, NewEvent
+from turnstore.server.access.scoped_engine import ScopedEngine
+from turnstore.server.access.scopes import ScopeError, parse_scope
+from turnstore.server.storage.lmdb.engine import Engine
+from turnstore.server.storage.values import EngineConfig, NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 
 ADMIN = "admin-token"

@@ -1,8 +1,8 @@
 """``turnstore serve``'s options live in the server, and the server needs no client code.
 
 The command line (client/python/turnstore/cli.py) only parses and hands over to
-:mod:`turnstore.server.command`; the flags, their TURNSTORE_* variables and
-defaults come from :mod:`turnstore.server.options`. The daemons every
+:mod:`turnstore.server.daemon.command`; the flags, their TURNSTORE_* variables and
+defaults come from :mod:`turnstore.server.daemon.options`. The daemons every
 end-to-end test starts (tests/daemon.py) exercise the flags themselves.
 """
 
@@ -18,8 +18,8 @@ import pytest
 
 from turnstore.cli import _parser
 from turnstore.client import DEFAULT_TARGET
-from turnstore.server.command import config_from_args
-from turnstore.server.options import DEFAULT_LISTEN
+from turnstore.server.daemon.command import config_from_args
+from turnstore.server.daemon.options import DEFAULT_LISTEN
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_DIR = ROOT / "server" / "turnstore" / "server"
@@ -180,7 +180,7 @@ def test_the_server_imports_no_client_code_but_the_generated_code() -> None:
 
 def test_the_options_need_only_the_standard_library() -> None:
     # So `serve --help` works where the server's dependencies are missing.
-    imported = _imports(SERVER_DIR / "options.py")
+    imported = _imports(SERVER_DIR / "daemon" / "options.py")
     assert imported
     assert [name for name in imported if name.split(".")[0] not in sys.stdlib_module_names] == []
 
@@ -189,7 +189,7 @@ def test_the_command_line_builds_no_server_configuration() -> None:
     imported = _imports(ROOT / "client" / "python" / "turnstore" / "cli.py")
     assert sorted(name for name in imported if name.startswith("turnstore.server")) == [
         "turnstore.server",
-        "turnstore.server.options",
+        "turnstore.server.daemon.options",
     ]
 
 

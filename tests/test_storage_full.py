@@ -34,11 +34,11 @@ from turnstore import (
     StorageFullError,
     TurnstoreClient,
 )
-from turnstore.server import disk
-from turnstore.server.engine import Engine
-from turnstore.server.errors import DiskIOError
-from turnstore.server.errors import StorageFullError as EngineStorageFull
-from turnstore.server.values import MIB, EngineConfig, NewEvent
+from turnstore.server.storage.errors import DiskIOError
+from turnstore.server.storage.errors import StorageFullError as EngineStorageFull
+from turnstore.server.storage.lmdb import disk
+from turnstore.server.storage.lmdb.engine import Engine
+from turnstore.server.storage.values import MIB, EngineConfig, NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 
 DEADLINE_SECONDS = 60.0

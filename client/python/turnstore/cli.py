@@ -2,8 +2,8 @@
 
 ``turnstore serve`` runs the daemon; it needs the ``server`` extra
 (the wheel installed with ``[server]``). Its options and its configuration
-belong to the server (:mod:`turnstore.server.options`,
-:mod:`turnstore.server.command`); this module only parses them and hands
+belong to the server (:mod:`turnstore.server.daemon.options`,
+:mod:`turnstore.server.daemon.command`); this module only parses them and hands
 them over. Every other subcommand is a client of a running daemon and needs
 only the client: :mod:`turnstore.cli_events` (health, tail, threads, turns,
 clear), :mod:`turnstore.cli_history` (conversations, history) and
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--version", action=_PrintVersion)
     try:
-        from turnstore.server.options import add_serve_arguments
+        from turnstore.server.daemon.options import add_serve_arguments
     except ImportError:
         # No server package at all: main() lets serve take any options, so
         # that it says what is missing rather than naming an unknown option.
@@ -85,9 +85,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Run the daemon with the parsed options (see turnstore.server.command)."""
+    """Run the daemon with the parsed options (see turnstore.server.daemon.command)."""
     try:
-        from turnstore.server import command
+        from turnstore.server.daemon import command
     except ImportError as error:
         print(_NEEDS_SERVER.format(error=error, version=package_version()), file=sys.stderr)
         return 2

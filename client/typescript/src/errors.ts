@@ -101,7 +101,7 @@ type ErrorClass = new (
 ) => TurnstoreError;
 
 /**
- * Every reason the daemon sends (server/turnstore/server/errors.py and its
+ * Every reason the daemon sends (server/turnstore/server/storage/errors.py and its
  * auth interceptor), with the class it stands for.
  */
 const BY_REASON: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([

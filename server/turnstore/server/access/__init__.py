@@ -1,0 +1,1 @@
+"""Who may touch what: scopes, the scoped view of an engine, sessions and revocations."""

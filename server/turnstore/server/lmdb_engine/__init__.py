@@ -1,1 +1,0 @@
-"""The LMDB storage engine, one module per concern; :mod:`turnstore.server.engine` composes it."""

@@ -1,0 +1,1 @@
+"""Replay and live follow over any engine, and the writer-to-loop hand-off."""

@@ -1,0 +1,4 @@
+"""The storage-engine interface and what both engines share.
+
+The engines themselves are in ``lmdb`` and ``postgres``.
+"""

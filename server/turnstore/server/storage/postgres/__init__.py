@@ -1,0 +1,1 @@
+"""The PostgreSQL storage engine, for a fleet of daemons on one database."""
