@@ -182,7 +182,9 @@ def test_map_grows_then_fills_without_tearing(data_dir: Path) -> None:
     reopened.close()
 
 
-def test_a_second_engine_on_the_same_directory_is_refused(engine: LmdbEngine, data_dir: Path) -> None:
+def test_a_second_engine_on_the_same_directory_is_refused(
+    engine: LmdbEngine, data_dir: Path
+) -> None:
     with pytest.raises(DataDirLockedError, match="in use by another turnstore process"):
         LmdbEngine.open(EngineConfig(data_dir))
 
@@ -208,7 +210,9 @@ def test_writes_after_close_fail_cleanly(data_dir: Path) -> None:
         (lambda e: e.save_snapshot("k", b"x" * (32 * MIB + 1), "a/b"), "data"),
     ],
 )
-def test_limits_are_enforced_with_the_field_named(engine: LmdbEngine, call: object, field: str) -> None:
+def test_limits_are_enforced_with_the_field_named(
+    engine: LmdbEngine, call: object, field: str
+) -> None:
     with pytest.raises(InvalidArgumentError) as raised:
         call(engine)  # type: ignore[operator]
     assert raised.value.field == field

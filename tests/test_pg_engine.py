@@ -162,7 +162,9 @@ def test_replay_steps_cut_at_their_byte_budget_exactly_as_on_lmdb(
             assert lmdb.append(thread, 1, batch[start : start + 100]).result(10)
             assert engine.append(thread, 1, batch[start : start + 100]).result(10)
 
-        def steps(opened: LmdbEngine | PostgresEngine, max_events: int, max_bytes: int) -> list[int]:
+        def steps(
+            opened: LmdbEngine | PostgresEngine, max_events: int, max_bytes: int
+        ) -> list[int]:
             counts, position = [], 0
             while position < 300:
                 step: ReplayStep = opened.replay_step(
