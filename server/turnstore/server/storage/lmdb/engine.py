@@ -217,11 +217,8 @@ class LmdbEngine(InputChecks):
         )
 
     def load_snapshot(self, key: str, version: int | None = None) -> StoredSnapshot | None:
-        """The latest snapshot under a key, or the given kept version.
-
-        None when the key was never saved, was deleted, or the version is not
-        kept. The data is copied out of the map once.
-        """
+        """The latest snapshot under a key, or the given kept version; None when the key was
+        never saved, was deleted, or the version is not kept."""
         encoded_key = self._conversation_key(key)
         if version is not None:
             self._check_turn(version)
@@ -261,19 +258,14 @@ class LmdbEngine(InputChecks):
     def read_commit_order(
         self, view: ThreadView, start_position: int, budget: ReadBudget
     ) -> list[bytes]:
-        """Records from ``start_position`` on, below the view's end, within ``budget``.
-
-        An empty list means the read reached the view's end.
-        Raises ThreadClearedError if the thread was cleared after the view.
-        """
+        """Records from ``start_position`` on, below the view's end, within ``budget``; empty
+        at the view's end. ThreadClearedError if the thread was cleared after the view."""
         with self._state.read() as txn:
             return reads.read_commit_order(self._state, txn, view, start_position, budget)
 
     def turn_cursor_at_offset(self, view: ThreadView, offset: int) -> TurnCursor | None:
-        """The turn-order cursor that skips the first ``offset`` events.
-
-        None when the offset is at or past the end of the thread.
-        """
+        """The turn-order cursor that skips the first ``offset`` events; None at or past
+        the end of the thread."""
         with self._state.read() as txn:
             return reads.turn_cursor_at_offset(self._state, txn, view, offset)
 
@@ -306,12 +298,9 @@ class LmdbEngine(InputChecks):
     # -- operations (:mod:`.operations`, :mod:`.backups`) -------------------------
 
     def list_threads(self, start_after: str = "", limit: int = 1000) -> list[ThreadSummary]:
-        """Up to ``limit`` threads after ``start_after`` ("": from the first).
-
-        Threads come in the byte order of their UTF-8 ids. Each call is one
-        read transaction; a listing in several calls sees threads created or
-        removed in between, or not.
-        """
+        """Up to ``limit`` threads after ``start_after`` ("": from the first), in the byte
+        order of their UTF-8 ids. Each call is one read transaction; a listing in several
+        calls sees threads created or removed in between, or not."""
         with self._state.read() as txn:
             return operations.list_threads(self._state, txn, start_after, limit)
 
@@ -324,11 +313,8 @@ class LmdbEngine(InputChecks):
             return operations.list_recent_threads(self._state, txn, limit, keep)
 
     def list_keys(self, start_after: str = "", limit: int = 1000) -> list[KeySummary]:
-        """Up to ``limit`` conversation keys holding a snapshot, after ``start_after``.
-
-        Keys come in the byte order of their UTF-8 form; deleted keys are
-        left out. Consistency as for :meth:`list_threads`.
-        """
+        """Up to ``limit`` conversation keys holding a snapshot, after ``start_after``, in
+        the byte order of their UTF-8 form. Consistency as for :meth:`list_threads`."""
         with self._state.read() as txn:
             return operations.list_keys(self._state, txn, start_after, limit)
 

@@ -31,6 +31,7 @@ class OpenedDirectory:
     state: LmdbState
     # Held (flock) for as long as the engine is open: one daemon a directory.
     lock_file: IO[str]
+    # XORed into thread numbers to make epochs (0 in databases older than it).
     epoch_mask: int
     # Whether it was a backup copy never opened before (new epochs drawn).
     restored_backup: bool
