@@ -19,7 +19,7 @@ from turnstore.server.storage.errors import (
     TurnFinishedError,
 )
 from turnstore.server.storage.interface import StorageEngine
-from turnstore.server.storage.lmdb.engine import Engine
+from turnstore.server.storage.lmdb.engine import LmdbEngine
 from turnstore.server.storage.values import (
     MIB,
     EngineConfig,
@@ -44,13 +44,13 @@ def body_of(record: bytes) -> str:
 
 
 @pytest.fixture
-def engine(data_dir: Path) -> Iterator[Engine]:
-    opened = Engine.open(EngineConfig(data_dir))
+def engine(data_dir: Path) -> Iterator[LmdbEngine]:
+    opened = LmdbEngine.open(EngineConfig(data_dir))
     yield opened
     opened.close()
 
 
-def test_the_lmdb_engine_implements_every_call_of_the_interface(engine: Engine) -> None:
+def test_the_lmdb_engine_implements_every_call_of_the_interface(engine: LmdbEngine) -> None:
     members = [
         name
         for name, value in vars(StorageEngine).items()
@@ -62,11 +62,11 @@ def test_the_lmdb_engine_implements_every_call_of_the_interface(engine: Engine) 
         have = getattr(engine, name, None)
         assert have is not None, name
         if callable(wanted):
-            have = getattr(Engine, name)
+            have = getattr(LmdbEngine, name)
             assert inspect.signature(have) == inspect.signature(wanted), name
 
 
-def test_records_decode_as_stored_event_messages(engine: Engine) -> None:
+def test_records_decode_as_stored_event_messages(engine: LmdbEngine) -> None:
     positions = engine.append("t", 2**40, [envelope("a"), envelope("b")]).result()
     assert positions == [0, 1]
     chunk = engine.get_turn("t", 2**40)
@@ -82,7 +82,7 @@ def test_records_decode_as_stored_event_messages(engine: Engine) -> None:
     assert all(e.stored_at_unix_nanos > 1_700_000_000 * 10**9 for e in decoded)
 
 
-def test_turn_order_reads_resume_inside_a_turn(engine: Engine) -> None:
+def test_turn_order_reads_resume_inside_a_turn(engine: LmdbEngine) -> None:
     for index in range(5):
         engine.append("t", 2, [envelope(f"2.{index}")]).result()
         engine.append("t", 1, [envelope(f"1.{index}")]).result()
@@ -105,7 +105,7 @@ def test_turn_order_reads_resume_inside_a_turn(engine: Engine) -> None:
     ]
 
 
-def test_reads_are_bounded_by_their_view(engine: Engine) -> None:
+def test_reads_are_bounded_by_their_view(engine: LmdbEngine) -> None:
     engine.append("t", 1, [envelope("before")]).result()
     view = engine.view("t")
     engine.append("t", 1, [envelope("after")]).result()
@@ -118,7 +118,7 @@ def test_reads_are_bounded_by_their_view(engine: Engine) -> None:
     assert [[body_of(r) for r in c.events] for c in chunks] == [["before"]]
 
 
-def test_a_read_of_a_cleared_thread_aborts(engine: Engine) -> None:
+def test_a_read_of_a_cleared_thread_aborts(engine: LmdbEngine) -> None:
     engine.append("t", 1, [envelope("a")]).result()
     view = engine.view("t")
     engine.clear("t").result()
@@ -127,7 +127,7 @@ def test_a_read_of_a_cleared_thread_aborts(engine: Engine) -> None:
         engine.read_commit_order(view, 0, ReadBudget(10, MIB))
 
 
-def test_a_rejected_write_in_a_batch_leaves_the_others_committed(engine: Engine) -> None:
+def test_a_rejected_write_in_a_batch_leaves_the_others_committed(engine: LmdbEngine) -> None:
     engine.finish_turn("t", 1).result()
     # Queue several writes at once so that they share one commit.
     futures = [
@@ -142,7 +142,7 @@ def test_a_rejected_write_in_a_batch_leaves_the_others_committed(engine: Engine)
     assert engine.event_count("t") == 2
 
 
-def test_concurrent_appends_get_unique_gap_free_positions(engine: Engine) -> None:
+def test_concurrent_appends_get_unique_gap_free_positions(engine: LmdbEngine) -> None:
     results: list[int] = []
     lock = threading.Lock()
 
@@ -162,7 +162,7 @@ def test_concurrent_appends_get_unique_gap_free_positions(engine: Engine) -> Non
 
 def test_map_grows_then_fills_without_tearing(data_dir: Path) -> None:
     config = EngineConfig(data_dir, initial_map_bytes=1 * MIB, max_map_bytes=4 * MIB)
-    engine = Engine.open(config)
+    engine = LmdbEngine.open(config)
     acknowledged = 0
     with pytest.raises(StorageFullError, match="ceiling"):
         for index in range(1000):
@@ -177,18 +177,20 @@ def test_map_grows_then_fills_without_tearing(data_dir: Path) -> None:
     assert len(chunk.events) == acknowledged
     # Small writes that fit still succeed or fail cleanly; then reopen cleanly.
     engine.close()
-    reopened = Engine.open(config)
+    reopened = LmdbEngine.open(config)
     assert reopened.event_count("t") == acknowledged
     reopened.close()
 
 
-def test_a_second_engine_on_the_same_directory_is_refused(engine: Engine, data_dir: Path) -> None:
+def test_a_second_engine_on_the_same_directory_is_refused(
+    engine: LmdbEngine, data_dir: Path
+) -> None:
     with pytest.raises(DataDirLockedError, match="in use by another turnstore process"):
-        Engine.open(EngineConfig(data_dir))
+        LmdbEngine.open(EngineConfig(data_dir))
 
 
 def test_writes_after_close_fail_cleanly(data_dir: Path) -> None:
-    engine = Engine.open(EngineConfig(data_dir))
+    engine = LmdbEngine.open(EngineConfig(data_dir))
     engine.close()
     with pytest.raises(EngineClosedError):
         engine.append("t", 1, [envelope("late")]).result()
@@ -208,7 +210,9 @@ def test_writes_after_close_fail_cleanly(data_dir: Path) -> None:
         (lambda e: e.save_snapshot("k", b"x" * (32 * MIB + 1), "a/b"), "data"),
     ],
 )
-def test_limits_are_enforced_with_the_field_named(engine: Engine, call: object, field: str) -> None:
+def test_limits_are_enforced_with_the_field_named(
+    engine: LmdbEngine, call: object, field: str
+) -> None:
     with pytest.raises(InvalidArgumentError) as raised:
         call(engine)  # type: ignore[operator]
     assert raised.value.field == field
@@ -220,7 +224,7 @@ def test_limits_must_fit_lmdb_keys() -> None:
 
 
 def test_snapshot_versions_grow_and_old_ones_are_dropped(data_dir: Path) -> None:
-    engine = Engine.open(EngineConfig(data_dir, snapshot_versions_kept=2))
+    engine = LmdbEngine.open(EngineConfig(data_dir, snapshot_versions_kept=2))
     try:
         versions = [
             engine.save_snapshot("k", f"{n}".encode(), "text/plain").result() for n in range(4)
@@ -234,7 +238,7 @@ def test_snapshot_versions_grow_and_old_ones_are_dropped(data_dir: Path) -> None
         engine.close()
 
 
-def test_reads_stop_at_their_byte_budget(engine: Engine) -> None:
+def test_reads_stop_at_their_byte_budget(engine: LmdbEngine) -> None:
     for index in range(10):
         engine.append("t", 1, [envelope(f"{index}.", 1000)]).result()
     view = engine.view("t")

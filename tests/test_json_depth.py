@@ -33,7 +33,7 @@ from tests.test_cli import run as run_cli
 from tests.test_rust import TS_DIR, _interop, interop_program  # noqa: F401  (fixture)
 from tests.test_typescript import node_env, typescript_build  # noqa: F401  (fixtures)
 from turnstore import AgentEventEnvelope, InvalidArgumentError, TurnstoreClient
-from turnstore.server.storage.lmdb.engine import Engine
+from turnstore.server.storage.lmdb.engine import LmdbEngine
 from turnstore.server.storage.values import EngineConfig, NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
@@ -285,7 +285,7 @@ def store_as_an_older_version(data_dir: Path, thread: str) -> None:
         )
         events.append(NewEvent(message.event_id, message.SerializeToString()))
         assert n < 3
-    engine = Engine.open(EngineConfig(data_dir))
+    engine = LmdbEngine.open(EngineConfig(data_dir))
     try:
         engine.append(thread, 1, events, finish=True).result(timeout=30)
         engine.save_snapshot(thread, deep_bytes(300), "application/json").result(timeout=30)

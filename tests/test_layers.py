@@ -74,7 +74,6 @@ KNOWN_LEAKS = {
     ("daemon.app", "storage.lmdb.engine"),
     ("daemon.app", "storage.postgres.engine"),
     ("api.metrics", "storage.lmdb.engine"),
-    ("storage.postgres.retention", "storage.lmdb.state"),
 }
 
 
@@ -162,7 +161,6 @@ KNOWN_LONG = {
     "server/turnstore/server/api/grpc/ingress.py",
     "server/turnstore/server/daemon/app.py",
     "server/turnstore/server/storage/postgres/engine.py",
-    "server/turnstore/server/storage/lmdb/backups.py",
     "client/python/turnstore/client.py",
 }
 

@@ -21,7 +21,7 @@ from turnstore.server.storage.errors import (
     ThreadClearedError,
     VersionConflictError,
 )
-from turnstore.server.storage.lmdb.engine import Engine
+from turnstore.server.storage.lmdb.engine import LmdbEngine
 from turnstore.server.storage.postgres.engine import PostgresEngine
 from turnstore.server.storage.values import (
     EngineConfig,
@@ -156,13 +156,15 @@ def test_replay_steps_cut_at_their_byte_budget_exactly_as_on_lmdb(
     for n, size in enumerate(sizes):
         message = pb.EventEnvelope(event_id=f"e{n}", type="text_delta", body=b"x" * size)
         batch.append(NewEvent(message.event_id, message.SerializeToString()))
-    lmdb = Engine.open(EngineConfig(data_dir=tmp_path / "lmdb"))
+    lmdb = LmdbEngine.open(EngineConfig(data_dir=tmp_path / "lmdb"))
     try:
         for start in range(0, 300, 100):
             assert lmdb.append(thread, 1, batch[start : start + 100]).result(10)
             assert engine.append(thread, 1, batch[start : start + 100]).result(10)
 
-        def steps(opened: Engine | PostgresEngine, max_events: int, max_bytes: int) -> list[int]:
+        def steps(
+            opened: LmdbEngine | PostgresEngine, max_events: int, max_bytes: int
+        ) -> list[int]:
             counts, position = [], 0
             while position < 300:
                 step: ReplayStep = opened.replay_step(

@@ -27,7 +27,7 @@ from turnstore import (
 from turnstore.server.storage.lmdb.engine import (
     RETENTION_BATCH_EVENTS,
     RETENTION_BATCH_ITEMS,
-    Engine,
+    LmdbEngine,
 )
 from turnstore.server.storage.values import EngineConfig, NewEvent, SweepResult
 from turnstore.v1 import turnstore_pb2 as pb
@@ -42,9 +42,9 @@ def envelope(event_id: str) -> NewEvent:
 
 
 @pytest.fixture
-def engine(data_dir: Path) -> Iterator[Engine]:
+def engine(data_dir: Path) -> Iterator[LmdbEngine]:
     """An engine keeping threads and keys for an hour, sweeping only when asked."""
-    opened = Engine.open(
+    opened = LmdbEngine.open(
         EngineConfig(
             data_dir,
             retain_threads_for_seconds=3600,
@@ -56,7 +56,7 @@ def engine(data_dir: Path) -> Iterator[Engine]:
     opened.close()
 
 
-def test_a_sweep_removes_what_was_last_written_before_the_age(engine: Engine) -> None:
+def test_a_sweep_removes_what_was_last_written_before_the_age(engine: LmdbEngine) -> None:
     engine.append("old", 1, [envelope("a"), envelope("b")]).result()
     engine.finish_turn("old", 1).result()
     engine.save_snapshot("old-key", b"{}", JSON).result()
@@ -96,7 +96,7 @@ def test_a_sweep_removes_what_was_last_written_before_the_age(engine: Engine) ->
     assert engine.sweep_retention() == SweepResult(0, 0, 0)
 
 
-def test_what_was_written_after_the_sweep_judged_it_is_kept(engine: Engine) -> None:
+def test_what_was_written_after_the_sweep_judged_it_is_kept(engine: LmdbEngine) -> None:
     engine.append("t", 1, [envelope("a")]).result()
     engine.save_snapshot("k", b"{}", JSON).result()
     judged = time.time_ns()
@@ -119,7 +119,7 @@ def test_what_was_written_after_the_sweep_judged_it_is_kept(engine: Engine) -> N
     assert engine.save_snapshot("k", b"{}", JSON).result() == 1
 
 
-def test_a_sweep_removes_in_small_writes_that_appends_interleave_with(engine: Engine) -> None:
+def test_a_sweep_removes_in_small_writes_that_appends_interleave_with(engine: LmdbEngine) -> None:
     small = [f"small-{n:03d}" for n in range(200)]
     big = [f"big-{n}" for n in range(3)]
     futures = [engine.append(thread, 1, [envelope("e")]) for thread in small]
@@ -156,7 +156,7 @@ def test_a_sweep_removes_in_small_writes_that_appends_interleave_with(engine: En
 
 
 def test_the_background_sweep_runs_every_interval(data_dir: Path) -> None:
-    engine = Engine.open(
+    engine = LmdbEngine.open(
         EngineConfig(
             data_dir,
             retain_threads_for_seconds=0.5,

@@ -38,7 +38,7 @@ from turnstore import (
 )
 from turnstore.server.access.scoped_engine import ScopedEngine
 from turnstore.server.access.scopes import ScopeError, parse_scope
-from turnstore.server.storage.lmdb.engine import Engine
+from turnstore.server.storage.lmdb.engine import LmdbEngine
 from turnstore.server.storage.values import EngineConfig, NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 
@@ -518,7 +518,7 @@ def test_scoped_listings_page_exactly_the_covered_ids(tmp_path: Path) -> None:
     rng = random.Random(18)
     alphabet = ["a", "b", "/", "-", ".", "\u00e9", "\U0001f642", "\x00"]
     ids = sorted({"".join(rng.choices(alphabet, k=rng.randint(1, 5))) for _ in range(300)})
-    engine = Engine.open(EngineConfig(tmp_path / "data"))
+    engine = LmdbEngine.open(EngineConfig(tmp_path / "data"))
     try:
         envelope = pb.EventEnvelope(event_id="e", type="t").SerializeToString()
         for thread_id in ids:

@@ -19,7 +19,7 @@ from tests.daemon import Daemon
 from tests.sse_client import SseEvent, open_stream, strict_json
 from turnstore import AgentEventEnvelope, ConversationSnapshot, TurnstoreClient
 from turnstore.server.access.sessions import SessionSigner
-from turnstore.server.storage.lmdb.engine import Engine
+from turnstore.server.storage.lmdb.engine import LmdbEngine
 from turnstore.server.storage.values import EngineConfig, NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
@@ -235,7 +235,7 @@ async def test_bodies_that_are_not_strict_json_arrive_as_valid_json(
         (b"plain", "text/plain"),
         (b'{"b": Infinity}', "application/json; charset=utf-8"),
     ]
-    engine = Engine.open(EngineConfig(tmp_path / "data"))
+    engine = LmdbEngine.open(EngineConfig(tmp_path / "data"))
     try:
         events = [
             pb.EventEnvelope(event_id=f"old{i}", type="raw", body=body, content_type=kind)

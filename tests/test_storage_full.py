@@ -37,7 +37,7 @@ from turnstore import (
 from turnstore.server.storage.errors import DiskIOError
 from turnstore.server.storage.errors import StorageFullError as EngineStorageFull
 from turnstore.server.storage.lmdb import disk
-from turnstore.server.storage.lmdb.engine import Engine
+from turnstore.server.storage.lmdb.engine import LmdbEngine
 from turnstore.server.storage.values import MIB, EngineConfig, NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 
@@ -190,7 +190,7 @@ async def test_retention_empties_a_full_database_and_writes_resume(data_dir: Pat
 
 def test_the_engine_refuses_additions_at_the_reserve_and_takes_deletes(tmp_path: Path) -> None:
     config = EngineConfig(tmp_path / "data", initial_map_bytes=4 * MIB, max_map_bytes=4 * MIB)
-    engine = Engine.open(config)
+    engine = LmdbEngine.open(config)
     try:
         stored = 0
         with pytest.raises(EngineStorageFull, match="reserve"):
@@ -210,7 +210,7 @@ def test_the_engine_refuses_additions_at_the_reserve_and_takes_deletes(tmp_path:
         assert engine.event_count("t") == stored
         # Also after a restart.
         engine.close()
-        engine = Engine.open(config)
+        engine = LmdbEngine.open(config)
         assert engine.clear("t").result() == stored
         # At once, one append needing more than the reserve: it needs the pages
         # the clear freed, which LMDB reuses only after another commit.
@@ -235,7 +235,7 @@ def test_a_batch_at_the_ceiling_still_commits_its_deletes(tmp_path: Path) -> Non
         max_map_bytes=2 * MIB,
         delete_reserve_bytes=0,
     )
-    engine = Engine.open(config)
+    engine = LmdbEngine.open(config)
     try:
 
         def big(name: str, size: int) -> NewEvent:

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from turnstore.server.replay.followers import Followers
 from turnstore.server.storage.interface import StorageEngine
-from turnstore.server.storage.lmdb.engine import Engine
+from turnstore.server.storage.lmdb.engine import LmdbEngine
 
 
 class Metrics:
@@ -95,7 +95,7 @@ class Metrics:
             ),
         )
 
-    def watch_lmdb(self, engine: Engine, data_dir: Path) -> None:
+    def watch_lmdb(self, engine: LmdbEngine, data_dir: Path) -> None:
         """Export the LMDB engine's map, data file and space gauges.
 
         A daemon on PostgreSQL has none of these: no map, no file, no ceiling

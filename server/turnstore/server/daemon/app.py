@@ -47,7 +47,7 @@ from turnstore.server.daemon.ports import check_listen_free
 from turnstore.server.replay.acks import AckPump
 from turnstore.server.replay.followers import Followers, SendLimits
 from turnstore.server.storage.interface import StorageEngine
-from turnstore.server.storage.lmdb.engine import Engine
+from turnstore.server.storage.lmdb.engine import LmdbEngine
 from turnstore.server.storage.values import EngineConfig, PostgresConfig, SpaceUsage
 
 if TYPE_CHECKING:
@@ -292,7 +292,7 @@ def build_server(
     return built
 
 
-def _startup_cleanup(engine: Engine) -> dict[str, list[str] | bool]:
+def _startup_cleanup(engine: LmdbEngine) -> dict[str, list[str] | bool]:
     """What the engine removed at open, as fields of the ``serving`` line (none if nothing)."""
     fields: dict[str, list[str] | bool] = {}
     if engine.opened_restored_backup:
@@ -360,13 +360,13 @@ async def serve(config: ServerConfig) -> None:
         metrics_host, metrics_port = metrics_host.strip("[]"), int(port_text)
     for address in config.listen:
         check_listen_address(address, config.allow_remote)
-    # Before Engine.open, which creates the data directory.
+    # Before LmdbEngine.open, which creates the data directory.
     http_listen = config.http.listen if config.http is not None else None
     check_listen_free((*config.listen, *filter(None, [config.metrics_listen, http_listen])))
     if config.postgres is not None:
         await _serve_postgres(config, metrics, metrics_host, metrics_port, file_plan)
         return
-    engine = Engine.open(config.engine)
+    engine = LmdbEngine.open(config.engine)
     engine.space.add_level_listener(log_space_level)
     try:
         built = build_server(config, engine, metrics)

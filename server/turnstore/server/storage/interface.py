@@ -1,7 +1,7 @@
 """The storage-engine interface the service depends on.
 
 :class:`StorageEngine` is every call the gRPC and HTTP layers make of a
-storage backend. :class:`turnstore.server.storage.lmdb.engine.Engine` (LMDB, embedded)
+storage backend. :class:`turnstore.server.storage.lmdb.engine.LmdbEngine` (LMDB, embedded)
 implements it; a second backend (PostgreSQL, for a fleet of daemons on one
 database) implements the same calls with the same meaning:
 

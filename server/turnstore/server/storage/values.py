@@ -237,7 +237,7 @@ class FinishRecord:
 
 @dataclass(frozen=True)
 class ReplayStep:
-    """What one :meth:`Engine.replay_step` read found.
+    """What one :meth:`LmdbEngine.replay_step` read found.
 
     ``events`` are the records at positions ``[start, next_position)``, in
     order. ``finishes`` are the finishes from the requested sequence number
@@ -285,7 +285,7 @@ def replay_opening(
 
 @dataclass(frozen=True)
 class ThreadSummary:
-    """A thread as :meth:`Engine.list_threads` lists it."""
+    """A thread as :meth:`LmdbEngine.list_threads` lists it."""
 
     thread_id: str
     event_count: int
@@ -295,7 +295,7 @@ class ThreadSummary:
 
 @dataclass(frozen=True)
 class KeySummary:
-    """A conversation key as :meth:`Engine.list_keys` lists it."""
+    """A conversation key as :meth:`LmdbEngine.list_keys` lists it."""
 
     key: str
     current_version: int
@@ -327,7 +327,7 @@ class SpaceUsage:
 
 @dataclass(frozen=True)
 class StorageStats:
-    """What the database holds (:meth:`Engine.storage_stats`).
+    """What the database holds (:meth:`LmdbEngine.storage_stats`).
 
     ``turns`` counts every turn, ``finished_turns`` those finished;
     ``conversations`` the keys holding a snapshot and ``snapshot_versions``

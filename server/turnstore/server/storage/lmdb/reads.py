@@ -1,29 +1,20 @@
-"""Reads: turns, events in commit or turn order, and the steps of a replay, each in a short
-read transaction bounded by a ThreadView.
+"""Reads: a thread's extent, turns, events in commit or turn order, and the steps of a
+replay, each a function over one short read transaction the engine opens.
 
-One layer of the LMDB engine (see :mod:`turnstore.server.storage.lmdb.engine`): a mixin over
-:class:`_Snapshots`.
+Reads that span several calls take a :class:`ThreadView` first and are bounded
+by it: every later read checks the thread's number against the view's, and a
+thread cleared since (given a new number) fails with ThreadClearedError.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 import lmdb
 
-from turnstore.server.storage.errors import (
-    ThreadClearedError,
-)
+from turnstore.server.storage.errors import ThreadClearedError
 from turnstore.server.storage.inputs import MAX_U64, turn_too_large
 from turnstore.server.storage.lmdb import schema
-from turnstore.server.storage.lmdb.snapshots import _Snapshots
-from turnstore.server.storage.lmdb.state import (
-    _get,
-    _keys,
-    _pairs,
-)
+from turnstore.server.storage.lmdb.state import LmdbState, get, keys, pairs
 from turnstore.server.storage.values import (
-    MIB,
     FinishRecord,
     ReadBudget,
     ReplayStep,
@@ -33,294 +24,290 @@ from turnstore.server.storage.values import (
     replay_opening,
 )
 
-T = TypeVar("T")
+
+def view(state: LmdbState, txn: lmdb.Transaction, thread_id: str, key: bytes) -> ThreadView:
+    """A thread's current extent, for a bounded multi-part read (``key``: its encoded id)."""
+    value = get(txn, key, state.dbs[schema.THREADS])
+    if value is None:
+        return ThreadView(thread_id, None, 0)
+    record = schema.unpack_thread(value)
+    return ThreadView(thread_id, record.number, record.next_position)
 
 
-class _Reads(_Snapshots):
-    """Reads: turns, events in commit or turn order, and the steps of a replay, each in a short."""
+def get_turn(
+    state: LmdbState, txn: lmdb.Transaction, key: bytes, turn: int, max_bytes: int | None
+) -> TurnChunk | None:
+    """One whole turn, or None for an unknown thread or turn (meant for an in-place read).
 
-    def view(self, thread_id: str) -> ThreadView:
-        """Capture a thread's current extent for a bounded multi-part read."""
-        key = self._thread_key(thread_id)
-        with self._read() as txn:
-            value = _get(txn, key, self._dbs[schema.THREADS])
-        if value is None:
-            return ThreadView(thread_id, None, 0)
-        record = schema.unpack_thread(value)
-        return ThreadView(thread_id, record.number, record.next_position)
+    With ``max_bytes``, a turn whose records total more raises
+    InvalidArgumentError before any record is read: the total is kept in the
+    turn's entry (``record_bytes``). A turn begun before schema version 2 has
+    none and is measured from its records in place (which maps their pages
+    but copies nothing).
+    """
+    value = get(txn, key, state.dbs[schema.THREADS])
+    if value is None:
+        return None
+    number = schema.unpack_thread(value).number
+    turn_value = get(txn, schema.PAIR.pack(number, turn), state.dbs[schema.TURNS])
+    if turn_value is None:
+        return None
+    finished, _, _ = schema.unpack_turn(turn_value)
+    if max_bytes is not None:
+        size = schema.turn_record_bytes(turn_value)
+        if size is None:  # begun before schema version 2: measure (maps its pages)
+            size = _turn_bytes(state, txn, number, turn)
+        if size > max_bytes:
+            raise turn_too_large(turn, size, max_bytes)
+    events, _ = _turn_records(state, txn, number, turn, -1, MAX_U64, None)
+    return TurnChunk(turn, finished, events)
 
-    def event_count(self, thread_id: str) -> int:
-        """The number of events in a thread; 0 for an unknown thread."""
-        return self.view(thread_id).end_position
 
-    def get_turn(self, thread_id: str, turn: int, max_bytes: int | None = None) -> TurnChunk | None:
-        """One whole turn, or None for an unknown thread or turn.
+def _turn_bytes(state: LmdbState, txn: lmdb.Transaction, number: int, turn: int) -> int:
+    """The total length of one turn's records (in an in-place read: nothing copied)."""
+    prefix = schema.PAIR.pack(number, turn)
+    events_db = state.dbs[schema.EVENTS]
+    total = 0
+    with txn.cursor(db=state.dbs[schema.TURN_EVENTS]) as cursor:
+        if not cursor.set_range(prefix):
+            return 0
+        for key in keys(cursor):
+            if not key.startswith(prefix):
+                break
+            position = schema.TRIPLE.unpack(key)[2]
+            record = txn.get(schema.PAIR.pack(number, position), db=events_db)
+            if record is not None:
+                total += len(record)
+    return total
 
-        With ``max_bytes``, a turn whose records total more raises
-        InvalidArgumentError before any record is read: the total is kept in
-        the turn's entry (``record_bytes``). A turn begun before schema
-        version 2 has none and is measured from its records in place (which
-        maps their pages but copies nothing).
-        """
-        key = self._thread_key(thread_id)
-        self._check_turn(turn)
-        with self._read_in_place() as txn:
-            value = _get(txn, key, self._dbs[schema.THREADS])
-            if value is None:
-                return None
-            number = schema.unpack_thread(value).number
-            turn_value = _get(txn, schema.PAIR.pack(number, turn), self._dbs[schema.TURNS])
-            if turn_value is None:
-                return None
-            finished, _, _ = schema.unpack_turn(turn_value)
-            if max_bytes is not None:
-                size = schema.turn_record_bytes(turn_value)
-                if size is None:  # begun before schema version 2: measure (maps its pages)
-                    size = self._turn_bytes(txn, number, turn)
-                if size > max_bytes:
-                    raise turn_too_large(turn, size, max_bytes)
-            events, _ = self._turn_records(txn, number, turn, -1, MAX_U64, None)
-            return TurnChunk(turn, finished, events)
 
-    def _turn_bytes(self, txn: lmdb.Transaction, number: int, turn: int) -> int:
-        """The total length of one turn's records (in an in-place read: nothing copied)."""
-        prefix = schema.PAIR.pack(number, turn)
-        events_db = self._dbs[schema.EVENTS]
-        total = 0
-        with txn.cursor(db=self._dbs[schema.TURN_EVENTS]) as cursor:
-            if not cursor.set_range(prefix):
-                return 0
-            for key in _keys(cursor):
-                if not key.startswith(prefix):
+def _turn_records(
+    state: LmdbState,
+    txn: lmdb.Transaction,
+    number: int,
+    turn: int,
+    after_position: int,
+    end_position: int,
+    budget: ReadBudget | None,
+    skip: int = 0,
+) -> tuple[list[bytes], int]:
+    """Records of one turn after a position and before an end, in append order.
+
+    The first ``skip`` matching events are passed over without being read.
+    Returns the records and the position of the last event passed over or
+    read (``after_position`` when none).
+    """
+    prefix = schema.PAIR.pack(number, turn)
+    events_db = state.dbs[schema.EVENTS]
+    out: list[bytes] = []
+    last = after_position
+    with txn.cursor(db=state.dbs[schema.TURN_EVENTS]) as cursor:
+        if not cursor.set_range(schema.TRIPLE.pack(number, turn, after_position + 1)):
+            return out, last
+        for key in keys(cursor):
+            if not key.startswith(prefix):
+                break
+            position = schema.TRIPLE.unpack(key)[2]
+            if position >= end_position:
+                break
+            last = position
+            if skip:
+                skip -= 1
+                continue
+            record = get(txn, schema.PAIR.pack(number, position), events_db)
+            if record is not None:
+                out.append(record)
+                if budget is not None and budget.spend(record):
                     break
-                position = schema.TRIPLE.unpack(key)[2]
-                record = txn.get(schema.PAIR.pack(number, position), db=events_db)
-                if record is not None:
-                    total += len(record)
-        return total
+    return out, last
 
-    def _turn_records(
-        self,
-        txn: lmdb.Transaction,
-        number: int,
-        turn: int,
-        after_position: int,
-        end_position: int,
-        budget: ReadBudget | None,
-        skip: int = 0,
-    ) -> tuple[list[bytes], int]:
-        """Records of one turn after a position and before an end, in append order.
 
-        The first ``skip`` matching events are passed over without being read.
-        Returns the records and the position of the last event passed over or
-        read (``after_position`` when none).
-        """
-        prefix = schema.PAIR.pack(number, turn)
-        events_db = self._dbs[schema.EVENTS]
-        out: list[bytes] = []
-        last = after_position
-        with txn.cursor(db=self._dbs[schema.TURN_EVENTS]) as cursor:
-            if not cursor.set_range(schema.TRIPLE.pack(number, turn, after_position + 1)):
-                return out, last
-            for key in _keys(cursor):
-                if not key.startswith(prefix):
-                    break
-                position = schema.TRIPLE.unpack(key)[2]
-                if position >= end_position:
-                    break
-                last = position
-                if skip:
-                    skip -= 1
-                    continue
-                record = _get(txn, schema.PAIR.pack(number, position), events_db)
-                if record is not None:
-                    out.append(record)
-                    if budget is not None and budget.spend(record):
-                        break
-        return out, last
+def _check_view(state: LmdbState, txn: lmdb.Transaction, view: ThreadView) -> int | None:
+    """The view's thread number, or raise if the thread was cleared since."""
+    if view.thread_number is None:
+        return None
+    value = get(txn, view.thread_id.encode("utf-8", "surrogatepass"), state.dbs[schema.THREADS])
+    if value is None or schema.unpack_thread(value).number != view.thread_number:
+        raise ThreadClearedError(view.thread_id)
+    return view.thread_number
 
-    def _check_view(self, txn: lmdb.Transaction, view: ThreadView) -> int | None:
-        """The view's thread number, or raise if the thread was cleared since."""
-        if view.thread_number is None:
-            return None
-        value = _get(
-            txn, view.thread_id.encode("utf-8", "surrogatepass"), self._dbs[schema.THREADS]
-        )
-        if value is None or schema.unpack_thread(value).number != view.thread_number:
-            raise ThreadClearedError(view.thread_id)
-        return view.thread_number
 
-    def read_commit_order(
-        self, view: ThreadView, start_position: int, budget: ReadBudget
-    ) -> list[bytes]:
-        """Records from ``start_position`` on, below the view's end, within ``budget``.
+def read_commit_order(
+    state: LmdbState,
+    txn: lmdb.Transaction,
+    view: ThreadView,
+    start_position: int,
+    budget: ReadBudget,
+) -> list[bytes]:
+    """Records from ``start_position`` on, below the view's end, within ``budget``.
 
-        An empty list means the read reached the view's end.
-        Raises ThreadClearedError if the thread was cleared after the view.
-        """
-        with self._read() as txn:
-            number = self._check_view(txn, view)
-            if number is None or start_position >= view.end_position:
-                return []
-            out: list[bytes] = []
-            with txn.cursor(db=self._dbs[schema.EVENTS]) as cursor:
-                if not cursor.set_range(schema.PAIR.pack(number, start_position)):
-                    return out
-                for key, value in _pairs(cursor):
-                    got_number, position = schema.PAIR.unpack(key)
-                    if got_number != number or position >= view.end_position:
-                        break
-                    out.append(value)
-                    if budget.spend(value):
-                        break
+    An empty list means the read reached the view's end.
+    Raises ThreadClearedError if the thread was cleared after the view.
+    """
+    number = _check_view(state, txn, view)
+    if number is None or start_position >= view.end_position:
+        return []
+    out: list[bytes] = []
+    with txn.cursor(db=state.dbs[schema.EVENTS]) as cursor:
+        if not cursor.set_range(schema.PAIR.pack(number, start_position)):
             return out
+        for key, value in pairs(cursor):
+            got_number, position = schema.PAIR.unpack(key)
+            if got_number != number or position >= view.end_position:
+                break
+            out.append(value)
+            if budget.spend(value):
+                break
+    return out
 
-    def turn_cursor_at_offset(self, view: ThreadView, offset: int) -> TurnCursor | None:
-        """The turn-order cursor that skips the first ``offset`` events.
 
-        None when the offset is at or past the end of the thread.
-        """
-        with self._read() as txn:
-            number = self._check_view(txn, view)
-            if number is None:
-                return None
-            remaining = offset
-            prefix = schema.U64.pack(number)
-            with txn.cursor(db=self._dbs[schema.TURNS]) as cursor:
-                if not cursor.set_range(prefix):
-                    return None
-                for key, value in _pairs(cursor):
-                    if not key.startswith(prefix):
-                        break
-                    turn = schema.PAIR.unpack(key)[1]
-                    _, count, _ = schema.unpack_turn(value)
-                    if remaining < count:
-                        return TurnCursor(turn=turn, skip=remaining)
-                    remaining -= count
+def turn_cursor_at_offset(
+    state: LmdbState, txn: lmdb.Transaction, view: ThreadView, offset: int
+) -> TurnCursor | None:
+    """The turn-order cursor that skips the first ``offset`` events.
+
+    None when the offset is at or past the end of the thread.
+    """
+    number = _check_view(state, txn, view)
+    if number is None:
+        return None
+    remaining = offset
+    prefix = schema.U64.pack(number)
+    with txn.cursor(db=state.dbs[schema.TURNS]) as cursor:
+        if not cursor.set_range(prefix):
             return None
+        for key, value in pairs(cursor):
+            if not key.startswith(prefix):
+                break
+            turn = schema.PAIR.unpack(key)[1]
+            _, count, _ = schema.unpack_turn(value)
+            if remaining < count:
+                return TurnCursor(turn=turn, skip=remaining)
+            remaining -= count
+    return None
 
-    def read_turn_order(
-        self, view: ThreadView, cursor: TurnCursor, budget: ReadBudget, include_empty: bool
-    ) -> tuple[list[TurnChunk], TurnCursor | None]:
-        """Turn-ordered records from ``cursor`` on, within ``budget``.
 
-        Returns the chunks read (a turn may be split across calls) and the
-        cursor to continue from, or None when the view is exhausted. With
-        ``include_empty``, turns without events appear as empty chunks.
-        Raises ThreadClearedError if the thread was cleared after the view.
-        """
-        chunks: list[TurnChunk] = []
-        with self._read() as txn:
-            number = self._check_view(txn, view)
-            if number is None:
-                return chunks, None
-            prefix = schema.U64.pack(number)
-            with txn.cursor(db=self._dbs[schema.TURNS]) as turns:
-                if not turns.set_range(schema.PAIR.pack(number, cursor.turn)):
-                    return chunks, None
-                for key, value in _pairs(turns):
-                    if not key.startswith(prefix):
-                        break
-                    turn = schema.PAIR.unpack(key)[1]
-                    finished, _, _ = schema.unpack_turn(value)
-                    resuming = turn == cursor.turn
-                    after = cursor.after_position if resuming else -1
-                    events, last = self._turn_records(
-                        txn,
-                        number,
-                        turn,
-                        after,
-                        view.end_position,
-                        budget,
-                        cursor.skip if resuming else 0,
-                    )
-                    fresh = after < 0 and not (resuming and cursor.skip)
-                    if events or (include_empty and fresh):
-                        chunks.append(TurnChunk(turn, finished, events))
-                    if budget.spent:
-                        return chunks, TurnCursor(turn=turn, after_position=last)
+def read_turn_order(
+    state: LmdbState,
+    txn: lmdb.Transaction,
+    view: ThreadView,
+    cursor: TurnCursor,
+    budget: ReadBudget,
+    include_empty: bool,
+) -> tuple[list[TurnChunk], TurnCursor | None]:
+    """Turn-ordered records from ``cursor`` on, within ``budget``.
+
+    Returns the chunks read (a turn may be split across calls) and the
+    cursor to continue from, or None when the view is exhausted. With
+    ``include_empty``, turns without events appear as empty chunks.
+    Raises ThreadClearedError if the thread was cleared after the view.
+    """
+    chunks: list[TurnChunk] = []
+    number = _check_view(state, txn, view)
+    if number is None:
+        return chunks, None
+    prefix = schema.U64.pack(number)
+    with txn.cursor(db=state.dbs[schema.TURNS]) as turns:
+        if not turns.set_range(schema.PAIR.pack(number, cursor.turn)):
             return chunks, None
-
-    def replay_step(
-        self,
-        thread_id: str,
-        expected_number: int | None,
-        start_position: int,
-        finish_seq: int | None,
-        max_events: int,
-        watched_turn: int | None = None,
-        max_bytes: int = 4 * MIB,
-    ) -> ReplayStep:
-        """One step of a replay: the next events and the finishes they pass.
-
-        ``expected_number`` is the thread number seen so far (None: none
-        yet); a different or missing number now means the thread was
-        cleared. ``finish_seq`` None starts at the first finish whose
-        frontier is at or after ``start_position``. With ``watched_turn``,
-        reports whether that turn is finished now. It returns at most
-        ``max_events`` events and stops after the one that reaches
-        ``max_bytes``.
-        """
-        key = self._thread_key(thread_id)
-        with self._read() as txn:
-            value = _get(txn, key, self._dbs[schema.THREADS])
-            fields = schema.unpack_thread(value) if value is not None else None
-            thread = (fields[0], fields[1]) if fields is not None else None
-            opening = replay_opening(thread_id, expected_number, start_position, thread)
-            if opening is not None:
-                return opening
-            assert fields is not None
-            number, end_position, finish_count, _ = fields
-            # Finishes pending from here, up to the furthest frontier this
-            # step could reach; frontiers never decrease along the sequence.
-            reach = min(end_position, start_position + max_events)
-            pending: list[tuple[int, FinishRecord]] = []
-            resume_seq = finish_count
-            skipping = finish_seq is None
-            first_seq = finish_seq or 0
-            with txn.cursor(db=self._dbs[schema.TURN_FINISHES]) as cursor:
-                if first_seq < finish_count and cursor.set_range(
-                    schema.PAIR.pack(number, first_seq)
-                ):
-                    for finish_key, finish_value in _pairs(cursor):
-                        got_number, seq = schema.PAIR.unpack(finish_key)
-                        if got_number != number:
-                            break
-                        turn, frontier, count, last = schema.QUAD.unpack(finish_value)
-                        if skipping and frontier < start_position:
-                            continue
-                        skipping = False
-                        if frontier > reach or len(pending) >= max_events:
-                            resume_seq = seq
-                            break
-                        record = FinishRecord(turn, count, last if count else None, frontier)
-                        pending.append((seq, record))
-            # Events stop at the first pending finish, so that a step's events
-            # all precede its finishes.
-            stop = min(reach, pending[0][1].frontier) if pending else reach
-            events: list[bytes] = []
-            if start_position < stop:
-                with txn.cursor(db=self._dbs[schema.EVENTS]) as cursor:
-                    if cursor.set_range(schema.PAIR.pack(number, start_position)):
-                        for event_key, event_record in _pairs(cursor):
-                            got_number, position = schema.PAIR.unpack(event_key)
-                            if got_number != number or position >= stop:
-                                break
-                            events.append(event_record)
-                            max_bytes -= len(event_record)
-                            if max_bytes <= 0:
-                                break
-            next_position = start_position + len(events)
-            finishes = [record for _, record in pending if record.frontier <= next_position]
-            if len(finishes) < len(pending):
-                resume_seq = pending[len(finishes)][0]
-            watched = False
-            if watched_turn is not None:
-                turn_value = _get(
-                    txn, schema.PAIR.pack(number, watched_turn), self._dbs[schema.TURNS]
-                )
-                watched = turn_value is not None and schema.unpack_turn(turn_value)[0]
-            at_end = next_position >= end_position and resume_seq >= finish_count
-            return ReplayStep(
-                number, events, next_position, finishes, resume_seq, at_end, False, watched
+        for key, value in pairs(turns):
+            if not key.startswith(prefix):
+                break
+            turn = schema.PAIR.unpack(key)[1]
+            finished, _, _ = schema.unpack_turn(value)
+            resuming = turn == cursor.turn
+            after = cursor.after_position if resuming else -1
+            events, last = _turn_records(
+                state,
+                txn,
+                number,
+                turn,
+                after,
+                view.end_position,
+                budget,
+                cursor.skip if resuming else 0,
             )
+            fresh = after < 0 and not (resuming and cursor.skip)
+            if events or (include_empty and fresh):
+                chunks.append(TurnChunk(turn, finished, events))
+            if budget.spent:
+                return chunks, TurnCursor(turn=turn, after_position=last)
+    return chunks, None
+
+
+def replay_step(
+    state: LmdbState,
+    txn: lmdb.Transaction,
+    thread_id: str,
+    key: bytes,
+    expected_number: int | None,
+    start_position: int,
+    finish_seq: int | None,
+    max_events: int,
+    watched_turn: int | None,
+    max_bytes: int,
+) -> ReplayStep:
+    """One step of a replay: the next events and the finishes they pass.
+
+    ``expected_number`` is the thread number seen so far (None: none yet); a
+    different or missing number now means the thread was cleared.
+    ``finish_seq`` None starts at the first finish whose frontier is at or
+    after ``start_position``. With ``watched_turn``, reports whether that
+    turn is finished now. It returns at most ``max_events`` events and stops
+    after the one that reaches ``max_bytes``.
+    """
+    value = get(txn, key, state.dbs[schema.THREADS])
+    fields = schema.unpack_thread(value) if value is not None else None
+    thread = (fields[0], fields[1]) if fields is not None else None
+    opening = replay_opening(thread_id, expected_number, start_position, thread)
+    if opening is not None:
+        return opening
+    assert fields is not None
+    number, end_position, finish_count, _ = fields
+    # Finishes pending from here, up to the furthest frontier this step could
+    # reach; frontiers never decrease along the sequence.
+    reach = min(end_position, start_position + max_events)
+    pending: list[tuple[int, FinishRecord]] = []
+    resume_seq = finish_count
+    skipping = finish_seq is None
+    first_seq = finish_seq or 0
+    with txn.cursor(db=state.dbs[schema.TURN_FINISHES]) as cursor:
+        if first_seq < finish_count and cursor.set_range(schema.PAIR.pack(number, first_seq)):
+            for finish_key, finish_value in pairs(cursor):
+                got_number, seq = schema.PAIR.unpack(finish_key)
+                if got_number != number:
+                    break
+                turn, frontier, count, last = schema.QUAD.unpack(finish_value)
+                if skipping and frontier < start_position:
+                    continue
+                skipping = False
+                if frontier > reach or len(pending) >= max_events:
+                    resume_seq = seq
+                    break
+                record = FinishRecord(turn, count, last if count else None, frontier)
+                pending.append((seq, record))
+    # Events stop at the first pending finish, so that a step's events all
+    # precede its finishes.
+    stop = min(reach, pending[0][1].frontier) if pending else reach
+    events: list[bytes] = []
+    if start_position < stop:
+        with txn.cursor(db=state.dbs[schema.EVENTS]) as cursor:
+            if cursor.set_range(schema.PAIR.pack(number, start_position)):
+                for event_key, event_record in pairs(cursor):
+                    got_number, position = schema.PAIR.unpack(event_key)
+                    if got_number != number or position >= stop:
+                        break
+                    events.append(event_record)
+                    max_bytes -= len(event_record)
+                    if max_bytes <= 0:
+                        break
+    next_position = start_position + len(events)
+    finishes = [record for _, record in pending if record.frontier <= next_position]
+    if len(finishes) < len(pending):
+        resume_seq = pending[len(finishes)][0]
+    watched = False
+    if watched_turn is not None:
+        turn_value = get(txn, schema.PAIR.pack(number, watched_turn), state.dbs[schema.TURNS])
+        watched = turn_value is not None and schema.unpack_turn(turn_value)[0]
+    at_end = next_position >= end_position and resume_seq >= finish_count
+    return ReplayStep(number, events, next_position, finishes, resume_seq, at_end, False, watched)

@@ -1,178 +1,151 @@
-"""Conversation snapshots: versioned saves with optimistic concurrency, loads, kept versions.
+"""Conversation snapshots: versioned saves with optimistic concurrency, deletes, loads, and
+the kept versions.
 
-One layer of the LMDB engine (see :mod:`turnstore.server.storage.lmdb.engine`): a mixin over
-:class:`_TurnWrites`.
+:func:`save` and :func:`delete` are applied by the writer (:mod:`.writer`) in
+its shared write transaction; :func:`load` and :func:`list_versions` run in an
+in-place read (:meth:`LmdbState.read_in_place`), so a snapshot's data is copied
+out of the map once.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-from typing import TypeVar
-
 import lmdb
 
-from turnstore.server.storage.errors import (
-    VersionConflictError,
-)
+from turnstore.server.storage.errors import VersionConflictError
 from turnstore.server.storage.lmdb import schema
-from turnstore.server.storage.lmdb.space import (
-    estimate_value_bytes,
-)
-from turnstore.server.storage.lmdb.state import (
-    _delete_prefix,
-    _get,
-    _keys,
-)
-from turnstore.server.storage.lmdb.turns import _TurnWrites
-from turnstore.server.storage.values import (
-    SnapshotVersion,
-    StoredSnapshot,
-)
-
-T = TypeVar("T")
+from turnstore.server.storage.lmdb.space import estimate_value_bytes
+from turnstore.server.storage.lmdb.state import LmdbState, delete_prefix, get, keys, next_number
+from turnstore.server.storage.values import SnapshotVersion, StoredSnapshot
 
 
-class _Snapshots(_TurnWrites):
-    """Conversation snapshots: versioned saves with optimistic concurrency, loads, kept versions."""
+def save(
+    state: LmdbState,
+    txn: lmdb.Transaction,
+    now_ns: int,
+    key: str,
+    encoded_key: bytes,
+    data: bytes,
+    content_type: bytes,
+    expected_version: int | None,
+) -> int:
+    """Store a snapshot under a key as a full overwrite; its version.
 
-    def save_snapshot(
-        self, key: str, data: bytes, content_type: str, expected_version: int | None = None
-    ) -> Future[int]:
-        """Store a snapshot under a key as a full overwrite; resolves to its version.
+    Versions grow by one per save of the key (a delete keeps the counter).
+    VersionConflictError unless ``expected_version`` (when given) is the
+    current version, 0 for none. Only the newest
+    ``config.snapshot_versions_kept`` versions stay.
+    """
+    conversations = state.dbs[schema.CONVERSATIONS]
+    snapshots = state.dbs[schema.SNAPSHOTS]
+    value = get(txn, encoded_key, conversations)
+    if value is None:
+        number, latest, current = 0, 0, 0
+    else:
+        number, latest, current, _ = schema.unpack_conversation(value)
+    if expected_version is not None and expected_version != current:
+        raise VersionConflictError(key, expected_version, current)
+    state.space.admit(
+        txn, estimate_value_bytes(len(data) + 64) + estimate_value_bytes(len(key) + 32)
+    )
+    if value is None:
+        number = next_number(state, txn, schema.META_NEXT_CONVERSATION_NUMBER)
+    version = latest + 1
+    kept = state.config.snapshot_versions_kept
+    header = schema.SNAPSHOT_HEADER.pack(now_ns, len(content_type))
+    versions = state.dbs[schema.SNAPSHOT_VERSIONS]
+    txn.put(schema.PAIR.pack(number, version), header + content_type + data, db=snapshots)
+    txn.put(
+        schema.PAIR.pack(number, version),
+        schema.pack_snapshot_version(now_ns, len(data), content_type),
+        db=versions,
+    )
+    if version > kept:
+        txn.delete(schema.PAIR.pack(number, version - kept), db=snapshots)
+        txn.delete(schema.PAIR.pack(number, version - kept), db=versions)
+    txn.put(
+        encoded_key,
+        schema.pack_conversation(number, version, version, now_ns),
+        db=conversations,
+    )
+    return version
 
-        Versions start at 1 and grow by one per save of the key; a delete does
-        not restart them. With ``expected_version``, fails with
-        VersionConflictError unless it equals the current version (0 when no
-        snapshot is stored). Only the newest ``snapshot_versions_kept``
-        versions are kept.
-        """
-        encoded_key = self._conversation_key(key)
-        content_type_bytes = self._checked_snapshot(data, content_type)
-        kept = self.config.snapshot_versions_kept
 
-        def apply(txn: lmdb.Transaction, now_ns: int) -> int:
-            conversations = self._dbs[schema.CONVERSATIONS]
-            snapshots = self._dbs[schema.SNAPSHOTS]
-            value = _get(txn, encoded_key, conversations)
-            if value is None:
-                number, latest, current = 0, 0, 0
-            else:
-                number, latest, current, _ = schema.unpack_conversation(value)
-            if expected_version is not None and expected_version != current:
-                raise VersionConflictError(key, expected_version, current)
-            self.space.admit(
-                txn, estimate_value_bytes(len(data) + 64) + estimate_value_bytes(len(key) + 32)
-            )
-            if value is None:
-                number = self._next_number(txn, schema.META_NEXT_CONVERSATION_NUMBER)
-            version = latest + 1
-            header = schema.SNAPSHOT_HEADER.pack(now_ns, len(content_type_bytes))
-            versions = self._dbs[schema.SNAPSHOT_VERSIONS]
-            txn.put(
-                schema.PAIR.pack(number, version), header + content_type_bytes + data, db=snapshots
-            )
-            txn.put(
-                schema.PAIR.pack(number, version),
-                schema.pack_snapshot_version(now_ns, len(data), content_type_bytes),
-                db=versions,
-            )
-            if version > kept:
-                txn.delete(schema.PAIR.pack(number, version - kept), db=snapshots)
-                txn.delete(schema.PAIR.pack(number, version - kept), db=versions)
-            txn.put(
-                encoded_key,
-                schema.pack_conversation(number, version, version, now_ns),
-                db=conversations,
-            )
-            return version
+def delete(state: LmdbState, txn: lmdb.Transaction, now_ns: int, encoded_key: bytes) -> int:
+    """Delete every kept version of a key (a write that frees); how many there were.
 
-        return self._submit(None, apply)
+    0 for an unknown key. The key's version counter is kept.
+    """
+    conversations = state.dbs[schema.CONVERSATIONS]
+    value = get(txn, encoded_key, conversations)
+    if value is None:
+        return 0
+    number, latest, _, _ = schema.unpack_conversation(value)
+    removed = delete_prefix(txn, state.dbs[schema.SNAPSHOTS], schema.U64.pack(number))
+    delete_prefix(txn, state.dbs[schema.SNAPSHOT_VERSIONS], schema.U64.pack(number))
+    txn.put(encoded_key, schema.pack_conversation(number, latest, 0, now_ns), db=conversations)
+    state.space.note_freed()
+    return removed
 
-    def delete_snapshots(self, key: str) -> Future[int]:
-        """Delete every kept version of a key; resolves to how many there were.
 
-        Succeeds (with 0) for an unknown key. The key's version counter is
-        kept, so the next save gets a higher version than any before.
-        """
-        encoded_key = self._conversation_key(key)
+def load(
+    state: LmdbState, txn: lmdb.Transaction, encoded_key: bytes, version: int | None
+) -> StoredSnapshot | None:
+    """The latest snapshot under a key, or the given kept version; None when there is none.
 
-        def apply(txn: lmdb.Transaction, now_ns: int) -> int:
-            conversations = self._dbs[schema.CONVERSATIONS]
-            value = _get(txn, encoded_key, conversations)
-            if value is None:
-                return 0
-            number, latest, _, _ = schema.unpack_conversation(value)
-            removed = _delete_prefix(txn, self._dbs[schema.SNAPSHOTS], schema.U64.pack(number))
-            _delete_prefix(txn, self._dbs[schema.SNAPSHOT_VERSIONS], schema.U64.pack(number))
-            txn.put(
-                encoded_key, schema.pack_conversation(number, latest, 0, now_ns), db=conversations
-            )
-            self.space.note_freed()
-            return removed
+    Meant for an in-place read: the data is copied out of the map once (no
+    intermediate copy of the whole record).
+    """
+    value = get(txn, encoded_key, state.dbs[schema.CONVERSATIONS])
+    if value is None:
+        return None
+    number, _, current, _ = schema.unpack_conversation(value)
+    wanted = current if version is None else version
+    if not wanted:
+        return None
+    record = txn.get(schema.PAIR.pack(number, wanted), db=state.dbs[schema.SNAPSHOTS])
+    if record is None:
+        return None
+    saved_at, content_type, data_start = _snapshot_header(record)
+    return StoredSnapshot(wanted, content_type, bytes(record[data_start:]), saved_at)
 
-        return self._submit(None, apply, frees=True)
 
-    def load_snapshot(self, key: str, version: int | None = None) -> StoredSnapshot | None:
-        """The latest snapshot under a key, or the given kept version.
+def list_versions(
+    state: LmdbState, txn: lmdb.Transaction, encoded_key: bytes
+) -> list[SnapshotVersion]:
+    """The kept versions of a key, newest first: metadata and sizes only.
 
-        None when the key was never saved, was deleted, or the version is not
-        kept. The data is copied out of the map once (no intermediate copy
-        of the whole record).
-        """
-        encoded_key = self._conversation_key(key)
-        if version is not None:
-            self._check_turn(version)
-        with self._read_in_place() as txn:
-            value = _get(txn, encoded_key, self._dbs[schema.CONVERSATIONS])
-            if value is None:
-                return None
-            number, _, current, _ = schema.unpack_conversation(value)
-            wanted = current if version is None else version
-            if not wanted:
-                return None
-            record = txn.get(schema.PAIR.pack(number, wanted), db=self._dbs[schema.SNAPSHOTS])
-            if record is None:
-                return None
-            saved_at, content_type, data_start = _snapshot_header(record)
-            return StoredSnapshot(wanted, content_type, bytes(record[data_start:]), saved_at)
-
-    def list_snapshot_versions(self, key: str) -> list[SnapshotVersion]:
-        """The kept versions of a key, newest first: metadata and sizes only.
-
-        Empty for an unknown or deleted key. Reads ``snapshot_versions`` and
-        the keys of ``snapshots``, never a snapshot's data (versions saved
-        before schema version 2 have their header read instead, which maps
-        their pages).
-        """
-        encoded_key = self._conversation_key(key)
-        out: list[SnapshotVersion] = []
-        with self._read_in_place() as txn:
-            value = _get(txn, encoded_key, self._dbs[schema.CONVERSATIONS])
-            if value is None:
-                return out
-            prefix = schema.U64.pack(schema.unpack_conversation(value).number)
-            versions = self._dbs[schema.SNAPSHOT_VERSIONS]
-            with txn.cursor(db=self._dbs[schema.SNAPSHOTS]) as cursor:
-                found = cursor.set_range(prefix)
-                snapshot_keys = []
-                for snapshot_key in _keys(cursor) if found else ():
-                    if not snapshot_key.startswith(prefix):
-                        break
-                    snapshot_keys.append(snapshot_key)
-            for snapshot_key in snapshot_keys:
-                version = schema.PAIR.unpack(snapshot_key)[1]
-                meta = _get(txn, snapshot_key, versions)
-                if meta is not None:
-                    saved_at, size, content_type = schema.unpack_snapshot_version(meta)
-                else:
-                    record = txn.get(snapshot_key, db=self._dbs[schema.SNAPSHOTS])
-                    if record is None:
-                        continue
-                    saved_at, content_type, data_start = _snapshot_header(record)
-                    size = len(record) - data_start
-                out.append(SnapshotVersion(version, content_type, size, saved_at))
-        out.reverse()
+    Empty for an unknown or deleted key. Reads ``snapshot_versions`` and the
+    keys of ``snapshots``, never a snapshot's data (versions saved before
+    schema version 2 have their header read instead, which maps their pages:
+    meant for an in-place read).
+    """
+    out: list[SnapshotVersion] = []
+    value = get(txn, encoded_key, state.dbs[schema.CONVERSATIONS])
+    if value is None:
         return out
+    prefix = schema.U64.pack(schema.unpack_conversation(value).number)
+    versions = state.dbs[schema.SNAPSHOT_VERSIONS]
+    with txn.cursor(db=state.dbs[schema.SNAPSHOTS]) as cursor:
+        found = cursor.set_range(prefix)
+        snapshot_keys = []
+        for snapshot_key in keys(cursor) if found else ():
+            if not snapshot_key.startswith(prefix):
+                break
+            snapshot_keys.append(snapshot_key)
+    for snapshot_key in snapshot_keys:
+        version = schema.PAIR.unpack(snapshot_key)[1]
+        meta = get(txn, snapshot_key, versions)
+        if meta is not None:
+            saved_at, size, content_type = schema.unpack_snapshot_version(meta)
+        else:
+            record = txn.get(snapshot_key, db=state.dbs[schema.SNAPSHOTS])
+            if record is None:
+                continue
+            saved_at, content_type, data_start = _snapshot_header(record)
+            size = len(record) - data_start
+        out.append(SnapshotVersion(version, content_type, size, saved_at))
+    out.reverse()
+    return out
 
 
 def _snapshot_header(record: bytes | memoryview) -> tuple[int, str, int]:

@@ -17,7 +17,7 @@ top of what it finds free, a small thread at most 64 KiB
 (docs/operations.md has the table). The default reserve, 1% of the ceiling
 and at least 1 MiB, holds a clear of everything with room to spare. (The
 pages a clear frees wait for the next commit: see
-``Engine._release_freed_pages``.)
+``writer.Writer._release_freed_pages``.)
 
 "In use" is the sum of every database's branch, leaf and overflow pages
 (``mdb_stat``, constant time; about 8 microseconds for all of them) plus the

@@ -1,16 +1,23 @@
-"""The writer thread and group commit: every write waiting in the queue is applied in one
-LMDB transaction, committed with one fsync, and only then resolved; map growth and the
-ceiling (the delete reserve) are handled here.
+"""The LMDB engine's writer: one thread that applies every write waiting in its queue in
+one LMDB transaction, commits it with one fsync, and only then resolves the writes'
+futures (group commit); map growth and the size ceiling (the delete reserve) are
+handled here.
 
-One layer of the LMDB engine (see :mod:`turnstore.server.storage.lmdb.engine`): a mixin over
-:class:`_State`.
+A write is a function ``apply(txn, now_ns)`` over the shared write transaction
+(those of :mod:`.turns`, :mod:`.snapshots` and :mod:`.retention`). Each checks
+all its preconditions before it changes anything, so the
+:class:`~turnstore.server.storage.errors.EngineError` one raises fails that
+write alone and leaves no trace in the transaction the others commit.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,30 +35,64 @@ from turnstore.server.storage.interface import (
     group_commits,
 )
 from turnstore.server.storage.lmdb import disk, schema
-from turnstore.server.storage.lmdb.state import (
-    _get,
-    _State,
-    _Write,
-)
+from turnstore.server.storage.lmdb.state import LmdbState, get
 
 T = TypeVar("T")
 
 
-class _Writer(_State):
-    """The writer thread and group commit: every write waiting in the queue is applied in one."""
+@dataclass
+class QueuedWrite:
+    """One queued write: a function applied inside the shared transaction.
 
-    def _submit(
+    ``frees`` marks writes that only remove data (and rewrite bookkeeping):
+    they may use the space reserve and are retried alone when their batch
+    hits the ceiling.
+    """
+
+    thread_id: str | None
+    apply: Callable[[lmdb.Transaction, int], Any]
+    future: Future[Any]
+    frees: bool = False
+
+
+class Writer:
+    """The writer thread of one LMDB environment; started here, ended by :meth:`close`."""
+
+    def __init__(self, state: LmdbState) -> None:
+        self._state = state
+        self._queue: queue.SimpleQueue[QueuedWrite | None] = queue.SimpleQueue()
+        self._closed = False
+        # Orders submits against close: nothing is queued after the sentinel.
+        self._close_lock = threading.Lock()
+        self._listeners: list[CommitListener] = []
+        self._observers: list[CommitObserver] = []
+        # The transaction id of the last no-op commit (_release_freed_pages).
+        self._tick_txnid = -1
+        self._thread = threading.Thread(target=self._loop, name="turnstore-writer")
+        self._thread.start()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (writes submitted now fail)."""
+        return self._closed
+
+    def submit(
         self,
         thread_id: str | None,
         apply: Callable[[lmdb.Transaction, int], T],
         frees: bool = False,
     ) -> Future[T]:
+        """Queue ``apply`` for the next commit; its future resolves once that is durable.
+
+        ``thread_id`` is the thread the write changes (None: none), which the
+        commit listeners learn. Fails with EngineClosedError after :meth:`close`.
+        """
         future: Future[T] = Future()
         with self._close_lock:
             if self._closed:
                 future.set_exception(EngineClosedError("the engine is closed"))
                 return future
-            self._queue.put(_Write(thread_id, apply, future, frees))
+            self._queue.put(QueuedWrite(thread_id, apply, future, frees))
         return future
 
     def add_commit_listener(self, listener: CommitListener) -> None:
@@ -72,23 +113,31 @@ class _Writer(_State):
         """
         self._observers.append(observer)
 
-    def _next_number(self, txn: lmdb.Transaction, counter: bytes) -> int:
-        meta = self._dbs[schema.META]
-        value = _get(txn, counter, meta)
-        number = schema.U64.unpack(value)[0] if value is not None else 1
-        txn.put(counter, schema.U64.pack(number + 1), db=meta)
-        return number
+    def close(self) -> bool:
+        """Commit every write already queued, then end the thread.
 
-    def _write_loop(self) -> None:
-        group_commits(self._queue, self.config.max_writes_per_commit, self._commit)
+        Returns False when the writer was already closed (then nothing is
+        done), True once its thread has ended.
+        """
+        with self._close_lock:
+            if self._closed:
+                return False
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
+        return True
 
-    def _commit(self, batch: list[_Write]) -> None:
+    def _loop(self) -> None:
+        group_commits(self._queue, self._state.config.max_writes_per_commit, self._commit)
+
+    def _commit(self, batch: list[QueuedWrite]) -> None:
         """Apply a batch in one transaction, growing the map as needed."""
+        env = self._state.env
         while True:
             outcomes: list[tuple[bool, Any]] = []
             try:
                 now_ns = time.time_ns()
-                txn = self._env.begin(write=True)
+                txn = env.begin(write=True)
                 try:
                     for write in batch:
                         try:
@@ -109,7 +158,8 @@ class _Writer(_State):
                     continue  # the writes that free space, alone
                 return
             except BaseException as error:  # the disk, or an engine bug: fail, keep serving
-                failure = disk.as_engine_error(error, Path(self.config.data_dir), "the write")
+                data_dir = Path(self._state.config.data_dir)
+                failure = disk.as_engine_error(error, data_dir, "the write")
                 for write in batch:
                     write.future.set_exception(failure or error)
                 return
@@ -126,25 +176,26 @@ class _Writer(_State):
         other write commits: this is that write (it rewrites the schema
         version, a page or two), after which the batch is retried.
         """
+        env = self._state.env
         # Once per commit of other writes: a retried batch that frees again
         # must not tick forever.
-        if self._env.info()["last_txnid"] == self._tick_txnid:
+        if env.info()["last_txnid"] == self._tick_txnid:
             return False
-        if not self.space.take_freed_recently():
+        if not self._state.space.take_freed_recently():
             return False
-        meta = self._dbs[schema.META]
+        meta = self._state.dbs[schema.META]
         try:
-            with self._env.begin(write=True) as txn:
-                version = _get(txn, schema.META_SCHEMA_VERSION, meta)
+            with env.begin(write=True) as txn:
+                version = get(txn, schema.META_SCHEMA_VERSION, meta)
                 if version is None:  # written by open(): never
                     return False
                 txn.put(schema.META_SCHEMA_VERSION, version, db=meta)
         except lmdb.Error:
             return False
-        self._tick_txnid = self._env.info()["last_txnid"]
+        self._tick_txnid = env.info()["last_txnid"]
         return True
 
-    def _fail_at_ceiling(self, batch: list[_Write]) -> list[_Write]:
+    def _fail_at_ceiling(self, batch: list[QueuedWrite]) -> list[QueuedWrite]:
         """Fail a batch that does not fit under the ceiling; return what to retry.
 
         The writes that free space are retried on their own, unless the
@@ -155,7 +206,7 @@ class _Writer(_State):
             retry = []
         full = StorageFullError(
             f"the database reached its size ceiling of "
-            f"{self.config.max_map_bytes} bytes; nothing was written"
+            f"{self._state.config.max_map_bytes} bytes; nothing was written"
         )
         for write in batch:
             if not (write.frees and retry):
@@ -164,9 +215,10 @@ class _Writer(_State):
 
     def _grow_map(self) -> bool:
         """Double the map size, up to the ceiling; False when already there."""
-        current = self.map_size
-        if current >= self.config.max_map_bytes:
+        current = self._state.map_size
+        ceiling = self._state.config.max_map_bytes
+        if current >= ceiling:
             return False
-        with self._gate.resizing():
-            self._env.set_mapsize(min(current * 2, self.config.max_map_bytes))
+        with self._state.gate.resizing():
+            self._state.env.set_mapsize(min(current * 2, ceiling))
         return True

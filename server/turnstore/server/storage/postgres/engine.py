@@ -251,14 +251,14 @@ class PostgresEngine(Retention, InputChecks):
     def append(
         self, thread_id: str, turn: int, events: Sequence[NewEvent], finish: bool = False
     ) -> Future[list[int]]:
-        """As :meth:`turnstore.server.storage.lmdb.engine.Engine.append`."""
+        """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.append`."""
         key = self._thread_key(thread_id)
         self._check_turn(turn)
         encoded = self._checked_events(events, finish)
         return self._writer.submit_append(thread_id, TurnAppend(key, turn, encoded, finish))
 
     def finish_turn(self, thread_id: str, turn: int) -> Future[int]:
-        """As :meth:`turnstore.server.storage.lmdb.engine.Engine.finish_turn`."""
+        """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.finish_turn`."""
         key = self._thread_key(thread_id)
         self._check_turn(turn)
         return self._writer.submit_append(
@@ -266,14 +266,14 @@ class PostgresEngine(Retention, InputChecks):
         )
 
     def clear(self, thread_id: str) -> Future[int]:
-        """As :meth:`turnstore.server.storage.lmdb.engine.Engine.clear`."""
+        """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.clear`."""
         key = self._thread_key(thread_id)
         return self._writer.submit(thread_id, lambda cur, now: writes.delete_thread(cur, key) or 0)
 
     def save_snapshot(
         self, key: str, data: bytes, content_type: str, expected_version: int | None = None
     ) -> Future[int]:
-        """As :meth:`turnstore.server.storage.lmdb.engine.Engine.save_snapshot`."""
+        """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.save_snapshot`."""
         encoded_key = self._conversation_key(key)
         self._checked_snapshot(data, content_type)
         kept = self.config.snapshot_versions_kept
@@ -285,7 +285,7 @@ class PostgresEngine(Retention, InputChecks):
         )
 
     def delete_snapshots(self, key: str) -> Future[int]:
-        """As :meth:`turnstore.server.storage.lmdb.engine.Engine.delete_snapshots`."""
+        """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.delete_snapshots`."""
         encoded_key = self._conversation_key(key)
         return self._writer.submit(
             None, lambda cur, now: writes.delete_snapshots(cur, encoded_key, now)
@@ -386,7 +386,7 @@ class PostgresEngine(Retention, InputChecks):
             )
 
     def load_snapshot(self, key: str, version: int | None = None) -> StoredSnapshot | None:
-        """As :meth:`turnstore.server.storage.lmdb.engine.Engine.load_snapshot`."""
+        """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.load_snapshot`."""
         encoded_key = self._conversation_key(key)
         if version is not None:
             self._check_turn(version)
@@ -394,7 +394,7 @@ class PostgresEngine(Retention, InputChecks):
             return operations.load_snapshot(cur, encoded_key, version)
 
     def list_snapshot_versions(self, key: str) -> list[SnapshotVersion]:
-        """As :meth:`turnstore.server.storage.lmdb.engine.Engine.list_snapshot_versions`."""
+        """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.list_snapshot_versions`."""
         encoded_key = self._conversation_key(key)
         with self._read() as cur:
             return operations.list_snapshot_versions(cur, encoded_key)
@@ -402,14 +402,14 @@ class PostgresEngine(Retention, InputChecks):
     # -- operations ---------------------------------------------------------------
 
     def list_threads(self, start_after: str = "", limit: int = 1000) -> list[ThreadSummary]:
-        """As :meth:`turnstore.server.storage.lmdb.engine.Engine.list_threads`."""
+        """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.list_threads`."""
         with self._read() as cur:
             return operations.list_threads(cur, start_after, limit)
 
     def list_recent_threads(
         self, limit: int, keep: Callable[[str], bool] | None = None
     ) -> list[ThreadSummary]:
-        """As :meth:`~turnstore.server.storage.lmdb.engine.Engine.list_recent_threads`.
+        """As :meth:`~turnstore.server.storage.lmdb.engine.LmdbEngine.list_recent_threads`.
 
         Uses the last-write index.
         """
@@ -417,7 +417,7 @@ class PostgresEngine(Retention, InputChecks):
             return operations.list_recent_threads(cur, limit, keep)
 
     def list_keys(self, start_after: str = "", limit: int = 1000) -> list[KeySummary]:
-        """As :meth:`turnstore.server.storage.lmdb.engine.Engine.list_keys`."""
+        """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.list_keys`."""
         with self._read() as cur:
             return operations.list_keys(cur, start_after, limit)
 

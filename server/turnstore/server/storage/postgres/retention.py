@@ -15,13 +15,16 @@ from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from typing import TypeVar
 
-from turnstore.server.storage.lmdb.state import RETENTION_BATCH_ITEMS, _RetentionState
 from turnstore.server.storage.postgres import writes
 from turnstore.server.storage.postgres.writes import Cursor
+from turnstore.server.storage.retention import (
+    RETENTION_BATCH_ITEMS,
+    RETENTION_SCAN_PAGE,
+    RetentionState,
+)
 from turnstore.server.storage.values import EngineConfig, RetentionStats, SweepResult
 
 T = TypeVar("T")
-_SCAN_PAGE = 1000
 
 
 class Retention:
@@ -29,7 +32,7 @@ class Retention:
 
     config: EngineConfig
     _closed: bool
-    _retention: _RetentionState
+    _retention: RetentionState
     _retention_thread: threading.Thread | None
 
     def _read(self) -> AbstractContextManager[Cursor]:
@@ -39,7 +42,7 @@ class Retention:
         raise NotImplementedError
 
     def _init_retention(self) -> None:
-        self._retention = _RetentionState()
+        self._retention = RetentionState()
         self._retention_thread = None
         if self.config.retention_enabled:
             self._retention_thread = threading.Thread(
@@ -66,7 +69,7 @@ class Retention:
         )
 
     def sweep_retention(self, now_ns: int | None = None) -> SweepResult:
-        """As :meth:`turnstore.server.storage.lmdb.engine.Engine.sweep_retention`."""
+        """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.sweep_retention`."""
         now = time.time_ns() if now_ns is None else now_ns
         with self._retention.sweeping(now, lambda: self._closed):
             threads = events = keys = 0
@@ -89,7 +92,7 @@ class Retention:
                 cur.execute(
                     f"SELECT {column} FROM {table} WHERE last_write_ns < %s AND {column} > %s "
                     f"ORDER BY {column} LIMIT %s",
-                    (cutoff_ns, after, _SCAN_PAGE),
+                    (cutoff_ns, after, RETENTION_SCAN_PAGE),
                 )
                 page = [bytes(row[0]) for row in cur.fetchall()]
             if not page:
@@ -104,17 +107,13 @@ class Retention:
         for page in self._expired(threads, cutoff_ns):
             for start in range(0, len(page), RETENTION_BATCH_ITEMS):
                 batch = page[start : start + RETENTION_BATCH_ITEMS]
-                futures = [remove(key.decode("utf-8", "surrogatepass"), cutoff_ns) for key in batch]
-                outcomes = [future.result() for future in futures]
-                done = [outcome for outcome in outcomes if outcome is not None]
-                removed += len(done)
-                weight += sum(done)
-                with state.lock:
-                    if threads:
-                        state.removed_threads += len(done)
-                        state.removed_events += sum(done)
-                    else:
-                        state.removed_conversations += len(done)
+                batch_removed, batch_weight = state.remove_batch(
+                    threads,
+                    [key.decode("utf-8", "surrogatepass") for key in batch],
+                    lambda key: remove(key, cutoff_ns),
+                )
+                removed += batch_removed
+                weight += batch_weight
             if state.stop.is_set():
                 break
         return removed, weight
