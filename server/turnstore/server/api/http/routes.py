@@ -46,7 +46,7 @@ from turnstore.server.access.scopes import FULL, Scope, ScopeError, ScopeTooWide
 from turnstore.server.access.sessions import Revocations, Session, SessionKeys, SessionSigner
 from turnstore.server.api import readcost
 from turnstore.server.api.connections import EveryInterval
-from turnstore.server.api.http import sse
+from turnstore.server.api.http import listings, sse
 from turnstore.server.api.readcost import run_heavy
 from turnstore.server.replay import replaying
 from turnstore.server.replay.followers import Followers, Sender
@@ -311,7 +311,7 @@ class HttpApi:
         app.router.add_get("/", self._index)
         app.router.add_static("/web/", WEB_DIR, follow_symlinks=False)
         app.router.add_route("*", "/v1/session", self._session)
-        app.router.add_get("/v1/threads", self._threads, allow_head=False)
+        listings.add_routes(app, self._threads, self._run, self._engine_for)
         app.router.add_get("/v1/threads/{rest:.+}", self._thread_route, allow_head=False)
         app.router.add_get("/v1/conversations/{rest:.+}", self._conversation, allow_head=False)
         return app
