@@ -296,8 +296,11 @@ $("more").addEventListener("click", () => {
   if (list.nextAfter !== null) loadThreads(list.generation, list.nextAfter);
 });
 $("refresh").addEventListener("click", listThreads);
-$("order").addEventListener("change", listThreads);
 let searchTimer = null;
+$("order").addEventListener("change", () => {
+  clearTimeout(searchTimer); // a search typed just before is listed now, once
+  listThreads();
+});
 $("search").addEventListener("input", () => {
   clearTimeout(searchTimer);
   searchTimer = setTimeout(listThreads, 200);
@@ -455,7 +458,7 @@ function fields(event) {
 function newItem(body, className, types) {
   const item = el("div", "item " + className);
   item.dataset.types = "";
-  const info = el("button", "info", "ⓘ");
+  const info = el("button", "info", "i");
   info.type = "button";
   info.title = "positions, times and ids";
   info.addEventListener("click", () => item.classList.toggle("open-meta"));
@@ -510,6 +513,7 @@ $("type-filter").addEventListener("change", () => {
 });
 $("show-details").addEventListener("change", (event) => {
   $("turns").classList.toggle("details", event.target.checked);
+  scrollToLive(false);
 });
 
 const TOOL = /^(tool|function)_/;
@@ -652,12 +656,19 @@ function scrollToLive(force) {
   $("jump-live").hidden = true;
 }
 
+// Scrolling up stops following; coming back to the live end resumes it. Only
+// an upward move counts: the browser's scroll anchoring moves the pane down
+// when content grows above the view, which is no reason to stop.
+let lastScrollTop = 0;
 $("thread").addEventListener("scroll", () => {
+  const pane = scroller();
+  const up = pane.scrollTop < lastScrollTop - 2;
+  lastScrollTop = pane.scrollTop;
   if (!view || !view.caughtUp) return;
   const away = !isNearBottom();
   $("jump-live").hidden = !away;
-  if (away && $("follow-scroll").checked) $("follow-scroll").checked = false;
-  if (!away && !$("follow-scroll").checked) $("follow-scroll").checked = true;
+  if (away && up) $("follow-scroll").checked = false;
+  if (!away) $("follow-scroll").checked = true;
 });
 $("jump-live").addEventListener("click", () => {
   $("follow-scroll").checked = true;
