@@ -15,6 +15,7 @@ cannot start).
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -291,7 +292,9 @@ async def test_tools_messages_positions_and_filter(
     await expect(meta).to_be_visible()
     await expect(meta).to_have_text(f"position 0 · {STAMP} · id evt-0 · seq 0")
     await page.check("#show-details")
-    await expect(turn.locator(".reasoning .meta-line")).to_contain_text("positions 1–2 (2 events)")
+    await expect(turn.locator(".reasoning .meta-line")).to_contain_text(
+        "positions 1\u20132 (2 events)"
+    )
 
     await page.select_option("#type-filter", "tool_result")
     await expect(turn.locator(".tool")).to_have_count(2)
@@ -404,3 +407,99 @@ async def test_no_text_column_is_narrower_than_200_px(
     assert overflow <= width, overflow
     assert (tmp_path / f"inspector-{width}.png").stat().st_size > 0
     assert page.errors == []  # type: ignore[attr-defined]
+
+
+# -- the listings the page reads, over plain HTTP, on both backends ------------
+
+
+async def _get(http: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, Any]:
+    async with http.get(url, headers=headers) as answer:
+        return answer.status, await answer.json()
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "postgres"])
+async def test_listings_page_search_and_respect_scopes(
+    start_daemon: Any, tmp_path: Path, backend: str
+) -> None:
+    token_file = tmp_path / "listing-token"
+    token_file.write_text(TOKEN)
+    daemon = start_daemon(
+        backend, "--http-listen", "127.0.0.1:0", "--auth-token-file", str(token_file)
+    )
+    base = json.loads(daemon.log_lines[0])["http"]  # the "serving" line
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    alice = ["alice/", "alice/1", "alice/2", "alice/3", "alice/4", "alice/5", "alice/é"]
+    others = ["alicd", "alicex", "bob/1", "bob/2"]
+    async with TurnstoreClient(daemon.target, token=TOKEN) as client:
+        for thread in others + alice:
+            await client.events.append(thread, 1, envelope({"type": "text_delta", "delta": "x"}))
+        for key in ("alice/k1", "bob/k1"):
+            await client.history(key).save(ConversationSnapshot([{"n": 1}], [False]))
+    async with aiohttp.ClientSession() as http:
+        # Paged by prefix, two at a time: every alice/ thread once, in order, nothing else.
+        seen: list[str] = []
+        after = ""
+        while True:
+            query = urllib.parse.urlencode({"prefix": "alice/", "after": after, "limit": 2})
+            status, body = await _get(http, f"{base}/v1/threads?{query}", **bearer)
+            assert status == 200, body
+            seen += [thread["thread_id"] for thread in body["threads"]]
+            if body["next_after"] is None:
+                break
+            after = body["next_after"]
+        assert seen == alice
+        status, body = await _get(http, f"{base}/v1/threads?prefix=zzz", **bearer)
+        assert (status, body) == (200, {"threads": [], "next_after": None})
+
+        # Threads written since a moment: that one, newest first, not the older ones.
+        status, body = await _get(http, f"{base}/v1/threads?order=recent&limit=1", **bearer)
+        since = body["threads"][0]["last_write_unix_nanos"] + 1
+        async with TurnstoreClient(daemon.target, token=TOKEN) as client:
+            await client.events.append("bob/2", 2, envelope({"type": "text_delta", "delta": "y"}))
+        status, body = await _get(http, f"{base}/v1/threads?changed_since={since}", **bearer)
+        assert status == 200 and [t["thread_id"] for t in body["threads"]] == ["bob/2"], body
+        assert body["truncated"] is False
+        status, body = await _get(http, f"{base}/v1/threads?changed_since=0&limit=3", **bearer)
+        assert len(body["threads"]) == 3 and body["truncated"] is True
+
+        # A scoped session lists only what its scope covers.
+        async with http.post(
+            f"{base}/v1/session",
+            headers=bearer,
+            json={
+                "scope": {"thread_prefix": "alice/", "threads": ["bob/1"], "key_prefix": "alice/"}
+            },
+        ) as issued:
+            session = (await issued.json())["session"]
+        cookie = {"Cookie": f"turnstore_session={session}"}
+        status, body = await _get(http, f"{base}/v1/threads?prefix=", **cookie)
+        assert [t["thread_id"] for t in body["threads"]] == [*alice, "bob/1"]
+        status, body = await _get(http, f"{base}/v1/threads?prefix=bob", **cookie)
+        assert [t["thread_id"] for t in body["threads"]] == ["bob/1"]
+        status, body = await _get(http, f"{base}/v1/threads?changed_since=0", **cookie)
+        assert sorted(t["thread_id"] for t in body["threads"]) == sorted([*alice, "bob/1"])
+        status, body = await _get(http, f"{base}/v1/conversations?prefix=", **cookie)
+        assert [k["key"] for k in body["conversations"]] == ["alice/k1"]
+        status, body = await _get(http, f"{base}/v1/conversations", **bearer)
+        assert [k["key"] for k in body["conversations"]] == ["alice/k1", "bob/k1"]
+        assert body["conversations"][0]["current_version"] == 1
+        status, body = await _get(http, f"{base}/v1/versions/alice%2Fk1", **cookie)
+        assert status == 200 and [v["version"] for v in body["versions"]] == [1]
+        # Outside the scope reads as missing: 404, as for a key never written.
+        for key in ("bob%2Fk1", "never"):
+            status, body = await _get(http, f"{base}/v1/versions/{key}", **cookie)
+            assert (status, body["error"]) == (404, "not_found")
+
+        # Bounds: refused with 400 naming the parameter.
+        for query, field in [
+            ("prefix=a&limit=0", "limit"),
+            ("prefix=a&limit=1001", "limit"),
+            ("prefix=" + "a" * 257, "prefix"),
+            ("changed_since=soon", "changed_since"),
+            ("changed_since=1&prefix=a", "changed_since"),
+            ("prefix=a&order=recent", "order"),
+        ]:
+            status, body = await _get(http, f"{base}/v1/threads?{query}", **bearer)
+            assert status == 400 and field in body["message"], (query, body)
+        status, body = await _get(http, f"{base}/v1/threads?prefix=a")
+        assert status == 401
