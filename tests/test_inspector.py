@@ -191,7 +191,7 @@ async def test_thread_250_is_found_by_search_and_by_paging(
     await page.click("#more")  # past the fleet: the other threads, in id order
     await expect(page.locator("#more")).to_be_hidden(timeout=WAIT_MS)
     ids = [
-        await node.get_attribute("data-thread-id")
+        str(await node.get_attribute("data-thread-id"))
         for node in await page.locator("#threads li").all()
     ]
     assert ids == sorted(ids) and len(ids) == len(set(ids)) >= THREADS + 3
