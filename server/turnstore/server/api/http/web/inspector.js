@@ -453,8 +453,9 @@ function fields(event) {
 
 // -- one event's place on the page ----------------------------------------
 
-// An item (a text, a tool card, an event) records the events it shows, so
-// their positions, times and ids can be shown on demand.
+// An item (a text, a tool card, an event) keeps the first and last of the
+// events it shows (not all: a long text has thousands), so their positions,
+// times and ids can be shown on demand.
 function newItem(body, className, types) {
   const item = el("div", "item " + className);
   item.dataset.types = "";
@@ -464,7 +465,9 @@ function newItem(body, className, types) {
   info.addEventListener("click", () => item.classList.toggle("open-meta"));
   item.append(info);
   item.metaLine = el("div", "meta-line");
-  item.records = [];
+  item.first = null;
+  item.last = null;
+  item.count = 0;
   for (const type of types) addType(item, type);
   body.append(item);
   return item;
@@ -478,14 +481,15 @@ function addType(item, type) {
 }
 
 function note(item, event) {
-  item.records.push(event);
-  const first = item.records[0];
-  const last = item.records[item.records.length - 1];
-  const one = item.records.length === 1;
-  item.metaLine.textContent = one
-    ? `position ${first.position} · ${first.timestamp} · id ${first.event_id} · seq ${first.sequence}`
-    : `positions ${first.position}–${last.position} (${plural(item.records.length, "event", "events")}) · ` +
-      `${first.timestamp} → ${last.timestamp} · ids ${first.event_id} … ${last.event_id}`;
+  const header = (({ position, timestamp, event_id: id, sequence }) => ({ position, timestamp, id, sequence }))(event);
+  if (item.first === null) item.first = header;
+  item.last = header;
+  item.count += 1;
+  const { first, last } = item;
+  item.metaLine.textContent = item.count === 1
+    ? `position ${first.position} · ${first.timestamp} · id ${first.id} · seq ${first.sequence}`
+    : `positions ${first.position}–${last.position} (${plural(item.count, "event", "events")}) · ` +
+      `${first.timestamp} → ${last.timestamp} · ids ${first.id} … ${last.id}`;
   item.append(item.metaLine); // (re)placed last
   countType(String(event.type));
 }
