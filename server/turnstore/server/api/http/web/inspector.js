@@ -575,7 +575,6 @@ function showEvent(event) {
   if ($("stream-state").textContent === "waiting for events") setStatus($("stream-state"), "live", "live");
   const body = turnNode(event.turn).querySelector(".body");
   const type = String(event.type);
-  const nearBottom = isNearBottom();
   if (typeof event.delta === "string" && type.endsWith("text_delta") && !/reason|think/.test(type)) {
     const item = joined(body, "prose", null, event);
     item.textNode.append(document.createTextNode(event.delta));
@@ -597,7 +596,20 @@ function showEvent(event) {
     item.dataset.position = String(event.position);
     note(item, event);
   }
-  if (view.caughtUp && nearBottom) scrollToLive(false);
+  // Follow is on while the view is at the live end (the scroll handler keeps
+  // it so); no layout is read per event, which would cost seconds on a long thread.
+  if (view.caughtUp && $("follow-scroll").checked) scheduleScroll();
+}
+
+// One scroll per frame, however many events arrived in it.
+let scrollPending = false;
+function scheduleScroll() {
+  if (scrollPending) return;
+  scrollPending = true;
+  requestAnimationFrame(() => {
+    scrollPending = false;
+    scrollToLive(false);
+  });
 }
 
 // A tool call and its result (matched by call id) in one card; a result
