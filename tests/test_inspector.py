@@ -177,6 +177,17 @@ async def test_thread_250_is_found_by_search_and_by_paging(
     assert await page.locator(wanted).count() == 0
     await expect(page.locator("#list-hint")).to_contain_text("100 most recently written")
 
+    # Paging the recent list reaches it too (it is the oldest), then no more.
+    for shown in (200, 300):
+        await page.click("#more")
+        await expect(page.locator("#threads li")).to_have_count(shown, timeout=WAIT_MS)
+        assert await page.locator(wanted).count() == 0
+    await page.click("#more")
+    await expect(page.locator("#threads li").last).to_have_attribute(
+        "data-thread-id", fleet(WANTED), timeout=WAIT_MS
+    )
+    await expect(page.locator("#more")).to_be_hidden()
+
     await page.fill("#search", "fleet/thread-25")
     await expect(page.locator("#threads li")).to_have_count(10, timeout=WAIT_MS)
     await expect(page.locator(wanted)).to_be_visible()

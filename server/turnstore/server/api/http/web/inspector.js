@@ -8,6 +8,8 @@
 const HEADER_KEYS = new Set(["position", "turn", "event_id", "sequence", "timestamp", "type"]);
 const CHANGES_EVERY_MS = 3000;
 const PAGE = 100;
+// The most the recent list shows (the daemon's largest page); past it, search or A-Z.
+const MAX_RECENT = 1000;
 // Finished turns beyond this many are shown collapsed once the page catches up.
 const OPEN_TURNS = 5;
 // How close to the bottom (px) still counts as "at the live end" for follow-scroll.
@@ -18,7 +20,7 @@ let source = null; // the EventSource of the selected thread
 let selected = null; // its thread id
 let changesTimer = null;
 let scope = null; // the session's scope (null: everything)
-const list = { order: "recent", prefix: "", nextAfter: null, newest: 0n, ids: new Map(), generation: 0 };
+const list = { order: "recent", prefix: "", nextAfter: null, recent: PAGE, newest: 0n, ids: new Map(), generation: 0 };
 const keys = { prefix: "", nextAfter: null, generation: 0, selected: null };
 let view = null; // state of the followed thread (see follow)
 
@@ -201,6 +203,8 @@ window.addEventListener("hashchange", route);
 // -- the thread list ------------------------------------------------------
 
 // The list afresh: most recent first, or (searching, or A-Z) in id order, a page at a time.
+// The recent list has no cursor (the order changes under it): its "more" asks
+// for a longer list, up to MAX_RECENT; the id order pages with `after`, without limit.
 async function listThreads() {
   list.generation += 1;
   const generation = list.generation;
@@ -208,6 +212,7 @@ async function listThreads() {
   list.order = list.prefix ? "id" : $("order").value;
   list.ids = new Map();
   list.nextAfter = null;
+  list.recent = PAGE;
   $("threads").replaceChildren();
   await loadThreads(generation, "");
 }
@@ -215,13 +220,17 @@ async function listThreads() {
 async function loadThreads(generation, after) {
   const url =
     list.order === "recent"
-      ? `/v1/threads?order=recent&limit=${PAGE}`
+      ? `/v1/threads?order=recent&limit=${list.recent}`
       : `/v1/threads?prefix=${encodeURIComponent(list.prefix)}&after=${encodeURIComponent(after)}&limit=${PAGE}`;
   const answer = await getJson(url);
   if (!answer || generation !== list.generation) return;
   const { threads, next_after: nextAfter } = answer.body;
   for (const thread of threads) upsertThread(thread, false);
-  list.nextAfter = list.order === "recent" ? null : nextAfter;
+  if (list.order === "recent") {
+    list.nextAfter = threads.length === list.recent && list.recent < MAX_RECENT ? "" : null;
+  } else {
+    list.nextAfter = nextAfter;
+  }
   $("more").hidden = list.nextAfter === null || list.nextAfter === undefined;
   listHint();
 }
@@ -231,7 +240,9 @@ function listHint() {
   let text;
   if (list.order === "recent") {
     text = shown >= PAGE
-      ? `the ${PAGE} most recently written; search by id or sort A–Z to reach every thread`
+      ? `the ${shown} most recently written; ` +
+        (list.nextAfter !== null ? "more below, or " : "") +
+        "search by id or sort A–Z to reach every thread"
       : `${plural(shown, "thread", "threads")}, most recently written first`;
   } else {
     const what = list.prefix ? `starting with “${list.prefix}”` : "in id order";
@@ -293,7 +304,9 @@ async function pollChanges() {
 }
 
 $("more").addEventListener("click", () => {
-  if (list.nextAfter !== null) loadThreads(list.generation, list.nextAfter);
+  if (list.nextAfter === null) return;
+  if (list.order === "recent") list.recent = Math.min(list.recent + PAGE, MAX_RECENT);
+  loadThreads(list.generation, list.nextAfter);
 });
 $("refresh").addEventListener("click", listThreads);
 let searchTimer = null;
