@@ -369,6 +369,9 @@ async def test_cleared_unknown_empty_and_forbidden_threads_say_so(
     state = page.locator("#thread-state")
     await expect(state).to_contain_text("This thread was cleared", timeout=WAIT_MS)
     await expect(state).to_have_class("state cleared")
+    await expect(page.locator(item("doomed/thread") + " .meta")).to_have_text(
+        "cleared: holds no events now"
+    )
     await expect(page.locator(".turn")).to_have_count(0)
 
     await page.goto(base + "/#thread=" + urllib.parse.quote("no/such/thread"))

@@ -377,6 +377,10 @@ function follow(threadId, cleared) {
     // A new life of the thread, or a cursor it never handed out (the daemon's
     // database was replaced under a reconnect): read the thread afresh.
     const afresh = reason === "thread_cleared" || reason === "cursor_out_of_range";
+    if (reason === "thread_cleared") {
+      const item = list.ids.get(threadId);
+      if (item) item.querySelector(".meta").textContent = "cleared: holds no events now";
+    }
     if (afresh && selected === threadId) follow(threadId, reason === "thread_cleared");
     else if (stream === source) setStatus(state, "ended");
   });
