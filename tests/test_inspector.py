@@ -412,21 +412,23 @@ async def test_no_text_column_is_narrower_than_200_px(
     await expect(page.locator('[data-turn="1"] .badge')).to_contain_text(
         "finished", timeout=WAIT_MS
     )
-    await expect(page.locator("#threads li")).to_have_count(100, timeout=WAIT_MS)
-    await page.check("#show-details")
-    await page.screenshot(path=str(tmp_path / f"inspector-{width}.png"))
-    widths: list[list[Any]] = await page.evaluate(
-        """(selector) => [...document.querySelectorAll(selector)]
-            .filter((node) => node.getClientRects().length > 0)
-            .map((node) => [node.className || node.id || node.tagName,
-                            node.getBoundingClientRect().width])""",
-        TEXT_COLUMNS,
-    )
-    assert len(widths) > 100, widths[:5]
-    narrow = [entry for entry in widths if entry[1] < 200]
-    assert narrow == [], narrow[:10]
-    overflow = await page.evaluate("() => document.scrollingElement.scrollWidth")
-    assert overflow <= width, overflow
+    await expect(page.locator("#threads li").first).to_be_visible(timeout=WAIT_MS)
+    for details in (False, True):  # then with every event's position and time shown
+        if details:
+            await page.check("#show-details")
+            await page.screenshot(path=str(tmp_path / f"inspector-{width}.png"))
+        widths: list[list[Any]] = await page.evaluate(
+            """(selector) => [...document.querySelectorAll(selector)]
+                .filter((node) => node.getClientRects().length > 0)
+                .map((node) => [node.className || node.id || node.tagName,
+                                node.getBoundingClientRect().width])""",
+            TEXT_COLUMNS,
+        )
+        assert len(widths) > 100, widths[:5]
+        narrow = [entry for entry in widths if entry[1] < 200]
+        assert narrow == [], narrow[:10]
+        overflow = await page.evaluate("() => document.scrollingElement.scrollWidth")
+        assert overflow <= width, overflow
     assert (tmp_path / f"inspector-{width}.png").stat().st_size > 0
     assert errors == []
 
