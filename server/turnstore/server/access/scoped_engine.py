@@ -30,7 +30,13 @@ from typing import Final, TypeVar
 from turnstore.server.access.scopes import Scope
 from turnstore.server.storage.errors import PermissionDeniedError
 from turnstore.server.storage.inputs import InputChecks
-from turnstore.server.storage.interface import CommitListener, CommitObserver, StorageEngine
+from turnstore.server.storage.interface import (
+    CommitListener,
+    CommitObserver,
+    SpaceLevelListener,
+    StorageEngine,
+    WakeAll,
+)
 from turnstore.server.storage.values import (
     BackupResult,
     KeySummary,
@@ -114,10 +120,6 @@ class ScopedEngine:
     def epoch_mask(self) -> int:
         return self._engine.epoch_mask
 
-    @property
-    def map_size(self) -> int:
-        return self._engine.map_size
-
     def append(
         self, thread_id: str, turn: int, events: Sequence[NewEvent], finish: bool = False
     ) -> Future[list[int]]:
@@ -147,6 +149,12 @@ class ScopedEngine:
 
     def add_commit_observer(self, observer: CommitObserver) -> None:
         self._admin("adding a commit observer")
+
+    def add_wake_all_listener(self, wake: WakeAll) -> None:
+        self._admin("adding a wake-all listener")
+
+    def add_space_level_listener(self, listener: SpaceLevelListener) -> None:
+        self._admin("adding a space level listener")
 
     def view(self, thread_id: str) -> ThreadView:
         if self.scope.covers_thread(thread_id):
@@ -267,8 +275,12 @@ class ScopedEngine:
         self._admin("GetStats")
         raise AssertionError("unreachable")
 
-    def space_usage(self) -> SpaceUsage:
+    def space_usage(self) -> SpaceUsage | None:
         self._admin("the space usage")
+        raise AssertionError("unreachable")
+
+    def startup_report(self) -> dict[str, object]:
+        self._admin("the startup report")
         raise AssertionError("unreachable")
 
     def backup(self, dest_dir: str) -> BackupResult:

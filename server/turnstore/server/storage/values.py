@@ -113,7 +113,7 @@ class PostgresConfig:
     """Where the PostgreSQL backend's database is, and how many connections reads may hold.
 
     ``dsn`` is a libpq connection string or URI; it may hold a password,
-    which is never logged (``pg_engine.engine.redact_dsn``). Every follower
+    which is never logged (``storage.postgres.opening.redact_dsn``). Every follower
     re-reads each ``tick_seconds`` even without a notification, so a lost
     one costs at most that much latency.
     """
@@ -310,11 +310,17 @@ class SpaceUsage:
     (``--max-db-size``), ``write_limit_bytes`` where writes that add data stop
     (the ceiling minus the reserve). Both are 0 when there is no limit (the
     PostgreSQL engine: the database's own space is its limit).
+    ``reserved_bytes`` is the space the backend has reserved for data (LMDB's
+    map, which grows towards the ceiling) and ``file_bytes`` the size of its
+    data file on disk; both 0 where there is none (PostgreSQL) or they were
+    not measured (the usage a space level listener gets).
     """
 
     used_bytes: int
     max_bytes: int
     write_limit_bytes: int
+    reserved_bytes: int = 0
+    file_bytes: int = 0
 
     @property
     def used_fraction(self) -> float:

@@ -28,10 +28,16 @@ from typing import IO, TypeVar
 
 import lmdb
 
+from turnstore.server.storage.epochs import new_epoch_mask
 from turnstore.server.storage.errors import (
     DataDirLockedError,
 )
-from turnstore.server.storage.interface import CommitListener, CommitObserver, new_epoch_mask
+from turnstore.server.storage.interface import (
+    CommitListener,
+    CommitObserver,
+    SpaceLevelListener,
+    WakeAll,
+)
 from turnstore.server.storage.lmdb import backups, schema
 from turnstore.server.storage.lmdb.retention import _Retention
 from turnstore.server.storage.lmdb.space import (
@@ -209,6 +215,33 @@ class Engine(_Retention):
             self._retention_thread.join()
         self._env.close()
         self._lock_file.close()
+
+    # -- the interface's calls the daemon makes of any backend ------------------
+
+    def add_wake_all_listener(self, wake: WakeAll) -> None:
+        """A no-op: this engine's own writer tells the commit listeners of every commit."""
+
+    def add_space_level_listener(self, listener: SpaceLevelListener) -> None:
+        """Call ``listener`` when usage crosses a warning level (:class:`SpaceGuard`)."""
+        self.space.add_level_listener(listener)
+
+    def startup_report(self) -> dict[str, object]:
+        """The data directory, the ceiling and write limit, the backup directory, and
+        what :meth:`open` found: a restored backup, partial backups removed or not."""
+        report: dict[str, object] = {
+            "data_dir": str(self.config.data_dir),
+            "max_map_bytes": self.config.max_map_bytes,
+            "write_limit_bytes": self.space.write_limit_bytes,
+            "backup_dir": str(self.config.backup_dir) if self.config.backup_dir else None,
+        }
+        if self.opened_restored_backup:
+            # Every thread got a new epoch: readers' cursors from before report "cleared".
+            report["restored_backup_new_epochs"] = True
+        if self.removed_partial_backups:
+            report["removed_partial_backups"] = [str(path) for path in self.removed_partial_backups]
+        if self.partial_backup_problems:
+            report["partial_backups_not_removed"] = self.partial_backup_problems
+        return report
 
 
 def _make_owner_only(data_dir: Path) -> None:

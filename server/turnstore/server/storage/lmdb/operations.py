@@ -160,13 +160,16 @@ class _Operations(_Reads):
                 data_file_bytes=0,
                 space=self.space.usage(txn),
             )
-        data_file = Path(self.config.data_dir) / "data.mdb"
-        return dataclasses.replace(stats, data_file_bytes=data_file.stat().st_size)
+        size = (Path(self.config.data_dir) / "data.mdb").stat().st_size
+        space = dataclasses.replace(stats.space, reserved_bytes=self.map_size, file_bytes=size)
+        return dataclasses.replace(stats, data_file_bytes=size, space=space)
 
     def space_usage(self) -> SpaceUsage:
         """How close the database is to its ceiling, measured in one short read."""
         with self._read() as txn:
-            return self.space.usage(txn)
+            usage = self.space.usage(txn)
+        size = (Path(self.config.data_dir) / "data.mdb").stat().st_size
+        return dataclasses.replace(usage, reserved_bytes=self.map_size, file_bytes=size)
 
     def backup(self, dest_dir: str) -> BackupResult:
         """Write a consistent, compacted copy of the database to ``dest_dir``.
