@@ -116,10 +116,6 @@ class ScopedEngine:
     def limits(self) -> Limits:
         return self._engine.limits
 
-    @property
-    def epoch_mask(self) -> int:
-        return self._engine.epoch_mask
-
     def append(
         self, thread_id: str, turn: int, events: Sequence[NewEvent], finish: bool = False
     ) -> Future[list[int]]:
@@ -190,7 +186,7 @@ class ScopedEngine:
     def replay_step(
         self,
         thread_id: str,
-        expected_number: int | None,
+        expected_epoch: int | None,
         start_position: int,
         finish_seq: int | None,
         max_events: int,
@@ -200,7 +196,7 @@ class ScopedEngine:
         if self.scope.covers_thread(thread_id):
             return self._engine.replay_step(
                 thread_id,
-                expected_number,
+                expected_epoch,
                 start_position,
                 finish_seq,
                 max_events,
@@ -209,7 +205,7 @@ class ScopedEngine:
             )
         self._check_thread_id(thread_id)
         # What the engines answer for a thread they do not hold.
-        opening = replay_opening(thread_id, expected_number, start_position, None)
+        opening = replay_opening(thread_id, expected_epoch, start_position, None)
         assert opening is not None
         return opening
 
@@ -275,7 +271,7 @@ class ScopedEngine:
         self._admin("GetStats")
         raise AssertionError("unreachable")
 
-    def space_usage(self) -> SpaceUsage | None:
+    def space_usage(self) -> SpaceUsage:
         self._admin("the space usage")
         raise AssertionError("unreachable")
 

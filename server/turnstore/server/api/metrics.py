@@ -102,15 +102,11 @@ class Metrics:
         of turnstore's (an absent ``turnstore_max_db_bytes`` means no limit),
         and its table sizes cost a query that a scrape should not pay.
         """
-        if engine.space_usage() is None:
+        if not engine.space_usage().max_bytes:
             return
 
         def read(field: Callable[[SpaceUsage], float]) -> Callable[[], float]:
-            def gauge() -> float:
-                usage = engine.space_usage()
-                return field(usage) if usage is not None else 0
-
-            return gauge
+            return lambda: field(engine.space_usage())
 
         self._gauges(
             ("turnstore_map_size_bytes", "The LMDB map size", read(lambda u: u.reserved_bytes)),

@@ -14,8 +14,9 @@ database) implements the same calls with the same meaning:
   records (:mod:`turnstore.server.storage.records`), never re-encoded.
 - Positions are per thread, 0-based, gap-free, in commit order, and never
   reused until the thread is cleared; a cleared thread gets a new epoch
-  (``ThreadView.number``), and a read bounded by a view of the old one fails
-  with ThreadClearedError.
+  (``ThreadView.epoch``, ``ReplayStep.epoch``: the engines' own thread
+  numbers never leave them, :mod:`turnstore.server.storage.epochs`), and a
+  read bounded by a view of the old one fails with ThreadClearedError.
 - ``add_commit_listener`` callbacks learn which threads each commit changed,
   after it is durable, which is what wakes live followers.
 
@@ -59,14 +60,6 @@ class StorageEngine(Protocol):
     @property
     def limits(self) -> Limits:
         """The input limits this backend enforces (and reports in its errors)."""
-        ...
-
-    @property
-    def epoch_mask(self) -> int:
-        """XORed into thread numbers to make the epochs readers see (a replay's
-        ``thread_epoch``); below 2**53. It changes when the database was
-        restored from a backup, so no cursor from before the restore matches.
-        """
         ...
 
     # -- writes ---------------------------------------------------------------
@@ -173,14 +166,18 @@ class StorageEngine(Protocol):
     def replay_step(
         self,
         thread_id: str,
-        expected_number: int | None,
+        expected_epoch: int | None,
         start_position: int,
         finish_seq: int | None,
         max_events: int,
         watched_turn: int | None = None,
         max_bytes: int = 4 * 1024 * 1024,
     ) -> ReplayStep:
-        """One step of a replay: the next events and the finishes they pass."""
+        """One step of a replay: the next events and the finishes they pass.
+
+        ``expected_epoch`` is the thread's epoch seen so far (None: none yet);
+        a missing thread or another epoch now answers ``cleared``.
+        """
         ...
 
     def load_snapshot(self, key: str, version: int | None = None) -> StoredSnapshot | None:
@@ -216,11 +213,11 @@ class StorageEngine(Protocol):
         """What the backend holds."""
         ...
 
-    def space_usage(self) -> SpaceUsage | None:
+    def space_usage(self) -> SpaceUsage:
         """How close the backend is to its size ceiling, with the space it holds on disk.
 
-        Cheap enough to read at every metrics scrape (one short read). None
-        where the backend has no ceiling and no files of turnstore's
+        Cheap enough to read at every metrics scrape (one short read). All
+        zeros where the backend has no ceiling and no files of turnstore's
         (PostgreSQL: the database's own space is its limit, and the size of
         its tables, in :meth:`storage_stats`, costs a query).
         """

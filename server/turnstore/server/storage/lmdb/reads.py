@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import lmdb
 
+from turnstore.server.storage.epochs import to_epoch, to_number
 from turnstore.server.storage.errors import (
     ThreadClearedError,
 )
@@ -47,7 +48,7 @@ class _Reads(_Snapshots):
         if value is None:
             return ThreadView(thread_id, None, 0)
         record = schema.unpack_thread(value)
-        return ThreadView(thread_id, record.number, record.next_position)
+        return ThreadView(thread_id, to_epoch(record.number, self.epoch_mask), record.next_position)
 
     def event_count(self, thread_id: str) -> int:
         """The number of events in a thread; 0 for an unknown thread."""
@@ -140,15 +141,16 @@ class _Reads(_Snapshots):
         return out, last
 
     def _check_view(self, txn: lmdb.Transaction, view: ThreadView) -> int | None:
-        """The view's thread number, or raise if the thread was cleared since."""
-        if view.thread_number is None:
+        """The thread number of the view's epoch, or raise if the thread was cleared since."""
+        number = to_number(view.epoch, self.epoch_mask)
+        if number is None:
             return None
         value = _get(
             txn, view.thread_id.encode("utf-8", "surrogatepass"), self._dbs[schema.THREADS]
         )
-        if value is None or schema.unpack_thread(value).number != view.thread_number:
+        if value is None or schema.unpack_thread(value).number != number:
             raise ThreadClearedError(view.thread_id)
-        return view.thread_number
+        return number
 
     def read_commit_order(
         self, view: ThreadView, start_position: int, budget: ReadBudget
@@ -244,7 +246,7 @@ class _Reads(_Snapshots):
     def replay_step(
         self,
         thread_id: str,
-        expected_number: int | None,
+        expected_epoch: int | None,
         start_position: int,
         finish_seq: int | None,
         max_events: int,
@@ -253,8 +255,8 @@ class _Reads(_Snapshots):
     ) -> ReplayStep:
         """One step of a replay: the next events and the finishes they pass.
 
-        ``expected_number`` is the thread number seen so far (None: none
-        yet); a different or missing number now means the thread was
+        ``expected_epoch`` is the thread's epoch seen so far (None: none
+        yet); a different or missing epoch now means the thread was
         cleared. ``finish_seq`` None starts at the first finish whose
         frontier is at or after ``start_position``. With ``watched_turn``,
         reports whether that turn is finished now. It returns at most
@@ -265,8 +267,9 @@ class _Reads(_Snapshots):
         with self._read() as txn:
             value = _get(txn, key, self._dbs[schema.THREADS])
             fields = schema.unpack_thread(value) if value is not None else None
-            thread = (fields[0], fields[1]) if fields is not None else None
-            opening = replay_opening(thread_id, expected_number, start_position, thread)
+            mask = self.epoch_mask
+            thread = (fields[0] ^ mask, fields[1]) if fields is not None else None
+            opening = replay_opening(thread_id, expected_epoch, start_position, thread)
             if opening is not None:
                 return opening
             assert fields is not None
@@ -322,5 +325,5 @@ class _Reads(_Snapshots):
                 watched = turn_value is not None and schema.unpack_turn(turn_value)[0]
             at_end = next_position >= end_position and resume_seq >= finish_count
             return ReplayStep(
-                number, events, next_position, finishes, resume_seq, at_end, False, watched
+                number ^ mask, events, next_position, finishes, resume_seq, at_end, False, watched
             )

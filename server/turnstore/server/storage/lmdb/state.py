@@ -159,6 +159,8 @@ class _State(InputChecks):
 
     config: EngineConfig
     limits: Limits
+    # XORed into thread numbers to make the epochs readers see (storage.epochs).
+    epoch_mask: int
     space: SpaceGuard
     removed_partial_backups: list[Path]
     partial_backup_problems: list[str]

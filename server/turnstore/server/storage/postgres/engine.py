@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 
+from turnstore.server.storage.epochs import to_epoch
 from turnstore.server.storage.errors import (
     BackupFailedError,
     DatabaseUnavailableError,
@@ -48,6 +49,7 @@ from turnstore.server.storage.values import (
     ReplayStep,
     RetentionStats,
     SnapshotVersion,
+    SpaceUsage,
     StorageStats,
     StoredSnapshot,
     SweepResult,
@@ -246,7 +248,9 @@ class PostgresEngine(Retention, InputChecks):
         with self._read() as cur:
             row = reads.thread_row(cur, key)
         return (
-            ThreadView(thread_id, None, 0) if row is None else ThreadView(thread_id, row[0], row[1])
+            ThreadView(thread_id, None, 0)
+            if row is None
+            else ThreadView(thread_id, to_epoch(row[0], self.epoch_mask), row[1])
         )
 
     def event_count(self, thread_id: str) -> int:
@@ -262,22 +266,24 @@ class PostgresEngine(Retention, InputChecks):
         self, view: ThreadView, start_position: int, budget: ReadBudget
     ) -> list[bytes]:
         with self._read() as cur:
-            return reads.read_commit_order(cur, view, start_position, budget)
+            return reads.read_commit_order(cur, view, start_position, budget, mask=self.epoch_mask)
 
     def turn_cursor_at_offset(self, view: ThreadView, offset: int) -> TurnCursor | None:
         with self._read() as cur:
-            return reads.turn_cursor_at_offset(cur, view, offset)
+            return reads.turn_cursor_at_offset(cur, view, offset, mask=self.epoch_mask)
 
     def read_turn_order(
         self, view: ThreadView, cursor: TurnCursor, budget: ReadBudget, include_empty: bool
     ) -> tuple[list[TurnChunk], TurnCursor | None]:
         with self._read() as cur:
-            return reads.read_turn_order(cur, view, cursor, budget, include_empty)
+            return reads.read_turn_order(
+                cur, view, cursor, budget, include_empty, mask=self.epoch_mask
+            )
 
     def replay_step(
         self,
         thread_id: str,
-        expected_number: int | None,
+        expected_epoch: int | None,
         start_position: int,
         finish_seq: int | None,
         max_events: int,
@@ -290,12 +296,13 @@ class PostgresEngine(Retention, InputChecks):
                 cur,
                 key,
                 thread_id,
-                expected_number,
+                expected_epoch,
                 start_position,
                 finish_seq,
                 max_events,
                 watched_turn,
                 max_bytes,
+                self.epoch_mask,
             )
 
     def load_snapshot(self, key: str, version: int | None = None) -> StoredSnapshot | None:
@@ -339,9 +346,9 @@ class PostgresEngine(Retention, InputChecks):
         with self._read() as cur:
             return operations.storage_stats(cur)
 
-    def space_usage(self) -> None:
-        """None: no ceiling of turnstore's (:meth:`storage_stats` has the tables' size)."""
-        return None
+    def space_usage(self) -> SpaceUsage:
+        """All zeros: no ceiling of turnstore's (:meth:`storage_stats` has the tables' size)."""
+        return SpaceUsage(0, 0, 0)
 
     def startup_report(self) -> dict[str, object]:
         """The backend and the database (without its password); whether its tables
