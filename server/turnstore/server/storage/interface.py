@@ -20,6 +20,14 @@ database) implements the same calls with the same meaning:
 - ``add_commit_listener`` callbacks learn which threads each commit changed,
   after it is durable, which is what wakes live followers.
 
+A feature one backend lacks is a no-op there (``add_wake_all_listener`` on
+LMDB, ``add_space_level_listener`` on PostgreSQL), so the daemon never asks
+which backend it has: :func:`turnstore.server.storage.factory.open_engine`
+opens the configured one, and is the only module above the engines that
+names them. How engines are built (group commit, epochs) lives beside this
+module, in :mod:`~turnstore.server.storage.commits` and
+:mod:`~turnstore.server.storage.epochs`.
+
 The module imports neither gRPC nor generated code, like every backend.
 """
 
