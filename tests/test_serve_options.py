@@ -188,7 +188,7 @@ def test_the_options_need_only_the_standard_library() -> None:
 def test_the_command_line_builds_no_server_configuration() -> None:
     imported = _imports(ROOT / "client" / "python" / "turnstore" / "cli.py")
     assert sorted(name for name in imported if name.startswith("turnstore.server")) == [
-        "turnstore.server",
+        "turnstore.server.daemon",
         "turnstore.server.daemon.options",
     ]
 

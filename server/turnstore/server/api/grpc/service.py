@@ -729,7 +729,7 @@ class AdminService(_Base, pb_grpc.AdminServiceServicer):
         return pb.GetStatsResponse(
             live_followers=self._followers.waiting,
             open_replays=self._followers.open_replays,
-            map_size_bytes=self._engine.map_size,
+            map_size_bytes=stored.space.reserved_bytes,
             threads=stored.threads,
             events=stored.events,
             turns=stored.turns,

@@ -234,7 +234,7 @@ def _turns_json(
             )
     body = {
         "thread_id": thread_id,
-        "epoch": replaying.thread_epoch(view.thread_number, engine.epoch_mask) or 0,
+        "epoch": view.epoch or 0,
         "turns": turns,
         "next_from_turn": next_turn,
         "next_after_position": next_after,
