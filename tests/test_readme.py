@@ -137,9 +137,16 @@ class Terminal:
 
 
 @pytest.fixture
-def readme_daemon(start_daemon: Callable[..., Daemon]) -> tuple[Daemon, str]:
-    """A daemon of the test's own with the HTTP listener; its gRPC target and HTTP base URL."""
-    daemon = start_daemon("lmdb", "--http-listen", "127.0.0.1:0")
+def readme_daemon(
+    start_daemon: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Daemon, str]:
+    """A daemon of the test's own with the HTTP listener; its gRPC target and HTTP base URL.
+
+    The listener is asked for as the README's inspector block does, through
+    ``TURNSTORE_HTTP_LISTEN`` (on a free port instead of 7071).
+    """
+    monkeypatch.setenv("TURNSTORE_HTTP_LISTEN", "127.0.0.1:0")
+    daemon = start_daemon("lmdb")
     serving = json.loads(daemon.log_lines[0])
     return daemon, str(serving["http"])
 
