@@ -16,8 +16,9 @@ Every fenced block of README.md is one of these (its info string says which):
   fetches the page the README says to open).
 - ``python``: saved as ``first.py`` and run with ``.venv/bin/python``.
 - ``ts``: saved as ``first.mjs`` in a project whose ``@turnstore/client`` is
-  client/typescript, built (the snippet is plain JavaScript, valid as
-  TypeScript), and run with node.
+  client/typescript, built, and run with node (the snippet is plain
+  JavaScript); as ``first.mts`` it also passes strict ``tsc`` against the
+  client's declarations.
 - ``rust``: built as the program of a new crate depending on client/rust by
   path (in the target directory tests/test_rust.py shares), then run.
 
@@ -266,6 +267,29 @@ def test_the_readme_runs_in_order_twice(
     # Every kind of block ran, twice; the snapshot's stored version went on (not its format's 1).
     assert sorted(set(ran)) == ["python", "rust", "sh", "ts"], ran
     assert versions == [1, 2], versions
+
+
+def test_the_typescript_snippet_type_checks(ts_project: Path) -> None:
+    """The ``ts`` block is TypeScript too: strict ``tsc`` against the client's declarations."""
+    blocks = [b for b in readme_blocks() if b.kind == "ts"]
+    assert len(blocks) == 1, blocks
+    (ts_project / "first.mts").write_text(blocks[0].code)
+    config = {
+        "compilerOptions": {
+            "target": "ES2022",
+            "module": "nodenext",
+            "moduleResolution": "nodenext",
+            "strict": True,
+            "noEmit": True,
+            # `process` comes from Node's types, installed with the client's tools.
+            "typeRoots": [str(TS_DIR / "node_modules" / "@types")],
+            "types": ["node"],
+        },
+        "files": ["first.mts"],
+    }
+    (ts_project / "tsconfig.json").write_text(json.dumps(config))
+    tsc = TS_DIR / "node_modules" / "typescript" / "bin" / "tsc"
+    run_or_fail(["node", str(tsc), "-p", "tsconfig.json"], ts_project, timeout=300)
 
 
 def test_the_inspector_the_readme_points_to_is_served(readme_daemon: tuple[Daemon, str]) -> None:
