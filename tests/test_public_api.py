@@ -1,21 +1,14 @@
-"""The public API of the `turnstore` package, pinned, and the README example."""
+"""The public API of the `turnstore` package, pinned (the README's snippets: tests/test_readme.py)."""
 
 from __future__ import annotations
 
 import inspect
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import turnstore
 import turnstore.client
 import turnstore.results
-from tests.daemon import Daemon
 from turnstore import EventStore, HistoryStore, TurnstoreEventStore, TurnstoreHistoryStore
 from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
-
-README = Path(__file__).parent.parent / "README.md"
 
 PUBLIC_NAMES = [
     "AgentEventEnvelope",
@@ -118,19 +111,3 @@ def test_implementations_match_the_protocols_signatures() -> None:
                 )
                 assert str(trimmed) == str(signature), (implementation, name)
                 assert inspect.iscoroutinefunction(getattr(implementation, name))
-
-
-def test_the_readme_example_runs_against_a_daemon(daemon: Daemon) -> None:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
-    assert len(blocks) == 1
-    code = blocks[0].replace('"127.0.0.1:7070"', repr(daemon.target))
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    assert "Hello!" in result.stdout.splitlines()
-    assert "stored at position 2" in result.stdout
-    assert (
-        "ConversationSnapshot(messages=[{'role': 'user'}], pinned=[False], version=1)"
-        in result.stdout
-    )
