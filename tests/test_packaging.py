@@ -309,7 +309,7 @@ def test_the_wheel_carries_the_licence_and_complete_metadata(
     # No invented home: the project has no public URL yet.
     assert metadata.get_all("Project-URL") is None and metadata["Home-page"] is None
     assert "server" in metadata.get_all("Provides-Extra", [])
-    assert "turnstore = turnstore.cli:main" in entry_points
+    assert "turnstore = turnstore.cli.main:main" in entry_points
 
 
 # ---------------------------------------------------------------- installed and run

@@ -1,6 +1,6 @@
 """``turnstore serve``'s options live in the server, and the server needs no client code.
 
-The command line (client/python/turnstore/cli.py) only parses and hands over to
+The command line (client/python/turnstore/cli/main.py) only parses and hands over to
 :mod:`turnstore.server.daemon.command`; the flags, their TURNSTORE_* variables and
 defaults come from :mod:`turnstore.server.daemon.options`. The daemons every
 end-to-end test starts (tests/daemon.py) exercise the flags themselves.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from turnstore.cli import _parser
+from turnstore.cli.main import _parser
 from turnstore.client import DEFAULT_TARGET
 from turnstore.server.daemon.command import config_from_args
 from turnstore.server.daemon.options import DEFAULT_LISTEN
@@ -77,7 +77,7 @@ WITHOUT_SERVER_EXTRA = (
     "import sys\n"
     "for name in ('lmdb', 'structlog', 'grpc_health', 'grpc_reflection', 'aiohttp'):\n"
     "    sys.modules[name] = None\n"
-    "from turnstore.cli import main\n"
+    "from turnstore.cli.main import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 
@@ -186,9 +186,9 @@ def test_the_options_need_only_the_standard_library() -> None:
 
 
 def test_the_command_line_builds_no_server_configuration() -> None:
-    imported = _imports(ROOT / "client" / "python" / "turnstore" / "cli.py")
+    imported = _imports(ROOT / "client" / "python" / "turnstore" / "cli" / "main.py")
     assert sorted(name for name in imported if name.startswith("turnstore.server")) == [
-        "turnstore.server",
+        "turnstore.server.daemon",
         "turnstore.server.daemon.options",
     ]
 

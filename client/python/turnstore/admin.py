@@ -4,7 +4,7 @@ Obtain a :class:`TurnstoreAdmin` as ``client.admin``. It shares the client's
 channel (and so its token and TLS settings), timeout and retry policy; every
 failed call raises a :class:`~turnstore.errors.TurnstoreError` subclass,
 mapped by :mod:`turnstore._status`. The ``turnstore backup``, ``stats``,
-``export`` and ``import`` commands (:mod:`turnstore.admin_cli`) are thin
+``export`` and ``import`` commands (:mod:`turnstore.cli.admin`) are thin
 wrappers of it; the export format is described in :mod:`turnstore.transfer`.
 """
 

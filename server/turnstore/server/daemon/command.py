@@ -1,6 +1,6 @@
 """``turnstore serve``: from parsed options to a running daemon.
 
-The ``turnstore`` command line (:mod:`turnstore.cli`) parses the options
+The ``turnstore`` command line (:mod:`turnstore.cli.main`) parses the options
 that :func:`turnstore.server.daemon.options.add_serve_arguments` defines and hands
 them to :func:`run`. Importing this module needs the ``server`` extra: an
 ImportError here is what the command line reports as a missing extra.

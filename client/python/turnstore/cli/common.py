@@ -353,7 +353,7 @@ def run_async(
 
     A TurnstoreError or an OSError (a file) is printed and gives 1; a
     UsageError or ValueError (inconsistent options) gives 2; Ctrl-C gives
-    130. BrokenPipeError goes up to :func:`turnstore.cli.main`, which ends
+    130. BrokenPipeError goes up to :func:`turnstore.cli.main.main`, which ends
     quietly (the reader, e.g. ``head``, has what it wanted).
     """
     name = args.command
@@ -386,7 +386,7 @@ async def _awaited(
 def handle(
     parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace], Awaitable[int]]
 ) -> None:
-    """Make ``command`` the coroutine ``turnstore.cli.main`` runs for this subcommand."""
+    """Make ``command`` the coroutine ``turnstore.cli.main.main`` runs for this subcommand."""
     parser.set_defaults(run=lambda args: run_async(args, command))
 
 
