@@ -23,6 +23,7 @@ from turnstore import (
     AgentEventEnvelope,
     DeadlineExceededError,
     RetryPolicy,
+    StoredTurnEvents,
     TurnFinishedError,
     TurnstoreClient,
     UnavailableError,
@@ -209,3 +210,38 @@ async def test_a_daemon_killed_under_32_writers_loses_and_doubles_nothing(
             assert len(ids) == 8 * per_writer
             for event_id, position in acked[thread].items():
                 assert ids[position] == event_id
+
+
+async def test_an_appender_resends_what_a_killed_daemon_never_acknowledged(
+    own_daemon: Daemon,
+) -> None:
+    """``appender()`` is built on the same retrying stream: a restart costs nothing."""
+    assert own_daemon.process is not None
+    thread = f"t-{uuid.uuid4()}"
+    events = [delta(str(n), n) for n in range(100)]
+    async with (
+        TurnstoreClient(own_daemon.target, retry=PATIENT) as client,
+        client.events.appender() as appender,
+    ):
+        acknowledged = [await appender.submit(thread, 1, [event]) for event in events[:50]]
+        assert await asyncio.gather(*acknowledged) == [[n] for n in range(50)]
+        # A paused daemon acknowledges nothing: these are in flight when it dies.
+        os.kill(own_daemon.process.pid, signal.SIGSTOP)
+        in_flight = [await appender.submit(thread, 1, [event]) for event in events[50:]]
+        finish = await appender.submit(thread, 1, [], finish=True)
+        own_daemon.kill()
+        await asyncio.to_thread(own_daemon.start)
+        positions = await asyncio.wait_for(asyncio.gather(*in_flight, finish), 120)
+        assert positions == [[n] for n in range(50, 100)] + [[]]
+        # The stream goes on after the restart.
+        assert await appender.append(thread, 2, delta("after")) == 100
+    turn = await client_turn(own_daemon, thread)
+    assert turn.finished
+    assert [event.event_id for event in turn.events] == [event.event_id for event in events]
+
+
+async def client_turn(daemon: Daemon, thread: str) -> StoredTurnEvents:
+    async with TurnstoreClient(daemon.target) as client:
+        turn = await client.events.get_turn(thread, 1)
+    assert turn is not None
+    return turn

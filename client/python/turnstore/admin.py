@@ -21,8 +21,8 @@ from turnstore._convert import JSON
 from turnstore._retry import NO_RETRY, RetryPolicy, call_with_retry
 from turnstore._status import mapped_stream
 from turnstore.errors import TurnAlreadyFinishedError, TurnstoreError
+from turnstore.replay import Replay, ThreadCleared, TurnFinished, replay_request
 from turnstore.results import StoredEvent
-from turnstore.streams import Replay, ThreadCleared, TurnFinished, replay_request
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 

@@ -31,8 +31,8 @@ from turnstore.cli.common import (
     printable_json,
 )
 from turnstore.errors import EventFormatError, FollowerTooSlowError, UnavailableError
+from turnstore.replay import CaughtUp, ReplayItem, ThreadCleared, TurnFinished
 from turnstore.results import StoredEvent
-from turnstore.streams import CaughtUp, ReplayItem, ThreadCleared, TurnFinished
 
 # grpc.health.v1 by hand, so that `health` needs neither the server extra
 # nor grpcio-health-checking: HealthCheckRequest{service: ""} encodes as
