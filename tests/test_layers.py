@@ -163,7 +163,6 @@ KNOWN_LONG = {
     "server/turnstore/server/daemon/app.py",
     "server/turnstore/server/storage/postgres/engine.py",
     "server/turnstore/server/storage/lmdb/backups.py",
-    "client/python/turnstore/client.py",
 }
 
 
