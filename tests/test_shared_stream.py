@@ -28,6 +28,7 @@ from turnstore import (
     TurnstoreClient,
     UnavailableError,
 )
+from turnstore.appender import MAX_UNACKNOWLEDGED_ITEMS
 
 PATIENT = RetryPolicy(attempts=200, initial_backoff=0.02, max_backoff=0.2)
 
@@ -238,6 +239,33 @@ async def test_an_appender_resends_what_a_killed_daemon_never_acknowledged(
     turn = await client_turn(own_daemon, thread)
     assert turn.finished
     assert [event.event_id for event in turn.events] == [event.event_id for event in events]
+
+
+async def test_an_appender_runs_only_a_bounded_way_ahead_of_its_acknowledgements(
+    own_daemon: Daemon,
+) -> None:
+    """``submit`` waits once MAX_UNACKNOWLEDGED_ITEMS are unacknowledged: memory stays bounded."""
+    assert own_daemon.process is not None
+    pid = own_daemon.process.pid
+    thread = f"t-{uuid.uuid4()}"
+    async with (
+        TurnstoreClient(own_daemon.target) as client,
+        client.events.appender() as appender,
+    ):
+        assert await (await appender.submit(thread, 1, [delta("warm")])) == [0]
+        os.kill(pid, signal.SIGSTOP)
+        ahead = [
+            await appender.submit(thread, 1, [delta(str(n), n)])
+            for n in range(MAX_UNACKNOWLEDGED_ITEMS)
+        ]
+        one_more = asyncio.ensure_future(appender.submit(thread, 1, [delta("one more")]))
+        # A bounded wait for what must not happen: a submit past the window.
+        done, _ = await asyncio.wait({one_more}, timeout=1.0)
+        assert not done, "submit ran past the window while nothing was acknowledged"
+        os.kill(pid, signal.SIGCONT)
+        last = await asyncio.wait_for(one_more, 60)
+        positions = await asyncio.wait_for(asyncio.gather(*ahead, last), 60)
+        assert positions == [[n] for n in range(1, MAX_UNACKNOWLEDGED_ITEMS + 2)]
 
 
 async def client_turn(daemon: Daemon, thread: str) -> StoredTurnEvents:
