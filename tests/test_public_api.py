@@ -116,6 +116,18 @@ def test_each_module_exports_only_what_it_defines() -> None:
         assert sorted(set(exported) & imported) == [], f"{where} re-exports what it imports"
 
 
+def test_async_objects_close_with_aclose_only() -> None:
+    """One closing verb across the client: ``aclose()``, as ``contextlib.aclosing`` expects."""
+    for cls in (
+        turnstore.TurnstoreClient,
+        turnstore.TurnstoreEventStore,
+        turnstore.Replay,
+        turnstore.EventAppender,
+    ):
+        assert inspect.iscoroutinefunction(cls.aclose), cls
+        assert not hasattr(cls, "close"), cls
+
+
 def test_every_error_derives_from_the_base() -> None:
     errors = [getattr(turnstore, n) for n in PUBLIC_NAMES if n.endswith("Error")]
     assert len(errors) == 19

@@ -42,6 +42,8 @@ class _ClientDefault:
 CLIENT_DEFAULT: Final = _ClientDefault()
 
 
+# How appends and finishes travel (TurnstoreClient's ``write_mode``): over the
+# client's shared append stream, or as one unary call each.
 WriteMode = Literal["stream", "unary"]
 WRITE_MODES: Final = ("stream", "unary")
 
