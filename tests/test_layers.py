@@ -155,7 +155,6 @@ KNOWN_LONG = {
     "server/turnstore/server/api/grpc/service.py",
     "server/turnstore/server/api/http/routes.py",
     "server/turnstore/server/api/grpc/ingress.py",
-    "client/python/turnstore/client.py",
 }
 
 
