@@ -105,6 +105,8 @@ def _violations(me: str, imports: list[str]) -> list[str]:
             found.append(f"{me} imports {raw} (storage never speaks gRPC)")
         if my_layer == 0 and raw.startswith("turnstore.v1"):
             found.append(f"{me} imports {raw} (storage never sees generated code)")
+        if me.startswith("api.http") and raw.split(".")[0] == "grpc":
+            found.append(f"{me} imports {raw}: the HTTP edge never speaks gRPC")
         other = _ours(raw)
         if other is None or _layer(other) not in LAYERS:
             continue
@@ -115,7 +117,7 @@ def _violations(me: str, imports: list[str]) -> list[str]:
             found.append(f"{me} imports {other}: only the factory names an engine")
         if me.startswith("api.grpc") and other.startswith("api.http"):
             found.append(f"{me} imports {other}: gRPC and HTTP edges stay apart")
-        if me.startswith("api.http") and (other.startswith("api.grpc") or raw.startswith("grpc")):
+        if me.startswith("api.http") and other.startswith("api.grpc"):
             found.append(f"{me} imports {raw}: gRPC and HTTP edges stay apart")
     return found
 
@@ -142,10 +144,12 @@ def test_each_known_leak_is_still_there() -> None:
         ("storage.values", "grpc"),
         ("storage.records", "turnstore.v1.turnstore_pb2"),
         ("storage.lmdb.engine", "turnstore.server.storage.postgres.engine"),
-        ("replay.followers", "turnstore.server.api.grpc.service"),
+        ("replay.followers", "turnstore.server.api.grpc.event_store"),
         ("daemon.app", "turnstore.server.storage.lmdb.engine"),
         ("api.http.routes", "turnstore.server.api.grpc.ingress"),
-        ("api.grpc.service", "turnstore.server.api.http.sse"),
+        ("api.grpc.event_store", "turnstore.server.api.http.sse"),
+        ("api.http.server", "grpc"),
+        ("storage.errors", "turnstore.server.api.errors"),
     ],
 )
 def test_the_layer_rule_catches_a_planted_import(module: str, planted: str) -> None:
@@ -157,9 +161,6 @@ REPO = SERVER_DIR.parent.parent.parent
 MAX_MODULE_LINES = 400
 # Modules past the bound today, being split (issue 20); the set only shrinks.
 KNOWN_LONG = {
-    "server/turnstore/server/api/grpc/service.py",
-    "server/turnstore/server/api/http/routes.py",
-    "server/turnstore/server/api/grpc/ingress.py",
     "server/turnstore/server/daemon/app.py",
     "server/turnstore/server/storage/postgres/engine.py",
     "server/turnstore/server/storage/lmdb/backups.py",

@@ -28,7 +28,7 @@ from turnstore.server.storage.errors import DatabaseUnavailableError, DataDirLoc
 from turnstore.server.storage.values import EngineConfig, Limits, PostgresConfig
 
 if TYPE_CHECKING:
-    from turnstore.server.api.http.routes import HttpConfig
+    from turnstore.server.api.http.server import HttpConfig
 
 # Holds the token itself when no --auth-token-file is given (as for the
 # client subcommands, so one variable serves a daemon and its probes).
@@ -208,7 +208,7 @@ def _http_config(args: argparse.Namespace) -> HttpConfig | None:
             raise ValueError("--http-allow-origin needs --http-listen")
         return None
     # Imported only here: aiohttp is loaded only by daemons that serve HTTP.
-    from turnstore.server.api.http.routes import HttpConfig
+    from turnstore.server.api.http.server import HttpConfig
 
     origins = tuple(
         origin.strip() for value in args.http_allow_origin or () for origin in value.split(",")
