@@ -8,8 +8,9 @@ matched on the raw path so ``/``, spaces and non-ASCII characters work):
   Events (:mod:`turnstore.server.api.http.event_stream`).
 - ``GET /v1/threads``, ``GET /v1/threads/{thread_id}/turns``,
   ``GET /v1/conversations/{key}``: JSON reads (:mod:`turnstore.server.api.http.routes`).
-- ``GET|POST|DELETE /v1/session``: browser sessions (:mod:`turnstore.server.api.http.credentials`),
-  scoped (:mod:`turnstore.server.access.scopes`) and revocable.
+- ``GET|POST|DELETE /v1/session``: browser sessions, scoped
+  (:mod:`turnstore.server.access.scopes`) and revocable
+  (:mod:`turnstore.server.api.http.credentials`).
 - ``GET /``: the web inspector (static files shipped in ``web/``).
 
 With bearer tokens configured, every ``/v1`` route but ``/v1/session`` needs
