@@ -45,7 +45,8 @@ from turnstore import (
     TurnstoreClient,
     UnauthenticatedError,
 )
-from turnstore.server.api.grpc.ingress import IngressConfig, scan_append, scan_stream_message
+from turnstore.server.api.grpc.ingress import IngressConfig
+from turnstore.server.api.grpc.wire_scan import scan_append, scan_stream_message
 from turnstore.v1 import turnstore_pb2 as pb
 
 T = TypeVar("T")

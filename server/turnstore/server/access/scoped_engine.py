@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Final, TypeVar
 
+from turnstore.server.access.errors import PermissionDeniedError
 from turnstore.server.access.scopes import Scope
-from turnstore.server.storage.errors import PermissionDeniedError
 from turnstore.server.storage.inputs import InputChecks
 from turnstore.server.storage.interface import (
     CommitListener,

@@ -35,15 +35,13 @@ from turnstore.server.api.connections import (
     MemoryTrimmer,
     raise_file_limit,
 )
+from turnstore.server.api.grpc.admin import AdminService
+from turnstore.server.api.grpc.append_stream import MAX_ITEMS_PER_MESSAGE
+from turnstore.server.api.grpc.event_store import EventStoreService
+from turnstore.server.api.grpc.history_store import HistoryStoreService
 from turnstore.server.api.grpc.ingress import Ingress, IngressConfig
 from turnstore.server.api.grpc.interceptors import BearerTokenInterceptor, MetricsInterceptor
-from turnstore.server.api.grpc.service import (
-    MAX_ITEMS_PER_MESSAGE,
-    AdminService,
-    EventStoreService,
-    HistoryStoreService,
-    add_service,
-)
+from turnstore.server.api.grpc.servicer import add_service
 from turnstore.server.api.metrics import Metrics
 from turnstore.server.daemon.options import DEFAULT_LISTEN
 from turnstore.server.daemon.ports import check_listen_free
@@ -54,7 +52,7 @@ from turnstore.server.storage.interface import StorageEngine
 from turnstore.server.storage.values import EngineConfig, PostgresConfig, SpaceUsage
 
 if TYPE_CHECKING:
-    from turnstore.server.api.http.routes import HttpApi, HttpConfig
+    from turnstore.server.api.http.server import HttpApi, HttpConfig
 
 log = structlog.get_logger("turnstore")
 
@@ -259,7 +257,7 @@ def build_server(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
     if config.http is not None:
-        from turnstore.server.api.http.routes import HttpApi
+        from turnstore.server.api.http.server import HttpApi
 
         if config.http.listen.startswith("unix:"):
             raise ValueError("--http-listen takes HOST:PORT")

@@ -29,7 +29,7 @@ from turnstore.server.storage.errors import DatabaseUnavailableError, DataDirLoc
 from turnstore.server.storage.values import EngineConfig, Limits, PostgresConfig
 
 if TYPE_CHECKING:
-    from turnstore.server.api.http.routes import HttpConfig
+    from turnstore.server.api.http.server import HttpConfig
 
 # The PostgreSQL DSN when neither --postgres-dsn nor --postgres-dsn-file is given.
 POSTGRES_DSN_ENV: Final = "TURNSTORE_POSTGRES_DSN"
@@ -191,7 +191,7 @@ def _http_config(args: argparse.Namespace) -> HttpConfig | None:
             raise ValueError("--http-allow-origin needs --http-listen")
         return None
     # Imported only here: aiohttp is loaded only by daemons that serve HTTP.
-    from turnstore.server.api.http.routes import HttpConfig
+    from turnstore.server.api.http.server import HttpConfig
 
     origins = tuple(
         origin.strip() for value in args.http_allow_origin or () for origin in value.split(",")

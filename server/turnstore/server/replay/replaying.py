@@ -19,12 +19,12 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from turnstore.server.replay.errors import FollowerTooSlowError
 from turnstore.server.replay.followers import Followers, Sender
 from turnstore.server.storage import records
 from turnstore.server.storage.errors import (
     DatabaseUnavailableError,
     EngineClosedError,
-    FollowerTooSlowError,
     InvalidArgumentError,
 )
 from turnstore.server.storage.interface import StorageEngine
