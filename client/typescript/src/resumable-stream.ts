@@ -531,3 +531,36 @@ export function createResumableStreamContext(
     },
   };
 }
+
+/** The headers of a UI message stream (the AI SDK's `UI_MESSAGE_STREAM_HEADERS`). */
+export const UI_MESSAGE_STREAM_HEADERS: Readonly<Record<string, string>> = Object.freeze({
+  "content-type": "text/event-stream",
+  "cache-control": "no-cache",
+  connection: "keep-alive",
+  "x-vercel-ai-ui-message-stream": "v1",
+  "x-accel-buffering": "no",
+});
+
+/**
+ * The answer of a reconnect route (`useChat`'s resume GET): 204 with no
+ * body when there is nothing to resume (no `streamId`, a stream never
+ * started, or a finished one under `replayFinished: false`), else 200 with
+ * the stream as UTF-8 and `headers` (default {@link UI_MESSAGE_STREAM_HEADERS}).
+ */
+export async function resumeStreamResponse(
+  context: Pick<ResumableStreamContext, "resumeExistingStream">,
+  streamId: string | null | undefined,
+  options: { skipCharacters?: number; headers?: Record<string, string> } = {},
+): Promise<Response> {
+  const stream =
+    streamId === null || streamId === undefined
+      ? undefined
+      : await context.resumeExistingStream(streamId, options.skipCharacters);
+  if (stream === null || stream === undefined) {
+    return new Response(null, { status: 204 });
+  }
+  return new Response(stream.pipeThrough(new TextEncoderStream()), {
+    status: 200,
+    headers: options.headers ?? UI_MESSAGE_STREAM_HEADERS,
+  });
+}
