@@ -127,7 +127,8 @@ IMPORT
 
 async function main() {
   const [target, streamId] = process.argv.slice(2);
-  const context = createResumableStreamContext({ target, waitUntil: null });
+  const client = new TurnstoreClient(target);
+  const context = createResumableStreamContext({ client, waitUntil: null });
   try {
     const make = () =>
       new ReadableStream({
@@ -155,7 +156,7 @@ async function main() {
       }),
     );
   } finally {
-    context.close();
+    client.close();
   }
 }
 main().catch((error) => {
@@ -166,10 +167,12 @@ main().catch((error) => {
 
 RESUMABLE_IMPORTS = {
     "resumable.mjs": (
+        'import { TurnstoreClient } from "@turnstore/client";\n'
         "import { createResumableStreamContext, resumeStreamResponse } from "
         '"@turnstore/client/resumable-stream";'
     ),
     "resumable.cjs": (
+        'const { TurnstoreClient } = require("@turnstore/client");\n'
         "const { createResumableStreamContext, resumeStreamResponse } = "
         'require("@turnstore/client/resumable-stream");'
     ),

@@ -326,3 +326,19 @@ def test_frozen_producer_cannot_append_after_a_reader_sealed_its_stream(
     kept = stored_chunks(events)
     assert 1 <= len(kept) < 200
     assert resumed["chunks"] == kept == [chunk(i) for i in range(len(kept))]
+
+
+@pytest.mark.timeout(120)
+def test_failed_source_ends_the_stream_as_failed(run: Callable[..., Role], daemon: Daemon) -> None:
+    """A source that errors after three chunks: the producer's own stream fails
+    with its error, the stream is stored as ended ("error") and finished, so
+    readers get the three chunks and an end instead of waiting for more."""
+    stream_id = f"failed-{uuid.uuid4()}"
+    producer = run(daemon.target, "produce", stream_id, "3", "5", "fail")
+    assert producer.until("failed")["error"] == "RangeError"
+    assert producer.wait() == 0
+    events, finished = stored(daemon.target, stream_id)
+    assert finished and end_reason(events) == "error"
+    assert stored_chunks(events) == [chunk(i) for i in range(3)]
+    assert once(run, daemon.target, "has", stream_id)["state"] == "DONE"
+    assert once(run, daemon.target, "resume", stream_id)["chunks"] == [chunk(i) for i in range(3)]

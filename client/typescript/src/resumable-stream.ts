@@ -59,13 +59,18 @@ export interface CreateResumableStreamContextOptions {
    */
   waitUntil?: ((promise: Promise<unknown>) => void) | null;
   /**
-   * The client to store streams with. Unset: one is made for `target` (and
-   * closed by {@link ResumableStreamContext.close}).
+   * The client to store streams with (the context never closes it). Unset:
+   * one client per `target`, shared by every context made without `client`
+   * or `clientOptions` and never closed (it lets a program exit when idle),
+   * so that a context made per request costs no channel.
    */
   client?: TurnstoreClient;
   /** The daemon when no `client` is given. Default: `TURNSTORE_TARGET`, else 127.0.0.1:7070. */
   target?: string;
-  /** Options of the client made for `target`. */
+  /**
+   * Options of a client made for `target` for this context alone (a token,
+   * TLS, ...), closed by {@link ResumableStreamContext.close}.
+   */
   clientOptions?: TurnstoreClientOptions;
   /** The prefix of each stream's thread id (default `resumable-stream`). */
   keyPrefix?: string;
@@ -136,8 +141,27 @@ export interface ResumableStreamContext {
    * finished, `"DONE"` once it is (its finish barrier is stored).
    */
   hasExistingStream: (streamId: string) => Promise<null | true | "DONE">;
-  /** Closes the client the context made (not one passed in `client`). */
+  /**
+   * Closes the client made for this context's `clientOptions`; a no-op for
+   * one passed in `client` or a shared one. Streams in progress fail.
+   */
   close: () => void;
+}
+
+/**
+ * The clients of contexts made with neither `client` nor `clientOptions`, one
+ * per target: a route that makes a context per request (as the AI SDK's
+ * examples do) must not open a channel per request, which nothing would close.
+ */
+const SHARED_CLIENTS = new Map<string, TurnstoreClient>();
+
+function sharedClient(target: string): TurnstoreClient {
+  let client = SHARED_CLIENTS.get(target);
+  if (client === undefined) {
+    client = new TurnstoreClient(target);
+    SHARED_CLIENTS.set(target, client);
+  }
+  return client;
 }
 
 /** The namespace of the stream's deterministic event ids (UUID v5, RFC 9562). */
@@ -218,13 +242,11 @@ export function createResumableStreamContext(
   const keyPrefix = options.keyPrefix ?? "resumable-stream";
   const replayFinished = options.replayFinished ?? true;
   const waitUntil = options.waitUntil ?? undefined;
-  const ownsClient = options.client === undefined;
+  const target = options.target ?? process.env.TURNSTORE_TARGET ?? DEFAULT_TARGET;
+  const ownsClient = options.client === undefined && options.clientOptions !== undefined;
   const client =
     options.client ??
-    new TurnstoreClient(
-      options.target ?? process.env.TURNSTORE_TARGET ?? DEFAULT_TARGET,
-      options.clientOptions,
-    );
+    (ownsClient ? new TurnstoreClient(target, options.clientOptions) : sharedClient(target));
   const events = client.events;
 
   function locate(streamId: string): StreamLocation {
@@ -462,10 +484,7 @@ export function createResumableStreamContext(
         batch.forEach(pass);
       }
       await reading;
-      if (sourceError !== undefined) {
-        await seal(at, "error", String(sourceError));
-        throw sourceError;
-      }
+      if (sourceError !== undefined) throw sourceError;
       await seal(at, "done");
     })();
 
@@ -477,10 +496,16 @@ export function createResumableStreamContext(
           // cancelled by its reader
         }
       },
-      (error: unknown) => {
-        // Storing failed (the daemon is gone, or a reader sealed the stream as
-        // abandoned): stop reading the source, and fail the first reader's stream.
+      async (error: unknown) => {
+        // The source failed, or storing did (a chunk over the daemon's limits, the
+        // daemon gone, a reader that sealed the stream as abandoned): stop reading
+        // the source, end the stream as failed if no one ended it (when the daemon
+        // is unreachable, a reader seals it once it is stale), then fail the first
+        // reader's stream: what it is told has been stored.
         reader.cancel(error).catch(() => {});
+        if (!(error instanceof TurnFinishedError)) {
+          await seal(at, "error", String(error)).catch(() => {});
+        }
         try {
           local?.error(error);
         } catch {
@@ -516,7 +541,14 @@ export function createResumableStreamContext(
     const at = locate(streamId);
     const skip = checkSkip(skipCharacters);
     if (await claim(at)) {
-      return produce(at, makeStream(), skip);
+      let source: ReadableStream<string>;
+      try {
+        source = makeStream();
+      } catch (error) {
+        await seal(at, "error", String(error)).catch(() => {});
+        throw error;
+      }
+      return produce(at, source, skip);
     }
     return (await resumeExistingStream(streamId, skip)) ?? null;
   }

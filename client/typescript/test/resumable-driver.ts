@@ -21,6 +21,7 @@
  *    with the status, content type and body.
  * The chunks of a source are `chunk(i)` below, so a test knows them.
  */
+import { TurnstoreClient } from "../src/index";
 import { createResumableStreamContext, resumeStreamResponse } from "../src/resumable-stream";
 
 const [mode = "", streamId = "", ...rest] = process.argv.slice(2);
@@ -69,8 +70,9 @@ function positive(name: string): number | undefined {
 }
 
 async function main(): Promise<void> {
+  const client = new TurnstoreClient(process.env.TURNSTORE_TARGET ?? "");
   const context = createResumableStreamContext({
-    target: process.env.TURNSTORE_TARGET ?? "",
+    client,
     heartbeatIntervalMs: positive("RS_HEARTBEAT_MS"),
     staleAfterMs: positive("RS_STALE_MS"),
     replayFinished: process.env.RS_REPLAY_FINISHED !== "false",
@@ -123,7 +125,7 @@ async function main(): Promise<void> {
       throw new Error(`unknown mode ${mode}`);
     }
   } finally {
-    context.close();
+    client.close();
   }
 }
 
