@@ -342,3 +342,33 @@ def test_failed_source_ends_the_stream_as_failed(run: Callable[..., Role], daemo
     assert stored_chunks(events) == [chunk(i) for i in range(3)]
     assert once(run, daemon.target, "has", stream_id)["state"] == "DONE"
     assert once(run, daemon.target, "resume", stream_id)["chunks"] == [chunk(i) for i in range(3)]
+
+
+@pytest.mark.timeout(180)
+def test_stream_goes_on_across_a_daemon_restart(run: Callable[..., Role], tmp_path: Path) -> None:
+    """The daemon is stopped and started again (same data, same socket) while a
+    producer writes and a reader follows: the producer's writes are resent,
+    the reader goes on from its last position, and both see every chunk once."""
+    daemon = Daemon(tmp_path / "data")
+    daemon.start()
+    try:
+        stream_id = f"restart-{uuid.uuid4()}"
+        # Staleness far beyond the restart: the reader must not end the stream meanwhile.
+        producer = run(daemon.target, "produce", stream_id, "60", "40", RS_STALE_MS="60000")
+        assert producer.next()["phase"] == "created"
+        produced = [producer.until("chunk")["text"] for _ in range(10)]
+        reader = run(daemon.target, "resume", stream_id, RS_STALE_MS="60000")
+        assert reader.next()["result"] == "stream"
+        assert daemon.stop() == 0
+        daemon.start()
+        while (message := producer.next())["phase"] == "chunk":
+            produced.append(message["text"])
+        assert message["phase"] == "done"
+        assert produced == [chunk(i) for i in range(60)]
+        assert reader.until("done")["chunks"] == produced
+        assert producer.wait() == 0 and reader.wait() == 0
+        events, finished = stored(daemon.target, stream_id)
+    finally:
+        daemon.stop()
+    assert finished and end_reason(events) == "done"
+    assert stored_chunks(events) == produced
