@@ -20,7 +20,9 @@ export function Chat({ id, initialMessages }: { id: string; initialMessages: UIM
       {messages.map((message) => (
         <p key={message.id}>
           <b>{message.role}: </b>
-          {message.parts.map((part, i) => (part.type === "text" ? <span key={i}>{part.text}</span> : null))}
+          {message.parts.map((part, i) =>
+            part.type === "text" ? <span key={i}>{part.text}</span> : null,
+          )}
         </p>
       ))}
       <form
@@ -30,9 +32,16 @@ export function Chat({ id, initialMessages }: { id: string; initialMessages: UIM
           setInput("");
         }}
       >
-        <input value={input} onChange={(event) => setInput(event.target.value)} disabled={status !== "ready"} />
+        <input
+          value={input}
+          onChange={(event) => setInput(event.target.value)}
+          disabled={status !== "ready"}
+        />
       </form>
-      <p>Reload the page while an answer streams: it goes on from the first chunk, without a duplicate.</p>
+      <p>
+        Reload the page while an answer streams: it goes on from the first chunk, without a
+        duplicate.
+      </p>
     </main>
   );
 }
