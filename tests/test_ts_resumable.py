@@ -372,3 +372,57 @@ def test_stream_goes_on_across_a_daemon_restart(run: Callable[..., Role], tmp_pa
         daemon.stop()
     assert finished and end_reason(events) == "done"
     assert stored_chunks(events) == produced
+
+
+@pytest.mark.timeout(120)
+def test_a_producer_slower_than_the_staleness_limit_is_kept_alive_by_heartbeats(
+    run: Callable[..., Role], daemon: Daemon
+) -> None:
+    """Chunks 1.5 s apart with readers giving up after 1 s of silence: the
+    producer's heartbeats (every 0.2 s when idle) keep the stream live, so
+    the reader gets every chunk and the stream ends as done, not abandoned."""
+    stream_id = f"slow-{uuid.uuid4()}"
+    slow = {"RS_STALE_MS": "1000"}
+    producer = run(daemon.target, "produce", stream_id, "3", "1500", **slow)
+    producer.until("chunk")
+    reader = run(daemon.target, "resume", stream_id, **slow)
+    assert reader.until("done")["chunks"] == [chunk(i) for i in range(3)]
+    producer.until("done")
+    assert producer.wait() == 0 and reader.wait() == 0
+    events, finished = stored(daemon.target, stream_id)
+    assert finished and end_reason(events) == "done"
+    beats = [e for e in events if e.envelope.event["type"] == "resumable_stream_heartbeat"]
+    assert len(beats) >= 3, len(beats)
+
+
+@pytest.mark.timeout(120)
+def test_streams_mapped_to_turns_of_one_thread_stay_apart(
+    run: Callable[..., Role], daemon: Daemon
+) -> None:
+    """With `locate` putting stream "N" in turn N of a chat's thread, two
+    streams of one thread each replay only their own chunks, and each has
+    its own state: the first DONE while the second is missing, then live."""
+    thread = f"chat-{uuid.uuid4()}"
+    chat = {"RS_CHAT_THREAD": thread}
+    assert once(run, daemon.target, "produce", "1", "4", "5", **chat)["phase"] == "done"
+    assert once(run, daemon.target, "has", "2", **chat)["state"] is None
+    second = run(daemon.target, "produce", "2", "30", "50", **chat)
+    second.until("chunk")
+    assert once(run, daemon.target, "has", "1", **chat)["state"] == "DONE"
+    assert once(run, daemon.target, "has", "2", **chat)["state"] is True
+    assert once(run, daemon.target, "resume", "1", **chat)["chunks"] == [chunk(i) for i in range(4)]
+    assert once(run, daemon.target, "resume", "2", **chat)["chunks"] == [
+        chunk(i) for i in range(30)
+    ]
+    second.until("done")
+    assert second.wait() == 0
+
+    async def turns() -> list[tuple[int, bool, int]]:
+        async with TurnstoreClient(daemon.target) as client:
+            stored_turns = await client.events.get_turns(thread)
+        return [(t.turn, t.finished, len(t.events)) for t in stored_turns]
+
+    # Each turn: its start, its chunks, maybe heartbeats, its end.
+    (one, done1, count1), (two, done2, count2) = asyncio.run(turns())
+    assert (one, done1, two, done2) == (1, True, 2, True)
+    assert count1 >= 6 and count2 >= 32

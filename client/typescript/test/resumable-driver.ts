@@ -6,7 +6,9 @@
  *
  * Environment: TURNSTORE_TARGET (the daemon), RS_HEARTBEAT_MS and
  * RS_STALE_MS (the context's heartbeatIntervalMs and staleAfterMs),
- * RS_REPLAY_FINISHED ("false" for replayFinished: false). Arguments:
+ * RS_REPLAY_FINISHED ("false" for replayFinished: false), RS_CHAT_THREAD (when
+ * set, `locate` maps stream id "N" to turn N of that thread, as a chat's
+ * streams in the chat's thread). Arguments:
  *  - `produce ID COUNT DELAY_MS [fail]`: createNewResumableStream with a
  *    source of COUNT chunks, one every DELAY_MS (then an error with `fail`);
  *    prints `created`, one `chunk` per chunk its own stream passes on, then
@@ -69,6 +71,8 @@ function positive(name: string): number | undefined {
   return value === undefined ? undefined : Number(value);
 }
 
+const chatThread = process.env.RS_CHAT_THREAD;
+
 async function main(): Promise<void> {
   const client = new TurnstoreClient(process.env.TURNSTORE_TARGET ?? "");
   const context = createResumableStreamContext({
@@ -76,6 +80,9 @@ async function main(): Promise<void> {
     heartbeatIntervalMs: positive("RS_HEARTBEAT_MS"),
     staleAfterMs: positive("RS_STALE_MS"),
     replayFinished: process.env.RS_REPLAY_FINISHED !== "false",
+    ...(chatThread === undefined
+      ? {}
+      : { locate: (id: string) => ({ threadId: chatThread, turn: Number(id) }) }),
     waitUntil: null,
   });
   try {
