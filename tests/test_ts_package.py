@@ -308,6 +308,10 @@ def test_tarball_holds_the_compiled_package_its_proto_and_metadata(tarball: Path
     assert next(iter(resumable)) == "types", "the types condition must come first"
     for target in resumable.values():
         assert target.removeprefix("./") in names, target
+    # For TypeScript's older "node" (node10) resolution, which ignores `exports`.
+    assert manifest["typesVersions"]["*"]["resumable-stream"] == [
+        resumable["types"].removeprefix("./")
+    ]
     # The licence text travels with the package once the repository has one.
     if (REPO / "LICENSE").exists():
         assert shipped_license == (REPO / "LICENSE").read_bytes()
