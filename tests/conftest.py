@@ -13,7 +13,7 @@ from tests import daemon as daemon_module
 from tests.daemon import Daemon
 from tests.postgres import PostgresServer, fresh_database, start_postgres
 from turnstore import EventStore, HistoryStore, TurnstoreClient
-from turnstore.client import WriteMode
+from turnstore.events import WriteMode
 from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
 
 

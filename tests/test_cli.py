@@ -24,7 +24,7 @@ import trustme
 
 from tests.daemon import Daemon
 from turnstore import AgentEventEnvelope, ClientTls, ConversationSnapshot, TurnstoreClient
-from turnstore.cli_events import health_status
+from turnstore.cli.events import health_status
 
 COMMAND_TIMEOUT = 60.0
 
@@ -242,7 +242,7 @@ def test_health_needs_neither_the_server_extra_nor_grpc_health(served: Daemon) -
         "import sys\n"
         "for name in ('grpc_health', 'grpc_health.v1', 'turnstore.server', 'lmdb'):\n"
         "    sys.modules[name] = None\n"
-        "from turnstore.cli import main\n"
+        "from turnstore.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     done = subprocess.run(

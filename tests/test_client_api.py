@@ -19,7 +19,7 @@ from turnstore import (
     TurnstoreClient,
     UnavailableError,
 )
-from turnstore.streams import ReplayItem
+from turnstore.replay import ReplayItem
 
 # Retries for about ten seconds: long enough for a daemon to start.
 PATIENT = RetryPolicy(attempts=60, initial_backoff=0.05, max_backoff=0.2)

@@ -38,7 +38,7 @@ async def test_a_bad_target_is_refused_before_any_call(target: str, says: str) -
 async def test_good_targets_are_accepted(target: str) -> None:
     client = TurnstoreClient(target)
     assert client.target == target
-    await client.close()
+    await client.aclose()
 
 
 @pytest.mark.parametrize("target", ["10.1.2.3:7070", "example.com:7070", "[2001:db8::1]:7070"])
@@ -48,9 +48,9 @@ async def test_a_target_that_is_not_loopback_needs_tls_or_allow_remote(target: s
         TurnstoreClient(target)
     assert "allow_remote" in str(raised.value)
     opted_in = TurnstoreClient(target, allow_remote=True)
-    await opted_in.close()
+    await opted_in.aclose()
     secure = TurnstoreClient(target, tls=ClientTls(b"-----BEGIN CERTIFICATE-----\n"))
-    await secure.close()
+    await secure.aclose()
 
 
 def test_the_command_line_refuses_a_remote_target_without_tls_and_names_the_opt_in() -> None:

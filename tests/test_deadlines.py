@@ -38,7 +38,7 @@ from turnstore import (
     UnavailableError,
 )
 from turnstore.client import DEFAULT_TIMEOUT, KEEPALIVE_OPTIONS
-from turnstore.streams import CaughtUp
+from turnstore.replay import CaughtUp
 
 T = TypeVar("T")
 

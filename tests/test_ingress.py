@@ -45,7 +45,8 @@ from turnstore import (
     TurnstoreClient,
     UnauthenticatedError,
 )
-from turnstore.server.api.grpc.ingress import IngressConfig, scan_append, scan_stream_message
+from turnstore.server.api.grpc.ingress import IngressConfig
+from turnstore.server.api.grpc.wire_scan import scan_append, scan_stream_message
 from turnstore.v1 import turnstore_pb2 as pb
 
 T = TypeVar("T")
@@ -445,15 +446,15 @@ async def test_connections_past_the_limit_are_closed(tmp_path: Path) -> None:
     try:
         assert [await first.events.event_count("t"), await second.events.event_count("t")] == [0, 0]
         assert await count_over_a_new_connection() == grpc.StatusCode.UNAVAILABLE
-        await second.close()
+        await second.aclose()
         # The daemon learns of the closed connection asynchronously.
         deadline = time.monotonic() + 30
         while await count_over_a_new_connection() != grpc.StatusCode.OK:
             assert time.monotonic() < deadline, "the closed connection was never released"
             await asyncio.sleep(0.05)
     finally:
-        await first.close()
-        await second.close()
+        await first.aclose()
+        await second.aclose()
     assert daemon.stop() == 0
 
 

@@ -494,7 +494,7 @@ async def test_import_of_a_line_nested_1000_deep_fails_cleanly_naming_it(
 
 MEASURED_IMPORT: Final = """
 import sys
-from turnstore.cli import main
+from turnstore.cli.main import main
 try:
     status = main(sys.argv[1:])
 finally:

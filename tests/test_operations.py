@@ -1,6 +1,6 @@
 """Operations against real daemons: stats, backup, listings, export and import.
 
-The commands run as ``python -m turnstore.admin_cli`` subprocesses (the same
+The commands run as ``python -m turnstore.cli.admin`` subprocesses (the same
 code ``turnstore backup|stats|export|import`` runs); what they did is checked
 through the client and through a second daemon started on the result.
 """
@@ -39,11 +39,11 @@ THREAD_RAW = "raw thread"
 async def admin_cli(
     *args: str, stdin: bytes | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``python -m turnstore.admin_cli ARGS`` without blocking the event loop."""
+    """Run ``python -m turnstore.cli.admin ARGS`` without blocking the event loop."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "turnstore.admin_cli",
+        "turnstore.cli.admin",
         *args,
         stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,

@@ -197,10 +197,11 @@ def test_the_wheel_installs_one_turnstore_package_that_runs_without_the_clone(
     for wanted in (
         "turnstore/__init__.py",
         "turnstore/v1/turnstore_pb2.py",
-        "turnstore/server/app.py",
-        "turnstore/server/lmdb_engine/writer.py",
-        "turnstore/server/pg_engine/engine.py",
-        "turnstore/server/web/index.html",
+        "turnstore/cli/main.py",
+        "turnstore/server/daemon/app.py",
+        "turnstore/server/storage/lmdb/writer.py",
+        "turnstore/server/storage/postgres/engine.py",
+        "turnstore/server/api/http/web/index.html",
         "turnstore/py.typed",
         f"turnstore-{VERSION}.dist-info/licenses/LICENSE",
     ):
@@ -309,7 +310,7 @@ def test_the_wheel_carries_the_licence_and_complete_metadata(
     # No invented home: the project has no public URL yet.
     assert metadata.get_all("Project-URL") is None and metadata["Home-page"] is None
     assert "server" in metadata.get_all("Provides-Extra", [])
-    assert "turnstore = turnstore.cli:main" in entry_points
+    assert "turnstore = turnstore.cli.main:main" in entry_points
 
 
 # ---------------------------------------------------------------- installed and run

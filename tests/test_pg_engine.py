@@ -88,7 +88,7 @@ def test_a_clear_gives_a_new_epoch_and_fails_reads_of_the_old_view(
     assert engine.clear(thread).result(10) == 1
     assert engine.append(thread, 1, [envelope("a")]).result(10) == [0]
     new = engine.view(thread)
-    assert new.thread_number != old.thread_number
+    assert new.epoch != old.epoch
     with pytest.raises(ThreadClearedError):
         engine.read_commit_order(old, 0, ReadBudget(10, 1 << 20))
     assert len(engine.read_commit_order(new, 0, ReadBudget(10, 1 << 20))) == 1

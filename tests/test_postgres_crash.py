@@ -71,7 +71,7 @@ from turnstore import (
     UnavailableError,
     VersionConflictError,
 )
-from turnstore.client import WriteMode
+from turnstore.events import WriteMode
 
 T = TypeVar("T")
 
@@ -511,7 +511,7 @@ class PostgresCrashLoop:
                 raise failed.exceptions[0] from None
             finally:
                 for client in clients:
-                    await client.close()
+                    await client.aclose()
             await self.check()
         finally:
             for n, daemon in enumerate(self.daemons):

@@ -89,7 +89,7 @@ async def test_writers_on_two_daemons_and_a_follower_on_a_third(fleet: list[Daem
         assert refused.value.reason == "turn_finished"
     finally:
         for client in (writer_a, writer_b, reader):
-            await client.close()
+            await client.aclose()
     assert sorted(acknowledged) == list(range(200))
     assert [position for position, _ in seen] == list(range(200))
     assert dict(seen) == acknowledged
@@ -179,8 +179,8 @@ async def test_a_notification_lost_while_listening_is_down_costs_latency_not_an_
         await writer.events.finish_turn(thread, 1)
         await asyncio.wait_for(following, 30)
     finally:
-        await writer.close()
-        await reader.close()
+        await writer.aclose()
+        await reader.aclose()
     assert seen == list(range(5))
 
 

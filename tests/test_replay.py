@@ -263,7 +263,7 @@ async def test_two_hundred_followers_each_receive_every_event(daemon: Daemon) ->
         results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
     finally:
         for client in clients:
-            await client.close()
+            await client.aclose()
     assert all(seen == list(range(100)) for seen in results)
 
 

@@ -69,7 +69,7 @@ def test_a_sweep_removes_what_was_last_written_before_the_age(engine: LmdbEngine
     # An hour after `middle`, everything written before it has expired.
     result = engine.sweep_retention(now_ns=middle + HOUR_NS)
     assert result == SweepResult(removed_threads=1, removed_events=2, removed_conversations=1)
-    assert engine.view("old").thread_number is None
+    assert engine.view("old").epoch is None
     assert engine.get_turn("old", 1) is None
     assert engine.load_snapshot("old-key") is None
     assert engine.list_snapshot_versions("old-key") == []
@@ -180,7 +180,7 @@ def test_the_background_sweep_runs_every_interval(data_dir: Path) -> None:
             time.sleep(0.01)
         assert (stats.removed_threads, stats.removed_conversations) == (1, 1)
         assert stats.sweeps >= 1 and stats.last_error is None
-        assert engine.view("stale").thread_number is None
+        assert engine.view("stale").epoch is None
         assert engine.load_snapshot("stale-key") is None
         assert engine.event_count("alive") == kept
     finally:

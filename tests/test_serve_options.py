@@ -1,6 +1,6 @@
 """``turnstore serve``'s options live in the server, and the server needs no client code.
 
-The command line (client/python/turnstore/cli.py) only parses and hands over to
+The command line (client/python/turnstore/cli/main.py) only parses and hands over to
 :mod:`turnstore.server.daemon.command`; the flags, their TURNSTORE_* variables and
 defaults come from :mod:`turnstore.server.daemon.options`. The daemons every
 end-to-end test starts (tests/daemon.py) exercise the flags themselves.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from turnstore.cli import _parser
+from turnstore.cli.main import _parser
 from turnstore.client import DEFAULT_TARGET
 from turnstore.server.daemon.command import config_from_args
 from turnstore.server.daemon.options import DEFAULT_LISTEN
@@ -77,7 +77,7 @@ WITHOUT_SERVER_EXTRA = (
     "import sys\n"
     "for name in ('lmdb', 'structlog', 'grpc_health', 'grpc_reflection', 'aiohttp'):\n"
     "    sys.modules[name] = None\n"
-    "from turnstore.cli import main\n"
+    "from turnstore.cli.main import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 
@@ -169,13 +169,34 @@ def test_serve_without_the_server_package_says_so_too() -> None:
     assert wrong.returncode == 2 and "unrecognized arguments: --data-dir x" in wrong.stderr
 
 
-def test_the_server_imports_no_client_code_but_the_generated_code() -> None:
+# The one client module the daemon shares: how a token file is read.
+SHARED_WITH_THE_SERVER = "turnstore._tokenfile"
+
+
+def test_the_server_imports_no_client_code_but_the_generated_code_and_the_token_file() -> None:
     modules = sorted(SERVER_DIR.rglob("*.py"))
     assert len(modules) > 20
+    shared_by = []
     for path in modules:
         ours = [name for name in _imports(path) if name.split(".")[0] == "turnstore"]
-        stray = [n for n in ours if not n.startswith(("turnstore.server", "turnstore.v1"))]
+        stray = [
+            n
+            for n in ours
+            if not n.startswith(("turnstore.server", "turnstore.v1"))
+            and n != SHARED_WITH_THE_SERVER
+        ]
         assert not stray, f"{path.relative_to(ROOT)} imports {stray}"
+        if SHARED_WITH_THE_SERVER in ours:
+            shared_by.append(path.relative_to(SERVER_DIR).as_posix())
+    # The daemon reads --auth-token-file with the client's rule, not a copy of it.
+    assert shared_by == ["daemon/command.py"]
+
+
+def test_the_module_shared_with_the_server_needs_only_the_standard_library() -> None:
+    shared = ROOT / "client" / "python" / "turnstore" / "_tokenfile.py"
+    imported = [name for name in _imports(shared) if name != "__future__"]
+    assert imported
+    assert [name for name in imported if name.split(".")[0] not in sys.stdlib_module_names] == []
 
 
 def test_the_options_need_only_the_standard_library() -> None:
@@ -186,9 +207,9 @@ def test_the_options_need_only_the_standard_library() -> None:
 
 
 def test_the_command_line_builds_no_server_configuration() -> None:
-    imported = _imports(ROOT / "client" / "python" / "turnstore" / "cli.py")
+    imported = _imports(ROOT / "client" / "python" / "turnstore" / "cli" / "main.py")
     assert sorted(name for name in imported if name.startswith("turnstore.server")) == [
-        "turnstore.server",
+        "turnstore.server.daemon",
         "turnstore.server.daemon.options",
     ]
 

@@ -23,10 +23,12 @@ from turnstore import (
     AgentEventEnvelope,
     DeadlineExceededError,
     RetryPolicy,
+    StoredTurnEvents,
     TurnFinishedError,
     TurnstoreClient,
     UnavailableError,
 )
+from turnstore.appender import MAX_UNACKNOWLEDGED_ITEMS
 
 PATIENT = RetryPolicy(attempts=200, initial_backoff=0.02, max_backoff=0.2)
 
@@ -209,3 +211,65 @@ async def test_a_daemon_killed_under_32_writers_loses_and_doubles_nothing(
             assert len(ids) == 8 * per_writer
             for event_id, position in acked[thread].items():
                 assert ids[position] == event_id
+
+
+async def test_an_appender_resends_what_a_killed_daemon_never_acknowledged(
+    own_daemon: Daemon,
+) -> None:
+    """``appender()`` is built on the same retrying stream: a restart costs nothing."""
+    assert own_daemon.process is not None
+    thread = f"t-{uuid.uuid4()}"
+    events = [delta(str(n), n) for n in range(100)]
+    async with (
+        TurnstoreClient(own_daemon.target, retry=PATIENT) as client,
+        client.events.appender() as appender,
+    ):
+        acknowledged = [await appender.submit(thread, 1, [event]) for event in events[:50]]
+        assert await asyncio.gather(*acknowledged) == [[n] for n in range(50)]
+        # A paused daemon acknowledges nothing: these are in flight when it dies.
+        os.kill(own_daemon.process.pid, signal.SIGSTOP)
+        in_flight = [await appender.submit(thread, 1, [event]) for event in events[50:]]
+        finish = await appender.submit(thread, 1, [], finish=True)
+        own_daemon.kill()
+        await asyncio.to_thread(own_daemon.start)
+        positions = await asyncio.wait_for(asyncio.gather(*in_flight, finish), 120)
+        assert positions == [[n] for n in range(50, 100)] + [[]]
+        # The stream goes on after the restart.
+        assert await appender.append(thread, 2, delta("after")) == 100
+    turn = await client_turn(own_daemon, thread)
+    assert turn.finished
+    assert [event.event_id for event in turn.events] == [event.event_id for event in events]
+
+
+async def test_an_appender_runs_only_a_bounded_way_ahead_of_its_acknowledgements(
+    own_daemon: Daemon,
+) -> None:
+    """``submit`` waits once MAX_UNACKNOWLEDGED_ITEMS are unacknowledged: memory stays bounded."""
+    assert own_daemon.process is not None
+    pid = own_daemon.process.pid
+    thread = f"t-{uuid.uuid4()}"
+    async with (
+        TurnstoreClient(own_daemon.target) as client,
+        client.events.appender() as appender,
+    ):
+        assert await (await appender.submit(thread, 1, [delta("warm")])) == [0]
+        os.kill(pid, signal.SIGSTOP)
+        ahead = [
+            await appender.submit(thread, 1, [delta(str(n), n)])
+            for n in range(MAX_UNACKNOWLEDGED_ITEMS)
+        ]
+        one_more = asyncio.ensure_future(appender.submit(thread, 1, [delta("one more")]))
+        # A bounded wait for what must not happen: a submit past the window.
+        done, _ = await asyncio.wait({one_more}, timeout=1.0)
+        assert not done, "submit ran past the window while nothing was acknowledged"
+        os.kill(pid, signal.SIGCONT)
+        last = await asyncio.wait_for(one_more, 60)
+        positions = await asyncio.wait_for(asyncio.gather(*ahead, last), 60)
+        assert positions == [[n] for n in range(1, MAX_UNACKNOWLEDGED_ITEMS + 2)]
+
+
+async def client_turn(daemon: Daemon, thread: str) -> StoredTurnEvents:
+    async with TurnstoreClient(daemon.target) as client:
+        turn = await client.events.get_turn(thread, 1)
+    assert turn is not None
+    return turn

@@ -116,7 +116,7 @@ async def test_a_full_database_is_emptied_and_written_again_without_a_restart(
         assert 0.9 < metrics["turnstore_used_ratio"] <= 1.0
         command = ["stats", "--target", daemon.target, "--format", "text"]
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "turnstore.admin_cli", *command, stdout=subprocess.PIPE
+            sys.executable, "-m", "turnstore.cli.admin", *command, stdout=subprocess.PIPE
         )
         out, _ = await asyncio.wait_for(process.communicate(), 60)
         assert process.returncode == 0

@@ -27,7 +27,7 @@ import pytest
 from tests.daemon import Daemon
 from tests.test_cli import COMMAND_TIMEOUT, clean_env, json_lines, run
 from turnstore import AgentEventEnvelope, ConversationSnapshot, TurnstoreClient
-from turnstore.admin_cli import _create_partial
+from turnstore.cli.admin import _create_partial
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
@@ -131,7 +131,7 @@ def test_error_messages_echoing_ids_are_escaped(daemon: Daemon) -> None:
 PLANT_AND_RUN = (
     "import os, sys\n"
     "os.symlink(sys.argv[1], os.path.join(sys.argv[2], '.out.jsonl.partial-%d' % os.getpid()))\n"
-    "from turnstore.cli import main\n"
+    "from turnstore.cli.main import main\n"
     "sys.exit(main(sys.argv[3:]))\n"
 )
 

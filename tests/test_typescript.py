@@ -45,7 +45,7 @@ from turnstore import (
     TurnFinished,
     TurnstoreClient,
 )
-from turnstore.server.storage import errors as server_errors
+from turnstore.server.api.errors import STATUS_BY_REASON
 
 TS_DIR = Path(__file__).resolve().parent.parent / "client" / "typescript"
 TEST_PROGRAM = "dist/test/client.test.js"
@@ -381,14 +381,11 @@ def test_typescript_write_past_its_deadline_fails_alone(
 def test_typescript_client_knows_every_reason_the_daemon_sends(
     typescript_build: Path, node_env: dict[str, str]
 ) -> None:
-    """Each reason of server/turnstore/server/storage/errors.py, and the auth
-    interceptor's, is in the TypeScript client's map (none left to the
-    status code), and the map holds no reason the daemon never sends."""
-    daemon_reasons = {
-        value.reason
-        for value in vars(server_errors).values()
-        if isinstance(value, type) and issubclass(value, server_errors.EngineError)
-    } | {"unauthenticated"}  # server/turnstore/server/api/grpc/interceptors.py
+    """Each reason of the daemon's status table (server/turnstore/server/api/errors.py,
+    which tests/test_error_vocabulary.py holds to the daemon's error classes)
+    is in the TypeScript client's map (none left to the status code), and the
+    map holds no reason the daemon never sends."""
+    daemon_reasons = set(STATUS_BY_REASON)
     script = "console.log(JSON.stringify(require('./dist/src/errors').KNOWN_REASONS))"
     result = _run(["node", "-e", script], node_env, timeout=60)
     assert sorted(json.loads(result.stdout)) == sorted(daemon_reasons)

@@ -42,7 +42,7 @@ from turnstore import (
     UnavailableError,
     VersionConflictError,
 )
-from turnstore.client import WriteMode
+from turnstore.events import WriteMode
 
 # The client's error kinds (its classes), most specific first, as reason strings.
 ERROR_REASONS: list[tuple[type[TurnstoreError], str]] = [

@@ -17,12 +17,9 @@ from pkgutil import extend_path
 __path__ = extend_path(__path__, __name__)
 
 from turnstore._auth import ClientTls
-from turnstore.client import (
-    RetryPolicy,
-    TurnstoreClient,
-    TurnstoreEventStore,
-    TurnstoreHistoryStore,
-)
+from turnstore._retry import RetryPolicy
+from turnstore.appender import EventAppender
+from turnstore.client import TurnstoreClient
 from turnstore.errors import (
     CursorOutOfRangeError,
     DeadlineExceededError,
@@ -44,21 +41,16 @@ from turnstore.errors import (
     UnavailableError,
     VersionConflictError,
 )
+from turnstore.events import TurnstoreEventStore
+from turnstore.history import TurnstoreHistoryStore
 from turnstore.models import (
     AgentEventEnvelope,
     ConversationSnapshot,
     StoredTurnEvents,
 )
 from turnstore.protocols import EventStore, HistoryStore
+from turnstore.replay import CaughtUp, Replay, ReplayItem, ThreadCleared, TurnFinished
 from turnstore.results import SnapshotVersionInfo, StoredEvent, VersionedSnapshot
-from turnstore.streams import (
-    CaughtUp,
-    EventAppender,
-    Replay,
-    ReplayItem,
-    ThreadCleared,
-    TurnFinished,
-)
 
 __all__ = [
     "AgentEventEnvelope",

@@ -1,5 +1,5 @@
 """``python -m turnstore``: the same as the ``turnstore`` command."""
 
-from turnstore.cli import main
+from turnstore.cli.main import main
 
 raise SystemExit(main())

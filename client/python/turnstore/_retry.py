@@ -24,8 +24,9 @@ class RetryPolicy:
     up to ``max_backoff`` seconds, each with up to 50% random jitter. Retries
     are safe because appends are idempotent by event id; a save with an
     expected version and streaming reads in progress are never retried.
-    Over the shared append stream, ``attempts`` bounds how many streams one
-    append or finish is sent on before it fails.
+    Over an append stream (the client's shared one, or an ``appender()``),
+    ``attempts`` bounds how many streams one append or finish is sent on
+    before it fails.
     """
 
     attempts: int = 6

@@ -4,7 +4,7 @@ Obtain a :class:`TurnstoreAdmin` as ``client.admin``. It shares the client's
 channel (and so its token and TLS settings), timeout and retry policy; every
 failed call raises a :class:`~turnstore.errors.TurnstoreError` subclass,
 mapped by :mod:`turnstore._status`. The ``turnstore backup``, ``stats``,
-``export`` and ``import`` commands (:mod:`turnstore.admin_cli`) are thin
+``export`` and ``import`` commands (:mod:`turnstore.cli.admin`) are thin
 wrappers of it; the export format is described in :mod:`turnstore.transfer`.
 """
 
@@ -21,8 +21,8 @@ from turnstore._convert import JSON
 from turnstore._retry import NO_RETRY, RetryPolicy, call_with_retry
 from turnstore._status import mapped_stream
 from turnstore.errors import TurnAlreadyFinishedError, TurnstoreError
+from turnstore.replay import Replay, ThreadCleared, TurnFinished, replay_request
 from turnstore.results import StoredEvent
-from turnstore.streams import Replay, ThreadCleared, TurnFinished, replay_request
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 

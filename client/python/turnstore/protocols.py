@@ -1,9 +1,9 @@
 """The two store contracts as ``typing.Protocol``\\ s.
 
 Method names and meanings follow the Rust traits (``docs/contract.md``).
-Both :mod:`turnstore.testing`'s in-memory stores and the gRPC stores of
-:mod:`turnstore.client` satisfy them, so agent code written against these
-protocols runs on either.
+Both :mod:`turnstore.testing`'s in-memory stores and the gRPC stores
+(:mod:`turnstore.events`, :mod:`turnstore.history`) satisfy them, so agent
+code written against these protocols runs on either.
 """
 
 from __future__ import annotations

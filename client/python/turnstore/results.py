@@ -3,8 +3,7 @@
 :class:`StoredEvent` is what ``read_events`` and ``Replay`` yield,
 :class:`VersionedSnapshot` what ``TurnstoreHistoryStore.load_versioned`` returns,
 :class:`SnapshotVersionInfo` one entry of ``list_versions``. All are
-importable from ``turnstore`` itself (and, for older code, from
-``turnstore.client``); none is built by callers in normal use.
+importable from ``turnstore`` itself; none is built by callers in normal use.
 """
 
 from __future__ import annotations

@@ -101,8 +101,8 @@ type ErrorClass = new (
 ) => TurnstoreError;
 
 /**
- * Every reason the daemon sends (server/turnstore/server/storage/errors.py and its
- * auth interceptor), with the class it stands for.
+ * Every reason the daemon sends (the proto's ErrorReason; the daemon's status table is
+ * server/turnstore/server/api/errors.py), with the class it stands for.
  */
 const BY_REASON: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([
   ["internal", ServerError],

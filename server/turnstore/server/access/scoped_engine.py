@@ -27,10 +27,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Final, TypeVar
 
+from turnstore.server.access.errors import PermissionDeniedError
 from turnstore.server.access.scopes import Scope
-from turnstore.server.storage.errors import PermissionDeniedError
 from turnstore.server.storage.inputs import InputChecks
-from turnstore.server.storage.interface import CommitListener, CommitObserver, StorageEngine
+from turnstore.server.storage.interface import (
+    CommitListener,
+    CommitObserver,
+    SpaceLevelListener,
+    StorageEngine,
+    WakeAll,
+)
 from turnstore.server.storage.values import (
     BackupResult,
     KeySummary,
@@ -110,14 +116,6 @@ class ScopedEngine:
     def limits(self) -> Limits:
         return self._engine.limits
 
-    @property
-    def epoch_mask(self) -> int:
-        return self._engine.epoch_mask
-
-    @property
-    def map_size(self) -> int:
-        return self._engine.map_size
-
     def append(
         self, thread_id: str, turn: int, events: Sequence[NewEvent], finish: bool = False
     ) -> Future[list[int]]:
@@ -147,6 +145,12 @@ class ScopedEngine:
 
     def add_commit_observer(self, observer: CommitObserver) -> None:
         self._admin("adding a commit observer")
+
+    def add_wake_all_listener(self, wake: WakeAll) -> None:
+        self._admin("adding a wake-all listener")
+
+    def add_space_level_listener(self, listener: SpaceLevelListener) -> None:
+        self._admin("adding a space level listener")
 
     def view(self, thread_id: str) -> ThreadView:
         if self.scope.covers_thread(thread_id):
@@ -182,7 +186,7 @@ class ScopedEngine:
     def replay_step(
         self,
         thread_id: str,
-        expected_number: int | None,
+        expected_epoch: int | None,
         start_position: int,
         finish_seq: int | None,
         max_events: int,
@@ -192,7 +196,7 @@ class ScopedEngine:
         if self.scope.covers_thread(thread_id):
             return self._engine.replay_step(
                 thread_id,
-                expected_number,
+                expected_epoch,
                 start_position,
                 finish_seq,
                 max_events,
@@ -201,7 +205,7 @@ class ScopedEngine:
             )
         self._check_thread_id(thread_id)
         # What the engines answer for a thread they do not hold.
-        opening = replay_opening(thread_id, expected_number, start_position, None)
+        opening = replay_opening(thread_id, expected_epoch, start_position, None)
         assert opening is not None
         return opening
 
@@ -269,6 +273,10 @@ class ScopedEngine:
 
     def space_usage(self) -> SpaceUsage:
         self._admin("the space usage")
+        raise AssertionError("unreachable")
+
+    def startup_report(self) -> dict[str, object]:
+        self._admin("the startup report")
         raise AssertionError("unreachable")
 
     def backup(self, dest_dir: str) -> BackupResult:

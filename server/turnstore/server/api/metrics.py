@@ -4,20 +4,19 @@ Per-RPC call counts, failures and latency (filled by
 :class:`turnstore.server.api.grpc.interceptors.MetricsInterceptor`), commit batch
 sizes and commit (fsync) time (an engine commit observer), live followers,
 open replays and the bytes of replay messages not yet sent (both backends);
-on LMDB also the map size, the data file's size on disk and how full it is.
+where the backend has a size ceiling of turnstore's (LMDB) also the map size,
+the data file's size on disk and how full it is.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from turnstore.server.replay.followers import Followers
 from turnstore.server.storage.interface import StorageEngine
-from turnstore.server.storage.lmdb.engine import LmdbEngine
+from turnstore.server.storage.values import SpaceUsage
 
 
 class Metrics:
@@ -72,7 +71,7 @@ class Metrics:
     def watch(self, engine: StorageEngine, followers: Followers) -> None:
         """Export the followers' gauges, read at scrape time, and observe the engine's commits.
 
-        Both backends have these; :meth:`watch_lmdb` adds the LMDB engine's own.
+        Also the backend's space gauges where it has them (:meth:`_watch_space`).
         """
         engine.add_commit_observer(self.observe_commit)
         self._gauges(
@@ -94,40 +93,47 @@ class Metrics:
                 lambda: followers.send_budget.ended_too_slow,
             ),
         )
+        self._watch_space(engine)
 
-    def watch_lmdb(self, engine: LmdbEngine, data_dir: Path) -> None:
-        """Export the LMDB engine's map, data file and space gauges.
+    def _watch_space(self, engine: StorageEngine) -> None:
+        """Export the backend's space gauges, where it has a ceiling of turnstore's (LMDB).
 
         A daemon on PostgreSQL has none of these: no map, no file, no ceiling
         of turnstore's (an absent ``turnstore_max_db_bytes`` means no limit),
         and its table sizes cost a query that a scrape should not pay.
         """
+        if not engine.space_usage().max_bytes:
+            return
+
+        def read(field: Callable[[SpaceUsage], float]) -> Callable[[], float]:
+            return lambda: field(engine.space_usage())
+
         self._gauges(
-            ("turnstore_map_size_bytes", "The LMDB map size", lambda: engine.map_size),
+            ("turnstore_map_size_bytes", "The LMDB map size", read(lambda u: u.reserved_bytes)),
             (
                 "turnstore_database_bytes",
                 "Size of the LMDB data file on disk",
-                lambda: os.path.getsize(data_dir / "data.mdb"),
+                read(lambda u: u.file_bytes),
             ),
             (
                 "turnstore_used_bytes",
                 "Bytes of database pages in use (free pages not counted)",
-                lambda: engine.space_usage().used_bytes,
+                read(lambda u: u.used_bytes),
             ),
             (
                 "turnstore_used_ratio",
                 "Pages in use as a fraction of the write limit (additions stop at 1)",
-                lambda: engine.space_usage().used_fraction,
+                read(lambda u: u.used_fraction),
             ),
             (
                 "turnstore_max_db_bytes",
                 "The ceiling of the database size (--max-db-size)",
-                lambda: engine.space.max_bytes,
+                read(lambda u: u.max_bytes),
             ),
             (
                 "turnstore_write_limit_bytes",
                 "Where writes that add data stop: the ceiling minus the delete reserve",
-                lambda: engine.space.write_limit_bytes,
+                read(lambda u: u.write_limit_bytes),
             ),
         )
 

@@ -4,7 +4,10 @@
 (tests bind port 0 and read the real port back); :func:`serve` opens the
 engine, runs the server until SIGTERM or SIGINT, then shuts down in order:
 stop accepting calls, let in-flight calls finish (cancelling them after the
-grace period), commit queued writes, close LMDB, release the directory lock.
+grace period), commit queued writes and close the engine (LMDB releases its
+directory lock, PostgreSQL its connections). Both backends take the same
+path: the engine is opened by :func:`~turnstore.server.storage.factory.open_engine`
+and known only as a :class:`~turnstore.server.storage.interface.StorageEngine`.
 """
 
 from __future__ import annotations
@@ -32,26 +35,24 @@ from turnstore.server.api.connections import (
     MemoryTrimmer,
     raise_file_limit,
 )
+from turnstore.server.api.grpc.admin import AdminService
+from turnstore.server.api.grpc.append_stream import MAX_ITEMS_PER_MESSAGE
+from turnstore.server.api.grpc.event_store import EventStoreService
+from turnstore.server.api.grpc.history_store import HistoryStoreService
 from turnstore.server.api.grpc.ingress import Ingress, IngressConfig
 from turnstore.server.api.grpc.interceptors import BearerTokenInterceptor, MetricsInterceptor
-from turnstore.server.api.grpc.service import (
-    MAX_ITEMS_PER_MESSAGE,
-    AdminService,
-    EventStoreService,
-    HistoryStoreService,
-    add_service,
-)
+from turnstore.server.api.grpc.servicer import add_service
 from turnstore.server.api.metrics import Metrics
 from turnstore.server.daemon.options import DEFAULT_LISTEN
 from turnstore.server.daemon.ports import check_listen_free
 from turnstore.server.replay.acks import AckPump
 from turnstore.server.replay.followers import Followers, SendLimits
+from turnstore.server.storage.factory import open_engine
 from turnstore.server.storage.interface import StorageEngine
-from turnstore.server.storage.lmdb.engine import LmdbEngine
 from turnstore.server.storage.values import EngineConfig, PostgresConfig, SpaceUsage
 
 if TYPE_CHECKING:
-    from turnstore.server.api.http.routes import HttpApi, HttpConfig
+    from turnstore.server.api.http.server import HttpApi, HttpConfig
 
 log = structlog.get_logger("turnstore")
 
@@ -241,10 +242,8 @@ def build_server(
     # Followers are woken in the same loop wake-up as the writers' acks.
     engine.add_commit_listener(lambda changed: acks.call_soon(followers.wake, changed))
     # A shared database's listen connection may lose notifications: on its
-    # tick (and reconnects) every follower re-reads.
-    add_wake_all = getattr(engine, "add_wake_all_listener", None)
-    if add_wake_all is not None:
-        add_wake_all(lambda: acks.call_soon(lambda _: followers.wake_all(), None))
+    # tick (and reconnects) every follower re-reads (a no-op on LMDB).
+    engine.add_wake_all_listener(lambda: acks.call_soon(lambda _: followers.wake_all(), None))
     parts = (engine, executor, followers, acks)
     events = EventStoreService(*parts)
     add_service(server, "EventStoreService", events, ingress)
@@ -258,7 +257,7 @@ def build_server(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
     if config.http is not None:
-        from turnstore.server.api.http.routes import HttpApi
+        from turnstore.server.api.http.server import HttpApi
 
         if config.http.listen.startswith("unix:"):
             raise ValueError("--http-listen takes HOST:PORT")
@@ -290,19 +289,6 @@ def build_server(
         host = address.rpartition(":")[0]
         built.addresses.append(f"{host}:{port}")
     return built
-
-
-def _startup_cleanup(engine: LmdbEngine) -> dict[str, list[str] | bool]:
-    """What the engine removed at open, as fields of the ``serving`` line (none if nothing)."""
-    fields: dict[str, list[str] | bool] = {}
-    if engine.opened_restored_backup:
-        # Every thread got a new epoch: readers' cursors from before report "cleared".
-        fields["restored_backup_new_epochs"] = True
-    if engine.removed_partial_backups:
-        fields["removed_partial_backups"] = [str(path) for path in engine.removed_partial_backups]
-    if engine.partial_backup_problems:
-        fields["partial_backups_not_removed"] = engine.partial_backup_problems
-    return fields
 
 
 def log_space_level(usage: SpaceUsage, crossed: float | None, fell_below: float | None) -> None:
@@ -349,9 +335,10 @@ def fit_to_file_limit(config: ServerConfig) -> tuple[ServerConfig, FilePlan]:
 
 
 async def serve(config: ServerConfig) -> None:
-    """Run the daemon until SIGTERM or SIGINT, then shut down in order."""
+    """Run the daemon until SIGTERM or SIGINT, then shut down in order (either backend)."""
     config, file_plan = fit_to_file_limit(config)
-    AcceptFailures().install(asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    AcceptFailures().install(loop)
     metrics = Metrics() if config.metrics_listen is not None else None
     metrics_host, metrics_port = "", 0
     if config.metrics_listen is not None:
@@ -360,66 +347,11 @@ async def serve(config: ServerConfig) -> None:
         metrics_host, metrics_port = metrics_host.strip("[]"), int(port_text)
     for address in config.listen:
         check_listen_address(address, config.allow_remote)
-    # Before LmdbEngine.open, which creates the data directory.
+    # Before the engine opens, which creates LMDB's data directory.
     http_listen = config.http.listen if config.http is not None else None
     check_listen_free((*config.listen, *filter(None, [config.metrics_listen, http_listen])))
-    if config.postgres is not None:
-        await _serve_postgres(config, metrics, metrics_host, metrics_port, file_plan)
-        return
-    engine = LmdbEngine.open(config.engine)
-    engine.space.add_level_listener(log_space_level)
-    try:
-        built = build_server(config, engine, metrics)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        metrics_address = None
-        if metrics is not None:
-            metrics.watch(engine, built.followers)
-            metrics.watch_lmdb(engine, Path(config.engine.data_dir))
-            bound = metrics.serve(metrics_host, metrics_port)
-            metrics_address = f"{metrics_host}:{bound}"
-        await built.start()
-        trimmer = MemoryTrimmer()
-        trimmer.start()
-        log.info(
-            "serving",
-            data_dir=str(config.engine.data_dir),
-            listen=built.addresses,
-            max_map_bytes=config.engine.max_map_bytes,
-            write_limit_bytes=engine.space.write_limit_bytes,
-            auth=bool(config.access_tokens),
-            tls=config.tls is not None,
-            metrics=metrics_address,
-            http=built.http.address if built.http is not None else None,
-            backup_dir=str(engine.config.backup_dir) if engine.config.backup_dir else None,
-            **file_plan.fields(),
-            **_startup_cleanup(engine),
-        )
-        await stop.wait()
-        trimmer.stop()
-        log.info("stopping", grace_seconds=config.grace_seconds)
-        await built.stop(config.grace_seconds)
-    finally:
-        engine.close()
-    log.info("stopped")
-
-
-async def _serve_postgres(
-    config: ServerConfig,
-    metrics: Metrics | None,
-    metrics_host: str,
-    metrics_port: int,
-    file_plan: FilePlan,
-) -> None:
-    """:func:`serve` on the PostgreSQL backend (no data directory, no space ceiling)."""
-    assert config.postgres is not None
-    # Imported only here: psycopg is loaded only by daemons on PostgreSQL.
-    from turnstore.server.storage.postgres.engine import PostgresEngine
-
-    loop = asyncio.get_running_loop()
-    engine = await loop.run_in_executor(None, PostgresEngine.open, config.engine, config.postgres)
+    engine = await loop.run_in_executor(None, open_engine, config.engine, config.postgres)
+    engine.add_space_level_listener(log_space_level)
     try:
         built = build_server(config, engine, metrics)
         stop = asyncio.Event()
@@ -435,15 +367,12 @@ async def _serve_postgres(
         trimmer.start()
         log.info(
             "serving",
-            backend="postgres",
-            database=engine.database,
+            **engine.startup_report(),
             listen=built.addresses,
             auth=bool(config.access_tokens),
             tls=config.tls is not None,
             metrics=metrics_address,
             http=built.http.address if built.http is not None else None,
-            # Tables restored into another database: every thread got a new epoch.
-            **({"restored_backup_new_epochs": True} if engine.opened_restored_backup else {}),
             **file_plan.fields(),
         )
         await stop.wait()

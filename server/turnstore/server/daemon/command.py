@@ -1,6 +1,6 @@
 """``turnstore serve``: from parsed options to a running daemon.
 
-The ``turnstore`` command line (:mod:`turnstore.cli`) parses the options
+The ``turnstore`` command line (:mod:`turnstore.cli.main`) parses the options
 that :func:`turnstore.server.daemon.options.add_serve_arguments` defines and hands
 them to :func:`run`. Importing this module needs the ``server`` extra: an
 ImportError here is what the command line reports as a missing extra.
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
+from turnstore._tokenfile import token_from_file_or_env
 from turnstore.server.access.scopes import Scope, ScopeError, parse_scope
 from turnstore.server.api.grpc.ingress import IngressConfig
 from turnstore.server.daemon.app import ServerConfig, TlsConfig, serve
@@ -28,11 +29,8 @@ from turnstore.server.storage.errors import DatabaseUnavailableError, DataDirLoc
 from turnstore.server.storage.values import EngineConfig, Limits, PostgresConfig
 
 if TYPE_CHECKING:
-    from turnstore.server.api.http.routes import HttpConfig
+    from turnstore.server.api.http.server import HttpConfig
 
-# Holds the token itself when no --auth-token-file is given (as for the
-# client subcommands, so one variable serves a daemon and its probes).
-AUTH_TOKEN_ENV: Final = "TURNSTORE_AUTH_TOKEN"
 # The PostgreSQL DSN when neither --postgres-dsn nor --postgres-dsn-file is given.
 POSTGRES_DSN_ENV: Final = "TURNSTORE_POSTGRES_DSN"
 
@@ -100,7 +98,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         listen=tuple(args.listen or (DEFAULT_LISTEN,)),
         allow_remote=args.allow_remote,
         socket_mode=args.socket_mode,
-        auth_token=read_auth_token(args.auth_token_file),
+        auth_token=token_from_file_or_env(args.auth_token_file),
         auth_tokens=read_auth_tokens(args.auth_tokens_file),
         tls=tls,
         metrics_listen=args.metrics_listen,
@@ -140,21 +138,6 @@ def _postgres_config(args: argparse.Namespace) -> PostgresConfig | None:
             f"--backend postgres needs --postgres-dsn, --postgres-dsn-file or {POSTGRES_DSN_ENV}"
         )
     return PostgresConfig(dsn=dsn, pool_size=args.postgres_pool_size)
-
-
-def read_auth_token(path: Path | None) -> str | None:
-    """The token to require: the file's first line, else TURNSTORE_AUTH_TOKEN, else None.
-
-    Raises ValueError for an empty file (or an empty first line) and
-    OSError for an unreadable one; an empty variable counts as unset.
-    """
-    if path is not None:
-        lines = path.read_text().splitlines()
-        token = lines[0].strip() if lines else ""
-        if not token:
-            raise ValueError(f"the token file {str(path)!r} is empty")
-        return token
-    return os.environ.get(AUTH_TOKEN_ENV) or None
 
 
 def read_auth_tokens(path: Path | None) -> tuple[tuple[str, Scope], ...]:
@@ -208,7 +191,7 @@ def _http_config(args: argparse.Namespace) -> HttpConfig | None:
             raise ValueError("--http-allow-origin needs --http-listen")
         return None
     # Imported only here: aiohttp is loaded only by daemons that serve HTTP.
-    from turnstore.server.api.http.routes import HttpConfig
+    from turnstore.server.api.http.server import HttpConfig
 
     origins = tuple(
         origin.strip() for value in args.http_allow_origin or () for origin in value.split(",")

@@ -310,7 +310,7 @@ def _add_ingress(serve: argparse.ArgumentParser) -> None:
         serve.add_argument_group(
             "ingress",
             "what one message, one connection and all connections may hold "
-            "(README.md, 'Bounds per client')",
+            "(docs/daemon.md, 'Bounds per client')",
         )
     )
     ingress.add(

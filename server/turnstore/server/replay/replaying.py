@@ -19,12 +19,12 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from turnstore.server.replay.errors import FollowerTooSlowError
 from turnstore.server.replay.followers import Followers, Sender
 from turnstore.server.storage import records
 from turnstore.server.storage.errors import (
     DatabaseUnavailableError,
     EngineClosedError,
-    FollowerTooSlowError,
     InvalidArgumentError,
 )
 from turnstore.server.storage.interface import StorageEngine
@@ -178,9 +178,7 @@ async def replay(
     query.check()
     until = query.until_turn_finished
     position = query.start_position
-    # The engine's thread number of the cursor's epoch (readers see epochs).
-    mask = engine.epoch_mask
-    number = None if query.epoch is None else query.epoch ^ mask
+    epoch = query.epoch
     finish_seq = query.finish_seq
     caught_up = False
     budget = followers.send_budget
@@ -196,7 +194,7 @@ async def replay(
                 step: ReplayStep = await run(
                     engine.replay_step,
                     query.thread_id,
-                    number,
+                    epoch,
                     position,
                     finish_seq,
                     query.max_events,
@@ -218,13 +216,13 @@ async def replay(
                     [],
                     next_position=position,
                     next_finish_seq=finish_seq,
-                    epoch=thread_epoch(number, mask),
+                    epoch=epoch,
                     cleared=True,
                     final=True,
                 )
                 return
-            number, position, finish_seq = (
-                step.thread_number,
+            epoch, position, finish_seq = (
+                step.epoch,
                 step.next_position,
                 step.next_finish_seq,
             )
@@ -232,7 +230,7 @@ async def replay(
                 _kept(step.events, query) if query.filtered else step.events,
                 next_position=position,
                 next_finish_seq=finish_seq,
-                epoch=thread_epoch(number, mask),
+                epoch=epoch,
                 hold=functools.partial(budget.hold, sender),
             )
             done = False
@@ -274,11 +272,6 @@ async def replay(
             if at_end:
                 assert wake is not None
                 await _wait_for_wake(followers, wake)
-
-
-def thread_epoch(number: int | None, mask: int) -> int | None:
-    """The epoch readers see of engine thread ``number`` (None: no thread)."""
-    return None if number is None else number ^ mask
 
 
 async def _wait_for_wake(followers: Followers, wake: asyncio.Event) -> None:

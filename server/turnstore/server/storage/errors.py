@@ -1,18 +1,31 @@
-"""Exceptions raised by the storage engine.
+"""Exceptions raised by the storage engine, and the base of every error the daemon answers with.
 
-The engine knows nothing of gRPC. Each exception carries a stable ``reason``
-string; the service layer maps each class to a status code in one table
-(:data:`turnstore.server.api.grpc.service.STATUS_BY_ERROR`) and sends ``reason`` to the
-client in the ``turnstore-error`` trailing metadata key.
+The engine knows nothing of gRPC or HTTP. Each exception class names its
+stable ``reason`` (the proto's ``ErrorReason`` value in lower case), here
+and nowhere else; the edges give each reason its gRPC code and HTTP status
+in one table (:data:`turnstore.server.api.errors.STATUS_BY_REASON`) and send
+``reason`` to the client (the ``turnstore-error`` trailing metadata key, an
+HTTP body's ``"error"``). Errors the engine never raises live with the layer
+that does: :mod:`turnstore.server.replay.errors` (a follower ended for its
+budget) and :mod:`turnstore.server.access.errors` (credentials and scopes).
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
 
-class EngineError(Exception):
-    """Base class of every error the engine raises on purpose."""
 
-    reason = "internal"
+class DaemonError(Exception):
+    """Base class of every error the daemon answers with on purpose; ``reason`` names it.
+
+    Anything else that reaches an edge is a bug, answered as ``internal``.
+    """
+
+    reason: ClassVar[str] = "internal"
+
+
+class EngineError(DaemonError):
+    """Base class of every error the engine raises on purpose (``internal`` unless a subclass)."""
 
 
 class InvalidArgumentError(EngineError):
@@ -110,16 +123,6 @@ class StorageFullError(EngineError):
     reason = "storage_full"
 
 
-class FollowerTooSlowError(EngineError):
-    """A follower was ended to keep the followers within their daemon-wide budget.
-
-    It was the follower whose message had waited longest for the peer to read
-    it. Nothing is lost: it resumes after the last position it received.
-    """
-
-    reason = "follower_too_slow"
-
-
 class DataDirLockedError(EngineError):
     """Another process holds the data directory."""
 
@@ -157,24 +160,6 @@ class DiskIOError(EngineError):
     """
 
     reason = "disk_error"
-
-
-class UnauthenticatedError(EngineError):
-    """A call without the daemon's bearer token (raised by the access layer, not the engine)."""
-
-    reason = "unauthenticated"
-
-
-class PermissionDeniedError(EngineError):
-    """The credential's scope does not allow the call (raised by the access layer).
-
-    A write outside its scope or with a read-only credential, or a
-    daemon-wide operation with a credential that is not full-scope. Reads
-    outside the scope never raise it: they find nothing, as for a missing
-    thread or key, so the refusal tells nothing about what is stored.
-    """
-
-    reason = "permission_denied"
 
 
 class TurnTooLargeError(InvalidArgumentError):

@@ -14,22 +14,28 @@ database) implements the same calls with the same meaning:
   records (:mod:`turnstore.server.storage.records`), never re-encoded.
 - Positions are per thread, 0-based, gap-free, in commit order, and never
   reused until the thread is cleared; a cleared thread gets a new epoch
-  (``ThreadView.number``), and a read bounded by a view of the old one fails
-  with ThreadClearedError.
+  (``ThreadView.epoch``, ``ReplayStep.epoch``: the engines' own thread
+  numbers never leave them, :mod:`turnstore.server.storage.epochs`), and a
+  read bounded by a view of the old one fails with ThreadClearedError.
 - ``add_commit_listener`` callbacks learn which threads each commit changed,
   after it is durable, which is what wakes live followers.
+
+A feature one backend lacks is a no-op there (``add_wake_all_listener`` on
+LMDB, ``add_space_level_listener`` on PostgreSQL), so the daemon never asks
+which backend it has: :func:`turnstore.server.storage.factory.open_engine`
+opens the configured one, and is the only module above the engines that
+names them. How engines are built (group commit, epochs) lives beside this
+module, in :mod:`~turnstore.server.storage.commits` and
+:mod:`~turnstore.server.storage.epochs`.
 
 The module imports neither gRPC nor generated code, like every backend.
 """
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 from turnstore.server.storage.values import (
     BackupResult,
@@ -50,22 +56,10 @@ from turnstore.server.storage.values import (
     TurnCursor,
 )
 
-
-def new_epoch_mask() -> int:
-    """A random epoch mask for a restored database: below 2**53, bit 52 set.
-
-    Thread numbers (counted up from 1) stay far below 2**52, so every epoch
-    made with it is non-zero (0 means "no thread"), an exact JavaScript
-    number (the TypeScript client and the inspector read epochs as numbers),
-    and differs from every epoch of the database's earlier lives made with
-    another mask (but for a 2**-52 chance): in particular from mask 0, the
-    epochs of a database never restored.
-    """
-    return (1 << 52) | secrets.randbits(52)
-
-
 CommitListener = Callable[[set[str]], None]
 CommitObserver = Callable[[int, float], None]
+WakeAll = Callable[[], None]
+SpaceLevelListener = Callable[[SpaceUsage, float | None, float | None], None]
 
 
 class StorageEngine(Protocol):
@@ -74,19 +68,6 @@ class StorageEngine(Protocol):
     @property
     def limits(self) -> Limits:
         """The input limits this backend enforces (and reports in its errors)."""
-        ...
-
-    @property
-    def epoch_mask(self) -> int:
-        """XORed into thread numbers to make the epochs readers see (a replay's
-        ``thread_epoch``); below 2**53. It changes when the database was
-        restored from a backup, so no cursor from before the restore matches.
-        """
-        ...
-
-    @property
-    def map_size(self) -> int:
-        """The bytes the backend has reserved for data (LMDB's map; 0 where none)."""
         ...
 
     # -- writes ---------------------------------------------------------------
@@ -135,6 +116,26 @@ class StorageEngine(Protocol):
         """Call ``observer(writes, seconds)`` after every commit, for metrics."""
         ...
 
+    def add_wake_all_listener(self, wake: WakeAll) -> None:
+        """Call ``wake()`` whenever every follower should re-read (quick, non-blocking).
+
+        A shared database's notifications can be lost (its listen connection
+        drops, or between ticks), so the PostgreSQL backend calls it on every
+        tick and after reconnecting. A no-op on LMDB: its own writer's commit
+        listeners miss nothing.
+        """
+        ...
+
+    def add_space_level_listener(self, listener: SpaceLevelListener) -> None:
+        """Call ``listener(usage, crossed, fell_below)`` when usage crosses a warning level.
+
+        ``crossed`` is the level (a fraction of the write limit) crossed
+        upward, or None; ``fell_below`` the lowest level usage fell below, or
+        None. Called on the writer thread: it must be quick. A no-op where
+        the backend has no size ceiling of turnstore's (PostgreSQL).
+        """
+        ...
+
     # -- reads ----------------------------------------------------------------
 
     def view(self, thread_id: str) -> ThreadView:
@@ -173,14 +174,18 @@ class StorageEngine(Protocol):
     def replay_step(
         self,
         thread_id: str,
-        expected_number: int | None,
+        expected_epoch: int | None,
         start_position: int,
         finish_seq: int | None,
         max_events: int,
         watched_turn: int | None = None,
         max_bytes: int = 4 * 1024 * 1024,
     ) -> ReplayStep:
-        """One step of a replay: the next events and the finishes they pass."""
+        """One step of a replay: the next events and the finishes they pass.
+
+        ``expected_epoch`` is the thread's epoch seen so far (None: none yet);
+        a missing thread or another epoch now answers ``cleared``.
+        """
         ...
 
     def load_snapshot(self, key: str, version: int | None = None) -> StoredSnapshot | None:
@@ -217,7 +222,23 @@ class StorageEngine(Protocol):
         ...
 
     def space_usage(self) -> SpaceUsage:
-        """How close the backend is to its size limits."""
+        """How close the backend is to its size ceiling, with the space it holds on disk.
+
+        Cheap enough to read at every metrics scrape (one short read). All
+        zeros where the backend has no ceiling and no files of turnstore's
+        (PostgreSQL: the database's own space is its limit, and the size of
+        its tables, in :meth:`storage_stats`, costs a query).
+        """
+        ...
+
+    def startup_report(self) -> dict[str, object]:
+        """What the daemon's ``serving`` log line says of this backend, as log fields.
+
+        Where it stores and its size limits, and what opening it changed or
+        cleaned up: ``restored_backup_new_epochs`` when it opened a restored
+        backup (every thread got a new epoch, so readers' cursors from before
+        report "cleared"), the partial backups it removed or could not.
+        """
         ...
 
     def backup(self, dest_dir: str) -> BackupResult:
@@ -238,73 +259,3 @@ class StorageEngine(Protocol):
     def close(self) -> None:
         """Commit what is queued, then release everything."""
         ...
-
-
-class QueuedWrite(Protocol):
-    """What a backend's writer queues: the thread a write changes and its future."""
-
-    thread_id: str | None
-    future: Future[Any]
-
-
-W = TypeVar("W")
-
-
-def group_commits(
-    writes: queue.SimpleQueue[W | None], max_batch: int, commit: Callable[[list[W]], None]
-) -> None:
-    """A writer thread's loop: commit whatever is queued, up to ``max_batch`` at once.
-
-    Blocks for the first write, then takes every write already waiting, so a
-    busy engine commits many writes per transaction and an idle one commits
-    each at once. Returns at the ``None`` sentinel, after committing the
-    writes queued before it.
-    """
-    while True:
-        first = writes.get()
-        if first is None:
-            return
-        batch = [first]
-        stop = False
-        while len(batch) < max_batch:
-            try:
-                item = writes.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                stop = True
-                break
-            batch.append(item)
-        commit(batch)
-        if stop:
-            return
-
-
-def deliver_commit(
-    writes: Sequence[QueuedWrite],
-    outcomes: Sequence[tuple[bool, Any]],
-    seconds: float,
-    listeners: Sequence[CommitListener],
-    observers: Sequence[CommitObserver],
-) -> None:
-    """After a durable commit: resolve each write's future, then tell listeners and observers.
-
-    ``outcomes`` holds ``(True, result)`` or ``(False, error)`` per write.
-    Listeners learn the threads the successful writes changed (none when
-    there were none); their exceptions, and the observers', are ignored.
-    """
-    changed: set[str] = set()
-    for write, (ok, result) in zip(writes, outcomes, strict=True):
-        if ok:
-            write.future.set_result(result)
-            if write.thread_id is not None:
-                changed.add(write.thread_id)
-        else:
-            write.future.set_exception(result)
-    if changed:
-        for listener in listeners:
-            with contextlib.suppress(Exception):
-                listener(changed)
-    for observer in observers:
-        with contextlib.suppress(Exception):
-            observer(len(writes), seconds)

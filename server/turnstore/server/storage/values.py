@@ -113,7 +113,7 @@ class PostgresConfig:
     """Where the PostgreSQL backend's database is, and how many connections reads may hold.
 
     ``dsn`` is a libpq connection string or URI; it may hold a password,
-    which is never logged (``pg_engine.engine.redact_dsn``). Every follower
+    which is never logged (``storage.postgres.opening.redact_dsn``). Every follower
     re-reads each ``tick_seconds`` even without a notification, so a lost
     one costs at most that much latency.
     """
@@ -175,12 +175,14 @@ class SnapshotVersion:
 class ThreadView:
     """A thread as of one moment: reads through it see no later events.
 
-    ``end_position`` is the thread's event count at that moment. A view of a
-    thread that does not exist has ``thread_number`` None and reads as empty.
+    ``end_position`` is the thread's event count at that moment. ``epoch``
+    is the thread's epoch as readers see it (:mod:`turnstore.server.storage.epochs`):
+    a new one after every clear and after a restore from a backup, never 0. A
+    view of a thread that does not exist has ``epoch`` None and reads as empty.
     """
 
     thread_id: str
-    thread_number: int | None
+    epoch: int | None
     end_position: int
 
 
@@ -243,10 +245,11 @@ class ReplayStep:
     order. ``finishes`` are the finishes from the requested sequence number
     on whose frontier is at most ``next_position``. ``at_end`` says that both
     were read to the end of what is stored. ``cleared`` says the thread is not
-    the one with the expected number any more (nothing else is set then).
+    the one of the expected epoch any more (nothing else is set then).
+    ``epoch`` is the thread's epoch as readers see it (None: no thread).
     """
 
-    thread_number: int | None
+    epoch: int | None
     events: list[bytes]
     next_position: int
     finishes: list[FinishRecord]
@@ -258,23 +261,23 @@ class ReplayStep:
 
 def replay_opening(
     thread_id: str,
-    expected_number: int | None,
+    expected_epoch: int | None,
     start_position: int,
     thread: tuple[int, int] | None,
 ) -> ReplayStep | None:
     """The answer of a replay step decided before any record is read, or None.
 
-    ``thread`` is the thread's (number, end position) as the step's read
+    ``thread`` is the thread's (epoch, end position) as the step's read
     sees it, None for a thread that is not stored (or, through a scope, not
     visible: it must look missing). A thread that is missing or has another
-    number than ``expected_number`` was cleared; a ``start_position`` past
+    epoch than ``expected_epoch`` was cleared; a ``start_position`` past
     the end raises CursorOutOfRangeError. Positions are committed before any
     reader sees them and never taken back within an epoch, so, checked in
     the read's own snapshot, this refuses only cursors no daemon ever handed
     out. Every engine answers through here, so all answer alike.
     """
-    number, end_position = thread if thread is not None else (None, 0)
-    if expected_number is not None and number != expected_number:
+    epoch, end_position = thread if thread is not None else (None, 0)
+    if expected_epoch is not None and epoch != expected_epoch:
         return ReplayStep(None, [], start_position, [], 0, True, cleared=True)
     if start_position > end_position:
         raise CursorOutOfRangeError(thread_id, start_position - 1, end_position)
@@ -310,11 +313,17 @@ class SpaceUsage:
     (``--max-db-size``), ``write_limit_bytes`` where writes that add data stop
     (the ceiling minus the reserve). Both are 0 when there is no limit (the
     PostgreSQL engine: the database's own space is its limit).
+    ``reserved_bytes`` is the space the backend has reserved for data (LMDB's
+    map, which grows towards the ceiling) and ``file_bytes`` the size of its
+    data file on disk; both 0 where there is none (PostgreSQL) or they were
+    not measured (the usage a space level listener gets).
     """
 
     used_bytes: int
     max_bytes: int
     write_limit_bytes: int
+    reserved_bytes: int = 0
+    file_bytes: int = 0
 
     @property
     def used_fraction(self) -> float:

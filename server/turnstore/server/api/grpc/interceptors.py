@@ -13,10 +13,10 @@ from typing import Any, Final
 
 import grpc
 
+from turnstore.server.access.errors import UnauthenticatedError
 from turnstore.server.access.scopes import CALL_SCOPE, Scope
-from turnstore.server.api.grpc.service import abort_with
+from turnstore.server.api.grpc.servicer import abort_with
 from turnstore.server.api.metrics import Metrics
-from turnstore.server.storage.errors import UnauthenticatedError
 
 HEALTH_PREFIX: Final = "/grpc.health.v1.Health/"
 AUTHORIZATION: Final = "authorization"

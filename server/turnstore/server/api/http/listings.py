@@ -1,6 +1,6 @@
 """Listings the web inspector pages through: threads and keys by prefix, changes, versions.
 
-Routes (added by :func:`add_routes`; every one reads through the request's
+Routes (added by :meth:`Listings.add_routes`; every one reads through the request's
 scoped engine, so a scoped session lists only what its scope covers and
 reads a key outside it as a missing one):
 
@@ -22,14 +22,14 @@ reads a key outside it as a missing one):
 
 from __future__ import annotations
 
-import re
-import urllib.parse
+import asyncio
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any, Final, TypeVar
 
-import orjson
 from aiohttp import web
 
+from turnstore.server.api.http.common import http_error, int_param, json_response, unquote_path
 from turnstore.server.replay.replaying import MAX_TURN
 from turnstore.server.storage.errors import InvalidArgumentError
 from turnstore.server.storage.interface import StorageEngine
@@ -41,10 +41,8 @@ MAX_PER_PAGE: Final = 1000
 FIRST_CHANGES_READ: Final = 16
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Run = Callable[..., Awaitable[Any]]
 EngineFor = Callable[[web.Request], StorageEngine]
 S = TypeVar("S", ThreadSummary, KeySummary)
-_BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def _below(text: str) -> str:
@@ -117,19 +115,6 @@ def _thread_json(thread: ThreadSummary) -> dict[str, Any]:
     }
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-def _limit(query: Any) -> int:
-    raw = query.get("limit", "")
-    if raw == "":
-        return PER_PAGE
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PER_PAGE:
-        raise InvalidArgumentError("limit", f"must be an integer from 1 to {MAX_PER_PAGE}")
-    return int(raw)
-
-
 def _bounded(query: Any, name: str, max_bytes: int) -> str:
     """A text parameter ("" when absent), refused when longer than an id may be."""
     value = str(query.get(name, ""))
@@ -138,44 +123,71 @@ def _bounded(query: Any, name: str, max_bytes: int) -> str:
     return value
 
 
-def add_routes(
-    app: web.Application, older_threads: Handler, run: Run, engine_for: EngineFor
-) -> None:
-    """Register the listings; ``older_threads`` answers ``/v1/threads`` without their parameters."""
+class Listings:
+    """The listing routes, each over the engine as the request's credential sees it."""
 
-    async def threads(request: web.Request) -> web.StreamResponse:
+    def __init__(self, executor: Executor, engine_for: EngineFor) -> None:
+        self._executor = executor
+        self._engine_for = engine_for
+
+    def add_routes(self, app: web.Application, older_threads: Handler) -> None:
+        """Register the routes; ``older_threads`` answers ``/v1/threads`` without them."""
+
+        async def threads(request: web.Request) -> web.StreamResponse:
+            query = request.query
+            if "prefix" not in query and "changed_since" not in query:
+                return await older_threads(request)
+            return await self.threads(request)
+
+        app.router.add_get("/v1/threads", threads, allow_head=False)
+        app.router.add_get("/v1/conversations", self.conversations, allow_head=False)
+        app.router.add_get("/v1/versions/{rest:.+}", self.versions, allow_head=False)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def threads(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/threads?prefix=...`` or ``?changed_since=...`` (see the module)."""
         query = request.query
-        if "prefix" not in query and "changed_since" not in query:
-            return await older_threads(request)
-        engine = engine_for(request)
-        limit = _limit(query)
+        engine = self._engine_for(request)
+        limit = int_param(query, "limit", PER_PAGE, 1, MAX_PER_PAGE)
+        assert limit is not None
         if "changed_since" in query:
-            raw = query["changed_since"]
-            if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_TURN:
-                raise InvalidArgumentError("changed_since", "must be Unix nanoseconds (an integer)")
+            since = int_param(query, "changed_since", None, 0, MAX_TURN)
+            if since is None:
+                raise InvalidArgumentError("changed_since", "must be Unix nanoseconds")
             if "prefix" in query or "after" in query:
                 raise InvalidArgumentError("changed_since", "takes neither prefix nor after")
-            changed, truncated = await run(changed_since, engine, int(raw), limit)
-            return _json({"threads": [_thread_json(t) for t in changed], "truncated": truncated})
+            changed, truncated = await self._run(changed_since, engine, since, limit)
+            return json_response(
+                {"threads": [_thread_json(t) for t in changed], "truncated": truncated}
+            )
         if query.get("order", "id") != "id":
             raise InvalidArgumentError("order", "a prefix lists in id order: leave order out")
         max_bytes = engine.limits.max_thread_id_bytes
         prefix = _bounded(query, "prefix", max_bytes)
         after = _bounded(query, "after", max_bytes)
-        found, next_after = await run(
+        found, next_after = await self._run(
             with_prefix, engine.list_threads, _thread_id, prefix, after, limit
         )
-        return _json({"threads": [_thread_json(t) for t in found], "next_after": next_after})
+        return json_response(
+            {"threads": [_thread_json(t) for t in found], "next_after": next_after}
+        )
 
-    async def conversations(request: web.Request) -> web.StreamResponse:
+    async def conversations(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/conversations?prefix=&after=&limit=``: keys holding a snapshot."""
         query = request.query
-        engine = engine_for(request)
-        limit = _limit(query)
+        engine = self._engine_for(request)
+        limit = int_param(query, "limit", PER_PAGE, 1, MAX_PER_PAGE)
+        assert limit is not None
         max_bytes = engine.limits.max_key_bytes
         prefix = _bounded(query, "prefix", max_bytes)
         after = _bounded(query, "after", max_bytes)
-        found, next_after = await run(with_prefix, engine.list_keys, _key, prefix, after, limit)
-        return _json(
+        found, next_after = await self._run(
+            with_prefix, engine.list_keys, _key, prefix, after, limit
+        )
+        return json_response(
             {
                 "conversations": [
                     {
@@ -189,18 +201,13 @@ def add_routes(
             }
         )
 
-    async def versions(request: web.Request) -> web.StreamResponse:
-        raw = request.rel_url.raw_path[len("/v1/versions/") :]
-        try:
-            if _BAD_ESCAPE.search(raw):
-                raise UnicodeDecodeError("utf-8", b"", 0, 1, "a % without two hex digits")
-            key = urllib.parse.unquote(raw, errors="strict")
-        except UnicodeDecodeError:
-            raise InvalidArgumentError("key", "is not percent-encoded UTF-8") from None
-        kept = await run(engine_for(request).list_snapshot_versions, key)
+    async def versions(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/versions/{key}``: the kept versions, newest first, without their data."""
+        key = unquote_path(request.rel_url.raw_path[len("/v1/versions/") :], "key")
+        kept = await self._run(self._engine_for(request).list_snapshot_versions, key)
         if not kept:
-            return _json({"error": "not_found", "message": "no snapshot under this key"}, 404)
-        return _json(
+            return http_error(404, "not_found", "no snapshot under this key")
+        return json_response(
             {
                 "key": key,
                 "versions": [
@@ -214,10 +221,6 @@ def add_routes(
                 ],
             }
         )
-
-    app.router.add_get("/v1/threads", threads, allow_head=False)
-    app.router.add_get("/v1/conversations", conversations, allow_head=False)
-    app.router.add_get("/v1/versions/{rest:.+}", versions, allow_head=False)
 
 
 def _thread_id(thread: ThreadSummary) -> str:

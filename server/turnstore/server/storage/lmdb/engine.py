@@ -24,7 +24,12 @@ import lmdb
 
 from turnstore.server.storage.errors import EngineClosedError
 from turnstore.server.storage.inputs import InputChecks
-from turnstore.server.storage.interface import CommitListener, CommitObserver
+from turnstore.server.storage.interface import (
+    CommitListener,
+    CommitObserver,
+    SpaceLevelListener,
+    WakeAll,
+)
 from turnstore.server.storage.lmdb import (
     backup_journal,
     backup_paths,
@@ -35,7 +40,7 @@ from turnstore.server.storage.lmdb import (
     snapshots,
     turns,
 )
-from turnstore.server.storage.lmdb.opening import OpenedDirectory, open_directory
+from turnstore.server.storage.lmdb.opening import OpenedDirectory, open_directory, startup_report
 from turnstore.server.storage.lmdb.retention import RETENTION_BATCH_EVENTS
 from turnstore.server.storage.lmdb.writer import Writer
 from turnstore.server.storage.retention import RETENTION_BATCH_ITEMS, RETENTION_SCAN_PAGE
@@ -74,11 +79,11 @@ class LmdbEngine(InputChecks):
     """
 
     def __init__(self, opened: OpenedDirectory) -> None:
+        self._opened = opened
         self._state = opened.state
         self.config = opened.state.config
         self.limits = self.config.limits
         self.space = opened.state.space
-        self.epoch_mask = opened.epoch_mask
         self._lock_file = opened.lock_file
         self._backup_journal = backup_journal.BackupJournal(Path(self.config.data_dir))
         # What open() found (the daemon logs it): backups cut short, and
@@ -118,6 +123,17 @@ class LmdbEngine(InputChecks):
     def map_size(self) -> int:
         """The current LMDB map size in bytes."""
         return self._state.map_size
+
+    def add_wake_all_listener(self, wake: WakeAll) -> None:
+        """A no-op: this engine's own writer tells the commit listeners of every commit."""
+
+    def add_space_level_listener(self, listener: SpaceLevelListener) -> None:
+        """Call ``listener`` when usage crosses a warning level (:class:`SpaceGuard`)."""
+        self.space.add_level_listener(listener)
+
+    def startup_report(self) -> dict[str, object]:
+        """As :func:`.opening.startup_report`: fields for the daemon's ``serving`` line."""
+        return startup_report(self._opened)
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """As :meth:`.writer.Writer.add_commit_listener`: told the threads each commit changed."""
@@ -280,7 +296,7 @@ class LmdbEngine(InputChecks):
     def replay_step(
         self,
         thread_id: str,
-        expected_number: int | None,
+        expected_epoch: int | None,
         start_position: int,
         finish_seq: int | None,
         max_events: int,
@@ -291,7 +307,7 @@ class LmdbEngine(InputChecks):
         (see :func:`.reads.replay_step`)."""
         key = self._thread_key(thread_id)
         with self._state.read() as txn:
-            position = (expected_number, start_position, finish_seq)
+            position = (expected_epoch, start_position, finish_seq)
             bounds = (max_events, watched_turn, max_bytes)
             return reads.replay_step(self._state, txn, thread_id, key, *position, *bounds)
 
@@ -323,13 +339,16 @@ class LmdbEngine(InputChecks):
         :func:`.operations.storage_stats`), and the data file's size."""
         with self._state.read() as txn:
             stats = operations.storage_stats(self._state, txn)
-        data_file = Path(self.config.data_dir) / "data.mdb"
-        return dataclasses.replace(stats, data_file_bytes=data_file.stat().st_size)
+        size = (Path(self.config.data_dir) / "data.mdb").stat().st_size
+        space = dataclasses.replace(stats.space, reserved_bytes=self.map_size, file_bytes=size)
+        return dataclasses.replace(stats, data_file_bytes=size, space=space)
 
     def space_usage(self) -> SpaceUsage:
         """How close the database is to its ceiling, measured in one short read."""
         with self._state.read() as txn:
-            return self.space.usage(txn)
+            usage = self.space.usage(txn)
+        size = (Path(self.config.data_dir) / "data.mdb").stat().st_size
+        return dataclasses.replace(usage, reserved_bytes=self.map_size, file_bytes=size)
 
     def backup(self, dest_dir: str) -> BackupResult:
         """Write a consistent, compacted copy of the database to ``dest_dir``.

@@ -15,8 +15,8 @@ from typing import IO
 
 import lmdb
 
+from turnstore.server.storage.epochs import new_epoch_mask
 from turnstore.server.storage.errors import DataDirLockedError
-from turnstore.server.storage.interface import new_epoch_mask
 from turnstore.server.storage.lmdb import backup_journal, backup_paths, schema
 from turnstore.server.storage.lmdb.space import SpaceGuard, default_reserve
 from turnstore.server.storage.lmdb.state import LmdbState, get
@@ -70,6 +70,7 @@ def open_directory(config: EngineConfig) -> OpenedDirectory:
     with env.begin() as txn:
         mask = get(txn, schema.META_EPOCH_MASK, state.dbs[schema.META])
     epoch_mask = schema.U64.unpack(mask)[0] if mask is not None else 0
+    state = dataclasses.replace(state, epoch_mask=epoch_mask)
     return OpenedDirectory(state, lock_file, epoch_mask, restored, removed, problems)
 
 
@@ -170,3 +171,23 @@ def _make_owner_only(data_dir: Path) -> None:
             mode = (data_dir / name).stat().st_mode
             if mode & 0o077:
                 os.chmod(data_dir / name, mode & 0o700)
+
+
+def startup_report(opened: OpenedDirectory) -> dict[str, object]:
+    """The data directory, ceiling, write limit and backup directory, and what
+    :func:`open_directory` found: a restored backup, partial backups removed or not."""
+    config = opened.state.config
+    report: dict[str, object] = {
+        "data_dir": str(config.data_dir),
+        "max_map_bytes": config.max_map_bytes,
+        "write_limit_bytes": opened.state.space.write_limit_bytes,
+        "backup_dir": str(config.backup_dir) if config.backup_dir else None,
+    }
+    if opened.restored_backup:
+        # Every thread got a new epoch: readers' cursors from before report "cleared".
+        report["restored_backup_new_epochs"] = True
+    if opened.removed_partial_backups:
+        report["removed_partial_backups"] = [str(path) for path in opened.removed_partial_backups]
+    if opened.partial_backup_problems:
+        report["partial_backups_not_removed"] = opened.partial_backup_problems
+    return report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import lmdb
 
+from turnstore.server.storage.epochs import to_epoch, to_number
 from turnstore.server.storage.errors import ThreadClearedError
 from turnstore.server.storage.inputs import MAX_U64, turn_too_large
 from turnstore.server.storage.lmdb import schema
@@ -31,7 +32,7 @@ def view(state: LmdbState, txn: lmdb.Transaction, thread_id: str, key: bytes) ->
     if value is None:
         return ThreadView(thread_id, None, 0)
     record = schema.unpack_thread(value)
-    return ThreadView(thread_id, record.number, record.next_position)
+    return ThreadView(thread_id, to_epoch(record.number, state.epoch_mask), record.next_position)
 
 
 def get_turn(
@@ -123,13 +124,14 @@ def _turn_records(
 
 
 def _check_view(state: LmdbState, txn: lmdb.Transaction, view: ThreadView) -> int | None:
-    """The view's thread number, or raise if the thread was cleared since."""
-    if view.thread_number is None:
+    """The thread number of the view's epoch, or raise if the thread was cleared since."""
+    number = to_number(view.epoch, state.epoch_mask)
+    if number is None:
         return None
     value = get(txn, view.thread_id.encode("utf-8", "surrogatepass"), state.dbs[schema.THREADS])
-    if value is None or schema.unpack_thread(value).number != view.thread_number:
+    if value is None or schema.unpack_thread(value).number != number:
         raise ThreadClearedError(view.thread_id)
-    return view.thread_number
+    return number
 
 
 def read_commit_order(
@@ -240,7 +242,7 @@ def replay_step(
     txn: lmdb.Transaction,
     thread_id: str,
     key: bytes,
-    expected_number: int | None,
+    expected_epoch: int | None,
     start_position: int,
     finish_seq: int | None,
     max_events: int,
@@ -249,8 +251,8 @@ def replay_step(
 ) -> ReplayStep:
     """One step of a replay: the next events and the finishes they pass.
 
-    ``expected_number`` is the thread number seen so far (None: none yet); a
-    different or missing number now means the thread was cleared.
+    ``expected_epoch`` is the thread's epoch seen so far (None: none yet); a
+    different or missing epoch now means the thread was cleared.
     ``finish_seq`` None starts at the first finish whose frontier is at or
     after ``start_position``. With ``watched_turn``, reports whether that
     turn is finished now. It returns at most ``max_events`` events and stops
@@ -258,8 +260,9 @@ def replay_step(
     """
     value = get(txn, key, state.dbs[schema.THREADS])
     fields = schema.unpack_thread(value) if value is not None else None
-    thread = (fields[0], fields[1]) if fields is not None else None
-    opening = replay_opening(thread_id, expected_number, start_position, thread)
+    mask = state.epoch_mask
+    thread = (fields[0] ^ mask, fields[1]) if fields is not None else None
+    opening = replay_opening(thread_id, expected_epoch, start_position, thread)
     if opening is not None:
         return opening
     assert fields is not None
@@ -310,4 +313,6 @@ def replay_step(
         turn_value = get(txn, schema.PAIR.pack(number, watched_turn), state.dbs[schema.TURNS])
         watched = turn_value is not None and schema.unpack_turn(turn_value)[0]
     at_end = next_position >= end_position and resume_seq >= finish_count
-    return ReplayStep(number, events, next_position, finishes, resume_seq, at_end, False, watched)
+    return ReplayStep(
+        number ^ mask, events, next_position, finishes, resume_seq, at_end, False, watched
+    )

@@ -75,6 +75,8 @@ class LmdbState:
     env: lmdb.Environment
     dbs: dict[bytes, Any]
     space: SpaceGuard
+    # XORed into thread numbers to make the epochs readers see (storage.epochs).
+    epoch_mask: int = 0
     gate: ResizeGate = field(default_factory=ResizeGate)
 
     @property

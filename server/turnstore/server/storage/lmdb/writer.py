@@ -23,17 +23,13 @@ from typing import Any, TypeVar
 
 import lmdb
 
+from turnstore.server.storage.commits import deliver_commit, group_commits
 from turnstore.server.storage.errors import (
     EngineClosedError,
     EngineError,
     StorageFullError,
 )
-from turnstore.server.storage.interface import (
-    CommitListener,
-    CommitObserver,
-    deliver_commit,
-    group_commits,
-)
+from turnstore.server.storage.interface import CommitListener, CommitObserver
 from turnstore.server.storage.lmdb import disk, schema
 from turnstore.server.storage.lmdb.state import LmdbState, get
 

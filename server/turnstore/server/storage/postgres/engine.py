@@ -19,16 +19,22 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 
+from turnstore.server.storage.epochs import to_epoch
 from turnstore.server.storage.errors import (
     BackupFailedError,
     DatabaseUnavailableError,
     EngineClosedError,
 )
 from turnstore.server.storage.inputs import InputChecks
-from turnstore.server.storage.interface import CommitListener, CommitObserver, new_epoch_mask
-from turnstore.server.storage.postgres import operations, reads, tables, writes
+from turnstore.server.storage.interface import (
+    CommitListener,
+    CommitObserver,
+    SpaceLevelListener,
+    WakeAll,
+)
+from turnstore.server.storage.postgres import opening, operations, reads, writes
 from turnstore.server.storage.postgres.appends import TurnAppend
-from turnstore.server.storage.postgres.listen import CommitFeed, WakeAll
+from turnstore.server.storage.postgres.listen import CommitFeed
 from turnstore.server.storage.postgres.reachability import DOWN_WAIT_SECONDS, Reachability
 from turnstore.server.storage.postgres.retention import Retention
 from turnstore.server.storage.postgres.writer import Writer, _describe
@@ -56,108 +62,19 @@ from turnstore.server.storage.values import (
 T = TypeVar("T")
 
 
-def redact_dsn(dsn: str) -> str:
-    """The DSN without its password, to name the database in logs and errors."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "(an unparsable DSN)"
-    info.pop("password", None)
-    return " ".join(f"{name}={value}" for name, value in sorted(info.items()))
-
-
-def _epoch_mask(conn: psycopg.Connection[Any], created: bool) -> tuple[int, bool]:
-    """The epoch mask of the database, and whether it was just drawn for a restore.
-
-    Runs in :func:`_prepare_schema`'s transaction, under its lock. The
-    ``database_oid`` row remembers the database the tables were created in:
-    tables restored (``pg_dump`` into another database) find another oid, and
-    get a new random ``epoch_mask``, so no reader's cursor from before the
-    restore matches a thread's epoch. An operator who restored into the same
-    database sets ``database_oid`` to 0 for the same effect
-    (docs/operations.md#backup). Tables just ``created`` get a mask of their
-    own, so no two databases share epochs; those of an older turnstore keep
-    mask 0 and just record their oid.
-    """
-    current = conn.execute(
-        "SELECT oid::bigint FROM pg_database WHERE datname = current_database()"
-    ).fetchone()
-    assert current is not None
-    rows = dict(
-        conn.execute(
-            "SELECT name, value FROM turnstore_meta WHERE name IN ('database_oid', 'epoch_mask')"
-        ).fetchall()
-    )
-    mask = int(rows.get("epoch_mask", 0))
-    recorded = rows.get("database_oid")
-    restored = recorded is not None and int(recorded) != int(current[0])
-    if restored or created:
-        mask = new_epoch_mask()
-        conn.execute(
-            "INSERT INTO turnstore_meta VALUES ('epoch_mask', %s) "
-            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-            (mask,),
-        )
-    if recorded is None or restored or created:
-        conn.execute(
-            "INSERT INTO turnstore_meta VALUES ('database_oid', %s) "
-            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-            (int(current[0]),),
-        )
-    return mask, restored
-
-
-def _prepare_schema(conn: psycopg.Connection[Any], dsn: str) -> bool:
-    """Create the schema on a database without it; leave one at this version untouched.
-
-    Returns whether it created the schema from nothing.
-
-    A schema already at :data:`tables.SCHEMA_VERSION` gets no DDL at all:
-    ``CREATE INDEX IF NOT EXISTS`` takes a SHARE lock on its table even when
-    the index exists, so a daemon starting while others write would wait for
-    their transactions and could deadlock with them (found by
-    tests/test_postgres_crash.py: a restart failed with "deadlock detected").
-    Raises ValueError for a newer schema, naming both versions.
-    """
-    # One daemon creates the schema at a time.
-    conn.execute("SELECT pg_advisory_xact_lock(7239010012)")
-    found = conn.execute("SELECT to_regclass('turnstore_meta') IS NOT NULL").fetchone()
-    row = None
-    if found is not None and found[0]:
-        row = conn.execute(
-            "SELECT value FROM turnstore_meta WHERE name = 'schema_version'"
-        ).fetchone()
-    version = None if row is None else int(row[0])
-    if version is not None and version > tables.SCHEMA_VERSION:
-        raise ValueError(
-            f"the database ({redact_dsn(dsn)}) has turnstore schema version "
-            f"{version}, newer than this turnstore ({tables.SCHEMA_VERSION})"
-        )
-    if version == tables.SCHEMA_VERSION:
-        return False
-    for statement in tables.CREATE:
-        conn.execute(statement)
-    conn.execute(
-        "INSERT INTO turnstore_meta VALUES ('schema_version', %s) "
-        "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-        (tables.SCHEMA_VERSION,),
-    )
-    return version is None
-
-
 class PostgresEngine(Retention, InputChecks):
     """turnstore's PostgreSQL backend. Open with :meth:`open`, close with :meth:`close`."""
 
     def __init__(self, config: EngineConfig, pg: PostgresConfig) -> None:
         self.config = config
         self.limits = config.limits
-        # Set by open() (_epoch_mask): the same for every daemon of a fleet.
+        # Set by open() (opening.epoch_mask): the same for every daemon of a fleet.
         self.epoch_mask = 0
         # Whether open() found the tables restored into another database.
         self.opened_restored_backup = False
         self._pg = pg
         self._closed = False
-        self.database = redact_dsn(pg.dsn)
+        self.database = opening.redact_dsn(pg.dsn)
         self._timeout = max(1, round(pg.connect_timeout_seconds))
         kwargs: dict[str, Any] = {"connect_timeout": self._timeout}
         self._pool = psycopg_pool.ConnectionPool(
@@ -165,7 +82,7 @@ class PostgresEngine(Retention, InputChecks):
             min_size=1,
             max_size=pg.pool_size,
             kwargs=kwargs,
-            configure=_configure_reader,
+            configure=opening.configure_reader,
             # A connection the database dropped (a restart) is replaced, not handed out.
             check=psycopg_pool.ConnectionPool.check_connection,
             timeout=pg.connect_timeout_seconds,
@@ -191,7 +108,7 @@ class PostgresEngine(Retention, InputChecks):
     def _connect(self, autocommit: bool = False) -> psycopg.Connection[Any]:
         conn = psycopg.connect(self._pg.dsn, autocommit=autocommit, connect_timeout=self._timeout)
         try:
-            conn.execute(_INDEX_COSTS)
+            conn.execute(opening.INDEX_COSTS)
             if not autocommit:
                 conn.commit()
         except BaseException:
@@ -210,21 +127,16 @@ class PostgresEngine(Retention, InputChecks):
             with psycopg.connect(
                 pg.dsn, connect_timeout=max(1, round(pg.connect_timeout_seconds))
             ) as conn:
-                created = _prepare_schema(conn, pg.dsn)
-                mask, restored = _epoch_mask(conn, created)
+                created = opening.prepare_schema(conn, pg.dsn)
+                mask, restored = opening.epoch_mask(conn, created)
         except psycopg.OperationalError as error:
             raise DatabaseUnavailableError(
-                f"cannot reach the database ({redact_dsn(pg.dsn)}): {_describe(error)}"
+                f"cannot reach the database ({opening.redact_dsn(pg.dsn)}): {_describe(error)}"
             ) from None
         engine = cls(config, pg)
         engine.epoch_mask, engine.opened_restored_backup = mask, restored
         engine._pool.open(wait=False)
         return engine
-
-    @property
-    def map_size(self) -> int:
-        """0: PostgreSQL reserves no map."""
-        return 0
 
     def wait_listening(self, timeout: float) -> bool:
         """Whether the LISTEN connection is in place within ``timeout`` seconds."""
@@ -236,6 +148,9 @@ class PostgresEngine(Retention, InputChecks):
         Every follower should then re-read: a notification may have been lost.
         """
         self._feed.wake_all_listeners.append(wake)
+
+    def add_space_level_listener(self, listener: SpaceLevelListener) -> None:
+        """A no-op: PostgreSQL has no size ceiling of turnstore's to warn about."""
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Call ``listener(thread_ids)`` after this daemon's commits and others' notifications."""
@@ -318,7 +233,7 @@ class PostgresEngine(Retention, InputChecks):
                     if not down:
                         raise
                     conn = stack.enter_context(self._connect())
-                    _configure_reader(conn)
+                    opening.configure_reader(conn)
                 stack.enter_context(conn.transaction())
                 yield stack.enter_context(conn.cursor())
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
@@ -333,7 +248,9 @@ class PostgresEngine(Retention, InputChecks):
         with self._read() as cur:
             row = reads.thread_row(cur, key)
         return (
-            ThreadView(thread_id, None, 0) if row is None else ThreadView(thread_id, row[0], row[1])
+            ThreadView(thread_id, None, 0)
+            if row is None
+            else ThreadView(thread_id, to_epoch(row[0], self.epoch_mask), row[1])
         )
 
     def event_count(self, thread_id: str) -> int:
@@ -349,22 +266,24 @@ class PostgresEngine(Retention, InputChecks):
         self, view: ThreadView, start_position: int, budget: ReadBudget
     ) -> list[bytes]:
         with self._read() as cur:
-            return reads.read_commit_order(cur, view, start_position, budget)
+            return reads.read_commit_order(cur, view, start_position, budget, mask=self.epoch_mask)
 
     def turn_cursor_at_offset(self, view: ThreadView, offset: int) -> TurnCursor | None:
         with self._read() as cur:
-            return reads.turn_cursor_at_offset(cur, view, offset)
+            return reads.turn_cursor_at_offset(cur, view, offset, mask=self.epoch_mask)
 
     def read_turn_order(
         self, view: ThreadView, cursor: TurnCursor, budget: ReadBudget, include_empty: bool
     ) -> tuple[list[TurnChunk], TurnCursor | None]:
         with self._read() as cur:
-            return reads.read_turn_order(cur, view, cursor, budget, include_empty)
+            return reads.read_turn_order(
+                cur, view, cursor, budget, include_empty, mask=self.epoch_mask
+            )
 
     def replay_step(
         self,
         thread_id: str,
-        expected_number: int | None,
+        expected_epoch: int | None,
         start_position: int,
         finish_seq: int | None,
         max_events: int,
@@ -377,12 +296,13 @@ class PostgresEngine(Retention, InputChecks):
                 cur,
                 key,
                 thread_id,
-                expected_number,
+                expected_epoch,
                 start_position,
                 finish_seq,
                 max_events,
                 watched_turn,
                 max_bytes,
+                self.epoch_mask,
             )
 
     def load_snapshot(self, key: str, version: int | None = None) -> StoredSnapshot | None:
@@ -427,8 +347,16 @@ class PostgresEngine(Retention, InputChecks):
             return operations.storage_stats(cur)
 
     def space_usage(self) -> SpaceUsage:
-        """The bytes of turnstore's tables; PostgreSQL has no ceiling of ours (0)."""
-        return self.storage_stats().space
+        """All zeros: no ceiling of turnstore's (:meth:`storage_stats` has the tables' size)."""
+        return SpaceUsage(0, 0, 0)
+
+    def startup_report(self) -> dict[str, object]:
+        """The backend and the database (without its password); whether its tables
+        were found restored into another database (every thread got a new epoch)."""
+        report: dict[str, object] = {"backend": "postgres", "database": self.database}
+        if self.opened_restored_backup:
+            report["restored_backup_new_epochs"] = True
+        return report
 
     def backup(self, dest_dir: str) -> BackupResult:
         """Always BackupFailedError: the database's own tools back it up."""
@@ -448,23 +376,4 @@ class PostgresEngine(Retention, InputChecks):
         self._pool.close()
 
 
-# turnstore's statements are index lookups on hot data. At PostgreSQL's
-# untuned default random_page_cost (4, a spinning disk's), a table of some
-# tens of thousands of rows made the planner scan the whole events table for
-# an append of 200 events instead of probing its unique index 200 times: 10
-# ms a statement, a quarter of the write rate. A value the DBA set stays.
-_INDEX_COSTS = (
-    "SELECT set_config('random_page_cost', '1.1', false) "
-    "WHERE current_setting('random_page_cost')::float8 = 4"
-)
-
-
-def _configure_reader(conn: psycopg.Connection[Any]) -> None:
-    conn.commit()  # the connection's own setup ran in a transaction
-    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    conn.read_only = True
-    conn.execute(_INDEX_COSTS)
-    conn.commit()
-
-
-__all__ = ["PostgresConfig", "PostgresEngine", "RetentionStats", "SweepResult", "redact_dsn"]
+__all__ = ["PostgresConfig", "PostgresEngine", "RetentionStats", "SweepResult"]

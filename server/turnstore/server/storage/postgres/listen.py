@@ -17,11 +17,9 @@ from typing import Any
 
 import psycopg
 
-from turnstore.server.storage.interface import CommitListener
+from turnstore.server.storage.interface import CommitListener, WakeAll
 from turnstore.server.storage.postgres.reachability import Reachability
 from turnstore.server.storage.postgres.tables import CHANNEL
-
-WakeAll = Callable[[], None]
 
 
 class CommitFeed:

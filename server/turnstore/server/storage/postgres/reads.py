@@ -8,6 +8,7 @@ and records come back as the stored wire bytes.
 
 from __future__ import annotations
 
+from turnstore.server.storage.epochs import to_number
 from turnstore.server.storage.errors import ThreadClearedError
 from turnstore.server.storage.inputs import turn_too_large
 from turnstore.server.storage.postgres.tables import from_column, to_column
@@ -38,14 +39,16 @@ def thread_row(cur: Cursor, key: bytes) -> tuple[int, int, int] | None:
     return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
 
 
-def check_view(cur: Cursor, view: ThreadView) -> int | None:
-    """The view's thread number, or ThreadClearedError if the thread was cleared since."""
-    if view.thread_number is None:
+def check_view(cur: Cursor, view: ThreadView, mask: int) -> int | None:
+    """The thread number of the view's epoch (``mask``: the database's epoch mask),
+    or ThreadClearedError if the thread was cleared since."""
+    number = to_number(view.epoch, mask)
+    if number is None:
         return None
     row = thread_row(cur, view.thread_id.encode("utf-8", "surrogatepass"))
-    if row is None or row[0] != view.thread_number:
+    if row is None or row[0] != number:
         raise ThreadClearedError(view.thread_id)
-    return view.thread_number
+    return number
 
 
 def get_turn(cur: Cursor, key: bytes, turn: int, max_bytes: int | None) -> TurnChunk | None:
@@ -85,10 +88,10 @@ def get_turn(cur: Cursor, key: bytes, turn: int, max_bytes: int | None) -> TurnC
 
 
 def read_commit_order(
-    cur: Cursor, view: ThreadView, start_position: int, budget: ReadBudget
+    cur: Cursor, view: ThreadView, start_position: int, budget: ReadBudget, *, mask: int
 ) -> list[bytes]:
     """Records from ``start_position`` within ``budget``: sizes first, then what it takes."""
-    number = check_view(cur, view)
+    number = check_view(cur, view, mask)
     out: list[bytes] = []
     position = start_position
     while number is not None and position < view.end_position and not budget.spent:
@@ -120,8 +123,10 @@ def read_commit_order(
     return out
 
 
-def turn_cursor_at_offset(cur: Cursor, view: ThreadView, offset: int) -> TurnCursor | None:
-    number = check_view(cur, view)
+def turn_cursor_at_offset(
+    cur: Cursor, view: ThreadView, offset: int, *, mask: int
+) -> TurnCursor | None:
+    number = check_view(cur, view, mask)
     if number is None:
         return None
     cur.execute(
@@ -137,10 +142,16 @@ def turn_cursor_at_offset(cur: Cursor, view: ThreadView, offset: int) -> TurnCur
 
 
 def read_turn_order(
-    cur: Cursor, view: ThreadView, cursor: TurnCursor, budget: ReadBudget, include_empty: bool
+    cur: Cursor,
+    view: ThreadView,
+    cursor: TurnCursor,
+    budget: ReadBudget,
+    include_empty: bool,
+    *,
+    mask: int,
 ) -> tuple[list[TurnChunk], TurnCursor | None]:
     chunks: list[TurnChunk] = []
-    number = check_view(cur, view)
+    number = check_view(cur, view, mask)
     if number is None:
         return chunks, None
     from_turn = to_column(cursor.turn)
@@ -263,16 +274,18 @@ def replay_step(
     cur: Cursor,
     key: bytes,
     thread_id: str,
-    expected_number: int | None,
+    expected_epoch: int | None,
     start_position: int,
     finish_seq: int | None,
     max_events: int,
     watched_turn: int | None,
     max_bytes: int,
+    mask: int,
 ) -> ReplayStep:
+    """One replay step (``mask``: the database's epoch mask); see the engine's."""
     row = thread_row(cur, key)
-    thread = (row[0], row[1]) if row is not None else None
-    opening = replay_opening(thread_id, expected_number, start_position, thread)
+    thread = (row[0] ^ mask, row[1]) if row is not None else None
+    opening = replay_opening(thread_id, expected_epoch, start_position, thread)
     if opening is not None:
         return opening
     assert row is not None
@@ -322,4 +335,6 @@ def replay_step(
         found = cur.fetchone()
         watched = found is not None and bool(found[0])
     at_end = next_position >= end_position and resume_seq >= finish_count
-    return ReplayStep(number, events, next_position, finishes, resume_seq, at_end, False, watched)
+    return ReplayStep(
+        number ^ mask, events, next_position, finishes, resume_seq, at_end, False, watched
+    )

@@ -23,13 +23,9 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 
+from turnstore.server.storage.commits import deliver_commit, group_commits
 from turnstore.server.storage.errors import DatabaseUnavailableError, EngineClosedError, EngineError
-from turnstore.server.storage.interface import (
-    CommitListener,
-    CommitObserver,
-    deliver_commit,
-    group_commits,
-)
+from turnstore.server.storage.interface import CommitListener, CommitObserver
 from turnstore.server.storage.postgres.appends import AppendRun, TurnAppend
 from turnstore.server.storage.postgres.reachability import Reachability
 from turnstore.server.storage.postgres.tables import CHANNEL

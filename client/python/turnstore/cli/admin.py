@@ -2,9 +2,9 @@
 
 :func:`add_admin_commands` adds them to the ``turnstore`` command's
 subparsers and :func:`run_admin_command` runs one (it returns None for any
-other command). ``python -m turnstore.admin_cli`` runs them on their own.
+other command). ``python -m turnstore.cli.admin`` runs them on their own.
 Each talks to a running daemon through :class:`turnstore.admin.TurnstoreAdmin`,
-reached with the connection options of :mod:`turnstore.cli_common`
+reached with the connection options of :mod:`turnstore.cli.common`
 (``--target``, ``--token-file``, ``--tls-*`` or their environment
 variables). Export, import and backup draw a progress line on stderr when it
 is a terminal. Exit status: 0 on success, 1 when the daemon or a file fails,
@@ -25,7 +25,7 @@ from typing import IO, Any, BinaryIO, Final
 
 from turnstore import transfer
 from turnstore.admin import DaemonStats, TurnstoreAdmin
-from turnstore.cli_common import (
+from turnstore.cli.common import (
     Progress,
     add_format_option,
     add_parser,
@@ -325,7 +325,7 @@ def run_admin_command(args: argparse.Namespace) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one of the operations commands on its own (``python -m turnstore.admin_cli``)."""
+    """Run one of the operations commands on its own (``python -m turnstore.cli.admin``)."""
     parser = argparse.ArgumentParser(
         prog="turnstore", description="Operate a running turnstore daemon."
     )

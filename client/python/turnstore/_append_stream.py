@@ -1,10 +1,12 @@
-"""The append stream a client's trait calls share.
+"""The one AppendStream implementation: pipelined items, resent when the stream breaks.
 
-``TurnstoreEventStore.append``, ``append_many`` and ``finish_turn`` send their
-items over one long-lived ``AppendStream`` per client instead of one unary
-call each: a bare stream message costs about half a unary round trip, and
-concurrent callers' items reach the daemon's writer together and share its
-commits. Each caller still awaits only its own acknowledgement.
+A :class:`RetryingAppendStream` carries append and finish items over one
+long-lived ``AppendStream``. The client's trait calls
+(``TurnstoreEventStore.append``, ``append_many`` and ``finish_turn``) share
+one per client instead of one unary call each: a bare stream message costs
+about half a unary round trip, and concurrent callers' items reach the
+daemon's writer together and share its commits. Each
+:class:`~turnstore.appender.EventAppender` has one of its own.
 
 What a caller sees is what a unary call gives: the positions, or the typed
 error of its own item (a rejected item never disturbs the others); its own
@@ -36,7 +38,7 @@ from turnstore.errors import (
 )
 from turnstore.v1 import turnstore_pb2 as pb
 
-__all__ = ["SharedAppendStream"]
+__all__ = ["RetryingAppendStream"]
 
 
 # Items, events and bytes in one stream message: ready items travel
@@ -92,9 +94,10 @@ def _transient(error: grpc.aio.AioRpcError) -> bool:
 class _Item:
     """One caller's request, from its first send until its acknowledgement."""
 
-    __slots__ = ("data", "events", "finish_only", "future", "generation", "sends")
+    __slots__ = ("data", "events", "finish_only", "future", "generation", "request_id", "sends")
 
     def __init__(self, request: pb.AppendStreamRequest, future: asyncio.Future[list[int]]) -> None:
+        self.request_id = request.request_id
         self.data: bytes = request.SerializeToString()
         self.events = len(request.events)
         self.finish_only = request.finish_turn and not request.events
@@ -104,16 +107,24 @@ class _Item:
         self.sends = 0
 
 
-class SharedAppendStream:
-    """One ``AppendStream`` shared by every task using a client.
+class RetryingAppendStream:
+    """One ``AppendStream``, reopened when it breaks, shared by every task that uses it.
 
     ``open_call`` opens a new stream whose requests are bytes in wire form
     (:meth:`open_call_of`). Create it on the event loop that uses it; the
-    stream is opened on the first call.
+    stream is opened on the first item. ``closed_message`` is the text of the
+    UnavailableError that :meth:`aclose` gives to items still pending and to
+    later calls.
     """
 
-    def __init__(self, open_call: Callable[[], Any], retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        open_call: Callable[[], Any],
+        retry: RetryPolicy,
+        closed_message: str = "the client was closed",
+    ) -> None:
         self._open_call = open_call
+        self._closed_message = closed_message
         self._retry = retry
         # Items not yet acknowledged, by request id, in the order first sent.
         self._pending: dict[int, _Item] = {}
@@ -140,6 +151,17 @@ class SharedAppendStream:
         )
         return open_call
 
+    def submit(self, request: pb.AppendStreamRequest) -> asyncio.Future[list[int]]:
+        """Queue ``request`` (without its request id); return a future of its positions.
+
+        The future has no deadline. It fails with the item's own error, or
+        with the stream's error once the item was sent on ``retry.attempts``
+        broken streams (or on one that broke for good: a refused token, say).
+        A future cancelled or failed by its holder before its item was written
+        is never written. Raises UnavailableError at once after :meth:`aclose`.
+        """
+        return self._enqueue(request).future
+
     async def send(
         self,
         request: pb.AppendStreamRequest,
@@ -150,30 +172,45 @@ class SharedAppendStream:
         Returns the positions of its events. Raises its own item's error, or
         DeadlineExceededError after ``timeout`` seconds (the item may still
         commit, as with a unary call), or UnavailableError once the stream
-        could not be reopened within the retry policy.
+        could not be reopened within the retry policy. Cancelling the caller
+        withdraws the item if it was not written yet.
         """
-        if self._closed is not None:
-            raise self._closed
-        request.request_id = request_id = self._next_id
-        request.acks_in_more = True
-        self._next_id += 1
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[int]] = loop.create_future()
-        item = _Item(request, future)
-        self._pending[request_id] = item
-        if self._reconnect is None:
-            self._outbox.append(item)
-            self._start_sender()
+        item = self._enqueue(request)
+        future = item.future
         # A timer on the future itself: asyncio.wait_for would add a second
         # future and two callbacks to every call.
-        deadline = None if timeout is None else loop.call_later(timeout, _expire, future, timeout)
+        deadline = (
+            None
+            if timeout is None
+            else asyncio.get_running_loop().call_later(timeout, _expire, future, timeout)
+        )
         try:
             return await future
         finally:
             if deadline is not None:
                 deadline.cancel()
             # Acknowledged, failed, timed out or cancelled: never sent again.
-            self._pending.pop(request_id, None)
+            self._pending.pop(item.request_id, None)
+
+    def _enqueue(self, request: pb.AppendStreamRequest) -> _Item:
+        if self._closed is not None:
+            raise self._closed
+        request.request_id = self._next_id
+        request.acks_in_more = True
+        self._next_id += 1
+        item = _Item(request, asyncio.get_running_loop().create_future())
+        self._pending[item.request_id] = item
+        if self._reconnect is None:
+            self._outbox.append(item)
+            self._start_sender()
+        return item
+
+    async def drain(self) -> None:
+        """Wait until every item queued so far is acknowledged, rejected or given up."""
+        waiting = [item.future for item in self._pending.values() if not item.future.done()]
+        if waiting:
+            # asyncio.wait, not gather: a cancelled drain must not cancel the items.
+            await asyncio.wait(waiting)
 
     def _start_sender(self) -> None:
         self._wake_sender.set()
@@ -212,6 +249,7 @@ class SharedAppendStream:
             item = outbox[0]
             if item.future.done():
                 outbox.popleft()
+                self._pending.pop(item.request_id, None)  # withdrawn before it was written
                 continue
             size += len(item.data) + 8
             events += item.events
@@ -245,7 +283,7 @@ class SharedAppendStream:
         self._broken(generation, failure, transient)
 
     def _acknowledge(self, response: pb.AppendStreamResponse) -> None:
-        item = self._pending.get(response.request_id)
+        item = self._pending.pop(response.request_id, None)
         if item is None or item.future.done():
             return  # timed out or cancelled: its caller is gone
         if response.HasField("error"):
@@ -262,11 +300,15 @@ class SharedAppendStream:
         """Charge the items sent on the broken stream; resend the rest after a backoff."""
         retryable = transient and self._closed is None
         for item in list(self._pending.values()):
-            if item.future.done() or item.generation != generation:
-                continue
-            if not retryable or item.sends >= self._retry.attempts:
+            if item.future.done():
+                # Its holder gave up on it (a deadline, a cancelled future).
+                del self._pending[item.request_id]
+            elif item.generation == generation and (
+                not retryable or item.sends >= self._retry.attempts
+            ):
                 item.future.set_exception(failure)
-        if any(not item.future.done() for item in self._pending.values()):
+                del self._pending[item.request_id]
+        if self._pending:
             self._failures += 1
             if self._reconnect is None:
                 self._reconnect = asyncio.ensure_future(self._resend_after_backoff())
@@ -284,14 +326,25 @@ class SharedAppendStream:
         if self._outbox:
             self._start_sender()
 
-    async def close(self) -> None:
-        """Fail what is pending with UnavailableError and close the stream. Idempotent."""
+    async def aclose(self, *, half_close: bool = False) -> None:
+        """Fail what is pending with UnavailableError and close the stream. Idempotent.
+
+        With ``half_close`` (after :meth:`drain`), the stream is ended the
+        polite way: the end of the requests is sent and the daemon's end of
+        the stream awaited, instead of cancelling it.
+        """
         if self._closed is None:
-            self._closed = UnavailableError("the client was closed")
+            self._closed = UnavailableError(self._closed_message)
         for item in list(self._pending.values()):
             if not item.future.done():
                 item.future.set_exception(self._closed)
+        self._pending.clear()
         self._wake_sender.set()
+        call, reader = self._call, self._reader
+        if half_close and call is not None and reader is not None:
+            with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
+                await call.done_writing()
+            await asyncio.gather(reader, return_exceptions=True)
         tasks = [task for task in (self._sender, self._reader, self._reconnect) if task]
         for task in tasks:
             task.cancel()

@@ -5,10 +5,10 @@
 belong to the server (:mod:`turnstore.server.daemon.options`,
 :mod:`turnstore.server.daemon.command`); this module only parses them and hands
 them over. Every other subcommand is a client of a running daemon and needs
-only the client: :mod:`turnstore.cli_events` (health, tail, threads, turns,
-clear), :mod:`turnstore.cli_history` (conversations, history) and
-:mod:`turnstore.admin_cli` (backup, stats, export, import);
-:mod:`turnstore.cli_common` holds their connection options.
+only the client: :mod:`turnstore.cli.events` (health, tail, threads, turns,
+clear), :mod:`turnstore.cli.history` (conversations, history) and
+:mod:`turnstore.cli.admin` (backup, stats, export, import);
+:mod:`turnstore.cli.common` holds their connection options.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import sys
 from collections.abc import Sequence
 
 from turnstore._version import package_version
-from turnstore.admin_cli import add_admin_commands
-from turnstore.cli_events import add_event_commands
-from turnstore.cli_history import add_history_commands
+from turnstore.cli.admin import add_admin_commands
+from turnstore.cli.events import add_event_commands
+from turnstore.cli.history import add_history_commands
 
 # turnstore is not on PyPI yet: the extra is installed from a wheel or a clone.
 _NEEDS_SERVER = (

@@ -1,15 +1,14 @@
-"""Streaming replay and streaming appends over the EventStore service.
+"""Replaying a thread: the ``Replay`` stream, its items and its request.
 
 :class:`Replay` is an async iterator of :data:`ReplayItem`\\ s: stored events
-and the markers of the replay stream. :class:`EventAppender` keeps one
-``AppendStream`` open and pipelines appends over it.
+and the markers of the replay stream (:class:`TurnFinished`,
+:class:`CaughtUp`, :class:`ThreadCleared`). ``TurnstoreEventStore.replay``
+makes one; :func:`replay_request` checks its arguments.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -17,24 +16,18 @@ from typing import Any
 
 import grpc
 
-from turnstore._convert import fill_envelope
 from turnstore._retry import NO_RETRY, RetryPolicy
-from turnstore._status import error_from_item, error_from_rpc
+from turnstore._status import error_from_rpc
 from turnstore._validate import check_thread_id, check_turn
 from turnstore.errors import (
-    DeadlineExceededError,
     InvalidArgumentError,
-    TurnstoreError,
     UnavailableError,
 )
-from turnstore.models import AgentEventEnvelope
 from turnstore.results import StoredEvent
 from turnstore.v1 import turnstore_pb2 as pb
-from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
 __all__ = [
     "CaughtUp",
-    "EventAppender",
     "Replay",
     "ReplayItem",
     "ThreadCleared",
@@ -221,150 +214,3 @@ def replay_request(
     if until_turn_finished is not None:
         request.until_turn_finished = until_turn_finished
     return request
-
-
-class EventAppender:
-    """Appends pipelined over one ``AppendStream``; use as ``async with``.
-
-    :meth:`submit` sends an item and returns at once with a future of its
-    positions; :meth:`append` and :meth:`finish_turn` wait for their own
-    acknowledgement. Acknowledgements arrive in the order sent, each after a
-    durable commit. A rejected item fails only its own future (with
-    ``TurnFinishedError``, ``InvalidArgumentError``, ...); the stream goes
-    on. If the stream breaks, every pending future fails with
-    ``UnavailableError`` (or the stream's error), and so does every later
-    call. :meth:`append` and :meth:`finish_turn` raise
-    ``DeadlineExceededError`` when not acknowledged within ``timeout``
-    seconds (None: no deadline); the stream stays open and the item may still
-    take effect. Leaving ``async with`` waits for all acknowledgements.
-    """
-
-    def __init__(
-        self,
-        stub: pb_grpc.EventStoreServiceStub,
-        timeout: float | None = None,
-    ) -> None:
-        self._timeout = timeout
-        self._call = stub.AppendStream()
-        self._pending: collections.deque[asyncio.Future[list[int]]] = collections.deque()
-        self._write_lock = asyncio.Lock()
-        self._next_id = 0
-        self._broken: TurnstoreError | None = None
-        self._reader = asyncio.ensure_future(self._read_acks())
-
-    async def _read_acks(self) -> None:
-        try:
-            async for response in self._call:
-                self._acknowledge(response)
-                for more in response.more:
-                    self._acknowledge(more)
-            failure: TurnstoreError = UnavailableError("the append stream ended")
-        except grpc.aio.AioRpcError as error:
-            failure = error_from_rpc(error)
-        except asyncio.CancelledError:
-            failure = UnavailableError("the append stream was closed")
-        self._broken = failure
-        while self._pending:
-            future = self._pending.popleft()
-            if not future.done():
-                future.set_exception(failure)
-
-    def _acknowledge(self, response: pb.AppendStreamResponse) -> None:
-        future = self._pending.popleft()
-        if future.done():
-            return
-        if response.HasField("error"):
-            error = response.error
-            future.set_exception(error_from_item(error.code, error.reason, error.message))
-        else:
-            future.set_result(list(response.positions))
-
-    async def submit(
-        self,
-        thread_id: str,
-        turn: int,
-        envelopes: Sequence[AgentEventEnvelope],
-        *,
-        finish: bool = False,
-    ) -> asyncio.Future[list[int]]:
-        """Send one item; return a future of its events' positions.
-
-        ``envelopes`` are appended atomically to ``turn``; with ``finish`` the
-        turn is then finished in the same commit (``envelopes`` may then be
-        empty). Raises at once for invalid arguments or a broken stream.
-        """
-        check_thread_id(thread_id)
-        check_turn(turn)
-        if not envelopes and not finish:
-            raise InvalidArgumentError("events: must hold at least one event")
-        if self._broken is not None:
-            raise self._broken
-        request = pb.AppendStreamRequest(
-            thread_id=thread_id, turn=turn, finish_turn=finish, acks_in_more=True
-        )
-        add = request.events.add
-        for envelope in envelopes:
-            fill_envelope(add(), envelope)
-        async with self._write_lock:
-            if self._broken is not None:
-                raise self._broken
-            request.request_id = self._next_id
-            self._next_id += 1
-            future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-            self._pending.append(future)
-            try:
-                await self._call.write(request)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
-                self._pending.remove(future)
-                raise UnavailableError(f"the append stream is broken: {error}") from error
-        return future
-
-    async def append(self, thread_id: str, turn: int, envelope: AgentEventEnvelope) -> int:
-        """Append one envelope and wait for its durable acknowledgement (or its deadline)."""
-        return (await self._acknowledged(await self.submit(thread_id, turn, [envelope])))[0]
-
-    async def finish_turn(self, thread_id: str, turn: int) -> None:
-        """Finish ``turn`` after every item sent before, and wait for it (or its deadline)."""
-        await self._acknowledged(await self.submit(thread_id, turn, [], finish=True))
-
-    async def _acknowledged(self, future: asyncio.Future[list[int]]) -> list[int]:
-        if self._timeout is None:
-            return await future
-        # Shielded: the item stays in the stream's order of acknowledgements.
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), self._timeout)
-        except TimeoutError as error:
-            # Its outcome is nobody's now; retrieving it keeps asyncio quiet.
-            future.add_done_callback(lambda done: done.cancelled() or done.exception())
-            raise DeadlineExceededError(
-                f"no acknowledgement within {self._timeout} s; the write may still take effect"
-            ) from error
-
-    async def flush(self) -> None:
-        """Wait until every item sent so far is acknowledged or rejected."""
-        if self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
-
-    async def close(self) -> None:
-        """Half-close the stream after waiting for every acknowledgement."""
-        await self.flush()
-        async with self._write_lock:
-            if self._broken is None:
-                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                    await self._call.done_writing()
-        await self._reader
-
-    async def __aenter__(self) -> EventAppender:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            await self.close()
-        else:
-            self._call.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from turnstore import _json
-from turnstore.cli_common import (
+from turnstore.cli.common import (
     add_format_option,
     add_parser,
     as_json,

@@ -2,7 +2,7 @@
 
 :func:`add_event_commands` adds them to the ``turnstore`` command's
 subparsers; each parser's ``run`` default runs it (see
-:func:`turnstore.cli_common.handle`). They need only the client install.
+:func:`turnstore.cli.common.handle`). They need only the client install.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Final
 import grpc
 
 from turnstore import _json
-from turnstore.cli_common import (
+from turnstore.cli.common import (
     add_format_option,
     add_parser,
     as_json,
@@ -31,8 +31,8 @@ from turnstore.cli_common import (
     printable_json,
 )
 from turnstore.errors import EventFormatError, FollowerTooSlowError, UnavailableError
+from turnstore.replay import CaughtUp, ReplayItem, ThreadCleared, TurnFinished
 from turnstore.results import StoredEvent
-from turnstore.streams import CaughtUp, ReplayItem, ThreadCleared, TurnFinished
 
 # grpc.health.v1 by hand, so that `health` needs neither the server extra
 # nor grpcio-health-checking: HealthCheckRequest{service: ""} encodes as
@@ -139,7 +139,7 @@ def format_item(item: ReplayItem, json_lines: bool) -> str:
     """One line of ``turnstore tail``: a JSON object, or readable text.
 
     Either way, control characters from storage are escaped (see
-    :func:`turnstore.cli_common.printable`): JSON keeps its meaning, text
+    :func:`turnstore.cli.common.printable`): JSON keeps its meaning, text
     shows the event type with ``printable`` and the rest as escaped JSON.
     """
     if isinstance(item, StoredEvent):

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, Final, TextIO
 
 from turnstore._auth import ClientTls
+from turnstore._tokenfile import AUTH_TOKEN_ENV, token_from_file_or_env
 from turnstore.client import DEFAULT_TARGET, TurnstoreClient
 from turnstore.errors import TurnstoreError
 
@@ -33,7 +34,6 @@ from turnstore.errors import TurnstoreError
 # own names: serve reads TURNSTORE_TLS_CERT/KEY as the daemon's certificate,
 # and a probe run in the daemon's environment must not present that one.
 TARGET_ENV: Final = "TURNSTORE_TARGET"
-TOKEN_ENV: Final = "TURNSTORE_AUTH_TOKEN"
 TOKEN_FILE_ENV: Final = "TURNSTORE_TOKEN_FILE"
 TLS_CA_ENV: Final = "TURNSTORE_TLS_CA"
 TLS_CERT_ENV: Final = "TURNSTORE_TLS_CLIENT_CERT"
@@ -90,7 +90,7 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         default=_env(TOKEN_FILE_ENV),
         help=f"send the bearer token in this file's first line [env {TOKEN_FILE_ENV}; "
-        f"{TOKEN_ENV} may hold the token itself]",
+        f"{AUTH_TOKEN_ENV} may hold the token itself]",
     )
     group.add_argument(
         "--tls-ca",
@@ -138,20 +138,6 @@ def as_json(args: argparse.Namespace) -> bool:
     return bool(args.format == "json" or (args.format == "auto" and not sys.stdout.isatty()))
 
 
-def read_token(path: Path | None) -> str | None:
-    """The bearer token: the file's first line, else TURNSTORE_AUTH_TOKEN, else None.
-
-    Raises ValueError for an empty file and OSError for an unreadable one.
-    """
-    if path is not None:
-        lines = path.read_text().splitlines()
-        token = lines[0].strip() if lines else ""
-        if not token:
-            raise ValueError(f"the token file {str(path)!r} is empty")
-        return token
-    return os.environ.get(TOKEN_ENV) or None
-
-
 def client_tls(args: argparse.Namespace) -> ClientTls | None:
     """The TLS settings of the options, or None (plaintext) when no CA is given.
 
@@ -176,7 +162,7 @@ def connect(args: argparse.Namespace, timeout: float | None = 30.0) -> Turnstore
     return TurnstoreClient(
         args.target,
         timeout=timeout,
-        token=read_token(args.token_file),
+        token=token_from_file_or_env(args.token_file),
         tls=client_tls(args),
         allow_remote=args.allow_remote,
     )
@@ -353,7 +339,7 @@ def run_async(
 
     A TurnstoreError or an OSError (a file) is printed and gives 1; a
     UsageError or ValueError (inconsistent options) gives 2; Ctrl-C gives
-    130. BrokenPipeError goes up to :func:`turnstore.cli.main`, which ends
+    130. BrokenPipeError goes up to :func:`turnstore.cli.main.main`, which ends
     quietly (the reader, e.g. ``head``, has what it wanted).
     """
     name = args.command
@@ -386,7 +372,7 @@ async def _awaited(
 def handle(
     parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace], Awaitable[int]]
 ) -> None:
-    """Make ``command`` the coroutine ``turnstore.cli.main`` runs for this subcommand."""
+    """Make ``command`` the coroutine ``turnstore.cli.main.main`` runs for this subcommand."""
     parser.set_defaults(run=lambda args: run_async(args, command))
 
 

@@ -1,0 +1,329 @@
+"""Events over a daemon: :class:`TurnstoreEventStore`, obtained as ``client.events``.
+
+It implements :class:`~turnstore.protocols.EventStore` and adds what the
+daemon does beyond the contract: positions, streamed reads, replays
+(:mod:`turnstore.replay`) and pipelined appends (:mod:`turnstore.appender`).
+Writes go over the client's shared, retrying append stream
+(``write_mode="stream"``, :mod:`turnstore._append_stream`) or as unary calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final, Literal
+
+import grpc
+
+from turnstore._append_stream import RetryingAppendStream
+from turnstore._convert import envelopes_from_protos, fill_envelope
+from turnstore._retry import RetryPolicy, call_with_retry
+from turnstore._status import mapped_stream
+from turnstore._validate import check_offset, check_thread_id, check_turn
+from turnstore.appender import EventAppender
+from turnstore.errors import InvalidArgumentError, TurnAlreadyFinishedError
+from turnstore.models import AgentEventEnvelope, StoredTurnEvents
+from turnstore.replay import Replay, replay_request
+from turnstore.results import StoredEvent
+from turnstore.v1 import turnstore_pb2 as pb
+from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
+
+__all__ = ["CLIENT_DEFAULT", "WRITE_MODES", "TurnstoreEventStore", "WriteMode"]
+
+
+class _ClientDefault:
+    """The type of :data:`CLIENT_DEFAULT`."""
+
+    def __repr__(self) -> str:
+        return "CLIENT_DEFAULT"
+
+
+# A call's ``timeout`` when it is not given: the client's ``timeout``.
+CLIENT_DEFAULT: Final = _ClientDefault()
+
+
+# How appends and finishes travel (TurnstoreClient's ``write_mode``): over the
+# client's shared append stream, or as one unary call each.
+WriteMode = Literal["stream", "unary"]
+WRITE_MODES: Final = ("stream", "unary")
+
+
+class TurnstoreEventStore:
+    """:class:`~turnstore.protocols.EventStore` over a turnstore daemon.
+
+    Obtain it as ``client.events``. Every write is acknowledged only after
+    the daemon has durably committed it.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        timeout: float | None,
+        retry: RetryPolicy,
+        write_mode: WriteMode = "stream",
+    ) -> None:
+        self._stub = pb_grpc.EventStoreServiceStub(channel)
+        self._open_append_stream = RetryingAppendStream.open_call_of(channel)
+        self._timeout = timeout
+        self._retry = retry
+        self.write_mode: WriteMode = write_mode
+        self._shared: RetryingAppendStream | None = None
+
+    def _deadline(self, timeout: float | _ClientDefault | None) -> float | None:
+        return self._timeout if isinstance(timeout, _ClientDefault) else timeout
+
+    async def append(
+        self,
+        thread_id: str,
+        turn: int,
+        envelope: AgentEventEnvelope,
+        *,
+        timeout: float | _ClientDefault | None = CLIENT_DEFAULT,
+    ) -> int:
+        """Store ``envelope`` at the end of ``turn``; return its position in the thread.
+
+        Raises TurnFinishedError when the turn is finished, EventIdConflictError
+        when its event id is stored in another turn. An envelope whose event id
+        is already stored in this turn is not stored again: its original
+        position is returned. ``timeout`` overrides the client's deadline for
+        this call (None: none); past it, DeadlineExceededError is raised and
+        the append may still take effect.
+        """
+        return (await self.append_many(thread_id, turn, [envelope], timeout=timeout))[0]
+
+    async def append_many(
+        self,
+        thread_id: str,
+        turn: int,
+        envelopes: Sequence[AgentEventEnvelope],
+        *,
+        timeout: float | _ClientDefault | None = CLIENT_DEFAULT,
+    ) -> list[int]:
+        """Store ``envelopes`` at the end of ``turn`` atomically; return their positions.
+
+        Either all are stored or none is. Raises InvalidArgumentError for an
+        empty list. ``timeout`` is as in :meth:`append`.
+        """
+        deadline = self._deadline(timeout)
+        check_thread_id(thread_id)
+        check_turn(turn)
+        if not envelopes:
+            raise InvalidArgumentError("events: must hold at least one event")
+        if self.write_mode == "stream":
+            item = pb.AppendStreamRequest(thread_id=thread_id, turn=turn)
+            add_to_item = item.events.add
+            for envelope in envelopes:
+                fill_envelope(add_to_item(), envelope)
+            return await self._shared_stream().send(item, deadline)
+        request = pb.AppendRequest(thread_id=thread_id, turn=turn)
+        add = request.events.add
+        for envelope in envelopes:
+            fill_envelope(add(), envelope)
+        response = await call_with_retry(
+            lambda: self._stub.Append(request, timeout=deadline), self._retry
+        )
+        return list(response.positions)
+
+    async def finish_turn(
+        self,
+        thread_id: str,
+        turn: int,
+        *,
+        timeout: float | _ClientDefault | None = CLIENT_DEFAULT,
+    ) -> None:
+        """Close ``turn``. A turn never appended to becomes an empty finished turn.
+
+        Raises TurnAlreadyFinishedError when the turn is already finished
+        (but not when a retry of this call finds it finished by its own
+        earlier attempt). ``timeout`` is as in :meth:`append`.
+        """
+        deadline = self._deadline(timeout)
+        check_thread_id(thread_id)
+        check_turn(turn)
+        if self.write_mode == "stream":
+            item = pb.AppendStreamRequest(thread_id=thread_id, turn=turn, finish_turn=True)
+            await self._shared_stream().send(item, deadline)
+            return
+        request = pb.FinishTurnRequest(thread_id=thread_id, turn=turn)
+        # The finish may have committed before the daemon went away, so a
+        # retry that finds the turn finished is this call's own success.
+        await call_with_retry(
+            lambda: self._stub.FinishTurn(request, timeout=deadline),
+            self._retry,
+            (TurnAlreadyFinishedError, pb.FinishTurnResponse()),
+        )
+
+    def _shared_stream(self) -> RetryingAppendStream:
+        if self._shared is None:
+            self._shared = RetryingAppendStream(self._open_append_stream, self._retry)
+        return self._shared
+
+    async def aclose(self) -> None:
+        """Close the shared append stream; calls waiting on it fail with UnavailableError.
+
+        ``TurnstoreClient.aclose`` does this; later writes raise UnavailableError.
+        """
+        if self._shared is not None:
+            await self._shared.aclose()
+
+    async def get_turn(self, thread_id: str, turn: int) -> StoredTurnEvents | None:
+        """The turn, or None for an unknown thread or turn."""
+        check_thread_id(thread_id)
+        check_turn(turn)
+        request = pb.GetTurnRequest(thread_id=thread_id, turn=turn)
+        response = await call_with_retry(
+            lambda: self._stub.GetTurn(request, timeout=self._timeout), self._retry
+        )
+        if not response.found:
+            return None
+        return StoredTurnEvents(
+            response.turn.turn,
+            envelopes_from_protos(response.turn.events),
+            response.turn.finished,
+        )
+
+    async def get_turns(self, thread_id: str) -> list[StoredTurnEvents]:
+        """Every turn in ascending turn order; empty for an unknown thread."""
+        check_thread_id(thread_id)
+        return await call_with_retry(lambda: self._list_turns(thread_id), self._retry)
+
+    async def _list_turns(self, thread_id: str) -> list[StoredTurnEvents]:
+        turns: list[StoredTurnEvents] = []
+        call = self._stub.ListTurns(pb.ListTurnsRequest(thread_id=thread_id), timeout=self._timeout)
+        async for message in call:
+            piece = message.turn
+            events = envelopes_from_protos(piece.events)
+            if turns and turns[-1].turn == piece.turn:
+                turns[-1].events.extend(events)
+            else:
+                turns.append(StoredTurnEvents(piece.turn, events, piece.finished))
+        return turns
+
+    async def clear(self, thread_id: str) -> None:
+        """Remove everything of the thread; a no-op for an unknown thread."""
+        check_thread_id(thread_id)
+        request = pb.ClearRequest(thread_id=thread_id)
+        await call_with_retry(lambda: self._stub.Clear(request, timeout=self._timeout), self._retry)
+
+    async def get_events(self, thread_id: str) -> list[AgentEventEnvelope]:
+        """All envelopes, turn by turn in ascending order, each turn in append order."""
+        return await self.get_events_since(thread_id, 0)
+
+    async def event_count(self, thread_id: str) -> int:
+        """The number of envelopes in the thread (0 for an unknown thread)."""
+        check_thread_id(thread_id)
+        request = pb.EventCountRequest(thread_id=thread_id)
+        response = await call_with_retry(
+            lambda: self._stub.EventCount(request, timeout=self._timeout), self._retry
+        )
+        return int(response.count)
+
+    async def get_events_since(self, thread_id: str, offset: int) -> list[AgentEventEnvelope]:
+        """The envelopes of :meth:`get_events` after its first ``offset``.
+
+        The read covers the events committed when it started; it raises
+        ThreadClearedError if the thread is cleared while it runs.
+        """
+        check_thread_id(thread_id)
+        check_offset(offset)
+        request = pb.ReadEventsRequest(
+            thread_id=thread_id, offset=offset, order=pb.EVENT_ORDER_TURN
+        )
+
+        async def read() -> list[AgentEventEnvelope]:
+            envelopes: list[AgentEventEnvelope] = []
+            async for message in self._stub.ReadEvents(request, timeout=self._timeout):
+                envelopes += envelopes_from_protos(message.events)
+            return envelopes
+
+        return await call_with_retry(read, self._retry)
+
+    async def read_events(
+        self, thread_id: str, offset: int = 0, *, order: str = "commit"
+    ) -> AsyncIterator[StoredEvent]:
+        """Stream stored events, skipping the first ``offset`` in ``order``.
+
+        ``order`` is ``"commit"`` (by position: ``offset`` is the first
+        position returned) or ``"turn"`` (the order of :meth:`get_events`).
+        The read covers the events committed when it started; it raises
+        ThreadClearedError if the thread is cleared while it runs.
+        """
+        check_thread_id(thread_id)
+        check_offset(offset)
+        orders = {"commit": pb.EVENT_ORDER_COMMIT, "turn": pb.EVENT_ORDER_TURN}
+        if order not in orders:
+            raise ValueError(f"order must be 'commit' or 'turn', not {order!r}")
+        request = pb.ReadEventsRequest(thread_id=thread_id, offset=offset, order=orders[order])
+        async for message in mapped_stream(self._stub.ReadEvents(request, timeout=self._timeout)):
+            for event in message.events:
+                yield StoredEvent.from_proto(event)
+
+    def replay(
+        self,
+        thread_id: str,
+        after: int | None = None,
+        *,
+        follow: bool = False,
+        from_turn: int | None = None,
+        to_turn: int | None = None,
+        event_types: Sequence[str] | None = None,
+        until_turn_finished: int | None = None,
+        epoch: int | None = None,
+        timeout: float | _ClientDefault | None = CLIENT_DEFAULT,
+        max_events_per_message: int = 0,
+    ) -> Replay:
+        """Replay a thread after position ``after`` (None: from the start).
+
+        Yields stored events in position order with the markers
+        ``TurnFinished``, ``CaughtUp`` (once) and ``ThreadCleared``. Without
+        ``follow`` it ends once caught up; with it, it goes on with every new
+        commit until ``until_turn_finished`` is finished, the thread is
+        cleared, ``timeout`` passes (DeadlineExceededError) or it is closed.
+        ``from_turn``/``to_turn`` bound the turns and ``event_types`` the
+        types of events yielded. To resume, pass the previous replay's
+        ``last_position`` as ``after`` and its ``epoch`` as ``epoch``.
+
+        A cursor that was never handed out for this thread (``after`` at or
+        past its end) fails with CursorOutOfRangeError instead of waiting
+        silently. An ``epoch`` that is not the thread's current one (the
+        thread was cleared, or the database restored from a backup) yields
+        ``ThreadCleared`` and ends: replay again without ``after``/``epoch``.
+
+        ``timeout`` bounds the whole replay, retries included; by default it
+        is the client's deadline without ``follow`` and none with it (a
+        follower is long-lived; keepalive pings find a daemon that stopped
+        answering). A replay that fails with UnavailableError before its first
+        item is started again per the client's retry policy; after it, the
+        error is raised (resume with ``after``/``epoch``).
+        """
+        request = replay_request(
+            thread_id,
+            after,
+            follow=follow,
+            from_turn=from_turn,
+            to_turn=to_turn,
+            event_types=event_types,
+            until_turn_finished=until_turn_finished,
+            epoch=epoch,
+            max_events_per_message=max_events_per_message,
+        )
+        if isinstance(timeout, _ClientDefault):
+            timeout = None if follow else self._timeout
+        loop = asyncio.get_running_loop()
+        # One deadline for the whole replay, retries included.
+        ends_at = None if timeout is None else loop.time() + timeout
+
+        def restart() -> Any:
+            left = None if ends_at is None else max(ends_at - loop.time(), 0.0)
+            return self._stub.Replay(request, timeout=left)
+
+        return Replay(restart(), after, epoch, restart=restart, retry=self._retry)
+
+    def appender(self) -> EventAppender:
+        """Open a pipelining appender (an ``AppendStream`` of its own); use it as ``async with``.
+
+        Its ``append`` and ``finish_turn`` each have the client's deadline;
+        a broken stream is reopened and its pending items resent per the
+        client's retry policy, as for the shared stream.
+        """
+        return EventAppender(self._open_append_stream, self._timeout, self._retry)
