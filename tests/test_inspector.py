@@ -28,6 +28,12 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from tests.daemon import Daemon
 from tests.test_browser import ensure_chromium
 from turnstore import AgentEventEnvelope, ConversationSnapshot, TurnstoreClient
+from turnstore.server.access.scoped_engine import ScopedEngine
+from turnstore.server.access.scopes import Scope
+from turnstore.server.api.http import listings
+from turnstore.server.storage.lmdb.engine import LmdbEngine
+from turnstore.server.storage.values import EngineConfig, NewEvent
+from turnstore.v1 import turnstore_pb2 as pb
 
 TOKEN = "inspector-test-token"
 WAIT_MS = 20_000
@@ -527,3 +533,32 @@ async def test_listings_page_search_and_respect_scopes(
             assert status == 400 and field in body["message"], (query, body)
         status, body = await _get(http, f"{base}/v1/threads?prefix=a")
         assert status == 401
+
+
+def test_a_scoped_change_listing_answers_the_same_past_its_read_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_CHANGES_READ changed threads, the scoped walk answers, and says the same.
+
+    The bound is lowered so a few dozen threads pass it; the answer with and
+    without the fallback must be identical (nothing shows how much others wrote).
+    """
+    opened = LmdbEngine.open(EngineConfig(tmp_path / "engine"))
+    try:
+        for index in range(40):
+            owner = "mine" if index % 10 == 0 else "other"
+            event = pb.EventEnvelope(event_id=f"e{index}", type="x", body=b"{}")
+            opened.append(
+                f"{owner}/{index:02d}", 1, [NewEvent(event.event_id, event.SerializeToString())]
+            ).result()
+        scope = Scope(thread_prefix="mine/", key_prefix=None)
+        view = ScopedEngine(opened, scope)
+        within = listings.changed_since(opened, scope.covers_thread, view, 0, 3)
+        monkeypatch.setattr(listings, "MAX_CHANGES_READ", 16)
+        past = listings.changed_since(opened, scope.covers_thread, view, 0, 3)
+        assert within == past
+        assert [t.thread_id for t in past[0]] == ["mine/30", "mine/20", "mine/10"]
+        assert past[1] is True  # a fourth (mine/00) changed too
+        assert listings.changed_since(opened, scope.covers_thread, view, 0, 4)[1] is False
+    finally:
+        opened.close()

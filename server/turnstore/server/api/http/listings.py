@@ -30,6 +30,7 @@ from typing import Any, Final, TypeVar
 from aiohttp import web
 
 from turnstore.server.api.http.common import http_error, int_param, json_response, unquote_path
+from turnstore.server.api.http.credentials import ACCESS
 from turnstore.server.replay.replaying import MAX_TURN
 from turnstore.server.storage.errors import InvalidArgumentError
 from turnstore.server.storage.interface import StorageEngine
@@ -39,6 +40,8 @@ PER_PAGE: Final = 100
 MAX_PER_PAGE: Final = 1000
 # The first read of a change listing: most polls find a few threads changed.
 FIRST_CHANGES_READ: Final = 16
+# Entries of the whole store's recency index one change listing reads at most.
+MAX_CHANGES_READ: Final = 4096
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EngineFor = Callable[[web.Request], StorageEngine]
@@ -88,22 +91,39 @@ def with_prefix(
 
 
 def changed_since(
-    engine: StorageEngine, since_ns: int, limit: int
+    engine: StorageEngine,
+    covers: Callable[[str], bool] | None,
+    scoped_engine: StorageEngine,
+    since_ns: int,
+    limit: int,
 ) -> tuple[list[ThreadSummary], bool]:
-    """The threads written at or after ``since_ns``, newest first, and whether more did.
+    """The covered threads written at or after ``since_ns``, newest first, and whether more did.
 
-    Reads the recency index from its newest end, a few entries first and
-    more only while every entry read is new enough.
+    Reads the whole store's recency index (``engine``) from its newest end, a
+    few entries first and more only while every entry read is new enough,
+    and keeps those ``covers`` lets through (None: all): it costs the
+    threads written since, whoever wrote them. A scope covering few threads
+    would make a walk of the scoped engine read the index down to them, on
+    every poll. When more than :data:`MAX_CHANGES_READ` threads changed, the
+    answer comes from ``scoped_engine``'s own recency listing instead, which
+    gives the same answer: whether others wrote much never shows.
     """
     ask = min(FIRST_CHANGES_READ, limit + 1)
     while True:
         recent = engine.list_recent_threads(ask)
-        changed = [thread for thread in recent if thread.last_write_ns >= since_ns]
-        if len(changed) < len(recent) or len(recent) < ask:
-            return changed[:limit], len(changed) > limit
-        if ask > limit:
-            return changed[:limit], True
-        ask = min(ask * 4, limit + 1)
+        fresh = [thread for thread in recent if thread.last_write_ns >= since_ns]
+        done = len(fresh) < len(recent) or len(recent) < ask
+        kept = fresh if covers is None else [t for t in fresh if covers(t.thread_id)]
+        if len(kept) > limit:
+            return kept[:limit], True
+        if done:
+            return kept, False
+        if ask >= MAX_CHANGES_READ:
+            break
+        ask = min(ask * 4, MAX_CHANGES_READ)
+    newest = scoped_engine.list_recent_threads(limit + 1)
+    kept = [thread for thread in newest if thread.last_write_ns >= since_ns]
+    return kept[:limit], len(kept) > limit
 
 
 def _thread_json(thread: ThreadSummary) -> dict[str, Any]:
@@ -126,9 +146,11 @@ def _bounded(query: Any, name: str, max_bytes: int) -> str:
 class Listings:
     """The listing routes, each over the engine as the request's credential sees it."""
 
-    def __init__(self, executor: Executor, engine_for: EngineFor) -> None:
+    def __init__(self, executor: Executor, engine_for: EngineFor, engine: StorageEngine) -> None:
         self._executor = executor
         self._engine_for = engine_for
+        # Unscoped: only the change listing reads it, and returns only what the scope covers.
+        self._engine = engine
 
     def add_routes(self, app: web.Application, older_threads: Handler) -> None:
         """Register the routes; ``older_threads`` answers ``/v1/threads`` without them."""
@@ -159,7 +181,11 @@ class Listings:
                 raise InvalidArgumentError("changed_since", "must be Unix nanoseconds")
             if "prefix" in query or "after" in query:
                 raise InvalidArgumentError("changed_since", "takes neither prefix nor after")
-            changed, truncated = await self._run(changed_since, engine, since, limit)
+            scope = request[ACCESS].scope
+            covers = None if scope.all_threads else scope.covers_thread
+            changed, truncated = await self._run(
+                changed_since, self._engine, covers, engine, since, limit
+            )
             return json_response(
                 {"threads": [_thread_json(t) for t in changed], "truncated": truncated}
             )

@@ -137,7 +137,7 @@ class HttpApi:
             revocations_dsn=revocations_dsn,
         )
         self._reads = JsonReads(executor, self._engine_for)
-        self._listings = Listings(executor, self._engine_for)
+        self._listings = Listings(executor, self._engine_for, engine)
         self._streams = EventStreams(executor, followers, self._credentials, self._engine_for)
         self._tls = tls
         self._allow_remote = allow_remote
