@@ -265,12 +265,19 @@ async def test_conversation_versions_and_content(
     await expect(rows).to_have_count(3, timeout=WAIT_MS)
     assert [await row.get_attribute("data-version") for row in await rows.all()] == ["3", "2", "1"]
     await expect(page.locator("#snapshot-title")).to_have_text("Version 3 · 3 messages")
-    await expect(page.locator("#snapshot")).to_contain_text("message 2 of version 3")
+    messages = page.locator("#messages .message")
+    await expect(messages).to_have_count(3)
+    await expect(messages.nth(2).locator(".said")).to_have_text("message 2 of version 3")
+    await expect(messages.nth(0).locator(".kind")).to_have_text("user")
+    await expect(page.locator("#snapshot")).to_be_hidden()  # the stored JSON, one click away
+    await page.click("#raw > summary")
+    await expect(page.locator("#snapshot")).to_contain_text('"pinned"')
     await page.click('#versions tr[data-version="1"]')
     await expect(page.locator("#snapshot-title")).to_have_text(
         "Version 1 · 1 message", timeout=WAIT_MS
     )
-    await expect(page.locator("#snapshot")).to_contain_text("message 0 of version 1")
+    await expect(messages).to_have_count(1)
+    await expect(messages.first.locator(".said")).to_have_text("message 0 of version 1")
     assert "version 3" not in (await page.text_content("#snapshot") or "")
     await page.goto(base + "/#key=" + urllib.parse.quote("no/such key", safe=""))
     await expect(page.locator("#conv-state")).to_contain_text(

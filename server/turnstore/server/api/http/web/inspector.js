@@ -778,7 +778,7 @@ async function showKey(key, version) {
     state.hidden = false;
     state.textContent =
       "Unknown conversation: no snapshot is stored under this key (or it is outside this session's scope).";
-    $("versions").hidden = $("snapshot").hidden = $("snapshot-title").hidden = true;
+    $("versions").hidden = $("raw").hidden = $("messages").hidden = $("snapshot-title").hidden = true;
     return;
   }
   state.hidden = true;
@@ -803,18 +803,35 @@ async function showKey(key, version) {
   const snapshot = await getJson(`/v1/conversations/${encodeURIComponent(key)}?version=${shown}`);
   if (!snapshot || keys.selected !== key) return;
   $("snapshot-title").hidden = false;
-  $("snapshot").hidden = false;
+  $("raw").hidden = false;
+  $("messages").replaceChildren();
+  $("messages").hidden = true;
   if (snapshot.status === 404) {
     $("snapshot-title").textContent = `Version ${shown}`;
     $("snapshot").textContent = "This version is no longer kept.";
+    $("raw").open = true;
     return;
   }
   const content = snapshot.body.snapshot;
-  const messages = content && Array.isArray(content.messages) ? content.messages.length : null;
+  const messages = content && Array.isArray(content.messages) ? content.messages : null;
   $("snapshot-title").textContent =
-    `Version ${shown}` + (messages !== null ? ` · ${plural(messages, "message", "messages")}` : "");
+    `Version ${shown}` + (messages !== null ? ` · ${plural(messages.length, "message", "messages")}` : "");
   $("snapshot").textContent =
     content === null ? `${snapshot.body.body_error}\n${snapshot.body.raw_body}` : JSON.stringify(content, null, 2);
+  // A conversation's messages one by one (role and words where they have
+  // them, else their JSON); the stored JSON stays one click away.
+  $("raw").open = messages === null;
+  if (messages === null) return;
+  const pinned = Array.isArray(content.pinned) ? content.pinned : [];
+  for (const [index, message] of messages.entries()) {
+    const entry = el("li", "message");
+    const role = message && typeof message.role === "string" ? message.role : `message ${index + 1}`;
+    entry.append(el("span", "kind", role + (pinned[index] === true ? " · pinned" : "")));
+    const said = message && typeof message === "object" ? words(message) : null;
+    entry.append(said !== null ? el("div", "said", said) : el("pre", null, JSON.stringify(message, null, 2)));
+    $("messages").append(entry);
+  }
+  $("messages").hidden = false;
 }
 
 boot();
