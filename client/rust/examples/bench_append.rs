@@ -38,10 +38,8 @@ struct TextDeltas {
 
 impl TextDeltas {
     fn new() -> anyhow::Result<Self> {
-        let probe = AgentEventEnvelope::wrap(
-            AgentEvent::text_delta("msg-1", ""),
-            &SequenceCounter::new(),
-        );
+        let probe =
+            AgentEventEnvelope::wrap(AgentEvent::text_delta("msg-1", ""), &SequenceCounter::new());
         let pad = DELTA_JSON_BYTES.saturating_sub(serde_json::to_vec(&probe)?.len());
         let delta = TEXT.repeat(pad / TEXT.len() + 1)[..pad].to_owned();
         Ok(Self {
