@@ -38,14 +38,26 @@ def target_dir() -> Path:
     return Path.home() / ".cache" / "turnstore" / "rust-target"
 
 
-def build() -> Path:
-    """``cargo build --release`` of the example; its path. Raises when it cannot be built."""
+def build(release: bool = True) -> Path:
+    """``cargo build --release`` of the example; its path. Raises when it cannot be built.
+
+    ``release=False`` builds the debug profile, whose dependencies the Rust
+    tests have already built: for a smoke run, not for numbers.
+    """
     cargo = shutil.which("cargo")
     if cargo is None:
         raise RuntimeError("cargo is not on PATH (https://rustup.rs); --skip-rust runs without")
     where = target_dir()
     completed = subprocess.run(
-        [cargo, "build", "--locked", "--quiet", "--release", "--example", EXAMPLE],
+        [
+            cargo,
+            "build",
+            "--locked",
+            "--quiet",
+            *(["--release"] if release else []),
+            "--example",
+            EXAMPLE,
+        ],
         cwd=RUST_DIR,
         env={**os.environ, "CARGO_TARGET_DIR": str(where), "CARGO_TERM_COLOR": "never"},
         stdin=subprocess.DEVNULL,
@@ -57,7 +69,7 @@ def build() -> Path:
     if completed.returncode != 0:
         tail = "\n".join(completed.stderr.strip().splitlines()[-8:])
         raise RuntimeError(f"cargo build exited with {completed.returncode}: {tail}")
-    binary = where / "release" / "examples" / EXAMPLE
+    binary = where / ("release" if release else "debug") / "examples" / EXAMPLE
     if not binary.exists():
         raise RuntimeError(f"cargo built no {binary}")
     return binary

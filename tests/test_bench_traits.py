@@ -366,9 +366,10 @@ def test_a_missing_floor_or_rust_side_is_unknown_not_a_ratio() -> None:
 
 @pytest.mark.timeout(traits_rust.BUILD_TIMEOUT + 120)
 def test_the_rust_rows_run_against_a_real_daemon(daemon: Daemon) -> None:
-    # The bench's own build (release, the shared target directory or
-    # CARGO_TARGET_DIR) and its own reading of the example's output.
-    binary = traits_rust.build()
+    # The bench's own build (the debug profile here: a cold release build
+    # takes minutes on 2 cores, and this checks the rows, not their speed)
+    # and its own reading of the example's output.
+    binary = traits_rust.build(release=False)
     result = traits_rust.agents(
         str(binary),
         daemon.target,
