@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import daemon as daemon_module
-from tests.daemon import Daemon
-from tests.postgres import PostgresServer, fresh_database, start_postgres
+from tests.support import daemon as daemon_module
+from tests.support.daemon import Daemon
+from tests.support.postgres import PostgresServer, fresh_database, start_postgres
 from turnstore import EventStore, HistoryStore, TurnstoreClient
 from turnstore.client import WriteMode
 from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore

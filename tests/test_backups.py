@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from tests.test_operations import admin_cli
 from turnstore import (
     AgentEventEnvelope,

@@ -1,7 +1,7 @@
 """Bounded connections and requests: what idle, slow and half-sent peers cost a real daemon.
 
 Each test starts its own ``turnstore serve`` and attacks it over raw
-sockets (HTTP/1.1 by hand, HTTP/2 through :mod:`tests.hostile.h2raw`),
+sockets (HTTP/1.1 by hand, HTTP/2 through :mod:`tests.support.hostile.h2raw`),
 then checks that the daemon still serves its honest clients, and what the
 attack cost it in files, log and memory (VmRSS from /proc).
 """
@@ -25,8 +25,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.daemon import Daemon
-from tests.hostile.h2raw import (
+from tests.support.daemon import Daemon
+from tests.support.hostile.h2raw import (
     CONTINUATION,
     HEADERS,
     RawConnection,

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import AgentEventEnvelope, TurnstoreClient
 
 CHROMIUM = "/usr/bin/chromium"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import AgentEventEnvelope, ClientTls, ConversationSnapshot, TurnstoreClient
 from turnstore.cli_events import health_status
 

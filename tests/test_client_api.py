@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import (
     AgentEventEnvelope,
     CaughtUp,

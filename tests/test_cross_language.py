@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 
-from tests import daemon as daemon_module
-from tests.daemon import Daemon
+from tests.support import daemon as daemon_module
+from tests.support.daemon import Daemon
 from tests.test_rust import CARGO_TIMEOUT, _cargo, _target_dir
 from tests.test_typescript import TS_DIR, _run
 

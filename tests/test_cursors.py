@@ -23,9 +23,9 @@ import grpc
 import psycopg
 import pytest
 
-from tests.daemon import Daemon
-from tests.postgres import PostgresServer, fresh_database
-from tests.sse_client import open_stream
+from tests.support.daemon import Daemon
+from tests.support.postgres import PostgresServer, fresh_database
+from tests.support.sse_client import open_stream
 from tests.test_operations import admin_cli
 from turnstore import (
     AgentEventEnvelope,

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from tests.test_typescript import TS_DIR, _Driver, node_env, typescript_build  # noqa: F401
 from turnstore import (
     AgentEventEnvelope,

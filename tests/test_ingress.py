@@ -35,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import (
     AgentEventEnvelope,
     CaughtUp,

@@ -23,11 +23,11 @@ import aiohttp
 import grpc
 import pytest
 
-from tests.daemon import Daemon
-from tests.hostile.checker import json_depth
-from tests.hostile.strategies import field_bytes
-from tests.hostile.wire import APPEND_STREAM, connect
-from tests.sse_client import open_stream, strict_json
+from tests.support.daemon import Daemon
+from tests.support.hostile.checker import json_depth
+from tests.support.hostile.strategies import field_bytes
+from tests.support.hostile.wire import APPEND_STREAM, connect
+from tests.support.sse_client import open_stream, strict_json
 from tests.test_cli import clean_env, json_lines
 from tests.test_cli import run as run_cli
 from tests.test_rust import TS_DIR, _interop, interop_program  # noqa: F401  (fixture)

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from tests.test_follower_budget import scrape
 from turnstore import (
     AgentEventEnvelope,

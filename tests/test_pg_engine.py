@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.postgres import PostgresServer, fresh_database
+from tests.support.postgres import PostgresServer, fresh_database
 from turnstore.server.storage.errors import (
     EventIdConflictError,
     ThreadClearedError,

@@ -29,7 +29,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.postgres import PostgresServer, fresh_database
+from tests.support.postgres import PostgresServer, fresh_database
 from tests.test_pg_engine import envelope, open_engine
 from turnstore.server.storage.errors import DatabaseUnavailableError, TurnFinishedError
 from turnstore.server.storage.postgres.engine import PostgresEngine

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 
 from tests.conftest import postgres_daemon_args
-from tests.daemon import Daemon
-from tests.postgres import PASSWORD, PostgresServer
+from tests.support.daemon import Daemon
+from tests.support.postgres import PASSWORD, PostgresServer
 from turnstore import (
     AgentEventEnvelope,
     CaughtUp,

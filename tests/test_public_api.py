@@ -11,7 +11,7 @@ from pathlib import Path
 import turnstore
 import turnstore.client
 import turnstore.results
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import EventStore, HistoryStore, TurnstoreEventStore, TurnstoreHistoryStore
 from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
 

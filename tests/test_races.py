@@ -19,7 +19,7 @@ from typing import Final
 import grpc
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import (
     AgentEventEnvelope,
     StoredEvent,

@@ -38,7 +38,7 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import AgentEventEnvelope, ResourceExhaustedError, TurnstoreClient
 from turnstore.server.api import readcost
 from turnstore.server.storage import records

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,

@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.commands import run_or_fail
-from tests.daemon import Daemon
+from tests.support.commands import run_or_fail
+from tests.support.daemon import Daemon
 from tests.test_typescript import node_env, typescript_build  # noqa: F401  (fixtures)
 from turnstore import AgentEventEnvelope, TurnstoreClient
 from turnstore._auth import ClientTls

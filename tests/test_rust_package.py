@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from tests.test_rust import CARGO_TIMEOUT, _target_dir
 from tests.test_rust import _cargo as cargo_in
 from turnstore import TurnstoreClient

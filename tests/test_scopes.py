@@ -25,9 +25,9 @@ import aiohttp
 import pytest
 import yarl
 
-from tests.daemon import Daemon
-from tests.postgres import PostgresServer, fresh_database
-from tests.sse_client import open_stream
+from tests.support.daemon import Daemon
+from tests.support.postgres import PostgresServer, fresh_database
+from tests.support.sse_client import open_stream
 from turnstore import (
     AgentEventEnvelope,
     CaughtUp,

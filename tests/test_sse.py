@@ -15,8 +15,8 @@ import pytest
 import trustme
 import yarl
 
-from tests.daemon import Daemon
-from tests.sse_client import SseEvent, open_stream, strict_json
+from tests.support.daemon import Daemon
+from tests.support.sse_client import SseEvent, open_stream, strict_json
 from turnstore import AgentEventEnvelope, ConversationSnapshot, TurnstoreClient
 from turnstore.server.access.sessions import SessionSigner
 from turnstore.server.storage.lmdb.engine import Engine

@@ -26,7 +26,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,

@@ -36,8 +36,8 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.commands import run_or_fail
-from tests.daemon import Daemon
+from tests.support.commands import run_or_fail
+from tests.support.daemon import Daemon
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,
