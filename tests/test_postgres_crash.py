@@ -49,9 +49,8 @@ from typing import Final, TypeVar
 
 import pytest
 
-from tests.conftest import postgres_daemon_args
 from tests.support.daemon import Daemon
-from tests.support.postgres import PASSWORD, PostgresServer, start_postgres
+from tests.support.postgres import PASSWORD, PostgresServer, postgres_daemon_args, start_postgres
 from tests.test_crash import (
     ACKED,
     REJECTED,

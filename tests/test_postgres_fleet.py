@@ -18,9 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import postgres_daemon_args
 from tests.support.daemon import Daemon
-from tests.support.postgres import PASSWORD, PostgresServer
+from tests.support.postgres import PASSWORD, PostgresServer, postgres_daemon_args
 from turnstore import (
     AgentEventEnvelope,
     CaughtUp,
