@@ -26,7 +26,8 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, DaemonStarter
+from tests.support.open_gate import OpenGate, tmpfs
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,
@@ -291,17 +292,8 @@ def test_disk_failures_are_told_apart(tmp_path: Path) -> None:
 @pytest.fixture
 def small_filesystem(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs mounted for the test (the tests run as root), unmounted after."""
-    mount_point = tmp_path / "small-fs"
-    mount_point.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount_point)],
-        check=True,
-        capture_output=True,
-    )
-    try:
+    with tmpfs(tmp_path / "small-fs", "16m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True, capture_output=True)
 
 
 async def test_a_full_filesystem_is_resource_exhausted_and_writes_resume(
@@ -344,54 +336,45 @@ async def test_a_full_filesystem_is_resource_exhausted_and_writes_resume(
 
 
 async def test_a_daemon_killed_during_a_backup_leaves_no_partial_directory(
-    tmp_path: Path,
+    tmp_path: Path, start_daemon: DaemonStarter
 ) -> None:
     data_dir = tmp_path / "data"
-    backups = tmp_path / "backups"
-    backups.mkdir()
-    # Things the daemon did not create, some looking like its own: never touched.
-    (backups / ".nightly.partial-decoy123").mkdir()
-    (backups / "keep.txt").write_text("keep me")
-    daemon = Daemon(data_dir, extra_args=["--backup-dir", str(backups)])
-    daemon.start()
-    async with TurnstoreClient(daemon.target) as client:
-        for n in range(48):
-            await client.events.append_many(
-                f"t{n % 4}", 1, [blob(f"{n}-{k}", 250_000) for k in range(4)]
-            )
-    caught = None
-    for attempt in range(5):
-        dest = backups / f"nightly-{attempt}"
+    with tmpfs(tmp_path / "backups") as backups:
+        # Things the daemon did not create, some looking like its own: never touched.
+        (backups / ".nightly.partial-decoy123").mkdir()
+        (backups / "keep.txt").write_text("keep me")
+        daemon = start_daemon("lmdb", "--backup-dir", str(backups), data_dir=data_dir)
+        assert daemon.process is not None
+        pid = daemon.process.pid
         async with TurnstoreClient(daemon.target) as client:
-            backup = asyncio.create_task(client.admin.backup(dest.name))
-            deadline = time.monotonic() + DEADLINE_SECONDS
-            while not backup.done():
-                partial = [n for n in os.listdir(backups) if n.startswith(f".{dest.name}.partial-")]
-                if partial:
-                    daemon.kill()
-                    caught = backups / partial[0]
-                    break
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.0005)
-            backup.cancel()
+            for n in range(8):
+                await client.events.append_many(
+                    f"t{n % 4}", 1, [blob(f"{n}-{k}", 25_000) for k in range(4)]
+                )
+            # The daemon is held as it opens the copy's file, its partial
+            # directory made, and killed there: in the middle of the backup.
+            with OpenGate(backups, lambda opener, path: opener == pid) as gate:
+                backup = asyncio.create_task(client.admin.backup("nightly"))
+                held = await asyncio.to_thread(gate.wait)
+                daemon.kill()
             with contextlib.suppress(BaseException):
                 await backup
-        if caught is not None:
-            break
-    assert caught is not None, "every backup completed before it could be killed"
-    assert caught.is_dir()  # the kill left it behind
-    serving = daemon.start()
-    assert not caught.exists()
-    assert serving["removed_partial_backups"] == [str(caught)]
-    leftovers = sorted(n for n in os.listdir(backups) if ".partial-" in n)
-    assert leftovers == [".nightly.partial-decoy123"]
-    assert (backups / "keep.txt").read_text() == "keep me"
-    assert not (data_dir / "backups-in-progress").exists()
-    # Backups work as before afterwards.
-    async with TurnstoreClient(daemon.target) as client:
-        result = await client.admin.backup("after")
-        assert result.bytes_written > 0 and result.dest_dir == str(backups / "after")
-    assert daemon.stop() == 0
+        caught = held.parent
+        assert held.name == "data.mdb" and caught.parent == backups, held
+        assert caught.name.startswith(".nightly.partial-"), caught
+        assert caught.is_dir()  # the kill left it behind
+        serving = daemon.start()
+        assert not caught.exists()
+        assert serving["removed_partial_backups"] == [str(caught)]
+        leftovers = sorted(n for n in os.listdir(backups) if ".partial-" in n)
+        assert leftovers == [".nightly.partial-decoy123"]
+        assert (backups / "keep.txt").read_text() == "keep me"
+        assert not (data_dir / "backups-in-progress").exists()
+        # Backups work as before afterwards.
+        async with TurnstoreClient(daemon.target) as client:
+            result = await client.admin.backup("after")
+            assert result.bytes_written > 0 and result.dest_dir == str(backups / "after")
+        assert daemon.stop() == 0
 
 
 async def test_backup_paths_too_long_for_the_file_system_are_invalid(
