@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from tests.support.daemon import Daemon
+from tests.support.eventually import eventually_async
 from turnstore import (
     AgentEventEnvelope,
     CaughtUp,
@@ -280,12 +281,13 @@ async def test_cancelled_followers_leave_nothing_registered(
         assert before.open_replays == 10
         for replay in replays:
             await replay.aclose()
+
+        async def no_replay_open() -> bool:
+            return (await stats(daemon.target)).open_replays == 0
+
+        # The daemon learns of the cancellations asynchronously.
+        await eventually_async(no_replay_open, what="the closed replays to be forgotten")
         after = await stats(daemon.target)
-        for _ in range(1000):  # the daemon learns of the cancellations asynchronously
-            if after.open_replays == 0:
-                break
-            await asyncio.sleep(0.01)
-            after = await stats(daemon.target)
         assert (after.open_replays, after.live_followers) == (0, 0)
     assert daemon.stop() == 0
 

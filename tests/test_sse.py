@@ -16,6 +16,7 @@ import trustme
 import yarl
 
 from tests.support.daemon import Daemon
+from tests.support.eventually import eventually_async
 from tests.support.sse_client import SseEvent, open_stream, strict_json
 from turnstore import AgentEventEnvelope, ConversationSnapshot, TurnstoreClient
 from turnstore.server.access.sessions import SessionSigner
@@ -339,11 +340,10 @@ async def test_idle_streams_get_heartbeats(
     assert caught_up is not None and caught_up.name == "caught_up"
     # The next read blocks until heartbeats arrive; two of them prove they repeat.
     reader = asyncio.create_task(stream.next(timeout=60))
-    deadline = asyncio.get_running_loop().time() + 30
-    while len(stream.comments) < 2:
-        assert asyncio.get_running_loop().time() < deadline, "no heartbeats"
-        await asyncio.wait((reader,), timeout=0.05)
-        assert not reader.done()
+    await eventually_async(
+        lambda: reader.done() or len(stream.comments) >= 2, what="two heartbeats"
+    )
+    assert not reader.done()
     reader.cancel()
     stream.close()
     assert stream.comments[:2] == ["heartbeat", "heartbeat"]
@@ -491,10 +491,11 @@ async def test_a_dropped_browser_leaves_no_follower_behind(
     for stream in streams:
         stream.close()
     # The daemon notices at its next heartbeat write (0.2 s here).
-    deadline = asyncio.get_running_loop().time() + 30
-    while await open_replays() != 0:
-        assert asyncio.get_running_loop().time() < deadline, "followers left registered"
-        await asyncio.sleep(0.05)
+
+    async def none_open() -> bool:
+        return await open_replays() == 0
+
+    await eventually_async(none_open, what="the closed streams' followers to be forgotten")
 
 
 async def test_malformed_requests_get_a_4xx_never_a_500(
@@ -569,10 +570,7 @@ async def test_stalled_browsers_are_ended_within_the_follower_budget_and_resume(
                     if "follower_too_slow" in line and '"http"' in line
                 )
 
-            deadline = asyncio.get_running_loop().time() + 60
-            while ended() == 0:
-                assert asyncio.get_running_loop().time() < deadline, "no stream was ended"
-                await asyncio.sleep(0.05)
+            await eventually_async(ended, 60, what="a stream to be ended")
             # Every reader now reads on, resuming after its last id when its
             # stream was ended: it gets each event once, in order.
             for stream in stalled:

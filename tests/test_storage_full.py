@@ -17,7 +17,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import lmdb
 import pytest
 
 from tests.support.daemon import Daemon, DaemonStarter
+from tests.support.eventually import eventually_async
 from tests.support.open_gate import OpenGate, tmpfs
 from turnstore import (
     AgentEventEnvelope,
@@ -169,17 +169,18 @@ async def test_retention_empties_a_full_database_and_writes_resume(data_dir: Pat
         # One thread, written without pause, so retention cannot take it while it fills.
         await fill(client, ["filler"], acknowledged, 20_000)
         assert acknowledged["filler"] > 100
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while True:
+
+        async def appended() -> bool:
             try:
                 # The same batch as the one refused at the end of the fill.
                 await client.events.append_many(
                     "later", 1, [blob(f"later-{n}", 20_000) for n in range(4)]
                 )
-                break
             except StorageFullError:
-                assert time.monotonic() < deadline, "retention never made room"
-                await asyncio.sleep(0.05)
+                return False
+            return True
+
+        await eventually_async(appended, DEADLINE_SECONDS, what="retention to make room")
         stats = await client.admin.stats()
         assert stats.retention_removed_threads >= 1
         assert stats.retention_removed_events >= acknowledged["filler"]

@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ def _timed_out(what: str, timeout: float, last: object) -> AssertionError:
 
 
 def eventually(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     timeout: float = DEFAULT_TIMEOUT,
     *,
     what: str = "the condition",
@@ -51,8 +51,28 @@ def eventually(
         time.sleep(interval)
 
 
+@overload
 async def eventually_async(
-    condition: Callable[[], T | Awaitable[T]],
+    condition: Callable[[], Awaitable[T | None]],
+    timeout: float = ...,  # noqa: ASYNC109
+    *,
+    what: str = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+@overload
+async def eventually_async(
+    condition: Callable[[], T | None],
+    timeout: float = ...,  # noqa: ASYNC109
+    *,
+    what: str = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+async def eventually_async(
+    condition: Callable[[], T | Awaitable[T | None] | None],
     timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109
     *,
     what: str = "the condition",
@@ -68,7 +88,7 @@ async def eventually_async(
     deadline = loop.time() + timeout
     while True:
         outcome = condition()
-        value: T = await outcome if inspect.isawaitable(outcome) else outcome
+        value = await outcome if inspect.isawaitable(outcome) else outcome
         if value:
             return value
         if loop.time() >= deadline:
