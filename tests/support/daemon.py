@@ -151,7 +151,9 @@ class DaemonStarter:
     databases; a test that stops a daemon itself checks that status itself.
     """
 
-    def __init__(self, root: Path, postgres_server: Callable[[], PostgresServer]) -> None:
+    def __init__(
+        self, root: Path, postgres_server: Callable[[], PostgresServer] | None = None
+    ) -> None:
         self._root = root
         self._postgres_server = postgres_server
         self._databases = ExitStack()
@@ -159,6 +161,7 @@ class DaemonStarter:
 
     def database(self) -> str:
         """The DSN of a fresh database, dropped at :meth:`close`."""
+        assert self._postgres_server is not None, "this starter has no PostgreSQL server"
         return self._databases.enter_context(fresh_database(self._postgres_server()))
 
     def backend_args(self, backend: str, dsn: str | None = None) -> list[str]:
