@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import DaemonStarter
 from tests.support.eventually import eventually_async
 from turnstore import (
     AgentEventEnvelope,
@@ -121,19 +121,19 @@ async def resume(client: TurnstoreClient, thread: str, ended: Replay) -> list[in
 
 
 async def test_stalled_followers_stay_within_the_budget_and_the_ended_resume(
-    tmp_path: Path, backend_args: list[str]
+    tmp_path: Path, backend_args: list[str], start_daemon: DaemonStarter
 ) -> None:
-    daemon = Daemon(
-        tmp_path / "data",
-        extra_args=[
-            "--follower-budget",
-            str(PER_FOLLOWER),
-            "--followers-total-budget",
-            str(TOTAL),
-            "--metrics-listen",
-            "127.0.0.1:0",
-            *backend_args,
-        ],
+    daemon = start_daemon(
+        "lmdb",
+        "--follower-budget",
+        str(PER_FOLLOWER),
+        "--followers-total-budget",
+        str(TOTAL),
+        "--metrics-listen",
+        "127.0.0.1:0",
+        *backend_args,
+        data_dir=tmp_path / "data",
+        start=False,
     )
     metrics_address = daemon.start()["metrics"]
     assert daemon.process is not None
@@ -203,11 +203,12 @@ async def test_stalled_followers_stay_within_the_budget_and_the_ended_resume(
 
 
 async def test_a_message_stops_at_the_follower_budget_whatever_was_asked(
-    tmp_path: Path, backend_args: list[str]
+    tmp_path: Path, backend_args: list[str], start_daemon: DaemonStarter
 ) -> None:
     budget = 16 * 1024
-    daemon = Daemon(tmp_path / "data", extra_args=["--follower-budget", "16KiB", *backend_args])
-    daemon.start()
+    daemon = start_daemon(
+        "lmdb", "--follower-budget", "16KiB", *backend_args, data_dir=tmp_path / "data"
+    )
     thread = f"thread-{uuid.uuid4()}"
     try:
         async with TurnstoreClient(daemon.target) as client:
@@ -231,22 +232,20 @@ async def test_a_message_stops_at_the_follower_budget_whatever_was_asked(
 
 
 async def test_healthy_followers_contending_for_a_small_total_wait_and_are_never_ended(
-    tmp_path: Path, backend_args: list[str]
+    tmp_path: Path, backend_args: list[str], start_daemon: DaemonStarter
 ) -> None:
     # Ten followers that read promptly share room for four messages: they
     # take turns, and none has a message unread for the second that would
     # make it too slow.
-    daemon = Daemon(
-        tmp_path / "data",
-        extra_args=[
-            "--follower-budget",
-            "64KiB",
-            "--followers-total-budget",
-            "256KiB",
-            *backend_args,
-        ],
+    daemon = start_daemon(
+        "lmdb",
+        "--follower-budget",
+        "64KiB",
+        "--followers-total-budget",
+        "256KiB",
+        *backend_args,
+        data_dir=tmp_path / "data",
     )
-    daemon.start()
     thread = f"thread-{uuid.uuid4()}"
     events = 2000
     try:

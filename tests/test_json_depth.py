@@ -23,7 +23,7 @@ import aiohttp
 import grpc
 import pytest
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, DaemonStarter
 from tests.support.hostile.checker import json_depth
 from tests.support.hostile.strategies import field_bytes
 from tests.support.hostile.wire import APPEND_STREAM, connect
@@ -294,12 +294,12 @@ def store_as_an_older_version(data_dir: Path, thread: str) -> None:
 
 
 async def test_a_deep_body_stored_earlier_does_not_poison_its_readers(
-    tmp_path: Path, http: aiohttp.ClientSession
+    tmp_path: Path, http: aiohttp.ClientSession, start_daemon: DaemonStarter
 ) -> None:
     thread = "old-and-deep"
     data_dir = tmp_path / "data"
     store_as_an_older_version(data_dir, thread)
-    daemon = Daemon(data_dir, extra_args=["--http-listen", "127.0.0.1:0"])
+    daemon = start_daemon("lmdb", "--http-listen", "127.0.0.1:0", data_dir=data_dir, start=False)
     base = daemon.start()["http"]
     try:
         # SSE delivers all three; the deep one as body_error (the events around it too).

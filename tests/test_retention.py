@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import DaemonStarter
 from tests.support.eventually import eventually, eventually_async
 from turnstore import (
     AgentEventEnvelope,
@@ -206,19 +206,18 @@ def test_retention_settings_are_checked(data_dir: Path, settings: dict[str, Any]
 
 async def test_a_daemon_removes_threads_and_keys_not_written_for_the_age(
     data_dir: Path,
+    start_daemon: DaemonStarter,
 ) -> None:
-    daemon = Daemon(
-        data_dir,
-        extra_args=[
-            "--retain-threads-for",
-            "2",
-            "--retain-conversations-for",
-            "2",
-            "--retention-interval",
-            "0.1",
-        ],
+    daemon = start_daemon(
+        "lmdb",
+        "--retain-threads-for",
+        "2",
+        "--retain-conversations-for",
+        "2",
+        "--retention-interval",
+        "0.1",
+        data_dir=data_dir,
     )
-    daemon.start()
     try:
         async with TurnstoreClient(daemon.target) as client:
             await client.events.append("stale", 1, AgentEventEnvelope.new({"type": "x"}))

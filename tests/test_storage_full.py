@@ -96,11 +96,12 @@ def scrape(address: str) -> dict[str, float]:
 
 async def test_a_full_database_is_emptied_and_written_again_without_a_restart(
     data_dir: Path,
+    start_daemon: DaemonStarter,
 ) -> None:
-    daemon = Daemon(
-        data_dir, extra_args=["--max-db-size", "8MiB", "--metrics-listen", "127.0.0.1:0"]
+    daemon = start_daemon(
+        "lmdb", "--max-db-size", "8MiB", "--metrics-listen", "127.0.0.1:0", data_dir=data_dir
     )
-    first = daemon.start()
+    first = daemon.serving
     threads = [f"t-{n}" for n in range(8)]
     acknowledged: dict[str, int] = {}
     async with TurnstoreClient(daemon.target) as client:
@@ -151,19 +152,19 @@ async def test_a_full_database_is_emptied_and_written_again_without_a_restart(
     assert daemon.stop() == 0
 
 
-async def test_retention_empties_a_full_database_and_writes_resume(data_dir: Path) -> None:
-    daemon = Daemon(
-        data_dir,
-        extra_args=[
-            "--max-db-size",
-            "8MiB",
-            "--retain-threads-for",
-            "1s",
-            "--retention-interval",
-            "0.2s",
-        ],
+async def test_retention_empties_a_full_database_and_writes_resume(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon(
+        "lmdb",
+        "--max-db-size",
+        "8MiB",
+        "--retain-threads-for",
+        "1s",
+        "--retention-interval",
+        "0.2s",
+        data_dir=data_dir,
     )
-    daemon.start()
     acknowledged: dict[str, int] = {}
     async with TurnstoreClient(daemon.target) as client:
         # One thread, written without pause, so retention cannot take it while it fills.
@@ -299,12 +300,12 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
 
 async def test_a_full_filesystem_is_resource_exhausted_and_writes_resume(
     small_filesystem: Path,
+    start_daemon: DaemonStarter,
 ) -> None:
     ballast = small_filesystem / "ballast"
     ballast.write_bytes(b"\0" * (6 * MIB))
     data_dir = small_filesystem / "data"
-    daemon = Daemon(data_dir)  # the default ceiling of 16 GiB: the disk fills first
-    daemon.start()
+    daemon = start_daemon(data_dir=data_dir)
     acknowledged: dict[str, int] = {}
     async with TurnstoreClient(daemon.target) as client:
         await fill(client, ["a", "b"], acknowledged, 50_000)
@@ -324,8 +325,7 @@ async def test_a_full_filesystem_is_resource_exhausted_and_writes_resume(
         await client.history("k").save(snapshot("z", 500_000))
     assert daemon.stop() == 0
     # Nothing acknowledged was lost.
-    restarted = Daemon(data_dir)
-    restarted.start()
+    restarted = start_daemon(data_dir=data_dir)
     async with TurnstoreClient(restarted.target) as client:
         for thread, count in acknowledged.items():
             assert await client.events.event_count(thread) == count
@@ -379,12 +379,11 @@ async def test_a_daemon_killed_during_a_backup_leaves_no_partial_directory(
 
 
 async def test_backup_paths_too_long_for_the_file_system_are_invalid(
-    data_dir: Path, tmp_path: Path
+    data_dir: Path, tmp_path: Path, start_daemon: DaemonStarter
 ) -> None:
     backups = tmp_path / "backups"
     backups.mkdir()
-    daemon = Daemon(data_dir, extra_args=["--backup-dir", str(backups)])
-    daemon.start()
+    daemon = start_daemon("lmdb", "--backup-dir", str(backups), data_dir=data_dir)
     (backups / "a-file").write_text("x")
     async with TurnstoreClient(daemon.target) as client:
         refused = {
@@ -411,13 +410,14 @@ def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-async def test_the_data_directory_and_its_files_are_owner_only(tmp_path: Path) -> None:
+async def test_the_data_directory_and_its_files_are_owner_only(
+    tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     data_dir = tmp_path / "fresh" / "data"
     (tmp_path / "backups").mkdir()
     previous = os.umask(0o022)  # what a daemon usually runs with
     try:
-        daemon = Daemon(data_dir, extra_args=["--backup-dir", str(tmp_path / "backups")])
-        daemon.start()
+        daemon = start_daemon("lmdb", "--backup-dir", str(tmp_path / "backups"), data_dir=data_dir)
         async with TurnstoreClient(daemon.target) as client:
             await client.events.append(f"t-{uuid.uuid4()}", 1, blob("a", 10))
             backup = await client.admin.backup("backup")
@@ -432,8 +432,7 @@ async def test_the_data_directory_and_its_files_are_owner_only(tmp_path: Path) -
     # Files an older version left readable are made owner-only at the next start.
     os.chmod(data_dir / "data.mdb", 0o644)
     os.chmod(data_dir / "turnstore.lock", 0o644)
-    daemon = Daemon(data_dir)
-    daemon.start()
+    daemon = start_daemon(data_dir=data_dir)
     assert mode_of(data_dir / "data.mdb") == 0o600
     assert mode_of(data_dir / "turnstore.lock") == 0o600
     assert daemon.stop() == 0
