@@ -36,13 +36,10 @@ def _reap_daemons() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One ``turnstore serve`` subprocess shared by the session's tests."""
-    process = Daemon(tmp_path_factory.mktemp("shared-daemon") / "data")
-    process.start()
-    # Often first needed inside a test's fixture: not one for _reap_daemons to kill.
-    assert process.process is not None
-    daemon_module.LIVE.discard(process.process)
-    yield process
-    assert process.stop() == 0, process.log_lines
+    # Often first needed inside a test's fixture: shared, not one for _reap_daemons to kill.
+    starter = DaemonStarter(tmp_path_factory.mktemp("shared-daemon"), shared=True)
+    yield starter()
+    starter.close()
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +50,9 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     are not JSON, finished turns) never shapes another's; the daemon must
     still stop cleanly after it.
     """
-    daemon = Daemon(tmp_path_factory.mktemp("hostile") / "data")
-    daemon.start()
-    yield daemon
-    assert daemon.stop() == 0, daemon.log_lines[-20:]
+    starter = DaemonStarter(tmp_path_factory.mktemp("hostile"), shared=True)
+    yield starter()
+    starter.close()
 
 
 @pytest.fixture
@@ -85,16 +81,12 @@ def postgres_daemon(
     postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Daemon]:
     """One ``turnstore serve --backend postgres`` shared by the session's tests."""
-    process = Daemon(
-        tmp_path_factory.mktemp("pg-daemon") / "unused",
-        extra_args=postgres_daemon_args(postgres_server),
+    # Often first needed inside a test's fixture: shared, not one for _reap_daemons to kill.
+    starter = DaemonStarter(
+        tmp_path_factory.mktemp("pg-daemon"), lambda: postgres_server, shared=True
     )
-    process.start()
-    # Often first needed inside a test's fixture: not one for _reap_daemons to kill.
-    assert process.process is not None
-    daemon_module.LIVE.discard(process.process)
-    yield process
-    assert process.stop() == 0, process.log_lines
+    yield starter("postgres", dsn=postgres_server.dsn)
+    starter.close()
 
 
 @pytest.fixture(params=["memory", "daemon-stream", "daemon-unary", "postgres"])

@@ -104,10 +104,9 @@ def envelope(n: int, text: str = "x") -> AgentEventEnvelope:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A daemon of this module's own on a Unix socket (listings see only this module)."""
-    daemon = Daemon(tmp_path_factory.mktemp("cli") / "data")
-    daemon.start()
-    yield daemon
-    assert daemon.stop() == 0, daemon.log_lines
+    starter = DaemonStarter(tmp_path_factory.mktemp("cli"), shared=True)
+    yield starter()
+    starter.close()
 
 
 @pytest.fixture

@@ -90,10 +90,9 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     base = tmp_path_factory.mktemp("ingress")
     token_file = base / "token"
     token_file.write_text(TOKEN + "\n")
-    daemon = Daemon(base / "data", extra_args=["--auth-token-file", str(token_file)])
-    daemon.start()
-    yield daemon
-    assert daemon.stop() == 0, daemon.log_lines
+    starter = DaemonStarter(base, shared=True)
+    yield starter("lmdb", "--auth-token-file", str(token_file))
+    starter.close()
 
 
 def rss_anon_kib(pid: int) -> int:

@@ -131,13 +131,10 @@ async def test_raw_grpc_bodies_over_the_limit_are_refused_however_deep(
 @pytest.fixture(scope="module")
 def web_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str]]:
     """A daemon with the HTTP API on, and its base URL."""
-    process = Daemon(
-        tmp_path_factory.mktemp("json-depth") / "data",
-        extra_args=["--http-listen", "127.0.0.1:0"],
-    )
-    first = process.start()
-    yield process, first["http"]
-    assert process.stop() == 0, process.log_lines[-20:]
+    starter = DaemonStarter(tmp_path_factory.mktemp("json-depth"), shared=True)
+    process = starter("lmdb", "--http-listen", "127.0.0.1:0")
+    yield process, process.serving["http"]
+    starter.close()
 
 
 AROUND: Final = [

@@ -42,7 +42,7 @@ def web(
 @pytest.fixture(scope="module")
 def web_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str]]:
     """A daemon with the HTTP listener, no token, 0.2 s heartbeats (for the module)."""
-    starter = DaemonStarter(tmp_path_factory.mktemp("sse"))
+    starter = DaemonStarter(tmp_path_factory.mktemp("sse"), shared=True)
     yield web(starter, "--http-heartbeat", "0.2s", "--http-allow-origin", ALLOWED_ORIGIN)
     starter.close()
 

@@ -149,13 +149,22 @@ class DaemonStarter:
     :meth:`close` (after the test) continues (SIGCONT) and stops every daemon
     still running, asserting that each exits with status 0, then drops the
     databases; a test that stops a daemon itself checks that status itself.
+
+    ``shared=True`` is for a module- or session-scoped fixture: its daemons
+    outlive the test that first asked for them, so the per-test reaper
+    (``_reap_daemons`` in conftest.py) must leave them alone.
     """
 
     def __init__(
-        self, root: Path, postgres_server: Callable[[], PostgresServer] | None = None
+        self,
+        root: Path,
+        postgres_server: Callable[[], PostgresServer] | None = None,
+        *,
+        shared: bool = False,
     ) -> None:
         self._root = root
         self._postgres_server = postgres_server
+        self._shared = shared
         self._databases = ExitStack()
         self.started: list[Daemon] = []
 
@@ -189,6 +198,9 @@ class DaemonStarter:
         self.started.append(daemon)
         if start:
             daemon.start()
+            if self._shared:
+                assert daemon.process is not None
+                LIVE.discard(daemon.process)
         return daemon
 
     def close(self) -> None:
