@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.support import daemon as daemon_module
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, DaemonStarter
 from tests.test_rust import CARGO_TIMEOUT, _cargo, _target_dir
 from tests.test_typescript import TS_DIR, _run
 
@@ -254,10 +254,11 @@ def daemon_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.mark.timeout(CARGO_TIMEOUT + 300)
-def test_every_client_gives_the_scenarios_outcomes(backend_args: list[str], tmp_path: Path) -> None:
+def test_every_client_gives_the_scenarios_outcomes(
+    backend_args: list[str], tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     """ONE daemon (on each backend in turn), every driver against it."""
-    daemon = Daemon(tmp_path / "data", extra_args=backend_args)
-    daemon.start()
+    daemon = start_daemon("lmdb", *backend_args, data_dir=tmp_path / "data")
     try:
         mismatches = run_conformance(_scenario(), DRIVERS, daemon.target, tmp_path)
     finally:
