@@ -25,7 +25,7 @@ test: $(STAMP)
 ## soak: the crash-safety loop of tests/test_crash.py, with 200 SIGKILLs;
 ## SOAK_ARGS="--backend postgres --kills 30": tests/test_postgres_crash.py's, with 30 faults
 soak: $(STAMP)
-	$(BIN)/python -m tests.soak --kills 200 $(SOAK_ARGS)
+	$(BIN)/python -m tests.support.soak --kills 200 $(SOAK_ARGS)
 
 ## bench: turnstore (LMDB, PostgreSQL) vs Redis Streams, SQLite and raw LMDB (~7 min; installs
 ## redis-server and postgresql if missing); prints tables, writes bench/results/. BENCH_ARGS=--quick: a smoke run

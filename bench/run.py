@@ -34,7 +34,7 @@ from bench.profiles import FULL, QUICK, Profile
 from bench.report import evaluate, render
 from bench.services import RedisServer, ensure_redis_installed, start_daemon
 from bench.traits_run import run_traits
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 RESULTS_DIR: Final = ROOT / "bench" / "results"

@@ -3,7 +3,7 @@
 All run as their own processes, listening only on this machine: the
 daemon on a Unix socket, Redis on 127.0.0.1 at a free port. All start on
 temporary directories and are stopped by their ``stop`` methods, which the
-orchestrator always calls. PostgreSQL itself is ``tests/postgres.py``'s
+orchestrator always calls. PostgreSQL itself is ``tests/support/postgres.py``'s
 ``start_postgres`` (a fresh cluster as ``nobody`` on a free 127.0.0.1 port).
 """
 
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 
 REDIS_START_TIMEOUT: Final = 30.0
 
@@ -26,7 +26,7 @@ REDIS_START_TIMEOUT: Final = 30.0
 def start_daemon(work_dir: Path) -> Daemon:
     """Start ``turnstore serve`` on ``work_dir/data``, listening on ``work_dir/s.sock``.
 
-    Returns once the daemon logged ``serving`` (tests/daemon.py waits for it).
+    Returns once the daemon logged ``serving`` (tests/support/daemon.py waits for it).
     """
     daemon = Daemon(work_dir / "data", listen=[f"unix:{work_dir}/s.sock"])
     daemon.start()

@@ -35,7 +35,7 @@ import aiohttp
 
 from bench.common import EnvelopeFactory, Result, latency_summary
 from bench.memory import PeakSampler
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import TurnstoreClient
 
 SCENARIOS: Final = ("sse-live-tail", "sse-followers")

@@ -31,8 +31,8 @@ from bench.services import (
     start_daemon,
     start_postgres_daemon,
 )
-from tests.daemon import Daemon
-from tests.postgres import PostgresServer, start_postgres
+from tests.support.daemon import Daemon
+from tests.support.postgres import PostgresServer, start_postgres
 
 if TYPE_CHECKING:
     from bench.run import Runner

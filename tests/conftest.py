@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests import daemon as daemon_module
-from tests.daemon import Daemon
-from tests.postgres import PostgresServer, fresh_database, start_postgres
+from tests.support import daemon as daemon_module
+from tests.support.daemon import Daemon, DaemonStarter
+from tests.support.postgres import (
+    PostgresServer,
+    fresh_database,
+    postgres_daemon_args,
+    start_postgres,
+)
 from turnstore import EventStore, HistoryStore, TurnstoreClient
 from turnstore.events import WriteMode
 from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
@@ -32,13 +36,10 @@ def _reap_daemons() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One ``turnstore serve`` subprocess shared by the session's tests."""
-    process = Daemon(tmp_path_factory.mktemp("shared-daemon") / "data")
-    process.start()
-    # Often first needed inside a test's fixture: not one for _reap_daemons to kill.
-    assert process.process is not None
-    daemon_module.LIVE.discard(process.process)
-    yield process
-    assert process.stop() == 0, process.log_lines
+    # Often first needed inside a test's fixture: shared, not one for _reap_daemons to kill.
+    starter = DaemonStarter(tmp_path_factory.mktemp("shared-daemon"), shared=True)
+    yield starter()
+    starter.close()
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +50,9 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     are not JSON, finished turns) never shapes another's; the daemon must
     still stop cleanly after it.
     """
-    daemon = Daemon(tmp_path_factory.mktemp("hostile") / "data")
-    daemon.start()
-    yield daemon
-    assert daemon.stop() == 0, daemon.log_lines[-20:]
+    starter = DaemonStarter(tmp_path_factory.mktemp("hostile"), shared=True)
+    yield starter()
+    starter.close()
 
 
 @pytest.fixture
@@ -76,26 +76,17 @@ def postgres_server() -> Iterator[PostgresServer]:
     server.remove()
 
 
-def postgres_daemon_args(server: PostgresServer) -> list[str]:
-    """The options that put a daemon on ``server``'s database."""
-    return ["--backend", "postgres", "--postgres-dsn", server.dsn]
-
-
 @pytest.fixture(scope="session")
 def postgres_daemon(
     postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Daemon]:
     """One ``turnstore serve --backend postgres`` shared by the session's tests."""
-    process = Daemon(
-        tmp_path_factory.mktemp("pg-daemon") / "unused",
-        extra_args=postgres_daemon_args(postgres_server),
+    # Often first needed inside a test's fixture: shared, not one for _reap_daemons to kill.
+    starter = DaemonStarter(
+        tmp_path_factory.mktemp("pg-daemon"), lambda: postgres_server, shared=True
     )
-    process.start()
-    # Often first needed inside a test's fixture: not one for _reap_daemons to kill.
-    assert process.process is not None
-    daemon_module.LIVE.discard(process.process)
-    yield process
-    assert process.stop() == 0, process.log_lines
+    yield starter("postgres", dsn=postgres_server.dsn)
+    starter.close()
 
 
 @pytest.fixture(params=["memory", "daemon-stream", "daemon-unary", "postgres"])
@@ -137,46 +128,37 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(params=["lmdb", "postgres"])
-def backend_args(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn, for a test that starts daemons of its own (``start_daemon``)."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def backend_args(backend: str, request: pytest.FixtureRequest) -> Iterator[list[str]]:
     """Each backend in turn, for a test that starts a daemon of its own: the options to add.
 
     LMDB: none (the daemon's data directory is the test's). PostgreSQL: a
     fresh database of the session's server, dropped after the test.
     """
-    if request.param == "lmdb":
+    if backend == "lmdb":
         yield []
         return
     server: PostgresServer = request.getfixturevalue("postgres_server")
     with fresh_database(server) as dsn:
-        yield ["--backend", "postgres", "--postgres-dsn", dsn]
+        yield postgres_daemon_args(dsn)
 
 
 @pytest.fixture
-def start_daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+def start_daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DaemonStarter]:
     """Start daemons of the test's own: ``start_daemon("lmdb" | "postgres", *extra_args)``.
 
-    Each is on a new data directory under ``tmp_path`` (LMDB) or a new
-    database of the session's PostgreSQL server (started only when asked
-    for). After the test each must stop with status 0; the databases are
-    dropped after their daemons stopped.
+    See :class:`~tests.support.daemon.DaemonStarter`: each is on a new data
+    directory under ``tmp_path`` (LMDB) or a new database of the session's
+    PostgreSQL server (started only when asked for). After the test each
+    must stop with status 0; the databases are dropped after their daemons
+    stopped.
     """
-    started: list[Daemon] = []
-    with contextlib.ExitStack() as databases:
-
-        def start(backend: str, *extra_args: str) -> Daemon:
-            args = list(extra_args)
-            if backend == "postgres":
-                server: PostgresServer = request.getfixturevalue("postgres_server")
-                dsn = databases.enter_context(fresh_database(server))
-                args += ["--backend", "postgres", "--postgres-dsn", dsn]
-            else:
-                assert backend == "lmdb", backend
-            daemon = Daemon(tmp_path / f"daemon-{len(started)}", extra_args=args)
-            daemon.start()
-            started.append(daemon)
-            return daemon
-
-        yield start
-        for daemon in started:
-            if daemon.process is not None and daemon.process.poll() is None:
-                assert daemon.stop() == 0, daemon.log_lines[-20:]
+    starter = DaemonStarter(tmp_path, lambda: request.getfixturevalue("postgres_server"))
+    yield starter
+    starter.close()

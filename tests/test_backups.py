@@ -2,22 +2,22 @@
 
 A daemon without ``--backup-dir`` refuses every backup; with it, a
 destination outside (``..``, an absolute path elsewhere, a symbolic link
-below the backup directory, even one swapped in while the copy runs) is
-refused or never followed, and nothing is created outside. What a backup
-holds is checked in tests/test_operations.py, killed backups in
-tests/test_storage_full.py.
+below the backup directory, even one swapped in while the copy runs: the
+daemon is held there by tests/support/open_gate.py) is refused or never
+followed, and nothing is created outside. What a backup holds is checked in
+tests/test_operations.py, killed backups in tests/test_storage_full.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon, DaemonStarter
+from tests.support.open_gate import OpenGate, tmpfs
 from tests.test_operations import admin_cli
 from turnstore import (
     AgentEventEnvelope,
@@ -26,12 +26,11 @@ from turnstore import (
     TurnstoreClient,
 )
 
-DEADLINE_SECONDS = 60.0
 
-
-async def test_backups_are_refused_without_a_backup_dir(tmp_path: Path) -> None:
-    fresh = Daemon(tmp_path / "data")
-    fresh.start()
+async def test_backups_are_refused_without_a_backup_dir(
+    tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
+    fresh = start_daemon(data_dir=tmp_path / "data")
     async with TurnstoreClient(fresh.target) as client:
         for dest in (str(tmp_path / "copy"), "copy"):
             with pytest.raises(FailedPreconditionError, match="start the daemon with --backup-dir"):
@@ -43,10 +42,8 @@ async def test_backups_are_refused_without_a_backup_dir(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["data"]
 
 
-def backup_daemon(tmp_path: Path, backup_dir: Path | str) -> Daemon:
-    daemon = Daemon(tmp_path / "data", extra_args=["--backup-dir", str(backup_dir)])
-    daemon.start()
-    return daemon
+def backup_daemon(start_daemon: DaemonStarter, tmp_path: Path, backup_dir: Path | str) -> Daemon:
+    return start_daemon("lmdb", "--backup-dir", str(backup_dir), data_dir=tmp_path / "data")
 
 
 def tree(root: Path) -> list[str]:
@@ -54,7 +51,9 @@ def tree(root: Path) -> list[str]:
     return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
 
 
-async def test_a_backup_refuses_destinations_outside_or_unusable(tmp_path: Path) -> None:
+async def test_a_backup_refuses_destinations_outside_or_unusable(
+    tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     backups = tmp_path / "backups"
     outside = tmp_path / "outside"
     for directory in (backups, outside, backups / "sub", backups / "full"):
@@ -67,7 +66,7 @@ async def test_a_backup_refuses_destinations_outside_or_unusable(tmp_path: Path)
     (backups / "link-empty").symlink_to(outside / "empty")
     (backups / "link-in").symlink_to(backups / "sub")
     outside_before, backups_before = tree(outside), tree(backups)
-    daemon = backup_daemon(tmp_path, backups)
+    daemon = backup_daemon(start_daemon, tmp_path, backups)
     try:
         async with TurnstoreClient(daemon.target) as client:
             admin = client.admin
@@ -124,9 +123,11 @@ async def test_a_backup_refuses_destinations_outside_or_unusable(tmp_path: Path)
         assert daemon.stop() == 0
 
 
-async def test_a_backup_that_cannot_be_written_fails_cleanly(tmp_path: Path) -> None:
+async def test_a_backup_that_cannot_be_written_fails_cleanly(
+    tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     # /proc takes no new directories, whoever asks: the copy fails cleanly.
-    daemon = backup_daemon(tmp_path, "/proc")
+    daemon = backup_daemon(start_daemon, tmp_path, "/proc")
     try:
         async with TurnstoreClient(daemon.target) as client:
             with pytest.raises(FailedPreconditionError, match="cannot write"):
@@ -137,7 +138,9 @@ async def test_a_backup_that_cannot_be_written_fails_cleanly(tmp_path: Path) -> 
     assert not (tmp_path / "data" / "backups-in-progress").exists()
 
 
-def test_the_daemon_refuses_an_unusable_backup_dir(tmp_path: Path) -> None:
+def test_the_daemon_refuses_an_unusable_backup_dir(
+    tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     (tmp_path / "a-file").write_text("x")
     unusable = {
         tmp_path / "missing": "not an existing directory",
@@ -148,7 +151,9 @@ def test_the_daemon_refuses_an_unusable_backup_dir(tmp_path: Path) -> None:
     }
     (tmp_path / "data" / "inside").mkdir(parents=True)
     for backup_dir, problem in unusable.items():
-        daemon = Daemon(tmp_path / "data", extra_args=["--backup-dir", str(backup_dir)])
+        daemon = start_daemon(
+            "lmdb", "--backup-dir", str(backup_dir), data_dir=tmp_path / "data", start=False
+        )
         with pytest.raises(RuntimeError, match=problem):
             daemon.start()
         assert daemon.wait_exit() == 1
@@ -158,49 +163,43 @@ def blob(label: str, size: int) -> AgentEventEnvelope:
     return AgentEventEnvelope.new({"type": "blob", "label": label, "data": "x" * size})
 
 
-async def test_a_link_swapped_in_while_a_backup_runs_is_not_followed(tmp_path: Path) -> None:
-    backups = tmp_path / "backups"
+async def test_a_link_swapped_in_while_a_backup_runs_is_not_followed(
+    tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     outside = tmp_path / "outside"
-    backups.mkdir()
     outside.mkdir()
-    daemon = backup_daemon(tmp_path, backups)
-    try:
-        async with TurnstoreClient(daemon.target) as client:
-            # Enough data that the copy takes a while (48 MB).
-            for n in range(48):
-                await client.events.append_many(
-                    f"t{n % 4}", 1, [blob(f"{n}-{k}", 250_000) for k in range(4)]
-                )
-            swapped = None
-            for attempt in range(5):
-                sub = backups / f"sub-{attempt}"
-                sub.mkdir()
-                backup = asyncio.create_task(client.admin.backup(f"{sub.name}/nightly"))
-                deadline = time.monotonic() + DEADLINE_SECONDS
-                while not backup.done():
-                    partial = [n for n in os.listdir(sub) if n.startswith(".nightly.partial-")]
-                    if partial:
-                        # The parent of the copy becomes a link to outside.
-                        moved = backups / f"moved-{attempt}"
-                        sub.rename(moved)
-                        sub.symlink_to(outside)
-                        if (moved / partial[0]).is_dir():  # swapped before the rename
-                            swapped = moved
-                        break
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.0005)
-                result = await backup
-                if swapped is not None:
-                    break
-            assert swapped is not None, "every backup completed before the swap"
-            # The copy went on in the directory it had opened, not through the link.
-            assert result.bytes_written == (swapped / "nightly" / "data.mdb").stat().st_size
-            assert os.listdir(outside) == []
-            assert [n for n in os.listdir(swapped) if ".partial-" in n] == []
-            # The link is refused from now on.
-            with pytest.raises(InvalidArgumentError, match="symbolic link"):
-                await client.admin.backup(f"sub-{attempt}/again")
-            assert os.listdir(outside) == []
-    finally:
-        assert daemon.stop() == 0
+    with tmpfs(tmp_path / "backups") as backups:
+        daemon = backup_daemon(start_daemon, tmp_path, backups)
+        assert daemon.process is not None
+        pid = daemon.process.pid
+        sub, moved = backups / "sub", backups / "moved"
+        sub.mkdir()
+        try:
+            async with TurnstoreClient(daemon.target) as client:
+                for n in range(8):
+                    await client.events.append_many(
+                        f"t{n % 4}", 1, [blob(f"{n}-{k}", 25_000) for k in range(4)]
+                    )
+                # The daemon is held as it opens the copy's file: its partial
+                # directory is made, the copy not yet written.
+                with OpenGate(backups, lambda opener, path: opener == pid) as gate:
+                    backup = asyncio.create_task(client.admin.backup("sub/nightly"))
+                    held = await asyncio.to_thread(gate.wait)
+                    assert held.name == "data.mdb" and held.parent.parent == sub, held
+                    assert held.parent.name.startswith(".nightly.partial-"), held
+                    # The parent of the copy becomes a link to outside.
+                    sub.rename(moved)
+                    sub.symlink_to(outside)
+                    gate.release()
+                    result = await backup
+                # The copy went on in the directory it had opened, not through the link.
+                assert result.bytes_written == (moved / "nightly" / "data.mdb").stat().st_size
+                assert os.listdir(outside) == []
+                assert [n for n in os.listdir(moved) if ".partial-" in n] == []
+                # The link is refused from now on.
+                with pytest.raises(InvalidArgumentError, match="symbolic link"):
+                    await client.admin.backup("sub/again")
+                assert os.listdir(outside) == []
+        finally:
+            assert daemon.stop() == 0
     assert not (tmp_path / "data" / "backups-in-progress").exists()

@@ -17,8 +17,8 @@ import pytest
 
 from bench.services import start_postgres_daemon
 from bench.traits_turnstore import agents_split, follow_across
-from tests.daemon import Daemon
-from tests.postgres import PASSWORD, PostgresServer
+from tests.support.daemon import Daemon
+from tests.support.postgres import PASSWORD, PostgresServer
 from turnstore import TurnstoreClient
 
 

@@ -31,7 +31,7 @@ from bench.traits_common import TextDeltas, encode, load_turns
 from bench.traits_report import evaluate_traits, render_traits
 from bench.traits_run import run_floors
 from bench.traits_sqlite import SqliteEvents, TurnFinished
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 
 
 def _results(stream_p50: float, redis_p50: float, *, fallback: bool = False) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Bounded connections and requests: what idle, slow and half-sent peers cost a real daemon.
 
 Each test starts its own ``turnstore serve`` and attacks it over raw
-sockets (HTTP/1.1 by hand, HTTP/2 through :mod:`tests.hostile.h2raw`),
+sockets (HTTP/1.1 by hand, HTTP/2 through :mod:`tests.support.hostile.h2raw`),
 then checks that the daemon still serves its honest clients, and what the
 attack cost it in files, log and memory (VmRSS from /proc).
 """
@@ -25,8 +25,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.daemon import Daemon
-from tests.hostile.h2raw import (
+from tests.support.daemon import Daemon
+from tests.support.eventually import eventually_async
+from tests.support.hostile.h2raw import (
     CONTINUATION,
     HEADERS,
     RawConnection,
@@ -157,12 +158,13 @@ async def test_idle_connections_do_not_take_the_daemon_down(
             assert await client.events.append("after-the-flood", 1, envelope) == 0
         assert daemon.process is not None and daemon.process.poll() is None
         # Over the HTTP cap, connections were closed as soon as they came.
-        deadline = time.monotonic() + 30
         http_side = attackers[:IDLE_CONNECTIONS]
         over_the_cap = IDLE_CONNECTIONS - first["http_max_connections"]
-        while sum(closed_by_peer(s) for s in http_side) < over_the_cap:
-            assert time.monotonic() < deadline, "connections over the HTTP cap were kept open"
-            await asyncio.sleep(0.1)
+        await eventually_async(
+            lambda: sum(closed_by_peer(s) for s in http_side) >= over_the_cap,
+            what="the connections over the HTTP cap to be closed",
+            interval=0.1,
+        )
     finally:
         for attacker in attackers:
             attacker.close()
@@ -201,10 +203,9 @@ async def test_http_connections_that_send_nothing_or_trickle_headers_are_closed(
             trickled += 1
             await asyncio.sleep(0.2)
         assert time.monotonic() - began < 10
-        deadline = time.monotonic() + 30
-        while not closed_by_peer(idle):
-            assert time.monotonic() < deadline, "an idle connection was kept open"
-            await asyncio.sleep(0.1)
+        await eventually_async(
+            lambda: closed_by_peer(idle), what="the idle connection to be closed", interval=0.1
+        )
     finally:
         idle.close()
         slow.close()
@@ -223,9 +224,11 @@ async def test_idle_grpc_connections_are_closed(tmp_path: Path) -> None:
         while not connection.closed:
             assert time.monotonic() - began < 30, "an idle gRPC connection was kept open"
             connection.pump(0.2)
-        while not closed_by_peer(silent):
-            assert time.monotonic() - began < 30, "a silent gRPC connection was kept open"
-            await asyncio.sleep(0.1)
+        await eventually_async(
+            lambda: closed_by_peer(silent),
+            what="the silent gRPC connection to be closed",
+            interval=0.1,
+        )
     finally:
         connection.close()
         silent.close()
@@ -319,10 +322,11 @@ async def test_memory_held_by_half_sent_messages_returns_when_they_close(tmp_pat
         connection.close()
     assert held - before > 256, f"the attack did not take hold: {before:.0f} -> {held:.0f} MiB"
     # Most of what the attack took is given back (the trimmer runs every 5 s).
-    deadline = time.monotonic() + 30
-    while (after := rss_mib(pid)) - before > (held - before) / 4:
-        assert time.monotonic() < deadline, f"{before:.0f} -> {held:.0f} -> {after:.0f} MiB"
-        await asyncio.sleep(0.2)
+    await eventually_async(
+        lambda: rss_mib(pid) - before <= (held - before) / 4,
+        what=f"the RSS to fall back from {held:.0f} MiB towards {before:.0f} MiB",
+        interval=0.2,
+    )
     async with TurnstoreClient(daemon.addresses[0], token=TOKEN) as client:
         assert await client.events.event_count("x") == 0
     assert daemon.stop() == 0

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon, DaemonStarter
 from turnstore import AgentEventEnvelope, TurnstoreClient
 
 CHROMIUM = "/usr/bin/chromium"
@@ -82,21 +82,22 @@ async def example_site() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def web_daemon(tmp_path: Path, example_site: str) -> Iterator[tuple[Daemon, str]]:
+def web_daemon(
+    tmp_path: Path, example_site: str, start_daemon: DaemonStarter
+) -> Iterator[tuple[Daemon, str]]:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
-    process = Daemon(
-        tmp_path / "data",
-        extra_args=[
-            "--http-listen",
-            "127.0.0.1:0",
-            "--auth-token-file",
-            str(token_file),
-            "--http-allow-origin",
-            example_site,
-        ],
+    process = start_daemon(
+        "lmdb",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--auth-token-file",
+        str(token_file),
+        "--http-allow-origin",
+        example_site,
+        data_dir=tmp_path / "data",
     )
-    first = process.start()
+    first = process.serving
     yield process, first["http"]
     assert process.stop() == 0, process.log_lines
 
@@ -256,15 +257,20 @@ def free_port() -> int:
 
 
 async def test_a_browser_resumes_with_last_event_id_after_the_daemon_restarts(
-    browser: Browser, tmp_path: Path
+    browser: Browser, tmp_path: Path, start_daemon: DaemonStarter
 ) -> None:
     """The inspector's EventSource reconnects by itself and resumes exactly."""
     port = free_port()
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
-    process = Daemon(
-        tmp_path / "data",
-        extra_args=["--http-listen", f"127.0.0.1:{port}", "--auth-token-file", str(token_file)],
+    process = start_daemon(
+        "lmdb",
+        "--http-listen",
+        f"127.0.0.1:{port}",
+        "--auth-token-file",
+        str(token_file),
+        data_dir=tmp_path / "data",
+        start=False,
     )
     base = process.start()["http"]
     thread = "restart me"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon, DaemonStarter
 from turnstore import AgentEventEnvelope, ClientTls, ConversationSnapshot, TurnstoreClient
 from turnstore.cli.events import health_status
 
@@ -104,10 +104,9 @@ def envelope(n: int, text: str = "x") -> AgentEventEnvelope:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A daemon of this module's own on a Unix socket (listings see only this module)."""
-    daemon = Daemon(tmp_path_factory.mktemp("cli") / "data")
-    daemon.start()
-    yield daemon
-    assert daemon.stop() == 0, daemon.log_lines
+    starter = DaemonStarter(tmp_path_factory.mktemp("cli"), shared=True)
+    yield starter()
+    starter.close()
 
 
 @pytest.fixture
@@ -312,9 +311,9 @@ async def _read_json_line(stream: asyncio.StreamReader) -> dict[str, Any]:
 
 async def test_tail_follow_resumes_across_a_daemon_restart_with_every_event_once(
     data_dir: Path,
+    start_daemon: DaemonStarter,
 ) -> None:
-    daemon = Daemon(data_dir)
-    daemon.start()
+    daemon = start_daemon(data_dir=data_dir)
     thread = "followed"
     async with TurnstoreClient(daemon.target) as client:
         await client.events.append_many(thread, 1, [envelope(n) for n in range(50)])
@@ -368,10 +367,9 @@ async def test_tail_follow_resumes_across_a_daemon_restart_with_every_event_once
 
 
 async def test_tail_follow_gives_up_when_the_daemon_stays_away(
-    data_dir: Path, thread_id: str
+    data_dir: Path, thread_id: str, start_daemon: DaemonStarter
 ) -> None:
-    daemon = Daemon(data_dir)
-    daemon.start()
+    daemon = start_daemon(data_dir=data_dir)
     async with TurnstoreClient(daemon.target) as client:
         await client.events.append_many(thread_id, 1, [envelope(n) for n in range(3)])
     tail = await asyncio.create_subprocess_exec(
@@ -415,7 +413,7 @@ def _write(path: Path, blob: trustme.Blob) -> Path:
 
 
 async def test_every_client_subcommand_reaches_a_mutual_tls_daemon_with_a_token(
-    tmp_path: Path, ca: trustme.CA
+    tmp_path: Path, ca: trustme.CA, start_daemon: DaemonStarter
 ) -> None:
     server = ca.issue_cert("localhost", "127.0.0.1")
     agent = ca.issue_cert("agent.example")
@@ -428,16 +426,14 @@ async def test_every_client_subcommand_reaches_a_mutual_tls_daemon_with_a_token(
     token_file.write_text("s3cret-token\n")
     backups = tmp_path / "backups"
     backups.mkdir()
-    daemon = Daemon(
-        tmp_path / "data",
+    daemon = start_daemon(
+        "lmdb",
+        *("--tls-cert", str(cert), "--tls-key", str(key)),
+        *("--tls-client-ca", str(ca_file), "--auth-token-file", str(token_file)),
+        *("--backup-dir", str(backups)),
+        data_dir=tmp_path / "data",
         listen=["127.0.0.1:0"],
-        extra_args=[
-            *("--tls-cert", str(cert), "--tls-key", str(key)),
-            *("--tls-client-ca", str(ca_file), "--auth-token-file", str(token_file)),
-            *("--backup-dir", str(backups)),
-        ],
     )
-    daemon.start()
     tls = ClientTls(ca_file, cert=client_cert, key=client_key)
     async with TurnstoreClient(daemon.target, tls=tls, token="s3cret-token") as client:
         await client.events.append_many("tls-thread", 1, [envelope(1), envelope(2)])
@@ -528,11 +524,10 @@ def test_inconsistent_tls_options_are_refused_before_any_call() -> None:
 
 
 async def test_export_import_and_backup_show_progress_on_a_terminal_only(
-    data_dir: Path, tmp_path: Path
+    data_dir: Path, tmp_path: Path, start_daemon: DaemonStarter
 ) -> None:
     (tmp_path / "backups").mkdir()
-    daemon = Daemon(data_dir, extra_args=["--backup-dir", str(tmp_path / "backups")])
-    daemon.start()
+    daemon = start_daemon("lmdb", "--backup-dir", str(tmp_path / "backups"), data_dir=data_dir)
     async with TurnstoreClient(daemon.target) as client:
         await client.events.append_many("progress", 1, [envelope(n) for n in range(300)])
     target = ["--target", daemon.target]

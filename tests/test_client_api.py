@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.daemon import Daemon
+from tests.support.daemon import DaemonStarter
 from turnstore import (
     AgentEventEnvelope,
     CaughtUp,
@@ -25,8 +25,12 @@ from turnstore.replay import ReplayItem
 PATIENT = RetryPolicy(attempts=60, initial_backoff=0.05, max_backoff=0.2)
 
 
-async def test_a_replay_that_fails_before_its_first_item_is_retried(tmp_path: Path) -> None:
-    daemon = Daemon(tmp_path / "data", listen=[f"unix:{tmp_path}/late.sock"])
+async def test_a_replay_that_fails_before_its_first_item_is_retried(
+    tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon(
+        data_dir=tmp_path / "data", listen=[f"unix:{tmp_path}/late.sock"], start=False
+    )
     async with TurnstoreClient(f"unix:{tmp_path}/late.sock", retry=PATIENT) as client:
 
         async def replay_all() -> list[ReplayItem]:
@@ -43,9 +47,10 @@ async def test_a_replay_that_fails_before_its_first_item_is_retried(tmp_path: Pa
     assert items == [CaughtUp(0)]
 
 
-async def test_a_replay_that_fails_after_an_item_is_not_retried(tmp_path: Path) -> None:
-    daemon = Daemon(tmp_path / "data")
-    daemon.start()
+async def test_a_replay_that_fails_after_an_item_is_not_retried(
+    tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon(data_dir=tmp_path / "data")
     try:
         async with TurnstoreClient(daemon.target, retry=PATIENT) as client:
             await client.events.append("broken", 1, AgentEventEnvelope.new({"type": "x"}))

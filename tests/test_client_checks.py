@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import ClientTls, InvalidArgumentError, TurnstoreClient
 
 

@@ -23,7 +23,7 @@ land on the restarted daemon. Either way:
   of the latest acknowledged save and, for an acknowledged version, exactly
   its content; versions are never given twice.
 
-``tests/soak.py`` (``make soak``) runs the same loop with many more kills.
+``tests/support/soak.py`` (``make soak``) runs the same loop with many more kills.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Final
 
 import grpc
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,

@@ -30,8 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests import daemon as daemon_module
-from tests.daemon import Daemon
+from tests.support.daemon import DaemonStarter
 from tests.test_rust import CARGO_TIMEOUT, _cargo, _target_dir
 from tests.test_typescript import TS_DIR, _run
 
@@ -242,22 +241,20 @@ def _scenario() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def daemon_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The daemon the tests of the runner itself share."""
-    daemon = Daemon(tmp_path_factory.mktemp("cross-language") / "data")
-    daemon.start()
     # Shared by the module's tests: not one for conftest's _reap_daemons to kill.
-    assert daemon.process is not None
-    daemon_module.LIVE.discard(daemon.process)
+    starter = DaemonStarter(tmp_path_factory.mktemp("cross-language"), shared=True)
     try:
-        yield daemon.target
+        yield starter().target
     finally:
-        assert daemon.stop() == 0, daemon.log_lines
+        starter.close()
 
 
 @pytest.mark.timeout(CARGO_TIMEOUT + 300)
-def test_every_client_gives_the_scenarios_outcomes(backend_args: list[str], tmp_path: Path) -> None:
+def test_every_client_gives_the_scenarios_outcomes(
+    backend_args: list[str], tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     """ONE daemon (on each backend in turn), every driver against it."""
-    daemon = Daemon(tmp_path / "data", extra_args=backend_args)
-    daemon.start()
+    daemon = start_daemon("lmdb", *backend_args, data_dir=tmp_path / "data")
     try:
         mismatches = run_conformance(_scenario(), DRIVERS, daemon.target, tmp_path)
     finally:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import urllib.parse
-from collections.abc import AsyncIterable, Callable, Iterator
+from collections.abc import AsyncIterable
 from pathlib import Path
 
 import aiohttp
@@ -23,9 +23,9 @@ import grpc
 import psycopg
 import pytest
 
-from tests.daemon import Daemon
-from tests.postgres import PostgresServer, fresh_database
-from tests.sse_client import open_stream
+from tests.support.daemon import Daemon, DaemonStarter
+from tests.support.postgres import PostgresServer
+from tests.support.sse_client import open_stream
 from tests.test_operations import admin_cli
 from turnstore import (
     AgentEventEnvelope,
@@ -136,48 +136,40 @@ async def test_the_last_position_delivered_stays_valid_while_writers_append(
 
 
 async def test_a_cursor_from_one_daemon_of_a_fleet_works_on_the_other(
-    postgres_server: PostgresServer, tmp_path: Path
+    start_daemon: DaemonStarter,
 ) -> None:
     """Two daemons on one database: resume on B right after reading on A, while A writes."""
     total = 300
-    with fresh_database(postgres_server) as dsn:
-        args = ["--backend", "postgres", "--postgres-dsn", dsn]
-        first, second = (
-            Daemon(tmp_path / "a", extra_args=args),
-            Daemon(tmp_path / "b", extra_args=args),
-        )
-        first.start()
-        second.start()
-        try:
-            async with (
-                TurnstoreClient(first.target) as on_a,
-                TurnstoreClient(second.target) as on_b,
-            ):
-                thread = "fleet-cursor"
-                await write(on_a, thread, 0, 1)
-                writer = asyncio.create_task(write(on_a, thread, 1, total - 1))
-                received: list[str] = []
-                after: int | None = None
-                epoch: int | None = None
-                turn = 0
-                deadline = asyncio.get_running_loop().time() + DEADLINE_SECONDS
-                while len(received) < total:
-                    assert asyncio.get_running_loop().time() < deadline, len(received)
-                    reader = (on_a, on_b)[turn % 2]
-                    turn += 1
-                    replay = reader.events.replay(thread, after=after, epoch=epoch)
-                    received += texts(await _items(replay))
-                    after, epoch = replay.last_position, replay.epoch
-                await writer
-                assert received == [f"e{n}" for n in range(total)]
-        finally:
-            assert first.stop() == 0, first.log_lines[-10:]
-            assert second.stop() == 0, second.log_lines[-10:]
+    dsn = start_daemon.database()
+    first, second = start_daemon("postgres", dsn=dsn), start_daemon("postgres", dsn=dsn)
+    async with (
+        TurnstoreClient(first.target) as on_a,
+        TurnstoreClient(second.target) as on_b,
+    ):
+        thread = "fleet-cursor"
+        await write(on_a, thread, 0, 1)
+        writer = asyncio.create_task(write(on_a, thread, 1, total - 1))
+        received: list[str] = []
+        after: int | None = None
+        epoch: int | None = None
+        turn = 0
+        deadline = asyncio.get_running_loop().time() + DEADLINE_SECONDS
+        while len(received) < total:
+            assert asyncio.get_running_loop().time() < deadline, len(received)
+            reader = (on_a, on_b)[turn % 2]
+            turn += 1
+            replay = reader.events.replay(thread, after=after, epoch=epoch)
+            received += texts(await _items(replay))
+            after, epoch = replay.last_position, replay.epoch
+        await writer
+        assert received == [f"e{n}" for n in range(total)]
+    assert first.stop() == 0, first.log_lines[-10:]
+    assert second.stop() == 0, second.log_lines[-10:]
 
 
 @pytest.mark.parametrize("backend", ["lmdb", "postgres"])
 async def test_a_cursor_of_another_database_reports_a_reset(
-    backend: str, start_daemon: Callable[..., Daemon]
+    backend: str, start_daemon: DaemonStarter
 ) -> None:
     """Each database has epochs of its own: a reader sent to another daemon (an
     import, a second LMDB daemon behind a balancer) is told, never resumed."""
@@ -199,11 +191,10 @@ async def test_a_cursor_of_another_database_reports_a_reset(
 
 
 @pytest.fixture
-def web_daemon(tmp_path: Path) -> Iterator[tuple[Daemon, str]]:
-    process = Daemon(tmp_path / "data", extra_args=["--http-listen", "127.0.0.1:0"])
-    first = process.start()
-    yield process, first["http"]
-    assert process.stop() == 0, process.log_lines[-20:]
+def web_daemon(start_daemon: DaemonStarter) -> tuple[Daemon, str]:
+    """A daemon with the HTTP listener (stopped with status 0 after the test)."""
+    process = start_daemon("lmdb", "--http-listen", "127.0.0.1:0")
+    return process, process.serving["http"]
 
 
 def events_url(base: str, thread: str, **params: object) -> str:
@@ -251,16 +242,19 @@ async def test_the_event_stream_reports_a_cursor_past_the_end_with_an_error_even
 
 
 async def test_a_reader_of_a_restored_backup_is_told_to_reset_and_then_gets_every_event_once(
-    tmp_path: Path,
+    tmp_path: Path, start_daemon: DaemonStarter
 ) -> None:
     """Reader at 99, backup taken at 50 restored, 30 (and 60) new events written."""
     backups = tmp_path / "backups"
     backups.mkdir()
-    source = Daemon(
-        tmp_path / "source",
-        extra_args=["--backup-dir", str(backups), "--http-listen", "127.0.0.1:0"],
+    source = start_daemon(
+        "lmdb",
+        "--backup-dir",
+        str(backups),
+        "--http-listen",
+        "127.0.0.1:0",
+        data_dir=tmp_path / "source",
     )
-    source.start()
     short, long = "restored-short", "restored-long"
     async with TurnstoreClient(source.target) as client:
         for thread in (short, long):
@@ -276,8 +270,8 @@ async def test_a_reader_of_a_restored_backup_is_told_to_reset_and_then_gets_ever
             cursors[thread] = (replay.last_position, replay.epoch)
     assert source.stop() == 0
 
-    restored = Daemon(backups / "at-50", extra_args=["--http-listen", "127.0.0.1:0"])
-    started = restored.start()
+    restored = start_daemon("lmdb", "--http-listen", "127.0.0.1:0", data_dir=backups / "at-50")
+    started = restored.serving
     assert started.get("restored_backup_new_epochs") is True, started
     base = started["http"]
     try:
@@ -324,12 +318,13 @@ async def test_a_reader_of_a_restored_backup_is_told_to_reset_and_then_gets_ever
             assert restored.stop() == 0, restored.log_lines[-20:]
 
 
-async def test_each_copy_of_one_backup_gets_epochs_of_its_own(tmp_path: Path) -> None:
+async def test_each_copy_of_one_backup_gets_epochs_of_its_own(
+    tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     """Restoring the same backup twice: a cursor of the first restore is stale in the second."""
     backups = tmp_path / "backups"
     backups.mkdir()
-    source = Daemon(tmp_path / "source", extra_args=["--backup-dir", str(backups)])
-    source.start()
+    source = start_daemon("lmdb", "--backup-dir", str(backups), data_dir=tmp_path / "source")
     async with TurnstoreClient(source.target) as client:
         await write(client, "t", 0, 10)
         result = await admin_cli("backup", "copy", "--target", source.target)
@@ -341,8 +336,8 @@ async def test_each_copy_of_one_backup_gets_epochs_of_its_own(tmp_path: Path) ->
         data_dir = tmp_path / f"restore-{n}"
         data_dir.mkdir()
         (data_dir / "data.mdb").write_bytes(pristine)
-        restored = Daemon(data_dir)
-        assert restored.start().get("restored_backup_new_epochs") is True
+        restored = start_daemon(data_dir=data_dir)
+        assert restored.serving.get("restored_backup_new_epochs") is True
         async with TurnstoreClient(restored.target) as client:
             if epochs:
                 assert await collect(client, "t", after=9, epoch=epochs[0]) == [ThreadCleared(10)]
@@ -354,7 +349,7 @@ async def test_each_copy_of_one_backup_gets_epochs_of_its_own(tmp_path: Path) ->
 
 
 async def test_postgres_tables_restored_into_another_database_get_new_epochs(
-    postgres_server: PostgresServer, tmp_path: Path
+    postgres_server: PostgresServer, tmp_path: Path, start_daemon: DaemonStarter
 ) -> None:
     """pg_dump at 50, reader at 99, restored into a new database, 30 new events.
 
@@ -363,74 +358,68 @@ async def test_postgres_tables_restored_into_another_database_get_new_epochs(
     """
     dump = tmp_path / "turnstore.sql"
     thread = "pg-restored"
-    with fresh_database(postgres_server) as source_dsn, fresh_database(postgres_server) as new_dsn:
-        source = Daemon(
-            tmp_path / "a", extra_args=["--backend", "postgres", "--postgres-dsn", source_dsn]
-        )
-        assert source.start().get("restored_backup_new_epochs") is None
-        async with TurnstoreClient(source.target) as client:
-            await write(client, thread, 0, 50)
-            await asyncio.to_thread(
-                subprocess.run,
-                [
-                    str(postgres_server.bin_dir / "pg_dump"),
-                    "--table=turnstore_*",
-                    "-f",
-                    str(dump),
-                    source_dsn,
-                ],
-                check=True,
-                timeout=120,
-            )
-            await write(client, thread, 50, 50)
-            replay = client.events.replay(thread)
-            assert len(texts(await _items(replay))) == 100
-            cursor = (replay.last_position, replay.epoch)
-        assert source.stop() == 0
+    source_dsn, new_dsn = start_daemon.database(), start_daemon.database()
+    source = start_daemon("postgres", dsn=source_dsn, data_dir=tmp_path / "a")
+    assert source.serving.get("restored_backup_new_epochs") is None
+    async with TurnstoreClient(source.target) as client:
+        await write(client, thread, 0, 50)
         await asyncio.to_thread(
             subprocess.run,
             [
-                str(postgres_server.bin_dir / "psql"),
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
+                str(postgres_server.bin_dir / "pg_dump"),
+                "--table=turnstore_*",
                 "-f",
                 str(dump),
-                new_dsn,
+                source_dsn,
             ],
             check=True,
             timeout=120,
-            capture_output=True,
         )
-        restored = Daemon(
-            tmp_path / "b", extra_args=["--backend", "postgres", "--postgres-dsn", new_dsn]
-        )
-        assert restored.start().get("restored_backup_new_epochs") is True
-        async with TurnstoreClient(restored.target) as client:
-            await write(client, thread, 1000, 30)
-            after, epoch = cursor
-            assert await collect(client, thread, after=after, epoch=epoch) == [ThreadCleared(100)]
-            again = client.events.replay(thread)
-            assert texts(await _items(again)) == [f"e{n}" for n in range(50)] + [
-                f"e{n}" for n in range(1000, 1030)
-            ]
-            new_cursor = (again.last_position, again.epoch)
-        # A restart (and a second daemon of the fleet) keeps the new epochs.
-        assert restored.stop() == 0
-        assert restored.start().get("restored_backup_new_epochs") is None
-        async with TurnstoreClient(restored.target) as client:
-            after, epoch = new_cursor
-            assert await collect(client, thread, after=after, epoch=epoch) == [CaughtUp(80)]
-        assert restored.stop() == 0
+        await write(client, thread, 50, 50)
+        replay = client.events.replay(thread)
+        assert len(texts(await _items(replay))) == 100
+        cursor = (replay.last_position, replay.epoch)
+    assert source.stop() == 0
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            str(postgres_server.bin_dir / "psql"),
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            str(dump),
+            new_dsn,
+        ],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+    restored = start_daemon("postgres", dsn=new_dsn, data_dir=tmp_path / "b")
+    assert restored.serving.get("restored_backup_new_epochs") is True
+    async with TurnstoreClient(restored.target) as client:
+        await write(client, thread, 1000, 30)
+        after, epoch = cursor
+        assert await collect(client, thread, after=after, epoch=epoch) == [ThreadCleared(100)]
+        again = client.events.replay(thread)
+        assert texts(await _items(again)) == [f"e{n}" for n in range(50)] + [
+            f"e{n}" for n in range(1000, 1030)
+        ]
+        new_cursor = (again.last_position, again.epoch)
+    # A restart (and a second daemon of the fleet) keeps the new epochs.
+    assert restored.stop() == 0
+    assert restored.start().get("restored_backup_new_epochs") is None
+    async with TurnstoreClient(restored.target) as client:
+        after, epoch = new_cursor
+        assert await collect(client, thread, after=after, epoch=epoch) == [CaughtUp(80)]
+    assert restored.stop() == 0
 
-        # Restored into the same database: the operator marks it by hand.
-        with psycopg.connect(source_dsn, autocommit=True) as conn:
-            conn.execute("UPDATE turnstore_meta SET value = 0 WHERE name = 'database_oid'")
-        same = Daemon(
-            tmp_path / "c", extra_args=["--backend", "postgres", "--postgres-dsn", source_dsn]
-        )
-        assert same.start().get("restored_backup_new_epochs") is True
-        async with TurnstoreClient(same.target) as client:
-            after, epoch = cursor
-            assert await collect(client, thread, after=after, epoch=epoch) == [ThreadCleared(100)]
-        assert same.stop() == 0
+    # Restored into the same database: the operator marks it by hand.
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE turnstore_meta SET value = 0 WHERE name = 'database_oid'")
+    same = start_daemon("postgres", dsn=source_dsn, data_dir=tmp_path / "c")
+    assert same.serving.get("restored_backup_new_epochs") is True
+    async with TurnstoreClient(same.target) as client:
+        after, epoch = cursor
+        assert await collect(client, thread, after=after, epoch=epoch) == [ThreadCleared(100)]
+    assert same.stop() == 0

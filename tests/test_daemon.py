@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon, DaemonStarter
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,
@@ -35,9 +35,10 @@ async def raw_channel(daemon: Daemon) -> AsyncIterator[grpc.aio.Channel]:
         yield channel
 
 
-async def test_data_survives_a_graceful_restart(data_dir: Path) -> None:
-    daemon = Daemon(data_dir)
-    daemon.start()
+async def test_data_survives_a_graceful_restart(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon(data_dir=data_dir)
     written = [delta("a"), delta("b")]
     async with TurnstoreClient(daemon.target) as client:
         for envelope in written:
@@ -58,9 +59,10 @@ async def test_data_survives_a_graceful_restart(data_dir: Path) -> None:
     assert daemon.stop() == 0
 
 
-async def test_acknowledged_writes_survive_sigkill(data_dir: Path) -> None:
-    daemon = Daemon(data_dir)
-    daemon.start()
+async def test_acknowledged_writes_survive_sigkill(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon(data_dir=data_dir)
     async with TurnstoreClient(daemon.target) as client:
         positions = await client.events.append_many("t", 1, [delta(str(n)) for n in range(100)])
         await client.events.finish_turn("t", 1)
@@ -171,9 +173,13 @@ async def test_an_unreachable_daemon_raises_unavailable(tmp_path: Path) -> None:
             await client.events.event_count("t")
 
 
-async def test_tcp_port_zero_is_reported_in_the_first_log_line(data_dir: Path) -> None:
-    daemon = Daemon(data_dir, listen=["127.0.0.1:0", f"unix:{data_dir.parent}/also.sock"])
-    first = daemon.start()
+async def test_tcp_port_zero_is_reported_in_the_first_log_line(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon(
+        data_dir=data_dir, listen=["127.0.0.1:0", f"unix:{data_dir.parent}/also.sock"]
+    )
+    first = daemon.serving
     assert first["data_dir"] == str(data_dir.resolve())
     host, port = daemon.addresses[0].rsplit(":", 1)
     assert host == "127.0.0.1" and int(port) > 0
@@ -194,10 +200,11 @@ async def test_without_a_data_dir_flag_it_serves_under_the_working_directory(
     assert daemon.stop(signal.SIGINT) == 0
 
 
-async def test_a_second_daemon_on_a_held_directory_refuses_clearly(data_dir: Path) -> None:
-    first = Daemon(data_dir)
-    first.start()
-    second = Daemon(data_dir)
+async def test_a_second_daemon_on_a_held_directory_refuses_clearly(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    first = start_daemon(data_dir=data_dir)
+    second = start_daemon(data_dir=data_dir, start=False)
     with pytest.raises(RuntimeError, match="in use by another turnstore process"):
         second.start()
     assert second.wait_exit() == 1
@@ -207,16 +214,19 @@ async def test_a_second_daemon_on_a_held_directory_refuses_clearly(data_dir: Pat
     assert first.stop() == 0
 
 
-async def test_non_loopback_listen_addresses_are_refused(data_dir: Path) -> None:
-    daemon = Daemon(data_dir, listen=["0.0.0.0:0"])
+async def test_non_loopback_listen_addresses_are_refused(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon(data_dir=data_dir, listen=["0.0.0.0:0"], start=False)
     with pytest.raises(RuntimeError, match="not loopback"):
         daemon.start()
     assert daemon.wait_exit() == 1
 
 
-async def test_a_full_database_refuses_writes_and_keeps_serving_reads(data_dir: Path) -> None:
-    daemon = Daemon(data_dir, extra_args=["--max-db-size", "2MiB"])
-    daemon.start()
+async def test_a_full_database_refuses_writes_and_keeps_serving_reads(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon("lmdb", "--max-db-size", "2MiB", data_dir=data_dir)
     acknowledged = 0
     async with TurnstoreClient(daemon.target) as client:
         with pytest.raises(StorageFullError, match="ceiling"):
@@ -232,9 +242,10 @@ async def test_a_full_database_refuses_writes_and_keeps_serving_reads(data_dir: 
     assert daemon.stop() == 0
 
 
-async def test_sigterm_lets_in_flight_writes_finish(data_dir: Path) -> None:
-    daemon = Daemon(data_dir)
-    daemon.start()
+async def test_sigterm_lets_in_flight_writes_finish(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon(data_dir=data_dir)
     async with TurnstoreClient(daemon.target) as client:
         thread = f"t-{uuid.uuid4()}"
         writes = [

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon, DaemonStarter
 from tests.test_typescript import TS_DIR, _Driver, node_env, typescript_build  # noqa: F401
 from turnstore import (
     AgentEventEnvelope,
@@ -52,15 +52,9 @@ def delta(text: str, sequence: int = 0) -> AgentEventEnvelope:
 
 
 @pytest.fixture
-def own_daemon(data_dir: Path) -> Iterator[Daemon]:
-    """A daemon of this test's own, to freeze."""
-    daemon = Daemon(data_dir)
-    daemon.start()
-    yield daemon
-    assert daemon.process is not None
-    if daemon.process.poll() is None:
-        os.kill(daemon.process.pid, signal.SIGCONT)
-        assert daemon.stop() == 0
+def own_daemon(start_daemon: DaemonStarter) -> Daemon:
+    """A daemon of this test's own, to freeze (continued and stopped after the test)."""
+    return start_daemon()
 
 
 @contextlib.contextmanager

@@ -15,16 +15,15 @@ session's PostgreSQL server, with the same flags.
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import DaemonStarter
+from tests.support.eventually import eventually_async
 from turnstore import (
     AgentEventEnvelope,
     CaughtUp,
@@ -80,11 +79,9 @@ def scrape(address: str) -> dict[str, float]:
     return values
 
 
-async def poll(condition: Callable[[], object], what: str, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not await asyncio.to_thread(condition):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
+async def live_followers(client: TurnstoreClient, count: int) -> bool:
+    """Whether the daemon has at least ``count`` followers registered."""
+    return (await client.admin.stats()).live_followers >= count
 
 
 async def read_until_ended(replay: Replay) -> tuple[list[int], bool]:
@@ -124,19 +121,19 @@ async def resume(client: TurnstoreClient, thread: str, ended: Replay) -> list[in
 
 
 async def test_stalled_followers_stay_within_the_budget_and_the_ended_resume(
-    tmp_path: Path, backend_args: list[str]
+    tmp_path: Path, backend_args: list[str], start_daemon: DaemonStarter
 ) -> None:
-    daemon = Daemon(
-        tmp_path / "data",
-        extra_args=[
-            "--follower-budget",
-            str(PER_FOLLOWER),
-            "--followers-total-budget",
-            str(TOTAL),
-            "--metrics-listen",
-            "127.0.0.1:0",
-            *backend_args,
-        ],
+    daemon = start_daemon(
+        "lmdb",
+        "--follower-budget",
+        str(PER_FOLLOWER),
+        "--followers-total-budget",
+        str(TOTAL),
+        "--metrics-listen",
+        "127.0.0.1:0",
+        *backend_args,
+        data_dir=tmp_path / "data",
+        start=False,
     )
     metrics_address = daemon.start()["metrics"]
     assert daemon.process is not None
@@ -148,10 +145,9 @@ async def test_stalled_followers_stay_within_the_budget_and_the_ended_resume(
             for _ in range(FOLLOWERS)
         ]
         try:
-            deadline = time.monotonic() + 30
-            while (await client.admin.stats()).live_followers < FOLLOWERS:
-                assert time.monotonic() < deadline, "the followers did not all start"
-                await asyncio.sleep(0.05)
+            await eventually_async(
+                lambda: live_followers(client, FOLLOWERS), what="the followers to start"
+            )
             baseline = peak = rss_anon(pid)
 
             body = "x" * 1000
@@ -175,7 +171,11 @@ async def test_stalled_followers_stay_within_the_budget_and_the_ended_resume(
                 ended = gauges["turnstore_followers_ended_too_slow"]
                 return ended >= FOLLOWERS - MOST_HOLDING
 
-            await poll(stalled_and_ended, "the budget to end the slowest followers")
+            await eventually_async(
+                lambda: asyncio.to_thread(stalled_and_ended),
+                60,
+                what="the budget to end the slowest followers",
+            )
             assert max(held_seen) <= HELD_BOUND
             stats = await client.admin.stats()
             assert stats.followers_ended_too_slow >= FOLLOWERS - MOST_HOLDING
@@ -203,11 +203,12 @@ async def test_stalled_followers_stay_within_the_budget_and_the_ended_resume(
 
 
 async def test_a_message_stops_at_the_follower_budget_whatever_was_asked(
-    tmp_path: Path, backend_args: list[str]
+    tmp_path: Path, backend_args: list[str], start_daemon: DaemonStarter
 ) -> None:
     budget = 16 * 1024
-    daemon = Daemon(tmp_path / "data", extra_args=["--follower-budget", "16KiB", *backend_args])
-    daemon.start()
+    daemon = start_daemon(
+        "lmdb", "--follower-budget", "16KiB", *backend_args, data_dir=tmp_path / "data"
+    )
     thread = f"thread-{uuid.uuid4()}"
     try:
         async with TurnstoreClient(daemon.target) as client:
@@ -231,22 +232,20 @@ async def test_a_message_stops_at_the_follower_budget_whatever_was_asked(
 
 
 async def test_healthy_followers_contending_for_a_small_total_wait_and_are_never_ended(
-    tmp_path: Path, backend_args: list[str]
+    tmp_path: Path, backend_args: list[str], start_daemon: DaemonStarter
 ) -> None:
     # Ten followers that read promptly share room for four messages: they
     # take turns, and none has a message unread for the second that would
     # make it too slow.
-    daemon = Daemon(
-        tmp_path / "data",
-        extra_args=[
-            "--follower-budget",
-            "64KiB",
-            "--followers-total-budget",
-            "256KiB",
-            *backend_args,
-        ],
+    daemon = start_daemon(
+        "lmdb",
+        "--follower-budget",
+        "64KiB",
+        "--followers-total-budget",
+        "256KiB",
+        *backend_args,
+        data_dir=tmp_path / "data",
     )
-    daemon.start()
     thread = f"thread-{uuid.uuid4()}"
     events = 2000
     try:
@@ -265,10 +264,9 @@ async def test_healthy_followers_contending_for_a_small_total_wait_and_are_never
                 raise AssertionError("the follower ended by itself")
 
             followers = [asyncio.ensure_future(follow()) for _ in range(10)]
-            deadline = time.monotonic() + 30
-            while (await client.admin.stats()).live_followers < len(followers):
-                assert time.monotonic() < deadline, "the followers did not all start"
-                await asyncio.sleep(0.05)
+            await eventually_async(
+                lambda: live_followers(client, len(followers)), what="the followers to start"
+            )
             body = "z" * 1000
             for turn in range(1, events // EVENTS_PER_APPEND + 1):
                 batch = [

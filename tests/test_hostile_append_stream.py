@@ -17,10 +17,10 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from tests.daemon import Daemon
-from tests.hostile.checker import append_is_valid, valid_name
-from tests.hostile.strategies import event_lists, thread_ids, u64s
-from tests.hostile.wire import (
+from tests.support.daemon import Daemon
+from tests.support.hostile.checker import append_is_valid, valid_name
+from tests.support.hostile.strategies import event_lists, thread_ids, u64s
+from tests.support.hostile.wire import (
     APPEND_STREAM,
     INVALID,
     MAX_THREAD_ID,

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.daemon import Daemon
-from tests.hostile.checker import utf8_size, valid_name
-from tests.hostile.strategies import names, tagged
-from tests.hostile.wire import (
+from tests.support.daemon import Daemon
+from tests.support.hostile.checker import utf8_size, valid_name
+from tests.support.hostile.strategies import names, tagged
+from tests.support.hostile.wire import (
     MAX_EVENT_ID,
     MAX_EVENTS,
     MAX_KEY,

@@ -14,9 +14,9 @@ from typing import Any
 import grpc
 import orjson
 
-from tests.daemon import Daemon
-from tests.hostile.checker import Checker
-from tests.hostile.wire import (
+from tests.support.daemon import Daemon
+from tests.support.hostile.checker import Checker
+from tests.support.hostile.wire import (
     INVALID,
     JSON,
     MAX_EVENT,

@@ -1,7 +1,7 @@
 """Hostile Replay requests (not following), mixed with the other RPCs' requests.
 
-Each outcome is predicted by :class:`tests.hostile.checker.Checker`; a
-finished stream is checked by :func:`tests.hostile.checker.check_replay`.
+Each outcome is predicted by :class:`tests.support.hostile.checker.Checker`; a
+finished stream is checked by :func:`tests.support.hostile.checker.check_replay`.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from tests.daemon import Daemon
-from tests.hostile.checker import Checker
-from tests.hostile.strategies import ops, replay_requests, unknown_fields
-from tests.hostile.wire import REPLAY, Op, connect
+from tests.support.daemon import Daemon
+from tests.support.hostile.checker import Checker
+from tests.support.hostile.strategies import ops, replay_requests, unknown_fields
+from tests.support.hostile.wire import REPLAY, Op, connect
 
 
 @st.composite

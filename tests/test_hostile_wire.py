@@ -4,8 +4,8 @@ Append, FinishTurn, GetTurn, ListTurns, ReadEvents, EventCount, Clear, Save
 and Load each get malformed requests (out-of-range values, oversized
 strings, unknown fields, two messages merged), random bytes, and strings
 that are not UTF-8, each outcome strictly predicted by
-:class:`tests.hostile.checker.Checker`; Admin.GetStats gets unknown fields.
-The machinery is in ``tests/hostile/``; Replay, AppendStream, the size
+:class:`tests.support.hostile.checker.Checker`; Admin.GetStats gets unknown fields.
+The machinery is in ``tests/support/hostile/``; Replay, AppendStream, the size
 limits and the client have modules of their own, so that a fault in one
 does not hide the others.
 """
@@ -15,9 +15,9 @@ from __future__ import annotations
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from tests.daemon import Daemon
-from tests.hostile.checker import Checker
-from tests.hostile.strategies import (
+from tests.support.daemon import Daemon
+from tests.support.hostile.checker import Checker
+from tests.support.hostile.strategies import (
     STRING_FIELDS,
     bad_utf8,
     garbage,
@@ -25,7 +25,7 @@ from tests.hostile.strategies import (
     unknown_fields,
     with_bad_string,
 )
-from tests.hostile.wire import GET_STATS, INVALID, OK, THREAD_POOL, Op, connect
+from tests.support.hostile.wire import GET_STATS, INVALID, OK, THREAD_POOL, Op, connect
 
 
 @settings(max_examples=300, deadline=None, database=None)

@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from tests.test_browser import ensure_chromium
 from turnstore import AgentEventEnvelope, ConversationSnapshot, TurnstoreClient
 from turnstore.server.access.scoped_engine import ScopedEngine

@@ -23,11 +23,11 @@ import aiohttp
 import grpc
 import pytest
 
-from tests.daemon import Daemon
-from tests.hostile.checker import json_depth
-from tests.hostile.strategies import field_bytes
-from tests.hostile.wire import APPEND_STREAM, connect
-from tests.sse_client import open_stream, strict_json
+from tests.support.daemon import Daemon, DaemonStarter
+from tests.support.hostile.checker import json_depth
+from tests.support.hostile.strategies import field_bytes
+from tests.support.hostile.wire import APPEND_STREAM, connect
+from tests.support.sse_client import open_stream, strict_json
 from tests.test_cli import clean_env, json_lines
 from tests.test_cli import run as run_cli
 from tests.test_rust import TS_DIR, _interop, interop_program  # noqa: F401  (fixture)
@@ -131,13 +131,10 @@ async def test_raw_grpc_bodies_over_the_limit_are_refused_however_deep(
 @pytest.fixture(scope="module")
 def web_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str]]:
     """A daemon with the HTTP API on, and its base URL."""
-    process = Daemon(
-        tmp_path_factory.mktemp("json-depth") / "data",
-        extra_args=["--http-listen", "127.0.0.1:0"],
-    )
-    first = process.start()
-    yield process, first["http"]
-    assert process.stop() == 0, process.log_lines[-20:]
+    starter = DaemonStarter(tmp_path_factory.mktemp("json-depth"), shared=True)
+    process = starter("lmdb", "--http-listen", "127.0.0.1:0")
+    yield process, process.serving["http"]
+    starter.close()
 
 
 AROUND: Final = [
@@ -294,12 +291,12 @@ def store_as_an_older_version(data_dir: Path, thread: str) -> None:
 
 
 async def test_a_deep_body_stored_earlier_does_not_poison_its_readers(
-    tmp_path: Path, http: aiohttp.ClientSession
+    tmp_path: Path, http: aiohttp.ClientSession, start_daemon: DaemonStarter
 ) -> None:
     thread = "old-and-deep"
     data_dir = tmp_path / "data"
     store_as_an_older_version(data_dir, thread)
-    daemon = Daemon(data_dir, extra_args=["--http-listen", "127.0.0.1:0"])
+    daemon = start_daemon("lmdb", "--http-listen", "127.0.0.1:0", data_dir=data_dir, start=False)
     base = daemon.start()["http"]
     try:
         # SSE delivers all three; the deep one as body_error (the events around it too).

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from tests.test_operations import (
     THREAD_A,
     THREAD_B,

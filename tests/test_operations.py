@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon, DaemonStarter
 from tests.test_follower_budget import scrape
 from turnstore import (
     AgentEventEnvelope,
@@ -56,10 +56,9 @@ async def admin_cli(
 
 
 @pytest.fixture
-def fresh(data_dir: Path) -> Iterator[Daemon]:
+def fresh(data_dir: Path, start_daemon: DaemonStarter) -> Iterator[Daemon]:
     """A daemon of its own, on an empty data directory."""
-    daemon = Daemon(data_dir)
-    daemon.start()
+    daemon = start_daemon(data_dir=data_dir)
     yield daemon
     assert daemon.stop() == 0, daemon.log_lines
 
@@ -214,11 +213,12 @@ async def test_stats_and_metrics_on_postgresql_say_there_is_no_limit(
 # -- backup ------------------------------------------------------------------------
 
 
-async def test_a_backup_taken_while_writing_serves_the_same_data(tmp_path: Path) -> None:
+async def test_a_backup_taken_while_writing_serves_the_same_data(
+    tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     dest = tmp_path / "backups" / "first"
     dest.parent.mkdir()
-    source = Daemon(tmp_path / "source", extra_args=["--backup-dir", str(dest.parent)])
-    source.start()
+    source = start_daemon("lmdb", "--backup-dir", str(dest.parent), data_dir=tmp_path / "source")
     async with TurnstoreClient(source.target) as client:
         await populate(client)
         stop = asyncio.Event()
@@ -256,8 +256,7 @@ async def test_a_backup_taken_while_writing_serves_the_same_data(tmp_path: Path)
         busy_source = await client.events.get_turns("busy")
         busy_events = [e async for e in client.events.read_events("busy")]
 
-    restored = Daemon(dest)
-    restored.start()
+    restored = start_daemon(data_dir=dest)
     try:
         async with TurnstoreClient(restored.target) as client:
             for thread, dump in expected.items():

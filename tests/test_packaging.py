@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import AgentEventEnvelope, TurnstoreClient
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,9 +1,10 @@
-"""The PostgreSQL engine called directly: what the daemon tests cannot pin down exactly.
+"""The PostgreSQL engine called directly: what only PostgreSQL has.
 
-Idempotency by event id across a reopen, a clear giving the thread a new
-epoch (a read bounded by the old view fails), kept snapshot versions, a
-retention sweep with a chosen "now", and positions gap-free under
-concurrent appends from two engines (two daemons) on one database.
+Positions gap-free under concurrent appends from two engines (two daemons)
+on one database, and replay steps cut at their byte budget exactly where
+LMDB's are. What every engine promises (idempotency across a reopen,
+clears, snapshots, retention sweeps, ...) is tested once for both backends
+in tests/test_storage_engine.py.
 """
 
 from __future__ import annotations
@@ -15,25 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.postgres import PostgresServer, fresh_database
-from turnstore.server.storage.errors import (
-    EventIdConflictError,
-    ThreadClearedError,
-    VersionConflictError,
-)
+from tests.support.postgres import PostgresServer, fresh_database
 from turnstore.server.storage.lmdb.engine import LmdbEngine
 from turnstore.server.storage.postgres.engine import PostgresEngine
 from turnstore.server.storage.values import (
     EngineConfig,
     NewEvent,
     PostgresConfig,
-    ReadBudget,
     ReplayStep,
-    SweepResult,
 )
 from turnstore.v1 import turnstore_pb2 as pb
-
-HOUR_NS = 3600 * 10**9
 
 
 def envelope(event_id: str) -> NewEvent:
@@ -43,82 +35,21 @@ def envelope(event_id: str) -> NewEvent:
 
 @pytest.fixture
 def dsn(postgres_server: PostgresServer) -> Iterator[str]:
-    """A database of its own on the session's server (a sweep here removes only our threads)."""
+    """A database of its own on the session's server."""
     with fresh_database(postgres_server) as database:
         yield database
 
 
-def open_engine(dsn: str, tmp_path: Path, retain: float | None = None) -> PostgresEngine:
-    config = EngineConfig(
-        data_dir=tmp_path / "unused", snapshot_versions_kept=2, retain_threads_for_seconds=retain
-    )
+def open_engine(dsn: str, tmp_path: Path) -> PostgresEngine:
+    config = EngineConfig(data_dir=tmp_path / "unused")
     return PostgresEngine.open(config, PostgresConfig(dsn, pool_size=2))
 
 
 @pytest.fixture
 def engine(dsn: str, tmp_path: Path) -> Iterator[PostgresEngine]:
-    opened = open_engine(dsn, tmp_path, retain=3600)
+    opened = open_engine(dsn, tmp_path)
     yield opened
     opened.close()
-
-
-def test_an_event_id_is_stored_once_even_after_a_reopen(dsn: str, tmp_path: Path) -> None:
-    thread = f"t-{uuid.uuid4()}"
-    first = open_engine(dsn, tmp_path)
-    try:
-        assert first.append(thread, 1, [envelope("a"), envelope("b")]).result(10) == [0, 1]
-    finally:
-        first.close()
-    second = open_engine(dsn, tmp_path)
-    try:
-        assert second.append(thread, 1, [envelope("b"), envelope("c")]).result(10) == [1, 2]
-        with pytest.raises(EventIdConflictError):
-            second.append(thread, 2, [envelope("a")]).result(10)
-        assert second.event_count(thread) == 3
-    finally:
-        second.close()
-
-
-def test_a_clear_gives_a_new_epoch_and_fails_reads_of_the_old_view(
-    engine: PostgresEngine,
-) -> None:
-    thread = f"t-{uuid.uuid4()}"
-    engine.append(thread, 1, [envelope("a")], finish=True).result(10)
-    old = engine.view(thread)
-    assert engine.clear(thread).result(10) == 1
-    assert engine.append(thread, 1, [envelope("a")]).result(10) == [0]
-    new = engine.view(thread)
-    assert new.epoch != old.epoch
-    with pytest.raises(ThreadClearedError):
-        engine.read_commit_order(old, 0, ReadBudget(10, 1 << 20))
-    assert len(engine.read_commit_order(new, 0, ReadBudget(10, 1 << 20))) == 1
-
-
-def test_snapshots_keep_the_newest_versions_and_check_the_expected_one(
-    engine: PostgresEngine,
-) -> None:
-    key = f"k-{uuid.uuid4()}"
-    for n in range(1, 4):
-        assert engine.save_snapshot(key, b"v%d" % n, "text/plain").result(10) == n
-    assert [s.version for s in engine.list_snapshot_versions(key)] == [3, 2]
-    with pytest.raises(VersionConflictError):
-        engine.save_snapshot(key, b"x", "text/plain", expected_version=2).result(10)
-    assert engine.delete_snapshots(key).result(10) == 2
-    assert engine.load_snapshot(key) is None
-    assert engine.save_snapshot(key, b"v4", "text/plain", expected_version=0).result(10) == 4
-
-
-def test_a_sweep_removes_only_what_was_written_before_the_age(engine: PostgresEngine) -> None:
-    engine.append("old", 1, [envelope("a"), envelope("b")]).result(10)
-    engine.append("fresh", 1, [envelope("a")]).result(10)
-    written = {thread.thread_id: thread.last_write_ns for thread in engine.list_threads()}
-    assert written["old"] < written["fresh"]
-    # The cutoff is the fresh thread's write: only what is older goes.
-    result = engine.sweep_retention(now_ns=written["fresh"] + HOUR_NS)
-    assert result == SweepResult(removed_threads=1, removed_events=2, removed_conversations=0)
-    assert [thread.thread_id for thread in engine.list_threads()] == ["fresh"]
-    stats = engine.retention_stats()
-    assert (stats.sweeps, stats.removed_threads, stats.removed_events) == (1, 1, 2)
 
 
 def test_two_engines_appending_to_one_turn_give_gap_free_positions(

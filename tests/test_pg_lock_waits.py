@@ -21,7 +21,6 @@ finish was found unfinished; a restarted daemon failed to start with
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +28,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.postgres import PostgresServer, fresh_database
+from tests.support.eventually import eventually
+from tests.support.postgres import PostgresServer, fresh_database
 from tests.test_pg_engine import envelope, open_engine
 from turnstore.server.storage.errors import DatabaseUnavailableError, TurnFinishedError
 from turnstore.server.storage.postgres.engine import PostgresEngine
@@ -68,20 +68,20 @@ def wait_for_lock_waiters(
 ) -> bool:
     """Poll until ``count`` sessions of the database wait for a lock (True), or
     ``or_until()`` holds (False); 10 s at most."""
-    deadline = time.monotonic() + 10
     with psycopg.connect(dsn, autocommit=True) as conn:
-        while True:
+
+        def outcome() -> str | None:
             row = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND wait_event_type = 'Lock'"
             ).fetchone()
             assert row is not None
             if row[0] >= count:
-                return True
-            if or_until():
-                return False
-            assert time.monotonic() < deadline, f"{row[0]} lock waiters, not {count}"
-            time.sleep(0.01)  # a poll's pace, not a stand-in for the condition
+                return "waiting"
+            return "gave up" if or_until() else None
+
+        found = eventually(outcome, 10, what=f"{count} lock waiters", interval=0.01)
+        return found == "waiting"
 
 
 def test_an_append_waiting_on_the_lock_is_refused_by_the_finish_before_it(

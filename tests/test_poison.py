@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import AgentEventEnvelope, EventFormatError, TurnstoreClient
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc

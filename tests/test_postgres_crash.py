@@ -32,7 +32,7 @@ Then, through each daemon:
 - no call failed while both daemons and the database were up, and every
   call was answered within the budget (the fleet recovered by itself).
 
-``python -m tests.soak --backend postgres`` runs the same loop with more faults.
+``python -m tests.support.soak --backend postgres`` runs the same loop with more faults.
 """
 
 from __future__ import annotations
@@ -49,9 +49,8 @@ from typing import Final, TypeVar
 
 import pytest
 
-from tests.conftest import postgres_daemon_args
-from tests.daemon import Daemon
-from tests.postgres import PASSWORD, PostgresServer, start_postgres
+from tests.support.daemon import Daemon
+from tests.support.postgres import PASSWORD, PostgresServer, postgres_daemon_args, start_postgres
 from tests.test_crash import (
     ACKED,
     REJECTED,

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import psycopg
 import pytest
 
-from tests.conftest import postgres_daemon_args
-from tests.daemon import Daemon
-from tests.postgres import PASSWORD, PostgresServer
+from tests.support.daemon import Daemon, DaemonStarter
+from tests.support.postgres import PASSWORD, PostgresServer
 from turnstore import (
     AgentEventEnvelope,
     CaughtUp,
@@ -38,20 +36,9 @@ def delta(text: str) -> AgentEventEnvelope:
 
 
 @pytest.fixture
-def fleet(postgres_server: PostgresServer, tmp_path: Path) -> Iterator[list[Daemon]]:
-    """Three daemons on the session's database."""
-    daemons = [
-        Daemon(tmp_path / f"unused-{n}", extra_args=postgres_daemon_args(postgres_server))
-        for n in range(3)
-    ]
-    try:
-        for daemon in daemons:
-            daemon.start()
-        yield daemons
-    finally:
-        for daemon in daemons:
-            if daemon.process is not None and daemon.process.poll() is None:
-                assert daemon.stop() == 0, daemon.log_lines[-10:]
+def fleet(postgres_server: PostgresServer, start_daemon: DaemonStarter) -> list[Daemon]:
+    """Three daemons on the session's database (stopped with status 0 after the test)."""
+    return [start_daemon("postgres", dsn=postgres_server.dsn) for _ in range(3)]
 
 
 async def test_writers_on_two_daemons_and_a_follower_on_a_third(fleet: list[Daemon]) -> None:
@@ -105,13 +92,13 @@ async def test_backup_is_refused_with_failed_precondition(postgres_daemon: Daemo
 
 
 def test_a_newer_schema_is_refused_naming_both_versions(
-    postgres_server: PostgresServer, postgres_daemon: Daemon, tmp_path: Path
+    postgres_server: PostgresServer, postgres_daemon: Daemon, start_daemon: DaemonStarter
 ) -> None:
     dsn = postgres_server.dsn
     with psycopg.connect(dsn) as conn:
         conn.execute("UPDATE turnstore_meta SET value = 99 WHERE name = 'schema_version'")
     try:
-        refused = Daemon(tmp_path / "unused", extra_args=postgres_daemon_args(postgres_server))
+        refused = start_daemon("postgres", dsn=dsn, start=False)
         with pytest.raises(RuntimeError) as failed:
             refused.start()
         assert "schema version 99, newer than this turnstore (1)" in str(failed.value)
@@ -122,10 +109,9 @@ def test_a_newer_schema_is_refused_naming_both_versions(
 
 
 async def test_database_down_is_unavailable_then_writes_resume(
-    postgres_server: PostgresServer, tmp_path: Path
+    postgres_server: PostgresServer, start_daemon: DaemonStarter
 ) -> None:
-    daemon = Daemon(tmp_path / "unused", extra_args=postgres_daemon_args(postgres_server))
-    daemon.start()
+    daemon = start_daemon("postgres", dsn=postgres_server.dsn)
     thread = f"outage-{uuid.uuid4()}"
     try:
         async with TurnstoreClient(daemon.target) as client:
@@ -185,11 +171,10 @@ async def test_a_notification_lost_while_listening_is_down_costs_latency_not_an_
 
 
 async def test_while_the_database_is_down_calls_fail_within_a_second_and_followers_hold_on(
-    postgres_server: PostgresServer, tmp_path: Path
+    postgres_server: PostgresServer, start_daemon: DaemonStarter
 ) -> None:
     """UNAVAILABLE within a second for writes and reads; a caught-up follower stays open."""
-    daemon = Daemon(tmp_path / "unused", extra_args=postgres_daemon_args(postgres_server))
-    daemon.start()
+    daemon = start_daemon("postgres", dsn=postgres_server.dsn)
     thread = f"outage-{uuid.uuid4()}"
     seen: list[int] = []
     enough = {3: asyncio.Event(), 6: asyncio.Event()}

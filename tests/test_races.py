@@ -19,7 +19,7 @@ from typing import Final
 import grpc
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import (
     AgentEventEnvelope,
     StoredEvent,
@@ -202,6 +202,8 @@ class ClearRace:
         default_factory=list
     )
     clears: list[tuple[int, int]] = field(default_factory=list)
+    # (issued tick, answered tick, the count answered)
+    counts: list[tuple[int, int, int]] = field(default_factory=list)
     sent_ids: set[str] = field(default_factory=set)
     acked_since_clear: int = 0
     clear_now: asyncio.Event = field(default_factory=asyncio.Event)
@@ -273,7 +275,9 @@ async def test_clear_racing_appends_and_readers_leaves_a_consistent_thread(
                     ids = {e.event_id for t in turns for e in t.events}
                     assert ids <= race.sent_ids
                 elif kind == 3:
-                    assert await store.event_count(thread_id) >= 0
+                    issued = race.tick()
+                    count = await store.event_count(thread_id)
+                    race.counts.append((issued, race.tick(), count))
                 else:
                     got = await store.get_turn(thread_id, 1 + number % 3)
                     assert got is None or {e.event_id for e in got.events} <= race.sent_ids
@@ -312,6 +316,40 @@ async def test_clear_racing_appends_and_readers_leaves_a_consistent_thread(
     for t in turns:
         assert t.events == [e.envelope for e in stored if e.turn == t.turn]
     assert race.reads > 0
+    assert race.counts
+    for issued, answered, count in race.counts:
+        assert count_bounds(race, issued, answered)[0] <= count, (issued, answered, count)
+        assert count <= count_bounds(race, issued, answered)[1], (issued, answered, count)
+
+
+def count_bounds(race: ClearRace, issued: int, answered: int) -> tuple[int, int]:
+    """What an event_count issued and answered at these ticks may say: (least, most).
+
+    The last clear answered before the count was issued had committed
+    before the count read. At least: the events of the appends issued after
+    that clear answered and answered before the count was issued, unless
+    another clear was in flight during the count (then 0). At most: the
+    events of every append issued before the count answered, but those
+    acknowledged before that last clear was sent (it removed them).
+    """
+    done = [clear for clear in race.clears if clear[1] < issued]
+    cleared_issued, cleared_answered = done[-1] if done else (0, 0)
+    in_flight = any(
+        c_issued < answered and c_answered > issued for c_issued, c_answered in race.clears
+    )
+    least = 0
+    if not in_flight:
+        least = sum(
+            len(batch)
+            for a_issued, a_answered, _, batch in race.appends
+            if a_issued > cleared_answered and a_answered < issued
+        )
+    most = sum(
+        len(batch)
+        for a_issued, a_answered, _, batch in race.appends
+        if a_issued < answered and a_answered > cleared_issued
+    )
+    return least, most
 
 
 async def test_a_clear_aborts_a_streaming_read_in_progress(daemon: Daemon, thread_id: str) -> None:

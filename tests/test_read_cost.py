@@ -38,7 +38,7 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon, DaemonStarter
 from turnstore import AgentEventEnvelope, ResourceExhaustedError, TurnstoreClient
 from turnstore.server.api import readcost
 from turnstore.server.storage import records
@@ -138,10 +138,12 @@ def assert_costs_what_it_returns(cost: Cost, returned_bytes: int) -> None:
     assert cost.growth_bytes < 3 * returned_bytes + 64 * MIB, (cost, returned_bytes)
 
 
-def start(data_dir: Path, backend_args: list[str]) -> tuple[Daemon, str]:
-    daemon = Daemon(data_dir, extra_args=["--http-listen", "127.0.0.1:0", *backend_args])
-    first = daemon.start()
-    return daemon, str(first["http"])
+def start(
+    start_daemon: DaemonStarter, backend: str, data_dir: Path | None = None
+) -> tuple[Daemon, str]:
+    """A daemon of ``backend`` with the HTTP API on, and its base URL."""
+    daemon = start_daemon(backend, "--http-listen", "127.0.0.1:0", data_dir=data_dir)
+    return daemon, str(daemon.serving["http"])
 
 
 @asynccontextmanager
@@ -160,9 +162,9 @@ async def save(daemon: Daemon, key: str, data: bytes, versions: int = 1) -> None
 
 
 async def test_snapshot_reads_stream_the_stored_bytes(
-    data_dir: Path, backend_args: list[str]
+    backend: str, start_daemon: DaemonStarter
 ) -> None:
-    daemon, base = start(data_dir, backend_args)
+    daemon, base = start(start_daemon, backend)
     try:
         await save(daemon, "big", SNAPSHOT)
         await save(daemon, "warm", b"[{}]")
@@ -205,10 +207,10 @@ async def test_snapshot_reads_stream_the_stored_bytes(
 
 
 async def test_grpc_loads_copy_the_snapshot_about_once(
-    data_dir: Path, backend_args: list[str]
+    backend: str, start_daemon: DaemonStarter
 ) -> None:
     """Load answers with wire bytes joined around the stored data (no message built)."""
-    daemon, _ = start(data_dir, backend_args)
+    daemon, _ = start(start_daemon, backend)
     try:
         await save(daemon, "big", SNAPSHOT)
         await save(daemon, "warm", b"[{}]")
@@ -235,9 +237,9 @@ async def test_grpc_loads_copy_the_snapshot_about_once(
 
 
 async def test_non_json_and_small_snapshots_are_answered_as_before(
-    data_dir: Path, backend_args: list[str]
+    backend: str, start_daemon: DaemonStarter
 ) -> None:
-    daemon, base = start(data_dir, backend_args)
+    daemon, base = start(start_daemon, backend)
     try:
         async with stubs(daemon) as (_, history):
             for key, data, content_type in (
@@ -268,10 +270,10 @@ async def test_non_json_and_small_snapshots_are_answered_as_before(
 
 
 async def test_large_turns_are_paged_by_bytes_and_too_large_ones_refused_unread(
-    data_dir: Path, backend_args: list[str]
+    backend: str, start_daemon: DaemonStarter
 ) -> None:
     """A thread of one 70 MB turn (over the 63 MiB a GetTurn answer may hold) and 30 MB more."""
-    daemon, base = start(data_dir, backend_args)
+    daemon, base = start(start_daemon, backend)
     thread = "big-thread"
     expected: dict[int, list[str]] = {}
     try:
@@ -337,9 +339,9 @@ async def test_large_turns_are_paged_by_bytes_and_too_large_ones_refused_unread(
 
 
 async def test_listing_versions_never_reads_their_data(
-    data_dir: Path, backend_args: list[str]
+    backend: str, start_daemon: DaemonStarter
 ) -> None:
-    daemon, _ = start(data_dir, backend_args)
+    daemon, _ = start(start_daemon, backend)
     try:
         await save(daemon, "kept", SNAPSHOT, versions=4)
         await save(daemon, "warm", b"[{}]")
@@ -369,9 +371,9 @@ LISTINGS_EACH: Final = 10
 
 
 async def test_recent_listings_do_not_scan_every_thread_or_starve_small_reads(
-    data_dir: Path, backend_args: list[str]
+    backend: str, start_daemon: DaemonStarter
 ) -> None:
-    daemon, base = start(data_dir, backend_args)
+    daemon, base = start(start_daemon, backend)
     try:
         async with TurnstoreClient(daemon.target) as client:
             names = [f"thread-{n:05d}" for n in range(THREADS)]
@@ -466,9 +468,11 @@ def downgrade_to_version_1(data_dir: Path) -> None:
         env.close()
 
 
-async def test_a_version_1_data_directory_is_migrated_and_served(data_dir: Path) -> None:
+async def test_a_version_1_data_directory_is_migrated_and_served(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
     """The recency index is built at open; old turns and versions are measured from their data."""
-    daemon, _ = start(data_dir, [])
+    daemon, _ = start(start_daemon, "lmdb", data_dir)
     try:
         async with TurnstoreClient(daemon.target) as client:
             for name in ("older", "old", "newest"):
@@ -484,7 +488,7 @@ async def test_a_version_1_data_directory_is_migrated_and_served(data_dir: Path)
         assert daemon.stop() == 0, daemon.log_lines[-20:]
     downgrade_to_version_1(data_dir)
 
-    daemon, base = start(data_dir, [])
+    daemon, base = start(start_daemon, "lmdb", data_dir)
     try:
         async with TurnstoreClient(daemon.target) as client:
             await client.events.append("older", 2, AgentEventEnvelope.new({"type": "t"}))

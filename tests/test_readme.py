@@ -42,8 +42,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.commands import run_or_fail
-from tests.daemon import Daemon
+from tests.support.commands import run_or_fail
+from tests.support.daemon import Daemon
 from tests.test_rust import CARGO_TIMEOUT, _target_dir
 from tests.test_typescript import node_env, typescript_build  # noqa: F401 (fixtures)
 

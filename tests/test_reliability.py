@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import DaemonStarter
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,
@@ -28,9 +28,9 @@ def envelope(event_id: str) -> pb.EventEnvelope:
 
 async def test_a_retried_append_returns_the_original_positions_after_a_crash(
     data_dir: Path,
+    start_daemon: DaemonStarter,
 ) -> None:
-    daemon = Daemon(data_dir)
-    daemon.start()
+    daemon = start_daemon(data_dir=data_dir)
     batch = pb.AppendRequest(thread_id="t", turn=1, events=[envelope("a"), envelope("b")])
     async with grpc.aio.insecure_channel(daemon.target) as channel:
         stub = pb_grpc.EventStoreServiceStub(channel)
@@ -65,9 +65,10 @@ async def test_an_event_id_reused_in_another_turn_is_refused(client: TurnstoreCl
         await client.events.append("conflict", 2, event)
 
 
-async def test_the_client_retries_while_the_daemon_restarts(data_dir: Path) -> None:
-    daemon = Daemon(data_dir)
-    daemon.start()
+async def test_the_client_retries_while_the_daemon_restarts(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon(data_dir=data_dir)
     target = daemon.target
     assert daemon.stop() == 0
     patient = RetryPolicy(attempts=60, initial_backoff=0.05, max_backoff=0.5)
@@ -104,9 +105,10 @@ async def test_a_save_with_a_stale_expected_version_changes_nothing(
         await history.save_versioned(snapshot("new"), expected_version=0)
 
 
-async def test_the_newest_versions_are_kept_listed_and_loadable(data_dir: Path) -> None:
-    daemon = Daemon(data_dir, extra_args=["--snapshot-versions", "3"])
-    daemon.start()
+async def test_the_newest_versions_are_kept_listed_and_loadable(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon("lmdb", "--snapshot-versions", "3", data_dir=data_dir)
     async with TurnstoreClient(daemon.target) as client:
         history = client.history("k")
         for n in range(1, 6):
@@ -124,21 +126,21 @@ async def test_the_newest_versions_are_kept_listed_and_loadable(data_dir: Path) 
     assert daemon.stop() == 0
 
 
-async def test_limits_are_configurable_and_named_in_errors(data_dir: Path) -> None:
-    daemon = Daemon(
-        data_dir,
-        extra_args=[
-            "--max-thread-id-bytes",
-            "8",
-            "--max-event-bytes",
-            "200",
-            "--max-events-per-append",
-            "3",
-            "--max-snapshot-bytes",
-            "100",
-        ],
+async def test_limits_are_configurable_and_named_in_errors(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon(
+        "lmdb",
+        "--max-thread-id-bytes",
+        "8",
+        "--max-event-bytes",
+        "200",
+        "--max-events-per-append",
+        "3",
+        "--max-snapshot-bytes",
+        "100",
+        data_dir=data_dir,
     )
-    daemon.start()
     async with TurnstoreClient(daemon.target) as client:
         with pytest.raises(InvalidArgumentError, match=r"thread_id: is 9 bytes.*limit of 8"):
             await client.events.append("123456789", 1, AgentEventEnvelope.new({"type": "x"}))
@@ -154,8 +156,10 @@ async def test_limits_are_configurable_and_named_in_errors(data_dir: Path) -> No
     assert daemon.stop() == 0
 
 
-def test_an_impossible_limit_is_refused_at_startup(data_dir: Path) -> None:
-    daemon = Daemon(data_dir, extra_args=["--max-thread-id-bytes", "600"])
+def test_an_impossible_limit_is_refused_at_startup(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon("lmdb", "--max-thread-id-bytes", "600", data_dir=data_dir, start=False)
     with pytest.raises(RuntimeError, match="511"):
         daemon.start()
     assert daemon.wait_exit() == 1

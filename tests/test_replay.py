@@ -13,7 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon, DaemonStarter
+from tests.support.eventually import eventually_async
 from turnstore import (
     AgentEventEnvelope,
     CaughtUp,
@@ -268,10 +269,9 @@ async def test_two_hundred_followers_each_receive_every_event(daemon: Daemon) ->
 
 
 async def test_cancelled_followers_leave_nothing_registered(
-    data_dir: Path, backend_args: list[str]
+    data_dir: Path, backend_args: list[str], start_daemon: DaemonStarter
 ) -> None:
-    daemon = Daemon(data_dir, extra_args=backend_args)
-    daemon.start()
+    daemon = start_daemon("lmdb", *backend_args, data_dir=data_dir)
     async with TurnstoreClient(daemon.target) as client:
         replays = [client.events.replay(f"t{n}", follow=True) for n in range(10)]
         for replay in replays:
@@ -280,12 +280,13 @@ async def test_cancelled_followers_leave_nothing_registered(
         assert before.open_replays == 10
         for replay in replays:
             await replay.aclose()
+
+        async def no_replay_open() -> bool:
+            return (await stats(daemon.target)).open_replays == 0
+
+        # The daemon learns of the cancellations asynchronously.
+        await eventually_async(no_replay_open, what="the closed replays to be forgotten")
         after = await stats(daemon.target)
-        for _ in range(1000):  # the daemon learns of the cancellations asynchronously
-            if after.open_replays == 0:
-                break
-            await asyncio.sleep(0.01)
-            after = await stats(daemon.target)
         assert (after.open_replays, after.live_followers) == (0, 0)
     assert daemon.stop() == 0
 
@@ -298,10 +299,9 @@ def rss_anon_kib(pid: int) -> int:
 
 
 async def test_a_stalled_follower_does_not_make_the_daemon_buffer(
-    data_dir: Path, backend_args: list[str]
+    data_dir: Path, backend_args: list[str], start_daemon: DaemonStarter
 ) -> None:
-    daemon = Daemon(data_dir, extra_args=backend_args)
-    daemon.start()
+    daemon = start_daemon("lmdb", *backend_args, data_dir=data_dir)
     assert daemon.process is not None
     total = 100_000
     async with TurnstoreClient(daemon.target) as reader, TurnstoreClient(daemon.target) as writer:
@@ -325,10 +325,9 @@ async def test_a_stalled_follower_does_not_make_the_daemon_buffer(
 
 
 async def test_sigterm_ends_followers_with_unavailable(
-    data_dir: Path, backend_args: list[str]
+    data_dir: Path, backend_args: list[str], start_daemon: DaemonStarter
 ) -> None:
-    daemon = Daemon(data_dir, extra_args=backend_args)
-    daemon.start()
+    daemon = start_daemon("lmdb", *backend_args, data_dir=data_dir)
     async with TurnstoreClient(daemon.target) as client:
         replay = client.events.replay("t", follow=True)
         iterator = aiter(replay)

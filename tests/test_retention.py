@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import DaemonStarter
+from tests.support.eventually import eventually, eventually_async
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,
@@ -29,7 +30,7 @@ from turnstore.server.storage.lmdb.engine import (
     RETENTION_BATCH_ITEMS,
     LmdbEngine,
 )
-from turnstore.server.storage.values import EngineConfig, NewEvent, SweepResult
+from turnstore.server.storage.values import EngineConfig, NewEvent, RetentionStats, SweepResult
 from turnstore.v1 import turnstore_pb2 as pb
 
 HOUR_NS = 3600 * 10**9
@@ -168,16 +169,16 @@ def test_the_background_sweep_runs_every_interval(data_dir: Path) -> None:
         engine.append("stale", 1, [envelope("a")]).result()
         engine.save_snapshot("stale-key", b"{}", JSON).result()
         kept = 0
-        deadline = time.monotonic() + 20
-        while True:
+
+        def swept() -> RetentionStats | None:
+            nonlocal kept
             # Written far more often than every half second: never expires.
             engine.append("alive", 1, [envelope(f"alive-{kept}")]).result()
             kept += 1
             stats = engine.retention_stats()
-            if stats.removed_threads and stats.removed_conversations:
-                break
-            assert time.monotonic() < deadline, stats
-            time.sleep(0.01)
+            return stats if stats.removed_threads and stats.removed_conversations else None
+
+        stats = eventually(swept, 20, what="a sweep to remove the stale thread", interval=0.01)
         assert (stats.removed_threads, stats.removed_conversations) == (1, 1)
         assert stats.sweeps >= 1 and stats.last_error is None
         assert engine.view("stale").epoch is None
@@ -205,19 +206,18 @@ def test_retention_settings_are_checked(data_dir: Path, settings: dict[str, Any]
 
 async def test_a_daemon_removes_threads_and_keys_not_written_for_the_age(
     data_dir: Path,
+    start_daemon: DaemonStarter,
 ) -> None:
-    daemon = Daemon(
-        data_dir,
-        extra_args=[
-            "--retain-threads-for",
-            "2",
-            "--retain-conversations-for",
-            "2",
-            "--retention-interval",
-            "0.1",
-        ],
+    daemon = start_daemon(
+        "lmdb",
+        "--retain-threads-for",
+        "2",
+        "--retain-conversations-for",
+        "2",
+        "--retention-interval",
+        "0.1",
+        data_dir=data_dir,
     )
-    daemon.start()
     try:
         async with TurnstoreClient(daemon.target) as client:
             await client.events.append("stale", 1, AgentEventEnvelope.new({"type": "x"}))
@@ -233,19 +233,19 @@ async def test_a_daemon_removes_threads_and_keys_not_written_for_the_age(
                 return items
 
             follower = asyncio.create_task(follow())
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 30
             written = 0
-            while True:
+
+            async def swept() -> Any:
+                nonlocal written
                 # Written far more often than every 2 seconds: never expire.
                 await client.events.append("alive", 1, AgentEventEnvelope.new({"type": "x"}))
                 await client.history("alive-key").save(ConversationSnapshot([written], [False]))
                 written += 1
                 stats = await client.admin.stats()
-                if stats.retention_removed_threads and stats.retention_removed_conversations:
-                    break
-                assert loop.time() < deadline, stats
-                await asyncio.sleep(0.05)
+                removed = stats.retention_removed_threads and stats.retention_removed_conversations
+                return stats if removed else None
+
+            stats = await eventually_async(swept, what="a sweep to remove the stale thread")
             assert stats.retention_enabled
             assert (stats.retention_removed_threads, stats.retention_removed_events) == (1, 1)
             assert stats.retention_removed_conversations == 1

@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.commands import run_or_fail
-from tests.daemon import Daemon
+from tests.support.commands import run_or_fail
+from tests.support.daemon import DaemonStarter
 from tests.test_typescript import node_env, typescript_build  # noqa: F401  (fixtures)
 from turnstore import AgentEventEnvelope, TurnstoreClient
 from turnstore._auth import ClientTls
@@ -148,9 +148,9 @@ def test_a_thread_written_from_rust_reads_back_identically_in_python_and_typescr
     typescript_build: Path,  # noqa: F811
     node_env: dict[str, str],  # noqa: F811
     tmp_path: Path,
+    start_daemon: DaemonStarter,
 ) -> None:
-    daemon = Daemon(tmp_path / "data")
-    daemon.start()
+    daemon = start_daemon(data_dir=tmp_path / "data")
     try:
         thread = f"rust-{uuid.uuid4()}"
         written = _interop(interop_program, ["write", daemon.target, thread])
@@ -215,7 +215,7 @@ def _same_envelope(rust: dict[str, Any], python: dict[str, Any]) -> bool:
 
 
 def test_a_thread_written_from_python_reads_back_equal_in_rust(
-    interop_program: Path, tmp_path: Path
+    interop_program: Path, tmp_path: Path, start_daemon: DaemonStarter
 ) -> None:
     thread = f"py-{uuid.uuid4()}"
     turns = _events_python_writes()
@@ -231,8 +231,7 @@ def test_a_thread_written_from_python_reads_back_equal_in_rust(
                 if finished:
                     await client.events.finish_turn(thread, turn)
 
-    daemon = Daemon(tmp_path / "data")
-    daemon.start()
+    daemon = start_daemon(data_dir=tmp_path / "data")
     try:
         asyncio.run(write(daemon.target))
         read = _interop(interop_program, ["read", daemon.target, thread])["turns"]
@@ -246,7 +245,9 @@ def test_a_thread_written_from_python_reads_back_equal_in_rust(
             assert _same_envelope(rust_event, python_event), (rust_event, python_event)
 
 
-def test_rust_over_mutual_tls_with_a_token(interop_program: Path, tmp_path: Path) -> None:
+def test_rust_over_mutual_tls_with_a_token(
+    interop_program: Path, tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     ca = trustme.CA()
     server = ca.issue_cert("localhost", "127.0.0.1")
     server.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
@@ -256,17 +257,19 @@ def test_rust_over_mutual_tls_with_a_token(interop_program: Path, tmp_path: Path
     agent.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "agent.pem"))
     agent.private_key_pem.write_to_path(str(tmp_path / "agent.key"))
     (tmp_path / "token").write_text("rust-token\n")
-    daemon = Daemon(
-        tmp_path / "data",
+    daemon = start_daemon(
+        "lmdb",
+        "--tls-cert",
+        str(tmp_path / "server.pem"),
+        "--tls-key",
+        str(tmp_path / "server.key"),
+        "--tls-client-ca",
+        str(tmp_path / "ca.pem"),
+        "--auth-token-file",
+        str(tmp_path / "token"),
+        data_dir=tmp_path / "data",
         listen=["127.0.0.1:0"],
-        extra_args=[
-            "--tls-cert", str(tmp_path / "server.pem"),
-            "--tls-key", str(tmp_path / "server.key"),
-            "--tls-client-ca", str(tmp_path / "ca.pem"),
-            "--auth-token-file", str(tmp_path / "token"),
-        ],
-    )  # fmt: skip
-    daemon.start()
+    )
     tls_env = {
         "TURNSTORE_TLS_CA": str(tmp_path / "ca.pem"),
         "TURNSTORE_TLS_CERT": str(tmp_path / "agent.pem"),

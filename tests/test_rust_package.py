@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import DaemonStarter
 from tests.test_rust import CARGO_TIMEOUT, _target_dir
 from tests.test_rust import _cargo as cargo_in
 from turnstore import TurnstoreClient
@@ -154,7 +154,7 @@ async def _python_turns(target: str, thread: str) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(CARGO_TIMEOUT + 300)
 def test_a_crate_outside_the_checkout_appends_and_reads_through_the_packaged_crate(
-    unpacked_crate: Path, tmp_path: Path
+    unpacked_crate: Path, tmp_path: Path, start_daemon: DaemonStarter
 ) -> None:
     consumer = tmp_path / "consumer"
     (consumer / "src").mkdir(parents=True)
@@ -173,8 +173,7 @@ def test_a_crate_outside_the_checkout_appends_and_reads_through_the_packaged_cra
     program = _target_dir() / "debug" / "turnstore-package-consumer"
     assert program.exists(), program
 
-    daemon = Daemon(tmp_path / "data")
-    daemon.start()
+    daemon = start_daemon(data_dir=tmp_path / "data")
     try:
         thread = f"packaged-{uuid.uuid4()}"
         result = subprocess.run(

@@ -17,7 +17,7 @@ import json
 import random
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,9 @@ import aiohttp
 import pytest
 import yarl
 
-from tests.daemon import Daemon
-from tests.postgres import PostgresServer, fresh_database
-from tests.sse_client import open_stream
+from tests.support.daemon import Daemon, DaemonStarter
+from tests.support.eventually import eventually_async
+from tests.support.sse_client import open_stream
 from turnstore import (
     AgentEventEnvelope,
     CaughtUp,
@@ -153,11 +153,10 @@ class Reader:
 
 async def test_two_scoped_sessions_cannot_see_each_others_data(
     tmp_path: Path,
-    start_daemon: Callable[..., Daemon],
-    backend_args: list[str],
+    start_daemon: DaemonStarter,
+    backend: str,
     http: aiohttp.ClientSession,
 ) -> None:
-    backend = "postgres" if backend_args else "lmdb"
     daemon = start_daemon(backend, *access_args(tmp_path))
     base = http_base(daemon)
     await write_tenants(daemon.target)
@@ -200,7 +199,7 @@ async def test_two_scoped_sessions_cannot_see_each_others_data(
 
 
 async def test_sessions_never_exceed_the_minting_tokens_scope(
-    tmp_path: Path, start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+    tmp_path: Path, start_daemon: DaemonStarter, http: aiohttp.ClientSession
 ) -> None:
     daemon = start_daemon("lmdb", *access_args(tmp_path))
     base = http_base(daemon)
@@ -243,9 +242,8 @@ async def test_sessions_never_exceed_the_minting_tokens_scope(
 
 
 async def test_two_scoped_grpc_tokens_cannot_see_each_others_data(
-    tmp_path: Path, start_daemon: Callable[..., Daemon], backend_args: list[str]
+    tmp_path: Path, start_daemon: DaemonStarter, backend: str
 ) -> None:
-    backend = "postgres" if backend_args else "lmdb"
     daemon = start_daemon(backend, *access_args(tmp_path))
     async with (
         TurnstoreClient(daemon.target, token=ALICE) as alice,
@@ -351,10 +349,9 @@ async def test_two_scoped_grpc_tokens_cannot_see_each_others_data(
 
 
 async def test_revoking_one_session_survives_a_restart(
-    tmp_path: Path, http: aiohttp.ClientSession
+    tmp_path: Path, http: aiohttp.ClientSession, start_daemon: DaemonStarter
 ) -> None:
-    daemon = Daemon(tmp_path / "data", extra_args=access_args(tmp_path))
-    daemon.start()
+    daemon = start_daemon("lmdb", *access_args(tmp_path))
     try:
         base = http_base(daemon)
         first, second, third = [
@@ -410,14 +407,12 @@ async def _ended_within(stream: Any, deadline: float) -> float:
 
 
 async def test_an_open_stream_ends_within_one_heartbeat_of_its_session_expiring(
-    tmp_path: Path, http: aiohttp.ClientSession
+    tmp_path: Path, http: aiohttp.ClientSession, start_daemon: DaemonStarter
 ) -> None:
     heartbeat = 1.0
-    daemon = Daemon(
-        tmp_path / "data",
-        extra_args=access_args(tmp_path, "--http-session-ttl", "5s", "--http-heartbeat", "1s"),
+    daemon = start_daemon(
+        "lmdb", *access_args(tmp_path, "--http-session-ttl", "5s", "--http-heartbeat", "1s")
     )
-    daemon.start()
     try:
         base = http_base(daemon)
         minted = await mint(http, base, ADMIN, {"thread_prefix": "alice/"})
@@ -443,11 +438,10 @@ async def test_an_open_stream_ends_within_one_heartbeat_of_its_session_expiring(
 
 
 async def test_an_open_stream_ends_within_one_heartbeat_of_its_session_being_revoked(
-    tmp_path: Path, http: aiohttp.ClientSession
+    tmp_path: Path, http: aiohttp.ClientSession, start_daemon: DaemonStarter
 ) -> None:
     heartbeat = 1.0
-    daemon = Daemon(tmp_path / "data", extra_args=access_args(tmp_path, "--http-heartbeat", "1s"))
-    daemon.start()
+    daemon = start_daemon("lmdb", *access_args(tmp_path, "--http-heartbeat", "1s"))
     try:
         base = http_base(daemon)
         kept, revoked = [(await mint(http, base, ADMIN, None))["session"] for _ in range(2)]
@@ -499,7 +493,9 @@ def test_scope_json_is_checked_strictly() -> None:
             parse_scope(bad)
 
 
-def test_a_malformed_tokens_file_stops_the_daemon(tmp_path: Path) -> None:
+def test_a_malformed_tokens_file_stops_the_daemon(
+    tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     for content, problem in (
         ('{"token": "a"}\n{"token": "a"}\n', "given twice"),
         ('{"token": "a", "scope": {"thread_prefix": 1}}\n', "scope.thread_prefix"),
@@ -508,7 +504,7 @@ def test_a_malformed_tokens_file_stops_the_daemon(tmp_path: Path) -> None:
     ):
         tokens = tmp_path / "tokens.jsonl"
         tokens.write_text(content)
-        daemon = Daemon(tmp_path / "data", extra_args=["--auth-tokens-file", str(tokens)])
+        daemon = start_daemon("lmdb", "--auth-tokens-file", str(tokens), start=False)
         with pytest.raises(RuntimeError, match=problem):
             daemon.start()
 
@@ -553,39 +549,37 @@ def test_scoped_listings_page_exactly_the_covered_ids(tmp_path: Path) -> None:
 
 
 async def test_a_revocation_holds_across_a_postgres_fleet_and_its_restarts(
-    tmp_path: Path, postgres_server: PostgresServer, http: aiohttp.ClientSession
+    tmp_path: Path, start_daemon: DaemonStarter, http: aiohttp.ClientSession
 ) -> None:
-    with fresh_database(postgres_server) as dsn:
-        args = [*access_args(tmp_path), "--backend", "postgres", "--postgres-dsn", dsn]
-        fleet = [Daemon(tmp_path / name, extra_args=args) for name in ("a", "b")]
+    dsn = start_daemon.database()
+    fleet = [start_daemon("postgres", *access_args(tmp_path), dsn=dsn) for _ in "ab"]
+    try:
+        minted_at, checked_at = http_base(fleet[0]), http_base(fleet[1])
+        revoked, kept = [(await mint(http, minted_at, ADMIN, None))["session"] for _ in "ab"]
+
+        async def status(base: str, session: str) -> int:
+            return (await http.get(f"{base}/v1/threads", params={"session": session})).status
+
+        assert [await status(checked_at, s) for s in (revoked, kept)] == [200, 200]
+        ended = await http.delete(
+            f"{minted_at}/v1/session",
+            headers=bearer(ADMIN),
+            data=json.dumps({"session": revoked}),
+        )
+        assert (await ended.json())["revoked"] is True
+        assert await status(minted_at, revoked) == 401
+
+        async def refused_there() -> bool:
+            return await status(checked_at, revoked) == 401
+
+        await eventually_async(refused_there, what="the other daemon to refuse the revoked session")
+        assert await status(checked_at, kept) == 200
         for daemon in fleet:
+            assert daemon.stop() == 0
             daemon.start()
-        try:
-            minted_at, checked_at = http_base(fleet[0]), http_base(fleet[1])
-            revoked, kept = [(await mint(http, minted_at, ADMIN, None))["session"] for _ in "ab"]
-
-            async def status(base: str, session: str) -> int:
-                return (await http.get(f"{base}/v1/threads", params={"session": session})).status
-
-            assert [await status(checked_at, s) for s in (revoked, kept)] == [200, 200]
-            ended = await http.delete(
-                f"{minted_at}/v1/session",
-                headers=bearer(ADMIN),
-                data=json.dumps({"session": revoked}),
-            )
-            assert (await ended.json())["revoked"] is True
-            assert await status(minted_at, revoked) == 401
-            deadline = time.monotonic() + 30
-            while await status(checked_at, revoked) != 401:
-                assert time.monotonic() < deadline, "the other daemon still takes the session"
-                await asyncio.sleep(0.05)
-            assert await status(checked_at, kept) == 200
-            for daemon in fleet:
-                assert daemon.stop() == 0
-                daemon.start()
-            for daemon in fleet:
-                base = http_base_after_restart(daemon)
-                assert [await status(base, s) for s in (revoked, kept)] == [401, 200]
-        finally:
-            for daemon in fleet:
-                assert daemon.stop() == 0
+        for daemon in fleet:
+            base = http_base_after_restart(daemon)
+            assert [await status(base, s) for s in (revoked, kept)] == [401, 200]
+    finally:
+        for daemon in fleet:
+            assert daemon.stop() == 0

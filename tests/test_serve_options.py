@@ -3,7 +3,7 @@
 The command line (client/python/turnstore/cli/main.py) only parses and hands over to
 :mod:`turnstore.server.daemon.command`; the flags, their TURNSTORE_* variables and
 defaults come from :mod:`turnstore.server.daemon.options`. The daemons every
-end-to-end test starts (tests/daemon.py) exercise the flags themselves.
+end-to-end test starts (tests/support/daemon.py) exercise the flags themselves.
 """
 
 from __future__ import annotations

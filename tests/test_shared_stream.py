@@ -13,12 +13,11 @@ import asyncio
 import os
 import signal
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon, DaemonStarter
+from tests.support.eventually import eventually_async
 from turnstore import (
     AgentEventEnvelope,
     DeadlineExceededError,
@@ -37,22 +36,32 @@ def delta(text: str, sequence: int = 0) -> AgentEventEnvelope:
     return AgentEventEnvelope.new({"type": "text_delta", "delta": text}, sequence)
 
 
-async def started(tasks: list[asyncio.Task[int]]) -> None:
-    """Let freshly created tasks run up to their first wait (their send)."""
-    await asyncio.sleep(0)  # one loop iteration runs every task that is ready
+def awaiting_acknowledgement(client: TurnstoreClient) -> int:
+    """How many calls wait in the client's shared stream for their acknowledgement.
+
+    A call counted here has its place in the stream's order (its request id
+    is taken): a call sent after it is written after it. This looks inside
+    the client, because nothing outside it can tell a call that reached its
+    send from one still on its way there while the daemon is paused.
+    """
+    shared = client.events._shared
+    return 0 if shared is None else len(shared._pending)
+
+
+async def started(client: TurnstoreClient, tasks: list[asyncio.Task[int]]) -> None:
+    """Wait until every task's call has reached the shared stream (its send)."""
+    await eventually_async(
+        lambda: awaiting_acknowledgement(client) == len(tasks),
+        what=f"{len(tasks)} calls in the shared stream",
+        interval=0.001,
+    )
     assert not any(task.done() for task in tasks)
 
 
 @pytest.fixture
-def own_daemon(data_dir: Path) -> Iterator[Daemon]:
+def own_daemon(start_daemon: DaemonStarter) -> Daemon:
     """A daemon of this test's own (it is stopped, paused or killed)."""
-    daemon = Daemon(data_dir)
-    daemon.start()
-    yield daemon
-    assert daemon.process is not None
-    if daemon.process.poll() is None:
-        os.kill(daemon.process.pid, signal.SIGCONT)
-        assert daemon.stop() == 0
+    return start_daemon()
 
 
 async def test_the_default_mode_is_the_shared_stream(own_daemon: Daemon) -> None:
@@ -116,7 +125,7 @@ async def test_a_cancelled_call_leaves_the_others_to_complete(own_daemon: Daemon
         os.kill(pid, signal.SIGSTOP)
         events = [delta(str(n), n) for n in range(10)]
         calls = [asyncio.create_task(client.events.append(thread, 1, e)) for e in events]
-        await started(calls)
+        await started(client, calls)
         calls[4].cancel()
         with pytest.raises(asyncio.CancelledError):
             await calls[4]
@@ -143,7 +152,7 @@ async def test_a_deadline_fails_only_its_own_call(own_daemon: Daemon) -> None:
         patient = [
             asyncio.create_task(client.events.append(thread, 1, delta(str(n)))) for n in range(5)
         ]
-        await started(patient)
+        await started(client, patient)
         hasty_event = delta("hasty")
         with pytest.raises(DeadlineExceededError):
             await client.events.append(thread, 1, hasty_event, timeout=0.2)

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon, DaemonStarter
 from turnstore import (
     AgentEventEnvelope,
     ClientTls,
@@ -37,9 +37,10 @@ def delta(text: str) -> AgentEventEnvelope:
     return AgentEventEnvelope.new({"type": "text_delta", "delta": text})
 
 
-async def test_health_is_serving_then_not_serving_during_shutdown(data_dir: Path) -> None:
-    daemon = Daemon(data_dir)
-    daemon.start()
+async def test_health_is_serving_then_not_serving_during_shutdown(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon(data_dir=data_dir)
     async with grpc.aio.insecure_channel(daemon.target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", "turnstore.v1.EventStoreService", "turnstore.v1.AdminService"):
@@ -81,9 +82,11 @@ def test_the_health_command_answers_for_probes(daemon: Daemon, tmp_path: Path) -
     assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
 
 
-async def test_metrics_count_rpcs_commits_and_followers(data_dir: Path) -> None:
-    daemon = Daemon(data_dir, extra_args=["--metrics-listen", "127.0.0.1:0"])
-    first = daemon.start()
+async def test_metrics_count_rpcs_commits_and_followers(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon("lmdb", "--metrics-listen", "127.0.0.1:0", data_dir=data_dir)
+    first = daemon.serving
     host, port = first["metrics"].rsplit(":", 1)
     assert host == "127.0.0.1" and int(port) > 0
     # Unary appends: each is one Append RPC in the per-method counters.
@@ -113,11 +116,12 @@ async def test_metrics_count_rpcs_commits_and_followers(data_dir: Path) -> None:
     assert daemon.stop() == 0
 
 
-async def test_a_token_is_required_on_every_call_but_health(data_dir: Path, tmp_path: Path) -> None:
+async def test_a_token_is_required_on_every_call_but_health(
+    data_dir: Path, tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
-    daemon = Daemon(data_dir, extra_args=["--auth-token-file", str(token_file)])
-    daemon.start()
+    daemon = start_daemon("lmdb", "--auth-token-file", str(token_file), data_dir=data_dir)
     for token in (None, "wrong-token"):
         async with TurnstoreClient(daemon.target, token=token, retry=None) as client:
             with pytest.raises(UnauthenticatedError, match="bearer token"):
@@ -151,15 +155,16 @@ def _pem(tmp_path: Path, name: str, blob: trustme.Blob) -> Path:
     return path
 
 
-async def test_tls_and_mutual_tls(data_dir: Path, tmp_path: Path, ca: trustme.CA) -> None:
+async def test_tls_and_mutual_tls(
+    data_dir: Path, tmp_path: Path, ca: trustme.CA, start_daemon: DaemonStarter
+) -> None:
     server_cert = ca.issue_cert("localhost", "127.0.0.1")
     cert = tmp_path / "server.pem"
     server_cert.private_key_and_cert_chain_pem.write_to_path(str(cert))
     key = _pem(tmp_path, "server.key", server_cert.private_key_pem)
     ca_file = _pem(tmp_path, "ca.pem", ca.cert_pem)
     args = ["--tls-cert", str(cert), "--tls-key", str(key)]
-    daemon = Daemon(data_dir, listen=["127.0.0.1:0"], extra_args=args)
-    daemon.start()
+    daemon = start_daemon("lmdb", *args, data_dir=data_dir, listen=["127.0.0.1:0"])
     async with TurnstoreClient(daemon.target, tls=ClientTls(ca_file)) as client:
         assert await client.events.append("t", 1, delta("over tls")) == 0
     # The CA as a str path, or as PEM bytes, works the same.
@@ -175,10 +180,9 @@ async def test_tls_and_mutual_tls(data_dir: Path, tmp_path: Path, ca: trustme.CA
     client_chain = tmp_path / "client.pem"
     client_cert.private_key_and_cert_chain_pem.write_to_path(str(client_chain))
     client_key = _pem(tmp_path, "client.key", client_cert.private_key_pem)
-    mutual = Daemon(
-        data_dir, listen=["127.0.0.1:0"], extra_args=[*args, "--tls-client-ca", str(ca_file)]
+    mutual = start_daemon(
+        "lmdb", *args, "--tls-client-ca", str(ca_file), data_dir=data_dir, listen=["127.0.0.1:0"]
     )
-    mutual.start()
     with_cert = ClientTls(ca_file, cert=client_chain, key=client_key)
     async with TurnstoreClient(mutual.target, tls=with_cert) as client:
         assert await client.events.event_count("t") == 1
@@ -188,16 +192,21 @@ async def test_tls_and_mutual_tls(data_dir: Path, tmp_path: Path, ca: trustme.CA
     assert mutual.stop() == 0
 
 
-def test_unix_sockets_are_owner_only_unless_configured(tmp_path: Path) -> None:
+def test_unix_sockets_are_owner_only_unless_configured(
+    tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     for extra, mode in (([], 0o600), (["--socket-mode", "660"], 0o660)):
         socket = tmp_path / f"s{mode:o}.sock"
-        daemon = Daemon(tmp_path / f"data{mode:o}", listen=[f"unix:{socket}"], extra_args=extra)
-        daemon.start()
+        daemon = start_daemon(
+            "lmdb", *extra, data_dir=tmp_path / f"data{mode:o}", listen=[f"unix:{socket}"]
+        )
         assert stat.S_IMODE(os.stat(socket).st_mode) == mode
         assert daemon.stop() == 0
 
 
-async def test_every_flag_can_come_from_the_environment(data_dir: Path) -> None:
+async def test_every_flag_can_come_from_the_environment(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
     help_run = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "turnstore", "serve", "--help"],
@@ -219,8 +228,7 @@ async def test_every_flag_can_come_from_the_environment(data_dir: Path) -> None:
         assert variable in help_text, flag
     os.environ["TURNSTORE_MAX_EVENT_BYTES"] = "300"
     try:
-        daemon = Daemon(data_dir)
-        daemon.start()
+        daemon = start_daemon(data_dir=data_dir)
     finally:
         del os.environ["TURNSTORE_MAX_EVENT_BYTES"]
     async with TurnstoreClient(daemon.target) as client:
@@ -229,11 +237,12 @@ async def test_every_flag_can_come_from_the_environment(data_dir: Path) -> None:
     assert daemon.stop() == 0
 
 
-async def test_the_token_can_come_from_the_environment(data_dir: Path) -> None:
+async def test_the_token_can_come_from_the_environment(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
     os.environ["TURNSTORE_AUTH_TOKEN"] = "from-the-env"
     try:
-        daemon = Daemon(data_dir)
-        daemon.start()
+        daemon = start_daemon(data_dir=data_dir)
     finally:
         del os.environ["TURNSTORE_AUTH_TOKEN"]
     async with TurnstoreClient(daemon.target, retry=None) as client:

@@ -15,8 +15,9 @@ import pytest
 import trustme
 import yarl
 
-from tests.daemon import Daemon
-from tests.sse_client import SseEvent, open_stream, strict_json
+from tests.support.daemon import Daemon, DaemonStarter
+from tests.support.eventually import eventually_async
+from tests.support.sse_client import SseEvent, open_stream, strict_json
 from turnstore import AgentEventEnvelope, ConversationSnapshot, TurnstoreClient
 from turnstore.server.access.sessions import SessionSigner
 from turnstore.server.storage.lmdb.engine import LmdbEngine
@@ -29,25 +30,21 @@ ODD_THREAD = "team/ü ß/chat 🙂/events"
 ALLOWED_ORIGIN = "http://127.0.0.1:9"
 
 
-def start_daemon(data_dir: Path, *extra: str) -> tuple[Daemon, str]:
-    process = Daemon(data_dir, extra_args=["--http-listen", "127.0.0.1:0", *extra])
-    first = process.start()
-    assert first["http"].startswith("http://127.0.0.1:"), first
-    return process, first["http"]
+def web(
+    start_daemon: DaemonStarter, *extra: str, data_dir: Path | None = None
+) -> tuple[Daemon, str]:
+    """A daemon with the HTTP listener on a free port, and its base URL."""
+    process = start_daemon("lmdb", "--http-listen", "127.0.0.1:0", *extra, data_dir=data_dir)
+    assert process.serving["http"].startswith("http://127.0.0.1:"), process.serving
+    return process, process.serving["http"]
 
 
 @pytest.fixture(scope="module")
 def web_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str]]:
-    """A daemon with the HTTP listener, no token, 0.2 s heartbeats."""
-    process, base = start_daemon(
-        tmp_path_factory.mktemp("sse") / "data",
-        "--http-heartbeat",
-        "0.2s",
-        "--http-allow-origin",
-        ALLOWED_ORIGIN,
-    )
-    yield process, base
-    assert process.stop() == 0, process.log_lines
+    """A daemon with the HTTP listener, no token, 0.2 s heartbeats (for the module)."""
+    starter = DaemonStarter(tmp_path_factory.mktemp("sse"), shared=True)
+    yield web(starter, "--http-heartbeat", "0.2s", "--http-allow-origin", ALLOWED_ORIGIN)
+    starter.close()
 
 
 @pytest.fixture
@@ -223,7 +220,7 @@ async def test_a_resume_never_continues_into_a_cleared_threads_new_life(
 
 
 async def test_bodies_that_are_not_strict_json_arrive_as_valid_json(
-    tmp_path: Path, http: aiohttp.ClientSession
+    tmp_path: Path, http: aiohttp.ClientSession, start_daemon: DaemonStarter
 ) -> None:
     thread = "odd-bodies"
     # The daemon now refuses JSON bodies that are not strict JSON objects, but
@@ -245,7 +242,7 @@ async def test_bodies_that_are_not_strict_json_arrive_as_valid_json(
         assert engine.append(thread, 1, new_events).result() == [0, 1, 2, 3, 4]
     finally:
         engine.close()
-    process, base = start_daemon(tmp_path / "data")
+    process, base = web(start_daemon, data_dir=tmp_path / "data")
     try:
         async with grpc.aio.insecure_channel(process.target) as channel:
             await pb_grpc.EventStoreServiceStub(channel).Append(
@@ -339,11 +336,10 @@ async def test_idle_streams_get_heartbeats(
     assert caught_up is not None and caught_up.name == "caught_up"
     # The next read blocks until heartbeats arrive; two of them prove they repeat.
     reader = asyncio.create_task(stream.next(timeout=60))
-    deadline = asyncio.get_running_loop().time() + 30
-    while len(stream.comments) < 2:
-        assert asyncio.get_running_loop().time() < deadline, "no heartbeats"
-        await asyncio.wait((reader,), timeout=0.05)
-        assert not reader.done()
+    await eventually_async(
+        lambda: reader.done() or len(stream.comments) >= 2, what="two heartbeats"
+    )
+    assert not reader.done()
     reader.cancel()
     stream.close()
     assert stream.comments[:2] == ["heartbeat", "heartbeat"]
@@ -371,11 +367,11 @@ async def test_cors_only_for_allowed_origins_and_loopback_hosts_only(
 
 
 async def test_wrong_or_missing_token_is_refused_with_401(
-    tmp_path: Path, http: aiohttp.ClientSession
+    tmp_path: Path, http: aiohttp.ClientSession, start_daemon: DaemonStarter
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    process, base = start_daemon(tmp_path / "data", "--auth-token-file", str(token_file))
+    process, base = web(start_daemon, "--auth-token-file", str(token_file))
     try:
         thread_url = events_url(base, "t", follow=0)
         for url in (f"{base}/v1/threads", thread_url, f"{base}/v1/conversations/k"):
@@ -432,9 +428,9 @@ def test_sessions_expire_and_cannot_be_forged() -> None:
 
 
 async def test_open_streams_end_when_the_daemon_stops(
-    tmp_path: Path, http: aiohttp.ClientSession
+    http: aiohttp.ClientSession, start_daemon: DaemonStarter
 ) -> None:
-    process, base = start_daemon(tmp_path / "data")
+    process, base = web(start_daemon)
     streams = [await open_stream(http, events_url(base, f"stop-{i}")) for i in range(3)]
     for stream in streams:
         first = await stream.next()
@@ -445,17 +441,18 @@ async def test_open_streams_end_when_the_daemon_stops(
         assert await stream.rest(timeout=10) == []
 
 
-async def test_https_with_the_daemons_tls_settings(tmp_path: Path) -> None:
+async def test_https_with_the_daemons_tls_settings(
+    tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     ca = trustme.CA()
     issued = ca.issue_cert("127.0.0.1", "localhost")
     cert, key = tmp_path / "server.pem", tmp_path / "server.key"
     issued.private_key_and_cert_chain_pem.write_to_path(str(cert))
     issued.private_key_pem.write_to_path(str(key))
-    process = Daemon(
-        tmp_path / "data",
-        extra_args=["--http-listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)],
+    process = start_daemon(
+        "lmdb", "--http-listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)
     )
-    base = process.start()["http"]
+    base = process.serving["http"]
     try:
         assert base.startswith("https://127.0.0.1:")
         trusted = ssl.create_default_context()
@@ -491,10 +488,11 @@ async def test_a_dropped_browser_leaves_no_follower_behind(
     for stream in streams:
         stream.close()
     # The daemon notices at its next heartbeat write (0.2 s here).
-    deadline = asyncio.get_running_loop().time() + 30
-    while await open_replays() != 0:
-        assert asyncio.get_running_loop().time() < deadline, "followers left registered"
-        await asyncio.sleep(0.05)
+
+    async def none_open() -> bool:
+        return await open_replays() == 0
+
+    await eventually_async(none_open, what="the closed streams' followers to be forgotten")
 
 
 async def test_malformed_requests_get_a_4xx_never_a_500(
@@ -534,11 +532,11 @@ async def test_malformed_requests_get_a_4xx_never_a_500(
 
 
 async def test_stalled_browsers_are_ended_within_the_follower_budget_and_resume(
-    tmp_path: Path,
+    start_daemon: DaemonStarter,
 ) -> None:
     """SSE streams share the gRPC followers' budget; an ended one resumes exactly."""
-    process, base = start_daemon(
-        tmp_path / "data", "--follower-budget", "64KiB", "--followers-total-budget", "256KiB"
+    process, base = web(
+        start_daemon, "--follower-budget", "64KiB", "--followers-total-budget", "256KiB"
     )
     thread, readers, events = "stalled", 8, 6000
     body = "x" * 1000
@@ -569,10 +567,7 @@ async def test_stalled_browsers_are_ended_within_the_follower_budget_and_resume(
                     if "follower_too_slow" in line and '"http"' in line
                 )
 
-            deadline = asyncio.get_running_loop().time() + 60
-            while ended() == 0:
-                assert asyncio.get_running_loop().time() < deadline, "no stream was ended"
-                await asyncio.sleep(0.05)
+            await eventually_async(ended, 60, what="a stream to be ended")
             # Every reader now reads on, resuming after its last id when its
             # stream was ended: it gets each event once, in order.
             for stream in stalled:

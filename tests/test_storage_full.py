@@ -17,7 +17,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -26,7 +25,9 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon, DaemonStarter
+from tests.support.eventually import eventually_async
+from tests.support.open_gate import OpenGate, tmpfs
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,
@@ -95,11 +96,12 @@ def scrape(address: str) -> dict[str, float]:
 
 async def test_a_full_database_is_emptied_and_written_again_without_a_restart(
     data_dir: Path,
+    start_daemon: DaemonStarter,
 ) -> None:
-    daemon = Daemon(
-        data_dir, extra_args=["--max-db-size", "8MiB", "--metrics-listen", "127.0.0.1:0"]
+    daemon = start_daemon(
+        "lmdb", "--max-db-size", "8MiB", "--metrics-listen", "127.0.0.1:0", data_dir=data_dir
     )
-    first = daemon.start()
+    first = daemon.serving
     threads = [f"t-{n}" for n in range(8)]
     acknowledged: dict[str, int] = {}
     async with TurnstoreClient(daemon.target) as client:
@@ -150,35 +152,36 @@ async def test_a_full_database_is_emptied_and_written_again_without_a_restart(
     assert daemon.stop() == 0
 
 
-async def test_retention_empties_a_full_database_and_writes_resume(data_dir: Path) -> None:
-    daemon = Daemon(
-        data_dir,
-        extra_args=[
-            "--max-db-size",
-            "8MiB",
-            "--retain-threads-for",
-            "1s",
-            "--retention-interval",
-            "0.2s",
-        ],
+async def test_retention_empties_a_full_database_and_writes_resume(
+    data_dir: Path, start_daemon: DaemonStarter
+) -> None:
+    daemon = start_daemon(
+        "lmdb",
+        "--max-db-size",
+        "8MiB",
+        "--retain-threads-for",
+        "1s",
+        "--retention-interval",
+        "0.2s",
+        data_dir=data_dir,
     )
-    daemon.start()
     acknowledged: dict[str, int] = {}
     async with TurnstoreClient(daemon.target) as client:
         # One thread, written without pause, so retention cannot take it while it fills.
         await fill(client, ["filler"], acknowledged, 20_000)
         assert acknowledged["filler"] > 100
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while True:
+
+        async def appended() -> bool:
             try:
                 # The same batch as the one refused at the end of the fill.
                 await client.events.append_many(
                     "later", 1, [blob(f"later-{n}", 20_000) for n in range(4)]
                 )
-                break
             except StorageFullError:
-                assert time.monotonic() < deadline, "retention never made room"
-                await asyncio.sleep(0.05)
+                return False
+            return True
+
+        await eventually_async(appended, DEADLINE_SECONDS, what="retention to make room")
         stats = await client.admin.stats()
         assert stats.retention_removed_threads >= 1
         assert stats.retention_removed_events >= acknowledged["filler"]
@@ -291,27 +294,18 @@ def test_disk_failures_are_told_apart(tmp_path: Path) -> None:
 @pytest.fixture
 def small_filesystem(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs mounted for the test (the tests run as root), unmounted after."""
-    mount_point = tmp_path / "small-fs"
-    mount_point.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount_point)],
-        check=True,
-        capture_output=True,
-    )
-    try:
+    with tmpfs(tmp_path / "small-fs", "16m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True, capture_output=True)
 
 
 async def test_a_full_filesystem_is_resource_exhausted_and_writes_resume(
     small_filesystem: Path,
+    start_daemon: DaemonStarter,
 ) -> None:
     ballast = small_filesystem / "ballast"
     ballast.write_bytes(b"\0" * (6 * MIB))
     data_dir = small_filesystem / "data"
-    daemon = Daemon(data_dir)  # the default ceiling of 16 GiB: the disk fills first
-    daemon.start()
+    daemon = start_daemon(data_dir=data_dir)
     acknowledged: dict[str, int] = {}
     async with TurnstoreClient(daemon.target) as client:
         await fill(client, ["a", "b"], acknowledged, 50_000)
@@ -331,8 +325,7 @@ async def test_a_full_filesystem_is_resource_exhausted_and_writes_resume(
         await client.history("k").save(snapshot("z", 500_000))
     assert daemon.stop() == 0
     # Nothing acknowledged was lost.
-    restarted = Daemon(data_dir)
-    restarted.start()
+    restarted = start_daemon(data_dir=data_dir)
     async with TurnstoreClient(restarted.target) as client:
         for thread, count in acknowledged.items():
             assert await client.events.event_count(thread) == count
@@ -344,63 +337,53 @@ async def test_a_full_filesystem_is_resource_exhausted_and_writes_resume(
 
 
 async def test_a_daemon_killed_during_a_backup_leaves_no_partial_directory(
-    tmp_path: Path,
+    tmp_path: Path, start_daemon: DaemonStarter
 ) -> None:
     data_dir = tmp_path / "data"
-    backups = tmp_path / "backups"
-    backups.mkdir()
-    # Things the daemon did not create, some looking like its own: never touched.
-    (backups / ".nightly.partial-decoy123").mkdir()
-    (backups / "keep.txt").write_text("keep me")
-    daemon = Daemon(data_dir, extra_args=["--backup-dir", str(backups)])
-    daemon.start()
-    async with TurnstoreClient(daemon.target) as client:
-        for n in range(48):
-            await client.events.append_many(
-                f"t{n % 4}", 1, [blob(f"{n}-{k}", 250_000) for k in range(4)]
-            )
-    caught = None
-    for attempt in range(5):
-        dest = backups / f"nightly-{attempt}"
+    with tmpfs(tmp_path / "backups") as backups:
+        # Things the daemon did not create, some looking like its own: never touched.
+        (backups / ".nightly.partial-decoy123").mkdir()
+        (backups / "keep.txt").write_text("keep me")
+        daemon = start_daemon("lmdb", "--backup-dir", str(backups), data_dir=data_dir)
+        assert daemon.process is not None
+        pid = daemon.process.pid
         async with TurnstoreClient(daemon.target) as client:
-            backup = asyncio.create_task(client.admin.backup(dest.name))
-            deadline = time.monotonic() + DEADLINE_SECONDS
-            while not backup.done():
-                partial = [n for n in os.listdir(backups) if n.startswith(f".{dest.name}.partial-")]
-                if partial:
-                    daemon.kill()
-                    caught = backups / partial[0]
-                    break
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.0005)
-            backup.cancel()
+            for n in range(8):
+                await client.events.append_many(
+                    f"t{n % 4}", 1, [blob(f"{n}-{k}", 25_000) for k in range(4)]
+                )
+            # The daemon is held as it opens the copy's file, its partial
+            # directory made, and killed there: in the middle of the backup.
+            with OpenGate(backups, lambda opener, path: opener == pid) as gate:
+                backup = asyncio.create_task(client.admin.backup("nightly"))
+                held = await asyncio.to_thread(gate.wait)
+                daemon.kill()
             with contextlib.suppress(BaseException):
                 await backup
-        if caught is not None:
-            break
-    assert caught is not None, "every backup completed before it could be killed"
-    assert caught.is_dir()  # the kill left it behind
-    serving = daemon.start()
-    assert not caught.exists()
-    assert serving["removed_partial_backups"] == [str(caught)]
-    leftovers = sorted(n for n in os.listdir(backups) if ".partial-" in n)
-    assert leftovers == [".nightly.partial-decoy123"]
-    assert (backups / "keep.txt").read_text() == "keep me"
-    assert not (data_dir / "backups-in-progress").exists()
-    # Backups work as before afterwards.
-    async with TurnstoreClient(daemon.target) as client:
-        result = await client.admin.backup("after")
-        assert result.bytes_written > 0 and result.dest_dir == str(backups / "after")
-    assert daemon.stop() == 0
+        caught = held.parent
+        assert held.name == "data.mdb" and caught.parent == backups, held
+        assert caught.name.startswith(".nightly.partial-"), caught
+        assert caught.is_dir()  # the kill left it behind
+        serving = daemon.start()
+        assert not caught.exists()
+        assert serving["removed_partial_backups"] == [str(caught)]
+        leftovers = sorted(n for n in os.listdir(backups) if ".partial-" in n)
+        assert leftovers == [".nightly.partial-decoy123"]
+        assert (backups / "keep.txt").read_text() == "keep me"
+        assert not (data_dir / "backups-in-progress").exists()
+        # Backups work as before afterwards.
+        async with TurnstoreClient(daemon.target) as client:
+            result = await client.admin.backup("after")
+            assert result.bytes_written > 0 and result.dest_dir == str(backups / "after")
+        assert daemon.stop() == 0
 
 
 async def test_backup_paths_too_long_for_the_file_system_are_invalid(
-    data_dir: Path, tmp_path: Path
+    data_dir: Path, tmp_path: Path, start_daemon: DaemonStarter
 ) -> None:
     backups = tmp_path / "backups"
     backups.mkdir()
-    daemon = Daemon(data_dir, extra_args=["--backup-dir", str(backups)])
-    daemon.start()
+    daemon = start_daemon("lmdb", "--backup-dir", str(backups), data_dir=data_dir)
     (backups / "a-file").write_text("x")
     async with TurnstoreClient(daemon.target) as client:
         refused = {
@@ -427,13 +410,14 @@ def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-async def test_the_data_directory_and_its_files_are_owner_only(tmp_path: Path) -> None:
+async def test_the_data_directory_and_its_files_are_owner_only(
+    tmp_path: Path, start_daemon: DaemonStarter
+) -> None:
     data_dir = tmp_path / "fresh" / "data"
     (tmp_path / "backups").mkdir()
     previous = os.umask(0o022)  # what a daemon usually runs with
     try:
-        daemon = Daemon(data_dir, extra_args=["--backup-dir", str(tmp_path / "backups")])
-        daemon.start()
+        daemon = start_daemon("lmdb", "--backup-dir", str(tmp_path / "backups"), data_dir=data_dir)
         async with TurnstoreClient(daemon.target) as client:
             await client.events.append(f"t-{uuid.uuid4()}", 1, blob("a", 10))
             backup = await client.admin.backup("backup")
@@ -448,8 +432,7 @@ async def test_the_data_directory_and_its_files_are_owner_only(tmp_path: Path) -
     # Files an older version left readable are made owner-only at the next start.
     os.chmod(data_dir / "data.mdb", 0o644)
     os.chmod(data_dir / "turnstore.lock", 0o644)
-    daemon = Daemon(data_dir)
-    daemon.start()
+    daemon = start_daemon(data_dir=data_dir)
     assert mode_of(data_dir / "data.mdb") == 0o600
     assert mode_of(data_dir / "turnstore.lock") == 0o600
     assert daemon.stop() == 0

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from tests.test_cli import COMMAND_TIMEOUT, clean_env, json_lines, run
 from turnstore import AgentEventEnvelope, ConversationSnapshot, TurnstoreClient
 from turnstore.cli.admin import _create_partial

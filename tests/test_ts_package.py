@@ -32,8 +32,8 @@ from urllib.request import url2pathname
 
 import pytest
 
-from tests.commands import run_or_fail
-from tests.daemon import Daemon
+from tests.support.commands import run_or_fail
+from tests.support.daemon import Daemon
 from turnstore import TurnstoreClient
 
 REPO = Path(__file__).resolve().parent.parent

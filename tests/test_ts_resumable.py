@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from tests.test_typescript import node_env, typescript_build  # noqa: F401 (fixtures)
 from turnstore import StoredEvent, TurnFinished, TurnstoreClient
 

@@ -36,8 +36,8 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.commands import run_or_fail
-from tests.daemon import Daemon
+from tests.support.commands import run_or_fail
+from tests.support.daemon import DaemonStarter
 from turnstore import (
     AgentEventEnvelope,
     ConversationSnapshot,
@@ -168,7 +168,11 @@ async def _read_typescript_side(
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("write_mode", ["stream", "unary"])
 def test_typescript_client_against_daemon(
-    typescript_build: Path, node_env: dict[str, str], tmp_path: Path, write_mode: str
+    typescript_build: Path,
+    node_env: dict[str, str],
+    tmp_path: Path,
+    write_mode: str,
+    start_daemon: DaemonStarter,
 ) -> None:
     interop: dict[str, Any] = {
         "python_thread": f"py-{uuid.uuid4()}",
@@ -188,8 +192,7 @@ def test_typescript_client_against_daemon(
             "pinned": [True, False],
         },
     }
-    daemon = Daemon(tmp_path / "data")
-    daemon.start()
+    daemon = start_daemon(data_dir=tmp_path / "data")
     try:
         asyncio.run(_write_python_side(daemon.target, interop))
         env = {
@@ -297,15 +300,18 @@ async def _stored(target: str, thread: str) -> tuple[list[tuple[str, int]], dict
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
 def test_typescript_appends_survive_a_daemon_restart(
-    typescript_build: Path, node_env: dict[str, str], tmp_path: Path, stop_signal: int
+    typescript_build: Path,
+    node_env: dict[str, str],
+    tmp_path: Path,
+    stop_signal: int,
+    start_daemon: DaemonStarter,
 ) -> None:
     """Callers of one TS client keep appending while the daemon is killed (or
     stopped) and started again on the same data directory and socket: the
     shared stream is reopened, what it had not acknowledged is resent, and
     every acknowledged event is stored exactly once, where its call said."""
     thread = f"ts-restart-{uuid.uuid4()}"
-    daemon = Daemon(tmp_path / "data")
-    daemon.start()
+    daemon = start_daemon(data_dir=tmp_path / "data")
     driver = _Driver(
         typescript_build.parent / Path(RESTART_DRIVER).name,
         {**node_env, "TURNSTORE_TARGET": daemon.target, "TURNSTORE_THREAD": thread},
@@ -338,14 +344,13 @@ def test_typescript_appends_survive_a_daemon_restart(
 
 @pytest.mark.timeout(120)
 def test_typescript_write_past_its_deadline_fails_alone(
-    typescript_build: Path, node_env: dict[str, str], tmp_path: Path
+    typescript_build: Path, node_env: dict[str, str], tmp_path: Path, start_daemon: DaemonStarter
 ) -> None:
     """With the daemon frozen, one write over the shared stream runs out its
     deadline (DeadlineExceededError); writes sent after it on the same stream
     succeed once the daemon is thawed, and the late write is still stored."""
     thread = f"ts-deadline-{uuid.uuid4()}"
-    daemon = Daemon(tmp_path / "data")
-    daemon.start()
+    daemon = start_daemon(data_dir=tmp_path / "data")
     assert daemon.process is not None
     pid = daemon.process.pid
     driver = _Driver(
@@ -420,7 +425,7 @@ def _error_classes(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.mark.timeout(180)
 def test_typescript_bearer_token(
-    typescript_build: Path, node_env: dict[str, str], tmp_path: Path
+    typescript_build: Path, node_env: dict[str, str], tmp_path: Path, start_daemon: DaemonStarter
 ) -> None:
     """Against a daemon run with --auth-token-file, every call (unary, the
     shared append stream, ListTurns, Replay) without the token or with a
@@ -428,8 +433,7 @@ def test_typescript_bearer_token(
     every call works."""
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
-    daemon = Daemon(tmp_path / "data", extra_args=["--auth-token-file", str(token_file)])
-    daemon.start()
+    daemon = start_daemon("lmdb", "--auth-token-file", str(token_file), data_dir=tmp_path / "data")
     try:
         runs = _secure_runs(
             node_env,
@@ -457,7 +461,11 @@ def ca() -> trustme.CA:
 
 @pytest.mark.timeout(180)
 def test_typescript_tls_and_mutual_tls(
-    typescript_build: Path, node_env: dict[str, str], tmp_path: Path, ca: trustme.CA
+    typescript_build: Path,
+    node_env: dict[str, str],
+    tmp_path: Path,
+    ca: trustme.CA,
+    start_daemon: DaemonStarter,
 ) -> None:
     """Over TLS (the CA as a path or a Buffer, the server name checked or
     overridden) every call works, and a plaintext client or one trusting
@@ -478,8 +486,7 @@ def test_typescript_tls_and_mutual_tls(
     tls_args = ["--tls-cert", str(cert), "--tls-key", str(key)]
     quick = {"attempts": 2, "initialBackoffMs": 10, "maxBackoffMs": 10}
 
-    daemon = Daemon(tmp_path / "data", listen=["127.0.0.1:0"], extra_args=tls_args)
-    daemon.start()
+    daemon = start_daemon("lmdb", *tls_args, data_dir=tmp_path / "data", listen=["127.0.0.1:0"])
     try:
         host, port = daemon.target.rsplit(":", 1)
         runs = _secure_runs(
@@ -509,12 +516,14 @@ def test_typescript_tls_and_mutual_tls(
     assert set(_error_classes(runs["plaintext"]).values()) == {"UnavailableError"}
     assert set(_error_classes(runs["untrusted"]).values()) == {"UnavailableError"}
 
-    mutual = Daemon(
-        tmp_path / "data-mutual",
+    mutual = start_daemon(
+        "lmdb",
+        *tls_args,
+        "--tls-client-ca",
+        str(ca_file),
+        data_dir=tmp_path / "data-mutual",
         listen=["127.0.0.1:0"],
-        extra_args=[*tls_args, "--tls-client-ca", str(ca_file)],
     )
-    mutual.start()
     with_cert = {"ca": str(ca_file), "cert": str(client_cert), "key": str(client_key)}
     try:
         runs = _secure_runs(
@@ -540,15 +549,14 @@ def test_typescript_tls_and_mutual_tls(
 
 @pytest.mark.timeout(180)
 def test_typescript_calls_retry_while_the_daemon_restarts(
-    typescript_build: Path, node_env: dict[str, str], tmp_path: Path
+    typescript_build: Path, node_env: dict[str, str], tmp_path: Path, start_daemon: DaemonStarter
 ) -> None:
     """With the daemon stopped, calls with one attempt fail with
     UnavailableError at once, and so does a save with an expected version
     (never retried); every other kind of call, made while the daemon is
     down, retries until it is started again and then succeeds."""
     thread = f"ts-retry-{uuid.uuid4()}"
-    daemon = Daemon(tmp_path / "data")
-    daemon.start()
+    daemon = start_daemon(data_dir=tmp_path / "data")
     driver = _Driver(
         TS_DIR / RETRY_DRIVER,
         {**node_env, "TURNSTORE_TARGET": daemon.target, "TURNSTORE_THREAD": thread},

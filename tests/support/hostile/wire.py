@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import grpc
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore.v1 import turnstore_pb2 as pb
 
 MIB: Final = 1 << 20

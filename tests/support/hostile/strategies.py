@@ -14,8 +14,8 @@ from typing import Any, Final
 
 from hypothesis import strategies as st
 
-from tests.hostile.checker import utf8_size
-from tests.hostile.wire import (
+from tests.support.hostile.checker import utf8_size
+from tests.support.hostile.wire import (
     GET_STATS,
     JSON,
     KEY_POOL,

@@ -1,8 +1,8 @@
 """The crash-safety loops of tests/test_crash.py and tests/test_postgres_crash.py, run
 for longer (``make soak``).
 
-    python -m tests.soak --kills 200 [--seed N] [--data-dir DIR]
-    python -m tests.soak --backend postgres --kills 30 [--seed N]
+    python -m tests.support.soak --kills 200 [--seed N] [--data-dir DIR]
+    python -m tests.support.soak --backend postgres --kills 30 [--seed N]
 
 With ``--backend lmdb`` (the default) each kill is a SIGKILL of the daemon,
 checked after each restart. With ``--backend postgres`` a cluster of the
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.postgres import start_postgres
+from tests.support.postgres import start_postgres
 from tests.test_crash import run_crash_loop
 from tests.test_postgres_crash import run_postgres_crash_loop
 
@@ -39,7 +39,7 @@ def _run(backend: str, root: Path, kills: int, seed: int) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.support.soak", description=__doc__)
     parser.add_argument(
         "--backend",
         choices=("lmdb", "postgres"),

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import orjson
 
-from tests.hostile.wire import (
+from tests.support.hostile.wire import (
     GET_STATS,
     INVALID,
     JSON,

@@ -10,8 +10,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+
+from tests.support.postgres import PostgresServer, fresh_database, postgres_daemon_args
 
 STARTUP_TIMEOUT = 60.0
 
@@ -46,6 +50,8 @@ class Daemon:
         self.process: subprocess.Popen[str] | None = None
         self.log_lines: list[str] = []
         self.addresses: list[str] = []
+        # The ``serving`` log line of the last start (its addresses, limits, ...).
+        self.serving: dict[str, Any] = {}
         self._lines: queue.Queue[str | None] = queue.Queue()
 
     @property
@@ -86,6 +92,7 @@ class Daemon:
             self.process.wait(timeout=30)
             raise RuntimeError(f"daemon did not start: {self.log_lines}")
         self.addresses = list(first["listen"])
+        self.serving = first
         return first
 
     def _drain(self, process: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
@@ -125,3 +132,83 @@ class Daemon:
         status = self.process.wait(timeout=timeout)
         LIVE.discard(self.process)
         return status
+
+
+class DaemonStarter:
+    """The one way a test starts daemons of its own, on either backend.
+
+    ``start_daemon(backend="lmdb", *extra_args, data_dir=..., listen=...)``
+    (the ``start_daemon`` fixture is an instance) starts ``turnstore serve``
+    and returns it serving. Each daemon gets a new data directory under
+    ``root`` unless ``data_dir`` is given (to restart on the same data, or to
+    look at its files), and, on PostgreSQL, a fresh database of the session's
+    server unless ``dsn`` is given (a fleet: several daemons on one database
+    from :meth:`database`). ``start=False`` returns it unstarted, for a test
+    of a start that must fail.
+
+    :meth:`close` (after the test) continues (SIGCONT) and stops every daemon
+    still running, asserting that each exits with status 0, then drops the
+    databases; a test that stops a daemon itself checks that status itself.
+
+    ``shared=True`` is for a module- or session-scoped fixture: its daemons
+    outlive the test that first asked for them, so the per-test reaper
+    (``_reap_daemons`` in conftest.py) must leave them alone.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        postgres_server: Callable[[], PostgresServer] | None = None,
+        *,
+        shared: bool = False,
+    ) -> None:
+        self._root = root
+        self._postgres_server = postgres_server
+        self._shared = shared
+        self._databases = ExitStack()
+        self.started: list[Daemon] = []
+
+    def database(self) -> str:
+        """The DSN of a fresh database, dropped at :meth:`close`."""
+        assert self._postgres_server is not None, "this starter has no PostgreSQL server"
+        return self._databases.enter_context(fresh_database(self._postgres_server()))
+
+    def backend_args(self, backend: str, dsn: str | None = None) -> list[str]:
+        """The options that put a daemon on ``backend``: none for LMDB."""
+        if backend == "lmdb":
+            assert dsn is None, "a DSN is for the postgres backend"
+            return []
+        assert backend == "postgres", backend
+        return postgres_daemon_args(dsn if dsn is not None else self.database())
+
+    def __call__(
+        self,
+        backend: str = "lmdb",
+        *extra_args: str,
+        data_dir: Path | None = None,
+        listen: list[str] | None = None,
+        dsn: str | None = None,
+        cwd: Path | None = None,
+        start: bool = True,
+    ) -> Daemon:
+        if data_dir is None:
+            data_dir = self._root / f"daemon-{len(self.started)}"
+        args = [*extra_args, *self.backend_args(backend, dsn)]
+        daemon = Daemon(data_dir, listen=listen, extra_args=args, cwd=cwd)
+        self.started.append(daemon)
+        if start:
+            daemon.start()
+            if self._shared:
+                assert daemon.process is not None
+                LIVE.discard(daemon.process)
+        return daemon
+
+    def close(self) -> None:
+        try:
+            for daemon in self.started:
+                if daemon.process is not None and daemon.process.poll() is None:
+                    # A test may leave it paused (SIGSTOP); it must still stop cleanly.
+                    daemon.process.send_signal(signal.SIGCONT)
+                    assert daemon.stop() == 0, daemon.log_lines[-20:]
+        finally:
+            self._databases.close()

@@ -144,6 +144,16 @@ def start_postgres() -> PostgresServer:
     return server
 
 
+def postgres_daemon_args(database: PostgresServer | str) -> list[str]:
+    """The options that put a daemon on ``database`` (a server's default database, or a DSN).
+
+    The one place the tests spell them: every PostgreSQL daemon of the tests
+    is started with these.
+    """
+    dsn = database.dsn if isinstance(database, PostgresServer) else database
+    return ["--backend", "postgres", "--postgres-dsn", dsn]
+
+
 @contextmanager
 def fresh_database(server: PostgresServer) -> Iterator[str]:
     """A new, empty database on ``server`` for the block: its DSN; dropped afterwards.
