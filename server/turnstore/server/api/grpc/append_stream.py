@@ -169,6 +169,13 @@ class AppendStreams:
                 # A bare finish resolves to the turn's event count (its ack
                 # reports it, as FinishTurn does); anything else to positions.
                 future: Future[list[int]] | Future[int]
+                expected = (
+                    item.expected_next_position if item.HasField("expected_next_position") else None
+                )
+                if not item.events and expected is not None:
+                    raise InvalidArgumentError(
+                        "expected_next_position", "applies to events; this item has none"
+                    )
                 if item.finish_turn and not item.events:
                     future = engine.finish_turn(item.thread_id, item.turn)
                 else:
@@ -179,7 +186,7 @@ class AppendStreams:
                     else:
                         events = converted[index]
                     future = engine.append(
-                        item.thread_id, item.turn, events, finish=item.finish_turn
+                        item.thread_id, item.turn, events, item.finish_turn, expected
                     )
                 group.append((item.request_id, self._acks.wait(future), opted))
             except DaemonError as error:
