@@ -47,8 +47,8 @@ async def test_conditional_appends_and_reads_from_the_end(
         ) == [1, 2]
         with pytest.raises(VersionConflictError) as caught:
             await events.append("t", 1, delta("stale"), expected_next_position=1)
-        if write_mode == "unary":  # the trailer names the thread's next position
-            assert caught.value.current_version == 3
+        # The thread's next position: a trailer (unary) or the item's error (stream).
+        assert caught.value.current_version == 3
         # A retry of a stored event (its acknowledgement lost) keeps its position.
         assert await events.append("t", 1, first, expected_next_position=0) == 0
         for n in range(3, 10):

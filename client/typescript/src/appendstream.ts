@@ -143,6 +143,7 @@ export class SharedAppendStream {
     turn: number,
     events: WireEnvelope[],
     finish: boolean,
+    expectedNextPosition?: number,
   ): Promise<ItemAck> {
     if (this.#closed) {
       return Promise.reject(new UnavailableError("the client is closed"));
@@ -151,7 +152,16 @@ export class SharedAppendStream {
       const id = this.#nextId++;
       const pending: Pending = {
         id,
-        request: { request_id: id, thread_id: threadId, turn, events, finish_turn: finish },
+        request: {
+          request_id: id,
+          thread_id: threadId,
+          turn,
+          events,
+          finish_turn: finish,
+          ...(expectedNextPosition !== undefined && {
+            expected_next_position: expectedNextPosition,
+          }),
+        },
         resolve,
         reject,
         timer: undefined,

@@ -312,14 +312,16 @@ class AppendStreamRequest(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., thread_id: _Optional[str] = ..., turn: _Optional[int] = ..., events: _Optional[_Iterable[_Union[EventEnvelope, _Mapping]]] = ..., finish_turn: _Optional[bool] = ..., more: _Optional[_Iterable[_Union[AppendStreamRequest, _Mapping]]] = ..., acks_in_more: _Optional[bool] = ..., expected_next_position: _Optional[int] = ...) -> None: ...
 
 class ItemError(_message.Message):
-    __slots__ = ("code", "reason", "message")
+    __slots__ = ("code", "reason", "message", "current_version")
     CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     code: int
     reason: str
     message: str
-    def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    current_version: int
+    def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., current_version: _Optional[int] = ...) -> None: ...
 
 class AppendStreamResponse(_message.Message):
     __slots__ = ("request_id", "positions", "error", "event_count", "more")

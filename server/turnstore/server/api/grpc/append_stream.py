@@ -21,7 +21,12 @@ from turnstore.server.api.grpc.servicer import status_for
 from turnstore.server.api.grpc.wire_scan import RefusedRequest
 from turnstore.server.replay.acks import AckPump
 from turnstore.server.replay.followers import Followers
-from turnstore.server.storage.errors import DaemonError, EngineClosedError, InvalidArgumentError
+from turnstore.server.storage.errors import (
+    DaemonError,
+    EngineClosedError,
+    InvalidArgumentError,
+    VersionConflictError,
+)
 from turnstore.server.storage.interface import StorageEngine
 from turnstore.v1 import turnstore_pb2 as pb
 
@@ -36,7 +41,10 @@ _Group = list[tuple[int, Any, bool]]
 
 def _item_error(error: DaemonError) -> pb.ItemError:
     code = status_for(error)
-    return pb.ItemError(code=code.value[0], reason=error.reason, message=str(error))
+    item = pb.ItemError(code=code.value[0], reason=error.reason, message=str(error))
+    if isinstance(error, VersionConflictError):  # a conditional append's: the next position
+        item.current_version = error.current_version
+    return item
 
 
 def _ready(group: _Group) -> bool:
