@@ -18,6 +18,7 @@ import {
   TurnAlreadyFinishedError,
   TurnstoreError,
   UnavailableError,
+  VersionConflictError,
   errorFromStatus,
   toTurnstoreError,
 } from "./errors";
@@ -27,6 +28,7 @@ import type {
   EventStoreServiceClient,
   WireEnvelope,
 } from "./proto";
+import { fromU64 } from "./numbers";
 
 /**
  * An open stream with nothing to acknowledge is ended after this long, so a
@@ -248,6 +250,10 @@ export class SharedAppendStream {
     }
     // The ItemError stands where a unary call's ServiceError would: as the cause.
     const error = errorFromStatus(ack.error.code, ack.error.reason, ack.error.message, ack.error);
+    if (error instanceof VersionConflictError && ack.error.current_version != null) {
+      // A conditional append's conflict: the thread's next position.
+      error.currentVersion = fromU64(ack.error.current_version, "current_version");
+    }
     if (
       pending.resent &&
       pending.request.finish_turn &&
