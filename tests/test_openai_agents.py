@@ -16,6 +16,8 @@ answering without a network. What the issue asks of a session:
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -253,3 +255,27 @@ async def test_an_item_over_the_event_limit_is_split_and_read_back_whole(
     assert content(await session.pop_item()) == big
     assert texts(await session.get_items()) == ["small"]
     assert await client.events.event_count(session.thread_id) > 5  # it was split
+
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "openai_agents_session.py"
+
+
+async def test_the_docs_example_runs_and_its_second_run_remembers_the_first(
+    daemon: Daemon, client: TurnstoreClient
+) -> None:
+    await client.events.clear("openai-agents/example-user")
+    env = {**os.environ, "TURNSTORE_TARGET": daemon.target}
+    outputs = []
+    for _ in range(2):
+        run = await asyncio.create_subprocess_exec(
+            sys.executable, str(EXAMPLE), env=env, stdout=asyncio.subprocess.PIPE
+        )
+        stdout, _ = await run.communicate()
+        assert run.returncode == 0
+        outputs.append(stdout.decode())
+    assert outputs[0].startswith("I have 1 messages so far; the last one: Hello, remember me?")
+    # The first run's answer was popped; its question stayed.
+    assert outputs[1].startswith("I have 2 messages so far")
+    assert "popped: {" in outputs[1]
+    stored = await client.events.event_count("openai-agents/example-user")
+    assert stored == 6  # two questions, two answers, two tombstones
