@@ -151,23 +151,44 @@ async def test_concurrent_add_items_lose_nothing(client: TurnstoreClient) -> Non
             assert got[index + 1] == f"w{n}-{k}b"
 
 
-async def test_two_concurrent_pops_never_return_the_same_item(client: TurnstoreClient) -> None:
-    session = TurnstoreSession("concurrent-pops", client=client)
-    await session.clear_session()
-    await session.add_items([user(f"item {n}") for n in range(30)])
-    poppers = [TurnstoreSession("concurrent-pops", client=client) for _ in range(6)]
+def test_concurrent_pops_never_return_the_same_item_while_adds_go_on(
+    start_daemon: Callable[..., Daemon], backend_args: list[str]
+) -> None:
+    daemon = start_daemon("postgres" if backend_args else "lmdb")
 
-    async def pop_all(popper: TurnstoreSession) -> list[str]:
-        popped = []
-        while (item := await popper.pop_item()) is not None:
-            popped.append(content(item))
-        return popped
+    async def run() -> None:
+        async with TurnstoreClient(daemon.target) as client:
+            session = TurnstoreSession("concurrent-pops", client=client)
+            await session.add_items([user(f"item {n}") for n in range(30)])
+            poppers = [TurnstoreSession("concurrent-pops", client=client) for _ in range(6)]
+            added = [f"item {n}" for n in range(30)]
 
-    results = await asyncio.gather(*(pop_all(p) for p in poppers))
-    every = [text for popped in results for text in popped]
-    assert sorted(every) == sorted(f"item {n}" for n in range(30))  # each exactly once
-    assert await session.get_items() == []
-    assert await session.pop_item() is None
+            async def add_more() -> None:
+                for n in range(30, 60):
+                    await session.add_items([user(f"item {n}")])
+                    added.append(f"item {n}")
+
+            async def pop_some(popper: TurnstoreSession) -> list[str]:
+                popped = []
+                for _ in range(8):
+                    item = await popper.pop_item()
+                    if item is not None:
+                        popped.append(content(item))
+                return popped
+
+            adding = asyncio.ensure_future(add_more())
+            results = await asyncio.gather(*(pop_some(p) for p in poppers))
+            await adding
+            every = [text for popped in results for text in popped]
+            assert len(every) == len(set(every)), "an item was popped twice"
+            remaining = texts(await session.get_items())
+            # Nothing lost, nothing twice: what was popped and what is left are the adds.
+            assert sorted(every + remaining) == sorted(added)
+            while await session.pop_item() is not None:
+                pass
+            assert await session.get_items() == []
+
+    asyncio.run(run())
 
 
 async def test_pop_removes_the_newest_and_get_items_returns_the_last_live_ones(
