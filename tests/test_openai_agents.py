@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from agents.usage import Usage
 from openai.types.responses import ResponseOutputMessage, ResponseOutputText
 
 from tests.daemon import Daemon
-from turnstore import TurnstoreClient
+from turnstore import AgentEventEnvelope, TurnstoreClient
 from turnstore.events import TurnstoreEventStore
 from turnstore.integrations.openai_agents import TurnstoreSession
 
@@ -300,3 +301,27 @@ async def test_the_docs_example_runs_and_its_second_run_remembers_the_first(
     assert "popped: {" in outputs[1]
     stored = await client.events.event_count("openai-agents/example-user")
     assert stored == 6  # two questions, two answers, two tombstones
+
+
+async def test_a_tombstone_of_another_life_of_the_thread_hides_nothing(
+    client: TurnstoreClient,
+) -> None:
+    # A pop that read the thread, then lost the race to a clear and a refill to
+    # the same length, appends its tombstone into the new life: it names the
+    # position and the event id of the old item, so it hides nothing there.
+    session = TurnstoreSession("cleared-under-a-pop", client=client)
+    await session.clear_session()
+    await session.add_items([user("old 0"), user("old 1")])
+    old = await client.events.last_events(session.thread_id, 1)
+    await session.clear_session()
+    await session.add_items([user("new 0"), user("new 1")])
+    stale = AgentEventEnvelope(
+        uuid.uuid4(),
+        0,
+        "2026-01-01T00:00:00Z",
+        {"type": "session_pop", "popped": 1, "popped_event_id": old[0].envelope.event_id},
+    )
+    await client.events.append(session.thread_id, 1, stale, expected_next_position=2)
+    assert texts(await session.get_items()) == ["new 0", "new 1"]
+    assert texts(await session.get_items(limit=1)) == ["new 1"]
+    assert content(await session.pop_item()) == "new 1"

@@ -14,7 +14,9 @@ Install with ``pip install 'turnstore[openai-agents]'``. What is stored where
   ``session_item_part`` events ``{"index": i, "count": n, "json": PIECE}`` of
   one append (so they are adjacent), joined again on reading.
 - ``pop_item`` removes nothing: it appends a ``session_pop`` tombstone
-  ``{"popped": POSITION}`` naming the position of the item it pops, under
+  ``{"popped": POSITION, "popped_event_id": ID}`` naming the position and event id
+  of the item it pops (a tombstone whose id does not match hides nothing,
+  so one appended into a thread cleared and refilled meanwhile is inert), under
   ``expected_next_position`` (the thread's length when it read the item),
   so two concurrent pops never return the same item: one wins, the other
   reads again and pops the next one. Positions are never reused, so a
@@ -76,29 +78,34 @@ class _Walk:
     """Live items found walking a session's events from the newest back.
 
     Fed events in descending position order; ``items`` collects
-    ``(position, item)`` of live items, newest first. A tombstone is newer
+    ``(position, event_id, item)`` of live items, newest first. A tombstone is newer
     than the item it pops, so it is always seen first.
     """
 
     def __init__(self) -> None:
-        self.items: list[tuple[int, Any]] = []
-        self._popped: set[int] = set()
+        self.items: list[tuple[int, str, Any]] = []
+        # Position -> the event id of the item popped there.
+        self._popped: dict[int, str] = {}
         self._parts: list[str] = []  # pieces of a split item, newest piece first
 
     def feed(self, event: StoredEvent) -> None:
         body = event.envelope.event
         kind = body.get("type")
         if kind == POP_TYPE:
-            self._popped.add(int(body["popped"]))
+            self._popped[int(body["popped"])] = str(body.get("popped_event_id", ""))
         elif kind == ITEM_TYPE:
-            if event.position not in self._popped:
-                self.items.append((event.position, body["item"]))
+            if not self._is_popped(event):
+                self.items.append((event.position, event.envelope.event_id, body["item"]))
         elif kind == PART_TYPE:
             self._parts.append(str(body["json"]))
             if int(body["index"]) == 0:
                 text, self._parts = "".join(reversed(self._parts)), []
-                if event.position not in self._popped:
-                    self.items.append((event.position, json.loads(text)))
+                if not self._is_popped(event):
+                    item = json.loads(text)
+                    self.items.append((event.position, event.envelope.event_id, item))
+
+    def _is_popped(self, event: StoredEvent) -> bool:
+        return self._popped.get(event.position) == event.envelope.event_id
 
 
 class TurnstoreSession:
@@ -175,7 +182,7 @@ class TurnstoreSession:
         if limit <= 0:
             return []
         walk, _ = await self._walk_back(limit)
-        return [item for _, item in reversed(walk.items[:limit])]
+        return [item for _, _, item in reversed(walk.items[:limit])]
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Append ``items`` in order, in one atomic append when within the daemon's limits."""
@@ -210,10 +217,9 @@ class TurnstoreSession:
             walk, next_position = await self._walk_back(1)
             if not walk.items:
                 return None
-            position, item = walk.items[0]
-            tombstone = AgentEventEnvelope(
-                uuid.uuid4(), 0, _now(), {"type": POP_TYPE, "popped": position}
-            )
+            position, event_id, item = walk.items[0]
+            popped = {"type": POP_TYPE, "popped": position, "popped_event_id": event_id}
+            tombstone = AgentEventEnvelope(uuid.uuid4(), 0, _now(), popped)
             try:
                 await events.append(
                     self.thread_id,
@@ -238,7 +244,7 @@ class TurnstoreSession:
         stored = [event async for event in self._events().read_events(self.thread_id)]
         for event in reversed(stored):
             walk.feed(event)
-        return [item for _, item in reversed(walk.items)]
+        return [item for _, _, item in reversed(walk.items)]
 
     async def _walk_back(self, wanted: int) -> tuple[_Walk, int]:
         """Walk newest first until ``wanted`` live items are found; the walk and the
