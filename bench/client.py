@@ -16,10 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import (
+    floors,
     lmdb_load,
     redis_load,
     sse_load,
     traits_redis,
+    traits_rust,
     traits_sqlite,
     traits_turnstore,
     turnstore_load,
@@ -34,6 +36,8 @@ RUNNERS: dict[str, Callable[[str, dict[str, Any]], Result]] = {
     **dict.fromkeys(traits_redis.SCENARIOS, traits_redis.run),
     **dict.fromkeys(traits_sqlite.SCENARIOS, traits_sqlite.run),
     **dict.fromkeys(sse_load.SCENARIOS, sse_load.run),
+    **dict.fromkeys(floors.SCENARIOS, floors.run),
+    **dict.fromkeys(traits_rust.SCENARIOS, traits_rust.run),
 }
 
 

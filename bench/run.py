@@ -385,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         help="do not run turnstore on PostgreSQL in the user-facing table",
     )
     parser.add_argument(
+        "--skip-rust",
+        action="store_true",
+        help="do not build and run the Rust client's rows (they need cargo)",
+    )
+    parser.add_argument(
         "--traits-only",
         action="store_true",
         help="only the user-facing table (not the batched, raw and snapshot rows)",
@@ -415,7 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         servers = step(
             runner,
             "traits",
-            lambda: run_traits(runner, work, not args.skip_redis, not args.skip_postgres),
+            lambda: run_traits(
+                runner, work, not args.skip_redis, not args.skip_postgres, not args.skip_rust
+            ),
         )
         meta["trait_redis_server"] = (servers or {}).get("redis")
         meta["trait_postgres_server"] = (servers or {}).get("postgres")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from bench.common import Result
+from bench.floors_report import evaluate_floors, render_floors
 from bench.profiles import Profile
 
 KIB: Final = 1024
@@ -201,6 +202,7 @@ def evaluate_traits(results: Result, profile: Profile) -> tuple[Result, list[Res
             )
     derived["memory"] = _memory(results)
     derived["postgres"] = _postgres(results, derived, profile)
+    derived["floors"] = evaluate_floors(results, profile)
     return derived, targets
 
 
@@ -403,6 +405,7 @@ def render_traits(
         lines.append(
             "  * this client has no write_mode option yet: the stream column ran unary calls"
         )
+    lines += ["", *render_floors(results, derived["floors"], profile)]
     lines += ["", *_render_postgres(derived, profile, postgres)]
     lines += [f"  {line}" for line in _errors(results)]
     return "\n".join(lines) + "\n"

@@ -9,15 +9,21 @@ mode, Redis, SQLite), so a disturbance that drifts over the run touches
 every side of a row alike. Result names are ``trait_<row>_<side>``; the
 PostgreSQL side is ``pg``. Last come the rows of two daemons sharing the
 PostgreSQL database (``trait_agents_split_pg``, ``trait_follow_across_pg``),
-with a second daemon started for them alone.
+with a second daemon started for them alone. Then the Rust client's rows on
+the LMDB daemon (``trait_rust``, its example built in release mode before
+any daemon starts) and the floors under the append path (``floor_*``, see
+``bench.floors``), which the report sets beside the user rows.
 """
 
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from bench import traits_rust
+from bench.floors import MODES as FLOOR_MODES
 from bench.memory import read_status, tree_cpu_seconds
 from bench.services import (
     RedisServer,
@@ -42,13 +48,20 @@ def _log(message: str) -> None:
 
 
 def run_traits(
-    runner: Runner, work: Path, with_redis: bool, with_postgres: bool = True
+    runner: Runner,
+    work: Path,
+    with_redis: bool,
+    with_postgres: bool = True,
+    with_rust: bool = True,
 ) -> dict[str, str | None]:
-    """Every row of the trait table; returns the Redis and PostgreSQL version lines.
+    """Every row of the trait table, then its floors; returns the Redis and PostgreSQL
+    version lines.
 
     A version is None for a server that was not run (skipped, or failed to
     start: then its ``trait_redis`` / ``trait_postgres`` result is the error).
+    The Rust rows need cargo; a failed build is the ``trait_rust`` result.
     """
+    rust_binary = _build_rust(runner) if with_rust else None
     daemon = start_daemon(work / "traits-turnstore")
     redis: RedisServer | None = None
     postgres: _Postgres | None = None
@@ -66,6 +79,9 @@ def run_traits(
                 watch.update(postgres.watch())
         sqlite = work / "traits-sqlite" / "events.db"
         _Rows(runner, daemon.target, redis, postgres, sqlite, watch).run()
+        if rust_binary is not None:
+            _rust_rows(runner, rust_binary, daemon.target, watch)
+        run_floors(runner, work / "floors")
         runner.record(
             "trait_memory",
             {
@@ -87,6 +103,48 @@ def run_traits(
             postgres.stop(runner)
         status = daemon.stop()
         _log(f"trait table: daemon stopped (exit status {status})")
+
+
+def _build_rust(runner: Runner) -> Path | None:
+    """The Rust bench example, built in release mode; None (and a ``trait_rust`` error)
+    when it cannot be built."""
+    _log("building the Rust client's bench example (cargo build --release)")
+    try:
+        return traits_rust.build()
+    except Exception as error:  # the other sides are still worth measuring
+        runner.record("trait_rust", {"error": f"{type(error).__name__}: {error}"})
+        _log(f"the Rust bench example failed to build: {error}")
+        return None
+
+
+def _rust_rows(runner: Runner, binary: Path, target: str, watch: dict[str, int]) -> None:
+    """The Rust client's one agent and N agents, on the table's LMDB daemon."""
+    profile = runner.profile
+    params = {
+        "binary": str(binary),
+        "target": target,
+        "events_per_turn": profile.trait_agent_turn_events,
+        "concurrencies": list(profile.trait_concurrencies),
+        "duration": profile.duration,
+        "warmup": profile.warmup,
+        "thread_prefix": f"trait-rust-{uuid.uuid4().hex[:10]}",
+    }
+    runner.client("trait_rust", "rust-agents", params, watch)
+
+
+def run_floors(runner: Runner, directory: Path) -> None:
+    """The floors under the append path (``bench.floors``), files in ``directory``.
+
+    Results: ``floor_bidi_<mode>`` (the writer-thread mode at every
+    concurrency of the agents row, the others at 1) and ``floor_disk``.
+    """
+    profile = runner.profile
+    timing = {"duration": profile.duration, "warmup": profile.warmup}
+    for mode in FLOOR_MODES:
+        concurrencies = list(profile.trait_concurrencies) if mode == "thread" else [1]
+        params = {"mode": mode, "directory": str(directory), "concurrencies": concurrencies}
+        runner.client(f"floor_bidi_{mode}", "floor-bidi", {**params, **timing}, {})
+    runner.client("floor_disk", "floor-disk", {"directory": str(directory), **timing}, {})
 
 
 def _start_redis(runner: Runner, work_dir: Path) -> RedisServer | None:

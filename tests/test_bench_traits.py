@@ -14,16 +14,24 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench import traits_rust
+from bench.floors import bidi, open_lmdb
+from bench.floors_report import evaluate_floors, floors
 from bench.memory import cpu_seconds, tree_cpu_seconds
 from bench.profiles import QUICK
+from bench.run import Runner
 from bench.traits_common import TextDeltas, encode, load_turns
 from bench.traits_report import evaluate_traits, render_traits
+from bench.traits_run import run_floors
 from bench.traits_sqlite import SqliteEvents, TurnFinished
+from tests.daemon import Daemon
 
 
 def _results(stream_p50: float, redis_p50: float, *, fallback: bool = False) -> dict[str, Any]:
@@ -240,3 +248,142 @@ def test_a_process_that_exited_and_was_reaped_has_no_tree() -> None:
         pid = gone.pid
     assert gone.returncode == 0
     assert tree_cpu_seconds(pid) is None
+
+
+# ---------------------------------------------------------------- the floors and the Rust rows
+
+# The shortest settings: every floor's loop runs a few dozen operations at most.
+TINY = replace(QUICK, duration=0.05, warmup=0.01, trait_concurrencies=(1, 4))
+
+
+def test_every_floor_runs_in_its_own_process_and_is_measured(tmp_path: Path) -> None:
+    # The bench's own path: bench.client processes, a grpc.aio server process per
+    # bidi floor, files in the run's work directory.
+    runner = Runner(TINY)
+    run_floors(runner, tmp_path / "floors")
+    failed = {name: result["error"] for name, result in runner.results.items() if "error" in result}
+    assert failed == {}
+    assert set(runner.results) == {
+        "floor_bidi_bare",
+        "floor_bidi_inline",
+        "floor_bidi_thread",
+        "floor_disk",
+    }
+    assert set(runner.results["floor_bidi_thread"]["by_concurrency"]) == {"1", "4"}
+    measured = evaluate_floors(runner.results, TINY)["floors"]
+    assert set(measured) == {floor.key for floor in floors(TINY)}
+    assert "bidi_thread_4" in measured
+    for key, floor in measured.items():
+        for stat in ("p50_ms", "p99_ms", "rate_per_s"):
+            assert floor[stat] is not None and floor[stat] > 0, (key, stat, floor)
+        assert floor["p99_ms"] >= floor["p50_ms"]
+    # The synced commits really wrote: the files are there and hold data.
+    assert (tmp_path / "floors" / "appended").stat().st_size > 0
+    assert (tmp_path / "floors" / "lmdb-inline" / "data.mdb").exists()
+    assert (tmp_path / "floors" / "lmdb-thread" / "data.mdb").exists()
+
+
+def test_the_writer_thread_floor_commits_every_message_of_concurrent_streams(
+    tmp_path: Path,
+) -> None:
+    # Its group commit must not drop or double a message: the floor of N agents
+    # is only a floor if every echo waited for its own message's commit.
+    result = bidi("thread", str(tmp_path), [8], 0.1, 0.01)
+    sent = result["by_concurrency"]["8"]["count"] + result["by_concurrency"]["8"]["warmup_count"]
+    env = open_lmdb(tmp_path / "lmdb-thread")
+    try:
+        assert env.stat()["entries"] == sent
+    finally:
+        env.close()
+
+
+def _floored(rust: bool) -> dict[str, Any]:
+    def at(p50: float, p99: float, rate: float) -> dict[str, float]:
+        return {"p50_ms": p50, "p99_ms": p99, "rate_per_s": rate}
+
+    results = _results(1.2, 0.5)
+    results["trait_agent_stream"]["finish"]["p50_ms"] = 1.6
+    results["trait_agents_stream"]["by_concurrency"].update(
+        {"1": at(1.0, 2.0, 900.0), "4": at(2.0, 3.0, 2_000.0)}
+    )
+    results["floor_bidi_bare"] = {"by_concurrency": {"1": at(0.25, 0.4, 4_000.0)}}
+    results["floor_bidi_inline"] = {"by_concurrency": {"1": at(0.6, 0.9, 1_500.0)}}
+    results["floor_bidi_thread"] = {
+        "by_concurrency": {"1": at(0.8, 1.0, 1_250.0), "4": at(1.0, 2.0, 4_000.0)}
+    }
+    results["floor_disk"] = {
+        "lmdb_sync": at(0.3, 0.5, 3_000.0),
+        "lmdb_nometasync": at(0.15, 0.3, 6_000.0),
+        "pwrite_fdatasync": at(0.1, 0.2, 9_000.0),
+        "append_fdatasync": at(0.16, 0.3, 6_000.0),
+    }
+    if rust:
+        results["trait_rust"] = {
+            "agent": {"append": at(1.0, 1.5, 1_000.0), "finish": {"p50_ms": 1.0}},
+            "by_concurrency": {"1": at(0.9, 1.5, 1_000.0), "4": at(1.0, 2.0, 3_000.0)},
+        }
+    else:
+        results["trait_rust"] = {"error": "RuntimeError: cargo is not on PATH"}
+    return results
+
+
+def test_each_user_row_is_a_ratio_to_its_floor() -> None:
+    derived, _ = evaluate_traits(_floored(rust=True), TINY)
+    pairs = derived["floors"]["pairs"]
+    append = pairs["append_p50"]
+    assert append["floor"] == "bidi_thread" and append["floor_value"] == 0.8
+    assert append["python_vs_floor"] == pytest.approx(1.5)  # 1.2 ms / 0.8 ms
+    assert append["rust_vs_floor"] == pytest.approx(1.25)
+    assert pairs["append_p99"]["python_vs_floor"] == pytest.approx(2.0)  # p99 against p99
+    assert pairs["finish_p50"]["python_vs_floor"] == pytest.approx(2.0)
+    # N agents against the writer-thread floor with N streams in flight.
+    assert pairs["agents_4"]["floor"] == "bidi_thread_4"
+    assert pairs["agents_4"]["python_vs_floor"] == pytest.approx(0.5)
+    assert pairs["agents_4"]["rust_vs_floor"] == pytest.approx(0.75)
+    assert pairs["agents_1"]["floor"] == "bidi_thread"
+    table = render_traits(_floored(rust=True), derived, TINY, "Redis 7")
+    row = next(
+        line for line in table.splitlines() if "await append, p50" in line and "1.50x" in line
+    )
+    assert "1.25x" in row and "writer thread" in row
+    floor_row = next(line for line in table.splitlines() if "preallocated" in line)
+    assert floor_row.split()[-3:] == ["100", "200", "9,000"]  # p50 and p99 in us, ops/s
+
+
+def test_a_missing_floor_or_rust_side_is_unknown_not_a_ratio() -> None:
+    results = _floored(rust=False)
+    results["floor_bidi_thread"] = {"error": "exit status 1: boom\nRuntimeError: no server"}
+    derived, _ = evaluate_traits(results, TINY)
+    append = derived["floors"]["pairs"]["append_p50"]
+    assert append["rust"] is None and append["rust_vs_floor"] is None
+    assert append["floor_value"] is None and append["python_vs_floor"] is None
+    assert derived["floors"]["floors"]["lmdb_sync"]["p50_ms"] == 0.3
+    table = render_traits(results, derived, TINY, "Redis 7")
+    assert "ERROR floor_bidi_thread: RuntimeError: no server" in table
+    assert "ERROR trait_rust: RuntimeError: cargo is not on PATH" in table
+    assert "- not run" in table
+
+
+@pytest.mark.timeout(traits_rust.BUILD_TIMEOUT + 120)
+def test_the_rust_rows_run_against_a_real_daemon(daemon: Daemon) -> None:
+    # The bench's own build (the debug profile here: a cold release build
+    # takes minutes on 2 cores, and this checks the rows, not their speed)
+    # and its own reading of the example's output.
+    binary = traits_rust.build(release=False)
+    result = traits_rust.agents(
+        str(binary),
+        daemon.target,
+        events_per_turn=3,
+        concurrencies=[1, 4],
+        duration=0.1,
+        warmup=0.02,
+        thread_prefix=f"bench-rust-{uuid.uuid4().hex[:8]}",
+    )
+    append = result["agent"]["append"]
+    assert append["count"] > 0 and append["p50_ms"] > 0 and append["rate_per_s"] > 0
+    assert result["agent"]["finish"]["samples"] >= 1
+    assert set(result["by_concurrency"]) == {"1", "4"}
+    for each in result["by_concurrency"].values():
+        assert each["count"] > 0 and each["rate_per_s"] > 0 and each["p50_ms"] > 0
+    derived = evaluate_floors({"trait_rust": result}, TINY)
+    assert derived["pairs"]["append_p50"]["rust"] == append["p50_ms"]

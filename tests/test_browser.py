@@ -321,7 +321,7 @@ async def test_inspector_shows_turns_beyond_2_53_exactly(
     for turn in turns:
         await wait_text(page, f'[data-turn="{turn}"] .text', f"text of {turn}")
     await expect(page.locator(f'[data-turn="{2**64 - 1}"] .badge')).to_contain_text(
-        "finished · 1 events", timeout=WAIT_MS
+        "finished · 1 event", timeout=WAIT_MS
     )
     await expect(page.locator(f'[data-turn="{2**64 - 2}"] .badge')).to_have_text("being written")
     cards = page.locator(".turn")

@@ -11,6 +11,8 @@ installed package must hold no path back into the checkout (the proto it loads
 at run time ships inside it), and its type declarations must resolve for a
 TypeScript file of the project (`tsc --noEmit`, strict, with the checkout's
 pinned compiler used only as a tool: it resolves modules from the project).
+The `@turnstore/client/resumable-stream` subpath export is run (ESM and
+CommonJS) and type-checked the same way.
 
 Only LMDB: what is tested here is the package, not the store behind the daemon.
 """
@@ -117,11 +119,75 @@ main().catch((error) => {
 });
 """
 
+# The resumable-stream subpath, imported by name the way an AI SDK route imports
+# Vercel's package: produce a stream, replay it once finished, ask for a missing
+# one. Prints one JSON line for the test. IMPORT is replaced per module system.
+RESUMABLE_SCRIPT = """\
+IMPORT
+
+async function main() {
+  const [target, streamId] = process.argv.slice(2);
+  const client = new TurnstoreClient(target);
+  const context = createResumableStreamContext({ client, waitUntil: null });
+  try {
+    const make = () =>
+      new ReadableStream({
+        start(controller) {
+          for (const text of ["data: a\\n\\n", "data: b\\n\\n", "data: c\\n\\n"]) {
+            controller.enqueue(text);
+          }
+          controller.close();
+        },
+      });
+    const read = async (stream) => {
+      const chunks = [];
+      for await (const chunk of stream) chunks.push(chunk);
+      return chunks;
+    };
+    const produced = await read(await context.createNewResumableStream(streamId, make));
+    const replayed = await read(await context.resumeExistingStream(streamId));
+    const missing = await resumeStreamResponse(context, `${streamId}-missing`);
+    console.log(
+      JSON.stringify({
+        produced,
+        replayed,
+        state: await context.hasExistingStream(streamId),
+        missingStatus: missing.status,
+      }),
+    );
+  } finally {
+    client.close();
+  }
+}
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});
+"""
+
+RESUMABLE_IMPORTS = {
+    "resumable.mjs": (
+        'import { TurnstoreClient } from "@turnstore/client";\n'
+        "import { createResumableStreamContext, resumeStreamResponse } from "
+        '"@turnstore/client/resumable-stream";'
+    ),
+    "resumable.cjs": (
+        'const { TurnstoreClient } = require("@turnstore/client");\n'
+        "const { createResumableStreamContext, resumeStreamResponse } = "
+        'require("@turnstore/client/resumable-stream");'
+    ),
+}
+
 # Type-checked, not run: right uses must compile and a wrong one must be an error
 # (an unused @ts-expect-error fails the check, so types resolving to `any` fail it).
 TYPED_CHECK = """\
 import { TurnstoreClient, TurnstoreError, newEnvelope } from "@turnstore/client";
 import type { EventEnvelope, StoredTurn } from "@turnstore/client";
+import {
+  createResumableStreamContext,
+  resumeStreamResponse,
+} from "@turnstore/client/resumable-stream";
+import type { ResumableStreamContext } from "@turnstore/client/resumable-stream";
 
 export async function firstCall(target: string): Promise<StoredTurn | undefined> {
   const client: TurnstoreClient = new TurnstoreClient(target, { timeoutMs: 5_000 });
@@ -140,6 +206,17 @@ export async function firstCall(target: string): Promise<StoredTurn | undefined>
 
 // @ts-expect-error: a target is a string
 new TurnstoreClient(7070);
+
+export async function resumeRoute(streamId: string): Promise<Response> {
+  const context: ResumableStreamContext = createResumableStreamContext({ waitUntil: null });
+  const state: null | true | "DONE" = await context.hasExistingStream(streamId);
+  const stream: ReadableStream<string> | null | undefined =
+    await context.resumeExistingStream(streamId, 0);
+  console.log(state, stream?.locked);
+  // @ts-expect-error: skipCharacters is a number
+  await context.resumeExistingStream(streamId, "10");
+  return resumeStreamResponse(context, streamId);
+}
 """
 
 TSCONFIG = {
@@ -227,6 +304,14 @@ def test_tarball_holds_the_compiled_package_its_proto_and_metadata(tarball: Path
     assert next(iter(exports)) == "types", "the types condition must come first"
     for target in (exports["types"], exports["default"], manifest["main"], manifest["types"]):
         assert target.removeprefix("./") in names, target
+    resumable = manifest["exports"]["./resumable-stream"]
+    assert next(iter(resumable)) == "types", "the types condition must come first"
+    for target in resumable.values():
+        assert target.removeprefix("./") in names, target
+    # For TypeScript's older "node" (node10) resolution, which ignores `exports`.
+    assert manifest["typesVersions"]["*"]["resumable-stream"] == [
+        resumable["types"].removeprefix("./")
+    ]
     # The licence text travels with the package once the repository has one.
     if (REPO / "LICENSE").exists():
         assert shipped_license == (REPO / "LICENSE").read_bytes()
@@ -277,6 +362,26 @@ def test_first_call_from_another_project(
     assert report["refused"] == "turn_finished"
     # What the package wrote is in the daemon, as any other client reads it.
     assert asyncio.run(_python_reads(daemon.target, thread)) == (True, ["Hel", "lo!"])
+
+
+@pytest.mark.parametrize("script", sorted(RESUMABLE_IMPORTS))
+def test_resumable_stream_subpath_from_another_project(
+    project: Path, start_daemon: Callable[..., Daemon], script: str
+) -> None:
+    """`@turnstore/client/resumable-stream` (ESM and CommonJS) stores a stream in
+    the daemon, replays it once finished, and answers 204 for a missing one."""
+    (project / script).write_text(RESUMABLE_SCRIPT.replace("IMPORT", RESUMABLE_IMPORTS[script]))
+    daemon = start_daemon("lmdb")
+    stream_id = f"pkg-{uuid.uuid4().hex}"
+    result = run_or_fail(["node", script, daemon.target, stream_id], project, timeout=120)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    chunks = ["data: a\n\n", "data: b\n\n", "data: c\n\n"]
+    assert report == {
+        "produced": chunks,
+        "replayed": chunks,
+        "state": "DONE",
+        "missingStatus": 204,
+    }
 
 
 def test_type_declarations_resolve_in_another_project(project: Path) -> None:

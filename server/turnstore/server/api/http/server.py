@@ -8,6 +8,8 @@ matched on the raw path so ``/``, spaces and non-ASCII characters work):
   Events (:mod:`turnstore.server.api.http.event_stream`).
 - ``GET /v1/threads``, ``GET /v1/threads/{thread_id}/turns``,
   ``GET /v1/conversations/{key}``: JSON reads (:mod:`turnstore.server.api.http.routes`).
+- ``GET /v1/threads?prefix=|changed_since=``, ``GET /v1/conversations``,
+  ``GET /v1/versions/{key}``: listings (:mod:`turnstore.server.api.http.listings`).
 - ``GET|POST|DELETE /v1/session``: browser sessions, scoped
   (:mod:`turnstore.server.access.scopes`) and revocable
   (:mod:`turnstore.server.api.http.credentials`).
@@ -42,6 +44,7 @@ from turnstore.server.api.connections import EveryInterval
 from turnstore.server.api.http.common import http_error, refusal, unquote_path
 from turnstore.server.api.http.credentials import ACCESS, Access, Credentials, unauthenticated
 from turnstore.server.api.http.event_stream import EventStreams
+from turnstore.server.api.http.listings import Listings
 from turnstore.server.api.http.routes import JsonReads
 from turnstore.server.replay.followers import Followers
 from turnstore.server.storage.errors import DaemonError
@@ -134,6 +137,7 @@ class HttpApi:
             revocations_dsn=revocations_dsn,
         )
         self._reads = JsonReads(executor, self._engine_for)
+        self._listings = Listings(executor, self._engine_for, engine)
         self._streams = EventStreams(executor, followers, self._credentials, self._engine_for)
         self._tls = tls
         self._allow_remote = allow_remote
@@ -151,7 +155,7 @@ class HttpApi:
         app.router.add_get("/", self._index)
         app.router.add_static("/web/", WEB_DIR, follow_symlinks=False)
         app.router.add_route("*", "/v1/session", self._credentials.session_route)
-        app.router.add_get("/v1/threads", self._reads.threads, allow_head=False)
+        self._listings.add_routes(app, self._reads.threads)
         app.router.add_get("/v1/threads/{rest:.+}", self._thread_route, allow_head=False)
         app.router.add_get(
             "/v1/conversations/{rest:.+}", self._reads.conversation, allow_head=False
