@@ -154,14 +154,15 @@ def test_the_client_readers_see_a_reason_removed_from_the_source(
 
 def test_each_error_class_names_its_reason_once() -> None:
     # Only DaemonError itself and subclasses that answer as their base
-    # (TurnTooLargeError) inherit a reason; every other reason is one class's.
+    # (TurnTooLargeError; NextPositionConflictError, a conditional append's
+    # version_conflict) inherit a reason; every other reason is one class's.
     owners: dict[str, list[str]] = {}
     for cls in daemon_error_classes():
         if "reason" in vars(cls):
             owners.setdefault(cls.reason, []).append(cls.__name__)
     assert {reason: names for reason, names in owners.items() if len(names) > 1} == {}
     inheriting = {cls.__name__ for cls in daemon_error_classes() if "reason" not in vars(cls)}
-    assert inheriting == {"EngineError", "TurnTooLargeError"}
+    assert inheriting == {"EngineError", "TurnTooLargeError", "NextPositionConflictError"}
 
 
 def test_the_errors_the_engine_never_raises_live_with_their_layer() -> None:

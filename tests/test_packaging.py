@@ -310,6 +310,10 @@ def test_the_wheel_carries_the_licence_and_complete_metadata(
     # No invented home: the project has no public URL yet.
     assert metadata.get_all("Project-URL") is None and metadata["Home-page"] is None
     assert "server" in metadata.get_all("Provides-Extra", [])
+    # The framework adapters' dependencies are extras of their own, never the core's.
+    assert "openai-agents" in metadata.get_all("Provides-Extra", [])
+    core = [r for r in metadata.get_all("Requires-Dist", []) if "extra ==" not in r]
+    assert not any(r.startswith("openai-agents") for r in core), core
     assert "turnstore = turnstore.cli.main:main" in entry_points
 
 

@@ -82,6 +82,10 @@ def turn_json(turn: StoredTurnEvents) -> dict[str, Any]:
     }
 
 
+def stored_json(event: StoredEvent) -> dict[str, Any]:
+    return {"position": event.position, "turn": event.turn, "event": event.envelope.to_json_dict()}
+
+
 class PythonDriver:
     """Executes steps on one client; keeps the replay cursors steps save by name."""
 
@@ -91,12 +95,30 @@ class PythonDriver:
 
     async def run(self, step: dict[str, Any]) -> dict[str, Any]:
         events, op = self.client.events, step["op"]
+        expected = step.get("expected_next_position")
         if op == "append":
             envelope = AgentEventEnvelope.from_json_dict(step["event"])
-            return {"position": await events.append(step["thread"], step["turn"], envelope)}
+            position = await events.append(
+                step["thread"], step["turn"], envelope, expected_next_position=expected
+            )
+            return {"position": position}
         if op == "append_many":
             envelopes = [AgentEventEnvelope.from_json_dict(e) for e in step["events"]]
-            return {"positions": await events.append_many(step["thread"], step["turn"], envelopes)}
+            positions = await events.append_many(
+                step["thread"], step["turn"], envelopes, expected_next_position=expected
+            )
+            return {"positions": positions}
+        if op == "read_events":
+            read = events.read_events(
+                step["thread"],
+                step.get("offset", 0),
+                limit=step.get("limit", 0),
+                newest_first=step.get("newest_first", False),
+            )
+            return {"events": [stored_json(e) async for e in read]}
+        if op == "last_events":
+            last = await events.last_events(step["thread"], step["n"])
+            return {"events": [stored_json(e) for e in last]}
         if op == "finish_turn":
             await events.finish_turn(step["thread"], step["turn"])  # its result is not compared
             return {}

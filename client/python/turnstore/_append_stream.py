@@ -35,6 +35,7 @@ from turnstore.errors import (
     TurnAlreadyFinishedError,
     TurnstoreError,
     UnavailableError,
+    VersionConflictError,
 )
 from turnstore.v1 import turnstore_pb2 as pb
 
@@ -289,6 +290,8 @@ class RetryingAppendStream:
         if response.HasField("error"):
             error = response.error
             mapped = error_from_item(error.code, error.reason, error.message)
+            if isinstance(mapped, VersionConflictError) and error.HasField("current_version"):
+                mapped.current_version = error.current_version
             if isinstance(mapped, TurnAlreadyFinishedError) and item.sends > 1 and item.finish_only:
                 item.future.set_result([])  # its first attempt committed
             else:

@@ -62,10 +62,12 @@ class EventIdConflictError(FailedPreconditionError):
 
 
 class VersionConflictError(FailedPreconditionError):
-    """A snapshot save expected another version; nothing was saved.
+    """A snapshot save expected another version, or a conditional append another
+    next position of its thread; nothing was saved or appended.
 
     ``current_version`` is the key's version at the time (0: none stored),
-    or None if the daemon did not say.
+    or for an append the thread's next position, or None if the daemon did
+    not say (an append over the shared append stream does not).
     """
 
     code = grpc.StatusCode.FAILED_PRECONDITION

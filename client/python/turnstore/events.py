@@ -78,6 +78,7 @@ class TurnstoreEventStore:
         turn: int,
         envelope: AgentEventEnvelope,
         *,
+        expected_next_position: int | None = None,
         timeout: float | _ClientDefault | None = CLIENT_DEFAULT,
     ) -> int:
         """Store ``envelope`` at the end of ``turn``; return its position in the thread.
@@ -85,11 +86,22 @@ class TurnstoreEventStore:
         Raises TurnFinishedError when the turn is finished, EventIdConflictError
         when its event id is stored in another turn. An envelope whose event id
         is already stored in this turn is not stored again: its original
-        position is returned. ``timeout`` overrides the client's deadline for
+        position is returned. With ``expected_next_position``, the append
+        happens only if the thread's next position (its event count; 0 for a
+        new or cleared thread) is that, else VersionConflictError and nothing
+        is stored; a retry of an envelope already stored returns its position
+        without that check. ``timeout`` overrides the client's deadline for
         this call (None: none); past it, DeadlineExceededError is raised and
         the append may still take effect.
         """
-        return (await self.append_many(thread_id, turn, [envelope], timeout=timeout))[0]
+        positions = await self.append_many(
+            thread_id,
+            turn,
+            [envelope],
+            expected_next_position=expected_next_position,
+            timeout=timeout,
+        )
+        return positions[0]
 
     async def append_many(
         self,
@@ -97,25 +109,33 @@ class TurnstoreEventStore:
         turn: int,
         envelopes: Sequence[AgentEventEnvelope],
         *,
+        expected_next_position: int | None = None,
         timeout: float | _ClientDefault | None = CLIENT_DEFAULT,
     ) -> list[int]:
         """Store ``envelopes`` at the end of ``turn`` atomically; return their positions.
 
         Either all are stored or none is. Raises InvalidArgumentError for an
-        empty list. ``timeout`` is as in :meth:`append`.
+        empty list. ``expected_next_position`` and ``timeout`` are as in
+        :meth:`append`.
         """
         deadline = self._deadline(timeout)
         check_thread_id(thread_id)
         check_turn(turn)
+        if expected_next_position is not None:
+            check_turn(expected_next_position, "expected_next_position")
         if not envelopes:
             raise InvalidArgumentError("events: must hold at least one event")
         if self.write_mode == "stream":
-            item = pb.AppendStreamRequest(thread_id=thread_id, turn=turn)
+            item = pb.AppendStreamRequest(
+                thread_id=thread_id, turn=turn, expected_next_position=expected_next_position
+            )
             add_to_item = item.events.add
             for envelope in envelopes:
                 fill_envelope(add_to_item(), envelope)
             return await self._shared_stream().send(item, deadline)
-        request = pb.AppendRequest(thread_id=thread_id, turn=turn)
+        request = pb.AppendRequest(
+            thread_id=thread_id, turn=turn, expected_next_position=expected_next_position
+        )
         add = request.events.add
         for envelope in envelopes:
             fill_envelope(add(), envelope)
@@ -239,24 +259,60 @@ class TurnstoreEventStore:
         return await call_with_retry(read, self._retry)
 
     async def read_events(
-        self, thread_id: str, offset: int = 0, *, order: str = "commit"
+        self,
+        thread_id: str,
+        offset: int = 0,
+        *,
+        order: str = "commit",
+        limit: int = 0,
+        newest_first: bool = False,
     ) -> AsyncIterator[StoredEvent]:
         """Stream stored events, skipping the first ``offset`` in ``order``.
 
         ``order`` is ``"commit"`` (by position: ``offset`` is the first
         position returned) or ``"turn"`` (the order of :meth:`get_events`).
-        The read covers the events committed when it started; it raises
-        ThreadClearedError if the thread is cleared while it runs.
+        ``limit`` caps how many are returned (0: all). ``newest_first``
+        (commit order only) streams from the newest event backwards, in
+        descending position order, ``offset`` skipping the newest; it costs
+        what it returns, not the thread's length. The read covers the events
+        committed when it started; it raises ThreadClearedError if the
+        thread is cleared while it runs.
         """
         check_thread_id(thread_id)
         check_offset(offset)
+        check_turn(limit, "limit")
         orders = {"commit": pb.EVENT_ORDER_COMMIT, "turn": pb.EVENT_ORDER_TURN}
         if order not in orders:
             raise ValueError(f"order must be 'commit' or 'turn', not {order!r}")
-        request = pb.ReadEventsRequest(thread_id=thread_id, offset=offset, order=orders[order])
+        if newest_first and order != "commit":
+            raise ValueError("newest_first reads in commit order only")
+        request = pb.ReadEventsRequest(
+            thread_id=thread_id,
+            offset=offset,
+            order=orders[order],
+            limit=limit,
+            newest_first=newest_first,
+        )
         async for message in mapped_stream(self._stub.ReadEvents(request, timeout=self._timeout)):
             for event in message.events:
                 yield StoredEvent.from_proto(event)
+
+    async def last_events(self, thread_id: str, n: int) -> list[StoredEvent]:
+        """The last ``n`` stored events (fewer if the thread holds fewer), in append order.
+
+        Reads only those ``n`` (a newest-first read), whatever the thread's
+        length; ``n`` = 0 returns nothing.
+        """
+        check_turn(n, "n")
+        if n == 0:
+            return []
+
+        async def read() -> list[StoredEvent]:
+            newest = [e async for e in self.read_events(thread_id, limit=n, newest_first=True)]
+            newest.reverse()
+            return newest
+
+        return await call_with_retry(read, self._retry)
 
     def replay(
         self,

@@ -17,7 +17,8 @@ use ailoop_history::ConversationSnapshot;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use turnstore_client::{
-    Client, ClientOptions, ErrorKind, ReplayItem, ReplayOptions, TurnstoreEventStore,
+    Client, ClientOptions, ErrorKind, ReadEventsOptions, ReplayItem, ReplayOptions, StoredEvent,
+    TurnstoreEventStore,
 };
 
 /// The client's error kind as the proto's reason string.
@@ -72,6 +73,20 @@ fn number(step: &Value, name: &str) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("{name:?} is not a number: {step}"))
 }
 
+/// Stored events as the scenario writes them: position, turn and envelope.
+fn stored_json(events: &[StoredEvent]) -> anyhow::Result<Vec<Value>> {
+    events
+        .iter()
+        .map(|event| {
+            Ok(json!({
+                "position": event.position,
+                "turn": event.turn,
+                "event": event.envelope.to_json()?,
+            }))
+        })
+        .collect()
+}
+
 /// Executes steps on one client; keeps the replay cursors steps save by name.
 struct Driver {
     client: Client,
@@ -80,6 +95,24 @@ struct Driver {
 }
 
 impl Driver {
+    /// An append, conditional when the step has `expected_next_position`.
+    async fn append(
+        &self,
+        step: &Value,
+        thread: &ThreadId,
+        turn: usize,
+        envelopes: &[AgentEventEnvelope],
+    ) -> turnstore_client::Result<Vec<u64>> {
+        match step.get("expected_next_position").and_then(Value::as_u64) {
+            Some(expected) => {
+                self.events
+                    .append_envelopes_expecting(thread, turn, envelopes, expected)
+                    .await
+            }
+            None => self.events.append_envelopes(thread, turn, envelopes).await,
+        }
+    }
+
     async fn run(&mut self, step: &Value) -> anyhow::Result<Value> {
         let thread = || text(step, "thread").map(ThreadId::from_string);
         // The trait, as an agent holds the store.
@@ -89,21 +122,35 @@ impl Driver {
                 let envelope: AgentEventEnvelope =
                     serde_json::from_value(field(step, "event")?.clone())?;
                 let turn = usize::try_from(number(step, "turn")?)?;
-                let positions = self
-                    .events
-                    .append_envelopes(&thread()?, turn, &[envelope])
-                    .await?;
+                let positions = self.append(step, &thread()?, turn, &[envelope]).await?;
                 json!({ "position": positions[0] })
             }
             "append_many" => {
                 let envelopes: Vec<AgentEventEnvelope> =
                     serde_json::from_value(field(step, "events")?.clone())?;
                 let turn = usize::try_from(number(step, "turn")?)?;
-                let positions = self
-                    .events
-                    .append_envelopes(&thread()?, turn, &envelopes)
-                    .await?;
+                let positions = self.append(step, &thread()?, turn, &envelopes).await?;
                 json!({ "positions": positions })
+            }
+            "read_events" => {
+                let options = ReadEventsOptions {
+                    offset: step.get("offset").and_then(Value::as_u64).unwrap_or(0),
+                    limit: step.get("limit").and_then(Value::as_u64).unwrap_or(0),
+                    newest_first: step.get("newest_first").and_then(Value::as_bool) == Some(true),
+                    ..ReadEventsOptions::default()
+                };
+                let found = self
+                    .events
+                    .read_events_with(&text(step, "thread")?, options)
+                    .await?;
+                json!({ "events": stored_json(&found)? })
+            }
+            "last_events" => {
+                let found = self
+                    .events
+                    .last_events(&text(step, "thread")?, number(step, "n")?)
+                    .await?;
+                json!({ "events": stored_json(&found)? })
             }
             "finish_turn" => {
                 let turn = usize::try_from(number(step, "turn")?)?;

@@ -81,6 +81,7 @@ impl Appender {
         turn: u64,
         events: Vec<pb::EventEnvelope>,
         finish: bool,
+        expected_next_position: Option<u64>,
         timeout: Option<Duration>,
     ) -> Result<Vec<u64>> {
         debug_assert!(!finish || events.is_empty(), "a finish item has no events");
@@ -93,6 +94,7 @@ impl Appender {
             finish_turn: finish,
             more: Vec::new(),
             acks_in_more: false,
+            expected_next_position,
         };
         let gone = || {
             Error::local(
@@ -374,6 +376,7 @@ mod tests {
                 code: Code::FailedPrecondition as i32,
                 reason: "turn_already_finished".into(),
                 message: "turn 1 is already finished".into(),
+                current_version: None,
             }),
         }
     }

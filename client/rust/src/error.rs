@@ -22,8 +22,9 @@ pub enum ErrorKind {
     TurnAlreadyFinished,
     /// An event id already stored in another turn of the thread.
     EventIdConflict,
-    /// A save whose expected version is not the key's current one; see
-    /// [`Error::current_version`].
+    /// A save whose expected version is not the key's current one, or a
+    /// conditional append whose expected next position is not the thread's;
+    /// see [`Error::current_version`].
     VersionConflict,
     /// The thread was cleared while a streaming read was in progress.
     ThreadCleared,
@@ -177,11 +178,16 @@ impl Error {
 
     /// The error of a rejected `AppendStream` item.
     pub(crate) fn from_item(item: &crate::pb::ItemError) -> Self {
-        Self::from_parts(
+        let mut error = Self::from_parts(
             Code::from_i32(item.code),
             Some(item.reason.clone()),
             item.message.clone(),
-        )
+        );
+        if error.kind == ErrorKind::VersionConflict {
+            // A conditional append's conflict: the thread's next position.
+            error.current_version = item.current_version;
+        }
+        error
     }
 
     /// What went wrong.
@@ -204,7 +210,8 @@ impl Error {
         &self.message
     }
 
-    /// For [`ErrorKind::VersionConflict`]: the key's version when the save was refused.
+    /// For [`ErrorKind::VersionConflict`]: the key's version when the save was refused,
+    /// or the thread's next position when a conditional append was.
     pub fn current_version(&self) -> Option<u64> {
         self.current_version
     }

@@ -45,6 +45,35 @@ pub enum EventOrder {
     Turn,
 }
 
+/// What [`TurnstoreEventStore::read_events_with`] reads (the default: every
+/// event, oldest first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadEventsOptions {
+    /// How many events to skip, counted in `order` (from the newest with
+    /// `newest_first`).
+    pub offset: u64,
+    /// The order to read in.
+    pub order: EventOrder,
+    /// At most this many events; 0: every one.
+    pub limit: u64,
+    /// Read from the newest event backwards (commit order only): events come
+    /// in descending position order. Costs what it returns, not the
+    /// thread's length. With [`EventOrder::Turn`] the daemon refuses it
+    /// ([`ErrorKind::InvalidArgument`]).
+    pub newest_first: bool,
+}
+
+impl Default for ReadEventsOptions {
+    fn default() -> Self {
+        Self {
+            offset: 0,
+            order: EventOrder::Commit,
+            limit: 0,
+            newest_first: false,
+        }
+    }
+}
+
 /// agent-sdk's [`EventStore`] over a turnstore daemon; get it from
 /// [`Client::events`]. Clones share the client.
 ///
@@ -104,7 +133,28 @@ impl TurnstoreEventStore {
             .iter()
             .map(envelope_to_proto)
             .collect::<Result<Vec<_>>>()?;
-        self.submit_events(thread_id, turn, events).await
+        self.submit_events(thread_id, turn, events, None).await
+    }
+
+    /// Append `envelopes` as [`append_envelopes`](Self::append_envelopes)
+    /// does, but only if the thread's next position (its event count; 0 for
+    /// a new or cleared thread) is `expected_next_position`: otherwise
+    /// [`ErrorKind::VersionConflict`] with the thread's next position in
+    /// [`Error::current_version`], and nothing is stored. A retry of
+    /// envelopes already stored returns their positions without that check.
+    pub async fn append_envelopes_expecting(
+        &self,
+        thread_id: &ThreadId,
+        turn: usize,
+        envelopes: &[AgentEventEnvelope],
+        expected_next_position: u64,
+    ) -> Result<Vec<u64>> {
+        let events = envelopes
+            .iter()
+            .map(envelope_to_proto)
+            .collect::<Result<Vec<_>>>()?;
+        self.submit_events(thread_id, turn, events, Some(expected_next_position))
+            .await
     }
 
     /// Append envelopes exactly as given, undecoded (to copy or forward
@@ -117,7 +167,7 @@ impl TurnstoreEventStore {
         envelopes: &[RawEnvelope],
     ) -> Result<Vec<u64>> {
         let events = envelopes.iter().map(RawEnvelope::to_proto).collect();
-        self.submit_events(thread_id, turn, events).await
+        self.submit_events(thread_id, turn, events, None).await
     }
 
     /// Send encoded events on the shared append stream, bounded by the
@@ -127,6 +177,7 @@ impl TurnstoreEventStore {
         thread_id: &ThreadId,
         turn: usize,
         events: Vec<pb::EventEnvelope>,
+        expected_next_position: Option<u64>,
     ) -> Result<Vec<u64>> {
         if events.is_empty() {
             return Err(Error::local(
@@ -142,6 +193,7 @@ impl TurnstoreEventStore {
                 turn_number(turn),
                 events,
                 false,
+                expected_next_position,
                 self.client.inner.options.timeout,
             )
             .await
@@ -165,6 +217,7 @@ impl TurnstoreEventStore {
                 turn_number(turn),
                 Vec::new(),
                 true,
+                None,
                 self.client.inner.options.timeout,
             )
             .await
@@ -183,8 +236,40 @@ impl TurnstoreEventStore {
         offset: u64,
         order: EventOrder,
     ) -> Result<Vec<StoredEvent>> {
-        let events = self.read_stored(thread_id, offset, order).await?;
+        let options = ReadEventsOptions {
+            offset,
+            order,
+            ..ReadEventsOptions::default()
+        };
+        self.read_events_with(thread_id, options).await
+    }
+
+    /// The thread's events as `options` say (a limit, newest first),
+    /// undecoded; as [`read_events`](Self::read_events) otherwise.
+    pub async fn read_events_with(
+        &self,
+        thread_id: &str,
+        options: ReadEventsOptions,
+    ) -> Result<Vec<StoredEvent>> {
+        let events = self.read_stored(thread_id, options).await?;
         Ok(events.into_iter().map(StoredEvent::from_proto).collect())
+    }
+
+    /// The last `n` events of the thread (fewer when it holds fewer), in
+    /// append order, undecoded: one newest-first read of `n` events,
+    /// whatever the thread's length. Empty for `n` = 0 or an unknown thread.
+    pub async fn last_events(&self, thread_id: &str, n: u64) -> Result<Vec<StoredEvent>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let options = ReadEventsOptions {
+            limit: n,
+            newest_first: true,
+            ..ReadEventsOptions::default()
+        };
+        let mut events = self.read_events_with(thread_id, options).await?;
+        events.reverse();
+        Ok(events)
     }
 
     /// Replay the thread as a [`futures_core::Stream`]: catch up after a
@@ -196,10 +281,9 @@ impl TurnstoreEventStore {
     async fn read_stored(
         &self,
         thread_id: &str,
-        offset: u64,
-        order: EventOrder,
+        options: ReadEventsOptions,
     ) -> Result<Vec<pb::StoredEvent>> {
-        let order = match order {
+        let order = match options.order {
             EventOrder::Commit => pb::EventOrder::Commit,
             EventOrder::Turn => pb::EventOrder::Turn,
         };
@@ -208,8 +292,10 @@ impl TurnstoreEventStore {
             .call(client.inner.options.retry, || async {
                 let request = pb::ReadEventsRequest {
                     thread_id: thread_id.to_owned(),
-                    offset,
+                    offset: options.offset,
                     order: order.into(),
+                    limit: options.limit,
+                    newest_first: options.newest_first,
                 };
                 let mut stub = client.inner.events.clone();
                 let mut stream = stub
@@ -375,9 +461,12 @@ impl EventStore for TurnstoreEventStore {
         thread_id: &ThreadId,
         offset: usize,
     ) -> anyhow::Result<Vec<AgentEventEnvelope>> {
-        let events = self
-            .read_stored(&thread_id.0, turn_number(offset), EventOrder::Turn)
-            .await?;
+        let options = ReadEventsOptions {
+            offset: turn_number(offset),
+            order: EventOrder::Turn,
+            ..ReadEventsOptions::default()
+        };
+        let events = self.read_stored(&thread_id.0, options).await?;
         Ok(self.decode(&thread_id.0, events)?)
     }
 

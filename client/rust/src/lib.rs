@@ -52,7 +52,7 @@ pub use client::{
 };
 pub use convert::{RawEnvelope, UndecodableEvents, JSON};
 pub use error::{Error, ErrorKind, Result, CURRENT_VERSION_METADATA_KEY, ERROR_METADATA_KEY};
-pub use events::{EventOrder, StoredEvent, TurnstoreEventStore};
+pub use events::{EventOrder, ReadEventsOptions, StoredEvent, TurnstoreEventStore};
 pub use history::{SnapshotVersionInfo, TurnstoreHistoryStore, VersionedSnapshot};
 pub use replay::{Replay, ReplayItem, ReplayOptions};
 

@@ -10,8 +10,8 @@ use agent_sdk_tools::stores::{EventStore, StoredTurnEvents};
 use common::{thread, Daemon};
 use serde_json::{json, Value};
 use turnstore_client::{
-    ClientOptions, Error, ErrorKind, EventOrder, RawEnvelope, TurnstoreEventStore,
-    UndecodableEvents, JSON,
+    ClientOptions, Error, ErrorKind, EventOrder, RawEnvelope, ReadEventsOptions,
+    TurnstoreEventStore, UndecodableEvents, JSON,
 };
 
 fn delta(counter: &SequenceCounter, text: &str) -> AgentEventEnvelope {
@@ -400,4 +400,71 @@ async fn data_survives_a_daemon_restart() {
     events.finish_turn(&id, 2).await.unwrap();
     assert_eq!(events.event_count(&id).await.unwrap(), 4);
     assert!(daemon.stop().success());
+}
+
+#[tokio::test]
+async fn a_conditional_append_and_reads_from_the_end() {
+    let daemon = Daemon::start();
+    let events: TurnstoreEventStore = daemon.client().await.events();
+    let id = thread("conditional");
+    let counter = SequenceCounter::new();
+    let first = delta(&counter, "0");
+    let stored = events
+        .append_envelopes_expecting(&id, 1, std::slice::from_ref(&first), 0)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![0]);
+    let batch = [delta(&counter, "1"), delta(&counter, "2")];
+    let stored = events
+        .append_envelopes_expecting(&id, 1, &batch, 1)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![1, 2]);
+    let stale = events
+        .append_envelopes_expecting(&id, 1, &[delta(&counter, "stale")], 1)
+        .await
+        .unwrap_err();
+    assert_eq!(stale.kind(), ErrorKind::VersionConflict);
+    assert_eq!(
+        stale.current_version(),
+        Some(3),
+        "the thread's next position"
+    );
+    // A retry of a stored envelope keeps its position, whatever the expectation.
+    let again = events
+        .append_envelopes_expecting(&id, 1, std::slice::from_ref(&first), 0)
+        .await
+        .unwrap();
+    assert_eq!(again, vec![0]);
+
+    let positions = |found: Vec<turnstore_client::StoredEvent>| {
+        found.iter().map(|e| e.position).collect::<Vec<_>>()
+    };
+    let newest = ReadEventsOptions {
+        limit: 2,
+        newest_first: true,
+        ..ReadEventsOptions::default()
+    };
+    let read = events.read_events_with(&id.0, newest).await.unwrap();
+    assert_eq!(positions(read), vec![2, 1]);
+    let skipped = ReadEventsOptions {
+        offset: 2,
+        newest_first: true,
+        ..ReadEventsOptions::default()
+    };
+    let read = events.read_events_with(&id.0, skipped).await.unwrap();
+    assert_eq!(positions(read), vec![0]);
+    let last = events.last_events(&id.0, 2).await.unwrap();
+    assert_eq!(positions(last), vec![1, 2]);
+    assert!(events.last_events(&id.0, 0).await.unwrap().is_empty());
+    let turn_order = ReadEventsOptions {
+        order: EventOrder::Turn,
+        newest_first: true,
+        ..ReadEventsOptions::default()
+    };
+    let refused = events
+        .read_events_with(&id.0, turn_order)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::InvalidArgument);
 }

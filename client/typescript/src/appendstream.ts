@@ -18,6 +18,7 @@ import {
   TurnAlreadyFinishedError,
   TurnstoreError,
   UnavailableError,
+  VersionConflictError,
   errorFromStatus,
   toTurnstoreError,
 } from "./errors";
@@ -27,6 +28,7 @@ import type {
   EventStoreServiceClient,
   WireEnvelope,
 } from "./proto";
+import { fromU64 } from "./numbers";
 
 /**
  * An open stream with nothing to acknowledge is ended after this long, so a
@@ -143,6 +145,7 @@ export class SharedAppendStream {
     turn: number,
     events: WireEnvelope[],
     finish: boolean,
+    expectedNextPosition?: number,
   ): Promise<ItemAck> {
     if (this.#closed) {
       return Promise.reject(new UnavailableError("the client is closed"));
@@ -151,7 +154,16 @@ export class SharedAppendStream {
       const id = this.#nextId++;
       const pending: Pending = {
         id,
-        request: { request_id: id, thread_id: threadId, turn, events, finish_turn: finish },
+        request: {
+          request_id: id,
+          thread_id: threadId,
+          turn,
+          events,
+          finish_turn: finish,
+          ...(expectedNextPosition !== undefined && {
+            expected_next_position: expectedNextPosition,
+          }),
+        },
         resolve,
         reject,
         timer: undefined,
@@ -238,6 +250,10 @@ export class SharedAppendStream {
     }
     // The ItemError stands where a unary call's ServiceError would: as the cause.
     const error = errorFromStatus(ack.error.code, ack.error.reason, ack.error.message, ack.error);
+    if (error instanceof VersionConflictError && ack.error.current_version != null) {
+      // A conditional append's conflict: the thread's next position.
+      error.currentVersion = fromU64(ack.error.current_version, "current_version");
+    }
     if (
       pending.resent &&
       pending.request.finish_turn &&

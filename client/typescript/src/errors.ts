@@ -43,8 +43,10 @@ export class TurnAlreadyFinishedError extends FailedPreconditionError {}
 export class EventIdConflictError extends FailedPreconditionError {}
 
 /**
- * A save expected another version; nothing was saved. `currentVersion` is
- * the key's version at the time (0: none stored), undefined if not reported.
+ * A save expected another version, or a conditional append another next
+ * position of its thread; nothing was saved or appended. `currentVersion` is
+ * the key's version at the time (0: none stored), or the thread's next
+ * position, undefined if not reported.
  */
 export class VersionConflictError extends FailedPreconditionError {
   currentVersion: number | undefined;

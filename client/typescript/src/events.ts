@@ -67,6 +67,25 @@ export interface ReadEventsOptions {
   offset?: number;
   /** The order to read in (default `"commit"`). */
   order?: EventOrder;
+  /** At most this many events (default 0: every one). */
+  limit?: number;
+  /**
+   * Read from the newest event backwards (commit order only): events come in
+   * descending position order and `offset` skips the newest. Costs what it
+   * returns, not the thread's length.
+   */
+  newestFirst?: boolean;
+}
+
+/** Options of {@link TurnstoreEventStore.append}. */
+export interface AppendOptions {
+  /**
+   * Append only if the thread's next position (its event count; 0 for a new
+   * or cleared thread) is this, else reject with VersionConflictError and
+   * store nothing. A retry of envelopes already stored resolves with their
+   * positions without that check.
+   */
+  expectedNextPosition?: number;
 }
 
 const WIRE_ORDERS: Record<EventOrder, ReadEventsRequest["order"]> = {
@@ -120,23 +139,37 @@ export class TurnstoreEventStore {
    * stream, a rejected append fails only its own call; a stream that breaks
    * is reopened and the append sent again (see {@link WriteMode}). A batch
    * that might not fit the channel's message limit (64 MiB) is sent as a
-   * unary call even then, so that it alone fails if it is too large.
+   * unary call even then, so that it alone fails if it is too large. With
+   * `options.expectedNextPosition`, see {@link AppendOptions}.
    */
   async append(
     threadId: string,
     turn: number,
     envelopes: EventEnvelope | readonly EventEnvelope[],
+    options: AppendOptions = {},
   ): Promise<number[]> {
     const list: readonly EventEnvelope[] = Array.isArray(envelopes) ? envelopes : [envelopes];
+    const expected =
+      options.expectedNextPosition === undefined
+        ? undefined
+        : checkU64(options.expectedNextPosition, "expectedNextPosition");
     const request = {
       thread_id: threadId,
       turn: checkU64(turn, "turn"),
       events: list.map(envelopeToWire),
+      ...(expected !== undefined && { expected_next_position: expected }),
     };
     const positions =
       this.#writes !== undefined && this.#writes.fits(request.thread_id, request.events)
-        ? (await this.#writes.submit(request.thread_id, request.turn, request.events, false))
-            .positions
+        ? (
+            await this.#writes.submit(
+              request.thread_id,
+              request.turn,
+              request.events,
+              false,
+              expected,
+            )
+          ).positions
         : (
             await this.#calls.unary<AppendResponse>((options, done) =>
               this.#stub.Append(request, options, done),
@@ -298,6 +331,11 @@ export class TurnstoreEventStore {
     options: ReadEventsOptions = {},
   ): AsyncGenerator<StoredEvent, void, undefined> {
     const request = readRequest(threadId, options.offset ?? 0, options.order ?? "commit");
+    request.limit = checkU64(options.limit ?? 0, "limit");
+    request.newest_first = options.newestFirst === true;
+    if (request.newest_first && request.order !== "EVENT_ORDER_COMMIT") {
+      throw new InvalidArgumentError("newestFirst reads in commit order only");
+    }
     let yielded = false;
     for (let attempt = 1; ; attempt += 1) {
       let failure: TurnstoreError;
@@ -315,6 +353,23 @@ export class TurnstoreEventStore {
       }
       await this.#calls.pause(attempt, failure);
     }
+  }
+
+  /**
+   * The last `n` stored events of the thread (fewer when it holds fewer), in
+   * append order: one newest-first read of `n` events, whatever the
+   * thread's length. Empty for `n` = 0 or an unknown thread.
+   */
+  async lastEvents(threadId: string, n: number): Promise<StoredEvent[]> {
+    checkU64(n, "n");
+    if (n === 0) {
+      return [];
+    }
+    const newest: StoredEvent[] = [];
+    for await (const event of this.readEvents(threadId, { limit: n, newestFirst: true })) {
+      newest.push(event);
+    }
+    return newest.reverse();
   }
 
   /** One ReadEvents call's events, decoded; the call is cancelled when the loop ends early. */

@@ -18,7 +18,13 @@ export type { ClientTls, DaemonStats, PemSource, TurnstoreClientOptions } from "
 export { DEFAULT_RETRY } from "./calls";
 export type { RetryEvent, RetryPolicy } from "./calls";
 export { TurnstoreEventStore } from "./events";
-export type { EventOrder, ReadEventsOptions, ReplayOptions, WriteMode } from "./events";
+export type {
+  AppendOptions,
+  EventOrder,
+  ReadEventsOptions,
+  ReplayOptions,
+  WriteMode,
+} from "./events";
 export { TurnstoreHistoryStore } from "./history";
 export type { SnapshotVersionInfo, VersionedSnapshot } from "./history";
 export { Replay } from "./replay";

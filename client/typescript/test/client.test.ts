@@ -281,6 +281,67 @@ describe("events", () => {
     }
   });
 
+  test("a conditional append is stored only at the expected next position", async () => {
+    const thread = newThread();
+    const first = delta("a");
+    assert.deepEqual(
+      await client.events.append(thread, 1, first, { expectedNextPosition: 0 }),
+      [0],
+    );
+    const batch = [delta("b"), delta("c")];
+    assert.deepEqual(
+      await client.events.append(thread, 1, batch, { expectedNextPosition: 1 }),
+      [1, 2],
+    );
+    const stale = await rejection(
+      client.events.append(thread, 1, delta("stale"), { expectedNextPosition: 1 }),
+    );
+    assert.ok(stale instanceof VersionConflictError, String(stale));
+    assert.equal(stale.reason, "version_conflict");
+    assert.equal(stale.currentVersion, 3, `the thread's next position (${writeMode} mode)`);
+    // A retry of a stored envelope keeps its position, whatever the expectation.
+    assert.deepEqual(
+      await client.events.append(thread, 1, first, { expectedNextPosition: 0 }),
+      [0],
+    );
+    assert.equal(await client.events.eventCount(thread), 3);
+    const refused = await rejection(
+      client.events.append(thread, 1, delta("x"), { expectedNextPosition: -1 }),
+    );
+    assert.ok(refused instanceof InvalidArgumentError && refused.code === undefined);
+  });
+
+  test("readEvents reads from the end with a limit; lastEvents in append order", async () => {
+    const thread = newThread();
+    for (let n = 0; n < 6; n += 1) {
+      await client.events.append(thread, 1, delta(String(n)));
+    }
+    const positions = async (options: Parameters<typeof client.events.readEvents>[1]) => {
+      const found: number[] = [];
+      for await (const stored of client.events.readEvents(thread, options)) {
+        found.push(stored.position);
+      }
+      return found;
+    };
+    assert.deepEqual(await positions({ newestFirst: true, limit: 2 }), [5, 4]);
+    assert.deepEqual(await positions({ newestFirst: true, offset: 4 }), [1, 0]);
+    assert.deepEqual(await positions({ offset: 2, limit: 3 }), [2, 3, 4]);
+    assert.deepEqual(await positions({ newestFirst: true, offset: 6 }), []);
+    const last = await client.events.lastEvents(thread, 3);
+    assert.deepEqual(
+      last.map((stored) => [stored.position, stored.envelope.event.delta]),
+      [
+        [3, "3"],
+        [4, "4"],
+        [5, "5"],
+      ],
+    );
+    assert.deepEqual(await client.events.lastEvents(thread, 0), []);
+    assert.deepEqual(await client.events.lastEvents(newThread(), 4), []);
+    const turnOrder = await rejection(positions({ order: "turn", newestFirst: true }));
+    assert.ok(turnOrder instanceof InvalidArgumentError && turnOrder.code === undefined);
+  });
+
   test("errors are typed by the daemon's reason", async () => {
     const thread = newThread();
     const first = delta("a");

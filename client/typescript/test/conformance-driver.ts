@@ -31,7 +31,7 @@ import {
   envelopeFromJson,
   envelopeToJson,
 } from "../src/index";
-import type { ConversationSnapshot, StoredTurn } from "../src/index";
+import type { AppendOptions, ConversationSnapshot, StoredEvent, StoredTurn } from "../src/index";
 
 type Json = Record<string, unknown>;
 /** A rendered step: its fields are checked by the client, not here. */
@@ -71,6 +71,17 @@ function turnJson(turn: StoredTurn): Json {
   };
 }
 
+/** A conditional append's options, when the step has `expected_next_position`. */
+function appendOptions(step: Step): AppendOptions {
+  return "expected_next_position" in step
+    ? { expectedNextPosition: step.expected_next_position }
+    : {};
+}
+
+function storedJson(event: StoredEvent): Json {
+  return { position: event.position, turn: event.turn, event: envelopeToJson(event.envelope) };
+}
+
 /** Replay cursors saved by name: [after, epoch]. */
 const cursors = new Map<string, [number | undefined, number | undefined]>();
 
@@ -78,13 +89,30 @@ async function run(client: TurnstoreClient, step: Step): Promise<Json> {
   const events = client.events;
   switch (step.op) {
     case "append": {
-      const [position] = await events.append(step.thread, step.turn, envelopeFromJson(step.event));
+      const envelope = envelopeFromJson(step.event);
+      const [position] = await events.append(step.thread, step.turn, envelope, appendOptions(step));
       return { position };
     }
     case "append_many": {
       const envelopes = (step.events as unknown[]).map(envelopeFromJson);
-      return { positions: await events.append(step.thread, step.turn, envelopes) };
+      return {
+        positions: await events.append(step.thread, step.turn, envelopes, appendOptions(step)),
+      };
     }
+    case "read_events": {
+      const found: StoredEvent[] = [];
+      const options = {
+        offset: step.offset ?? 0,
+        limit: step.limit ?? 0,
+        newestFirst: step.newest_first === true,
+      };
+      for await (const event of events.readEvents(step.thread, options)) {
+        found.push(event);
+      }
+      return { events: found.map(storedJson) };
+    }
+    case "last_events":
+      return { events: (await events.lastEvents(step.thread, step.n)).map(storedJson) };
     case "finish_turn":
       await events.finishTurn(step.thread, step.turn); // its result is not compared
       return {};

@@ -94,14 +94,16 @@ class Turn(_message.Message):
     def __init__(self, turn: _Optional[int] = ..., finished: _Optional[bool] = ..., events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ...) -> None: ...
 
 class AppendRequest(_message.Message):
-    __slots__ = ("thread_id", "turn", "events")
+    __slots__ = ("thread_id", "turn", "events", "expected_next_position")
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_NEXT_POSITION_FIELD_NUMBER: _ClassVar[int]
     thread_id: str
     turn: int
     events: _containers.RepeatedCompositeFieldContainer[EventEnvelope]
-    def __init__(self, thread_id: _Optional[str] = ..., turn: _Optional[int] = ..., events: _Optional[_Iterable[_Union[EventEnvelope, _Mapping]]] = ...) -> None: ...
+    expected_next_position: int
+    def __init__(self, thread_id: _Optional[str] = ..., turn: _Optional[int] = ..., events: _Optional[_Iterable[_Union[EventEnvelope, _Mapping]]] = ..., expected_next_position: _Optional[int] = ...) -> None: ...
 
 class AppendResponse(_message.Message):
     __slots__ = ("positions",)
@@ -152,14 +154,18 @@ class ListTurnsResponse(_message.Message):
     def __init__(self, turn: _Optional[_Union[Turn, _Mapping]] = ...) -> None: ...
 
 class ReadEventsRequest(_message.Message):
-    __slots__ = ("thread_id", "offset", "order")
+    __slots__ = ("thread_id", "offset", "order", "limit", "newest_first")
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIRST_FIELD_NUMBER: _ClassVar[int]
     thread_id: str
     offset: int
     order: EventOrder
-    def __init__(self, thread_id: _Optional[str] = ..., offset: _Optional[int] = ..., order: _Optional[_Union[EventOrder, str]] = ...) -> None: ...
+    limit: int
+    newest_first: bool
+    def __init__(self, thread_id: _Optional[str] = ..., offset: _Optional[int] = ..., order: _Optional[_Union[EventOrder, str]] = ..., limit: _Optional[int] = ..., newest_first: _Optional[bool] = ...) -> None: ...
 
 class ReadEventsResponse(_message.Message):
     __slots__ = ("events",)
@@ -286,7 +292,7 @@ class ReplayResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ..., finished_turns: _Optional[_Iterable[_Union[TurnFinished, _Mapping]]] = ..., caught_up: _Optional[bool] = ..., thread_cleared: _Optional[bool] = ..., next_position: _Optional[int] = ..., thread_epoch: _Optional[int] = ...) -> None: ...
 
 class AppendStreamRequest(_message.Message):
-    __slots__ = ("request_id", "thread_id", "turn", "events", "finish_turn", "more", "acks_in_more")
+    __slots__ = ("request_id", "thread_id", "turn", "events", "finish_turn", "more", "acks_in_more", "expected_next_position")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
@@ -294,6 +300,7 @@ class AppendStreamRequest(_message.Message):
     FINISH_TURN_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     ACKS_IN_MORE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_NEXT_POSITION_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     thread_id: str
     turn: int
@@ -301,17 +308,20 @@ class AppendStreamRequest(_message.Message):
     finish_turn: bool
     more: _containers.RepeatedCompositeFieldContainer[AppendStreamRequest]
     acks_in_more: bool
-    def __init__(self, request_id: _Optional[int] = ..., thread_id: _Optional[str] = ..., turn: _Optional[int] = ..., events: _Optional[_Iterable[_Union[EventEnvelope, _Mapping]]] = ..., finish_turn: _Optional[bool] = ..., more: _Optional[_Iterable[_Union[AppendStreamRequest, _Mapping]]] = ..., acks_in_more: _Optional[bool] = ...) -> None: ...
+    expected_next_position: int
+    def __init__(self, request_id: _Optional[int] = ..., thread_id: _Optional[str] = ..., turn: _Optional[int] = ..., events: _Optional[_Iterable[_Union[EventEnvelope, _Mapping]]] = ..., finish_turn: _Optional[bool] = ..., more: _Optional[_Iterable[_Union[AppendStreamRequest, _Mapping]]] = ..., acks_in_more: _Optional[bool] = ..., expected_next_position: _Optional[int] = ...) -> None: ...
 
 class ItemError(_message.Message):
-    __slots__ = ("code", "reason", "message")
+    __slots__ = ("code", "reason", "message", "current_version")
     CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     code: int
     reason: str
     message: str
-    def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    current_version: int
+    def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., current_version: _Optional[int] = ...) -> None: ...
 
 class AppendStreamResponse(_message.Message):
     __slots__ = ("request_id", "positions", "error", "event_count", "more")

@@ -117,10 +117,15 @@ class ScopedEngine:
         return self._engine.limits
 
     def append(
-        self, thread_id: str, turn: int, events: Sequence[NewEvent], finish: bool = False
+        self,
+        thread_id: str,
+        turn: int,
+        events: Sequence[NewEvent],
+        finish: bool = False,
+        expected_next_position: int | None = None,
     ) -> Future[list[int]]:
         self._write_thread(thread_id)
-        return self._engine.append(thread_id, turn, events, finish)
+        return self._engine.append(thread_id, turn, events, finish, expected_next_position)
 
     def finish_turn(self, thread_id: str, turn: int) -> Future[int]:
         self._write_thread(thread_id)

@@ -83,6 +83,22 @@ class VersionConflictError(EngineError):
         self.current_version = current
 
 
+class NextPositionConflictError(VersionConflictError):
+    """A conditional append expected another next position than the thread's.
+
+    The same reason as a save's conflict (``version_conflict``): a thread's
+    next position is its version, and travels as ``current_version``.
+    """
+
+    def __init__(self, thread_id: str, expected: int, next_position: int) -> None:
+        EngineError.__init__(
+            self,
+            f"thread {thread_id!r} is at next position {next_position}, not the expected "
+            f"{expected}; nothing was appended",
+        )
+        self.current_version = next_position
+
+
 class ThreadClearedError(EngineError):
     """The thread was cleared while a multi-part read of it was in progress."""
 

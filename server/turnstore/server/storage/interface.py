@@ -73,13 +73,25 @@ class StorageEngine(Protocol):
     # -- writes ---------------------------------------------------------------
 
     def append(
-        self, thread_id: str, turn: int, events: Sequence[NewEvent], finish: bool = False
+        self,
+        thread_id: str,
+        turn: int,
+        events: Sequence[NewEvent],
+        finish: bool = False,
+        expected_next_position: int | None = None,
     ) -> Future[list[int]]:
         """Append ``events`` to the end of one turn, atomically; their positions.
 
-        Idempotent by event id within the thread; ``finish`` also closes the
-        turn in the same commit. TurnFinishedError for a finished turn,
-        EventIdConflictError for an id stored in another turn.
+        Idempotent by event id within the thread: an event whose id is stored
+        in this turn keeps its original position (even if the turn was
+        finished since); ``finish`` also closes the turn in the same commit.
+        TurnFinishedError for a finished turn (TurnAlreadyFinishedError for a
+        bare finish), EventIdConflictError for an id stored in another turn.
+        With ``expected_next_position``, a write that would store anything
+        happens only if the thread's next position is that (0: no thread),
+        checked in the commit that writes, else NextPositionConflictError and
+        nothing is written (the other writes of the commit are unaffected); a
+        retry whose events are all stored returns their positions unchecked.
         """
         ...
 

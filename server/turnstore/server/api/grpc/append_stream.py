@@ -21,7 +21,12 @@ from turnstore.server.api.grpc.servicer import status_for
 from turnstore.server.api.grpc.wire_scan import RefusedRequest
 from turnstore.server.replay.acks import AckPump
 from turnstore.server.replay.followers import Followers
-from turnstore.server.storage.errors import DaemonError, EngineClosedError, InvalidArgumentError
+from turnstore.server.storage.errors import (
+    DaemonError,
+    EngineClosedError,
+    InvalidArgumentError,
+    VersionConflictError,
+)
 from turnstore.server.storage.interface import StorageEngine
 from turnstore.v1 import turnstore_pb2 as pb
 
@@ -36,7 +41,10 @@ _Group = list[tuple[int, Any, bool]]
 
 def _item_error(error: DaemonError) -> pb.ItemError:
     code = status_for(error)
-    return pb.ItemError(code=code.value[0], reason=error.reason, message=str(error))
+    item = pb.ItemError(code=code.value[0], reason=error.reason, message=str(error))
+    if isinstance(error, VersionConflictError):  # a conditional append's: the next position
+        item.current_version = error.current_version
+    return item
 
 
 def _ready(group: _Group) -> bool:
@@ -169,6 +177,13 @@ class AppendStreams:
                 # A bare finish resolves to the turn's event count (its ack
                 # reports it, as FinishTurn does); anything else to positions.
                 future: Future[list[int]] | Future[int]
+                expected = (
+                    item.expected_next_position if item.HasField("expected_next_position") else None
+                )
+                if not item.events and expected is not None:
+                    raise InvalidArgumentError(
+                        "expected_next_position", "applies to events; this item has none"
+                    )
                 if item.finish_turn and not item.events:
                     future = engine.finish_turn(item.thread_id, item.turn)
                 else:
@@ -179,7 +194,7 @@ class AppendStreams:
                     else:
                         events = converted[index]
                     future = engine.append(
-                        item.thread_id, item.turn, events, finish=item.finish_turn
+                        item.thread_id, item.turn, events, item.finish_turn, expected
                     )
                 group.append((item.request_id, self._acks.wait(future), opted))
             except DaemonError as error:

@@ -18,6 +18,7 @@ import grpc
 import structlog
 
 from turnstore.server.api import readcost
+from turnstore.server.api.grpc import event_reads
 from turnstore.server.api.grpc.append_stream import AppendStreams
 from turnstore.server.api.grpc.envelopes import new_events
 from turnstore.server.api.grpc.ingress import INLINE_DECODE_BYTES
@@ -79,7 +80,10 @@ class EventStoreService(ServicerBase, pb_grpc.EventStoreServiceServicer):
             events = await self._run(new_events, request.events, limit)
         else:
             events = new_events(request.events, limit)
-        future = self._engine.append(request.thread_id, request.turn, events)
+        expected = (
+            request.expected_next_position if request.HasField("expected_next_position") else None
+        )
+        future = self._engine.append(request.thread_id, request.turn, events, False, expected)
         positions = await self._acks.wait(future)
         return pb.AppendResponse(positions=positions)
 
@@ -136,27 +140,28 @@ class EventStoreService(ServicerBase, pb_grpc.EventStoreServiceServicer):
     async def ReadEvents(
         self, request: pb.ReadEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ReadEventsResponse | bytes]:
+        if request.order not in (pb.EVENT_ORDER_UNSPECIFIED, pb.EVENT_ORDER_COMMIT):
+            if request.order != pb.EVENT_ORDER_TURN:
+                raise InvalidArgumentError("order", f"unknown order {request.order}")
+            if request.newest_first:
+                raise InvalidArgumentError("newest_first", "reads in commit order only")
         view = await self._run(self._engine.view, request.thread_id)
+        left = request.limit or None  # events still to send (None: all)
         if request.order == pb.EVENT_ORDER_TURN:
             cursor = await self._run(self._engine.turn_cursor_at_offset, view, request.offset)
-            while cursor is not None:
+            while cursor is not None and left != 0:
                 chunks, cursor = await self._run(
                     self._engine.read_turn_order, view, cursor, message_budget(), False
                 )
-                values = [value for chunk in chunks for value in chunk.events]
+                values = [value for chunk in chunks for value in chunk.events][:left]
+                left = None if left is None else left - len(values)
                 if values:
                     yield b"".join(values)
             return
-        if request.order not in (pb.EVENT_ORDER_UNSPECIFIED, pb.EVENT_ORDER_COMMIT):
-            raise InvalidArgumentError("order", f"unknown order {request.order}")
-        position = request.offset
-        while True:
-            values = await self._run(
-                self._engine.read_commit_order, view, position, message_budget()
-            )
-            if not values:
-                return
-            position += len(values)
+        pages = event_reads.commit_order_pages(
+            self._engine, self._run, view, request.offset, left, request.newest_first
+        )
+        async for values in pages:
             yield b"".join(values)
 
     @unary

@@ -146,27 +146,26 @@ class LmdbEngine(InputChecks):
     # -- turn writes (:mod:`.turns`) ----------------------------------------------
 
     def append(
-        self, thread_id: str, turn: int, events: Sequence[NewEvent], finish: bool = False
+        self,
+        thread_id: str,
+        turn: int,
+        events: Sequence[NewEvent],
+        finish: bool = False,
+        expected_next_position: int | None = None,
     ) -> Future[list[int]]:
-        """Append events, in order, to the end of one turn, atomically.
+        """Append events, in order, to the end of one turn, atomically; their positions.
 
-        Creates the thread and the turn as needed. Resolves to the positions
-        given to the events. With ``finish``, the turn is also finished in the
-        same commit (``events`` may then be empty). Idempotent by event id:
-        an event whose id is already stored in this turn keeps its original
-        position and is not stored again, even if the turn was finished
-        since. Fails with TurnFinishedError when the turn is finished and an
-        event is new (TurnAlreadyFinishedError for a bare finish),
-        EventIdConflictError when an id is stored in another turn, and
-        InvalidArgumentError (raised at once, not through the future) for an
-        empty batch or input over a limit.
+        As :meth:`StorageEngine.append <turnstore.server.storage.interface.StorageEngine.append>`
+        (rules in :func:`.turns.write_turn`). The thread and turn are created
+        as needed; InvalidArgumentError (raised at once, not through the
+        future) for an empty batch or input over a limit.
         """
-        key = self._thread_key(thread_id)
+        key, expected = self._thread_key(thread_id), expected_next_position
         self._check_turn(turn)
         encoded = self._checked_events(events, finish)
 
-        def apply(txn: lmdb.Transaction, now_ns: int) -> list[int]:
-            return turns.write_turn(self._state, txn, key, turn, encoded, finish, now_ns)[0]
+        def apply(txn: lmdb.Transaction, now: int) -> list[int]:
+            return turns.write_turn(self._state, txn, key, turn, encoded, finish, now, expected)[0]
 
         return self._writer.submit(thread_id, apply)
 

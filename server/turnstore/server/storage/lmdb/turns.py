@@ -15,6 +15,7 @@ import lmdb
 from turnstore.server.storage import records
 from turnstore.server.storage.errors import (
     EventIdConflictError,
+    NextPositionConflictError,
     TurnAlreadyFinishedError,
     TurnFinishedError,
 )
@@ -31,12 +32,16 @@ def write_turn(
     events: list[tuple[bytes, bytes]],
     finish: bool,
     now_ns: int,
+    expected_next_position: int | None = None,
 ) -> tuple[list[int], int]:
     """Append ``events`` (id, envelope) to a turn, then finish it if asked.
 
     Returns each event's position and the turn's event count. An event
     whose id is already stored in this turn is not stored again: its
-    original position is returned.
+    original position is returned. With ``expected_next_position``, a
+    write that would store anything happens only if the thread's next
+    position is that (0: no thread), else NextPositionConflictError; a
+    retry of stored events returns their positions without that check.
     Checks everything, the space for what it adds included, before
     writing anything.
     """
@@ -82,6 +87,9 @@ def write_turn(
             return positions, count  # a retry of events stored before the finish
     if not new and not finish:
         return positions, count  # a retry: every event is already stored
+    if expected_next_position is not None and expected_next_position != next_position:
+        thread_id = key.decode("utf-8", "surrogatepass")
+        raise NextPositionConflictError(thread_id, expected_next_position, next_position)
     added = sum(len(item[0]) + len(item[1]) for item in new)
     estimate = estimate_events_bytes(len(new), added, state.limits.max_event_id_bytes)
     state.space.admit(txn, estimate + 2 * len(key) + 256)

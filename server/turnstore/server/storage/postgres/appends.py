@@ -27,6 +27,7 @@ from turnstore.server.storage import records
 from turnstore.server.storage.errors import (
     EngineError,
     EventIdConflictError,
+    NextPositionConflictError,
     TurnAlreadyFinishedError,
     TurnFinishedError,
 )
@@ -50,6 +51,8 @@ class TurnAppend:
     events: list[tuple[bytes, bytes]]
     finish: bool
     count_result: bool = False
+    # Apply only at this next position of the thread (None: unconditionally).
+    expected_next_position: int | None = None
 
 
 @dataclass
@@ -89,6 +92,9 @@ class AppendRun:
         # Rows for the write statements, filled by apply().
         self._events: list[tuple[int, int, int, bytes, bytes]] = []
         self._finishes: list[tuple[int, int, int, int, int, int]] = []
+        # Threads this run created for its writes: removed again if none was
+        # admitted (a refused conditional append must leave no empty thread).
+        self._created: set[bytes] = set()
 
     def queue_reads(self, cur: Cursor, keys: list[bytes] | None = None) -> None:
         """Queue step 1 for ``keys`` (default: every thread of the run), in pipeline mode.
@@ -168,13 +174,13 @@ class AppendRun:
         self._reads = []
         return missing
 
-    @staticmethod
-    def queue_creates(cur: Cursor, keys: list[bytes], now_ns: int) -> None:
+    def queue_creates(self, cur: Cursor, keys: list[bytes], now_ns: int) -> None:
         """Queue the rows of threads to create; :meth:`queue_reads` of ``keys`` must follow.
 
         A thread another daemon creates meanwhile is left as it made it, and
         the reads that follow lock and see that one.
         """
+        self._created.update(keys)
         cur.executemany(
             "INSERT INTO turnstore_threads VALUES "
             "(%s, nextval('turnstore_thread_numbers'), 0, 0, %s) ON CONFLICT DO NOTHING",
@@ -218,6 +224,10 @@ class AppendRun:
             return count if write.count_result else positions  # a retry from before the finish
         if not new and not write.finish:
             return count if write.count_result else positions  # a retry: all already stored
+        expected = write.expected_next_position
+        if expected is not None and expected != state.next_position:
+            thread_id = write.key.decode("utf-8", "surrogatepass")
+            raise NextPositionConflictError(thread_id, expected, state.next_position)
         if row is None:
             row = state.turns[turn] = _TurnRow(False, 0, 0)
         if new:
@@ -248,6 +258,14 @@ class AppendRun:
     def queue_writes(self, cur: Cursor, now_ns: int) -> None:
         """Queue step 3 (in pipeline mode): the rows of every write :meth:`apply` admitted."""
         changed = [state for state in self._states.values() if state.touched_turns]
+        unused = [key for key in sorted(self._created) if not self._states[key].touched_turns]
+        if unused:
+            # Still empty (no events, no finish): no other daemon wrote to it either.
+            cur.executemany(
+                "DELETE FROM turnstore_threads WHERE thread_id = %s "
+                "AND next_position = 0 AND next_finish_seq = 0",
+                [(key,) for key in unused],
+            )
         if not changed:
             return
         if len(self._events) > _ROWS_PER_STATEMENT:

@@ -164,13 +164,21 @@ class PostgresEngine(Retention, InputChecks):
     # -- writes -----------------------------------------------------------------
 
     def append(
-        self, thread_id: str, turn: int, events: Sequence[NewEvent], finish: bool = False
+        self,
+        thread_id: str,
+        turn: int,
+        events: Sequence[NewEvent],
+        finish: bool = False,
+        expected_next_position: int | None = None,
     ) -> Future[list[int]]:
         """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.append`."""
         key = self._thread_key(thread_id)
         self._check_turn(turn)
         encoded = self._checked_events(events, finish)
-        return self._writer.submit_append(thread_id, TurnAppend(key, turn, encoded, finish))
+        append = TurnAppend(
+            key, turn, encoded, finish, expected_next_position=expected_next_position
+        )
+        return self._writer.submit_append(thread_id, append)
 
     def finish_turn(self, thread_id: str, turn: int) -> Future[int]:
         """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.finish_turn`."""
