@@ -49,6 +49,9 @@ from turnstore import (
     VersionConflictError,
 )
 from turnstore.history import BatchOperation
+from turnstore.server.access.errors import PermissionDeniedError as ScopeRefusal
+from turnstore.server.access.scoped_engine import ScopedEngine
+from turnstore.server.access.scopes import parse_scope
 from turnstore.server.storage.batches import DeletePrefixOp, KeyRange, SaveOp
 from turnstore.server.storage.lmdb import operations, schema
 from turnstore.server.storage.lmdb.engine import LmdbEngine
@@ -624,3 +627,30 @@ def test_long_keys_are_swept_by_retention(tmp_path: Path) -> None:
         assert engine.save_snapshot(long_key, b"{}", "application/json").result() == 1
     finally:
         engine.close()
+
+
+def test_a_scope_of_listed_keys_lists_its_range(engine: LmdbEngine) -> None:
+    """A scope with a prefix and listed keys: ranged listings merge both, in order, and
+    see nothing else; its batches may touch only those keys."""
+    engine.apply_batch(
+        [_save(key) for key in ("a/1", "a/2", "b/1", "b/2", "c/1", "faq", "zz")]
+    ).result()
+    scoped = ScopedEngine(engine, parse_scope({"key_prefix": "b/", "keys": ["faq", "a/2"]}))
+
+    def listed(**query: Any) -> list[str]:
+        return [summary.key for summary in scoped.list_keys(**query)]
+
+    assert listed(prefix="") == ["a/2", "b/1", "b/2", "faq"]
+    assert listed(newest_first=True, prefix="", limit=3) == ["faq", "b/2", "b/1"]
+    assert listed(prefix="a/", newest_first=True) == ["a/2"]
+    assert listed(prefix="b", end_before="b/2") == ["b/1"]
+    assert listed(start_after="b/1", limit=2, prefix="") == ["b/2", "faq"]
+    assert listed(start_after="b/1", newest_first=True, prefix="") == ["a/2"]
+    assert listed(prefix="c/") == []
+    with pytest.raises(ScopeRefusal):
+        scoped.apply_batch([_save("a/2"), _save("a/1")])
+    with pytest.raises(ScopeRefusal):
+        scoped.apply_batch([_prefix_delete("a/")])
+    results = scoped.apply_batch([_prefix_delete("b/"), _save("faq")]).result()
+    assert [r.removed_keys for r in results] == [2, 0]
+    assert [k.key for k in engine.list_keys(prefix="b/")] == []
