@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import lmdb
 import psycopg
 import pytest
@@ -654,3 +655,19 @@ def test_a_scope_of_listed_keys_lists_its_range(engine: LmdbEngine) -> None:
     results = scoped.apply_batch([_prefix_delete("b/"), _save("faq")]).result()
     assert [r.removed_keys for r in results] == [2, 0]
     assert [k.key for k in engine.list_keys(prefix="b/")] == []
+
+
+async def test_a_huge_batch_is_refused_before_it_is_decoded(daemon: Daemon) -> None:
+    """4 MiB of empty operations (two million) is refused from a scan of its wire bytes,
+    that stops at the limit + 1, not after decoding two million messages."""
+    async with grpc.aio.insecure_channel(daemon.target) as channel:
+        batch = channel.unary_unary(
+            "/turnstore.v1.HistoryStoreService/Batch",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await batch(b"\x0a\x00" * 2_000_000, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The scan's words ("more than"), not the decoded batch's count.
+    assert "holds more than 1000 operations" in (raised.value.details() or "")
