@@ -671,3 +671,39 @@ async def test_a_huge_batch_is_refused_before_it_is_decoded(daemon: Daemon) -> N
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # The scan's words ("more than"), not the decoded batch's count.
     assert "holds more than 1000 operations" in (raised.value.details() or "")
+
+
+async def test_a_postgres_database_from_before_gains_the_live_index(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """Tables of schema version 1 (no partial index of live keys) get it, and version 2,
+    when a daemon starts."""
+    with fresh_database(postgres_server) as dsn:
+        args = ["--backend", "postgres", "--postgres-dsn", dsn]
+        daemon = Daemon(tmp_path / "unused", extra_args=args)
+        daemon.start()
+        try:
+            async with TurnstoreClient(daemon.target) as client:
+                await client.batch([BatchSave("k/1", b"{}"), BatchSave("k/2", b"{}")])
+        finally:
+            assert daemon.stop() == 0, daemon.log_lines[-20:]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            # What schema version 1 made: no partial index of live keys.
+            conn.execute("DROP INDEX turnstore_conversations_live")
+            conn.execute("UPDATE turnstore_meta SET value = 1 WHERE name = 'schema_version'")
+        daemon = Daemon(tmp_path / "unused", extra_args=args)
+        daemon.start()
+        try:
+            async with TurnstoreClient(daemon.target) as client:
+                assert await keys_of(client, prefix="k/", newest_first=True) == ["k/2", "k/1"]
+        finally:
+            assert daemon.stop() == 0, daemon.log_lines[-20:]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'turnstore_conversations_live'"
+            ).fetchone()
+            version = conn.execute(
+                "SELECT value FROM turnstore_meta WHERE name = 'schema_version'"
+            ).fetchone()
+    assert found is not None and "WHERE (current_version <> 0)" in found[0]
+    assert version == (2,)

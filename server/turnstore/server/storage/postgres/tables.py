@@ -6,7 +6,8 @@ so that listings come in byte order, as on LMDB. Turn numbers are unsigned
 that the column's order is the turns' order (:func:`to_column`).
 
 ``turnstore_meta``
-    name text -> value bigint. ``schema_version``: the layout version below.
+    name text -> value bigint. ``schema_version``: the layout version below
+    (currently 2).
     ``epoch_mask``: XORed into thread numbers to make the epochs readers see
     (absent: 0). ``database_oid``: the database the tables were created in;
     another one at start means they were restored (new ``epoch_mask``).
@@ -46,9 +47,9 @@ that the column's order is the turns' order (:func:`to_column`).
     A partial index on ``key`` of the rows whose ``current_version`` is not
     0 (``turnstore_conversations_live``) serves listings: deleted keys,
     which keep their rows for their version counters, are not in it, and a
-    listing's range (both directions) is one index range scan. Created by
-    ``CREATE INDEX IF NOT EXISTS`` when the daemon starts, so older
-    databases gain it with no schema version change.
+    listing's range (both directions) is one index range scan. Added in
+    schema version 2: a version 1 database gets it when a daemon starts
+    (every ``CREATE ... IF NOT EXISTS`` runs again for an older version).
 
 ``turnstore_snapshots``
     (number, version) primary key | saved_at_ns bigint | content_type text | data bytea.
@@ -58,7 +59,7 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 # Every commit that changed threads notifies this channel with their ids.
 CHANNEL: Final = "turnstore_commits"
 
