@@ -555,6 +555,10 @@ async def test_a_blob_is_shown_safely_by_the_cli_and_http(
     assert shown.returncode == 0 and OCTETS in shown.stdout and "\x00" not in shown.stdout
     other_json = json.loads(run("history", "json-blob", "load", *target).stdout)
     assert json.loads(base64.b64decode(other_json["data_base64"])) == {"checkpoint": [1, 2]}
+    listed = run("conversations", "--prefix", "c", "--newest-first", *target).stdout
+    assert [json.loads(line)["key"] for line in listed.splitlines()] == ["chat"]
+    listed = run("conversations", "--newest-first", "--limit", "2", *target).stdout
+    assert [json.loads(line)["key"] for line in listed.splitlines()] == ["json-blob", "chat"]
     chat = json.loads(run("history", "chat", "load", *target).stdout)
     assert chat["snapshot"] == {"version": 1, "messages": [{"role": "user"}], "pinned": [True]}
     async with (

@@ -36,13 +36,18 @@ async def _conversations(args: argparse.Namespace) -> int:
     shown = 0
     last: str | None = None
     async with connect(args) as client:
-        async for key in client.admin.list_keys(args.start_after):
+        listed = client.list_keys(
+            prefix=args.prefix, start_after=args.start_after, newest_first=args.newest_first
+        )
+        async for key in listed:
             if args.limit is not None and shown >= args.limit:
                 if not json_lines and last is not None:
-                    print(
-                        f"-- more: turnstore conversations --start-after {last!r}",
-                        file=sys.stderr,
-                    )
+                    options = f"--start-after {last!r}"
+                    if args.prefix:
+                        options += f" --prefix {args.prefix!r}"
+                    if args.newest_first:
+                        options += " --newest-first"
+                    print(f"-- more: turnstore conversations {options}", file=sys.stderr)
                 break
             if json_lines:
                 record = {
@@ -161,10 +166,15 @@ def add_history_commands(commands: Any) -> None:
         description=(
             "List every conversation key that holds a snapshot (key, latest version, "
             "last write) in the byte order of the keys: one JSON object a line when "
-            "piped. --start-after KEY goes on after a listing that stopped."
+            "piped. --start-after KEY goes on after a listing that stopped; --prefix "
+            "lists only the keys under it, --newest-first in descending order."
         ),
     )
     conversations.add_argument("--start-after", default="", metavar="KEY", help="list after it")
+    conversations.add_argument("--prefix", default="", help="only the keys starting with it")
+    conversations.add_argument(
+        "--newest-first", action="store_true", help="descending order (the greatest key first)"
+    )
     conversations.add_argument("--limit", type=int, help="list at most this many")
     add_format_option(conversations)
     handle(conversations, _conversations)
