@@ -382,7 +382,7 @@ def counted(engine: LmdbEngine, key_range: KeyRange, limit: int) -> tuple[list[s
     return [summary.key for summary in found], examined
 
 
-def test_the_latest_of_a_prefix_reads_one_entry(engine: LmdbEngine) -> None:
+def test_the_latest_of_a_prefix_costs_two_index_reads(engine: LmdbEngine) -> None:
     """5,000 keys after the prefix and 21,000 deleted inside it: the latest key under the
     prefix reads two index entries (the bound it steps back from, and the key); a page
     reads its keys and at most one past each bound."""
