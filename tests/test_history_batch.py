@@ -37,6 +37,7 @@ import pytest
 from tests.daemon import Daemon
 from tests.postgres import PostgresServer, fresh_database
 from tests.test_cli import run
+from tests.test_cross_language import DRIVERS, run_driver
 from tests.test_scopes import ADMIN, ALICE, READER, access_args, http_base
 from turnstore import (
     BatchDelete,
@@ -711,3 +712,34 @@ async def test_a_postgres_database_from_before_gains_the_live_index(
             ).fetchone()
     assert found is not None and "WHERE (current_version <> 0)" in found[0]
     assert version == (2,)
+
+
+async def test_a_blob_saved_by_one_client_reads_in_every_other(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """No poison across languages: bytes and non-snapshot JSON saved by Python come back
+    byte for byte from every driver's load_bytes, and each one's snapshot load refuses
+    them by name (a SnapshotFormat error), without failing the driver."""
+    key = f"h21/shared/{uuid.uuid4().hex[:8]}/"
+    checkpoint = b'{"checkpoint": {"id": "1ef"}, "channel_values": {}}'
+    async with TurnstoreClient(daemon.target) as client:
+        await client.history(key + "bytes").save_bytes(BINARY, OCTETS)
+        await client.history(key + "json").save_bytes(checkpoint, "application/json")
+    steps = [
+        {"op": op, "key": key + name} for name in ("bytes", "json") for op in ("load_bytes", "load")
+    ]
+    scenario = {"events": {}, "snapshots": {}, "steps": steps}
+    for driver in DRIVERS:
+        outcomes = run_driver(driver, driver.prepare(), scenario, daemon.target, tmp_path)
+        assert outcomes[0] == {
+            "data_base64": base64.b64encode(BINARY).decode(),
+            "content_type": OCTETS,
+            "version": 1,
+        }, driver.language
+        assert outcomes[2] == {
+            "data_base64": base64.b64encode(checkpoint).decode(),
+            "content_type": "application/json",
+            "version": 1,
+        }, driver.language
+        for refused in (outcomes[1], outcomes[3]):
+            assert "SnapshotFormat" in refused["error"], (driver.language, refused)
