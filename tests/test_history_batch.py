@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import random
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -55,10 +57,12 @@ from turnstore.server.access.errors import PermissionDeniedError as ScopeRefusal
 from turnstore.server.access.scoped_engine import ScopedEngine
 from turnstore.server.access.scopes import parse_scope
 from turnstore.server.storage.batches import DeletePrefixOp, KeyRange, SaveOp
+from turnstore.server.storage.errors import VersionConflictError as EngineVersionConflict
 from turnstore.server.storage.lmdb import operations, schema
 from turnstore.server.storage.lmdb.engine import LmdbEngine
+from turnstore.server.storage.postgres.engine import PostgresEngine
 from turnstore.server.storage.postgres.operations import list_keys_query
-from turnstore.server.storage.values import EngineConfig
+from turnstore.server.storage.values import EngineConfig, PostgresConfig
 
 BINARY = bytes(range(256)) * 3 + b"\x00\xff\xfe not json {"
 OCTETS = "application/octet-stream"
@@ -743,3 +747,51 @@ async def test_a_blob_saved_by_one_client_reads_in_every_other(
         }, driver.language
         for refused in (outcomes[1], outcomes[3]):
             assert "SnapshotFormat" in refused["error"], (driver.language, refused)
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "postgres"])
+def test_a_refused_batch_leaves_nothing_in_a_shared_commit(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Writes queued together share one commit: a batch refused midway (its first
+    operations already applied in that transaction) is undone alone, while the saves
+    before and after it in the same commit are kept."""
+    config = EngineConfig(data_dir=tmp_path / "data")
+    with contextlib.ExitStack() as stack:
+        if backend == "lmdb":
+            engine: LmdbEngine | PostgresEngine = LmdbEngine.open(config)
+        else:
+            server: PostgresServer = request.getfixturevalue("postgres_server")
+            dsn = stack.enter_context(fresh_database(server))
+            engine = PostgresEngine.open(config, PostgresConfig(dsn, pool_size=2))
+        stack.callback(engine.close)
+        engine.save_snapshot("c", b"{}", "application/json").result()
+        release, holding = threading.Event(), threading.Event()
+
+        def hold(*_: object) -> None:
+            holding.set()
+            release.wait(10)
+
+        # Hold the writer so that the next three writes share one transaction.
+        held = engine._submit(None, hold)
+        assert holding.wait(10)
+        before = engine.save_snapshot("a", b"[1]", "application/json")
+        refused = engine.apply_batch(
+            [
+                _save("b"),
+                _prefix_delete("c"),
+                SaveOp("c", b"{}", "application/json", expected_version=7),
+            ]
+        )
+        after = engine.save_snapshot("d", b"[2]", "application/json")
+        release.set()
+        held.result()
+        assert before.result() == 1 and after.result() == 1
+        with pytest.raises(EngineVersionConflict, match="operations\\[2\\]") as raised:
+            refused.result()
+        assert raised.value.current_version == 1  # "c" as it is, the batch undone
+        assert [k.key for k in engine.list_keys()] == ["a", "c", "d"]
+        assert engine.load_snapshot("b") is None
+        # Nothing of the batch took a version either.
+        assert engine.save_snapshot("b", b"{}", "application/json").result() == 1
+        assert engine.save_snapshot("c", b"{}", "application/json", 1).result() == 2
