@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.postgres import PostgresServer, fresh_database
+from tests.support.postgres import PostgresServer, fresh_database
 from turnstore.server.api.grpc.event_reads import commit_order_pages
 from turnstore.server.storage import records
 from turnstore.server.storage.errors import NextPositionConflictError, VersionConflictError

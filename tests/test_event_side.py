@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from tests.test_scopes import ADMIN, ALICE, READER, access_args
 from turnstore import AgentEventEnvelope, TurnstoreClient
 from turnstore.errors import InvalidArgumentError, PermissionDeniedError, VersionConflictError

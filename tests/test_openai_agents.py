@@ -32,7 +32,7 @@ from agents.tool import Tool
 from agents.usage import Usage
 from openai.types.responses import ResponseOutputMessage, ResponseOutputText
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import AgentEventEnvelope, TurnstoreClient
 from turnstore.events import TurnstoreEventStore
 from turnstore.integrations.openai_agents import TurnstoreSession

@@ -333,6 +333,7 @@ async def test_listings_page_through_every_thread_and_key(
     [
         ("EventStoreService", "ListThreads", pb.ListThreadsRequest),
         ("HistoryStoreService", "ListKeys", pb.ListKeysRequest),
+        ("HistoryStoreService", "Batch", pb.BatchRequest),
         ("AdminService", "Backup", pb.BackupRequest),
         ("AdminService", "GetStats", pb.GetStatsRequest),
     ],
@@ -360,10 +361,12 @@ async def test_the_new_rpcs_answer_malformed_requests_properly(
     if request_class is not pb.GetStatsRequest:
         assert await call(b"\x0a\x02\xff\xfe") == grpc.StatusCode.INVALID_ARGUMENT
     unknown = await call(b"\xf8\x07\x01")  # field 127, varint 1
-    # Backup is parsed, then refused: this daemon has no --backup-dir.
-    expected_unknown = (
-        grpc.StatusCode.FAILED_PRECONDITION if method == "Backup" else grpc.StatusCode.OK
-    )
+    # Backup is parsed, then refused: this daemon has no --backup-dir; a Batch
+    # without operations is refused as empty.
+    expected_unknown = {
+        "Backup": grpc.StatusCode.FAILED_PRECONDITION,
+        "Batch": grpc.StatusCode.INVALID_ARGUMENT,
+    }.get(method, grpc.StatusCode.OK)
     assert unknown == expected_unknown
     assert fresh.process is not None and fresh.process.poll() is None
     assert await call(request_class().SerializeToString()) == expected_unknown

@@ -101,11 +101,11 @@ def test_a_newer_schema_is_refused_naming_both_versions(
         refused = start_daemon("postgres", dsn=dsn, start=False)
         with pytest.raises(RuntimeError) as failed:
             refused.start()
-        assert "schema version 99, newer than this turnstore (1)" in str(failed.value)
+        assert "schema version 99, newer than this turnstore (2)" in str(failed.value)
         assert PASSWORD not in str(failed.value)
     finally:
         with psycopg.connect(dsn) as conn:
-            conn.execute("UPDATE turnstore_meta SET value = 1 WHERE name = 'schema_version'")
+            conn.execute("UPDATE turnstore_meta SET value = 2 WHERE name = 'schema_version'")
 
 
 async def test_database_down_is_unavailable_then_writes_resume(

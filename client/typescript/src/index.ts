@@ -26,7 +26,9 @@ export type {
   WriteMode,
 } from "./events";
 export { TurnstoreHistoryStore } from "./history";
-export type { SnapshotVersionInfo, VersionedSnapshot } from "./history";
+export type { Blob, SnapshotVersionInfo, VersionedSnapshot } from "./history";
+export { batchDelete, batchDeletePrefix, batchSave } from "./keys";
+export type { BatchOperation, BatchResult, KeyInfo, ListKeysOptions } from "./keys";
 export { Replay } from "./replay";
 export type {
   CaughtUpItem,

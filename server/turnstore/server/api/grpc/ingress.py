@@ -5,11 +5,13 @@ Each request is checked at the cheapest point that can refuse it:
 1. the bearer token, before its message is even read
    (:class:`turnstore.server.api.grpc.interceptors.BearerTokenInterceptor`);
 2. the message's size against its RPC's limit, before it is decoded: only
-   ``Append``, ``AppendStream`` (batches) and ``Save`` (snapshots) accept
-   large messages, every other RPC at most :data:`SMALL_REQUEST_BYTES`;
-3. a large batch's number of events (and each event's encoded size), by a
-   scan of the message's wire fields (:mod:`.wire_scan`) that stops at the
-   limit + 1, before any event is decoded (an AppendStream message: its
+   ``Append``, ``AppendStream`` (batches), ``Save`` (snapshots) and the
+   history's ``Batch`` accept large messages, every other RPC at most
+   :data:`SMALL_REQUEST_BYTES`;
+3. a large batch's number of events (and each event's encoded size), or a
+   large history Batch's number of operations, by a scan of the message's
+   wire fields (:mod:`.wire_scan`) that stops at the limit + 1, before any
+   event (or operation) is decoded (an AppendStream message: its
    items and its events in all items together; each item's own count is
    checked before its events are converted, in the service);
 4. only then is it decoded: a small message at once (and an Append's count
@@ -31,7 +33,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Final
 
-from turnstore.server.api.grpc.wire_scan import RefusedRequest, scan_append, scan_stream_message
+from turnstore.server.api.grpc.wire_scan import (
+    RefusedRequest,
+    scan_append,
+    scan_batch,
+    scan_stream_message,
+)
 from turnstore.server.storage.errors import InvalidArgumentError
 from turnstore.server.storage.values import Limits
 
@@ -209,6 +216,9 @@ class Ingress:
             return self._request_bytes
         if message_name == "SaveRequest":
             return min(self._request_bytes, self.limits.max_snapshot_bytes + SNAPSHOT_REQUEST_ROOM)
+        if message_name == "BatchRequest":
+            # Several saves: the message limit bounds them all together.
+            return self._request_bytes
         return SMALL_REQUEST_BYTES
 
     def deserializer(self, method_name: str, request_class: Any) -> Callable[[bytes], Any]:
@@ -246,9 +256,14 @@ class Ingress:
             refused = scan_stream_message(data, stream_events, stream_items)
             return refused if refused is not None else decode(data)
 
+        def scan_and_decode_batch(data: bytes) -> Any:
+            refused = scan_batch(data, self.limits.max_batch_operations)
+            return refused if refused is not None else decode(data)
+
         inline, large = {
             "AppendRequest": (decode_append, scan_and_decode_append),
             "AppendStreamRequest": (decode, scan_and_decode_stream),
+            "BatchRequest": (decode, scan_and_decode_batch),
         }.get(name, (decode, decode))
 
         def deserialize(data: bytes) -> Any:

@@ -6,7 +6,8 @@ so that listings come in byte order, as on LMDB. Turn numbers are unsigned
 that the column's order is the turns' order (:func:`to_column`).
 
 ``turnstore_meta``
-    name text -> value bigint. ``schema_version``: the layout version below.
+    name text -> value bigint. ``schema_version``: the layout version below
+    (currently 2).
     ``epoch_mask``: XORed into thread numbers to make the epochs readers see
     (absent: 0). ``database_oid``: the database the tables were created in;
     another one at start means they were restored (new ``epoch_mask``).
@@ -43,6 +44,13 @@ that the column's order is the turns' order (:func:`to_column`).
     current_version bigint | last_write_ns bigint (see the LMDB
     ``conversations``).
 
+    A partial index on ``key`` of the rows whose ``current_version`` is not
+    0 (``turnstore_conversations_live``) serves listings: deleted keys,
+    which keep their rows for their version counters, are not in it, and a
+    listing's range (both directions) is one index range scan. Added in
+    schema version 2: a version 1 database gets it when a daemon starts
+    (every ``CREATE ... IF NOT EXISTS`` runs again for an older version).
+
 ``turnstore_snapshots``
     (number, version) primary key | saved_at_ns bigint | content_type text | data bytea.
 """
@@ -51,7 +59,7 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 # Every commit that changed threads notifies this channel with their ids.
 CHANNEL: Final = "turnstore_commits"
 
@@ -84,6 +92,8 @@ CREATE: Final = (
         current_version bigint NOT NULL, last_write_ns bigint NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS turnstore_conversations_last_write "
     "ON turnstore_conversations (last_write_ns)",
+    "CREATE INDEX IF NOT EXISTS turnstore_conversations_live "
+    "ON turnstore_conversations (key) WHERE current_version <> 0",
     """CREATE TABLE IF NOT EXISTS turnstore_snapshots (
         number bigint NOT NULL, version bigint NOT NULL, saved_at_ns bigint NOT NULL,
         content_type text NOT NULL, data bytea NOT NULL, PRIMARY KEY (number, version))""",
