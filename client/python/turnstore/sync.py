@@ -1,0 +1,358 @@
+"""A synchronous façade over the async client: ``turnstore.sync.TurnstoreClient``.
+
+For code that is not async: a plain script, a web framework's sync view,
+LangGraph's sync checkpointer methods. The façade owns one event loop,
+running on a thread of its own (named ``turnstore-sync``), and the async
+:class:`turnstore.client.TurnstoreClient` made on it; each blocking method
+runs the async call on that loop and waits for its result. It may be used
+from any number of threads at once (their calls share the one channel and,
+in the default write mode, the one append stream, as async tasks would).
+
+``close()`` is its one closing verb (it is not async): it closes the async
+client, stops the loop and joins its thread. A call made after ``close()``,
+or while it runs, raises :class:`ClientClosedError` at once. A call made
+from the façade's own loop thread (from code run through :meth:`call`)
+raises RuntimeError instead of waiting for itself forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Sequence,
+)
+from types import TracebackType
+from typing import Any, TypeVar
+
+from turnstore._auth import ClientTls
+from turnstore._retry import RetryPolicy
+from turnstore.admin import DaemonStats, KeyInfo, ThreadInfo
+from turnstore.client import DEFAULT_TARGET, DEFAULT_TIMEOUT
+from turnstore.client import TurnstoreClient as AsyncTurnstoreClient
+from turnstore.events import WriteMode
+from turnstore.models import AgentEventEnvelope, ConversationSnapshot, StoredTurnEvents
+from turnstore.replay import ReplayItem
+from turnstore.results import SnapshotVersionInfo, StoredEvent, VersionedSnapshot
+
+__all__ = [
+    "ClientClosedError",
+    "SyncEventStore",
+    "SyncHistoryStore",
+    "TurnstoreClient",
+]
+
+T = TypeVar("T")
+
+
+class ClientClosedError(RuntimeError):
+    """A call on a :class:`TurnstoreClient` after (or during) its ``close()``."""
+
+
+class TurnstoreClient:
+    """A blocking connection to a turnstore daemon; use as ``with`` or call :meth:`close`.
+
+    Takes the same arguments as the async :class:`turnstore.client.TurnstoreClient`
+    (an invalid ``target`` raises InvalidArgumentError here, at once) and
+    offers the same stores with blocking methods: ``events``
+    (:class:`SyncEventStore`), ``history(key)`` (:class:`SyncHistoryStore`),
+    plus the daemon's ``stats``, ``list_keys`` and ``list_threads``. Anything
+    else of the async client is reached through :meth:`call` (a coroutine
+    run on the façade's loop) and :meth:`iterate` (an async iterator read
+    from this thread). ``async_client`` is the async client itself, for code
+    that runs on the façade's loop (through :meth:`call`) only.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        token: str | None = None,
+        tls: ClientTls | None = None,
+        options: list[tuple[str, Any]] | None = None,
+        write_mode: WriteMode = "stream",
+        allow_remote: bool = False,
+    ) -> None:
+        self.target = target
+        self._loop = asyncio.new_event_loop()
+        self._closed = False
+        # Guards _closed against a close() racing calls from other threads.
+        self._state_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run_loop, name="turnstore-sync", daemon=True)
+        self._thread.start()
+
+        async def connect() -> AsyncTurnstoreClient:
+            # The async client binds to the running loop: make it on ours.
+            return AsyncTurnstoreClient(
+                target,
+                timeout=timeout,
+                retry=retry,
+                token=token,
+                tls=tls,
+                options=options,
+                write_mode=write_mode,
+                allow_remote=allow_remote,
+            )
+
+        try:
+            self.async_client = self._submit(connect()).result()
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.events = SyncEventStore(self)
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def _submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the façade's loop and wait for its result."""
+        if threading.get_ident() == self._thread.ident:
+            coroutine.close()
+            raise RuntimeError(
+                "a turnstore.sync call from the façade's own loop thread would wait for "
+                "itself: await the async client (client.async_client) there instead"
+            )
+        with self._state_lock:
+            if self._closed:
+                coroutine.close()
+                raise ClientClosedError(
+                    f"this turnstore.sync.TurnstoreClient ({self.target}) is closed"
+                )
+            future = self._submit(coroutine)
+        return future.result()
+
+    def call(self, function: Callable[[AsyncTurnstoreClient], Awaitable[T]]) -> T:
+        """Await ``function(async_client)`` on the façade's loop and return its result.
+
+        Its exceptions are raised here, unchanged.
+        """
+
+        async def run() -> T:
+            return await function(self.async_client)
+
+        return self._run(run())
+
+    def iterate(self, function: Callable[[AsyncTurnstoreClient], AsyncIterable[T]]) -> Iterator[T]:
+        """Iterate, from this thread, over ``function(async_client)`` run on the loop.
+
+        Items are fetched one at a time as the iterator is advanced; closing
+        the iterator (or leaving a ``for`` loop early) closes the async one.
+        """
+        return self._iterate(lambda: function(self.async_client))
+
+    def _iterate(self, make: Callable[[], AsyncIterable[T]]) -> Iterator[T]:
+        async def start() -> tuple[AsyncIterable[T], AsyncIterator[T]]:
+            # Made on the loop: a replay reads the running loop when made.
+            iterable = make()
+            return iterable, aiter(iterable)
+
+        iterable, iterator = self._run(start())
+
+        async def advance() -> tuple[bool, T | None]:
+            try:
+                return True, await anext(iterator)
+            except StopAsyncIteration:
+                return False, None
+
+        finished = False
+        try:
+            while True:
+                more, item = self._run(advance())
+                if not more:
+                    finished = True
+                    return
+                yield item  # type: ignore[misc]
+        finally:
+            # A Replay's own aclose cancels its call; a generator's closes it.
+            aclose = getattr(iterable, "aclose", None) or getattr(iterator, "aclose", None)
+            if not finished and aclose is not None and not self._closed:
+                self._run(aclose())
+
+    def history(self, key: str) -> SyncHistoryStore:
+        """A blocking history store bound to the conversation ``key`` (non-empty)."""
+        return SyncHistoryStore(self, key)
+
+    def stats(self) -> DaemonStats:
+        """The daemon's counters and what its database holds."""
+        return self.call(lambda client: client.admin.stats())
+
+    def list_keys(self, start_after: str = "") -> Iterator[KeyInfo]:
+        """Every conversation key holding a snapshot, in byte order, after ``start_after``."""
+        return self.iterate(lambda client: client.admin.list_keys(start_after))
+
+    def list_threads(self, start_after: str = "") -> Iterator[ThreadInfo]:
+        """Every thread, in the byte order of the UTF-8 ids, after ``start_after``."""
+        return self.iterate(lambda client: client.admin.list_threads(start_after))
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until the channel connects; raise UnavailableError after ``timeout``."""
+        self.call(lambda client: client.wait_ready(timeout))
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Close the async client, stop the loop and join its thread. Idempotent.
+
+        Calls in flight on other threads end with the async client's error
+        for a closed channel; later calls raise ClientClosedError.
+        """
+        if threading.get_ident() == self._thread.ident:
+            raise RuntimeError("close() from the façade's own loop thread: call it from another")
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            future = self._submit(self.async_client.aclose())
+        try:
+            future.result()
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._closed = True
+
+        async def settle() -> None:
+            # Let what the closed channel left (gRPC's status tasks, a
+            # cancelled stream's reader) finish, rather than be destroyed pending.
+            current = asyncio.current_task()
+            pending = [task for task in asyncio.all_tasks() if task is not current]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self._submit(settle()).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> TurnstoreClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class SyncHistoryStore:
+    """:class:`turnstore.history.TurnstoreHistoryStore`'s methods, blocking.
+
+    Obtain it as ``client.history(key)`` of a :class:`TurnstoreClient`; the
+    methods behave (and raise) as the async store's of the same names.
+    """
+
+    def __init__(self, client: TurnstoreClient, key: str) -> None:
+        self._client = client
+        self.key = key
+        # Checks the key at once, as the async client does.
+        self._store = client.async_client.history(key)
+
+    def save(self, snapshot: ConversationSnapshot) -> None:
+        """Store ``snapshot`` as a full overwrite of the previous one, durably."""
+        self._client.call(lambda _: self._store.save(snapshot))
+
+    def save_versioned(
+        self, snapshot: ConversationSnapshot, expected_version: int | None = None
+    ) -> int:
+        """Like :meth:`save`, returning the new version; see the async store's."""
+        return self._client.call(lambda _: self._store.save_versioned(snapshot, expected_version))
+
+    def load(self) -> ConversationSnapshot | None:
+        """The latest saved snapshot, or None when nothing was ever saved."""
+        return self._client.call(lambda _: self._store.load())
+
+    def load_versioned(self, version: int | None = None) -> VersionedSnapshot | None:
+        """The latest snapshot (or the kept ``version``) with its version, or None."""
+        return self._client.call(lambda _: self._store.load_versioned(version))
+
+    def list_versions(self) -> list[SnapshotVersionInfo]:
+        """The kept versions, newest first; empty for an unknown or deleted key."""
+        return self._client.call(lambda _: self._store.list_versions())
+
+    def delete(self) -> int:
+        """Delete every kept version; return how many."""
+        return self._client.call(lambda _: self._store.delete())
+
+
+class SyncEventStore:
+    """:class:`turnstore.events.TurnstoreEventStore`'s methods, blocking.
+
+    Reached as ``client.events`` of a :class:`TurnstoreClient`; the methods
+    behave (and raise) as the async store's of the same names. Streaming
+    reads (:meth:`read_events`, :meth:`replay`) return iterators that fetch
+    as they are advanced; close a following replay's iterator to end it.
+    """
+
+    def __init__(self, client: TurnstoreClient) -> None:
+        self._client = client
+
+    def append(self, thread_id: str, turn: int, envelope: AgentEventEnvelope) -> int:
+        """Store ``envelope`` at the end of ``turn``; return its position in the thread."""
+        return self._client.call(lambda c: c.events.append(thread_id, turn, envelope))
+
+    def append_many(
+        self, thread_id: str, turn: int, envelopes: Sequence[AgentEventEnvelope]
+    ) -> list[int]:
+        """Store ``envelopes`` at the end of ``turn`` atomically; return their positions."""
+        return self._client.call(lambda c: c.events.append_many(thread_id, turn, envelopes))
+
+    def finish_turn(self, thread_id: str, turn: int) -> None:
+        """Close ``turn``."""
+        self._client.call(lambda c: c.events.finish_turn(thread_id, turn))
+
+    def get_turn(self, thread_id: str, turn: int) -> StoredTurnEvents | None:
+        """One turn's events and whether it is finished, or None."""
+        return self._client.call(lambda c: c.events.get_turn(thread_id, turn))
+
+    def get_turns(self, thread_id: str) -> list[StoredTurnEvents]:
+        """Every turn of the thread, in turn order."""
+        return self._client.call(lambda c: c.events.get_turns(thread_id))
+
+    def clear(self, thread_id: str) -> None:
+        """Remove every event and turn of the thread."""
+        self._client.call(lambda c: c.events.clear(thread_id))
+
+    def get_events(self, thread_id: str) -> list[AgentEventEnvelope]:
+        """Every event of the thread, in position order."""
+        return self._client.call(lambda c: c.events.get_events(thread_id))
+
+    def event_count(self, thread_id: str) -> int:
+        """How many events the thread holds."""
+        return self._client.call(lambda c: c.events.event_count(thread_id))
+
+    def get_events_since(self, thread_id: str, offset: int) -> list[AgentEventEnvelope]:
+        """The thread's events from position ``offset`` on."""
+        return self._client.call(lambda c: c.events.get_events_since(thread_id, offset))
+
+    def read_events(self, thread_id: str, offset: int = 0) -> Iterator[StoredEvent]:
+        """The thread's stored events (with positions, turns, times) from ``offset``."""
+        return self._client.iterate(lambda c: c.events.read_events(thread_id, offset))
+
+    def replay(
+        self, thread_id: str, after: int | None = None, *, follow: bool = False, **options: Any
+    ) -> Iterator[ReplayItem]:
+        """The async store's ``replay`` (same options), as a blocking iterator."""
+        return self._client.iterate(
+            lambda c: c.events.replay(thread_id, after, follow=follow, **options)
+        )
