@@ -27,7 +27,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Coroutine,
-    Iterator,
+    Generator,
     Sequence,
 )
 from types import TracebackType
@@ -146,7 +146,9 @@ class TurnstoreClient:
 
         return self._run(run())
 
-    def iterate(self, function: Callable[[AsyncTurnstoreClient], AsyncIterable[T]]) -> Iterator[T]:
+    def iterate(
+        self, function: Callable[[AsyncTurnstoreClient], AsyncIterable[T]]
+    ) -> Generator[T, None, None]:
         """Iterate, from this thread, over ``function(async_client)`` run on the loop.
 
         Items are fetched one at a time as the iterator is advanced; closing
@@ -154,7 +156,7 @@ class TurnstoreClient:
         """
         return self._iterate(lambda: function(self.async_client))
 
-    def _iterate(self, make: Callable[[], AsyncIterable[T]]) -> Iterator[T]:
+    def _iterate(self, make: Callable[[], AsyncIterable[T]]) -> Generator[T, None, None]:
         async def start() -> tuple[AsyncIterable[T], AsyncIterator[T]]:
             # Made on the loop: a replay reads the running loop when made.
             iterable = make()
@@ -190,11 +192,11 @@ class TurnstoreClient:
         """The daemon's counters and what its database holds."""
         return self.call(lambda client: client.admin.stats())
 
-    def list_keys(self, start_after: str = "") -> Iterator[KeyInfo]:
+    def list_keys(self, start_after: str = "") -> Generator[KeyInfo, None, None]:
         """Every conversation key holding a snapshot, in byte order, after ``start_after``."""
         return self.iterate(lambda client: client.admin.list_keys(start_after))
 
-    def list_threads(self, start_after: str = "") -> Iterator[ThreadInfo]:
+    def list_threads(self, start_after: str = "") -> Generator[ThreadInfo, None, None]:
         """Every thread, in the byte order of the UTF-8 ids, after ``start_after``."""
         return self.iterate(lambda client: client.admin.list_threads(start_after))
 
@@ -345,13 +347,13 @@ class SyncEventStore:
         """The thread's events from position ``offset`` on."""
         return self._client.call(lambda c: c.events.get_events_since(thread_id, offset))
 
-    def read_events(self, thread_id: str, offset: int = 0) -> Iterator[StoredEvent]:
+    def read_events(self, thread_id: str, offset: int = 0) -> Generator[StoredEvent, None, None]:
         """The thread's stored events (with positions, turns, times) from ``offset``."""
         return self._client.iterate(lambda c: c.events.read_events(thread_id, offset))
 
     def replay(
         self, thread_id: str, after: int | None = None, *, follow: bool = False, **options: Any
-    ) -> Iterator[ReplayItem]:
+    ) -> Generator[ReplayItem, None, None]:
         """The async store's ``replay`` (same options), as a blocking iterator."""
         return self._client.iterate(
             lambda c: c.events.replay(thread_id, after, follow=follow, **options)
