@@ -205,6 +205,11 @@ class TurnstoreClient:
         self.call(lambda client: client.wait_ready(timeout))
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The façade's event loop (running on its own thread), where ``async_client`` lives."""
+        return self._loop
+
+    @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
