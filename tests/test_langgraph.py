@@ -10,8 +10,8 @@ it is missing and fails (never skips) when it cannot.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
+import itertools
 import operator
 import subprocess
 import sys
@@ -51,6 +51,7 @@ def _require_langgraph() -> None:
 
 _require_langgraph()
 
+from langchain_core.runnables import RunnableConfig  # noqa: E402
 from langgraph.checkpoint.base import BaseCheckpointSaver  # noqa: E402
 from langgraph.checkpoint.conformance import checkpointer_test, validate  # noqa: E402
 from langgraph.checkpoint.conformance.capabilities import ALL_CAPABILITIES  # noqa: E402
@@ -90,3 +91,229 @@ async def test_conformance_lmdb(daemon: Daemon) -> None:
 
 async def test_conformance_postgres(postgres_daemon: Daemon) -> None:
     await _conformance(postgres_daemon.target, "TurnstoreSaver-postgres")
+
+
+class Draft(TypedDict):
+    """The state of the review graph: an append-only log and the reviewer's answer."""
+
+    log: Annotated[list[str], operator.add]
+    approved: bool
+
+
+def _start() -> Draft:
+    return {"log": ["start"], "approved": False}
+
+
+def _review_graph() -> StateGraph[Draft]:
+    def write(state: Draft) -> dict[str, Any]:
+        return {"log": ["drafted"]}
+
+    def review(state: Draft) -> dict[str, Any]:
+        answer = interrupt({"question": "publish?", "log": state["log"]})
+        return {"approved": bool(answer), "log": [f"reviewed:{answer}"]}
+
+    def publish(state: Draft) -> dict[str, Any]:
+        return {"log": ["published" if state["approved"] else "dropped"]}
+
+    graph = StateGraph(Draft)
+    graph.add_node("write", write)
+    graph.add_node("review", review)
+    graph.add_node("publish", publish)
+    graph.add_edge(START, "write")
+    graph.add_edge("write", "review")
+    graph.add_edge("review", "publish")
+    graph.add_edge("publish", END)
+    return graph
+
+
+def _history(graph: Any, config: RunnableConfig) -> list[tuple[Any, ...]]:
+    """What a user sees of a thread's history: values, next nodes, step and source."""
+    return [
+        (s.values, s.next, s.metadata.get("step"), s.metadata.get("source"), len(s.tasks))
+        for s in graph.get_state_history(config)
+    ]
+
+
+def test_a_graph_with_an_interrupt_ends_as_with_the_in_memory_saver(daemon: Daemon) -> None:
+    """Sync API: interrupt, resume from a second saver (another client), same state as InMemorySaver."""
+    thread: RunnableConfig = {"configurable": {"thread_id": f"review-{uuid.uuid4()}"}}
+    memory_graph = _review_graph().compile(checkpointer=InMemorySaver())
+    with (
+        TurnstoreSaver(target=daemon.target) as first,
+        TurnstoreSaver(target=daemon.target) as second,
+    ):
+        graph = _review_graph().compile(checkpointer=first)
+        paused = graph.invoke(_start(), thread)
+        memory_paused = memory_graph.invoke(_start(), thread)
+        assert paused["__interrupt__"][0].value == {
+            "question": "publish?",
+            "log": ["start", "drafted"],
+        }
+        assert paused["__interrupt__"][0].value == memory_paused["__interrupt__"][0].value
+        assert graph.get_state(thread).next == ("review",)
+
+        # Resumed by another saver (another connection, as after a restart).
+        resumed_graph = _review_graph().compile(checkpointer=second)
+        done = resumed_graph.invoke(Command(resume=True), thread)
+        memory_done = memory_graph.invoke(Command(resume=True), thread)
+        assert done == memory_done
+        assert done["log"] == ["start", "drafted", "reviewed:True", "published"]
+        assert _history(resumed_graph, thread) == _history(memory_graph, thread)
+        assert resumed_graph.get_state(thread).values == memory_graph.get_state(thread).values
+
+
+async def test_the_async_api_runs_the_same_graph(daemon: Daemon) -> None:
+    thread: RunnableConfig = {"configurable": {"thread_id": f"review-async-{uuid.uuid4()}"}}
+    memory_graph = _review_graph().compile(checkpointer=InMemorySaver())
+    async with TurnstoreSaver.from_target(daemon.target) as saver:
+        graph = _review_graph().compile(checkpointer=saver)
+        await graph.ainvoke(_start(), thread)
+        await memory_graph.ainvoke(_start(), thread)
+        done = await graph.ainvoke(Command(resume=False), thread)
+        assert done == await memory_graph.ainvoke(Command(resume=False), thread)
+        assert done["log"][-1] == "dropped"
+        ours = [s.values async for s in graph.aget_state_history(thread)]
+        theirs = [s.values async for s in memory_graph.aget_state_history(thread)]
+        assert ours == theirs and len(ours) == 5
+
+
+def _checkpoint(checkpoint_id: str | None = None, **values: Any) -> Any:
+    from langgraph.checkpoint.base.id import uuid6
+
+    return {
+        "v": 1,
+        "id": checkpoint_id or str(uuid6(clock_seq=-1)),
+        "ts": "2026-01-01T00:00:00+00:00",
+        "channel_values": values,
+        "channel_versions": {k: 1 for k in values},
+        "versions_seen": {},
+        "pending_sends": [],
+        "updated_channels": None,
+    }
+
+
+def _race(writers: list[tuple[str, TurnstoreSaver, Any]]) -> dict[str, Any]:
+    """Each writer puts a child of its ``parent`` tuple at once; what each got back."""
+    start = threading.Barrier(len(writers))
+    outcomes: dict[str, Any] = {}
+
+    def put(name: str, saver: TurnstoreSaver, parent: Any) -> None:
+        start.wait()
+        try:
+            outcomes[name] = saver.put(
+                parent.config, _checkpoint(x=name), {"source": "loop", "step": 0}, {"x": 2}
+            )
+        except CheckpointConflictError as error:
+            outcomes[name] = error
+
+    runs = [threading.Thread(target=put, args=writer) for writer in writers]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=30)
+    return outcomes
+
+
+def test_two_writers_continuing_one_thread_cannot_both_succeed(daemon: Daemon) -> None:
+    """Both read the same latest checkpoint and put a child of it at once: one is refused."""
+    thread_id = f"race-{uuid.uuid4()}"
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    with TurnstoreSaver(target=daemon.target) as a, TurnstoreSaver(target=daemon.target) as b:
+        root = a.put(config, _checkpoint(x="root"), {"source": "input", "step": -1}, {"x": 1})
+        for _attempt in range(5):
+            latest_a, latest_b = a.get_tuple(config), b.get_tuple(config)
+            assert latest_a is not None and latest_b is not None
+            assert latest_a.config == latest_b.config
+            outcomes = _race([("a", a, latest_a), ("b", b, latest_b)])
+            refused = [n for n, o in outcomes.items() if isinstance(o, CheckpointConflictError)]
+            assert len(outcomes) == 2 and len(refused) == 1, outcomes
+        # The thread is one line: every checkpoint's parent is the one before it.
+        history = list(a.list(config))
+        assert len(history) == 6
+        for child, parent in itertools.pairwise(history):
+            assert child.parent_config is not None
+            assert (
+                child.parent_config["configurable"]["checkpoint_id"]
+                == parent.config["configurable"]["checkpoint_id"]
+            )
+        assert history[-1].config == root
+
+
+def test_a_stale_run_cannot_overwrite_newer_state(daemon: Daemon) -> None:
+    """A cancelled run that wakes up and puts from its old checkpoint is refused (unless forks are allowed)."""
+    thread_id = f"stale-{uuid.uuid4()}"
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    with TurnstoreSaver(target=daemon.target) as saver:
+        old = saver.put(config, _checkpoint(x="old"), {"source": "input", "step": -1}, {"x": 1})
+        newer = saver.put(old, _checkpoint(x="newer"), {"source": "loop", "step": 0}, {"x": 2})
+        with pytest.raises(CheckpointConflictError, match="moved on"):
+            saver.put(old, _checkpoint(x="stale"), {"source": "loop", "step": 0}, {"x": 2})
+        latest = saver.get_tuple(config)
+        assert latest is not None and latest.config == newer
+        assert latest.checkpoint["channel_values"] == {"x": "newer"}
+        # A retried put of the head itself is not a conflict.
+        head = _checkpoint(latest.checkpoint["id"], x="newer")
+        assert saver.put(old, head, {"source": "loop", "step": 0}, {"x": 2}) == newer
+    with TurnstoreSaver(target=daemon.target, allow_forks=True) as forking:
+        fork = forking.put(old, _checkpoint(x="fork"), {"source": "fork", "step": 0}, {"x": 2})
+        latest = forking.get_tuple(config)
+        assert latest is not None and latest.config == fork
+
+
+def _keys_under(daemon: Daemon, prefix: str) -> list[str]:
+    with TurnstoreClient(daemon.target) as client:
+        return [info.key for info in client.list_keys(prefix) if info.key.startswith(prefix)]
+
+
+def test_keep_last_bounds_a_thread_and_delete_thread_leaves_nothing(daemon: Daemon) -> None:
+    thread_id = f"bounded-{uuid.uuid4()}"
+    run_id = str(uuid.uuid4())
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    with TurnstoreSaver(target=daemon.target, keep_last=3) as saver:
+        for step in range(10):
+            config = saver.put(
+                config,
+                _checkpoint(x=step),
+                {"source": "loop", "step": step, "run_id": run_id},
+                {"x": step + 1},
+            )
+            saver.put_writes(config, [("x", step)], f"task-{step}")
+        history = list(saver.list({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}))
+        assert [t.checkpoint["channel_values"]["x"] for t in history] == [9, 8, 7]
+        keys = _keys_under(daemon, saver._layout.thread(thread_id))
+        # Three checkpoints, their writes, the head and the run marker: nothing else kept.
+        assert len(keys) == 3 + 3 + 1 + 1, keys
+        assert len(_keys_under(daemon, saver._layout.run(run_id))) == 3
+
+        saver.delete_thread(thread_id)
+        assert saver.get_tuple(config) is None
+        assert _keys_under(daemon, saver._layout.thread(thread_id)) == []
+        assert _keys_under(daemon, saver._layout.run(run_id)) == []
+
+
+def test_a_follower_sees_every_checkpoint_and_write(daemon: Daemon) -> None:
+    thread: RunnableConfig = {"configurable": {"thread_id": f"follow-{uuid.uuid4()}"}}
+    with TurnstoreSaver(target=daemon.target) as saver, TurnstoreClient(daemon.target) as client:
+        graph = _review_graph().compile(checkpointer=saver)
+        graph.invoke(_start(), thread)
+        graph.invoke(Command(resume=True), thread)
+        # Twice: a retried put (same checkpoint) appends no second event.
+        latest = saver.get_tuple(thread)
+        assert latest is not None and latest.parent_config is not None
+        saver.put(latest.parent_config, latest.checkpoint, latest.metadata, {})
+        events = [
+            e.event
+            for e in client.events.get_events("langgraph/" + thread["configurable"]["thread_id"])
+        ]
+        checkpoint_ids = [e["checkpoint_id"] for e in events if e["type"] == "langgraph.checkpoint"]
+        history = [
+            s.config["configurable"]["checkpoint_id"] for s in graph.get_state_history(thread)
+        ]
+        assert sorted(checkpoint_ids) == sorted(history)
+        writes = [e for e in events if e["type"] == "langgraph.writes"]
+        assert any(
+            w["channel"] == "log" and w["value"] == ["published"]
+            for e in writes
+            for w in e["writes"]
+        )
+        assert any(w["channel"] == "__interrupt__" for e in writes for w in e["writes"])
