@@ -14,6 +14,11 @@ from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
 
 PUBLIC_NAMES = [
     "AgentEventEnvelope",
+    "BatchDelete",
+    "BatchDeletePrefix",
+    "BatchResult",
+    "BatchSave",
+    "Blob",
     "CaughtUp",
     "ClientTls",
     "ConversationSnapshot",
@@ -62,7 +67,7 @@ def test_public_names_are_pinned() -> None:
 
 def test_result_types_live_in_a_public_module() -> None:
     """What reads return is documented where users look."""
-    for name in ("SnapshotVersionInfo", "StoredEvent", "VersionedSnapshot"):
+    for name in ("BatchResult", "Blob", "SnapshotVersionInfo", "StoredEvent", "VersionedSnapshot"):
         cls = getattr(turnstore, name)
         assert cls.__module__ == "turnstore.results", name
         assert cls.__doc__, name
@@ -70,6 +75,8 @@ def test_result_types_live_in_a_public_module() -> None:
         # No second, older path to it (0.1.0 is unreleased: nothing to stay compatible with).
         assert not hasattr(turnstore.client, name), name
     assert sorted(turnstore.results.__all__) == [
+        "BatchResult",
+        "Blob",
         "SnapshotVersionInfo",
         "StoredEvent",
         "VersionedSnapshot",

@@ -42,7 +42,7 @@ from turnstore.errors import (
     VersionConflictError,
 )
 from turnstore.events import TurnstoreEventStore
-from turnstore.history import TurnstoreHistoryStore
+from turnstore.history import BatchDelete, BatchDeletePrefix, BatchSave, TurnstoreHistoryStore
 from turnstore.models import (
     AgentEventEnvelope,
     ConversationSnapshot,
@@ -50,10 +50,15 @@ from turnstore.models import (
 )
 from turnstore.protocols import EventStore, HistoryStore
 from turnstore.replay import CaughtUp, Replay, ReplayItem, ThreadCleared, TurnFinished
-from turnstore.results import SnapshotVersionInfo, StoredEvent, VersionedSnapshot
+from turnstore.results import BatchResult, Blob, SnapshotVersionInfo, StoredEvent, VersionedSnapshot
 
 __all__ = [
     "AgentEventEnvelope",
+    "BatchDelete",
+    "BatchDeletePrefix",
+    "BatchResult",
+    "BatchSave",
+    "Blob",
     "CaughtUp",
     "ClientTls",
     "ConversationSnapshot",

@@ -14,19 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
 from turnstore._auth import ClientTls, bearer_token_interceptors
 from turnstore._retry import RetryPolicy
 from turnstore._validate import check_target
-from turnstore.admin import TurnstoreAdmin
+from turnstore.admin import KeyInfo, TurnstoreAdmin
 from turnstore.errors import UnavailableError
 from turnstore.events import WRITE_MODES, TurnstoreEventStore, WriteMode
-from turnstore.history import TurnstoreHistoryStore
+from turnstore.history import BatchOperation, TurnstoreHistoryStore, apply_batch
+from turnstore.history import list_keys as history_list_keys
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from turnstore.results import BatchResult
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -141,6 +146,44 @@ class TurnstoreClient:
     def history(self, key: str) -> TurnstoreHistoryStore:
         """A HistoryStore bound to the conversation ``key`` (non-empty)."""
         return TurnstoreHistoryStore(self._history_stub, key, self._timeout, self._retry)
+
+    def list_keys(
+        self,
+        *,
+        prefix: str = "",
+        start_after: str = "",
+        end_before: str = "",
+        limit: int = 0,
+        newest_first: bool = False,
+    ) -> AsyncIterator[KeyInfo]:
+        """The conversation keys holding a snapshot, in byte order of their UTF-8 form.
+
+        Only keys starting with ``prefix`` and sorting before ``end_before``
+        (exclusive, whatever the order), at most ``limit`` (0: all). With
+        ``newest_first``, in descending order, so ``list_keys(prefix=p,
+        limit=1, newest_first=True)`` is the greatest key under ``p``, read in
+        O(1). ``start_after`` continues a listing where its last key was
+        (ascending: the keys after it; ``newest_first``: those before it).
+        Deleted keys are never listed and cost nothing to skip.
+        """
+        return history_list_keys(
+            self._history_stub, prefix, start_after, end_before, limit, newest_first
+        )
+
+    async def batch(self, operations: Sequence[BatchOperation]) -> list[BatchResult]:
+        """Apply saves and deletes across keys, in order, all or nothing, in one durable
+        commit; one :class:`~turnstore.results.BatchResult` per operation.
+
+        ``operations`` are :class:`~turnstore.history.BatchSave`,
+        :class:`~turnstore.history.BatchDelete` and
+        :class:`~turnstore.history.BatchDeletePrefix` (at most the daemon's
+        ``--max-batch-operations``, 1000 by default). One refused operation
+        (VersionConflictError, InvalidArgumentError, PermissionDeniedError; the
+        message names its index) refuses the whole batch: nothing changes. A
+        batch with a save or an expected version is not retried on
+        UnavailableError (its first attempt may have committed).
+        """
+        return await apply_batch(self._history_stub, operations, self._timeout, self._retry)
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the channel connects; raise UnavailableError after ``timeout``."""

@@ -2,7 +2,9 @@
 
 :class:`StoredEvent` is what ``read_events`` and ``Replay`` yield,
 :class:`VersionedSnapshot` what ``TurnstoreHistoryStore.load_versioned`` returns,
-:class:`SnapshotVersionInfo` one entry of ``list_versions``. All are
+:class:`SnapshotVersionInfo` one entry of ``list_versions``, :class:`Blob` what
+``load_bytes`` returns,
+:class:`BatchResult` one outcome of ``batch``. All are
 importable from ``turnstore`` itself; none is built by callers in normal use.
 """
 
@@ -14,7 +16,13 @@ from turnstore._convert import envelope_from_proto
 from turnstore.models import AgentEventEnvelope, ConversationSnapshot
 from turnstore.v1 import turnstore_pb2 as pb
 
-__all__ = ["SnapshotVersionInfo", "StoredEvent", "VersionedSnapshot"]
+__all__ = [
+    "BatchResult",
+    "Blob",
+    "SnapshotVersionInfo",
+    "StoredEvent",
+    "VersionedSnapshot",
+]
 
 
 class StoredEvent:
@@ -106,3 +114,33 @@ class SnapshotVersionInfo:
     saved_at_unix_nanos: int
     size_bytes: int
     content_type: str
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A snapshot as stored, its data as bytes, as ``load_bytes`` returns it.
+
+    ``data`` is exactly what was saved (whatever its ``content_type``: JSON
+    saved by ``save`` or another client comes back as its UTF-8 text);
+    ``version`` the version it got; ``saved_at_unix_nanos`` when the daemon
+    committed it.
+    """
+
+    data: bytes
+    content_type: str
+    version: int
+    saved_at_unix_nanos: int
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One operation's outcome in ``client.batch``, at the operation's index.
+
+    ``version``: the version a save got (0 for deletes). ``removed_versions``:
+    the snapshot versions a delete or delete-prefix removed. ``removed_keys``:
+    the keys it deleted (a delete: 1 if the key held a snapshot, else 0).
+    """
+
+    version: int
+    removed_versions: int
+    removed_keys: int

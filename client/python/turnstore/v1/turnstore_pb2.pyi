@@ -418,10 +418,18 @@ class ListThreadsResponse(_message.Message):
     def __init__(self, threads: _Optional[_Iterable[_Union[ThreadSummary, _Mapping]]] = ...) -> None: ...
 
 class ListKeysRequest(_message.Message):
-    __slots__ = ("start_after",)
+    __slots__ = ("start_after", "prefix", "end_before", "limit", "newest_first")
     START_AFTER_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    END_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIRST_FIELD_NUMBER: _ClassVar[int]
     start_after: str
-    def __init__(self, start_after: _Optional[str] = ...) -> None: ...
+    prefix: str
+    end_before: str
+    limit: int
+    newest_first: bool
+    def __init__(self, start_after: _Optional[str] = ..., prefix: _Optional[str] = ..., end_before: _Optional[str] = ..., limit: _Optional[int] = ..., newest_first: _Optional[bool] = ...) -> None: ...
 
 class KeySummary(_message.Message):
     __slots__ = ("key", "version", "last_write_unix_nanos")
@@ -474,3 +482,49 @@ class DeleteResponse(_message.Message):
     REMOVED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     removed_versions: int
     def __init__(self, removed_versions: _Optional[int] = ...) -> None: ...
+
+class BatchRequest(_message.Message):
+    __slots__ = ("operations",)
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    operations: _containers.RepeatedCompositeFieldContainer[BatchOperation]
+    def __init__(self, operations: _Optional[_Iterable[_Union[BatchOperation, _Mapping]]] = ...) -> None: ...
+
+class BatchOperation(_message.Message):
+    __slots__ = ("save", "delete", "delete_prefix")
+    SAVE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    save: SaveRequest
+    delete: BatchDelete
+    delete_prefix: BatchDeletePrefix
+    def __init__(self, save: _Optional[_Union[SaveRequest, _Mapping]] = ..., delete: _Optional[_Union[BatchDelete, _Mapping]] = ..., delete_prefix: _Optional[_Union[BatchDeletePrefix, _Mapping]] = ...) -> None: ...
+
+class BatchDelete(_message.Message):
+    __slots__ = ("key", "expected_version")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    expected_version: int
+    def __init__(self, key: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class BatchDeletePrefix(_message.Message):
+    __slots__ = ("prefix",)
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    def __init__(self, prefix: _Optional[str] = ...) -> None: ...
+
+class BatchResult(_message.Message):
+    __slots__ = ("version", "removed_versions", "removed_keys")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    removed_versions: int
+    removed_keys: int
+    def __init__(self, version: _Optional[int] = ..., removed_versions: _Optional[int] = ..., removed_keys: _Optional[int] = ...) -> None: ...
+
+class BatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[BatchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ...) -> None: ...

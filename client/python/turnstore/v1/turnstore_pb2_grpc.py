@@ -775,6 +775,11 @@ class HistoryStoreServiceStub:
                 request_serializer=turnstore_dot_v1_dot_turnstore__pb2.ListKeysRequest.SerializeToString,
                 response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ListKeysResponse.FromString,
                 _registered_method=True)
+        self.Batch = channel.unary_unary(
+                '/turnstore.v1.HistoryStoreService/Batch',
+                request_serializer=turnstore_dot_v1_dot_turnstore__pb2.BatchRequest.SerializeToString,
+                response_deserializer=turnstore_dot_v1_dot_turnstore__pb2.BatchResponse.FromString,
+                _registered_method=True)
 
 
 class HistoryStoreServiceServicer:
@@ -825,6 +830,26 @@ class HistoryStoreServiceServicer:
         left out), in ascending byte order of the UTF-8 keys, many per message,
         with its current version and last write time. With `start_after`,
         starts after that key. Read in pieces like ListThreads.
+        Narrowed by `prefix` and `end_before`, cut at `limit`, and with
+        `newest_first` listed in descending order (see ListKeysRequest). Deleted
+        keys cost a listing nothing: it reads only the keys it returns (and, for
+        a scoped credential, those the scope skips).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Batch(self, request, context):
+        """Applies several saves and deletes, across keys, all or nothing, in one
+        durable commit, in the order given (a later operation sees the earlier
+        ones: a save after a delete_prefix of its key continues its versions).
+        Errors: INVALID_ARGUMENT for an empty batch, too many operations (the
+        daemon's --max-batch-operations, 1000 by default), or any operation a
+        single call would refuse (the message names the operation's index and
+        key); FAILED_PRECONDITION "version_conflict" when an operation's
+        expected_version differs (the message names the index and key). Either
+        way nothing of the batch is changed. PERMISSION_DENIED unless every key
+        (and every delete_prefix's prefix) is within the credential's scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -857,6 +882,11 @@ def add_HistoryStoreServiceServicer_to_server(servicer, server):
                     servicer.ListKeys,
                     request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.ListKeysRequest.FromString,
                     response_serializer=turnstore_dot_v1_dot_turnstore__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'Batch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Batch,
+                    request_deserializer=turnstore_dot_v1_dot_turnstore__pb2.BatchRequest.FromString,
+                    response_serializer=turnstore_dot_v1_dot_turnstore__pb2.BatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -995,6 +1025,33 @@ class HistoryStoreService:
             '/turnstore.v1.HistoryStoreService/ListKeys',
             turnstore_dot_v1_dot_turnstore__pb2.ListKeysRequest.SerializeToString,
             turnstore_dot_v1_dot_turnstore__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Batch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnstore.v1.HistoryStoreService/Batch',
+            turnstore_dot_v1_dot_turnstore__pb2.BatchRequest.SerializeToString,
+            turnstore_dot_v1_dot_turnstore__pb2.BatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,7 +28,9 @@ from concurrent.futures import Future
 from typing import Final, TypeVar
 
 from turnstore.server.access.errors import PermissionDeniedError
+from turnstore.server.access.scoped_keys import check_batch_scope, scoped_key_range
 from turnstore.server.access.scopes import Scope
+from turnstore.server.storage.batches import BatchOp, BatchResult, KeyRange
 from turnstore.server.storage.inputs import InputChecks
 from turnstore.server.storage.interface import (
     CommitListener,
@@ -253,19 +255,50 @@ class ScopedEngine:
         outer = keep
         return self._engine.list_recent_threads(limit, lambda tid: covers(tid) and outer(tid))
 
-    def list_keys(self, start_after: str = "", limit: int = 1000) -> list[KeySummary]:
-        """Up to ``limit`` covered keys after ``start_after``, in key order."""
+    def list_keys(
+        self,
+        start_after: str = "",
+        limit: int = 1000,
+        *,
+        prefix: str = "",
+        end_before: str = "",
+        newest_first: bool = False,
+    ) -> list[KeySummary]:
+        """Up to ``limit`` covered keys in the range, in key order (descending with
+        ``newest_first``).
+
+        The scope's prefix narrows the engine's range (a request prefix outside
+        it lists none of its keys); each listed key the prefix does not cover
+        is looked up alone, when it is in the range.
+        """
         scope = self.scope
         if scope.all_keys:
-            return self._engine.list_keys(start_after, limit)
-        return _scoped_listing(
-            self._engine.list_keys,
-            lambda key: key.key,
-            scope.key_prefix,
-            scope.keys,
-            start_after,
-            limit,
+            return self._engine.list_keys(
+                start_after,
+                limit,
+                prefix=prefix,
+                end_before=end_before,
+                newest_first=newest_first,
+            )
+        if not (prefix or end_before or newest_first):
+            return _scoped_listing(
+                self._engine.list_keys,
+                lambda key: key.key,
+                scope.key_prefix,
+                scope.keys,
+                start_after,
+                limit,
+            )
+        return scoped_key_range(
+            self._engine, scope, KeyRange(prefix, start_after, end_before, newest_first), limit
         )
+
+    def apply_batch(self, operations: Sequence[BatchOp]) -> Future[list[BatchResult]]:
+        """The engine's batch, when every key it saves or deletes is covered and every
+        prefix it deletes is within the scope's key prefix; else PermissionDeniedError
+        before anything is written."""
+        check_batch_scope(self.scope, operations)
+        return self._engine.apply_batch(operations)
 
     def storage_stats(self) -> StorageStats:
         self._admin("GetStats")

@@ -77,6 +77,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_event_bytes=args.max_event_bytes,
             max_events_per_append=args.max_events_per_append,
             max_snapshot_bytes=args.max_snapshot_bytes,
+            max_batch_operations=args.max_batch_operations,
         ),
         snapshot_versions_kept=args.snapshot_versions,
         retain_threads_for_seconds=args.retain_threads_for,

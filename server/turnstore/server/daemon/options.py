@@ -302,6 +302,9 @@ def _add_limits(serve: argparse.ArgumentParser) -> None:
     limits.add("--max-key-bytes", type=int, default=256, help="conversation key bytes (max 511)")
     limits.add("--max-event-bytes", type=parse_size, default="1MiB", help="one encoded event")
     limits.add("--max-events-per-append", type=int, default=10_000, help="events per call")
+    limits.add(
+        "--max-batch-operations", type=int, default=1000, help="operations per history Batch"
+    )
     limits.add("--max-snapshot-bytes", type=parse_size, default="32MiB", help="one snapshot")
 
 

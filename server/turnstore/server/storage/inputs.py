@@ -10,6 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from turnstore.server.storage.batches import (
+    BatchOp,
+    DeleteOp,
+    SaveOp,
+    at_operation,
+    check_batch_size,
+    encoded_prefix,
+)
 from turnstore.server.storage.errors import InvalidArgumentError, TurnTooLargeError
 from turnstore.server.storage.values import Limits, NewEvent
 
@@ -97,6 +105,36 @@ class InputChecks:
                 "content_type", f"is over the limit of {MAX_SNAPSHOT_CONTENT_TYPE_BYTES} bytes"
             )
         return encoded
+
+    def _checked_batch(self, operations: Sequence[BatchOp]) -> list[tuple[BatchOp, bytes, bytes]]:
+        """A batch's operations with their key (or prefix) and content type encoded;
+        refused (naming the operation's index) when empty, over the batch limit, or when an
+        operation would be refused alone."""
+        check_batch_size(operations, self.limits.max_batch_operations)
+        checked: list[tuple[BatchOp, bytes, bytes]] = []
+        for index, operation in enumerate(operations):
+            try:
+                if isinstance(operation, SaveOp):
+                    key = self._conversation_key(operation.key)
+                    content_type = self._checked_snapshot(operation.data, operation.content_type)
+                    if operation.expected_version is not None:
+                        self._check_version(operation.expected_version)
+                    checked.append((operation, key, content_type))
+                elif isinstance(operation, DeleteOp):
+                    key = self._conversation_key(operation.key)
+                    if operation.expected_version is not None:
+                        self._check_version(operation.expected_version)
+                    checked.append((operation, key, b""))
+                else:
+                    checked.append((operation, encoded_prefix(operation.prefix), b""))
+            except InvalidArgumentError as error:
+                raise at_operation(index, error) from None
+        return checked
+
+    @staticmethod
+    def _check_version(version: int) -> None:
+        if not 0 <= version <= MAX_U64:
+            raise InvalidArgumentError("expected_version", f"must be between 0 and {MAX_U64}")
 
 
 def turn_too_large(turn: int, size: int, max_bytes: int) -> TurnTooLargeError:

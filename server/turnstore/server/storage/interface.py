@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Protocol
 
+from turnstore.server.storage.batches import BatchOp, BatchResult
 from turnstore.server.storage.values import (
     BackupResult,
     KeySummary,
@@ -106,6 +107,13 @@ class StorageEngine(Protocol):
 
     def delete_snapshots(self, key: str) -> Future[int]:
         """Delete every kept version of a key; how many there were."""
+        ...
+
+    def apply_batch(self, operations: Sequence[BatchOp]) -> Future[list[BatchResult]]:
+        """Apply saves, deletes and prefix deletes in order, all or nothing, in one durable
+        commit; one result per operation. InvalidArgumentError (at once) or
+        VersionConflictError (through the future) naming the operation's index refuses
+        the whole batch: nothing of it is written."""
         ...
 
     def add_commit_listener(self, listener: CommitListener) -> None:
@@ -213,8 +221,20 @@ class StorageEngine(Protocol):
         """
         ...
 
-    def list_keys(self, start_after: str = "", limit: int = 1000) -> list[KeySummary]:
-        """Up to ``limit`` conversation keys holding a snapshot, after ``start_after``."""
+    def list_keys(
+        self,
+        start_after: str = "",
+        limit: int = 1000,
+        *,
+        prefix: str = "",
+        end_before: str = "",
+        newest_first: bool = False,
+    ) -> list[KeySummary]:
+        """Up to ``limit`` conversation keys holding a snapshot in a range (a
+        :class:`~turnstore.server.storage.batches.KeyRange`: under ``prefix``, before
+        ``end_before``, after ``start_after`` in the listing's direction), ascending, or
+        descending with ``newest_first``. Costs the keys it returns: deleted keys and keys
+        outside the range are not read."""
         ...
 
     def storage_stats(self) -> StorageStats:

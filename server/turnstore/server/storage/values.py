@@ -30,6 +30,8 @@ class Limits:
     max_event_bytes: int = 1 * MIB
     max_events_per_append: int = 10_000
     max_snapshot_bytes: int = 32 * MIB
+    # Operations in one HistoryStoreService.Batch.
+    max_batch_operations: int = 1000
 
     def __post_init__(self) -> None:
         for name in ("max_thread_id_bytes", "max_key_bytes"):
@@ -39,7 +41,12 @@ class Limits:
         # Event id index keys are an 8-byte thread number and the id.
         if not 1 <= self.max_event_id_bytes <= LMDB_MAX_KEY_BYTES - 8:
             raise ValueError(f"max_event_id_bytes must be between 1 and {LMDB_MAX_KEY_BYTES - 8}")
-        for name in ("max_event_bytes", "max_events_per_append", "max_snapshot_bytes"):
+        for name in (
+            "max_event_bytes",
+            "max_events_per_append",
+            "max_snapshot_bytes",
+            "max_batch_operations",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 

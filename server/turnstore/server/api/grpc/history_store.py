@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,9 +12,24 @@ from turnstore.server.api import readcost
 from turnstore.server.api.bodies import check_json_snapshot, is_json_type
 from turnstore.server.api.grpc.envelopes import MAX_CONTENT_TYPE_BYTES
 from turnstore.server.api.grpc.ingress import INLINE_DECODE_BYTES
-from turnstore.server.api.grpc.servicer import JSON, ServicerBase, streaming, unary
+from turnstore.server.api.grpc.servicer import (
+    JSON,
+    LISTED_PER_MESSAGE,
+    ServicerBase,
+    streaming,
+    unary,
+)
 from turnstore.server.api.readcost import run_heavy
+from turnstore.server.storage.batches import (
+    BatchOp,
+    DeleteOp,
+    DeletePrefixOp,
+    SaveOp,
+    at_operation,
+    check_batch_size,
+)
 from turnstore.server.storage.errors import InvalidArgumentError
+from turnstore.server.storage.values import KeySummary
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 
@@ -29,6 +45,14 @@ class HistoryStoreService(ServicerBase, pb_grpc.HistoryStoreServiceServicer):
     async def Save(
         self, request: pb.SaveRequest, context: grpc.aio.ServicerContext
     ) -> pb.SaveResponse:
+        content_type = await self._checked_content(request)
+        expected = request.expected_version if request.HasField("expected_version") else None
+        future = self._engine.save_snapshot(request.key, request.data, content_type, expected)
+        version = await self._acks.wait(future)
+        return pb.SaveResponse(version=version)
+
+    async def _checked_content(self, request: pb.SaveRequest) -> str:
+        """A save's content type (empty: JSON), its data checked when labelled JSON."""
         content_type = request.content_type or JSON
         if len(content_type.encode("utf-8")) > MAX_CONTENT_TYPE_BYTES:
             raise InvalidArgumentError(
@@ -45,10 +69,46 @@ class HistoryStoreService(ServicerBase, pb_grpc.HistoryStoreServiceServicer):
                     self._large_json_checks = asyncio.Semaphore(1)
                 async with self._large_json_checks:
                     await self._run(check_json_snapshot, request.data)
-        expected = request.expected_version if request.HasField("expected_version") else None
-        future = self._engine.save_snapshot(request.key, request.data, content_type, expected)
-        version = await self._acks.wait(future)
-        return pb.SaveResponse(version=version)
+        return content_type
+
+    @unary
+    async def Batch(
+        self, request: pb.BatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BatchResponse:
+        check_batch_size(request.operations, self._engine.limits.max_batch_operations)
+        operations: list[BatchOp] = []
+        for index, operation in enumerate(request.operations):
+            kind = operation.WhichOneof("operation")
+            if kind == "save":
+                save = operation.save
+                try:
+                    content_type = await self._checked_content(save)
+                except InvalidArgumentError as error:
+                    raise at_operation(index, error) from None
+                expected = save.expected_version if save.HasField("expected_version") else None
+                operations.append(SaveOp(save.key, save.data, content_type, expected))
+            elif kind == "delete":
+                delete = operation.delete
+                expected = delete.expected_version if delete.HasField("expected_version") else None
+                operations.append(DeleteOp(delete.key, expected))
+            elif kind == "delete_prefix":
+                operations.append(DeletePrefixOp(operation.delete_prefix.prefix))
+            else:
+                raise at_operation(
+                    index,
+                    InvalidArgumentError("operation", "must be save, delete or delete_prefix"),
+                )
+        results = await self._acks.wait(self._engine.apply_batch(operations))
+        return pb.BatchResponse(
+            results=[
+                pb.BatchResult(
+                    version=result.version,
+                    removed_versions=result.removed_versions,
+                    removed_keys=result.removed_keys,
+                )
+                for result in results
+            ]
+        )
 
     @unary
     async def Load(
@@ -86,7 +146,11 @@ class HistoryStoreService(ServicerBase, pb_grpc.HistoryStoreServiceServicer):
     async def ListKeys(
         self, request: pb.ListKeysRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ListKeysResponse]:
-        async for page in self._pages(self._engine.list_keys, request.start_after, lambda k: k.key):
+        if request.prefix or request.end_before or request.limit or request.newest_first:
+            pages = self._key_range_pages(request)
+        else:
+            pages = self._pages(self._engine.list_keys, request.start_after, lambda k: k.key)
+        async for page in pages:
             yield pb.ListKeysResponse(
                 keys=[
                     pb.KeySummary(
@@ -97,3 +161,32 @@ class HistoryStoreService(ServicerBase, pb_grpc.HistoryStoreServiceServicer):
                     for key in page
                 ]
             )
+
+    async def _key_range_pages(
+        self, request: pb.ListKeysRequest
+    ) -> AsyncIterator[list[KeySummary]]:
+        """Pages of a ranged listing (prefix, end, limit, direction), fetched off the loop,
+        until the limit is reached or a page comes back short."""
+        after = request.start_after
+        left = request.limit or None
+        while True:
+            wanted = LISTED_PER_MESSAGE if left is None else min(left, LISTED_PER_MESSAGE)
+            page = await self._run(
+                functools.partial(
+                    self._engine.list_keys,
+                    prefix=request.prefix,
+                    end_before=request.end_before,
+                    newest_first=request.newest_first,
+                ),
+                after,
+                wanted,
+            )
+            if page:
+                yield page
+            if left is not None:
+                left -= len(page)
+                if left <= 0:
+                    return
+            if len(page) < wanted:
+                return
+            after = page[-1].key

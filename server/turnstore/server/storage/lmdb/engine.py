@@ -40,6 +40,7 @@ from turnstore.server.storage.lmdb import (
     snapshots,
     turns,
 )
+from turnstore.server.storage.lmdb.key_calls import KeyRangeCalls
 from turnstore.server.storage.lmdb.opening import OpenedDirectory, open_directory, startup_report
 from turnstore.server.storage.lmdb.retention import RETENTION_BATCH_EVENTS
 from turnstore.server.storage.lmdb.writer import Writer
@@ -48,7 +49,6 @@ from turnstore.server.storage.values import (
     MIB,
     BackupResult,
     EngineConfig,
-    KeySummary,
     NewEvent,
     ReadBudget,
     ReplayStep,
@@ -67,7 +67,7 @@ from turnstore.server.storage.values import (
 __all__ = ["RETENTION_BATCH_EVENTS", "RETENTION_BATCH_ITEMS", "RETENTION_SCAN_PAGE", "LmdbEngine"]
 
 
-class LmdbEngine(InputChecks):
+class LmdbEngine(KeyRangeCalls, InputChecks):
     """turnstore's LMDB engine. Open with :meth:`open`, close with :meth:`close`.
 
     Writes return a :class:`concurrent.futures.Future` that resolves once the
@@ -327,12 +327,6 @@ class LmdbEngine(InputChecks):
         in one read transaction that reads only the entries it returns or ``keep`` refuses."""
         with self._state.read() as txn:
             return operations.list_recent_threads(self._state, txn, limit, keep)
-
-    def list_keys(self, start_after: str = "", limit: int = 1000) -> list[KeySummary]:
-        """Up to ``limit`` conversation keys holding a snapshot, after ``start_after``, in
-        the byte order of their UTF-8 form. Consistency as for :meth:`list_threads`."""
-        with self._state.read() as txn:
-            return operations.list_keys(self._state, txn, start_after, limit)
 
     def storage_stats(self) -> StorageStats:
         """What the database holds, counted in one read transaction (see

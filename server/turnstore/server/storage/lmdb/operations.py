@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import lmdb
 
+from turnstore.server.storage.batches import KeyRange
 from turnstore.server.storage.lmdb import schema
 from turnstore.server.storage.lmdb.state import LmdbState, as_bytes, decode_key, pairs
 from turnstore.server.storage.values import (
@@ -93,31 +94,71 @@ def list_recent_threads(
 
 
 def list_keys(
-    state: LmdbState, txn: lmdb.Transaction, start_after: str, limit: int
+    state: LmdbState, txn: lmdb.Transaction, key_range: KeyRange, limit: int
 ) -> list[KeySummary]:
-    """Up to ``limit`` conversation keys holding a snapshot, after ``start_after``, in the
-    byte order of their UTF-8 form; deleted keys are left out."""
-    pages = _page(
-        state,
-        txn,
-        schema.CONVERSATIONS,
-        start_after,
-        limit,
-        lambda value: schema.unpack_conversation(value).current_version != 0,
-    )
+    """Up to ``limit`` conversation keys holding a snapshot in ``key_range``, in the byte
+    order of their UTF-8 form (descending when the range is ``newest_first``)."""
+    return list_keys_counted(state, txn, key_range, limit)[0]
+
+
+def list_keys_counted(
+    state: LmdbState, txn: lmdb.Transaction, key_range: KeyRange, limit: int
+) -> tuple[list[KeySummary], int]:
+    """:func:`list_keys`, and how many index entries it read to answer.
+
+    Walks ``live_conversations`` between the range's bounds (deleted keys are
+    not in it) and reads each listed key's ``conversations`` record, so the
+    entries read are the keys returned, plus at most one past a bound (and,
+    for a ``start_after`` longer than LMDB keys, the keys sharing its first
+    511 bytes).
+    """
+    low, low_inclusive, high = key_range.bounds()
+    conversations = state.dbs[schema.CONVERSATIONS]
     out: list[KeySummary] = []
-    for key, value in pages:
-        record = schema.unpack_conversation(value)
-        out.append(KeySummary(decode_key(key), record.current_version, record.last_write_ns))
-    return out
+    examined = 0
+    with txn.cursor(db=state.dbs[schema.LIVE_CONVERSATIONS]) as cursor:
+        if key_range.newest_first:
+            # Stand on the first key at or above the upper bound, then step down.
+            if high is None or not cursor.set_range(high[:LMDB_MAX_KEY_BYTES]):
+                found = cursor.last()
+            else:
+                found = True
+            walk = cursor.iterprev(keys=True, values=False)
+        else:
+            # A key longer than LMDB allows sorts after its truncation.
+            found = cursor.set_range(low[:LMDB_MAX_KEY_BYTES])
+            walk = cursor.iternext(keys=True, values=False)
+        if not found:
+            return out, examined
+        for raw_key in walk:
+            examined += 1
+            key = as_bytes(raw_key)
+            if key_range.newest_first:
+                if high is not None and key >= high:
+                    continue
+                if key < low or (key == low and not low_inclusive):
+                    break
+            else:
+                if key < low or (key == low and not low_inclusive):
+                    continue
+                if high is not None and key >= high:
+                    break
+            value = txn.get(key, db=conversations)
+            if value is None:  # never: the writer keeps both in step
+                continue
+            record = schema.unpack_conversation(as_bytes(value))
+            out.append(KeySummary(decode_key(key), record.current_version, record.last_write_ns))
+            if len(out) >= limit:
+                break
+    return out, examined
 
 
 def storage_stats(state: LmdbState, txn: lmdb.Transaction) -> StorageStats:
     """What the database holds, counted in one read transaction.
 
     Entry counts come from LMDB's own statistics (constant time);
-    ``conversations`` scans the conversation keys, as deleted keys stay
-    (they keep their version counters) but hold no snapshot.
+    ``conversations`` counts ``live_conversations`` (deleted keys stay in
+    ``conversations`` for their version counters but hold no snapshot).
     ``data_file_bytes`` is left 0 for the caller to fill in outside the
     transaction.
     """
@@ -125,11 +166,7 @@ def storage_stats(state: LmdbState, txn: lmdb.Transaction) -> StorageStats:
     def entries(name: bytes) -> int:
         return int(txn.stat(state.dbs[name])["entries"])
 
-    conversations = 0
-    with txn.cursor(db=state.dbs[schema.CONVERSATIONS]) as cursor:
-        for value in cursor.iternext(keys=False, values=True):
-            if schema.unpack_conversation(as_bytes(value)).current_version:
-                conversations += 1
+    conversations = entries(schema.LIVE_CONVERSATIONS)
     return StorageStats(
         threads=entries(schema.THREADS),
         events=entries(schema.EVENTS),

@@ -75,6 +75,7 @@ def remove_conversation_if_idle(
     removed = delete_prefix(txn, state.dbs[schema.SNAPSHOTS], prefix)
     delete_prefix(txn, state.dbs[schema.SNAPSHOT_VERSIONS], prefix)
     txn.delete(encoded_key, db=conversations)
+    txn.delete(encoded_key, db=state.dbs[schema.LIVE_CONVERSATIONS])
     state.space.note_freed()
     return removed
 

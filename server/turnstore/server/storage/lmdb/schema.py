@@ -8,8 +8,8 @@ nothing of its old life can be read back by mistake.
 
 ``meta``
     key: ASCII name -> value: u64.
-    ``schema_version``: the layout version below (currently 2; a version 1
-    directory is brought to 2 when opened: :func:`migrate`).
+    ``schema_version``: the layout version below (currently 3; a version 1
+    or 2 directory is brought to 3 when opened: :func:`migrate`).
     ``next_thread_number``: the number the next new thread gets.
     ``next_conversation_number``: likewise for conversation keys.
     ``epoch_mask``: XORed into thread numbers to make the epochs readers see
@@ -82,6 +82,16 @@ nothing of its old life can be read back by mistake.
     save or delete; the retention sweep removes keys by it. Decoded by
     :func:`unpack_conversation`.
 
+``live_conversations``
+    key: conversation key (UTF-8) -> value: empty.
+    One entry per ``conversations`` entry whose ``current_version`` is not 0:
+    the keys that hold a snapshot. Listings walk it (forwards or backwards
+    from a bound), so deleted keys, which stay in ``conversations`` for their
+    version counters, cost a listing nothing, and the last key under a prefix
+    is one seek. The writer adds a key's entry in the transaction that saves
+    it and removes it in the one that deletes it (or retention removes the
+    key). Added in schema version 3.
+
 ``snapshots``
     key: conversation_number u64 | version u64
     -> value: saved_at_unix_nanos i64 | content_type_length u16 |
@@ -101,7 +111,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Final, NamedTuple
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 META: Final = b"meta"
 THREADS: Final = b"threads"
@@ -112,6 +122,7 @@ TURN_EVENTS: Final = b"turn_events"
 TURN_FINISHES: Final = b"turn_finishes"
 EVENT_IDS: Final = b"event_ids"
 CONVERSATIONS: Final = b"conversations"
+LIVE_CONVERSATIONS: Final = b"live_conversations"
 SNAPSHOTS: Final = b"snapshots"
 SNAPSHOT_VERSIONS: Final = b"snapshot_versions"
 
@@ -127,6 +138,7 @@ ALL_DATABASES: Final = (
     CONVERSATIONS,
     SNAPSHOTS,
     SNAPSHOT_VERSIONS,
+    LIVE_CONVERSATIONS,
 )
 
 META_SCHEMA_VERSION: Final = b"schema_version"
@@ -229,7 +241,9 @@ def migrate(txn: Any, dbs: dict[bytes, Any], stored_version: int) -> int:
 
     Runs in the write transaction that opens the directory, so a migration
     is all or nothing; returns the version written. 1 -> 2 fills
-    ``threads_by_write`` from ``threads`` (one pass, in key order).
+    ``threads_by_write`` from ``threads`` (one pass, in key order); 2 -> 3
+    fills ``live_conversations`` from the ``conversations`` entries that hold
+    a snapshot (one pass, in key order).
     """
     if stored_version < 2:
         index = dbs[THREADS_BY_WRITE]
@@ -237,5 +251,11 @@ def migrate(txn: Any, dbs: dict[bytes, Any], stored_version: int) -> int:
             for key, value in cursor.iternext():
                 record = unpack_thread(bytes(value))
                 txn.put(by_write_key(record.last_write_ns, bytes(key)), b"", db=index)
+    if stored_version < 3:
+        live = dbs[LIVE_CONVERSATIONS]
+        with txn.cursor(db=dbs[CONVERSATIONS]) as cursor:
+            for key, value in cursor.iternext():
+                if unpack_conversation(bytes(value)).current_version:
+                    txn.put(bytes(key), b"", db=live)
     txn.put(META_SCHEMA_VERSION, U64.pack(SCHEMA_VERSION), db=dbs[META])
     return SCHEMA_VERSION

@@ -11,10 +11,24 @@ from __future__ import annotations
 
 import lmdb
 
-from turnstore.server.storage.errors import VersionConflictError
+from turnstore.server.storage.batches import (
+    BatchOp,
+    BatchResult,
+    DeleteOp,
+    SaveOp,
+    at_operation,
+)
+from turnstore.server.storage.errors import EngineError, VersionConflictError
 from turnstore.server.storage.lmdb import schema
 from turnstore.server.storage.lmdb.space import estimate_value_bytes
-from turnstore.server.storage.lmdb.state import LmdbState, delete_prefix, get, keys, next_number
+from turnstore.server.storage.lmdb.state import (
+    LmdbState,
+    decode_key,
+    delete_prefix,
+    get,
+    keys,
+    next_number,
+)
 from turnstore.server.storage.values import SnapshotVersion, StoredSnapshot
 
 
@@ -67,19 +81,33 @@ def save(
         schema.pack_conversation(number, version, version, now_ns),
         db=conversations,
     )
+    if not current:
+        txn.put(encoded_key, b"", db=state.dbs[schema.LIVE_CONVERSATIONS])
     return version
 
 
-def delete(state: LmdbState, txn: lmdb.Transaction, now_ns: int, encoded_key: bytes) -> int:
+def delete(
+    state: LmdbState,
+    txn: lmdb.Transaction,
+    now_ns: int,
+    encoded_key: bytes,
+    expected_version: int | None = None,
+) -> int:
     """Delete every kept version of a key (a write that frees); how many there were.
 
     0 for an unknown key. The key's version counter is kept.
+    VersionConflictError unless ``expected_version`` (when given) is the
+    current version, 0 for none.
     """
     conversations = state.dbs[schema.CONVERSATIONS]
     value = get(txn, encoded_key, conversations)
+    current = 0 if value is None else schema.unpack_conversation(value).current_version
+    if expected_version is not None and expected_version != current:
+        raise VersionConflictError(decode_key(encoded_key), expected_version, current)
     if value is None:
         return 0
     number, latest, _, _ = schema.unpack_conversation(value)
+    txn.delete(encoded_key, db=state.dbs[schema.LIVE_CONVERSATIONS])
     removed = delete_prefix(txn, state.dbs[schema.SNAPSHOTS], schema.U64.pack(number))
     delete_prefix(txn, state.dbs[schema.SNAPSHOT_VERSIONS], schema.U64.pack(number))
     txn.put(encoded_key, schema.pack_conversation(number, latest, 0, now_ns), db=conversations)
@@ -154,3 +182,71 @@ def _snapshot_header(record: bytes | memoryview) -> tuple[int, str, int]:
     start = schema.SNAPSHOT_HEADER.size
     content_type = bytes(record[start : start + content_type_length]).decode("utf-8")
     return saved_at, content_type, start + content_type_length
+
+
+def delete_under(
+    state: LmdbState, txn: lmdb.Transaction, now_ns: int, prefix: bytes
+) -> tuple[int, int]:
+    """Delete every key starting with ``prefix`` that holds a snapshot, keeping their
+    counters; (versions removed, keys deleted).
+
+    Walks ``live_conversations`` from the prefix, so it reads only the keys it
+    deletes.
+    """
+    found: list[bytes] = []
+    with txn.cursor(db=state.dbs[schema.LIVE_CONVERSATIONS]) as cursor:
+        if cursor.set_range(prefix):
+            for key in keys(cursor):
+                if not key.startswith(prefix):
+                    break
+                found.append(key)
+    removed = 0
+    for key in found:
+        removed += delete(state, txn, now_ns, key)
+    return removed, len(found)
+
+
+# A batch's operation with its key (or prefix) encoded and checked.
+CheckedOp = tuple[BatchOp, bytes, bytes]
+
+
+def apply_batch(
+    state: LmdbState, txn: lmdb.Transaction, now_ns: int, operations: list[CheckedOp]
+) -> list[BatchResult]:
+    """Apply a batch's operations in order, all or nothing, in a transaction nested in the
+    writer's, so a refused operation (a version conflict, a full database) leaves none of
+    the batch in the commit the writer's other writes share.
+
+    Each entry is (operation, encoded key or prefix, encoded content type).
+    """
+    child = state.env.begin(write=True, parent=txn)
+    try:
+        results: list[BatchResult] = []
+        for index, (operation, encoded, content_type) in enumerate(operations):
+            try:
+                if isinstance(operation, SaveOp):
+                    version = save(
+                        state,
+                        child,
+                        now_ns,
+                        operation.key,
+                        encoded,
+                        operation.data,
+                        content_type,
+                        operation.expected_version,
+                    )
+                    results.append(BatchResult(version=version))
+                elif isinstance(operation, DeleteOp):
+                    live = get(child, encoded, state.dbs[schema.LIVE_CONVERSATIONS]) is not None
+                    removed = delete(state, child, now_ns, encoded, operation.expected_version)
+                    results.append(BatchResult(removed_versions=removed, removed_keys=int(live)))
+                else:
+                    removed, count = delete_under(state, child, now_ns, encoded)
+                    results.append(BatchResult(removed_versions=removed, removed_keys=count))
+            except EngineError as error:
+                raise at_operation(index, error) from None
+    except BaseException:
+        child.abort()
+        raise
+    child.commit()
+    return results

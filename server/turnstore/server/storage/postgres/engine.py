@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 
+from turnstore.server.storage.batches import BatchOp, BatchResult, KeyRange
 from turnstore.server.storage.epochs import to_epoch
 from turnstore.server.storage.errors import (
     BackupFailedError,
@@ -206,6 +207,13 @@ class PostgresEngine(Retention, InputChecks):
             None, lambda cur, now: writes.delete_snapshots(cur, encoded_key, now)
         )
 
+    def apply_batch(self, operations: Sequence[BatchOp]) -> Future[list[BatchResult]]:
+        """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.apply_batch` (under a
+        savepoint of the writer's transaction)."""
+        checked = self._checked_batch(operations)
+        kept = self.config.snapshot_versions_kept
+        return self._submit(None, lambda cur, now: writes.apply_batch(cur, checked, kept, now))
+
     def _submit(self, thread_id: str | None, apply: Callable[[Cursor, int], T]) -> Future[T]:
         return self._writer.submit(thread_id, apply)
 
@@ -336,10 +344,20 @@ class PostgresEngine(Retention, InputChecks):
         with self._read() as cur:
             return operations.list_recent_threads(cur, limit, keep)
 
-    def list_keys(self, start_after: str = "", limit: int = 1000) -> list[KeySummary]:
-        """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.list_keys`."""
+    def list_keys(
+        self,
+        start_after: str = "",
+        limit: int = 1000,
+        *,
+        prefix: str = "",
+        end_before: str = "",
+        newest_first: bool = False,
+    ) -> list[KeySummary]:
+        """As :meth:`turnstore.server.storage.lmdb.engine.LmdbEngine.list_keys` (a range
+        scan of the partial index of live keys)."""
+        key_range = KeyRange(prefix, start_after, end_before, newest_first)
         with self._read() as cur:
-            return operations.list_keys(cur, start_after, limit)
+            return operations.list_keys(cur, key_range, limit)
 
     def storage_stats(self) -> StorageStats:
         """What the database holds; ``data_file_bytes`` is the size of turnstore's tables."""

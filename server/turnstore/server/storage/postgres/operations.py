@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from turnstore.server.storage.batches import KeyRange
 from turnstore.server.storage.postgres.writes import Cursor
 from turnstore.server.storage.values import (
     KeySummary,
@@ -114,13 +115,29 @@ def list_threads(cur: Cursor, start_after: str, limit: int) -> list[ThreadSummar
     ]
 
 
-def list_keys(cur: Cursor, start_after: str, limit: int) -> list[KeySummary]:
-    """Up to ``limit`` keys holding a snapshot after ``start_after``, in byte order."""
-    cur.execute(
+def list_keys_query(key_range: KeyRange, limit: int) -> tuple[str, tuple[object, ...]]:
+    """The statement (and its parameters) listing ``key_range``: an index range scan of
+    the partial index ``turnstore_conversations_live`` (live keys only), in the listing's
+    direction, stopping at ``limit`` rows."""
+    low, low_inclusive, high = key_range.bounds()
+    where = ["current_version <> 0", "key >= %s" if low_inclusive else "key > %s"]
+    params: list[object] = [low]
+    if high is not None:
+        where.append("key < %s")
+        params.append(high)
+    order = "DESC" if key_range.newest_first else "ASC"
+    params.append(limit)
+    return (
         "SELECT key, current_version, last_write_ns FROM turnstore_conversations "
-        "WHERE key > %s AND current_version <> 0 ORDER BY key LIMIT %s",
-        (start_after.encode("utf-8", "surrogatepass"), limit),
+        f"WHERE {' AND '.join(where)} ORDER BY key {order} LIMIT %s",
+        tuple(params),
     )
+
+
+def list_keys(cur: Cursor, key_range: KeyRange, limit: int) -> list[KeySummary]:
+    """Up to ``limit`` keys holding a snapshot in ``key_range``, in byte order (descending
+    when ``newest_first``)."""
+    cur.execute(*list_keys_query(key_range, limit))
     return [
         KeySummary(bytes(r[0]).decode("utf-8", "surrogatepass"), int(r[1]), int(r[2]))
         for r in cur.fetchall()

@@ -43,6 +43,13 @@ that the column's order is the turns' order (:func:`to_column`).
     current_version bigint | last_write_ns bigint (see the LMDB
     ``conversations``).
 
+    A partial index on ``key`` of the rows whose ``current_version`` is not
+    0 (``turnstore_conversations_live``) serves listings: deleted keys,
+    which keep their rows for their version counters, are not in it, and a
+    listing's range (both directions) is one index range scan. Created by
+    ``CREATE INDEX IF NOT EXISTS`` when the daemon starts, so older
+    databases gain it with no schema version change.
+
 ``turnstore_snapshots``
     (number, version) primary key | saved_at_ns bigint | content_type text | data bytea.
 """
@@ -84,6 +91,8 @@ CREATE: Final = (
         current_version bigint NOT NULL, last_write_ns bigint NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS turnstore_conversations_last_write "
     "ON turnstore_conversations (last_write_ns)",
+    "CREATE INDEX IF NOT EXISTS turnstore_conversations_live "
+    "ON turnstore_conversations (key) WHERE current_version <> 0",
     """CREATE TABLE IF NOT EXISTS turnstore_snapshots (
         number bigint NOT NULL, version bigint NOT NULL, saved_at_ns bigint NOT NULL,
         content_type text NOT NULL, data bytea NOT NULL, PRIMARY KEY (number, version))""",

@@ -14,7 +14,16 @@ from typing import Any
 
 import psycopg
 
+from turnstore.server.storage.batches import (
+    BatchOp,
+    BatchResult,
+    DeleteOp,
+    SaveOp,
+    at_operation,
+    successor,
+)
 from turnstore.server.storage.errors import (
+    EngineError,
     VersionConflictError,
 )
 from turnstore.server.storage.postgres.tables import THREAD_TABLES
@@ -102,10 +111,22 @@ def _lock_conversation(cur: Cursor, key: bytes) -> tuple[int, int, int] | None:
     return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
 
 
-def delete_snapshots(cur: Cursor, key: bytes, now_ns: int) -> int:
-    """Delete every kept version of a key, keeping its version counter; how many."""
-    cur.execute("SELECT number FROM turnstore_conversations WHERE key = %s FOR UPDATE", (key,))
+def delete_snapshots(
+    cur: Cursor, key: bytes, now_ns: int, expected_version: int | None = None
+) -> int:
+    """Delete every kept version of a key, keeping its version counter; how many.
+
+    VersionConflictError unless ``expected_version`` (when given) is the
+    current version, 0 for none.
+    """
+    cur.execute(
+        "SELECT number, current_version FROM turnstore_conversations WHERE key = %s FOR UPDATE",
+        (key,),
+    )
     row = cur.fetchone()
+    current = 0 if row is None else int(row[1])
+    if expected_version is not None and expected_version != current:
+        raise VersionConflictError(key.decode("utf-8", "surrogatepass"), expected_version, current)
     if row is None:
         return 0
     cur.execute("DELETE FROM turnstore_snapshots WHERE number = %s", (row[0],))
@@ -130,3 +151,70 @@ def delete_conversation(cur: Cursor, key: bytes, idle_before_ns: int) -> int | N
     removed = cur.rowcount
     cur.execute("DELETE FROM turnstore_conversations WHERE key = %s", (key,))
     return removed
+
+
+def delete_under(cur: Cursor, prefix: bytes, now_ns: int) -> tuple[int, int]:
+    """Delete every key under ``prefix`` that holds a snapshot, keeping their counters;
+    (versions removed, keys deleted). Locks the keys' rows in key order."""
+    above = successor(prefix)
+    cur.execute(
+        "SELECT key, number FROM turnstore_conversations WHERE current_version <> 0 "
+        "AND key >= %s" + (" AND key < %s" if above is not None else "") + " ORDER BY key "
+        "FOR UPDATE",
+        (prefix, above) if above is not None else (prefix,),
+    )
+    rows = [(bytes(row[0]), int(row[1])) for row in cur.fetchall()]
+    if not rows:
+        return 0, 0
+    numbers = [number for _, number in rows]
+    cur.execute("DELETE FROM turnstore_snapshots WHERE number = ANY(%s)", (numbers,))
+    removed = cur.rowcount
+    cur.execute(
+        "UPDATE turnstore_conversations SET current_version = 0, last_write_ns = %s "
+        "WHERE key = ANY(%s)",
+        (now_ns, [key for key, _ in rows]),
+    )
+    return removed, len(rows)
+
+
+def apply_batch(
+    cur: Cursor, operations: list[tuple[BatchOp, bytes, bytes]], kept: int, now_ns: int
+) -> list[BatchResult]:
+    """Apply a batch's checked operations in order, all or nothing: under a savepoint of
+    the writer's transaction, rolled back when one is refused, so the writes sharing the
+    transaction commit without any of the batch."""
+    cur.execute("SAVEPOINT turnstore_batch")
+    try:
+        results: list[BatchResult] = []
+        for index, (operation, encoded, _) in enumerate(operations):
+            try:
+                if isinstance(operation, SaveOp):
+                    version = save_snapshot(
+                        cur,
+                        encoded,
+                        operation.data,
+                        operation.content_type,
+                        operation.expected_version,
+                        kept,
+                        now_ns,
+                    )
+                    results.append(BatchResult(version=version))
+                elif isinstance(operation, DeleteOp):
+                    cur.execute(
+                        "SELECT current_version FROM turnstore_conversations WHERE key = %s",
+                        (encoded,),
+                    )
+                    row = cur.fetchone()
+                    live = row is not None and int(row[0]) != 0
+                    removed = delete_snapshots(cur, encoded, now_ns, operation.expected_version)
+                    results.append(BatchResult(removed_versions=removed, removed_keys=int(live)))
+                else:
+                    removed, count = delete_under(cur, encoded, now_ns)
+                    results.append(BatchResult(removed_versions=removed, removed_keys=count))
+            except EngineError as error:
+                raise at_operation(index, error) from None
+    except EngineError:
+        cur.execute("ROLLBACK TO SAVEPOINT turnstore_batch")
+        raise
+    cur.execute("RELEASE SAVEPOINT turnstore_batch")
+    return results
