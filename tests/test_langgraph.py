@@ -262,7 +262,7 @@ def test_a_stale_run_cannot_overwrite_newer_state(daemon: Daemon) -> None:
 
 def _keys_under(daemon: Daemon, prefix: str) -> list[str]:
     with TurnstoreClient(daemon.target) as client:
-        return [info.key for info in client.list_keys(prefix) if info.key.startswith(prefix)]
+        return [info.key for info in client.list_keys(prefix=prefix)]
 
 
 def test_keep_last_bounds_a_thread_and_delete_thread_leaves_nothing(daemon: Daemon) -> None:

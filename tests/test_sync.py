@@ -12,6 +12,7 @@ from tests.daemon import Daemon
 from turnstore import AgentEventEnvelope, ConversationSnapshot, InvalidArgumentError, StoredEvent
 from turnstore import TurnstoreClient as AsyncTurnstoreClient
 from turnstore.errors import VersionConflictError
+from turnstore.history import BatchDeletePrefix, BatchSave
 from turnstore.sync import ClientClosedError, TurnstoreClient
 
 
@@ -46,6 +47,25 @@ def test_blocking_calls_round_trip(daemon: Daemon) -> None:
             history.save_versioned(snapshot, expected_version=0)
         assert any(info.key == key for info in client.list_keys())
         assert client.stats().events >= 3
+
+        # The byte payloads, ranged listings and batches of issue 21, blocking too.
+        blobs = client.history(f"{key}/blob")
+        assert blobs.save_bytes(b"\x00\xff", "application/octet-stream") == 1
+        blob = blobs.load_bytes()
+        assert blob is not None and (blob.data, blob.content_type) == (
+            b"\x00\xff",
+            "application/octet-stream",
+        )
+        client.batch(
+            [
+                BatchSave(f"{key}/a", b"1", "text/plain"),
+                BatchSave(f"{key}/b", b"2", "text/plain"),
+            ]
+        )
+        newest = [i.key for i in client.list_keys(prefix=f"{key}/", newest_first=True, limit=2)]
+        assert newest == [f"{key}/blob", f"{key}/b"]
+        client.batch([BatchDeletePrefix(f"{key}/")])
+        assert list(client.list_keys(prefix=f"{key}/")) == []
 
 
 def test_usable_from_many_threads_at_once(daemon: Daemon) -> None:

@@ -39,9 +39,16 @@ from turnstore.admin import DaemonStats, KeyInfo, ThreadInfo
 from turnstore.client import DEFAULT_TARGET, DEFAULT_TIMEOUT
 from turnstore.client import TurnstoreClient as AsyncTurnstoreClient
 from turnstore.events import WriteMode
+from turnstore.history import BatchOperation
 from turnstore.models import AgentEventEnvelope, ConversationSnapshot, StoredTurnEvents
 from turnstore.replay import ReplayItem
-from turnstore.results import SnapshotVersionInfo, StoredEvent, VersionedSnapshot
+from turnstore.results import (
+    BatchResult,
+    Blob,
+    SnapshotVersionInfo,
+    StoredEvent,
+    VersionedSnapshot,
+)
 
 __all__ = [
     "ClientClosedError",
@@ -192,9 +199,29 @@ class TurnstoreClient:
         """The daemon's counters and what its database holds."""
         return self.call(lambda client: client.admin.stats())
 
-    def list_keys(self, start_after: str = "") -> Generator[KeyInfo, None, None]:
-        """Every conversation key holding a snapshot, in byte order, after ``start_after``."""
-        return self.iterate(lambda client: client.admin.list_keys(start_after))
+    def list_keys(
+        self,
+        *,
+        prefix: str = "",
+        start_after: str = "",
+        end_before: str = "",
+        limit: int = 0,
+        newest_first: bool = False,
+    ) -> Generator[KeyInfo, None, None]:
+        """The conversation keys holding a snapshot, as the async client's ``list_keys``."""
+        return self.iterate(
+            lambda client: client.list_keys(
+                prefix=prefix,
+                start_after=start_after,
+                end_before=end_before,
+                limit=limit,
+                newest_first=newest_first,
+            )
+        )
+
+    def batch(self, operations: Sequence[BatchOperation]) -> list[BatchResult]:
+        """Saves and deletes across keys, all or nothing, as the async client's ``batch``."""
+        return self.call(lambda client: client.batch(operations))
 
     def list_threads(self, start_after: str = "") -> Generator[ThreadInfo, None, None]:
         """Every thread, in the byte order of the UTF-8 ids, after ``start_after``."""
@@ -292,6 +319,18 @@ class SyncHistoryStore:
     def load_versioned(self, version: int | None = None) -> VersionedSnapshot | None:
         """The latest snapshot (or the kept ``version``) with its version, or None."""
         return self._client.call(lambda _: self._store.load_versioned(version))
+
+    def save_bytes(
+        self, data: bytes, content_type: str, expected_version: int | None = None
+    ) -> int:
+        """Store ``data`` (any bytes, with ``content_type``) as the key's next version."""
+        return self._client.call(
+            lambda _: self._store.save_bytes(data, content_type, expected_version)
+        )
+
+    def load_bytes(self, version: int | None = None) -> Blob | None:
+        """The latest (or the kept ``version``) as stored: bytes and content type; or None."""
+        return self._client.call(lambda _: self._store.load_bytes(version))
 
     def list_versions(self) -> list[SnapshotVersionInfo]:
         """The kept versions, newest first; empty for an unknown or deleted key."""

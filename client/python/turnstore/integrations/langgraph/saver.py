@@ -41,13 +41,13 @@ from turnstore.integrations.langgraph._keys import (
 )
 from turnstore.integrations.langgraph._store import (
     MAX_BATCH_OPERATIONS,
-    Blob,
     Delete,
     DeletePrefix,
     KeyStore,
     Operation,
     Save,
 )
+from turnstore.results import Blob
 from turnstore.sync import TurnstoreClient as SyncTurnstoreClient
 
 __all__ = ["CheckpointConflictError", "TurnstoreSaver"]
