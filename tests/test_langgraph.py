@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Annotated, Any, TypedDict
 
 import pytest
@@ -52,6 +52,7 @@ def _require_langgraph() -> None:
 _require_langgraph()
 
 from langchain_core.runnables import RunnableConfig  # noqa: E402
+from langgraph.channels.delta import DeltaChannel  # noqa: E402
 from langgraph.checkpoint.base import BaseCheckpointSaver  # noqa: E402
 from langgraph.checkpoint.conformance import checkpointer_test, validate  # noqa: E402
 from langgraph.checkpoint.conformance.capabilities import ALL_CAPABILITIES  # noqa: E402
@@ -317,3 +318,53 @@ def test_a_follower_sees_every_checkpoint_and_write(daemon: Daemon) -> None:
             for w in e["writes"]
         )
         assert any(w["channel"] == "__interrupt__" for e in writes for w in e["writes"])
+
+
+def _concat(state: list[str], writes: Sequence[list[str]]) -> list[str]:
+    return [*state, *(item for write in writes for item in write)]
+
+
+class Counted(TypedDict):
+    """A loop's state: a DeltaChannel log (stored as deltas, snapshot every 3 updates)."""
+
+    log: Annotated[list[str], DeltaChannel(_concat, snapshot_frequency=3)]
+    count: int
+
+
+def _loop_graph() -> StateGraph[Counted]:
+    def step(state: Counted) -> dict[str, Any]:
+        return {"log": [f"s{state['count']}"], "count": state["count"] + 1}
+
+    graph = StateGraph(Counted)
+    graph.add_node("step", step)
+    graph.add_edge(START, "step")
+    graph.add_conditional_edges("step", lambda s: END if s["count"] % 7 == 0 else "step")
+    return graph
+
+
+def test_delta_channels_survive_prune_and_keep_last(daemon: Daemon) -> None:
+    """A DeltaChannel is rebuilt from ancestors' writes: pruning keeps exactly those."""
+    memory = _loop_graph().compile(checkpointer=InMemorySaver())
+    thread: RunnableConfig = {"configurable": {"thread_id": f"delta-{uuid.uuid4()}"}}
+    start: Counted = {"log": ["in"], "count": 1}
+    expected = memory.invoke(start, thread)
+    assert expected["log"] == ["in", "s1", "s2", "s3", "s4", "s5", "s6"]
+    with TurnstoreSaver(target=daemon.target) as saver:
+        graph = _loop_graph().compile(checkpointer=saver)
+        assert graph.invoke(start, thread) == expected
+        before = len(list(saver.list(thread)))
+        saver.prune([thread["configurable"]["thread_id"]], strategy="keep_latest")
+        after = len(list(saver.list(thread)))
+        # Something was pruned, but not the ancestors the log is rebuilt from.
+        assert 1 < after < before
+        assert graph.get_state(thread).values == memory.get_state(thread).values
+        # The thread goes on from there as the in-memory one does.
+        assert graph.invoke({"log": ["again"], "count": 7}, thread) == memory.invoke(
+            {"log": ["again"], "count": 7}, thread
+        )
+    bounded_thread: RunnableConfig = {"configurable": {"thread_id": f"delta-kept-{uuid.uuid4()}"}}
+    with TurnstoreSaver(target=daemon.target, keep_last=2) as bounded:
+        graph = _loop_graph().compile(checkpointer=bounded)
+        assert graph.invoke(start, bounded_thread) == expected
+        assert graph.get_state(bounded_thread).values == expected
+        assert len(list(bounded.list(bounded_thread))) < before
