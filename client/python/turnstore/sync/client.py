@@ -1,19 +1,4 @@
-"""A synchronous façade over the async client: ``turnstore.sync.TurnstoreClient``.
-
-For code that is not async: a plain script, a web framework's sync view,
-LangGraph's sync checkpointer methods. The façade owns one event loop,
-running on a thread of its own (named ``turnstore-sync``), and the async
-:class:`turnstore.client.TurnstoreClient` made on it; each blocking method
-runs the async call on that loop and waits for its result. It may be used
-from any number of threads at once (their calls share the one channel and,
-in the default write mode, the one append stream, as async tasks would).
-
-``close()`` is its one closing verb (it is not async): it closes the async
-client, stops the loop and joins its thread. A call made after ``close()``,
-or while it runs, raises :class:`ClientClosedError` at once. A call made
-from the façade's own loop thread (from code run through :meth:`call`)
-raises RuntimeError instead of waiting for itself forever.
-"""
+"""The blocking client of :mod:`turnstore.sync`: its loop thread and the calls run on it."""
 
 from __future__ import annotations
 
@@ -40,22 +25,12 @@ from turnstore.client import DEFAULT_TARGET, DEFAULT_TIMEOUT
 from turnstore.client import TurnstoreClient as AsyncTurnstoreClient
 from turnstore.events import WriteMode
 from turnstore.history import BatchOperation
-from turnstore.models import AgentEventEnvelope, ConversationSnapshot, StoredTurnEvents
-from turnstore.replay import ReplayItem
 from turnstore.results import (
     BatchResult,
-    Blob,
-    SnapshotVersionInfo,
-    StoredEvent,
-    VersionedSnapshot,
 )
+from turnstore.sync.stores import SyncEventStore, SyncHistoryStore
 
-__all__ = [
-    "ClientClosedError",
-    "SyncEventStore",
-    "SyncHistoryStore",
-    "TurnstoreClient",
-]
+__all__ = ["ClientClosedError", "TurnstoreClient"]
 
 T = TypeVar("T")
 
@@ -287,118 +262,3 @@ class TurnstoreClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-class SyncHistoryStore:
-    """:class:`turnstore.history.TurnstoreHistoryStore`'s methods, blocking.
-
-    Obtain it as ``client.history(key)`` of a :class:`TurnstoreClient`; the
-    methods behave (and raise) as the async store's of the same names.
-    """
-
-    def __init__(self, client: TurnstoreClient, key: str) -> None:
-        self._client = client
-        self.key = key
-        # Checks the key at once, as the async client does.
-        self._store = client.async_client.history(key)
-
-    def save(self, snapshot: ConversationSnapshot) -> None:
-        """Store ``snapshot`` as a full overwrite of the previous one, durably."""
-        self._client.call(lambda _: self._store.save(snapshot))
-
-    def save_versioned(
-        self, snapshot: ConversationSnapshot, expected_version: int | None = None
-    ) -> int:
-        """Like :meth:`save`, returning the new version; see the async store's."""
-        return self._client.call(lambda _: self._store.save_versioned(snapshot, expected_version))
-
-    def load(self) -> ConversationSnapshot | None:
-        """The latest saved snapshot, or None when nothing was ever saved."""
-        return self._client.call(lambda _: self._store.load())
-
-    def load_versioned(self, version: int | None = None) -> VersionedSnapshot | None:
-        """The latest snapshot (or the kept ``version``) with its version, or None."""
-        return self._client.call(lambda _: self._store.load_versioned(version))
-
-    def save_bytes(
-        self, data: bytes, content_type: str, expected_version: int | None = None
-    ) -> int:
-        """Store ``data`` (any bytes, with ``content_type``) as the key's next version."""
-        return self._client.call(
-            lambda _: self._store.save_bytes(data, content_type, expected_version)
-        )
-
-    def load_bytes(self, version: int | None = None) -> Blob | None:
-        """The latest (or the kept ``version``) as stored: bytes and content type; or None."""
-        return self._client.call(lambda _: self._store.load_bytes(version))
-
-    def list_versions(self) -> list[SnapshotVersionInfo]:
-        """The kept versions, newest first; empty for an unknown or deleted key."""
-        return self._client.call(lambda _: self._store.list_versions())
-
-    def delete(self) -> int:
-        """Delete every kept version; return how many."""
-        return self._client.call(lambda _: self._store.delete())
-
-
-class SyncEventStore:
-    """:class:`turnstore.events.TurnstoreEventStore`'s methods, blocking.
-
-    Reached as ``client.events`` of a :class:`TurnstoreClient`; the methods
-    behave (and raise) as the async store's of the same names. Streaming
-    reads (:meth:`read_events`, :meth:`replay`) return iterators that fetch
-    as they are advanced; close a following replay's iterator to end it.
-    """
-
-    def __init__(self, client: TurnstoreClient) -> None:
-        self._client = client
-
-    def append(self, thread_id: str, turn: int, envelope: AgentEventEnvelope) -> int:
-        """Store ``envelope`` at the end of ``turn``; return its position in the thread."""
-        return self._client.call(lambda c: c.events.append(thread_id, turn, envelope))
-
-    def append_many(
-        self, thread_id: str, turn: int, envelopes: Sequence[AgentEventEnvelope]
-    ) -> list[int]:
-        """Store ``envelopes`` at the end of ``turn`` atomically; return their positions."""
-        return self._client.call(lambda c: c.events.append_many(thread_id, turn, envelopes))
-
-    def finish_turn(self, thread_id: str, turn: int) -> None:
-        """Close ``turn``."""
-        self._client.call(lambda c: c.events.finish_turn(thread_id, turn))
-
-    def get_turn(self, thread_id: str, turn: int) -> StoredTurnEvents | None:
-        """One turn's events and whether it is finished, or None."""
-        return self._client.call(lambda c: c.events.get_turn(thread_id, turn))
-
-    def get_turns(self, thread_id: str) -> list[StoredTurnEvents]:
-        """Every turn of the thread, in turn order."""
-        return self._client.call(lambda c: c.events.get_turns(thread_id))
-
-    def clear(self, thread_id: str) -> None:
-        """Remove every event and turn of the thread."""
-        self._client.call(lambda c: c.events.clear(thread_id))
-
-    def get_events(self, thread_id: str) -> list[AgentEventEnvelope]:
-        """Every event of the thread, in position order."""
-        return self._client.call(lambda c: c.events.get_events(thread_id))
-
-    def event_count(self, thread_id: str) -> int:
-        """How many events the thread holds."""
-        return self._client.call(lambda c: c.events.event_count(thread_id))
-
-    def get_events_since(self, thread_id: str, offset: int) -> list[AgentEventEnvelope]:
-        """The thread's events from position ``offset`` on."""
-        return self._client.call(lambda c: c.events.get_events_since(thread_id, offset))
-
-    def read_events(self, thread_id: str, offset: int = 0) -> Generator[StoredEvent, None, None]:
-        """The thread's stored events (with positions, turns, times) from ``offset``."""
-        return self._client.iterate(lambda c: c.events.read_events(thread_id, offset))
-
-    def replay(
-        self, thread_id: str, after: int | None = None, *, follow: bool = False, **options: Any
-    ) -> Generator[ReplayItem, None, None]:
-        """The async store's ``replay`` (same options), as a blocking iterator."""
-        return self._client.iterate(
-            lambda c: c.events.replay(thread_id, after, follow=follow, **options)
-        )
