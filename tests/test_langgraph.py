@@ -18,6 +18,7 @@ import sys
 import threading
 import uuid
 from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import pytest
@@ -368,3 +369,22 @@ def test_delta_channels_survive_prune_and_keep_last(daemon: Daemon) -> None:
         assert graph.invoke(start, bounded_thread) == expected
         assert graph.get_state(bounded_thread).values == expected
         assert len(list(bounded.list(bounded_thread))) < before
+
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "langgraph_follow.py"
+
+
+def test_the_follow_example_shows_every_checkpoint_live(daemon: Daemon) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), daemon.target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "done: ['start', 'drafted', 'reviewed:True', 'published']" in lines
+    assert "followed 5 checkpoints live" in lines
+    assert sum(line.startswith("checkpoint step=") for line in lines) == 5
+    assert "  writes log = ['published']" in lines
