@@ -10,6 +10,7 @@ it is missing and fails (never skips) when it cannot.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import itertools
 import operator
@@ -62,7 +63,7 @@ from langgraph.graph import END, START, StateGraph  # noqa: E402
 from langgraph.types import Command, interrupt  # noqa: E402
 
 from turnstore.integrations.langgraph import CheckpointConflictError, TurnstoreSaver  # noqa: E402
-from turnstore.sync import TurnstoreClient  # noqa: E402
+from turnstore.sync import ClientClosedError, TurnstoreClient  # noqa: E402
 
 
 async def _conformance(target: str, name: str) -> None:
@@ -162,6 +163,11 @@ def test_a_graph_with_an_interrupt_ends_as_with_the_in_memory_saver(daemon: Daem
         assert done["log"] == ["start", "drafted", "reviewed:True", "published"]
         assert _history(resumed_graph, thread) == _history(memory_graph, thread)
         assert resumed_graph.get_state(thread).values == memory_graph.get_state(thread).values
+    # Closed with the `with`: a clear error, not a hang or a closed-loop RuntimeError.
+    with pytest.raises(ClientClosedError):
+        first.get_tuple(thread)
+    with pytest.raises(ClientClosedError):
+        asyncio.run(second.aget_tuple(thread))
 
 
 async def test_the_async_api_runs_the_same_graph(daemon: Daemon) -> None:
@@ -388,3 +394,43 @@ def test_the_follow_example_shows_every_checkpoint_live(daemon: Daemon) -> None:
     assert "followed 5 checkpoints live" in lines
     assert sum(line.startswith("checkpoint step=") for line in lines) == 5
     assert "  writes log = ['published']" in lines
+
+
+class Fanned(TypedDict):
+    """Four parallel branches append to one reducer channel."""
+
+    log: Annotated[list[str], operator.add]
+
+
+def _fan_graph() -> StateGraph[Fanned]:
+    graph = StateGraph(Fanned)
+    for name in ("a", "b", "c", "d"):
+        graph.add_node(name, lambda state, name=name: {"log": [name]})
+        graph.add_edge(START, name)
+    graph.add_node("join", lambda state: {"log": ["joined"]})
+    graph.add_edge(["a", "b", "c", "d"], "join")
+    graph.add_edge("join", END)
+    return graph
+
+
+@pytest.mark.parametrize("durability", ["sync", "async", "exit"])
+async def test_parallel_tasks_and_each_durability_match_the_in_memory_saver(
+    daemon: Daemon, durability: Any
+) -> None:
+    """Parallel tasks' writes to one checkpoint all land; every durability mode works."""
+    thread: RunnableConfig = {"configurable": {"thread_id": f"fan-{uuid.uuid4()}"}}
+    memory = _fan_graph().compile(checkpointer=InMemorySaver())
+    async with TurnstoreSaver.from_target(daemon.target) as saver:
+        graph = _fan_graph().compile(checkpointer=saver)
+        for _run in range(2):
+            ours = await graph.ainvoke({"log": ["in"]}, thread, durability=durability)
+            theirs = await memory.ainvoke({"log": ["in"]}, thread, durability=durability)
+            assert sorted(ours["log"]) == sorted(theirs["log"])
+        history = [s async for s in graph.aget_state_history(thread)]
+        expected = [s async for s in memory.aget_state_history(thread)]
+        assert [(s.metadata or {}).get("step") for s in history] == [
+            (s.metadata or {}).get("step") for s in expected
+        ]
+        assert [sorted(s.values.get("log", [])) for s in history] == [
+            sorted(s.values.get("log", [])) for s in expected
+        ]

@@ -25,9 +25,9 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from turnstore.client import TurnstoreClient as AsyncTurnstoreClient
-from turnstore.errors import TurnstoreError
 from turnstore.integrations.langgraph._keys import Layout
 from turnstore.integrations.langgraph._maintenance import Operations
+from turnstore.sync import ClientClosedError
 from turnstore.sync import TurnstoreClient as SyncTurnstoreClient
 
 __all__ = ["TurnstoreSaver"]
@@ -84,6 +84,7 @@ class TurnstoreSaver(BaseCheckpointSaver[int]):
         self._owned: SyncTurnstoreClient | None = None
         if target is not None:
             client = self._owned = SyncTurnstoreClient(target)
+        self._facade = client if isinstance(client, SyncTurnstoreClient) else None
         if isinstance(client, SyncTurnstoreClient):
             self._async_client = client.async_client
             self._loop = client.loop
@@ -133,7 +134,13 @@ class TurnstoreSaver(BaseCheckpointSaver[int]):
 
     # -- running on the client's loop -------------------------------------------
 
+    def _check_open(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        if self._facade is not None and self._facade.closed:
+            coroutine.close()
+            raise ClientClosedError("this TurnstoreSaver's client is closed")
+
     async def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        self._check_open(coroutine)
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover - always inside a loop here
@@ -149,9 +156,7 @@ class TurnstoreSaver(BaseCheckpointSaver[int]):
                 "a sync TurnstoreSaver method was called on the event loop its async client "
                 "runs on: use the async methods (aput, aget_tuple, ...) there"
             )
-        if self._owned is not None and self._owned.closed:
-            coroutine.close()
-            raise TurnstoreError("this TurnstoreSaver is closed")
+        self._check_open(coroutine)
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def _ops(self) -> Operations:
