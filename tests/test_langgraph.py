@@ -434,3 +434,39 @@ async def test_parallel_tasks_and_each_durability_match_the_in_memory_saver(
         assert [sorted(s.values.get("log", [])) for s in history] == [
             sorted(s.values.get("log", [])) for s in expected
         ]
+
+
+def test_time_travel_and_update_state_branch_as_with_the_in_memory_saver(daemon: Daemon) -> None:
+    """Branches the user asks for (marked "fork"/"update" by LangGraph) are not stale runs."""
+    thread: RunnableConfig = {"configurable": {"thread_id": f"travel-{uuid.uuid4()}"}}
+    memory = _review_graph().compile(checkpointer=InMemorySaver())
+    with TurnstoreSaver(target=daemon.target) as saver:
+        graph = _review_graph().compile(checkpointer=saver)
+        for g in (graph, memory):
+            g.invoke(_start(), thread)
+            g.invoke(Command(resume=True), thread)
+
+        def at_review(g: Any) -> RunnableConfig:
+            found: RunnableConfig = next(
+                s.config for s in g.get_state_history(thread) if s.next == ("review",)
+            )
+            return found
+
+        # Time travel: resume the old interrupt differently. LangGraph does not
+        # mark this branch, so it is refused as a stale run unless asked for.
+        with pytest.raises(CheckpointConflictError, match="turnstore_fork"):
+            graph.invoke(Command(resume=False), at_review(graph))
+        assert graph.get_state(thread).values["log"][-1] == "published"
+        branch = at_review(graph)
+        branch["configurable"]["turnstore_fork"] = True
+        ours = graph.invoke(Command(resume=False), branch)
+        branch = at_review(memory)
+        branch["configurable"]["turnstore_fork"] = True
+        theirs = memory.invoke(Command(resume=False), branch)
+        assert ours == theirs
+        assert graph.get_state(thread).values == memory.get_state(thread).values
+        # update_state on an older checkpoint: another branch, now the latest.
+        graph.update_state(at_review(graph), {"log": ["edited"]})
+        memory.update_state(at_review(memory), {"log": ["edited"]})
+        assert graph.get_state(thread).values == memory.get_state(thread).values
+        assert _history(graph, thread) == _history(memory, thread)

@@ -34,6 +34,11 @@ logger = logging.getLogger("turnstore.integrations.langgraph")
 # put_writes merges into one value per checkpoint under expected_version;
 # parallel tasks of one step race for it, and the losers merge again.
 MAX_WRITE_MERGES = 100
+# The checkpoint sources with which LangGraph starts a branch the user asked for.
+BRANCH_SOURCES = ("fork", "update")
+# A run's configurable key asking for a branch from an older checkpoint
+# (LangGraph resuming a superseded checkpoint does not mark its puts).
+FORK_KEY = "turnstore_fork"
 
 
 class Writes(Records):
@@ -60,17 +65,23 @@ class Writes(Records):
         head = await self._store.load(head_key)
         head_id = head.data.decode("utf-8") if head else None
         head_version = head.version if head else 0
-        # A put continuing from a checkpoint that is no longer the head, unless
-        # it is this very checkpoint again (a retried put).
+        # A put continuing from a checkpoint that is no longer the head is a
+        # stale or concurrent run, unless it is this very checkpoint again (a
+        # retried put) or a branch asked for: LangGraph marks some ("fork",
+        # "update"), the caller others (FORK_KEY in the run's configurable).
         if (
             parent_id is not None
             and head_id is not None
             and head_id not in (parent_id, checkpoint_id)
+            and stored_metadata.get("source") not in BRANCH_SOURCES
+            and not configurable.get(FORK_KEY)
             and not self.allow_forks
         ):
             raise CheckpointConflictError(
                 f"thread {thread_id!r} (namespace {ns!r}) moved on to checkpoint {head_id}; "
-                f"this checkpoint continues from {parent_id} (a stale or concurrent run)",
+                f"this checkpoint continues from {parent_id} (a stale or concurrent run). "
+                f"To branch from an older checkpoint on purpose, run with "
+                f'{{"configurable": {{"{FORK_KEY}": True, ...}}}}',
                 head_version,
             )
         operations: list[Operation] = [

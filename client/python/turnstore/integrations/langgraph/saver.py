@@ -52,9 +52,13 @@ class TurnstoreSaver(BaseCheckpointSaver[int]):
     version its writer read: two writers continuing one thread cannot both
     succeed, and a put continuing from a checkpoint that is no longer the
     head (a cancelled or stale run) raises :class:`CheckpointConflictError`
-    instead of overwriting newer state. ``allow_forks=True`` accepts the
-    latter (LangGraph's time travel: running again from an old checkpoint),
-    making the new checkpoint the head.
+    instead of overwriting newer state. Branches asked for are accepted and
+    become the head: those LangGraph marks (``update_state`` on an older
+    checkpoint writes an ``"update"`` one, time travel with new input a
+    ``"fork"`` one) and runs whose configurable holds
+    ``"turnstore_fork": True`` (say, resuming a superseded interrupt).
+    ``allow_forks=True`` accepts any put from an older checkpoint, as
+    LangGraph's other savers do.
 
     ``keep_last`` (None: keep all) bounds each namespace to its newest N
     checkpoints, older ones (and their writes) deleted as new ones are put,
