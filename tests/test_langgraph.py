@@ -19,6 +19,7 @@ import sys
 import threading
 import uuid
 from collections.abc import AsyncGenerator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -470,3 +471,25 @@ def test_time_travel_and_update_state_branch_as_with_the_in_memory_saver(daemon:
         memory.update_state(at_review(memory), {"log": ["edited"]})
         assert graph.get_state(thread).values == memory.get_state(thread).values
         assert _history(graph, thread) == _history(memory, thread)
+
+
+def test_one_saver_serves_many_threads_at_once(daemon: Daemon) -> None:
+    """No instance lock: eight OS threads run graphs through one saver concurrently."""
+    with TurnstoreSaver(target=daemon.target) as saver:
+        graph = _review_graph().compile(checkpointer=saver)
+        start = threading.Barrier(8)
+
+        def run(worker: int) -> list[str]:
+            config: RunnableConfig = {"configurable": {"thread_id": f"pool-{uuid.uuid4()}"}}
+            start.wait()
+            graph.invoke(_start(), config)
+            done = graph.invoke(Command(resume=worker % 2 == 0), config)
+            log: list[str] = done["log"]
+            return log
+
+        with ThreadPoolExecutor(8) as pool:
+            logs = list(pool.map(run, range(8)))
+        assert logs == [
+            ["start", "drafted", f"reviewed:{w % 2 == 0}", "published" if w % 2 == 0 else "dropped"]
+            for w in range(8)
+        ]
