@@ -18,6 +18,7 @@ What each test attacks:
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import random
@@ -26,17 +27,20 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import lmdb
 import psycopg
 import pytest
 
 from tests.daemon import Daemon
 from tests.postgres import PostgresServer, fresh_database
-from tests.test_scopes import ADMIN, ALICE, READER, access_args
+from tests.test_cli import run
+from tests.test_scopes import ADMIN, ALICE, READER, access_args, http_base
 from turnstore import (
     BatchDelete,
     BatchDeletePrefix,
     BatchSave,
+    ConversationSnapshot,
     InvalidArgumentError,
     PermissionDeniedError,
     SnapshotFormatError,
@@ -507,3 +511,41 @@ async def test_scoped_batches_and_listings(
         assert await keys_of(alice, prefix="alice/") == ["alice/9"]
     async with TurnstoreClient(daemon.target, token=ADMIN) as admin:
         assert await keys_of(admin, prefix="bob/") == ["bob/0", "bob/1", "bob/2"]
+
+
+# -- no poison -------------------------------------------------------------------------
+
+
+async def test_a_blob_is_shown_safely_by_the_cli_and_http(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """Bytes of another type, saved by a client, are read back exactly by the CLI (piped:
+    base64) and the HTTP conversation read, and summed up on a terminal; a JSON snapshot
+    next to them reads as before."""
+    daemon = start_daemon("lmdb", "--http-listen", "127.0.0.1:0")
+    async with TurnstoreClient(daemon.target) as client:
+        await client.history("blob").save_bytes(BINARY, OCTETS)
+        await client.history("json-blob").save_bytes(b'{"checkpoint": [1, 2]}', "application/json")
+        await client.history("chat").save(ConversationSnapshot([{"role": "user"}], [True]))
+    target = ["--target", daemon.target]
+    piped = json.loads(run("history", "blob", "load", *target).stdout)
+    assert base64.b64decode(piped["data_base64"]) == BINARY
+    assert (piped["content_type"], piped["size_bytes"], piped["version"]) == (
+        OCTETS,
+        len(BINARY),
+        1,
+    )
+    shown = run("history", "blob", "load", "--format", "text", *target)
+    assert shown.returncode == 0 and OCTETS in shown.stdout and "\x00" not in shown.stdout
+    other_json = json.loads(run("history", "json-blob", "load", *target).stdout)
+    assert json.loads(base64.b64decode(other_json["data_base64"])) == {"checkpoint": [1, 2]}
+    chat = json.loads(run("history", "chat", "load", *target).stdout)
+    assert chat["snapshot"] == {"version": 1, "messages": [{"role": "user"}], "pinned": [True]}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{http_base(daemon)}/v1/conversations/blob") as response,
+    ):
+        assert response.status == 200
+        answer = await response.json()
+    assert answer["snapshot"] is None and answer["size_bytes"] == len(BINARY)
+    assert base64.b64decode(answer["data_base64"]) == BINARY

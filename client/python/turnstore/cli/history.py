@@ -7,10 +7,12 @@ subparsers; each parser's ``run`` default runs it.
 from __future__ import annotations
 
 import argparse
+import base64
 import sys
 from typing import Any
 
 from turnstore import _json
+from turnstore._convert import JSON
 from turnstore.cli.common import (
     add_format_option,
     add_parser,
@@ -24,6 +26,9 @@ from turnstore.cli.common import (
     printable,
     printable_json,
 )
+from turnstore.errors import SnapshotFormatError
+from turnstore.models import ConversationSnapshot
+from turnstore.results import Blob
 
 
 async def _conversations(args: argparse.Namespace) -> int:
@@ -57,20 +62,37 @@ async def _conversations(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conversation(blob: Blob) -> ConversationSnapshot | None:
+    """The blob as a conversation snapshot, or None when it is not one (any other bytes)."""
+    if blob.content_type.split(";")[0].strip().lower() not in ("", JSON):
+        return None
+    try:
+        return ConversationSnapshot.from_json(blob.data)
+    except SnapshotFormatError:
+        return None
+
+
 async def _load(args: argparse.Namespace) -> int:
     async with connect(args) as client:
-        loaded = await client.history(args.key).load_versioned(args.version)
+        loaded = await client.history(args.key).load_bytes(args.version)
     if loaded is None:
         which = "nothing is stored" if args.version is None else f"no version {args.version}"
         fail("history", f"{args.key!r}: {which}")
         return 1
+    snapshot = _conversation(loaded)
     if as_json(args):
-        record = {
+        record: dict[str, Any] = {
             "key": args.key,
             "version": loaded.version,
             "saved_at": format_time(loaded.saved_at_unix_nanos),
-            "snapshot": loaded.snapshot.to_json_dict(),
         }
+        if snapshot is not None:
+            record["snapshot"] = snapshot.to_json_dict()
+        else:
+            # Any other bytes (save_bytes): exactly, as base64.
+            record["content_type"] = loaded.content_type
+            record["size_bytes"] = len(loaded.data)
+            record["data_base64"] = base64.b64encode(loaded.data).decode("ascii")
         print(printable_json(_json.dumps(record)))
         return 0
     print(
@@ -78,7 +100,12 @@ async def _load(args: argparse.Namespace) -> int:
         f"saved {format_time(loaded.saved_at_unix_nanos)}",
         file=sys.stderr,
     )
-    snapshot = loaded.snapshot
+    if snapshot is None:
+        print(
+            f"{printable(loaded.content_type)}, {format_size(len(loaded.data))}: not a "
+            "conversation snapshot (--format json prints its bytes as base64)"
+        )
+        return 0
     for index, (message, pinned) in enumerate(zip(snapshot.messages, snapshot.pinned, strict=True)):
         mark = "*" if pinned else " "
         print(f"{index:>4} {mark} {printable_json(_json.dumps(message))}")
@@ -155,8 +182,10 @@ def add_history_commands(commands: Any) -> None:
         help="print the latest snapshot (or --version N)",
         description=(
             "Print a snapshot: on a terminal one line per message (* marks a pinned "
-            "one); piped, one JSON object {key, version, saved_at, snapshot}. Exit 1 "
-            "when nothing is stored."
+            "one); piped, one JSON object {key, version, saved_at, snapshot}. Anything "
+            "else saved under the key (bytes of another content type) is shown as its "
+            "content type and size, or piped as {key, version, saved_at, content_type, "
+            "size_bytes, data_base64}. Exit 1 when nothing is stored."
         ),
     )
     load.add_argument("--version", type=int, help="a kept older version")

@@ -18,6 +18,7 @@ Imports neither gRPC nor generated code.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import weakref
 from collections.abc import Callable
@@ -144,7 +145,9 @@ def snapshot_json_parts(key: str, stored: StoredSnapshot) -> tuple[bytes, bytes,
     unparsed; other content types, and JSON that does not pass
     :func:`_embeddable`, are answered as before this module: the data parsed
     if it is strict JSON, else ``snapshot`` null with ``body_error`` and
-    ``raw_body`` (its bytes as text, invalid UTF-8 replaced), in the head.
+    ``raw_body`` (its bytes as text, invalid UTF-8 replaced) and ``size_bytes``
+    in the head, and, when the data is not UTF-8 (a blob saved with
+    ``save_bytes``), ``data_base64``: the bytes exactly.
     """
     fields = {
         "key": key,
@@ -168,4 +171,16 @@ def snapshot_json_parts(key: str, stored: StoredSnapshot) -> tuple[bytes, bytes,
         body["snapshot"] = None
         body["body_error"] = problem
         body["raw_body"] = stored.data.decode("utf-8", "replace")
+        body["size_bytes"] = len(stored.data)
+        if not _is_utf8(stored.data):
+            # Bytes (save_bytes of any type): raw_body cannot carry them, this can.
+            body["data_base64"] = base64.b64encode(stored.data).decode("ascii")
     return orjson.dumps(body), b"", b""
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
