@@ -493,3 +493,19 @@ def test_one_saver_serves_many_threads_at_once(daemon: Daemon) -> None:
             ["start", "drafted", f"reviewed:{w % 2 == 0}", "published" if w % 2 == 0 else "dropped"]
             for w in range(8)
         ]
+
+
+def test_a_large_checkpoint_is_stored_in_one_batch(daemon: Daemon) -> None:
+    """A long conversation's checkpoint (here 2 MB of messages) goes through put's atomic batch."""
+    thread_id = f"large-{uuid.uuid4()}"
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    messages = [f"message {i} " + "x" * 2000 for i in range(1000)]
+    with TurnstoreSaver(target=daemon.target) as saver:
+        stored = saver.put(
+            config, _checkpoint(messages=messages), {"source": "loop", "step": 0}, {}
+        )
+        saver.put_writes(stored, [("messages", messages[:300])], "task")
+        loaded = saver.get_tuple(config)
+        assert loaded is not None
+        assert loaded.checkpoint["channel_values"]["messages"] == messages
+        assert loaded.pending_writes == [("task", "messages", messages[:300])]
