@@ -509,3 +509,22 @@ def test_a_large_checkpoint_is_stored_in_one_batch(daemon: Daemon) -> None:
         assert loaded is not None
         assert loaded.checkpoint["channel_values"]["messages"] == messages
         assert loaded.pending_writes == [("task", "messages", messages[:300])]
+
+
+def test_neither_the_core_client_nor_the_sync_facade_needs_langgraph() -> None:
+    """Without LangGraph the client imports; the adapter says which extra to install."""
+    code = (
+        "import sys\n"
+        "for name in ('langgraph', 'langchain_core'):\n"
+        "    sys.modules[name] = None  # as if not installed\n"
+        "import turnstore, turnstore.client, turnstore.sync, turnstore.integrations\n"
+        "try:\n"
+        "    import turnstore.integrations.langgraph\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'turnstore[langgraph]'" in result.stdout
