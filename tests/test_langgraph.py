@@ -11,6 +11,7 @@ it is missing and fails (never skips) when it cannot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import itertools
 import operator
@@ -171,10 +172,16 @@ def test_a_graph_with_an_interrupt_ends_as_with_the_in_memory_saver(daemon: Daem
         asyncio.run(second.aget_tuple(thread))
 
 
-async def test_the_async_api_runs_the_same_graph(daemon: Daemon) -> None:
+@pytest.mark.parametrize("made", ["from_target", "sync_facade"])
+async def test_the_async_api_runs_the_same_graph(daemon: Daemon, made: str) -> None:
+    """ainvoke through an async client on this loop, or through a sync façade's loop thread."""
     thread: RunnableConfig = {"configurable": {"thread_id": f"review-async-{uuid.uuid4()}"}}
     memory_graph = _review_graph().compile(checkpointer=InMemorySaver())
-    async with TurnstoreSaver.from_target(daemon.target) as saver:
+    async with contextlib.AsyncExitStack() as stack:
+        if made == "from_target":
+            saver = await stack.enter_async_context(TurnstoreSaver.from_target(daemon.target))
+        else:
+            saver = stack.enter_context(TurnstoreSaver(target=daemon.target))
         graph = _review_graph().compile(checkpointer=saver)
         await graph.ainvoke(_start(), thread)
         await memory_graph.ainvoke(_start(), thread)
