@@ -126,9 +126,21 @@ def _expand(value: Any, scenario: dict[str, Any]) -> Any:
     return value
 
 
+# The arguments that name a thread or key (or a range of keys): "$name" becomes prefix + name.
+NAMED_ARGUMENTS = ("thread", "key", "prefix", "start_after", "end_before")
+
+
+def _rename(arguments: dict[str, Any], prefix: str) -> None:
+    for argument in NAMED_ARGUMENTS:
+        name = arguments.get(argument)
+        if isinstance(name, str) and name.startswith("$"):
+            arguments[argument] = prefix + name[1:]
+
+
 def render(scenario: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
-    """The steps as a driver gets them: names written out, ``$name`` thread ids and
-    keys made ``prefix + name``, expectations and notes left out."""
+    """The steps as a driver gets them: names written out, ``$name`` thread ids, keys
+    and key ranges (in a batch's operations too) made ``prefix + name``, expectations
+    and notes left out."""
     steps = []
     for step in scenario["steps"]:
         rendered = {
@@ -136,10 +148,10 @@ def render(scenario: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
             for key, value in step.items()
             if key not in ("expect", "note")
         }
-        for argument in ("thread", "key"):
-            name = rendered.get(argument)
-            if isinstance(name, str) and name.startswith("$"):
-                rendered[argument] = prefix + name[1:]
+        _rename(rendered, prefix)
+        for operation in rendered.get("operations", []):
+            for arguments in operation.values():
+                _rename(arguments, prefix)
         steps.append(rendered)
     return steps
 

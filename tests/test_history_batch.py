@@ -281,6 +281,17 @@ async def test_one_refused_operation_changes_nothing(
     assert await client.history(prefix + "new").save_bytes(b"n", OCTETS) == 1
 
 
+async def test_a_batch_carries_megabytes(client: TurnstoreClient, prefix: str) -> None:
+    """A batch is not held to the 64 KiB of small requests: three 2 MiB blobs in one."""
+    blobs = [bytes([n]) * (2 << 20) for n in range(3)]
+    results = await client.batch(
+        [BatchSave(f"{prefix}{n}", blob, OCTETS) for n, blob in enumerate(blobs)]
+    )
+    assert [r.version for r in results] == [1, 1, 1]
+    loaded = await client.history(f"{prefix}2").load_bytes()
+    assert loaded is not None and loaded.data == blobs[2]
+
+
 async def test_batch_size_is_bounded(start_daemon: Callable[..., Daemon]) -> None:
     daemon = start_daemon("lmdb", "--max-batch-operations", "3")
     async with TurnstoreClient(daemon.target) as client:

@@ -13,6 +13,7 @@ ErrorReason string by ERROR_REASONS.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -20,6 +21,9 @@ from typing import Any
 
 from turnstore import (
     AgentEventEnvelope,
+    BatchDelete,
+    BatchDeletePrefix,
+    BatchSave,
     CaughtUp,
     ConversationSnapshot,
     CursorOutOfRangeError,
@@ -82,6 +86,17 @@ def turn_json(turn: StoredTurnEvents) -> dict[str, Any]:
     }
 
 
+def batch_operation(operation: dict[str, Any]) -> BatchSave | BatchDelete | BatchDeletePrefix:
+    """A scenario's batch operation ({"save"|"delete"|"delete_prefix": {...}}) as the client's."""
+    if "save" in operation:
+        save = operation["save"]
+        data = base64.b64decode(save["data_base64"])
+        return BatchSave(save["key"], data, save["content_type"], save.get("expected_version"))
+    if "delete" in operation:
+        return BatchDelete(operation["delete"]["key"], operation["delete"].get("expected_version"))
+    return BatchDeletePrefix(operation["delete_prefix"]["prefix"])
+
+
 class PythonDriver:
     """Executes steps on one client; keeps the replay cursors steps save by name."""
 
@@ -128,6 +143,43 @@ class PythonDriver:
             if loaded is None:
                 return {"snapshot": None, "version": None}
             return {"snapshot": loaded.snapshot.to_json_dict(), "version": loaded.version}
+        if op == "save_bytes":
+            data = base64.b64decode(step["data_base64"])
+            history = self.client.history(step["key"])
+            expected = step.get("expected_version")
+            return {"version": await history.save_bytes(data, step["content_type"], expected)}
+        if op == "load_bytes":
+            blob = await self.client.history(step["key"]).load_bytes()
+            if blob is None:
+                return {"blob": None}
+            return {
+                "data_base64": base64.b64encode(blob.data).decode("ascii"),
+                "content_type": blob.content_type,
+                "version": blob.version,
+            }
+        if op == "list_keys":
+            prefix = step.get("prefix", "")
+            listed = self.client.list_keys(
+                prefix=prefix,
+                start_after=step.get("start_after", ""),
+                end_before=step.get("end_before", ""),
+                limit=step.get("limit", 0),
+                newest_first=step.get("newest_first", False),
+            )
+            keys = [{"key": k.key[len(prefix) :], "version": k.version} async for k in listed]
+            return {"keys": keys}
+        if op == "batch":
+            results = await self.client.batch([batch_operation(o) for o in step["operations"]])
+            return {
+                "results": [
+                    {
+                        "version": r.version,
+                        "removed_versions": r.removed_versions,
+                        "removed_keys": r.removed_keys,
+                    }
+                    for r in results
+                ]
+            }
         return {"unsupported": op}
 
     async def replay(self, step: dict[str, Any]) -> dict[str, Any]:

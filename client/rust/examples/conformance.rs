@@ -17,7 +17,8 @@ use ailoop_history::ConversationSnapshot;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use turnstore_client::{
-    Client, ClientOptions, ErrorKind, ReplayItem, ReplayOptions, TurnstoreEventStore,
+    BatchOp, Client, ClientOptions, ErrorKind, ListKeysOptions, ReplayItem, ReplayOptions,
+    TurnstoreEventStore,
 };
 
 /// The client's error kind as the proto's reason string.
@@ -146,6 +147,66 @@ impl Driver {
                 None => json!({"snapshot": null, "version": null}),
                 Some(loaded) => json!({"snapshot": loaded.snapshot, "version": loaded.version}),
             },
+            "save_bytes" => {
+                let data = from_base64(&text(step, "data_base64")?)?;
+                let expected = step.get("expected_version").and_then(Value::as_u64);
+                let history = self.client.history(text(step, "key")?);
+                let content_type = text(step, "content_type")?;
+                json!({ "version": history.save_bytes(&data, &content_type, expected).await? })
+            }
+            "load_bytes" => match self
+                .client
+                .history(text(step, "key")?)
+                .load_bytes(None)
+                .await?
+            {
+                None => json!({ "blob": null }),
+                Some(blob) => json!({
+                    "data_base64": to_base64(&blob.data),
+                    "content_type": blob.content_type,
+                    "version": blob.version,
+                }),
+            },
+            "list_keys" => {
+                let get = |name: &str| step.get(name).and_then(Value::as_str).unwrap_or("");
+                let prefix = get("prefix").to_owned();
+                let options = ListKeysOptions {
+                    prefix: prefix.clone(),
+                    start_after: get("start_after").to_owned(),
+                    end_before: get("end_before").to_owned(),
+                    limit: u32::try_from(step.get("limit").and_then(Value::as_u64).unwrap_or(0))?,
+                    newest_first: step
+                        .get("newest_first")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                };
+                let keys = self.client.list_keys(options).await?;
+                let listed: Vec<Value> = keys
+                    .iter()
+                    .map(|k| json!({ "key": &k.key[prefix.len()..], "version": k.version }))
+                    .collect();
+                json!({ "keys": listed })
+            }
+            "batch" => {
+                let operations = field(step, "operations")?
+                    .as_array()
+                    .ok_or_else(|| anyhow::anyhow!("operations is not a list"))?
+                    .iter()
+                    .map(batch_op)
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let results = self.client.batch(&operations).await?;
+                let results: Vec<Value> = results
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "version": r.version,
+                            "removed_versions": r.removed_versions,
+                            "removed_keys": r.removed_keys,
+                        })
+                    })
+                    .collect();
+                json!({ "results": results })
+            }
             other => json!({ "unsupported": other }),
         })
     }
@@ -217,4 +278,63 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", json!({"step": index, "outcome": outcome}));
     }
     Ok(())
+}
+
+/// A scenario's batch operation (`{"save"|"delete"|"delete_prefix": {...}}`) as the client's.
+fn batch_op(operation: &Value) -> anyhow::Result<BatchOp> {
+    if let Some(save) = operation.get("save") {
+        return Ok(BatchOp::save(
+            text(save, "key")?,
+            from_base64(&text(save, "data_base64")?)?,
+            text(save, "content_type")?,
+            save.get("expected_version").and_then(Value::as_u64),
+        ));
+    }
+    if let Some(delete) = operation.get("delete") {
+        return Ok(BatchOp::delete(
+            text(delete, "key")?,
+            delete.get("expected_version").and_then(Value::as_u64),
+        ));
+    }
+    let prefix = field(operation, "delete_prefix")?;
+    Ok(BatchOp::delete_prefix(text(prefix, "prefix")?))
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (the scenario's form of bytes).
+fn to_base64(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let bits = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(BASE64[((bits >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn from_base64(text: &str) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut bits, mut count) = (0u32, 0);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let value = BASE64
+            .iter()
+            .position(|b| *b == c)
+            .ok_or_else(|| anyhow::anyhow!("not base64: {text:?}"))?;
+        bits = (bits << 6) | u32::try_from(value)?;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push(u8::try_from((bits >> count) & 0xff)?);
+        }
+    }
+    Ok(out)
 }

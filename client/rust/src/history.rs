@@ -19,6 +19,20 @@ pub struct VersionedSnapshot {
     pub saved_at_unix_nanos: i64,
 }
 
+/// A snapshot as stored, its data as bytes (see
+/// [`TurnstoreHistoryStore::load_bytes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blob {
+    /// Exactly what was saved.
+    pub data: Vec<u8>,
+    /// Its encoding (`application/json` when saved with none).
+    pub content_type: String,
+    /// Its version.
+    pub version: u64,
+    /// When the daemon committed it, in nanoseconds since the Unix epoch.
+    pub saved_at_unix_nanos: i64,
+}
+
 /// One kept version of a key, without its data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotVersionInfo {
@@ -140,6 +154,72 @@ impl TurnstoreHistoryStore {
             version: stored.version,
             saved_at_unix_nanos: stored.saved_at_unix_nanos,
         }))
+    }
+
+    /// Store `data` (any bytes) as the key's next version with
+    /// `content_type` (say `application/octet-stream`; at most 128 bytes, no
+    /// NUL); return the version. Other types are stored as opaque bytes;
+    /// `application/json` (or empty) data must still be strict JSON.
+    /// `expected_version` and retries as for
+    /// [`save_versioned`](Self::save_versioned).
+    pub async fn save_bytes(
+        &self,
+        data: &[u8],
+        content_type: &str,
+        expected_version: Option<u64>,
+    ) -> Result<u64> {
+        let retry = match expected_version {
+            Some(_) => RetryPolicy::NONE,
+            None => self.client.inner.options.retry,
+        };
+        let client = &self.client;
+        client
+            .call(retry, || async {
+                let request = pb::SaveRequest {
+                    key: self.key.clone(),
+                    data: data.to_vec(),
+                    content_type: content_type.to_owned(),
+                    expected_version,
+                };
+                let mut stub = client.inner.history.clone();
+                Ok(stub
+                    .save(client.request(request, true))
+                    .await?
+                    .into_inner()
+                    .version)
+            })
+            .await
+    }
+
+    /// The latest snapshot (or the kept `version`) as stored, whatever its
+    /// content type (a JSON snapshot comes back as its text); None when
+    /// nothing is stored, the key was deleted, or that version is no longer
+    /// kept. Never fails for what is stored.
+    pub async fn load_bytes(&self, version: Option<u64>) -> Result<Option<Blob>> {
+        let client = &self.client;
+        let response = client
+            .call(client.inner.options.retry, || async {
+                let request = pb::LoadRequest {
+                    key: self.key.clone(),
+                    version,
+                };
+                let mut stub = client.inner.history.clone();
+                Ok(stub.load(client.request(request, true)).await?.into_inner())
+            })
+            .await?;
+        Ok(response
+            .snapshot
+            .filter(|_| response.found)
+            .map(|stored| Blob {
+                data: stored.data,
+                content_type: if stored.content_type.is_empty() {
+                    JSON.to_owned()
+                } else {
+                    stored.content_type
+                },
+                version: stored.version,
+                saved_at_unix_nanos: stored.saved_at_unix_nanos,
+            }))
     }
 
     /// The kept versions, newest first; empty for an unknown or deleted key.

@@ -37,6 +37,7 @@ mod convert;
 mod error;
 mod events;
 mod history;
+mod keys;
 mod replay;
 
 /// The generated gRPC messages and clients of `proto/turnstore/v1`.
@@ -53,7 +54,8 @@ pub use client::{
 pub use convert::{RawEnvelope, UndecodableEvents, JSON};
 pub use error::{Error, ErrorKind, Result, CURRENT_VERSION_METADATA_KEY, ERROR_METADATA_KEY};
 pub use events::{EventOrder, StoredEvent, TurnstoreEventStore};
-pub use history::{SnapshotVersionInfo, TurnstoreHistoryStore, VersionedSnapshot};
+pub use history::{Blob, SnapshotVersionInfo, TurnstoreHistoryStore, VersionedSnapshot};
+pub use keys::{BatchOp, BatchResult, KeyInfo, ListKeysOptions};
 pub use replay::{Replay, ReplayItem, ReplayOptions};
 
 // The trait crates, so users need not pin matching versions themselves.

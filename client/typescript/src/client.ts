@@ -12,6 +12,8 @@ import type { WriteMode } from "./events";
 import { TurnstoreHistoryStore } from "./history";
 import { fromU64 } from "./numbers";
 import { loadTurnstoreV1 } from "./proto";
+import { applyBatch, listKeys } from "./keys";
+import type { BatchOperation, BatchResult, KeyInfo, ListKeysOptions } from "./keys";
 import type { AdminServiceClient, GetStatsResponse, HistoryStoreServiceClient } from "./proto";
 
 /** The daemon's default address (`make run`). */
@@ -375,6 +377,29 @@ export class TurnstoreClient {
    */
   history(key: string): TurnstoreHistoryStore {
     return new TurnstoreHistoryStore(this.#history, key, this.#calls);
+  }
+
+  /**
+   * The conversation keys holding a snapshot, in byte order of their UTF-8
+   * form (descending with `newestFirst`), narrowed by `prefix` and
+   * `endBefore`, at most `limit`. `{ prefix, limit: 1, newestFirst: true }`
+   * is the greatest key under a prefix, read in O(1); deleted keys are never
+   * listed and cost nothing to skip. Leaving the loop early cancels the call.
+   */
+  listKeys(options: ListKeysOptions = {}): AsyncGenerator<KeyInfo, void, undefined> {
+    return listKeys(this.#history, this.#calls, options);
+  }
+
+  /**
+   * Applies saves and deletes across keys (built with batchSave, batchDelete,
+   * batchDeletePrefix), in order, all or nothing, in one durable commit;
+   * resolves with one result per operation. One refused operation
+   * (VersionConflictError, InvalidArgumentError, PermissionDeniedError, the
+   * message naming its index) refuses the whole batch. Retried after
+   * UnavailableError only when every operation is an unconditional delete.
+   */
+  batch(operations: readonly BatchOperation[]): Promise<BatchResult[]> {
+    return applyBatch(this.#history, this.#calls, operations);
   }
 
   /**

@@ -20,6 +20,15 @@ export interface VersionedSnapshot {
   savedAtUnixNanos: bigint;
 }
 
+/** A snapshot as stored, its data as bytes (see `loadBytes`). */
+export interface Blob {
+  /** Exactly what was saved. */
+  data: Uint8Array;
+  contentType: string;
+  version: number;
+  savedAtUnixNanos: bigint;
+}
+
 /** One kept version of a key, without its data (see `listVersions`). */
 export interface SnapshotVersionInfo {
   version: number;
@@ -115,6 +124,62 @@ export class TurnstoreHistoryStore {
     }
     return {
       snapshot: decodeSnapshot(stored.data),
+      version: fromU64(stored.version, "version"),
+      savedAtUnixNanos: fromNanos(stored.saved_at_unix_nanos),
+    };
+  }
+
+  /**
+   * Stores `data` (any bytes) as the key's next version with `contentType`
+   * (say "application/octet-stream"; at most 128 bytes, no NUL) and resolves
+   * with the version. Other types are stored as opaque bytes; data labelled
+   * "application/json" (or "") must still be strict JSON, else
+   * InvalidArgumentError. `expectedVersion` and retries as for {@link save}.
+   */
+  async saveBytes(
+    data: Uint8Array,
+    contentType: string,
+    options: { expectedVersion?: number } = {},
+  ): Promise<number> {
+    if (!(data instanceof Uint8Array)) {
+      throw new TypeError("data must be a Uint8Array (or a Buffer)");
+    }
+    const request = {
+      key: this.key,
+      data: Buffer.from(data.buffer, data.byteOffset, data.byteLength),
+      content_type: contentType,
+      ...(options.expectedVersion !== undefined && {
+        expected_version: checkU64(options.expectedVersion, "expectedVersion"),
+      }),
+    };
+    const response = await this.#calls.unary<SaveResponse>(
+      (callOptions, done) => this.#stub.Save(request, callOptions, done),
+      { retry: options.expectedVersion === undefined },
+    );
+    return fromU64(response.version, "version");
+  }
+
+  /**
+   * The latest snapshot (or the kept `version`) as stored: its bytes and
+   * content type, whatever they are (a JSON snapshot comes back as its
+   * text); undefined when nothing is stored, the key was deleted, or that
+   * version is no longer kept. Never rejects for what is stored.
+   */
+  async loadBytes(version?: number): Promise<Blob | undefined> {
+    const request = {
+      key: this.key,
+      ...(version !== undefined && { version: checkU64(version, "version") }),
+    };
+    const response = await this.#calls.unary<LoadResponse>((options, done) =>
+      this.#stub.Load(request, options, done),
+    );
+    const stored = response.snapshot;
+    if (!response.found || stored === null) {
+      return undefined;
+    }
+    return {
+      data: new Uint8Array(stored.data),
+      contentType: stored.content_type === "" ? JSON_CONTENT_TYPE : stored.content_type,
       version: fromU64(stored.version, "version"),
       savedAtUnixNanos: fromNanos(stored.saved_at_unix_nanos),
     };

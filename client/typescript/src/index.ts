@@ -20,7 +20,9 @@ export type { RetryEvent, RetryPolicy } from "./calls";
 export { TurnstoreEventStore } from "./events";
 export type { EventOrder, ReadEventsOptions, ReplayOptions, WriteMode } from "./events";
 export { TurnstoreHistoryStore } from "./history";
-export type { SnapshotVersionInfo, VersionedSnapshot } from "./history";
+export type { Blob, SnapshotVersionInfo, VersionedSnapshot } from "./history";
+export { batchDelete, batchDeletePrefix, batchSave } from "./keys";
+export type { BatchOperation, BatchResult, KeyInfo, ListKeysOptions } from "./keys";
 export { Replay } from "./replay";
 export type {
   CaughtUpItem,

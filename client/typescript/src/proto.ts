@@ -26,6 +26,8 @@ export type { ClearResponse__Output as ClearResponse } from "./gen/turnstore/v1/
 export type { SaveResponse__Output as SaveResponse } from "./gen/turnstore/v1/SaveResponse";
 export type { LoadResponse__Output as LoadResponse } from "./gen/turnstore/v1/LoadResponse";
 export type { DeleteResponse__Output as DeleteResponse } from "./gen/turnstore/v1/DeleteResponse";
+export type { BatchResponse__Output as BatchResponse } from "./gen/turnstore/v1/BatchResponse";
+export type { ListKeysResponse__Output as ListKeysResponse } from "./gen/turnstore/v1/ListKeysResponse";
 export type { EventEnvelope as WireEnvelope } from "./gen/turnstore/v1/EventEnvelope";
 export type { EventEnvelope__Output as WireEnvelopeOutput } from "./gen/turnstore/v1/EventEnvelope";
 export type { AdminServiceClient } from "./gen/turnstore/v1/AdminService";

@@ -28,10 +28,13 @@ import {
   UnauthenticatedError,
   UnavailableError,
   VersionConflictError,
+  batchDelete,
+  batchDeletePrefix,
+  batchSave,
   envelopeFromJson,
   envelopeToJson,
 } from "../src/index";
-import type { ConversationSnapshot, StoredTurn } from "../src/index";
+import type { BatchOperation, ConversationSnapshot, StoredTurn } from "../src/index";
 
 type Json = Record<string, unknown>;
 /** A rendered step: its fields are checked by the client, not here. */
@@ -69,6 +72,25 @@ function turnJson(turn: StoredTurn): Json {
     finished: turn.finished,
     events: turn.events.map((e) => envelopeToJson(e.envelope)),
   };
+}
+
+/** A scenario's batch operation ({save|delete|delete_prefix: {...}}) as the client's. */
+function batchOperation(operation: Step): BatchOperation {
+  if (operation.save !== undefined) {
+    const save = operation.save;
+    return batchSave(save.key, Buffer.from(save.data_base64, "base64"), {
+      contentType: save.content_type,
+      ...(save.expected_version !== undefined && { expectedVersion: save.expected_version }),
+    });
+  }
+  if (operation.delete !== undefined) {
+    const expected = operation.delete.expected_version;
+    return batchDelete(
+      operation.delete.key,
+      expected === undefined ? {} : { expectedVersion: expected },
+    );
+  }
+  return batchDeletePrefix(operation.delete_prefix.prefix);
 }
 
 /** Replay cursors saved by name: [after, epoch]. */
@@ -117,6 +139,48 @@ async function run(client: TurnstoreClient, step: Step): Promise<Json> {
       return loaded === undefined
         ? { snapshot: null, version: null }
         : { snapshot: loaded.snapshot, version: loaded.version };
+    }
+    case "save_bytes": {
+      const data = Buffer.from(step.data_base64, "base64");
+      const options =
+        step.expected_version === undefined ? {} : { expectedVersion: step.expected_version };
+      return {
+        version: await client.history(step.key).saveBytes(data, step.content_type, options),
+      };
+    }
+    case "load_bytes": {
+      const blob = await client.history(step.key).loadBytes();
+      return blob === undefined
+        ? { blob: null }
+        : {
+            data_base64: Buffer.from(blob.data).toString("base64"),
+            content_type: blob.contentType,
+            version: blob.version,
+          };
+    }
+    case "list_keys": {
+      const prefix: string = step.prefix ?? "";
+      const keys: Json[] = [];
+      for await (const info of client.listKeys({
+        prefix,
+        startAfter: step.start_after ?? "",
+        endBefore: step.end_before ?? "",
+        limit: step.limit ?? 0,
+        newestFirst: step.newest_first ?? false,
+      })) {
+        keys.push({ key: info.key.slice(prefix.length), version: info.version });
+      }
+      return { keys };
+    }
+    case "batch": {
+      const results = await client.batch(step.operations.map(batchOperation));
+      return {
+        results: results.map((r) => ({
+          version: r.version,
+          removed_versions: r.removedVersions,
+          removed_keys: r.removedKeys,
+        })),
+      };
     }
     default:
       // An operation this driver does not know (a new one in the scenario).

@@ -80,7 +80,14 @@ class VersionConflictError(EngineError):
             f"snapshot {key!r} is at version {current}, not the expected {expected}; "
             "nothing was saved"
         )
+        self.key = key
+        self.expected_version = expected
         self.current_version = current
+
+    def at_version(self, current: int) -> VersionConflictError:
+        """The same conflict reporting ``current`` as the key's version (a batch's
+        conflict, reported with the version the key is at once the batch is undone)."""
+        return VersionConflictError(self.key, self.expected_version, current)
 
 
 class ThreadClearedError(EngineError):

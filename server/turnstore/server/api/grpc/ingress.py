@@ -5,8 +5,9 @@ Each request is checked at the cheapest point that can refuse it:
 1. the bearer token, before its message is even read
    (:class:`turnstore.server.api.grpc.interceptors.BearerTokenInterceptor`);
 2. the message's size against its RPC's limit, before it is decoded: only
-   ``Append``, ``AppendStream`` (batches), ``Save`` (snapshots) and ``Batch`` accept
-   large messages, every other RPC at most :data:`SMALL_REQUEST_BYTES`;
+   ``Append``, ``AppendStream`` (batches), ``Save`` (snapshots) and the
+   history's ``Batch`` accept large messages, every other RPC at most
+   :data:`SMALL_REQUEST_BYTES`;
 3. a large batch's number of events (and each event's encoded size), by a
    scan of the message's wire fields (:mod:`.wire_scan`) that stops at the
    limit + 1, before any event is decoded (an AppendStream message: its
@@ -210,8 +211,7 @@ class Ingress:
         if message_name == "SaveRequest":
             return min(self._request_bytes, self.limits.max_snapshot_bytes + SNAPSHOT_REQUEST_ROOM)
         if message_name == "BatchRequest":
-            # Its saves carry snapshots (each within max_snapshot_bytes, checked
-            # as Save's): bounded by the whole request limit, not a small one.
+            # Several saves: the message limit bounds them all together.
             return self._request_bytes
         return SMALL_REQUEST_BYTES
 

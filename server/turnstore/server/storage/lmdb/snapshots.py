@@ -243,8 +243,16 @@ def apply_batch(
                 else:
                     removed, count = delete_under(state, child, now_ns, encoded)
                     results.append(BatchResult(removed_versions=removed, removed_keys=count))
+            except VersionConflictError as error:
+                child.abort()
+                # The version the key is at with nothing of the batch applied.
+                value = get(txn, encoded, state.dbs[schema.CONVERSATIONS])
+                current = 0 if value is None else schema.unpack_conversation(value).current_version
+                raise at_operation(index, error.at_version(current)) from None
             except EngineError as error:
                 raise at_operation(index, error) from None
+    except VersionConflictError:
+        raise
     except BaseException:
         child.abort()
         raise

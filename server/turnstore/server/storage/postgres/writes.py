@@ -211,8 +211,20 @@ def apply_batch(
                 else:
                     removed, count = delete_under(cur, encoded, now_ns)
                     results.append(BatchResult(removed_versions=removed, removed_keys=count))
+            except VersionConflictError as error:
+                cur.execute("ROLLBACK TO SAVEPOINT turnstore_batch")
+                # The version the key is at with nothing of the batch applied.
+                cur.execute(
+                    "SELECT current_version FROM turnstore_conversations WHERE key = %s",
+                    (encoded,),
+                )
+                row = cur.fetchone()
+                current = 0 if row is None else int(row[0])
+                raise at_operation(index, error.at_version(current)) from None
             except EngineError as error:
                 raise at_operation(index, error) from None
+    except VersionConflictError:
+        raise
     except EngineError:
         cur.execute("ROLLBACK TO SAVEPOINT turnstore_batch")
         raise
