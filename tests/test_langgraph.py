@@ -535,3 +535,22 @@ def test_neither_the_core_client_nor_the_sync_facade_needs_langgraph() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'turnstore[langgraph]'" in result.stdout
+
+
+DOC = Path(__file__).parent.parent / "docs" / "langgraph.md"
+
+
+def test_the_docs_whole_program_runs(daemon: Daemon) -> None:
+    """docs/langgraph.md's first Python block is a whole program: it runs as printed."""
+    text = DOC.read_text(encoding="utf-8")
+    program = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "127.0.0.1:7070" in program
+    result = subprocess.run(
+        [sys.executable, "-c", program.replace("127.0.0.1:7070", daemon.target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "{'log': ['start', 'drafted', 'reviewed:yes']}"
