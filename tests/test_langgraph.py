@@ -305,6 +305,9 @@ def test_keep_last_bounds_a_thread_and_delete_thread_leaves_nothing(daemon: Daem
         assert saver.get_tuple(config) is None
         assert _keys_under(daemon, saver._layout.thread(thread_id)) == []
         assert _keys_under(daemon, saver._layout.run(run_id)) == []
+        # Nothing of either thread is left: checkpoints, writes, heads, run markers.
+        assert _keys_under(daemon, saver._layout.thread(thread_id)) == []
+        assert _keys_under(daemon, saver._layout.thread(copy_id)) == []
 
 
 def test_a_follower_sees_every_checkpoint_and_write(daemon: Daemon) -> None:
@@ -554,3 +557,35 @@ def test_the_docs_whole_program_runs(daemon: Daemon) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "{'log': ['start', 'drafted', 'reviewed:yes']}"
+
+
+def test_deeply_nested_namespaces_fit_the_key_limit(daemon: Daemon) -> None:
+    """A subgraph three levels down: its namespace is hashed in keys and named in values."""
+    thread_id, copy_id, run_id = (str(uuid.uuid4()) for _ in range(3))
+    ns = "|".join(f"{name}:{uuid.uuid4()}" for name in ("outer", "inner", "leaf"))
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns}}
+    with TurnstoreSaver(target=daemon.target) as saver:
+        for step in range(3):
+            config = saver.put(
+                config, _checkpoint(x=step), {"source": "loop", "step": step, "run_id": run_id}, {}
+            )
+            saver.put_writes(config, [("x", step)], "task")
+        keys = _keys_under(daemon, saver._layout.thread(thread_id))
+        keys += _keys_under(daemon, saver._layout.run(run_id))
+        assert max(len(k.encode()) for k in keys) <= 256, keys
+        everywhere = list(saver.list({"configurable": {"thread_id": thread_id}}))
+        assert [t.config["configurable"]["checkpoint_ns"] for t in everywhere] == [ns] * 3
+        latest = saver.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns}})
+        assert latest is not None and latest.pending_writes == [("task", "x", 2)]
+
+        saver.copy_thread(thread_id, copy_id)
+        saver.prune([thread_id], strategy="keep_latest")
+        assert len(list(saver.list({"configurable": {"thread_id": thread_id}}))) == 1
+        assert len(list(saver.list({"configurable": {"thread_id": copy_id}}))) == 3
+        saver.delete_for_runs([run_id])
+        assert list(saver.list({"configurable": {"thread_id": thread_id}})) == []
+        assert list(saver.list({"configurable": {"thread_id": copy_id}})) == []
+        assert _keys_under(daemon, saver._layout.run(run_id)) == []
+        # Nothing of either thread is left: checkpoints, writes, heads, run markers.
+        assert _keys_under(daemon, saver._layout.thread(thread_id)) == []
+        assert _keys_under(daemon, saver._layout.thread(copy_id)) == []

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from turnstore.integrations.langgraph._keys import (
     HEAD_CONTENT_TYPE,
-    MARKER_CONTENT_TYPE,
+    head_value,
 )
 from turnstore.integrations.langgraph._store import (
     Delete,
@@ -38,7 +38,7 @@ class Operations(Writes):
         remaining = [key[len(prefix) :] for key in keys if key[len(prefix) :] not in deleted]
         head_key = self._layout.head(thread_id, ns)
         if remaining:
-            return [Save(head_key, remaining[0].encode("utf-8"), HEAD_CONTENT_TYPE)]
+            return [Save(head_key, head_value(remaining[0], ns), HEAD_CONTENT_TYPE)]
         return [Delete(head_key)]
 
     async def _delete_for_runs(self, run_ids: Sequence[str]) -> None:
@@ -47,7 +47,13 @@ class Operations(Writes):
             by_namespace: dict[tuple[str, str], set[str]] = {}
             operations: list[Operation] = []
             for key in await self._store.keys(layout.run(run_id)):
-                thread_id, ns, checkpoint_id = layout.parse_run_entry(run_id, key)
+                thread_id, named, checkpoint_id = layout.parse_run_entry(run_id, key)
+                if named is None:  # hashed in the key: the entry's value names it
+                    entry = await self._store.load(key)
+                    if entry is None:
+                        continue
+                    named = entry.data.decode("utf-8")
+                ns = named
                 by_namespace.setdefault((thread_id, ns), set()).add(checkpoint_id)
                 operations += self._checkpoint_deletes(thread_id, ns, checkpoint_id, run_id)
             for thread_id in {thread for thread, _ in by_namespace}:
@@ -59,28 +65,22 @@ class Operations(Writes):
 
     async def _copy_thread(self, source: str, target: str) -> None:
         layout = self._layout
-        source_prefix = layout.thread(source)
-        target_prefix = layout.thread(target)
+        copies: list[tuple[str, str]] = [(layout.thread(source), layout.thread(target))]
+        # The run index entries of the source's runs, for delete_for_runs on the copy.
+        copies += [
+            (
+                layout.run_in_thread(layout.run_of_marker(source, key), source),
+                layout.run_in_thread(layout.run_of_marker(source, key), target),
+            )
+            for key in await self._store.keys(layout.run_markers(source))
+        ]
         operations: list[Operation] = []
-        for key in await self._store.keys(source_prefix):
-            blob = await self._store.load(key)
-            if blob is None:
-                continue
-            rest = key[len(source_prefix) :]
-            operations.append(Save(target_prefix + rest, blob.data, blob.content_type))
-            if rest.startswith("c/"):
-                ns_part, checkpoint_id = rest[2:].split("/")
-                record = self._load(blob)
-                run_id = record["metadata"].get("run_id")
-                if isinstance(run_id, str) and run_id:
-                    ns = layout.ns_of_head(target, layout.heads(target) + ns_part)
-                    operations.append(
-                        Save(
-                            layout.run_entry(run_id, target, ns, checkpoint_id),
-                            b"",
-                            MARKER_CONTENT_TYPE,
-                        )
-                    )
+        for source_prefix, target_prefix in copies:
+            for key in await self._store.keys(source_prefix):
+                blob = await self._store.load(key)
+                if blob is not None:
+                    rest = key[len(source_prefix) :]
+                    operations.append(Save(target_prefix + rest, blob.data, blob.content_type))
         if operations:
             await self._batches(operations)
 

@@ -22,6 +22,7 @@ from turnstore.client import TurnstoreClient
 from turnstore.integrations.langgraph._keys import (
     Layout,
     content_type_of,
+    parse_head,
     serde_type_of,
 )
 from turnstore.integrations.langgraph._store import (
@@ -120,8 +121,16 @@ class Records:
         return await self._tuple(thread_id, ns, checkpoint_id)
 
     async def _namespaces(self, thread_id: str) -> list[str]:
-        heads = await self._store.keys(self._layout.heads(thread_id))
-        return sorted(self._layout.ns_of_head(thread_id, key) for key in heads)
+        namespaces: list[str] = []
+        for key in await self._store.keys(self._layout.heads(thread_id)):
+            ns = self._layout.ns_of_head(thread_id, key)
+            if ns is None:  # hashed in the key: the head's value names it
+                head = await self._store.load(key)
+                if head is None:
+                    continue
+                ns = parse_head(head.data)[1]
+            namespaces.append(ns)
+        return sorted(namespaces)
 
     async def _threads(self) -> list[str]:
         threads: list[str] = []

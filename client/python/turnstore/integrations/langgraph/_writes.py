@@ -20,6 +20,8 @@ from turnstore.integrations.langgraph import _follow
 from turnstore.integrations.langgraph._keys import (
     HEAD_CONTENT_TYPE,
     MARKER_CONTENT_TYPE,
+    head_value,
+    parse_head,
 )
 from turnstore.integrations.langgraph._records import Records
 from turnstore.integrations.langgraph._store import (
@@ -63,7 +65,7 @@ class Writes(Records):
         layout = self._layout
         head_key = layout.head(thread_id, ns)
         head = await self._store.load(head_key)
-        head_id = head.data.decode("utf-8") if head else None
+        head_id = parse_head(head.data)[0] if head else None
         head_version = head.version if head else 0
         # A put continuing from a checkpoint that is no longer the head is a
         # stale or concurrent run, unless it is this very checkpoint again (a
@@ -86,7 +88,7 @@ class Writes(Records):
             )
         operations: list[Operation] = [
             Save(layout.checkpoint(thread_id, ns, checkpoint_id), data, content_type),
-            Save(head_key, checkpoint_id.encode("utf-8"), HEAD_CONTENT_TYPE, head_version),
+            Save(head_key, head_value(checkpoint_id, ns), HEAD_CONTENT_TYPE, head_version),
         ]
         run_id = stored_metadata.get("run_id")
         if isinstance(run_id, str) and run_id:
@@ -94,7 +96,7 @@ class Writes(Records):
             operations.append(
                 Save(
                     layout.run_entry(run_id, thread_id, ns, checkpoint_id),
-                    b"",
+                    ns.encode("utf-8"),
                     MARKER_CONTENT_TYPE,
                 )
             )
