@@ -141,7 +141,7 @@ async def test_bad_reads_and_saves_get_invalid_argument(raw_channel: grpc.aio.Ch
         events.Clear(pb.ClearRequest(thread_id="")),
         events.FinishTurn(pb.FinishTurnRequest(thread_id="")),
         history.Save(pb.SaveRequest(key="", data=b"{}")),
-        history.Load(pb.LoadRequest(key="k" * 257)),
+        history.Load(pb.LoadRequest(key="k" * 1001)),  # over the 1000-byte key limit
     ]
     for call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as raised:

@@ -22,6 +22,7 @@ import base64
 import itertools
 import json
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -560,3 +561,66 @@ async def test_a_blob_is_shown_safely_by_the_cli_and_http(
         answer = await response.json()
     assert answer["snapshot"] is None and answer["size_bytes"] == len(BINARY)
     assert base64.b64decode(answer["data_base64"]) == BINARY
+
+
+# -- longer keys ---------------------------------------------------------------------------
+
+
+async def test_keys_up_to_1000_bytes_list_in_order(client: TurnstoreClient, prefix: str) -> None:
+    """Keys past LMDB's 511 bytes: those sharing their first 511 bytes stay apart and in
+    byte order, a 511-byte key and its longer neighbours are deleted one at a time, and
+    the limit is 1000 bytes."""
+    stem = prefix + "n" * (511 - len(prefix))  # exactly 511 bytes
+    assert len(stem.encode()) == 511
+    longest = prefix + "é" * ((1000 - len(prefix)) // 2)
+    longest += "x" * (1000 - len(longest.encode()))
+    assert len(longest.encode()) == 1000
+    keys = sorted(
+        [stem, stem + "\0", stem + "a", stem + "a" * 300, stem + "b", stem[:-1], longest],
+        key=str.encode,
+    )
+    for key in keys:
+        assert await client.history(key).save_bytes(key.encode(), OCTETS) == 1
+    assert await keys_of(client, prefix=prefix) == keys
+    assert await keys_of(client, prefix=prefix, newest_first=True) == keys[::-1]
+    assert await keys_of(client, prefix=stem + "a") == [stem + "a", stem + "a" * 300]
+    assert await keys_of(client, prefix=prefix, start_after=stem + "a", limit=2) == [
+        stem + "a" * 300,
+        stem + "b",
+    ]
+    assert await keys_of(
+        client, prefix=prefix, start_after=stem + "a" * 300, newest_first=True, limit=2
+    ) == [stem + "a", stem + "\0"]
+    for key in keys:
+        blob = await client.history(key).load_bytes()
+        assert blob is not None and blob.data == key.encode()
+    # Deleting the 511-byte key leaves the longer ones that start with it.
+    assert await client.history(stem).delete() == 1
+    assert await keys_of(client, prefix=stem) == [
+        k for k in keys if k.startswith(stem) and k != stem
+    ]
+    assert await client.history(stem).save_bytes(b"again", OCTETS) == 2
+    results = await client.batch([BatchDeletePrefix(stem + "a")])
+    assert results[0].removed_keys == 2
+    assert await client.history(stem + "a" * 300).save_bytes(b"x", OCTETS) == 2
+    with pytest.raises(InvalidArgumentError, match="over the limit of 1000"):
+        await client.history(longest + "y").save_bytes(b"x", OCTETS)
+    with pytest.raises(InvalidArgumentError, match="over the limit of 1000"):
+        await client.batch([BatchSave(longest + "y", b"{}")])
+
+
+def test_long_keys_are_swept_by_retention(tmp_path: Path) -> None:
+    """Retention finds a long key from its hashed record and removes it whole."""
+    engine = LmdbEngine.open(
+        EngineConfig(data_dir=tmp_path / "data", retain_conversations_for_seconds=3600)
+    )
+    try:
+        long_key = "k/" + "z" * 900
+        engine.apply_batch([_save(long_key), _save("k/short")]).result()
+        result = engine.sweep_retention(now_ns=time.time_ns() + 7200 * 10**9)
+        assert result.removed_conversations == 2
+        assert engine.list_keys(prefix="k/") == []
+        assert engine.load_snapshot(long_key) is None
+        assert engine.save_snapshot(long_key, b"{}", "application/json").result() == 1
+    finally:
+        engine.close()

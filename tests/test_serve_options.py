@@ -60,6 +60,7 @@ SERVE_FLAGS = [
     "--max-key-bytes",
     "--max-event-bytes",
     "--max-events-per-append",
+    "--max-batch-operations",
     "--max-snapshot-bytes",
     "--max-request-bytes",
     "--max-streams-per-connection",

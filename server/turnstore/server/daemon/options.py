@@ -299,7 +299,7 @@ def _add_limits(serve: argparse.ArgumentParser) -> None:
         )
     )
     limits.add("--max-thread-id-bytes", type=int, default=256, help="UTF-8 bytes (max 511)")
-    limits.add("--max-key-bytes", type=int, default=256, help="conversation key bytes (max 511)")
+    limits.add("--max-key-bytes", type=int, default=1000, help="conversation key bytes (max 1000)")
     limits.add("--max-event-bytes", type=parse_size, default="1MiB", help="one encoded event")
     limits.add("--max-events-per-append", type=int, default=10_000, help="events per call")
     limits.add(

@@ -17,6 +17,8 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 # The largest key LMDB accepts in its default build.
 LMDB_MAX_KEY_BYTES = 511
+# The largest conversation key (LMDB indexes longer keys in two halves: storage/lmdb/schema.py).
+MAX_CONVERSATION_KEY_BYTES = 1000
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class Limits:
     """Input limits the engine enforces, each raising InvalidArgumentError."""
 
     max_thread_id_bytes: int = 256
-    max_key_bytes: int = 256
+    max_key_bytes: int = MAX_CONVERSATION_KEY_BYTES
     max_event_id_bytes: int = 256
     # The encoded envelope (header fields and body) of one event.
     max_event_bytes: int = 1 * MIB
@@ -34,10 +36,10 @@ class Limits:
     max_batch_operations: int = 1000
 
     def __post_init__(self) -> None:
-        for name in ("max_thread_id_bytes", "max_key_bytes"):
-            value = getattr(self, name)
-            if not 1 <= value <= LMDB_MAX_KEY_BYTES:
-                raise ValueError(f"{name} must be between 1 and {LMDB_MAX_KEY_BYTES}")
+        if not 1 <= self.max_thread_id_bytes <= LMDB_MAX_KEY_BYTES:
+            raise ValueError(f"max_thread_id_bytes must be between 1 and {LMDB_MAX_KEY_BYTES}")
+        if not 1 <= self.max_key_bytes <= MAX_CONVERSATION_KEY_BYTES:
+            raise ValueError(f"max_key_bytes must be between 1 and {MAX_CONVERSATION_KEY_BYTES}")
         # Event id index keys are an 8-byte thread number and the id.
         if not 1 <= self.max_event_id_bytes <= LMDB_MAX_KEY_BYTES - 8:
             raise ValueError(f"max_event_id_bytes must be between 1 and {LMDB_MAX_KEY_BYTES - 8}")

@@ -77,7 +77,10 @@ def open_directory(config: EngineConfig) -> OpenedDirectory:
 def _state(config: EngineConfig, env: lmdb.Environment) -> LmdbState:
     """The state of an environment prepared by :func:`_prepare`: its databases' handles,
     and the space guard counting their pages."""
-    dbs = {name: env.open_db(name, create=False) for name in schema.ALL_DATABASES}
+    dbs = {
+        name: env.open_db(name, create=False, dupsort=name in schema.DUPSORT_DATABASES)
+        for name in schema.ALL_DATABASES
+    }
     reserve = config.delete_reserve_bytes
     space = SpaceGuard(
         [*dbs.values(), env.open_db(None)],
@@ -139,7 +142,10 @@ def _prepare(env: lmdb.Environment, data_dir: Path) -> bool:
     a new epoch mask, so no cursor from the database's later life matches.
     """
     with env.begin(write=True) as txn:
-        dbs = {name: env.open_db(name, txn=txn, create=True) for name in schema.ALL_DATABASES}
+        dbs = {
+            name: env.open_db(name, txn=txn, create=True, dupsort=name in schema.DUPSORT_DATABASES)
+            for name in schema.ALL_DATABASES
+        }
         meta = dbs[schema.META]
         stored = get(txn, schema.META_SCHEMA_VERSION, meta)
         if stored is None:

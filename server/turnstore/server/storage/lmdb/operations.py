@@ -12,7 +12,7 @@ from collections.abc import Callable
 import lmdb
 
 from turnstore.server.storage.batches import KeyRange
-from turnstore.server.storage.lmdb import schema
+from turnstore.server.storage.lmdb import live_keys, schema
 from turnstore.server.storage.lmdb.state import LmdbState, as_bytes, decode_key, pairs
 from turnstore.server.storage.values import (
     LMDB_MAX_KEY_BYTES,
@@ -108,48 +108,32 @@ def list_keys_counted(
 
     Walks ``live_conversations`` between the range's bounds (deleted keys are
     not in it) and reads each listed key's ``conversations`` record, so the
-    entries read are the keys returned, plus at most one past a bound (and,
-    for a ``start_after`` longer than LMDB keys, the keys sharing its first
-    511 bytes).
+    entries read are the keys returned, plus at most one past each bound.
     """
     low, low_inclusive, high = key_range.bounds()
     conversations = state.dbs[schema.CONVERSATIONS]
     out: list[KeySummary] = []
     examined = 0
-    with txn.cursor(db=state.dbs[schema.LIVE_CONVERSATIONS]) as cursor:
-        if key_range.newest_first:
-            # Stand on the first key at or above the upper bound, then step down.
-            if high is None or not cursor.set_range(high[:LMDB_MAX_KEY_BYTES]):
-                found = cursor.last()
-            else:
-                found = True
-            walk = cursor.iterprev(keys=True, values=False)
-        else:
-            # A key longer than LMDB allows sorts after its truncation.
-            found = cursor.set_range(low[:LMDB_MAX_KEY_BYTES])
-            walk = cursor.iternext(keys=True, values=False)
-        if not found:
-            return out, examined
-        for raw_key in walk:
-            examined += 1
-            key = as_bytes(raw_key)
-            if key_range.newest_first:
-                if high is not None and key >= high:
-                    continue
-                if key < low or (key == low and not low_inclusive):
-                    break
-            else:
-                if key < low or (key == low and not low_inclusive):
-                    continue
-                if high is not None and key >= high:
-                    break
-            value = txn.get(key, db=conversations)
-            if value is None:  # never: the writer keeps both in step
+    newest_first = key_range.newest_first
+    for key in live_keys.walk_from(state, txn, high if newest_first else low, newest_first):
+        examined += 1
+        if newest_first:
+            if high is not None and key >= high:
                 continue
-            record = schema.unpack_conversation(as_bytes(value))
-            out.append(KeySummary(decode_key(key), record.current_version, record.last_write_ns))
-            if len(out) >= limit:
+            if key < low or (key == low and not low_inclusive):
                 break
+        else:
+            if key < low or (key == low and not low_inclusive):
+                continue
+            if high is not None and key >= high:
+                break
+        value = txn.get(schema.record_key(key), db=conversations)
+        if value is None:  # never: the writer keeps both in step
+            continue
+        record = schema.unpack_conversation(as_bytes(value))
+        out.append(KeySummary(decode_key(key), record.current_version, record.last_write_ns))
+        if len(out) >= limit:
+            break
     return out, examined
 
 

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 
 import lmdb
 
-from turnstore.server.storage.lmdb import schema
+from turnstore.server.storage.lmdb import live_keys, schema
 from turnstore.server.storage.lmdb.state import LmdbState, decode_key, delete_prefix, get, pairs
 from turnstore.server.storage.lmdb.turns import delete_thread
 from turnstore.server.storage.lmdb.writer import Writer
@@ -65,7 +65,8 @@ def remove_conversation_if_idle(
     or does not exist.
     """
     conversations = state.dbs[schema.CONVERSATIONS]
-    value = get(txn, encoded_key, conversations)
+    record_key = schema.record_key(encoded_key)
+    value = get(txn, record_key, conversations)
     if value is None:
         return None
     record = schema.unpack_conversation(value)
@@ -74,8 +75,8 @@ def remove_conversation_if_idle(
     prefix = schema.U64.pack(record.number)
     removed = delete_prefix(txn, state.dbs[schema.SNAPSHOTS], prefix)
     delete_prefix(txn, state.dbs[schema.SNAPSHOT_VERSIONS], prefix)
-    txn.delete(encoded_key, db=conversations)
-    txn.delete(encoded_key, db=state.dbs[schema.LIVE_CONVERSATIONS])
+    txn.delete(record_key, db=conversations)
+    live_keys.remove(state, txn, encoded_key)
     state.space.note_freed()
     return removed
 
@@ -197,9 +198,10 @@ def _scan_expired(
         for key, value in pairs(cursor):
             if after and key == after:
                 continue
-            _, count, _, last_write = schema.QUAD.unpack(value)
+            _, count, _, last_write = schema.QUAD.unpack_from(value)
             if last_write < cutoff_ns:
-                candidates.append((key, count if threads else 1))
+                # A long conversation key is stored hashed; its value holds it whole.
+                candidates.append((key, count) if threads else (schema.full_key(key, value), 1))
             scanned += 1
             if scanned >= RETENTION_SCAN_PAGE:
                 return candidates, key

@@ -71,9 +71,13 @@ nothing of its old life can be read back by mistake.
     Makes appends idempotent: an event id is stored once per thread.
 
 ``conversations``
-    key: conversation key (UTF-8)
+    key: the *record key* of a conversation key (:func:`record_key`): the key's
+    UTF-8 itself when it is at most 511 bytes (LMDB's key limit), else its
+    first 478 bytes, 0xff (never in UTF-8, so no short key looks like it)
+    and the SHA-256 of the whole key (keys up to 1000 bytes, schema version 3)
     -> value: conversation_number u64 | latest_version u64 | current_version u64 |
-    last_write_unix_nanos u64.
+    last_write_unix_nanos u64, then, for a key over 511 bytes, the whole key
+    (UTF-8), which :func:`full_key` reads back.
     ``latest_version`` is the last version ever given (versions never
     restart, not even after a delete, as long as the key is not removed by
     retention);
@@ -82,8 +86,12 @@ nothing of its old life can be read back by mistake.
     save or delete; the retention sweep removes keys by it. Decoded by
     :func:`unpack_conversation`.
 
-``live_conversations``
-    key: conversation key (UTF-8) -> value: empty.
+``live_conversations`` (sorted duplicates, LMDB's DUPSORT)
+    key: the first 511 bytes of a conversation key (UTF-8)
+    -> values: 0x00 and the rest of the key, one value per key
+    (:func:`live_entry`; a key of at most 511 bytes has the value 0x00 alone:
+    LMDB refuses empty values here). The (key, value) order is the order of
+    the whole keys, so listings walk it as one sorted sequence of keys.
     One entry per ``conversations`` entry whose ``current_version`` is not 0:
     the keys that hold a snapshot. Listings walk it (forwards or backwards
     from a bound), so deleted keys, which stay in ``conversations`` for their
@@ -108,8 +116,11 @@ nothing of its old life can be read back by mistake.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from typing import Any, Final, NamedTuple
+
+from turnstore.server.storage.values import MAX_CONVERSATION_KEY_BYTES
 
 SCHEMA_VERSION: Final = 3
 
@@ -221,14 +232,48 @@ class ConversationRecord(NamedTuple):
     last_write_ns: int
 
 
-def pack_conversation(number: int, latest: int, current: int, last_write_ns: int) -> bytes:
-    """Encode a ``conversations`` value."""
-    return CONVERSATION_VALUE.pack(number, latest, current, last_write_ns)
+def pack_conversation(
+    number: int, latest: int, current: int, last_write_ns: int, key: bytes
+) -> bytes:
+    """Encode a ``conversations`` value (with the whole ``key`` when it is over 511 bytes)."""
+    packed = CONVERSATION_VALUE.pack(number, latest, current, last_write_ns)
+    return packed + key if len(key) > MAX_LMDB_KEY else packed
 
 
 def unpack_conversation(value: bytes) -> ConversationRecord:
     """Decode a ``conversations`` value."""
-    return ConversationRecord(*CONVERSATION_VALUE.unpack(value))
+    return ConversationRecord(*CONVERSATION_VALUE.unpack_from(value))
+
+
+# LMDB's largest key, and the largest conversation key (two halves in live_conversations).
+MAX_LMDB_KEY: Final = 511
+MAX_CONVERSATION_KEY: Final = MAX_CONVERSATION_KEY_BYTES
+LONG_KEY_MARK: Final = b"\xff"
+# Databases opened with sorted duplicates (DUPSORT).
+DUPSORT_DATABASES: Final = frozenset({LIVE_CONVERSATIONS})
+
+
+def record_key(key: bytes) -> bytes:
+    """The ``conversations`` key of a conversation key (UTF-8, at most 1000 bytes)."""
+    if len(key) <= MAX_LMDB_KEY:
+        return key
+    return key[: MAX_LMDB_KEY - 33] + LONG_KEY_MARK + hashlib.sha256(key).digest()
+
+
+def full_key(stored_key: bytes, value: bytes) -> bytes:
+    """The conversation key of a ``conversations`` entry (its UTF-8)."""
+    return value[CONVERSATION_VALUE.size :] if len(value) > CONVERSATION_VALUE.size else stored_key
+
+
+def live_entry(key: bytes) -> tuple[bytes, bytes]:
+    """The ``live_conversations`` (key, value) of a conversation key (or of a bound: a
+    longer one is cut to what LMDB compares, sorting at or before the bound)."""
+    return key[:MAX_LMDB_KEY], (b"\0" + key[MAX_LMDB_KEY:])[:MAX_LMDB_KEY]
+
+
+def from_live_entry(key: bytes, value: bytes) -> bytes:
+    """The conversation key of a ``live_conversations`` (key, value)."""
+    return key + value[1:]
 
 
 def by_write_key(last_write_ns: int, thread_key: bytes) -> bytes:
@@ -256,6 +301,6 @@ def migrate(txn: Any, dbs: dict[bytes, Any], stored_version: int) -> int:
         with txn.cursor(db=dbs[CONVERSATIONS]) as cursor:
             for key, value in cursor.iternext():
                 if unpack_conversation(bytes(value)).current_version:
-                    txn.put(bytes(key), b"", db=live)
+                    txn.put(*live_entry(bytes(key)), db=live)
     txn.put(META_SCHEMA_VERSION, U64.pack(SCHEMA_VERSION), db=dbs[META])
     return SCHEMA_VERSION

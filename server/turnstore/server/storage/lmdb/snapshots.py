@@ -19,7 +19,7 @@ from turnstore.server.storage.batches import (
     at_operation,
 )
 from turnstore.server.storage.errors import EngineError, VersionConflictError
-from turnstore.server.storage.lmdb import schema
+from turnstore.server.storage.lmdb import live_keys, schema
 from turnstore.server.storage.lmdb.space import estimate_value_bytes
 from turnstore.server.storage.lmdb.state import (
     LmdbState,
@@ -51,7 +51,8 @@ def save(
     """
     conversations = state.dbs[schema.CONVERSATIONS]
     snapshots = state.dbs[schema.SNAPSHOTS]
-    value = get(txn, encoded_key, conversations)
+    record_key = schema.record_key(encoded_key)
+    value = get(txn, record_key, conversations)
     if value is None:
         number, latest, current = 0, 0, 0
     else:
@@ -77,12 +78,12 @@ def save(
         txn.delete(schema.PAIR.pack(number, version - kept), db=snapshots)
         txn.delete(schema.PAIR.pack(number, version - kept), db=versions)
     txn.put(
-        encoded_key,
-        schema.pack_conversation(number, version, version, now_ns),
+        record_key,
+        schema.pack_conversation(number, version, version, now_ns, encoded_key),
         db=conversations,
     )
     if not current:
-        txn.put(encoded_key, b"", db=state.dbs[schema.LIVE_CONVERSATIONS])
+        live_keys.add(state, txn, encoded_key)
     return version
 
 
@@ -100,17 +101,22 @@ def delete(
     current version, 0 for none.
     """
     conversations = state.dbs[schema.CONVERSATIONS]
-    value = get(txn, encoded_key, conversations)
+    record_key = schema.record_key(encoded_key)
+    value = get(txn, record_key, conversations)
     current = 0 if value is None else schema.unpack_conversation(value).current_version
     if expected_version is not None and expected_version != current:
         raise VersionConflictError(decode_key(encoded_key), expected_version, current)
     if value is None:
         return 0
     number, latest, _, _ = schema.unpack_conversation(value)
-    txn.delete(encoded_key, db=state.dbs[schema.LIVE_CONVERSATIONS])
+    live_keys.remove(state, txn, encoded_key)
     removed = delete_prefix(txn, state.dbs[schema.SNAPSHOTS], schema.U64.pack(number))
     delete_prefix(txn, state.dbs[schema.SNAPSHOT_VERSIONS], schema.U64.pack(number))
-    txn.put(encoded_key, schema.pack_conversation(number, latest, 0, now_ns), db=conversations)
+    txn.put(
+        record_key,
+        schema.pack_conversation(number, latest, 0, now_ns, encoded_key),
+        db=conversations,
+    )
     state.space.note_freed()
     return removed
 
@@ -123,7 +129,7 @@ def load(
     Meant for an in-place read: the data is copied out of the map once (no
     intermediate copy of the whole record).
     """
-    value = get(txn, encoded_key, state.dbs[schema.CONVERSATIONS])
+    value = get(txn, schema.record_key(encoded_key), state.dbs[schema.CONVERSATIONS])
     if value is None:
         return None
     number, _, current, _ = schema.unpack_conversation(value)
@@ -148,7 +154,7 @@ def list_versions(
     meant for an in-place read).
     """
     out: list[SnapshotVersion] = []
-    value = get(txn, encoded_key, state.dbs[schema.CONVERSATIONS])
+    value = get(txn, schema.record_key(encoded_key), state.dbs[schema.CONVERSATIONS])
     if value is None:
         return out
     prefix = schema.U64.pack(schema.unpack_conversation(value).number)
@@ -194,12 +200,10 @@ def delete_under(
     deletes.
     """
     found: list[bytes] = []
-    with txn.cursor(db=state.dbs[schema.LIVE_CONVERSATIONS]) as cursor:
-        if cursor.set_range(prefix):
-            for key in keys(cursor):
-                if not key.startswith(prefix):
-                    break
-                found.append(key)
+    for key in live_keys.walk_from(state, txn, prefix, descending=False):
+        if not key.startswith(prefix):
+            break
+        found.append(key)
     removed = 0
     for key in found:
         removed += delete(state, txn, now_ns, key)
@@ -237,7 +241,7 @@ def apply_batch(
                     )
                     results.append(BatchResult(version=version))
                 elif isinstance(operation, DeleteOp):
-                    live = get(child, encoded, state.dbs[schema.LIVE_CONVERSATIONS]) is not None
+                    live = live_keys.contains(state, child, encoded)
                     removed = delete(state, child, now_ns, encoded, operation.expected_version)
                     results.append(BatchResult(removed_versions=removed, removed_keys=int(live)))
                 else:
@@ -246,7 +250,7 @@ def apply_batch(
             except VersionConflictError as error:
                 child.abort()
                 # The version the key is at with nothing of the batch applied.
-                value = get(txn, encoded, state.dbs[schema.CONVERSATIONS])
+                value = get(txn, schema.record_key(encoded), state.dbs[schema.CONVERSATIONS])
                 current = 0 if value is None else schema.unpack_conversation(value).current_version
                 raise at_operation(index, error.at_version(current)) from None
             except EngineError as error:
