@@ -557,9 +557,9 @@ def test_the_docs_whole_program_runs(daemon: Daemon) -> None:
 
 
 def test_deeply_nested_namespaces_fit_the_key_limit(daemon: Daemon) -> None:
-    """A subgraph three levels down: its namespace is hashed in keys and named in values."""
+    """A subgraph six levels down: its namespace is hashed in keys and named in values."""
     thread_id, copy_id, run_id = (str(uuid.uuid4()) for _ in range(3))
-    ns = "|".join(f"{name}:{uuid.uuid4()}" for name in ("outer", "inner", "leaf"))
+    ns = "|".join(f"level{depth}:{uuid.uuid4()}" for depth in range(6))
     config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns}}
     with TurnstoreSaver(target=daemon.target) as saver:
         for step in range(3):

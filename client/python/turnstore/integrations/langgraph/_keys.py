@@ -4,8 +4,8 @@ The layout (``P`` is the saver's ``key_prefix``, ``langgraph/`` by default;
 ``{t}``, ``{n}`` and ``{r}`` are the thread id, the checkpoint namespace and
 the run id, percent-encoded so that none holds a ``/``; a namespace is
 written ``~`` + its encoding, so the root namespace ``""`` is ``~``, or,
-when that is over 64 bytes (subgraphs nested deep), ``#`` + a SHA-256 of
-it, so keys stay within the daemon's key limit)::
+when that is over 200 bytes (subgraphs nested five deep), ``#`` + a SHA-256
+of it, so keys stay well within the daemon's key limit)::
 
     P threads/{t}/c/{n}/{checkpoint_id}   one checkpoint: its record (below)
     P threads/{t}/w/{n}/{checkpoint_id}   the pending writes stored against it
@@ -40,7 +40,7 @@ def _part(value: str) -> str:
 
 
 # Longer encoded namespaces are hashed in keys (their values name them).
-MAX_NS_PART_BYTES = 64
+MAX_NS_PART_BYTES = 200
 
 
 def _ns(ns: str) -> str:
