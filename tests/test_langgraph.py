@@ -64,6 +64,7 @@ from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
 from langgraph.graph import END, START, StateGraph  # noqa: E402
 from langgraph.types import Command, interrupt  # noqa: E402
 
+from turnstore import TurnstoreClient as AsyncTurnstoreClient  # noqa: E402
 from turnstore.integrations.langgraph import CheckpointConflictError, TurnstoreSaver  # noqa: E402
 from turnstore.sync import ClientClosedError, TurnstoreClient  # noqa: E402
 
@@ -586,3 +587,27 @@ def test_deeply_nested_namespaces_fit_the_key_limit(daemon: Daemon) -> None:
         # Nothing of either thread is left: checkpoints, writes, heads, run markers.
         assert _keys_under(daemon, saver._layout.thread(thread_id)) == []
         assert _keys_under(daemon, saver._layout.thread(copy_id)) == []
+
+
+def test_a_saver_on_an_async_client_refuses_what_would_hang(daemon: Daemon) -> None:
+    """Sync calls on the client's own loop, or after that loop ended: an error, never a hang."""
+    config: RunnableConfig = {
+        "configurable": {"thread_id": f"loop-{uuid.uuid4()}", "checkpoint_ns": ""}
+    }
+    savers: list[TurnstoreSaver] = []
+
+    async def inside() -> None:
+        async with AsyncTurnstoreClient(daemon.target) as client:
+            saver = TurnstoreSaver(client=client)
+            savers.append(saver)
+            with pytest.raises(RuntimeError, match="async methods"):
+                saver.get_tuple(config)
+            # From another thread the sync methods work, on this loop.
+            assert await asyncio.to_thread(saver.get_tuple, config) is None
+            assert await saver.aget_tuple(config) is None
+
+    asyncio.run(inside())
+    with pytest.raises(RuntimeError, match="not running"):
+        savers[0].get_tuple(config)
+    with pytest.raises(ValueError, match="running event loop"):
+        TurnstoreSaver(client=savers[0]._async_client)

@@ -158,3 +158,17 @@ def test_a_following_replay_iterates_from_another_thread(daemon: Daemon) -> None
         endless = client.events.replay(thread, follow=True)
         assert isinstance(next(endless), StoredEvent)
         endless.close()
+
+
+def test_the_facade_names_and_its_one_closing_verb() -> None:
+    import turnstore.sync
+
+    assert sorted(turnstore.sync.__all__) == [
+        "ClientClosedError",
+        "SyncEventStore",
+        "SyncHistoryStore",
+        "TurnstoreClient",
+    ]
+    # Not async, so close() (as a file's), and no aclose to confuse it with the async client.
+    assert callable(TurnstoreClient.close)
+    assert not hasattr(TurnstoreClient, "aclose")

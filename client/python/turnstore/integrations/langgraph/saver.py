@@ -142,6 +142,13 @@ class TurnstoreSaver(BaseCheckpointSaver[int]):
         if self._facade is not None and self._facade.closed:
             coroutine.close()
             raise ClientClosedError("this TurnstoreSaver's client is closed")
+        if not self._loop.is_running():
+            # Scheduled there, the call would wait forever.
+            coroutine.close()
+            raise RuntimeError(
+                "the event loop of this TurnstoreSaver's async client is not running "
+                "(its asyncio.run ended?): use the saver inside that loop"
+            )
 
     async def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
         self._check_open(coroutine)
