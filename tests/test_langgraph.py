@@ -302,7 +302,10 @@ def test_keep_last_bounds_a_thread_and_delete_thread_leaves_nothing(daemon: Daem
         assert len(keys) == 3 + 3 + 1 + 1, keys
         assert len(_keys_under(daemon, saver._layout.run(run_id))) == 3
 
-        saver.delete_thread(thread_id)
+        with TurnstoreClient(daemon.target) as client:
+            assert client.events.event_count("langgraph/" + thread_id) == 20
+            saver.delete_thread(thread_id)
+            assert client.events.event_count("langgraph/" + thread_id) == 0
         assert saver.get_tuple(config) is None
         assert _keys_under(daemon, saver._layout.thread(thread_id)) == []
         assert _keys_under(daemon, saver._layout.run(run_id)) == []

@@ -30,6 +30,10 @@ class Operations(Writes):
         ]
         operations.append(DeletePrefix(layout.thread(thread_id)))
         await self._batches(operations)
+        if self.follow_events:
+            # The follow events describe what was deleted: they go too (after
+            # the keys, so a follower never sees events of a thread still there).
+            await self._async_client.events.clear(self.key_prefix + thread_id)
 
     async def _head_after(self, thread_id: str, ns: str, deleted: set[str]) -> list[Operation]:
         """The head of a namespace once ``deleted`` checkpoints are gone (as operations)."""
