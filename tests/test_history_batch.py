@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import lmdb
 import psycopg
 import pytest
@@ -49,6 +50,9 @@ from turnstore import (
     VersionConflictError,
 )
 from turnstore.history import BatchOperation
+from turnstore.server.access.errors import PermissionDeniedError as ScopeRefusal
+from turnstore.server.access.scoped_engine import ScopedEngine
+from turnstore.server.access.scopes import parse_scope
 from turnstore.server.storage.batches import DeletePrefixOp, KeyRange, SaveOp
 from turnstore.server.storage.lmdb import operations, schema
 from turnstore.server.storage.lmdb.engine import LmdbEngine
@@ -624,3 +628,46 @@ def test_long_keys_are_swept_by_retention(tmp_path: Path) -> None:
         assert engine.save_snapshot(long_key, b"{}", "application/json").result() == 1
     finally:
         engine.close()
+
+
+def test_a_scope_of_listed_keys_lists_its_range(engine: LmdbEngine) -> None:
+    """A scope with a prefix and listed keys: ranged listings merge both, in order, and
+    see nothing else; its batches may touch only those keys."""
+    engine.apply_batch(
+        [_save(key) for key in ("a/1", "a/2", "b/1", "b/2", "c/1", "faq", "zz")]
+    ).result()
+    scoped = ScopedEngine(engine, parse_scope({"key_prefix": "b/", "keys": ["faq", "a/2"]}))
+
+    def listed(**query: Any) -> list[str]:
+        return [summary.key for summary in scoped.list_keys(**query)]
+
+    assert listed(prefix="") == ["a/2", "b/1", "b/2", "faq"]
+    assert listed(newest_first=True, prefix="", limit=3) == ["faq", "b/2", "b/1"]
+    assert listed(prefix="a/", newest_first=True) == ["a/2"]
+    assert listed(prefix="b", end_before="b/2") == ["b/1"]
+    assert listed(start_after="b/1", limit=2, prefix="") == ["b/2", "faq"]
+    assert listed(start_after="b/1", newest_first=True, prefix="") == ["a/2"]
+    assert listed(prefix="c/") == []
+    with pytest.raises(ScopeRefusal):
+        scoped.apply_batch([_save("a/2"), _save("a/1")])
+    with pytest.raises(ScopeRefusal):
+        scoped.apply_batch([_prefix_delete("a/")])
+    results = scoped.apply_batch([_prefix_delete("b/"), _save("faq")]).result()
+    assert [r.removed_keys for r in results] == [2, 0]
+    assert [k.key for k in engine.list_keys(prefix="b/")] == []
+
+
+async def test_a_huge_batch_is_refused_before_it_is_decoded(daemon: Daemon) -> None:
+    """4 MiB of empty operations (two million) is refused from a scan of its wire bytes,
+    that stops at the limit + 1, not after decoding two million messages."""
+    async with grpc.aio.insecure_channel(daemon.target) as channel:
+        batch = channel.unary_unary(
+            "/turnstore.v1.HistoryStoreService/Batch",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await batch(b"\x0a\x00" * 2_000_000, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The scan's words ("more than"), not the decoded batch's count.
+    assert "holds more than 1000 operations" in (raised.value.details() or "")

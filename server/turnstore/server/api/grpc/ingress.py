@@ -8,9 +8,10 @@ Each request is checked at the cheapest point that can refuse it:
    ``Append``, ``AppendStream`` (batches), ``Save`` (snapshots) and the
    history's ``Batch`` accept large messages, every other RPC at most
    :data:`SMALL_REQUEST_BYTES`;
-3. a large batch's number of events (and each event's encoded size), by a
-   scan of the message's wire fields (:mod:`.wire_scan`) that stops at the
-   limit + 1, before any event is decoded (an AppendStream message: its
+3. a large batch's number of events (and each event's encoded size), or a
+   large history Batch's number of operations, by a scan of the message's
+   wire fields (:mod:`.wire_scan`) that stops at the limit + 1, before any
+   event (or operation) is decoded (an AppendStream message: its
    items and its events in all items together; each item's own count is
    checked before its events are converted, in the service);
 4. only then is it decoded: a small message at once (and an Append's count
@@ -32,7 +33,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Final
 
-from turnstore.server.api.grpc.wire_scan import RefusedRequest, scan_append, scan_stream_message
+from turnstore.server.api.grpc.wire_scan import (
+    RefusedRequest,
+    scan_append,
+    scan_batch,
+    scan_stream_message,
+)
 from turnstore.server.storage.errors import InvalidArgumentError
 from turnstore.server.storage.values import Limits
 
@@ -250,9 +256,14 @@ class Ingress:
             refused = scan_stream_message(data, stream_events, stream_items)
             return refused if refused is not None else decode(data)
 
+        def scan_and_decode_batch(data: bytes) -> Any:
+            refused = scan_batch(data, self.limits.max_batch_operations)
+            return refused if refused is not None else decode(data)
+
         inline, large = {
             "AppendRequest": (decode_append, scan_and_decode_append),
             "AppendStreamRequest": (decode, scan_and_decode_stream),
+            "BatchRequest": (decode, scan_and_decode_batch),
         }.get(name, (decode, decode))
 
         def deserialize(data: bytes) -> Any:

@@ -144,6 +144,36 @@ def scan_append(data: bytes, max_events: int, max_event_bytes: int) -> RefusedRe
     return None
 
 
+def scan_batch(data: bytes, max_operations: int) -> RefusedRequest | None:
+    """Check a history BatchRequest's operation count from its wire bytes alone.
+
+    Refuses a message with more than ``max_operations`` ``operations``
+    entries (counting stops at ``max_operations + 1``: 64 MiB of empty
+    operations would otherwise be decoded into millions of objects first),
+    or more than :data:`OTHER_FIELDS` other top-level fields. Returns None
+    otherwise; malformed bytes end the scan without a verdict.
+    """
+    budget = _Budget(max_operations + 1 + OTHER_FIELDS)
+    count = 0
+    try:
+        for number, _, _, _ in _fields(data, 0, len(data), budget):
+            if number != 1:
+                continue
+            if count == max_operations:
+                error = InvalidArgumentError(
+                    "operations",
+                    f"holds more than {max_operations} operations, over the limit of "
+                    f"{max_operations} per batch",
+                )
+                return RefusedRequest(error)
+            count += 1
+    except _Malformed:
+        return None
+    except _OverBudget:
+        return RefusedRequest(_too_many_fields(max_operations + OTHER_FIELDS))
+    return None
+
+
 class _OverLimit(Exception):
     """A stream message carries more items, events or fields than allowed."""
 
