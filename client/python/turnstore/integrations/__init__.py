@@ -1,6 +1,11 @@
-"""Adapters of turnstore to agent frameworks, each behind its own extra.
+"""Adapters of turnstore to the frameworks agents are built with.
 
-``turnstore.integrations.openai_agents`` (``turnstore[openai-agents]``): the
-OpenAI Agents SDK's ``Session``. Importing this package needs no framework;
-importing an adapter needs its framework installed.
+Each lives in a module of its own and needs its framework, installed with the
+matching extra; neither the daemon nor the core client imports them, and
+importing this package needs no framework:
+
+- :mod:`turnstore.integrations.langgraph` (``turnstore[langgraph]``): LangGraph's
+  checkpoint saver, ``TurnstoreSaver``.
+- :mod:`turnstore.integrations.openai_agents` (``turnstore[openai-agents]``): the
+  OpenAI Agents SDK's ``Session``, ``TurnstoreSession``.
 """
