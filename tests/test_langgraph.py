@@ -26,7 +26,7 @@ from typing import Annotated, Any, TypedDict
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 
 REQUIREMENTS = [
     "langgraph>=1.2",

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 from turnstore import AgentEventEnvelope, ConversationSnapshot, InvalidArgumentError, StoredEvent
 from turnstore import TurnstoreClient as AsyncTurnstoreClient
 from turnstore.errors import VersionConflictError
