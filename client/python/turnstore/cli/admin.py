@@ -26,6 +26,7 @@ from typing import IO, Any, BinaryIO, Final
 from turnstore import transfer
 from turnstore.admin import DaemonStats, TurnstoreAdmin
 from turnstore.cli.common import (
+    OptionFileError,
     Progress,
     add_format_option,
     add_parser,
@@ -312,7 +313,11 @@ async def _import_from(args: argparse.Namespace, source: BinaryIO) -> int:
 async def _import(args: argparse.Namespace) -> int:
     if args.input is None:
         return await _import_from(args, sys.stdin.buffer)
-    with args.input.open("rb") as source:
+    try:
+        source = args.input.open("rb")
+    except OSError as error:
+        raise OptionFileError("--input", args.input, error) from None
+    with source:
         return await _import_from(args, source)
 
 

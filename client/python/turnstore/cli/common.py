@@ -26,9 +26,18 @@ from types import TracebackType
 from typing import Any, Final, TextIO
 
 from turnstore._auth import ClientTls
+from turnstore._retry import NO_RETRY
 from turnstore._tokenfile import AUTH_TOKEN_ENV, token_from_file_or_env
+from turnstore._validate import check_target
 from turnstore.client import DEFAULT_TARGET, TurnstoreClient
-from turnstore.errors import TurnstoreError
+from turnstore.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    TurnstoreError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 
 # Client-side environment variables. The client's own certificate has its
 # own names: serve reads TURNSTORE_TLS_CERT/KEY as the daemon's certificate,
@@ -57,30 +66,72 @@ _TEXT_UNSAFE: Final = re.compile(rf"[\\{_UNSAFE_CHARS}]")
 _SHORT_ESCAPES: Final = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+# The exit statuses of every client subcommand (docs/cli.md lists them).
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1  # the daemon or a file failed, or the user said no
+EXIT_USAGE: Final = 2  # bad options or environment: nothing was sent
+EXIT_INTERRUPTED: Final = 130
+
+# The connection options read from the environment when not given: the
+# attribute, its option and its variable (so that a message names the one used).
+_FROM_ENVIRONMENT: Final = (
+    ("target", "--target", TARGET_ENV),
+    ("token_file", "--token-file", TOKEN_FILE_ENV),
+    ("tls_ca", "--tls-ca", TLS_CA_ENV),
+    ("tls_cert", "--tls-cert", TLS_CERT_ENV),
+    ("tls_key", "--tls-key", TLS_KEY_ENV),
+    ("tls_server_name", "--tls-server-name", TLS_SERVER_NAME_ENV),
+)
+_PATH_OPTIONS: Final = frozenset({"token_file", "tls_ca", "tls_cert", "tls_key"})
+
+# What to do next, after each kind of failure (see advice()).
+_START_DAEMON: Final = (
+    "is the daemon running there? Start it with `turnstore serve` (`make run` in a "
+    "clone of turnstore), or pass --target HOST:PORT or unix:PATH (or set "
+    f"{TARGET_ENV}) to reach the one that is"
+)
+_GIVE_TOKEN: Final = (
+    "the daemon requires a bearer token: pass --token-file FILE (or set "
+    f"{TOKEN_FILE_ENV}, or {AUTH_TOKEN_ENV} to the token itself)"
+)
+
+
 class UsageError(Exception):
     """The command line or environment is inconsistent (exit status 2)."""
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name) or default
+class OptionFileError(OSError):
+    """A file named by an option cannot be read (exit status 1).
+
+    The message names the option (or its environment variable), the path as
+    the user gave it and the reason, without Python's ``[Errno N]``.
+    """
+
+    def __init__(self, option: str, path: Path | str, error: OSError) -> None:
+        reason = (error.strerror or str(error)).lower()
+        super().__init__(f"cannot read {option} {str(path)!r}: {reason}")
 
 
-def add_connection_options(parser: argparse.ArgumentParser) -> None:
+def add_connection_options(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
     """Add ``--target``, ``--token-file`` and the ``--tls-*`` options to ``parser``.
 
-    Each defaults to its environment variable (shown in ``--help``); the
-    command line wins.
+    Each falls back to its environment variable (shown in ``--help``; read
+    by :func:`resolve_connection`); the command line wins. ``inherited``
+    (for the actions of ``history KEY``) leaves an option not given unset,
+    so that one given before the action (to ``history KEY``) holds.
     """
+    unset: Any = argparse.SUPPRESS if inherited else None
     group = parser.add_argument_group("connection")
     group.add_argument(
         "--target",
         metavar="ADDR",
-        default=_env(TARGET_ENV, DEFAULT_TARGET),
+        default=unset,
         help=f"daemon address, HOST:PORT or unix:PATH [env {TARGET_ENV}; default {DEFAULT_TARGET}]",
     )
     group.add_argument(
         "--allow-remote",
         action="store_true",
+        default=argparse.SUPPRESS if inherited else False,
         help="accept a target that is not loopback without TLS (the channel is insecure: "
         "only for a daemon run with --allow-remote on a network you trust)",
     )
@@ -88,7 +139,7 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         "--token-file",
         type=Path,
         metavar="FILE",
-        default=_env(TOKEN_FILE_ENV),
+        default=unset,
         help=f"send the bearer token in this file's first line [env {TOKEN_FILE_ENV}; "
         f"{AUTH_TOKEN_ENV} may hold the token itself]",
     )
@@ -96,7 +147,7 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         "--tls-ca",
         type=Path,
         metavar="PEM",
-        default=_env(TLS_CA_ENV),
+        default=unset,
         help=f"PEM CA bundle that signed the daemon's certificate: connect with TLS "
         f"[env {TLS_CA_ENV}]",
     )
@@ -104,31 +155,36 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         "--tls-cert",
         type=Path,
         metavar="PEM",
-        default=_env(TLS_CERT_ENV),
+        default=unset,
         help=f"PEM certificate chain of this client, for mutual TLS [env {TLS_CERT_ENV}]",
     )
     group.add_argument(
         "--tls-key",
         type=Path,
         metavar="PEM",
-        default=_env(TLS_KEY_ENV),
+        default=unset,
         help=f"PEM private key of --tls-cert [env {TLS_KEY_ENV}]",
     )
     group.add_argument(
         "--tls-server-name",
         metavar="NAME",
-        default=_env(TLS_SERVER_NAME_ENV),
+        default=unset,
         help=f"name to check the daemon's certificate against, instead of the target's host "
         f"[env {TLS_SERVER_NAME_ENV}]",
     )
 
 
-def add_format_option(parser: argparse.ArgumentParser, what: str = "JSON lines") -> None:
-    """Add ``--format auto|json|text`` (auto: text on a terminal, ``what`` when piped)."""
+def add_format_option(
+    parser: argparse.ArgumentParser, what: str = "JSON lines", *, inherited: bool = False
+) -> None:
+    """Add ``--format auto|json|text`` (auto: text on a terminal, ``what`` when piped).
+
+    ``inherited`` as for :func:`add_connection_options`.
+    """
     parser.add_argument(
         "--format",
         choices=("auto", "json", "text"),
-        default="auto",
+        default=argparse.SUPPRESS if inherited else "auto",
         help=f"output format; auto is text on a terminal, {what} otherwise",
     )
 
@@ -138,11 +194,60 @@ def as_json(args: argparse.Namespace) -> bool:
     return bool(args.format == "json" or (args.format == "auto" and not sys.stdout.isatty()))
 
 
+def resolve_connection(args: argparse.Namespace) -> None:
+    """Fill the connection options not given from the environment, then check the target.
+
+    Records where each came from in ``args.option_source`` (the option, its
+    environment variable, or ``the default target``) for messages. Raises
+    UsageError for a target that is not ``HOST:PORT`` or ``unix:PATH`` (a
+    port out of range, no port, a name without one: nothing is looked up or
+    dialled) or not loopback without TLS or ``--allow-remote``; every client
+    command, ``health`` included, goes through here first.
+    """
+    sources: dict[str, str] = {}
+    for dest, option, variable in _FROM_ENVIRONMENT:
+        value = getattr(args, dest, None)
+        if value is not None:
+            sources[dest] = option
+        elif os.environ.get(variable):
+            value = os.environ[variable]
+            sources[dest] = variable
+        setattr(args, dest, Path(value) if value is not None and dest in _PATH_OPTIONS else value)
+    if args.target is None:
+        args.target = DEFAULT_TARGET
+        sources["target"] = "the default target"
+    args.option_source = sources
+    args.allow_remote = bool(getattr(args, "allow_remote", False))
+    try:
+        check_target(args.target, allow_remote=args.allow_remote or args.tls_ca is not None)
+    except InvalidArgumentError as error:
+        where = sources["target"]
+        raise UsageError(str(error) if where == "--target" else f"{error} (from {where})") from None
+
+
+def option_name(args: argparse.Namespace, dest: str, option: str) -> str:
+    """``option``, or the environment variable that gave ``dest`` its value."""
+    sources: dict[str, str] = getattr(args, "option_source", {})
+    return sources.get(dest, option)
+
+
+def _check_readable(args: argparse.Namespace, dest: str, option: str) -> None:
+    path: Path | None = getattr(args, dest)
+    if path is None:
+        return
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        raise OptionFileError(option_name(args, dest, option), path, error) from None
+
+
 def client_tls(args: argparse.Namespace) -> ClientTls | None:
     """The TLS settings of the options, or None (plaintext) when no CA is given.
 
     Raises UsageError for a client certificate without its key (or the
-    other way round), or either without a CA.
+    other way round), or either without a CA; OptionFileError naming the
+    option for a file that cannot be read.
     """
     if args.tls_ca is None:
         if args.tls_cert is not None or args.tls_key is not None:
@@ -152,20 +257,87 @@ def client_tls(args: argparse.Namespace) -> ClientTls | None:
         return None
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together (mutual TLS)")
+    for dest, option in (
+        ("tls_ca", "--tls-ca"),
+        ("tls_cert", "--tls-cert"),
+        ("tls_key", "--tls-key"),
+    ):
+        _check_readable(args, dest, option)
     return ClientTls(
         args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name
     )
 
 
+def bearer_token(args: argparse.Namespace) -> str | None:
+    """The token of ``--token-file`` (or its variables), or None.
+
+    Raises OptionFileError naming the option for a file that cannot be read,
+    UsageError for an empty one.
+    """
+    option = option_name(args, "token_file", "--token-file")
+    try:
+        return token_from_file_or_env(args.token_file)
+    except OSError as error:
+        raise OptionFileError(option, args.token_file, error) from None
+    except ValueError as error:
+        raise UsageError(f"{option}: {error}; its first line must hold the token") from None
+
+
 def connect(args: argparse.Namespace, timeout: float | None = 30.0) -> TurnstoreClient:
-    """A client of the daemon the options name; construct it inside the event loop."""
+    """A client of the daemon the options name; construct it inside the event loop.
+
+    Its calls are not retried (:data:`turnstore._retry.NO_RETRY`): every
+    command tries once and says at once when the daemon cannot be reached
+    (docs/cli.md, "Retries"); ``tail --follow`` reconnects by itself.
+    """
     return TurnstoreClient(
         args.target,
         timeout=timeout,
-        token=token_from_file_or_env(args.token_file),
+        retry=NO_RETRY,
+        token=bearer_token(args),
         tls=client_tls(args),
         allow_remote=args.allow_remote,
     )
+
+
+def advice(error: TurnstoreError, args: argparse.Namespace) -> str | None:
+    """What to do next after ``error``, naming the option that fixes it; None if nothing useful.
+
+    Unreachable: start the daemon or pass ``--target`` (or check the TLS
+    options, when TLS is on: a handshake failure looks the same).
+    Unauthenticated: which token option. Permission denied: the token's
+    scope. Deadline: the daemon is busy or the target is wrong.
+    """
+    target = printable(repr(args.target))
+    if isinstance(error, UnavailableError):
+        if getattr(args, "tls_ca", None) is not None:
+            return (
+                f"check that a daemon serves {target} and that --tls-ca, --tls-cert, "
+                "--tls-key and --tls-server-name match its TLS settings; "
+                f"{_START_DAEMON}"
+            )
+        return _START_DAEMON
+    if isinstance(error, UnauthenticatedError):
+        if getattr(args, "token_file", None) is not None or os.environ.get(AUTH_TOKEN_ENV):
+            given = (
+                option_name(args, "token_file", "--token-file")
+                if args.token_file is not None
+                else AUTH_TOKEN_ENV
+            )
+            return (
+                f"the daemon refused the token from {given}: pass the token of the "
+                "daemon's --auth-token-file with --token-file FILE (or set "
+                f"{TOKEN_FILE_ENV}, or {AUTH_TOKEN_ENV} to the token itself)"
+            )
+        return _GIVE_TOKEN
+    if isinstance(error, PermissionDeniedError):
+        return (
+            "the token's scope does not allow this: pass a token whose scope does "
+            "with --token-file FILE (daemon-wide commands need a full-scope token)"
+        )
+    if isinstance(error, DeadlineExceededError):
+        return f"the daemon at {target} did not answer in time: is it overloaded or stuck?"
+    return None
 
 
 def format_time(unix_nanos: int) -> str:
@@ -323,13 +495,21 @@ def printable_json(data: bytes | str) -> str:
     return _TERMINAL_UNSAFE.sub(_json_escape, text)
 
 
-def fail(command: str, message: str) -> None:
+def fail(command: str, message: str, next_step: str | None = None) -> None:
     """Print ``turnstore COMMAND: MESSAGE`` on stderr, its control characters escaped.
 
     Messages echo ids (their own ``repr`` or the daemon's text): only what a
-    terminal would act on is escaped here, not backslashes.
+    terminal would act on is escaped here, not backslashes. ``next_step``
+    (what to do about it) goes on a second, indented line.
     """
     print(f"turnstore {command}: {printable(message, backslash=False)}", file=sys.stderr)
+    if next_step is not None:
+        print(f"  {printable(next_step, backslash=False)}", file=sys.stderr)
+
+
+def warn(command: str, message: str) -> None:
+    """Print ``turnstore COMMAND: warning: MESSAGE`` on stderr (the command goes on)."""
+    fail(command, f"warning: {message}")
 
 
 def run_async(
@@ -344,23 +524,33 @@ def run_async(
     """
     name = args.command
     try:
+        resolve_connection(args)
         return asyncio.run(_awaited(command, args))
     except BrokenPipeError:
         raise
     except TurnstoreError as error:
-        fail(name, f"{type(error).__name__}: {error}")
-        return 1
+        fail(name, f"{type(error).__name__}: {error}", advice(error, args))
+        return EXIT_FAILED
     except UnicodeDecodeError as error:
         fail(name, f"not UTF-8: {error}")
-        return 1
+        return EXIT_FAILED
     except (UsageError, ValueError) as error:
         fail(name, str(error))
-        return 2
+        return EXIT_USAGE
     except OSError as error:
-        fail(name, str(error))
-        return 1
+        fail(name, _os_message(error))
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def _os_message(error: OSError) -> str:
+    """``error`` without Python's ``[Errno N]`` prefix: the reason and the file's name."""
+    if error.strerror is None or isinstance(error, OptionFileError):
+        return str(error)
+    if error.filename is not None:
+        return f"{str(error.filename)!r}: {error.strerror.lower()}"
+    return error.strerror
 
 
 async def _awaited(
@@ -376,8 +566,36 @@ def handle(
     parser.set_defaults(run=lambda args: run_async(args, command))
 
 
-def add_parser(commands: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
-    """A subcommand's parser with the connection options."""
+def add_parser(
+    commands: Any, name: str, help: str, description: str, *, inherited: bool = False
+) -> argparse.ArgumentParser:
+    """A subcommand's parser with the connection options (``inherited``: see there)."""
     parser: argparse.ArgumentParser = commands.add_parser(name, help=help, description=description)
-    add_connection_options(parser)
+    add_connection_options(parser, inherited=inherited)
     return parser
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number at least ``minimum``, else a message saying so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+
+    return parse
+
+
+def seconds(text: str) -> float:
+    """An argparse ``type``: a number of seconds above 0 (finite)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds above 0")
+    return value

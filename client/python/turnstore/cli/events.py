@@ -17,6 +17,7 @@ from typing import Any, Final
 import grpc
 
 from turnstore import _json
+from turnstore._status import error_from_rpc
 from turnstore.cli.common import (
     add_format_option,
     add_parser,
@@ -29,6 +30,9 @@ from turnstore.cli.common import (
     handle,
     printable,
     printable_json,
+    seconds,
+    warn,
+    whole_number,
 )
 from turnstore.errors import EventFormatError, FollowerTooSlowError, UnavailableError
 from turnstore.replay import CaughtUp, ReplayItem, ThreadCleared, TurnFinished
@@ -44,6 +48,12 @@ _SERVING: Final = 1
 # `tail --follow` reconnects after a broken stream with this back-off.
 _RECONNECT_FIRST_DELAY: Final = 0.1
 _RECONNECT_MAX_DELAY: Final = 0.5
+# Said of a thread id that holds nothing: the store cannot tell a thread never
+# written from one cleared (or one outside the token's scope).
+_NO_SUCH_THREAD: Final = (
+    "unknown, cleared, or outside the token's scope (`turnstore threads` lists the threads)"
+)
+
 # A replay ended as too slow is resumed at once, this many times in a row at
 # most without anything printed in between.
 _TOO_SLOW_RESUMES: Final = 5
@@ -102,8 +112,8 @@ async def _health(args: argparse.Namespace) -> int:
         try:
             response = await check(b"", timeout=args.timeout)
         except grpc.aio.AioRpcError as error:
-            fail("health", f"{error.code().name}: {error.details()}")  # fail() escapes
-            return 1
+            # Named and advised as for every other command (run_async).
+            raise error_from_rpc(error) from None
     status = health_status(response)
     print(_SERVING_STATUS.get(status, f"status {status}"))
     return 0 if status == _SERVING else 1
@@ -282,20 +292,26 @@ async def _turns(args: argparse.Namespace) -> int:
             for envelope in turn.events:
                 fields = {k: v for k, v in envelope.event.items() if k != "type"}
                 print(f"  {printable(envelope.type)} {_line(fields)}")
-    if not turns and not json_lines:
-        print(f"thread {args.thread!r} has no events", file=sys.stderr)
+    if not turns:
+        # On stderr whatever the format: a typo in the id must not pass as
+        # an empty thread unnoticed in a script either.
+        warn("turns", f"thread {args.thread!r} has no events: {_NO_SUCH_THREAD}")
     return 0
 
 
 async def _clear(args: argparse.Namespace) -> int:
+    """Clear the thread; a thread without events is warned about (exit 0: nothing is left)."""
     async with connect(args) as client:
-        if not args.yes:
-            count = await client.events.event_count(args.thread)
-            if not confirm(f"Clear thread {args.thread!r} ({count} events)?", args.yes):
-                fail("clear", "not cleared")
-                return 1
+        count = await client.events.event_count(args.thread)
+        if count == 0:
+            warn("clear", f"thread {args.thread!r} has no events: {_NO_SUCH_THREAD}")
+        elif not confirm(f"Clear thread {args.thread!r} ({count} events)?", args.yes):
+            fail("clear", "not cleared")
+            return 1
+        # Cleared even so: an event appended since the count goes too.
         await client.events.clear(args.thread)
-    print(f"cleared thread {args.thread!r}", file=sys.stderr)
+    if count:
+        print(f"cleared thread {args.thread!r}", file=sys.stderr)
     return 0
 
 
@@ -310,7 +326,9 @@ def add_event_commands(commands: Any) -> None:
             "when SERVING, else 1. Needs no token."
         ),
     )
-    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    health.add_argument(
+        "--timeout", type=seconds, default=5.0, help="seconds to wait, above 0 (default 5)"
+    )
     handle(health, _health)
 
     tail = add_parser(
@@ -326,11 +344,13 @@ def add_event_commands(commands: Any) -> None:
         ),
     )
     tail.add_argument("thread", help="the thread id")
-    tail.add_argument("--after", type=int, default=None, help="start after this position")
+    tail.add_argument(
+        "--after", type=whole_number(0), default=None, help="start after this position (0 or more)"
+    )
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     tail.add_argument(
         "--reconnect-for",
-        type=float,
+        type=seconds,
         default=30.0,
         metavar="SECONDS",
         help="with --follow: give up when the daemon stays unavailable this long (default 30)",
@@ -349,7 +369,7 @@ def add_event_commands(commands: Any) -> None:
         ),
     )
     threads.add_argument("--start-after", default="", metavar="ID", help="list after this id")
-    threads.add_argument("--limit", type=int, help="list at most this many")
+    threads.add_argument("--limit", type=whole_number(1), help="list at most this many (1 or more)")
     add_format_option(threads)
     handle(threads, _threads)
 
