@@ -306,8 +306,12 @@ def advice(error: TurnstoreError, args: argparse.Namespace) -> str | None:
     Unreachable: start the daemon or pass ``--target`` (or check the TLS
     options, when TLS is on: a handshake failure looks the same).
     Unauthenticated: which token option. Permission denied: the token's
-    scope. Deadline: the daemon is busy or the target is wrong.
+    scope. Deadline: the daemon is busy or the target is wrong. An error
+    wrapping another (an import's TransferError at a line) is advised on
+    by the one it wraps.
     """
+    while isinstance(error.__cause__, TurnstoreError):
+        error = error.__cause__
     target = printable(repr(args.target))
     if isinstance(error, UnavailableError):
         if getattr(args, "tls_ca", None) is not None:
