@@ -305,7 +305,8 @@ async def _clear(args: argparse.Namespace) -> int:
         count = await client.events.event_count(args.thread)
         if count == 0:
             warn("clear", f"thread {args.thread!r} has no events: {_NO_SUCH_THREAD}")
-        elif not confirm(f"Clear thread {args.thread!r} ({count} events)?", args.yes):
+        # Asked even so: a script without --yes fails the same whatever the thread holds.
+        if not confirm(f"Clear thread {args.thread!r} ({count} events)?", args.yes):
             fail("clear", "not cleared")
             return 1
         # Cleared even so: an event appended since the count goes too.
