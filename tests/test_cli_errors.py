@@ -224,11 +224,20 @@ def test_a_file_that_cannot_be_read_names_its_option(tmp_path: Path) -> None:
     assert "--token-file: the token file" in blank.stderr and "is empty" in blank.stderr
     ca = run("health", "--tls-ca", missing)
     assert ca.returncode == 1 and f"cannot read --tls-ca {missing!r}" in ca.stderr
-    key = run("stats", "--tls-ca", __file__, "--tls-cert", __file__, "--tls-key", missing)
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")  # read, not parsed: the key fails first
+    key = run("stats", "--tls-ca", str(pem), "--tls-cert", str(pem), "--tls-key", missing)
     assert key.returncode == 1 and f"cannot read --tls-key {missing!r}" in key.stderr
+    # Not PEM: named here, instead of grpc logging its own source files' names.
+    text = tmp_path / "notes.txt"
+    text.write_text("not a certificate\n")
+    not_pem = run("health", "--target", "127.0.0.1:1", env=clean_env(TURNSTORE_TLS_CA=str(text)))
+    assert not_pem.returncode == 1
+    assert f"TURNSTORE_TLS_CA {str(text)!r} is not a PEM file" in not_pem.stderr
+    assert ".cc:" not in not_pem.stderr, not_pem.stderr
     source = run("import", "--input", missing)
     assert source.returncode == 1 and f"cannot read --input {missing!r}" in source.stderr
-    for done in (by_option, by_env, blank, ca, key, source):
+    for done in (by_option, by_env, blank, ca, key, not_pem, source):
         assert_no_internals(done.stderr)
 
 

@@ -316,7 +316,7 @@ async def _import(args: argparse.Namespace) -> int:
     try:
         source = args.input.open("rb")
     except OSError as error:
-        raise OptionFileError("--input", args.input, error) from None
+        raise OptionFileError.unreadable("--input", args.input, error) from None
     with source:
         return await _import_from(args, source)
 

@@ -101,15 +101,16 @@ class UsageError(Exception):
 
 
 class OptionFileError(OSError):
-    """A file named by an option cannot be read (exit status 1).
+    """A file named by an option cannot be read, or is not what it must be (exit status 1).
 
     The message names the option (or its environment variable), the path as
     the user gave it and the reason, without Python's ``[Errno N]``.
     """
 
-    def __init__(self, option: str, path: Path | str, error: OSError) -> None:
+    @classmethod
+    def unreadable(cls, option: str, path: Path | str, error: OSError) -> OptionFileError:
         reason = (error.strerror or str(error)).lower()
-        super().__init__(f"cannot read {option} {str(path)!r}: {reason}")
+        return cls(f"cannot read {option} {str(path)!r}: {reason}")
 
 
 def add_connection_options(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
@@ -231,15 +232,22 @@ def option_name(args: argparse.Namespace, dest: str, option: str) -> str:
     return sources.get(dest, option)
 
 
-def _check_readable(args: argparse.Namespace, dest: str, option: str) -> None:
+def _check_pem(args: argparse.Namespace, dest: str, option: str) -> None:
+    """Raise OptionFileError unless the file of ``dest`` can be read and holds PEM data.
+
+    Checked here so that the message names the option: grpc would log its
+    own source files' names on stderr and fail the call as unavailable.
+    """
     path: Path | None = getattr(args, dest)
     if path is None:
         return
+    name = option_name(args, dest, option)
     try:
-        with path.open("rb"):
-            pass
+        data = path.read_bytes()
     except OSError as error:
-        raise OptionFileError(option_name(args, dest, option), path, error) from None
+        raise OptionFileError.unreadable(name, path, error) from None
+    if b"-----BEGIN" not in data:
+        raise OptionFileError(f"{name} {str(path)!r} is not a PEM file (no -----BEGIN line)")
 
 
 def client_tls(args: argparse.Namespace) -> ClientTls | None:
@@ -262,7 +270,7 @@ def client_tls(args: argparse.Namespace) -> ClientTls | None:
         ("tls_cert", "--tls-cert"),
         ("tls_key", "--tls-key"),
     ):
-        _check_readable(args, dest, option)
+        _check_pem(args, dest, option)
     return ClientTls(
         args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name
     )
@@ -278,7 +286,7 @@ def bearer_token(args: argparse.Namespace) -> str | None:
     try:
         return token_from_file_or_env(args.token_file)
     except OSError as error:
-        raise OptionFileError(option, args.token_file, error) from None
+        raise OptionFileError.unreadable(option, args.token_file, error) from None
     except ValueError as error:
         raise UsageError(f"{option}: {error}; its first line must hold the token") from None
 
@@ -315,10 +323,10 @@ def advice(error: TurnstoreError, args: argparse.Namespace) -> str | None:
     target = printable(repr(args.target))
     if isinstance(error, UnavailableError):
         if getattr(args, "tls_ca", None) is not None:
+            # A failed handshake looks the same as no daemon at all.
             return (
-                f"check that a daemon serves {target} and that --tls-ca, --tls-cert, "
-                "--tls-key and --tls-server-name match its TLS settings; "
-                f"{_START_DAEMON}"
+                f"{_START_DAEMON}; if a daemon runs at {target}, check that --tls-ca, "
+                "--tls-cert, --tls-key and --tls-server-name match its TLS settings"
             )
         return _START_DAEMON
     if isinstance(error, UnauthenticatedError):

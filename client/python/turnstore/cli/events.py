@@ -328,7 +328,11 @@ def add_event_commands(commands: Any) -> None:
         ),
     )
     health.add_argument(
-        "--timeout", type=seconds, default=5.0, help="seconds to wait, above 0 (default 5)"
+        "--timeout",
+        type=seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds to wait, above 0 (default 5)",
     )
     handle(health, _health)
 
@@ -346,7 +350,11 @@ def add_event_commands(commands: Any) -> None:
     )
     tail.add_argument("thread", help="the thread id")
     tail.add_argument(
-        "--after", type=whole_number(0), default=None, help="start after this position (0 or more)"
+        "--after",
+        type=whole_number(0),
+        default=None,
+        metavar="N",
+        help="start after this position (0 or more)",
     )
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     tail.add_argument(
@@ -370,7 +378,9 @@ def add_event_commands(commands: Any) -> None:
         ),
     )
     threads.add_argument("--start-after", default="", metavar="ID", help="list after this id")
-    threads.add_argument("--limit", type=whole_number(1), help="list at most this many (1 or more)")
+    threads.add_argument(
+        "--limit", type=whole_number(1), metavar="N", help="list at most this many (1 or more)"
+    )
     add_format_option(threads)
     handle(threads, _threads)
 

@@ -146,7 +146,7 @@ def add_history_commands(commands: Any) -> None:
     )
     conversations.add_argument("--start-after", default="", metavar="KEY", help="list after it")
     conversations.add_argument(
-        "--limit", type=whole_number(1), help="list at most this many (1 or more)"
+        "--limit", type=whole_number(1), metavar="N", help="list at most this many (1 or more)"
     )
     add_format_option(conversations)
     handle(conversations, _conversations)
@@ -177,7 +177,9 @@ def add_history_commands(commands: Any) -> None:
             "when nothing is stored."
         ),
     )
-    load.add_argument("--version", type=whole_number(1), help="a kept older version (1 or more)")
+    load.add_argument(
+        "--version", type=whole_number(1), metavar="N", help="a kept older version (1 or more)"
+    )
     add_format_option(load, "one JSON object", inherited=True)
     handle(load, _load)
     versions = add_parser(
