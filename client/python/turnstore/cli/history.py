@@ -163,7 +163,7 @@ def add_history_commands(commands: Any) -> None:
             "connection options and --format go before or after ACTION."
         ),
     )
-    history.add_argument("key", help="the conversation key")
+    history.add_argument("key", metavar="KEY", help="the conversation key")
     add_format_option(history, "JSON")
     actions = history.add_subparsers(dest="action", required=True, metavar="ACTION")
     load = add_parser(
