@@ -24,7 +24,7 @@ import trustme
 
 from tests.support.daemon import Daemon, DaemonStarter
 from turnstore import AgentEventEnvelope, ClientTls, ConversationSnapshot, TurnstoreClient
-from turnstore.cli.events import health_status
+from turnstore.cli.health import health_status
 
 COMMAND_TIMEOUT = 60.0
 

@@ -26,17 +26,16 @@ from typing import IO, Any, BinaryIO, Final
 from turnstore import transfer
 from turnstore.admin import DaemonStats, TurnstoreAdmin
 from turnstore.cli.common import (
-    OptionFileError,
     Progress,
     add_format_option,
     add_parser,
     as_json,
-    connect,
     format_size,
     handle,
     printable,
     printable_json,
 )
+from turnstore.cli.connection import OptionFileError, connect
 
 COMMANDS: Final = ("backup", "stats", "export", "import")
 

@@ -16,7 +16,6 @@ from turnstore.cli.common import (
     add_parser,
     as_json,
     confirm,
-    connect,
     fail,
     format_size,
     format_time,
@@ -26,6 +25,7 @@ from turnstore.cli.common import (
     warn,
     whole_number,
 )
+from turnstore.cli.connection import connect
 
 
 async def _conversations(args: argparse.Namespace) -> int:
