@@ -263,10 +263,14 @@ async def test_unknown_threads_and_keys_are_warned_about(
         ["turns", "no-such-thread", "--format", "json"],  # piped JSON used to say nothing
         ["turns", "no-such-thread", "--format", "text"],
         ["clear", "no-such-thread", "--yes"],  # used to say "cleared thread"
+        ["tail", "no-such-thread", "--format", "json"],
     ):
         done = run(*command, *connection)
         assert done.returncode == 0, done.stderr
-        assert done.stdout == ""
+        if command[0] == "tail":  # its marker still says where a follow would start
+            assert json_lines(done.stdout) == [{"marker": "caught_up", "next_position": 0}]
+        else:
+            assert done.stdout == ""
         assert warning in done.stderr, (command, done.stderr)
         assert "`turnstore threads` lists the threads" in done.stderr
         assert "cleared thread" not in done.stderr
@@ -282,6 +286,8 @@ async def test_unknown_threads_and_keys_are_warned_about(
     await client.events.append("known", 1, event)
     turns = run("turns", "known", *connection)
     assert turns.returncode == 0 and turns.stderr == ""
+    tail = run("tail", "known", *connection)
+    assert tail.returncode == 0 and tail.stderr == ""
     cleared = run("clear", "known", "--yes", *connection)
     assert cleared.returncode == 0 and cleared.stderr == "cleared thread 'known'\n"
     assert await client.events.event_count("known") == 0

@@ -135,6 +135,11 @@ async def _tail(args: argparse.Namespace) -> int:
                             if caught_up:
                                 continue
                             caught_up = True
+                            if item.next_position == 0 and not args.follow:
+                                warn(
+                                    "tail",
+                                    f"thread {args.thread!r} has no events: {_NO_SUCH_THREAD}",
+                                )
                         print(format_item(item, json_lines), flush=True)
                         if isinstance(item, ThreadCleared):
                             return 0
