@@ -16,6 +16,7 @@ import grpc
 from turnstore._status import error_from_rpc
 from turnstore.cli.common import add_parser, handle, seconds
 from turnstore.cli.connection import client_tls
+from turnstore.errors import ServerError
 
 # grpc.health.v1 by hand, so that `health` needs neither the server extra
 # nor grpcio-health-checking: HealthCheckRequest{service: ""} encodes as
@@ -80,7 +81,10 @@ async def _health(args: argparse.Namespace) -> int:
         except grpc.aio.AioRpcError as error:
             # Named and advised as for every other command (run_async).
             raise error_from_rpc(error) from None
-    status = health_status(response)
+    try:
+        status = health_status(response)
+    except ValueError as error:  # not a usage error (exit 2): the answer is bad
+        raise ServerError(f"malformed health response from {args.target!r}: {error}") from None
     print(_SERVING_STATUS.get(status, f"status {status}"))
     return 0 if status == _SERVING else 1
 
