@@ -24,7 +24,7 @@ import trustme
 
 from tests.support.daemon import Daemon, DaemonStarter
 from turnstore import AgentEventEnvelope, ClientTls, ConversationSnapshot, TurnstoreClient
-from turnstore.cli.events import health_status
+from turnstore.cli.health import health_status
 
 COMMAND_TIMEOUT = 60.0
 
@@ -256,7 +256,7 @@ def test_health_needs_neither_the_server_extra_nor_grpc_health(served: Daemon) -
     assert (by_env.returncode, by_env.stdout) == (0, "SERVING\n")
     # The default target, 127.0.0.1:7070, is not this daemon.
     elsewhere = run("health", "--target", "unix:/nonexistent/turnstore.sock")
-    assert elsewhere.returncode == 1 and "UNAVAILABLE" in elsewhere.stderr
+    assert elsewhere.returncode == 1 and "UnavailableError" in elsewhere.stderr
 
 
 def test_health_responses_are_decoded_by_hand() -> None:
@@ -505,7 +505,8 @@ async def test_every_client_subcommand_reaches_a_mutual_tls_daemon_with_a_token(
     assert with_flags.returncode == 0 and json.loads(with_flags.stdout)["events"] == 0
     assert no_token.returncode == 1 and "UnauthenticatedError" in no_token.stderr
     assert health_flags.stdout == "SERVING\n"
-    assert no_cert.returncode == 1 and "UNAVAILABLE" in no_cert.stderr
+    assert no_cert.returncode == 1 and "UnavailableError" in no_cert.stderr
+    assert "--tls-cert" in no_cert.stderr  # the advice names the TLS options
     assert plain.returncode == 1
     assert daemon.stop() == 0
 
@@ -520,7 +521,7 @@ def test_inconsistent_tls_options_are_refused_before_any_call() -> None:
     unreadable = run("health", "--tls-ca", "/nonexistent/ca.pem")
     assert unreadable.returncode == 1 and "/nonexistent/ca.pem" in unreadable.stderr
     bad_target = run("stats", "--target", "http://127.0.0.1:7070")
-    assert bad_target.returncode == 1 and "InvalidArgumentError" in bad_target.stderr
+    assert bad_target.returncode == 2 and "take no http:// scheme" in bad_target.stderr
 
 
 async def test_export_import_and_backup_show_progress_on_a_terminal_only(

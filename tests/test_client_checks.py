@@ -60,7 +60,7 @@ def test_the_command_line_refuses_a_remote_target_without_tls_and_names_the_opt_
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1, result
+    assert result.returncode == 2, result  # bad usage: nothing was sent
     assert "not a loopback address" in result.stderr and "--allow-remote" in result.stderr
 
 

@@ -79,7 +79,7 @@ def test_the_health_command_answers_for_probes(daemon: Daemon, tmp_path: Path) -
         text=True,
         timeout=60,
     )
-    assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
+    assert down.returncode == 1 and "UnavailableError" in down.stderr
 
 
 async def test_metrics_count_rpcs_commits_and_followers(

@@ -30,12 +30,12 @@ from turnstore.cli.common import (
     add_format_option,
     add_parser,
     as_json,
-    connect,
     format_size,
     handle,
     printable,
     printable_json,
 )
+from turnstore.cli.connection import OptionFileError, connect
 
 COMMANDS: Final = ("backup", "stats", "export", "import")
 
@@ -312,7 +312,11 @@ async def _import_from(args: argparse.Namespace, source: BinaryIO) -> int:
 async def _import(args: argparse.Namespace) -> int:
     if args.input is None:
         return await _import_from(args, sys.stdin.buffer)
-    with args.input.open("rb") as source:
+    try:
+        source = args.input.open("rb")
+    except OSError as error:
+        raise OptionFileError.unreadable("--input", args.input, error) from None
+    with source:
         return await _import_from(args, source)
 
 

@@ -1,8 +1,7 @@
 """What every client subcommand of ``turnstore`` shares.
 
-:func:`add_connection_options` gives a subcommand's parser the options that
-say how to reach the daemon (target, token, TLS), each also settable by an
-environment variable; :func:`connect` builds the client from them.
+The connection options, the client and the advice after a failure are in
+:mod:`turnstore.cli.connection`.
 :func:`run_async` runs a command's coroutine and turns failures into exit
 statuses: 0 success, 1 the daemon or a file failed (or the user said no),
 2 bad usage. :class:`Progress` is the progress line of long transfers.
@@ -15,30 +14,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TextIO
 
-from turnstore._auth import ClientTls
-from turnstore._tokenfile import AUTH_TOKEN_ENV, token_from_file_or_env
-from turnstore.client import DEFAULT_TARGET, TurnstoreClient
+from turnstore.cli.connection import (
+    OptionFileError,
+    UsageError,
+    add_connection_options,
+    advice,
+    resolve_connection,
+)
 from turnstore.errors import TurnstoreError
-
-# Client-side environment variables. The client's own certificate has its
-# own names: serve reads TURNSTORE_TLS_CERT/KEY as the daemon's certificate,
-# and a probe run in the daemon's environment must not present that one.
-TARGET_ENV: Final = "TURNSTORE_TARGET"
-TOKEN_FILE_ENV: Final = "TURNSTORE_TOKEN_FILE"
-TLS_CA_ENV: Final = "TURNSTORE_TLS_CA"
-TLS_CERT_ENV: Final = "TURNSTORE_TLS_CLIENT_CERT"
-TLS_KEY_ENV: Final = "TURNSTORE_TLS_CLIENT_KEY"
-TLS_SERVER_NAME_ENV: Final = "TURNSTORE_TLS_SERVER_NAME"
 
 # How often a progress line is redrawn.
 PROGRESS_INTERVAL: Final = 0.5
@@ -57,78 +48,24 @@ _TEXT_UNSAFE: Final = re.compile(rf"[\\{_UNSAFE_CHARS}]")
 _SHORT_ESCAPES: Final = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-class UsageError(Exception):
-    """The command line or environment is inconsistent (exit status 2)."""
+# The exit statuses of every client subcommand (docs/cli.md lists them).
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1  # the daemon or a file failed, or the user said no
+EXIT_USAGE: Final = 2  # bad options or environment: nothing was sent
+EXIT_INTERRUPTED: Final = 130
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name) or default
+def add_format_option(
+    parser: argparse.ArgumentParser, what: str = "JSON lines", *, inherited: bool = False
+) -> None:
+    """Add ``--format auto|json|text`` (auto: text on a terminal, ``what`` when piped).
 
-
-def add_connection_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--target``, ``--token-file`` and the ``--tls-*`` options to ``parser``.
-
-    Each defaults to its environment variable (shown in ``--help``); the
-    command line wins.
+    ``inherited`` as for :func:`add_connection_options`.
     """
-    group = parser.add_argument_group("connection")
-    group.add_argument(
-        "--target",
-        metavar="ADDR",
-        default=_env(TARGET_ENV, DEFAULT_TARGET),
-        help=f"daemon address, HOST:PORT or unix:PATH [env {TARGET_ENV}; default {DEFAULT_TARGET}]",
-    )
-    group.add_argument(
-        "--allow-remote",
-        action="store_true",
-        help="accept a target that is not loopback without TLS (the channel is insecure: "
-        "only for a daemon run with --allow-remote on a network you trust)",
-    )
-    group.add_argument(
-        "--token-file",
-        type=Path,
-        metavar="FILE",
-        default=_env(TOKEN_FILE_ENV),
-        help=f"send the bearer token in this file's first line [env {TOKEN_FILE_ENV}; "
-        f"{AUTH_TOKEN_ENV} may hold the token itself]",
-    )
-    group.add_argument(
-        "--tls-ca",
-        type=Path,
-        metavar="PEM",
-        default=_env(TLS_CA_ENV),
-        help=f"PEM CA bundle that signed the daemon's certificate: connect with TLS "
-        f"[env {TLS_CA_ENV}]",
-    )
-    group.add_argument(
-        "--tls-cert",
-        type=Path,
-        metavar="PEM",
-        default=_env(TLS_CERT_ENV),
-        help=f"PEM certificate chain of this client, for mutual TLS [env {TLS_CERT_ENV}]",
-    )
-    group.add_argument(
-        "--tls-key",
-        type=Path,
-        metavar="PEM",
-        default=_env(TLS_KEY_ENV),
-        help=f"PEM private key of --tls-cert [env {TLS_KEY_ENV}]",
-    )
-    group.add_argument(
-        "--tls-server-name",
-        metavar="NAME",
-        default=_env(TLS_SERVER_NAME_ENV),
-        help=f"name to check the daemon's certificate against, instead of the target's host "
-        f"[env {TLS_SERVER_NAME_ENV}]",
-    )
-
-
-def add_format_option(parser: argparse.ArgumentParser, what: str = "JSON lines") -> None:
-    """Add ``--format auto|json|text`` (auto: text on a terminal, ``what`` when piped)."""
     parser.add_argument(
         "--format",
         choices=("auto", "json", "text"),
-        default="auto",
+        default=argparse.SUPPRESS if inherited else "auto",
         help=f"output format; auto is text on a terminal, {what} otherwise",
     )
 
@@ -136,36 +73,6 @@ def add_format_option(parser: argparse.ArgumentParser, what: str = "JSON lines")
 def as_json(args: argparse.Namespace) -> bool:
     """Whether to write JSON: asked for, or ``auto`` with stdout not a terminal."""
     return bool(args.format == "json" or (args.format == "auto" and not sys.stdout.isatty()))
-
-
-def client_tls(args: argparse.Namespace) -> ClientTls | None:
-    """The TLS settings of the options, or None (plaintext) when no CA is given.
-
-    Raises UsageError for a client certificate without its key (or the
-    other way round), or either without a CA.
-    """
-    if args.tls_ca is None:
-        if args.tls_cert is not None or args.tls_key is not None:
-            raise UsageError(f"--tls-cert and --tls-key need --tls-ca (or {TLS_CA_ENV})")
-        if args.tls_server_name:
-            raise UsageError(f"--tls-server-name needs --tls-ca (or {TLS_CA_ENV})")
-        return None
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise UsageError("--tls-cert and --tls-key go together (mutual TLS)")
-    return ClientTls(
-        args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name
-    )
-
-
-def connect(args: argparse.Namespace, timeout: float | None = 30.0) -> TurnstoreClient:
-    """A client of the daemon the options name; construct it inside the event loop."""
-    return TurnstoreClient(
-        args.target,
-        timeout=timeout,
-        token=token_from_file_or_env(args.token_file),
-        tls=client_tls(args),
-        allow_remote=args.allow_remote,
-    )
 
 
 def format_time(unix_nanos: int) -> str:
@@ -323,13 +230,21 @@ def printable_json(data: bytes | str) -> str:
     return _TERMINAL_UNSAFE.sub(_json_escape, text)
 
 
-def fail(command: str, message: str) -> None:
+def fail(command: str, message: str, next_step: str | None = None) -> None:
     """Print ``turnstore COMMAND: MESSAGE`` on stderr, its control characters escaped.
 
     Messages echo ids (their own ``repr`` or the daemon's text): only what a
-    terminal would act on is escaped here, not backslashes.
+    terminal would act on is escaped here, not backslashes. ``next_step``
+    (what to do about it) goes on a second, indented line.
     """
     print(f"turnstore {command}: {printable(message, backslash=False)}", file=sys.stderr)
+    if next_step is not None:
+        print(f"  {printable(next_step, backslash=False)}", file=sys.stderr)
+
+
+def warn(command: str, message: str) -> None:
+    """Print ``turnstore COMMAND: warning: MESSAGE`` on stderr (the command goes on)."""
+    fail(command, f"warning: {message}")
 
 
 def run_async(
@@ -344,23 +259,33 @@ def run_async(
     """
     name = args.command
     try:
+        resolve_connection(args)
         return asyncio.run(_awaited(command, args))
     except BrokenPipeError:
         raise
     except TurnstoreError as error:
-        fail(name, f"{type(error).__name__}: {error}")
-        return 1
+        fail(name, f"{type(error).__name__}: {error}", advice(error, args))
+        return EXIT_FAILED
     except UnicodeDecodeError as error:
         fail(name, f"not UTF-8: {error}")
-        return 1
+        return EXIT_FAILED
     except (UsageError, ValueError) as error:
         fail(name, str(error))
-        return 2
+        return EXIT_USAGE
     except OSError as error:
-        fail(name, str(error))
-        return 1
+        fail(name, _os_message(error))
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def _os_message(error: OSError) -> str:
+    """``error`` without Python's ``[Errno N]`` prefix: the reason and the file's name."""
+    if error.strerror is None or isinstance(error, OptionFileError):
+        return str(error)
+    if error.filename is not None:
+        return f"{str(error.filename)!r}: {error.strerror.lower()}"
+    return error.strerror
 
 
 async def _awaited(
@@ -376,8 +301,36 @@ def handle(
     parser.set_defaults(run=lambda args: run_async(args, command))
 
 
-def add_parser(commands: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
-    """A subcommand's parser with the connection options."""
+def add_parser(
+    commands: Any, name: str, help: str, description: str, *, inherited: bool = False
+) -> argparse.ArgumentParser:
+    """A subcommand's parser with the connection options (``inherited``: see there)."""
     parser: argparse.ArgumentParser = commands.add_parser(name, help=help, description=description)
-    add_connection_options(parser)
+    add_connection_options(parser, inherited=inherited)
     return parser
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number at least ``minimum``, else a message saying so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+
+    return parse
+
+
+def seconds(text: str) -> float:
+    """An argparse ``type``: a number of seconds above 0 (finite)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds above 0")
+    return value

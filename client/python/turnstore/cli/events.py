@@ -1,8 +1,9 @@
-"""``turnstore health``, ``tail``, ``threads``, ``turns`` and ``clear``.
+"""``turnstore tail``, ``threads``, ``turns`` and ``clear``; ``health`` too.
 
 :func:`add_event_commands` adds them to the ``turnstore`` command's
-subparsers; each parser's ``run`` default runs it (see
-:func:`turnstore.cli.common.handle`). They need only the client install.
+subparsers (``health`` from :mod:`turnstore.cli.health`); each parser's
+``run`` default runs it (see :func:`turnstore.cli.common.handle`). They need
+only the client install.
 """
 
 from __future__ import annotations
@@ -14,99 +15,39 @@ import sys
 import time
 from typing import Any, Final
 
-import grpc
-
 from turnstore import _json
 from turnstore.cli.common import (
     add_format_option,
     add_parser,
     as_json,
-    client_tls,
     confirm,
-    connect,
     fail,
     format_time,
     handle,
     printable,
     printable_json,
+    seconds,
+    warn,
+    whole_number,
 )
+from turnstore.cli.connection import connect
+from turnstore.cli.health import add_health_command
 from turnstore.errors import EventFormatError, FollowerTooSlowError, UnavailableError
 from turnstore.replay import CaughtUp, ReplayItem, ThreadCleared, TurnFinished
 from turnstore.results import StoredEvent
 
-# grpc.health.v1 by hand, so that `health` needs neither the server extra
-# nor grpcio-health-checking: HealthCheckRequest{service: ""} encodes as
-# empty bytes, and HealthCheckResponse's field 1 (varint) is the status.
-_HEALTH_CHECK: Final = "/grpc.health.v1.Health/Check"
-_SERVING_STATUS: Final = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
-_SERVING: Final = 1
-
 # `tail --follow` reconnects after a broken stream with this back-off.
 _RECONNECT_FIRST_DELAY: Final = 0.1
 _RECONNECT_MAX_DELAY: Final = 0.5
+# Said of a thread id that holds nothing: the store cannot tell a thread never
+# written from one cleared (or one outside the token's scope).
+_NO_SUCH_THREAD: Final = (
+    "unknown, cleared, or outside the token's scope (`turnstore threads` lists the threads)"
+)
+
 # A replay ended as too slow is resumed at once, this many times in a row at
 # most without anything printed in between.
 _TOO_SLOW_RESUMES: Final = 5
-
-
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if at >= len(data) or shift > 63:
-            raise ValueError("truncated or overlong varint")
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, at
-
-
-def health_status(response: bytes) -> int:
-    """The ``status`` of an encoded ``HealthCheckResponse`` (0, UNKNOWN, when absent).
-
-    Other fields are skipped; raises ValueError for malformed bytes.
-    """
-    status, at = 0, 0
-    while at < len(response):
-        tag, at = _varint(response, at)
-        wire = tag & 7
-        if wire == 0:
-            value, at = _varint(response, at)
-            if tag >> 3 == 1:
-                status = value
-        elif wire == 2:
-            length, at = _varint(response, at)
-            at += length
-        elif wire in (1, 5):
-            at += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-    if at != len(response):
-        raise ValueError("truncated field")
-    return status
-
-
-async def _health(args: argparse.Namespace) -> int:
-    tls = client_tls(args)
-    options: list[tuple[str, Any]] = []
-    if tls is not None and tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
-    channel = (
-        grpc.aio.secure_channel(args.target, tls.credentials(), options=options)
-        if tls is not None
-        else grpc.aio.insecure_channel(args.target, options=options)
-    )
-    async with channel:
-        check = channel.unary_unary(_HEALTH_CHECK)  # bytes in, bytes out
-        try:
-            response = await check(b"", timeout=args.timeout)
-        except grpc.aio.AioRpcError as error:
-            fail("health", f"{error.code().name}: {error.details()}")  # fail() escapes
-            return 1
-    status = health_status(response)
-    print(_SERVING_STATUS.get(status, f"status {status}"))
-    return 0 if status == _SERVING else 1
 
 
 def _event_json(item: StoredEvent) -> dict[str, Any]:
@@ -194,6 +135,11 @@ async def _tail(args: argparse.Namespace) -> int:
                             if caught_up:
                                 continue
                             caught_up = True
+                            if item.next_position == 0 and not args.follow:
+                                warn(
+                                    "tail",
+                                    f"thread {args.thread!r} has no events: {_NO_SUCH_THREAD}",
+                                )
                         print(format_item(item, json_lines), flush=True)
                         if isinstance(item, ThreadCleared):
                             return 0
@@ -282,37 +228,33 @@ async def _turns(args: argparse.Namespace) -> int:
             for envelope in turn.events:
                 fields = {k: v for k, v in envelope.event.items() if k != "type"}
                 print(f"  {printable(envelope.type)} {_line(fields)}")
-    if not turns and not json_lines:
-        print(f"thread {args.thread!r} has no events", file=sys.stderr)
+    if not turns:
+        # On stderr whatever the format: a typo in the id must not pass as
+        # an empty thread unnoticed in a script either.
+        warn("turns", f"thread {args.thread!r} has no events: {_NO_SUCH_THREAD}")
     return 0
 
 
 async def _clear(args: argparse.Namespace) -> int:
+    """Clear the thread; a thread without events is warned about (exit 0: nothing is left)."""
     async with connect(args) as client:
-        if not args.yes:
-            count = await client.events.event_count(args.thread)
-            if not confirm(f"Clear thread {args.thread!r} ({count} events)?", args.yes):
-                fail("clear", "not cleared")
-                return 1
+        count = await client.events.event_count(args.thread)
+        if count == 0:
+            warn("clear", f"thread {args.thread!r} has no events: {_NO_SUCH_THREAD}")
+        # Asked even so: a script without --yes fails the same whatever the thread holds.
+        if not confirm(f"Clear thread {args.thread!r} ({count} events)?", args.yes):
+            fail("clear", "not cleared")
+            return 1
+        # Cleared even so: an event appended since the count goes too.
         await client.events.clear(args.thread)
-    print(f"cleared thread {args.thread!r}", file=sys.stderr)
+    if count:
+        print(f"cleared thread {args.thread!r}", file=sys.stderr)
     return 0
 
 
 def add_event_commands(commands: Any) -> None:
     """Add ``health``, ``tail``, ``threads``, ``turns`` and ``clear`` to ``commands``."""
-    health = add_parser(
-        commands,
-        "health",
-        help="check that a daemon is up and serving (for probes)",
-        description=(
-            "Ask the daemon's grpc.health.v1 service; print its status and exit 0 "
-            "when SERVING, else 1. Needs no token."
-        ),
-    )
-    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
-    handle(health, _health)
-
+    add_health_command(commands)
     tail = add_parser(
         commands,
         "tail",
@@ -326,11 +268,17 @@ def add_event_commands(commands: Any) -> None:
         ),
     )
     tail.add_argument("thread", help="the thread id")
-    tail.add_argument("--after", type=int, default=None, help="start after this position")
+    tail.add_argument(
+        "--after",
+        type=whole_number(0),
+        default=None,
+        metavar="N",
+        help="start after this position (0 or more)",
+    )
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     tail.add_argument(
         "--reconnect-for",
-        type=float,
+        type=seconds,
         default=30.0,
         metavar="SECONDS",
         help="with --follow: give up when the daemon stays unavailable this long (default 30)",
@@ -349,7 +297,9 @@ def add_event_commands(commands: Any) -> None:
         ),
     )
     threads.add_argument("--start-after", default="", metavar="ID", help="list after this id")
-    threads.add_argument("--limit", type=int, help="list at most this many")
+    threads.add_argument(
+        "--limit", type=whole_number(1), metavar="N", help="list at most this many (1 or more)"
+    )
     add_format_option(threads)
     handle(threads, _threads)
 

@@ -18,14 +18,16 @@ from turnstore.cli.common import (
     add_parser,
     as_json,
     confirm,
-    connect,
     fail,
     format_size,
     format_time,
     handle,
     printable,
     printable_json,
+    warn,
+    whole_number,
 )
+from turnstore.cli.connection import connect
 from turnstore.errors import SnapshotFormatError
 from turnstore.models import ConversationSnapshot
 from turnstore.results import Blob
@@ -135,8 +137,11 @@ async def _versions(args: argparse.Namespace) -> int:
                 f"version {info.version}  saved {format_time(info.saved_at_unix_nanos)}  "
                 f"{format_size(info.size_bytes)}  {printable(info.content_type)}"
             )
-    if not versions and not as_json(args):
-        print(f"{args.key!r}: no versions stored", file=sys.stderr)
+    if not versions:
+        warn(
+            "history",
+            f"{args.key!r}: no versions stored (`turnstore conversations` lists the keys)",
+        )
     return 0
 
 
@@ -150,6 +155,8 @@ async def _delete(args: argparse.Namespace) -> int:
                 fail("history", "not deleted")
                 return 1
         removed = await history.delete()
+    if not removed:
+        warn("history", f"{args.key!r}: no versions stored, nothing deleted")
     if as_json(args):
         print(printable_json(_json.dumps({"key": args.key, "removed_versions": removed})))
     else:
@@ -175,20 +182,31 @@ def add_history_commands(commands: Any) -> None:
     conversations.add_argument(
         "--newest-first", action="store_true", help="descending order (the greatest key first)"
     )
-    conversations.add_argument("--limit", type=int, help="list at most this many")
+    conversations.add_argument(
+        "--limit", type=whole_number(1), metavar="N", help="list at most this many (1 or more)"
+    )
     add_format_option(conversations)
     handle(conversations, _conversations)
 
-    history = commands.add_parser(
+    # The connection options and --format are taken before the action too
+    # (`history KEY --target X load`): the actions' copies default to unset
+    # (inherited=True), so that one given before the action holds.
+    history = add_parser(
+        commands,
         "history",
         help="load, list or delete a conversation's snapshots",
-        description="Read or delete the snapshots saved under one conversation key.",
+        description=(
+            "Read or delete the snapshots saved under one conversation key. The "
+            "connection options and --format go before or after ACTION."
+        ),
     )
-    history.add_argument("key", help="the conversation key")
+    history.add_argument("key", metavar="KEY", help="the conversation key")
+    add_format_option(history, "JSON")
     actions = history.add_subparsers(dest="action", required=True, metavar="ACTION")
     load = add_parser(
         actions,
         "load",
+        inherited=True,
         help="print the latest snapshot (or --version N)",
         description=(
             "Print a snapshot: on a terminal one line per message (* marks a pinned "
@@ -198,20 +216,24 @@ def add_history_commands(commands: Any) -> None:
             "size_bytes, data_base64}. Exit 1 when nothing is stored."
         ),
     )
-    load.add_argument("--version", type=int, help="a kept older version")
-    add_format_option(load, "one JSON object")
+    load.add_argument(
+        "--version", type=whole_number(1), metavar="N", help="a kept older version (1 or more)"
+    )
+    add_format_option(load, "one JSON object", inherited=True)
     handle(load, _load)
     versions = add_parser(
         actions,
         "versions",
+        inherited=True,
         help="list the kept versions, newest first",
         description="List the kept versions of the key: version, save time, size, content type.",
     )
-    add_format_option(versions)
+    add_format_option(versions, inherited=True)
     handle(versions, _versions)
     delete = add_parser(
         actions,
         "delete",
+        inherited=True,
         help="delete every kept version",
         description=(
             "Delete every kept version of the key (the next save gets a higher "
@@ -219,5 +241,5 @@ def add_history_commands(commands: Any) -> None:
         ),
     )
     delete.add_argument("--yes", "-y", action="store_true", help="do not ask")
-    add_format_option(delete, "one JSON object")
+    add_format_option(delete, "one JSON object", inherited=True)
     handle(delete, _delete)

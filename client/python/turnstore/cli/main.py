@@ -5,10 +5,10 @@
 belong to the server (:mod:`turnstore.server.daemon.options`,
 :mod:`turnstore.server.daemon.command`); this module only parses them and hands
 them over. Every other subcommand is a client of a running daemon and needs
-only the client: :mod:`turnstore.cli.events` (health, tail, threads, turns,
-clear), :mod:`turnstore.cli.history` (conversations, history) and
+only the client: :mod:`turnstore.cli.health`, :mod:`turnstore.cli.events` (tail,
+threads, turns, clear), :mod:`turnstore.cli.history` (conversations, history) and
 :mod:`turnstore.cli.admin` (backup, stats, export, import);
-:mod:`turnstore.cli.common` holds their connection options.
+:mod:`turnstore.cli.connection` holds their connection options.
 """
 
 from __future__ import annotations
