@@ -96,10 +96,19 @@ class AppendStreams:
         def put(entry: _Group | BaseException | None) -> None:
             pending.append(entry)
             if isinstance(entry, list):
-                for _, outcome, _ in entry:
-                    if isinstance(outcome, Future):
-                        # Run on the loop in the wake-up that delivers the commit.
-                        outcome.add_done_callback(lambda _: self._acks.call_soon(head_ready, None))
+                futures = [outcome for _, outcome, _ in entry if isinstance(outcome, Future)]
+                # The message's futures left to resolve; the last one checks
+                # the oldest message (once per message, not once per item).
+                left = [len(futures)]
+
+                def resolved(_: object) -> None:
+                    left[0] -= 1
+                    if not left[0]:
+                        head_ready()
+
+                for future in futures:
+                    # Run on the loop in the wake-up that delivers the commit.
+                    future.add_done_callback(lambda _: self._acks.call_soon(resolved, None))
             head_ready()
 
         max_events = engine.limits.max_events_per_append
