@@ -163,6 +163,12 @@ class RetryingAppendStream:
         # caller cancelled mid-write cannot leave a write half done.
         self._outbox: collections.deque[_Item] = collections.deque()
         self._writing = False
+        # How many acknowledgements the daemon's last message carried. More
+        # than one: that many callers wake in one loop pass, and their next
+        # items go out together in a write started at the end of the pass
+        # (_write_soon); one: the item goes out at once, in its caller's step.
+        self._last_acks = 0
+        self._write_soon_scheduled = False
         self._reader: asyncio.Task[None] | None = None
         self._reconnect: asyncio.Task[None] | None = None
         self._failures = 0
@@ -229,7 +235,10 @@ class RetryingAppendStream:
         self._pending[item.request_id] = item
         if self._reconnect is None:
             self._outbox.append(item)
-            self._write_next()
+            if self._last_acks > 1:
+                self._write_soon()
+            else:
+                self._write_next()
         return item
 
     async def drain(self) -> None:
@@ -262,6 +271,16 @@ class RetryingAppendStream:
             self._writing = True
             _run_now(call.write(_message(batch)), self._written)
             return
+
+    def _write_soon(self) -> None:
+        """Start the next write at the end of this loop pass, after the callers woken in it."""
+        if not self._writing and not self._write_soon_scheduled:
+            self._write_soon_scheduled = True
+            asyncio.get_running_loop().call_soon(self._write_soon_now)
+
+    def _write_soon_now(self) -> None:
+        self._write_soon_scheduled = False
+        self._write_next()
 
     def _written(self, error: BaseException | None) -> None:
         # A failed write means the stream broke: its reader sees why and
@@ -303,6 +322,7 @@ class RetryingAppendStream:
         try:
             async for response in call:
                 self._failures = 0
+                self._last_acks = 1 + len(response.more)
                 self._acknowledge(response)
                 for more in response.more:
                     self._acknowledge(more)
