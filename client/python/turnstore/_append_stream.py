@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 import grpc
@@ -67,6 +67,32 @@ def _message(items: list[_Item]) -> bytes:
     for item in items[1:]:
         parts += (_MORE_TAG, _varint(len(item.data)), item.data)
     return b"".join(parts)
+
+
+def _run_now(coro: Coroutine[Any, Any, None], done: Callable[[BaseException | None], None]) -> None:
+    """Run ``coro`` at once up to its first wait, then on from the loop; ``done`` at its end.
+
+    What ``asyncio.Task(..., eager_start=True)`` does on Python 3.12, for the
+    one coroutine it is used on (a stream write): the message leaves in the
+    caller's own step, with no loop pass through a sender task first, and
+    no task exists whose cancellation could reach the write (cancelling a
+    grpc.aio write cancels the whole stream). ``done`` gets None, or the
+    exception the coroutine ended with.
+    """
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        done(None)
+        return
+    except (Exception, asyncio.CancelledError) as error:
+        done(error)
+        return
+    if waiting is None:  # a bare yield: run on in the next loop pass
+        asyncio.get_running_loop().call_soon(_run_now, coro, done)
+        return
+    # What a Task does with the future its coroutine waits on.
+    waiting._asyncio_future_blocking = False
+    waiting.add_done_callback(lambda _: _run_now(coro, done))
 
 
 def _expire(future: asyncio.Future[list[int]], timeout: float) -> None:
@@ -132,11 +158,18 @@ class RetryingAppendStream:
         self._next_id = 1
         self._call: Any = None
         self._generation = 0
-        # Items to write, in order; the sender task is the only writer, so a
+        # Items to write, in order. The caller whose item finds no write in
+        # flight starts one (_write_next), which writes the next batch when
+        # it completes: one write at a time, none awaited by a caller, so a
         # caller cancelled mid-write cannot leave a write half done.
         self._outbox: collections.deque[_Item] = collections.deque()
-        self._wake_sender = asyncio.Event()
-        self._sender: asyncio.Task[None] | None = None
+        self._writing = False
+        # How many acknowledgements the daemon's last message carried. More
+        # than one: that many callers wake in one loop pass, and their next
+        # items go out together in a write started at the end of the pass
+        # (_write_soon); one: the item goes out at once, in its caller's step.
+        self._last_acks = 0
+        self._write_soon_scheduled = False
         self._reader: asyncio.Task[None] | None = None
         self._reconnect: asyncio.Task[None] | None = None
         self._failures = 0
@@ -203,7 +236,10 @@ class RetryingAppendStream:
         self._pending[item.request_id] = item
         if self._reconnect is None:
             self._outbox.append(item)
-            self._start_sender()
+            if self._last_acks > 1:
+                self._write_soon()
+            else:
+                self._write_next()
         return item
 
     async def drain(self) -> None:
@@ -213,33 +249,51 @@ class RetryingAppendStream:
             # asyncio.wait, not gather: a cancelled drain must not cancel the items.
             await asyncio.wait(waiting)
 
-    def _start_sender(self) -> None:
-        self._wake_sender.set()
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.ensure_future(self._send_loop())
+    def _write_next(self) -> None:
+        """Start writing the next batch of the outbox, unless a write is in flight.
 
-    async def _send_loop(self) -> None:
-        while True:
-            await self._wake_sender.wait()
-            self._wake_sender.clear()
-            # During a reconnect's backoff nothing is written: the reconnect
-            # refills the outbox and wakes this loop.
-            while self._outbox and self._closed is None and self._reconnect is None:
-                batch = self._take_batch()
-                if not batch:
-                    continue
-                if self._call is None:
-                    self._open()
-                call, generation = self._call, self._generation
-                for item in batch:
-                    item.generation = generation
-                    item.sends += 1
-                # A failed write means the stream broke: its reader sees why
-                # and resends what is pending, this batch included.
-                with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
-                    await call.write(_message(batch))
-            if self._closed is not None:
-                return
+        The write starts in the calling step (:func:`_run_now`) and, when it
+        completes, starts the next one, so items queued meanwhile travel
+        together. During a reconnect's backoff nothing is written: the
+        reconnect refills the outbox and calls this again.
+        """
+        if self._writing:
+            return
+        while self._outbox and self._closed is None and self._reconnect is None:
+            batch = self._take_batch()
+            if not batch:
+                continue
+            if self._call is None:
+                self._open()
+            call, generation = self._call, self._generation
+            for item in batch:
+                item.generation = generation
+                item.sends += 1
+            self._writing = True
+            _run_now(call.write(_message(batch)), self._written)
+            return
+
+    def _write_soon(self) -> None:
+        """Start the next write at the end of this loop pass, after the callers woken in it."""
+        if not self._writing and not self._write_soon_scheduled:
+            self._write_soon_scheduled = True
+            asyncio.get_running_loop().call_soon(self._write_soon_now)
+
+    def _write_soon_now(self) -> None:
+        self._write_soon_scheduled = False
+        self._write_next()
+
+    def _written(self, error: BaseException | None) -> None:
+        # A failed write means the stream broke: its reader sees why and
+        # resends what is pending, the failed write's batch included.
+        self._writing = False
+        try:
+            if error is not None and not isinstance(
+                error, grpc.RpcError | asyncio.InvalidStateError | asyncio.CancelledError
+            ):
+                raise error  # a bug: to the loop's exception handler
+        finally:
+            self._write_next()
 
     def _take_batch(self) -> list[_Item]:
         """The next items to send together, skipping those whose callers are gone."""
@@ -269,6 +323,7 @@ class RetryingAppendStream:
         try:
             async for response in call:
                 self._failures = 0
+                self._last_acks = 1 + len(response.more)
                 self._acknowledge(response)
                 for more in response.more:
                     self._acknowledge(more)
@@ -327,7 +382,7 @@ class RetryingAppendStream:
             item for item in self._pending.values() if not item.future.done()
         )
         if self._outbox:
-            self._start_sender()
+            self._write_next()
 
     async def aclose(self, *, half_close: bool = False) -> None:
         """Fail what is pending with UnavailableError and close the stream. Idempotent.
@@ -342,13 +397,12 @@ class RetryingAppendStream:
             if not item.future.done():
                 item.future.set_exception(self._closed)
         self._pending.clear()
-        self._wake_sender.set()
         call, reader = self._call, self._reader
         if half_close and call is not None and reader is not None:
             with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
                 await call.done_writing()
             await asyncio.gather(reader, return_exceptions=True)
-        tasks = [task for task in (self._sender, self._reader, self._reconnect) if task]
+        tasks = [task for task in (self._reader, self._reconnect) if task]
         for task in tasks:
             task.cancel()
         if self._call is not None:

@@ -98,7 +98,8 @@ class EventAppender:
         size = request.ByteSize()
         self._unacknowledged.append((future, size))
         self._unacknowledged_bytes += size
-        # Let the stream's sender write it now rather than at the next wait.
+        # A yield to the loop, as an awaited send promises (the write itself
+        # started in submit, unless one was in flight).
         await asyncio.sleep(0)
         return future
 

@@ -3,7 +3,10 @@
 ``asyncio.wrap_future`` wakes the event loop once per future. A group commit
 resolves many futures at once, and then wakes the followers of the threads it
 changed, so :class:`AckPump` queues both and wakes the loop once per burst,
-which then resolves them all and runs the queued calls.
+which then resolves them all and runs the queued calls. On a writer thread
+delivering a commit, the wake-up waits for the end of the delivery
+(:func:`~turnstore.server.storage.commits.after_delivery`): one wake-up per
+commit, never one for its futures and another for its listeners' calls.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
+
+from turnstore.server.storage.commits import after_delivery
 
 T = TypeVar("T")
 
@@ -51,6 +56,10 @@ class AckPump:
             if self._scheduled:
                 return
             self._scheduled = True
+        if not after_delivery(self._wake):
+            self._wake()
+
+    def _wake(self) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting
             self._loop.call_soon_threadsafe(self._drain)
 

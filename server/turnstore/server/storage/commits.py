@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
@@ -26,6 +27,28 @@ class QueuedWrite(Protocol):
 
 
 W = TypeVar("W")
+
+# The wake-ups deferred to the end of the commit this thread is delivering
+# (absent: the thread is not delivering one).
+_delivery = threading.local()
+
+
+def after_delivery(wake: Callable[[], None]) -> bool:
+    """Defer ``wake`` to the end of the commit delivery running on this thread.
+
+    Returns False, deferring nothing, when the calling thread is not inside
+    :func:`deliver_commit` (then the caller wakes at once). Within one
+    delivery the same ``wake`` runs once however often it is deferred: a
+    commit's futures and its listeners' calls reach another thread (the
+    event loop) in one wake-up, not one per future. Its exceptions are
+    ignored.
+    """
+    pending: list[Callable[[], None]] | None = getattr(_delivery, "wakes", None)
+    if pending is None:
+        return False
+    if wake not in pending:
+        pending.append(wake)
+    return True
 
 
 def group_commits(
@@ -72,17 +95,27 @@ def deliver_commit(
     there were none); their exceptions, and the observers', are ignored.
     """
     changed: set[str] = set()
-    for write, (ok, result) in zip(writes, outcomes, strict=True):
-        if ok:
-            write.future.set_result(result)
-            if write.thread_id is not None:
-                changed.add(write.thread_id)
-        else:
-            write.future.set_exception(result)
-    if changed:
-        for listener in listeners:
+    wakes: list[Callable[[], None]] = []
+    _delivery.wakes = wakes
+    try:
+        for write, (ok, result) in zip(writes, outcomes, strict=True):
+            if ok:
+                write.future.set_result(result)
+                if write.thread_id is not None:
+                    changed.add(write.thread_id)
+            else:
+                write.future.set_exception(result)
+        if changed:
+            for listener in listeners:
+                with contextlib.suppress(Exception):
+                    listener(changed)
+    finally:
+        # Woken once, after every future and listener of this commit: the
+        # loop then finds the whole commit waiting (see after_delivery).
+        _delivery.wakes = None
+        for wake in wakes:
             with contextlib.suppress(Exception):
-                listener(changed)
+                wake()
     for observer in observers:
         with contextlib.suppress(Exception):
             observer(len(writes), seconds)

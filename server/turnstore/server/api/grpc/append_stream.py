@@ -35,7 +35,7 @@ APPEND_STREAM_WINDOW: Final = 1024
 # Items in one AppendStream message (the first and those in `more`).
 MAX_ITEMS_PER_MESSAGE: Final = 4096
 
-# One AppendStream message's items: (request id, waiter or error, acks_in_more).
+# One AppendStream message's items: (request id, engine future or error, acks_in_more).
 _Group = list[tuple[int, Any, bool]]
 
 
@@ -49,24 +49,29 @@ def _item_error(error: DaemonError) -> pb.ItemError:
 
 def _ready(group: _Group) -> bool:
     """Whether every item of a queued message has its outcome."""
-    return all(not isinstance(o, asyncio.Future) or o.done() for _, o, _ in group)
+    return all(not isinstance(o, Future) or o.done() for _, o, _ in group)
 
 
-async def _acknowledge(group: _Group) -> list[pb.AppendStreamResponse]:
-    """Wait for a message's items to commit; their acknowledgements, in order."""
+def _acknowledge(group: _Group) -> list[pb.AppendStreamResponse]:
+    """The acknowledgements of a message whose items are all :func:`_ready`, in order.
+
+    Raises what an engine future failed with when that is not a DaemonError
+    (an engine bug: the stream ends with it, as before).
+    """
     acks = []
     for request_id, outcome, _ in group:
-        if isinstance(outcome, asyncio.Future):
-            try:
-                result = await outcome
-            except DaemonError as error:
-                outcome = error
-            else:
+        if isinstance(outcome, Future):
+            error = outcome.exception()
+            if error is None:
+                result = outcome.result()
                 if isinstance(result, int):  # a bare finish: the turn's event count
                     acks.append(pb.AppendStreamResponse(request_id=request_id, event_count=result))
                 else:
                     acks.append(pb.AppendStreamResponse(request_id=request_id, positions=result))
                 continue
+            if not isinstance(error, DaemonError):
+                raise error
+            outcome = error
         acks.append(pb.AppendStreamResponse(request_id=request_id, error=_item_error(outcome)))
     return acks
 
@@ -86,12 +91,33 @@ class AppendStreams:
     ) -> AsyncGenerator[pb.AppendStreamResponse, None]:
         """The acknowledgements of one stream's requests, written to ``engine`` (in its scope)."""
         pending: collections.deque[_Group | BaseException | None] = collections.deque()
+        # Set when the oldest pending entry can be acknowledged (or ends the
+        # stream): the handler wakes once per message, when its commit is
+        # delivered, not also when it arrives.
         arrived = asyncio.Event()
         window = asyncio.Semaphore(APPEND_STREAM_WINDOW)
 
+        def head_ready(_: object = None) -> None:
+            if pending and (not isinstance(pending[0], list) or _ready(pending[0])):
+                arrived.set()
+
         def put(entry: _Group | BaseException | None) -> None:
             pending.append(entry)
-            arrived.set()
+            if isinstance(entry, list):
+                futures = [outcome for _, outcome, _ in entry if isinstance(outcome, Future)]
+                # The message's futures left to resolve; the last one checks
+                # the oldest message (once per message, not once per item).
+                left = [len(futures)]
+
+                def resolved(_: object) -> None:
+                    left[0] -= 1
+                    if not left[0]:
+                        head_ready()
+
+                for future in futures:
+                    # Run on the loop in the wake-up that delivers the commit.
+                    future.add_done_callback(lambda _: self._acks.call_soon(resolved, None))
+            head_ready()
 
         max_events = engine.limits.max_events_per_append
         loop = asyncio.get_running_loop()
@@ -119,8 +145,8 @@ class AppendStreams:
         acks_in_more = False
         try:
             while True:
-                while not pending:
-                    if self._followers.closing:
+                while not pending or (isinstance(pending[0], list) and not _ready(pending[0])):
+                    if not pending and self._followers.closing:
                         raise EngineClosedError("the daemon is shutting down")
                     arrived.clear()
                     await arrived.wait()
@@ -129,7 +155,7 @@ class AppendStreams:
                     if entry is not None:
                         raise entry
                     return
-                acks = await _acknowledge(entry)
+                acks = _acknowledge(entry)
                 window.release()
                 acks_in_more = acks_in_more or entry[0][2]
                 if not acks_in_more:
@@ -138,7 +164,7 @@ class AppendStreams:
                     continue
                 # Messages whose items are all committed go in the same reply.
                 while pending and isinstance(pending[0], list) and _ready(pending[0]):
-                    acks += await _acknowledge(pending.popleft())  # type: ignore[arg-type]
+                    acks += _acknowledge(pending.popleft())  # type: ignore[arg-type]
                     window.release()
                 response = acks[0]
                 response.more.extend(acks[1:])
@@ -196,7 +222,7 @@ class AppendStreams:
                     future = engine.append(
                         item.thread_id, item.turn, events, item.finish_turn, expected
                     )
-                group.append((item.request_id, self._acks.wait(future), opted))
+                group.append((item.request_id, future, opted))
             except DaemonError as error:
                 group.append((item.request_id, error, opted))
         return group
