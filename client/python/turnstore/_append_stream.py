@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, Final
 
 import grpc
 
 from turnstore._retry import RetryPolicy
+from turnstore._run_now import run_now
 from turnstore._status import ERROR_METADATA_KEY, error_from_item, error_from_rpc
 from turnstore.errors import (
     DeadlineExceededError,
@@ -67,32 +68,6 @@ def _message(items: list[_Item]) -> bytes:
     for item in items[1:]:
         parts += (_MORE_TAG, _varint(len(item.data)), item.data)
     return b"".join(parts)
-
-
-def _run_now(coro: Coroutine[Any, Any, None], done: Callable[[BaseException | None], None]) -> None:
-    """Run ``coro`` at once up to its first wait, then on from the loop; ``done`` at its end.
-
-    What ``asyncio.Task(..., eager_start=True)`` does on Python 3.12, for the
-    one coroutine it is used on (a stream write): the message leaves in the
-    caller's own step, with no loop pass through a sender task first, and
-    no task exists whose cancellation could reach the write (cancelling a
-    grpc.aio write cancels the whole stream). ``done`` gets None, or the
-    exception the coroutine ended with.
-    """
-    try:
-        waiting = coro.send(None)
-    except StopIteration:
-        done(None)
-        return
-    except (Exception, asyncio.CancelledError) as error:
-        done(error)
-        return
-    if waiting is None:  # a bare yield: run on in the next loop pass
-        asyncio.get_running_loop().call_soon(_run_now, coro, done)
-        return
-    # What a Task does with the future its coroutine waits on.
-    waiting._asyncio_future_blocking = False
-    waiting.add_done_callback(lambda _: _run_now(coro, done))
 
 
 def _expire(future: asyncio.Future[list[int]], timeout: float) -> None:
@@ -252,7 +227,7 @@ class RetryingAppendStream:
     def _write_next(self) -> None:
         """Start writing the next batch of the outbox, unless a write is in flight.
 
-        The write starts in the calling step (:func:`_run_now`) and, when it
+        The write starts in the calling step (:func:`run_now`) and, when it
         completes, starts the next one, so items queued meanwhile travel
         together. During a reconnect's backoff nothing is written: the
         reconnect refills the outbox and calls this again.
@@ -270,7 +245,7 @@ class RetryingAppendStream:
                 item.generation = generation
                 item.sends += 1
             self._writing = True
-            _run_now(call.write(_message(batch)), self._written)
+            run_now(call.write(_message(batch)), self._written)
             return
 
     def _write_soon(self) -> None:

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Final, TypeVar
 
 from turnstore.server.access.errors import PermissionDeniedError
 from turnstore.server.access.scoped_keys import check_batch_scope, scoped_key_range
+from turnstore.server.access.scoped_listing import scoped_listing
 from turnstore.server.access.scopes import Scope
 from turnstore.server.storage.batches import BatchOp, BatchResult, KeyRange
 from turnstore.server.storage.inputs import InputChecks
@@ -58,22 +58,6 @@ from turnstore.server.storage.values import (
     TurnCursor,
     replay_opening,
 )
-
-# Entries read per step while seeking one id of an explicit list (the first
-# is nearly always the one: `_below` leaves almost nothing in between).
-_SEEK_PAGE: Final = 4
-S = TypeVar("S", ThreadSummary, KeySummary)
-
-
-def _below(text: str) -> str:
-    """A string that sorts just before ``text`` and every string that starts with it.
-
-    Only strings that start with it (and so end in U+10FFFF, then more) sort
-    between it and ``text``. Both engines order ids by their UTF-8 bytes
-    (lone surrogates kept), which is the order of Python's code points.
-    """
-    last = ord(text[-1])
-    return text[:-1] + chr(last - 1) + "\U0010ffff" if last else text[:-1]
 
 
 class ScopedEngine:
@@ -235,7 +219,7 @@ class ScopedEngine:
         scope = self.scope
         if scope.all_threads:
             return self._engine.list_threads(start_after, limit)
-        return _scoped_listing(
+        return scoped_listing(
             self._engine.list_threads,
             lambda thread: thread.thread_id,
             scope.thread_prefix,
@@ -286,7 +270,7 @@ class ScopedEngine:
                 newest_first=newest_first,
             )
         if not (prefix or end_before or newest_first):
-            return _scoped_listing(
+            return scoped_listing(
                 self._engine.list_keys,
                 lambda key: key.key,
                 scope.key_prefix,
@@ -336,69 +320,3 @@ class ScopedEngine:
 def scoped(engine: StorageEngine, scope: Scope) -> StorageEngine:
     """``engine`` itself for the full scope, else the engine as ``scope`` sees it."""
     return engine if scope.full else ScopedEngine(engine, scope)
-
-
-def _scoped_listing(
-    fetch: Callable[[str, int], list[S]],
-    id_of: Callable[[S], str],
-    prefix: str | None,
-    listed: frozenset[str],
-    start_after: str,
-    limit: int,
-) -> list[S]:
-    """The first ``limit`` entries after ``start_after`` with the prefix or listed.
-
-    Reads the prefix's range from its start (at most ``limit`` covered
-    entries, plus the few ids between the prefix less its last character and
-    the prefix), and seeks each listed id that is not in that range.
-    """
-    found: list[S] = []
-    if prefix is not None:
-        after = max(start_after, _below(prefix)) if prefix else start_after
-        while len(found) < limit:
-            page = fetch(after, limit)
-            for entry in page:
-                entry_id = id_of(entry)
-                if entry_id.startswith(prefix):
-                    found.append(entry)
-                    if len(found) == limit:
-                        break
-                elif entry_id > prefix:
-                    page = []  # past the prefix's range
-                    break
-            if len(page) < limit:
-                break
-            after = id_of(page[-1])
-    extra = sorted(
-        item
-        for item in listed
-        if item > start_after and not (prefix is not None and item.startswith(prefix))
-    )
-    if found and len(found) == limit:
-        extra = [item for item in extra if item < id_of(found[-1])]
-    seeked = 0
-    for item in extra:
-        if seeked == limit:  # the later ones cannot be on this page
-            break
-        listed_entry = _seek(fetch, id_of, item)
-        if listed_entry is not None:
-            found.append(listed_entry)
-            seeked += 1
-    found.sort(key=id_of)
-    return found[:limit]
-
-
-def _seek(fetch: Callable[[str, int], list[S]], id_of: Callable[[S], str], wanted: str) -> S | None:
-    """The listing's entry of exactly ``wanted``, or None."""
-    after = _below(wanted)
-    while True:
-        page = fetch(after, _SEEK_PAGE)
-        for entry in page:
-            entry_id = id_of(entry)
-            if entry_id == wanted:
-                return entry
-            if entry_id > wanted:
-                return None
-        if len(page) < _SEEK_PAGE:
-            return None
-        after = id_of(page[-1])

@@ -29,6 +29,7 @@ from typing import Any, Final, TypeVar
 
 from aiohttp import web
 
+from turnstore.server.access.scoped_listing import below_prefix
 from turnstore.server.api.http.common import http_error, int_param, json_response, unquote_path
 from turnstore.server.api.http.credentials import ACCESS
 from turnstore.server.replay.replaying import MAX_TURN
@@ -48,17 +49,6 @@ EngineFor = Callable[[web.Request], StorageEngine]
 S = TypeVar("S", ThreadSummary, KeySummary)
 
 
-def _below(text: str) -> str:
-    """A string sorting just before ``text`` and everything that starts with it.
-
-    The same as the scoped engine's: both engines order ids by their UTF-8
-    bytes, which is the order of Python's code points, and only strings
-    starting with the result (ending in U+10FFFF) sort between it and ``text``.
-    """
-    last = ord(text[-1])
-    return text[:-1] + chr(last - 1) + "\U0010ffff" if last else text[:-1]
-
-
 def with_prefix(
     fetch: Callable[[str, int], list[S]],
     id_of: Callable[[S], str],
@@ -69,11 +59,11 @@ def with_prefix(
     """Up to ``limit`` entries whose id starts with ``prefix``, after ``after``, in id order.
 
     Seeks to the prefix and reads its range only (one entry past it at
-    most, plus ids sorting between ``_below(prefix)`` and the prefix, which
-    start with ``_below(prefix)``: practically none). Returns the entries
+    most, plus ids sorting between ``below_prefix(prefix)`` and the prefix, which
+    start with ``below_prefix(prefix)``: practically none). Returns the entries
     and the next page's ``after`` (None when no entry follows).
     """
-    start = max(after, _below(prefix)) if prefix else after
+    start = max(after, below_prefix(prefix)) if prefix else after
     found: list[S] = []
     while True:
         page = fetch(start, limit + 1)

@@ -36,7 +36,8 @@ from turnstore.server.storage.interface import (
 from turnstore.server.storage.postgres import opening, operations, reads, writes
 from turnstore.server.storage.postgres.appends import TurnAppend
 from turnstore.server.storage.postgres.listen import CommitFeed
-from turnstore.server.storage.postgres.reachability import DOWN_WAIT_SECONDS, Reachability
+from turnstore.server.storage.postgres.reachability import Reachability
+from turnstore.server.storage.postgres.read_cursor import read_cursor
 from turnstore.server.storage.postgres.retention import Retention
 from turnstore.server.storage.postgres.writer import Writer, _describe
 from turnstore.server.storage.postgres.writes import Cursor
@@ -229,35 +230,12 @@ class PostgresEngine(Retention, InputChecks):
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Cursor]:
-        """A cursor in one read-only snapshot; DatabaseUnavailableError when unreachable.
-
-        While the database is believed down, a read waits only briefly for
-        the pool, then tries one connection of its own: the pool backs off
-        between reconnection attempts after an outage, and the database may
-        be back before the pool tries again.
-        """
+        """A cursor in one read-only snapshot (:func:`.read_cursor.read_cursor`)."""
         if self._closed:
             raise EngineClosedError("the engine is closed")
-        reachability = self._reachability
-        down = reachability.down
-        wait = DOWN_WAIT_SECONDS if down else self._pg.connect_timeout_seconds
-        try:
-            with contextlib.ExitStack() as stack:
-                try:
-                    conn = stack.enter_context(self._pool.connection(timeout=wait))
-                except psycopg_pool.PoolTimeout:
-                    if not down:
-                        raise
-                    conn = stack.enter_context(self._connect())
-                    opening.configure_reader(conn)
-                stack.enter_context(conn.transaction())
-                yield stack.enter_context(conn.cursor())
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
-            reachability.mark_down()
-            raise DatabaseUnavailableError(
-                f"the database is unreachable ({_describe(error)})"
-            ) from None
-        reachability.mark_up()
+        timeout = self._pg.connect_timeout_seconds
+        with read_cursor(self._pool, self._connect, timeout, self._reachability) as cur:
+            yield cur
 
     def view(self, thread_id: str) -> ThreadView:
         key = self._thread_key(thread_id)
