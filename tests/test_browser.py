@@ -7,9 +7,7 @@ fails, never skips, when it cannot start it.
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,8 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
+from tests.support.browser import ensure_chromium, launched_browser
 from tests.support.daemon import Daemon, DaemonStarter
 from turnstore import AgentEventEnvelope, TurnstoreClient
 
@@ -29,25 +28,6 @@ TOKEN = "browser-test-token"
 WAIT_MS = 20_000
 
 
-def ensure_chromium() -> str:
-    """The chromium executable, installed from Debian's packages when missing."""
-    if shutil.which("chromium") is None:
-        for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-            done = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                timeout=600,
-                env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-            )
-            if done.returncode != 0:
-                pytest.fail(f"cannot install chromium ({command}): {done.stderr[-2000:]}")
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.fail("chromium is not installed and could not be installed")
-    return path
-
-
 @pytest.fixture(scope="module")
 def chromium() -> str:
     return ensure_chromium()
@@ -55,14 +35,8 @@ def chromium() -> str:
 
 @pytest.fixture
 async def browser(chromium: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=chromium, headless=True, args=["--no-sandbox"]
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with launched_browser(chromium) as launched:
+        yield launched
 
 
 @pytest.fixture

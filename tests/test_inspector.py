@@ -23,10 +23,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
+from tests.support.browser import ensure_chromium, launched_browser
 from tests.support.daemon import Daemon
-from tests.test_browser import ensure_chromium
 from turnstore import AgentEventEnvelope, ConversationSnapshot, TurnstoreClient
 from turnstore.server.access.scoped_engine import ScopedEngine
 from turnstore.server.access.scopes import Scope
@@ -126,14 +126,8 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, s
 
 @pytest.fixture
 async def browser(chromium: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=chromium, headless=True, args=["--no-sandbox"]
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with launched_browser(chromium) as launched:
+        yield launched
 
 
 async def signed_in(

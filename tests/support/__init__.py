@@ -10,6 +10,8 @@
 - :mod:`tests.support.sse_client`: a Server-Sent Events reader that parses as
   browsers do.
 - :mod:`tests.support.commands`: running the other languages' tools.
+- :mod:`tests.support.browser`: headless Chromium (installed when missing)
+  under Playwright, for the browser and inspector tests.
 - :mod:`tests.support.hostile`: the hostile-wire machinery (raw HTTP/2, outcome
   predictions, hypothesis strategies).
 - :mod:`tests.support.soak`: the crash loops run for longer (``make soak``).

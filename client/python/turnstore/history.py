@@ -74,17 +74,7 @@ class TurnstoreHistoryStore:
         nothing changes. Such a save is not retried on UnavailableError, as
         its first attempt may have committed.
         """
-        data = snapshot.to_json_bytes()
-        request = pb.SaveRequest(key=self.key, data=data, content_type=JSON)
-        retry = self._retry
-        if expected_version is not None:
-            check_turn(expected_version, "expected_version")
-            request.expected_version = expected_version
-            retry = NO_RETRY
-        response = await call_with_retry(
-            lambda: self._stub.Save(request, timeout=self._timeout), retry
-        )
-        return int(response.version)
+        return await self.save_bytes(snapshot.to_json_bytes(), JSON, expected_version)
 
     async def load(self) -> ConversationSnapshot | None:
         """The latest saved snapshot, or None when nothing was ever saved.
@@ -101,22 +91,15 @@ class TurnstoreHistoryStore:
         None when nothing is stored, the key was deleted, or that version is
         no longer kept.
         """
-        request = pb.LoadRequest(key=self.key)
-        if version is not None:
-            check_turn(version, "version")
-            request.version = version
-        response = await call_with_retry(
-            lambda: self._stub.Load(request, timeout=self._timeout), self._retry
-        )
-        if not response.found:
+        blob = await self.load_bytes(version)
+        if blob is None:
             return None
-        stored = response.snapshot
-        if stored.content_type not in ("", JSON):
+        if blob.content_type != JSON:
             raise SnapshotFormatError(
-                f"snapshot of {self.key!r} is {stored.content_type!r}, not JSON"
+                f"snapshot of {self.key!r} is {blob.content_type!r}, not JSON"
             )
         return VersionedSnapshot(
-            ConversationSnapshot.from_json(stored.data), stored.version, stored.saved_at_unix_nanos
+            ConversationSnapshot.from_json(blob.data), blob.version, blob.saved_at_unix_nanos
         )
 
     async def save_bytes(

@@ -18,8 +18,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use turnstore_client::{
     BatchOp, Client, ClientOptions, ErrorKind, ListKeysOptions, ReadEventsOptions, ReplayItem,
-    ReplayOptions, StoredEvent,
-    TurnstoreEventStore,
+    ReplayOptions, StoredEvent, TurnstoreEventStore,
 };
 
 /// The client's error kind as the proto's reason string.

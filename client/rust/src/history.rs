@@ -90,27 +90,7 @@ impl TurnstoreHistoryStore {
                 format!("snapshot of {:?} cannot be encoded as JSON: {e}", self.key),
             )
         })?;
-        let retry = match expected_version {
-            Some(_) => RetryPolicy::NONE,
-            None => self.client.inner.options.retry,
-        };
-        let client = &self.client;
-        client
-            .call(retry, || async {
-                let request = pb::SaveRequest {
-                    key: self.key.clone(),
-                    data: data.clone(),
-                    content_type: JSON.to_owned(),
-                    expected_version,
-                };
-                let mut stub = client.inner.history.clone();
-                Ok(stub
-                    .save(client.request(request, true))
-                    .await?
-                    .into_inner()
-                    .version)
-            })
-            .await
+        self.save_bytes(&data, JSON, expected_version).await
     }
 
     /// The latest snapshot (or the kept `version`) with its version; None
@@ -121,18 +101,7 @@ impl TurnstoreHistoryStore {
     /// a snapshot ailoop can read (another client may store messages that
     /// are not ailoop's, or a newer version).
     pub async fn load_versioned(&self, version: Option<u64>) -> Result<Option<VersionedSnapshot>> {
-        let client = &self.client;
-        let response = client
-            .call(client.inner.options.retry, || async {
-                let request = pb::LoadRequest {
-                    key: self.key.clone(),
-                    version,
-                };
-                let mut stub = client.inner.history.clone();
-                Ok(stub.load(client.request(request, true)).await?.into_inner())
-            })
-            .await?;
-        let Some(stored) = response.snapshot.filter(|_| response.found) else {
+        let Some(stored) = self.load_bytes(version).await? else {
             return Ok(None);
         };
         let format_error = |problem: String| {
@@ -141,7 +110,7 @@ impl TurnstoreHistoryStore {
                 format!("snapshot {} of {:?} {problem}", stored.version, self.key),
             )
         };
-        if !stored.content_type.is_empty() && stored.content_type != JSON {
+        if stored.content_type != JSON {
             return Err(format_error(format!(
                 "is {:?}, not JSON",
                 stored.content_type

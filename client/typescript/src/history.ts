@@ -78,19 +78,7 @@ export class TurnstoreHistoryStore {
     snapshot: ConversationSnapshot,
     options: { expectedVersion?: number } = {},
   ): Promise<number> {
-    const request = {
-      key: this.key,
-      data: encodeSnapshot(snapshot),
-      content_type: JSON_CONTENT_TYPE,
-      ...(options.expectedVersion !== undefined && {
-        expected_version: checkU64(options.expectedVersion, "expectedVersion"),
-      }),
-    };
-    const response = await this.#calls.unary<SaveResponse>(
-      (callOptions, done) => this.#stub.Save(request, callOptions, done),
-      { retry: options.expectedVersion === undefined },
-    );
-    return fromU64(response.version, "version");
+    return this.saveBytes(encodeSnapshot(snapshot), JSON_CONTENT_TYPE, options);
   }
 
   /**
@@ -108,24 +96,19 @@ export class TurnstoreHistoryStore {
    * kept. Rejects as {@link load}.
    */
   async loadVersioned(version?: number): Promise<VersionedSnapshot | undefined> {
-    const request = {
-      key: this.key,
-      ...(version !== undefined && { version: checkU64(version, "version") }),
-    };
-    const response = await this.#calls.unary<LoadResponse>((options, done) =>
-      this.#stub.Load(request, options, done),
-    );
-    const stored = response.snapshot;
-    if (!response.found || stored === null) {
+    const blob = await this.loadBytes(version);
+    if (blob === undefined) {
       return undefined;
     }
-    if (stored.content_type !== "" && stored.content_type !== JSON_CONTENT_TYPE) {
-      throw new SnapshotFormatError(`snapshot of ${this.key} is ${stored.content_type}, not JSON`);
+    if (blob.contentType !== JSON_CONTENT_TYPE) {
+      throw new SnapshotFormatError(`snapshot of ${this.key} is ${blob.contentType}, not JSON`);
     }
     return {
-      snapshot: decodeSnapshot(stored.data),
-      version: fromU64(stored.version, "version"),
-      savedAtUnixNanos: fromNanos(stored.saved_at_unix_nanos),
+      snapshot: decodeSnapshot(
+        Buffer.from(blob.data.buffer, blob.data.byteOffset, blob.data.byteLength),
+      ),
+      version: blob.version,
+      savedAtUnixNanos: blob.savedAtUnixNanos,
     };
   }
 
