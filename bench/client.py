@@ -10,44 +10,53 @@ else (errors, tracebacks) goes to stderr.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import (
-    floors,
-    lmdb_load,
-    redis_load,
-    sse_load,
-    traits_redis,
-    traits_rust,
-    traits_sqlite,
-    traits_turnstore,
-    turnstore_load,
-)
 from bench.common import Result
 
-RUNNERS: dict[str, Callable[[str, dict[str, Any]], Result]] = {
-    **dict.fromkeys(turnstore_load.SCENARIOS, turnstore_load.run),
-    **dict.fromkeys(redis_load.SCENARIOS, redis_load.run),
-    **dict.fromkeys(lmdb_load.SCENARIOS, lmdb_load.run),
-    **dict.fromkeys(traits_turnstore.SCENARIOS, traits_turnstore.run),
-    **dict.fromkeys(traits_redis.SCENARIOS, traits_redis.run),
-    **dict.fromkeys(traits_sqlite.SCENARIOS, traits_sqlite.run),
-    **dict.fromkeys(sse_load.SCENARIOS, sse_load.run),
-    **dict.fromkeys(floors.SCENARIOS, floors.run),
-    **dict.fromkeys(traits_rust.SCENARIOS, traits_rust.run),
-}
+# The scenario modules, each with SCENARIOS and run(). Imported one by one
+# when a scenario is looked up, so that a process measuring turnstore or a
+# floor needs neither Redis's client nor any other baseline's library.
+MODULES = (
+    "turnstore_load",
+    "redis_load",
+    "lmdb_load",
+    "traits_turnstore",
+    "traits_redis",
+    "traits_sqlite",
+    "sse_load",
+    "floors",
+    "traits_rust",
+)
+
+
+def runner_of(scenario: str) -> Callable[[str, dict[str, Any]], Result]:
+    """The run() of the module that has ``scenario``; SystemExit naming it when none has."""
+    unavailable: list[str] = []
+    for name in MODULES:
+        try:
+            module = importlib.import_module(f"bench.{name}")
+        except ImportError as error:
+            unavailable.append(f"bench.{name} ({error})")
+            continue
+        if scenario in module.SCENARIOS:
+            run: Callable[[str, dict[str, Any]], Result] = module.run
+            return run
+    hint = f"; not importable: {', '.join(unavailable)}" if unavailable else ""
+    raise SystemExit(f"unknown scenario {scenario!r}{hint}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one scenario and print its result as JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench.client", description=__doc__)
-    parser.add_argument("scenario", choices=sorted(RUNNERS))
+    parser.add_argument("scenario", help="a name from one of the modules' SCENARIOS")
     parser.add_argument("--params", default="{}", help="the scenario's arguments, a JSON object")
     args = parser.parse_args(argv)
-    result = RUNNERS[args.scenario](args.scenario, json.loads(args.params))
+    result = runner_of(args.scenario)(args.scenario, json.loads(args.params))
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 
