@@ -33,13 +33,13 @@ CHANNEL_OPTIONS: Final = [
     ("grpc.max_send_message_length", 128 * MIB),
 ]
 
-# The limits README.md and the proto document.
+# The limits the proto and docs/contract.md document (by default).
 MAX_THREAD_ID: Final = 256
-MAX_KEY: Final = 256
+MAX_KEY: Final = 1000
 MAX_EVENT_ID: Final = 256
 MAX_TYPE: Final = 128
 MAX_TIMESTAMP: Final = 64
-MAX_CONTENT_TYPE: Final = 128  # the daemon's (service.py); the proto names none
+MAX_CONTENT_TYPE: Final = 128  # the daemon's (api/grpc/envelopes.py); the proto names none
 MAX_EVENT: Final = MIB
 MAX_EVENTS: Final = 10_000
 MAX_SNAPSHOT: Final = 32 * MIB
