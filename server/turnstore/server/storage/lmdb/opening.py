@@ -31,8 +31,6 @@ class OpenedDirectory:
     state: LmdbState
     # Held (flock) for as long as the engine is open: one daemon a directory.
     lock_file: IO[str]
-    # XORed into thread numbers to make epochs (0 in databases older than it).
-    epoch_mask: int
     # Whether it was a backup copy never opened before (new epochs drawn).
     restored_backup: bool
     # Partial backup directories removed, and why others could not be.
@@ -70,8 +68,9 @@ def open_directory(config: EngineConfig) -> OpenedDirectory:
     with env.begin() as txn:
         mask = get(txn, schema.META_EPOCH_MASK, state.dbs[schema.META])
     epoch_mask = schema.U64.unpack(mask)[0] if mask is not None else 0
+    # XORed into thread numbers to make epochs (0 in databases older than it).
     state = dataclasses.replace(state, epoch_mask=epoch_mask)
-    return OpenedDirectory(state, lock_file, epoch_mask, restored, removed, problems)
+    return OpenedDirectory(state, lock_file, restored, removed, problems)
 
 
 def _state(config: EngineConfig, env: lmdb.Environment) -> LmdbState:
