@@ -117,7 +117,8 @@ async def populate(client: TurnstoreClient) -> None:
 async def thread_dump(client: TurnstoreClient, thread_id: str) -> list[tuple[Any, ...]]:
     """A thread's history as a replay tells it: events and finishes, in order."""
     items: list[tuple[Any, ...]] = []
-    async with client.events.replay(thread_id) as replay:
+    # decode=False: the StoredEvent messages, bodies byte for byte as stored.
+    async with client.events.replay(thread_id, decode=False) as replay:
         async for item in replay:
             if isinstance(item, StoredEvent):
                 assert item.message is not None

@@ -9,21 +9,25 @@ Writes go over the client's shared, retrying append stream
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, Literal
 
 import grpc
 
 from turnstore._append_stream import RetryingAppendStream
-from turnstore._convert import envelopes_from_protos, fill_envelope
+from turnstore._convert import (
+    RowsFormatError,
+    envelopes_from_protos,
+    envelopes_from_rows,
+    fill_envelope,
+)
 from turnstore._retry import RetryPolicy, call_with_retry
 from turnstore._status import mapped_stream
 from turnstore._validate import check_offset, check_thread_id, check_turn
 from turnstore.appender import EventAppender
 from turnstore.errors import InvalidArgumentError, TurnAlreadyFinishedError
 from turnstore.models import AgentEventEnvelope, StoredTurnEvents
-from turnstore.replay import Replay, replay_request
+from turnstore.replay import Replay, replay_request, start_replay
 from turnstore.results import StoredEvent
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
@@ -246,13 +250,23 @@ class TurnstoreEventStore:
         """
         check_thread_id(thread_id)
         check_offset(offset)
-        request = pb.ReadEventsRequest(
-            thread_id=thread_id, offset=offset, order=pb.EVENT_ORDER_TURN
+        # JSON rows, one parse per message; if one cannot be parsed (a body stored
+        # unchecked), all again as StoredEvent messages, the bad event named.
+        fields: dict[str, Any] = {"thread_id": thread_id, "offset": offset}
+        rows = pb.ReadEventsRequest(
+            **fields, order=pb.EVENT_ORDER_TURN, encoding=pb.EVENT_ENCODING_JSON_ROWS
         )
+        messages = pb.ReadEventsRequest(**fields, order=pb.EVENT_ORDER_TURN)
 
         async def read() -> list[AgentEventEnvelope]:
             envelopes: list[AgentEventEnvelope] = []
-            async for message in self._stub.ReadEvents(request, timeout=self._timeout):
+            try:
+                async for message in self._stub.ReadEvents(rows, timeout=self._timeout):
+                    envelopes += envelopes_from_rows(message.events_json)
+                return envelopes
+            except RowsFormatError:
+                envelopes = []
+            async for message in self._stub.ReadEvents(messages, timeout=self._timeout):
                 envelopes += envelopes_from_protos(message.events)
             return envelopes
 
@@ -327,8 +341,9 @@ class TurnstoreEventStore:
         epoch: int | None = None,
         timeout: float | _ClientDefault | None = CLIENT_DEFAULT,
         max_events_per_message: int = 0,
+        decode: bool = True,
     ) -> Replay:
-        """Replay a thread after position ``after`` (None: from the start).
+        r"""Replay a thread after position ``after`` (None: from the start).
 
         Yields stored events in position order with the markers
         ``TurnFinished``, ``CaughtUp`` (once) and ``ThreadCleared``. Without
@@ -351,6 +366,13 @@ class TurnstoreEventStore:
         answering). A replay that fails with UnavailableError before its first
         item is started again per the client's retry policy; after it, the
         error is raised (resume with ``after``/``epoch``).
+
+        ``decode`` (the default) has the daemon send events as JSON rows,
+        decoded with one parse per message: each event's ``envelope`` is
+        ready and its ``message`` is None. ``decode=False`` receives the wire
+        ``StoredEvent`` messages instead (``message``, its body byte for byte as
+        stored), decoded on first ``envelope``: cheaper for a reader that
+        only counts, filters by position or turn, or forwards ``message``.
         """
         request = replay_request(
             thread_id,
@@ -362,18 +384,11 @@ class TurnstoreEventStore:
             until_turn_finished=until_turn_finished,
             epoch=epoch,
             max_events_per_message=max_events_per_message,
+            decode=decode,
         )
         if isinstance(timeout, _ClientDefault):
             timeout = None if follow else self._timeout
-        loop = asyncio.get_running_loop()
-        # One deadline for the whole replay, retries included.
-        ends_at = None if timeout is None else loop.time() + timeout
-
-        def restart() -> Any:
-            left = None if ends_at is None else max(ends_at - loop.time(), 0.0)
-            return self._stub.Replay(request, timeout=left)
-
-        return Replay(restart(), after, epoch, restart=restart, retry=self._retry)
+        return start_replay(self._stub.Replay, request, after, epoch, timeout, self._retry)
 
     def appender(self) -> EventAppender:
         """Open a pipelining appender (an ``AppendStream`` of its own); use it as ``async with``.

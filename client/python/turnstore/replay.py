@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from turnstore._convert import RowsFormatError, rows_with_envelopes
 from turnstore._retry import NO_RETRY, RetryPolicy
 from turnstore._status import error_from_rpc
 from turnstore._validate import check_thread_id, check_turn
@@ -98,13 +99,19 @@ class Replay:
         *,
         restart: Callable[[], Any] | None = None,
         retry: RetryPolicy = NO_RETRY,
+        resume_as_messages: Callable[[int | None, int | None], Any] | None = None,
     ) -> None:
         self._call = call
         self._restart = restart
         self._retry = retry
+        self._resume_as_messages = resume_as_messages
         self._closed = False
         self.last_position = after
         self.epoch = epoch
+        # Markers yielded since the last event, and whether CaughtUp was:
+        # what a resume from the cursor may send again (see _resume).
+        self._finished_since_event: set[int] = set()
+        self._caught_up = False
 
     def __aiter__(self) -> AsyncIterator[ReplayItem]:
         return self._items()
@@ -121,12 +128,28 @@ class Replay:
                 async for message in self._call:
                     if message.thread_epoch:
                         self.epoch = message.thread_epoch
-                    for item in _items_of(message):
+                    try:
+                        items = _items_of(message)
+                    except RowsFormatError:
+                        self._resume()
+                        break
+                    for item in items:
                         if isinstance(item, StoredEvent):
                             self.last_position = item.position
+                            self._finished_since_event.clear()
+                        elif isinstance(item, TurnFinished):
+                            if item.turn in self._finished_since_event:
+                                continue
+                            self._finished_since_event.add(item.turn)
+                        elif isinstance(item, CaughtUp):
+                            if self._caught_up:
+                                continue
+                            self._caught_up = True
                         yielded = True
                         yield item
-                return
+                else:
+                    return
+                continue
             except grpc.aio.AioRpcError as error:
                 mapped = error_from_rpc(error)
                 delay = next(delays, None)
@@ -142,6 +165,18 @@ class Replay:
             if self._closed:
                 return
             self._call = self._restart()
+
+    def _resume(self) -> None:
+        # A JSON rows message this client cannot parse (a body stored before
+        # the daemon checked bodies): go on from the cursor as StoredEvent
+        # messages, where the bad event fails alone, on first `.envelope`.
+        # Resuming after the last event may send again the finish markers
+        # yielded since it, and CaughtUp: those are dropped above.
+        if self._resume_as_messages is None:
+            raise RowsFormatError("a replay message cannot be decoded")
+        self._call.cancel()
+        self._call = self._resume_as_messages(self.last_position, self.epoch)
+        self._restart = None
 
     async def aclose(self) -> None:
         """Cancel the stream (and any retry still to come). Idempotent."""
@@ -162,7 +197,14 @@ class Replay:
 
 def _items_of(message: pb.ReplayResponse) -> list[ReplayItem]:
     """The items of one replay message, in the order the contract gives them."""
-    items: list[ReplayItem] = [StoredEvent.from_proto(event) for event in message.events]
+    items: list[ReplayItem]
+    if message.events_json:
+        items = [
+            StoredEvent(position, turn, stored_at, envelope)
+            for position, turn, stored_at, envelope in rows_with_envelopes(message.events_json)
+        ]
+    else:
+        items = [StoredEvent.from_proto(event) for event in message.events]
     for finished in message.finished_turns:
         last = finished.last_position if finished.HasField("last_position") else None
         items.append(TurnFinished(finished.turn, finished.event_count, last))
@@ -171,6 +213,47 @@ def _items_of(message: pb.ReplayResponse) -> list[ReplayItem]:
     if message.thread_cleared:
         items.append(ThreadCleared(message.next_position))
     return items
+
+
+def start_replay(
+    call: Callable[..., Any],
+    request: pb.ReplayRequest,
+    after: int | None,
+    epoch: int | None,
+    timeout: float | None,
+    retry: RetryPolicy,
+) -> Replay:
+    """A :class:`Replay` of ``request`` through the stub's ``Replay`` method ``call``.
+
+    ``timeout`` (None: none) bounds the whole replay, retries and a resume
+    as StoredEvent messages included.
+    """
+    loop = asyncio.get_running_loop()
+    ends_at = None if timeout is None else loop.time() + timeout
+
+    def left() -> float | None:
+        return None if ends_at is None else max(ends_at - loop.time(), 0.0)
+
+    def restart() -> Any:
+        return call(request, timeout=left())
+
+    def resume_as_messages(last_position: int | None, last_epoch: int | None) -> Any:
+        resumed = pb.ReplayRequest()
+        resumed.CopyFrom(request)
+        resumed.encoding = pb.EVENT_ENCODING_UNSPECIFIED
+        if last_position is not None:
+            resumed.after_position = last_position
+        resumed.thread_epoch = last_epoch or 0
+        return call(resumed, timeout=left())
+
+    return Replay(
+        restart(),
+        after,
+        epoch,
+        restart=restart,
+        retry=retry,
+        resume_as_messages=resume_as_messages,
+    )
 
 
 def replay_request(
@@ -184,6 +267,7 @@ def replay_request(
     until_turn_finished: int | None,
     epoch: int | None,
     max_events_per_message: int,
+    decode: bool = False,
 ) -> pb.ReplayRequest:
     """Check replay arguments and build the request."""
     check_thread_id(thread_id)
@@ -204,6 +288,7 @@ def replay_request(
         event_types=list(event_types or ()),
         thread_epoch=epoch or 0,
         max_events_per_message=max_events_per_message,
+        encoding=pb.EVENT_ENCODING_JSON_ROWS if decode else pb.EVENT_ENCODING_UNSPECIFIED,
     )
     if after is not None:
         request.after_position = after

@@ -296,6 +296,9 @@ impl TurnstoreEventStore {
                     order: order.into(),
                     limit: options.limit,
                     newest_first: options.newest_first,
+                    // StoredEvent messages: prost decodes them natively, so
+                    // JSON rows (what the Python client asks for) buy nothing here.
+                    encoding: pb::EventEncoding::Unspecified.into(),
                 };
                 let mut stub = client.inner.events.clone();
                 let mut stream = stub

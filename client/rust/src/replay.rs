@@ -135,6 +135,8 @@ impl Replay {
             until_turn_finished: options.until_turn_finished,
             max_events_per_message: options.max_events_per_message,
             thread_epoch: options.epoch.unwrap_or(0),
+            // StoredEvent messages, as for ReadEvents (events.rs).
+            encoding: pb::EventEncoding::Unspecified.into(),
         };
         let timeout = options
             .timeout

@@ -120,7 +120,9 @@ async def _tail(args: argparse.Namespace) -> int:
     ended_without_progress = 0
     async with connect(args, timeout=None) as client:
         while True:
-            replay = client.events.replay(args.thread, after, follow=args.follow, epoch=epoch)
+            replay = client.events.replay(
+                args.thread, after, follow=args.follow, epoch=epoch, decode=False
+            )
             try:
                 async with replay:
                     async for item in replay:

@@ -28,6 +28,11 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_CURSOR_OUT_OF_RANGE: _ClassVar[ErrorReason]
     ERROR_REASON_PERMISSION_DENIED: _ClassVar[ErrorReason]
 
+class EventEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_ENCODING_UNSPECIFIED: _ClassVar[EventEncoding]
+    EVENT_ENCODING_JSON_ROWS: _ClassVar[EventEncoding]
+
 class EventOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EVENT_ORDER_UNSPECIFIED: _ClassVar[EventOrder]
@@ -51,6 +56,8 @@ ERROR_REASON_INTERNAL: ErrorReason
 ERROR_REASON_DATABASE_UNAVAILABLE: ErrorReason
 ERROR_REASON_CURSOR_OUT_OF_RANGE: ErrorReason
 ERROR_REASON_PERMISSION_DENIED: ErrorReason
+EVENT_ENCODING_UNSPECIFIED: EventEncoding
+EVENT_ENCODING_JSON_ROWS: EventEncoding
 EVENT_ORDER_UNSPECIFIED: EventOrder
 EVENT_ORDER_COMMIT: EventOrder
 EVENT_ORDER_TURN: EventOrder
@@ -154,24 +161,28 @@ class ListTurnsResponse(_message.Message):
     def __init__(self, turn: _Optional[_Union[Turn, _Mapping]] = ...) -> None: ...
 
 class ReadEventsRequest(_message.Message):
-    __slots__ = ("thread_id", "offset", "order", "limit", "newest_first")
+    __slots__ = ("thread_id", "offset", "order", "limit", "newest_first", "encoding")
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     NEWEST_FIRST_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
     thread_id: str
     offset: int
     order: EventOrder
     limit: int
     newest_first: bool
-    def __init__(self, thread_id: _Optional[str] = ..., offset: _Optional[int] = ..., order: _Optional[_Union[EventOrder, str]] = ..., limit: _Optional[int] = ..., newest_first: _Optional[bool] = ...) -> None: ...
+    encoding: EventEncoding
+    def __init__(self, thread_id: _Optional[str] = ..., offset: _Optional[int] = ..., order: _Optional[_Union[EventOrder, str]] = ..., limit: _Optional[int] = ..., newest_first: _Optional[bool] = ..., encoding: _Optional[_Union[EventEncoding, str]] = ...) -> None: ...
 
 class ReadEventsResponse(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "events_json")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[StoredEvent]
-    def __init__(self, events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ...) -> None: ...
+    events_json: bytes
+    def __init__(self, events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ..., events_json: _Optional[bytes] = ...) -> None: ...
 
 class EventCountRequest(_message.Message):
     __slots__ = ("thread_id",)
@@ -244,7 +255,7 @@ class LoadResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
 
 class ReplayRequest(_message.Message):
-    __slots__ = ("thread_id", "after_position", "from_turn", "to_turn", "event_types", "follow", "until_turn_finished", "max_events_per_message", "thread_epoch")
+    __slots__ = ("thread_id", "after_position", "from_turn", "to_turn", "event_types", "follow", "until_turn_finished", "max_events_per_message", "thread_epoch", "encoding")
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_POSITION_FIELD_NUMBER: _ClassVar[int]
     FROM_TURN_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +265,7 @@ class ReplayRequest(_message.Message):
     UNTIL_TURN_FINISHED_FIELD_NUMBER: _ClassVar[int]
     MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     THREAD_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
     thread_id: str
     after_position: int
     from_turn: int
@@ -263,7 +275,8 @@ class ReplayRequest(_message.Message):
     until_turn_finished: int
     max_events_per_message: int
     thread_epoch: int
-    def __init__(self, thread_id: _Optional[str] = ..., after_position: _Optional[int] = ..., from_turn: _Optional[int] = ..., to_turn: _Optional[int] = ..., event_types: _Optional[_Iterable[str]] = ..., follow: _Optional[bool] = ..., until_turn_finished: _Optional[int] = ..., max_events_per_message: _Optional[int] = ..., thread_epoch: _Optional[int] = ...) -> None: ...
+    encoding: EventEncoding
+    def __init__(self, thread_id: _Optional[str] = ..., after_position: _Optional[int] = ..., from_turn: _Optional[int] = ..., to_turn: _Optional[int] = ..., event_types: _Optional[_Iterable[str]] = ..., follow: _Optional[bool] = ..., until_turn_finished: _Optional[int] = ..., max_events_per_message: _Optional[int] = ..., thread_epoch: _Optional[int] = ..., encoding: _Optional[_Union[EventEncoding, str]] = ...) -> None: ...
 
 class TurnFinished(_message.Message):
     __slots__ = ("turn", "event_count", "last_position")
@@ -276,20 +289,22 @@ class TurnFinished(_message.Message):
     def __init__(self, turn: _Optional[int] = ..., event_count: _Optional[int] = ..., last_position: _Optional[int] = ...) -> None: ...
 
 class ReplayResponse(_message.Message):
-    __slots__ = ("events", "finished_turns", "caught_up", "thread_cleared", "next_position", "thread_epoch")
+    __slots__ = ("events", "finished_turns", "caught_up", "thread_cleared", "next_position", "thread_epoch", "events_json")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_TURNS_FIELD_NUMBER: _ClassVar[int]
     CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
     THREAD_CLEARED_FIELD_NUMBER: _ClassVar[int]
     NEXT_POSITION_FIELD_NUMBER: _ClassVar[int]
     THREAD_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[StoredEvent]
     finished_turns: _containers.RepeatedCompositeFieldContainer[TurnFinished]
     caught_up: bool
     thread_cleared: bool
     next_position: int
     thread_epoch: int
-    def __init__(self, events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ..., finished_turns: _Optional[_Iterable[_Union[TurnFinished, _Mapping]]] = ..., caught_up: _Optional[bool] = ..., thread_cleared: _Optional[bool] = ..., next_position: _Optional[int] = ..., thread_epoch: _Optional[int] = ...) -> None: ...
+    events_json: bytes
+    def __init__(self, events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ..., finished_turns: _Optional[_Iterable[_Union[TurnFinished, _Mapping]]] = ..., caught_up: _Optional[bool] = ..., thread_cleared: _Optional[bool] = ..., next_position: _Optional[int] = ..., thread_epoch: _Optional[int] = ..., events_json: _Optional[bytes] = ...) -> None: ...
 
 class AppendStreamRequest(_message.Message):
     __slots__ = ("request_id", "thread_id", "turn", "events", "finish_turn", "more", "acks_in_more", "expected_next_position")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import Any, Final
 
@@ -18,7 +18,7 @@ import grpc
 import structlog
 
 from turnstore.server.api import readcost
-from turnstore.server.api.grpc import event_reads
+from turnstore.server.api.grpc import event_reads, event_rows
 from turnstore.server.api.grpc.append_stream import AppendStreams
 from turnstore.server.api.grpc.envelopes import new_events
 from turnstore.server.api.grpc.ingress import INLINE_DECODE_BYTES
@@ -50,6 +50,20 @@ log = structlog.get_logger("turnstore.service")
 GET_TURN_HEADROOM_BYTES: Final = 1024 * 1024
 # GetTurn answers up to this size are small reads, larger ones heavy (readcost).
 SMALL_TURN_BYTES: Final = 1024 * 1024
+
+
+def _spliced(values: list[bytes]) -> bytes:
+    # Stored values are StoredEvent entries framed as field 1, the `events`
+    # of ReadEventsResponse and of ReplayResponse: sent as they are.
+    return b"".join(values)
+
+
+def _read_events_encoder(encoding: int) -> Callable[[list[bytes]], bytes]:
+    if encoding == pb.EVENT_ENCODING_JSON_ROWS:
+        return event_rows.read_events_message
+    if encoding != pb.EVENT_ENCODING_UNSPECIFIED:
+        raise InvalidArgumentError("encoding", f"unknown encoding {encoding}")
+    return _spliced
 
 
 def _turn_message(chunk: TurnChunk) -> pb.Turn:
@@ -145,6 +159,7 @@ class EventStoreService(ServicerBase, pb_grpc.EventStoreServiceServicer):
                 raise InvalidArgumentError("order", f"unknown order {request.order}")
             if request.newest_first:
                 raise InvalidArgumentError("newest_first", "reads in commit order only")
+        encode = _read_events_encoder(request.encoding)
         view = await self._run(self._engine.view, request.thread_id)
         left = request.limit or None  # events still to send (None: all)
         if request.order == pb.EVENT_ORDER_TURN:
@@ -156,13 +171,19 @@ class EventStoreService(ServicerBase, pb_grpc.EventStoreServiceServicer):
                 values = [value for chunk in chunks for value in chunk.events][:left]
                 left = None if left is None else left - len(values)
                 if values:
-                    yield b"".join(values)
+                    yield await self._encode(encode, values)
             return
         pages = event_reads.commit_order_pages(
             self._engine, self._run, view, request.offset, left, request.newest_first
         )
         async for values in pages:
-            yield b"".join(values)
+            yield await self._encode(encode, values)
+
+    async def _encode(self, encode: Callable[[list[bytes]], bytes], values: list[bytes]) -> bytes:
+        # Splicing is free; JSON rows cost µs an event, off the loop when many.
+        if encode is _spliced or len(values) <= event_rows.ENCODE_ON_LOOP_EVENTS:
+            return encode(values)
+        return await self._run(encode, values)
 
     @unary
     async def EventCount(
@@ -182,6 +203,7 @@ class EventStoreService(ServicerBase, pb_grpc.EventStoreServiceServicer):
     async def Replay(
         self, request: pb.ReplayRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ReplayResponse | bytes]:
+        as_rows = _read_events_encoder(request.encoding) is not _spliced
         query = ReplayQuery(
             thread_id=request.thread_id,
             start_position=request.after_position + 1 if request.HasField("after_position") else 0,
@@ -224,8 +246,15 @@ class EventStoreService(ServicerBase, pb_grpc.EventStoreServiceServicer):
                         for finish in batch.finishes
                     ],
                 )
-                # The stored values are `events` entries: send them as they are.
-                message = b"".join(batch.events) + response.SerializeToString()
+                if not as_rows:
+                    # The stored values are `events` entries: send them as they are.
+                    message = b"".join(batch.events) + response.SerializeToString()
+                else:
+                    if batch.events:
+                        response.events_json = await self._encode(
+                            event_rows.json_rows, batch.events
+                        )
+                    message = response.SerializeToString()
                 # While gRPC writes the message, keep no other copy of its events.
                 batch.events = []
                 batch.hold(len(message))
