@@ -113,6 +113,40 @@ def test_imports_point_down(path: Path) -> None:
     assert _violations(me, _imports(path)) == []
 
 
+def _module_paths() -> dict[str, Path]:
+    return {_module_name(p): p for p in MODULES if _module_name(p)}
+
+
+def _grpc_reached_from(start: str, paths: dict[str, Path]) -> list[str]:
+    """The chains of our imports from ``start`` that end in a module importing grpc."""
+    found: list[str] = []
+    seen = {start}
+    todo = [[start]]
+    while todo:
+        chain = todo.pop()
+        for raw in _imports(paths[chain[-1]]):
+            if raw.split(".")[0] == "grpc":
+                found.append(" -> ".join([*chain, raw]))
+            other = _ours(raw)
+            # `from a.b import c` names a.b.c: c is a module or a name in a.b.
+            while other and other not in paths:
+                other = other.rpartition(".")[0]
+            if other and other not in seen:
+                seen.add(other)
+                todo.append([*chain, other])
+    return found
+
+
+def test_the_http_edge_reaches_no_grpc_through_what_it_imports() -> None:
+    """Not directly (above) and not through a shared module such as api.errors."""
+    paths = _module_paths()
+    http = [name for name in paths if name.startswith("api.http")]
+    assert http
+    assert [chain for name in http for chain in _grpc_reached_from(name, paths)] == []
+    # The walk can fail: the gRPC edge's modules do reach grpc.
+    assert _grpc_reached_from("api.grpc.event_store", paths)
+
+
 @pytest.mark.parametrize(
     ("module", "planted"),
     [

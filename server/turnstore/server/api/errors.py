@@ -13,14 +13,16 @@ proto and the clients' maps in step.
 
 The HTTP listener only reads, so the write reasons never reach it; they
 have statuses all the same, so that no reason is left without one.
+
+The gRPC codes are named, not ``grpc.StatusCode`` members, so that the HTTP
+edge, which takes its statuses from here too, never loads grpc
+(``tests/test_layers.py``); the gRPC edge looks the member up by name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
-
-import grpc
+from typing import Final, Literal
 
 from turnstore.server.access.errors import PermissionDeniedError, UnauthenticatedError
 from turnstore.server.replay.errors import FollowerTooSlowError
@@ -41,37 +43,48 @@ from turnstore.server.storage.errors import (
     VersionConflictError,
 )
 
+# The gRPC status codes the table uses (names of grpc.StatusCode members).
+GrpcCode = Literal[
+    "INVALID_ARGUMENT",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "RESOURCE_EXHAUSTED",
+    "UNAVAILABLE",
+    "OUT_OF_RANGE",
+    "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
+    "INTERNAL",
+]
+
 
 @dataclass(frozen=True)
 class EdgeStatus:
-    """How one reason is answered: its gRPC status code and its HTTP status."""
+    """How one reason is answered: its gRPC status code's name and its HTTP status."""
 
-    grpc: grpc.StatusCode
+    grpc: GrpcCode
     http: int
 
-
-_Code = grpc.StatusCode
 
 # Reason -> statuses. A subclass without a reason of its own (TurnTooLargeError)
 # is answered with its base's.
 STATUS_BY_REASON: Final[dict[str, EdgeStatus]] = {
-    InvalidArgumentError.reason: EdgeStatus(_Code.INVALID_ARGUMENT, 400),
-    TurnFinishedError.reason: EdgeStatus(_Code.FAILED_PRECONDITION, 409),
-    TurnAlreadyFinishedError.reason: EdgeStatus(_Code.FAILED_PRECONDITION, 409),
-    EventIdConflictError.reason: EdgeStatus(_Code.FAILED_PRECONDITION, 409),
-    VersionConflictError.reason: EdgeStatus(_Code.FAILED_PRECONDITION, 409),
-    BackupFailedError.reason: EdgeStatus(_Code.FAILED_PRECONDITION, 500),
-    ThreadClearedError.reason: EdgeStatus(_Code.ABORTED, 409),
-    StorageFullError.reason: EdgeStatus(_Code.RESOURCE_EXHAUSTED, 507),
-    FollowerTooSlowError.reason: EdgeStatus(_Code.RESOURCE_EXHAUSTED, 503),
-    EngineClosedError.reason: EdgeStatus(_Code.UNAVAILABLE, 503),
-    DataDirLockedError.reason: EdgeStatus(_Code.UNAVAILABLE, 503),
-    DiskIOError.reason: EdgeStatus(_Code.UNAVAILABLE, 503),
-    DatabaseUnavailableError.reason: EdgeStatus(_Code.UNAVAILABLE, 503),
-    CursorOutOfRangeError.reason: EdgeStatus(_Code.OUT_OF_RANGE, 416),
-    UnauthenticatedError.reason: EdgeStatus(_Code.UNAUTHENTICATED, 401),
-    PermissionDeniedError.reason: EdgeStatus(_Code.PERMISSION_DENIED, 403),
-    DaemonError.reason: EdgeStatus(_Code.INTERNAL, 500),
+    InvalidArgumentError.reason: EdgeStatus("INVALID_ARGUMENT", 400),
+    TurnFinishedError.reason: EdgeStatus("FAILED_PRECONDITION", 409),
+    TurnAlreadyFinishedError.reason: EdgeStatus("FAILED_PRECONDITION", 409),
+    EventIdConflictError.reason: EdgeStatus("FAILED_PRECONDITION", 409),
+    VersionConflictError.reason: EdgeStatus("FAILED_PRECONDITION", 409),
+    BackupFailedError.reason: EdgeStatus("FAILED_PRECONDITION", 500),
+    ThreadClearedError.reason: EdgeStatus("ABORTED", 409),
+    StorageFullError.reason: EdgeStatus("RESOURCE_EXHAUSTED", 507),
+    FollowerTooSlowError.reason: EdgeStatus("RESOURCE_EXHAUSTED", 503),
+    EngineClosedError.reason: EdgeStatus("UNAVAILABLE", 503),
+    DataDirLockedError.reason: EdgeStatus("UNAVAILABLE", 503),
+    DiskIOError.reason: EdgeStatus("UNAVAILABLE", 503),
+    DatabaseUnavailableError.reason: EdgeStatus("UNAVAILABLE", 503),
+    CursorOutOfRangeError.reason: EdgeStatus("OUT_OF_RANGE", 416),
+    UnauthenticatedError.reason: EdgeStatus("UNAUTHENTICATED", 401),
+    PermissionDeniedError.reason: EdgeStatus("PERMISSION_DENIED", 403),
+    DaemonError.reason: EdgeStatus("INTERNAL", 500),
 }
 
 INTERNAL: Final = STATUS_BY_REASON[DaemonError.reason]

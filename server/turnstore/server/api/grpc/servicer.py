@@ -53,7 +53,7 @@ LISTED_PER_MESSAGE: Final = 1000
 
 def status_for(error: DaemonError) -> grpc.StatusCode:
     """The gRPC status code of an error's reason (INTERNAL for a reason not in the table)."""
-    return status_of(error).grpc
+    return grpc.StatusCode[status_of(error).grpc]
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: BaseException) -> None:
@@ -62,7 +62,7 @@ async def abort_with(context: grpc.aio.ServicerContext, error: BaseException) ->
         code, reason, message = status_for(error), error.reason, str(error)
     else:
         log.exception("internal_error", error=repr(error))
-        code, reason = INTERNAL.grpc, DaemonError.reason
+        code, reason = grpc.StatusCode[INTERNAL.grpc], DaemonError.reason
         message = "internal error; the daemon log has the details"
     metadata: tuple[tuple[str, str], ...] = ((ERROR_METADATA_KEY, reason),)
     if isinstance(error, VersionConflictError):
