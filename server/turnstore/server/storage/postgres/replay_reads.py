@@ -25,36 +25,44 @@ from turnstore.server.storage.values import FinishRecord, ReplayStep, replay_ope
 # The row kinds of STEP_SQL's answer.
 _THREAD, _FINISH, _EVENT, _WATCHED = 0, 1, 2, 3
 
-# Events are bounded in the statement by a running sum of their stored sizes
-# (octet_length reads a TOASTed record's stored length, not the record), so
-# only the records the byte budget takes are sent: the one that reaches it is
-# the last (its bytes before it are still under the budget). The branches of
-# the UNION are told apart by their first column, never by their order.
+# One statement, four kinds of rows, told apart by their first column (never
+# by their order): the thread's counter row, with the first finish past the
+# furthest frontier the step could reach (``reach``); the finishes up to that
+# frontier; the events; and a row when the watched turn is finished. Each
+# reads its index in order from the thread's number (a scalar subquery, so
+# that no plan sorts). Events are bounded by a running sum of their stored
+# sizes (octet_length reads a TOASTed record's stored length, not the
+# record), so only the records the byte budget takes are sent: the one that
+# reaches it is the last (the bytes before it are still under the budget).
 STEP_SQL: Final = """
-WITH thread AS (
+WITH thread AS MATERIALIZED (
     SELECT number, next_position, next_finish_seq FROM turnstore_threads
     WHERE thread_id = %(key)s
-), finishes AS (
-    SELECT f.seq, f.turn, f.frontier, f.event_count, f.last_position
-    FROM turnstore_finishes f JOIN thread t ON f.number = t.number
-    WHERE f.seq >= %(first_seq)s AND f.frontier >= %(floor)s
-    ORDER BY f.seq LIMIT %(finish_limit)s
-), events AS (
-    SELECT e.position, e.record,
-        sum(octet_length(e.record)) OVER (ORDER BY e.position) - octet_length(e.record) AS before
-    FROM turnstore_events e JOIN thread t ON e.number = t.number
-    WHERE e.position >= %(start)s AND e.position < least(t.next_position, %(reach)s)
 )
-SELECT 0, number, next_position, next_finish_seq, NULL::bigint, NULL::bigint, NULL::bytea
-FROM thread
+SELECT 0, t.number, t.next_position, t.next_finish_seq, (
+    SELECT f.seq FROM turnstore_finishes f
+    WHERE f.number = t.number AND f.seq >= %(first_seq)s AND f.frontier > %(reach)s
+    ORDER BY f.seq LIMIT 1
+), NULL::bigint, NULL::bytea
+FROM thread t
+UNION ALL (
+    SELECT 1, f.seq, f.turn, f.frontier, f.event_count, f.last_position, NULL
+    FROM turnstore_finishes f
+    WHERE f.number = (SELECT number FROM thread) AND f.seq >= %(first_seq)s
+        AND f.frontier >= %(floor)s AND f.frontier <= %(reach)s
+    ORDER BY f.seq LIMIT %(finish_limit)s
+)
 UNION ALL
-SELECT 1, seq, turn, frontier, event_count, last_position, NULL FROM finishes
+SELECT 2, e.position, NULL, NULL, NULL, NULL, e.record FROM (
+    SELECT position, record,
+        sum(octet_length(record)) OVER (ORDER BY position ROWS UNBOUNDED PRECEDING)
+            - octet_length(record) AS before
+    FROM turnstore_events
+    WHERE number = (SELECT number FROM thread) AND position >= %(start)s AND position < %(reach)s
+) e WHERE e.before < %(max_bytes)s
 UNION ALL
-SELECT 2, position, NULL, NULL, NULL, NULL, record FROM events WHERE before < %(max_bytes)s
-UNION ALL
-SELECT 3, 1, NULL, NULL, NULL, NULL, NULL
-FROM turnstore_turns u JOIN thread t ON u.number = t.number
-WHERE u.turn = %(watched)s AND u.finished
+SELECT 3, 1, NULL, NULL, NULL, NULL, NULL FROM turnstore_turns
+WHERE number = (SELECT number FROM thread) AND turn = %(watched)s AND finished
 """
 
 
@@ -77,7 +85,8 @@ def replay_step(
     ``max_events`` events or the one that reaches ``max_bytes``, and
     ``finishes`` are every finish from the requested sequence number on
     whose frontier is at most ``next_position`` (at most ``max_events`` of
-    them), so their frontiers may lie among the events. ``finish_seq`` None
+    them, and then the events stop at the first finish left for the next
+    step), so their frontiers may lie among the events. ``finish_seq`` None
     passes over the finishes before ``start_position``.
     """
     cur.execute(
@@ -97,6 +106,10 @@ def replay_step(
         binary=True,
     )
     thread: tuple[int, int, int] | None = None
+    # The first finish (from the requested one on) past the furthest frontier
+    # this step could reach: where the step resumes when it passes every
+    # finish it read (None: no such finish).
+    beyond_reach: int | None = None
     finish_rows: list[tuple[int, FinishRecord]] = []
     positioned: list[tuple[int, bytes]] = []
     watched = False
@@ -106,7 +119,7 @@ def replay_step(
         elif kind == _FINISH:
             finish_rows.append((a, FinishRecord(from_column(b), d, e if d else None, c)))
         elif kind == _THREAD:
-            thread = (a, b, c)
+            thread, beyond_reach = (a, b, c), d
         else:
             watched = True
     opening = replay_opening(
@@ -126,12 +139,19 @@ def replay_step(
     events = [record for _, record in positioned]
     next_position = start_position + len(events)
     finishes: list[FinishRecord] = []
-    resume_seq = finish_count
+    resume_seq = finish_count if beyond_reach is None else beyond_reach
     for seq, finish in finish_rows:
         # Frontiers never decrease along the sequence: the first finish past
         # the events read, and all after it, wait for a later step.
-        if finish.frontier > next_position or len(finishes) >= max_events:
+        if finish.frontier > next_position:
             resume_seq = seq
+            break
+        if len(finishes) >= max_events:
+            # Past the most finishes a step carries: this one waits for the
+            # next step, and so do the events after it, which it precedes.
+            resume_seq = seq
+            del events[max(finish.frontier - start_position, 0) :]
+            next_position = start_position + len(events)
             break
         finishes.append(finish)
     at_end = next_position >= end_position and resume_seq >= finish_count
