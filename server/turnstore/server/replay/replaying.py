@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from turnstore.server.replay.errors import FollowerTooSlowError
-from turnstore.server.replay.followers import Followers, Sender
+from turnstore.server.replay.followers import Followers, SendBudget, Sender
+from turnstore.server.replay.parts import StepPart, split_step
 from turnstore.server.storage import records
 from turnstore.server.storage.errors import (
     DatabaseUnavailableError,
@@ -168,7 +169,9 @@ async def replay(
     (no kept event, no marker) are not yielded.
 
     Each step first reserves one follower budget (``followers.send_budget``)
-    and reads at most that many bytes. The transport encodes a yielded batch,
+    and reads at most that many bytes; a step that passes finishes is sent as
+    several batches (:func:`.parts.split_step`), each holding, while it is
+    sent, its message and the step's batches still to come. The transport encodes a yielded batch,
     drops ``batch.events``, calls ``batch.hold(size)`` with its message's
     size and sends it; asking for the next batch releases the bytes. When
     the daemon-wide budget needs them, ``end(sender)`` ends this replay's
@@ -221,57 +224,66 @@ async def replay(
                     final=True,
                 )
                 return
-            epoch, position, finish_seq = (
-                step.epoch,
-                step.next_position,
-                step.next_finish_seq,
-            )
-            batch = ReplayBatch(
-                _kept(step.events, query) if query.filtered else step.events,
-                next_position=position,
-                next_finish_seq=finish_seq,
-                epoch=epoch,
-                hold=functools.partial(budget.hold, sender),
-            )
-            done = False
-            # A step's finishes are consecutive in the thread's finish sequence
-            # and end just before next_finish_seq.
-            first_seq = step.next_finish_seq - len(step.finishes)
-            for index, finish in enumerate(step.finishes):
-                if query.from_turn <= finish.turn <= query.to_turn:
-                    batch.finishes.append(
-                        FinishMarker(
-                            finish.turn,
-                            finish.event_count,
-                            finish.last_position,
-                            finish.frontier - 1,
-                            first_seq + index + 1,
-                        )
-                    )
-                done = done or finish.turn == until
+            epoch = step.epoch
             at_end, watched_finished = step.at_end, step.watched_turn_finished
-            # While the transport sends the batch, keep no other copy of its events.
+            parts = split_step(step, position)
+            # While the transport sends a batch, keep no other copy of its events.
             del step
-            if at_end and not caught_up:
-                batch.caught_up = caught_up = True
-            batch.final = done or (at_end and (wake is None or watched_finished))
-            final = batch.final
-            if batch.events or batch.finishes or batch.caught_up:
-                yield batch
-                del batch
-                budget.release(sender)
-                if sender.was_ended:
-                    raise FollowerTooSlowError(
-                        "the follower did not read fast enough for the daemon's follower "
-                        "budget; resume after the last position received"
-                    )
-            else:
-                budget.release(sender)
+            done = final = False
+            while parts and not done:
+                part = parts.pop(0)
+                position, finish_seq = part.next_position, part.next_finish_seq
+                last = not parts
+                batch = ReplayBatch(
+                    _kept(part.events, query) if query.filtered else part.events,
+                    next_position=position,
+                    next_finish_seq=finish_seq,
+                    epoch=epoch,
+                    # The step's later parts stay in memory while this one is sent.
+                    hold=functools.partial(_hold_with, budget, sender, _size(parts)),
+                )
+                part.events = []
+                for seq, finish in part.finishes:
+                    if query.from_turn <= finish.turn <= query.to_turn:
+                        batch.finishes.append(
+                            FinishMarker(
+                                finish.turn,
+                                finish.event_count,
+                                finish.last_position,
+                                finish.frontier - 1,
+                                seq + 1,
+                            )
+                        )
+                    done = done or finish.turn == until
+                if last and at_end and not caught_up:
+                    batch.caught_up = caught_up = True
+                batch.final = done or (last and at_end and (wake is None or watched_finished))
+                final = batch.final
+                if batch.events or batch.finishes or batch.caught_up:
+                    yield batch
+                    del batch
+                    if sender.was_ended:
+                        budget.release(sender)
+                        raise FollowerTooSlowError(
+                            "the follower did not read fast enough for the daemon's follower "
+                            "budget; resume after the last position received"
+                        )
+            budget.release(sender)
             if final:
                 return
             if at_end:
                 assert wake is not None
                 await _wait_for_wake(followers, wake)
+
+
+def _size(parts: list[StepPart]) -> int:
+    """The bytes of the events of ``parts``."""
+    return sum(len(event) for part in parts for event in part.events)
+
+
+def _hold_with(budget: SendBudget, sender: Sender, rest: int, size: int) -> None:
+    """``sender`` hands a message of ``size`` bytes to gRPC while keeping ``rest`` more."""
+    budget.hold(sender, size + rest)
 
 
 async def _wait_for_wake(followers: Followers, wake: asyncio.Event) -> None:

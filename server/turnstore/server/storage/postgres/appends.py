@@ -77,8 +77,22 @@ class _ThreadState:
     touched_turns: set[int] = field(default_factory=set)
 
 
-# A thread's key, and the cursors of its turns and of its stored ids (None: no ids asked).
-_ThreadReads = tuple[bytes, Cursor, Cursor | None]
+@dataclass
+class _Reads:
+    """Step 1's statements for some threads, their answers read by :meth:`AppendRun.load`.
+
+    ``turns`` ran once per (thread, turn) pair and ``ids`` once per thread
+    asking one event id, in the order of those lists (one result set each);
+    a thread asking several ids has a statement of its own in ``id_lists``.
+    """
+
+    keys: list[bytes]
+    lock: Cursor
+    turns: Cursor
+    turn_pairs: list[tuple[bytes, int]]
+    ids: Cursor
+    id_pairs: list[tuple[bytes, bytes]]
+    id_lists: list[tuple[bytes, Cursor]]
 
 
 class AppendRun:
@@ -88,7 +102,7 @@ class AppendRun:
         self.writes = writes
         self._keys = sorted({write.key for write in writes})
         self._states: dict[bytes, _ThreadState] = {}
-        self._reads: list[tuple[list[bytes], Cursor, list[_ThreadReads]]] = []
+        self._reads: list[_Reads] = []
         # Rows for the write statements, filled by apply().
         self._events: list[tuple[int, int, int, bytes, bytes]] = []
         self._finishes: list[tuple[int, int, int, int, int, int]] = []
@@ -122,18 +136,34 @@ class AppendRun:
             (keys,),
         )
         # Separate statements after the lock, so that they see every commit
-        # made before it (a join in the locking statement would not).
-        per_thread: list[_ThreadReads] = []
-        for key in keys:
-            turn_rows = conn.cursor()
-            turn_rows.execute(
-                "SELECT turn, finished, event_count, last_position FROM turnstore_turns "
+        # made before it (a join in the locking statement would not). One
+        # statement per (thread, turn) and per (thread, event id), sent as one
+        # executemany each: one cursor and one query, scalar parameters
+        # (psycopg dumps a list parameter in Python, element type first: with
+        # a statement and a cursor per thread, that was a quarter of a busy
+        # writer's time).
+        turn_pairs = [(key, turn) for key in keys for turn in sorted(turns_of[key])]
+        id_pairs = [(key, next(iter(ids_of[key]))) for key in keys if len(ids_of[key]) == 1]
+        turns, ids = conn.cursor(), conn.cursor()
+        turns.executemany(
+            "SELECT turn, finished, event_count, last_position FROM turnstore_turns "
+            "WHERE number = (SELECT number FROM turnstore_threads WHERE thread_id = %s) "
+            "AND turn = %s",
+            turn_pairs,
+            returning=True,
+        )
+        if id_pairs:
+            ids.executemany(
+                "SELECT event_id, position, turn FROM turnstore_events "
                 "WHERE number = (SELECT number FROM turnstore_threads WHERE thread_id = %s) "
-                "AND turn = ANY(%s)",
-                (key, sorted(turns_of[key])),
+                "AND event_id = %s",
+                id_pairs,
+                returning=True,
             )
-            id_rows = None
-            if ids_of[key]:
+        # A batch of events (an import, an appender's batch): one statement for its ids.
+        id_lists: list[tuple[bytes, Cursor]] = []
+        for key in keys:
+            if len(ids_of[key]) > 1:
                 id_rows = conn.cursor()
                 id_rows.execute(
                     "SELECT event_id, position, turn FROM turnstore_events "
@@ -141,36 +171,45 @@ class AppendRun:
                     "AND event_id = ANY(%s)",
                     (key, sorted(ids_of[key])),
                 )
-            per_thread.append((key, turn_rows, id_rows))
-        self._reads.append((keys, lock, per_thread))
+                id_lists.append((key, id_rows))
+        self._reads.append(_Reads(keys, lock, turns, turn_pairs, ids, id_pairs, id_lists))
 
     def load(self) -> list[bytes]:
         """Read step 1's answers, once its pipeline is synced; the threads that do not exist."""
         missing: list[bytes] = []
-        for keys, lock, per_thread in self._reads:
-            for key, number, next_position, next_finish in lock.fetchall():
+        for reads in self._reads:
+            for key, number, next_position, next_finish in reads.lock.fetchall():
                 self._states[bytes(key)] = _ThreadState(
                     bytes(key), int(number), int(next_position), int(next_finish)
                 )
-            lock.close()
+            reads.lock.close()
             # At READ COMMITTED each statement has its own snapshot: the reads
             # may see a thread the lock statement did not (created, or cleared
             # and created again, meanwhile). Such a thread is missing, and is
             # locked and read again with the threads to create.
-            for key, turn_rows, id_rows in per_thread:
+            for index, (key, _) in enumerate(reads.turn_pairs):
+                if index:
+                    reads.turns.nextset()
                 state = self._states.get(key)
-                for turn, finished, count, last in turn_rows.fetchall():
+                for turn, finished, count, last in reads.turns.fetchall():
                     if state is not None:
                         state.turns[from_column(int(turn))] = _TurnRow(
                             bool(finished), int(count), int(last)
                         )
-                turn_rows.close()
-                if id_rows is not None:
-                    for event_id, position, turn in id_rows.fetchall():
-                        if state is not None:
-                            state.ids[bytes(event_id)] = (int(position), from_column(int(turn)))
-                    id_rows.close()
-            missing.extend(key for key in keys if key not in self._states)
+            reads.turns.close()
+            answers = [(key, reads.ids, index > 0) for index, (key, _) in enumerate(reads.id_pairs)]
+            answers += [(key, id_rows, False) for key, id_rows in reads.id_lists]
+            for key, id_rows, next_set in answers:
+                if next_set:
+                    id_rows.nextset()
+                state = self._states.get(key)
+                for event_id, position, turn in id_rows.fetchall():
+                    if state is not None:
+                        state.ids[bytes(event_id)] = (int(position), from_column(int(turn)))
+            reads.ids.close()
+            for _, id_rows in reads.id_lists:
+                id_rows.close()
+            missing.extend(key for key in reads.keys if key not in self._states)
         self._reads = []
         return missing
 

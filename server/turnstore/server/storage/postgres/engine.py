@@ -37,7 +37,8 @@ from turnstore.server.storage.postgres import opening, operations, reads, writes
 from turnstore.server.storage.postgres.appends import TurnAppend
 from turnstore.server.storage.postgres.listen import CommitFeed
 from turnstore.server.storage.postgres.reachability import Reachability
-from turnstore.server.storage.postgres.read_cursor import read_cursor
+from turnstore.server.storage.postgres.read_cursor import check_idle, read_cursor
+from turnstore.server.storage.postgres.replay_reads import replay_step
 from turnstore.server.storage.postgres.retention import Retention
 from turnstore.server.storage.postgres.writer import Writer, _describe
 from turnstore.server.storage.postgres.writes import Cursor
@@ -86,7 +87,7 @@ class PostgresEngine(Retention, InputChecks):
             kwargs=kwargs,
             configure=opening.configure_reader,
             # A connection the database dropped (a restart) is replaced, not handed out.
-            check=psycopg_pool.ConnectionPool.check_connection,
+            check=check_idle,
             timeout=pg.connect_timeout_seconds,
             open=False,
             name="turnstore-reads",
@@ -229,12 +230,14 @@ class PostgresEngine(Retention, InputChecks):
     # -- reads ------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[Cursor]:
+    def _read(self, single_statement: bool = False) -> Iterator[Cursor]:
         """A cursor in one read-only snapshot (:func:`.read_cursor.read_cursor`)."""
         if self._closed:
             raise EngineClosedError("the engine is closed")
         timeout = self._pg.connect_timeout_seconds
-        with read_cursor(self._pool, self._connect, timeout, self._reachability) as cur:
+        with read_cursor(
+            self._pool, self._connect, timeout, self._reachability, single_statement
+        ) as cur:
             yield cur
 
     def view(self, thread_id: str) -> ThreadView:
@@ -284,9 +287,11 @@ class PostgresEngine(Retention, InputChecks):
         watched_turn: int | None = None,
         max_bytes: int = 4 * 1024 * 1024,
     ) -> ReplayStep:
+        """One statement, one round trip (:func:`.replay_reads.replay_step`); its
+        events may run past finishes, whose frontiers then lie among them."""
         key = self._thread_key(thread_id)
-        with self._read() as cur:
-            return reads.replay_step(
+        with self._read(single_statement=True) as cur:
+            return replay_step(
                 cur,
                 key,
                 thread_id,

@@ -3,7 +3,8 @@
 The same answers as the LMDB engine's reads (:mod:`turnstore.server.storage.lmdb.reads`):
 each read sees one snapshot of the database, a read bounded by a
 :class:`ThreadView` of a thread since cleared fails with ThreadClearedError,
-and records come back as the stored wire bytes.
+and records come back as the stored wire bytes. The replay step is
+:mod:`.replay_reads`'s.
 """
 
 from __future__ import annotations
@@ -14,19 +15,14 @@ from turnstore.server.storage.inputs import turn_too_large
 from turnstore.server.storage.postgres.tables import from_column, to_column
 from turnstore.server.storage.postgres.writes import Cursor
 from turnstore.server.storage.values import (
-    FinishRecord,
     ReadBudget,
-    ReplayStep,
     ThreadView,
     TurnChunk,
     TurnCursor,
-    replay_opening,
 )
 
 # Rows fetched per query by reads walking a budget.
 _PAGE = 512
-# Rows of a replay step's first page of events (later pages are sized by bytes).
-_FIRST_PAGE = 32
 
 
 def thread_row(cur: Cursor, key: bytes) -> tuple[int, int, int] | None:
@@ -236,105 +232,3 @@ def _turn_records(
         if len(sizes) < page and taken == len(sizes):
             break  # the turn's last page: asking again would only return nothing
     return out, last
-
-
-def _records_within(cur: Cursor, number: int, start: int, stop: int, max_bytes: int) -> list[bytes]:
-    """Records from ``start`` to before ``stop``, ending with the one that reaches ``max_bytes``.
-
-    Fetched in pages sized from the records read so far: psycopg's cursor
-    receives every row its query selects, so one query for the whole range
-    would bring (and hold) a follower's 4,096 events to build a message of
-    64 KiB. A page may overshoot the bytes by what the records' sizes vary.
-    """
-    out: list[bytes] = []
-    read_bytes = 0
-    position = start
-    page = _FIRST_PAGE
-    while position < stop:
-        cur.execute(
-            "SELECT position, record FROM turnstore_events WHERE number = %s "
-            "AND position >= %s AND position < %s ORDER BY position LIMIT %s",
-            (number, position, stop, min(page, stop - position)),
-        )
-        rows = cur.fetchall()
-        if not rows:
-            break
-        for row_position, record in rows:
-            out.append(bytes(record))
-            read_bytes += len(out[-1])
-            if read_bytes >= max_bytes:
-                return out
-            position = int(row_position) + 1
-        # Enough records of the average size so far to reach the budget, and one more.
-        page = max(_FIRST_PAGE, (max_bytes - read_bytes) * len(out) // max(read_bytes, 1) + 1)
-    return out
-
-
-def replay_step(
-    cur: Cursor,
-    key: bytes,
-    thread_id: str,
-    expected_epoch: int | None,
-    start_position: int,
-    finish_seq: int | None,
-    max_events: int,
-    watched_turn: int | None,
-    max_bytes: int,
-    mask: int,
-) -> ReplayStep:
-    """One replay step (``mask``: the database's epoch mask); see the engine's."""
-    row = thread_row(cur, key)
-    thread = (row[0] ^ mask, row[1]) if row is not None else None
-    opening = replay_opening(thread_id, expected_epoch, start_position, thread)
-    if opening is not None:
-        return opening
-    assert row is not None
-    number, end_position, finish_count = row
-    reach = min(end_position, start_position + max_events)
-    pending: list[tuple[int, FinishRecord]] = []
-    resume_seq = finish_count
-    first_seq = finish_seq or 0
-    if first_seq < finish_count:
-        # Finishes pending from here, up to the furthest frontier this step
-        # could reach; frontiers never decrease along the sequence.
-        query = (
-            "SELECT seq, turn, frontier, event_count, last_position FROM turnstore_finishes "
-            "WHERE number = %s AND seq >= %s"
-        )
-        # Without a sequence number, the finishes before the start are passed over.
-        floor = start_position if finish_seq is None else 0
-        cur.execute(
-            query + " AND frontier >= %s ORDER BY seq LIMIT %s",
-            (number, first_seq, floor, max_events + 1),
-        )
-        for seq, turn, frontier, count, last in cur.fetchall():
-            record = FinishRecord(
-                from_column(int(turn)),
-                int(count),
-                int(last) if count else None,
-                int(frontier),
-            )
-            if record.frontier > reach or len(pending) >= max_events:
-                resume_seq = int(seq)
-                break
-            pending.append((int(seq), record))
-    # Events stop at the first pending finish, so that a step's events all
-    # precede its finishes.
-    stop = min(reach, pending[0][1].frontier) if pending else reach
-    events = _records_within(cur, number, start_position, stop, max_bytes)
-    next_position = start_position + len(events)
-    finishes = [record for _, record in pending if record.frontier <= next_position]
-    if len(finishes) < len(pending):
-        resume_seq = pending[len(finishes)][0]
-    watched = False
-    if watched_turn is not None:
-        cur.execute(
-            "SELECT finished FROM turnstore_turns WHERE number = %s AND turn = %s",
-            (number, to_column(watched_turn)),
-        )
-        found = cur.fetchone()
-        watched = found is not None and bool(found[0])
-    at_end = next_position >= end_position and resume_seq >= finish_count
-    return ReplayStep(
-        number ^ mask, events, next_position, finishes, resume_seq, at_end, False, watched
-    )
