@@ -84,7 +84,7 @@ def test_without_the_journal_a_power_cut_loses_acknowledged_writes(tmp_path: Pat
     shim = build_shim(tmp_path)
     data_dir = tmp_path / "data"
     daemon = PowerCutDaemon(data_dir, shim, tmp_path, ["--commit-sync", "unsafe-unjournaled"])
-    with pytest.raises(AssertionError, match="lost|acknowledged|stored"):
+    with pytest.raises(AssertionError, match=r"lost|acknowledged|stored"):
         asyncio.run(CrashLoop(data_dir, 11, daemon).run(20))
     # Each cut took back the last commit's meta page (unsynced without the journal).
     assert daemon.cuts and all(_meta_undone(cut) for cut in daemon.cuts)

@@ -26,8 +26,17 @@ def build_shim(directory: Path) -> Path:
     """Compile the shim into ``directory``; raises (never skips) when gcc fails."""
     library = directory / "power_cut_shim.so"
     result = subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", str(library)]
-        + [str(SHIM_SOURCE), "-ldl", "-lpthread"],
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-O1",
+            "-Wall",
+            "-Werror",
+            "-o",
+            str(library),
+            str(SHIM_SOURCE),
+        ],
         capture_output=True,
         text=True,
     )
