@@ -92,9 +92,7 @@ class EngineConfig:
     # The one directory backups are written inside (resolved, checked at
     # open); None refuses every backup.
     backup_dir: Path | None = None
-    # How a commit is made durable (LMDB engine, docs/one-sync.md): "journal" (LMDB's
-    # data sync and a redo record's sync, in parallel) or "lmdb" (LMDB's data sync,
-    # then its meta page's).
+    # LMDB's --commit-sync: "journal" or "lmdb" (one sync or two; docs/one-sync.md).
     commit_sync: str = "journal"
 
     def __post_init__(self) -> None:
