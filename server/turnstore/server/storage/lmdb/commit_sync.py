@@ -144,5 +144,8 @@ class CommitSync:
         self._durable.advance(int(self._env.info()["last_txnid"]))
 
     def close(self) -> None:
+        """After the last commit: its meta page synced too (a copy of the stopped
+        directory's ``data.mdb`` alone is then whole), and the journal closed."""
         if self._journal is not None:
+            self._env.sync(True)
             self._journal.close()

@@ -79,9 +79,12 @@ class RecordingCursor:
         overwrite: bool = True,
         append: bool = False,
     ) -> bool:
+        # Recorded once made (a call that raises is not recorded); one that changed
+        # nothing (False) changes nothing when replayed either.
+        stored = bool(self._cursor.put(key, value, dupdata, overwrite, append))
         flags = put_flags(dupdata, overwrite, append)
         self._ops.append((PUT, self._name, bytes(key), bytes(value), flags))
-        return bool(self._cursor.put(key, value, dupdata, overwrite, append))
+        return stored
 
     def putmulti(
         self,
@@ -91,9 +94,9 @@ class RecordingCursor:
         append: bool = False,
     ) -> tuple[int, int]:
         items = [(bytes(key), bytes(value)) for key, value in items]
-        flags = put_flags(dupdata, overwrite, append)
-        self._ops.extend((PUT, self._name, key, value, flags) for key, value in items)
         consumed, added = self._cursor.putmulti(items, dupdata, overwrite, append)
+        flags = put_flags(dupdata, overwrite, append)
+        self._ops.extend((PUT, self._name, key, value, flags) for key, value in items[:consumed])
         return int(consumed), int(added)
 
     def delete(self, dupdata: bool = False) -> bool:
@@ -108,12 +111,14 @@ class RecordingCursor:
         return deleted
 
     def replace(self, key: bytes, value: bytes) -> Any:
+        old = self._cursor.replace(key, value)
         self._ops.append((REPLACE, self._name, bytes(key), bytes(value), 0))
-        return self._cursor.replace(key, value)
+        return old
 
     def pop(self, key: bytes) -> Any:
+        old = self._cursor.pop(key)
         self._ops.append((POP, self._name, bytes(key), b"", 0))
-        return self._cursor.pop(key)
+        return old
 
 
 class RecordingTxn:
@@ -164,23 +169,31 @@ class RecordingTxn:
         append: bool = False,
         db: Any = None,
     ) -> bool:
-        flags = put_flags(dupdata, overwrite, append)
-        self.ops.append((PUT, self._name(db)[0], bytes(key), bytes(value), flags))
-        return bool(self.txn.put(key, value, dupdata, overwrite, append, db=db))
+        name = self._name(db)[0]
+        stored = bool(self.txn.put(key, value, dupdata, overwrite, append, db=db))
+        self.ops.append(
+            (PUT, name, bytes(key), bytes(value), put_flags(dupdata, overwrite, append))
+        )
+        return stored
 
     def delete(self, key: bytes, value: bytes = b"", db: Any = None) -> bool:
+        name = self._name(db)[0]
         deleted = bool(self.txn.delete(key, value, db=db))
         if deleted:
-            self.ops.append((DELETE, self._name(db)[0], bytes(key), bytes(value), 0))
+            self.ops.append((DELETE, name, bytes(key), bytes(value), 0))
         return deleted
 
     def replace(self, key: bytes, value: bytes, db: Any = None) -> Any:
-        self.ops.append((REPLACE, self._name(db)[0], bytes(key), bytes(value), 0))
-        return self.txn.replace(key, value, db=db)
+        name = self._name(db)[0]
+        old = self.txn.replace(key, value, db=db)
+        self.ops.append((REPLACE, name, bytes(key), bytes(value), 0))
+        return old
 
     def pop(self, key: bytes, db: Any = None) -> Any:
-        self.ops.append((POP, self._name(db)[0], bytes(key), b"", 0))
-        return self.txn.pop(key, db=db)
+        name = self._name(db)[0]
+        old = self.txn.pop(key, db=db)
+        self.ops.append((POP, name, bytes(key), b"", 0))
+        return old
 
     def commit(self) -> None:
         self.txn.commit()

@@ -11,7 +11,7 @@ from typing import Any
 import lmdb
 
 from turnstore.server.storage.lmdb import schema
-from turnstore.server.storage.lmdb.recording import apply_ops, decode_ops
+from turnstore.server.storage.lmdb.recording import Op, apply_ops, decode_ops
 from turnstore.server.storage.lmdb.redo_journal import (
     META_REDO_POSITION,
     Position,
@@ -47,17 +47,27 @@ def replay(env: lmdb.Environment, data_dir: Path) -> int:
     while (found := find_next(journal, position)) is not None:
         position, payload = found
         ops = decode_ops(payload)
-        with env.begin(write=True) as txn:
-            dbs: dict[bytes, Any] = {}
-            for name in dict.fromkeys(op[1] for op in ops):
-                dbs[name] = env.open_db(
-                    name, txn=txn, create=False, dupsort=name in schema.DUPSORT_DATABASES
-                )
-            apply_ops(txn, dbs, ops)
-            txn.put(META_REDO_POSITION, position.pack(), db=meta)
+        while True:
+            try:
+                _apply(env, meta, ops, position)
+                break
+            except lmdb.MapFullError:
+                # The map may start smaller than the commit once needed (it grew then).
+                env.set_mapsize(int(env.info()["map_size"]) * 2)
         env.sync(True)  # the meta page too: this commit is durable before the next one
         replayed += 1
     return replayed
+
+
+def _apply(env: lmdb.Environment, meta: Any, ops: list[Op], position: Position) -> None:
+    with env.begin(write=True) as txn:
+        dbs: dict[bytes, Any] = {}
+        for name in dict.fromkeys(op[1] for op in ops):
+            dbs[name] = env.open_db(
+                name, txn=txn, create=False, dupsort=name in schema.DUPSORT_DATABASES
+            )
+        apply_ops(txn, dbs, ops)
+        txn.put(META_REDO_POSITION, position.pack(), db=meta)
 
 
 def ensure_position(
