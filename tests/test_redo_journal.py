@@ -12,7 +12,7 @@ import dataclasses
 import shutil
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lmdb
 import pytest
@@ -20,7 +20,7 @@ import pytest
 from turnstore.server.storage.batches import DeleteOp, DeletePrefixOp, SaveOp
 from turnstore.server.storage.errors import VersionConflictError
 from turnstore.server.storage.lmdb import schema
-from turnstore.server.storage.lmdb.commit_sync import DurableMark
+from turnstore.server.storage.lmdb.commit_sync import CommitSync, DurableMark
 from turnstore.server.storage.lmdb.engine import LmdbEngine
 from turnstore.server.storage.lmdb.recording import apply_ops, decode_ops
 from turnstore.server.storage.lmdb.redo_journal import (
@@ -296,3 +296,52 @@ def test_a_reader_waits_for_a_commit_still_syncing() -> None:
     mark.advance(6)
     assert waited.wait(10)
     thread.join()
+
+
+class FailingCommit:
+    """A write transaction whose commit fails (as LMDB's may, map full at commit)."""
+
+    def __init__(self, txn: lmdb.Transaction) -> None:
+        self.txn = txn
+
+    def id(self) -> int:
+        return int(self.txn.id())
+
+    def put(self, *args: Any, **kwargs: Any) -> bool:
+        return bool(self.txn.put(*args, **kwargs))
+
+    def commit(self) -> None:
+        self.txn.abort()
+        raise lmdb.MapFullError("map full at commit")
+
+
+def test_a_commit_that_fails_leaves_no_record_to_replay(tmp_path: Path) -> None:
+    """Its record was written (in parallel) before the commit failed: it is erased before
+    the failure is reported, so a power cut then never redoes a write reported failed."""
+    env = lmdb.open(str(tmp_path), max_dbs=len(schema.ALL_DATABASES), metasync=False)
+    try:
+        with env.begin(write=True) as txn:
+            dbs = {
+                name: env.open_db(name, txn=txn, dupsort=name in schema.DUPSORT_DATABASES)
+                for name in schema.ALL_DATABASES
+            }
+        start = Position(0, 0, 0, SALT)
+        journal = RedoJournal(tmp_path, start, capacity=4 * ALIGN)
+        sync = CommitSync(env, dbs, journal, DurableMark())
+        txn = env.begin(write=True)
+        target = sync.target(txn)
+        target.put(b"k", b"v", db=dbs[schema.META])
+        with pytest.raises(lmdb.MapFullError):
+            sync.commit(cast(lmdb.Transaction, FailingCommit(txn)), target)
+        assert find_next((tmp_path / JOURNAL_FILE).read_bytes(), start) is None
+        # The next commit takes the same sequence number and place, and is replayable.
+        txn = env.begin(write=True)
+        target = sync.target(txn)
+        target.put(b"k", b"w", db=dbs[schema.META])
+        sync.commit(txn, target)
+        found = find_next((tmp_path / JOURNAL_FILE).read_bytes(), start)
+        assert found is not None and found[0].sequence == 1
+        assert decode_ops(found[1]) == [(1, schema.META, b"k", b"w", 3)]
+        sync.close()
+    finally:
+        env.close()
