@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, cast
 import lmdb
 import pytest
 
+from tests.support.eventually import eventually
 from turnstore.server.storage.batches import DeleteOp, DeletePrefixOp, SaveOp
 from turnstore.server.storage.errors import VersionConflictError
 from turnstore.server.storage.lmdb import schema
@@ -345,3 +347,42 @@ def test_a_commit_that_fails_leaves_no_record_to_replay(tmp_path: Path) -> None:
         sync.close()
     finally:
         env.close()
+
+
+def test_a_reader_never_sees_a_commit_whose_journal_sync_has_not_returned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LMDB shows a commit to new readers once its (unsynced) meta page is written; the
+    journal's sync may still be running then, and a power cut would take the commit
+    back. A read that begins on it waits for that sync."""
+    engine = LmdbEngine.open(config(tmp_path / "data"))
+    syncing, release = threading.Event(), threading.Event()
+    real_fdatasync = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:  # only Python code calls it: the journal's thread
+        syncing.set()
+        release.wait(30)
+        real_fdatasync(fd)
+
+    try:
+        monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+        env = engine._state.env
+        before = int(env.info()["last_txnid"])
+        appended = engine.append("t", 1, [event("unsynced")])
+        assert syncing.wait(30)
+        eventually(
+            lambda: int(env.info()["last_txnid"]) > before or None,
+            what="LMDB's commit published to new readers",
+        )
+        counts: list[int] = []
+        reader = threading.Thread(target=lambda: counts.append(engine.event_count("t")))
+        reader.start()
+        reader.join(0.2)
+        assert reader.is_alive() and not counts and not appended.done()
+        release.set()
+        reader.join(30)
+        assert counts == [1] and appended.result(timeout=30) == [0]
+    finally:
+        release.set()
+        monkeypatch.undo()
+        engine.close()
