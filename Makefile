@@ -22,10 +22,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
-## soak: the crash-safety loop of tests/test_crash.py, with 200 SIGKILLs;
+## soak: the crash-safety loop of tests/test_crash.py, with 200 SIGKILLs, then
+## tests/test_power_cut.py's with 200 simulated power cuts (POWER_CUTS=0 skips it);
 ## SOAK_ARGS="--backend postgres --kills 30": tests/test_postgres_crash.py's, with 30 faults
+POWER_CUTS ?= 200
 soak: $(STAMP)
 	$(BIN)/python -m tests.support.soak --kills 200 $(SOAK_ARGS)
+	if [ "$(POWER_CUTS)" != 0 ]; then $(BIN)/python -m tests.support.soak --backend lmdb-power-cut --kills $(POWER_CUTS); fi
 
 ## bench: turnstore (LMDB, PostgreSQL) vs Redis Streams, SQLite and raw LMDB (~7 min; installs
 ## redis-server and postgresql if missing); prints tables, writes bench/results/. BENCH_ARGS=--quick: a smoke run

@@ -201,9 +201,10 @@ async def check_thread(
 class CrashLoop:
     """The models of every thread and key, and the writers that fill them."""
 
-    def __init__(self, data_dir: Path, seed: int) -> None:
+    def __init__(self, data_dir: Path, seed: int, daemon: Daemon | None = None) -> None:
         self.rng = random.Random(seed)
-        self.daemon = Daemon(data_dir)
+        # tests/test_power_cut.py's kills are power cuts.
+        self.daemon = daemon if daemon is not None else Daemon(data_dir)
         self.threads = [ThreadModel(f"crash-thread-{n}") for n in range(THREADS)]
         self.keys = [KeyModel(f"crash-key-{n}") for n in range(KEYS)]
         self.totals = Totals()

@@ -37,6 +37,7 @@ SERVE_FLAGS = [
     "--log-format",
     "--log-level",
     "--backend",
+    "--commit-sync",
     "--postgres-dsn",
     "--postgres-dsn-file",
     "--postgres-pool-size",

@@ -53,6 +53,8 @@ class Daemon:
         # The ``serving`` log line of the last start (its addresses, limits, ...).
         self.serving: dict[str, Any] = {}
         self._lines: queue.Queue[str | None] = queue.Queue()
+        # Added to the process's environment at each start (LD_PRELOAD, for one).
+        self.extra_env: dict[str, str] = {}
 
     @property
     def target(self) -> str:
@@ -81,7 +83,7 @@ class Daemon:
             stderr=subprocess.PIPE,
             text=True,
             cwd=self.cwd,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env},
         )
         LIVE.add(self.process)
         # Each process gets its own queue: a previous process's reader may

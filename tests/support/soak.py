@@ -3,9 +3,12 @@ for longer (``make soak``).
 
     python -m tests.support.soak --kills 200 [--seed N] [--data-dir DIR]
     python -m tests.support.soak --backend postgres --kills 30 [--seed N]
+    python -m tests.support.soak --backend lmdb-power-cut --kills 200 [--seed N]
 
 With ``--backend lmdb`` (the default) each kill is a SIGKILL of the daemon,
-checked after each restart. With ``--backend postgres`` a cluster of the
+checked after each restart; with ``--backend lmdb-power-cut`` each is a
+simulated power cut (tests/test_power_cut.py: every unsynced write lost). With
+``--backend postgres`` a cluster of the
 run's own is created (as the tests do: installed if missing, removed
 afterwards) and each "kill" is one fault of two daemons on it, in turn:
 SIGKILL daemon 0, SIGKILL daemon 1, ``pg_ctl stop -m immediate``; everything
@@ -26,9 +29,12 @@ from pathlib import Path
 from tests.support.postgres import start_postgres
 from tests.test_crash import run_crash_loop
 from tests.test_postgres_crash import run_postgres_crash_loop
+from tests.test_power_cut import run_power_cut_loop
 
 
 def _run(backend: str, root: Path, kills: int, seed: int) -> dict[str, int]:
+    if backend == "lmdb-power-cut":
+        return run_power_cut_loop(root, kills, seed)[0]
     if backend == "lmdb":
         return run_crash_loop(root, kills, seed)
     postgres = start_postgres()
@@ -42,9 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.support.soak", description=__doc__)
     parser.add_argument(
         "--backend",
-        choices=("lmdb", "postgres"),
+        choices=("lmdb", "lmdb-power-cut", "postgres"),
         default="lmdb",
-        help="lmdb: SIGKILL one daemon; postgres: two daemons and the database (lmdb)",
+        help="lmdb: SIGKILL one daemon; lmdb-power-cut: SIGKILL and every unsynced write "
+        "undone; postgres: two daemons and the database (lmdb)",
     )
     parser.add_argument(
         "--kills", type=int, default=200, help="how many SIGKILLs (postgres: faults) (200)"

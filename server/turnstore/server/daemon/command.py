@@ -85,6 +85,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         retention_interval_seconds=args.retention_interval,
         delete_reserve_bytes=args.delete_reserve,
         backup_dir=args.backup_dir,
+        commit_sync=args.commit_sync,
     )
     tls = None
     if args.tls_cert or args.tls_key:

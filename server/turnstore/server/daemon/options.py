@@ -164,6 +164,15 @@ def _add_backend(serve: argparse.ArgumentParser) -> None:
         default="lmdb",
         help="lmdb: --data-dir on this host; postgres: a database any number of daemons share",
     )
+    backend.add(
+        "--commit-sync",
+        type=_commit_sync,
+        default="journal",
+        metavar="{journal,lmdb}",
+        help="lmdb backend: how a commit is made durable before it is acknowledged; journal: "
+        "LMDB's data sync and a redo-journal record's sync in parallel (one sync's wait); "
+        "lmdb: LMDB's data sync, then its meta page's (two in sequence). docs/one-sync.md",
+    )
     # Not through _EnvOptions: its help would show the variable's value, password and all.
     group.add_argument(
         "--postgres-dsn",
@@ -183,6 +192,13 @@ def _add_backend(serve: argparse.ArgumentParser) -> None:
         default=8,
         help="connections this daemon's reads may hold at once (writes and LISTEN use one each)",
     )
+
+
+def _commit_sync(text: str) -> str:
+    # "unsafe-unjournaled" (unlisted) is for tests/test_power_cut.py: one sync, no journal.
+    if text not in ("journal", "lmdb", "unsafe-unjournaled"):
+        raise argparse.ArgumentTypeError(f"expected journal or lmdb, not {text!r}")
+    return text
 
 
 def _add_retention(serve: argparse.ArgumentParser) -> None:

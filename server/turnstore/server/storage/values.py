@@ -92,6 +92,8 @@ class EngineConfig:
     # The one directory backups are written inside (resolved, checked at
     # open); None refuses every backup.
     backup_dir: Path | None = None
+    # LMDB's --commit-sync: "journal" or "lmdb" (one sync or two; docs/one-sync.md).
+    commit_sync: str = "journal"
 
     def __post_init__(self) -> None:
         if self.initial_map_bytes <= 0 or self.max_map_bytes < self.initial_map_bytes:

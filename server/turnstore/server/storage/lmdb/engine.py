@@ -91,7 +91,7 @@ class LmdbEngine(KeyRangeCalls, InputChecks):
         self.removed_partial_backups: list[Path] = opened.removed_partial_backups
         self.partial_backup_problems: list[str] = opened.partial_backup_problems
         self.opened_restored_backup = opened.restored_backup
-        self._writer = Writer(self._state)
+        self._writer = Writer(self._state, opened.journal)
         # Any write function, queued (tests line up batches with it).
         self._submit = self._writer.submit
         self._sweeper = retention.Sweeper(self._state, self._writer)

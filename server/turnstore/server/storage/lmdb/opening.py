@@ -17,7 +17,15 @@ import lmdb
 
 from turnstore.server.storage.epochs import new_epoch_mask
 from turnstore.server.storage.errors import DataDirLockedError
-from turnstore.server.storage.lmdb import backup_journal, backup_paths, schema
+from turnstore.server.storage.lmdb import (
+    backup_journal,
+    backup_paths,
+    redo_journal,
+    redo_recovery,
+    schema,
+)
+from turnstore.server.storage.lmdb.commit_sync import JOURNAL, lmdb_metasync
+from turnstore.server.storage.lmdb.redo_journal import RedoJournal
 from turnstore.server.storage.lmdb.space import SpaceGuard, default_reserve
 from turnstore.server.storage.lmdb.state import LmdbState, get
 from turnstore.server.storage.values import EngineConfig
@@ -36,6 +44,10 @@ class OpenedDirectory:
     # Partial backup directories removed, and why others could not be.
     removed_partial_backups: list[Path]
     partial_backup_problems: list[str]
+    # The redo journal (--commit-sync journal), for the writer; None otherwise.
+    journal: RedoJournal | None = None
+    # Journal records replayed at open (commits whose meta page a power cut lost).
+    replayed_commits: int = 0
 
 
 def open_directory(config: EngineConfig) -> OpenedDirectory:
@@ -55,7 +67,14 @@ def open_directory(config: EngineConfig) -> OpenedDirectory:
     try:
         env = _open_environment(config, data_dir)
         try:
-            restored = _prepare(env, data_dir)
+            # Before anything reads: the commit whose meta page a power cut lost.
+            replayed = redo_recovery.replay(env, data_dir)
+            restored, position = _prepare(env, data_dir)
+            # What opening wrote is durable before any commit relies on it.
+            env.sync(True)
+            journal = None
+            if config.commit_sync == JOURNAL:
+                journal = RedoJournal(data_dir, position)
         except BaseException:
             env.close()
             raise
@@ -70,7 +89,10 @@ def open_directory(config: EngineConfig) -> OpenedDirectory:
     epoch_mask = schema.U64.unpack(mask)[0] if mask is not None else 0
     # XORed into thread numbers to make epochs (0 in databases older than it).
     state = dataclasses.replace(state, epoch_mask=epoch_mask)
-    return OpenedDirectory(state, lock_file, restored, removed, problems)
+    if journal is not None:
+        # Readers wait for commits after this one to be durable (commit_sync.DurableMark).
+        state.durable.enable(int(env.info()["last_txnid"]))
+    return OpenedDirectory(state, lock_file, restored, removed, problems, journal, replayed)
 
 
 def _state(config: EngineConfig, env: lmdb.Environment) -> LmdbState:
@@ -114,8 +136,10 @@ def _lock(data_dir: Path) -> IO[str]:
 def _open_environment(config: EngineConfig, data_dir: Path) -> lmdb.Environment:
     """The LMDB environment, its map at least as large as the data file.
 
-    ``sync`` and ``metasync``: every commit is fsynced (a write's future
-    resolves only after that).
+    ``sync``: every commit's data pages are fsynced (a write's future resolves
+    only after that); ``metasync`` in ``--commit-sync lmdb`` only: in ``journal``
+    mode the meta page is made durable by the next commit's sync, and by the
+    redo journal until then (docs/one-sync.md).
     """
     data_file = data_dir / "data.mdb"
     existing = data_file.stat().st_size if data_file.exists() else 0
@@ -127,18 +151,19 @@ def _open_environment(config: EngineConfig, data_dir: Path) -> lmdb.Environment:
         max_dbs=len(schema.ALL_DATABASES),
         max_readers=config.max_readers,
         sync=True,
-        metasync=True,
+        metasync=lmdb_metasync(config.commit_sync),
         readahead=False,
         subdir=True,
         mode=0o600,
     )
 
 
-def _prepare(env: lmdb.Environment, data_dir: Path) -> bool:
+def _prepare(env: lmdb.Environment, data_dir: Path) -> tuple[bool, redo_journal.Position]:
     """Create the named databases and the schema version, or check and migrate them.
 
     Returns whether the directory was a backup never opened before: it gets
-    a new epoch mask, so no cursor from the database's later life matches.
+    a new epoch mask, so no cursor from the database's later life matches;
+    and the redo journal's position (a new salt for a backup or a new database).
     """
     with env.begin(write=True) as txn:
         dbs = {
@@ -162,7 +187,8 @@ def _prepare(env: lmdb.Environment, data_dir: Path) -> bool:
         restored = txn.pop(schema.META_RESTORED_BACKUP, db=meta) is not None
         if restored:
             txn.put(schema.META_EPOCH_MASK, schema.U64.pack(new_epoch_mask()), db=meta)
-    return restored
+        position, _ = redo_recovery.ensure_position(txn, meta, restored)
+    return restored, position
 
 
 def _make_owner_only(data_dir: Path) -> None:
@@ -191,6 +217,9 @@ def startup_report(opened: OpenedDirectory) -> dict[str, object]:
     if opened.restored_backup:
         # Every thread got a new epoch: readers' cursors from before report "cleared".
         report["restored_backup_new_epochs"] = True
+    if opened.replayed_commits:
+        # Commits whose meta page was lost (a power cut), redone from the redo journal.
+        report["redo_journal_replayed_commits"] = opened.replayed_commits
     if opened.removed_partial_backups:
         report["removed_partial_backups"] = [str(path) for path in opened.removed_partial_backups]
     if opened.partial_backup_problems:

@@ -20,6 +20,7 @@ from turnstore.server.storage.batches import (
 )
 from turnstore.server.storage.errors import EngineError, VersionConflictError
 from turnstore.server.storage.lmdb import live_keys, schema
+from turnstore.server.storage.lmdb.recording import begin_nested
 from turnstore.server.storage.lmdb.space import estimate_value_bytes
 from turnstore.server.storage.lmdb.state import (
     LmdbState,
@@ -223,7 +224,7 @@ def apply_batch(
 
     Each entry is (operation, encoded key or prefix, encoded content type).
     """
-    child = state.env.begin(write=True, parent=txn)
+    child = begin_nested(state.env, txn)  # recorded for the redo journal when txn is
     try:
         results: list[BatchResult] = []
         for index, (operation, encoded, content_type) in enumerate(operations):

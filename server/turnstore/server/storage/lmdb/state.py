@@ -18,6 +18,7 @@ from typing import Any
 import lmdb
 
 from turnstore.server.storage.lmdb import schema
+from turnstore.server.storage.lmdb.commit_sync import DurableMark
 from turnstore.server.storage.lmdb.space import SpaceGuard
 from turnstore.server.storage.values import EngineConfig, Limits
 
@@ -78,6 +79,8 @@ class LmdbState:
     # XORed into thread numbers to make the epochs readers see (storage.epochs).
     epoch_mask: int = 0
     gate: ResizeGate = field(default_factory=ResizeGate)
+    # The last commit known durable: readers wait for a later one (--commit-sync journal).
+    durable: DurableMark = field(default_factory=DurableMark)
 
     @property
     def limits(self) -> Limits:
@@ -92,6 +95,7 @@ class LmdbState:
     def read(self) -> Iterator[lmdb.Transaction]:
         """A read transaction whose values are copied out as bytes."""
         with self.gate.reading(), self.env.begin(buffers=False) as txn:
+            self.durable.wait_for(txn.id())
             yield txn
 
     @contextlib.contextmanager
@@ -104,6 +108,7 @@ class LmdbState:
         it too.
         """
         with self.gate.reading(), self.env.begin(buffers=True) as txn:
+            self.durable.wait_for(txn.id())
             yield txn
 
 

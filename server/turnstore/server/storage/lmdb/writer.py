@@ -31,6 +31,8 @@ from turnstore.server.storage.errors import (
 )
 from turnstore.server.storage.interface import CommitListener, CommitObserver
 from turnstore.server.storage.lmdb import disk, schema
+from turnstore.server.storage.lmdb.commit_sync import CommitSync
+from turnstore.server.storage.lmdb.redo_journal import RedoJournal
 from turnstore.server.storage.lmdb.state import LmdbState, get
 
 T = TypeVar("T")
@@ -54,8 +56,10 @@ class QueuedWrite:
 class Writer:
     """The writer thread of one LMDB environment; started here, ended by :meth:`close`."""
 
-    def __init__(self, state: LmdbState) -> None:
+    def __init__(self, state: LmdbState, journal: RedoJournal | None = None) -> None:
         self._state = state
+        # How commits are made durable (--commit-sync); owns the redo journal.
+        self._sync = CommitSync(state.env, state.dbs, journal, state.durable)
         self._queue: queue.SimpleQueue[QueuedWrite | None] = queue.SimpleQueue()
         self._closed = False
         # Orders submits against close: nothing is queued after the sentinel.
@@ -121,6 +125,7 @@ class Writer:
             self._closed = True
             self._queue.put(None)
         self._thread.join()
+        self._sync.close()
         return True
 
     def _loop(self) -> None:
@@ -134,17 +139,20 @@ class Writer:
             try:
                 now_ns = time.time_ns()
                 txn = env.begin(write=True)
+                # The writes' changes are recorded for the redo journal (--commit-sync journal).
+                target = self._sync.target(txn)
                 try:
                     for write in batch:
                         try:
-                            outcomes.append((True, write.apply(txn, now_ns)))
+                            outcomes.append((True, write.apply(target, now_ns)))
                         except EngineError as error:
                             outcomes.append((False, error))
                 except BaseException:
                     txn.abort()
                     raise
                 commit_started = time.perf_counter()
-                txn.commit()  # the fsync; a failed commit aborts the transaction
+                # Durable when it returns; a failed commit aborts the transaction.
+                self._sync.commit(txn, target)
                 commit_seconds = time.perf_counter() - commit_started
             except lmdb.MapFullError:
                 if self._grow_map() or self._release_freed_pages():
@@ -189,6 +197,8 @@ class Writer:
         except lmdb.Error:
             return False
         self._tick_txnid = env.info()["last_txnid"]
+        # Not journaled: it rewrites a value unchanged, so losing it loses nothing.
+        self._sync.after_untracked_commit()
         return True
 
     def _fail_at_ceiling(self, batch: list[QueuedWrite]) -> list[QueuedWrite]:
