@@ -27,8 +27,9 @@ from pathlib import Path
 from bench.floors import disk
 from bench.traits_common import TextDeltas
 from turnstore import TurnstoreClient
+from turnstore.server.storage.config import EngineConfig
 from turnstore.server.storage.lmdb.engine import LmdbEngine
-from turnstore.server.storage.values import EngineConfig, NewEvent
+from turnstore.server.storage.values import NewEvent
 
 
 def _pcts(latencies: list[float]) -> str:

@@ -21,11 +21,12 @@ import pytest
 from tests.support.postgres import PostgresServer, fresh_database
 from turnstore.server.api.grpc.event_reads import commit_order_pages
 from turnstore.server.storage import records
+from turnstore.server.storage.config import EngineConfig, PostgresConfig
 from turnstore.server.storage.errors import NextPositionConflictError, VersionConflictError
 from turnstore.server.storage.interface import StorageEngine
 from turnstore.server.storage.lmdb.engine import LmdbEngine
 from turnstore.server.storage.postgres.engine import PostgresEngine
-from turnstore.server.storage.values import EngineConfig, NewEvent, PostgresConfig
+from turnstore.server.storage.values import NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 
 

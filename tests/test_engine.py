@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from turnstore.server.storage.config import MIB, EngineConfig, Limits
 from turnstore.server.storage.errors import DataDirLockedError, StorageFullError
 from turnstore.server.storage.lmdb.engine import LmdbEngine
-from turnstore.server.storage.values import MIB, EngineConfig, Limits, NewEvent
+from turnstore.server.storage.values import NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 
 

@@ -57,12 +57,12 @@ from turnstore.server.access.errors import PermissionDeniedError as ScopeRefusal
 from turnstore.server.access.scoped_engine import ScopedEngine
 from turnstore.server.access.scopes import parse_scope
 from turnstore.server.storage.batches import DeletePrefixOp, KeyRange, SaveOp
+from turnstore.server.storage.config import EngineConfig, PostgresConfig
 from turnstore.server.storage.errors import VersionConflictError as EngineVersionConflict
 from turnstore.server.storage.lmdb import operations, schema
 from turnstore.server.storage.lmdb.engine import LmdbEngine
 from turnstore.server.storage.postgres.engine import PostgresEngine
 from turnstore.server.storage.postgres.operations import list_keys_query
-from turnstore.server.storage.values import EngineConfig, PostgresConfig
 
 BINARY = bytes(range(256)) * 3 + b"\x00\xff\xfe not json {"
 OCTETS = "application/octet-stream"

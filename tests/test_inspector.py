@@ -31,8 +31,9 @@ from turnstore import AgentEventEnvelope, ConversationSnapshot, TurnstoreClient
 from turnstore.server.access.scoped_engine import ScopedEngine
 from turnstore.server.access.scopes import Scope
 from turnstore.server.api.http import listings
+from turnstore.server.storage.config import EngineConfig
 from turnstore.server.storage.lmdb.engine import LmdbEngine
-from turnstore.server.storage.values import EngineConfig, NewEvent
+from turnstore.server.storage.values import NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 
 TOKEN = "inspector-test-token"

@@ -33,8 +33,9 @@ from tests.test_cli import run as run_cli
 from tests.test_rust import TS_DIR, _interop, interop_program  # noqa: F401  (fixture)
 from tests.test_typescript import node_env, typescript_build  # noqa: F401  (fixtures)
 from turnstore import AgentEventEnvelope, InvalidArgumentError, TurnstoreClient
+from turnstore.server.storage.config import EngineConfig
 from turnstore.server.storage.lmdb.engine import LmdbEngine
-from turnstore.server.storage.values import EngineConfig, NewEvent
+from turnstore.server.storage.values import NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 

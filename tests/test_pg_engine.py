@@ -19,14 +19,10 @@ import pytest
 
 from tests.support.postgres import PostgresServer, fresh_database
 from turnstore.server.replay.parts import split_step
+from turnstore.server.storage.config import EngineConfig, PostgresConfig
 from turnstore.server.storage.lmdb.engine import LmdbEngine
 from turnstore.server.storage.postgres.engine import PostgresEngine
-from turnstore.server.storage.values import (
-    EngineConfig,
-    NewEvent,
-    PostgresConfig,
-    ReplayStep,
-)
+from turnstore.server.storage.values import NewEvent, ReplayStep
 from turnstore.v1 import turnstore_pb2 as pb
 
 

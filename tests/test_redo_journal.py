@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.eventually import eventually
 from turnstore.server.storage.batches import DeleteOp, DeletePrefixOp, SaveOp
+from turnstore.server.storage.config import EngineConfig
 from turnstore.server.storage.errors import VersionConflictError
 from turnstore.server.storage.lmdb import schema
 from turnstore.server.storage.lmdb.commit_sync import CommitSync, DurableMark
@@ -35,7 +36,7 @@ from turnstore.server.storage.lmdb.redo_journal import (
     frame,
     read_position,
 )
-from turnstore.server.storage.values import EngineConfig, NewEvent
+from turnstore.server.storage.values import NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 
 SALT = b"saltsalt"

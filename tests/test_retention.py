@@ -25,12 +25,13 @@ from turnstore import (
     ThreadCleared,
     TurnstoreClient,
 )
+from turnstore.server.storage.config import EngineConfig
 from turnstore.server.storage.lmdb.engine import (
     RETENTION_BATCH_EVENTS,
     RETENTION_BATCH_ITEMS,
     LmdbEngine,
 )
-from turnstore.server.storage.values import EngineConfig, NewEvent, RetentionStats, SweepResult
+from turnstore.server.storage.values import NewEvent, RetentionStats, SweepResult
 from turnstore.v1 import turnstore_pb2 as pb
 
 HOUR_NS = 3600 * 10**9

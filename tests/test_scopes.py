@@ -38,8 +38,9 @@ from turnstore import (
 )
 from turnstore.server.access.scoped_engine import ScopedEngine
 from turnstore.server.access.scopes import ScopeError, parse_scope
+from turnstore.server.storage.config import EngineConfig
 from turnstore.server.storage.lmdb.engine import LmdbEngine
-from turnstore.server.storage.values import EngineConfig, NewEvent
+from turnstore.server.storage.values import NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 
 ADMIN = "admin-token"

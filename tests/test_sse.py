@@ -20,8 +20,9 @@ from tests.support.eventually import eventually_async
 from tests.support.sse_client import SseEvent, open_stream, strict_json
 from turnstore import AgentEventEnvelope, ConversationSnapshot, TurnstoreClient
 from turnstore.server.access.sessions import SessionSigner
+from turnstore.server.storage.config import EngineConfig
 from turnstore.server.storage.lmdb.engine import LmdbEngine
-from turnstore.server.storage.values import EngineConfig, NewEvent
+from turnstore.server.storage.values import NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 from turnstore.v1 import turnstore_pb2_grpc as pb_grpc
 

@@ -23,6 +23,7 @@ import pytest
 from tests.support.engines import EngineOpener
 from tests.support.postgres import PostgresServer, fresh_database
 from turnstore.server.storage import records
+from turnstore.server.storage.config import MIB
 from turnstore.server.storage.errors import (
     EngineClosedError,
     EventIdConflictError,
@@ -32,13 +33,7 @@ from turnstore.server.storage.errors import (
     VersionConflictError,
 )
 from turnstore.server.storage.interface import StorageEngine
-from turnstore.server.storage.values import (
-    MIB,
-    NewEvent,
-    ReadBudget,
-    SweepResult,
-    TurnCursor,
-)
+from turnstore.server.storage.values import NewEvent, ReadBudget, SweepResult, TurnCursor
 from turnstore.v1 import turnstore_pb2 as pb
 
 HOUR_NS = 3600 * 10**9

@@ -35,11 +35,12 @@ from turnstore import (
     StorageFullError,
     TurnstoreClient,
 )
+from turnstore.server.storage.config import MIB, EngineConfig
 from turnstore.server.storage.errors import DiskIOError
 from turnstore.server.storage.errors import StorageFullError as EngineStorageFull
 from turnstore.server.storage.lmdb import disk
 from turnstore.server.storage.lmdb.engine import LmdbEngine
-from turnstore.server.storage.values import MIB, EngineConfig, NewEvent
+from turnstore.server.storage.values import NewEvent
 from turnstore.v1 import turnstore_pb2 as pb
 
 DEADLINE_SECONDS = 60.0

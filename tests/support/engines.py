@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from turnstore.server.storage.config import EngineConfig, PostgresConfig
 from turnstore.server.storage.interface import StorageEngine
 from turnstore.server.storage.lmdb.engine import LmdbEngine
 from turnstore.server.storage.postgres.engine import PostgresEngine
-from turnstore.server.storage.values import EngineConfig, PostgresConfig
 
 BACKENDS = ("lmdb", "postgres")
 

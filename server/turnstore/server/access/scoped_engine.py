@@ -31,6 +31,7 @@ from turnstore.server.access.scoped_keys import check_batch_scope, scoped_key_ra
 from turnstore.server.access.scoped_listing import scoped_listing
 from turnstore.server.access.scopes import Scope
 from turnstore.server.storage.batches import BatchOp, BatchResult, KeyRange
+from turnstore.server.storage.config import Limits
 from turnstore.server.storage.inputs import InputChecks
 from turnstore.server.storage.interface import (
     CommitListener,
@@ -42,7 +43,6 @@ from turnstore.server.storage.interface import (
 from turnstore.server.storage.values import (
     BackupResult,
     KeySummary,
-    Limits,
     NewEvent,
     ReadBudget,
     ReplayStep,

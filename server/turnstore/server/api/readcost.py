@@ -29,7 +29,8 @@ import orjson
 
 from turnstore.server.api.bodies import json_too_deep, too_deep_problem
 from turnstore.server.storage import records
-from turnstore.server.storage.values import MIB, StoredSnapshot, TurnChunk
+from turnstore.server.storage.config import MIB
+from turnstore.server.storage.values import StoredSnapshot, TurnChunk
 
 P = ParamSpec("P")
 T = TypeVar("T")

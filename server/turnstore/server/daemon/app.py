@@ -47,9 +47,10 @@ from turnstore.server.daemon.options import DEFAULT_LISTEN
 from turnstore.server.daemon.ports import check_listen_free
 from turnstore.server.replay.acks import AckPump
 from turnstore.server.replay.followers import Followers, SendLimits
+from turnstore.server.storage.config import EngineConfig, PostgresConfig
 from turnstore.server.storage.factory import open_engine
 from turnstore.server.storage.interface import StorageEngine
-from turnstore.server.storage.values import EngineConfig, PostgresConfig, SpaceUsage
+from turnstore.server.storage.values import SpaceUsage
 
 if TYPE_CHECKING:
     from turnstore.server.api.http.server import HttpApi, HttpConfig

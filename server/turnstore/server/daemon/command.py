@@ -25,8 +25,8 @@ from turnstore.server.daemon.app import ServerConfig, TlsConfig, serve
 from turnstore.server.daemon.logs import configure_logging
 from turnstore.server.daemon.options import DEFAULT_LISTEN
 from turnstore.server.replay.followers import SendLimits
+from turnstore.server.storage.config import EngineConfig, Limits, PostgresConfig
 from turnstore.server.storage.errors import DatabaseUnavailableError, DataDirLockedError
-from turnstore.server.storage.values import EngineConfig, Limits, PostgresConfig
 
 if TYPE_CHECKING:
     from turnstore.server.api.http.server import HttpConfig

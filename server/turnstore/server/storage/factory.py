@@ -7,8 +7,8 @@ Everything above the storage layer knows a backend only as a
 
 from __future__ import annotations
 
+from turnstore.server.storage.config import EngineConfig, PostgresConfig
 from turnstore.server.storage.interface import StorageEngine
-from turnstore.server.storage.values import EngineConfig, PostgresConfig
 
 
 def open_engine(config: EngineConfig, postgres: PostgresConfig | None = None) -> StorageEngine:

@@ -18,8 +18,9 @@ from turnstore.server.storage.batches import (
     check_batch_size,
     encoded_prefix,
 )
+from turnstore.server.storage.config import Limits
 from turnstore.server.storage.errors import InvalidArgumentError, TurnTooLargeError
-from turnstore.server.storage.values import Limits, NewEvent
+from turnstore.server.storage.values import NewEvent
 
 MAX_U64: Final = (1 << 64) - 1
 # A snapshot's content type is stored with a one-byte length.

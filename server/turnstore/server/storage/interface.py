@@ -38,10 +38,10 @@ from concurrent.futures import Future
 from typing import Protocol
 
 from turnstore.server.storage.batches import BatchOp, BatchResult
+from turnstore.server.storage.config import Limits
 from turnstore.server.storage.values import (
     BackupResult,
     KeySummary,
-    Limits,
     NewEvent,
     ReadBudget,
     ReplayStep,

@@ -39,8 +39,8 @@ from turnstore.server.api.grpc.wire_scan import (
     scan_batch,
     scan_stream_message,
 )
+from turnstore.server.storage.config import Limits
 from turnstore.server.storage.errors import InvalidArgumentError
-from turnstore.server.storage.values import Limits
 
 KIB: Final = 1024
 # Every RPC that carries no batch and no snapshot: ids are at most 511 bytes

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import lmdb
 
+from turnstore.server.storage.config import MIB, EngineConfig
 from turnstore.server.storage.errors import EngineClosedError
 from turnstore.server.storage.inputs import InputChecks
 from turnstore.server.storage.interface import (
@@ -46,9 +47,7 @@ from turnstore.server.storage.lmdb.retention import RETENTION_BATCH_EVENTS
 from turnstore.server.storage.lmdb.writer import Writer
 from turnstore.server.storage.retention import RETENTION_BATCH_ITEMS, RETENTION_SCAN_PAGE
 from turnstore.server.storage.values import (
-    MIB,
     BackupResult,
-    EngineConfig,
     NewEvent,
     ReadBudget,
     ReplayStep,

@@ -15,6 +15,7 @@ from typing import IO
 
 import lmdb
 
+from turnstore.server.storage.config import EngineConfig
 from turnstore.server.storage.epochs import new_epoch_mask
 from turnstore.server.storage.errors import DataDirLockedError
 from turnstore.server.storage.lmdb import (
@@ -28,7 +29,6 @@ from turnstore.server.storage.lmdb.commit_sync import JOURNAL, lmdb_metasync
 from turnstore.server.storage.lmdb.redo_journal import RedoJournal
 from turnstore.server.storage.lmdb.space import SpaceGuard, default_reserve
 from turnstore.server.storage.lmdb.state import LmdbState, get
-from turnstore.server.storage.values import EngineConfig
 
 
 @dataclass

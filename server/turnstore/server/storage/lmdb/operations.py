@@ -12,14 +12,10 @@ from collections.abc import Callable
 import lmdb
 
 from turnstore.server.storage.batches import KeyRange
+from turnstore.server.storage.config import LMDB_MAX_KEY_BYTES
 from turnstore.server.storage.lmdb import live_keys, schema
 from turnstore.server.storage.lmdb.state import LmdbState, as_bytes, decode_key, pairs
-from turnstore.server.storage.values import (
-    LMDB_MAX_KEY_BYTES,
-    KeySummary,
-    StorageStats,
-    ThreadSummary,
-)
+from turnstore.server.storage.values import KeySummary, StorageStats, ThreadSummary
 
 
 def _page(

@@ -120,7 +120,7 @@ import hashlib
 import struct
 from typing import Any, Final, NamedTuple
 
-from turnstore.server.storage.values import MAX_CONVERSATION_KEY_BYTES
+from turnstore.server.storage.config import MAX_CONVERSATION_KEY_BYTES
 
 SCHEMA_VERSION: Final = 3
 

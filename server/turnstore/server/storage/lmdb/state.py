@@ -17,10 +17,10 @@ from typing import Any
 
 import lmdb
 
+from turnstore.server.storage.config import EngineConfig, Limits
 from turnstore.server.storage.lmdb import schema
 from turnstore.server.storage.lmdb.commit_sync import DurableMark
 from turnstore.server.storage.lmdb.space import SpaceGuard
-from turnstore.server.storage.values import EngineConfig, Limits
 
 
 class ResizeGate:

@@ -20,6 +20,7 @@ import psycopg
 import psycopg_pool
 
 from turnstore.server.storage.batches import BatchOp, BatchResult, KeyRange
+from turnstore.server.storage.config import EngineConfig, PostgresConfig
 from turnstore.server.storage.epochs import to_epoch
 from turnstore.server.storage.errors import (
     BackupFailedError,
@@ -44,10 +45,8 @@ from turnstore.server.storage.postgres.writer import Writer, _describe
 from turnstore.server.storage.postgres.writes import Cursor
 from turnstore.server.storage.values import (
     BackupResult,
-    EngineConfig,
     KeySummary,
     NewEvent,
-    PostgresConfig,
     ReadBudget,
     ReplayStep,
     RetentionStats,

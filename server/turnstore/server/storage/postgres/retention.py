@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from typing import TypeVar
 
+from turnstore.server.storage.config import EngineConfig
 from turnstore.server.storage.postgres import writes
 from turnstore.server.storage.postgres.writes import Cursor
 from turnstore.server.storage.retention import (
@@ -22,7 +23,7 @@ from turnstore.server.storage.retention import (
     RETENTION_SCAN_PAGE,
     RetentionState,
 )
-from turnstore.server.storage.values import EngineConfig, RetentionStats, SweepResult
+from turnstore.server.storage.values import RetentionStats, SweepResult
 
 T = TypeVar("T")
 
