@@ -117,8 +117,8 @@ async def test_rows_carry_what_stored_events_carry(
         # The client's decoded reads: equal envelopes, both ways of replaying.
         assert await client.events.get_events("t") == written
         assert await client.events.get_events_since("t", 3) == written[3:]
-        decoded = [item async for item in client.events.replay("t")]
-        lazy = [item async for item in client.events.replay("t", decode=False)]
+        decoded = [item async for item in client.events.replay("t", decode=True)]
+        lazy = [item async for item in client.events.replay("t")]
         assert describe(decoded) == describe(lazy)
         assert [i.envelope for i in decoded if isinstance(i, StoredEvent)] == written
         assert all(i.message is None for i in decoded if isinstance(i, StoredEvent))
@@ -192,7 +192,9 @@ async def test_a_body_the_rows_cannot_carry_fails_by_name_as_before(
             await client.events.get_events("t")
         # A follow-less replay: every event once, in order, each marker once;
         # only the broken event's envelope fails, and by name.
-        items = [item async for item in client.events.replay("t", max_events_per_message=2)]
+        items = [
+            item async for item in client.events.replay("t", max_events_per_message=2, decode=True)
+        ]
         assert [i.position for i in items if isinstance(i, StoredEvent)] == [0, 1, 2, 3, 4]
         assert [i.turn for i in items if isinstance(i, TurnFinished)] == [0, 1]
         assert sum(isinstance(i, CaughtUp) for i in items) == 1
