@@ -18,9 +18,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/turnstore serve
 
-## test: the whole test suite against real daemons
+## test: the whole test suite against real daemons, in TEST_WORKERS pytest-xdist workers
+## (most tests wait on daemons, timers and disks, so two cores serve two workers; a file's
+## tests stay on one worker: tests/conftest.py). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ## soak: the crash-safety loop of tests/test_crash.py, with 200 SIGKILLs, then
 ## tests/test_power_cut.py's with 200 simulated power cuts (POWER_CUTS=0 skips it);

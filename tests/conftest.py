@@ -20,6 +20,35 @@ from turnstore import EventStore, HistoryStore, TurnstoreClient
 from turnstore.events import WriteMode
 from turnstore.testing import InMemoryEventStore, InMemoryHistoryStore
 
+# `make test` runs the suite in pytest-xdist workers (`-n 2 --dist loadgroup`),
+# a test file at a time, as `--dist loadfile` would: each file is a group. The
+# files that install and build client/typescript (npm ci, tsc, npm pack) share
+# one group, so that one worker builds it while no node process of another
+# worker runs from its dist/. Installs outside the checkout (apt, pip) take a
+# machine-wide lock instead (tests/support/exclusive.py).
+TYPESCRIPT_CLIENT_FILES = frozenset(
+    {
+        "test_cross_language",
+        "test_deadlines",
+        "test_json_depth",
+        "test_readme",
+        "test_rust",
+        "test_ts_package",
+        "test_ts_resumable",
+        "test_typescript",
+    }
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give each test its file's group (before xdist reads the groups)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            stem = item.path.stem
+            group = "typescript-client" if stem in TYPESCRIPT_CLIENT_FILES else stem
+            item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.fixture(autouse=True)
 def _reap_daemons() -> Iterator[None]:

@@ -27,6 +27,7 @@ from typing import Annotated, Any, TypedDict
 import pytest
 
 from tests.support.daemon import Daemon
+from tests.support.exclusive import one_at_a_time
 
 REQUIREMENTS = [
     "langgraph>=1.2",
@@ -35,20 +36,29 @@ REQUIREMENTS = [
 ]
 
 
-def _require_langgraph() -> None:
-    """Install LangGraph and its conformance suite when missing; fail when that fails."""
+def _langgraph_importable() -> bool:
     try:
         importlib.import_module("langgraph.graph")
         importlib.import_module("langgraph.checkpoint.conformance")
-        return
     except ImportError:
-        pass
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", *REQUIREMENTS],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+        return False
+    return True
+
+
+def _require_langgraph() -> None:
+    """Install LangGraph and its conformance suite when missing; fail when that fails."""
+    if _langgraph_importable():
+        return
+    with one_at_a_time("pip"):  # every test process imports this module
+        importlib.invalidate_caches()
+        if _langgraph_importable():
+            return
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", *REQUIREMENTS],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     assert result.returncode == 0, f"could not install {REQUIREMENTS}: {result.stderr[-2000:]}"
     importlib.invalidate_caches()
 

@@ -14,20 +14,14 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Browser, async_playwright
 
+from tests.support.exclusive import one_at_a_time
+
 
 def ensure_chromium() -> str:
     """The chromium executable, installed from Debian's packages when missing."""
     if shutil.which("chromium") is None:
-        for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-            done = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                timeout=600,
-                env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-            )
-            if done.returncode != 0:
-                pytest.fail(f"cannot install chromium ({command}): {done.stderr[-2000:]}")
+        with one_at_a_time("apt"):
+            _install_chromium()
     path = shutil.which("chromium")
     if path is None:
         pytest.fail("chromium is not installed and could not be installed")
@@ -45,3 +39,18 @@ async def launched_browser(chromium: str) -> AsyncIterator[Browser]:
             yield launched
         finally:
             await launched.close()
+
+
+def _install_chromium() -> None:
+    if shutil.which("chromium") is not None:
+        return  # another test process installed it meanwhile
+    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+        if done.returncode != 0:
+            pytest.fail(f"cannot install chromium ({command}): {done.stderr[-2000:]}")

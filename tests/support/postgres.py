@@ -26,6 +26,8 @@ from pathlib import Path
 
 import psycopg
 
+from tests.support.exclusive import one_at_a_time
+
 PASSWORD = f"pw-{uuid.uuid4().hex}"
 USER = "turnstore"
 
@@ -34,16 +36,19 @@ def _bin_dir() -> Path:
     """The directory of ``initdb`` and ``pg_ctl``, installing the package if needed."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
-        print("initdb is missing: installing Debian's postgresql", file=sys.stderr, flush=True)
-        subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=300)
-        subprocess.run(
-            ["apt-get", "install", "-y", "postgresql"],
-            check=True,
-            capture_output=True,
-            timeout=600,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        with one_at_a_time("apt"):
+            found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+            if not found:
+                print("initdb is missing: installing Debian's postgresql", file=sys.stderr)
+                subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=300)
+                subprocess.run(
+                    ["apt-get", "install", "-y", "postgresql"],
+                    check=True,
+                    capture_output=True,
+                    timeout=600,
+                    env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+                )
+                found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
         raise RuntimeError("initdb is missing even after installing postgresql")
     return Path(found[-1]).parent
