@@ -121,8 +121,10 @@ def test_the_ring_wraps_but_never_over_the_record_still_needed(tmp_path: Path) -
 
 
 def config(data_dir: Path, **changes: Any) -> EngineConfig:
+    """An engine in journal mode (not the default) unless ``changes`` say otherwise."""
     return dataclasses.replace(
-        EngineConfig(data_dir=data_dir, initial_map_bytes=8 << 20), **changes
+        EngineConfig(data_dir=data_dir, initial_map_bytes=8 << 20, commit_sync="journal"),
+        **changes,
     )
 
 

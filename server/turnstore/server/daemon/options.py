@@ -167,11 +167,12 @@ def _add_backend(serve: argparse.ArgumentParser) -> None:
     backend.add(
         "--commit-sync",
         type=_commit_sync,
-        default="journal",
-        metavar="{journal,lmdb}",
-        help="lmdb backend: how a commit is made durable before it is acknowledged; journal: "
-        "LMDB's data sync and a redo-journal record's sync in parallel (one sync's wait); "
-        "lmdb: LMDB's data sync, then its meta page's (two in sequence). docs/one-sync.md",
+        # lmdb: journal measured no faster on this project's machine (docs/one-sync.md).
+        default="lmdb",
+        metavar="{lmdb,journal}",
+        help="lmdb backend: how a commit is made durable before it is acknowledged; lmdb: "
+        "LMDB's data sync, then its meta page's (two in sequence); journal: LMDB's data sync "
+        "and a redo-journal record's sync in parallel (one sync's wait). docs/one-sync.md",
     )
     # Not through _EnvOptions: its help would show the variable's value, password and all.
     group.add_argument(

@@ -89,7 +89,7 @@ class EngineConfig:
     # open); None refuses every backup.
     backup_dir: Path | None = None
     # LMDB's --commit-sync: "journal" or "lmdb" (one sync or two; docs/one-sync.md).
-    commit_sync: str = "journal"
+    commit_sync: str = "lmdb"
 
     def __post_init__(self) -> None:
         if self.initial_map_bytes <= 0 or self.max_map_bytes < self.initial_map_bytes:
