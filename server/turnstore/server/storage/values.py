@@ -130,7 +130,7 @@ class ReplayStep:
     ``events`` are the records at positions ``[start, next_position)``, in
     order. ``finishes`` are the finishes from the requested sequence number
     on whose frontier is at most ``next_position``: it may lie among the
-    events (PostgreSQL reads past finishes; see ``replay.parts``). ``at_end`` says that both
+    events (both engines read past finishes; see ``replay.parts``). ``at_end`` says that both
     were read to the end of what is stored. ``cleared`` says the thread is not
     the one of the expected epoch any more (nothing else is set then).
     ``epoch`` is the thread's epoch as readers see it (None: no thread).
