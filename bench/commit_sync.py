@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.floors import disk
+from bench.services import start_daemon
 from bench.traits_common import TextDeltas
 from turnstore import TurnstoreClient
 from turnstore.server.storage.config import EngineConfig
@@ -70,23 +69,11 @@ async def _agent(target: str, seconds: float) -> list[float]:
 
 
 def daemon_appends(directory: Path, mode: str, seconds: float) -> list[float]:
-    socket = directory / "s.sock"
-    command = [sys.executable, "-m", "turnstore", "serve", "--data-dir", str(directory / "data")]
-    command += ["--listen", f"unix:{socket}", "--log-format", "json", "--commit-sync", mode]
-    daemon = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    daemon = start_daemon(directory, "--commit-sync", mode)
     try:
-        assert daemon.stderr is not None
-        daemon.stderr.readline()  # "serving"
-        return asyncio.run(_agent(f"unix:{socket}", seconds))
+        return asyncio.run(_agent(daemon.target, seconds))
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
+        daemon.stop()
 
 
 def main() -> None:

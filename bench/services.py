@@ -23,12 +23,15 @@ from tests.support.daemon import Daemon
 REDIS_START_TIMEOUT: Final = 30.0
 
 
-def start_daemon(work_dir: Path) -> Daemon:
+def start_daemon(work_dir: Path, *extra_args: str) -> Daemon:
     """Start ``turnstore serve`` on ``work_dir/data``, listening on ``work_dir/s.sock``.
 
-    Returns once the daemon logged ``serving`` (tests/support/daemon.py waits for it).
+    ``extra_args`` are further ``serve`` options. Returns once the daemon
+    logged ``serving`` (tests/support/daemon.py waits for it).
     """
-    daemon = Daemon(work_dir / "data", listen=[f"unix:{work_dir}/s.sock"])
+    daemon = Daemon(
+        work_dir / "data", listen=[f"unix:{work_dir}/s.sock"], extra_args=list(extra_args)
+    )
     daemon.start()
     return daemon
 

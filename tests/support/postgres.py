@@ -39,7 +39,8 @@ def _bin_dir() -> Path:
         with one_at_a_time("apt"):
             found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
             if not found:
-                print("initdb is missing: installing Debian's postgresql", file=sys.stderr)
+                message = "initdb is missing: installing Debian's postgresql"
+                print(message, file=sys.stderr, flush=True)
                 subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=300)
                 subprocess.run(
                     ["apt-get", "install", "-y", "postgresql"],

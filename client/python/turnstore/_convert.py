@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Final, TypeVar
 
 from turnstore import _json
 from turnstore.errors import EventFormatError
@@ -12,6 +13,8 @@ from turnstore.models import AgentEventEnvelope
 from turnstore.v1 import turnstore_pb2 as pb
 
 JSON: Final = "application/json"
+
+T = TypeVar("T")
 
 _new = object.__new__
 _set = object.__setattr__
@@ -76,22 +79,28 @@ def envelope_from_proto(message: pb.EventEnvelope) -> AgentEventEnvelope:
     return envelope
 
 
-def envelopes_from_protos(messages: Iterable[pb.StoredEvent]) -> list[AgentEventEnvelope]:
-    """The envelopes of a message's stored events, decoded in one go.
+@contextlib.contextmanager
+def _collector_held_off() -> Iterator[None]:
+    """Hold the cyclic garbage collector off while a message's envelopes are built.
 
-    The cyclic garbage collector is held off while they are built: each
-    envelope allocates a few containers, and without this a read of many
-    events triggers a collection every few hundred of them, which walks
-    every young object again (a third of the decoding time). What is built
-    here is acyclic, and nothing else runs meanwhile: this loop never awaits.
+    Each envelope allocates a few containers, and without this a read of many
+    events triggers a collection every few hundred of them, which walks every
+    young object again (a third of the decoding time). What is built is
+    acyclic, and nothing else runs meanwhile: a decoding loop never awaits.
     """
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return [envelope_from_proto(message.envelope) for message in messages]
+        yield
     finally:
         if enabled:
             gc.enable()
+
+
+def envelopes_from_protos(messages: Iterable[pb.StoredEvent]) -> list[AgentEventEnvelope]:
+    """The envelopes of a message's stored events, decoded in one go."""
+    with _collector_held_off():
+        return [envelope_from_proto(message.envelope) for message in messages]
 
 
 class RowsFormatError(ValueError):
@@ -111,36 +120,32 @@ def _envelope_of_row(row: list[object]) -> AgentEventEnvelope:
     return envelope
 
 
+def _stored_of_row(row: list[Any]) -> tuple[int, int, int, AgentEventEnvelope]:
+    return row[0], row[1], row[2], _envelope_of_row(row)
+
+
+def _from_rows(data: bytes, build: Callable[[list[Any]], T]) -> list[T]:
+    """``build`` of each row of ``events_json``, parsed once; RowsFormatError when it
+    is not an array of eight-value rows with an object body (a daemon writes
+    nothing else: it checks every body with the same parser on write)."""
+    with _collector_held_off():
+        try:
+            return [build(row) for row in _json.loads(data)]
+        except (ValueError, TypeError, IndexError) as error:
+            raise RowsFormatError(f"events_json cannot be decoded: {error}") from None
+
+
 def envelopes_from_rows(data: bytes) -> list[AgentEventEnvelope]:
     """The envelopes of a message's ``events_json`` (EVENT_ENCODING_JSON_ROWS), in one parse.
 
-    The garbage collector is held off as in :func:`envelopes_from_protos`.
-    Raises RowsFormatError when ``data`` is not an array of eight-value rows
-    with an object body (a daemon writes nothing else: it checks every body
-    with the same parser on write).
+    Raises RowsFormatError as :func:`_from_rows` says.
     """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return [_envelope_of_row(row) for row in _json.loads(data)]
-    except (ValueError, TypeError) as error:
-        raise RowsFormatError(f"events_json cannot be decoded: {error}") from None
-    finally:
-        if enabled:
-            gc.enable()
+    return _from_rows(data, _envelope_of_row)
 
 
 def rows_with_envelopes(data: bytes) -> list[tuple[int, int, int, AgentEventEnvelope]]:
     """``(position, turn, stored_at_unix_nanos, envelope)`` of each row of ``events_json``.
 
-    Raises RowsFormatError as :func:`envelopes_from_rows` does.
+    Raises RowsFormatError as :func:`_from_rows` says.
     """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return [(row[0], row[1], row[2], _envelope_of_row(row)) for row in _json.loads(data)]
-    except (ValueError, TypeError, IndexError) as error:
-        raise RowsFormatError(f"events_json cannot be decoded: {error}") from None
-    finally:
-        if enabled:
-            gc.enable()
+    return _from_rows(data, _stored_of_row)

@@ -58,12 +58,11 @@ def _spliced(values: list[bytes]) -> bytes:
     return b"".join(values)
 
 
-def _read_events_encoder(encoding: int) -> Callable[[list[bytes]], bytes]:
-    if encoding == pb.EVENT_ENCODING_JSON_ROWS:
-        return event_rows.read_events_message
-    if encoding != pb.EVENT_ENCODING_UNSPECIFIED:
+def _as_rows(encoding: int) -> bool:
+    """Whether a read asked for JSON rows; InvalidArgumentError for an unknown encoding."""
+    if encoding not in (pb.EVENT_ENCODING_UNSPECIFIED, pb.EVENT_ENCODING_JSON_ROWS):
         raise InvalidArgumentError("encoding", f"unknown encoding {encoding}")
-    return _spliced
+    return encoding == pb.EVENT_ENCODING_JSON_ROWS
 
 
 def _turn_message(chunk: TurnChunk) -> pb.Turn:
@@ -159,7 +158,7 @@ class EventStoreService(ServicerBase, pb_grpc.EventStoreServiceServicer):
                 raise InvalidArgumentError("order", f"unknown order {request.order}")
             if request.newest_first:
                 raise InvalidArgumentError("newest_first", "reads in commit order only")
-        encode = _read_events_encoder(request.encoding)
+        encode = event_rows.read_events_message if _as_rows(request.encoding) else _spliced
         view = await self._run(self._engine.view, request.thread_id)
         left = request.limit or None  # events still to send (None: all)
         if request.order == pb.EVENT_ORDER_TURN:
@@ -203,7 +202,7 @@ class EventStoreService(ServicerBase, pb_grpc.EventStoreServiceServicer):
     async def Replay(
         self, request: pb.ReplayRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ReplayResponse | bytes]:
-        as_rows = _read_events_encoder(request.encoding) is not _spliced
+        as_rows = _as_rows(request.encoding)
         query = ReplayQuery(
             thread_id=request.thread_id,
             start_position=request.after_position + 1 if request.HasField("after_position") else 0,

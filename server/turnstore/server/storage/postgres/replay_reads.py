@@ -80,9 +80,9 @@ def replay_step(
 ) -> ReplayStep:
     """One replay step in one statement (``mask``: the database's epoch mask).
 
-    The answer is the LMDB engine's (:func:`turnstore.server.storage.lmdb.reads.replay_step`)
-    except that the events do not stop at the first finish: they run to
-    ``max_events`` events or the one that reaches ``max_bytes``, and
+    The answer is the LMDB engine's (:func:`turnstore.server.storage.lmdb.reads.replay_step`):
+    the events do not stop at the first finish but run to ``max_events``
+    events or the one that reaches ``max_bytes``, and
     ``finishes`` are every finish from the requested sequence number on
     whose frontier is at most ``next_position`` (at most ``max_events`` of
     them, and then the events stop at the first finish left for the next
